@@ -1,0 +1,233 @@
+"""Forward hooks -> activations of decoder blocks, in windows of examples.
+
+No storage knowledge here: :func:`iter_windows` yields numpy arrays that a
+store writer (or anything else) consumes.
+
+Positions:
+  ``last``  the last real (non-pad) token of each text, whatever the padding side;
+  ``mean``  the mean over the real tokens of each text;
+  ``all``   every real token, one row each, with its token index.
+
+The forward pass stops after the deepest requested block: later blocks and the
+LM head never run.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from .errors import ActstoreError, InputFormatError
+
+POSITIONS = ("last", "mean", "all")
+
+
+class CaptureError(ActstoreError, RuntimeError):
+    """The model produced activations that cannot be stored (NaN/Inf)."""
+
+
+class _StopForward(Exception):
+    """Raised by the hook on the deepest block to end the forward pass early."""
+
+
+def block_output(output):
+    """The hidden-state tensor of a decoder block's output (tensor or tuple)."""
+    return output[0] if isinstance(output, tuple) else output
+
+
+@contextmanager
+def record_blocks(blocks: torch.nn.ModuleList, layers: Sequence[int], stop_after_last: bool = True):
+    """Register hooks that store each requested block's output in a dict.
+
+    Yields the dict ``{layer: (batch, seq, hidden) tensor}``, filled by each
+    forward pass. With ``stop_after_last`` the hook on the deepest block raises
+    :class:`_StopForward` (caught by :func:`forward_blocks`). Hooks are removed
+    on exit, also on errors.
+    """
+    outputs: dict[int, torch.Tensor] = {}
+    deepest = max(layers)
+    handles = []
+
+    def make_hook(layer: int):
+        def hook(module, args, output):
+            outputs[layer] = block_output(output).detach()
+            if stop_after_last and layer == deepest:
+                raise _StopForward
+
+        return hook
+
+    try:
+        for layer in layers:
+            handles.append(blocks[layer].register_forward_hook(make_hook(layer)))
+        yield outputs
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def forward_blocks(
+    model: torch.nn.Module,
+    blocks: torch.nn.ModuleList,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    layers: Sequence[int],
+    stop_early: bool = True,
+) -> dict[int, torch.Tensor]:
+    """Run the model on one padded batch; return ``{layer: (batch, seq, hidden)}``.
+
+    Position ids are counted over real tokens, so a left-padded text gets the
+    same positions (and activations) as the same text unpadded.
+    """
+    position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+    with record_blocks(blocks, layers, stop_after_last=stop_early) as outputs, torch.no_grad():
+        try:
+            model(
+                input_ids=input_ids,
+                attention_mask=attention_mask,
+                position_ids=position_ids,
+                use_cache=False,
+            )
+        except _StopForward:
+            pass
+    return dict(outputs)
+
+
+def reduce_positions(
+    hidden: torch.Tensor, attention_mask: torch.Tensor, position: str
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Pick rows out of ``hidden: (batch, seq, hidden)``.
+
+    Returns ``(rows, row_example, row_token)``: ``rows (n_rows, hidden)`` float32,
+    the batch index of each row and its token index among the real tokens
+    (``-1`` for ``mean``).
+    """
+    mask = attention_mask.bool()
+    real_index = attention_mask.long().cumsum(-1) - 1  # token index among real tokens
+    batch = torch.arange(hidden.shape[0], device=hidden.device)
+    if position == "last":
+        seq_positions = torch.arange(hidden.shape[1], device=hidden.device)
+        last = torch.where(mask, seq_positions, -1).max(dim=-1).values
+        return hidden[batch, last].float(), batch, real_index[batch, last]
+    if position == "mean":
+        weights = mask.to(torch.float32).unsqueeze(-1)
+        rows = (hidden.float() * weights).sum(1) / weights.sum(1)
+        return rows, batch, torch.full_like(batch, -1)
+    if position == "all":
+        row_example = batch.unsqueeze(1).expand_as(mask)[mask]
+        return hidden[mask].float(), row_example, real_index[mask]
+    raise ValueError(f"position {position!r}: expected one of {POSITIONS}")
+
+
+@dataclass
+class Window:
+    """Activations of the examples ``start .. stop-1``, in example order.
+
+    ``acts: (rows, layer, hidden) float32``; ``row_example: (rows,)`` index of
+    each row's example (absolute, into the full list); ``row_token: (rows,)``
+    token index among the real tokens (``-1`` for ``mean``).
+    """
+
+    start: int
+    stop: int
+    acts: np.ndarray
+    row_example: np.ndarray
+    row_token: np.ndarray
+    n_tokens: int
+
+
+def tokenize(
+    tokenizer, texts: Sequence[str], where: Sequence[str], max_length: int | None, add_special_tokens: bool = True
+) -> list[list[int]]:
+    """Token ids of each text (no padding). Empty results are refused; texts
+    longer than ``max_length`` keep their last ``max_length`` tokens (warning)."""
+    encoded = tokenizer(list(texts), add_special_tokens=add_special_tokens)["input_ids"]
+    truncated = 0
+    for i, ids in enumerate(encoded):
+        if not ids:
+            raise InputFormatError(f"{where[i]}: text tokenizes to nothing: {texts[i]!r}")
+        if max_length is not None and len(ids) > max_length:
+            # Keep the end: the last token is what 'last' captures.
+            encoded[i] = ids[-max_length:]
+            truncated += 1
+    if truncated:
+        warnings.warn(
+            f"{truncated} text(s) longer than {max_length} tokens were truncated to their last "
+            f"{max_length} tokens (--max-length)",
+            stacklevel=2,
+        )
+    return encoded
+
+
+def iter_windows(
+    model: torch.nn.Module,
+    tokenizer,
+    blocks: torch.nn.ModuleList,
+    texts: Sequence[str],
+    layers: Sequence[int],
+    *,
+    where: Sequence[str] | None = None,
+    position: str = "last",
+    batch_size: int = 8,
+    window: int = 256,
+    start: int = 0,
+    max_length: int | None = None,
+    add_special_tokens: bool = True,
+    stop_early: bool = True,
+    on_batch=None,
+) -> Iterator[Window]:
+    """Capture ``texts[start:]`` window by window.
+
+    Within a window texts are batched by length (less padding); rows come out
+    in example order. ``on_batch(n_texts, n_tokens)`` is called after every
+    batch (progress bars).
+    """
+    if position not in POSITIONS:
+        raise ValueError(f"position {position!r}: expected one of {POSITIONS}")
+    layers = sorted(layers)
+    where = list(where) if where is not None else [f"text {i + 1}" for i in range(len(texts))]
+    device = next(model.parameters()).device
+    for w_start in range(start, len(texts), window):
+        w_stop = min(w_start + window, len(texts))
+        ids = tokenize(tokenizer, texts[w_start:w_stop], where[w_start:w_stop], max_length, add_special_tokens)
+        order = sorted(range(len(ids)), key=lambda i: -len(ids[i]))
+        per_example: list[tuple[np.ndarray, np.ndarray] | None] = [None] * len(ids)
+        n_tokens = 0
+        for b in range(0, len(order), batch_size):
+            members = order[b : b + batch_size]
+            padded = tokenizer.pad({"input_ids": [ids[i] for i in members]}, return_tensors="pt")
+            input_ids = padded["input_ids"].to(device)
+            attention_mask = padded["attention_mask"].to(device)
+            outputs = forward_blocks(model, blocks, input_ids, attention_mask, layers, stop_early)
+            stacked = []
+            for layer in layers:
+                rows, row_batch, row_token = reduce_positions(outputs[layer], attention_mask, position)
+                stacked.append(rows)
+            acts = torch.stack(stacked, dim=1)  # (rows, layer, hidden)
+            finite = torch.isfinite(acts).all(dim=(1, 2))
+            if not bool(finite.all()):
+                bad = members[int(row_batch[~finite][0])]
+                raise CaptureError(
+                    f"{where[w_start + bad]}: non-finite activation (NaN/Inf) at a captured layer; "
+                    "with --dtype float16 this is usually overflow: use bfloat16 or float32"
+                )
+            acts_np = acts.cpu().numpy()
+            row_batch_np = row_batch.cpu().numpy()
+            row_token_np = row_token.cpu().numpy()
+            for j, i in enumerate(members):
+                sel = row_batch_np == j
+                per_example[i] = (acts_np[sel], row_token_np[sel])
+            batch_tokens = int(attention_mask.sum())
+            n_tokens += batch_tokens
+            if on_batch is not None:
+                on_batch(len(members), batch_tokens)
+        acts_rows = np.concatenate([p[0] for p in per_example], axis=0)
+        token_rows = np.concatenate([p[1] for p in per_example], axis=0)
+        example_rows = np.concatenate(
+            [np.full(len(p[0]), w_start + i, dtype=np.int64) for i, p in enumerate(per_example)]
+        )
+        yield Window(w_start, w_stop, acts_rows, example_rows, token_rows.astype(np.int64), n_tokens)

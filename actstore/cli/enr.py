@@ -1,0 +1,40 @@
+"""``actstore enr``."""
+
+from __future__ import annotations
+
+import click
+
+
+@click.command()
+@click.option("--store", "-s", required=True, metavar="PATH.zarr", help="Store written by `actstore capture`.")
+@click.option("--layer", "-l", required=True, type=int, help="Captured decoder block to build the vector for.")
+@click.option("--k", "-k", type=int, default=None,
+              help="Keep the k coordinates of largest ENR (1 <= k <= hidden). Omitted: dense vector.")
+@click.option("--dense", is_flag=True, help="The dense difference of means (same as omitting --k).")
+@click.option("--pos", default="pos", show_default=True, help="Class whose mean is added.")
+@click.option("--neg", default="neg", show_default=True, help="Class whose mean is subtracted.")
+@click.option("--model", "-m", default=None, help="Model group or model id (stores with several models).")
+@click.option("--scheduler", default=None, metavar="ADDRESS",
+              help="Dask scheduler used if statistics must be computed first (see `actstore stats`).")
+@click.option("--out", "-o", required=True, type=click.Path(dir_okay=False, writable=True),
+              help="Output vector file (.safetensors): tensors vector, indices, enr + metadata.")
+@click.option("--top", type=click.IntRange(0), default=5, show_default=True,
+              help="How many of the top coordinates to print.")
+def enr(store, layer, k, dense, pos, neg, model, scheduler, out, top):
+    """Rank coordinates by effect-to-noise ratio and export a sparse steering vector.
+
+    ENR_i = |mu_pos_i - mu_neg_i| / sqrt(var_pos_i/n_pos + var_neg_i/n_neg); the
+    top-k coordinates keep their difference of means, the rest are zero.
+    """
+    from ..vectors import enr as build, save_vector
+
+    if dense and k is not None:
+        raise click.UsageError("--dense and --k exclude each other")
+    vector = build(store, layer, None if dense else k, pos=pos, neg=neg, model=model, scheduler=scheduler)
+    path = save_vector(vector, out)
+    kind = "dense" if vector.k is None else f"k={vector.k}"
+    norm = float((vector.vector.astype("float64") ** 2).sum() ** 0.5)
+    click.echo(f"wrote {kind} vector for layer {layer} ({vector.hidden_size} dims, norm {norm:.4g}) to {path}")
+    for rank, index in enumerate(vector.indices[:top], start=1):
+        click.echo(f"  #{rank}: coordinate {int(index)}  ENR {float(vector.enr[index]):.3f}  "
+                   f"v {float(vector.vector[index]):+.4f}")

@@ -1,0 +1,52 @@
+"""The ``actstore`` command: a click group of thin commands over the library."""
+
+from __future__ import annotations
+
+import click
+
+from .._version import __version__
+from ..errors import ActstoreError
+
+
+class _Group(click.Group):
+    """Turns :class:`ActstoreError` (a user mistake) into ``Error: ...`` and exit 1."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except ActstoreError as err:
+            raise click.ClickException(str(err)) from None
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(__version__, prog_name="actstore")
+def cli() -> None:
+    """Sparse activation steering on a streaming-statistics activation store.
+
+    \b
+    Pipeline:  capture -> stats -> enr
+      actstore capture --model M --data pairs.json --layers 6 --store acts.zarr
+      actstore stats   --store acts.zarr
+      actstore enr     --store acts.zarr --layer 6 --k 64 --out vec.safetensors
+    """
+
+
+def _register() -> None:
+    from .capture import capture
+    from .enr import enr
+    from .models import models
+    from .stats import info, stats
+
+    for command in (capture, stats, info, enr, models):
+        cli.add_command(command)
+
+
+_register()
+
+
+def main() -> None:
+    cli(prog_name="actstore")
+
+
+if __name__ == "__main__":
+    main()

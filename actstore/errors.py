@@ -1,0 +1,35 @@
+"""User-facing errors.
+
+Every mistake a user can make (a bad file, a bad flag, a store that does not fit)
+raises a subclass of :class:`ActstoreError`. The CLI prints these without a
+traceback and exits with status 1. Each also subclasses the builtin it resembles
+so that ``except ValueError`` keeps working for library users.
+"""
+
+
+class ActstoreError(Exception):
+    """Base class of every error actstore raises for a user mistake."""
+
+
+class InputFormatError(ActstoreError, ValueError):
+    """A contrast-set file is malformed (names file, line and field)."""
+
+
+class ModelError(ActstoreError, ValueError):
+    """A model cannot be loaded or its decoder blocks cannot be found."""
+
+
+class StoreError(ActstoreError, ValueError):
+    """A store is missing, of another schema, or does not fit what is appended."""
+
+
+class StoreNotFoundError(StoreError, FileNotFoundError):
+    """A path or group that should be an actstore store is not one."""
+
+
+class StatsError(ActstoreError, ValueError):
+    """Statistics are missing, stale or unusable (too few samples, non-finite)."""
+
+
+class VectorError(ActstoreError, ValueError):
+    """A steering vector cannot be built or read (bad k, bad file)."""

@@ -1,0 +1,244 @@
+"""Streaming per-class statistics (count, mean, unbiased variance) as Dask reductions.
+
+Each block of activations is reduced to a partial state ``{"n", "mean", "m2"}``
+in float64 (two-pass within the block), and states are merged pairwise by the
+update of Chan, Golub & LeVeque (1983), "Algorithms for computing the sample
+variance: analysis and recommendations", The American Statistician 37(3):
+
+    n = na + nb;  d = mean_b - mean_a
+    mean = mean_a + d * nb / n;  m2 = m2_a + m2_b + d**2 * na * nb / n
+
+This is the same chunk / combine / aggregate structure as dask's own
+``moment_chunk`` / ``moment_combine`` / ``moment_agg``, handed to
+``dask.array.reduction`` so the tree of merges (and the scheduler: threads or a
+dask.distributed cluster) is dask's. The array is never materialised.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .errors import StatsError
+from .stores.zarr_store import as_str_array, open_root, open_store, select_group
+
+STATS_GROUP = "stats"
+
+
+def chan_merge(a: dict[str, np.ndarray], b: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Merge two partial states ``{"n", "mean", "m2"}`` (Chan et al. 1983)."""
+    n = a["n"] + b["n"]
+    safe_n = np.where(n > 0, n, 1.0)
+    delta = b["mean"] - a["mean"]
+    mean = a["mean"] + delta * (b["n"] / safe_n)
+    m2 = a["m2"] + b["m2"] + delta * delta * (a["n"] * b["n"] / safe_n)
+    return {"n": n, "mean": mean, "m2": m2}
+
+
+def _moment_chunk(x: np.ndarray, axis, keepdims: bool = True, computing_meta: bool = False, **kwargs):
+    if computing_meta:
+        return x
+    # float64: M2 of float16/float32 activations loses digits quickly otherwise.
+    x = np.asarray(x, dtype=np.float64)
+    n = 1.0
+    for ax in axis:
+        n *= x.shape[ax]
+    shape = tuple(1 if i in axis else s for i, s in enumerate(x.shape))
+    if n == 0:
+        zeros = np.zeros(shape)
+        return {"n": zeros, "mean": zeros, "m2": zeros}
+    mean = x.mean(axis=axis, keepdims=True)
+    m2 = ((x - mean) ** 2).sum(axis=axis, keepdims=True)
+    return {"n": np.full(shape, n), "mean": mean, "m2": m2}
+
+
+def _moment_combine(pairs, axis, keepdims: bool = True, computing_meta: bool = False, **kwargs):
+    if computing_meta:
+        return pairs
+    if isinstance(pairs, dict):
+        return pairs
+    state = None
+    for pair in pairs:
+        pair = _moment_combine(pair, axis, keepdims) if isinstance(pair, list) else pair
+        state = pair if state is None else chan_merge(state, pair)
+    return state
+
+
+def _moment_agg(pairs, axis, keepdims: bool = True, computing_meta: bool = False, **kwargs):
+    if computing_meta:
+        return pairs
+    state = _moment_combine(pairs, axis, keepdims)
+    # (count, mean, m2) stacked along the reduced axis: output_size=3.
+    return np.concatenate([state["n"], state["mean"], state["m2"]], axis=axis[0])
+
+
+def moments(x, axis: int = 0, split_every: int | None = None):
+    """Lazy ``(3, ...)`` dask array: count, mean and M2 of ``x`` along ``axis``, float64."""
+    import dask.array as da
+
+    if not isinstance(x, da.Array):
+        x = da.asarray(x)
+    return da.reduction(
+        x,
+        _moment_chunk,
+        _moment_agg,
+        combine=_moment_combine,
+        axis=axis,
+        keepdims=True,
+        concatenate=False,
+        output_size=3,
+        dtype="f8",
+        split_every=split_every,
+        name="welford-chan-moments",
+    )
+
+
+@contextlib.contextmanager
+def scheduler_context(scheduler: str | None) -> Iterator[Any]:
+    """``None``: dask's default (threads); 'threads'/'processes'/'synchronous';
+    anything else is a dask.distributed scheduler address (tcp://host:8786)."""
+    import dask
+
+    if scheduler in (None, "", "threads", "processes", "synchronous", "sync"):
+        with dask.config.set(scheduler=scheduler or "threads"):
+            yield None
+        return
+    try:
+        from distributed import Client
+    except ImportError:
+        raise StatsError(
+            f"--scheduler {scheduler!r} needs dask.distributed: pip install 'actstore[distributed]'"
+        ) from None
+    try:
+        client = Client(scheduler, timeout="10s")
+    except OSError as err:
+        raise StatsError(f"cannot connect to the dask scheduler at {scheduler!r}: {err}") from None
+    try:
+        yield client
+    finally:
+        client.close()
+
+
+def _stats_dataset(counts, means, variances, classes, layers, attrs):
+    import xarray as xr
+
+    return xr.Dataset(
+        {
+            "count": (("class", "layer"), np.asarray(counts, dtype=np.int64)),
+            "mean": (("class", "layer", "hidden"), means),
+            "var": (("class", "layer", "hidden"), variances),
+        },
+        coords={"class": list(classes), "layer": list(layers)},
+        attrs=attrs,
+    )
+
+
+def compute_stats(
+    path: str | Path,
+    model: str | None = None,
+    *,
+    scheduler: str | None = None,
+    force: bool = False,
+    split_every: int | None = None,
+    progress: bool = False,
+):
+    """Count, mean and unbiased variance (ddof=1) per (class, layer, hidden).
+
+    Reuses the statistics cached in the store unless the data changed since
+    (or ``force``); otherwise computes them in one streaming pass and caches
+    them next to the data. Returns an :class:`xarray.Dataset` like
+    :func:`open_stats`.
+    """
+    import dask
+
+    if not force:
+        cached = _read_cached(path, model)
+        if cached is not None:
+            return cached
+    ds = open_store(path, model)
+    labels = ds["class"].values
+    classes = sorted(set(labels.tolist()))
+    acts = ds["acts"].data
+    lazy = []
+    for label in classes:
+        index = np.flatnonzero(labels == label)
+        lazy.append(moments(acts[index], axis=0, split_every=split_every))
+    progress_bar = contextlib.nullcontext()
+    if progress:
+        from dask.diagnostics import ProgressBar
+
+        progress_bar = ProgressBar()
+    with scheduler_context(scheduler), progress_bar:
+        results = dask.compute(*lazy)
+    counts = np.stack([r[0, :, 0] for r in results]) if results else np.zeros((0, ds.sizes["layer"]))
+    means = np.stack([r[1] for r in results])
+    with np.errstate(invalid="ignore", divide="ignore"):
+        variances = np.stack([r[2] / (r[0] - 1) for r in results])
+    attrs = {
+        "model_id": ds.attrs["model_id"],
+        "model_fingerprint": ds.attrs["model_fingerprint"],
+        "group": ds.attrs["group"],
+        "data_version": ds.attrs["data_version"],
+        "n_samples": int(ds.sizes["sample"]),
+        "position": ds.attrs["position"],
+        "ddof": 1,
+    }
+    stats = _stats_dataset(counts, means, variances, classes, ds["layer"].values, attrs)
+    _write_cached(path, model, stats)
+    return stats
+
+
+def _write_cached(path, model, stats) -> None:
+    root = open_root(path, mode="a")
+    group = select_group(root, model, path)
+    if STATS_GROUP in dict(group.groups()):
+        del group[STATS_GROUP]
+    sg = group.create_group(STATS_GROUP)
+    n_class, n_layer = stats["count"].shape
+    for name, dims in (("count", ("class", "layer")), ("mean", ("class", "layer", "hidden")),
+                       ("var", ("class", "layer", "hidden"))):
+        values = stats[name].values
+        array = sg.create_array(
+            name, shape=values.shape, dtype=values.dtype, dimension_names=dims,
+            chunks=values.shape if values.size else None,
+        )
+        if values.size:
+            array[...] = values
+    labels = sg.create_array("class", shape=(n_class,), dtype=str, dimension_names=("class",))
+    if n_class:
+        labels[:] = np.asarray(stats["class"].values, dtype=str)
+    layers = sg.create_array("layer", shape=(n_layer,), dtype="int64", dimension_names=("layer",))
+    layers[:] = stats["layer"].values
+    # Written last: a cache whose data_version matches is complete.
+    sg.attrs.update(dict(stats.attrs))
+
+
+def _read_cached(path, model):
+    root = open_root(path, mode="r")
+    group = select_group(root, model, path)
+    if STATS_GROUP not in dict(group.groups()):
+        return None
+    sg = group[STATS_GROUP]
+    attrs = dict(sg.attrs)
+    if attrs.get("data_version") != group.attrs.get("data_version"):
+        return None
+    classes = as_str_array(sg["class"][:]).tolist()
+    return _stats_dataset(sg["count"][...], sg["mean"][...], sg["var"][...], classes, sg["layer"][:], attrs)
+
+
+def open_stats(path: str | Path, model: str | None = None):
+    """Cached statistics: :class:`xarray.Dataset` with dims (class, layer, hidden)
+    and variables ``count``, ``mean``, ``var`` (float64, ddof=1).
+
+    Raises :class:`StatsError` when none are cached or the data changed since.
+    """
+    stats = _read_cached(path, model)
+    if stats is None:
+        raise StatsError(
+            f"no up-to-date statistics in {str(path)!r}; run 'actstore stats --store {path}'"
+        )
+    return stats

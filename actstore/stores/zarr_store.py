@@ -1,0 +1,384 @@
+"""The activation store: schema, writer and lazy reader (Zarr v3).
+
+Layout (one group per model, named by :func:`actstore.models.safe_group_name`)::
+
+    store.zarr/                      attrs: actstore = {kind, schema_version}
+      <model-group>/                 attrs: see GROUP_ATTRS below
+        acts       (sample, layer, hidden) float32|float16, chunks (S, 1, hidden)
+        layer      (layer,)  int64   real block numbers, e.g. [2, 6, 10]
+        class      (sample,) string  class label ("pos", "neg", ...)
+        pair_id    (sample,) int64   pairs a pos with its neg (unique across runs)
+        text_hash  (sample,) string  16 hex digits of BLAKE2b of the text
+        text_index (sample,) int64   index of the text in this group (0, 1, ...)
+        token_index(sample,) int64   token position among real tokens (-1 for mean)
+        stats/                       cached statistics (see actstore.stats)
+
+``acts`` chunks hold one layer of S consecutive samples (S chosen so a chunk is
+about 1 MiB raw), compressed with Blosc LZ4 + byte shuffle: the fastest codec
+to decode, so a sequential statistics pass is bound by the disk, not the codec.
+
+Crash safety: rows are written first, then the group attribute ``n_samples``
+is advanced. Readers only look at the first ``n_samples`` rows, so rows of an
+interrupted write are invisible and are overwritten on ``--resume``.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .._version import SCHEMA_VERSION, __version__
+from ..errors import StoreError, StoreNotFoundError
+
+ROOT_KIND = "actstore-activations"
+ACTS = "acts"
+SAMPLE_COORDS = {
+    "class": str,
+    "pair_id": "int64",
+    "text_hash": str,
+    "text_index": "int64",
+    "token_index": "int64",
+}
+STORE_DTYPES = ("float32", "float16")
+_CHUNK_BYTES = 1 << 20
+_COORD_CHUNK = 16384
+
+
+def sample_chunk(hidden: int, itemsize: int, target_bytes: int = _CHUNK_BYTES) -> int:
+    """Samples per ``acts`` chunk: a power of two giving about ``target_bytes``."""
+    samples = max(1, target_bytes // (hidden * itemsize))
+    return int(max(16, 1 << (samples.bit_length() - 1)))
+
+
+def _codec():
+    from zarr.codecs import BloscCodec
+
+    return BloscCodec(cname="lz4", clevel=5, shuffle="shuffle")
+
+
+def _is_url(path: str) -> bool:
+    return "://" in path
+
+
+def open_root(path: str | Path, mode: str = "r"):
+    """Open the root group of a store; ``mode`` 'r' (must exist) or 'a'."""
+    import zarr
+
+    path = str(path)
+    if mode == "r" and not _is_url(path) and not (Path(path) / "zarr.json").is_file():
+        raise StoreNotFoundError(
+            f"{path!r} is not an actstore store (no zarr.json); create one with 'actstore capture'"
+        )
+    try:
+        root = zarr.open_group(path, mode=mode)
+    except FileNotFoundError:
+        raise StoreNotFoundError(f"{path!r} is not a Zarr store") from None
+    except Exception as err:  # zarr raises several types for "not a group" (metadata, JSON, node type)
+        raise StoreNotFoundError(f"{path!r} is not a Zarr v3 group: {err}") from None
+    meta = root.attrs.get("actstore")
+    if meta is None:
+        if mode == "r" or len(list(root.keys())) > 0:
+            raise StoreNotFoundError(f"{path!r} is a Zarr group but not an actstore store")
+        root.attrs["actstore"] = {"kind": ROOT_KIND, "schema_version": SCHEMA_VERSION}
+        meta = root.attrs["actstore"]
+    if meta.get("schema_version") != SCHEMA_VERSION:
+        raise StoreError(
+            f"{path!r} has actstore schema version {meta.get('schema_version')!r}; this actstore "
+            f"({__version__}) reads version {SCHEMA_VERSION}"
+        )
+    return root
+
+
+def model_groups(root) -> list[str]:
+    return sorted(name for name, _ in root.groups())
+
+
+def select_group(root, model: str | None, path: str | Path = "store"):
+    """The group of ``model`` (group name or original model id); the only one if None."""
+    names = model_groups(root)
+    if not names:
+        raise StoreError(f"{str(path)!r} holds no captured model yet")
+    if model is None:
+        if len(names) > 1:
+            raise StoreError(
+                f"{str(path)!r} holds several models ({', '.join(names)}); choose one with --model"
+            )
+        return root[names[0]]
+    for name in names:
+        group = root[name]
+        if model in (name, group.attrs.get("model_id")):
+            return group
+    raise StoreError(f"{str(path)!r} has no model {model!r}; it holds: {', '.join(names)}")
+
+
+@dataclass
+class CaptureSpec:
+    """What a group holds; appending must match it exactly."""
+
+    model_id: str
+    model_fingerprint: str
+    model_type: str | None
+    hidden_size: int
+    layers: list[int]
+    position: str
+    dtype: str = "float32"
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def attrs(self) -> dict[str, Any]:
+        return {
+            "schema_version": SCHEMA_VERSION,
+            "actstore_version": __version__,
+            "model_id": self.model_id,
+            "model_fingerprint": self.model_fingerprint,
+            "model_type": self.model_type,
+            "hidden_size": self.hidden_size,
+            "layers": list(self.layers),
+            "position": self.position,
+            "dtype": self.dtype,
+            **self.extra,
+        }
+
+
+_MUST_MATCH = ("model_id", "model_fingerprint", "hidden_size", "layers", "position", "dtype")
+
+
+class ActivationWriter:
+    """Append captured rows to one model group, committing after each write.
+
+    Use :meth:`open` (creates or validates the group), then :meth:`begin_run`
+    for a source file, then :meth:`append` for each window of rows.
+    """
+
+    def __init__(self, group, path: str):
+        self.group = group
+        self.path = path
+        self.acts = group[ACTS]
+        self.coords = {name: group[name] for name in SAMPLE_COORDS}
+        self.run: dict[str, Any] | None = None
+
+    @classmethod
+    def open(cls, path: str | Path, group_name: str, spec: CaptureSpec) -> ActivationWriter:
+        if spec.dtype not in STORE_DTYPES:
+            raise StoreError(f"store dtype {spec.dtype!r}: expected one of {STORE_DTYPES}")
+        root = open_root(path, mode="a")
+        if group_name in model_groups(root):
+            group = root[group_name]
+            existing = dict(group.attrs)
+            if existing.get("schema_version") != SCHEMA_VERSION:
+                raise StoreError(
+                    f"{str(path)!r} group {group_name!r} has schema version "
+                    f"{existing.get('schema_version')!r}, expected {SCHEMA_VERSION}"
+                )
+            new = spec.attrs()
+            for key in _MUST_MATCH:
+                if existing.get(key) != new[key]:
+                    raise StoreError(
+                        f"cannot append to {str(path)!r} group {group_name!r}: {key} is "
+                        f"{existing.get(key)!r} there but {new[key]!r} now; capture into another "
+                        "store or pass --name to use another group"
+                    )
+        else:
+            group = root.create_group(group_name)
+            itemsize = np.dtype(spec.dtype).itemsize
+            chunk = sample_chunk(spec.hidden_size, itemsize)
+            group.create_array(
+                ACTS,
+                shape=(0, len(spec.layers), spec.hidden_size),
+                chunks=(chunk, 1, spec.hidden_size),
+                dtype=spec.dtype,
+                compressors=[_codec()],
+                dimension_names=("sample", "layer", "hidden"),
+                fill_value=0,
+            )
+            layer = group.create_array(
+                "layer", shape=(len(spec.layers),), dtype="int64", dimension_names=("layer",)
+            )
+            layer[:] = np.asarray(spec.layers, dtype=np.int64)
+            for name, dtype in SAMPLE_COORDS.items():
+                group.create_array(
+                    name,
+                    shape=(0,),
+                    chunks=(_COORD_CHUNK,),
+                    dtype=dtype,
+                    dimension_names=("sample",),
+                    fill_value="" if dtype is str else -1,
+                )
+            group.attrs.update(
+                {**spec.attrs(), "n_samples": 0, "n_texts": 0, "next_pair_id": 0,
+                 "runs": [], "data_version": uuid.uuid4().hex}
+            )
+        return cls(group, str(path))
+
+    @property
+    def n_samples(self) -> int:
+        return int(self.group.attrs["n_samples"])
+
+    @property
+    def window_hint(self) -> int:
+        """Rows per ``acts`` chunk: commit windows of this many texts write whole chunks."""
+        return int(self.acts.chunks[0])
+
+    def begin_run(self, source: str, source_sha256: str, n_texts: int, resume: bool, settings: dict) -> int:
+        """Register (or, with ``resume``, find) the run for a source file.
+
+        Returns the index of the first text still to capture (0 for a new run,
+        ``n_texts`` when it is already complete).
+        """
+        runs = list(self.group.attrs.get("runs", []))
+        incomplete = [r for r in runs if not r["complete"]]
+        same = [r for r in runs if r["source_sha256"] == source_sha256 and r["settings"] == settings]
+        if resume:
+            if same:
+                self.run = same[-1]
+                self._truncate_uncommitted()
+                return int(self.run["texts_done"])
+        elif incomplete:
+            r = incomplete[0]
+            raise StoreError(
+                f"{self.path!r} group {self.group.basename!r} holds an interrupted capture of "
+                f"{r['source']!r} ({r['texts_done']}/{r['n_texts']} texts); rerun with --resume "
+                "to finish it"
+            )
+        elif same:
+            raise StoreError(
+                f"{self.path!r} group {self.group.basename!r} already holds a complete capture of "
+                f"{source!r} (same file contents and settings); nothing to do"
+            )
+        attrs = self.group.attrs
+        self.run = {
+            "run": len(runs),
+            "source": source,
+            "source_sha256": source_sha256,
+            "settings": settings,
+            "n_texts": n_texts,
+            "texts_done": 0,
+            "complete": n_texts == 0,
+            "text_index_offset": int(attrs["n_texts"]),
+            "pair_id_offset": int(attrs["next_pair_id"]),
+        }
+        runs.append(self.run)
+        attrs.update({"runs": runs, "n_texts": int(attrs["n_texts"]) + n_texts})
+        self._truncate_uncommitted()
+        return 0
+
+    def _truncate_uncommitted(self) -> None:
+        # Rows past n_samples come from a write that was interrupted before its
+        # commit: drop them so they are written again, once.
+        n = self.n_samples
+        if self.acts.shape[0] != n:
+            self.acts.resize((n, *self.acts.shape[1:]))
+        for array in self.coords.values():
+            if array.shape[0] != n:
+                array.resize((n,))
+
+    def append(self, acts: np.ndarray, coords: dict[str, np.ndarray], texts_done: int, max_pair_id: int) -> None:
+        """Write rows ``acts: (rows, layer, hidden)`` with their per-sample coords, then commit.
+
+        ``texts_done`` is the run's new count of finished texts; ``max_pair_id``
+        the largest stored pair id so far (keeps pair ids unique across runs).
+        """
+        assert self.run is not None, "begin_run first"
+        start = self.n_samples
+        stop = start + acts.shape[0]
+        if acts.shape[0]:
+            if self.acts.dtype == np.float16 and np.abs(acts).max() > np.finfo(np.float16).max:
+                raise StoreError(
+                    "activations exceed the float16 range; capture with --store-dtype float32"
+                )
+            self.acts.resize((stop, *self.acts.shape[1:]))
+            for name, array in self.coords.items():
+                array.resize((stop,))
+            self.acts[start:stop] = acts.astype(self.acts.dtype, copy=False)
+            for name, array in self.coords.items():
+                array[start:stop] = coords[name]
+        self._commit(stop, texts_done, max_pair_id)
+
+    def _commit(self, n_samples: int, texts_done: int, max_pair_id: int) -> None:
+        runs = list(self.group.attrs["runs"])
+        self.run = {**self.run, "texts_done": texts_done, "complete": texts_done >= self.run["n_texts"]}
+        runs[self.run["run"]] = self.run
+        next_pair = max(int(self.group.attrs["next_pair_id"]), max_pair_id + 1)
+        self.group.attrs.update(
+            {"n_samples": n_samples, "runs": runs, "next_pair_id": next_pair,
+             "data_version": uuid.uuid4().hex}
+        )
+
+
+def as_str_array(values) -> np.ndarray:
+    """Zarr returns numpy StringDType for string arrays; xarray wants fixed-width ``U``."""
+    return np.asarray(list(values), dtype=str) if len(values) else np.asarray([], dtype=str)
+
+
+def _read_coord(array, n: int) -> np.ndarray:
+    values = array[:n]
+    if array.dtype.kind in {"T", "U", "O"}:
+        return as_str_array(values)
+    return np.asarray(values)
+
+
+def open_store(path: str | Path, model: str | None = None):
+    """The activations of one model as a lazy, dask-backed :class:`xarray.Dataset`.
+
+    ``acts (sample, layer, hidden)`` reads nothing until computed; per-sample
+    coordinates ``class``, ``pair_id``, ``text_hash``, ``text_index``,
+    ``token_index`` and the ``layer`` coordinate are loaded (they are small).
+    Example::
+
+        ds = open_store("acts.zarr")
+        ds.acts.sel(layer=6).where(ds["class"] == "pos", drop=True).mean("sample")
+    """
+    import dask.array as da
+    import xarray as xr
+
+    root = open_root(path, mode="r")
+    group = select_group(root, model, path)
+    attrs = dict(group.attrs)
+    n = int(attrs["n_samples"])
+    acts_array = group[ACTS]
+    acts = da.from_zarr(acts_array)[:n]
+    coords: dict[str, Any] = {"layer": ("layer", np.asarray(group["layer"][:]))}
+    for name in SAMPLE_COORDS:
+        coords[name] = ("sample", _read_coord(group[name], n))
+    attrs.pop("runs", None)
+    attrs["group"] = group.basename
+    attrs["store"] = str(path)
+    return xr.Dataset({ACTS: (("sample", "layer", "hidden"), acts)}, coords=coords, attrs=attrs)
+
+
+def _du(path: Path) -> int:
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+
+
+def store_info(path: str | Path) -> dict[str, Any]:
+    """Summary of a store: per model its layers, classes with counts, dtype, size."""
+    root = open_root(path, mode="r")
+    models = []
+    for name in model_groups(root):
+        group = root[name]
+        attrs = dict(group.attrs)
+        n = int(attrs["n_samples"])
+        labels, counts = np.unique(_read_coord(group["class"], n), return_counts=True)
+        runs = attrs.get("runs", [])
+        local = Path(str(path)) / name
+        models.append(
+            {
+                "group": name,
+                "model_id": attrs["model_id"],
+                "layers": attrs["layers"],
+                "hidden_size": attrs["hidden_size"],
+                "position": attrs["position"],
+                "dtype": attrs["dtype"],
+                "n_samples": n,
+                "classes": {str(k): int(v) for k, v in zip(labels, counts)},
+                "runs": [
+                    {k: r[k] for k in ("source", "texts_done", "n_texts", "complete")} for r in runs
+                ],
+                "bytes_on_disk": _du(local) if local.is_dir() else None,
+                "has_stats": "stats" in dict(group.groups()),
+            }
+        )
+    return {"store": str(path), "models": models}

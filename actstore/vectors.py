@@ -1,0 +1,192 @@
+"""Steering vectors from statistics: difference of means, ENR, top-k; safetensors I/O.
+
+For a layer, with per-class means ``mu``, unbiased variances ``var`` and counts ``n``::
+
+    v     = mu_pos - mu_neg
+    ENR_i = |v_i| / max(sqrt(var_pos_i / n_pos + var_neg_i / n_neg), 1e-8)
+
+The sparse vector keeps the ``k`` coordinates of largest ENR and zeroes the
+rest; the dense vector is ``v`` itself.
+
+Vector file (safetensors, no pickle):
+
+    vector   float32 [hidden]  the steering vector (zeros outside the kept coordinates)
+    indices  int64   [k]       kept coordinates, by decreasing ENR (all of them for dense)
+    enr      float32 [hidden]  ENR of every coordinate
+    metadata (str -> str): format, model, model_fingerprint, layer, k ("dense" for dense),
+             method ("enr-topk" | "mean-diff"), classes (JSON {label: count}),
+             pos, neg, position, hidden_size, actstore_version
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from ._version import __version__
+from .errors import VectorError
+
+VECTOR_FORMAT = "actstore.vector/1"
+ENR_FLOOR = 1e-8
+
+
+@dataclass
+class SteeringVector:
+    """A steering vector for one layer. ``vector: (hidden,) float32``."""
+
+    vector: np.ndarray
+    indices: np.ndarray
+    enr: np.ndarray
+    layer: int
+    metadata: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def k(self) -> int | None:
+        """Number of kept coordinates; ``None`` for a dense vector."""
+        return None if self.metadata.get("k", "dense") == "dense" else int(self.metadata["k"])
+
+    @property
+    def hidden_size(self) -> int:
+        return int(self.vector.shape[0])
+
+
+def enr_scores(mean_pos, mean_neg, var_pos, var_neg, n_pos, n_neg) -> np.ndarray:
+    """Effect-to-noise ratio per coordinate (float64; see module docstring)."""
+    diff = np.asarray(mean_pos, np.float64) - np.asarray(mean_neg, np.float64)
+    noise = np.sqrt(np.asarray(var_pos, np.float64) / n_pos + np.asarray(var_neg, np.float64) / n_neg)
+    return np.abs(diff) / np.maximum(noise, ENR_FLOOR)
+
+
+def top_k_indices(scores: np.ndarray, k: int) -> np.ndarray:
+    """Indices of the ``k`` largest scores, largest first; ties go to the lower index."""
+    order = np.argsort(-np.asarray(scores), kind="stable")
+    return order[:k].astype(np.int64)
+
+
+def _check_k(k, hidden: int) -> None:
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)):
+        raise VectorError(f"k must be an integer, got {k!r}")
+    if not 1 <= k <= hidden:
+        raise VectorError(f"k={k} is out of range: expected 1 <= k <= hidden size ({hidden})")
+
+
+def vector_from_stats(
+    stats, layer: int, k: int | None = 64, *, pos: str = "pos", neg: str = "neg"
+) -> SteeringVector:
+    """Build the ENR top-k vector (or the dense one when ``k`` is None) from an
+    :func:`actstore.open_stats` dataset."""
+    layers = [int(x) for x in stats["layer"].values]
+    if layer not in layers:
+        raise VectorError(f"layer {layer} was not captured; the store has layers {layers}")
+    classes = [str(c) for c in stats["class"].values]
+    per_class = {}
+    for label, flag in ((pos, "--pos"), (neg, "--neg")):
+        if label not in classes:
+            raise VectorError(f"class {label!r} ({flag}) is not in the store; it has classes {classes}")
+        sel = stats.sel({"class": label, "layer": layer})
+        count = int(sel["count"])
+        if count < 2:
+            raise VectorError(
+                f"class {label!r} has {count} sample(s) at layer {layer}; ENR needs at least 2 per class"
+            )
+        per_class[label] = (sel["mean"].values, sel["var"].values, count)
+    (mean_pos, var_pos, n_pos), (mean_neg, var_neg, n_neg) = per_class[pos], per_class[neg]
+    for name, values in (("mean", mean_pos), ("var", var_pos), ("mean", mean_neg), ("var", var_neg)):
+        if not np.all(np.isfinite(values)):
+            raise VectorError(f"non-finite {name} in the statistics at layer {layer}; recapture the data")
+    hidden = mean_pos.shape[0]
+    diff = mean_pos - mean_neg
+    scores = enr_scores(mean_pos, mean_neg, var_pos, var_neg, n_pos, n_neg)
+    if k is None:
+        indices = top_k_indices(scores, hidden)
+        vector = diff
+    else:
+        _check_k(k, hidden)
+        indices = top_k_indices(scores, k)
+        vector = np.zeros_like(diff)
+        vector[indices] = diff[indices]
+    metadata = {
+        "format": VECTOR_FORMAT,
+        "model": str(stats.attrs.get("model_id", "")),
+        "model_fingerprint": str(stats.attrs.get("model_fingerprint", "")),
+        "layer": str(layer),
+        "k": "dense" if k is None else str(int(k)),
+        "method": "mean-diff" if k is None else "enr-topk",
+        "classes": json.dumps({pos: n_pos, neg: n_neg}),
+        "pos": pos,
+        "neg": neg,
+        "position": str(stats.attrs.get("position", "")),
+        "hidden_size": str(hidden),
+        "actstore_version": __version__,
+    }
+    return SteeringVector(vector.astype(np.float32), indices, scores.astype(np.float32), layer, metadata)
+
+
+def enr(
+    store: str | Path,
+    layer: int,
+    k: int | None = 64,
+    *,
+    pos: str = "pos",
+    neg: str = "neg",
+    model: str | None = None,
+    scheduler: str | None = None,
+) -> SteeringVector:
+    """ENR top-k vector (dense when ``k`` is None) for ``layer`` of a store.
+
+    Uses the statistics cached in the store, computing them first if they are
+    missing or stale.
+    """
+    from .stats import compute_stats
+
+    stats = compute_stats(store, model, scheduler=scheduler)
+    vector = vector_from_stats(stats, layer, k, pos=pos, neg=neg)
+    group_attrs = stats.attrs
+    vector.metadata["model_group"] = str(group_attrs.get("group", ""))
+    return vector
+
+
+def save_vector(vector: SteeringVector, path: str | Path) -> Path:
+    """Write a vector file (format in the module docstring)."""
+    from safetensors.numpy import save_file
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tensors = {
+        "vector": np.ascontiguousarray(vector.vector, dtype=np.float32),
+        "indices": np.ascontiguousarray(vector.indices, dtype=np.int64),
+        "enr": np.ascontiguousarray(vector.enr, dtype=np.float32),
+    }
+    save_file(tensors, str(path), metadata={**vector.metadata, "layer": str(vector.layer)})
+    return path
+
+
+def load_vector(path: str | Path) -> SteeringVector:
+    """Read a vector file written by :func:`save_vector`."""
+    from safetensors import SafetensorError, safe_open
+
+    path = Path(path)
+    if not path.is_file():
+        raise VectorError(f"vector file {str(path)!r} does not exist")
+    try:
+        with safe_open(str(path), framework="numpy") as handle:
+            names = set(handle.keys())
+            metadata = dict(handle.metadata() or {})
+            if "vector" not in names:
+                raise VectorError(f"{str(path)!r} has no tensor 'vector' (it has {sorted(names)})")
+            tensors = {name: handle.get_tensor(name) for name in names}
+    except SafetensorError as err:
+        raise VectorError(f"{str(path)!r} is not a safetensors vector file: {err}") from None
+    vector = tensors["vector"].astype(np.float32)
+    if vector.ndim != 1:
+        raise VectorError(f"{str(path)!r}: 'vector' must be 1-D [hidden], got shape {vector.shape}")
+    try:
+        layer = int(metadata.get("layer", "-1"))
+    except ValueError:
+        raise VectorError(f"{str(path)!r}: metadata 'layer' is {metadata.get('layer')!r}, not an integer") from None
+    indices = tensors.get("indices", np.flatnonzero(vector)).astype(np.int64)
+    enr = tensors.get("enr", np.full_like(vector, np.nan)).astype(np.float32)
+    return SteeringVector(vector, indices, enr, layer, metadata)
