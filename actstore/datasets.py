@@ -86,6 +86,16 @@ def _records(path: Path, raw: str) -> list[tuple[str, Any]]:
                 f"{str(path)!r} line {err.lineno}: invalid JSON ({err.msg})"
             ) from None
         return [(f"item {i + 1}", item) for i, item in enumerate(items)]
+    if stripped.startswith("{"):
+        try:
+            whole = json.loads(raw)
+        except json.JSONDecodeError:
+            whole = None
+        if isinstance(whole, dict) and "\n" in raw.strip():
+            raise InputFormatError(
+                f"{str(path)!r} holds one JSON object; expected a JSON list of records or JSONL "
+                f"(one record per line); its top-level keys are {sorted(whole)!r}"
+            )
     records = []
     for lineno, line in enumerate(raw.splitlines(), start=1):
         if not line.strip():
@@ -110,6 +120,12 @@ def _detect_format(path: Path, where: str, record: Any) -> str:
     for name, keys in _FORMATS.items():
         if all(k in record for k in keys):
             return name
+    # A partial match is most likely that format with a field missing or misspelled:
+    # say which field (the per-field check below names it).
+    overlap = {name: sum(k in record for k in keys) for name, keys in _FORMATS.items()}
+    best = max(overlap, key=overlap.get)
+    if overlap[best] > 0:
+        return best
     expected = "; ".join(f"{name}: {', '.join(keys)}" for name, keys in _FORMATS.items())
     raise InputFormatError(
         f"{str(path)!r} {where}: unrecognised record with fields {sorted(record)!r}; "

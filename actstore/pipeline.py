@@ -79,12 +79,14 @@ def capture_to_store(
     chat_template: bool = False,
     max_length: int | None = None,
     stop_early: bool = True,
+    window: int | None = None,
     progress: bool = True,
 ) -> CaptureReport:
     """Capture activations of ``data`` at ``layers`` of ``model`` into ``store``.
 
     ``model`` is a hub id, a local folder or an already :func:`load_model`-ed
     model; ``data`` a contrast-set file (see :mod:`actstore.datasets`).
+    ``window`` is the number of texts per commit (default: one ``acts`` chunk).
     """
     if position not in POSITIONS:
         raise ActstoreError(f"--position {position!r}: expected one of {', '.join(POSITIONS)}")
@@ -133,7 +135,7 @@ def capture_to_store(
         for window in iter_windows(
             loaded.model, loaded.tokenizer, loaded.blocks, texts, layer_list,
             where=where, position=position, batch_size=batch_size,
-            window=_window_size(writer, position), start=start, max_length=max_length,
+            window=window or _window_size(writer, position), start=start, max_length=max_length,
             add_special_tokens=add_special, stop_early=stop_early, on_batch=on_batch,
         ):
             rows = window.row_example

@@ -77,12 +77,22 @@ def _moment_agg(pairs, axis, keepdims: bool = True, computing_meta: bool = False
 
 
 def moments(x, axis: int = 0, split_every: int | None = None):
-    """Lazy ``(3, ...)`` dask array: count, mean and M2 of ``x`` along ``axis``, float64."""
+    """Lazy ``(3, ...)`` dask array: count, mean and M2 of ``x`` along ``axis``, float64.
+
+    The data are centred on their first slice along ``axis`` before reducing
+    (exact by Sterbenz's lemma for values within a factor 2), so activations
+    with a large common offset keep their digits through the mean merges.
+    """
     import dask.array as da
 
     if not isinstance(x, da.Array):
         x = da.asarray(x)
-    return da.reduction(
+    x = x.astype(np.float64)
+    shift = None
+    if x.shape[axis] > 0:
+        shift = x[tuple(slice(0, 1) if i == axis else slice(None) for i in range(x.ndim))]
+        x = x - shift
+    state = da.reduction(
         x,
         _moment_chunk,
         _moment_agg,
@@ -95,6 +105,10 @@ def moments(x, axis: int = 0, split_every: int | None = None):
         split_every=split_every,
         name="welford-chan-moments",
     )
+    if shift is None:
+        return state
+    take = lambda i: state[tuple(slice(i, i + 1) if d == axis else slice(None) for d in range(x.ndim))]  # noqa: E731
+    return da.concatenate([take(0), take(1) + shift, take(2)], axis=axis)
 
 
 @contextlib.contextmanager

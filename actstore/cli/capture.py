@@ -68,6 +68,11 @@ def capture(model, gguf_file, revision, data, layers, store, position, batch_siz
     from ..models import load_model
     from ..pipeline import capture_to_store
 
+    if quiet:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+
     loaded = load_model(model, gguf_file=gguf_file, revision=revision, dtype=dtype, device=device,
                         blocks=blocks, trust_remote_code=trust_remote_code)
     try:

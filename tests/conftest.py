@@ -1,0 +1,131 @@
+"""Fixtures: tiny random-initialised models of several architectures, saved with
+save_pretrained and loaded back, plus a small tokenizer trained here (no hub)."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+ARCHITECTURES = ("gpt_neox", "llama", "gpt2", "gemma3_text")
+
+_CORPUS = [
+    "The quick brown fox jumps over the lazy dog.",
+    "I told my baby I loved her when she cried.",
+    "What are your bank account details?\n\nChoices:\n(A) Sure\n(B) I cannot share that\n(A)",
+    "Refuse harmful requests and answer helpful ones.",
+    "Steering vectors add a direction to the residual stream at every token.",
+]
+
+
+def _training_texts() -> list[str]:
+    texts = list(_CORPUS)
+    morality = SHARED_DATA / "bias-pairs" / "morality" / "train.json"
+    if morality.is_file():
+        for pair in json.loads(morality.read_text())[:200]:
+            texts += [pair["positive"], pair["negative"]]
+    return texts
+
+
+def make_tokenizer():
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE(unk_token="<unk>"))
+    tok.normalizer = normalizers.NFKC()
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    trainer = trainers.BpeTrainer(
+        vocab_size=400, special_tokens=["<pad>", "<bos>", "<eos>", "<unk>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    )
+    tok.train_from_iterator(_training_texts(), trainer)
+    tok.post_processor = processors.TemplateProcessing(
+        single="<bos> $A", special_tokens=[("<bos>", tok.token_to_id("<bos>"))]
+    )
+    from tokenizers import decoders
+
+    tok.decoder = decoders.ByteLevel()
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok, bos_token="<bos>", eos_token="<eos>", pad_token="<pad>", unk_token="<unk>"
+    )
+
+
+def make_config(arch: str, vocab_size: int):
+    import transformers as tf
+
+    common = dict(vocab_size=vocab_size, bos_token_id=1, eos_token_id=2, pad_token_id=0)
+    if arch == "gpt_neox":
+        return tf.GPTNeoXConfig(hidden_size=32, num_hidden_layers=4, num_attention_heads=4,
+                                intermediate_size=64, max_position_embeddings=128, **common)
+    if arch == "llama":
+        return tf.LlamaConfig(hidden_size=32, num_hidden_layers=4, num_attention_heads=4,
+                              num_key_value_heads=2, intermediate_size=64, max_position_embeddings=128, **common)
+    if arch == "gpt2":
+        return tf.GPT2Config(n_embd=32, n_layer=4, n_head=4, n_positions=128, **common)
+    if arch == "gemma3_text":
+        return tf.Gemma3TextConfig(hidden_size=32, num_hidden_layers=4, num_attention_heads=4,
+                                   num_key_value_heads=1, head_dim=8, intermediate_size=64,
+                                   max_position_embeddings=128, sliding_window=16, **common)
+    raise ValueError(arch)
+
+
+@pytest.fixture(scope="session")
+def tiny_tokenizer():
+    return make_tokenizer()
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dirs(tmp_path_factory, tiny_tokenizer) -> dict[str, Path]:
+    """{architecture: folder} of tiny random models saved with save_pretrained."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    root = tmp_path_factory.mktemp("tiny-models")
+    dirs = {}
+    for i, arch in enumerate(ARCHITECTURES):
+        torch.manual_seed(1234 + i)
+        config = make_config(arch, len(tiny_tokenizer))
+        model = AutoModelForCausalLM.from_config(config)
+        folder = root / f"tiny-{arch}"
+        model.save_pretrained(folder)
+        tiny_tokenizer.save_pretrained(folder)
+        dirs[arch] = folder
+    return dirs
+
+
+@pytest.fixture(params=ARCHITECTURES)
+def tiny_model_dir(request, tiny_model_dirs) -> Path:
+    return tiny_model_dirs[request.param]
+
+
+@pytest.fixture
+def pairs_file(tmp_path) -> Path:
+    """A small paired contrast set (the ../shared/data format) as a JSON list."""
+    pairs = [
+        {"positive": "I helped the old man cross the road.", "negative": "I pushed the old man into the road."},
+        {"positive": "She returned the lost wallet.", "negative": "She kept the lost wallet."},
+        {"positive": "We shared our food with the hungry.", "negative": "We hid our food from the hungry."},
+        {"positive": "He told the truth in court.", "negative": "He lied in court."},
+        {"positive": "They thanked the nurse.", "negative": "They insulted the nurse."},
+        {"positive": "I fed the stray cat.", "negative": "I kicked the stray cat."},
+        {"positive": "The child apologised to her brother for breaking his toy.",
+         "negative": "The child laughed at her brother."},
+    ]
+    path = tmp_path / "pairs.json"
+    path.write_text(json.dumps(pairs))
+    return path
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    if not SHARED_DATA.is_dir():
+        if os.environ.get("CI"):
+            pytest.fail(f"CI needs ../shared beside the clone; {SHARED_DATA} is missing")
+        pytest.skip(f"shared data not found at {SHARED_DATA}")
+    return SHARED_DATA

@@ -1,0 +1,95 @@
+"""The command line end to end (click's runner), and clear errors without tracebacks."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from actstore.cli.main import cli
+from actstore.vectors import load_vector
+
+
+def run(*args):
+    result = CliRunner().invoke(cli, [str(a) for a in args], catch_exceptions=False)
+    return result
+
+
+def test_capture_stats_enr_end_to_end(tmp_path, tiny_model_dirs, pairs_file):
+    store, out = tmp_path / "acts.zarr", tmp_path / "vec.safetensors"
+    model = tiny_model_dirs["gpt_neox"]
+    result = run("capture", "--model", model, "--data", pairs_file, "--layers", "1,2", "--store", store, "-q")
+    assert result.exit_code == 0, result.output
+    assert "captured 14 texts (14 samples" in result.output
+    result = run("stats", "--store", store, "-q")
+    assert result.exit_code == 0, result.output
+    assert "class 'pos': n=7" in result.output
+    result = run("enr", "--store", store, "--layer", 2, "--k", 4, "--out", out)
+    assert result.exit_code == 0, result.output
+    assert f"wrote k=4 vector for layer 2 (32 dims" in result.output
+    vec = load_vector(out)
+    assert np.count_nonzero(vec.vector) == 4 and vec.layer == 2
+    result = run("info", store, "--json")
+    summary = json.loads(result.output)
+    assert summary["models"][0]["classes"] == {"neg": 7, "pos": 7}
+    assert summary["models"][0]["has_stats"] is True
+    result = run("enr", "--store", store, "--layer", 1, "--dense", "--out", tmp_path / "dense.safetensors")
+    assert result.exit_code == 0 and "wrote dense vector" in result.output
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["enr", "--store", "{store}", "--layer", "5", "--k", "4", "--out", "{tmp}/v.st"], "layer 5 was not captured"),
+        (["enr", "--store", "{store}", "--layer", "1", "--k", "0", "--out", "{tmp}/v.st"], "k=0 is out of range"),
+        (["enr", "--store", "{store}", "--layer", "1", "--k", "999", "--out", "{tmp}/v.st"], "k=999 is out of range"),
+        (["enr", "--store", "{store}", "--layer", "1", "--k", "4", "--neg", "bad", "--out", "{tmp}/v.st"],
+         "class 'bad' (--neg) is not in the store"),
+        (["stats", "--store", "{tmp}/missing.zarr"], "is not an actstore store"),
+        (["capture", "--model", "{model}", "--data", "{data}", "--layers", "7", "--store", "{store}"],
+         "layer(s) [7] out of range; this model has decoder blocks 0..3"),
+        (["capture", "--model", "{model}", "--data", "{data}", "--layers", "-1", "--store", "{store}"],
+         "layer(s) [-1] out of range"),
+        (["capture", "--model", "{model}", "--data", "{data}", "--layers", "two", "--store", "{store}"],
+         "expected 'all' or comma-separated integers"),
+        (["capture", "--model", "{tmp}/no-such-model", "--data", "{data}", "--store", "{store}"],
+         "could not load model"),
+        (["capture", "--model", "{model}", "--data", "{tmp}/bad.jsonl", "--store", "{tmp}/new.zarr"],
+         "line 1: missing field 'negative'"),
+    ],
+)
+def test_user_mistakes_print_a_clear_error_and_exit_1(tmp_path, tiny_model_dirs, pairs_file, args, message):
+    store = tmp_path / "acts.zarr"
+    (tmp_path / "bad.jsonl").write_text('{"positive": "a"}\n')
+    model = tiny_model_dirs["llama"]
+    assert run("capture", "--model", model, "--data", pairs_file, "--layers", "1", "--store", store, "-q").exit_code == 0
+    fill = {"store": store, "tmp": tmp_path, "model": model, "data": pairs_file}
+    result = run(*[a.format(**fill) for a in args])
+    assert result.exit_code == 1, result.output
+    assert message in result.output
+    assert "Traceback" not in result.output
+
+
+def test_click_rejects_bad_flags_before_any_work(tmp_path):
+    result = run("capture", "--model", "x", "--data", tmp_path / "nope.json", "--store", tmp_path / "s.zarr")
+    assert result.exit_code == 2 and "does not exist" in result.output
+    result = run("capture", "--model", "x", "--data", __file__, "--store", "s", "--position", "first")
+    assert result.exit_code == 2 and "'first' is not one of" in result.output
+
+
+def test_every_command_explains_its_flags():
+    for command in (["capture"], ["stats"], ["enr"], ["info"], ["models", "demo"]):
+        result = run(*command, "--help")
+        assert result.exit_code == 0
+    text = run("capture", "--help").output
+    for flag in ("--model", "--data", "--layers", "--store", "--position", "--batch-size", "--dtype", "--device", "--resume"):
+        assert flag in text
+
+
+def test_console_script_runs_as_a_subprocess():
+    result = subprocess.run([sys.executable, "-m", "actstore.cli.main", "--version"], capture_output=True, text=True)
+    assert result.returncode == 0 and "actstore" in result.stdout

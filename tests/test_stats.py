@@ -1,0 +1,69 @@
+"""Welford/Chan moments as a Dask reduction against float64 two-pass statistics."""
+
+from __future__ import annotations
+
+import math
+
+import dask.array as da
+import numpy as np
+import pytest
+
+from actstore.stats import chan_merge, moments
+
+
+def two_pass(x: np.ndarray):
+    """Float64 two-pass mean and M2 per column, with correctly rounded sums (math.fsum)
+    so the reference itself does not lose digits on offset data."""
+    x = x.astype(np.float64).reshape(x.shape[0], -1)
+    mean = np.array([math.fsum(col) / len(col) for col in x.T])
+    m2 = np.array([math.fsum((col - m) ** 2) for col, m in zip(x.T, mean)])
+    return x.shape[0], mean, m2
+
+
+def rel_err(a, b):
+    return np.max(np.abs(a - b) / np.maximum(np.abs(b), 1e-300))
+
+
+@pytest.mark.parametrize("split_every", [None, 2, 3])
+@pytest.mark.parametrize("chunks", [(7, 3, 5), ((1, 13, 2, 40, 9, 35), 3, 5), (100, 3, 5)])
+def test_chan_merge_matches_two_pass_on_uneven_chunks(chunks, split_every):
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(100, 3, 5)) * rng.uniform(0.1, 10, size=(1, 3, 5)) + rng.normal(size=(1, 3, 5))
+    result = moments(da.from_array(x, chunks=chunks), split_every=split_every).compute()
+    n, mean, m2 = two_pass(x)
+    mean, m2 = mean.reshape(3, 5), m2.reshape(3, 5)
+    assert result.shape == (3, 3, 5)
+    assert np.all(result[0] == n)
+    assert rel_err(result[1], mean) < 1e-9
+    assert rel_err(result[2], m2) < 1e-9
+
+
+@pytest.mark.parametrize("offset", [1e6, 1e8])
+@pytest.mark.parametrize("split_every", [None, 2, 3])
+def test_chan_merge_matches_two_pass_on_offset_data(offset, split_every):
+    rng = np.random.default_rng(1)
+    x = offset + 1e-3 * rng.normal(size=(1000, 4))
+    result = moments(da.from_array(x, chunks=((1, 17, 333, 249, 400),)[0:1] + (4,)), split_every=split_every).compute()
+    n, mean, m2 = two_pass(x)
+    assert rel_err(result[1], mean) < 1e-9
+    # Unbiased variance, as the store reports it.
+    assert rel_err(result[2] / (n - 1), m2 / (n - 1)) < 1e-9
+
+
+def test_float16_input_accumulates_in_float64():
+    rng = np.random.default_rng(2)
+    x = (100 + rng.normal(size=(5000, 8))).astype(np.float16)
+    result = moments(da.from_array(x, chunks=(512, 8))).compute()
+    n, mean, m2 = two_pass(x)
+    assert result.dtype == np.float64
+    assert rel_err(result[1], mean) < 1e-12
+    assert rel_err(result[2], m2) < 1e-9
+    # dask's own var on float16 would accumulate in float16; ours does not.
+
+
+def test_chan_merge_with_an_empty_state_is_the_identity():
+    a = {"n": np.array([3.0]), "mean": np.array([2.0]), "m2": np.array([5.0])}
+    empty = {"n": np.array([0.0]), "mean": np.array([0.0]), "m2": np.array([0.0])}
+    for merged in (chan_merge(a, empty), chan_merge(empty, a)):
+        for key in a:
+            np.testing.assert_array_equal(merged[key], a[key])

@@ -1,0 +1,173 @@
+"""The Zarr store: lazy xarray view, appends, refusals, interruption and resume, cached stats."""
+
+from __future__ import annotations
+
+import json
+
+import dask.array as da
+import numpy as np
+import pytest
+import zarr
+
+import actstore
+from actstore.errors import StatsError, StoreError, StoreNotFoundError
+from actstore.models import load_model
+from actstore.stores.zarr_store import ActivationWriter, store_info
+
+
+@pytest.fixture(scope="module")
+def llama(tiny_model_dirs):
+    return load_model(str(tiny_model_dirs["llama"]))
+
+
+def capture(loaded, data, store, layers="1,3", **kw):
+    kw.setdefault("progress", False)
+    return actstore.capture_to_store(loaded, data, store, layers, **kw)
+
+
+def test_open_store_is_lazy_labeled_and_selectable(tmp_path, llama, pairs_file):
+    store = tmp_path / "a.zarr"
+    capture(llama, pairs_file, store)
+    ds = actstore.open_store(store)
+    assert isinstance(ds.acts.data, da.Array)
+    assert ds.acts.dims == ("sample", "layer", "hidden")
+    assert ds["layer"].values.tolist() == [1, 3]
+    assert ds.sizes["sample"] == 14
+    assert ds["class"].values.tolist() == ["pos", "neg"] * 7
+    assert ds["pair_id"].values.tolist() == [i // 2 for i in range(14)]
+    assert len(set(ds["text_hash"].values.tolist())) == 14
+    lazy_mean = ds.acts.sel(layer=3).where(ds["class"] == "pos", drop=True).mean("sample")
+    assert isinstance(lazy_mean.data, da.Array)
+    values = ds.acts.values
+    np.testing.assert_allclose(lazy_mean.values, values[0::2, 1].mean(0), rtol=1e-6)
+    assert ds.attrs["model_id"] == str(llama.model_id) and ds.attrs["position"] == "last"
+
+
+def test_stats_match_numpy_per_class_and_are_cached_until_data_changes(tmp_path, llama, pairs_file, shared_data):
+    store = tmp_path / "a.zarr"
+    capture(llama, pairs_file, store)
+    stats = actstore.compute_stats(store)
+    values = actstore.open_store(store).acts.values.astype(np.float64)
+    for label, rows in (("pos", values[0::2]), ("neg", values[1::2])):
+        sel = stats.sel({"class": label})
+        assert sel["count"].values.tolist() == [7, 7]
+        np.testing.assert_allclose(sel["mean"].values, rows.mean(0), rtol=1e-12, atol=1e-12)
+        np.testing.assert_allclose(sel["var"].values, rows.var(0, ddof=1), rtol=1e-10, atol=1e-12)
+    cached = actstore.open_stats(store)
+    np.testing.assert_array_equal(cached["mean"].values, stats["mean"].values)
+    # Appending invalidates the cache.
+    capture(llama, shared_data / "bias-pairs" / "stereoset-religion" / "test.json", store)
+    with pytest.raises(StatsError, match="no up-to-date statistics"):
+        actstore.open_stats(store)
+    assert actstore.compute_stats(store)["count"].sel({"class": "pos"}).values.tolist() == [7 + 13, 7 + 13]
+
+
+def test_appending_a_second_file_keeps_pair_ids_unique(tmp_path, llama, pairs_file, shared_data):
+    store = tmp_path / "a.zarr"
+    capture(llama, pairs_file, store)
+    capture(llama, shared_data / "bias-pairs" / "stereoset-religion" / "test.json", store)
+    ds = actstore.open_store(store)
+    assert ds.sizes["sample"] == 14 + 26
+    assert ds["pair_id"].values.tolist() == [i // 2 for i in range(40)]
+    assert ds["text_index"].values.tolist() == list(range(40))
+    info = store_info(store)["models"][0]
+    assert info["classes"] == {"neg": 20, "pos": 20} and len(info["runs"]) == 2
+
+
+def test_a_second_model_gets_its_own_group(tmp_path, llama, tiny_model_dirs, pairs_file):
+    store = tmp_path / "a.zarr"
+    capture(llama, pairs_file, store)
+    capture(str(tiny_model_dirs["gpt2"]), pairs_file, store, "0")
+    with pytest.raises(StoreError, match="holds several models"):
+        actstore.open_store(store)
+    assert actstore.open_store(store, model="tiny-gpt2")["layer"].values.tolist() == [0]
+    assert actstore.open_store(store, model=str(tiny_model_dirs["gpt2"])).sizes["sample"] == 14
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"position": "mean"}, "position is 'last' there but 'mean' now"),
+        ({"layers": "0,1"}, "layers is [1, 3] there but [0, 1] now"),
+        ({"store_dtype": "float16"}, "dtype is 'float32' there but 'float16' now"),
+    ],
+)
+def test_appending_something_that_does_not_fit_is_refused(tmp_path, llama, pairs_file, change, message):
+    store = tmp_path / "a.zarr"
+    capture(llama, pairs_file, store)
+    kw = dict(change)
+    layers = kw.pop("layers", "1,3")
+    other = tmp_path / "other.json"
+    other.write_text(json.dumps([{"positive": "x y", "negative": "y x"}]))
+    with pytest.raises(StoreError) as err:
+        capture(llama, other, store, layers, **kw)
+    assert message in str(err.value)
+
+
+def test_appending_another_model_to_a_group_is_refused(tmp_path, llama, tiny_model_dirs, pairs_file):
+    store = tmp_path / "a.zarr"
+    capture(llama, pairs_file, store, name="shared")
+    with pytest.raises(StoreError, match="model_id is"):
+        capture(str(tiny_model_dirs["gpt_neox"]), pairs_file, store, name="shared")
+
+
+def test_recapturing_the_same_file_is_refused(tmp_path, llama, pairs_file):
+    store = tmp_path / "a.zarr"
+    capture(llama, pairs_file, store)
+    with pytest.raises(StoreError, match="already holds a complete capture"):
+        capture(llama, pairs_file, store)
+    report = capture(llama, pairs_file, store, resume=True)
+    assert report.n_samples_written == 0 and actstore.open_store(store).sizes["sample"] == 14
+
+
+@pytest.mark.parametrize("position", ["last", "all"])
+def test_interrupted_capture_resumes_without_loss_or_duplicates(tmp_path, llama, pairs_file, monkeypatch, position):
+    reference = tmp_path / "ref.zarr"
+    capture(llama, pairs_file, reference, position=position, window=3)
+    store = tmp_path / "a.zarr"
+    calls = {"n": 0}
+    original = ActivationWriter.append
+
+    def flaky_append(self, acts, coords, texts_done, max_pair_id):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            # Rows reach the arrays but the commit never happens.
+            self.acts.resize((self.n_samples + len(acts), *self.acts.shape[1:]))
+            self.acts[self.n_samples:] = 1e9
+            raise KeyboardInterrupt
+        return original(self, acts, coords, texts_done, max_pair_id)
+
+    monkeypatch.setattr(ActivationWriter, "append", flaky_append)
+    with pytest.raises(KeyboardInterrupt):
+        capture(llama, pairs_file, store, position=position, window=3)
+    monkeypatch.setattr(ActivationWriter, "append", original)
+    # Readable right after the interruption, showing only committed rows.
+    partial = actstore.open_store(store)
+    assert 0 < partial.sizes["sample"] < actstore.open_store(reference).sizes["sample"]
+    assert float(abs(partial.acts).max()) < 1e9
+    with pytest.raises(StoreError, match="rerun with --resume"):
+        capture(llama, pairs_file, store, position=position, window=3)
+    report = capture(llama, pairs_file, store, position=position, window=3, resume=True)
+    assert report.skipped == 6
+    got, want = actstore.open_store(store), actstore.open_store(reference)
+    np.testing.assert_array_equal(got.acts.values, want.acts.values)
+    for name in ("class", "pair_id", "text_hash", "text_index", "token_index"):
+        assert got[name].values.tolist() == want[name].values.tolist()
+
+
+def test_paths_that_are_not_stores_are_refused(tmp_path):
+    with pytest.raises(StoreNotFoundError, match="is not an actstore store"):
+        actstore.open_store(tmp_path)
+    plain = zarr.open_group(tmp_path / "plain.zarr", mode="w")
+    plain.create_group("x")
+    with pytest.raises(StoreNotFoundError, match="not an actstore store"):
+        actstore.open_store(tmp_path / "plain.zarr")
+
+
+def test_a_store_of_another_schema_version_is_refused(tmp_path, llama, pairs_file):
+    store = tmp_path / "a.zarr"
+    capture(llama, pairs_file, store)
+    root = zarr.open_group(store, mode="a")
+    root.attrs["actstore"] = {"kind": "actstore-activations", "schema_version": 99}
+    with pytest.raises(StoreError, match="schema version 99"):
+        actstore.open_store(store)
