@@ -1,0 +1,41 @@
+# Two commands (see README.md):
+#   make demo   set up, then capture -> stats -> enr on google/gemma-3-270m with a CAA behavior
+#   make test   set up, then run the test suite
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+DATA ?= ../shared/data
+BEHAVIOR ?= refusal
+LAYER ?= 6
+K ?= 64
+OUT ?= runs/demo
+
+.PHONY: install demo test bench clean
+
+$(VENV)/.installed: setup.cfg pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	@# torch first, as the CPU build these machines ship (a range the package accepts):
+	@# an unpinned torch pulled in later by another package would be a multi-GB CUDA build.
+	$(BIN)/pip install --quiet torch==2.13.0
+	$(BIN)/pip install --quiet -e '.[demo,dev,distributed]'
+	touch $@
+
+install: $(VENV)/.installed
+
+demo: install
+	@model=$$($(BIN)/actstore models demo --quiet) && set -x && \
+	$(BIN)/actstore capture --model "$$model" --data $(DATA)/caa-pairs/$(BEHAVIOR)/train.json \
+		--layers $(LAYER) --store $(OUT)/acts.zarr --resume && \
+	$(BIN)/actstore stats --store $(OUT)/acts.zarr && \
+	$(BIN)/actstore enr --store $(OUT)/acts.zarr --layer $(LAYER) --k $(K) \
+		--out $(OUT)/$(BEHAVIOR)-layer$(LAYER)-k$(K).safetensors
+
+test: install
+	$(BIN)/python -m pytest -q
+
+bench: install
+	$(BIN)/python benchmarks/run_all.py
+
+clean:
+	rm -rf $(VENV) runs *.egg-info
