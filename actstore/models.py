@@ -9,7 +9,6 @@ forward hook on the L-th block sees. That is steering-vectors'
 from __future__ import annotations
 
 import hashlib
-import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -224,16 +223,3 @@ def load_model(
     else:
         fingerprint = f"hub:{getattr(lm.config, '_commit_hash', None) or revision or 'unknown'}"
     return LoadedModel(lm, tokenizer, model, fingerprint, find_decoder_blocks(lm, blocks))
-
-
-def model_summary(loaded: LoadedModel) -> dict[str, Any]:
-    """JSON-serialisable provenance of a model, stored in store attrs."""
-    config = loaded.model.config
-    return {
-        "model_id": loaded.model_id,
-        "model_type": getattr(config, "model_type", None),
-        "fingerprint": loaded.fingerprint,
-        "num_layers": loaded.num_layers,
-        "hidden_size": loaded.hidden_size,
-        "config": json.loads(config.to_json_string(use_diff=True)) if hasattr(config, "to_json_string") else {},
-    }

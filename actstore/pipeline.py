@@ -11,13 +11,11 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
-
 import numpy as np
 
 from .capture import POSITIONS, iter_windows
 from .datasets import ContrastSet, Example, read_contrast_set, text_hash
-from .errors import ActstoreError, InputFormatError
+from .errors import ActstoreError
 from .models import LoadedModel, load_model, parse_layers, safe_group_name
 from .stores.zarr_store import ActivationWriter, CaptureSpec
 
@@ -86,7 +84,7 @@ def capture_to_store(
 
     ``model`` is a hub id, a local folder or an already :func:`load_model`-ed
     model; ``data`` a contrast-set file (see :mod:`actstore.datasets`).
-    ``window`` is the number of texts per commit (default: one ``acts`` chunk).
+    ``window`` is the number of texts per commit (default: 512, or 64 for ``all``).
     """
     if position not in POSITIONS:
         raise ActstoreError(f"--position {position!r}: expected one of {', '.join(POSITIONS)}")
@@ -164,8 +162,11 @@ def capture_to_store(
 
 
 def _window_size(writer: ActivationWriter, position: str) -> int:
-    # One commit per window: for last/mean a window of texts fills whole chunks.
-    return writer.window_hint if position != "all" else max(16, writer.window_hint // 64)
+    # Texts per commit: small enough that an interruption loses seconds of work,
+    # large enough that the commit (a rewrite of one partly filled chunk) is cheap.
+    if position == "all":
+        return 64
+    return min(writer.window_hint, 512)
 
 
 def _context_length(loaded: LoadedModel) -> int | None:
@@ -174,11 +175,3 @@ def _context_length(loaded: LoadedModel) -> int | None:
     limits = [getattr(config, "max_position_embeddings", None), getattr(loaded.tokenizer, "model_max_length", None)]
     limits = [int(x) for x in limits if isinstance(x, int) and 0 < x < 10**7]
     return min(limits) if limits else None
-
-
-def describe_source(contrast: ContrastSet) -> dict[str, Any]:
-    return {"path": contrast.path, "format": contrast.format, "sha256": contrast.sha256,
-            "n_examples": len(contrast), "labels": contrast.labels}
-
-
-__all__ = ["CaptureReport", "capture_to_store", "format_texts", "InputFormatError"]

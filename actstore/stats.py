@@ -39,21 +39,35 @@ def chan_merge(a: dict[str, np.ndarray], b: dict[str, np.ndarray]) -> dict[str, 
     return {"n": n, "mean": mean, "m2": m2}
 
 
+def _block_state(block: np.ndarray, codes: np.ndarray, shift: np.ndarray, n_classes: int) -> np.ndarray:
+    """Per-class (n, mean, M2) of one block of samples, two-pass, float64.
+
+    ``block: (b, ...)`` activations, ``codes: (b,)`` class index per sample,
+    ``shift: (...)`` subtracted first (see :func:`class_moments`). Returns
+    ``(1, 3, n_classes, ...)``: n, mean (still shifted) and M2.
+    """
+    trailing = block.shape[1:]
+    out = np.zeros((1, 3, n_classes, *trailing))
+    for c in range(n_classes):
+        rows = block[codes == c]
+        if rows.shape[0] == 0:
+            continue
+        # float64 from here on: M2 of float32 activations loses digits at large n.
+        centred = np.subtract(rows, shift, dtype=np.float64)
+        mean = centred.mean(axis=0)
+        centred -= mean
+        flat = centred.reshape(rows.shape[0], -1)
+        out[0, 0, c] = rows.shape[0]
+        out[0, 1, c] = mean
+        out[0, 2, c] = np.einsum("ij,ij->j", flat, flat).reshape(trailing)
+    return out
+
+
 def _moment_chunk(x: np.ndarray, axis, keepdims: bool = True, computing_meta: bool = False, **kwargs):
     if computing_meta:
         return x
-    # float64: M2 of float16/float32 activations loses digits quickly otherwise.
-    x = np.asarray(x, dtype=np.float64)
-    n = 1.0
-    for ax in axis:
-        n *= x.shape[ax]
-    shape = tuple(1 if i in axis else s for i, s in enumerate(x.shape))
-    if n == 0:
-        zeros = np.zeros(shape)
-        return {"n": zeros, "mean": zeros, "m2": zeros}
-    mean = x.mean(axis=axis, keepdims=True)
-    m2 = ((x - mean) ** 2).sum(axis=axis, keepdims=True)
-    return {"n": np.full(shape, n), "mean": mean, "m2": m2}
+    # A block state (1, 3, ...) -> the {"n", "mean", "m2"} dict the merges work on.
+    return {"n": x[:, 0], "mean": x[:, 1], "m2": x[:, 2]}
 
 
 def _moment_combine(pairs, axis, keepdims: bool = True, computing_meta: bool = False, **kwargs):
@@ -68,47 +82,71 @@ def _moment_combine(pairs, axis, keepdims: bool = True, computing_meta: bool = F
     return state
 
 
-def _moment_agg(pairs, axis, keepdims: bool = True, computing_meta: bool = False, **kwargs):
+def _moment_agg(pairs, axis, keepdims: bool = False, computing_meta: bool = False, **kwargs):
     if computing_meta:
         return pairs
     state = _moment_combine(pairs, axis, keepdims)
-    # (count, mean, m2) stacked along the reduced axis: output_size=3.
-    return np.concatenate([state["n"], state["mean"], state["m2"]], axis=axis[0])
+    # (count, mean, m2) stacked on a new leading axis: (3, n_classes, ...).
+    return np.stack([state["n"][0], state["mean"][0], state["m2"][0]])
 
 
-def moments(x, axis: int = 0, split_every: int | None = None):
-    """Lazy ``(3, ...)`` dask array: count, mean and M2 of ``x`` along ``axis``, float64.
+def class_moments(x, codes, n_classes: int, split_every: int | None = None):
+    """Lazy ``(3, n_classes, ...)`` float64 dask array: count, mean and M2 per class.
 
-    The data are centred on their first slice along ``axis`` before reducing
-    (exact by Sterbenz's lemma for values within a factor 2), so activations
-    with a large common offset keep their digits through the mean merges.
+    ``x: (sample, ...)`` (dask or numpy), ``codes: (sample,)`` integer class of
+    each sample in ``[0, n_classes)``. One pass over ``x``: each block is
+    reduced to per-class partial states (:func:`_block_state`), which
+    ``dask.array.reduction`` merges in a tree (:func:`chan_merge`).
+
+    The data are centred on their first sample before reducing, so activations
+    with a large common offset keep their digits through the merges; the
+    shift is added back to the final mean.
     """
     import dask.array as da
 
-    if not isinstance(x, da.Array):
-        x = da.asarray(x)
-    x = x.astype(np.float64)
-    shift = None
-    if x.shape[axis] > 0:
-        shift = x[tuple(slice(0, 1) if i == axis else slice(None) for i in range(x.ndim))]
-        x = x - shift
+    x = x if isinstance(x, da.Array) else da.asarray(x)
+    codes = np.asarray(codes, dtype=np.int64)
+    if codes.shape != (x.shape[0],):
+        raise ValueError(f"codes must have shape ({x.shape[0]},), got {codes.shape}")
+    if x.shape[0] == 0:
+        raise StatsError("no samples to compute statistics of")
+    trailing = "".join(chr(ord("a") + i) for i in range(x.ndim - 1))
+    codes_da = da.from_array(codes, chunks=(x.chunks[0],))
+    shift = x[0].astype(np.float64)
+    states = da.blockwise(
+        _block_state, "isk" + trailing,
+        x, "i" + trailing,
+        codes_da, "i",
+        shift, trailing,
+        new_axes={"s": 3, "k": n_classes},
+        adjust_chunks={"i": 1},
+        n_classes=n_classes,
+        dtype=np.float64,
+        meta=np.empty((0,) * (x.ndim + 2), dtype=np.float64),
+    )
     state = da.reduction(
-        x,
+        states,
         _moment_chunk,
         _moment_agg,
         combine=_moment_combine,
-        axis=axis,
-        keepdims=True,
+        axis=0,
+        keepdims=False,
         concatenate=False,
-        output_size=3,
         dtype="f8",
         split_every=split_every,
         name="welford-chan-moments",
+        meta=np.empty((0,) * (x.ndim + 1), dtype=np.float64),
     )
-    if shift is None:
-        return state
-    take = lambda i: state[tuple(slice(i, i + 1) if d == axis else slice(None) for d in range(x.ndim))]  # noqa: E731
-    return da.concatenate([take(0), take(1) + shift, take(2)], axis=axis)
+    return da.concatenate([state[0:1], state[1:2] + shift, state[2:3]], axis=0)
+
+
+def moments(x, axis: int = 0, split_every: int | None = None):
+    """Lazy ``(3, ...)`` float64 dask array: count, mean and M2 of ``x`` along ``axis``."""
+    import dask.array as da
+
+    x = x if isinstance(x, da.Array) else da.asarray(x)
+    x = da.moveaxis(x, axis, 0)
+    return class_moments(x, np.zeros(x.shape[0], dtype=np.int64), 1, split_every)[:, 0]
 
 
 @contextlib.contextmanager
@@ -174,24 +212,22 @@ def compute_stats(
         if cached is not None:
             return cached
     ds = open_store(path, model)
+    if ds.sizes["sample"] == 0:
+        raise StatsError(f"{str(path)!r} group {ds.attrs['group']!r} holds no samples yet")
     labels = ds["class"].values
-    classes = sorted(set(labels.tolist()))
-    acts = ds["acts"].data
-    lazy = []
-    for label in classes:
-        index = np.flatnonzero(labels == label)
-        lazy.append(moments(acts[index], axis=0, split_every=split_every))
+    classes, codes = np.unique(labels, return_inverse=True)
+    classes = [str(c) for c in classes]
+    lazy = class_moments(ds["acts"].data, codes.reshape(-1), len(classes), split_every=split_every)
     progress_bar = contextlib.nullcontext()
     if progress:
         from dask.diagnostics import ProgressBar
 
         progress_bar = ProgressBar()
     with scheduler_context(scheduler), progress_bar:
-        results = dask.compute(*lazy)
-    counts = np.stack([r[0, :, 0] for r in results]) if results else np.zeros((0, ds.sizes["layer"]))
-    means = np.stack([r[1] for r in results])
+        count, means, m2 = dask.compute(lazy)[0]
+    counts = count[:, :, 0]
     with np.errstate(invalid="ignore", divide="ignore"):
-        variances = np.stack([r[2] / (r[0] - 1) for r in results])
+        variances = m2 / (count - 1)
     attrs = {
         "model_id": ds.attrs["model_id"],
         "model_fingerprint": ds.attrs["model_fingerprint"],

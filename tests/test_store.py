@@ -145,7 +145,7 @@ def test_interrupted_capture_resumes_without_loss_or_duplicates(tmp_path, llama,
     partial = actstore.open_store(store)
     assert 0 < partial.sizes["sample"] < actstore.open_store(reference).sizes["sample"]
     assert float(abs(partial.acts).max()) < 1e9
-    with pytest.raises(StoreError, match="rerun with --resume"):
+    with pytest.raises(StoreError, match="with --resume to finish it first"):
         capture(llama, pairs_file, store, position=position, window=3)
     report = capture(llama, pairs_file, store, position=position, window=3, resume=True)
     assert report.skipped == 6
@@ -171,3 +171,28 @@ def test_a_store_of_another_schema_version_is_refused(tmp_path, llama, pairs_fil
     root.attrs["actstore"] = {"kind": "actstore-activations", "schema_version": 99}
     with pytest.raises(StoreError, match="schema version 99"):
         actstore.open_store(store)
+
+
+def test_a_non_empty_folder_is_not_turned_into_a_store(tmp_path, llama, pairs_file):
+    folder = tmp_path / "results"
+    folder.mkdir()
+    (folder / "notes.txt").write_text("mine")
+    with pytest.raises(StoreNotFoundError, match="exists and is not a Zarr store"):
+        capture(llama, pairs_file, folder)
+    assert sorted(p.name for p in folder.iterdir()) == ["notes.txt"]
+
+
+def test_another_file_cannot_start_while_a_capture_is_interrupted(tmp_path, llama, pairs_file, shared_data, monkeypatch):
+    store = tmp_path / "a.zarr"
+    original = ActivationWriter.append
+
+    def interrupt(self, *args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(ActivationWriter, "append", interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        capture(llama, pairs_file, store, window=4)
+    monkeypatch.setattr(ActivationWriter, "append", original)
+    other = shared_data / "bias-pairs" / "stereoset-religion" / "test.json"
+    with pytest.raises(StoreError, match="holds an interrupted capture of"):
+        capture(llama, other, store, resume=True)

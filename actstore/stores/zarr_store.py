@@ -13,9 +13,10 @@ Layout (one group per model, named by :func:`actstore.models.safe_group_name`)::
         token_index(sample,) int64   token position among real tokens (-1 for mean)
         stats/                       cached statistics (see actstore.stats)
 
-``acts`` chunks hold one layer of S consecutive samples (S chosen so a chunk is
-about 1 MiB raw), compressed with Blosc LZ4 + byte shuffle: the fastest codec
-to decode, so a sequential statistics pass is bound by the disk, not the codec.
+``acts`` chunks hold one layer of S consecutive samples, S the power of two that
+gives 4-8 MiB raw (2048 samples at hidden 640, float32): zarr's per-chunk cost
+dominates below a few MiB (benchmarks/RESULTS.md). Compressed with Blosc LZ4 +
+byte shuffle, the fastest codec to decode.
 
 Crash safety: rows are written first, then the group attribute ``n_samples``
 is advanced. Readers only look at the first ``n_samples`` rows, so rows of an
@@ -44,12 +45,12 @@ SAMPLE_COORDS = {
     "token_index": "int64",
 }
 STORE_DTYPES = ("float32", "float16")
-_CHUNK_BYTES = 1 << 20
+_CHUNK_BYTES = 8 << 20
 _COORD_CHUNK = 16384
 
 
 def sample_chunk(hidden: int, itemsize: int, target_bytes: int = _CHUNK_BYTES) -> int:
-    """Samples per ``acts`` chunk: a power of two giving about ``target_bytes``."""
+    """Samples per ``acts`` chunk: the largest power of two within ``target_bytes`` (at least 16)."""
     samples = max(1, target_bytes // (hidden * itemsize))
     return int(max(16, 1 << (samples.bit_length() - 1)))
 
@@ -69,10 +70,16 @@ def open_root(path: str | Path, mode: str = "r"):
     import zarr
 
     path = str(path)
-    if mode == "r" and not _is_url(path) and not (Path(path) / "zarr.json").is_file():
-        raise StoreNotFoundError(
-            f"{path!r} is not an actstore store (no zarr.json); create one with 'actstore capture'"
-        )
+    local = None if _is_url(path) else Path(path)
+    if local is not None and not (local / "zarr.json").is_file():
+        if mode == "r":
+            raise StoreNotFoundError(
+                f"{path!r} is not an actstore store (no zarr.json); create one with 'actstore capture'"
+            )
+        if local.exists() and (not local.is_dir() or any(local.iterdir())):
+            raise StoreNotFoundError(
+                f"{path!r} exists and is not a Zarr store; choose a new path for --store"
+            )
     try:
         root = zarr.open_group(path, mode=mode)
     except FileNotFoundError:
@@ -219,7 +226,7 @@ class ActivationWriter:
 
     @property
     def window_hint(self) -> int:
-        """Rows per ``acts`` chunk: commit windows of this many texts write whole chunks."""
+        """Rows per ``acts`` chunk."""
         return int(self.acts.chunks[0])
 
     def begin_run(self, source: str, source_sha256: str, n_texts: int, resume: bool, settings: dict) -> int:
@@ -229,21 +236,20 @@ class ActivationWriter:
         ``n_texts`` when it is already complete).
         """
         runs = list(self.group.attrs.get("runs", []))
-        incomplete = [r for r in runs if not r["complete"]]
         same = [r for r in runs if r["source_sha256"] == source_sha256 and r["settings"] == settings]
-        if resume:
-            if same:
-                self.run = same[-1]
-                self._truncate_uncommitted()
-                return int(self.run["texts_done"])
-        elif incomplete:
+        if resume and same:
+            self.run = same[-1]
+            self._truncate_uncommitted()
+            return int(self.run["texts_done"])
+        incomplete = [r for r in runs if not r["complete"]]
+        if incomplete:
             r = incomplete[0]
             raise StoreError(
                 f"{self.path!r} group {self.group.basename!r} holds an interrupted capture of "
-                f"{r['source']!r} ({r['texts_done']}/{r['n_texts']} texts); rerun with --resume "
-                "to finish it"
+                f"{r['source']!r} ({r['texts_done']}/{r['n_texts']} texts); rerun that capture "
+                "with --resume to finish it first"
             )
-        elif same:
+        if same:
             raise StoreError(
                 f"{self.path!r} group {self.group.basename!r} already holds a complete capture of "
                 f"{source!r} (same file contents and settings); nothing to do"

@@ -1,0 +1,93 @@
+"""Codec choice for ``acts``: size on disk, write and read+decode throughput.
+
+    python benchmarks/bench_codecs.py [--mb 256] [--hidden 640] [--repeats 3]
+
+Writes the same activation-like float32 array (per-dimension offsets and
+scales, a few outlier dimensions; or real gemma-3-270m activations with
+--store PATH) with each candidate codec and the store's chunk shape, then
+times a full dask read + decode (sum) of each.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import git_rev, machine, median_time, write_section  # noqa: E402
+
+
+def codecs():
+    from zarr.codecs import BloscCodec, ZstdCodec
+
+    return {
+        "blosc-lz4-shuffle (actstore)": [BloscCodec(cname="lz4", clevel=5, shuffle="shuffle")],
+        "blosc-zstd3-shuffle": [BloscCodec(cname="zstd", clevel=3, shuffle="shuffle")],
+        "blosc-zstd3-bitshuffle": [BloscCodec(cname="zstd", clevel=3, shuffle="bitshuffle")],
+        "zstd1": [ZstdCodec(level=1)],
+        "none": None,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--mb", type=int, default=256)
+    parser.add_argument("--hidden", type=int, default=640)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--store", default=None, help="take the data from this actstore store instead")
+    args = parser.parse_args()
+
+    import dask.array as da
+    import zarr
+
+    from actstore.stores.zarr_store import sample_chunk
+
+    if args.store:
+        import actstore
+
+        data = actstore.open_store(args.store).acts.values.astype(np.float32)
+        source = f"real activations from {args.store}"
+    else:
+        rng = np.random.default_rng(0)
+        n = args.mb * 2**20 // (args.hidden * 4)
+        scale = rng.lognormal(size=(1, 1, args.hidden)).astype(np.float32)
+        scale[..., :4] *= 100
+        data = rng.normal(size=(1, 1, args.hidden)).astype(np.float32) + scale * rng.standard_normal(
+            (n, 1, args.hidden), dtype=np.float32)
+        source = "synthetic activation-like float32"
+    chunks = (sample_chunk(data.shape[2], 4), 1, data.shape[2])
+    work = Path(tempfile.mkdtemp(prefix="bench-codecs-"))
+    rows = []
+    for name, compressors in codecs().items():
+        path = work / name.split(" ")[0]
+        t0 = time.perf_counter()
+        array = zarr.create_array(path, shape=data.shape, chunks=chunks, dtype="float32",
+                                  compressors=compressors, fill_value=0)
+        array[...] = data
+        write_s = time.perf_counter() - t0
+        disk = sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+        lazy = da.from_zarr(zarr.open_array(path, mode="r"))
+        median, _ = median_time(lambda: lazy.sum(dtype="f4").compute(), args.repeats)
+        rows.append((name, data.nbytes / disk, data.nbytes / write_s / 1e9, data.nbytes / median / 1e9))
+        print(f"{name:32s} ratio {rows[-1][1]:.3f}  write {rows[-1][2]:.2f} GB/s  read+decode {rows[-1][3]:.2f} GB/s")
+    shutil.rmtree(work, ignore_errors=True)
+    table = "\n".join(f"| {n} | {r:.3f} | {w:.2f} | {d:.2f} |" for n, r, w, d in rows)
+    write_section(
+        "Codecs (bench_codecs.py)",
+        f"`python benchmarks/bench_codecs.py --mb {args.mb} --hidden {args.hidden} --repeats {args.repeats}"
+        f"{' --store ' + args.store if args.store else ''}` at {git_rev()}\n\n"
+        f"Machine: {machine()}\n\n"
+        f"Data: {data.nbytes / 2**20:.0f} MiB of {source}, chunks {chunks}; read+decode is a dask sum over "
+        f"all chunks (threaded scheduler), median of {args.repeats}.\n\n"
+        "| codec | compression ratio | write GB/s | read+decode GB/s |\n|---|---|---|---|\n" + table,
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,40 @@
+"""Golden files: today's reader reads the stores and vector files of format version 1."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+
+import actstore
+
+FIXTURES = Path(__file__).resolve().parent / "fixtures"
+
+
+def expected_acts() -> np.ndarray:
+    return (np.arange(6 * 2 * 4, dtype=np.float32).reshape(6, 2, 4) % 7) * np.float32(0.5) - 1
+
+
+def test_store_v1_opens_with_its_coordinates(tmp_path):
+    store = tmp_path / "store.zarr"
+    shutil.copytree(FIXTURES / "store-v1.zarr", store)  # the checkout may be read-only
+    ds = actstore.open_store(store)
+    np.testing.assert_array_equal(ds.acts.values, expected_acts())
+    assert ds["layer"].values.tolist() == [1, 3]
+    assert ds["class"].values.tolist() == ["pos", "neg"] * 3
+    assert ds["pair_id"].values.tolist() == [0, 0, 1, 1, 2, 2]
+    assert ds.attrs["model_id"] == "fixture/model" and ds.attrs["schema_version"] == 1
+    stats = actstore.open_stats(store)  # cached statistics are still valid
+    np.testing.assert_allclose(stats.sel({"class": "pos"})["mean"].values, expected_acts()[0::2].mean(0))
+
+
+def test_vector_v1_reads_back():
+    vec = actstore.load_vector(FIXTURES / "vector-v1.safetensors")
+    assert vec.layer == 3 and vec.k == 2 and vec.metadata["format"] == "actstore.vector/1"
+    assert json.loads(vec.metadata["classes"]) == {"pos": 3, "neg": 3}
+    acts = expected_acts()[:, 1].astype(np.float64)
+    diff = acts[0::2].mean(0) - acts[1::2].mean(0)
+    np.testing.assert_allclose(vec.vector[vec.indices], diff[vec.indices], rtol=1e-6)
+    assert np.count_nonzero(vec.vector) <= 2
