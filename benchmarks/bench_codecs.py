@@ -40,7 +40,10 @@ def main() -> None:
     parser.add_argument("--mb", type=int, default=256)
     parser.add_argument("--hidden", type=int, default=640)
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--store", default=None, help="take the data from this actstore store instead")
+    parser.add_argument("--store", default=None,
+                        help="take the data (the first --mb MiB of samples) from this actstore store instead")
+    parser.add_argument("--only-class", default=None, help="with --store: keep only this class's samples")
+    parser.add_argument("--made-by", default=None, help="the command that made --store (for RESULTS.md)")
     args = parser.parse_args()
 
     import dask.array as da
@@ -51,8 +54,16 @@ def main() -> None:
     if args.store:
         import actstore
 
-        data = actstore.open_store(args.store).acts.values.astype(np.float32)
-        source = f"real activations from {args.store}"
+        ds = actstore.open_store(args.store)
+        acts = ds.acts
+        if args.only_class:
+            # A/B pairs share their prompt: with --position all, the pos and neg rows of a
+            # pair are identical up to the answer; keep one class to measure unduplicated data.
+            acts = acts.isel(sample=np.flatnonzero(ds["class"].values == args.only_class))
+        rows = max(1, args.mb * 2**20 // (acts.shape[1] * acts.shape[2] * 4))
+        data = acts[:rows].values.astype(np.float32)
+        source = (f"real activations{' of class ' + args.only_class if args.only_class else ''} ({ds.attrs['model_id'].rstrip('/').split('/')[-1]}, "
+                  f"position {ds.attrs['position']}, layers {acts.shape[1]}) from {args.store}")
     else:
         rng = np.random.default_rng(0)
         n = args.mb * 2**20 // (args.hidden * 4)
@@ -78,13 +89,15 @@ def main() -> None:
         print(f"{name:32s} ratio {rows[-1][1]:.3f}  write {rows[-1][2]:.2f} GB/s  read+decode {rows[-1][3]:.2f} GB/s")
     shutil.rmtree(work, ignore_errors=True)
     table = "\n".join(f"| {n} | {r:.3f} | {w:.2f} | {d:.2f} |" for n, r, w, d in rows)
+    made_by = f"\n\nThe store was made by `{args.made_by}`." if args.made_by else ""
     write_section(
-        "Codecs (bench_codecs.py)",
+        "Codecs, " + ("real activations" if args.store else "synthetic data") + " (bench_codecs.py)",
         f"`python benchmarks/bench_codecs.py --mb {args.mb} --hidden {args.hidden} --repeats {args.repeats}"
-        f"{' --store ' + args.store if args.store else ''}` at {git_rev()}\n\n"
+        f"{' --store ' + args.store if args.store else ''}"
+        f"{' --only-class ' + args.only_class if args.only_class else ''}` at {git_rev()}\n\n"
         f"Machine: {machine()}\n\n"
         f"Data: {data.nbytes / 2**20:.0f} MiB of {source}, chunks {chunks}; read+decode is a dask sum over "
-        f"all chunks (threaded scheduler), median of {args.repeats}.\n\n"
+        f"all chunks (threaded scheduler), median of {args.repeats}.{made_by}\n\n"
         "| codec | compression ratio | write GB/s | read+decode GB/s |\n|---|---|---|---|\n" + table,
     )
 
