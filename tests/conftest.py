@@ -13,7 +13,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
-ARCHITECTURES = ("gpt_neox", "llama", "gpt2", "gemma3_text")
+ARCHITECTURES = ("gpt_neox", "llama", "gpt2", "gemma3_text", "mistral", "qwen2")
 
 _CORPUS = [
     "The quick brown fox jumps over the lazy dog.",
@@ -72,6 +72,13 @@ def make_config(arch: str, vocab_size: int):
         return tf.Gemma3TextConfig(hidden_size=32, num_hidden_layers=4, num_attention_heads=4,
                                    num_key_value_heads=1, head_dim=8, intermediate_size=64,
                                    max_position_embeddings=128, sliding_window=16, **common)
+    if arch == "mistral":
+        return tf.MistralConfig(hidden_size=32, num_hidden_layers=4, num_attention_heads=4,
+                                num_key_value_heads=2, intermediate_size=64, max_position_embeddings=128,
+                                sliding_window=None, **common)
+    if arch == "qwen2":
+        return tf.Qwen2Config(hidden_size=32, num_hidden_layers=4, num_attention_heads=4,
+                              num_key_value_heads=2, intermediate_size=64, max_position_embeddings=128, **common)
     raise ValueError(arch)
 
 
