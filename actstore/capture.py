@@ -98,11 +98,12 @@ def forward_blocks(
 
 
 def reduce_positions(
-    hidden: torch.Tensor, attention_mask: torch.Tensor, position: str
+    hidden: torch.Tensor, attention_mask: torch.Tensor, position: str, offset: int = 0
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Pick rows out of ``hidden: (batch, seq, hidden)``.
 
-    Returns ``(rows, row_example, row_token)``: ``rows (n_rows, hidden)`` float32,
+    With ``last``, ``offset`` counts back from the last real token (1: the one
+    before it, e.g. the answer letter of a text ending in ``(A)``). Returns ``(rows, row_example, row_token)``: ``rows (n_rows, hidden)`` float32,
     the batch index of each row and its token index among the real tokens
     (``-1`` for ``mean``).
     """
@@ -111,7 +112,7 @@ def reduce_positions(
     batch = torch.arange(hidden.shape[0], device=hidden.device)
     if position == "last":
         seq_positions = torch.arange(hidden.shape[1], device=hidden.device)
-        last = torch.where(mask, seq_positions, -1).max(dim=-1).values
+        last = torch.where(mask, seq_positions, -1).max(dim=-1).values - offset
         return hidden[batch, last].float(), batch, real_index[batch, last]
     if position == "mean":
         weights = mask.to(torch.float32).unsqueeze(-1)
@@ -178,6 +179,7 @@ def iter_windows(
     max_length: int | None = None,
     add_special_tokens: bool = True,
     stop_early: bool = True,
+    last_offset: int = 0,
     on_batch=None,
 ) -> Iterator[Window]:
     """Capture ``texts[start:]`` window by window.
@@ -194,6 +196,12 @@ def iter_windows(
     for w_start in range(start, len(texts), window):
         w_stop = min(w_start + window, len(texts))
         ids = tokenize(tokenizer, texts[w_start:w_stop], where[w_start:w_stop], max_length, add_special_tokens)
+        for i, token_ids in enumerate(ids):
+            if position == "last" and len(token_ids) <= last_offset:
+                raise InputFormatError(
+                    f"{where[w_start + i]}: text has {len(token_ids)} token(s); --offset {last_offset} "
+                    "needs more"
+                )
         order = sorted(range(len(ids)), key=lambda i: -len(ids[i]))
         per_example: list[tuple[np.ndarray, np.ndarray] | None] = [None] * len(ids)
         n_tokens = 0
@@ -205,7 +213,7 @@ def iter_windows(
             outputs = forward_blocks(model, blocks, input_ids, attention_mask, layers, stop_early)
             stacked = []
             for layer in layers:
-                rows, row_batch, row_token = reduce_positions(outputs[layer], attention_mask, position)
+                rows, row_batch, row_token = reduce_positions(outputs[layer], attention_mask, position, last_offset)
                 stacked.append(rows)
             acts = torch.stack(stacked, dim=1)  # (rows, layer, hidden)
             finite = torch.isfinite(acts).all(dim=(1, 2))

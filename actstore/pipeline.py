@@ -65,6 +65,7 @@ def capture_to_store(
     layers: str | list[int] = "all",
     *,
     position: str = "last",
+    offset: int = 0,
     batch_size: int = 8,
     store_dtype: str = "float32",
     model_dtype: str = "float32",
@@ -84,10 +85,14 @@ def capture_to_store(
 
     ``model`` is a hub id, a local folder or an already :func:`load_model`-ed
     model; ``data`` a contrast-set file (see :mod:`actstore.datasets`).
-    ``window`` is the number of texts per commit (default: 512, or 64 for ``all``).
+    ``offset`` (with ``last``) captures the token that many before the last
+    (1 for the answer letter of texts ending in ``(A)``, as CAA does); the
+    store records the position as ``last-<offset>``. ``window`` is the number of texts per commit (default: 512, or 64 for ``all``).
     """
     if position not in POSITIONS:
         raise ActstoreError(f"--position {position!r}: expected one of {', '.join(POSITIONS)}")
+    if offset < 0 or (offset and position != "last"):
+        raise ActstoreError(f"--offset {offset}: must be >= 0 and is only for --position last")
     contrast = data if isinstance(data, ContrastSet) else read_contrast_set(data, separator)
     loaded = model if isinstance(model, LoadedModel) else load_model(
         model, gguf_file=gguf_file, dtype=model_dtype, device=device, blocks=blocks
@@ -102,7 +107,7 @@ def capture_to_store(
         model_type=getattr(loaded.model.config, "model_type", None),
         hidden_size=loaded.hidden_size,
         layers=layer_list,
-        position=position,
+        position=position if not offset else f"last-{offset}",
         dtype=store_dtype,
         extra={"model_dtype": model_dtype, "num_model_layers": loaded.num_layers},
     )
@@ -134,7 +139,7 @@ def capture_to_store(
             loaded.model, loaded.tokenizer, loaded.blocks, texts, layer_list,
             where=where, position=position, batch_size=batch_size,
             window=window or _window_size(writer, position), start=start, max_length=max_length,
-            add_special_tokens=add_special, stop_early=stop_early, on_batch=on_batch,
+            add_special_tokens=add_special, stop_early=stop_early, last_offset=offset, on_batch=on_batch,
         ):
             rows = window.row_example
             coords = {

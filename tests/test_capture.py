@@ -83,3 +83,23 @@ def test_hooks_are_removed_after_capture(tiny_model_dirs):
     loaded = load_model(str(tiny_model_dirs["gpt2"]))
     list(iter_windows(loaded.model, loaded.tokenizer, loaded.blocks, TEXTS, [1]))
     assert all(not block._forward_hooks for block in loaded.blocks)
+
+
+@pytest.mark.parametrize("padding_side", ["left", "right"])
+def test_last_with_offset_takes_the_token_before_the_last(tiny_model_dirs, padding_side):
+    loaded = load_model(str(tiny_model_dirs["llama"]))
+    loaded.tokenizer.padding_side = padding_side
+    (window,) = iter_windows(loaded.model, loaded.tokenizer, loaded.blocks, TEXTS, LAYERS, position="last",
+                             batch_size=3, last_offset=1)
+    for i, text in enumerate(TEXTS):
+        rows = reference_rows(loaded, text, "all")
+        np.testing.assert_allclose(window.acts[i], rows[-2], rtol=1e-4, atol=1e-5)
+        assert window.row_token[i] == len(rows) - 2
+
+
+def test_an_offset_longer_than_a_text_is_refused(tiny_model_dirs):
+    from actstore.errors import InputFormatError
+
+    loaded = load_model(str(tiny_model_dirs["llama"]))
+    with pytest.raises(InputFormatError, match="needs more"):
+        list(iter_windows(loaded.model, loaded.tokenizer, loaded.blocks, ["Hi."], [1], last_offset=50))

@@ -28,6 +28,9 @@ from ..stores.zarr_store import STORE_DTYPES
 @click.option("--position", type=click.Choice(POSITIONS), default="last", show_default=True,
               help="last: last real token of each text; mean: mean over real tokens; "
                    "all: every real token as its own sample.")
+@click.option("--offset", type=click.IntRange(0), default=0, show_default=True,
+              help="With --position last: capture the token this many before the last one. For A/B "
+                   "texts ending in '(A)', --offset 1 takes the answer letter, as CAA does.")
 @click.option("--batch-size", "-b", type=click.IntRange(1), default=8, show_default=True,
               help="Texts per forward pass (texts are batched by length to save padding).")
 @click.option("--dtype", type=click.Choice(list(DTYPES)), default="float32", show_default=True,
@@ -56,7 +59,7 @@ from ..stores.zarr_store import STORE_DTYPES
 @click.option("--trust-remote-code", is_flag=True,
               help="Allow model code from the hub repository to run (off by default).")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
-def capture(model, gguf_file, revision, data, layers, store, position, batch_size, dtype,
+def capture(model, gguf_file, revision, data, layers, store, position, offset, batch_size, dtype,
             store_dtype, device, resume, name, blocks, separator, chat_template, max_length,
             no_early_exit, trust_remote_code, quiet):
     """Run a causal LM over a contrast set and store residual activations.
@@ -77,7 +80,7 @@ def capture(model, gguf_file, revision, data, layers, store, position, batch_siz
                         blocks=blocks, trust_remote_code=trust_remote_code)
     try:
         report = capture_to_store(
-            loaded, data, store, layers, position=position, batch_size=batch_size,
+            loaded, data, store, layers, position=position, offset=offset, batch_size=batch_size,
             store_dtype=store_dtype, model_dtype=dtype, name=name, resume=resume,
             separator=codecs.decode(separator, "unicode_escape"), chat_template=chat_template,
             max_length=max_length, stop_early=not no_early_exit, progress=not quiet,
