@@ -1,15 +1,18 @@
 """actstore: sparse activation steering on a streaming-statistics activation store.
 
-Data flows one way: capture -> store -> stats -> vectors.
+Data flows one way: capture -> store -> stats -> vectors -> steering -> evaluation.
 """
 
 from ._version import SCHEMA_VERSION, __version__
 from .datasets import ContrastSet, Example, read_contrast_set
 from .errors import ActstoreError
+from .evaluate import ab_scores, perplexity, read_ab_items
 from .models import LoadedModel, find_decoder_blocks, load_model
 from .pipeline import CaptureReport, capture_to_store
 from .stats import compute_stats, moments, open_stats
+from .steering import steer
 from .stores.zarr_store import open_store, store_info
+from .sweep import run_sweep
 from .vectors import SteeringVector, enr, enr_scores, load_vector, save_vector, top_k_indices, vector_from_stats
 
 __all__ = [
@@ -21,6 +24,7 @@ __all__ = [
     "SCHEMA_VERSION",
     "SteeringVector",
     "__version__",
+    "ab_scores",
     "capture_to_store",
     "compute_stats",
     "enr",
@@ -31,8 +35,12 @@ __all__ = [
     "moments",
     "open_stats",
     "open_store",
+    "perplexity",
+    "read_ab_items",
     "read_contrast_set",
+    "run_sweep",
     "save_vector",
+    "steer",
     "store_info",
     "top_k_indices",
     "vector_from_stats",

@@ -28,16 +28,20 @@ def cli() -> None:
       actstore capture --model M --data pairs.json --layers 6 --store acts.zarr
       actstore stats   --store acts.zarr
       actstore enr     --store acts.zarr --layer 6 --k 64 --out vec.safetensors
+      actstore steer   --model M --vector vec.safetensors --alpha 4 --prompt "..." --compare
+      actstore eval    --model M --store acts.zarr --data-test test.json --layers 6 --out sweep/
     """
 
 
 def _register() -> None:
     from .capture import capture
     from .enr import enr
+    from .evaluate import evaluate
     from .models import models
     from .stats import info, stats
+    from .steer import steer
 
-    for command in (capture, stats, info, enr, models):
+    for command in (capture, stats, info, enr, steer, evaluate, models):
         cli.add_command(command)
 
 
