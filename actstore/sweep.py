@@ -25,11 +25,12 @@ import numpy as np
 from .errors import ActstoreError
 from .evaluate import ABItem, ab_scores, generate, perplexity
 from .models import LoadedModel
+from .covariance import layer_covariance
 from .stats import compute_stats
 from .steering import steer
-from .vectors import vector_from_stats
+from .vectors import vector_from_stats, whitened_vector
 
-KEY = ("layer", "k", "alpha", "method")
+METHODS = ("enr", "whitened")
 COLUMNS = ["behavior", "model", "layer", "k", "alpha", "method", "on_target", "on_target_base",
            "on_target_shift", "ppl", "ppl_base", "ppl_inflation", "n_items", "ppl_tokens", "vector_norm"]
 
@@ -90,6 +91,7 @@ def run_sweep(
     layers: Sequence[int],
     ks: Sequence[int | None],
     alphas: Sequence[float],
+    methods: Sequence[str] = ("enr",),
     behavior: str = "behavior",
     scorer: Callable[[list[str]], Sequence[float]] | None = None,
     prompts: Sequence[str] = (),
@@ -97,7 +99,10 @@ def run_sweep(
     batch_size: int = 8,
     progress: bool = True,
 ):
-    """Measure every (layer, k, alpha) and write results into ``out_dir``.
+    """Measure every (layer, method, k, alpha) and write results into ``out_dir``.
+
+    ``methods``: ``"enr"`` (top-k by ENR) and/or ``"whitened"`` (top-k by ENR
+    in the whitened basis, :func:`actstore.vectors.whitened_vector`).
 
     Returns the results as a :class:`pandas.DataFrame` (one row per
     configuration; columns :data:`COLUMNS`).
@@ -127,24 +132,32 @@ def run_sweep(
         baseline = {"on_target": base.on_target, "ppl": base.ppl, "settings": settings}
         baseline_file.write_text(json.dumps(baseline, indent=2))
 
-    todo = [(layer, k, alpha) for layer in layers for k in ks for alpha in alphas
-            if (layer, _k_label(k), float(alpha), "enr") not in done_keys]
+    unknown = sorted(set(methods) - set(METHODS))
+    if unknown:
+        raise ActstoreError(f"--methods: unknown {unknown}; expected some of {list(METHODS)}")
+    todo = [(layer, method, k, alpha) for layer in layers for method in methods for k in ks for alpha in alphas
+            if (layer, _k_label(k), float(alpha), method) not in done_keys]
     bar = None
     if progress:
         from tqdm.auto import tqdm
 
         bar = tqdm(total=len(todo), desc=f"sweep {behavior}", unit="config")
-    vectors = {}
+    vectors, covariances = {}, {}
     try:
-        for layer, k, alpha in todo:
-            if (layer, k) not in vectors:
-                vectors[layer, k] = vector_from_stats(stats, layer, k)
-            vector = vectors[layer, k]
+        for layer, method, k, alpha in todo:
+            if (layer, method, k) not in vectors:
+                if method == "whitened":
+                    if layer not in covariances:
+                        covariances[layer] = layer_covariance(store, layer, model_group)
+                    vectors[layer, method, k] = whitened_vector(stats, covariances[layer], k)
+                else:
+                    vectors[layer, method, k] = vector_from_stats(stats, layer, k)
+            vector = vectors[layer, method, k]
             with steer(loaded, vector, alpha):
                 measured = _measure(loaded, items, ppl_ids, scorer, prompts, batch_size)
             row = {
                 "behavior": behavior, "model": loaded.model_id, "layer": layer, "k": _k_label(k),
-                "alpha": float(alpha), "method": "enr", "on_target": measured.on_target,
+                "alpha": float(alpha), "method": method, "on_target": measured.on_target,
                 "on_target_base": baseline["on_target"], "on_target_shift": measured.on_target - baseline["on_target"],
                 "ppl": measured.ppl, "ppl_base": baseline["ppl"], "ppl_inflation": measured.ppl / baseline["ppl"],
                 "n_items": settings["n_items"], "ppl_tokens": len(ppl_ids),
@@ -191,13 +204,17 @@ def summarize(results) -> dict:
     results = with_fraction_of_dense(results)
     summary: dict = {"retained": {}, "inflation": {}, "best_layer": {}}
     sparse_ks = sorted({k for k in results["k"] if k != "dense"}, key=int)
+    methods = sorted(set(results["method"]))
     dense_rows = results[results["k"] == "dense"].set_index(["behavior", "layer", "alpha", "method"])
-    for k in sparse_ks:
-        rows = results[(results["k"] == k)]
+    for method, k in [(m, k) for m in methods for k in sparse_ks]:
+        rows = results[(results["k"] == k) & (results["method"] == method)]
+        if not len(rows):
+            continue
+        label = k if len(methods) == 1 else f"{method} k={k}"
         keys = list(zip(rows["behavior"], rows["layer"], rows["alpha"], rows["method"]))
         dense_shift = np.array([dense_rows["on_target_shift"].get(key, np.nan) for key in keys])
         ok = dense_shift > 0
-        summary["retained"][k] = {
+        summary["retained"][label] = {
             "mean_fraction": float(np.nanmean(rows["fraction_of_dense"].to_numpy()[ok])) if ok.any() else None,
             "configs": int(ok.sum()),
         }
@@ -214,8 +231,8 @@ def summarize(results) -> dict:
                 warnings.simplefilter("ignore", RuntimeWarning)
                 test = scipy_stats.ttest_rel(dense_infl[paired], sparse_infl[paired])
             entry["t"], entry["p"] = float(test.statistic), float(test.pvalue)
-        summary["inflation"][k] = entry
-    for behavior, rows in results.groupby("behavior"):
+        summary["inflation"][label] = entry
+    for (behavior, method), rows in results.groupby(["behavior", "method"]):
         by_layer = rows.groupby(["k", "layer"])["on_target_shift"].mean()
         best = {}
         for k in by_layer.index.get_level_values(0).unique():
@@ -224,7 +241,7 @@ def summarize(results) -> dict:
         entry = {"best_layer": best}
         if "dense" in best:
             entry["sparse_minus_dense"] = {k: best[k] - best["dense"] for k in best if k != "dense"}
-        summary["best_layer"][behavior] = entry
+        summary["best_layer"][behavior if len(methods) == 1 else f"{behavior} ({method})"] = entry
     return summary
 
 
@@ -254,12 +271,13 @@ def plot_results(results, out_dir: Path) -> list[Path]:
         ("ppl_inflation", "perplexity inflation (steered / base)", "inflation_vs_k.png", None),
     ):
         fig, ax = plt.subplots(figsize=(7, 4.5))
-        for (behavior, layer, alpha), rows in sparse.groupby(["behavior", "layer", "alpha"]):
+        for (behavior, method, layer, alpha), rows in sparse.groupby(["behavior", "method", "layer", "alpha"]):
             rows = rows.sort_values("k_int")
-            label = f"L{layer} a={alpha:g}" + (f" {behavior}" if sparse["behavior"].nunique() > 1 else "")
+            label = (f"L{layer} a={alpha:g}" + (f" {behavior}" if sparse["behavior"].nunique() > 1 else "")
+                     + (f" {method}" if sparse["method"].nunique() > 1 else ""))
             line, = ax.plot(rows["k_int"], rows[column], marker="o", label=label)
             if column == "ppl_inflation":
-                dense = results[(results["k"] == "dense") & (results["layer"] == layer)
+                dense = results[(results["k"] == "dense") & (results["layer"] == layer) & (results["method"] == method)
                                 & (results["alpha"] == alpha) & (results["behavior"] == behavior)]
                 if len(dense):
                     ax.axhline(float(dense[column].iloc[0]), color=line.get_color(), linestyle=":", linewidth=1)
@@ -293,7 +311,7 @@ def write_report(results, out_dir: Path) -> Path:
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     plot_results(results, out_dir)
     table = with_fraction_of_dense(results)[
-        ["behavior", "layer", "k", "alpha", "on_target_shift", "fraction_of_dense", "ppl_inflation"]]
+        ["behavior", "method", "layer", "k", "alpha", "on_target_shift", "fraction_of_dense", "ppl_inflation"]]
     lines = ["# Steering sweep", "", _markdown_table(table), "", "## Fraction of the dense on-target shift retained", "",
              "| k | mean fraction | configs (dense shift > 0) |", "|---|---|---|"]
     for k, entry in summary["retained"].items():

@@ -13,6 +13,7 @@ Vector file (safetensors, no pickle):
     vector   float32 [hidden]  the steering vector (zeros outside the kept coordinates)
     indices  int64   [k]       kept coordinates, by decreasing ENR (all of them for dense)
     enr      float32 [hidden]  ENR of every coordinate
+    (whitened vectors also hold vector_whitened float32 [hidden]; see whitened_vector)
     metadata (str -> str): format, model, model_fingerprint, layer, k ("dense" for dense),
              method ("enr-topk" | "mean-diff"), classes (JSON {label: count}),
              pos, neg, position, hidden_size, actstore_version
@@ -42,6 +43,7 @@ class SteeringVector:
     enr: np.ndarray
     layer: int
     metadata: dict[str, str] = field(default_factory=dict)
+    extra: dict[str, np.ndarray] = field(default_factory=dict)  # further tensors, e.g. vector_whitened
 
     @property
     def k(self) -> int | None:
@@ -134,16 +136,26 @@ def enr(
     neg: str = "neg",
     model: str | None = None,
     scheduler: str | None = None,
+    whiten: bool = False,
 ) -> SteeringVector:
     """ENR top-k vector (dense when ``k`` is None) for ``layer`` of a store.
 
     Uses the statistics cached in the store, computing them first if they are
-    missing or stale.
+    missing or stale. ``whiten=True`` ranks in the whitened basis (one more
+    pass over the layer for its covariance; see :func:`whitened_vector`).
     """
     from .stats import compute_stats
 
     stats = compute_stats(store, model, scheduler=scheduler)
-    vector = vector_from_stats(stats, layer, k, pos=pos, neg=neg)
+    if whiten:
+        from .covariance import layer_covariance
+
+        if layer not in [int(x) for x in stats["layer"].values]:
+            vector_from_stats(stats, layer, k, pos=pos, neg=neg)  # raises the usual message
+        covariance = layer_covariance(store, layer, model, scheduler=scheduler)
+        vector = whitened_vector(stats, covariance, k, pos=pos, neg=neg)
+    else:
+        vector = vector_from_stats(stats, layer, k, pos=pos, neg=neg)
     group_attrs = stats.attrs
     vector.metadata["model_group"] = str(group_attrs.get("group", ""))
     return vector
@@ -159,6 +171,7 @@ def save_vector(vector: SteeringVector, path: str | Path) -> Path:
         "vector": np.ascontiguousarray(vector.vector, dtype=np.float32),
         "indices": np.ascontiguousarray(vector.indices, dtype=np.int64),
         "enr": np.ascontiguousarray(vector.enr, dtype=np.float32),
+        **{name: np.ascontiguousarray(value) for name, value in vector.extra.items()},
     }
     save_file(tensors, str(path), metadata={**vector.metadata, "layer": str(vector.layer)})
     return path
@@ -189,4 +202,55 @@ def load_vector(path: str | Path) -> SteeringVector:
         raise VectorError(f"{str(path)!r}: metadata 'layer' is {metadata.get('layer')!r}, not an integer") from None
     indices = tensors.get("indices", np.flatnonzero(vector)).astype(np.int64)
     enr = tensors.get("enr", np.full_like(vector, np.nan)).astype(np.float32)
-    return SteeringVector(vector, indices, enr, layer, metadata)
+    extra = {name: value for name, value in tensors.items() if name not in {"vector", "indices", "enr"}}
+    return SteeringVector(vector, indices, enr, layer, metadata, extra)
+
+
+def whitened_vector(stats, covariance, k: int | None = 64, *, pos: str = "pos", neg: str = "neg") -> SteeringVector:
+    """ENR top-k in the whitened basis (the paper's "natural extension").
+
+    With Sigma the Ledoit-Wolf-shrunk pooled within-class covariance of the
+    layer and W = Sigma^(-1/2) (symmetric):
+
+    * ranked: the coordinates of u = W v, by ENR_i = |u_i| / sqrt((W S_pos W)_ii / n_pos
+      + (W S_neg W)_ii / n_neg), S_c the class covariances (so the noise of each
+      whitened coordinate is its own, not assumed 1);
+    * exported: ``vector`` = Sigma^(1/2) u_k, the kept whitened components mapped
+      back to the residual basis the model is steered in (dense there; with every
+      coordinate kept it equals v exactly); ``indices`` and ``enr`` are in the
+      whitened basis; ``vector_whitened`` holds u_k itself; metadata records
+      ``method=whitened-enr-topk`` and the ``shrinkage``.
+    """
+    layer = covariance.layer
+    plain = vector_from_stats(stats, layer, None, pos=pos, neg=neg)  # validates layer, classes, counts
+    if pos not in covariance.classes or neg not in covariance.classes:
+        raise VectorError(f"classes {pos!r}/{neg!r} not in the covariance ({covariance.classes})")
+    diff = (covariance.means[covariance.classes.index(pos)] - covariance.means[covariance.classes.index(neg)])
+    pooled, shrinkage = covariance.pooled([pos, neg])
+    mu = np.trace(pooled) / pooled.shape[0]
+    sigma = (1 - shrinkage) * pooled + shrinkage * mu * np.eye(pooled.shape[0])
+    eigenvalues, eigenvectors = np.linalg.eigh(sigma)
+    if eigenvalues.min() <= 0 or not np.all(np.isfinite(eigenvalues)):
+        raise VectorError(f"the shrunk covariance of layer {layer} is not positive definite; capture more samples")
+    inv_sqrt = (eigenvectors / np.sqrt(eigenvalues)) @ eigenvectors.T
+    sqrt = (eigenvectors * np.sqrt(eigenvalues)) @ eigenvectors.T
+    u = inv_sqrt @ diff
+    n_pos, n_neg = covariance.counts[covariance.classes.index(pos)], covariance.counts[covariance.classes.index(neg)]
+    noise = np.sqrt(
+        np.einsum("ij,jk,ki->i", inv_sqrt, covariance.class_covariance(pos), inv_sqrt) / n_pos
+        + np.einsum("ij,jk,ki->i", inv_sqrt, covariance.class_covariance(neg), inv_sqrt) / n_neg
+    )
+    scores = np.abs(u) / np.maximum(noise, ENR_FLOOR)
+    hidden = u.shape[0]
+    if k is None:
+        indices = top_k_indices(scores, hidden)
+        kept = u
+    else:
+        _check_k(k, hidden)
+        indices = top_k_indices(scores, k)
+        kept = np.zeros_like(u)
+        kept[indices] = u[indices]
+    metadata = {**plain.metadata, "k": "dense" if k is None else str(int(k)),
+                "method": "whitened-enr-topk", "shrinkage": f"{shrinkage:.6g}"}
+    return SteeringVector((sqrt @ kept).astype(np.float32), indices, scores.astype(np.float32), layer, metadata,
+                          {"vector_whitened": kept.astype(np.float32)})

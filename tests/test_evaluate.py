@@ -173,3 +173,19 @@ def test_cli_eval_and_steer(tmp_path, tiny_model_dirs, pairs_file, ab_file, shar
     result = runner.invoke(cli, ["steer", "--model", str(tiny_model_dirs["llama"]), "--vector", str(vec),
                                  "--prompt", "Hello"])
     assert result.exit_code == 1 and "pass --force" in result.output
+
+
+def test_sweep_compares_plain_and_whitened(tmp_path, llama, ab_file, shared_data):
+    store = tmp_path / "s.zarr"
+    actstore.capture_to_store(llama, shared_data / "bias-pairs" / "stereoset-religion" / "train.json", store, "2",
+                              progress=False)
+    ppl_ids = read_text_tokens(llama.tokenizer, shared_data / "wikitext-2" / "test.txt", 64)
+    results = run_sweep(llama, store, tmp_path / "sweep", items=read_ab_items(ab_file), ppl_ids=ppl_ids, layers=[2],
+                        ks=[4, None], alphas=[2.0], methods=("enr", "whitened"), progress=False)
+    assert sorted(zip(results["method"], results["k"])) == [("enr", "4"), ("enr", "dense"),
+                                                            ("whitened", "4"), ("whitened", "dense")]
+    dense = results[results["k"] == "dense"].set_index("method")["on_target"]
+    # The whitened dense vector is the plain one mapped through Sigma^1/2 Sigma^-1/2.
+    assert dense["whitened"] == pytest.approx(dense["enr"], abs=1e-4)
+    summary = json.loads((tmp_path / "sweep" / "summary.json").read_text())
+    assert set(summary["inflation"]) == {"enr k=4", "whitened k=4"}

@@ -11,6 +11,9 @@ import click
 @click.option("--k", "-k", type=int, default=None,
               help="Keep the k coordinates of largest ENR (1 <= k <= hidden). Omitted: dense vector.")
 @click.option("--dense", is_flag=True, help="The dense difference of means (same as omitting --k).")
+@click.option("--whiten", is_flag=True,
+              help="Rank the coordinates of Sigma^-1/2 v (Sigma: Ledoit-Wolf-shrunk pooled within-class "
+                   "covariance, one more pass over the layer) and export Sigma^1/2 of the kept part.")
 @click.option("--pos", default="pos", show_default=True, help="Class whose mean is added.")
 @click.option("--neg", default="neg", show_default=True, help="Class whose mean is subtracted.")
 @click.option("--model", "-m", default=None, help="Model group or model id (stores with several models).")
@@ -20,7 +23,7 @@ import click
               help="Output vector file (.safetensors): tensors vector, indices, enr + metadata.")
 @click.option("--top", type=click.IntRange(0), default=5, show_default=True,
               help="How many of the top coordinates to print.")
-def enr(store, layer, k, dense, pos, neg, model, scheduler, out, top):
+def enr(store, layer, k, dense, whiten, pos, neg, model, scheduler, out, top):
     """Rank coordinates by effect-to-noise ratio and export a sparse steering vector.
 
     ENR_i = |mu_pos_i - mu_neg_i| / sqrt(var_pos_i/n_pos + var_neg_i/n_neg); the
@@ -30,11 +33,14 @@ def enr(store, layer, k, dense, pos, neg, model, scheduler, out, top):
 
     if dense and k is not None:
         raise click.UsageError("--dense and --k exclude each other")
-    vector = build(store, layer, None if dense else k, pos=pos, neg=neg, model=model, scheduler=scheduler)
+    vector = build(store, layer, None if dense else k, pos=pos, neg=neg, model=model, scheduler=scheduler,
+                   whiten=whiten)
     path = save_vector(vector, out)
-    kind = "dense" if vector.k is None else f"k={vector.k}"
+    kind = ("dense" if vector.k is None else f"k={vector.k}") + (" whitened" if whiten else "")
     norm = float((vector.vector.astype("float64") ** 2).sum() ** 0.5)
     click.echo(f"wrote {kind} vector for layer {layer} ({vector.hidden_size} dims, norm {norm:.4g}) to {path}")
+    values = vector.extra.get("vector_whitened", vector.vector)
+    basis = "whitened coordinate" if whiten else "coordinate"
     for rank, index in enumerate(vector.indices[:top], start=1):
-        click.echo(f"  #{rank}: coordinate {int(index)}  ENR {float(vector.enr[index]):.3f}  "
-                   f"v {float(vector.vector[index]):+.4f}")
+        click.echo(f"  #{rank}: {basis} {int(index)}  ENR {float(vector.enr[index]):.3f}  "
+                   f"v {float(values[index]):+.4f}")
