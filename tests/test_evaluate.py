@@ -189,3 +189,21 @@ def test_sweep_compares_plain_and_whitened(tmp_path, llama, ab_file, shared_data
     assert dense["whitened"] == pytest.approx(dense["enr"], abs=1e-4)
     summary = json.loads((tmp_path / "sweep" / "summary.json").read_text())
     assert set(summary["inflation"]) == {"enr k=4", "whitened k=4"}
+
+
+def test_sweep_with_a_user_scorer_scores_steered_generations(tmp_path, llama, pairs_file, shared_data):
+    store = tmp_path / "s.zarr"
+    actstore.capture_to_store(llama, pairs_file, store, "1", progress=False)
+    seen = []
+
+    def length_scorer(texts):
+        seen.append(list(texts))
+        return [len(t) for t in texts]
+
+    ppl_ids = read_text_tokens(llama.tokenizer, shared_data / "wikitext-2" / "test.txt", 64)
+    results = run_sweep(llama, store, tmp_path / "sweep", ppl_ids=ppl_ids, layers=[1], ks=[4], alphas=[50.0],
+                        scorer=length_scorer, prompts=["Tell me a story", "Hello"], progress=False)
+    assert len(seen) == 2 and all(len(batch) == 2 for batch in seen)  # baseline + one configuration
+    row = results.iloc[0]
+    assert row["on_target_base"] == pytest.approx(np.mean([len(t) for t in seen[0]]))
+    assert row["on_target"] == pytest.approx(np.mean([len(t) for t in seen[1]]))
