@@ -87,7 +87,8 @@ def capture_to_store(
     model; ``data`` a contrast-set file (see :mod:`actstore.datasets`).
     ``offset`` (with ``last``) captures the token that many before the last
     (1 for the answer letter of texts ending in ``(A)``, as CAA does); the
-    store records the position as ``last-<offset>``. ``window`` is the number of texts per commit (default: 512, or 64 for ``all``).
+    store records the position as ``last-<offset>``. ``window`` is the number of
+    texts per commit (default: 512, or 64 for ``all``).
     """
     if position not in POSITIONS:
         raise ActstoreError(f"--position {position!r}: expected one of {', '.join(POSITIONS)}")
@@ -111,59 +112,60 @@ def capture_to_store(
         dtype=store_dtype,
         extra={"model_dtype": model_dtype, "num_model_layers": loaded.num_layers},
     )
-    writer = ActivationWriter.open(store, group_name, spec)
-    settings = {"separator": separator, "chat_template": chat_template, "max_length": max_length}
-    examples = contrast.examples
-    start = writer.begin_run(contrast.path, contrast.sha256, len(examples), resume, settings)
-    texts, add_special = format_texts(examples, loaded.tokenizer, chat_template)
-    labels = np.asarray([e.label for e in examples], dtype=str)
-    pair_ids = np.asarray([e.pair_id for e in examples], dtype=np.int64) + writer.run["pair_id_offset"]
-    hashes = np.asarray([text_hash(t) for t in texts], dtype=str)
-    where = [f"{contrast.path!r} {e.where}" for e in examples]
+    with ActivationWriter.open(store, group_name, spec) as writer:
+        settings = {"separator": separator, "chat_template": chat_template, "max_length": max_length}
+        examples = contrast.examples
+        start = writer.begin_run(contrast.path, contrast.sha256, len(examples), resume, settings)
+        texts, add_special = format_texts(examples, loaded.tokenizer, chat_template)
+        labels = np.asarray([e.label for e in examples], dtype=str)
+        pair_ids = np.asarray([e.pair_id for e in examples], dtype=np.int64) + writer.run["pair_id_offset"]
+        hashes = np.asarray([text_hash(t) for t in texts], dtype=str)
+        where = [f"{contrast.path!r} {e.where}" for e in examples]
 
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
+        bar = None
+        if progress:
+            from tqdm.auto import tqdm
 
-        bar = tqdm(total=len(texts), initial=start, unit="text", desc=f"capture {group_name}")
-    n_tokens = 0
-    written = 0
-    t0 = time.perf_counter()
+            bar = tqdm(total=len(texts), initial=start, unit="text", desc=f"capture {group_name}")
+        n_tokens = 0
+        written = 0
+        t0 = time.perf_counter()
 
-    def on_batch(n_batch_texts: int, n_batch_tokens: int) -> None:
-        if bar is not None:
-            bar.update(n_batch_texts)
+        def on_batch(n_batch_texts: int, n_batch_tokens: int) -> None:
+            if bar is not None:
+                bar.update(n_batch_texts)
 
-    try:
-        for window in iter_windows(
-            loaded.model, loaded.tokenizer, loaded.blocks, texts, layer_list,
-            where=where, position=position, batch_size=batch_size,
-            window=window or _window_size(writer, position), start=start, max_length=max_length,
-            add_special_tokens=add_special, stop_early=stop_early, last_offset=offset, on_batch=on_batch,
-        ):
-            rows = window.row_example
-            coords = {
-                "class": labels[rows],
-                "pair_id": pair_ids[rows],
-                "text_hash": hashes[rows],
-                "text_index": rows + writer.run["text_index_offset"],
-                "token_index": window.row_token,
-            }
-            max_pair = int(pair_ids[window.start:window.stop].max()) if window.stop > window.start else -1
-            writer.append(window.acts, coords, window.stop, max_pair)
-            n_tokens += window.n_tokens
-            written += len(rows)
-    finally:
-        if bar is not None:
-            bar.close()
-    if start >= len(texts):
-        writer.append(np.zeros((0, len(layer_list), loaded.hidden_size), np.float32),
-                      {}, len(texts), -1)
-    return CaptureReport(
-        store=str(store), group=group_name, n_texts=len(texts),
-        n_texts_captured=len(texts) - start, n_samples_written=written, n_tokens=n_tokens,
-        seconds=time.perf_counter() - t0, skipped=start,
-    )
+        try:
+            for captured in iter_windows(
+                loaded.model, loaded.tokenizer, loaded.blocks, texts, layer_list,
+                where=where, position=position, batch_size=batch_size,
+                window=window or _window_size(writer, position), start=start, max_length=max_length,
+                add_special_tokens=add_special, stop_early=stop_early, last_offset=offset, on_batch=on_batch,
+            ):
+                rows = captured.row_example
+                coords = {
+                    "class": labels[rows],
+                    "pair_id": pair_ids[rows],
+                    "text_hash": hashes[rows],
+                    "text_index": rows + writer.run["text_index_offset"],
+                    "token_index": captured.row_token,
+                }
+                span = slice(captured.start, captured.stop)
+                max_pair = int(pair_ids[span].max()) if captured.stop > captured.start else -1
+                writer.append(captured.acts, coords, captured.stop, max_pair)
+                n_tokens += captured.n_tokens
+                written += len(rows)
+        finally:
+            if bar is not None:
+                bar.close()
+        if start >= len(texts):
+            writer.append(np.zeros((0, len(layer_list), loaded.hidden_size), np.float32),
+                          {}, len(texts), -1)
+        return CaptureReport(
+            store=str(store), group=group_name, n_texts=len(texts),
+            n_texts_captured=len(texts) - start, n_samples_written=written, n_tokens=n_tokens,
+            seconds=time.perf_counter() - t0, skipped=start,
+        )
 
 
 def _window_size(writer: ActivationWriter, position: str) -> int:

@@ -46,6 +46,8 @@ def main() -> None:
     parser.add_argument("--behaviors", default=",".join(BEHAVIORS))
     parser.add_argument("--out", default=str(HERE / "results"))
     parser.add_argument("--work", default=None, help="where stores go (default: a temp dir)")
+    parser.add_argument("--summary-only", action="store_true",
+                        help="only rebuild SUMMARY.md from the behaviors' results.csv already in --out")
     args = parser.parse_args()
 
     import pandas as pd
@@ -61,6 +63,10 @@ def main() -> None:
     log: list[str] = []
     frames = []
     for behavior in args.behaviors.split(","):
+        if args.summary_only:
+            if (out / behavior / "results.csv").exists():
+                frames.append(pd.read_csv(out / behavior / "results.csv", dtype={"k": str}))
+            continue
         source = SHARED_DATA / "caa-pairs" / behavior
         train = work / f"{behavior}-train.json"
         if not train.exists():
@@ -77,10 +83,12 @@ def main() -> None:
     combined.to_csv(out / "all_results.csv", index=False)
     write_report(combined, out)
     (out / "results.md").rename(out / "SUMMARY.md")
+    behaviors = sorted(set(combined["behavior"]))
     header = (f"Made by `python benchmarks/sweep_gemma.py --train-pairs {args.train_pairs} --test-items "
               f"{args.test_items} --ppl-tokens {args.ppl_tokens} --layers {args.layers} --k {args.k} "
-              f"--alpha {args.alpha}` at {git_rev()}.\n\nMachine: {machine()}\n\nCommands run "
-              "(store paths were in a temporary folder):\n\n```\n" + "\n".join(log) + "\n```\n\n")
+              f"--alpha {args.alpha}` at {git_rev()}; behaviors: {', '.join(behaviors)}.\n\n"
+              f"Machine: {machine()}\n\nFor each behavior it ran (stores in a temporary folder):\n\n```\n"
+              + ("\n".join(log) if log else "(see each behavior's command in this script)") + "\n```\n\n")
     summary = out / "SUMMARY.md"
     summary.write_text(header + summary.read_text())
     print(f"wrote {summary}")

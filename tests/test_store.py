@@ -196,3 +196,18 @@ def test_another_file_cannot_start_while_a_capture_is_interrupted(tmp_path, llam
     other = shared_data / "bias-pairs" / "stereoset-religion" / "test.json"
     with pytest.raises(StoreError, match="holds an interrupted capture of"):
         capture(llama, other, store, resume=True)
+
+
+def test_a_second_writer_to_the_same_group_is_refused(tmp_path, llama, pairs_file):
+    from actstore.stores.zarr_store import CaptureSpec
+
+    store = tmp_path / "a.zarr"
+    spec = CaptureSpec(llama.model_id, llama.fingerprint, "llama", 32, [1, 3], "last")
+    with ActivationWriter.open(store, "tiny-llama", spec):
+        with pytest.raises(StoreError, match="is being written by pid"):
+            capture(llama, pairs_file, store)
+        # Another group of the same store is free.
+        capture(llama, pairs_file, store, name="other")
+    capture(llama, pairs_file, store)  # released on exit
+    assert actstore.open_store(store, model="tiny-llama").sizes["sample"] == 14
+    assert not list(tmp_path.glob(".*.lock"))

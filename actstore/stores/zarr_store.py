@@ -19,7 +19,8 @@ dominates below a few MiB (benchmarks/RESULTS.md). Compressed with Blosc LZ4 +
 byte shuffle, the fastest codec to decode.
 
 Crash safety: rows are written first, then the group attribute ``n_samples``
-is advanced. Readers only look at the first ``n_samples`` rows, so rows of an
+is advanced (zarr writes every file, metadata included, to a temporary name
+and renames it into place, so each write is atomic). Readers only look at the first ``n_samples`` rows, so rows of an
 interrupted write are invisible and are overwritten on ``--resume``.
 """
 
@@ -34,6 +35,7 @@ import numpy as np
 
 from .._version import SCHEMA_VERSION, __version__
 from ..errors import StoreError, StoreNotFoundError
+from .lock import WriterLock
 
 ROOT_KIND = "actstore-activations"
 ACTS = "acts"
@@ -160,9 +162,10 @@ class ActivationWriter:
     for a source file, then :meth:`append` for each window of rows.
     """
 
-    def __init__(self, group, path: str):
+    def __init__(self, group, path: str, lock: WriterLock | None = None):
         self.group = group
         self.path = path
+        self.lock = lock
         self.acts = group[ACTS]
         self.coords = {name: group[name] for name in SAMPLE_COORDS}
         self.run: dict[str, Any] | None = None
@@ -171,6 +174,15 @@ class ActivationWriter:
     def open(cls, path: str | Path, group_name: str, spec: CaptureSpec) -> ActivationWriter:
         if spec.dtype not in STORE_DTYPES:
             raise StoreError(f"store dtype {spec.dtype!r}: expected one of {STORE_DTYPES}")
+        lock = WriterLock(path, group_name).acquire()
+        try:
+            return cls._open_locked(path, group_name, spec, lock)
+        except BaseException:
+            lock.release()
+            raise
+
+    @classmethod
+    def _open_locked(cls, path, group_name: str, spec: CaptureSpec, lock: WriterLock) -> ActivationWriter:
         root = open_root(path, mode="a")
         if group_name in model_groups(root):
             group = root[group_name]
@@ -218,7 +230,19 @@ class ActivationWriter:
                 {**spec.attrs(), "n_samples": 0, "n_texts": 0, "next_pair_id": 0,
                  "runs": [], "data_version": uuid.uuid4().hex}
             )
-        return cls(group, str(path))
+        return cls(group, str(path), lock)
+
+    def close(self) -> None:
+        """Release the writer lock (also released by the OS if the process dies)."""
+        if self.lock is not None:
+            self.lock.release()
+            self.lock = None
+
+    def __enter__(self) -> ActivationWriter:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
     @property
     def n_samples(self) -> int:
