@@ -54,6 +54,8 @@ def read_ab_items(path: str | Path, separator: str = "\n") -> list[ABItem]:
 
     path = Path(path)
     contrast = read_contrast_set(path, separator)
+    if contrast.format == "labeled":
+        raise InputFormatError(f"{str(path)!r}: A/B evaluation needs pairs or CAA items, not labeled texts")
     items = []
     examples = contrast.examples
     for pos, neg in zip(examples[0::2], examples[1::2]):
@@ -64,8 +66,6 @@ def read_ab_items(path: str | Path, separator: str = "\n") -> list[ABItem]:
         if matching == other:
             raise InputFormatError(f"{str(path)!r} {pos.where}: both answers are ({matching})")
         items.append(ABItem(prompt, matching, other, pos.where))
-    if contrast.format == "labeled":
-        raise InputFormatError(f"{str(path)!r}: A/B evaluation needs pairs or CAA items, not labeled texts")
     return items
 
 
