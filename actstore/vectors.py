@@ -68,6 +68,19 @@ def top_k_indices(scores: np.ndarray, k: int) -> np.ndarray:
     return order[:k].astype(np.int64)
 
 
+def keep_top_k(values: np.ndarray, scores: np.ndarray, k: int | None) -> tuple[np.ndarray, np.ndarray]:
+    """``(indices, kept)``: the ``k`` coordinates of largest score, largest first,
+    and ``values`` with every other coordinate zeroed. ``k=None`` keeps all."""
+    hidden = values.shape[0]
+    if k is None:
+        return top_k_indices(scores, hidden), values
+    _check_k(k, hidden)
+    indices = top_k_indices(scores, k)
+    kept = np.zeros_like(values)
+    kept[indices] = values[indices]
+    return indices, kept
+
+
 def _check_k(k, hidden: int) -> None:
     if isinstance(k, bool) or not isinstance(k, (int, np.integer)):
         raise VectorError(f"k must be an integer, got {k!r}")
@@ -100,16 +113,8 @@ def vector_from_stats(
         if not np.all(np.isfinite(values)):
             raise VectorError(f"non-finite {name} in the statistics at layer {layer}; recapture the data")
     hidden = mean_pos.shape[0]
-    diff = mean_pos - mean_neg
     scores = enr_scores(mean_pos, mean_neg, var_pos, var_neg, n_pos, n_neg)
-    if k is None:
-        indices = top_k_indices(scores, hidden)
-        vector = diff
-    else:
-        _check_k(k, hidden)
-        indices = top_k_indices(scores, k)
-        vector = np.zeros_like(diff)
-        vector[indices] = diff[indices]
+    indices, vector = keep_top_k(mean_pos - mean_neg, scores, k)
     metadata = {
         "format": VECTOR_FORMAT,
         "model": str(stats.attrs.get("model_id", "")),
@@ -241,15 +246,7 @@ def whitened_vector(stats, covariance, k: int | None = 64, *, pos: str = "pos", 
         + np.einsum("ij,jk,ki->i", inv_sqrt, covariance.class_covariance(neg), inv_sqrt) / n_neg
     )
     scores = np.abs(u) / np.maximum(noise, ENR_FLOOR)
-    hidden = u.shape[0]
-    if k is None:
-        indices = top_k_indices(scores, hidden)
-        kept = u
-    else:
-        _check_k(k, hidden)
-        indices = top_k_indices(scores, k)
-        kept = np.zeros_like(u)
-        kept[indices] = u[indices]
+    indices, kept = keep_top_k(u, scores, k)
     metadata = {**plain.metadata, "k": "dense" if k is None else str(int(k)),
                 "method": "whitened-enr-topk", "shrinkage": f"{shrinkage:.6g}"}
     return SteeringVector((sqrt @ kept).astype(np.float32), indices, scores.astype(np.float32), layer, metadata,
