@@ -85,6 +85,8 @@ def _records(path: Path, raw: str) -> list[tuple[str, Any]]:
             raise InputFormatError(
                 f"{str(path)!r} line {err.lineno}: invalid JSON ({err.msg})"
             ) from None
+        if not items:
+            raise InputFormatError(f"{str(path)!r} is an empty JSON list: expected records")
         return [(f"item {i + 1}", item) for i, item in enumerate(items)]
     if stripped.startswith("{"):
         try:

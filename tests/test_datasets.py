@@ -86,3 +86,9 @@ def test_malformed_input_names_file_line_and_field(tmp_path, name, content, mess
 def test_missing_file_is_refused(tmp_path):
     with pytest.raises(InputFormatError, match="does not exist"):
         read_contrast_set(tmp_path / "nope.json")
+
+
+def test_an_empty_json_list_is_refused(tmp_path):
+    # Found by the fuzz test in test_bad_inputs.py (it raised IndexError before).
+    with pytest.raises(InputFormatError, match="is an empty JSON list"):
+        read_contrast_set(write(tmp_path, "empty.json", "[]"))
