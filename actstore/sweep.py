@@ -225,6 +225,8 @@ def summarize(results) -> dict:
         paired = ~np.isnan(dense_infl)
         entry = {"mean_sparse": float(np.mean(sparse_infl[paired])) if paired.any() else None,
                  "mean_dense": float(np.mean(dense_infl[paired])) if paired.any() else None,
+                 "geomean_sparse": float(np.exp(np.mean(np.log(sparse_infl[paired])))) if paired.any() else None,
+                 "geomean_dense": float(np.exp(np.mean(np.log(dense_infl[paired])))) if paired.any() else None,
                  "pairs": int(paired.sum()), "t": None, "p": None}
         if paired.sum() >= 2 and np.any(sparse_infl[paired] != dense_infl[paired]):
             with warnings.catch_warnings():
@@ -321,10 +323,12 @@ def write_report(results, out_dir: Path) -> Path:
         lines.append(f"| {k} | {value} | {entry['configs']} |")
     lines += ["", "## Perplexity inflation, dense vs sparse (paired t-test of log inflation over matched "
               "configurations; t > 0: dense inflates more)", "",
-              "| k | mean sparse | mean dense | pairs | t | p |", "|---|---|---|---|---|---|"]
+              "| k | mean sparse | mean dense | geo-mean sparse | geo-mean dense | pairs | t | p |",
+              "|---|---|---|---|---|---|---|---|"]
     for k, entry in summary["inflation"].items():
         fmt = lambda v: "n/a" if v is None else f"{v:.4g}"  # noqa: E731
-        lines.append(f"| {k} | {fmt(entry['mean_sparse'])} | {fmt(entry['mean_dense'])} | {entry['pairs']} | "
+        lines.append(f"| {k} | {fmt(entry['mean_sparse'])} | {fmt(entry['mean_dense'])} | "
+                     f"{fmt(entry['geomean_sparse'])} | {fmt(entry['geomean_dense'])} | {entry['pairs']} | "
                      f"{fmt(entry['t'])} | {fmt(entry['p'])} |")
     lines += ["", "## Best layer (largest mean shift over alphas)", ""]
     for behavior, entry in summary["best_layer"].items():
