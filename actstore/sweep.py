@@ -32,7 +32,8 @@ from .vectors import vector_from_stats, whitened_vector
 
 METHODS = ("enr", "whitened")
 COLUMNS = ["behavior", "model", "layer", "k", "alpha", "method", "on_target", "on_target_base",
-           "on_target_shift", "ppl", "ppl_base", "ppl_inflation", "n_items", "ppl_tokens", "vector_norm"]
+           "on_target_shift", "ppl", "ppl_base", "ppl_inflation", "n_items", "ppl_tokens", "vector_norm",
+           "added_norm"]
 
 
 def parse_ks(spec: str | Sequence) -> list[int | None]:
@@ -93,6 +94,7 @@ def run_sweep(
     alphas: Sequence[float],
     methods: Sequence[str] = ("enr",),
     behavior: str = "behavior",
+    normalize: bool = False,
     scorer: Callable[[list[str]], Sequence[float]] | None = None,
     prompts: Sequence[str] = (),
     model_group: str | None = None,
@@ -103,6 +105,9 @@ def run_sweep(
 
     ``methods``: ``"enr"`` (top-k by ENR) and/or ``"whitened"`` (top-k by ENR
     in the whitened basis, :func:`actstore.vectors.whitened_vector`).
+    ``normalize=True`` makes ``alpha`` the norm of what is added (each vector
+    scaled to unit norm first), so sparse and dense vectors are compared at
+    equal intervention size rather than at equal scale.
 
     Returns the results as a :class:`pandas.DataFrame` (one row per
     configuration; columns :data:`COLUMNS`).
@@ -119,9 +124,11 @@ def run_sweep(
     done_keys = {(int(r.layer), str(r.k), float(r.alpha), str(r.method)) for r in done.itertuples()}
 
     settings = {"n_items": len(items) if scorer is None else len(prompts), "ppl_tokens": len(ppl_ids),
-                "scorer": getattr(scorer, "__name__", None) if scorer else "ab"}
+                "scorer": getattr(scorer, "__name__", None) if scorer else "ab", "normalize": normalize}
     baseline_file = out_dir / "baseline.json"
     baseline = json.loads(baseline_file.read_text()) if baseline_file.exists() else None
+    if baseline is not None:
+        baseline["settings"].setdefault("normalize", False)  # folders written before --normalize existed
     if baseline is None or baseline.get("settings") != settings:
         if len(done):
             raise ActstoreError(
@@ -153,7 +160,9 @@ def run_sweep(
                 else:
                     vectors[layer, method, k] = vector_from_stats(stats, layer, k)
             vector = vectors[layer, method, k]
-            with steer(loaded, vector, alpha):
+            norm = float(np.linalg.norm(vector.vector))
+            scale = alpha / norm if normalize and norm > 0 else alpha
+            with steer(loaded, vector, scale):
                 measured = _measure(loaded, items, ppl_ids, scorer, prompts, batch_size)
             row = {
                 "behavior": behavior, "model": loaded.model_id, "layer": layer, "k": _k_label(k),
@@ -161,7 +170,7 @@ def run_sweep(
                 "on_target_base": baseline["on_target"], "on_target_shift": measured.on_target - baseline["on_target"],
                 "ppl": measured.ppl, "ppl_base": baseline["ppl"], "ppl_inflation": measured.ppl / baseline["ppl"],
                 "n_items": settings["n_items"], "ppl_tokens": len(ppl_ids),
-                "vector_norm": float(np.linalg.norm(vector.vector)),
+                "vector_norm": norm, "added_norm": abs(scale) * norm,
             }
             # Appended at once: an interrupted sweep keeps every finished row.
             pd.DataFrame([row], columns=COLUMNS).to_csv(

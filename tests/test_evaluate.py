@@ -207,3 +207,13 @@ def test_sweep_with_a_user_scorer_scores_steered_generations(tmp_path, llama, pa
     row = results.iloc[0]
     assert row["on_target_base"] == pytest.approx(np.mean([len(t) for t in seen[0]]))
     assert row["on_target"] == pytest.approx(np.mean([len(t) for t in seen[1]]))
+
+
+def test_normalized_sweep_adds_vectors_of_norm_alpha(tmp_path, llama, ab_file, pairs_file, shared_data):
+    store = tmp_path / "s.zarr"
+    actstore.capture_to_store(llama, pairs_file, store, "1", progress=False)
+    ppl_ids = read_text_tokens(llama.tokenizer, shared_data / "wikitext-2" / "test.txt", 64)
+    results = run_sweep(llama, store, tmp_path / "sweep", items=read_ab_items(ab_file), ppl_ids=ppl_ids, layers=[1],
+                        ks=[4, None], alphas=[3.0], normalize=True, progress=False)
+    np.testing.assert_allclose(results["added_norm"], [3.0, 3.0], rtol=1e-6)
+    assert results["vector_norm"].iloc[0] < results["vector_norm"].iloc[1]

@@ -19,6 +19,9 @@ _DEFAULT_TEXT = Path("..") / "shared" / "data" / "wikitext-2" / "test.txt"
 @click.option("--k", "ks", default="8,16,32,64,128,dense", show_default=True,
               help="Values of k to sweep; 'dense' is the dense difference of means.")
 @click.option("--alpha", "alphas", default="1,2,4,8", show_default=True, help="Steering scales to sweep.")
+@click.option("--normalize", is_flag=True,
+              help="Make --alpha the norm of what is added (each vector scaled to unit norm first): "
+                   "compares sparse and dense vectors at equal intervention size.")
 @click.option("--methods", default="enr", show_default=True,
               help="Vector methods to compare: 'enr' (top-k by ENR), 'whitened' (top-k by ENR of "
                    "Sigma^-1/2 v), or 'enr,whitened'.")
@@ -33,7 +36,7 @@ _DEFAULT_TEXT = Path("..") / "shared" / "data" / "wikitext-2" / "test.txt"
 @click.option("--batch-size", "-b", type=click.IntRange(1), default=8, show_default=True)
 @click.option("--force", is_flag=True, help="Use the store even if it was captured from other model weights.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
-def evaluate(model, store, model_group, data_test, layers, ks, alphas, methods, text, ppl_tokens, max_items, behavior, out,
+def evaluate(model, store, model_group, data_test, layers, ks, alphas, normalize, methods, text, ppl_tokens, max_items, behavior, out,
              batch_size, force, quiet):
     """Sweep layer x k x alpha: on-target A/B shift against perplexity inflation.
 
@@ -60,7 +63,7 @@ def evaluate(model, store, model_group, data_test, layers, ks, alphas, methods, 
     results = run_sweep(
         loaded, store, out, items=items, ppl_ids=ppl_ids, layers=parse_layers(layers, loaded.num_layers),
         ks=parse_ks(ks), alphas=parse_floats(alphas, "--alpha"),
-        methods=[m.strip() for m in methods.split(",") if m.strip()],
+        methods=[m.strip() for m in methods.split(",") if m.strip()], normalize=normalize,
         behavior=behavior or Path(data_test).resolve().parent.name, model_group=model_group,
         batch_size=batch_size, progress=not quiet,
     )
