@@ -46,6 +46,8 @@ def main() -> None:
     parser.add_argument("--behaviors", default=",".join(BEHAVIORS))
     parser.add_argument("--out", default=str(HERE / "results"))
     parser.add_argument("--work", default=None, help="where stores go (default: a temp dir)")
+    parser.add_argument("--normalize", action="store_true",
+                        help="pass --normalize to eval: --alpha is then the norm of the added vector")
     parser.add_argument("--summary-only", action="store_true",
                         help="only rebuild SUMMARY.md from the behaviors' results.csv already in --out")
     args = parser.parse_args()
@@ -77,7 +79,7 @@ def main() -> None:
         run([exe, "eval", "-q", "--model", model, "--store", str(store), "--data-test", str(source / "test.json"),
              "--max-items", str(args.test_items), "--layers", args.layers, "--k", args.k, "--alpha", args.alpha,
              "--text", str(SHARED_DATA / "wikitext-2" / "test.txt"), "--ppl-tokens", str(args.ppl_tokens),
-             "--behavior", behavior, "--out", str(out / behavior)], log)
+             "--behavior", behavior, "--out", str(out / behavior)] + (["--normalize"] if args.normalize else []), log)
         frames.append(pd.read_csv(out / behavior / "results.csv", dtype={"k": str}))
     combined = pd.concat(frames, ignore_index=True)
     combined.to_csv(out / "all_results.csv", index=False)
@@ -86,7 +88,7 @@ def main() -> None:
     behaviors = sorted(set(combined["behavior"]))
     header = (f"Made by `python benchmarks/sweep_gemma.py --train-pairs {args.train_pairs} --test-items "
               f"{args.test_items} --ppl-tokens {args.ppl_tokens} --layers {args.layers} --k {args.k} "
-              f"--alpha {args.alpha}` at {git_rev()}; behaviors: {', '.join(behaviors)}.\n\n"
+              f"--alpha {args.alpha}{' --normalize' if args.normalize else ''} --out {args.out}` at {git_rev()}; behaviors: {', '.join(behaviors)}.\n\n"
               f"Machine: {machine()}\n\nFor each behavior it ran (stores in a temporary folder):\n\n```\n"
               + ("\n".join(log) if log else "(see each behavior's command in this script)") + "\n```\n\n")
     summary = out / "SUMMARY.md"
