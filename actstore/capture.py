@@ -70,6 +70,12 @@ def record_blocks(blocks: torch.nn.ModuleList, layers: Sequence[int], stop_after
             handle.remove()
 
 
+def position_ids(attention_mask: torch.Tensor) -> torch.Tensor:
+    """Positions counted over real tokens, so a left-padded text gets the same
+    positions (and activations) as the same text unpadded."""
+    return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+
+
 def forward_blocks(
     model: torch.nn.Module,
     blocks: torch.nn.ModuleList,
@@ -78,18 +84,14 @@ def forward_blocks(
     layers: Sequence[int],
     stop_early: bool = True,
 ) -> dict[int, torch.Tensor]:
-    """Run the model on one padded batch; return ``{layer: (batch, seq, hidden)}``.
-
-    Position ids are counted over real tokens, so a left-padded text gets the
-    same positions (and activations) as the same text unpadded.
-    """
-    position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+    """Run the model on one padded batch; return ``{layer: (batch, seq, hidden)}``
+    (positions from :func:`position_ids`)."""
     with record_blocks(blocks, layers, stop_after_last=stop_early) as outputs, torch.no_grad():
         try:
             model(
                 input_ids=input_ids,
                 attention_mask=attention_mask,
-                position_ids=position_ids,
+                position_ids=position_ids(attention_mask),
                 use_cache=False,
             )
         except _StopForward:
@@ -103,7 +105,9 @@ def reduce_positions(
     """Pick rows out of ``hidden: (batch, seq, hidden)``.
 
     With ``last``, ``offset`` counts back from the last real token (1: the one
-    before it, e.g. the answer letter of a text ending in ``(A)``). Returns ``(rows, row_example, row_token)``: ``rows (n_rows, hidden)`` float32,
+    before it, e.g. the answer letter of a text ending in ``(A)``).
+
+    Returns ``(rows, row_example, row_token)``: ``rows (n_rows, hidden)`` float32,
     the batch index of each row and its token index among the real tokens
     (``-1`` for ``mean``).
     """

@@ -16,12 +16,14 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from .capture import position_ids
 from .errors import InputFormatError
 
 _FINAL_CHOICE = re.compile(r"\(([A-Za-z])\)\s*$")
@@ -69,8 +71,15 @@ def read_ab_items(path: str | Path, separator: str = "\n") -> list[ABItem]:
     return items
 
 
-def _position_ids(attention_mask: torch.Tensor) -> torch.Tensor:
-    return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+@contextmanager
+def _padding_side(tokenizer, side: str):
+    """Pad on ``side`` inside the block; the tokenizer's own setting is restored after."""
+    previous = tokenizer.padding_side
+    tokenizer.padding_side = side
+    try:
+        yield
+    finally:
+        tokenizer.padding_side = previous
 
 
 def _continuations(tokenizer, item: ABItem) -> tuple[list[int], list[int], list[int]]:
@@ -88,9 +97,8 @@ def _sequence_logprobs(model, tokenizer, sequences: list[list[int]], tails: list
     """Sum of log-probs of the last ``tails[i]`` tokens of each sequence."""
     device = next(model.parameters()).device
     out = np.zeros(len(sequences))
-    previous_side = tokenizer.padding_side
-    tokenizer.padding_side = "left"  # the scored tokens are then the last positions of every row
-    try:
+    # Left padding: the scored tokens are then the last positions of every row.
+    with _padding_side(tokenizer, "left"):
         for start in range(0, len(sequences), batch_size):
             batch = sequences[start : start + batch_size]
             batch_tails = tails[start : start + batch_size]
@@ -98,15 +106,13 @@ def _sequence_logprobs(model, tokenizer, sequences: list[list[int]], tails: list
             padded = tokenizer.pad({"input_ids": batch}, return_tensors="pt")
             ids = padded["input_ids"].to(device)
             mask = padded["attention_mask"].to(device)
-            logits = model(input_ids=ids, attention_mask=mask, position_ids=_position_ids(mask),
+            logits = model(input_ids=ids, attention_mask=mask, position_ids=position_ids(mask),
                            use_cache=False, logits_to_keep=keep).logits.float()
             logprobs = torch.log_softmax(logits[:, :-1], dim=-1)  # predicts the last keep-1 tokens
             targets = ids[:, -(keep - 1):]
             picked = logprobs.gather(-1, targets.unsqueeze(-1)).squeeze(-1)  # (batch, keep-1)
             for row, tail in enumerate(batch_tails):
                 out[start + row] = float(picked[row, -tail:].sum())
-    finally:
-        tokenizer.padding_side = previous_side
     return out
 
 
@@ -151,9 +157,7 @@ def perplexity(model, tokenizer, token_ids: Sequence[int], window: int = 256, ba
     windows = [bos + list(token_ids[i : i + window]) for i in range(0, len(token_ids), window)]
     windows = [w for w in windows if len(w) >= 2]
     total_nll, total_tokens = 0.0, 0
-    previous_side = tokenizer.padding_side
-    tokenizer.padding_side = "right"
-    try:
+    with _padding_side(tokenizer, "right"):
         for start in range(0, len(windows), batch_size):
             padded = tokenizer.pad({"input_ids": windows[start : start + batch_size]}, return_tensors="pt")
             ids = padded["input_ids"].to(device)
@@ -165,8 +169,6 @@ def perplexity(model, tokenizer, token_ids: Sequence[int], window: int = 256, ba
             )
             total_nll += float(nll)
             total_tokens += int((targets != -100).sum())
-    finally:
-        tokenizer.padding_side = previous_side
     return math.exp(total_nll / total_tokens)
 
 
@@ -175,9 +177,7 @@ def generate(model, tokenizer, prompts: Sequence[str], max_new_tokens: int = 40,
              temperature: float = 1.0, seed: int = 0) -> list[str]:
     """Completions of ``prompts`` (text after the prompt only)."""
     device = next(model.parameters()).device
-    previous_side = tokenizer.padding_side
-    tokenizer.padding_side = "left"
-    try:
+    with _padding_side(tokenizer, "left"):
         torch.manual_seed(seed)
         batch = tokenizer(list(prompts), return_tensors="pt", padding=True).to(device)
         kwargs = {"do_sample": do_sample, "max_new_tokens": max_new_tokens, "pad_token_id": tokenizer.pad_token_id}
@@ -186,6 +186,4 @@ def generate(model, tokenizer, prompts: Sequence[str], max_new_tokens: int = 40,
         else:
             kwargs.update(temperature=None, top_p=None, top_k=None)
         output = model.generate(**batch, **kwargs)
-    finally:
-        tokenizer.padding_side = previous_side
     return tokenizer.batch_decode(output[:, batch["input_ids"].shape[1]:], skip_special_tokens=True)

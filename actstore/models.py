@@ -67,9 +67,12 @@ class LoadedModel:
 
     @property
     def hidden_size(self) -> int:
-        config = self.model.config
-        config = getattr(config, "text_config", None) or config
-        return int(config.hidden_size)
+        return int(text_config(self.model.config).hidden_size)
+
+
+def text_config(config: Any) -> Any:
+    """The language model's config (multimodal configs nest it as ``text_config``)."""
+    return getattr(config, "text_config", None) or config
 
 
 def _get_attr_path(root: Any, path: str) -> Any:
@@ -97,8 +100,7 @@ def find_decoder_blocks(model: torch.nn.Module, blocks: str | None = None) -> to
     model_type = getattr(model.config, "model_type", None)
     path = blocks or DECODER_BLOCKS.get(model_type or "")
     if path is None:
-        config = getattr(model.config, "text_config", None) or model.config
-        candidates = _block_list_candidates(model, getattr(config, "num_hidden_layers", None))
+        candidates = _block_list_candidates(model, getattr(text_config(model.config), "num_hidden_layers", None))
         hint = f" Candidates in this model: {', '.join(candidates)}." if candidates else ""
         raise ModelError(
             f"don't know where the decoder blocks of model type {model_type!r} are; "

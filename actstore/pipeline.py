@@ -16,7 +16,7 @@ import numpy as np
 from .capture import POSITIONS, iter_windows
 from .datasets import ContrastSet, Example, read_contrast_set, text_hash
 from .errors import ActstoreError
-from .models import LoadedModel, load_model, parse_layers, safe_group_name
+from .models import LoadedModel, load_model, parse_layers, safe_group_name, text_config
 from .stores.zarr_store import ActivationWriter, CaptureSpec
 
 
@@ -177,8 +177,7 @@ def _window_size(writer: ActivationWriter, position: str) -> int:
 
 
 def _context_length(loaded: LoadedModel) -> int | None:
-    config = loaded.model.config
-    config = getattr(config, "text_config", None) or config
+    config = text_config(loaded.model.config)
     limits = [getattr(config, "max_position_embeddings", None), getattr(loaded.tokenizer, "model_max_length", None)]
     limits = [int(x) for x in limits if isinstance(x, int) and 0 < x < 10**7]
     return min(limits) if limits else None

@@ -20,7 +20,7 @@ import torch
 
 from .capture import block_output
 from .errors import VectorError
-from .models import LoadedModel, find_decoder_blocks
+from .models import LoadedModel, find_decoder_blocks, text_config
 from .vectors import SteeringVector
 
 
@@ -30,11 +30,6 @@ class _LayerAddition:
 
     indices: torch.Tensor | None
     values: torch.Tensor
-
-
-def _hidden_size(model) -> int:
-    config = getattr(model.config, "text_config", None) or model.config
-    return int(config.hidden_size)
 
 
 def check_vector(vector: SteeringVector, loaded: LoadedModel, force: bool = False) -> None:
@@ -51,7 +46,7 @@ def check_vector(vector: SteeringVector, loaded: LoadedModel, force: bool = Fals
 
 
 def _additions(model, blocks, vectors: Sequence[SteeringVector], alphas: Sequence[float], sparse: bool):
-    hidden = _hidden_size(model)
+    hidden = int(text_config(model.config).hidden_size)
     param = next(model.parameters())
     per_layer: dict[int, list[_LayerAddition]] = {}
     for vector, alpha in zip(vectors, alphas):

@@ -55,7 +55,6 @@ def main() -> None:
     parser.add_argument("--dir", default=None, help="where to build the store (default: a temp dir)")
     args = parser.parse_args()
 
-    import dask.array as da
 
     import actstore
 

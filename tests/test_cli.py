@@ -30,7 +30,7 @@ def test_capture_stats_enr_end_to_end(tmp_path, tiny_model_dirs, pairs_file):
     assert "class 'pos': n=7" in result.output
     result = run("enr", "--store", store, "--layer", 2, "--k", 4, "--out", out)
     assert result.exit_code == 0, result.output
-    assert f"wrote k=4 vector for layer 2 (32 dims" in result.output
+    assert "wrote k=4 vector for layer 2 (32 dims" in result.output
     vec = load_vector(out)
     assert np.count_nonzero(vec.vector) == 4 and vec.layer == 2
     result = run("info", store, "--json")

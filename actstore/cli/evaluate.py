@@ -36,8 +36,8 @@ _DEFAULT_TEXT = Path("..") / "shared" / "data" / "wikitext-2" / "test.txt"
 @click.option("--batch-size", "-b", type=click.IntRange(1), default=8, show_default=True)
 @click.option("--force", is_flag=True, help="Use the store even if it was captured from other model weights.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
-def evaluate(model, store, model_group, data_test, layers, ks, alphas, normalize, methods, text, ppl_tokens, max_items, behavior, out,
-             batch_size, force, quiet):
+def evaluate(model, store, model_group, data_test, layers, ks, alphas, normalize, methods, text, ppl_tokens,
+             max_items, behavior, out, batch_size, force, quiet):
     """Sweep layer x k x alpha: on-target A/B shift against perplexity inflation.
 
     Reuses the store's cached statistics, builds each vector, steers the model
@@ -48,11 +48,12 @@ def evaluate(model, store, model_group, data_test, layers, ks, alphas, normalize
     from ..errors import ActstoreError
     from ..evaluate import read_ab_items, read_text_tokens
     from ..models import load_model, parse_layers
-    from ..stores.zarr_store import open_store
+    from ..stores.zarr_store import open_root, select_group
     from ..sweep import parse_floats, parse_ks, run_sweep
 
     loaded = load_model(model)
-    attrs = open_store(store, model_group).attrs
+    # Attributes only: opening the whole store would load every per-sample coordinate.
+    attrs = dict(select_group(open_root(store), model_group, store).attrs)
     if attrs.get("model_fingerprint") != loaded.fingerprint and not force:
         raise ActstoreError(
             f"store {store!r} was captured from {attrs.get('model_id')!r} ({attrs.get('model_fingerprint')}), "
