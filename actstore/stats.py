@@ -17,6 +17,7 @@ dask.distributed cluster) is dask's. The array is never materialised.
 from __future__ import annotations
 
 import contextlib
+import functools
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -27,7 +28,6 @@ from .errors import StatsError
 from .stores.zarr_store import as_str_array, open_root, open_store, select_group
 
 STATS_GROUP = "stats"
-_CACHE_BYTES = 256 << 10
 
 
 def chan_merge(a: dict[str, np.ndarray], b: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -40,6 +40,24 @@ def chan_merge(a: dict[str, np.ndarray], b: dict[str, np.ndarray]) -> dict[str, 
     return {"n": n, "mean": mean, "m2": m2}
 
 
+@functools.cache
+def _sums_kernel():
+    """The compiled per-class sums kernel (numba; compiled once, cached on disk)."""
+    import numba
+
+    @numba.njit(nogil=True, cache=True)
+    def sums(x, codes, shift, s1, s2):
+        rows, cols = x.shape
+        for r in range(rows):
+            c = codes[r]
+            for j in range(cols):
+                d = np.float64(x[r, j]) - shift[j]
+                s1[c, j] += d
+                s2[c, j] += d * d
+
+    return sums
+
+
 def _block_state(block: np.ndarray, codes: np.ndarray, shift: np.ndarray, n_classes: int) -> np.ndarray:
     """Per-class (n, mean, M2) of one block of samples, in float64.
 
@@ -47,31 +65,26 @@ def _block_state(block: np.ndarray, codes: np.ndarray, shift: np.ndarray, n_clas
     ``shift: (...)`` subtracted first. Returns ``(1, 3, n_classes, ...)``:
     n, mean (still shifted) and M2.
 
-    Within the block, sums of the shifted data and of their squares come from
-    two matrix products with the one-hot class matrix (BLAS: no Python loop,
-    no copies per class, and the GIL is released, so dask's threads scale);
-    M2 = S2 - S1**2 / n. Because the data are centred on a sample of the same
-    distribution, S2 and S1**2/n are of the order of n * var and the
-    subtraction loses no more than a digit or two of float64's sixteen.
+    One fused pass (numba, GIL released so dask's threads run in parallel)
+    accumulates, per class, the sums S1 and S2 of the shifted values and of
+    their squares in float64; then M2 = S2 - S1**2 / n. Because the data are
+    centred on a sample of the same distribution, S2 and S1**2/n are of the
+    order of n * var and the subtraction loses no more than a digit or two of
+    float64's sixteen. (A numpy version of the same sums, which converts each
+    slice to float64 and multiplies by a one-hot class matrix, ran 5.6x
+    slower: benchmarks/RESULTS.md.)
     """
     trailing = block.shape[1:]
     size = block.shape[0]
     flat_block = block.reshape(size, -1)
-    flat_shift = np.asarray(shift, dtype=np.float64).reshape(-1)
+    if flat_block.dtype not in (np.float32, np.float64):
+        flat_block = flat_block.astype(np.float32)  # float16: numba has no CPU half arithmetic
+    flat_shift = np.ascontiguousarray(shift, dtype=np.float64).reshape(-1)
+    codes = np.ascontiguousarray(codes, dtype=np.int64)
     n = np.bincount(codes, minlength=n_classes).astype(np.float64)
     s1 = np.zeros((n_classes, flat_block.shape[1]))
     s2 = np.zeros_like(s1)
-    # Slices that stay in cache: the pass is memory-bound otherwise.
-    step = max(1, _CACHE_BYTES // (8 * flat_block.shape[1]))
-    for start in range(0, size, step):
-        rows = slice(start, start + step)
-        # float64 from here on: sums of float32 activations lose digits at large n.
-        centred = np.subtract(flat_block[rows], flat_shift, dtype=np.float64)
-        onehot = np.zeros((n_classes, centred.shape[0]))
-        onehot[codes[rows], np.arange(centred.shape[0])] = 1.0
-        s1 += onehot @ centred
-        np.square(centred, out=centred)
-        s2 += onehot @ centred
+    _sums_kernel()(np.ascontiguousarray(flat_block), codes, flat_shift, s1, s2)
     safe_n = np.maximum(n, 1.0)[:, None]
     mean = s1 / safe_n
     m2 = np.maximum(s2 - s1 * mean, 0.0)
