@@ -90,7 +90,7 @@ def layer_covariance(path: str | Path, layer: int, model: str | None = None, *,
     layers = [int(x) for x in stats["layer"].values]
     if layer not in layers:
         raise StatsError(f"layer {layer} was not captured; the store has layers {layers}")
-    ds = open_store(path, model)
+    ds = open_store(path, model, coords=("class",))
     classes = [str(c) for c in stats["class"].values]
     codes = np.searchsorted(np.asarray(classes), ds["class"].values)
     means = stats["mean"].sel(layer=layer).values  # (class, hidden)

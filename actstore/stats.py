@@ -243,7 +243,7 @@ def compute_stats(
         cached = _read_cached(path, model)
         if cached is not None:
             return cached
-    ds = open_store(path, model)
+    ds = open_store(path, model, coords=("class",))  # a snapshot: rows appended meanwhile are not in it
     if ds.sizes["sample"] == 0:
         raise StatsError(f"{str(path)!r} group {ds.attrs['group']!r} holds no samples yet")
     labels = ds["class"].values

@@ -350,12 +350,15 @@ def _read_coord(array, n: int) -> np.ndarray:
     return np.asarray(values)
 
 
-def open_store(path: str | Path, model: str | None = None):
+def open_store(path: str | Path, model: str | None = None, coords: tuple[str, ...] | None = None):
     """The activations of one model as a lazy, dask-backed :class:`xarray.Dataset`.
 
     ``acts (sample, layer, hidden)`` reads nothing until computed; per-sample
     coordinates ``class``, ``pair_id``, ``text_hash``, ``text_index``,
-    ``token_index`` and the ``layer`` coordinate are loaded (they are small).
+    ``token_index`` (or only those named in ``coords``) and the ``layer``
+    coordinate are loaded (they are small, about 1/1000 of ``acts``). The
+    dataset is a snapshot: the first ``n_samples`` rows committed when it was
+    opened, whatever a writer appends meanwhile.
     Example::
 
         ds = open_store("acts.zarr")
@@ -370,13 +373,17 @@ def open_store(path: str | Path, model: str | None = None):
     n = int(attrs["n_samples"])
     acts_array = group[ACTS]
     acts = da.from_zarr(acts_array)[:n]
-    coords: dict[str, Any] = {"layer": ("layer", np.asarray(group["layer"][:]))}
-    for name in SAMPLE_COORDS:
-        coords[name] = ("sample", _read_coord(group[name], n))
+    names = SAMPLE_COORDS if coords is None else coords
+    unknown = sorted(set(names) - set(SAMPLE_COORDS))
+    if unknown:
+        raise StoreError(f"unknown coordinate(s) {unknown}; a store has {sorted(SAMPLE_COORDS)}")
+    loaded: dict[str, Any] = {"layer": ("layer", np.asarray(group["layer"][:]))}
+    for name in names:
+        loaded[name] = ("sample", _read_coord(group[name], n))
     attrs.pop("runs", None)
     attrs["group"] = group.basename
     attrs["store"] = str(path)
-    return xr.Dataset({ACTS: (("sample", "layer", "hidden"), acts)}, coords=coords, attrs=attrs)
+    return xr.Dataset({ACTS: (("sample", "layer", "hidden"), acts)}, coords=loaded, attrs=attrs)
 
 
 def _du(path: Path) -> int:
