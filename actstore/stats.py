@@ -181,10 +181,19 @@ def moments(x, axis: int = 0, split_every: int | None = None):
     return class_moments(x, np.zeros(x.shape[0], dtype=np.int64), 1, split_every)[:, 0]
 
 
+SCHEDULER_HELP = (
+    "Dask scheduler: 'threads' (default), 'processes', 'synchronous', 'local:N' (start a "
+    "dask.distributed LocalCluster of N worker processes for this run), or the address of a "
+    "running dask.distributed scheduler (tcp://host:8786)."
+)
+
+
 @contextlib.contextmanager
 def scheduler_context(scheduler: str | None) -> Iterator[Any]:
-    """``None``: dask's default (threads); 'threads'/'processes'/'synchronous';
-    anything else is a dask.distributed scheduler address (tcp://host:8786)."""
+    """Run the dask computations inside on ``scheduler`` (see :data:`SCHEDULER_HELP`).
+
+    Yields the dask.distributed ``Client`` when there is one, else ``None``.
+    """
     import dask
 
     if scheduler in (None, "", "threads", "processes", "synchronous", "sync"):
@@ -192,11 +201,21 @@ def scheduler_context(scheduler: str | None) -> Iterator[Any]:
             yield None
         return
     try:
-        from distributed import Client
+        from distributed import Client, LocalCluster
     except ImportError:
         raise StatsError(
             f"--scheduler {scheduler!r} needs dask.distributed: pip install 'actstore[distributed]'"
         ) from None
+    if scheduler.startswith("local:"):
+        workers = scheduler.partition(":")[2]
+        if not workers.isdigit() or int(workers) < 1:
+            raise StatsError(f"--scheduler {scheduler!r}: expected local:N with N >= 1 workers, e.g. local:2")
+        # One thread per worker process: the stats kernel releases the GIL, so
+        # threads would do too, but processes also keep zarr decoding apart.
+        with LocalCluster(n_workers=int(workers), threads_per_worker=1, dashboard_address=None) as cluster, \
+                Client(cluster) as client:
+            yield client
+        return
     try:
         client = Client(scheduler, timeout="10s")
     except OSError as err:

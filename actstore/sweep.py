@@ -99,6 +99,7 @@ def run_sweep(
     prompts: Sequence[str] = (),
     model_group: str | None = None,
     batch_size: int = 8,
+    scheduler: str | None = None,
     progress: bool = True,
 ):
     """Measure every (layer, method, k, alpha) and write results into ``out_dir``.
@@ -107,7 +108,8 @@ def run_sweep(
     in the whitened basis, :func:`actstore.vectors.whitened_vector`).
     ``normalize=True`` makes ``alpha`` the norm of what is added (each vector
     scaled to unit norm first), so sparse and dense vectors are compared at
-    equal intervention size rather than at equal scale.
+    equal intervention size rather than at equal scale. ``scheduler`` runs any
+    statistics or covariance still to compute (:func:`actstore.stats.scheduler_context`).
 
     Returns the results as a :class:`pandas.DataFrame` (one row per
     configuration; columns :data:`COLUMNS`).
@@ -118,7 +120,7 @@ def run_sweep(
     out_dir.mkdir(parents=True, exist_ok=True)
     if scorer is None and not items:
         raise ActstoreError("no A/B items to evaluate (and no scorer)")
-    stats = compute_stats(store, model_group)
+    stats = compute_stats(store, model_group, scheduler=scheduler)
     results_csv = out_dir / "results.csv"
     done = pd.read_csv(results_csv, dtype={"k": str}) if results_csv.exists() else pd.DataFrame(columns=COLUMNS)
     done_keys = {(int(r.layer), str(r.k), float(r.alpha), str(r.method)) for r in done.itertuples()}
@@ -155,7 +157,7 @@ def run_sweep(
             if (layer, method, k) not in vectors:
                 if method == "whitened":
                     if layer not in covariances:
-                        covariances[layer] = layer_covariance(store, layer, model_group)
+                        covariances[layer] = layer_covariance(store, layer, model_group, scheduler=scheduler)
                     vectors[layer, method, k] = whitened_vector(stats, covariances[layer], k)
                 else:
                     vectors[layer, method, k] = vector_from_stats(stats, layer, k)

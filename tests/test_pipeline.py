@@ -44,3 +44,24 @@ def test_stats_on_a_distributed_scheduler_equal_the_threaded_ones(tmp_path, tiny
         on_cluster = actstore.compute_stats(store, scheduler=cluster.scheduler_address, force=True)
     for name in ("count", "mean", "var"):
         np.testing.assert_allclose(on_cluster[name].values, threaded[name].values, rtol=1e-12)
+
+
+def test_stats_on_a_local_cluster_started_for_the_run_equal_the_threaded_ones(tmp_path, tiny_model_dirs,
+                                                                              pairs_file):
+    pytest.importorskip("distributed")
+    store = tmp_path / "a.zarr"
+    actstore.capture_to_store(str(tiny_model_dirs["gpt2"]), pairs_file, store, "0,1", progress=False)
+    threaded = actstore.compute_stats(store, force=True)
+    on_cluster = actstore.compute_stats(store, scheduler="local:2", force=True)
+    for name in ("count", "mean", "var"):
+        np.testing.assert_allclose(on_cluster[name].values, threaded[name].values, rtol=1e-12)
+
+
+@pytest.mark.parametrize("bad", ["local:0", "local:two", "local:"])
+def test_a_bad_local_cluster_size_is_refused(tmp_path, bad):
+    pytest.importorskip("distributed")
+    from actstore.errors import StatsError
+    from actstore.stats import scheduler_context
+
+    with pytest.raises(StatsError, match="expected local:N with N >= 1"), scheduler_context(bad):
+        pass

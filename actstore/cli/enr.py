@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import click
 
+from ..stats import SCHEDULER_HELP
+
 
 @click.command()
 @click.option("--store", "-s", required=True, metavar="PATH.zarr", help="Store written by `actstore capture`.")
@@ -17,8 +19,9 @@ import click
 @click.option("--pos", default="pos", show_default=True, help="Class whose mean is added.")
 @click.option("--neg", default="neg", show_default=True, help="Class whose mean is subtracted.")
 @click.option("--model", "-m", default=None, help="Model group or model id (stores with several models).")
-@click.option("--scheduler", default=None, metavar="ADDRESS",
-              help="Dask scheduler used if statistics must be computed first (see `actstore stats`).")
+@click.option("--scheduler", default=None, metavar="NAME|local:N|ADDRESS",
+              help="Used if statistics (or, with --whiten, the covariance) must be computed first. "
+                   + SCHEDULER_HELP)
 @click.option("--out", "-o", required=True, type=click.Path(dir_okay=False, writable=True),
               help="Output vector file (.safetensors): tensors vector, indices, enr + metadata.")
 @click.option("--top", type=click.IntRange(0), default=5, show_default=True,

@@ -6,6 +6,8 @@ from pathlib import Path
 
 import click
 
+from ..stats import SCHEDULER_HELP
+
 _DEFAULT_TEXT = Path("..") / "shared" / "data" / "wikitext-2" / "test.txt"
 
 
@@ -34,10 +36,13 @@ _DEFAULT_TEXT = Path("..") / "shared" / "data" / "wikitext-2" / "test.txt"
 @click.option("--out", "-o", required=True, type=click.Path(file_okay=False),
               help="Folder for results.csv, results.md, summary.json and the plots; a rerun resumes it.")
 @click.option("--batch-size", "-b", type=click.IntRange(1), default=8, show_default=True)
+@click.option("--scheduler", default=None, metavar="NAME|local:N|ADDRESS",
+              help="Used if statistics (or covariances for 'whitened') must be computed first. "
+                   + SCHEDULER_HELP)
 @click.option("--force", is_flag=True, help="Use the store even if it was captured from other model weights.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
 def evaluate(model, store, model_group, data_test, layers, ks, alphas, normalize, methods, text, ppl_tokens,
-             max_items, behavior, out, batch_size, force, quiet):
+             max_items, behavior, out, batch_size, scheduler, force, quiet):
     """Sweep layer x k x alpha: on-target A/B shift against perplexity inflation.
 
     Reuses the store's cached statistics, builds each vector, steers the model
@@ -66,7 +71,7 @@ def evaluate(model, store, model_group, data_test, layers, ks, alphas, normalize
         ks=parse_ks(ks), alphas=parse_floats(alphas, "--alpha"),
         methods=[m.strip() for m in methods.split(",") if m.strip()], normalize=normalize,
         behavior=behavior or Path(data_test).resolve().parent.name, model_group=model_group,
-        batch_size=batch_size, progress=not quiet,
+        batch_size=batch_size, scheduler=scheduler, progress=not quiet,
     )
     click.echo(f"{len(results)} configurations in {out}/results.csv; report: {out}/results.md, "
                f"plots: {out}/retained_vs_k.png, {out}/inflation_vs_k.png")

@@ -6,14 +6,14 @@ import json
 
 import click
 
+from ..stats import SCHEDULER_HELP
+
 
 @click.command()
 @click.option("--store", "-s", required=True, metavar="PATH.zarr", help="Store written by `actstore capture`.")
 @click.option("--model", "-m", default=None,
               help="Model group or model id (needed when the store holds several models).")
-@click.option("--scheduler", default=None, metavar="ADDRESS",
-              help="Dask scheduler: 'threads' (default), 'processes', 'synchronous', or a "
-                   "dask.distributed address such as tcp://10.0.0.1:8786.")
+@click.option("--scheduler", default=None, metavar="NAME|local:N|ADDRESS", help=SCHEDULER_HELP)
 @click.option("--force", is_flag=True, help="Recompute even if cached statistics are up to date.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
 def stats(store, model, scheduler, force, quiet):
