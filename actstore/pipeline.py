@@ -8,16 +8,24 @@ and settings exactly where its last commit ended.
 
 from __future__ import annotations
 
+import functools
 import time
 from dataclasses import dataclass
 from pathlib import Path
+
 import numpy as np
 
 from .capture import POSITIONS, iter_windows
 from .datasets import ContrastSet, Example, read_contrast_set, text_hash
 from .errors import ActstoreError
 from .models import LoadedModel, load_model, parse_layers, safe_group_name, text_config
-from .stores.zarr_store import ActivationWriter, CaptureSpec
+from .stores.zarr_store import (
+    ActivationWriter,
+    CaptureSpec,
+    merge_shards,
+    shard_bounds,
+    staging_group_name,
+)
 
 
 @dataclass
@@ -30,6 +38,8 @@ class CaptureReport:
     n_tokens: int
     seconds: float
     skipped: int
+    run: int = 0
+    merged_shards: int | None = None  # sharded capture: shards of the run merged so far
 
     @property
     def tokens_per_second(self) -> float:
@@ -79,6 +89,8 @@ def capture_to_store(
     max_length: int | None = None,
     stop_early: bool = True,
     window: int | None = None,
+    shard: tuple[int, int] | None = None,
+    merge: bool = True,
     progress: bool = True,
 ) -> CaptureReport:
     """Capture activations of ``data`` at ``layers`` of ``model`` into ``store``.
@@ -89,11 +101,20 @@ def capture_to_store(
     (1 for the answer letter of texts ending in ``(A)``, as CAA does); the
     store records the position as ``last-<offset>``. ``window`` is the number of
     texts per commit (default: 512, or 64 for ``all``).
+
+    ``shard=(i, n)`` captures only the i-th of n contiguous slices of the texts,
+    into a staging group of its own (several processes, GPUs or machines capture
+    one file at once without touching each other's data). With ``merge`` (the
+    default) a shard that finishes appends every finished shard next in line, so
+    once all are done the group equals a single-process capture, row for row. A
+    rerun of a shard continues it (no ``resume`` needed).
     """
     if position not in POSITIONS:
         raise ActstoreError(f"--position {position!r}: expected one of {', '.join(POSITIONS)}")
     if offset < 0 or (offset and position != "last"):
         raise ActstoreError(f"--offset {offset}: must be >= 0 and is only for --position last")
+    if shard is not None:
+        shard_bounds(0, *shard)  # validates i/n before any work
     contrast = data if isinstance(data, ContrastSet) else read_contrast_set(data, separator)
     loaded = model if isinstance(model, LoadedModel) else load_model(
         model, gguf_file=gguf_file, dtype=model_dtype, device=device, blocks=blocks
@@ -112,60 +133,111 @@ def capture_to_store(
         dtype=store_dtype,
         extra={"model_dtype": model_dtype, "num_model_layers": loaded.num_layers},
     )
-    with ActivationWriter.open(store, group_name, spec) as writer:
-        settings = {"separator": separator, "chat_template": chat_template, "max_length": max_length}
-        examples = contrast.examples
-        start = writer.begin_run(contrast.path, contrast.sha256, len(examples), resume, settings)
-        texts, add_special = format_texts(examples, loaded.tokenizer, chat_template)
-        labels = np.asarray([e.label for e in examples], dtype=str)
-        pair_ids = np.asarray([e.pair_id for e in examples], dtype=np.int64) + writer.run["pair_id_offset"]
-        hashes = np.asarray([text_hash(t) for t in texts], dtype=str)
-        where = [f"{contrast.path!r} {e.where}" for e in examples]
+    settings = {"separator": separator, "chat_template": chat_template, "max_length": max_length}
+    examples = contrast.examples
+    texts, add_special = format_texts(examples, loaded.tokenizer, chat_template)
+    rows = _Rows(
+        texts=texts,
+        labels=np.asarray([e.label for e in examples], dtype=str),
+        pair_ids=np.asarray([e.pair_id for e in examples], dtype=np.int64),
+        hashes=np.asarray([text_hash(t) for t in texts], dtype=str),
+        where=[f"{contrast.path!r} {e.where}" for e in examples],
+    )
+    options = {"position": position, "batch_size": batch_size, "max_length": max_length,
+               "add_special_tokens": add_special, "stop_early": stop_early, "last_offset": offset,
+               "window": window, "progress": progress}
 
-        bar = None
-        if progress:
-            from tqdm.auto import tqdm
+    if shard is None:
+        with ActivationWriter.open(store, group_name, spec) as writer:
+            start = writer.begin_run(contrast.path, contrast.sha256, len(examples), resume, settings)
+            report = _capture_range(loaded, writer, rows, layer_list, writer.run, 0, len(texts), start, options)
+        return report
 
-            bar = tqdm(total=len(texts), initial=start, unit="text", desc=f"capture {group_name}")
-        n_tokens = 0
-        written = 0
-        t0 = time.perf_counter()
+    index, count = shard
+    # Brief hold of the group lock (other shards may be registering or merging).
+    with ActivationWriter.open(store, group_name, spec, wait=_REGISTER_WAIT_S) as writer:
+        run = writer.begin_sharded_run(contrast.path, contrast.sha256, len(examples), settings, count,
+                                       int(rows.pair_ids.max()) if len(examples) else -1)
+    lo, hi = shard_bounds(len(examples), index, count)
+    if run["merged"] > index or run["complete"]:
+        report = _capture_report(loaded, store, group_name, run, 0, 0, 0, 0.0, skipped=hi - lo)
+    else:
+        staging = staging_group_name(group_name, run["run"], index, count)
+        with ActivationWriter.open(store, staging, spec) as writer:
+            start = writer.begin_run(contrast.path, contrast.sha256, hi - lo, True, settings)
+            report = _capture_range(loaded, writer, rows, layer_list, run, lo, hi, start, options)
+    if merge:
+        report.merged_shards = merge_shards(store, group_name, run["run"])
+    return report
 
-        def on_batch(n_batch_texts: int, n_batch_tokens: int) -> None:
-            if bar is not None:
-                bar.update(n_batch_texts)
 
-        try:
-            for captured in iter_windows(
-                loaded.model, loaded.tokenizer, loaded.blocks, texts, layer_list,
-                where=where, position=position, batch_size=batch_size,
-                window=window or _window_size(writer, position), start=start, max_length=max_length,
-                add_special_tokens=add_special, stop_early=stop_early, last_offset=offset, on_batch=on_batch,
-            ):
-                rows = captured.row_example
-                coords = {
-                    "class": labels[rows],
-                    "pair_id": pair_ids[rows],
-                    "text_hash": hashes[rows],
-                    "text_index": rows + writer.run["text_index_offset"],
-                    "token_index": captured.row_token,
-                }
-                span = slice(captured.start, captured.stop)
-                max_pair = int(pair_ids[span].max()) if captured.stop > captured.start else -1
-                writer.append(captured.acts, coords, captured.stop, max_pair)
-                n_tokens += captured.n_tokens
-                written += len(rows)
-        finally:
-            if bar is not None:
-                bar.close()
-        if start >= len(texts):
-            writer.append(np.zeros((0, len(layer_list), loaded.hidden_size), np.float32),
-                          {}, len(texts), -1)
-        return CaptureReport(
-            store=str(store), group=group_name, n_texts=len(texts),
-            n_texts_captured=len(texts) - start, n_samples_written=written, n_tokens=n_tokens,
-            seconds=time.perf_counter() - t0, skipped=start,
-        )
+_REGISTER_WAIT_S = 60.0
+
+
+@dataclass
+class _Rows:
+    """Everything per text that a capture writes beside the activations."""
+
+    texts: list[str]
+    labels: np.ndarray
+    pair_ids: np.ndarray
+    hashes: np.ndarray
+    where: list[str]
+
+
+def _capture_range(loaded: LoadedModel, writer: ActivationWriter, rows: _Rows, layers: list[int], run: dict,
+                   lo: int, hi: int, start: int, options: dict) -> CaptureReport:
+    """Capture texts ``lo + start .. hi-1`` into ``writer`` (its run counts texts from ``lo``).
+
+    Text indices and pair ids are those of ``run``, the run of the whole file
+    (for a shard, the group's run; its staging writer has a run of its own).
+    """
+    options = dict(options)
+    progress = options.pop("progress")
+    window = options.pop("window") or _window_size(writer, options["position"])
+    group_name = writer.group.path
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=hi - lo, initial=start, unit="text", desc=f"capture {group_name}")
+    n_tokens = 0
+    written = 0
+    pair_ids = rows.pair_ids + run["pair_id_offset"]
+    t0 = time.perf_counter()
+    try:
+        for captured in iter_windows(
+            loaded.model, loaded.tokenizer, loaded.blocks, rows.texts[lo:hi], layers,
+            where=rows.where[lo:hi], window=window, start=start,
+            on_batch=(lambda n_texts, n_tok: bar.update(n_texts)) if bar is not None else None, **options,
+        ):
+            index = captured.row_example + lo
+            coords = {
+                "class": rows.labels[index],
+                "pair_id": pair_ids[index],
+                "text_hash": rows.hashes[index],
+                "text_index": index + run["text_index_offset"],
+                "token_index": captured.row_token,
+            }
+            max_pair = int(coords["pair_id"].max()) if len(index) else -1
+            writer.append(captured.acts, coords, captured.stop, max_pair)
+            n_tokens += captured.n_tokens
+            written += len(index)
+    finally:
+        if bar is not None:
+            bar.close()
+    if start >= hi - lo:
+        writer.append(np.zeros((0, len(layers), loaded.hidden_size), np.float32), {}, hi - lo, -1)
+    return _capture_report(loaded, writer.path, group_name, run, hi - lo - start, written, n_tokens,
+                           time.perf_counter() - t0, skipped=start)
+
+
+def _capture_report(loaded, store, group_name, run, captured, written, n_tokens, seconds, skipped):
+    group = group_name.split("/", 1)[0]
+    return CaptureReport(
+        store=str(store), group=group, n_texts=captured + skipped, n_texts_captured=captured,
+        n_samples_written=written, n_tokens=n_tokens, seconds=seconds, skipped=skipped, run=int(run["run"]),
+    )
 
 
 def _window_size(writer: ActivationWriter, position: str) -> int:
@@ -181,3 +253,59 @@ def _context_length(loaded: LoadedModel) -> int | None:
     limits = [getattr(config, "max_position_embeddings", None), getattr(loaded.tokenizer, "model_max_length", None)]
     limits = [int(x) for x in limits if isinstance(x, int) and 0 < x < 10**7]
     return min(limits) if limits else None
+
+
+def capture_on_cluster(
+    model: str,
+    data: str | Path,
+    store: str | Path,
+    layers: str | list[int] = "all",
+    *,
+    scheduler: str,
+    shards: int | None = None,
+    model_options: dict | None = None,
+    **capture_options,
+) -> list[CaptureReport]:
+    """Capture ``data`` on a dask.distributed cluster, one shard per task.
+
+    ``scheduler`` is ``local:N`` (a LocalCluster of N worker processes) or the
+    address of a running scheduler; ``shards`` defaults to the number of
+    workers. Each worker loads the model once (``model_options`` go to
+    :func:`load_model`) and captures the shards it is given with
+    :func:`capture_to_store` (``capture_options``); the shards are merged when
+    all are done. ``model``, ``data`` and ``store`` must mean the same thing on
+    every worker: a shared file system or an object-store URL. Returns the
+    shards' reports, in shard order.
+    """
+    from .stats import scheduler_context
+
+    with scheduler_context(scheduler) as client:
+        if client is None:
+            raise ActstoreError(
+                f"--scheduler {scheduler!r}: a cluster capture needs dask.distributed (local:N or an address)"
+            )
+        count = shards or len(client.scheduler_info()["workers"])
+        if count < 1:
+            raise ActstoreError(f"{count} shards: need at least one (does the cluster have workers?)")
+        futures = [
+            client.submit(_capture_shard, model, model_options or {}, data, store, layers, (i, count),
+                          capture_options, pure=False)
+            for i in range(count)
+        ]
+        reports = client.gather(futures)
+    merged = merge_shards(store, reports[0].group, reports[0].run)
+    for report in reports:
+        report.merged_shards = merged
+    return reports
+
+
+@functools.lru_cache(maxsize=1)
+def _worker_model(model: str, options: tuple) -> LoadedModel:
+    # One load per worker process, reused by every shard it captures.
+    return load_model(model, **dict(options))
+
+
+def _capture_shard(model, model_options, data, store, layers, shard, capture_options) -> CaptureReport:
+    loaded = _worker_model(model, tuple(sorted(model_options.items())))
+    return capture_to_store(loaded, data, store, layers, shard=shard, merge=False, progress=False,
+                            **capture_options)

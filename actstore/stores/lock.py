@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import time
 from pathlib import Path
 
 from .._cache import cache_dir
@@ -30,6 +31,13 @@ except ImportError:  # pragma: no cover - Windows
     fcntl = None
 
 
+def _same_file(path: Path, handle) -> bool:
+    try:
+        return os.stat(path).st_ino == os.fstat(handle.fileno()).st_ino
+    except FileNotFoundError:
+        return False
+
+
 class WriterLock:
     def __init__(self, store: str | Path, group: str):
         self.store = str(store)
@@ -38,28 +46,41 @@ class WriterLock:
         self.path = None
         if fcntl is None:
             return
+        name = group.replace("/", "~")  # shard staging groups are nested
         if "://" in self.store:
             digest = hashlib.sha256(self.store.rstrip("/").encode()).hexdigest()[:16]
-            self.path = cache_dir() / "locks" / f"{digest}.{group}.lock"
+            self.path = cache_dir() / "locks" / f"{digest}.{name}.lock"
         else:
             store_path = Path(self.store).resolve()
-            self.path = store_path.parent / f".{store_path.name}.{group}.lock"
+            self.path = store_path.parent / f".{store_path.name}.{name}.lock"
 
-    def acquire(self) -> WriterLock:
+    def acquire(self, wait: float | None = 0) -> WriterLock:
+        """Take the lock; if another process holds it, retry for ``wait`` seconds
+        (``None``: as long as it takes), then refuse with the holder's pid."""
         if self.path is None:
             return self
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        handle = open(self.path, "a+")
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            handle.seek(0)
-            holder = handle.read().strip() or "another process"
+        deadline = None if wait is None else time.monotonic() + wait
+        while True:
+            handle = open(self.path, "a+")  # noqa: SIM115 - held open for as long as the lock
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                handle.seek(0)
+                holder = handle.read().strip() or "another process"
+                handle.close()
+                if deadline is None or time.monotonic() < deadline:
+                    time.sleep(0.05)
+                    continue
+                raise StoreError(
+                    f"{self.store!r} group {self.group!r} is being written by {holder}; wait for that "
+                    "capture to finish, or capture into another store or group (--name)"
+                ) from None
+            if _same_file(self.path, handle):
+                break
+            # The holder removed the file as we opened it: lock the one now at the path.
+            fcntl.flock(handle, fcntl.LOCK_UN)
             handle.close()
-            raise StoreError(
-                f"{self.store!r} group {self.group!r} is being written by {holder}; wait for that capture "
-                "to finish, or capture into another store or group (--name)"
-            ) from None
         handle.seek(0)
         handle.truncate()
         handle.write(f"pid {os.getpid()}")

@@ -1,0 +1,115 @@
+"""Sharded capture: disjoint shards written at once equal a single-process capture, row for row."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import zarr
+
+import actstore
+from actstore.errors import StoreError
+
+pytestmark = pytest.mark.filterwarnings("ignore:.*were truncated:UserWarning")  # long CAA texts, tiny models
+
+COORDS = ("class", "pair_id", "text_hash", "text_index", "token_index")
+
+SHARD_CHILD = """
+import sys, actstore
+actstore.capture_to_store(sys.argv[1], sys.argv[2], sys.argv[3], "1,3", shard=(int(sys.argv[4]), 2),
+                          window=4, batch_size=2, progress=False)
+"""
+
+
+def assert_same_store(got_path, want_path):
+    got, want = actstore.open_store(got_path), actstore.open_store(want_path)
+    np.testing.assert_array_equal(got.acts.values, want.acts.values)
+    for name in COORDS:
+        assert got[name].values.tolist() == want[name].values.tolist(), name
+
+
+@pytest.fixture
+def many_pairs(tmp_path, shared_data):
+    pairs = json.loads((shared_data / "caa-pairs" / "sycophancy" / "train.json").read_text())[:24]
+    path = tmp_path / "pairs.json"
+    path.write_text(json.dumps(pairs))
+    return path
+
+
+def test_two_shards_running_at_once_equal_one_process(tmp_path, tiny_model_dirs, many_pairs):
+    model = str(tiny_model_dirs["llama"])
+    reference = tmp_path / "one.zarr"
+    actstore.capture_to_store(model, many_pairs, reference, "1,3", window=4, batch_size=2, progress=False)
+
+    store = tmp_path / "sharded.zarr"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    children = [subprocess.Popen([sys.executable, "-c", SHARD_CHILD, model, str(many_pairs), str(store), str(i)],
+                                 env=env, stderr=subprocess.PIPE, text=True) for i in (1, 0)]
+    for child in children:
+        _, err = child.communicate(timeout=300)
+        assert child.returncode == 0, err
+    assert_same_store(store, reference)
+    group = zarr.open_group(store, mode="r")["tiny-llama"]
+    runs = group.attrs["runs"]
+    assert len(runs) == 1 and runs[0]["complete"] and runs[0]["merged"] == 2
+    assert list(group["shards"].group_keys()) == []  # staging groups removed once merged
+    stats, want = actstore.compute_stats(store), actstore.compute_stats(reference)
+    np.testing.assert_array_equal(stats["var"].values, want["var"].values)
+
+
+def test_shards_merge_in_order_and_only_finished_ones_show(tmp_path, tiny_model_dirs, many_pairs):
+    model = actstore.load_model(str(tiny_model_dirs["gpt2"]))
+    reference = tmp_path / "one.zarr"
+    actstore.capture_to_store(model, many_pairs, reference, "0,1", position="all", window=3, progress=False)
+    want = actstore.open_store(reference)
+    first_rows_of = {int(t): i for i, t in reversed(list(enumerate(want["text_index"].values)))}
+
+    store = tmp_path / "sharded.zarr"
+    reports = {}
+    for index in (2, 0, 1):  # the last shard finishes first: nothing can be merged yet
+        reports[index] = actstore.capture_to_store(model, many_pairs, store, "0,1", position="all", window=3,
+                                                   shard=(index, 3), progress=False)
+        visible = actstore.open_store(store).sizes["sample"]
+        if index == 2:
+            assert reports[2].merged_shards == 0 and visible == 0
+        elif index == 0:
+            # Shard 0 holds texts 0..15 of the 48; its rows are visible, shard 2's are not yet.
+            assert reports[0].merged_shards == 1 and visible == first_rows_of[16]
+    assert reports[1].merged_shards == 3
+    assert_same_store(store, reference)
+    again = actstore.capture_to_store(model, many_pairs, store, "0,1", position="all", window=3, shard=(1, 3),
+                                      progress=False)
+    assert again.n_texts_captured == 0  # a rerun of a finished shard does nothing
+    assert_same_store(store, reference)
+
+
+def test_an_unfinished_sharded_capture_blocks_other_captures(tmp_path, tiny_model_dirs, many_pairs):
+    model = actstore.load_model(str(tiny_model_dirs["gpt_neox"]))
+    store = tmp_path / "s.zarr"
+    actstore.capture_to_store(model, many_pairs, store, "1", shard=(1, 2), progress=False)
+    with pytest.raises(StoreError, match="is capturing .* in 2 shards; run \\(or rerun\\) the unfinished shards"):
+        actstore.capture_to_store(model, many_pairs, store, "1", resume=True, progress=False)
+    with pytest.raises(StoreError, match="interrupted capture .* rerun its 2 shards"):
+        actstore.capture_to_store(model, many_pairs, store, "1", shard=(0, 3), progress=False)
+    with pytest.raises(StoreError, match="shard 2/2: expected 0 <= i < n"):
+        actstore.capture_to_store(model, many_pairs, store, "1", shard=(2, 2), progress=False)
+    actstore.capture_to_store(model, many_pairs, store, "1", shard=(0, 2), progress=False)
+    assert actstore.open_store(store).sizes["sample"] == 48
+
+
+def test_capture_on_a_local_dask_cluster_equals_one_process(tmp_path, tiny_model_dirs, many_pairs):
+    pytest.importorskip("distributed")
+    from actstore.pipeline import capture_on_cluster
+
+    model = str(tiny_model_dirs["gemma3_text"])
+    reference = tmp_path / "one.zarr"
+    actstore.capture_to_store(model, many_pairs, reference, "0,2", position="mean", progress=False)
+    store = tmp_path / "cluster.zarr"
+    reports = capture_on_cluster(model, many_pairs, store, "0,2", scheduler="local:2", shards=3, position="mean")
+    assert [r.n_texts for r in reports] == [16, 16, 16]
+    assert reports[0].merged_shards == 3
+    assert_same_store(store, reference)
