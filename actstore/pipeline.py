@@ -106,8 +106,12 @@ def capture_to_store(
     into a staging group of its own (several processes, GPUs or machines capture
     one file at once without touching each other's data). With ``merge`` (the
     default) a shard that finishes appends every finished shard next in line, so
-    once all are done the group equals a single-process capture, row for row. A
-    rerun of a shard continues it (no ``resume`` needed).
+    once all are done the group holds the rows of a single-process capture in
+    the same order (values bit-identical where shard boundaries fall on window
+    boundaries; elsewhere texts are batched with other neighbours, which moves
+    values by float rounding, ~1e-7). A rerun of a shard continues it (no
+    ``resume`` needed). The merge lock is this machine's: across machines use
+    :func:`capture_on_cluster`, which merges once, at the end.
     """
     if position not in POSITIONS:
         raise ActstoreError(f"--position {position!r}: expected one of {', '.join(POSITIONS)}")

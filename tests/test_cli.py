@@ -93,3 +93,27 @@ def test_every_command_explains_its_flags():
 def test_console_script_runs_as_a_subprocess():
     result = subprocess.run([sys.executable, "-m", "actstore.cli.main", "--version"], capture_output=True, text=True)
     assert result.returncode == 0 and "actstore" in result.stdout
+
+
+def test_capture_in_shards_from_the_command_line(tmp_path, tiny_model_dirs, pairs_file):
+    model, store, whole = tiny_model_dirs["qwen2"], tmp_path / "s.zarr", tmp_path / "w.zarr"
+    for index in (1, 0):
+        result = run("capture", "--model", model, "--data", pairs_file, "--layers", "1", "--store", store,
+                     "--shard", f"{index}/2", "-q")
+        assert result.exit_code == 0, result.output
+    assert "shard 0/2: captured 7 of its 7 texts" in result.output and "2/2 shards merged" in result.output
+    run("capture", "--model", model, "--data", pairs_file, "--layers", "1", "--store", whole, "-q")
+    import actstore
+
+    got, want = actstore.open_store(store), actstore.open_store(whole)
+    # Same rows in the same order; values equal up to float noise of other batch compositions
+    # (each shard batches its own texts by length).
+    assert got["text_hash"].values.tolist() == want["text_hash"].values.tolist()
+    np.testing.assert_allclose(got.acts.values, want.acts.values, rtol=1e-5, atol=1e-6)
+    for bad in ("2/2", "1", "a/b", "-1/2"):
+        result = run("capture", "--model", model, "--data", pairs_file, "--store", store, "--shard", bad)
+        assert result.exit_code == 2 and "expected I/N with 0 <= I < N" in result.output, result.output
+    result = run("capture", "--model", model, "--data", pairs_file, "--store", store, "--shards", "2")
+    assert result.exit_code == 2 and "--shards goes with --scheduler" in result.output
+    result = run("capture", "--model", model, "--data", pairs_file, "--store", store, "--scheduler", "threads")
+    assert result.exit_code == 1 and "a cluster capture needs dask.distributed" in result.output

@@ -11,6 +11,15 @@ from ..models import DTYPES
 from ..stores.zarr_store import STORE_DTYPES
 
 
+def _parse_shard(ctx, param, value):
+    if value is None:
+        return None
+    index, sep, count = value.partition("/")
+    if not (sep and index.strip().isdigit() and count.strip().isdigit()) or not 0 <= int(index) < int(count):
+        raise click.BadParameter(f"{value!r}: expected I/N with 0 <= I < N, e.g. 0/4")
+    return int(index), int(count)
+
+
 @click.command()
 @click.option("--model", "-m", required=True, metavar="ID|PATH",
               help="Hugging Face hub id or local folder saved with save_pretrained "
@@ -58,10 +67,22 @@ from ..stores.zarr_store import STORE_DTYPES
                    "(only useful to measure what early exit saves).")
 @click.option("--trust-remote-code", is_flag=True,
               help="Allow model code from the hub repository to run (off by default).")
+@click.option("--shard", default=None, metavar="I/N", callback=_parse_shard,
+              help="Capture only the I-th of N contiguous slices of --data (0-based), e.g. 0/4 .. 3/4, so that "
+                   "N processes or GPUs of one machine capture one file into one store at once. Shards never "
+                   "touch each other's data; each finished shard is merged in order (under a lock of this "
+                   "machine: across machines use --scheduler), and once all are done the store equals a "
+                   "single-process capture. Rerunning a shard continues it.")
+@click.option("--scheduler", default=None, metavar="local:N|ADDRESS",
+              help="Capture on a dask.distributed cluster instead: 'local:N' starts N worker processes, an "
+                   "address (tcp://host:8786) uses a running cluster. Each worker loads the model once and "
+                   "captures shards; --data, --model and --store must be reachable from every worker.")
+@click.option("--shards", type=click.IntRange(1), default=None,
+              help="With --scheduler: number of shards (default: one per worker).")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
 def capture(model, gguf_file, revision, data, layers, store, position, offset, batch_size, dtype,
             store_dtype, device, resume, name, blocks, separator, chat_template, max_length,
-            no_early_exit, trust_remote_code, quiet):
+            no_early_exit, trust_remote_code, shard, scheduler, shards, quiet):
     """Run a causal LM over a contrast set and store residual activations.
 
     Layer L is the output of decoder block L. Activations stream to the store
@@ -69,26 +90,42 @@ def capture(model, gguf_file, revision, data, layers, store, position, offset, b
     continues with --resume.
     """
     from ..models import load_model
-    from ..pipeline import capture_to_store
+    from ..pipeline import capture_on_cluster, capture_to_store
 
     if quiet:
         from transformers.utils import logging as hf_logging
 
         hf_logging.disable_progress_bar()
+    if shards is not None and scheduler is None:
+        raise click.UsageError("--shards goes with --scheduler (for one shard of a capture use --shard I/N)")
+    if scheduler is not None and shard is not None:
+        raise click.UsageError("--shard and --scheduler exclude each other: the cluster runs every shard")
+    model_options = {"gguf_file": gguf_file, "revision": revision, "dtype": dtype, "device": device,
+                     "blocks": blocks, "trust_remote_code": trust_remote_code}
+    options = {"position": position, "offset": offset, "batch_size": batch_size, "store_dtype": store_dtype,
+               "model_dtype": dtype, "name": name, "separator": codecs.decode(separator, "unicode_escape"),
+               "chat_template": chat_template, "max_length": max_length, "stop_early": not no_early_exit}
+    if scheduler is not None:
+        reports = capture_on_cluster(model, data, store, layers, scheduler=scheduler, shards=shards,
+                                     model_options=model_options, **options)
+        click.echo(f"captured {sum(r.n_texts_captured for r in reports)} texts "
+                   f"({sum(r.n_samples_written for r in reports)} samples) from {data} in {len(reports)} shards "
+                   f"into {store} group {reports[0].group!r}; {reports[0].merged_shards}/{len(reports)} merged")
+        return
 
-    loaded = load_model(model, gguf_file=gguf_file, revision=revision, dtype=dtype, device=device,
-                        blocks=blocks, trust_remote_code=trust_remote_code)
+    loaded = load_model(model, **model_options)
     try:
-        report = capture_to_store(
-            loaded, data, store, layers, position=position, offset=offset, batch_size=batch_size,
-            store_dtype=store_dtype, model_dtype=dtype, name=name, resume=resume,
-            separator=codecs.decode(separator, "unicode_escape"), chat_template=chat_template,
-            max_length=max_length, stop_early=not no_early_exit, progress=not quiet,
-        )
+        report = capture_to_store(loaded, data, store, layers, resume=resume, shard=shard, progress=not quiet,
+                                  **options)
     except KeyboardInterrupt:
         click.echo(f"\ninterrupted: everything committed so far is kept in {store}; "
                    "rerun the same command with --resume to continue", err=True)
         raise SystemExit(130) from None
+    if shard is not None:
+        merged = f"{report.merged_shards}/{shard[1]} shards merged into the group so far"
+        click.echo(f"shard {shard[0]}/{shard[1]}: captured {report.n_texts_captured} of its {report.n_texts} "
+                   f"texts ({report.n_samples_written} samples) into {store}; {merged}")
+        return
     if report.skipped >= report.n_texts:
         click.echo(f"{data}: already captured completely in {store} (group {report.group}); nothing to do")
         return
