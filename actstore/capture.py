@@ -132,14 +132,15 @@ def reduce_positions(
 class Window:
     """Activations of the examples ``start .. stop-1``, in example order.
 
-    ``acts: (rows, layer, hidden) float32``; ``row_example: (rows,)`` index of
+    ``acts: (rows, layer, hidden) float32`` (numpy, or a torch tensor on the
+    model's device with ``as_tensors``); ``row_example: (rows,)`` index of
     each row's example (absolute, into the full list); ``row_token: (rows,)``
     token index among the real tokens (``-1`` for ``mean``).
     """
 
     start: int
     stop: int
-    acts: np.ndarray
+    acts: np.ndarray | torch.Tensor
     row_example: np.ndarray
     row_token: np.ndarray
     n_tokens: int
@@ -185,12 +186,14 @@ def iter_windows(
     stop_early: bool = True,
     last_offset: int = 0,
     on_batch=None,
+    as_tensors: bool = False,
 ) -> Iterator[Window]:
     """Capture ``texts[start:]`` window by window.
 
     Within a window texts are batched by length (less padding); rows come out
     in example order. ``on_batch(n_texts, n_tokens)`` is called after every
-    batch (progress bars).
+    batch (progress bars). With ``as_tensors`` the windows' ``acts`` stay torch
+    tensors on the model's device (statistics computed there, nothing copied).
     """
     if position not in POSITIONS:
         raise ValueError(f"position {position!r}: expected one of {POSITIONS}")
@@ -227,19 +230,21 @@ def iter_windows(
                     f"{where[w_start + bad]}: non-finite activation (NaN/Inf) at a captured layer; "
                     "with --dtype float16 this is usually overflow: use bfloat16 or float32"
                 )
-            acts_np = acts.cpu().numpy()
-            row_batch_np = row_batch.cpu().numpy()
-            row_token_np = row_token.cpu().numpy()
+            if not as_tensors:
+                acts, row_batch, row_token = acts.cpu().numpy(), row_batch.cpu().numpy(), row_token.cpu().numpy()
             for j, i in enumerate(members):
-                sel = row_batch_np == j
-                per_example[i] = (acts_np[sel], row_token_np[sel])
+                sel = row_batch == j
+                per_example[i] = (acts[sel], row_token[sel])
             batch_tokens = int(attention_mask.sum())
             n_tokens += batch_tokens
             if on_batch is not None:
                 on_batch(len(members), batch_tokens)
-        acts_rows = np.concatenate([p[0] for p in per_example], axis=0)
-        token_rows = np.concatenate([p[1] for p in per_example], axis=0)
+        cat = torch.cat if as_tensors else np.concatenate
+        acts_rows = cat([p[0] for p in per_example])
+        token_rows = cat([p[1] for p in per_example])
         example_rows = np.concatenate(
             [np.full(len(p[0]), w_start + i, dtype=np.int64) for i, p in enumerate(per_example)]
         )
+        if as_tensors:
+            token_rows = token_rows.cpu().numpy()
         yield Window(w_start, w_stop, acts_rows, example_rows, token_rows.astype(np.int64), n_tokens)

@@ -90,6 +90,11 @@ def layer_covariance(path: str | Path, layer: int, model: str | None = None, *,
     layers = [int(x) for x in stats["layer"].values]
     if layer not in layers:
         raise StatsError(f"layer {layer} was not captured; the store has layers {layers}")
+    if stats.attrs.get("stats_only"):
+        raise StatsError(
+            f"{str(path)!r} was captured with --stats-only: it holds moments, not the activations a "
+            "covariance (whitening) needs; capture without --stats-only for --whiten"
+        )
     ds = open_store(path, model, coords=("class",))
     classes = [str(c) for c in stats["class"].values]
     codes = np.searchsorted(np.asarray(classes), ds["class"].values)

@@ -91,6 +91,7 @@ def capture_to_store(
     window: int | None = None,
     shard: tuple[int, int] | None = None,
     merge: bool = True,
+    stats_only: bool = False,
     progress: bool = True,
 ) -> CaptureReport:
     """Capture activations of ``data`` at ``layers`` of ``model`` into ``store``.
@@ -112,6 +113,12 @@ def capture_to_store(
     values by float rounding, ~1e-7). A rerun of a shard continues it (no
     ``resume`` needed). The merge lock is this machine's: across machines use
     :func:`capture_on_cluster`, which merges once, at the end.
+
+    ``stats_only`` stores no activations: each window's per-class count, mean
+    and M2 are reduced on the model's device (float64) and merged into the
+    group's running moments (Chan et al.), committed after every window. For
+    contrast sets whose activations would not fit on disk (``position='all'``
+    on every layer); :func:`actstore.compute_stats` then reads the moments.
     """
     if position not in POSITIONS:
         raise ActstoreError(f"--position {position!r}: expected one of {', '.join(POSITIONS)}")
@@ -119,6 +126,9 @@ def capture_to_store(
         raise ActstoreError(f"--offset {offset}: must be >= 0 and is only for --position last")
     if shard is not None:
         shard_bounds(0, *shard)  # validates i/n before any work
+        if stats_only:
+            raise ActstoreError("--stats-only cannot be combined with --shard yet: capture the shards with "
+                                "activations, or the whole file with --stats-only")
     contrast = data if isinstance(data, ContrastSet) else read_contrast_set(data, separator)
     loaded = model if isinstance(model, LoadedModel) else load_model(
         model, gguf_file=gguf_file, dtype=model_dtype, device=device, blocks=blocks
@@ -135,6 +145,7 @@ def capture_to_store(
         layers=layer_list,
         position=position if not offset else f"last-{offset}",
         dtype=store_dtype,
+        stats_only=stats_only,
         extra={"model_dtype": model_dtype, "num_model_layers": loaded.num_layers},
     )
     settings = {"separator": separator, "chat_template": chat_template, "max_length": max_length}
@@ -149,7 +160,7 @@ def capture_to_store(
     )
     options = {"position": position, "batch_size": batch_size, "max_length": max_length,
                "add_special_tokens": add_special, "stop_early": stop_early, "last_offset": offset,
-               "window": window, "progress": progress}
+               "window": window, "progress": progress, "stats_only": stats_only}
 
     if shard is None:
         with ActivationWriter.open(store, group_name, spec) as writer:
@@ -198,7 +209,9 @@ def _capture_range(loaded: LoadedModel, writer: ActivationWriter, rows: _Rows, l
     """
     options = dict(options)
     progress = options.pop("progress")
+    stats_only = options.pop("stats_only")
     window = options.pop("window") or _window_size(writer, options["position"])
+    moments = _RunningMoments(writer, rows.labels) if stats_only else None
     group_name = writer.group.path
     bar = None
     if progress:
@@ -213,9 +226,15 @@ def _capture_range(loaded: LoadedModel, writer: ActivationWriter, rows: _Rows, l
         for captured in iter_windows(
             loaded.model, loaded.tokenizer, loaded.blocks, rows.texts[lo:hi], layers,
             where=rows.where[lo:hi], window=window, start=start,
-            on_batch=(lambda n_texts, n_tok: bar.update(n_texts)) if bar is not None else None, **options,
+            on_batch=(lambda n_texts, n_tok: bar.update(n_texts)) if bar is not None else None,
+            as_tensors=stats_only, **options,
         ):
             index = captured.row_example + lo
+            if moments is not None:
+                moments.add(captured.acts, rows.labels[index], captured.stop)
+                n_tokens += captured.n_tokens
+                written += len(index)
+                continue
             coords = {
                 "class": rows.labels[index],
                 "pair_id": pair_ids[index],
@@ -234,6 +253,33 @@ def _capture_range(loaded: LoadedModel, writer: ActivationWriter, rows: _Rows, l
         writer.append(np.zeros((0, len(layers), loaded.hidden_size), np.float32), {}, hi - lo, -1)
     return _capture_report(loaded, writer.path, group_name, run, hi - lo - start, written, n_tokens,
                            time.perf_counter() - t0, skipped=start)
+
+
+class _RunningMoments:
+    """Per-class moments of a stats-only capture: reduced on the device per window, merged and committed."""
+
+    def __init__(self, writer: ActivationWriter, labels: np.ndarray):
+        self.writer = writer
+        classes, state = writer.read_moments()
+        new = sorted(set(labels.tolist()) - set(classes))
+        self.classes = classes + new
+        shape = (len(self.classes), len(writer.group.attrs["layers"]), int(writer.group.attrs["hidden_size"]))
+        self.state = {key: np.zeros(shape) for key in ("n", "mean", "m2")}
+        if state is not None:  # classes seen before keep their rows; new ones start empty
+            for i, key in enumerate(("n", "mean", "m2")):
+                self.state[key][: len(classes)] = state[i]
+        self.code = {c: i for i, c in enumerate(self.classes)}
+
+    def add(self, acts, labels: np.ndarray, texts_done: int) -> None:
+        import torch
+
+        from .stats import chan_merge, tensor_class_moments
+
+        codes = torch.as_tensor([self.code[c] for c in labels.tolist()], device=acts.device)
+        window = tensor_class_moments(acts, codes, len(self.classes))
+        self.state = chan_merge(self.state, {k: v.cpu().numpy() for k, v in window.items()})
+        stacked = np.stack([self.state["n"], self.state["mean"], self.state["m2"]])
+        self.writer.write_moments(self.classes, stacked, texts_done)
 
 
 def _capture_report(loaded, store, group_name, run, captured, written, n_tokens, seconds, skipped):

@@ -25,15 +25,19 @@ from typing import Any
 import numpy as np
 
 from .errors import StatsError
-from .stores.zarr_store import as_str_array, open_root, open_store, select_group
+from .stores.zarr_store import MOMENTS, as_str_array, open_root, open_store, select_group
 
 STATS_GROUP = "stats"
 
 
 def chan_merge(a: dict[str, np.ndarray], b: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """Merge two partial states ``{"n", "mean", "m2"}`` (Chan et al. 1983)."""
+    """Merge two partial states ``{"n", "mean", "m2"}`` (Chan et al. 1983).
+
+    Works on numpy arrays and on torch tensors alike (the dask reduction and
+    the on-device accumulation of ``capture --stats-only`` share it).
+    """
     n = a["n"] + b["n"]
-    safe_n = np.where(n > 0, n, 1.0)
+    safe_n = n + (n == 0)  # 1 where both are empty (then delta * 0 / 1 = 0)
     delta = b["mean"] - a["mean"]
     mean = a["mean"] + delta * (b["n"] / safe_n)
     m2 = a["m2"] + b["m2"] + delta * delta * (a["n"] * b["n"] / safe_n)
@@ -93,6 +97,28 @@ def _block_state(block: np.ndarray, codes: np.ndarray, shift: np.ndarray, n_clas
     out[0, 1] = mean.reshape((n_classes, *trailing))
     out[0, 2] = m2.reshape((n_classes, *trailing))
     return out
+
+
+def tensor_class_moments(x, codes, n_classes: int) -> dict:
+    """Per-class ``{"n", "mean", "m2"}`` of ``x: (rows, ...)`` torch tensor, in float64 on its device.
+
+    ``codes: (rows,)`` class index of each row. Two passes over the rows (the
+    mean, then squared deviations from it), so a batch's own M2 is exact to
+    float64 rounding; batches are then merged with :func:`chan_merge`.
+    """
+    import torch
+
+    flat = x.reshape(x.shape[0], -1).to(torch.float64)
+    codes = codes.to(device=x.device, dtype=torch.int64)
+    n = torch.bincount(codes, minlength=n_classes).to(torch.float64)
+    sums = torch.zeros((n_classes, flat.shape[1]), dtype=torch.float64, device=x.device)
+    sums.index_add_(0, codes, flat)
+    mean = sums / (n + (n == 0)).unsqueeze(1)
+    centred = flat - mean[codes]
+    m2 = torch.zeros_like(sums).index_add_(0, codes, centred * centred)
+    shape = (n_classes, *x.shape[1:])
+    return {"n": n.reshape((n_classes,) + (1,) * (x.dim() - 1)).expand(shape), "mean": mean.reshape(shape),
+            "m2": m2.reshape(shape)}
 
 
 def _moment_chunk(x: np.ndarray, axis, keepdims: bool = True, computing_meta: bool = False, **kwargs):
@@ -258,6 +284,9 @@ def compute_stats(
     """
     import dask
 
+    only = _stats_only(path, model)
+    if only is not None:
+        return only
     if not force:
         cached = _read_cached(path, model)
         if cached is not None:
@@ -331,12 +360,34 @@ def _read_cached(path, model):
     return _stats_dataset(sg["count"][...], sg["mean"][...], sg["var"][...], classes, sg["layer"][:], attrs)
 
 
+def _stats_only(path, model):
+    """The statistics of a group captured with ``--stats-only`` (None for other groups)."""
+    group = select_group(open_root(path, mode="r"), model, path)
+    attrs = dict(group.attrs)
+    if not attrs.get("stats_only"):
+        return None
+    if not attrs.get("moments_classes"):
+        raise StatsError(f"{str(path)!r} group {group.basename!r} holds no samples yet")
+    order = np.argsort(attrs["moments_classes"])  # sorted classes, as compute_stats gives them
+    count, mean, m2 = np.asarray(group[MOMENTS[int(attrs["moments_buffer"])]][...])[:, order]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        variances = m2 / (count - 1)
+    keep = {k: attrs[k] for k in ("model_id", "model_fingerprint", "data_version", "position")}
+    stats_attrs = {**keep, "group": group.basename, "n_samples": int(count[:, 0, 0].sum()), "ddof": 1,
+                   "stats_only": True}
+    classes = [attrs["moments_classes"][i] for i in order]
+    return _stats_dataset(count[:, :, 0].astype(np.int64), mean, variances, classes, attrs["layers"], stats_attrs)
+
+
 def open_stats(path: str | Path, model: str | None = None):
     """Cached statistics: :class:`xarray.Dataset` with dims (class, layer, hidden)
     and variables ``count``, ``mean``, ``var`` (float64, ddof=1).
 
     Raises :class:`StatsError` when none are cached or the data changed since.
     """
+    stats = _stats_only(path, model)
+    if stats is not None:
+        return stats
     stats = _read_cached(path, model)
     if stats is None:
         raise StatsError(

@@ -79,10 +79,15 @@ def _parse_shard(ctx, param, value):
                    "captures shards; --data, --model and --store must be reachable from every worker.")
 @click.option("--shards", type=click.IntRange(1), default=None,
               help="With --scheduler: number of shards (default: one per worker).")
+@click.option("--stats-only", is_flag=True,
+              help="Store no activations, only per-class count/mean/variance, reduced on --device during the "
+                   "forward passes (float64) and committed after every window: for contrast sets whose "
+                   "activations would not fit on disk (e.g. --position all --layers all). `actstore stats` and "
+                   "`enr` then read them; --whiten needs the activations.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
 def capture(model, gguf_file, revision, data, layers, store, position, offset, batch_size, dtype,
             store_dtype, device, resume, name, blocks, separator, chat_template, max_length,
-            no_early_exit, trust_remote_code, shard, scheduler, shards, quiet):
+            no_early_exit, trust_remote_code, shard, scheduler, shards, stats_only, quiet):
     """Run a causal LM over a contrast set and store residual activations.
 
     Layer L is the output of decoder block L. Activations stream to the store
@@ -106,6 +111,8 @@ def capture(model, gguf_file, revision, data, layers, store, position, offset, b
                "model_dtype": dtype, "name": name, "separator": codecs.decode(separator, "unicode_escape"),
                "chat_template": chat_template, "max_length": max_length, "stop_early": not no_early_exit}
     if scheduler is not None:
+        if stats_only:
+            raise click.UsageError("--stats-only cannot run on --scheduler yet (shards would need their moments merged)")
         reports = capture_on_cluster(model, data, store, layers, scheduler=scheduler, shards=shards,
                                      model_options=model_options, **options)
         click.echo(f"captured {sum(r.n_texts_captured for r in reports)} texts "
@@ -115,8 +122,8 @@ def capture(model, gguf_file, revision, data, layers, store, position, offset, b
 
     loaded = load_model(model, **model_options)
     try:
-        report = capture_to_store(loaded, data, store, layers, resume=resume, shard=shard, progress=not quiet,
-                                  **options)
+        report = capture_to_store(loaded, data, store, layers, resume=resume, shard=shard, stats_only=stats_only,
+                                  progress=not quiet, **options)
     except KeyboardInterrupt:
         click.echo(f"\ninterrupted: everything committed so far is kept in {store}; "
                    "rerun the same command with --resume to continue", err=True)
@@ -133,4 +140,5 @@ def capture(model, gguf_file, revision, data, layers, store, position, offset, b
         f"captured {report.n_texts_captured} texts ({report.n_samples_written} samples, "
         f"{report.n_tokens} tokens) from {data} into {store} group {report.group!r} "
         f"in {report.seconds:.1f} s ({report.tokens_per_second:.0f} tokens/s)"
+        + ("; statistics only, no activations stored" if stats_only else "")
     )

@@ -12,6 +12,9 @@ Layout (one group per model, named by :func:`actstore.models.safe_group_name`)::
         text_index (sample,) int64   index of the text in this group (0, 1, ...)
         token_index(sample,) int64   token position among real tokens (-1 for mean)
         stats/                       cached statistics (see actstore.stats)
+        moments0, moments1 (moment, class, layer, hidden) float64   stats-only groups
+                                     (``capture --stats-only``): running n, mean, M2 per class;
+                                     attrs ``moments_buffer`` names the committed one
         shards/run<r>-<i>of<n>/      a shard still being captured (same arrays; merged, then deleted)
 
 ``acts`` chunks hold one layer of S consecutive samples, S the power of two that
@@ -58,6 +61,7 @@ SAMPLE_COORDS = {
 }
 STORE_DTYPES = ("float32", "float16")
 SHARDS = "shards"
+MOMENTS = ("moments0", "moments1")  # stats-only groups: double-buffered running moments
 _CHUNK_BYTES = 8 << 20
 _COORD_CHUNK = 16384
 
@@ -169,6 +173,7 @@ class CaptureSpec:
     layers: list[int]
     position: str
     dtype: str = "float32"
+    stats_only: bool = False
     extra: dict[str, Any] = field(default_factory=dict)
 
     def attrs(self) -> dict[str, Any]:
@@ -182,11 +187,13 @@ class CaptureSpec:
             "layers": list(self.layers),
             "position": self.position,
             "dtype": self.dtype,
+            "stats_only": self.stats_only,
             **self.extra,
         }
 
 
-_MUST_MATCH = ("model_id", "model_fingerprint", "hidden_size", "layers", "position", "dtype")
+_MUST_MATCH = ("model_id", "model_fingerprint", "hidden_size", "layers", "position", "dtype", "stats_only")
+_MATCH_DEFAULTS = {"stats_only": False}  # groups written before the key existed
 
 
 class ActivationWriter:
@@ -230,10 +237,11 @@ class ActivationWriter:
                 )
             new = spec.attrs()
             for key in _MUST_MATCH:
-                if existing.get(key) != new[key]:
+                there = existing.get(key, _MATCH_DEFAULTS.get(key))
+                if there != new[key]:
                     raise StoreError(
                         f"cannot append to {str(path)!r} group {group_name!r}: {key} is "
-                        f"{existing.get(key)!r} there but {new[key]!r} now; capture into another "
+                        f"{there!r} there but {new[key]!r} now; capture into another "
                         "store or pass --name to use another group"
                     )
         else:
@@ -466,14 +474,41 @@ class ActivationWriter:
                 array[start:stop] = coords[name]
         self._commit(stop, texts_done, max_pair_id)
 
-    def _commit(self, n_samples: int, texts_done: int, max_pair_id: int) -> None:
+    def read_moments(self) -> tuple[list[str], np.ndarray | None]:
+        """A stats-only group's classes and committed moments ``(3, class, layer, hidden)``
+        float64 (n, mean, M2); ``([], None)`` before the first commit."""
+        attrs = self.group.attrs
+        classes = list(attrs.get("moments_classes", []))
+        if not classes:
+            return [], None
+        return classes, np.asarray(self.group[MOMENTS[int(attrs["moments_buffer"])]][...])
+
+    def write_moments(self, classes: list[str], moments: np.ndarray, texts_done: int) -> None:
+        """Commit a stats-only group's running moments (see :meth:`read_moments`).
+
+        They go to the buffer not in use (one chunk: one atomic object), then
+        the group attributes switch to it with the run's progress: an
+        interruption at any point leaves the previous commit intact.
+        """
+        current = self.group.attrs.get("moments_buffer")
+        target = 1 if current == 0 else 0
+        array = _child(self.group, MOMENTS[target])
+        if array is None or array.shape != moments.shape:
+            array = self.group.create_array(
+                MOMENTS[target], shape=moments.shape, chunks=moments.shape, dtype="float64",
+                dimension_names=("moment", "class", "layer", "hidden"), overwrite=True,
+            )
+        array[...] = moments
+        self._commit(self.n_samples, texts_done, -1, {"moments_buffer": target, "moments_classes": list(classes)})
+
+    def _commit(self, n_samples: int, texts_done: int, max_pair_id: int, extra: dict | None = None) -> None:
         runs = list(self.group.attrs["runs"])
         self.run = {**self.run, "texts_done": texts_done, "complete": texts_done >= self.run["n_texts"]}
         runs[self.run["run"]] = self.run
         next_pair = max(int(self.group.attrs["next_pair_id"]), max_pair_id + 1)
         self.group.attrs.update(
             {"n_samples": n_samples, "runs": runs, "next_pair_id": next_pair,
-             "data_version": uuid.uuid4().hex}
+             "data_version": uuid.uuid4().hex, **(extra or {})}
         )
 
 
@@ -548,6 +583,12 @@ def store_info(path: str | Path) -> dict[str, Any]:
         attrs = dict(group.attrs)
         n = int(attrs["n_samples"])
         labels, counts = np.unique(_read_coord(group["class"], n), return_counts=True)
+        stats_only = bool(attrs.get("stats_only", False))
+        if stats_only and attrs.get("moments_classes"):
+            # No rows: the counts are in the moments (rows per class at the first layer).
+            labels = attrs["moments_classes"]
+            counts = group[MOMENTS[int(attrs["moments_buffer"])]][0, :, 0, 0]
+            n = int(np.sum(counts))
         runs = attrs.get("runs", [])
         models.append(
             {
@@ -563,7 +604,8 @@ def store_info(path: str | Path) -> dict[str, Any]:
                     {k: r[k] for k in ("source", "texts_done", "n_texts", "complete")} for r in runs
                 ],
                 "bytes_on_disk": _du(f"{str(path).rstrip('/')}/{name}"),
-                "has_stats": "stats" in dict(group.groups()),
+                "has_stats": stats_only or "stats" in dict(group.groups()),
+                "stats_only": stats_only,
             }
         )
     return {"store": str(path), "models": models}
