@@ -92,6 +92,7 @@ def capture_to_store(
     shard: tuple[int, int] | None = None,
     merge: bool = True,
     stats_only: bool = False,
+    codec: str = "lz4",
     progress: bool = True,
 ) -> CaptureReport:
     """Capture activations of ``data`` at ``layers`` of ``model`` into ``store``.
@@ -146,6 +147,7 @@ def capture_to_store(
         position=position if not offset else f"last-{offset}",
         dtype=store_dtype,
         stats_only=stats_only,
+        codec=codec,
         extra={"model_dtype": model_dtype, "num_model_layers": loaded.num_layers},
     )
     settings = {"separator": separator, "chat_template": chat_template, "max_length": max_length}

@@ -211,3 +211,14 @@ def test_a_second_writer_to_the_same_group_is_refused(tmp_path, llama, pairs_fil
     capture(llama, pairs_file, store)  # released on exit
     assert actstore.open_store(store, model="tiny-llama").sizes["sample"] == 14
     assert not list(tmp_path.glob(".*.lock"))
+
+
+@pytest.mark.parametrize("codec", ["zstd", "none"])
+def test_capture_codec_is_the_arrays_and_values_do_not_change(tmp_path, tiny_model_dirs, pairs_file, codec):
+    model = actstore.load_model(str(tiny_model_dirs["gpt2"]))
+    default, other = tmp_path / "lz4.zarr", tmp_path / f"{codec}.zarr"
+    actstore.capture_to_store(model, pairs_file, default, "1", progress=False)
+    actstore.capture_to_store(model, pairs_file, other, "1", codec=codec, progress=False)
+    compressors = zarr.open_group(other, mode="r")["tiny-gpt2"]["acts"].compressors
+    assert [type(c).__name__ for c in compressors] == ({"zstd": ["ZstdCodec"], "none": []}[codec])
+    np.testing.assert_array_equal(actstore.open_store(other).acts.values, actstore.open_store(default).acts.values)

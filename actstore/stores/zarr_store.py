@@ -95,10 +95,23 @@ def _child(group, name: str):
         return None
 
 
-def _codec():
-    from zarr.codecs import BloscCodec
+CODECS = ("lz4", "zstd", "none")
 
-    return BloscCodec(cname="lz4", clevel=5, shuffle="shuffle")
+
+def _compressors(codec: str) -> list | None:
+    """``acts`` compressors: ``lz4`` (Blosc LZ4 + shuffle, the default: fastest to decode of those
+    that compress), ``zstd`` (plain Zstd level 1: 1.3x smaller than LZ4 on A/B pairs captured with
+    ``--position all``, 1.7x slower to read), ``none`` (fastest to read; float32 activations of
+    distinct texts compress only 1.03-1.10x anyway). Figures: benchmarks/RESULTS.md."""
+    from zarr.codecs import BloscCodec, ZstdCodec
+
+    if codec == "lz4":
+        return [BloscCodec(cname="lz4", clevel=5, shuffle="shuffle")]
+    if codec == "zstd":
+        return [ZstdCodec(level=1)]
+    if codec == "none":
+        return None
+    raise StoreError(f"codec {codec!r}: expected one of {', '.join(CODECS)}")
 
 
 def _is_url(path: str) -> bool:
@@ -174,6 +187,7 @@ class CaptureSpec:
     position: str
     dtype: str = "float32"
     stats_only: bool = False
+    codec: str = "lz4"  # for a new group only; appends keep the group's codec
     extra: dict[str, Any] = field(default_factory=dict)
 
     def attrs(self) -> dict[str, Any]:
@@ -253,7 +267,7 @@ class ActivationWriter:
                 shape=(0, len(spec.layers), spec.hidden_size),
                 chunks=(chunk, 1, spec.hidden_size),
                 dtype=spec.dtype,
-                compressors=[_codec()],
+                compressors=_compressors(spec.codec),
                 dimension_names=("sample", "layer", "hidden"),
                 fill_value=0,
             )
