@@ -22,6 +22,7 @@ from .models import LoadedModel, load_model, parse_layers, safe_group_name, text
 from .stores.zarr_store import (
     ActivationWriter,
     CaptureSpec,
+    check_group_name,
     merge_shards,
     shard_bounds,
     staging_group_name,
@@ -125,6 +126,8 @@ def capture_to_store(
         raise ActstoreError(f"--position {position!r}: expected one of {', '.join(POSITIONS)}")
     if offset < 0 or (offset and position != "last"):
         raise ActstoreError(f"--offset {offset}: must be >= 0 and is only for --position last")
+    if name is not None:
+        check_group_name(name)
     if shard is not None:
         shard_bounds(0, *shard)  # validates i/n before any work
         if stats_only:
@@ -135,7 +138,7 @@ def capture_to_store(
         model, gguf_file=gguf_file, dtype=model_dtype, device=device, blocks=blocks
     )
     layer_list = parse_layers(layers, loaded.num_layers)
-    group_name = name or safe_group_name(loaded.model_id)
+    group_name = name if name is not None else safe_group_name(loaded.model_id)
     if max_length is None:
         max_length = _context_length(loaded)
     spec = CaptureSpec(

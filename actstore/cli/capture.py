@@ -8,7 +8,7 @@ import click
 
 from ..capture import POSITIONS
 from ..models import DTYPES
-from ..stores.zarr_store import CODECS, STORE_DTYPES
+from ..stores.zarr_store import CODECS, STORE_DTYPES, check_group_name
 
 
 def _parse_shard(ctx, param, value):
@@ -124,6 +124,8 @@ def capture(model, gguf_file, revision, data, layers, store, position, offset, b
                    f"into {store} group {reports[0].group!r}; {reports[0].merged_shards}/{len(reports)} merged")
         return
 
+    if name is not None:
+        check_group_name(name)  # before the model loads
     loaded = load_model(model, **model_options)
     try:
         report = capture_to_store(loaded, data, store, layers, resume=resume, shard=shard, stats_only=stats_only,

@@ -2,20 +2,30 @@
 
 from __future__ import annotations
 
+import warnings
+
 import click
 
 from .._version import __version__
 from ..errors import ActstoreError
 
 
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    # A user reads "Warning: <what>", not a source file and line of actstore's.
+    click.echo(f"Warning: {message}", err=True)
+
+
 class _Group(click.Group):
-    """Turns :class:`ActstoreError` (a user mistake) into ``Error: ...`` and exit 1."""
+    """Turns :class:`ActstoreError` (a user mistake) into ``Error: ...`` and exit 1,
+    and warnings into ``Warning: ...`` lines on stderr."""
 
     def invoke(self, ctx):
-        try:
-            return super().invoke(ctx)
-        except ActstoreError as err:
-            raise click.ClickException(str(err)) from None
+        with warnings.catch_warnings():
+            warnings.showwarning = _show_warning
+            try:
+                return super().invoke(ctx)
+            except ActstoreError as err:
+                raise click.ClickException(str(err)) from None
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})

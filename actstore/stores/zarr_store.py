@@ -39,6 +39,7 @@ capture, in the same order, and readers only ever see whole merged windows.
 
 from __future__ import annotations
 
+import re
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -77,6 +78,19 @@ def shard_bounds(n_texts: int, index: int, count: int) -> tuple[int, int]:
     if not (count >= 1 and 0 <= index < count):
         raise StoreError(f"shard {index}/{count}: expected 0 <= i < n, e.g. 0/4 .. 3/4")
     return n_texts * index // count, n_texts * (index + 1) // count
+
+
+_GROUP_NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]*")
+
+
+def check_group_name(name: str) -> str:
+    """A group name given by the user (``--name``): letters, digits, ``._-``, not starting with a dot."""
+    if not _GROUP_NAME.fullmatch(name) or name == SHARDS:
+        raise StoreError(
+            f"--name {name!r}: a group name is letters, digits, '.', '_' and '-', not starting with '.' "
+            "(no '/', no '..'), e.g. --name gemma-refusal"
+        )
+    return name
 
 
 def _staging_leaf(run: int, index: int, count: int) -> str:
