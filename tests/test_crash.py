@@ -14,6 +14,7 @@ import pytest
 import zarr
 
 import actstore
+from actstore.errors import StatsError
 
 CHILD = """
 import sys, actstore
@@ -82,14 +83,82 @@ def test_sigkill_at_several_points_then_resume_equals_uninterrupted(tmp_path, sl
     runs = zarr.open_group(store, mode="r")["slow-llama"].attrs["runs"]
     assert len(runs) == 1 and runs[0]["complete"]
 
-    # A statistics pass killed part-way leaves no stale or partial cache behind.
-    stats_child = subprocess.Popen([sys.executable, "-c", f"import actstore; actstore.compute_stats({str(store)!r})"],
-                                   env=env)
-    time.sleep(1.5)
-    if stats_child.poll() is None:
-        os.kill(stats_child.pid, signal.SIGKILL)
-    stats_child.wait()
-    stats = actstore.compute_stats(store)
     expected = actstore.compute_stats(reference)
-    np.testing.assert_allclose(stats["mean"].values, expected["mean"].values, rtol=1e-12)
-    np.testing.assert_allclose(stats["var"].values, expected["var"].values, rtol=1e-12)
+    # Statistics passes killed at two exact points leave the cache either intact or absent, never wrong.
+    actstore.compute_stats(store)
+    for point in ("mid-pass", "mid-cache-write"):
+        kill_stats_at(point, store, tmp_path / f"{point}.marker", env)
+        if point == "mid-pass":  # the forced recomputation never got to replace the valid cache
+            stats = actstore.open_stats(store)
+        else:  # the old cache was deleted, the new one is incomplete: refused, then recomputed
+            with pytest.raises(StatsError, match="no up-to-date statistics"):
+                actstore.open_stats(store)
+            stats = actstore.compute_stats(store)
+        np.testing.assert_allclose(stats["mean"].values, expected["mean"].values, rtol=1e-12)
+        np.testing.assert_allclose(stats["var"].values, expected["var"].values, rtol=1e-12)
+
+
+STATS_CHILD = """
+import sys, time, pathlib
+import actstore, zarr
+from dask.callbacks import Callback
+
+store, marker, point = sys.argv[1], pathlib.Path(sys.argv[2]), sys.argv[3]
+
+def pause():
+    marker.touch()
+    time.sleep(600)  # until killed
+
+class PauseAfterFirstTask(Callback):
+    def _posttask(self, key, result, dsk, state, id):
+        pause()
+
+if point == "mid-pass":
+    with PauseAfterFirstTask():
+        actstore.compute_stats(store, force=True)
+else:
+    create_array = zarr.Group.create_array
+    def paused(self, name, **kwargs):
+        if name == "var":  # count and mean of the new cache are written, var and the attrs are not
+            pause()
+        return create_array(self, name, **kwargs)
+    zarr.Group.create_array = paused
+    actstore.compute_stats(store, force=True)
+"""
+
+
+def kill_stats_at(point, store, marker, env):
+    child = subprocess.Popen([sys.executable, "-c", STATS_CHILD, str(store), str(marker), point], env=env)
+    deadline = time.monotonic() + 120
+    while not marker.exists() and child.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert marker.exists(), f"the stats pass never reached {point}"
+    os.kill(child.pid, signal.SIGKILL)
+    child.wait()
+
+
+def test_stats_while_a_capture_appends_are_a_consistent_snapshot(tmp_path, slow_model, shared_data):
+    pairs = json.loads((shared_data / "caa-pairs" / "refusal" / "train.json").read_text())[:40]
+    data = tmp_path / "pairs.json"
+    data.write_text(json.dumps(pairs))
+    store = tmp_path / "growing.zarr"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    child = subprocess.Popen([sys.executable, "-c", CHILD, str(slow_model), str(data), str(store)], env=env)
+    snapshots = []
+    while child.poll() is None:
+        if committed(store):
+            stats = actstore.compute_stats(store, force=True)
+            snapshots.append((stats.attrs["n_samples"], stats))
+    assert child.wait() == 0
+    final = actstore.open_store(store)
+    mid = [n for n, _ in snapshots if 0 < n < final.sizes["sample"]]
+    print(f"{len(snapshots)} stats passes during the capture, {len(mid)} of a partial store")
+    assert len(mid) >= 2, "the capture finished too fast to compute statistics while it appended"
+    acts, labels = final.acts.values.astype(np.float64), final["class"].values
+    for n, stats in snapshots:
+        for label in ("neg", "pos"):
+            rows = acts[:n][labels[:n] == label]
+            np.testing.assert_allclose(stats["mean"].sel({"class": label}).values, rows.mean(0), rtol=1e-10,
+                                       atol=1e-12)
+            np.testing.assert_allclose(stats["var"].sel({"class": label}).values, rows.var(0, ddof=1),
+                                       rtol=1e-9, atol=1e-12)
