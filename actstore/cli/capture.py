@@ -112,11 +112,11 @@ def capture(model, gguf_file, revision, data, layers, store, position, offset, b
     model_options = {"gguf_file": gguf_file, "revision": revision, "dtype": dtype, "device": device,
                      "blocks": blocks, "trust_remote_code": trust_remote_code}
     options = {"position": position, "offset": offset, "batch_size": batch_size, "store_dtype": store_dtype,
-               "codec": codec, "model_dtype": dtype, "name": name, "separator": codecs.decode(separator, "unicode_escape"),
-               "chat_template": chat_template, "max_length": max_length, "stop_early": not no_early_exit}
+               "codec": codec, "model_dtype": dtype, "name": name,
+               "separator": codecs.decode(separator, "unicode_escape"), "chat_template": chat_template, "max_length": max_length, "stop_early": not no_early_exit}
     if scheduler is not None:
         if stats_only:
-            raise click.UsageError("--stats-only cannot run on --scheduler yet (shards would need their moments merged)")
+            raise click.UsageError("--stats-only cannot run on --scheduler yet (its shards' moments are not merged)")
         reports = capture_on_cluster(model, data, store, layers, scheduler=scheduler, shards=shards,
                                      model_options=model_options, **options)
         click.echo(f"captured {sum(r.n_texts_captured for r in reports)} texts "

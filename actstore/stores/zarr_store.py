@@ -355,6 +355,14 @@ class ActivationWriter:
             self.run = same[-1]
             self._truncate_uncommitted()
             return int(self.run["texts_done"])
+        self._refuse_if_unfinished(runs)
+        if same:
+            raise self._already_complete(source)
+        self._register(runs, source, source_sha256, settings, n_texts)
+        self._truncate_uncommitted()
+        return 0
+
+    def _refuse_if_unfinished(self, runs: list[dict]) -> None:
         incomplete = [r for r in runs if not r["complete"]]
         if incomplete:
             r = incomplete[0]
@@ -363,27 +371,25 @@ class ActivationWriter:
                 f"{self.path!r} group {self.group.basename!r} holds an interrupted capture of "
                 f"{r['source']!r} ({r['texts_done']}/{r['n_texts']} texts); rerun {how} to finish it first"
             )
-        if same:
-            raise StoreError(
-                f"{self.path!r} group {self.group.basename!r} already holds a complete capture of "
-                f"{source!r} (same file contents and settings); nothing to do"
-            )
+
+    def _already_complete(self, source: str) -> StoreError:
+        return StoreError(
+            f"{self.path!r} group {self.group.basename!r} already holds a complete capture of "
+            f"{source!r} (same file contents and settings); nothing to do"
+        )
+
+    def _register(self, runs: list[dict], source: str, source_sha256: str, settings: dict, n_texts: int,
+                  reserve_pair_ids: int = 0, **extra) -> dict[str, Any]:
+        """Append a new run record (its text and pair-id offsets fixed now) and commit it."""
         attrs = self.group.attrs
         self.run = {
-            "run": len(runs),
-            "source": source,
-            "source_sha256": source_sha256,
-            "settings": settings,
-            "n_texts": n_texts,
-            "texts_done": 0,
-            "complete": n_texts == 0,
-            "text_index_offset": int(attrs["n_texts"]),
-            "pair_id_offset": int(attrs["next_pair_id"]),
+            "run": len(runs), "source": source, "source_sha256": source_sha256, "settings": settings,
+            "n_texts": n_texts, "texts_done": 0, "complete": n_texts == 0,
+            "text_index_offset": int(attrs["n_texts"]), "pair_id_offset": int(attrs["next_pair_id"]), **extra,
         }
-        runs.append(self.run)
-        attrs.update({"runs": runs, "n_texts": int(attrs["n_texts"]) + n_texts})
-        self._truncate_uncommitted()
-        return 0
+        attrs.update({"runs": [*runs, self.run], "n_texts": int(attrs["n_texts"]) + n_texts,
+                      "next_pair_id": int(attrs["next_pair_id"]) + reserve_pair_ids})
+        return self.run
 
     def begin_sharded_run(self, source: str, source_sha256: str, n_texts: int, settings: dict, count: int,
                           max_pair_id: int) -> dict[str, Any]:
@@ -399,30 +405,11 @@ class ActivationWriter:
             self.run = joined[-1]
             return self.run
         if any(r["complete"] for r in same):
-            raise StoreError(
-                f"{self.path!r} group {self.group.basename!r} already holds a complete capture of "
-                f"{source!r} (same file contents and settings); nothing to do"
-            )
-        incomplete = [r for r in runs if not r["complete"]]
-        if incomplete:
-            r = incomplete[0]
-            how = f"its {r['shards']} shards (--shard i/n)" if r.get("shards") else "that capture with --resume"
-            raise StoreError(
-                f"{self.path!r} group {self.group.basename!r} holds an interrupted capture of "
-                f"{r['source']!r} ({r['texts_done']}/{r['n_texts']} texts); rerun {how} to finish it first"
-            )
-        attrs = self.group.attrs
-        self.run = {
-            "run": len(runs), "source": source, "source_sha256": source_sha256, "settings": settings,
-            "n_texts": n_texts, "texts_done": 0, "complete": n_texts == 0,
-            "text_index_offset": int(attrs["n_texts"]), "pair_id_offset": int(attrs["next_pair_id"]),
-            "shards": count, "merged": 0,
-        }
-        runs.append(self.run)
+            raise self._already_complete(source)
+        self._refuse_if_unfinished(runs)
         self.group.require_group(SHARDS)
-        attrs.update({"runs": runs, "n_texts": int(attrs["n_texts"]) + n_texts,
-                      "next_pair_id": int(attrs["next_pair_id"]) + max_pair_id + 1})
-        return self.run
+        return self._register(runs, source, source_sha256, settings, n_texts, reserve_pair_ids=max_pair_id + 1,
+                              shards=count, merged=0)
 
     def merge_shards(self, run: int) -> int:
         """Append, in order, every finished shard of ``run`` that is next in line.
