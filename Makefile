@@ -4,13 +4,15 @@
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
+# steering-vectors and repeng pin transformers<5 and numpy<2: they get a venv of their own.
+PEERS_VENV ?= .venv-peers
 DATA ?= ../shared/data
 BEHAVIOR ?= refusal
 LAYER ?= 6
 K ?= 64
 OUT ?= runs/demo
 
-.PHONY: install demo test bench clean
+.PHONY: install peers demo test bench clean
 
 $(VENV)/.installed: setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -23,6 +25,15 @@ $(VENV)/.installed: setup.cfg pyproject.toml
 
 install: $(VENV)/.installed
 
+$(PEERS_VENV)/.installed: setup.cfg pyproject.toml requirements-peers.txt
+	$(PYTHON) -m venv $(PEERS_VENV)
+	$(PEERS_VENV)/bin/pip install --quiet --upgrade pip
+	$(PEERS_VENV)/bin/pip install --quiet torch==2.13.0
+	$(PEERS_VENV)/bin/pip install --quiet -e '.[dev]' -r requirements-peers.txt
+	touch $@
+
+peers: $(PEERS_VENV)/.installed
+
 demo: install
 	@model=$$($(BIN)/actstore models demo --quiet) && set -x && \
 	$(BIN)/actstore capture --model "$$model" --data $(DATA)/caa-pairs/$(BEHAVIOR)/train.json \
@@ -31,11 +42,13 @@ demo: install
 	$(BIN)/actstore enr --store $(OUT)/acts.zarr --layer $(LAYER) --k $(K) \
 		--out $(OUT)/$(BEHAVIOR)-layer$(LAYER)-k$(K).safetensors
 
-test: install
+test: install peers
 	$(BIN)/python -m pytest -q
+	@# Interop again where the peers' own loaders and hooks are installed (their tests skip above).
+	$(PEERS_VENV)/bin/python -m pytest -q tests/test_interop.py
 
-bench: install
+bench: install peers
 	$(BIN)/python benchmarks/run_all.py
 
 clean:
-	rm -rf $(VENV) runs *.egg-info
+	rm -rf $(VENV) $(PEERS_VENV) runs *.egg-info

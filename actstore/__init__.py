@@ -7,8 +7,16 @@ from ._version import SCHEMA_VERSION, __version__
 from .datasets import ContrastSet, Example, read_contrast_set
 from .errors import ActstoreError
 from .evaluate import ab_scores, perplexity, read_ab_items
+from .interop import (
+    from_repeng,
+    from_steering_vectors,
+    read_gguf_control_vector,
+    to_repeng,
+    to_steering_vectors,
+    write_gguf_control_vector,
+)
 from .models import LoadedModel, find_decoder_blocks, load_model
-from .pipeline import CaptureReport, capture_to_store
+from .pipeline import CaptureReport, capture_on_cluster, capture_to_store
 from .stats import compute_stats, moments, open_stats
 from .steering import steer
 from .stores.zarr_store import open_store, store_info
@@ -25,11 +33,14 @@ __all__ = [
     "SteeringVector",
     "__version__",
     "ab_scores",
+    "capture_on_cluster",
     "capture_to_store",
     "compute_stats",
     "enr",
     "enr_scores",
     "find_decoder_blocks",
+    "from_repeng",
+    "from_steering_vectors",
     "load_model",
     "load_vector",
     "moments",
@@ -38,10 +49,14 @@ __all__ = [
     "perplexity",
     "read_ab_items",
     "read_contrast_set",
+    "read_gguf_control_vector",
     "run_sweep",
     "save_vector",
     "steer",
     "store_info",
+    "to_repeng",
+    "to_steering_vectors",
     "top_k_indices",
     "vector_from_stats",
+    "write_gguf_control_vector",
 ]

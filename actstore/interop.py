@@ -31,7 +31,8 @@ below uses the same number for the same place, so no index is shifted:
 * llama.cpp: tensor ``direction.N`` is added to the output of layer ``N`` of its
   0-based layer loop (``build_cvec(cur, il)`` after the layer's residual add;
   ``src/llama-adapter.cpp`` keeps the data of ``direction.N`` in ``tensors[N]``).
-  It has no slot for layer 0: ``direction.0`` makes its loader refuse the file, so
+  It has no slot for layer 0: ``direction.0`` makes its loader refuse the file
+  (``common/common.cpp``, which also wants every tensor 1-D F32 of one size), so
   :func:`write_gguf_control_vector` refuses layer 0. repeng's ``export_gguf`` writes
   ``direction.{L}`` from its keys unchanged. (llama.cpp's own ``cvector-generator``
   reads layer ``il`` and writes ``direction.{il + 1}``, so a vector made by that tool

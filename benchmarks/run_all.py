@@ -8,6 +8,6 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 
-for script in ("bench_capture.py", "bench_stats.py", "bench_codecs.py", "bench_steering.py"):
+for script in ("bench_capture.py", "bench_stats.py", "bench_codecs.py", "bench_steering.py", "bench_peers.py"):
     print(f"== {script}", flush=True)
     subprocess.run([sys.executable, str(HERE / script)], check=True)

@@ -50,8 +50,9 @@ def _register() -> None:
     from .models import models
     from .stats import info, stats
     from .steer import steer
+    from .vectors import vector
 
-    for command in (capture, stats, info, enr, steer, evaluate, models):
+    for command in (capture, stats, info, enr, steer, evaluate, vector, models):
         cli.add_command(command)
 
 
