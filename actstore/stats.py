@@ -297,7 +297,8 @@ def compute_stats(
     labels = ds["class"].values
     classes, codes = np.unique(labels, return_inverse=True)
     classes = [str(c) for c in classes]
-    lazy = class_moments(ds["acts"].data, codes.reshape(-1), len(classes), split_every=split_every)
+    # A wide merge tree: the partial states are small and their merges cheap.
+    lazy = class_moments(ds["acts"].data, codes.reshape(-1), len(classes), split_every=split_every or 16)
     progress_bar = contextlib.nullcontext()
     if progress:
         from dask.diagnostics import ProgressBar

@@ -65,6 +65,7 @@ SHARDS = "shards"
 MOMENTS = ("moments0", "moments1")  # stats-only groups: double-buffered running moments
 _CHUNK_BYTES = 8 << 20
 _COORD_CHUNK = 16384
+_CHUNKS_PER_TASK = 4
 
 
 def sample_chunk(hidden: int, itemsize: int, target_bytes: int = _CHUNK_BYTES) -> int:
@@ -529,7 +530,11 @@ class ActivationWriter:
 
 def as_str_array(values) -> np.ndarray:
     """Zarr returns numpy StringDType for string arrays; xarray wants fixed-width ``U``."""
-    return np.asarray(list(values), dtype=str) if len(values) else np.asarray([], dtype=str)
+    values = np.asarray(values)
+    if values.dtype.kind == "T":  # a vectorised cast needs the width
+        width = int(np.strings.str_len(values).max()) if values.size else 1
+        return values.astype(f"<U{max(width, 1)}")
+    return values.astype(str)
 
 
 def _read_coord(array, n: int, start: int = 0) -> np.ndarray:
@@ -561,7 +566,10 @@ def open_store(path: str | Path, model: str | None = None, coords: tuple[str, ..
     attrs = dict(group.attrs)
     n = int(attrs["n_samples"])
     acts_array = group[ACTS]
-    acts = da.from_zarr(acts_array)[:n]
+    # Several chunks per dask task: zarr decodes them concurrently, and fewer, larger tasks
+    # read 1.2x faster here (benchmarks/RESULTS.md); memory stays a few tasks' worth.
+    rows = acts_array.chunks[0] * _CHUNKS_PER_TASK
+    acts = da.from_zarr(acts_array, chunks=(rows, *acts_array.chunks[1:]))[:n]
     names = SAMPLE_COORDS if coords is None else coords
     unknown = sorted(set(names) - set(SAMPLE_COORDS))
     if unknown:
