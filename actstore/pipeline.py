@@ -106,7 +106,7 @@ def capture_to_store(
     texts per commit (default: 512, or 64 for ``all``).
 
     ``shard=(i, n)`` captures only the i-th of n contiguous slices of the texts,
-    into a staging group of its own (several processes, GPUs or machines capture
+    into a staging group of its own (several processes or GPUs of one machine capture
     one file at once without touching each other's data). With ``merge`` (the
     default) a shard that finishes appends every finished shard next in line, so
     once all are done the group holds the rows of a single-process capture in
