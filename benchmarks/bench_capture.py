@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
+import statistics
 import sys
 import tempfile
 from pathlib import Path
@@ -28,7 +29,7 @@ def main() -> None:
     parser.add_argument("--texts", type=int, default=256)
     parser.add_argument("--layer", type=int, default=6)
     parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=5)
     args = parser.parse_args()
 
     import actstore
@@ -40,33 +41,42 @@ def main() -> None:
     pairs = json.loads((SHARED_DATA / "caa-pairs" / "refusal" / "train.json").read_text())[: args.texts // 2]
     data = work / "pairs.json"
     data.write_text(json.dumps(pairs))
-    rows = []
-    results = {}
-    for label, stop_early in (("early exit", True), ("whole model", False)):
-        tokens = {}
+    texts = [line for p in pairs for line in (p["positive"], p["negative"])]
+    batches = padded_batches(loaded, texts, args.batch_size)
+    n_tokens = sum(int(mask.sum()) for _, mask in batches)
 
+    def capture(stop_early: bool):
         def once():
             store = work / "s.zarr"
             shutil.rmtree(store, ignore_errors=True)
             report = actstore.capture_to_store(loaded, data, store, str(args.layer), batch_size=args.batch_size,
                                                stop_early=stop_early, progress=False)
-            tokens["n"] = report.n_tokens
+            assert report.n_tokens == n_tokens  # the same batches as the bare forward
+        return once
 
-        once()  # warm-up
-        median, times = median_time(once, args.repeats)
-        results[label] = tokens["n"] / median
-        rows.append(f"| {label} | {tokens['n']} | {median:.2f} | {tokens['n'] / median:.0f} |")
-        print(f"{label}: median {median:.2f} s over {args.repeats} runs ({', '.join(f'{t:.2f}' for t in times)}); "
-              f"{tokens['n'] / median:.0f} tokens/s")
-    batches = padded_batches(loaded, [line for p in pairs for line in (p["positive"], p["negative"])],
-                             args.batch_size)
-    n_bare = sum(int(mask.sum()) for _, mask in batches)
-    bare_forward(loaded, batches, args.layer)  # warm-up
-    bare_median, bare_times = median_time(lambda: bare_forward(loaded, batches, args.layer), args.repeats)
-    results["bare"] = n_bare / bare_median
-    rows.append(f"| bare forward to block {args.layer} (no capture; same batches) | {n_bare} | {bare_median:.2f} "
-                f"| {n_bare / bare_median:.0f} |")
-    print(f"bare: median {bare_median:.2f} s ({', '.join(f'{t:.2f}' for t in bare_times)})")
+    def bare():
+        bare_forward(loaded, batches, args.layer)
+
+    # Early exit and the bare forward alternate within each repeat, so that drifts of a shared
+    # machine fall on both; the whole model runs after them.
+    timed = {"early exit": capture(True), f"bare forward to block {args.layer} (same batches, nothing kept)": bare}
+    times = {label: [] for label in timed}
+    for fn in timed.values():
+        fn()  # warm-up
+    for _ in range(args.repeats):
+        for label, fn in timed.items():
+            times[label].append(median_time(fn, 1)[0])
+    whole = capture(False)
+    whole()
+    times["whole model"] = median_time(whole, args.repeats)[1]
+    rows, results = [], {}
+    for label, values in times.items():
+        median = statistics.median(values)
+        results[label.split(" (")[0]] = n_tokens / median
+        rows.append(f"| {label} | {n_tokens} | {median:.2f} | {n_tokens / median:.0f} |")
+        print(f"{label}: median {median:.2f} s ({', '.join(f'{t:.2f}' for t in values)}); "
+              f"{n_tokens / median:.0f} tokens/s")
+    results["bare"] = results.pop(f"bare forward to block {args.layer}")
     ratio = results["early exit"] / results["whole model"]
     overhead = results["bare"] / results["early exit"]
     print(f"early exit speed-up: {ratio:.2f}x; capture / bare forward: {overhead:.3f}x")
@@ -77,7 +87,8 @@ def main() -> None:
         f"--batch-size {args.batch_size} --repeats {args.repeats}` at {git_rev()}\n\n"
         f"Machine: {machine()}\n\n"
         f"google/gemma-3-270m (float32, CPU), first {args.texts} texts of caa-pairs/refusal/train.json, "
-        f"layer {args.layer} of 18, position last, into a fresh store; median of {args.repeats} runs.\n\n"
+        f"layer {args.layer} of 18, position last, into a fresh store; median of {args.repeats} runs (early exit "
+        f"and bare forward alternating in each repeat).\n\n"
         "| forward pass | tokens | median s | tokens/s |\n|---|---|---|---|\n" + "\n".join(rows) +
         f"\n\nEarly exit speed-up: **{ratio:.2f}x**. Capture (early exit) time / bare forward time: "
         f"**{overhead:.3f}x**.",
