@@ -165,7 +165,7 @@ def capture_to_store(
     )
     options = {"position": position, "batch_size": batch_size, "max_length": max_length,
                "add_special_tokens": add_special, "stop_early": stop_early, "last_offset": offset,
-               "window": window, "progress": progress, "stats_only": stats_only}
+               "window": window, "progress": progress, "stats_only": stats_only, "track_stats": shard is None}
 
     if shard is None:
         with ActivationWriter.open(store, group_name, spec) as writer:
@@ -216,8 +216,14 @@ def _capture_range(loaded: LoadedModel, writer: ActivationWriter, rows: _Rows, l
     progress = options.pop("progress")
     stats_only = options.pop("stats_only")
     window = options.pop("window") or _window_size(writer, options["position"])
+    track_stats = options.pop("track_stats")
     moments = _RunningMoments(writer, rows.labels) if stats_only else None
     group_name = writer.group.path
+    # A capture of a whole file that starts from up-to-date statistics (or none) keeps
+    # them up to date as it goes: cheap next to the forward passes, and `actstore stats`
+    # then has nothing left to do.
+    before = _moments_before(writer) if track_stats and not stats_only and start == 0 else None
+    during = _ClassMoments(before.shape) if before is not None else None
     bar = None
     if progress:
         from tqdm.auto import tqdm
@@ -249,6 +255,8 @@ def _capture_range(loaded: LoadedModel, writer: ActivationWriter, rows: _Rows, l
             }
             max_pair = int(coords["pair_id"].max()) if len(index) else -1
             writer.append(captured.acts, coords, captured.stop, max_pair)
+            if during is not None:
+                during.add(captured.acts, coords["class"])
             n_tokens += captured.n_tokens
             written += len(index)
     finally:
@@ -256,35 +264,91 @@ def _capture_range(loaded: LoadedModel, writer: ActivationWriter, rows: _Rows, l
             bar.close()
     if start >= hi - lo:
         writer.append(np.zeros((0, len(layers), loaded.hidden_size), np.float32), {}, hi - lo, -1)
+    elif during is not None:
+        from .stats import cache_capture_moments
+
+        total = before.merged(during)
+        cache_capture_moments(writer.path, writer.group.path, total.classes, *total.stacked())
     return _capture_report(loaded, writer.path, group_name, run, hi - lo - start, written, n_tokens,
                            time.perf_counter() - t0, skipped=start)
 
 
-class _RunningMoments:
-    """Per-class moments of a stats-only capture: reduced on the device per window, merged and committed."""
+class _ClassMoments:
+    """Per-class (n, mean, M2) of the rows seen so far, ``(class, layer, hidden)`` float64 each.
 
-    def __init__(self, writer: ActivationWriter, labels: np.ndarray):
-        self.writer = writer
-        classes, state = writer.read_moments()
-        new = sorted(set(labels.tolist()) - set(classes))
-        self.classes = classes + new
-        shape = (len(self.classes), len(writer.group.attrs["layers"]), int(writer.group.attrs["hidden_size"]))
-        self.state = {key: np.zeros(shape) for key in ("n", "mean", "m2")}
-        if state is not None:  # classes seen before keep their rows; new ones start empty
-            for i, key in enumerate(("n", "mean", "m2")):
-                self.state[key][: len(classes)] = state[i]
-        self.code = {c: i for i, c in enumerate(self.classes)}
+    Each window is reduced where its activations are (the model's device,
+    :func:`actstore.stats.tensor_class_moments`) and merged here (Chan et al.).
+    """
 
-    def add(self, acts, labels: np.ndarray, texts_done: int) -> None:
+    def __init__(self, shape: tuple[int, int], classes=(), count=None, mean=None, m2=None):
+        self.shape = shape
+        self.classes = list(classes)
+        empty = np.zeros((len(self.classes), *shape))
+        self.state = {"n": empty if count is None else np.asarray(count, np.float64),
+                      "mean": empty if mean is None else np.asarray(mean, np.float64),
+                      "m2": empty if m2 is None else np.asarray(m2, np.float64)}
+
+    def extend(self, labels) -> None:
+        new = sorted(set(map(str, labels)) - set(self.classes))
+        if new:  # new classes start with no rows
+            self.classes += new
+            pad = np.zeros((len(new), *self.shape))
+            self.state = {k: np.concatenate([v, pad]) for k, v in self.state.items()}
+
+    def add(self, acts, labels: np.ndarray) -> None:
         import torch
 
         from .stats import chan_merge, tensor_class_moments
 
-        codes = torch.as_tensor([self.code[c] for c in labels.tolist()], device=acts.device)
-        window = tensor_class_moments(acts, codes, len(self.classes))
+        self.extend(labels)
+        tensor = acts if isinstance(acts, torch.Tensor) else torch.from_numpy(acts)
+        code = {c: i for i, c in enumerate(self.classes)}
+        codes = torch.as_tensor([code[c] for c in labels.tolist()], device=tensor.device)
+        window = tensor_class_moments(tensor, codes, len(self.classes))
         self.state = chan_merge(self.state, {k: v.cpu().numpy() for k, v in window.items()})
-        stacked = np.stack([self.state["n"], self.state["mean"], self.state["m2"]])
-        self.writer.write_moments(self.classes, stacked, texts_done)
+
+    def merged(self, other: _ClassMoments) -> _ClassMoments:
+        from .stats import chan_merge
+
+        out = _ClassMoments(self.shape, self.classes, *self.stacked())
+        out.extend(other.classes)
+        aligned = {key: np.zeros_like(value) for key, value in out.state.items()}
+        for i, label in enumerate(other.classes):
+            j = out.classes.index(label)
+            for key in aligned:
+                aligned[key][j] = other.state[key][i]
+        out.state = chan_merge(out.state, aligned)
+        return out
+
+    def stacked(self) -> np.ndarray:
+        return np.stack([self.state["n"], self.state["mean"], self.state["m2"]])
+
+
+class _RunningMoments:
+    """The moments of a stats-only capture, committed to the group after every window."""
+
+    def __init__(self, writer: ActivationWriter, labels: np.ndarray):
+        self.writer = writer
+        classes, state = writer.read_moments()
+        shape = (len(writer.group.attrs["layers"]), int(writer.group.attrs["hidden_size"]))
+        self.moments = _ClassMoments(shape, classes, *(state if state is not None else (None, None, None)))
+        self.moments.extend(labels)
+
+    def add(self, acts, labels: np.ndarray, texts_done: int) -> None:
+        self.moments.add(acts, labels)
+        self.writer.write_moments(self.moments.classes, self.moments.stacked(), texts_done)
+
+
+def _moments_before(writer: ActivationWriter) -> _ClassMoments | None:
+    """The group's moments before a capture starts: empty for a new group, the cached
+    statistics if they are up to date, else None (then nothing is accumulated)."""
+    from .stats import cached_moments
+
+    shape = (len(writer.group.attrs["layers"]), int(writer.group.attrs["hidden_size"]))
+    if writer.n_samples == 0:
+        return _ClassMoments(shape)
+    cached = cached_moments(writer.path, writer.group.path)
+    return None if cached is None else _ClassMoments(shape, *cached)
 
 
 def _capture_report(loaded, store, group_name, run, captured, written, n_tokens, seconds, skipped):

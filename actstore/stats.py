@@ -24,7 +24,8 @@ from typing import Any
 
 import numpy as np
 
-from .errors import StatsError
+from .errors import StatsError, StoreError
+from .stores.lock import WriterLock
 from .stores.zarr_store import MOMENTS, as_str_array, open_root, open_store, select_group
 
 STATS_GROUP = "stats"
@@ -99,13 +100,23 @@ def _block_state(block: np.ndarray, codes: np.ndarray, shift: np.ndarray, n_clas
     return out
 
 
-def tensor_class_moments(x, codes, n_classes: int) -> dict:
+def tensor_class_moments(x, codes, n_classes: int, step_elements: int = 1 << 22) -> dict:
     """Per-class ``{"n", "mean", "m2"}`` of ``x: (rows, ...)`` torch tensor, in float64 on its device.
 
-    ``codes: (rows,)`` class index of each row. Two passes over the rows (the
-    mean, then squared deviations from it), so a batch's own M2 is exact to
-    float64 rounding; batches are then merged with :func:`chan_merge`.
+    ``codes: (rows,)`` class index of each row. Rows go in slices of about
+    ``step_elements`` values (32 MiB in float64), each reduced in two passes (the
+    mean, then squared deviations from it), and the slices are merged with
+    :func:`chan_merge`.
     """
+    step = max(1, step_elements // max(1, x[0].numel())) if x.shape[0] else 1
+    state = None
+    for start in range(0, max(x.shape[0], 1), step):
+        part = _tensor_class_moments(x[start:start + step], codes[start:start + step], n_classes)
+        state = part if state is None else chan_merge(state, part)
+    return state
+
+
+def _tensor_class_moments(x, codes, n_classes: int) -> dict:
     import torch
 
     flat = x.reshape(x.shape[0], -1).to(torch.float64)
@@ -306,26 +317,74 @@ def compute_stats(
         progress_bar = ProgressBar()
     with scheduler_context(scheduler), progress_bar:
         count, means, m2 = dask.compute(lazy)[0]
-    counts = count[:, :, 0]
-    with np.errstate(invalid="ignore", divide="ignore"):
-        variances = m2 / (count - 1)
-    attrs = {
-        "model_id": ds.attrs["model_id"],
-        "model_fingerprint": ds.attrs["model_fingerprint"],
-        "group": ds.attrs["group"],
-        "data_version": ds.attrs["data_version"],
-        "n_samples": int(ds.sizes["sample"]),
-        "position": ds.attrs["position"],
-        "ddof": 1,
-    }
-    stats = _stats_dataset(counts, means, variances, classes, ds["layer"].values, attrs)
+    stats = stats_from_moments(classes, count, means, m2, ds["layer"].values, ds.attrs, ds.attrs["group"],
+                               int(ds.sizes["sample"]))
     _write_cached(path, model, stats)
     return stats
 
 
+def stats_from_moments(classes, count, mean, m2, layers, group_attrs, group_name: str, n_samples: int, **extra):
+    """The statistics dataset (see :func:`open_stats`) from per-class moments
+    ``count, mean, m2: (class, layer, hidden)``; classes come out sorted."""
+    order = np.argsort(np.asarray(classes, dtype=str), kind="stable")
+    count, mean, m2 = (np.asarray(a, dtype=np.float64)[order] for a in (count, mean, m2))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        variances = m2 / (count - 1)
+    attrs = {key: group_attrs[key] for key in ("model_id", "model_fingerprint", "data_version", "position")}
+    attrs.update({"group": group_name, "n_samples": n_samples, "ddof": 1, **extra})
+    return _stats_dataset(count[:, :, 0].astype(np.int64), mean, variances, [str(classes[i]) for i in order],
+                          layers, attrs)
+
+
+def cached_moments(path, model):
+    """``(classes, count, mean, m2)`` of the up-to-date cached statistics, or None."""
+    stats = _read_cached(path, model)
+    if stats is None:
+        return None
+    mean = stats["mean"].values
+    count = np.broadcast_to(stats["count"].values[:, :, None], mean.shape).astype(np.float64)
+    m2 = np.nan_to_num(stats["var"].values * (count - 1))  # var is NaN for a single sample: M2 = 0
+    return [str(c) for c in stats["class"].values], count, mean, m2
+
+
+def cache_capture_moments(path, model, classes, count, mean, m2) -> bool:
+    """Cache statistics accumulated during a capture for the group's current data.
+
+    Written only if they cover exactly the committed rows (else nothing is
+    written and the next :func:`compute_stats` makes its pass). Returns whether
+    they were written.
+    """
+    group = select_group(open_root(path, mode="r"), model, path)
+    attrs = dict(group.attrs)
+    n_samples = int(attrs["n_samples"])
+    if int(np.asarray(count)[:, 0, 0].sum()) != n_samples:
+        return False
+    stats = stats_from_moments(classes, count, mean, m2, attrs["layers"], attrs, group.basename, n_samples,
+                               computed_by="capture")
+    _write_cached(path, model, stats)
+    return True
+
+
 def _write_cached(path, model, stats) -> None:
+    """Replace the group's cached statistics (one writer at a time: a process that finds
+    another one writing leaves it to them, since theirs are as valid for their data)."""
     root = open_root(path, mode="a")
     group = select_group(root, model, path)
+    lock = WriterLock(path, f"{group.basename}.stats-cache")
+    try:
+        lock.acquire(wait=_CACHE_LOCK_WAIT_S)
+    except StoreError:
+        return
+    try:
+        _replace_cache(group, stats)
+    finally:
+        lock.release()
+
+
+_CACHE_LOCK_WAIT_S = 10.0
+
+
+def _replace_cache(group, stats) -> None:
     if STATS_GROUP in dict(group.groups()):
         del group[STATS_GROUP]
     sg = group.create_group(STATS_GROUP)
@@ -351,14 +410,15 @@ def _write_cached(path, model, stats) -> None:
 def _read_cached(path, model):
     root = open_root(path, mode="r")
     group = select_group(root, model, path)
-    if STATS_GROUP not in dict(group.groups()):
+    try:
+        sg = group[STATS_GROUP]
+        attrs = dict(sg.attrs)
+        if attrs.get("data_version") != group.attrs.get("data_version"):
+            return None
+        classes = as_str_array(sg["class"][:]).tolist()
+        return _stats_dataset(sg["count"][...], sg["mean"][...], sg["var"][...], classes, sg["layer"][:], attrs)
+    except (KeyError, FileNotFoundError):  # none, or another process is replacing it right now
         return None
-    sg = group[STATS_GROUP]
-    attrs = dict(sg.attrs)
-    if attrs.get("data_version") != group.attrs.get("data_version"):
-        return None
-    classes = as_str_array(sg["class"][:]).tolist()
-    return _stats_dataset(sg["count"][...], sg["mean"][...], sg["var"][...], classes, sg["layer"][:], attrs)
 
 
 def _stats_only(path, model):
@@ -369,15 +429,9 @@ def _stats_only(path, model):
         return None
     if not attrs.get("moments_classes"):
         raise StatsError(f"{str(path)!r} group {group.basename!r} holds no samples yet")
-    order = np.argsort(attrs["moments_classes"])  # sorted classes, as compute_stats gives them
-    count, mean, m2 = np.asarray(group[MOMENTS[int(attrs["moments_buffer"])]][...])[:, order]
-    with np.errstate(invalid="ignore", divide="ignore"):
-        variances = m2 / (count - 1)
-    keep = {k: attrs[k] for k in ("model_id", "model_fingerprint", "data_version", "position")}
-    stats_attrs = {**keep, "group": group.basename, "n_samples": int(count[:, 0, 0].sum()), "ddof": 1,
-                   "stats_only": True}
-    classes = [attrs["moments_classes"][i] for i in order]
-    return _stats_dataset(count[:, :, 0].astype(np.int64), mean, variances, classes, attrs["layers"], stats_attrs)
+    count, mean, m2 = np.asarray(group[MOMENTS[int(attrs["moments_buffer"])]][...])
+    return stats_from_moments(attrs["moments_classes"], count, mean, m2, attrs["layers"], attrs, group.basename,
+                              int(count[:, 0, 0].sum()), stats_only=True)
 
 
 def open_stats(path: str | Path, model: str | None = None):

@@ -55,11 +55,22 @@ def test_stats_match_numpy_per_class_and_are_cached_until_data_changes(tmp_path,
         np.testing.assert_allclose(sel["var"].values, rows.var(0, ddof=1), rtol=1e-10, atol=1e-12)
     cached = actstore.open_stats(store)
     np.testing.assert_array_equal(cached["mean"].values, stats["mean"].values)
-    # Appending invalidates the cache.
-    capture(llama, shared_data / "bias-pairs" / "stereoset-religion" / "test.json", store)
+    assert cached.attrs["computed_by"] == "capture"  # the capture kept them up to date as it went
+    # An append keeps up-to-date statistics up to date; they equal a fresh pass over the data.
+    religion = shared_data / "bias-pairs" / "stereoset-religion" / "test.json"
+    capture(llama, religion, store)
+    cached = actstore.open_stats(store)
+    assert cached["count"].sel({"class": "pos"}).values.tolist() == [7 + 13, 7 + 13]
+    recomputed = actstore.compute_stats(store, force=True)
+    assert "computed_by" not in recomputed.attrs
+    for name in ("mean", "var"):
+        np.testing.assert_allclose(cached[name].values, recomputed[name].values, rtol=1e-12, atol=1e-15)
+    # Statistics that were stale before an append stay stale after it: the next pass recomputes.
+    zarr.open_group(store, mode="a")["tiny-llama"].attrs["data_version"] = "changed-behind-its-back"
+    capture(llama, shared_data / "bias-pairs" / "stereoset-race" / "test.json", store)
     with pytest.raises(StatsError, match="no up-to-date statistics"):
         actstore.open_stats(store)
-    assert actstore.compute_stats(store)["count"].sel({"class": "pos"}).values.tolist() == [7 + 13, 7 + 13]
+    assert actstore.compute_stats(store)["count"].sel({"class": "pos"}).values.tolist()[0] > 20
 
 
 def test_appending_a_second_file_keeps_pair_ids_unique(tmp_path, llama, pairs_file, shared_data):
