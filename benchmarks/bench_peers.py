@@ -221,6 +221,8 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--peers-python", help="interpreter with steering-vectors and repeng installed")
+    parser.add_argument("--growth", type=int, default=4,
+                        help="also run actstore (own venv) once on this many times the pairs: memory as the set grows")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
@@ -253,12 +255,21 @@ def main() -> None:
                                                str(work / "offset0.npy")))
         else:
             same_token_as_repeng = configurations[0]
+        grown = None
+        if args.growth > 1:
+            all_pairs = json.loads((SHARED_DATA / "caa-pairs" / "sycophancy" / "train.json").read_text())
+            bigger = work / "more-pairs.json"
+            bigger.write_text(json.dumps(all_pairs[: args.pairs * args.growth]))
+            grown = Runs(f"actstore (own venv), {len(all_pairs[: args.pairs * args.growth])} pairs", sys.executable,
+                         "actstore", args.offset)
+            measure(grown, Task("actstore", model, str(bigger), args.layer, args.offset, args.batch_size,
+                                str(work / "grown.npy")))
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    report(args, configurations, same_token_as_repeng)
+    report(args, configurations, same_token_as_repeng, grown)
 
 
-def report(args, configurations: list[Runs], same_token_as_repeng: Runs) -> None:
+def report(args, configurations: list[Runs], same_token_as_repeng: Runs, grown: Runs | None = None) -> None:
     actstore_peers, steering_vectors, repeng, actstore_own = configurations
     reference = actstore_peers.vector.astype(np.float64)
     vs = {
@@ -279,8 +290,18 @@ def report(args, configurations: list[Runs], same_token_as_repeng: Runs) -> None
               f"CPU {cpu:.2f} s; peak RSS {peak:.0f} MiB (after load {after_load:.0f}); {vs[runs.label]}")
     parity = relative_difference(steering_vectors.vector, reference)
     print(f"steering-vectors parity: {parity:.2e} (target 1e-4: {'met' if parity <= 1e-4 else 'NOT met'})")
+    wall = statistics.median(actstore_peers.seconds) / statistics.median(steering_vectors.seconds)
+    memory = statistics.median(actstore_peers.peak_rss_mib) / statistics.median(steering_vectors.peak_rss_mib)
+    targets = (f"actstore / steering-vectors, same venv: wall time **{wall:.3f}x** (target <= 0.15x: "
+               f"{'met' if wall <= 0.15 else 'missed'}), peak memory **{memory:.2f}x** (target <= 0.4x: "
+               f"{'met' if memory <= 0.4 else 'missed'}).")
+    if grown is not None:
+        base = statistics.median(actstore_own.peak_rss_mib)
+        targets += (f" As the set grows {args.growth}x ({grown.label}): actstore peak RSS {grown.peak_rss_mib[0]:.0f} "
+                    f"MiB vs {base:.0f} MiB (**{grown.peak_rss_mib[0] / base:.2f}x**), fit {grown.seconds[0]:.1f} s.")
+    print(targets)
     command = (f"python benchmarks/bench_peers.py --pairs {args.pairs} --layer {args.layer} --offset {args.offset} "
-               f"--batch-size {args.batch_size} --repeats {args.repeats}")
+               f"--batch-size {args.batch_size} --repeats {args.repeats} --growth {args.growth}")
     write_section(
         "Peers: steering-vectors and repeng (bench_peers.py)",
         f"`{command}` at {git_rev()}\n\n"
@@ -295,7 +316,7 @@ def report(args, configurations: list[Runs], same_token_as_repeng: Runs) -> None
         "(the peers need transformers<5, numpy<2); the last row is actstore in its own venv.\n\n"
         "| tool | versions | fit s | fit CPU s | CPU vs actstore | peak RSS MiB | after load MiB "
         "| vector vs actstore |\n|---|---|---|---|---|---|---|---|\n" + "\n".join(rows) +
-        f"\n\nsteering-vectors' mean-of-differences vector equals actstore's dense vector to a relative "
+        f"\n\n{targets}\n\nsteering-vectors' mean-of-differences vector equals actstore's dense vector to a relative "
         f"difference of **{parity:.1e}** (target 1e-4). repeng's `pca_diff` is a unit-norm principal axis "
         "of the centred differences, not their mean, hence a cosine rather than a difference.",
     )
