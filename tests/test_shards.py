@@ -113,3 +113,14 @@ def test_capture_on_a_local_dask_cluster_equals_one_process(tmp_path, tiny_model
     assert [r.n_texts for r in reports] == [16, 16, 16]
     assert reports[0].merged_shards == 3
     assert_same_store(store, reference)
+
+
+def test_info_shows_a_sharded_capture_in_progress(tmp_path, tiny_model_dirs, many_pairs):
+    from click.testing import CliRunner
+
+    from actstore.cli.main import cli
+
+    store = tmp_path / "s.zarr"
+    actstore.capture_to_store(str(tiny_model_dirs["gpt2"]), many_pairs, store, "1", shard=(1, 2), progress=False)
+    result = CliRunner().invoke(cli, ["info", str(store)], catch_exceptions=False)
+    assert "0/48 texts, 0/2 shards merged (run the unfinished ones with --shard I/N)" in result.output

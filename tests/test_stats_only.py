@@ -97,3 +97,11 @@ def test_stats_only_from_the_command_line(tmp_path, tiny_model_dirs, pairs_file)
     result = runner.invoke(cli, ["enr", "--store", str(store), "--layer", "3", "--k", "4", "--whiten",
                                  "--out", str(tmp_path / "w.safetensors")], catch_exceptions=False)
     assert result.exit_code == 1 and "stats-only" in result.output
+
+
+def test_info_says_a_group_holds_statistics_only(tmp_path, tiny_model_dirs, pairs_file):
+    store = tmp_path / "s.zarr"
+    actstore.capture_to_store(str(tiny_model_dirs["gpt2"]), pairs_file, store, "1", stats_only=True, progress=False)
+    result = CliRunner().invoke(cli, ["info", str(store)], catch_exceptions=False)
+    assert "statistics only (captured with --stats-only" in result.output
+    assert "classes: neg=7, pos=7" in result.output

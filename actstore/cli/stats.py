@@ -55,6 +55,14 @@ def info(store, as_json):
                    f"dtype {m['dtype']}, {m['n_samples']} samples, {size_text} on disk")
         click.echo("    classes: " + ", ".join(f"{k}={v}" for k, v in m["classes"].items()))
         for r in m["runs"]:
-            state = "complete" if r["complete"] else "INTERRUPTED (use --resume)"
+            if r["complete"]:
+                state = "complete"
+            elif r.get("shards"):
+                state = f"{r['merged']}/{r['shards']} shards merged (run the unfinished ones with --shard I/N)"
+            else:
+                state = "INTERRUPTED (use --resume)"
             click.echo(f"    run {r['source']}: {r['texts_done']}/{r['n_texts']} texts, {state}")
-        click.echo(f"    statistics: {'cached' if m['has_stats'] else 'not computed'}")
+        if m["stats_only"]:
+            click.echo("    statistics only (captured with --stats-only: no activations stored)")
+        else:
+            click.echo(f"    statistics: {'cached' if m['has_stats'] else 'not computed'}")

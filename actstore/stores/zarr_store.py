@@ -624,7 +624,8 @@ def store_info(path: str | Path) -> dict[str, Any]:
                 "n_samples": n,
                 "classes": {str(k): int(v) for k, v in zip(labels, counts)},
                 "runs": [
-                    {k: r[k] for k in ("source", "texts_done", "n_texts", "complete")} for r in runs
+                    {k: r[k] for k in ("source", "texts_done", "n_texts", "complete", "shards", "merged") if k in r}
+                    for r in runs
                 ],
                 "bytes_on_disk": _du(f"{str(path).rstrip('/')}/{name}"),
                 "has_stats": stats_only or "stats" in dict(group.groups()),
