@@ -85,9 +85,10 @@ def _get_attr_path(root: Any, path: str) -> Any:
 def _block_list_candidates(model: torch.nn.Module, num_layers: int | None) -> list[str]:
     found = []
     for name, module in model.named_modules():
-        if isinstance(module, torch.nn.ModuleList) and len(module) > 0:
-            if num_layers is None or len(module) == num_layers:
-                found.append(name)
+        if isinstance(module, torch.nn.ModuleList) and len(module) > 0 and (
+            num_layers is None or len(module) == num_layers
+        ):
+            found.append(name)
     return found
 
 

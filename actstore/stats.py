@@ -26,7 +26,7 @@ import numpy as np
 
 from .errors import StatsError, StoreError
 from .stores.lock import WriterLock
-from .stores.zarr_store import MOMENTS, as_str_array, open_root, open_store, select_group
+from .stores.zarr_store import MOMENTS, as_str_array, commit_attrs, open_root, open_store, select_group
 
 STATS_GROUP = "stats"
 
@@ -404,7 +404,7 @@ def _replace_cache(group, stats) -> None:
     layers = sg.create_array("layer", shape=(n_layer,), dtype="int64", dimension_names=("layer",))
     layers[:] = stats["layer"].values
     # Written last: a cache whose data_version matches is complete.
-    sg.attrs.update(dict(stats.attrs))
+    commit_attrs(sg, dict(stats.attrs))
 
 
 def _read_cached(path, model):

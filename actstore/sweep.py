@@ -22,10 +22,10 @@ from pathlib import Path
 
 import numpy as np
 
+from .covariance import layer_covariance
 from .errors import ActstoreError
 from .evaluate import ABItem, ab_scores, generate, perplexity
 from .models import LoadedModel
-from .covariance import layer_covariance
 from .stats import compute_stats
 from .steering import steer
 from .vectors import vector_from_stats, whitened_vector
@@ -326,7 +326,8 @@ def write_report(results, out_dir: Path) -> Path:
     plot_results(results, out_dir)
     table = with_fraction_of_dense(results)[
         ["behavior", "method", "layer", "k", "alpha", "on_target_shift", "fraction_of_dense", "ppl_inflation"]]
-    lines = ["# Steering sweep", "", _markdown_table(table), "", "## Fraction of the dense on-target shift retained", "",
+    lines = ["# Steering sweep", "", _markdown_table(table), "",
+             "## Fraction of the dense on-target shift retained", "",
              "| k | mean fraction | configs (dense shift > 0) |", "|---|---|---|"]
     for k, entry in summary["retained"].items():
         value = "n/a" if entry["mean_fraction"] is None else f"{entry['mean_fraction']:.3f}"
@@ -343,7 +344,8 @@ def write_report(results, out_dir: Path) -> Path:
     lines += ["", "## Best layer (largest mean shift over alphas)", ""]
     for behavior, entry in summary["best_layer"].items():
         lines.append(f"- {behavior}: " + ", ".join(f"k={k}: layer {v}" for k, v in entry["best_layer"].items())
-                     + (f"; sparse minus dense: {entry['sparse_minus_dense']}" if "sparse_minus_dense" in entry else ""))
+                     + (f"; sparse minus dense: {entry['sparse_minus_dense']}"
+                        if "sparse_minus_dense" in entry else ""))
     lines += ["", "![retained](retained_vs_k.png)", "", "![inflation](inflation_vs_k.png)", ""]
     path = out_dir / "results.md"
     path.write_text("\n".join(lines))

@@ -50,7 +50,8 @@ def git_rev() -> str:
 
 def write_section(name: str, body: str) -> None:
     """Replace (or add) the section '## name' of RESULTS.md."""
-    text = RESULTS.read_text() if RESULTS.exists() else "# actstore benchmark results\n\nEach section is rewritten by the script named in it.\n"
+    header = "# actstore benchmark results\n\nEach section is rewritten by the script named in it.\n"
+    text = RESULTS.read_text() if RESULTS.exists() else header
     section = f"## {name}\n\n{body.strip()}\n"
     pattern = re.compile(rf"^## {re.escape(name)}\n.*?(?=^## |\Z)", re.S | re.M)
     text = pattern.sub(section + "\n", text) if pattern.search(text) else text.rstrip() + "\n\n" + section

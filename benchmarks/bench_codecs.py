@@ -68,7 +68,8 @@ def main() -> None:
             acts = acts.isel(sample=np.flatnonzero(ds["class"].values == args.only_class))
         rows = max(1, args.mb * 2**20 // (acts.shape[1] * acts.shape[2] * 4))
         data = acts[:rows].values.astype(np.float32)
-        source = (f"real activations{' of class ' + args.only_class if args.only_class else ''} ({ds.attrs['model_id'].rstrip('/').split('/')[-1]}, "
+        model_name = ds.attrs["model_id"].rstrip("/").split("/")[-1]
+        source = (f"real activations{' of class ' + args.only_class if args.only_class else ''} ({model_name}, "
                   f"position {ds.attrs['position']}, layers {acts.shape[1]}) from {args.store}")
     else:
         rng = np.random.default_rng(0)
@@ -93,7 +94,7 @@ def main() -> None:
         disk = sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
         # Sharded arrays are read a shard per dask task (zarr decodes its inner chunks).
         lazy = da.from_zarr(zarr.open_array(path, mode="r"), chunks=shards or these)
-        median, _ = median_time(lambda: lazy.sum(dtype="f4").compute(), args.repeats)
+        median, _ = median_time(lambda lazy=lazy: lazy.sum(dtype="f4").compute(), args.repeats)
         rows.append((name, data.nbytes / disk, data.nbytes / write_s / 1e9, data.nbytes / median / 1e9))
         print(f"{name:32s} ratio {rows[-1][1]:.3f}  write {rows[-1][2]:.2f} GB/s  read+decode {rows[-1][3]:.2f} GB/s")
     shutil.rmtree(work, ignore_errors=True)

@@ -201,7 +201,8 @@ def measure(runs: Runs, task: Task) -> None:
     runs.load_rss_mib.append(figures["load_rss_mib"])
     runs.versions = figures["versions"]
     runs.vector = np.load(task.out, allow_pickle=False)
-    print(f"  {runs.label}: {figures['seconds']:.2f} s (CPU {figures['cpu_seconds']:.2f} s), peak RSS {figures['peak_rss_mib']:.0f} MiB", flush=True)
+    print(f"  {runs.label}: {figures['seconds']:.2f} s (CPU {figures['cpu_seconds']:.2f} s), "
+          f"peak RSS {figures['peak_rss_mib']:.0f} MiB", flush=True)
 
 
 def relative_difference(vector: np.ndarray, reference: np.ndarray) -> float:
@@ -312,7 +313,8 @@ def report(args, configurations: list[Runs], same_token_as_repeng: Runs, grown: 
         f"the fit with the model loaded (actstore: capture + stats + dense vector, early exit after the layer; "
         f"the peers run the whole model and its LM head), wall and CPU (all threads; steadier than wall "
         f"time on a shared machine, and the ratio is taken on it); RSS is the process's peak (after load: "
-        f"the peak once the model is loaded); medians of {args.repeats} runs. The peers and the first actstore row share one venv "
+        f"the peak once the model is loaded); medians of {args.repeats} runs. The peers and the first actstore "
+        "row share one venv "
         "(the peers need transformers<5, numpy<2); the last row is actstore in its own venv.\n\n"
         "| tool | versions | fit s | fit CPU s | CPU vs actstore | peak RSS MiB | after load MiB "
         "| vector vs actstore |\n|---|---|---|---|---|---|---|---|\n" + "\n".join(rows) +

@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import SHARED_DATA, git_rev, machine, write_section  # noqa: E402
+from _common import SHARED_DATA, git_rev, machine, write_section
 
 
 def main() -> None:
@@ -65,7 +65,8 @@ def main() -> None:
     for name, median in medians.items():
         ratio = median / medians["none"]
         rows.append(f"| {name} | {median:.3f} | {tokens / median:.1f} | {ratio:.3f} |")
-        print(f"{name:12s} median {median:.3f} s  {tokens / median:.1f} tokens/s  time ratio {ratio:.3f}  {times[name]}")
+        print(f"{name:12s} median {median:.3f} s  {tokens / median:.1f} tokens/s  time ratio {ratio:.3f}  "
+              f"{times[name]}")
     write_section(
         "Steering overhead in generation (bench_steering.py)",
         f"`python benchmarks/bench_steering.py --repeats {args.repeats} --new-tokens {args.new_tokens} "

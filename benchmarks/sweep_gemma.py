@@ -88,7 +88,8 @@ def main() -> None:
     behaviors = sorted(set(combined["behavior"]))
     header = (f"Made by `python benchmarks/sweep_gemma.py --train-pairs {args.train_pairs} --test-items "
               f"{args.test_items} --ppl-tokens {args.ppl_tokens} --layers {args.layers} --k {args.k} "
-              f"--alpha {args.alpha}{' --normalize' if args.normalize else ''} --out {args.out}` at {git_rev()}; behaviors: {', '.join(behaviors)}.\n\n"
+              f"--alpha {args.alpha}{' --normalize' if args.normalize else ''} --out {args.out}` at {git_rev()}; "
+              f"behaviors: {', '.join(behaviors)}.\n\n"
               f"Machine: {machine()}\n\nFor each behavior it ran (stores in a temporary folder):\n\n```\n"
               + ("\n".join(log) if log else "(see each behavior's command in this script)") + "\n```\n\n")
     summary = out / "SUMMARY.md"

@@ -7,7 +7,6 @@ import subprocess
 import sys
 
 import numpy as np
-import pytest
 from click.testing import CliRunner
 
 from actstore.cli.main import cli
@@ -53,7 +52,8 @@ def test_every_command_explains_its_flags():
         result = run(*command, "--help")
         assert result.exit_code == 0
     text = run("capture", "--help").output
-    for flag in ("--model", "--data", "--layers", "--store", "--position", "--batch-size", "--dtype", "--device", "--resume"):
+    for flag in ("--model", "--data", "--layers", "--store", "--position", "--batch-size", "--dtype", "--device",
+                 "--resume"):
         assert flag in text
 
 

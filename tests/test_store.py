@@ -193,7 +193,8 @@ def test_a_non_empty_folder_is_not_turned_into_a_store(tmp_path, llama, pairs_fi
     assert sorted(p.name for p in folder.iterdir()) == ["notes.txt"]
 
 
-def test_another_file_cannot_start_while_a_capture_is_interrupted(tmp_path, llama, pairs_file, shared_data, monkeypatch):
+def test_another_file_cannot_start_while_a_capture_is_interrupted(tmp_path, llama, pairs_file, shared_data,
+                                                                  monkeypatch):
     store = tmp_path / "a.zarr"
     original = ActivationWriter.append
 
@@ -233,3 +234,22 @@ def test_capture_codec_is_the_arrays_and_values_do_not_change(tmp_path, tiny_mod
     compressors = zarr.open_group(other, mode="r")["tiny-gpt2"]["acts"].compressors
     assert [type(c).__name__ for c in compressors] == ({"zstd": ["ZstdCodec"], "none": []}[codec])
     np.testing.assert_array_equal(actstore.open_store(other).acts.values, actstore.open_store(default).acts.values)
+
+
+def test_a_commit_is_one_metadata_write(tmp_path, llama, pairs_file, monkeypatch):
+    # zarr's attrs.update() writes key by key: a kill between two of those writes once left
+    # n_samples advanced and the run's texts_done not, and a resumed capture wrote a window twice.
+    from zarr.storage import LocalStore
+
+    writes = []
+    real_set = LocalStore.set
+
+    async def counting_set(self, key, value, *args, **kwargs):
+        writes.append(key)
+        return await real_set(self, key, value, *args, **kwargs)
+
+    monkeypatch.setattr(LocalStore, "set", counting_set)
+    capture(llama, pairs_file, tmp_path / "a.zarr")
+    group_writes = [k for k in writes if k == "tiny-llama/zarr.json"]
+    # the empty group, its attributes, the run's registration, one commit per window (one here)
+    assert len(group_writes) == 4, writes

@@ -113,7 +113,8 @@ def capture(model, gguf_file, revision, data, layers, store, position, offset, b
                      "blocks": blocks, "trust_remote_code": trust_remote_code}
     options = {"position": position, "offset": offset, "batch_size": batch_size, "store_dtype": store_dtype,
                "codec": codec, "model_dtype": dtype, "name": name,
-               "separator": codecs.decode(separator, "unicode_escape"), "chat_template": chat_template, "max_length": max_length, "stop_early": not no_early_exit}
+               "separator": codecs.decode(separator, "unicode_escape"), "chat_template": chat_template,
+               "max_length": max_length, "stop_early": not no_early_exit}
     if scheduler is not None:
         if stats_only:
             raise click.UsageError("--stats-only cannot run on --scheduler yet (its shards' moments are not merged)")

@@ -32,7 +32,8 @@ def enr(store, layer, k, dense, whiten, pos, neg, model, scheduler, out, top):
     ENR_i = |mu_pos_i - mu_neg_i| / sqrt(var_pos_i/n_pos + var_neg_i/n_neg); the
     top-k coordinates keep their difference of means, the rest are zero.
     """
-    from ..vectors import enr as build, save_vector
+    from ..vectors import enr as build
+    from ..vectors import save_vector
 
     if dense and k is not None:
         raise click.UsageError("--dense and --k exclude each other")

@@ -29,7 +29,8 @@ def steer(model, gguf_file, vectors, alpha, prompts, max_new_tokens, compare, sa
     from ..errors import VectorError
     from ..evaluate import generate
     from ..models import load_model
-    from ..steering import check_vector, steer as steering
+    from ..steering import check_vector
+    from ..steering import steer as steering
     from ..vectors import load_vector
 
     if not math.isfinite(alpha):

@@ -62,7 +62,7 @@ class WriterLock:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         deadline = None if wait is None else time.monotonic() + wait
         while True:
-            handle = open(self.path, "a+")  # noqa: SIM115 - held open for as long as the lock
+            handle = open(self.path, "a+")
             try:
                 fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:

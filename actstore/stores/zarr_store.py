@@ -103,6 +103,17 @@ def staging_group_name(group_name: str, run: int, index: int, count: int) -> str
     return f"{group_name}/{SHARDS}/{_staging_leaf(run, index, count)}"
 
 
+def commit_attrs(node, values: dict[str, Any]) -> None:
+    """Set several attributes of a zarr group or array in ONE metadata write.
+
+    Not ``node.attrs.update(values)``: zarr's ``Attributes`` is a MutableMapping
+    whose ``update`` sets key by key, one atomic file write each, so a kill between
+    two of them leaves e.g. ``n_samples`` advanced and ``runs`` not (the crash test
+    caught a resumed capture writing a window twice that way).
+    """
+    node.update_attributes(values)
+
+
 def _child(group, name: str):
     try:
         return group[name]
@@ -299,10 +310,8 @@ class ActivationWriter:
                     dimension_names=("sample",),
                     fill_value="" if dtype is str else -1,
                 )
-            group.attrs.update(
-                {**spec.attrs(), "n_samples": 0, "n_texts": 0, "next_pair_id": 0,
-                 "runs": [], "data_version": uuid.uuid4().hex}
-            )
+            commit_attrs(group, {**spec.attrs(), "n_samples": 0, "n_texts": 0, "next_pair_id": 0,
+                                 "runs": [], "data_version": uuid.uuid4().hex})
         return cls(group, str(path), lock)
 
     @classmethod
@@ -388,8 +397,8 @@ class ActivationWriter:
             "n_texts": n_texts, "texts_done": 0, "complete": n_texts == 0,
             "text_index_offset": int(attrs["n_texts"]), "pair_id_offset": int(attrs["next_pair_id"]), **extra,
         }
-        attrs.update({"runs": [*runs, self.run], "n_texts": int(attrs["n_texts"]) + n_texts,
-                      "next_pair_id": int(attrs["next_pair_id"]) + reserve_pair_ids})
+        commit_attrs(self.group, {"runs": [*runs, self.run], "n_texts": int(attrs["n_texts"]) + n_texts,
+                                  "next_pair_id": int(attrs["next_pair_id"]) + reserve_pair_ids})
         return self.run
 
     def begin_sharded_run(self, source: str, source_sha256: str, n_texts: int, settings: dict, count: int,
@@ -483,7 +492,7 @@ class ActivationWriter:
                     "activations exceed the float16 range; capture with --store-dtype float32"
                 )
             self.acts.resize((stop, *self.acts.shape[1:]))
-            for name, array in self.coords.items():
+            for array in self.coords.values():
                 array.resize((stop,))
             self.acts[start:stop] = acts.astype(self.acts.dtype, copy=False)
             for name, array in self.coords.items():
@@ -522,10 +531,8 @@ class ActivationWriter:
         self.run = {**self.run, "texts_done": texts_done, "complete": texts_done >= self.run["n_texts"]}
         runs[self.run["run"]] = self.run
         next_pair = max(int(self.group.attrs["next_pair_id"]), max_pair_id + 1)
-        self.group.attrs.update(
-            {"n_samples": n_samples, "runs": runs, "next_pair_id": next_pair,
-             "data_version": uuid.uuid4().hex, **(extra or {})}
-        )
+        commit_attrs(self.group, {"n_samples": n_samples, "runs": runs, "next_pair_id": next_pair,
+                                  "data_version": uuid.uuid4().hex, **(extra or {})})
 
 
 def as_str_array(values) -> np.ndarray:
