@@ -22,10 +22,11 @@ gives 4-8 MiB raw (2048 samples at hidden 640, float32): zarr's per-chunk cost
 dominates below a few MiB (benchmarks/RESULTS.md). Compressed with Blosc LZ4 +
 byte shuffle, the fastest codec to decode.
 
-Crash safety: rows are written first, then the group attribute ``n_samples``
-is advanced (zarr writes every file, metadata included, to a temporary name
-and renames it into place, so each write is atomic). Readers only look at the first ``n_samples`` rows, so rows of an
-interrupted write are invisible and are overwritten on ``--resume``.
+Crash safety: rows are written first, then the group's ``n_samples`` and the
+run's progress are advanced together in ONE metadata write (:func:`commit_attrs`;
+zarr writes each file to a temporary name and renames it into place, so that
+write is atomic). Readers only look at the first ``n_samples`` rows, so rows of
+an interrupted write are invisible and are overwritten on ``--resume``.
 
 Sharded capture (``--shard i/n``): the first shard to start registers one run
 for the whole file (it fixes the run's text and pair-id offsets); each shard
