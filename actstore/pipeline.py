@@ -330,8 +330,8 @@ class _RunningMoments:
     def __init__(self, writer: ActivationWriter, labels: np.ndarray):
         self.writer = writer
         classes, state = writer.read_moments()
-        shape = (len(writer.group.attrs["layers"]), int(writer.group.attrs["hidden_size"]))
-        self.moments = _ClassMoments(shape, classes, *(state if state is not None else (None, None, None)))
+        self.moments = _ClassMoments(_moments_shape(writer), classes,
+                                     *(state if state is not None else (None, None, None)))
         self.moments.extend(labels)
 
     def add(self, acts, labels: np.ndarray, texts_done: int) -> None:
@@ -344,11 +344,15 @@ def _moments_before(writer: ActivationWriter) -> _ClassMoments | None:
     statistics if they are up to date, else None (then nothing is accumulated)."""
     from .stats import cached_moments
 
-    shape = (len(writer.group.attrs["layers"]), int(writer.group.attrs["hidden_size"]))
     if writer.n_samples == 0:
-        return _ClassMoments(shape)
+        return _ClassMoments(_moments_shape(writer))
     cached = cached_moments(writer.path, writer.group.path)
-    return None if cached is None else _ClassMoments(shape, *cached)
+    return None if cached is None else _ClassMoments(_moments_shape(writer), *cached)
+
+
+def _moments_shape(writer: ActivationWriter) -> tuple[int, int]:
+    """(layer, hidden) of the group's moments."""
+    return len(writer.group.attrs["layers"]), int(writer.group.attrs["hidden_size"])
 
 
 def _capture_report(loaded, store, group_name, run, captured, written, n_tokens, seconds, skipped):

@@ -26,7 +26,14 @@ import numpy as np
 
 from .errors import StatsError, StoreError
 from .stores.lock import WriterLock
-from .stores.zarr_store import MOMENTS, as_str_array, commit_attrs, open_root, open_store, select_group
+from .stores.zarr_store import (
+    as_str_array,
+    commit_attrs,
+    committed_moments,
+    open_root,
+    open_store,
+    select_group,
+)
 
 STATS_GROUP = "stats"
 
@@ -427,10 +434,11 @@ def _stats_only(path, model):
     attrs = dict(group.attrs)
     if not attrs.get("stats_only"):
         return None
-    if not attrs.get("moments_classes"):
+    classes, moments = committed_moments(group)
+    if moments is None:
         raise StatsError(f"{str(path)!r} group {group.basename!r} holds no samples yet")
-    count, mean, m2 = np.asarray(group[MOMENTS[int(attrs["moments_buffer"])]][...])
-    return stats_from_moments(attrs["moments_classes"], count, mean, m2, attrs["layers"], attrs, group.basename,
+    count, mean, m2 = moments
+    return stats_from_moments(classes, count, mean, m2, attrs["layers"], attrs, group.basename,
                               int(count[:, 0, 0].sum()), stats_only=True)
 
 

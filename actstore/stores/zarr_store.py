@@ -115,6 +115,17 @@ def commit_attrs(node, values: dict[str, Any]) -> None:
     node.update_attributes(values)
 
 
+def committed_moments(group) -> tuple[list[str], np.ndarray | None]:
+    """A stats-only group's classes and committed moments ``(3, class, layer, hidden)``
+    float64 (n, mean, M2), from the buffer its attributes name; ``([], None)`` before
+    the first commit."""
+    attrs = group.attrs
+    classes = list(attrs.get("moments_classes", []))
+    if not classes:
+        return [], None
+    return classes, np.asarray(group[MOMENTS[int(attrs["moments_buffer"])]][...])
+
+
 def _child(group, name: str):
     try:
         return group[name]
@@ -501,13 +512,8 @@ class ActivationWriter:
         self._commit(stop, texts_done, max_pair_id)
 
     def read_moments(self) -> tuple[list[str], np.ndarray | None]:
-        """A stats-only group's classes and committed moments ``(3, class, layer, hidden)``
-        float64 (n, mean, M2); ``([], None)`` before the first commit."""
-        attrs = self.group.attrs
-        classes = list(attrs.get("moments_classes", []))
-        if not classes:
-            return [], None
-        return classes, np.asarray(self.group[MOMENTS[int(attrs["moments_buffer"])]][...])
+        """See :func:`committed_moments`."""
+        return committed_moments(self.group)
 
     def write_moments(self, classes: list[str], moments: np.ndarray, texts_done: int) -> None:
         """Commit a stats-only group's running moments (see :meth:`read_moments`).
@@ -615,10 +621,10 @@ def store_info(path: str | Path) -> dict[str, Any]:
         n = int(attrs["n_samples"])
         labels, counts = np.unique(_read_coord(group["class"], n), return_counts=True)
         stats_only = bool(attrs.get("stats_only", False))
-        if stats_only and attrs.get("moments_classes"):
+        moment_classes, moments = committed_moments(group) if stats_only else ([], None)
+        if moments is not None:
             # No rows: the counts are in the moments (rows per class at the first layer).
-            labels = attrs["moments_classes"]
-            counts = group[MOMENTS[int(attrs["moments_buffer"])]][0, :, 0, 0]
+            labels, counts = moment_classes, moments[0, :, 0, 0]
             n = int(np.sum(counts))
         runs = attrs.get("runs", [])
         models.append(
