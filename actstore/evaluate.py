@@ -16,15 +16,14 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Sequence
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from .capture import position_ids
 from .errors import InputFormatError
+from .replay import Batch, Forward, padding_side, plain_forward
 
 _FINAL_CHOICE = re.compile(r"\(([A-Za-z])\)\s*$")
 
@@ -71,17 +70,6 @@ def read_ab_items(path: str | Path, separator: str = "\n") -> list[ABItem]:
     return items
 
 
-@contextmanager
-def _padding_side(tokenizer, side: str):
-    """Pad on ``side`` inside the block; the tokenizer's own setting is restored after."""
-    previous = tokenizer.padding_side
-    tokenizer.padding_side = side
-    try:
-        yield
-    finally:
-        tokenizer.padding_side = previous
-
-
 def _continuations(tokenizer, item: ABItem) -> tuple[list[int], list[int], list[int]]:
     """Shared prefix ids and the two continuation ids (``(A`` / ``(B`` after the prompt)."""
     match = tokenizer(item.prompt + "(" + item.matching)["input_ids"]
@@ -92,43 +80,68 @@ def _continuations(tokenizer, item: ABItem) -> tuple[list[int], list[int], list[
     return match[:common], match[common:], other[common:]
 
 
-@torch.no_grad()
-def _sequence_logprobs(model, tokenizer, sequences: list[list[int]], tails: list[int], batch_size: int) -> np.ndarray:
-    """Sum of log-probs of the last ``tails[i]`` tokens of each sequence."""
-    device = next(model.parameters()).device
-    out = np.zeros(len(sequences))
-    # Left padding: the scored tokens are then the last positions of every row.
-    with _padding_side(tokenizer, "left"):
-        for start in range(0, len(sequences), batch_size):
-            batch = sequences[start : start + batch_size]
-            batch_tails = tails[start : start + batch_size]
-            keep = max(batch_tails) + 1
-            padded = tokenizer.pad({"input_ids": batch}, return_tensors="pt")
-            ids = padded["input_ids"].to(device)
-            mask = padded["attention_mask"].to(device)
-            logits = model(input_ids=ids, attention_mask=mask, position_ids=position_ids(mask),
-                           use_cache=False, logits_to_keep=keep).logits.float()
-            logprobs = torch.log_softmax(logits[:, :-1], dim=-1)  # predicts the last keep-1 tokens
-            targets = ids[:, -(keep - 1):]
-            picked = logprobs.gather(-1, targets.unsqueeze(-1)).squeeze(-1)  # (batch, keep-1)
-            for row, tail in enumerate(batch_tails):
-                out[start + row] = float(picked[row, -tail:].sum())
-    return out
+def _batched(sequences: list, batch_size: int):
+    for start in range(0, len(sequences), batch_size):
+        yield start, sequences[start : start + batch_size]
+
+
+class ABScoring:
+    """A/B items tokenized and batched once; :meth:`scores` under any forward.
+
+    Where both answer letters are one token after a shared prefix (the usual
+    case: ``(`` is shared), an item costs one sequence, the prefix, and its score
+    is ``sigmoid(logit[matching] - logit[other])`` at the last position, which is
+    P(matching) / (P(matching) + P(other)). Otherwise each item runs both
+    continuations and sums the log-probabilities of their tokens.
+    """
+
+    def __init__(self, tokenizer, items: Sequence[ABItem], batch_size: int = 8):
+        if not items:
+            raise InputFormatError("no A/B items to score")
+        split = [_continuations(tokenizer, item) for item in items]
+        self.single_token = all(len(m) == 1 and len(o) == 1 for _, m, o in split)
+        self.n_items = len(items)
+        if self.single_token:
+            self.letters = torch.tensor([[m[0], o[0]] for _, m, o in split])
+            self.batches = [Batch.pad(tokenizer, [p for p, _, _ in chunk], "left", logits_to_keep=1)
+                            for _, chunk in _batched(split, batch_size)]
+        else:
+            sequences, self.tails = [], []
+            for prefix, cont_match, cont_other in split:
+                sequences += [prefix + cont_match, prefix + cont_other]
+                self.tails += [len(cont_match), len(cont_other)]
+            # Left padding: the scored tokens are then the last positions of every row.
+            self.batches = [Batch.pad(tokenizer, chunk, "left", logits_to_keep=max(self.tails[s:s + len(chunk)]) + 1)
+                            for s, chunk in _batched(sequences, batch_size)]
+
+    def scores(self, forward: Forward) -> np.ndarray:
+        """Per item: P(matching) / (P(matching) + P(other)), ``(n_items,)`` float64."""
+        if self.single_token:
+            diffs = []
+            for index, batch in enumerate(self.batches):
+                last = forward(index, batch)[:, -1]
+                rows = torch.arange(last.shape[0])
+                letters = self.letters[len(diffs):len(diffs) + last.shape[0]].to(last.device)
+                diffs += (last[rows, letters[:, 0]] - last[rows, letters[:, 1]]).double().tolist()
+            return 1.0 / (1.0 + np.exp(-np.asarray(diffs)))
+        logprobs = []
+        for index, batch in enumerate(self.batches):
+            logits = forward(index, batch)
+            keep = batch.logits_to_keep
+            picked = torch.log_softmax(logits[:, :-1], dim=-1).gather(
+                -1, batch.input_ids[:, -(keep - 1):].to(logits.device).unsqueeze(-1)).squeeze(-1)
+            for row in range(picked.shape[0]):
+                tail = self.tails[len(logprobs)]
+                logprobs.append(float(picked[row, -tail:].double().sum()))
+        logprobs = np.asarray(logprobs)
+        match, other = logprobs[0::2], logprobs[1::2]
+        # Normalised over the two letters, in log space for stability.
+        return 1.0 / (1.0 + np.exp(other - match))
 
 
 def ab_scores(model, tokenizer, items: Sequence[ABItem], batch_size: int = 8) -> np.ndarray:
     """Per item: P(matching) / (P(matching) + P(other)) for the answer letters."""
-    if not items:
-        raise InputFormatError("no A/B items to score")
-    sequences, tails = [], []
-    for item in items:
-        prefix, cont_match, cont_other = _continuations(tokenizer, item)
-        sequences += [prefix + cont_match, prefix + cont_other]
-        tails += [len(cont_match), len(cont_other)]
-    logprobs = _sequence_logprobs(model, tokenizer, sequences, tails, batch_size)
-    match, other = logprobs[0::2], logprobs[1::2]
-    # Normalised over the two letters, in log space for stability.
-    return 1.0 / (1.0 + np.exp(other - match))
+    return ABScoring(tokenizer, items, batch_size).scores(plain_forward(model))
 
 
 def read_text_tokens(tokenizer, path: str | Path, max_tokens: int) -> list[int]:
@@ -148,28 +161,88 @@ def read_text_tokens(tokenizer, path: str | Path, max_tokens: int) -> list[int]:
     return ids
 
 
-@torch.no_grad()
+class PerplexityWindows:
+    """Non-overlapping windows of ``window`` tokens, each starting with the
+    tokenizer's BOS (when it has one), batched once; :meth:`nll` per window."""
+
+    def __init__(self, tokenizer, token_ids: Sequence[int], window: int = 256, batch_size: int = 2):
+        bos = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
+        windows = [bos + list(token_ids[i : i + window]) for i in range(0, len(token_ids), window)]
+        windows = [w for w in windows if len(w) >= 2]
+        if not windows:
+            raise InputFormatError("too few tokens for a perplexity window")
+        self.batches = [Batch.pad(tokenizer, chunk, "right") for _, chunk in _batched(windows, batch_size)]
+
+    def nll(self, forward: Forward) -> tuple[np.ndarray, np.ndarray]:
+        """``(nll, tokens)``: summed next-token NLL (nats) and predicted tokens, per window."""
+        nll, tokens = [], []
+        for index, batch in enumerate(self.batches):
+            logits = forward(index, batch)
+            targets = batch.input_ids[:, 1:].masked_fill(batch.attention_mask[:, 1:] == 0, -100).to(logits.device)
+            per_token = torch.nn.functional.cross_entropy(
+                logits[:, :-1].transpose(1, 2), targets, ignore_index=-100, reduction="none")
+            nll += per_token.double().sum(-1).tolist()
+            tokens += (targets != -100).sum(-1).tolist()
+        return np.asarray(nll), np.asarray(tokens, dtype=np.int64)
+
+
 def perplexity(model, tokenizer, token_ids: Sequence[int], window: int = 256, batch_size: int = 2) -> float:
     """exp(mean next-token NLL) over non-overlapping windows of ``window`` tokens,
     each starting with the tokenizer's BOS (when it has one)."""
-    device = next(model.parameters()).device
-    bos = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
-    windows = [bos + list(token_ids[i : i + window]) for i in range(0, len(token_ids), window)]
-    windows = [w for w in windows if len(w) >= 2]
-    total_nll, total_tokens = 0.0, 0
-    with _padding_side(tokenizer, "right"):
-        for start in range(0, len(windows), batch_size):
-            padded = tokenizer.pad({"input_ids": windows[start : start + batch_size]}, return_tensors="pt")
-            ids = padded["input_ids"].to(device)
-            mask = padded["attention_mask"].to(device)
-            logits = model(input_ids=ids, attention_mask=mask, use_cache=False).logits.float()
-            targets = ids[:, 1:].masked_fill(mask[:, 1:] == 0, -100)
+    nll, tokens = PerplexityWindows(tokenizer, token_ids, window, batch_size).nll(plain_forward(model))
+    return math.exp(nll.sum() / tokens.sum())
+
+
+@dataclass(frozen=True)
+class PreferencePair:
+    """A held-out free-text pair: ``positive`` shows the behavior, ``negative`` does not."""
+
+    positive: str
+    negative: str
+    where: str
+
+
+def read_preference_pairs(path: str | Path) -> list[PreferencePair]:
+    """Held-out free-text pairs (``positive``/``negative``, e.g. bias-pairs/morality/test.json)."""
+    from .datasets import read_contrast_set
+
+    path = Path(path)
+    contrast = read_contrast_set(path)
+    if contrast.format != "pairs":
+        raise InputFormatError(f"{str(path)!r}: a preference score needs 'positive'/'negative' pairs, "
+                               f"not {contrast.format} records")
+    examples = contrast.examples
+    return [PreferencePair(pos.text, neg.text, pos.where) for pos, neg in zip(examples[0::2], examples[1::2])]
+
+
+class PreferenceScoring:
+    """Free-text pairs tokenized once; :meth:`scores` is the steered model's
+    per-token log-likelihood preference for the positive text:
+    ``mean log p(positive tokens) - mean log p(negative tokens)`` (nats per token;
+    the first token, after BOS, is scored too)."""
+
+    def __init__(self, tokenizer, pairs: Sequence[PreferencePair], batch_size: int = 8):
+        if not pairs:
+            raise InputFormatError("no pairs to score")
+        sequences = []
+        for pair in pairs:
+            for text in (pair.positive, pair.negative):
+                ids = tokenizer(text)["input_ids"]
+                if len(ids) < 2:
+                    raise InputFormatError(f"{pair.where}: {text!r} is too short to score (one token)")
+                sequences.append(ids)
+        self.batches = [Batch.pad(tokenizer, chunk, "right") for _, chunk in _batched(sequences, batch_size)]
+
+    def scores(self, forward: Forward) -> np.ndarray:
+        means = []
+        for index, batch in enumerate(self.batches):
+            logits = forward(index, batch)
+            targets = batch.input_ids[:, 1:].masked_fill(batch.attention_mask[:, 1:] == 0, -100).to(logits.device)
             nll = torch.nn.functional.cross_entropy(
-                logits[:, :-1].reshape(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=-100, reduction="sum"
-            )
-            total_nll += float(nll)
-            total_tokens += int((targets != -100).sum())
-    return math.exp(total_nll / total_tokens)
+                logits[:, :-1].transpose(1, 2), targets, ignore_index=-100, reduction="none").double()
+            means += (-nll.sum(-1) / (targets != -100).sum(-1)).tolist()
+        means = np.asarray(means)
+        return means[0::2] - means[1::2]
 
 
 @torch.no_grad()
@@ -177,7 +250,7 @@ def generate(model, tokenizer, prompts: Sequence[str], max_new_tokens: int = 40,
              temperature: float = 1.0, seed: int = 0) -> list[str]:
     """Completions of ``prompts`` (text after the prompt only)."""
     device = next(model.parameters()).device
-    with _padding_side(tokenizer, "left"):
+    with padding_side(tokenizer, "left"):
         torch.manual_seed(seed)
         batch = tokenizer(list(prompts), return_tensors="pt", padding=True).to(device)
         kwargs = {"do_sample": do_sample, "max_new_tokens": max_new_tokens, "pad_token_id": tokenizer.pad_token_id}

@@ -1,39 +1,62 @@
-"""Sweeps over layer, k and alpha: on-target shift against perplexity inflation.
+"""Sweeps over layer, method, k and alpha: on-target shift against off-target damage, with intervals.
 
 :func:`run_sweep` builds each vector from the store's cached statistics, steers
-the model with it, and measures
+the model with it, and measures per test item and per perplexity window:
 
-* ``on_target_shift``: mean A/B score (see :func:`actstore.evaluate.ab_scores`)
-  steered minus unsteered, or a user scorer's mean score on generations;
-* ``ppl_inflation``: perplexity steered / unsteered on a text sample.
+* the on-target score of an :class:`actstore.protocols.OnTarget` protocol (A/B
+  letters, free-text preference, or generations scored by a scorer); the shift
+  is the mean of per-item differences steered minus unsteered, with a paired t
+  interval (:func:`actstore.intervals.paired_mean_interval`);
+* perplexity inflation on a text sample, steered / unsteered, with a paired
+  bootstrap interval over windows (:func:`actstore.intervals.inflation_interval`).
 
-Each finished configuration is appended to ``results.csv`` at once, so an
-interrupted sweep resumes from what it has. Then ``results.md`` (tables and the
-summary) and two plots are written.
+Alphas: explicit scales (``alphas``), norms of the added vector
+(``alphas`` with ``normalize=True``), or by default fractions of the layer's
+residual norm (the root-mean-square norm of the captured activations at that
+layer, from the store's statistics): ``added_norm = fraction * residual_norm``,
+a grid that means the same at every layer and for every vector.
+
+Cost: the output of block L on the test batches and the perplexity windows is
+the same for every configuration at layer L, so it is computed once per layer
+and replayed (:class:`actstore.replay.PrefixReplay`): each configuration runs
+only the blocks after L and the head. ``seconds`` in results.csv is the time of
+each configuration; the report gives configurations per hour.
+
+The folder (:class:`actstore.ledger.Ledger`) resumes: an interrupted sweep keeps
+every finished configuration. Then :func:`actstore.report.write_report` writes
+results.md, frontier.csv, matched_effect.csv and the plots.
 """
 
 from __future__ import annotations
 
-import json
-import warnings
+import math
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from .covariance import layer_covariance
 from .errors import ActstoreError
-from .evaluate import ABItem, ab_scores, generate, perplexity
+from .evaluate import ABItem, PerplexityWindows
+from .intervals import inflation_interval, paired_mean_interval
+from .ledger import Ledger
 from .models import LoadedModel
-from .stats import compute_stats
+from .protocols import ABLetters, GeneratedText, OnTarget
+from .replay import PrefixReplay, cache_nbytes, plain_forward
 from .steering import steer
-from .vectors import vector_from_stats, whitened_vector
 
 METHODS = ("enr", "whitened")
-COLUMNS = ["behavior", "model", "layer", "k", "alpha", "method", "on_target", "on_target_base",
-           "on_target_shift", "ppl", "ppl_base", "ppl_inflation", "n_items", "ppl_tokens", "vector_norm",
-           "added_norm"]
+DEFAULT_BUDGETS = (1.05, 1.25, 2.0)
+DEFAULT_FRACTIONS = (0.025, 0.05, 0.1, 0.2, 0.4)
+DEFAULT_PPL_TOKENS = 8192
+ALPHA_MODES = ("scale", "norm", "fraction")
+DEGENERATION = ("distinct_2", "repeated_3gram")
+COLUMNS = (["behavior", "model", "protocol", "layer", "method", "k", "alpha", "alpha_mode", "scale", "added_norm",
+            "norm_fraction", "vector_norm", "residual_norm", "on_target", "on_target_base", "on_target_shift",
+            "on_target_ci_low", "on_target_ci_high", "detectable", "ppl", "ppl_base", "ppl_inflation",
+            "ppl_inflation_ci_low", "ppl_inflation_ci_high", "n_items", "ppl_tokens", "seconds"]
+           + [f"{m}_{s}" for m in DEGENERATION for s in ("shift", "ci_low", "ci_high")])
 
 
 def parse_ks(spec: str | Sequence) -> list[int | None]:
@@ -63,23 +86,92 @@ def parse_floats(spec: str | Sequence, name: str) -> list[float]:
     return values
 
 
-@dataclass
-class Measurement:
-    on_target: float
-    ppl: float
-
-
-def _measure(loaded: LoadedModel, items, ppl_ids, scorer, prompts, batch_size) -> Measurement:
-    if scorer is not None:
-        texts = generate(loaded.model, loaded.tokenizer, prompts, max_new_tokens=40)
-        on_target = float(np.mean(scorer(texts)))
-    else:
-        on_target = float(np.mean(ab_scores(loaded.model, loaded.tokenizer, items, batch_size)))
-    return Measurement(on_target, perplexity(loaded.model, loaded.tokenizer, ppl_ids))
-
-
 def _k_label(k: int | None) -> str:
     return "dense" if k is None else str(int(k))
+
+
+@dataclass(frozen=True)
+class Grid:
+    """What a sweep measures, validated on construction (before any model work).
+
+    ``alphas``: scales (``alpha_mode="scale"``), added norms (``"norm"``) or
+    fractions of the layer's residual norm (``"fraction"``).
+    """
+
+    layers: tuple[int, ...]
+    ks: tuple[int | None, ...]
+    alphas: tuple[float, ...]
+    alpha_mode: str = "fraction"
+    methods: tuple[str, ...] = ("enr",)
+    budgets: tuple[float, ...] = DEFAULT_BUDGETS
+
+    def __post_init__(self):
+        if not self.layers:
+            raise ActstoreError("layers: at least one layer is needed")
+        if not self.ks:
+            raise ActstoreError("ks: at least one k (or 'dense') is needed")
+        unknown = sorted(set(self.methods) - set(METHODS))
+        if unknown or not self.methods:
+            raise ActstoreError(f"methods: unknown {unknown}; expected some of {list(METHODS)}")
+        if self.alpha_mode not in ALPHA_MODES:
+            raise ActstoreError(f"alpha_mode {self.alpha_mode!r}: expected one of {list(ALPHA_MODES)}")
+        if not self.alphas or not all(math.isfinite(a) for a in self.alphas):
+            raise ActstoreError(f"alphas {list(self.alphas)}: expected finite numbers")
+        if self.alpha_mode != "scale" and any(a <= 0 for a in self.alphas):
+            raise ActstoreError(f"alphas {list(self.alphas)}: norms and fractions must be > 0")
+        if not self.budgets or not all(math.isfinite(b) and b > 1 for b in self.budgets):
+            raise ActstoreError(f"budgets {list(self.budgets)}: expected perplexity ratios > 1, e.g. 1.05,1.25,2")
+        for k in self.ks:
+            if k is not None and (isinstance(k, bool) or int(k) < 1):
+                raise ActstoreError(f"k={k}: expected a positive integer or dense")
+
+    def check_store(self, store_layers: Sequence[int], hidden: int, store: str | Path = "store") -> None:
+        """Layers and k against what the store holds (its layers, its hidden size)."""
+        missing = [layer for layer in self.layers if layer not in store_layers]
+        if missing:
+            raise ActstoreError(f"layers {missing} are not in {str(store)!r}; it has layers {list(store_layers)}")
+        too_big = [k for k in self.ks if k is not None and k > hidden]
+        if too_big:
+            raise ActstoreError(f"k {too_big}: larger than the hidden size of {str(store)!r} ({hidden})")
+
+    def configurations(self) -> list[tuple[int, str, int | None, float]]:
+        return [(layer, method, k, alpha) for layer in self.layers for method in self.methods
+                for k in self.ks for alpha in self.alphas]
+
+
+def residual_norm(stats, layer: int) -> float:
+    """Root-mean-square norm of the captured activations at ``layer``, over all
+    classes: sqrt(sum_i E[h_i^2]), from the per-class count, mean and variance."""
+    sel = stats.sel(layer=layer)
+    count = sel["count"].values.astype(np.float64)
+    mean = sel["mean"].values.astype(np.float64)
+    var = np.nan_to_num(sel["var"].values.astype(np.float64))
+    second = var * ((count - 1) / count)[:, None] + mean ** 2  # E[h^2] per class
+    return float(math.sqrt(float((second * count[:, None]).sum(0).sum() / count.sum())))
+
+
+def check_store_model(group_attrs, loaded: LoadedModel, store, force: bool = False) -> None:
+    """Refuse a store captured from other weights than ``loaded``'s, unless ``force``."""
+    if group_attrs.get("model_fingerprint") != loaded.fingerprint and not force:
+        raise ActstoreError(
+            f"store {str(store)!r} was captured from {group_attrs.get('model_id')!r} "
+            f"({group_attrs.get('model_fingerprint')}), not from {loaded.model_id!r} ({loaded.fingerprint}); "
+            "pass --force (Python: force=True) to evaluate anyway"
+        )
+
+
+def _vector(stats, covariance_of, layer: int, method: str, k: int | None):
+    from .vectors import vector_from_stats, whitened_vector
+
+    if method == "whitened":
+        return whitened_vector(stats, covariance_of(layer), k)
+    return vector_from_stats(stats, layer, k)
+
+
+def _paired_columns(prefix: str, steered, base) -> dict:
+    ok = np.isfinite(steered) & np.isfinite(base)
+    interval = paired_mean_interval(steered[ok], base[ok])
+    return {f"{prefix}_shift": interval.estimate, f"{prefix}_ci_low": interval.low, f"{prefix}_ci_high": interval.high}
 
 
 def run_sweep(
@@ -91,262 +183,137 @@ def run_sweep(
     ppl_ids: Sequence[int],
     layers: Sequence[int],
     ks: Sequence[int | None],
-    alphas: Sequence[float],
+    alphas: Sequence[float] | None = None,
     methods: Sequence[str] = ("enr",),
     behavior: str = "behavior",
     normalize: bool = False,
     scorer: Callable[[list[str]], Sequence[float]] | None = None,
     prompts: Sequence[str] = (),
+    on_target: OnTarget | None = None,
+    budgets: Sequence[float] = DEFAULT_BUDGETS,
+    fractions: Sequence[float] = DEFAULT_FRACTIONS,
+    ppl_window: int = 256,
     model_group: str | None = None,
     batch_size: int = 8,
     scheduler: str | None = None,
+    replay: bool = True,
+    cache_budget_mb: float = 4096,
+    force: bool = False,
     progress: bool = True,
 ):
     """Measure every (layer, method, k, alpha) and write results into ``out_dir``.
 
-    ``methods``: ``"enr"`` (top-k by ENR) and/or ``"whitened"`` (top-k by ENR
-    in the whitened basis, :func:`actstore.vectors.whitened_vector`).
-    ``normalize=True`` makes ``alpha`` the norm of what is added (each vector
-    scaled to unit norm first), so sparse and dense vectors are compared at
-    equal intervention size rather than at equal scale. ``scheduler`` runs any
-    statistics or covariance still to compute (:func:`actstore.stats.scheduler_context`).
+    The on-target measure is ``on_target`` (any :class:`~actstore.protocols.OnTarget`),
+    or A/B ``items``, or generations from ``prompts`` scored by ``scorer``
+    (``texts -> scores``). ``methods``: ``"enr"`` (top-k by ENR) and/or
+    ``"whitened"`` (top-k by ENR in the whitened basis); ``k=None`` is the dense
+    vector. ``alphas=None`` sweeps ``fractions`` of each layer's residual norm as
+    the added norm; explicit ``alphas`` are scales, or added norms with
+    ``normalize=True``. ``budgets``: perplexity-inflation budgets of the
+    frontier; ``ppl_window``: tokens per perplexity window (the unit of its interval). ``replay=False`` runs the whole model per configuration (same
+    numbers, slower); a layer whose cached outputs would exceed
+    ``cache_budget_mb`` runs that way too. ``scheduler`` runs any statistics or
+    covariance still to compute (:func:`actstore.stats.scheduler_context`).
+    ``force`` evaluates a store captured from other weights.
 
-    Returns the results as a :class:`pandas.DataFrame` (one row per
-    configuration; columns :data:`COLUMNS`).
+    Returns results.csv as a :class:`pandas.DataFrame` (columns :data:`COLUMNS`).
     """
-    import pandas as pd
+    from .report import write_report
+    from .stats import compute_stats
 
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    if scorer is None and not items:
-        raise ActstoreError("no A/B items to evaluate (and no scorer)")
+    if on_target is None:
+        if scorer is not None:
+            on_target = GeneratedText(prompts, scorer, batch_size=batch_size)
+        elif items:
+            on_target = ABLetters(loaded.tokenizer, items, batch_size)
+        else:
+            raise ActstoreError("no A/B items to evaluate (and no scorer or on-target protocol)")
+    alpha_mode = "fraction" if alphas is None else ("norm" if normalize else "scale")
+    grid = Grid(tuple(int(x) for x in layers), tuple(ks), tuple(float(a) for a in (alphas or fractions)),
+                alpha_mode, tuple(methods), tuple(float(b) for b in budgets))
     stats = compute_stats(store, model_group, scheduler=scheduler)
-    results_csv = out_dir / "results.csv"
-    done = pd.read_csv(results_csv, dtype={"k": str}) if results_csv.exists() else pd.DataFrame(columns=COLUMNS)
-    done_keys = {(int(r.layer), str(r.k), float(r.alpha), str(r.method)) for r in done.itertuples()}
+    grid.check_store([int(x) for x in stats["layer"].values], int(stats.sizes["hidden"]), store)
+    check_store_model(stats.attrs, loaded, store, force)
 
-    settings = {"n_items": len(items) if scorer is None else len(prompts), "ppl_tokens": len(ppl_ids),
-                "scorer": getattr(scorer, "__name__", None) if scorer else "ab", "normalize": normalize}
-    baseline_file = out_dir / "baseline.json"
-    baseline = json.loads(baseline_file.read_text()) if baseline_file.exists() else None
-    if baseline is not None:
-        baseline["settings"].setdefault("normalize", False)  # folders written before --normalize existed
-    if baseline is None or baseline.get("settings") != settings:
-        if len(done):
-            raise ActstoreError(
-                f"{str(out_dir)!r} holds results of another setting ({baseline and baseline.get('settings')}); "
-                "use a new --out folder"
-            )
-        base = _measure(loaded, items, ppl_ids, scorer, prompts, batch_size)
-        baseline = {"on_target": base.on_target, "ppl": base.ppl, "settings": settings}
-        baseline_file.write_text(json.dumps(baseline, indent=2))
+    settings = {"protocol": on_target.name, "items": len(on_target.item_ids), "ppl_tokens": len(ppl_ids),
+                "ppl_window": int(ppl_window), "alpha_mode": alpha_mode, "store_group": str(stats.attrs.get("group", ""))}
+    ledger = Ledger(out_dir, settings, COLUMNS)
+    windows = PerplexityWindows(loaded.tokenizer, ppl_ids, ppl_window)
+    forward = plain_forward(loaded.model)
+    if ledger.baseline is None:
+        measures = on_target.measure(loaded, forward)
+        nll, tokens = windows.nll(forward)
+        ledger.record_baseline(on_target.item_ids, measures, nll, tokens, getattr(on_target, "last_texts", None),
+                               on_target=float(np.mean(measures["score"])),
+                               ppl=float(math.exp(nll.sum() / tokens.sum())))
+    base_measures, base_nll, base_tokens = ledger.baseline_measures()
+    base_score = base_measures["score"]
 
-    unknown = sorted(set(methods) - set(METHODS))
-    if unknown:
-        raise ActstoreError(f"--methods: unknown {unknown}; expected some of {list(METHODS)}")
-    todo = [(layer, method, k, alpha) for layer in layers for method in methods for k in ks for alpha in alphas
-            if (layer, _k_label(k), float(alpha), method) not in done_keys]
+    todo = [c for c in grid.configurations() if not ledger.is_done(c[0], c[1], _k_label(c[2]), c[3])]
     bar = None
-    if progress:
+    if progress and todo:
         from tqdm.auto import tqdm
 
         bar = tqdm(total=len(todo), desc=f"sweep {behavior}", unit="config")
-    vectors, covariances = {}, {}
+    covariances: dict[int, object] = {}
+
+    def covariance_of(layer: int):
+        from .covariance import layer_covariance
+
+        if layer not in covariances:
+            covariances[layer] = layer_covariance(store, layer, model_group, scheduler=scheduler)
+        return covariances[layer]
+
     try:
-        for layer, method, k, alpha in todo:
-            if (layer, method, k) not in vectors:
-                if method == "whitened":
-                    if layer not in covariances:
-                        covariances[layer] = layer_covariance(store, layer, model_group, scheduler=scheduler)
-                    vectors[layer, method, k] = whitened_vector(stats, covariances[layer], k)
+        for layer in sorted({c[0] for c in todo}):
+            scale_norm = residual_norm(stats, layer)
+            on_batches = {("on", i): b for i, b in enumerate(on_target.batches())}
+            ppl_batches = {("ppl", i): b for i, b in enumerate(windows.batches)}
+            cached = None
+            if replay and on_batches and cache_nbytes(loaded, {**on_batches, **ppl_batches}) <= cache_budget_mb * 2**20:
+                cached = PrefixReplay(loaded, layer, {**on_batches, **ppl_batches})
+            vectors: dict = {}
+            for _, method, k, alpha in [c for c in todo if c[0] == layer]:
+                started = time.perf_counter()
+                if (method, k) not in vectors:
+                    vectors[method, k] = _vector(stats, covariance_of, layer, method, k)
+                vector = vectors[method, k]
+                norm = float(np.linalg.norm(vector.vector))
+                added = {"scale": abs(alpha) * norm, "norm": alpha, "fraction": alpha * scale_norm}[alpha_mode]
+                scale = alpha if alpha_mode == "scale" else (added / norm if norm > 0 else 0.0)
+                if cached is not None:
+                    with cached.active(), steer(loaded, vector, scale):
+                        measures = on_target.measure(loaded, lambda i, b: cached(("on", i), b))
+                        nll, tokens = windows.nll(lambda i, b: cached(("ppl", i), b))
                 else:
-                    vectors[layer, method, k] = vector_from_stats(stats, layer, k)
-            vector = vectors[layer, method, k]
-            norm = float(np.linalg.norm(vector.vector))
-            scale = alpha / norm if normalize and norm > 0 else alpha
-            with steer(loaded, vector, scale):
-                measured = _measure(loaded, items, ppl_ids, scorer, prompts, batch_size)
-            row = {
-                "behavior": behavior, "model": loaded.model_id, "layer": layer, "k": _k_label(k),
-                "alpha": float(alpha), "method": method, "on_target": measured.on_target,
-                "on_target_base": baseline["on_target"], "on_target_shift": measured.on_target - baseline["on_target"],
-                "ppl": measured.ppl, "ppl_base": baseline["ppl"], "ppl_inflation": measured.ppl / baseline["ppl"],
-                "n_items": settings["n_items"], "ppl_tokens": len(ppl_ids),
-                "vector_norm": norm, "added_norm": abs(scale) * norm,
-            }
-            # Appended at once: an interrupted sweep keeps every finished row.
-            pd.DataFrame([row], columns=COLUMNS).to_csv(
-                results_csv, mode="a", header=not results_csv.exists(), index=False)
-            if bar is not None:
-                bar.update(1)
+                    with steer(loaded, vector, scale):
+                        measures = on_target.measure(loaded, forward)
+                        nll, tokens = windows.nll(forward)
+                shift = paired_mean_interval(measures["score"], base_score)
+                inflation = inflation_interval(nll, base_nll, tokens)
+                row = {
+                    "behavior": behavior, "model": loaded.model_id, "protocol": on_target.name, "layer": layer,
+                    "method": method, "k": _k_label(k), "alpha": float(alpha), "alpha_mode": alpha_mode,
+                    "scale": scale, "added_norm": abs(scale) * norm, "norm_fraction": abs(scale) * norm / scale_norm,
+                    "vector_norm": norm, "residual_norm": scale_norm,
+                    "on_target": float(np.mean(measures["score"])), "on_target_base": float(np.mean(base_score)),
+                    "on_target_shift": shift.estimate, "on_target_ci_low": shift.low,
+                    "on_target_ci_high": shift.high, "detectable": shift.excludes(0.0),
+                    "ppl": float(math.exp(nll.sum() / tokens.sum())),
+                    "ppl_base": float(math.exp(base_nll.sum() / base_tokens.sum())),
+                    "ppl_inflation": inflation.estimate, "ppl_inflation_ci_low": inflation.low,
+                    "ppl_inflation_ci_high": inflation.high, "n_items": len(on_target.item_ids),
+                    "ppl_tokens": len(ppl_ids), "seconds": time.perf_counter() - started,
+                }
+                for metric in DEGENERATION:
+                    if metric in measures:
+                        row.update(_paired_columns(metric, measures[metric], base_measures[metric]))
+                ledger.record(row, on_target.item_ids, measures, nll, tokens, getattr(on_target, "last_texts", None))
+                if bar is not None:
+                    bar.update(1)
     finally:
         if bar is not None:
             bar.close()
-    results = pd.read_csv(results_csv, dtype={"k": str})
-    write_report(results, out_dir)
+    results = ledger.results()
+    write_report(results, ledger, grid.budgets)
     return results
-
-
-def with_fraction_of_dense(results):
-    """Add ``fraction_of_dense``: shift / the dense vector's shift at the same
-    (behavior, layer, alpha, method)."""
-    results = results.copy()
-    dense = results[results["k"] == "dense"].set_index(["behavior", "layer", "alpha", "method"])["on_target_shift"]
-    keys = list(zip(results["behavior"], results["layer"], results["alpha"], results["method"]))
-    dense_shift = np.array([dense.get(key, np.nan) for key in keys], dtype=float)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        results["fraction_of_dense"] = results["on_target_shift"].to_numpy(dtype=float) / dense_shift
-    return results
-
-
-def summarize(results) -> dict:
-    """Paper-style summary of one or several behaviors' results.
-
-    * mean fraction of the dense on-target shift retained at each k (over
-      configurations whose dense shift is positive: a fraction of a shift that
-      went the wrong way means nothing);
-    * mean perplexity inflation of dense vs each sparse k, with a paired t-test
-      of log(inflation) across matched (behavior, layer, alpha) configurations
-      (on the log: inflation is a ratio, and a broken model's 1000x would
-      otherwise outweigh every other pair);
-    * per behavior, the best layer (largest mean shift over alphas) for the dense
-      vector and for each sparse k, and their difference.
-    """
-    from scipy import stats as scipy_stats
-
-    results = with_fraction_of_dense(results)
-    summary: dict = {"retained": {}, "inflation": {}, "best_layer": {}}
-    sparse_ks = sorted({k for k in results["k"] if k != "dense"}, key=int)
-    methods = sorted(set(results["method"]))
-    dense_rows = results[results["k"] == "dense"].set_index(["behavior", "layer", "alpha", "method"])
-    for method, k in [(m, k) for m in methods for k in sparse_ks]:
-        rows = results[(results["k"] == k) & (results["method"] == method)]
-        if not len(rows):
-            continue
-        label = k if len(methods) == 1 else f"{method} k={k}"
-        keys = list(zip(rows["behavior"], rows["layer"], rows["alpha"], rows["method"]))
-        dense_shift = np.array([dense_rows["on_target_shift"].get(key, np.nan) for key in keys])
-        ok = dense_shift > 0
-        summary["retained"][label] = {
-            "mean_fraction": float(np.nanmean(rows["fraction_of_dense"].to_numpy()[ok])) if ok.any() else None,
-            "configs": int(ok.sum()),
-        }
-        sparse_infl = rows["ppl_inflation"].to_numpy()
-        dense_infl = np.array([dense_rows["ppl_inflation"].get(key, np.nan) for key in keys])
-        paired = ~np.isnan(dense_infl)
-        entry = {"mean_sparse": float(np.mean(sparse_infl[paired])) if paired.any() else None,
-                 "mean_dense": float(np.mean(dense_infl[paired])) if paired.any() else None,
-                 "geomean_sparse": float(np.exp(np.mean(np.log(sparse_infl[paired])))) if paired.any() else None,
-                 "geomean_dense": float(np.exp(np.mean(np.log(dense_infl[paired])))) if paired.any() else None,
-                 "pairs": int(paired.sum()), "t": None, "p": None}
-        if paired.sum() >= 2 and np.any(sparse_infl[paired] != dense_infl[paired]):
-            with warnings.catch_warnings():
-                # Near-identical pairs (tiny effects) make scipy warn about precision; the
-                # statistic is still what it is.
-                warnings.simplefilter("ignore", RuntimeWarning)
-                test = scipy_stats.ttest_rel(np.log(dense_infl[paired]), np.log(sparse_infl[paired]))
-            entry["t"], entry["p"] = float(test.statistic), float(test.pvalue)
-        summary["inflation"][label] = entry
-    for (behavior, method), rows in results.groupby(["behavior", "method"]):
-        by_layer = rows.groupby(["k", "layer"])["on_target_shift"].mean()
-        best = {}
-        for k in by_layer.index.get_level_values(0).unique():
-            shifts = by_layer.loc[k]
-            best[k] = int(shifts.idxmax())
-        entry = {"best_layer": best}
-        if "dense" in best:
-            entry["sparse_minus_dense"] = {k: best[k] - best["dense"] for k in best if k != "dense"}
-        summary["best_layer"][behavior if len(methods) == 1 else f"{behavior} ({method})"] = entry
-    return summary
-
-
-def _markdown_table(frame, float_format: str = "{:.4g}") -> str:
-    header = "| " + " | ".join(map(str, frame.columns)) + " |"
-    rule = "|" + "---|" * len(frame.columns)
-    lines = [header, rule]
-    for row in frame.itertuples(index=False):
-        cells = [float_format.format(v) if isinstance(v, float) else str(v) for v in row]
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
-
-
-def plot_results(results, out_dir: Path) -> list[Path]:
-    """fraction of dense retained vs k, and perplexity inflation vs k (PNG)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    results = with_fraction_of_dense(results)
-    sparse = results[results["k"] != "dense"].copy()
-    sparse["k_int"] = sparse["k"].astype(int)
-    paths = []
-    for column, ylabel, name in (
-        ("fraction_of_dense", "fraction of dense on-target shift retained", "retained_vs_k.png"),
-        ("ppl_inflation", "perplexity inflation (steered / base, log scale)", "inflation_vs_k.png"),
-    ):
-        fig, ax = plt.subplots(figsize=(7, 4.5))
-        for (behavior, method, layer, alpha), rows in sparse.groupby(["behavior", "method", "layer", "alpha"]):
-            rows = rows.sort_values("k_int")
-            label = (f"L{layer} a={alpha:g}" + (f" {behavior}" if sparse["behavior"].nunique() > 1 else "")
-                     + (f" {method}" if sparse["method"].nunique() > 1 else ""))
-            line, = ax.plot(rows["k_int"], rows[column], marker="o", label=label)
-            if column == "ppl_inflation":
-                dense = results[(results["k"] == "dense") & (results["layer"] == layer) & (results["method"] == method)
-                                & (results["alpha"] == alpha) & (results["behavior"] == behavior)]
-                if len(dense):
-                    ax.axhline(float(dense[column].iloc[0]), color=line.get_color(), linestyle=":", linewidth=1)
-        ax.axhline(1.0, color="black", linewidth=0.8, linestyle="--")
-        if column == "ppl_inflation":
-            ax.set_yscale("log")  # a broken model inflates 1000x; keep 1.01x readable beside it
-        ax.set_xscale("log", base=2)
-        ticks = sorted(sparse["k_int"].unique())
-        ax.set_xticks(ticks, [str(t) for t in ticks])
-        ax.minorticks_off()
-        ax.set_xlabel("k (kept coordinates)")
-        ax.set_ylabel(ylabel)
-        title = "dotted: dense vector at the same layer and alpha" if column == "ppl_inflation" else \
-            "1.0 = the dense vector's shift"
-        ax.set_title(title, fontsize=9)
-        ax.grid(True, alpha=0.3)
-        ax.legend(fontsize=7, ncol=2)
-        fig.tight_layout()
-        path = out_dir / name
-        fig.savefig(path, dpi=120)
-        plt.close(fig)
-        paths.append(path)
-    return paths
-
-
-def write_report(results, out_dir: Path) -> Path:
-    """results.md (table + summary), summary.json and the plots."""
-    out_dir = Path(out_dir)
-    summary = summarize(results)
-    (out_dir / "summary.json").write_text(json.dumps(summary, indent=2))
-    plot_results(results, out_dir)
-    table = with_fraction_of_dense(results)[
-        ["behavior", "method", "layer", "k", "alpha", "on_target_shift", "fraction_of_dense", "ppl_inflation"]]
-    lines = ["# Steering sweep", "", _markdown_table(table), "",
-             "## Fraction of the dense on-target shift retained", "",
-             "| k | mean fraction | configs (dense shift > 0) |", "|---|---|---|"]
-    for k, entry in summary["retained"].items():
-        value = "n/a" if entry["mean_fraction"] is None else f"{entry['mean_fraction']:.3f}"
-        lines.append(f"| {k} | {value} | {entry['configs']} |")
-    lines += ["", "## Perplexity inflation, dense vs sparse (paired t-test of log inflation over matched "
-              "configurations; t > 0: dense inflates more)", "",
-              "| k | mean sparse | mean dense | geo-mean sparse | geo-mean dense | pairs | t | p |",
-              "|---|---|---|---|---|---|---|---|"]
-    for k, entry in summary["inflation"].items():
-        fmt = lambda v: "n/a" if v is None else f"{v:.4g}"  # noqa: E731
-        lines.append(f"| {k} | {fmt(entry['mean_sparse'])} | {fmt(entry['mean_dense'])} | "
-                     f"{fmt(entry['geomean_sparse'])} | {fmt(entry['geomean_dense'])} | {entry['pairs']} | "
-                     f"{fmt(entry['t'])} | {fmt(entry['p'])} |")
-    lines += ["", "## Best layer (largest mean shift over alphas)", ""]
-    for behavior, entry in summary["best_layer"].items():
-        lines.append(f"- {behavior}: " + ", ".join(f"k={k}: layer {v}" for k, v in entry["best_layer"].items())
-                     + (f"; sparse minus dense: {entry['sparse_minus_dense']}"
-                        if "sparse_minus_dense" in entry else ""))
-    lines += ["", "![retained](retained_vs_k.png)", "", "![inflation](inflation_vs_k.png)", ""]
-    path = out_dir / "results.md"
-    path.write_text("\n".join(lines))
-    return path

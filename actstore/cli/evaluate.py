@@ -7,71 +7,123 @@ from pathlib import Path
 import click
 
 from ..stats import SCHEDULER_HELP
+from ..sweep import DEFAULT_BUDGETS, DEFAULT_FRACTIONS, DEFAULT_PPL_TOKENS
 
 _DEFAULT_TEXT = Path("..") / "shared" / "data" / "wikitext-2" / "test.txt"
 
 
+def _csv(values) -> str:
+    return ",".join(f"{v:g}" for v in values)
+
+
 @click.command(name="eval")
-@click.option("--model", "-m", required=True, metavar="ID|PATH", help="The model the store was captured from.")
+@click.option("--model", "-m", required=True, metavar="ID|PATH", help="The model to load and steer (hub id or folder).")
 @click.option("--store", "-s", required=True, metavar="PATH.zarr", help="Store with the training activations.")
 @click.option("--model-group", default=None, help="Model group in the store (stores with several models).")
-@click.option("--data-test", required=True, type=click.Path(exists=True, dir_okay=False),
-              help="Held-out A/B items (pairs ending in '(A)'/'(B)', or CAA items), e.g. caa-pairs/refusal/test.json.")
-@click.option("--layers", "-l", required=True, help="Layers to sweep, e.g. '4,6,8' (must be in the store).")
-@click.option("--k", "ks", default="8,16,32,64,128,dense", show_default=True,
+@click.option("--data-test", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="Held-out items: A/B pairs ending in '(A)'/'(B)' or CAA items (scored by the probability of "
+                   "the matching letter), or free-text positive/negative pairs (scored by the per-token "
+                   "log-likelihood preference for the positive text). The whole file unless --max-items.")
+@click.option("--prompts", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="Instead of --data-test: prompts (one a line, or JSON with 'prompt' fields) whose steered "
+                   "continuations are scored by --scorer; distinct-2 and repeated 3-gram rates are reported "
+                   "as a second off-target measure.")
+@click.option("--scorer", type=click.Choice(["vader"]), default="vader", show_default=True,
+              help="With --prompts: how a continuation is scored (vader: VADER compound sentiment, offline).")
+@click.option("--max-new-tokens", type=click.IntRange(1), default=40, show_default=True,
+              help="With --prompts: tokens generated per prompt (greedy).")
+@click.option("--layers", "-l", required=True, help="Layers to sweep, e.g. '2,4,6,8', or 'all' (every layer in the store).")
+@click.option("--k", "ks", default="16,64,dense", show_default=True,
               help="Values of k to sweep; 'dense' is the dense difference of means.")
-@click.option("--alpha", "alphas", default="1,2,4,8", show_default=True, help="Steering scales to sweep.")
+@click.option("--alpha", "alphas", default=None,
+              help="Explicit steering scales (or added norms with --normalize). Default: the added norm is each "
+                   "of --fractions of the layer's residual norm.")
+@click.option("--fractions", default=_csv(DEFAULT_FRACTIONS), show_default=True,
+              help="Without --alpha: added norms as fractions of the root-mean-square norm of the layer's "
+                   "captured activations (from the store's statistics): the same grid means the same at "
+                   "every layer and for every vector.")
 @click.option("--normalize", is_flag=True,
-              help="Make --alpha the norm of what is added (each vector scaled to unit norm first): "
-                   "compares sparse and dense vectors at equal intervention size.")
+              help="With --alpha: make alpha the norm of what is added (each vector scaled to unit norm first).")
 @click.option("--methods", default="enr", show_default=True,
               help="Vector methods to compare: 'enr' (top-k by ENR), 'whitened' (top-k by ENR of "
                    "Sigma^-1/2 v), or 'enr,whitened'.")
+@click.option("--budgets", default=_csv(DEFAULT_BUDGETS), show_default=True,
+              help="Perplexity-inflation budgets of the frontier: for each, the largest shift within it.")
 @click.option("--text", type=click.Path(dir_okay=False), default=str(_DEFAULT_TEXT), show_default=True,
               help="Text for the perplexity (off-target damage).")
-@click.option("--ppl-tokens", type=click.IntRange(16), default=4096, show_default=True,
-              help="Tokens of --text to measure perplexity on (the paper used 50K of the Pile).")
-@click.option("--max-items", type=click.IntRange(1), default=None, help="Use only the first N A/B items.")
+@click.option("--ppl-tokens", type=click.IntRange(16), default=DEFAULT_PPL_TOKENS, show_default=True,
+              help="Tokens of --text for the perplexity, in --ppl-window windows (its interval is over windows).")
+@click.option("--ppl-window", type=click.IntRange(8), default=256, show_default=True,
+              help="Tokens per perplexity window (each starts with BOS); keep it within the model's context.")
+@click.option("--max-items", type=click.IntRange(1), default=None,
+              help="Use only the first N held-out items or prompts (default: all).")
 @click.option("--behavior", default=None, help="Name in the tables (default: the folder of --data-test).")
 @click.option("--out", "-o", required=True, type=click.Path(file_okay=False),
-              help="Folder for results.csv, results.md, summary.json and the plots; a rerun resumes it.")
-@click.option("--batch-size", "-b", type=click.IntRange(1), default=8, show_default=True)
+              help="Folder for results.csv, items.csv, windows.csv, frontier.csv, results.md and the plots; "
+                   "a rerun with the same settings resumes it.")
+@click.option("--batch-size", "-b", type=click.IntRange(1), default=8, show_default=True,
+              help="Texts per forward pass.")
+@click.option("--no-replay", is_flag=True,
+              help="Run the whole model for every configuration instead of replaying each layer's cached "
+                   "block outputs (same numbers, slower; for checking).")
 @click.option("--scheduler", default=None, metavar="NAME|local:N|ADDRESS",
               help="Used if statistics (or covariances for 'whitened') must be computed first. "
                    + SCHEDULER_HELP)
 @click.option("--force", is_flag=True, help="Use the store even if it was captured from other model weights.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
-def evaluate(model, store, model_group, data_test, layers, ks, alphas, normalize, methods, text, ppl_tokens,
-             max_items, behavior, out, batch_size, scheduler, force, quiet):
-    """Sweep layer x k x alpha: on-target A/B shift against perplexity inflation.
+def evaluate(model, store, model_group, data_test, prompts, scorer, max_new_tokens, layers, ks, alphas, fractions,
+             normalize, methods, budgets, text, ppl_tokens, ppl_window, max_items, behavior, out, batch_size, no_replay,
+             scheduler, force, quiet):
+    """Sweep layer x method x k x alpha: on-target shift against perplexity inflation, with intervals.
 
     Reuses the store's cached statistics, builds each vector, steers the model
-    and measures both effects; writes a tidy results.csv (one row per
-    configuration), results.md with the paper's summaries, and the plots
-    retained_vs_k.png and inflation_vs_k.png.
+    and measures both effects per item and per perplexity window. Writes
+    results.csv (one row per configuration, 95% intervals), items.csv and
+    windows.csv (every per-item and per-window figure), frontier.csv (the largest
+    shift within each perplexity budget), matched_effect.csv, results.md and
+    frontier_<behavior>.png.
     """
     from ..errors import ActstoreError
-    from ..evaluate import read_ab_items, read_text_tokens
+    from ..evaluate import read_text_tokens
     from ..models import load_model, parse_layers
+    from ..protocols import GeneratedText, protocol_for_file, read_prompts
     from ..stores.zarr_store import open_root, select_group
-    from ..sweep import parse_floats, parse_ks, run_sweep
+    from ..sweep import Grid, check_store_model, parse_floats, parse_ks, run_sweep
+
+    if (data_test is None) == (prompts is None):
+        raise ActstoreError("give exactly one of --data-test (held-out items) and --prompts (generation)")
+    if alphas is None and normalize:
+        raise ActstoreError("--normalize needs --alpha (without it, alphas are already norms: --fractions)")
+    # The whole grid is checked before the model loads. Attributes only: opening the
+    # whole store would load every per-sample coordinate.
+    attrs = dict(select_group(open_root(store), model_group, store).attrs)
+    store_layers = [int(x) for x in attrs.get("layers", [])]
+    layer_list = store_layers if layers.strip().lower() == "all" else parse_layers(layers, 1 << 30)
+    grid = Grid(tuple(layer_list), tuple(parse_ks(ks)),
+                tuple(parse_floats(alphas if alphas is not None else fractions,
+                                   "--alpha" if alphas is not None else "--fractions")),
+                "fraction" if alphas is None else ("norm" if normalize else "scale"),
+                tuple(m.strip() for m in methods.split(",") if m.strip()),
+                tuple(parse_floats(budgets, "--budgets")))
+    grid.check_store(store_layers, int(attrs.get("hidden_size", 0)), store)
+    prompt_list = read_prompts(prompts)[:max_items] if prompts is not None else None
+    if not Path(text).is_file():
+        raise ActstoreError(f"--text {text!r} does not exist (the perplexity text)")
 
     loaded = load_model(model)
-    # Attributes only: opening the whole store would load every per-sample coordinate.
-    attrs = dict(select_group(open_root(store), model_group, store).attrs)
-    if attrs.get("model_fingerprint") != loaded.fingerprint and not force:
-        raise ActstoreError(
-            f"store {store!r} was captured from {attrs.get('model_id')!r} ({attrs.get('model_fingerprint')}), "
-            f"not from {model!r} ({loaded.fingerprint}); pass --force to evaluate anyway"
-        )
-    items = read_ab_items(data_test)[:max_items]
+    check_store_model(attrs, loaded, store, force)
+    if prompt_list is not None:
+        on_target = GeneratedText(prompt_list, scorer, max_new_tokens, batch_size)
+    else:
+        on_target = protocol_for_file(loaded.tokenizer, data_test, batch_size, max_items)
     ppl_ids = read_text_tokens(loaded.tokenizer, text, ppl_tokens)
+    name = behavior or Path(data_test or prompts).resolve().parent.name
     results = run_sweep(
-        loaded, store, out, items=items, ppl_ids=ppl_ids, layers=parse_layers(layers, loaded.num_layers),
-        ks=parse_ks(ks), alphas=parse_floats(alphas, "--alpha"),
-        methods=[m.strip() for m in methods.split(",") if m.strip()], normalize=normalize,
-        behavior=behavior or Path(data_test).resolve().parent.name, model_group=model_group,
-        batch_size=batch_size, scheduler=scheduler, progress=not quiet,
+        loaded, store, out, on_target=on_target, ppl_ids=ppl_ids, layers=grid.layers, ks=grid.ks,
+        alphas=None if alphas is None else grid.alphas, fractions=grid.alphas, normalize=normalize,
+        methods=grid.methods, budgets=grid.budgets, behavior=name, model_group=model_group,
+        ppl_window=ppl_window, batch_size=batch_size, scheduler=scheduler, replay=not no_replay, force=force, progress=not quiet,
     )
-    click.echo(f"{len(results)} configurations in {out}/results.csv; report: {out}/results.md, "
-               f"plots: {out}/retained_vs_k.png, {out}/inflation_vs_k.png")
+    click.echo(f"{len(results)} configurations in {out}/results.csv ({int(results['detectable'].sum())} with an "
+               f"on-target shift distinguishable from zero); report: {out}/results.md, frontier: "
+               f"{out}/frontier.csv, plot: {out}/frontier_{name}.png")

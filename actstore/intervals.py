@@ -1,0 +1,124 @@
+"""Uncertainty of measured effects: paired intervals over test items and text windows.
+
+Every figure the evaluation reports is a paired comparison on the same data
+(the steered and the unsteered model score the same items, read the same
+perplexity windows), so each interval comes from per-unit differences:
+
+* :func:`paired_mean_interval`: the mean of per-item differences with a
+  Student-t interval (``mean ± t_{n-1, 1-a/2} · sd / sqrt(n)``);
+* :func:`inflation_interval`: perplexity inflation
+  ``exp((Σ nll_steered − Σ nll_base) / Σ tokens)`` with a paired percentile
+  bootstrap over windows (:func:`scipy.stats.bootstrap`, ``paired=True``);
+* :func:`ratio_interval`: a ratio of two mean shifts measured on the same items
+  (the fraction of the dense effect a sparse vector keeps), paired percentile
+  bootstrap over items.
+
+An :class:`Interval` says whether it excludes zero (or one, for ratios of
+perplexities): that is what "distinguishable" means in every report.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+CONFIDENCE = 0.95
+N_RESAMPLES = 2000
+SEED = 0  # bootstrap intervals are reproducible: the same data gives the same interval
+
+
+@dataclass(frozen=True)
+class Interval:
+    """A point estimate with a two-sided ``confidence`` interval ``[low, high]``."""
+
+    estimate: float
+    low: float
+    high: float
+    confidence: float = CONFIDENCE
+
+    def excludes(self, value: float = 0.0) -> bool:
+        """True when ``value`` lies outside the interval (the effect is distinguishable from it)."""
+        return bool(self.low > value or self.high < value)
+
+    @property
+    def half_width(self) -> float:
+        return (self.high - self.low) / 2
+
+    def __format__(self, spec: str) -> str:
+        spec = spec or ".3g"
+        return f"{self.estimate:{spec}} [{self.low:{spec}}, {self.high:{spec}}]"
+
+
+NAN_INTERVAL = Interval(math.nan, math.nan, math.nan)
+
+
+def paired_mean_interval(treated, control, confidence: float = CONFIDENCE) -> Interval:
+    """Mean of ``treated − control`` (paired per item) with a t interval.
+
+    ``treated, control: (n,)`` scores of the same items. With fewer than two
+    items, or no spread, the interval is the point itself (n=1: NaN bounds).
+    """
+    from scipy import stats
+
+    diffs = np.asarray(treated, dtype=np.float64) - np.asarray(control, dtype=np.float64)
+    n = diffs.size
+    if n == 0:
+        return NAN_INTERVAL
+    mean = float(diffs.mean())
+    if n < 2:
+        return Interval(mean, math.nan, math.nan, confidence)
+    sem = float(diffs.std(ddof=1)) / math.sqrt(n)
+    t = float(stats.t.ppf(0.5 + confidence / 2, df=n - 1))
+    return Interval(mean, mean - t * sem, mean + t * sem, confidence)
+
+
+def _bootstrap(data: tuple, statistic, confidence: float, n_resamples: int, seed: int) -> tuple[float, float]:
+    from scipy import stats
+
+    with np.errstate(all="ignore"):
+        result = stats.bootstrap(data, statistic, paired=True, vectorized=True, confidence_level=confidence,
+                                 n_resamples=n_resamples, method="percentile", rng=np.random.default_rng(seed))
+    return float(result.confidence_interval.low), float(result.confidence_interval.high)
+
+
+def inflation_interval(nll_steered, nll_base, tokens, confidence: float = CONFIDENCE,
+                       n_resamples: int = N_RESAMPLES, seed: int = SEED) -> Interval:
+    """Perplexity ratio steered / base over windows, with a paired bootstrap interval.
+
+    ``nll_steered, nll_base: (windows,)`` summed next-token negative log-likelihoods
+    per window (nats), ``tokens: (windows,)`` predicted tokens per window.
+    """
+    nll_steered, nll_base, tokens = (np.asarray(a, dtype=np.float64) for a in (nll_steered, nll_base, tokens))
+
+    def statistic(steered, base, count, axis=-1):
+        return np.exp((steered.sum(axis) - base.sum(axis)) / count.sum(axis))
+
+    estimate = float(statistic(nll_steered, nll_base, tokens))
+    if nll_steered.size < 2:
+        return Interval(estimate, math.nan, math.nan, confidence)
+    low, high = _bootstrap((nll_steered, nll_base, tokens), statistic, confidence, n_resamples, seed)
+    return Interval(estimate, low, high, confidence)
+
+
+def ratio_interval(numerator_treated, denominator_treated, control, confidence: float = CONFIDENCE,
+                   n_resamples: int = N_RESAMPLES, seed: int = SEED) -> Interval:
+    """``mean(a − c) / mean(b − c)`` over the same items, with a paired bootstrap interval.
+
+    ``a``: scores under the numerator's steering (a sparse vector), ``b`` under
+    the denominator's (the dense vector), ``c`` unsteered; all ``(n,)`` on the
+    same items. Only meaningful where the denominator's shift is clearly non-zero:
+    callers check that first (see :func:`paired_mean_interval`).
+    """
+    a, b, c = (np.asarray(x, dtype=np.float64) for x in (numerator_treated, denominator_treated, control))
+
+    def statistic(a, b, c, axis=-1):
+        return (a - c).mean(axis) / (b - c).mean(axis)
+
+    with np.errstate(all="ignore"):
+        estimate = float(statistic(a, b, c))
+    if a.size < 2:
+        return Interval(estimate, math.nan, math.nan, confidence)
+    low, high = _bootstrap((a, b, c), statistic, confidence, n_resamples, seed)
+    return Interval(estimate, low, high, confidence)

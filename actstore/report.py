@@ -1,0 +1,264 @@
+"""What a sweep folder says: the matched-damage frontier, the retained fraction, results.md, plots.
+
+* :func:`frontier`: for each (behavior, layer, method, k) and perplexity budget,
+  the configuration with the largest on-target shift whose inflation (point
+  estimate) is within the budget; with the fraction of the dense vector's
+  frontier shift it keeps at the same budget, and that fraction's paired
+  bootstrap interval, only where the dense shift's interval excludes zero.
+* :func:`matched_effect`: the mirror figure: the least inflation at which each
+  vector reaches a given fraction of the dense vector's best shift.
+* :func:`write_report`: frontier.csv, matched_effect.csv, results.md and one
+  frontier plot per behavior (shift against inflation, interval bands).
+
+The frontier picks the best of several alphas, so its shift is biased upward
+(the winner of several noisy measurements); its interval is that of the chosen
+configuration alone. results.md says so.
+
+Plots use matplotlib's object API on an Agg canvas: the process-wide backend
+is never switched (notebooks keep their inline plots).
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+
+from .intervals import ratio_interval
+
+DEFAULT_MATCH_FRACTIONS = (0.5, 0.9)
+GROUP = ["behavior", "layer", "method", "k"]
+FRONTIER_COLUMNS = ["behavior", "layer", "method", "k", "budget", "alpha", "on_target_shift", "on_target_ci_low",
+                    "on_target_ci_high", "ppl_inflation", "ppl_inflation_ci_low", "ppl_inflation_ci_high",
+                    "fraction_of_dense", "fraction_ci_low", "fraction_ci_high"]
+MATCHED_COLUMNS = ["behavior", "layer", "method", "k", "target_fraction", "target_shift", "alpha",
+                   "on_target_shift", "on_target_ci_low", "on_target_ci_high", "ppl_inflation",
+                   "ppl_inflation_ci_low", "ppl_inflation_ci_high"]
+
+
+def _k_order(k: str) -> float:
+    return math.inf if k == "dense" else float(k)
+
+
+def _item_scores(items, row) -> np.ndarray:
+    sel = items[(items["method"] == row["method"]) & (items["k"] == str(row["k"]))
+                & (items["alpha"] == float(row["alpha"])) & (items["layer"] == float(row["layer"]))]
+    return sel["score"].to_numpy(dtype=np.float64)
+
+
+def _baseline_scores(items) -> np.ndarray:
+    return items[items["method"] == "none"]["score"].to_numpy(dtype=np.float64)
+
+
+def frontier(results, budgets, items=None):
+    """frontier.csv as a DataFrame (columns :data:`FRONTIER_COLUMNS`); a budget no
+    configuration of a vector meets gives a row of NaN (not reachable).
+
+    ``items``: items.csv (for the fraction's interval); without it the fraction
+    columns stay NaN.
+    """
+    import pandas as pd
+
+    rows = []
+    for key, group in results.groupby(GROUP, sort=False):
+        for budget in budgets:
+            within = group[group["ppl_inflation"] <= budget]
+            entry = dict(zip(GROUP, key), budget=float(budget))
+            if len(within):
+                best = within.loc[within["on_target_shift"].idxmax()]
+                entry.update({c: best[c] for c in FRONTIER_COLUMNS if c in best.index and c not in entry})
+            rows.append(entry)
+    table = pd.DataFrame(rows, columns=FRONTIER_COLUMNS)
+    dense = table[table["k"] == "dense"].set_index(["behavior", "layer", "method", "budget"])
+    base = _baseline_scores(items) if items is not None else None
+    for index, row in table.iterrows():
+        key = (row["behavior"], row["layer"], row["method"], row["budget"])
+        if row["k"] == "dense" or key not in dense.index or pd.isna(row["alpha"]):
+            continue
+        ref = dense.loc[key]
+        if pd.isna(ref["alpha"]) or not (ref["on_target_ci_low"] > 0):
+            continue  # the dense vector has no detectable positive effect within this budget
+        if base is None:
+            continue
+        sparse_scores = _item_scores(items, row)
+        dense_scores = _item_scores(items, {"layer": row["layer"], "method": row["method"], "k": "dense",
+                                            "alpha": ref["alpha"]})
+        interval = ratio_interval(sparse_scores, dense_scores, base)
+        table.loc[index, ["fraction_of_dense", "fraction_ci_low", "fraction_ci_high"]] = (
+            interval.estimate, interval.low, interval.high)
+    return table
+
+
+def matched_effect(results, fractions=DEFAULT_MATCH_FRACTIONS):
+    """For each vector and fraction f: the least-inflation configuration whose
+    shift reaches f x the dense vector's best shift at that (behavior, layer,
+    method), where that best shift's interval excludes zero (else no row)."""
+    import pandas as pd
+
+    rows = []
+    for (behavior, layer, method), group in results.groupby(["behavior", "layer", "method"], sort=False):
+        dense = group[group["k"] == "dense"]
+        if not len(dense):
+            continue
+        best = dense.loc[dense["on_target_shift"].idxmax()]
+        if not best["on_target_ci_low"] > 0:
+            continue
+        for k, vector_rows in group.groupby("k", sort=False):
+            for fraction in fractions:
+                target = fraction * best["on_target_shift"]
+                reached = vector_rows[vector_rows["on_target_shift"] >= target]
+                entry = {"behavior": behavior, "layer": layer, "method": method, "k": k,
+                         "target_fraction": fraction, "target_shift": target}
+                if len(reached):
+                    pick = reached.loc[reached["ppl_inflation"].idxmin()]
+                    entry.update({c: pick[c] for c in MATCHED_COLUMNS if c not in entry})
+                rows.append(entry)
+    return pd.DataFrame(rows, columns=MATCHED_COLUMNS)
+
+
+def _fmt(value, spec=".3g") -> str:
+    return "n/a" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:{spec}}"
+
+
+def _ci(row, prefix: str, spec=".3g") -> str:
+    return (f"{_fmt(row[prefix if prefix in row else prefix + '_shift'], spec)} "
+            f"[{_fmt(row[prefix + '_ci_low'], spec)}, {_fmt(row[prefix + '_ci_high'], spec)}]")
+
+
+def _md_table(header: list[str], lines: list[list[str]]) -> list[str]:
+    return (["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+            + ["| " + " | ".join(cells) + " |" for cells in lines])
+
+
+def plot_frontier(results, behavior: str, budgets, path: Path) -> Path:
+    """Shift against perplexity inflation (log x), one panel per layer, one curve
+    per vector (method, k) through its alphas, with the shift's interval as a band."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    rows = results[results["behavior"] == behavior]
+    layers = sorted(rows["layer"].unique())
+    vectors = sorted({(m, k) for m, k in zip(rows["method"], rows["k"])}, key=lambda v: (v[0], _k_order(v[1])))
+    columns = min(len(layers), 4)
+    lines = math.ceil(len(layers) / columns)
+    fig = Figure(figsize=(3.6 * columns + 1.2, 3.2 * lines + 0.8))
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(lines, columns, sharey=True, squeeze=False).ravel()
+    colors = {v: f"C{i}" for i, v in enumerate(vectors)}
+    for ax, layer in zip(axes, layers):
+        at_layer = rows[rows["layer"] == layer]
+        for vector in vectors:
+            curve = at_layer[(at_layer["method"] == vector[0]) & (at_layer["k"] == vector[1])]
+            curve = curve.sort_values("ppl_inflation")
+            if not len(curve):
+                continue
+            label = f"{'dense' if vector[1] == 'dense' else 'k=' + vector[1]}" + (
+                f" ({vector[0]})" if rows["method"].nunique() > 1 else "")
+            ax.plot(curve["ppl_inflation"], curve["on_target_shift"], marker="o", markersize=3,
+                    color=colors[vector], label=label, linewidth=1.2)
+            ax.fill_between(curve["ppl_inflation"], curve["on_target_ci_low"], curve["on_target_ci_high"],
+                            color=colors[vector], alpha=0.15, linewidth=0)
+        for budget in budgets:
+            ax.axvline(budget, color="grey", linestyle=":", linewidth=0.8)
+        ax.axhline(0.0, color="black", linewidth=0.6)
+        ax.set_xscale("log")
+        ax.set_title(f"layer {layer}", fontsize=9)
+        ax.set_xlabel("perplexity inflation (steered / base)", fontsize=8)
+        ax.tick_params(labelsize=7)
+        ax.grid(True, alpha=0.3)
+    for ax in axes[len(layers):]:
+        ax.set_visible(False)
+    axes[0].set_ylabel("on-target shift (95% CI band)", fontsize=8)
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="outside lower center", ncol=min(len(labels), 6), fontsize=8, frameon=False)
+    fig.suptitle(f"{behavior}: on-target shift against off-target damage (dotted: budgets)", fontsize=10)
+    fig.set_layout_engine("constrained")
+    fig.savefig(path, dpi=110)
+    return path
+
+
+def _detectable_lines(results) -> list[str]:
+    lines = []
+    detectable = results[results["detectable"].astype(bool)]
+    n = len(results)
+    lines.append(f"{len(detectable)} of {n} configurations have an on-target shift whose 95% interval excludes "
+                 "zero" + (":" if len(detectable) else "."))
+    for row in detectable.sort_values("on_target_shift", ascending=False).head(12).to_dict("records"):
+        lines.append(f"- layer {row['layer']} {row['method']} k={row['k']} alpha {row['alpha']:.4g}: "
+                     f"shift {_ci(row, 'on_target')}, inflation {_ci(row, 'ppl_inflation')}")
+    if len(detectable) > 12:
+        lines.append(f"- ... and {len(detectable) - 12} more (results.csv, column detectable)")
+    half = (results["on_target_ci_high"] - results["on_target_ci_low"]) / 2
+    if n and (half.min() > results["on_target_shift"].abs().max()):
+        lines.append("")
+        lines.append(f"**Warning: too few items to tell.** Every interval is wider (half-width >= "
+                     f"{half.min():.3g}) than every measured effect (largest |shift| "
+                     f"{results['on_target_shift'].abs().max():.3g}): use more test items.")
+    return lines
+
+
+def write_report(results, ledger, budgets, match_fractions=DEFAULT_MATCH_FRACTIONS) -> Path:
+    """frontier.csv, matched_effect.csv, results.md and frontier_<behavior>.png in the ledger's folder."""
+    out_dir = Path(ledger.out_dir)
+    if not len(results):
+        return out_dir
+    items = ledger.items()
+    table = frontier(results, budgets, items)
+    table.to_csv(out_dir / "frontier.csv", index=False)
+    mirror = matched_effect(results, match_fractions)
+    mirror.to_csv(out_dir / "matched_effect.csv", index=False)
+    baseline = ledger.baseline
+    lines = ["# Steering sweep", "",
+             f"Protocol {baseline['settings']['protocol']!r} on {baseline['settings']['items']} held-out items; "
+             f"perplexity on {baseline['settings']['ppl_tokens']} tokens; alphas as "
+             f"{baseline['settings']['alpha_mode']}. Unsteered: on-target {baseline['on_target']:.4g}, "
+             f"perplexity {baseline['ppl']:.4g}. Every interval is 95%: shifts are paired over items (t), "
+             f"inflation paired over {baseline['settings'].get('ppl_window', 256)}-token windows (bootstrap).", ""]
+    lines += ["## Which configurations move the behavior", ""] + _detectable_lines(results) + [""]
+    lines += ["## Frontier: the largest shift within each perplexity budget", "",
+              "The best of several alphas is biased upward (the winner of several noisy measurements); each "
+              "interval is that of the chosen configuration. The fraction of the dense shift kept at the same "
+              "budget is given only where the dense shift's interval excludes zero (paired bootstrap over "
+              "items).", ""]
+    cells = []
+    for row in table.sort_values(["behavior", "layer", "method", "budget"], kind="stable").to_dict("records"):
+        reachable = not (isinstance(row["alpha"], float) and math.isnan(row["alpha"]))
+        cells.append([str(row["behavior"]), str(row["layer"]), str(row["method"]), str(row["k"]),
+                      f"{row['budget']:g}", _fmt(row["alpha"], ".4g") if reachable else "none within budget",
+                      _ci(row, "on_target") if reachable else "", _ci(row, "ppl_inflation") if reachable else "",
+                      (f"{_fmt(row['fraction_of_dense'])} [{_fmt(row['fraction_ci_low'])}, "
+                       f"{_fmt(row['fraction_ci_high'])}]") if not math.isnan(row["fraction_of_dense"])
+                      else ("dense: no detectable effect" if row["k"] != "dense" and reachable else "")])
+    lines += _md_table(["behavior", "layer", "method", "k", "budget", "alpha", "shift [95% CI]",
+                        "inflation [95% CI]", "fraction of dense [95% CI]"], cells) + [""]
+    lines += ["## Matched effect: least inflation reaching a fraction of the dense vector's best shift", ""]
+    if len(mirror):
+        lines += _md_table(["behavior", "layer", "method", "k", "target", "alpha", "shift [95% CI]",
+                            "inflation [95% CI]"],
+                           [[str(r["behavior"]), str(r["layer"]), str(r["method"]), str(r["k"]),
+                             f"{r['target_fraction']:g} x dense = {r['target_shift']:.3g}",
+                             _fmt(r["alpha"], ".4g") if not math.isnan(r["alpha"]) else "not reached",
+                             _ci(r, "on_target") if not math.isnan(r["alpha"]) else "",
+                             _ci(r, "ppl_inflation") if not math.isnan(r["alpha"]) else ""]
+                            for r in mirror.to_dict("records")])
+    else:
+        lines.append("No dense vector has a best shift whose interval excludes zero: nothing to match.")
+    if "distinct_2_shift" in results and results["distinct_2_shift"].notna().any():
+        lines += ["", "## Degeneration of the generations (paired over prompts)", ""]
+        lines += _md_table(["layer", "method", "k", "alpha", "distinct-2 shift [95% CI]",
+                            "repeated 3-gram rate shift [95% CI]"],
+                           [[str(r["layer"]), str(r["method"]), str(r["k"]), f"{r['alpha']:.4g}",
+                             _ci(r, "distinct_2"), _ci(r, "repeated_3gram")] for r in results.to_dict("records")])
+    seconds = results["seconds"].to_numpy(dtype=float)
+    lines += ["", "## Cost", "",
+              f"{len(results)} configurations, median {np.median(seconds):.3g} s each "
+              f"({3600 / np.mean(seconds):.0f} configurations per hour at the mean, {seconds.sum():.0f} s in all; "
+              "the first configuration at each layer includes computing that layer's cached block outputs).", ""]
+    for behavior in sorted(results["behavior"].unique()):
+        name = f"frontier_{behavior}.png"
+        plot_frontier(results, behavior, budgets, out_dir / name)
+        lines += [f"![{behavior} frontier]({name})", ""]
+    path = out_dir / "results.md"
+    path.write_text("\n".join(lines))
+    return path
