@@ -20,14 +20,18 @@ from .pipeline import CaptureReport, capture_on_cluster, capture_to_store
 from .stats import compute_stats, moments, open_stats
 from .steering import steer
 from .stores.zarr_store import open_store, store_info
+from .protocols import ABLetters, FreeTextPreference, GeneratedText
 from .sweep import run_sweep
 from .vectors import SteeringVector, enr, enr_scores, load_vector, save_vector, top_k_indices, vector_from_stats
 
 __all__ = [
+    "ABLetters",
     "ActstoreError",
     "CaptureReport",
     "ContrastSet",
     "Example",
+    "FreeTextPreference",
+    "GeneratedText",
     "LoadedModel",
     "SCHEMA_VERSION",
     "SteeringVector",

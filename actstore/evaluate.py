@@ -95,11 +95,12 @@ class ABScoring:
     continuations and sums the log-probabilities of their tokens.
     """
 
-    def __init__(self, tokenizer, items: Sequence[ABItem], batch_size: int = 8):
+    def __init__(self, tokenizer, items: Sequence[ABItem], batch_size: int = 8, one_sequence: bool = True):
         if not items:
             raise InputFormatError("no A/B items to score")
         split = [_continuations(tokenizer, item) for item in items]
-        self.single_token = all(len(m) == 1 and len(o) == 1 for _, m, o in split)
+        # one_sequence=False always runs both continuations (what the sweep did before; benchmarks compare).
+        self.single_token = one_sequence and all(len(m) == 1 and len(o) == 1 for _, m, o in split)
         self.n_items = len(items)
         if self.single_token:
             self.letters = torch.tensor([[m[0], o[0]] for _, m, o in split])

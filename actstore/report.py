@@ -28,6 +28,7 @@ import numpy as np
 from .intervals import ratio_interval
 
 DEFAULT_MATCH_FRACTIONS = (0.5, 0.9)
+X_LIMIT = 100.0  # frontier plots show inflation up to this
 GROUP = ["behavior", "layer", "method", "k"]
 FRONTIER_COLUMNS = ["behavior", "layer", "method", "k", "budget", "alpha", "on_target_shift", "on_target_ci_low",
                     "on_target_ci_high", "ppl_inflation", "ppl_inflation_ci_low", "ppl_inflation_ci_high",
@@ -163,6 +164,13 @@ def plot_frontier(results, behavior: str, budgets, path: Path) -> Path:
             ax.axvline(budget, color="grey", linestyle=":", linewidth=0.8)
         ax.axhline(0.0, color="black", linewidth=0.6)
         ax.set_xscale("log")
+        # A broken model (inflation 1e5) would squeeze the budgets' region into a sliver.
+        beyond = int((at_layer["ppl_inflation"] > X_LIMIT).sum())
+        ax.set_xlim(min(0.98, float(at_layer["ppl_inflation"].min()) * 0.98),
+                    min(X_LIMIT, max(float(at_layer["ppl_inflation"].max()) * 1.1, max(budgets) * 1.2)))
+        if beyond:
+            ax.text(0.98, 0.02, f"{beyond} point(s) beyond {X_LIMIT:g}x not shown", transform=ax.transAxes,
+                    ha="right", va="bottom", fontsize=7, color="grey")
         ax.set_title(f"layer {layer}", fontsize=9)
         ax.set_xlabel("perplexity inflation (steered / base)", fontsize=8)
         ax.tick_params(labelsize=7)

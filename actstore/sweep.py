@@ -273,11 +273,12 @@ def run_sweep(
             on_batches = {("on", i): b for i, b in enumerate(on_target.batches())}
             ppl_batches = {("ppl", i): b for i, b in enumerate(windows.batches)}
             cached = None
+            # The layer's one-off cost (its cached block outputs) is counted in its first configuration.
+            started = time.perf_counter()
             if replay and on_batches and cache_nbytes(loaded, {**on_batches, **ppl_batches}) <= cache_budget_mb * 2**20:
                 cached = PrefixReplay(loaded, layer, {**on_batches, **ppl_batches})
             vectors: dict = {}
             for _, method, k, alpha in [c for c in todo if c[0] == layer]:
-                started = time.perf_counter()
                 if (method, k) not in vectors:
                     vectors[method, k] = _vector(stats, covariance_of, layer, method, k)
                 vector = vectors[method, k]
@@ -312,6 +313,7 @@ def run_sweep(
                     if metric in measures:
                         row.update(_paired_columns(metric, measures[metric], base_measures[metric]))
                 ledger.record(row, on_target.item_ids, measures, nll, tokens, getattr(on_target, "last_texts", None))
+                started = time.perf_counter()
                 if bar is not None:
                     bar.update(1)
     finally:

@@ -8,6 +8,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 
-for script in ("bench_capture.py", "bench_stats.py", "bench_codecs.py", "bench_steering.py", "bench_peers.py"):
+for script in ("bench_capture.py", "bench_stats.py", "bench_codecs.py", "bench_steering.py", "bench_peers.py",
+               "bench_eval.py"):
     print(f"== {script}", flush=True)
     subprocess.run([sys.executable, str(HERE / script)], check=True)

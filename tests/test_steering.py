@@ -124,3 +124,23 @@ def test_a_vector_for_other_weights_is_refused_unless_forced(llama):
         check_vector(vector, llama, force=True)
     vector.metadata["model_fingerprint"] = llama.fingerprint
     check_vector(vector, llama)
+
+
+def test_cli_steer_compares_and_refuses_a_vector_of_other_weights(tmp_path, tiny_model_dirs, pairs_file):
+    from click.testing import CliRunner
+
+    from actstore.cli.main import cli
+
+    model, store = str(tiny_model_dirs["gpt2"]), str(tmp_path / "s.zarr")
+    runner = CliRunner()
+    assert runner.invoke(cli, ["capture", "-q", "--model", model, "--data", str(pairs_file), "--layers", "1",
+                               "--store", store]).exit_code == 0
+    vec = tmp_path / "v.safetensors"
+    assert runner.invoke(cli, ["enr", "--store", store, "--layer", "1", "--k", "4", "--out", str(vec)]).exit_code == 0
+    result = runner.invoke(cli, ["steer", "--model", model, "--vector", str(vec), "--alpha", "8", "--prompt", "Hello",
+                                 "--max-new-tokens", "4", "--compare"])
+    assert result.exit_code == 0, result.output
+    assert "--- unsteered:" in result.output and "--- steered (alpha=8; layer 1 k=4)" in result.output
+    result = runner.invoke(cli, ["steer", "--model", str(tiny_model_dirs["llama"]), "--vector", str(vec),
+                                 "--prompt", "Hello"])
+    assert result.exit_code == 1 and "pass --force" in result.output

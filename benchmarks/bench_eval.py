@@ -1,0 +1,123 @@
+"""Seconds per sweep configuration, before and after replaying each layer's cached block output.
+
+    python benchmarks/bench_eval.py [--layer 6] [--items 0] [--ppl-tokens 8192] [--repeats 3]
+
+google/gemma-3-270m, the held-out refusal items (all 83 unless --items) and
+--ppl-tokens of WikiText-2 (the `actstore eval` default), one ENR k=64 vector at
+--layer. One configuration is what `actstore eval` measures per (layer, method,
+k, alpha): the on-target scores of every item and the perplexity windows, steered.
+
+* before: the whole model per configuration and both answer letters as their own
+  sequences (what the sweep did until this change);
+* after: blocks 0..L replayed from their cached output (computed once per layer,
+  timed apart), one sequence per A/B item.
+
+Both run in each repeat, alternating; medians. Their per-item scores and window
+NLLs must agree (printed). Writes the section "Evaluation cost" of RESULTS.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+from _common import SHARED_DATA, git_rev, machine, write_section  # noqa: E402
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--layer", type=int, default=6)
+    parser.add_argument("--items", type=int, default=0, help="0: every held-out item")
+    parser.add_argument("--ppl-tokens", type=int, default=8192)
+    parser.add_argument("--train-pairs", type=int, default=128)
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args()
+
+    import numpy as np
+    import torch
+
+    import actstore
+    from actstore.demo import prepare_demo_model
+    from actstore.evaluate import ABScoring, PerplexityWindows, read_ab_items, read_text_tokens
+    from actstore.replay import PrefixReplay, plain_forward
+    from actstore.sweep import residual_norm
+
+    loaded = actstore.load_model(str(prepare_demo_model()))
+    source = SHARED_DATA / "caa-pairs" / "refusal"
+    work = Path(tempfile.mkdtemp(prefix="bench-eval-"))
+    train = work / "train.json"
+    train.write_text(json.dumps(json.loads((source / "train.json").read_text())[: args.train_pairs]))
+    actstore.capture_to_store(loaded, train, work / "s.zarr", [args.layer], offset=1, progress=False)
+    stats = actstore.open_stats(work / "s.zarr")
+    vector = actstore.vector_from_stats(stats, args.layer, 64)
+    scale = 0.02 * residual_norm(stats, args.layer) / float(np.linalg.norm(vector.vector))
+    items = read_ab_items(source / "test.json")
+    items = items[: args.items] if args.items else items
+    ppl_ids = read_text_tokens(loaded.tokenizer, SHARED_DATA / "wikitext-2" / "test.txt", args.ppl_tokens)
+    windows = PerplexityWindows(loaded.tokenizer, ppl_ids)
+    two = ABScoring(loaded.tokenizer, items, 8, one_sequence=False)
+    one = ABScoring(loaded.tokenizer, items, 8)
+    plain = plain_forward(loaded.model)
+
+    t0 = time.perf_counter()
+    replay = PrefixReplay(loaded, args.layer, {**{("on", i): b for i, b in enumerate(one.batches)},
+                                               **{("ppl", i): b for i, b in enumerate(windows.batches)}})
+    cache_seconds = time.perf_counter() - t0
+
+    def before():
+        with actstore.steer(loaded, vector, scale):
+            return two.scores(plain), windows.nll(plain)[0]
+
+    def after():
+        with replay.active(), actstore.steer(loaded, vector, scale):
+            return (one.scores(lambda i, b: replay(("on", i), b)),
+                    windows.nll(lambda i, b: replay(("ppl", i), b))[0])
+
+    times = {"before": [], "after": []}
+    outputs = {}
+    for _ in range(args.repeats):
+        for name, fn in (("before", before), ("after", after)):
+            t0 = time.perf_counter()
+            outputs[name] = fn()
+            times[name].append(time.perf_counter() - t0)
+            print(name, f"{times[name][-1]:.1f} s", flush=True)
+    score_diff = float(np.abs(outputs["before"][0] - outputs["after"][0]).max())
+    nll_diff = float(np.abs(outputs["before"][1] - outputs["after"][1]).max() / np.abs(outputs["before"][1]).max())
+    med = {name: statistics.median(t) for name, t in times.items()}
+    n_tokens = sum(int(b.attention_mask.sum()) for b in one.batches)
+    body = f"""`python benchmarks/bench_eval.py --layer {args.layer} --items {args.items} --ppl-tokens {args.ppl_tokens} \
+--repeats {args.repeats}` at {git_rev()}
+
+Machine: {machine()}
+
+google/gemma-3-270m (float32, CPU), {len(items)} held-out refusal items ({n_tokens} prompt tokens), \
+{len(ppl_ids)} WikiText-2 tokens in {len(windows.batches)} batches of 256-token windows, one ENR k=64 vector at \
+layer {args.layer} of 18 (added norm 0.02 of the layer's residual norm). One configuration = every item's A/B \
+score and every window's NLL, steered. Median of {args.repeats}, the two alternating in each repeat.
+
+| per configuration | median s | runs (s) | configurations per hour |
+|---|---|---|---|
+| before: whole model, two sequences per A/B item | {med['before']:.1f} | \
+{', '.join(f'{t:.1f}' for t in times['before'])} | {3600 / med['before']:.0f} |
+| after: blocks 0..{args.layer} replayed, one sequence per item | {med['after']:.1f} | \
+{', '.join(f'{t:.1f}' for t in times['after'])} | {3600 / med['after']:.0f} |
+
+Speed-up: **{med['before'] / med['after']:.2f}x** per configuration. Computing the cached block outputs of \
+layer {args.layer} (once per layer, {replay.nbytes / 2**20:.0f} MiB): {cache_seconds:.1f} s. Same numbers: largest \
+difference of an A/B score {score_diff:.1e}, of a window NLL {nll_diff:.1e} (relative). Torch threads: \
+{torch.get_num_threads()}. The LM head over gemma's 262,144-word vocabulary at every perplexity token is the \
+floor that replay cannot remove.
+"""
+    print(body)
+    write_section("Evaluation cost (bench_eval.py)", body)
+
+
+if __name__ == "__main__":
+    main()
