@@ -31,7 +31,8 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -43,8 +44,9 @@ from .intervals import inflation_interval, paired_mean_interval
 from .ledger import Ledger
 from .models import LoadedModel
 from .protocols import ABLetters, GeneratedText, OnTarget
-from .replay import PrefixReplay, cache_nbytes, plain_forward
+from .replay import Forward, PrefixReplay, cache_nbytes, plain_forward
 from .steering import steer
+from .vectors import vector_from_stats, whitened_vector
 
 METHODS = ("enr", "whitened")
 DEFAULT_BUDGETS = (1.05, 1.25, 2.0)
@@ -163,18 +165,78 @@ def check_store_model(group_attrs, loaded: LoadedModel, store, force: bool = Fal
         )
 
 
-def _vector(stats, covariance_of, layer: int, method: str, k: int | None):
-    from .vectors import vector_from_stats, whitened_vector
-
-    if method == "whitened":
-        return whitened_vector(stats, covariance_of(layer), k)
-    return vector_from_stats(stats, layer, k)
-
-
 def _paired_columns(prefix: str, steered, base) -> dict:
     ok = np.isfinite(steered) & np.isfinite(base)
     interval = paired_mean_interval(steered[ok], base[ok])
     return {f"{prefix}_shift": interval.estimate, f"{prefix}_ci_low": interval.low, f"{prefix}_ci_high": interval.high}
+
+
+@dataclass
+class Measurement:
+    """Per-item metrics ``{metric: (items,)}`` and per-window ``nll``/``tokens`` of one steering state."""
+
+    measures: dict[str, np.ndarray]
+    nll: np.ndarray
+    tokens: np.ndarray
+    texts: list[str] | None = None
+
+    @property
+    def on_target(self) -> float:
+        return float(np.mean(self.measures["score"]))
+
+    @property
+    def ppl(self) -> float:
+        return float(math.exp(self.nll.sum() / self.tokens.sum()))
+
+
+def _measure(loaded: LoadedModel, on_target: OnTarget, windows: PerplexityWindows, on_forward: Forward,
+             ppl_forward: Forward) -> Measurement:
+    measures = on_target.measure(loaded, on_forward)
+    nll, tokens = windows.nll(ppl_forward)
+    return Measurement(measures, nll, tokens, getattr(on_target, "last_texts", None))
+
+
+def _added(alpha: float, alpha_mode: str, vector_norm: float, layer_norm: float) -> float:
+    """The scale that multiplies the vector for ``alpha`` in ``alpha_mode``."""
+    if alpha_mode == "scale":
+        return alpha
+    added_norm = alpha if alpha_mode == "norm" else alpha * layer_norm
+    return added_norm / vector_norm if vector_norm > 0 else 0.0
+
+
+def _effects(steered: Measurement, base: Measurement) -> dict:
+    """The results.csv columns of one configuration against the unsteered baseline."""
+    shift = paired_mean_interval(steered.measures["score"], base.measures["score"])
+    inflation = inflation_interval(steered.nll, base.nll, steered.tokens)
+    row = {"on_target": steered.on_target, "on_target_base": base.on_target, "on_target_shift": shift.estimate,
+           "on_target_ci_low": shift.low, "on_target_ci_high": shift.high, "detectable": shift.excludes(0.0),
+           "ppl": steered.ppl, "ppl_base": base.ppl, "ppl_inflation": inflation.estimate,
+           "ppl_inflation_ci_low": inflation.low, "ppl_inflation_ci_high": inflation.high}
+    for metric in DEGENERATION:
+        if metric in steered.measures:
+            row.update(_paired_columns(metric, steered.measures[metric], base.measures[metric]))
+    return row
+
+
+@contextmanager
+def _layer_forwards(loaded: LoadedModel, layer: int, on_target: OnTarget, windows: PerplexityWindows,
+                    replay: bool, cache_budget_mb: float) -> Iterator[Callable[[], AbstractContextManager]]:
+    """Yields ``active()``, a context inside which ``(on_forward, ppl_forward)`` measure at ``layer``:
+    replayed from the layer's cached block output where the protocol allows and it fits the budget."""
+    batches = {**{("on", i): b for i, b in enumerate(on_target.batches())},
+               **{("ppl", i): b for i, b in enumerate(windows.batches)}}
+    if replay and on_target.batches() and cache_nbytes(loaded, batches) <= cache_budget_mb * 2**20:
+        cached = PrefixReplay(loaded, layer, batches)
+
+        @contextmanager
+        def active():
+            with cached.active():
+                yield (lambda i, b: cached(("on", i), b)), (lambda i, b: cached(("ppl", i), b))
+
+        yield active
+        return
+    forward = plain_forward(loaded.model)
+    yield lambda: nullcontext((forward, forward))
 
 
 def run_sweep(
@@ -213,7 +275,8 @@ def run_sweep(
     vector. ``alphas=None`` sweeps ``fractions`` of each layer's residual norm as
     the added norm; explicit ``alphas`` are scales, or added norms with
     ``normalize=True``. ``budgets``: perplexity-inflation budgets of the
-    frontier; ``ppl_window``: tokens per perplexity window (the unit of its interval). ``replay=False`` runs the whole model per configuration (same
+    frontier; ``ppl_window``: tokens per perplexity window (the unit of its
+    interval). ``replay=False`` runs the whole model per configuration (same
     numbers, slower); a layer whose cached outputs would exceed
     ``cache_budget_mb`` runs that way too. ``scheduler`` runs any statistics or
     covariance still to compute (:func:`actstore.stats.scheduler_context`).
@@ -221,6 +284,7 @@ def run_sweep(
 
     Returns results.csv as a :class:`pandas.DataFrame` (columns :data:`COLUMNS`).
     """
+    from .covariance import layer_covariance
     from .report import write_report
     from .stats import compute_stats
 
@@ -239,18 +303,16 @@ def run_sweep(
     check_store_model(stats.attrs, loaded, store, force)
 
     settings = {"protocol": on_target.name, "items": len(on_target.item_ids), "ppl_tokens": len(ppl_ids),
-                "ppl_window": int(ppl_window), "alpha_mode": alpha_mode, "store_group": str(stats.attrs.get("group", ""))}
+                "ppl_window": int(ppl_window), "alpha_mode": alpha_mode,
+                "store_group": str(stats.attrs.get("group", ""))}
     ledger = Ledger(out_dir, settings, COLUMNS)
     windows = PerplexityWindows(loaded.tokenizer, ppl_ids, ppl_window)
-    forward = plain_forward(loaded.model)
     if ledger.baseline is None:
-        measures = on_target.measure(loaded, forward)
-        nll, tokens = windows.nll(forward)
-        ledger.record_baseline(on_target.item_ids, measures, nll, tokens, getattr(on_target, "last_texts", None),
-                               on_target=float(np.mean(measures["score"])),
-                               ppl=float(math.exp(nll.sum() / tokens.sum())))
-    base_measures, base_nll, base_tokens = ledger.baseline_measures()
-    base_score = base_measures["score"]
+        forward = plain_forward(loaded.model)
+        base = _measure(loaded, on_target, windows, forward, forward)
+        ledger.record_baseline(on_target.item_ids, base.measures, base.nll, base.tokens, base.texts,
+                               on_target=base.on_target, ppl=base.ppl)
+    base = Measurement(*ledger.baseline_measures())
 
     todo = [c for c in grid.configurations() if not ledger.is_done(c[0], c[1], _k_label(c[2]), c[3])]
     bar = None
@@ -258,64 +320,34 @@ def run_sweep(
         from tqdm.auto import tqdm
 
         bar = tqdm(total=len(todo), desc=f"sweep {behavior}", unit="config")
-    covariances: dict[int, object] = {}
-
-    def covariance_of(layer: int):
-        from .covariance import layer_covariance
-
-        if layer not in covariances:
-            covariances[layer] = layer_covariance(store, layer, model_group, scheduler=scheduler)
-        return covariances[layer]
-
     try:
         for layer in sorted({c[0] for c in todo}):
-            scale_norm = residual_norm(stats, layer)
-            on_batches = {("on", i): b for i, b in enumerate(on_target.batches())}
-            ppl_batches = {("ppl", i): b for i, b in enumerate(windows.batches)}
-            cached = None
-            # The layer's one-off cost (its cached block outputs) is counted in its first configuration.
+            layer_norm = residual_norm(stats, layer)
+            covariance = None
+            # The layer's one-off cost (its cached block outputs) counts in its first configuration.
             started = time.perf_counter()
-            if replay and on_batches and cache_nbytes(loaded, {**on_batches, **ppl_batches}) <= cache_budget_mb * 2**20:
-                cached = PrefixReplay(loaded, layer, {**on_batches, **ppl_batches})
-            vectors: dict = {}
-            for _, method, k, alpha in [c for c in todo if c[0] == layer]:
-                if (method, k) not in vectors:
-                    vectors[method, k] = _vector(stats, covariance_of, layer, method, k)
-                vector = vectors[method, k]
-                norm = float(np.linalg.norm(vector.vector))
-                added = {"scale": abs(alpha) * norm, "norm": alpha, "fraction": alpha * scale_norm}[alpha_mode]
-                scale = alpha if alpha_mode == "scale" else (added / norm if norm > 0 else 0.0)
-                if cached is not None:
-                    with cached.active(), steer(loaded, vector, scale):
-                        measures = on_target.measure(loaded, lambda i, b: cached(("on", i), b))
-                        nll, tokens = windows.nll(lambda i, b: cached(("ppl", i), b))
-                else:
-                    with steer(loaded, vector, scale):
-                        measures = on_target.measure(loaded, forward)
-                        nll, tokens = windows.nll(forward)
-                shift = paired_mean_interval(measures["score"], base_score)
-                inflation = inflation_interval(nll, base_nll, tokens)
-                row = {
-                    "behavior": behavior, "model": loaded.model_id, "protocol": on_target.name, "layer": layer,
-                    "method": method, "k": _k_label(k), "alpha": float(alpha), "alpha_mode": alpha_mode,
-                    "scale": scale, "added_norm": abs(scale) * norm, "norm_fraction": abs(scale) * norm / scale_norm,
-                    "vector_norm": norm, "residual_norm": scale_norm,
-                    "on_target": float(np.mean(measures["score"])), "on_target_base": float(np.mean(base_score)),
-                    "on_target_shift": shift.estimate, "on_target_ci_low": shift.low,
-                    "on_target_ci_high": shift.high, "detectable": shift.excludes(0.0),
-                    "ppl": float(math.exp(nll.sum() / tokens.sum())),
-                    "ppl_base": float(math.exp(base_nll.sum() / base_tokens.sum())),
-                    "ppl_inflation": inflation.estimate, "ppl_inflation_ci_low": inflation.low,
-                    "ppl_inflation_ci_high": inflation.high, "n_items": len(on_target.item_ids),
-                    "ppl_tokens": len(ppl_ids), "seconds": time.perf_counter() - started,
-                }
-                for metric in DEGENERATION:
-                    if metric in measures:
-                        row.update(_paired_columns(metric, measures[metric], base_measures[metric]))
-                ledger.record(row, on_target.item_ids, measures, nll, tokens, getattr(on_target, "last_texts", None))
-                started = time.perf_counter()
-                if bar is not None:
-                    bar.update(1)
+            with _layer_forwards(loaded, layer, on_target, windows, replay, cache_budget_mb) as active:
+                for _, method, k, alpha in [c for c in todo if c[0] == layer]:
+                    if method == "whitened" and covariance is None:
+                        covariance = layer_covariance(store, layer, model_group, scheduler=scheduler)
+                    vector = (whitened_vector(stats, covariance, k) if method == "whitened"
+                              else vector_from_stats(stats, layer, k))
+                    norm = float(np.linalg.norm(vector.vector))
+                    scale = _added(alpha, alpha_mode, norm, layer_norm)
+                    with active() as (on_forward, ppl_forward), steer(loaded, vector, scale):
+                        steered = _measure(loaded, on_target, windows, on_forward, ppl_forward)
+                    row = {"behavior": behavior, "model": loaded.model_id, "protocol": on_target.name,
+                           "layer": layer, "method": method, "k": _k_label(k), "alpha": float(alpha),
+                           "alpha_mode": alpha_mode, "scale": scale, "added_norm": abs(scale) * norm,
+                           "norm_fraction": abs(scale) * norm / layer_norm, "vector_norm": norm,
+                           "residual_norm": layer_norm, **_effects(steered, base),
+                           "n_items": len(on_target.item_ids), "ppl_tokens": len(ppl_ids),
+                           "seconds": time.perf_counter() - started}
+                    ledger.record(row, on_target.item_ids, steered.measures, steered.nll, steered.tokens,
+                                  steered.texts)
+                    started = time.perf_counter()
+                    if bar is not None:
+                        bar.update(1)
     finally:
         if bar is not None:
             bar.close()
