@@ -59,38 +59,38 @@ class OnTarget(Protocol):
         """Per-item values ``{metric: (n_items,)}`` under the steering active now."""
 
 
-class ABLetters:
+class _FixedBatches:
+    """A protocol whose items are scored from fixed batches (replayable)."""
+
+    metrics = ("score",)
+
+    def __init__(self, scoring, item_ids: list[str]):
+        self._scoring = scoring
+        self.item_ids = item_ids
+
+    def batches(self) -> list[Batch]:
+        return self._scoring.batches
+
+    def measure(self, loaded: LoadedModel, forward: Forward) -> dict[str, np.ndarray]:
+        return {"score": self._scoring.scores(forward)}
+
+
+class ABLetters(_FixedBatches):
     """CAA A/B items scored by the probability of the behavior-matching letter."""
 
     name = "ab"
-    metrics = ("score",)
 
     def __init__(self, tokenizer, items: Sequence[ABItem], batch_size: int = 8):
-        self.item_ids = [item.where for item in items]
-        self._scoring = ABScoring(tokenizer, items, batch_size)
-
-    def batches(self) -> list[Batch]:
-        return self._scoring.batches
-
-    def measure(self, loaded: LoadedModel, forward: Forward) -> dict[str, np.ndarray]:
-        return {"score": self._scoring.scores(forward)}
+        super().__init__(ABScoring(tokenizer, items, batch_size), [item.where for item in items])
 
 
-class FreeTextPreference:
+class FreeTextPreference(_FixedBatches):
     """Free-text pairs scored by the per-token log-likelihood preference for the positive text."""
 
     name = "preference"
-    metrics = ("score",)
 
     def __init__(self, tokenizer, pairs: Sequence[PreferencePair], batch_size: int = 8):
-        self.item_ids = [pair.where for pair in pairs]
-        self._scoring = PreferenceScoring(tokenizer, pairs, batch_size)
-
-    def batches(self) -> list[Batch]:
-        return self._scoring.batches
-
-    def measure(self, loaded: LoadedModel, forward: Forward) -> dict[str, np.ndarray]:
-        return {"score": self._scoring.scores(forward)}
+        super().__init__(PreferenceScoring(tokenizer, pairs, batch_size), [pair.where for pair in pairs])
 
 
 def _words(text: str) -> list[str]:
