@@ -340,6 +340,17 @@ def test_cli_eval_defaults_and_refusals(tmp_path, tiny_model_dirs, pairs_file):
     for args, message in ((["--layers", "3"], "layers [3] are not in"), (["--layers", "1", "--budgets", "0.9"], "budgets"),
                           (["--layers", "1", "--k", "64"], "larger than the hidden size"),
                           (["--layers", "1", "--methods", "pca"], "unknown"),
-                          (["--layers", "1", "--normalize"], "--normalize needs --alpha")):
+                          (["--layers", "1", "--normalize"], "--normalize needs --alpha"),
+                          (["--layers", "1", "--prompts", str(text)], "exactly one of --data-test")):
         result = runner.invoke(cli, [*common, *args])
         assert result.exit_code == 1 and message in result.output and "Traceback" not in result.output, args
+    labeled = tmp_path / "labeled.json"
+    labeled.write_text(json.dumps([{"text": "a b c", "label": "x"}, {"text": "d e f", "label": "y"}]))
+    result = runner.invoke(cli, [*common[:-2], "--out", str(tmp_path / "l"), "--layers", "1", "--k", "4", "--data-test",
+                                 str(labeled)])
+    assert result.exit_code == 1 and "labeled.json" in result.output and "not labeled texts" in result.output
+    broken = tmp_path / "broken.json"
+    broken.write_text('[{"positive": "a",')
+    result = runner.invoke(cli, [*common[:-2], "--out", str(tmp_path / "b"), "--layers", "1", "--k", "4", "--data-test",
+                                 str(broken)])
+    assert result.exit_code == 1 and "broken.json" in result.output and "Traceback" not in result.output

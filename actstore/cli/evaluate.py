@@ -83,6 +83,7 @@ def evaluate(model, store, model_group, data_test, prompts, scorer, max_new_toke
     shift within each perplexity budget), matched_effect.csv, results.md and
     frontier_<behavior>.png.
     """
+    from ..datasets import read_contrast_set
     from ..errors import ActstoreError
     from ..evaluate import read_text_tokens
     from ..models import load_model, parse_layers
@@ -107,6 +108,8 @@ def evaluate(model, store, model_group, data_test, prompts, scorer, max_new_toke
                 tuple(parse_floats(budgets, "--budgets")))
     grid.check_store(store_layers, int(attrs.get("hidden_size", 0)), store)
     prompt_list = read_prompts(prompts)[:max_items] if prompts is not None else None
+    if data_test is not None:
+        read_contrast_set(data_test)  # a malformed file is reported before the model loads
     if not Path(text).is_file():
         raise ActstoreError(f"--text {text!r} does not exist (the perplexity text)")
 
