@@ -53,7 +53,7 @@ def _ci(value, low, high, spec=".3g") -> str:
     return f"{value:{spec}} [{low:{spec}}, {high:{spec}}]"
 
 
-def summary_markdown(frontier, results, budgets) -> list[str]:
+def summary_markdown(frontier, results, budgets, matched=None) -> list[str]:
     """The cross-behavior tables of SUMMARY.md."""
     lines = ["## Frontier: largest shift within each perplexity budget, every behavior", "",
              "Per behavior, layer and vector: the configuration with the largest shift whose inflation is within "
@@ -75,6 +75,36 @@ def summary_markdown(frontier, results, budgets) -> list[str]:
                 f"{_ci(r['fraction_of_dense'], r['fraction_ci_low'], r['fraction_ci_high'])} |"
                 if reachable else f"| {r['behavior']} | {r['layer']} | {vector} | none within budget | | | |")
         lines.append("")
+    lines += ["## Best layer per vector (largest frontier shift within each budget)", "",
+              "| behavior | budget | vector | best layer | shift [95% CI] | runner-up layer | its shift [95% CI] |",
+              "|---|---|---|---|---|---|---|"]
+    for (behavior, budget, method, k), rows in frontier.dropna(subset=["alpha"]).groupby(
+            ["behavior", "budget", "method", "k"]):
+        rows = rows.sort_values("on_target_shift", ascending=False)
+        first = rows.iloc[0]
+        second = rows.iloc[1] if len(rows) > 1 else None
+        vector = f"{method} k={k}" if k != "dense" else "dense"
+        cells = [str(behavior), f"{budget:g}", vector]
+        for row in (first, second):
+            cells += ([str(row["layer"]), _ci(row["on_target_shift"], row["on_target_ci_low"],
+                                              row["on_target_ci_high"])] if row is not None else ["", ""])
+        lines.append("| " + " | ".join(cells) + " |")
+    lines.append("")
+    if matched is not None and len(matched):
+        lines += ["## Matched effect: least inflation reaching a fraction of the dense vector's best shift", "",
+                  "| behavior | layer | vector | target | shift [95% CI] | inflation [95% CI] |",
+                  "|---|---|---|---|---|---|"]
+        for r in matched.sort_values(["behavior", "layer", "target_fraction", "method", "k"]).to_dict("records"):
+            vector = f"{r['method']} k={r['k']}" if r["k"] != "dense" else "dense"
+            reached = not math.isnan(r["alpha"])
+            lines.append(f"| {r['behavior']} | {r['layer']} | {vector} | {r['target_fraction']:g} x "
+                         f"{r['target_shift'] / r['target_fraction']:.3g} | "
+                         + (f"{_ci(r['on_target_shift'], r['on_target_ci_low'], r['on_target_ci_high'])} | "
+                            f"{_ci(r['ppl_inflation'], r['ppl_inflation_ci_low'], r['ppl_inflation_ci_high'])} |"
+                            if reached else "not reached | |"))
+        lines.append("")
+    else:
+        lines += ["## Matched effect", "", "No dense vector has a best shift whose interval excludes zero.", ""]
     detectable = results.groupby("behavior")["detectable"].agg(["sum", "count"])
     lines += ["## Detectable effects per behavior", "",
               "| behavior | configurations whose shift's interval excludes zero | of | largest shift [95% CI] (config) |",
@@ -140,6 +170,8 @@ def main() -> None:
     results = pd.concat([pd.read_csv(out / b / "results.csv", dtype={"k": str}) for b in done], ignore_index=True)
     frontier = pd.concat([pd.read_csv(out / b / "frontier.csv", dtype={"k": str}) for b in done], ignore_index=True)
     frontier.to_csv(out / "frontier.csv", index=False)
+    matched = pd.concat([pd.read_csv(out / b / "matched_effect.csv", dtype={"k": str}) for b in done],
+                        ignore_index=True)
     budgets = [float(b) for b in args.budgets.split(",")]
     header = (f"# gemma-3-270m: the paper's claims re-tested\n\nMade by `python benchmarks/sweep_gemma.py "
               f"--train-pairs {args.train_pairs} --test-items {args.test_items} --ppl-tokens {args.ppl_tokens} "
@@ -150,7 +182,7 @@ def main() -> None:
               "folder):\n\n```\n" + ("\n".join(log) if log else "(--summary-only: see each behavior's folder)")
               + "\n```\n\nEach behavior's folder holds results.md, results.csv, items.csv, windows.csv, "
               "frontier.csv, matched_effect.csv and frontier_<behavior>.png.\n\n")
-    (out / "SUMMARY.md").write_text(header + "\n".join(summary_markdown(frontier, results, budgets)))
+    (out / "SUMMARY.md").write_text(header + "\n".join(summary_markdown(frontier, results, budgets, matched)))
     print(f"wrote {out / 'SUMMARY.md'}")
 
 
