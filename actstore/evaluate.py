@@ -80,6 +80,11 @@ def _continuations(tokenizer, item: ABItem) -> tuple[list[int], list[int], list[
     return match[:common], match[common:], other[common:]
 
 
+def _length_order(sequences: list[list[int]]) -> np.ndarray:
+    """Indices that sort ``sequences`` by length (stable)."""
+    return np.argsort([len(seq) for seq in sequences], kind="stable")
+
+
 def _batched(sequences: list, batch_size: int):
     for start in range(0, len(sequences), batch_size):
         yield start, sequences[start : start + batch_size]
@@ -103,9 +108,12 @@ class ABScoring:
         self.single_token = one_sequence and all(len(m) == 1 and len(o) == 1 for _, m, o in split)
         self.n_items = len(items)
         if self.single_token:
-            self.letters = torch.tensor([[m[0], o[0]] for _, m, o in split])
+            # Batched by length, so a batch pads little; scores come back in item order.
+            self.order = _length_order([prefix for prefix, _, _ in split])
+            ordered = [split[i] for i in self.order]
+            self.letters = torch.tensor([[m[0], o[0]] for _, m, o in ordered])
             self.batches = [Batch.pad(tokenizer, [p for p, _, _ in chunk], "left", logits_to_keep=1)
-                            for _, chunk in _batched(split, batch_size)]
+                            for _, chunk in _batched(ordered, batch_size)]
         else:
             sequences, self.tails = [], []
             for prefix, cont_match, cont_other in split:
@@ -124,7 +132,9 @@ class ABScoring:
                 rows = torch.arange(last.shape[0])
                 letters = self.letters[len(diffs):len(diffs) + last.shape[0]].to(last.device)
                 diffs += (last[rows, letters[:, 0]] - last[rows, letters[:, 1]]).double().tolist()
-            return 1.0 / (1.0 + np.exp(-np.asarray(diffs)))
+            scores = np.empty(self.n_items)
+            scores[self.order] = 1.0 / (1.0 + np.exp(-np.asarray(diffs)))
+            return scores
         logprobs = []
         for index, batch in enumerate(self.batches):
             logits = forward(index, batch)
@@ -240,7 +250,9 @@ class PreferenceScoring:
                 if len(ids) < 2:
                     raise InputFormatError(f"{pair.where}: {text!r} is too short to score (one token)")
                 sequences.append(ids)
-        self.batches = [Batch.pad(tokenizer, chunk, "right") for _, chunk in _batched(sequences, batch_size)]
+        self.order = _length_order(sequences)
+        self.batches = [Batch.pad(tokenizer, chunk, "right")
+                        for _, chunk in _batched([sequences[i] for i in self.order], batch_size)]
 
     def scores(self, forward: Forward) -> np.ndarray:
         means = []
@@ -249,8 +261,9 @@ class PreferenceScoring:
             targets = batch.input_ids[:, 1:].masked_fill(batch.attention_mask[:, 1:] == 0, -100).to(logits.device)
             nll = _token_nll(logits, targets).double()
             means += (-nll.sum(-1) / (targets != -100).sum(-1)).tolist()
-        means = np.asarray(means)
-        return means[0::2] - means[1::2]
+        in_order = np.empty(len(means))
+        in_order[self.order] = means
+        return in_order[0::2] - in_order[1::2]
 
 
 @torch.no_grad()
