@@ -107,11 +107,11 @@ def summary_markdown(frontier, results, budgets, matched=None) -> list[str]:
         lines += ["## Matched effect", "", "No dense vector has a best shift whose interval excludes zero.", ""]
     detectable = results.groupby("behavior")["detectable"].agg(["sum", "count"])
     lines += ["## Detectable effects per behavior", "",
-              "| behavior | configurations whose shift's interval excludes zero | of | largest shift [95% CI] (config) |",
-              "|---|---|---|---|"]
+              "| behavior | test items | configurations whose shift's interval excludes zero | of | "
+              "largest shift [95% CI] (config) |", "|---|---|---|---|---|"]
     for behavior, row in detectable.iterrows():
         best = results[results["behavior"] == behavior].sort_values("on_target_shift").iloc[-1]
-        lines.append(f"| {behavior} | {int(row['sum'])} | {int(row['count'])} | "
+        lines.append(f"| {behavior} | {int(best['n_items'])} | {int(row['sum'])} | {int(row['count'])} | "
                      f"{_ci(best['on_target_shift'], best['on_target_ci_low'], best['on_target_ci_high'])} "
                      f"(layer {best['layer']} {best['method']} k={best['k']} fraction {best['alpha']:g}, "
                      f"inflation {best['ppl_inflation']:.3g}) |")
