@@ -71,10 +71,13 @@ def frontier(results, budgets, items=None):
                 entry.update({c: best[c] for c in FRONTIER_COLUMNS if c in best.index and c not in entry})
             rows.append(entry)
     table = pd.DataFrame(rows, columns=FRONTIER_COLUMNS)
-    dense = table[table["k"] == "dense"].set_index(["behavior", "layer", "method", "budget"])
+    # Every method's dense vector is the same mean difference (the whitened one is measured
+    # once, as enr): a sparse vector of any method is compared with it.
+    dense = (table[table["k"] == "dense"].drop_duplicates(["behavior", "layer", "budget"])
+             .set_index(["behavior", "layer", "budget"]))
     base = _baseline_scores(items) if items is not None else None
     for index, row in table.iterrows():
-        key = (row["behavior"], row["layer"], row["method"], row["budget"])
+        key = (row["behavior"], row["layer"], row["budget"])
         if row["k"] == "dense" or key not in dense.index or pd.isna(row["alpha"]):
             continue
         ref = dense.loc[key]
@@ -83,7 +86,7 @@ def frontier(results, budgets, items=None):
         if base is None:
             continue
         sparse_scores = _item_scores(items, row)
-        dense_scores = _item_scores(items, {"layer": row["layer"], "method": row["method"], "k": "dense",
+        dense_scores = _item_scores(items, {"layer": row["layer"], "method": ref["method"], "k": "dense",
                                             "alpha": ref["alpha"]})
         interval = ratio_interval(sparse_scores, dense_scores, base)
         table.loc[index, ["fraction_of_dense", "fraction_ci_low", "fraction_ci_high"]] = (
@@ -93,19 +96,19 @@ def frontier(results, budgets, items=None):
 
 def matched_effect(results, fractions=DEFAULT_MATCH_FRACTIONS):
     """For each vector and fraction f: the least-inflation configuration whose
-    shift reaches f x the dense vector's best shift at that (behavior, layer,
-    method), where that best shift's interval excludes zero (else no row)."""
+    shift reaches f x the dense vector's best shift at that (behavior, layer),
+    where that best shift's interval excludes zero (else no row)."""
     import pandas as pd
 
     rows = []
-    for (behavior, layer, method), group in results.groupby(["behavior", "layer", "method"], sort=False):
+    for (behavior, layer), group in results.groupby(["behavior", "layer"], sort=False):
         dense = group[group["k"] == "dense"]
         if not len(dense):
             continue
         best = dense.loc[dense["on_target_shift"].idxmax()]
         if not best["on_target_ci_low"] > 0:
             continue
-        for k, vector_rows in group.groupby("k", sort=False):
+        for (method, k), vector_rows in group.groupby(["method", "k"], sort=False):
             for fraction in fractions:
                 target = fraction * best["on_target_shift"]
                 reached = vector_rows[vector_rows["on_target_shift"] >= target]

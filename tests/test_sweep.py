@@ -216,13 +216,24 @@ def test_retained_fraction_only_where_the_dense_effect_is_detectable():
                          "ppl_inflation": 1.01, "ppl_inflation_ci_low": 1.0, "ppl_inflation_ci_high": 1.02})
             item_rows += [{"layer": layer, "k": k, "alpha": 1.0, "method": "enr", "item": f"i{j}", "score": s}
                           for j, s in enumerate(scores)]
-    table = frontier(pd.DataFrame(rows), (1.05,), pd.DataFrame(item_rows)).set_index(["layer", "k"])
+    # A whitened sparse vector is compared with the (one) dense vector too.
+    whitened = base + 0.10 * 0.3 + rng.normal(0, 0.02, 40)
+    t = paired_mean_interval(whitened, base)
+    rows.append({"behavior": "b", "layer": 1, "method": "whitened", "k": "8", "alpha": 1.0,
+                 "on_target_shift": t.estimate, "on_target_ci_low": t.low, "on_target_ci_high": t.high,
+                 "ppl_inflation": 1.01, "ppl_inflation_ci_low": 1.0, "ppl_inflation_ci_high": 1.02})
+    item_rows += [{"layer": 1, "k": "8", "alpha": 1.0, "method": "whitened", "item": f"i{j}", "score": s}
+                  for j, s in enumerate(whitened)]
+    table = frontier(pd.DataFrame(rows), (1.05,), pd.DataFrame(item_rows))
+    assert table[table["method"] == "whitened"]["fraction_of_dense"].iloc[0] == pytest.approx(0.3, abs=0.1)
+    table = table[table["method"] == "enr"].set_index(["layer", "k"])
     kept = table.loc[(1, "4")]
     assert kept["fraction_of_dense"] == pytest.approx(0.6, abs=0.1)
     assert kept["fraction_ci_low"] < kept["fraction_of_dense"] < kept["fraction_ci_high"]
     assert math.isnan(table.loc[(2, "4"), "fraction_of_dense"])  # dense moved nothing at layer 2
     mirror = matched_effect(pd.DataFrame(rows), (0.5, 0.9)).set_index(["layer", "k", "target_fraction"])
     assert (1, "4", 0.5) in mirror.index and 2 not in mirror.index.get_level_values(0)
+    assert (1, "8", 0.5) not in mirror.index or math.isnan(mirror.loc[(1, "8", 0.5), "alpha"])  # 0.3 < 0.5
     assert math.isnan(mirror.loc[(1, "4", 0.9), "alpha"])  # k=4 keeps ~0.6: never reaches 0.9
 
 
