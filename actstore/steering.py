@@ -5,6 +5,15 @@
 token position (prompt and generated tokens). A sparse vector is added only on
 its kept coordinates (``index_add``), not as a dense add of zeros. Hooks return
 a replacement output (no in-place edit) and are removed on exit, also on errors.
+
+``positions=`` chooses which tokens get the vector (:class:`Positions`):
+``"all"`` (the default), ``"prompt"``, ``"generated"``, ``"from:N"`` (token N on,
+counted over real tokens from 0), or a per-example boolean mask ``(batch, n)``
+over token positions. A forward pass that starts a sequence (empty key-value
+cache) holds prompt tokens; a pass that continues a cached sequence, as
+``generate`` does after the prompt, holds generated tokens. Positions count real
+tokens only, so left padding shifts nothing; padding itself is never steered
+unless ``"all"``.
 """
 
 from __future__ import annotations
@@ -22,6 +31,102 @@ from .capture import block_output
 from .errors import VectorError
 from .models import LoadedModel, find_decoder_blocks, text_config
 from .vectors import SteeringVector
+
+
+POSITION_KINDS = ("all", "prompt", "generated", "from")
+
+
+@dataclass(frozen=True)
+class Positions:
+    """Which token positions are steered. ``kind``: all | prompt | generated | from
+    (``start``: first steered position) | mask (``mask``: ``(batch, n)`` bool over
+    token positions; positions past ``n`` are not steered)."""
+
+    kind: str = "all"
+    start: int = 0
+    mask: torch.Tensor | None = None
+
+    @classmethod
+    def parse(cls, spec) -> Positions:
+        """``"all"``, ``"prompt"``, ``"generated"``, ``"from:N"``, a :class:`Positions`,
+        or a boolean ``(batch, n)`` array / tensor (a per-example mask)."""
+        if spec is None:
+            return cls()
+        if isinstance(spec, Positions):
+            return spec
+        if isinstance(spec, str):
+            text = spec.strip().lower()
+            if text in ("all", "prompt", "generated"):
+                return cls(text)
+            if text.startswith("from:"):
+                try:
+                    start = int(text[5:])
+                except ValueError:
+                    start = -1
+                if start >= 0:
+                    return cls("from", start)
+            raise VectorError(f"positions {spec!r}: expected 'all', 'prompt', 'generated' or 'from:N' "
+                              "(N >= 0, e.g. 'from:5')")
+        mask = torch.as_tensor(np.asarray(spec))
+        if mask.dtype != torch.bool or mask.dim() != 2:
+            raise VectorError(f"positions: a per-example mask must be boolean of shape (batch, n), got "
+                              f"{mask.dtype} {tuple(mask.shape)}")
+        return cls("mask", mask=mask)
+
+    def __str__(self) -> str:
+        return {"from": f"from:{self.start}", "mask": "mask"}.get(self.kind, self.kind)
+
+
+class _PassState:
+    """Filled by a pre-hook on the whole model before each forward pass: which
+    positions the pass holds and whether it starts a sequence."""
+
+    def __init__(self):
+        self.real: torch.Tensor | None = None  # (batch, T) bool: real (non-pad) tokens of this pass
+        self.index: torch.Tensor | None = None  # (batch, T) position of each token among real tokens
+        self.starts_sequence = True
+
+    def pre_hook(self, module, args, kwargs):
+        ids = kwargs.get("input_ids", args[0] if args else None)
+        embeds = kwargs.get("inputs_embeds")
+        batch, length = (ids.shape if ids is not None else embeds.shape[:2])
+        # Tokens already in the cache: the 2-D attention mask covers them and this pass;
+        # without one, the cache position or the cache itself (its keyword differs across versions).
+        mask = kwargs.get("attention_mask")
+        cache_position = kwargs.get("cache_position")
+        cache = kwargs.get("past_key_values", kwargs.get("cache"))
+        if mask is not None and mask.dim() == 2:
+            past = mask.shape[1] - length
+        elif cache_position is not None and cache_position.numel():
+            past = int(cache_position.reshape(-1)[0])
+        elif cache is not None and hasattr(cache, "get_seq_length"):
+            past = int(cache.get_seq_length())
+        else:
+            past = 0
+        self.starts_sequence = past == 0
+        device = (ids if ids is not None else embeds).device
+        if mask is not None and mask.dim() == 2:
+            mask = mask.to(device)
+            self.index = (mask.long().cumsum(-1) - 1)[:, -length:]
+            self.real = mask[:, -length:].bool()
+        else:
+            self.index = torch.arange(past, past + length, device=device).expand(batch, length)
+            self.real = torch.ones(batch, length, dtype=torch.bool, device=device)
+
+    def selected(self, positions: Positions) -> torch.Tensor:
+        """(batch, T) bool: the tokens of this pass that get the vector."""
+        if positions.kind == "prompt":
+            return self.real & self.starts_sequence
+        if positions.kind == "generated":
+            return self.real & (not self.starts_sequence)
+        if positions.kind == "from":
+            return self.real & (self.index >= positions.start)
+        mask = positions.mask.to(self.real.device)
+        if mask.shape[0] != self.real.shape[0]:
+            raise VectorError(f"positions mask is for {mask.shape[0]} examples; this batch has {self.real.shape[0]}")
+        inside = self.index < mask.shape[1]
+        picked = torch.gather(mask, 1, self.index.clamp(0, mask.shape[1] - 1))
+        return self.real & inside & picked
 
 
 @dataclass
@@ -74,14 +179,16 @@ def _additions(model, blocks, vectors: Sequence[SteeringVector], alphas: Sequenc
     return per_layer
 
 
-def _add(hidden: torch.Tensor, additions: list[_LayerAddition]) -> torch.Tensor:
+def _add(hidden: torch.Tensor, additions: list[_LayerAddition], where: torch.Tensor | None = None) -> torch.Tensor:
+    """``hidden + additions``; with ``where`` ``(batch, T)`` bool, only at those tokens."""
+    weight = None if where is None else where.to(hidden.dtype).unsqueeze(-1)
     for addition in additions:
         values = addition.values.to(hidden.dtype)
         if addition.indices is None:
-            hidden = hidden + values
+            hidden = hidden + (values if weight is None else weight * values)
         else:
             source = values.expand(*hidden.shape[:-1], values.shape[0])
-            hidden = hidden.index_add(-1, addition.indices, source)
+            hidden = hidden.index_add(-1, addition.indices, source if weight is None else weight * source)
     return hidden
 
 
@@ -93,6 +200,7 @@ def steer(
     *,
     blocks: str | torch.nn.ModuleList | None = None,
     sparse: bool = True,
+    positions: str | Positions | torch.Tensor | np.ndarray | None = None,
 ) -> Iterator[None]:
     """Add ``alpha * vector`` at the output of block ``vector.layer`` while inside.
 
@@ -100,6 +208,7 @@ def steer(
     ``vectors`` one vector or several (several layers, or several at one
     layer: they add up); ``alpha`` one scale for all or one per vector.
     ``sparse=False`` adds the vector densely (for comparison; same result).
+    ``positions``: which tokens (module docstring; default every token).
     """
     if isinstance(model, LoadedModel):
         model, blocks = model.model, model.blocks
@@ -112,17 +221,22 @@ def steer(
     if not isinstance(blocks, torch.nn.ModuleList):
         blocks = find_decoder_blocks(model, blocks)
     per_layer = _additions(model, blocks, vectors, alphas, sparse)
+    chosen = Positions.parse(positions)
+    state = _PassState() if chosen.kind != "all" else None
 
     def make_hook(additions: list[_LayerAddition]):
         def hook(module, args, output):
+            where = None if state is None else state.selected(chosen)
             if isinstance(output, tuple):
-                return (_add(output[0], additions), *output[1:])
-            return _add(block_output(output), additions)
+                return (_add(output[0], additions, where), *output[1:])
+            return _add(block_output(output), additions, where)
 
         return hook
 
     handles = []
     try:
+        if state is not None:
+            handles.append(model.register_forward_pre_hook(state.pre_hook, with_kwargs=True))
         for layer, additions in per_layer.items():
             handles.append(blocks[layer].register_forward_hook(make_hook(additions)))
         yield

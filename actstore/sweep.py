@@ -45,7 +45,7 @@ from .ledger import Ledger
 from .models import LoadedModel
 from .protocols import ABLetters, GeneratedText, OnTarget
 from .replay import Forward, PrefixReplay, cache_nbytes, plain_forward
-from .steering import steer
+from .steering import Positions, steer
 from .vectors import vector_from_stats, whitened_vector
 
 METHODS = ("enr", "whitened")
@@ -258,6 +258,7 @@ def run_sweep(
     budgets: Sequence[float] = DEFAULT_BUDGETS,
     fractions: Sequence[float] = DEFAULT_FRACTIONS,
     ppl_window: int = 256,
+    positions: str = "all",
     model_group: str | None = None,
     batch_size: int = 8,
     scheduler: str | None = None,
@@ -276,7 +277,8 @@ def run_sweep(
     the added norm; explicit ``alphas`` are scales, or added norms with
     ``normalize=True``. ``budgets``: perplexity-inflation budgets of the
     frontier; ``ppl_window``: tokens per perplexity window (the unit of its
-    interval). ``replay=False`` runs the whole model per configuration (same
+    interval). ``positions``: which tokens are steered
+    (:class:`actstore.steering.Positions`: all, prompt, generated, from:N). ``replay=False`` runs the whole model per configuration (same
     numbers, slower); a layer whose cached outputs would exceed
     ``cache_budget_mb`` runs that way too. ``scheduler`` runs any statistics or
     covariance still to compute (:func:`actstore.stats.scheduler_context`).
@@ -305,6 +307,12 @@ def run_sweep(
     settings = {"protocol": on_target.name, "items": len(on_target.item_ids), "ppl_tokens": len(ppl_ids),
                 "ppl_window": int(ppl_window), "alpha_mode": alpha_mode,
                 "store_group": str(stats.attrs.get("group", ""))}
+    chosen = Positions.parse(positions)
+    if chosen.kind == "mask":
+        raise ActstoreError("positions: a per-example mask does not fit a sweep over test batches; "
+                            "use all, prompt, generated or from:N")
+    if chosen.kind != "all":  # folders of every-token sweeps keep their settings
+        settings["positions"] = str(chosen)
     ledger = Ledger(out_dir, settings, COLUMNS)
     windows = PerplexityWindows(loaded.tokenizer, ppl_ids, ppl_window)
     if ledger.baseline is None:
@@ -334,7 +342,7 @@ def run_sweep(
                               else vector_from_stats(stats, layer, k))
                     norm = float(np.linalg.norm(vector.vector))
                     scale = _added(alpha, alpha_mode, norm, layer_norm)
-                    with active() as (on_forward, ppl_forward), steer(loaded, vector, scale):
+                    with active() as (on_forward, ppl_forward), steer(loaded, vector, scale, positions=chosen):
                         steered = _measure(loaded, on_target, windows, on_forward, ppl_forward)
                     row = {"behavior": behavior, "model": loaded.model_id, "protocol": on_target.name,
                            "layer": layer, "method": method, "k": _k_label(k), "alpha": float(alpha),

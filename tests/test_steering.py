@@ -141,6 +141,105 @@ def test_cli_steer_compares_and_refuses_a_vector_of_other_weights(tmp_path, tiny
                                  "--max-new-tokens", "4", "--compare"])
     assert result.exit_code == 0, result.output
     assert "--- unsteered:" in result.output and "--- steered (alpha=8; layer 1 k=4)" in result.output
+    result = runner.invoke(cli, ["steer", "--model", model, "--vector", str(vec), "--alpha", "8", "--prompt", "Hello",
+                                 "--max-new-tokens", "4", "--positions", "generated"])
+    assert result.exit_code == 0 and "positions generated" in result.output, result.output
+    result = runner.invoke(cli, ["steer", "--model", model, "--vector", str(vec), "--prompt", "Hello",
+                                 "--positions", "middle"])
+    assert result.exit_code == 1 and "positions 'middle'" in result.output and "Traceback" not in result.output
     result = runner.invoke(cli, ["steer", "--model", str(tiny_model_dirs["llama"]), "--vector", str(vec),
                                  "--prompt", "Hello"])
     assert result.exit_code == 1 and "pass --force" in result.output
+
+
+def _manual_hook(vector, alpha, select):
+    """A hand-written steering hook: adds alpha * v where ``select(call, hidden) -> (batch, T) bool``."""
+    calls = {"n": 0}
+    values = torch.from_numpy(alpha * vector.vector)
+
+    def hook(module, args, output):
+        hidden = output[0] if isinstance(output, tuple) else output
+        where = select(calls["n"], hidden).to(hidden.dtype).unsqueeze(-1)
+        calls["n"] += 1
+        steered = hidden + where * values
+        return (steered, *output[1:]) if isinstance(output, tuple) else steered
+
+    return hook
+
+
+def _left_padded(loaded, texts):
+    loaded.tokenizer.padding_side = "left"
+    try:
+        return loaded.tokenizer(texts, return_tensors="pt", padding=True)
+    finally:
+        loaded.tokenizer.padding_side = "right"
+
+
+@pytest.mark.parametrize("arch", ["llama", "gpt2", "gemma3_text"])
+def test_from_n_and_masks_count_real_tokens_under_left_padding(tiny_model_dirs, arch):
+    loaded = load_model(str(tiny_model_dirs[arch]))
+    batch = _left_padded(loaded, [TEXT, "A short one."])
+    real_index = batch["attention_mask"].cumsum(-1) - 1
+    real = batch["attention_mask"].bool()
+    vector = sparse_vector(layer=1)
+    mask = torch.zeros(2, 6, dtype=torch.bool)
+    mask[0, [1, 4]] = True
+    mask[1, [0, 2, 5]] = True
+    cases = [("from:3", real & (real_index >= 3)),
+             (mask, real & (real_index < 6) & torch.gather(mask, 1, real_index.clamp(0, 5)))]
+    for spec, expected_mask in cases:
+        with torch.no_grad(), steer(loaded, vector, 2.0, positions=spec):
+            got = loaded.model(**batch).logits
+        handle = loaded.blocks[1].register_forward_hook(_manual_hook(vector, 2.0, lambda n, h, m=expected_mask: m))
+        try:
+            with torch.no_grad():
+                expected = loaded.model(**batch).logits
+        finally:
+            handle.remove()
+        torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("kind", ["prompt", "generated", "all"])
+def test_positions_during_cached_generation_match_a_hand_written_hook(llama, kind):
+    batch = _left_padded(llama, [TEXT, "A short one."])
+    vector = sparse_vector(layer=1)
+    kwargs = dict(max_new_tokens=5, do_sample=False, pad_token_id=0, output_scores=True,
+                  return_dict_in_generate=True)
+    with steer(llama, vector, 4.0, positions=kind):
+        got = llama.model.generate(**batch, **kwargs)
+    real = batch["attention_mask"].bool()
+
+    def select(call, hidden):
+        if call == 0:  # the prompt pass
+            return real if kind in ("prompt", "all") else torch.zeros_like(real)
+        on = kind in ("generated", "all")
+        return torch.full(hidden.shape[:2], on, dtype=torch.bool)
+
+    if kind == "all":
+        select_all = lambda call, hidden: torch.ones(hidden.shape[:2], dtype=torch.bool)  # noqa: E731
+    handle = llama.blocks[1].register_forward_hook(_manual_hook(vector, 4.0, select if kind != "all" else select_all))
+    try:
+        expected = llama.model.generate(**batch, **kwargs)
+    finally:
+        handle.remove()
+    assert torch.equal(got.sequences, expected.sequences)
+    for a, b in zip(got.scores, expected.scores):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+    plain = llama.model.generate(**batch, **kwargs)
+    assert any(not torch.allclose(a, b) for a, b in zip(got.scores, plain.scores))  # steering changed something
+
+
+def test_positions_are_parsed_and_bad_ones_refused(llama):
+    from actstore.steering import Positions
+
+    assert str(Positions.parse("from:4")) == "from:4" and Positions.parse(None).kind == "all"
+    for bad in ("from:-1", "middle", "from:x"):
+        with pytest.raises(VectorError, match="positions"):
+            Positions.parse(bad)
+    with pytest.raises(VectorError, match="boolean of shape"):
+        Positions.parse(np.ones((2, 3), dtype=np.float32))
+    batch = _left_padded(llama, [TEXT, "A short one."])
+    with pytest.raises(VectorError, match="mask is for 3 examples"):
+        with torch.no_grad(), steer(llama, sparse_vector(1), 1.0, positions=torch.ones(3, 4, dtype=torch.bool)):
+            llama.model(**batch)
+    assert not llama.model._forward_pre_hooks and not llama.blocks[1]._forward_hooks

@@ -365,3 +365,16 @@ def test_cli_eval_defaults_and_refusals(tmp_path, tiny_model_dirs, pairs_file):
     result = runner.invoke(cli, [*common[:-2], "--out", str(tmp_path / "b"), "--layers", "1", "--k", "4", "--data-test",
                                  str(broken)])
     assert result.exit_code == 1 and "broken.json" in result.output and "Traceback" not in result.output
+
+
+def test_sweep_steers_only_the_chosen_positions(tmp_path, llama, store, ppl_ids):
+    results = _sweep(llama, store, tmp_path / "p", ppl_ids, layers=[2], ks=[4], alphas=[3.0], positions="from:5")
+    every = _sweep(llama, store, tmp_path / "a", ppl_ids, layers=[2], ks=[4], alphas=[3.0])
+    vector = actstore.vector_from_stats(actstore.open_stats(store), 2, 4)
+    with actstore.steer(llama, vector, 3.0, positions="from:5"):
+        direct = ab_scores(llama.model, llama.tokenizer, ITEMS)
+    assert results["on_target"].iloc[0] == pytest.approx(direct.mean(), rel=1e-6)
+    assert results["on_target"].iloc[0] != pytest.approx(every["on_target"].iloc[0], rel=1e-6)
+    assert json.loads((tmp_path / "p" / "baseline.json").read_text())["settings"]["positions"] == "from:5"
+    with pytest.raises(ActstoreError, match="per-example mask"):
+        _sweep(llama, store, tmp_path / "m", ppl_ids, layers=[2], ks=[4], positions=np.ones((2, 3), bool))

@@ -63,6 +63,9 @@ def _csv(values) -> str:
                    "a rerun with the same settings resumes it.")
 @click.option("--batch-size", "-b", type=click.IntRange(1), default=8, show_default=True,
               help="Texts per forward pass.")
+@click.option("--positions", default="all", show_default=True,
+              help="Tokens that get the vector: all, prompt, generated (tokens produced by generation, with "
+                   "--prompts) or from:N (token N on, counting real tokens from 0).")
 @click.option("--no-replay", is_flag=True,
               help="Run the whole model for every configuration instead of replaying each layer's cached "
                    "block outputs (same numbers, slower; for checking).")
@@ -72,7 +75,7 @@ def _csv(values) -> str:
 @click.option("--force", is_flag=True, help="Use the store even if it was captured from other model weights.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
 def evaluate(model, store, model_group, data_test, prompts, scorer, max_new_tokens, layers, ks, alphas, fractions,
-             normalize, methods, budgets, text, ppl_tokens, ppl_window, max_items, behavior, out, batch_size, no_replay,
+             normalize, methods, budgets, text, ppl_tokens, ppl_window, max_items, behavior, out, batch_size, positions, no_replay,
              scheduler, force, quiet):
     """Sweep layer x method x k x alpha: on-target shift against perplexity inflation, with intervals.
 
@@ -89,10 +92,12 @@ def evaluate(model, store, model_group, data_test, prompts, scorer, max_new_toke
     from ..models import load_model, parse_layers
     from ..protocols import GeneratedText, protocol_for_file, read_prompts
     from ..stores.zarr_store import open_root, select_group
+    from ..steering import Positions
     from ..sweep import Grid, check_store_model, parse_floats, parse_ks, run_sweep
 
     if (data_test is None) == (prompts is None):
         raise ActstoreError("give exactly one of --data-test (held-out items) and --prompts (generation)")
+    Positions.parse(positions)
     if alphas is None and normalize:
         raise ActstoreError("--normalize needs --alpha (without it, alphas are already norms: --fractions)")
     # The whole grid is checked before the model loads. Attributes only: opening the
@@ -125,7 +130,7 @@ def evaluate(model, store, model_group, data_test, prompts, scorer, max_new_toke
         loaded, store, out, on_target=on_target, ppl_ids=ppl_ids, layers=grid.layers, ks=grid.ks,
         alphas=None if alphas is None else grid.alphas, fractions=grid.alphas, normalize=normalize,
         methods=grid.methods, budgets=grid.budgets, behavior=name, model_group=model_group,
-        ppl_window=ppl_window, batch_size=batch_size, scheduler=scheduler, replay=not no_replay, force=force, progress=not quiet,
+        ppl_window=ppl_window, positions=positions, batch_size=batch_size, scheduler=scheduler, replay=not no_replay, force=force, progress=not quiet,
     )
     click.echo(f"{len(results)} configurations in {out}/results.csv ({int(results['detectable'].sum())} with an "
                f"on-target shift distinguishable from zero); report: {out}/results.md, frontier: "

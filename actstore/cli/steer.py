@@ -13,6 +13,9 @@ import click
 @click.option("--alpha", "-a", type=float, default=4.0, show_default=True,
               help="Scale of every vector: alpha * v is added at its layer at every token.")
 @click.option("--prompt", "-p", "prompts", required=True, multiple=True, help="Prompt to complete; repeatable.")
+@click.option("--positions", default="all", show_default=True,
+              help="Tokens that get the vector: all, prompt (the prompt's tokens only), generated (only the "
+                   "tokens the model generates) or from:N (token N on, counting real tokens from 0).")
 @click.option("--max-new-tokens", type=click.IntRange(1), default=40, show_default=True)
 @click.option("--compare", is_flag=True, help="Print the unsteered completion above the steered one.")
 @click.option("--sample", is_flag=True, help="Sample instead of greedy decoding.")
@@ -21,7 +24,7 @@ import click
 @click.option("--force", is_flag=True, help="Steer even if a vector was made for other model weights.")
 @click.option("--dtype", type=click.Choice(["float32", "float16", "bfloat16"]), default="float32", show_default=True)
 @click.option("--device", default="cpu", show_default=True, help="torch device.")
-def steer(model, gguf_file, vectors, alpha, prompts, max_new_tokens, compare, sample, temperature, seed, force,
+def steer(model, gguf_file, vectors, alpha, prompts, positions, max_new_tokens, compare, sample, temperature, seed, force,
           dtype, device):
     """Generate with steering vectors added at inference."""
     import math
@@ -29,23 +32,25 @@ def steer(model, gguf_file, vectors, alpha, prompts, max_new_tokens, compare, sa
     from ..errors import VectorError
     from ..evaluate import generate
     from ..models import load_model
-    from ..steering import check_vector
+    from ..steering import Positions, check_vector
     from ..steering import steer as steering
     from ..vectors import load_vector
 
     if not math.isfinite(alpha):
         raise VectorError(f"--alpha must be a finite number, got {alpha}")
+    chosen = Positions.parse(positions)
     loaded = load_model(model, gguf_file=gguf_file, dtype=dtype, device=device)
     loaded_vectors = [load_vector(path) for path in vectors]
     for vector in loaded_vectors:
         check_vector(vector, loaded, force)
     kwargs = dict(max_new_tokens=max_new_tokens, do_sample=sample, temperature=temperature, seed=seed)
     base = generate(loaded.model, loaded.tokenizer, prompts, **kwargs) if compare else None
-    with steering(loaded, loaded_vectors, alpha):
+    with steering(loaded, loaded_vectors, alpha, positions=chosen):
         steered = generate(loaded.model, loaded.tokenizer, prompts, **kwargs)
     described = ", ".join(f"layer {v.layer} k={v.metadata.get('k', '?')}" for v in loaded_vectors)
     for i, prompt in enumerate(prompts):
         click.echo(f"=== prompt: {prompt!r}")
         if base is not None:
             click.echo(f"--- unsteered:\n{base[i]}")
-        click.echo(f"--- steered (alpha={alpha:g}; {described}):\n{steered[i]}")
+        where = "" if chosen.kind == "all" else f"; positions {chosen}"
+        click.echo(f"--- steered (alpha={alpha:g}; {described}{where}):\n{steered[i]}")
