@@ -108,6 +108,16 @@ class Ledger:
                 tmp.write_text("".join(line + "\n" for line in kept_lines))
                 os.replace(tmp, self.generations)
 
+    @classmethod
+    def open_existing(cls, out_dir: str | Path) -> Ledger:
+        """A sweep folder as it is (its own settings), e.g. to rewrite its report."""
+        from .sweep import COLUMNS
+
+        baseline_file = Path(out_dir) / "baseline.json"
+        if not baseline_file.is_file():
+            raise ActstoreError(f"{str(out_dir)!r} is not a sweep folder (no baseline.json)")
+        return cls(out_dir, json.loads(baseline_file.read_text())["settings"], COLUMNS)
+
     def is_done(self, layer: int, method: str, k: str, alpha: float) -> bool:
         return _key(layer, method, k, alpha) in self.done
 

@@ -167,12 +167,19 @@ def main() -> None:
              "--text", str(SHARED_DATA / "wikitext-2" / "test.txt"), "--ppl-tokens", str(args.ppl_tokens),
              "--ppl-window", str(args.ppl_window), "--behavior", behavior, "--out", str(out / behavior)], log)
     done = [b for b in behaviors if (out / b / "results.csv").exists()]
+    budgets = [float(b) for b in args.budgets.split(",")]
+    if args.summary_only:
+        from actstore.ledger import Ledger
+        from actstore.report import write_report
+
+        for behavior in done:  # a sweep stopped part-way has results but no report yet
+            ledger = Ledger.open_existing(out / behavior)
+            write_report(ledger.results(), ledger, budgets)
     results = pd.concat([pd.read_csv(out / b / "results.csv", dtype={"k": str}) for b in done], ignore_index=True)
     frontier = pd.concat([pd.read_csv(out / b / "frontier.csv", dtype={"k": str}) for b in done], ignore_index=True)
     frontier.to_csv(out / "frontier.csv", index=False)
     matched = pd.concat([pd.read_csv(out / b / "matched_effect.csv", dtype={"k": str}) for b in done],
                         ignore_index=True)
-    budgets = [float(b) for b in args.budgets.split(",")]
     header = (f"# gemma-3-270m: the paper's claims re-tested\n\nMade by `python benchmarks/sweep_gemma.py "
               f"--train-pairs {args.train_pairs} --test-items {args.test_items} --ppl-tokens {args.ppl_tokens} "
               f"--ppl-window {args.ppl_window} "
