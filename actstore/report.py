@@ -222,8 +222,12 @@ def write_report(results, ledger, budgets, match_fractions=DEFAULT_MATCH_FRACTIO
     baseline = ledger.baseline
     lines = ["# Steering sweep", "",
              f"Protocol {baseline['settings']['protocol']!r} on {baseline['settings']['items']} held-out items; "
-             f"perplexity on {baseline['settings']['ppl_tokens']} tokens; alphas as "
-             f"{baseline['settings']['alpha_mode']}. Unsteered: on-target {baseline['on_target']:.4g}, "
+             f"perplexity on {baseline['settings']['ppl_tokens']} tokens; alpha is "
+             + {"fraction": "the added norm as a fraction of the layer's residual norm",
+                "norm": "the added norm", "scale": "the scale of each vector"}[baseline["settings"]["alpha_mode"]]
+             + (f"; steered positions: {baseline['settings']['positions']}"
+                if "positions" in baseline["settings"] else "")
+             + f". Unsteered: on-target {baseline['on_target']:.4g}, "
              f"perplexity {baseline['ppl']:.4g}. Every interval is 95%: shifts are paired over items (t), "
              f"inflation paired over {baseline['settings'].get('ppl_window', 256)}-token windows (bootstrap).", ""]
     lines += ["## Which configurations move the behavior", ""] + _detectable_lines(results) + [""]
