@@ -140,6 +140,7 @@ def plot_frontier(results, behavior: str, budgets, path: Path) -> Path:
     per vector (method, k) through its alphas, with the shift's interval as a band."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
+    from matplotlib.ticker import FuncFormatter, NullLocator
 
     rows = results[results["behavior"] == behavior]
     layers = sorted(rows["layer"].unique())
@@ -171,6 +172,10 @@ def plot_frontier(results, behavior: str, budgets, path: Path) -> Path:
         beyond = int((at_layer["ppl_inflation"] > X_LIMIT).sum())
         ax.set_xlim(min(0.98, float(at_layer["ppl_inflation"].min()) * 0.98),
                     min(X_LIMIT, max(float(at_layer["ppl_inflation"].max()) * 1.1, max(budgets) * 1.2)))
+        low, high = ax.get_xlim()
+        ax.set_xticks([t for t in (1, 1.25, 1.5, 2, 3, 5, 10, 20, 50, 100) if low <= t <= high])
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}x"))
+        ax.xaxis.set_minor_locator(NullLocator())
         if beyond:
             ax.text(0.98, 0.02, f"{beyond} point(s) beyond {X_LIMIT:g}x not shown", transform=ax.transAxes,
                     ha="right", va="bottom", fontsize=7, color="grey")
@@ -183,7 +188,8 @@ def plot_frontier(results, behavior: str, budgets, path: Path) -> Path:
     axes[0].set_ylabel("on-target shift (95% CI band)", fontsize=8)
     handles, labels = axes[0].get_legend_handles_labels()
     fig.legend(handles, labels, loc="outside lower center", ncol=min(len(labels), 6), fontsize=8, frameon=False)
-    fig.suptitle(f"{behavior}: on-target shift against off-target damage (dotted: budgets)", fontsize=10)
+    fig.suptitle(f"{behavior}: on-target shift against off-target damage (dotted: budgets "
+                 f"{', '.join(f'{b:g}x' for b in budgets)})", fontsize=10)
     fig.set_layout_engine("constrained")
     fig.savefig(path, dpi=110)
     return path
