@@ -20,7 +20,7 @@ import numpy as np
 
 from .errors import StatsError
 from .stats import compute_stats, scheduler_context
-from .stores.zarr_store import open_store
+from .stores.reader import open_store
 
 
 @dataclass

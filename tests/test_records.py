@@ -1,0 +1,89 @@
+"""The typed records a capture travels in: validated where they are made, routed by name."""
+
+from __future__ import annotations
+
+import pytest
+import zarr
+from click.testing import CliRunner
+
+import actstore
+from actstore.capture import CaptureOptions
+from actstore.cli.main import cli
+from actstore.errors import ActstoreError, InputFormatError, ModelError, StoreError
+from actstore.models import ModelSpec
+from actstore.pipeline import capture_request
+from actstore.stores import GroupOptions
+
+
+@pytest.mark.parametrize("values, message", [
+    ({"position": "first"}, "position='first': expected one of last, mean, all"),
+    ({"offset": -1}, "offset=-1: must be >= 0"),
+    ({"position": "mean", "offset": 2}, "offset=2: must be >= 0 and is only for position last"),
+    ({"batch_size": 0}, "batch_size=0: expected an integer >= 1"),
+    ({"max_length": 0}, "max_length=0: expected an integer >= 1"),
+])
+def test_capture_options_are_checked_when_made_and_name_the_parameter(values, message):
+    with pytest.raises(InputFormatError, match=message):
+        CaptureOptions(**values)
+
+
+def test_group_options_and_model_specs_are_checked_when_made():
+    with pytest.raises(StoreError, match="store_dtype='bfloat16'"):
+        GroupOptions(store_dtype="bfloat16")
+    with pytest.raises(StoreError, match="codec='gzip'"):
+        GroupOptions(codec="gzip")
+    with pytest.raises(StoreError, match="name='../x'"):
+        GroupOptions(name="../x")
+    with pytest.raises(ModelError, match="dtype='int8'"):
+        ModelSpec("some/model", dtype="int8")
+
+
+def test_keywords_go_to_the_record_that_has_them():
+    request = capture_request("some/model", position="mean", batch_size=3, store_dtype="float16", codec="zstd",
+                              model_dtype="bfloat16", device="meta", stats_only=True)
+    assert request.options == CaptureOptions(position="mean", batch_size=3)
+    assert request.group == GroupOptions(store_dtype="float16", codec="zstd", stats_only=True)
+    assert request.model == ModelSpec("some/model", dtype="bfloat16", device="meta")
+
+
+def test_a_mistyped_keyword_fails_before_any_model_loads(tmp_path, pairs_file):
+    with pytest.raises(TypeError, match="'batchsize'"):
+        actstore.capture_to_store(str(tmp_path / "no-such-model"), pairs_file, tmp_path / "s.zarr", batchsize=4)
+
+
+def test_the_recorded_model_dtype_is_the_models_own(tmp_path, tiny_model_dirs, pairs_file):
+    loaded = actstore.load_model(str(tiny_model_dirs["llama"]), dtype="bfloat16")
+    store = tmp_path / "s.zarr"
+    actstore.capture_to_store(loaded, pairs_file, store, "1", progress=False)
+    assert zarr.open_group(store, mode="r")["tiny-llama"].attrs["model_dtype"] == "bfloat16"
+
+
+def test_stats_only_on_a_cluster_is_refused_before_the_cluster_starts(tmp_path, pairs_file, monkeypatch):
+    import actstore.stats
+
+    def no_cluster(scheduler):
+        raise AssertionError("a cluster was started")
+
+    monkeypatch.setattr(actstore.stats, "scheduler_context", no_cluster)
+    with pytest.raises(ActstoreError, match="stats_only cannot run on scheduler='local:2'"):
+        actstore.capture_on_cluster("some/model", pairs_file, tmp_path / "s.zarr", "1", scheduler="local:2",
+                                    stats_only=True)
+
+
+def test_stats_and_enr_take_model_group_and_the_old_model_flag_warns(tmp_path, tiny_model_dirs, pairs_file):
+    store = tmp_path / "s.zarr"
+    actstore.capture_to_store(str(tiny_model_dirs["llama"]), pairs_file, store, "1", progress=False)
+    actstore.capture_to_store(str(tiny_model_dirs["gpt2"]), pairs_file, store, "1", progress=False)
+    runner = CliRunner()
+    result = runner.invoke(cli, ["stats", "-s", str(store)])
+    assert result.exit_code == 1 and "choose one with --model-group" in result.output
+    result = runner.invoke(cli, ["stats", "-s", str(store), "--model-group", "tiny-gpt2"])
+    assert result.exit_code == 0 and "group 'tiny-gpt2'" in result.output and "deprecated" not in result.output
+    result = runner.invoke(cli, ["stats", "-s", str(store), "--model", "tiny-llama"])
+    assert result.exit_code == 0 and "group 'tiny-llama'" in result.output
+    assert "--model is deprecated here; use --model-group" in result.output
+    result = runner.invoke(cli, ["enr", "-s", str(store), "-m", "tiny-llama", "--layer", "1", "--k", "4",
+                                 "-o", str(tmp_path / "v.safetensors")])
+    assert result.exit_code == 0 and "wrote k=4 vector" in result.output and "deprecated" in result.output
+    assert "--model-group" in runner.invoke(cli, ["enr", "--help"]).output
+    assert "--model " not in runner.invoke(cli, ["stats", "--help"]).output
