@@ -87,3 +87,21 @@ def test_stats_and_enr_take_model_group_and_the_old_model_flag_warns(tmp_path, t
     assert result.exit_code == 0 and "wrote k=4 vector" in result.output and "deprecated" in result.output
     assert "--model-group" in runner.invoke(cli, ["enr", "--help"]).output
     assert "--model " not in runner.invoke(cli, ["stats", "--help"]).output
+
+
+def test_a_converted_folder_is_recorded_by_the_hub_id_it_stands_for(tmp_path, tiny_model_dirs, pairs_file):
+    import shutil
+
+    from actstore.demo import record_source
+
+    folder = tmp_path / "cache" / "tiny"
+    shutil.copytree(tiny_model_dirs["llama"], folder)
+    record_source(folder, "org/tiny-llama")
+    store = tmp_path / "s.zarr"
+    actstore.capture_to_store(str(folder), pairs_file, store, "1", progress=False)
+    (info,) = actstore.store_info(store)["models"]
+    assert info["model_id"] == str(folder) and info["model_source"] == "org/tiny-llama"
+    assert actstore.compute_stats(store, "org/tiny-llama").attrs["group"] == "tiny"
+    # A folder that does not say records nothing.
+    actstore.capture_to_store(str(tiny_model_dirs["gpt2"]), pairs_file, tmp_path / "o.zarr", "1", progress=False)
+    assert actstore.store_info(tmp_path / "o.zarr")["models"][0]["model_source"] is None
