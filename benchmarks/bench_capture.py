@@ -13,15 +13,13 @@ is what tokenizing, reducing positions, copying and writing the store cost.
 from __future__ import annotations
 
 import argparse
-import json
 import shutil
 import statistics
 import sys
-import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import SHARED_DATA, git_rev, machine, median_time, write_section
+from _common import git_rev, machine, median_time, preamble, write_section
 
 
 def main() -> None:
@@ -33,14 +31,9 @@ def main() -> None:
     args = parser.parse_args()
 
     import actstore
-    from actstore.demo import prepare_demo_model
-    from actstore.models import load_model
 
-    loaded = load_model(str(prepare_demo_model()))
-    work = Path(tempfile.mkdtemp(prefix="bench-capture-"))
-    pairs = json.loads((SHARED_DATA / "caa-pairs" / "refusal" / "train.json").read_text())[: args.texts // 2]
-    data = work / "pairs.json"
-    data.write_text(json.dumps(pairs))
+    setup = preamble("capture", "refusal", args.texts // 2)
+    loaded, work, data, pairs = setup.loaded, setup.work, setup.data, setup.pairs
     texts = [line for p in pairs for line in (p["positive"], p["negative"])]
     batches = padded_batches(loaded, texts, args.batch_size)
     n_tokens = sum(int(mask.sum()) for _, mask in batches)

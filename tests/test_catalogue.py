@@ -183,11 +183,6 @@ def test_a_bad_input_gets_a_clear_message_naming_what_and_where(world, case, tmp
         assert message in result.output, result.output
 
 
-def test_the_catalogue_has_at_least_20_cases():
-    assert len(CASES) >= 20
-    assert len({c.name for c in CASES}) == len(CASES)
-
-
 def test_texts_longer_than_the_context_are_truncated_with_a_warning_not_refused(world, tmp_path):
     long = tmp_path / "long.json"
     long.write_text(json.dumps([{"positive": "word " * 400 + "yes", "negative": "word " * 400 + "no"}]))
