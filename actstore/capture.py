@@ -264,14 +264,15 @@ def iter_windows(
     if unknown:
         raise TypeError(f"iter_windows() got unexpected keyword argument(s) {unknown}")
     options = (options or CaptureOptions()).replace(**option_values)
-    position, batch_size, max_length = options.position, options.batch_size, options.max_length
-    stop_early, last_offset, window = options.stop_early, options.last_offset, options.window or 256
+    position, batch_size, last_offset, window = options.position, options.batch_size, options.last_offset, \
+        options.window or 256
     layers = sorted(layers)
     where = list(where) if where is not None else [f"text {i + 1}" for i in range(len(texts))]
     device = next(model.parameters()).device
     for w_start in range(start, len(texts), window):
         w_stop = min(w_start + window, len(texts))
-        ids = tokenize(tokenizer, texts[w_start:w_stop], where[w_start:w_stop], max_length, add_special_tokens)
+        ids = tokenize(tokenizer, texts[w_start:w_stop], where[w_start:w_stop], options.max_length,
+                       add_special_tokens)
         for i, token_ids in enumerate(ids):
             if position == "last" and len(token_ids) <= last_offset:
                 raise InputFormatError(
@@ -283,28 +284,15 @@ def iter_windows(
         n_tokens = 0
         for b in range(0, len(order), batch_size):
             members = order[b : b + batch_size]
-            padded = tokenizer.pad({"input_ids": [ids[i] for i in members]}, return_tensors="pt")
-            input_ids = padded["input_ids"].to(device)
-            attention_mask = padded["attention_mask"].to(device)
-            outputs = forward_blocks(model, blocks, input_ids, attention_mask, layers, stop_early)
-            stacked = []
-            for layer in layers:
-                rows, row_batch, row_token = reduce_positions(outputs[layer], attention_mask, position, last_offset)
-                stacked.append(rows)
-            acts = torch.stack(stacked, dim=1)  # (rows, layer, hidden)
-            finite = torch.isfinite(acts).all(dim=(1, 2))
-            if not bool(finite.all()):
-                bad = members[int(row_batch[~finite][0])]
-                raise CaptureError(
-                    f"{where[w_start + bad]}: non-finite activation (NaN/Inf) at a captured layer; "
-                    "with --dtype float16 this is usually overflow: use bfloat16 or float32"
-                )
+            acts, row_batch, row_token, batch_tokens = _batch_rows(
+                model, tokenizer, blocks, [ids[i] for i in members], layers, options, device,
+                [where[w_start + i] for i in members],
+            )
             if not as_tensors:
                 acts, row_batch, row_token = acts.cpu().numpy(), row_batch.cpu().numpy(), row_token.cpu().numpy()
             for j, i in enumerate(members):
                 sel = row_batch == j
                 per_example[i] = (acts[sel], row_token[sel])
-            batch_tokens = int(attention_mask.sum())
             n_tokens += batch_tokens
             if on_batch is not None:
                 on_batch(len(members), batch_tokens)
@@ -317,3 +305,27 @@ def iter_windows(
         if as_tensors:
             token_rows = token_rows.cpu().numpy()
         yield Window(w_start, w_stop, acts_rows, example_rows, token_rows.astype(np.int64), n_tokens)
+
+
+def _batch_rows(model, tokenizer, blocks, batch_ids: list[list[int]], layers: Sequence[int], options: CaptureOptions,
+                device, where: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]:
+    """One padded forward pass: ``(acts (rows, layer, hidden), row_batch, row_token, real tokens)``,
+    every row finite (else :class:`CaptureError` naming the text)."""
+    padded = tokenizer.pad({"input_ids": batch_ids}, return_tensors="pt")
+    input_ids = padded["input_ids"].to(device)
+    attention_mask = padded["attention_mask"].to(device)
+    outputs = forward_blocks(model, blocks, input_ids, attention_mask, layers, options.stop_early)
+    stacked = []
+    for layer in layers:
+        rows, row_batch, row_token = reduce_positions(outputs[layer], attention_mask, options.position,
+                                                      options.last_offset)
+        stacked.append(rows)
+    acts = torch.stack(stacked, dim=1)  # (rows, layer, hidden)
+    finite = torch.isfinite(acts).all(dim=(1, 2))
+    if not bool(finite.all()):
+        bad = int(row_batch[~finite][0])
+        raise CaptureError(
+            f"{where[bad]}: non-finite activation (NaN/Inf) at a captured layer; "
+            "with --dtype float16 this is usually overflow: use bfloat16 or float32"
+        )
+    return acts, row_batch, row_token, int(attention_mask.sum())

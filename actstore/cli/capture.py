@@ -7,7 +7,7 @@ import click
 from ..capture import POSITIONS
 from ..models import DTYPES
 from ..stores.schema import CODECS, STORE_DTYPES
-from .options import EscapedText, ShardType, quiet_option, scheduler_option
+from .options import EscapedText, ShardType, quiet_option, scheduler_option, take_record
 
 
 @click.command()
@@ -57,7 +57,7 @@ from .options import EscapedText, ShardType, quiet_option, scheduler_option
 @click.option("--max-length", type=click.IntRange(1), default=None,
               help="Longest text in tokens; longer texts keep their last tokens, with a warning "
                    "(default: the model's context length).")
-@click.option("--no-early-exit", is_flag=True,
+@click.option("--no-early-exit", "stop_early", is_flag=True, flag_value=False, default=True,
               help="Run the whole model instead of stopping after the deepest captured block "
                    "(only useful to measure what early exit saves).")
 @click.option("--trust-remote-code", is_flag=True,
@@ -79,9 +79,7 @@ from .options import EscapedText, ShardType, quiet_option, scheduler_option
                    "activations would not fit on disk (e.g. --position all --layers all). `actstore stats` and "
                    "`enr` then read them; --whiten needs the activations.")
 @quiet_option
-def capture(model, gguf_file, revision, data, layers, store, position, offset, batch_size, dtype,
-            store_dtype, codec, device, resume, name, blocks, separator, chat_template, max_length,
-            no_early_exit, trust_remote_code, shard, scheduler, shards, stats_only, quiet):
+def capture(data, layers, store, resume, shard, scheduler, shards, quiet, **fields):
     """Run a causal LM over a contrast set and store residual activations.
 
     Layer L is the output of decoder block L. Activations stream to the store
@@ -101,12 +99,13 @@ def capture(model, gguf_file, revision, data, layers, store, position, offset, b
         raise click.UsageError("--shards goes with --scheduler (for one shard of a capture use --shard I/N)")
     if scheduler is not None and shard is not None:
         raise click.UsageError("--shard and --scheduler exclude each other: the cluster runs every shard")
-    # Every record is checked here, before a model loads or a cluster starts.
-    model_spec = ModelSpec(model, revision=revision, gguf_file=gguf_file, dtype=dtype, device=device,
-                           blocks=blocks, trust_remote_code=trust_remote_code)
-    options = CaptureOptions(position=position, offset=offset, batch_size=batch_size, max_length=max_length,
-                             stop_early=not no_early_exit, separator=separator, chat_template=chat_template)
-    group = GroupOptions(store_dtype=store_dtype, codec=codec, name=name, stats_only=stats_only)
+    # Each option goes to the record with its name; every record is checked here, before a model
+    # loads or a cluster starts.
+    model_spec = take_record(ModelSpec, fields)
+    options = take_record(CaptureOptions, fields)
+    group = take_record(GroupOptions, fields)
+    if fields:
+        raise RuntimeError(f"capture options {sorted(fields)} belong to no record")
     if scheduler is not None:
         reports = capture_on_cluster(model_spec, data, store, layers, scheduler=scheduler, shards=shards,
                                      options=options, group=group)
@@ -138,5 +137,5 @@ def capture(model, gguf_file, revision, data, layers, store, position, offset, b
         f"captured {report.n_texts_captured} texts ({report.n_samples_written} samples, "
         f"{report.n_tokens} tokens) from {data} into {store} group {report.group!r} "
         f"in {report.seconds:.1f} s ({report.tokens_per_second:.0f} tokens/s)"
-        + ("; statistics only, no activations stored" if stats_only else "")
+        + ("; statistics only, no activations stored" if group.stats_only else "")
     )

@@ -8,6 +8,7 @@ stay as hidden aliases that warn.
 from __future__ import annotations
 
 import codecs
+import dataclasses
 import functools
 
 import click
@@ -90,3 +91,11 @@ def model_group_option(function):
 
 
 quiet_option = click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
+
+
+def take_record(cls, values: dict):
+    """Build the frozen record ``cls`` from the click values named after its fields (removing them
+    from ``values``): a command's options map onto records by name, so a new option is a field
+    of the record and a click option, nothing in between."""
+    names = [f.name for f in dataclasses.fields(cls)]
+    return cls(**{name: values.pop(name) for name in names if name in values})
