@@ -30,8 +30,8 @@ from .stores.moments import committed_moments, group_stats, read_stats_cache, wr
 from .stores.reader import group_dataset
 from .stores.roots import open_root, select_group
 
-__all__ = ["Moments", "chan_merge", "class_moments", "compute_stats", "moments", "open_stats", "scheduler_context",
-           "tensor_class_moments"]
+__all__ = ["Moments", "chan_merge", "class_moments", "compute_stats", "group_statistics", "moments", "open_stats",
+           "scheduler_context", "tensor_class_moments"]
 
 
 @functools.cache
@@ -237,6 +237,13 @@ def compute_stats(
     :func:`open_stats`. ``model`` is the model group (or model id).
     """
     group = select_group(open_root(path, mode="r"), model, path)  # opened once for every read below
+    return group_statistics(group, path, scheduler=scheduler, force=force, split_every=split_every,
+                            progress=progress)
+
+
+def group_statistics(group, path, *, scheduler: str | None = None, force: bool = False,
+                     split_every: int | None = None, progress: bool = False):
+    """:func:`compute_stats` of an opened ``group`` of the store at ``path``."""
     known = _stats_only(group, path) if group.attrs.get("stats_only") else None
     if known is None and not force:
         known = read_stats_cache(group)
