@@ -105,3 +105,18 @@ def test_a_converted_folder_is_recorded_by_the_hub_id_it_stands_for(tmp_path, ti
     # A folder that does not say records nothing.
     actstore.capture_to_store(str(tiny_model_dirs["gpt2"]), pairs_file, tmp_path / "o.zarr", "1", progress=False)
     assert actstore.store_info(tmp_path / "o.zarr")["models"][0]["model_source"] is None
+
+
+def test_a_store_from_other_weights_is_refused_unless_forced(tmp_path, tiny_model_dirs, pairs_file):
+    from actstore.stores import check_store_model, open_root, select_group
+
+    store = tmp_path / "s.zarr"
+    llama = actstore.load_model(str(tiny_model_dirs["llama"]))
+    actstore.capture_to_store(llama, pairs_file, store, "1", progress=False)
+    attrs = dict(select_group(open_root(store), None, store).attrs)
+    check_store_model(attrs, llama, store=store)  # the same weights
+    gpt2 = actstore.load_model(str(tiny_model_dirs["gpt2"]))
+    with pytest.raises(StoreError, match="was captured from .*tiny-llama.* not from .*tiny-gpt2.*force=True"):
+        check_store_model(attrs, gpt2, store=store)
+    with pytest.warns(UserWarning, match="was captured from"):
+        check_store_model(attrs, gpt2, force=True, store=store)

@@ -7,7 +7,7 @@ users call.
 
 from .info import store_info
 from .reader import open_store
-from .roots import model_groups, open_root, select_group
+from .roots import check_store_model, model_groups, open_root, select_group
 from .schema import CaptureSpec, GroupOptions
 from .writer import ActivationWriter
 
@@ -15,6 +15,7 @@ __all__ = [
     "ActivationWriter",
     "CaptureSpec",
     "GroupOptions",
+    "check_store_model",
     "model_groups",
     "open_root",
     "open_store",

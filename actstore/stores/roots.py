@@ -92,3 +92,20 @@ def disk_usage(path: str) -> int | None:
         return int(fs.du(root))
     except (OSError, NotImplementedError, ValueError):
         return None
+
+
+def check_store_model(group_attrs, loaded, force: bool = False, store: str | Path = "store") -> None:
+    """Refuse to use a group captured from other weights than ``loaded``'s (by fingerprint),
+    unless ``force`` (then warn). ``group_attrs``: the group's attributes (``dict(group.attrs)``)."""
+    import warnings
+
+    there = group_attrs.get("model_fingerprint")
+    if there == loaded.fingerprint:
+        return
+    source = group_attrs.get("model_source")
+    message = (f"store {str(store)!r} was captured from {group_attrs.get('model_id')!r}"
+               + (f" ({source})" if source else "") + f" with weights {there}, not from "
+               f"{loaded.model_id!r} (weights {loaded.fingerprint})")
+    if not force:
+        raise StoreError(message + "; pass force=True to use it anyway", param="force")
+    warnings.warn(message, stacklevel=2)
