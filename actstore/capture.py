@@ -326,6 +326,6 @@ def _batch_rows(model, tokenizer, blocks, batch_ids: list[list[int]], layers: Se
         bad = int(row_batch[~finite][0])
         raise CaptureError(
             f"{where[bad]}: non-finite activation (NaN/Inf) at a captured layer; "
-            "with --dtype float16 this is usually overflow: use bfloat16 or float32"
+            "with dtype float16 this is usually overflow: use bfloat16 or float32", param="dtype"
         )
     return acts, row_batch, row_token, int(attention_mask.sum())

@@ -140,17 +140,17 @@ def parse_layers(spec: str | list[int] | tuple[int, ...], num_layers: int) -> li
             layers = [int(part) for part in text.split(",") if part.strip()]
         except ValueError:
             raise ModelError(
-                f"--layers {spec!r}: expected 'all' or comma-separated integers such as '2,6,10'"
+                f"layers={spec!r}: expected 'all' or comma-separated integers such as '2,6,10'", param="layers"
             ) from None
     else:
         layers = [int(layer) for layer in spec]
     if not layers:
-        raise ModelError(f"--layers {spec!r}: no layer given")
+        raise ModelError(f"layers={spec!r}: no layer given", param="layers")
     bad = [layer for layer in layers if not 0 <= layer < num_layers]
     if bad:
         raise ModelError(
-            f"--layers {spec!r}: layer(s) {bad} out of range; this model has decoder blocks "
-            f"0..{num_layers - 1}"
+            f"layers={spec!r}: layer(s) {bad} out of range; this model has decoder blocks "
+            f"0..{num_layers - 1}", param="layers"
         )
     return sorted(set(layers))
 
@@ -181,7 +181,7 @@ def safe_group_name(model_id: str) -> str:
         stem = Path(stem).name
     name = re.sub(r"[^A-Za-z0-9._-]+", "--", stem).strip(".-")
     if not name:
-        raise ModelError(f"cannot make a store group name from model id {model_id!r}; pass --name")
+        raise ModelError(f"cannot make a store group name from model id {model_id!r}; pass name=", param="name")
     return name
 
 

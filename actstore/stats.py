@@ -198,12 +198,13 @@ def scheduler_context(scheduler: str | None) -> Iterator[Any]:
         from distributed import Client, LocalCluster
     except ImportError:
         raise StatsError(
-            f"--scheduler {scheduler!r} needs dask.distributed: pip install 'actstore[distributed]'"
+            f"scheduler={scheduler!r} needs dask.distributed: pip install 'actstore[distributed]'", param="scheduler"
         ) from None
     if scheduler.startswith("local:"):
         workers = scheduler.partition(":")[2]
         if not workers.isdigit() or int(workers) < 1:
-            raise StatsError(f"--scheduler {scheduler!r}: expected local:N with N >= 1 workers, e.g. local:2")
+            raise StatsError(f"scheduler={scheduler!r}: expected local:N with N >= 1 workers, e.g. local:2",
+                             param="scheduler")
         # One thread per worker process: the stats kernel releases the GIL, so
         # threads would do too, but processes also keep zarr decoding apart.
         with LocalCluster(n_workers=int(workers), threads_per_worker=1, dashboard_address=None) as cluster, \

@@ -42,8 +42,10 @@ def main() -> None:
         def once():
             store = work / "s.zarr"
             shutil.rmtree(store, ignore_errors=True)
+            # offset=0: position last, as in earlier figures (an A/B set now defaults to the letter;
+            # the same forward passes either way).
             report = actstore.capture_to_store(loaded, data, store, str(args.layer), batch_size=args.batch_size,
-                                               stop_early=stop_early, progress=False)
+                                               stop_early=stop_early, offset=0, progress=False)
             assert report.n_tokens == n_tokens  # the same batches as the bare forward
         return once
 

@@ -36,7 +36,7 @@ from _common import git_rev, machine, median_time, peak_rss_mib, write_section
 
 
 def build_store(path: Path, n_samples: int, n_layers: int, hidden: int) -> None:
-    from actstore.stores.zarr_store import ActivationWriter, CaptureSpec
+    from actstore.stores import ActivationWriter, CaptureSpec
 
     spec = CaptureSpec("synthetic/activations", "none", "synthetic", hidden, list(range(n_layers)), "last")
     with ActivationWriter.open(path, "synthetic", spec) as writer:
