@@ -120,3 +120,11 @@ def test_a_store_from_other_weights_is_refused_unless_forced(tmp_path, tiny_mode
         check_store_model(attrs, gpt2, store=store)
     with pytest.warns(UserWarning, match="was captured from"):
         check_store_model(attrs, gpt2, force=True, store=store)
+
+
+def test_loading_options_given_with_a_loaded_model_are_ignored_with_a_warning(tmp_path, tiny_model_dirs, pairs_file):
+    loaded = actstore.load_model(str(tiny_model_dirs["gpt2"]))
+    with pytest.warns(UserWarning, match=r"model loading options \['device', 'dtype'\] are ignored"):
+        actstore.capture_to_store(loaded, pairs_file, tmp_path / "s.zarr", "1", model_dtype="bfloat16",
+                                  device="cpu", progress=False)
+    assert zarr.open_group(tmp_path / "s.zarr", mode="r")["tiny-gpt2"].attrs["model_dtype"] == "float32"

@@ -259,3 +259,28 @@ def test_a_commit_is_one_metadata_write(tmp_path, llama, pairs_file, monkeypatch
     group_writes = [k for k in writes if k == "tiny-llama/zarr.json"]
     # the empty group, its attributes, the run's registration, one commit per window (one here)
     assert len(group_writes) == 4, writes
+
+
+def test_stats_only_groups_equal_capture_then_stats(store_at, llama, pairs_file):
+    full, only = store_at("full.zarr"), store_at("only.zarr")
+    capture(llama, pairs_file, full, window=3)  # the same windows, so the same batches and activations
+    capture(llama, pairs_file, only, stats_only=True, window=3)
+    want, got = actstore.compute_stats(full), actstore.compute_stats(only)
+    assert got.attrs["stats_only"] and got["count"].values.tolist() == want["count"].values.tolist()
+    for name in ("mean", "var"):
+        np.testing.assert_allclose(got[name].values, want[name].values, rtol=1e-9, atol=1e-12)
+    assert store_info(only)["models"][0]["classes"] == {"pos": 7, "neg": 7}
+
+
+def test_shards_captured_out_of_order_equal_one_capture(store_at, llama, pairs_file):
+    whole, sharded = store_at("whole.zarr"), store_at("sharded.zarr")
+    capture(llama, pairs_file, whole, window=4)
+    first = capture(llama, pairs_file, sharded, window=4, shard=(1, 2))
+    assert first.merged_shards == 0  # shard 0 is not there yet
+    assert capture(llama, pairs_file, sharded, window=4, shard=(0, 2)).merged_shards == 2
+    got, want = actstore.open_store(sharded), actstore.open_store(whole)
+    np.testing.assert_allclose(got.acts.values, want.acts.values, rtol=1e-5, atol=1e-6)
+    for name in ("class", "pair_id", "text_hash", "text_index", "token_index"):
+        assert got[name].values.tolist() == want[name].values.tolist()
+    (run,) = store_info(sharded)["models"][0]["runs"]
+    assert run["state"] == "complete" and run["merged"] == 2
