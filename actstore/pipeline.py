@@ -233,7 +233,8 @@ def _plan(loaded: LoadedModel, contrast: ContrastSet, layers, request: CaptureRe
     return _Plan(options, group_name, spec, settings, rows, group.stats_only, offset_note)
 
 
-def _default_offset(options: CaptureOptions, contrast: ContrastSet, tokenizer, texts, add_special) -> tuple[int, str]:
+def _default_offset(options: CaptureOptions, contrast: ContrastSet, tokenizer, texts,
+                    add_special: bool) -> tuple[int, str | None]:
     """Offset 1 (the answer letter) for an A/B set captured at ``last``, if its tokens allow; else 0."""
     if options.position != "last" or not contrast.is_ab:
         return 0, None
