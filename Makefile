@@ -34,6 +34,7 @@ $(PEERS_VENV)/.installed: setup.cfg pyproject.toml requirements-peers.txt
 
 peers: $(PEERS_VENV)/.installed
 
+# The CAA pairs are an A/B set: capture reads them at the answer letter (position last-1) and says so.
 demo: install
 	@model=$$($(BIN)/actstore models demo --quiet) && set -x && \
 	$(BIN)/actstore capture --model "$$model" --data $(DATA)/caa-pairs/$(BEHAVIOR)/train.json \

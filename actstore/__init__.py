@@ -4,6 +4,7 @@ Data flows one way: capture -> store -> stats -> vectors -> steering -> evaluati
 """
 
 from ._version import SCHEMA_VERSION, __version__
+from .capture import CaptureOptions
 from .datasets import ContrastSet, Example, read_contrast_set
 from .errors import ActstoreError
 from .evaluate import ab_scores, perplexity, read_ab_items
@@ -15,24 +16,29 @@ from .interop import (
     to_steering_vectors,
     write_gguf_control_vector,
 )
-from .models import LoadedModel, find_decoder_blocks, load_model
+from .models import LoadedModel, ModelSpec, find_decoder_blocks, load_model
+from .moments import Moments
 from .pipeline import CaptureReport, capture_on_cluster, capture_to_store
+from .protocols import ABLetters, FreeTextPreference, GeneratedText
 from .stats import compute_stats, moments, open_stats
 from .steering import steer
-from .stores.zarr_store import open_store, store_info
-from .protocols import ABLetters, FreeTextPreference, GeneratedText
+from .stores import GroupOptions, open_store, store_info
 from .sweep import run_sweep
 from .vectors import SteeringVector, enr, enr_scores, load_vector, save_vector, top_k_indices, vector_from_stats
 
 __all__ = [
     "ABLetters",
     "ActstoreError",
+    "CaptureOptions",
     "CaptureReport",
     "ContrastSet",
     "Example",
     "FreeTextPreference",
     "GeneratedText",
+    "GroupOptions",
     "LoadedModel",
+    "ModelSpec",
+    "Moments",
     "SCHEMA_VERSION",
     "SteeringVector",
     "__version__",

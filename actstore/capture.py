@@ -17,7 +17,7 @@ from __future__ import annotations
 import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, fields, replace
 
 import numpy as np
 import torch
@@ -29,6 +29,57 @@ POSITIONS = ("last", "mean", "all")
 
 class CaptureError(ActstoreError, RuntimeError):
     """The model produced activations that cannot be stored (NaN/Inf)."""
+
+
+@dataclass(frozen=True)
+class CaptureOptions:
+    """How texts become rows, validated on construction (one record from the command
+    line to :func:`iter_windows`; a new capture option is a field here and a click option).
+
+    ``offset`` (with ``last``) counts back from the last token; ``None`` lets
+    :func:`actstore.capture_to_store` choose (1, the answer letter, for A/B sets;
+    else 0). ``window`` is texts per commit (None: chosen from the store's chunks).
+    ``separator`` joins an A/B question and its answer; ``chat_template`` formats
+    texts with the tokenizer's template; texts longer than ``max_length`` tokens
+    keep their last ones; ``stop_early`` ends the forward pass after the deepest block.
+    """
+
+    position: str = "last"
+    offset: int | None = None
+    batch_size: int = 8
+    max_length: int | None = None
+    stop_early: bool = True
+    window: int | None = None
+    separator: str = "\n"
+    chat_template: bool = False
+
+    def __post_init__(self) -> None:
+        if self.position not in POSITIONS:
+            raise InputFormatError(f"position={self.position!r}: expected one of {', '.join(POSITIONS)}",
+                                   param="position")
+        if self.offset is not None and (self.offset < 0 or (self.offset and self.position != "last")):
+            raise InputFormatError(f"offset={self.offset}: must be >= 0 and is only for position last",
+                                   param=("offset", "position"))
+        for name in ("batch_size", "max_length", "window"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, int) or value < 1):
+                raise InputFormatError(f"{name}={value!r}: expected an integer >= 1", param=name)
+
+    @property
+    def last_offset(self) -> int:
+        return self.offset or 0
+
+    @property
+    def position_name(self) -> str:
+        """The position as a store records it: ``last``, ``last-1``, ``mean``, ``all``."""
+        return f"last-{self.offset}" if self.offset else self.position
+
+    def replace(self, **changes) -> CaptureOptions:
+        return replace(self, **changes)
+
+    @classmethod
+    def field_names(cls) -> frozenset[str]:
+        return frozenset(f.name for f in fields(cls))
 
 
 class _StopForward(Exception):
@@ -169,73 +220,79 @@ def tokenize(
     return encoded
 
 
+def answer_letter_reason(tokenizer, texts: Sequence[str], add_special_tokens: bool = True) -> str | None:
+    """Why offset 1 would NOT be the answer letter of these A/B texts (``... (A)``), or None if it is:
+    every text must tokenize with ``)`` as its last token and the letter ending the one before."""
+    encoded = tokenizer(list(texts), add_special_tokens=add_special_tokens)["input_ids"]
+    for text, ids in zip(texts, encoded):
+        letter = text.rstrip()[-2:-1]
+        last = tokenizer.decode(ids[-1:]).strip() if ids else ""
+        before = tokenizer.decode(ids[-2:-1]).strip() if len(ids) > 1 else ""
+        if last != ")" or not before.endswith(letter):
+            return (f"text {text[-40:]!r} ends in tokens {before!r}, {last!r}, not the letter {letter!r} and ')' "
+                    "(a chat template or this tokenizer); pass offset= to choose the token")
+    return None
+
+
 def iter_windows(
     model: torch.nn.Module,
     tokenizer,
     blocks: torch.nn.ModuleList,
     texts: Sequence[str],
     layers: Sequence[int],
+    options: CaptureOptions | None = None,
     *,
     where: Sequence[str] | None = None,
-    position: str = "last",
-    batch_size: int = 8,
-    window: int = 256,
     start: int = 0,
-    max_length: int | None = None,
     add_special_tokens: bool = True,
-    stop_early: bool = True,
-    last_offset: int = 0,
     on_batch=None,
     as_tensors: bool = False,
+    **option_values,
 ) -> Iterator[Window]:
-    """Capture ``texts[start:]`` window by window.
+    """Capture ``texts[start:]`` window by window, as ``options`` say.
 
+    Options may also be given by name (``position="all", batch_size=4``;
+    ``last_offset`` is ``offset``); ``window`` defaults to 256 texts here.
     Within a window texts are batched by length (less padding); rows come out
     in example order. ``on_batch(n_texts, n_tokens)`` is called after every
     batch (progress bars). With ``as_tensors`` the windows' ``acts`` stay torch
     tensors on the model's device (statistics computed there, nothing copied).
     """
-    if position not in POSITIONS:
-        raise ValueError(f"position {position!r}: expected one of {POSITIONS}")
+    if "last_offset" in option_values:
+        option_values["offset"] = option_values.pop("last_offset")
+    unknown = sorted(set(option_values) - CaptureOptions.field_names())
+    if unknown:
+        raise TypeError(f"iter_windows() got unexpected keyword argument(s) {unknown}")
+    options = (options or CaptureOptions()).replace(**option_values)
+    position, batch_size, last_offset, window = options.position, options.batch_size, options.last_offset, \
+        options.window or 256
     layers = sorted(layers)
     where = list(where) if where is not None else [f"text {i + 1}" for i in range(len(texts))]
     device = next(model.parameters()).device
     for w_start in range(start, len(texts), window):
         w_stop = min(w_start + window, len(texts))
-        ids = tokenize(tokenizer, texts[w_start:w_stop], where[w_start:w_stop], max_length, add_special_tokens)
+        ids = tokenize(tokenizer, texts[w_start:w_stop], where[w_start:w_stop], options.max_length,
+                       add_special_tokens)
         for i, token_ids in enumerate(ids):
             if position == "last" and len(token_ids) <= last_offset:
                 raise InputFormatError(
-                    f"{where[w_start + i]}: text has {len(token_ids)} token(s); --offset {last_offset} "
-                    "needs more"
+                    f"{where[w_start + i]}: text has {len(token_ids)} token(s); offset={last_offset} "
+                    "needs more", param="offset"
                 )
         order = sorted(range(len(ids)), key=lambda i: -len(ids[i]))
         per_example: list[tuple[np.ndarray, np.ndarray] | None] = [None] * len(ids)
         n_tokens = 0
         for b in range(0, len(order), batch_size):
             members = order[b : b + batch_size]
-            padded = tokenizer.pad({"input_ids": [ids[i] for i in members]}, return_tensors="pt")
-            input_ids = padded["input_ids"].to(device)
-            attention_mask = padded["attention_mask"].to(device)
-            outputs = forward_blocks(model, blocks, input_ids, attention_mask, layers, stop_early)
-            stacked = []
-            for layer in layers:
-                rows, row_batch, row_token = reduce_positions(outputs[layer], attention_mask, position, last_offset)
-                stacked.append(rows)
-            acts = torch.stack(stacked, dim=1)  # (rows, layer, hidden)
-            finite = torch.isfinite(acts).all(dim=(1, 2))
-            if not bool(finite.all()):
-                bad = members[int(row_batch[~finite][0])]
-                raise CaptureError(
-                    f"{where[w_start + bad]}: non-finite activation (NaN/Inf) at a captured layer; "
-                    "with --dtype float16 this is usually overflow: use bfloat16 or float32"
-                )
+            acts, row_batch, row_token, batch_tokens = _batch_rows(
+                model, tokenizer, blocks, [ids[i] for i in members], layers, options, device,
+                [where[w_start + i] for i in members],
+            )
             if not as_tensors:
                 acts, row_batch, row_token = acts.cpu().numpy(), row_batch.cpu().numpy(), row_token.cpu().numpy()
             for j, i in enumerate(members):
                 sel = row_batch == j
                 per_example[i] = (acts[sel], row_token[sel])
-            batch_tokens = int(attention_mask.sum())
             n_tokens += batch_tokens
             if on_batch is not None:
                 on_batch(len(members), batch_tokens)
@@ -248,3 +305,27 @@ def iter_windows(
         if as_tensors:
             token_rows = token_rows.cpu().numpy()
         yield Window(w_start, w_stop, acts_rows, example_rows, token_rows.astype(np.int64), n_tokens)
+
+
+def _batch_rows(model, tokenizer, blocks, batch_ids: list[list[int]], layers: Sequence[int], options: CaptureOptions,
+                device, where: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]:
+    """One padded forward pass: ``(acts (rows, layer, hidden), row_batch, row_token, real tokens)``,
+    every row finite (else :class:`CaptureError` naming the text)."""
+    padded = tokenizer.pad({"input_ids": batch_ids}, return_tensors="pt")
+    input_ids = padded["input_ids"].to(device)
+    attention_mask = padded["attention_mask"].to(device)
+    outputs = forward_blocks(model, blocks, input_ids, attention_mask, layers, options.stop_early)
+    stacked = []
+    for layer in layers:
+        rows, row_batch, row_token = reduce_positions(outputs[layer], attention_mask, options.position,
+                                                      options.last_offset)
+        stacked.append(rows)
+    acts = torch.stack(stacked, dim=1)  # (rows, layer, hidden)
+    finite = torch.isfinite(acts).all(dim=(1, 2))
+    if not bool(finite.all()):
+        bad = int(row_batch[~finite][0])
+        raise CaptureError(
+            f"{where[bad]}: non-finite activation (NaN/Inf) at a captured layer; "
+            "with dtype float16 this is usually overflow: use bfloat16 or float32", param="dtype"
+        )
+    return acts, row_batch, row_token, int(attention_mask.sum())

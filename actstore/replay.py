@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .capture import _StopForward, position_ids, record_blocks
+from .capture import forward_blocks, position_ids
 from .models import LoadedModel
 
 Forward = Callable[[Hashable, "Batch"], torch.Tensor]
@@ -123,19 +123,16 @@ class PrefixReplay:
         self._current: Hashable | None = None
         self._active = False
         device = _device(loaded.model)
-        with record_blocks(loaded.blocks, [self.layer], stop_after_last=True) as outputs, torch.no_grad():
-            hook = loaded.blocks[self.layer].register_forward_hook(self._note_container)
-            try:
-                for key, batch in batches.items():
-                    try:
-                        loaded.model(**batch.model_inputs(device))
-                    except _StopForward:
-                        pass
-                    self._cache[key] = outputs.pop(self.layer)
-                    if progress is not None:
-                        progress(1)
-            finally:
-                hook.remove()
+        hook = loaded.blocks[self.layer].register_forward_hook(self._note_container)
+        try:
+            for key, batch in batches.items():
+                # Early exit after block L, with the positions every later pass uses.
+                self._cache[key] = forward_blocks(loaded.model, loaded.blocks, batch.input_ids.to(device),
+                                                  batch.attention_mask.to(device), [self.layer])[self.layer]
+                if progress is not None:
+                    progress(1)
+        finally:
+            hook.remove()
 
     def _note_container(self, module, args, output):
         # Replacements return what the block returned: a tensor (transformers 5) or a tuple.

@@ -24,32 +24,14 @@ from typing import Any
 
 import numpy as np
 
-from .errors import StatsError, StoreError
-from .stores.lock import WriterLock
-from .stores.zarr_store import (
-    as_str_array,
-    commit_attrs,
-    committed_moments,
-    open_root,
-    open_store,
-    select_group,
-)
+from .errors import StatsError
+from .moments import Moments, chan_merge, tensor_class_moments
+from .stores.moments import committed_moments, group_stats, read_stats_cache, write_stats_cache
+from .stores.reader import group_dataset
+from .stores.roots import open_root, select_group
 
-STATS_GROUP = "stats"
-
-
-def chan_merge(a: dict[str, np.ndarray], b: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """Merge two partial states ``{"n", "mean", "m2"}`` (Chan et al. 1983).
-
-    Works on numpy arrays and on torch tensors alike (the dask reduction and
-    the on-device accumulation of ``capture --stats-only`` share it).
-    """
-    n = a["n"] + b["n"]
-    safe_n = n + (n == 0)  # 1 where both are empty (then delta * 0 / 1 = 0)
-    delta = b["mean"] - a["mean"]
-    mean = a["mean"] + delta * (b["n"] / safe_n)
-    m2 = a["m2"] + b["m2"] + delta * delta * (a["n"] * b["n"] / safe_n)
-    return {"n": n, "mean": mean, "m2": m2}
+__all__ = ["Moments", "chan_merge", "class_moments", "compute_stats", "group_statistics", "moments", "open_stats",
+           "scheduler_context", "tensor_class_moments"]
 
 
 @functools.cache
@@ -105,38 +87,6 @@ def _block_state(block: np.ndarray, codes: np.ndarray, shift: np.ndarray, n_clas
     out[0, 1] = mean.reshape((n_classes, *trailing))
     out[0, 2] = m2.reshape((n_classes, *trailing))
     return out
-
-
-def tensor_class_moments(x, codes, n_classes: int, step_elements: int = 1 << 22) -> dict:
-    """Per-class ``{"n", "mean", "m2"}`` of ``x: (rows, ...)`` torch tensor, in float64 on its device.
-
-    ``codes: (rows,)`` class index of each row. Rows go in slices of about
-    ``step_elements`` values (32 MiB in float64), each reduced in two passes (the
-    mean, then squared deviations from it), and the slices are merged with
-    :func:`chan_merge`.
-    """
-    step = max(1, step_elements // max(1, x[0].numel())) if x.shape[0] else 1
-    state = None
-    for start in range(0, max(x.shape[0], 1), step):
-        part = _tensor_class_moments(x[start:start + step], codes[start:start + step], n_classes)
-        state = part if state is None else chan_merge(state, part)
-    return state
-
-
-def _tensor_class_moments(x, codes, n_classes: int) -> dict:
-    import torch
-
-    flat = x.reshape(x.shape[0], -1).to(torch.float64)
-    codes = codes.to(device=x.device, dtype=torch.int64)
-    n = torch.bincount(codes, minlength=n_classes).to(torch.float64)
-    sums = torch.zeros((n_classes, flat.shape[1]), dtype=torch.float64, device=x.device)
-    sums.index_add_(0, codes, flat)
-    mean = sums / (n + (n == 0)).unsqueeze(1)
-    centred = flat - mean[codes]
-    m2 = torch.zeros_like(sums).index_add_(0, codes, centred * centred)
-    shape = (n_classes, *x.shape[1:])
-    return {"n": n.reshape((n_classes,) + (1,) * (x.dim() - 1)).expand(shape), "mean": mean.reshape(shape),
-            "m2": m2.reshape(shape)}
 
 
 def _moment_chunk(x: np.ndarray, axis, keepdims: bool = True, computing_meta: bool = False, **kwargs):
@@ -248,12 +198,13 @@ def scheduler_context(scheduler: str | None) -> Iterator[Any]:
         from distributed import Client, LocalCluster
     except ImportError:
         raise StatsError(
-            f"--scheduler {scheduler!r} needs dask.distributed: pip install 'actstore[distributed]'"
+            f"scheduler={scheduler!r} needs dask.distributed: pip install 'actstore[distributed]'", param="scheduler"
         ) from None
     if scheduler.startswith("local:"):
         workers = scheduler.partition(":")[2]
         if not workers.isdigit() or int(workers) < 1:
-            raise StatsError(f"--scheduler {scheduler!r}: expected local:N with N >= 1 workers, e.g. local:2")
+            raise StatsError(f"scheduler={scheduler!r}: expected local:N with N >= 1 workers, e.g. local:2",
+                             param="scheduler")
         # One thread per worker process: the stats kernel releases the GIL, so
         # threads would do too, but processes also keep zarr decoding apart.
         with LocalCluster(n_workers=int(workers), threads_per_worker=1, dashboard_address=None) as cluster, \
@@ -270,20 +221,6 @@ def scheduler_context(scheduler: str | None) -> Iterator[Any]:
         client.close()
 
 
-def _stats_dataset(counts, means, variances, classes, layers, attrs):
-    import xarray as xr
-
-    return xr.Dataset(
-        {
-            "count": (("class", "layer"), np.asarray(counts, dtype=np.int64)),
-            "mean": (("class", "layer", "hidden"), means),
-            "var": (("class", "layer", "hidden"), variances),
-        },
-        coords={"class": list(classes), "layer": list(layers)},
-        attrs=attrs,
-    )
-
-
 def compute_stats(
     path: str | Path,
     model: str | None = None,
@@ -298,23 +235,36 @@ def compute_stats(
     Reuses the statistics cached in the store unless the data changed since
     (or ``force``); otherwise computes them in one streaming pass and caches
     them next to the data. Returns an :class:`xarray.Dataset` like
-    :func:`open_stats`.
+    :func:`open_stats`. ``model`` is the model group (or model id).
     """
+    group = select_group(open_root(path, mode="r"), model, path)  # opened once for every read below
+    return group_statistics(group, path, scheduler=scheduler, force=force, split_every=split_every,
+                            progress=progress)
+
+
+def group_statistics(group, path, *, scheduler: str | None = None, force: bool = False,
+                     split_every: int | None = None, progress: bool = False):
+    """:func:`compute_stats` of an opened ``group`` of the store at ``path``."""
+    known = _stats_only(group, path) if group.attrs.get("stats_only") else None
+    if known is None and not force:
+        known = read_stats_cache(group)
+    if known is not None:
+        return known
+    moments = group_moments(group, path, scheduler=scheduler, split_every=split_every, progress=progress)
+    stats = group_stats(moments, dict(group.attrs), group.basename)
+    cache_stats(path, group.basename, stats)
+    return stats
+
+
+def group_moments(group, path, *, scheduler: str | None = None, split_every: int | None = None,
+                  progress: bool = False) -> Moments:
+    """Per-class moments of the rows of an opened ``group`` (one streaming Dask pass)."""
     import dask
 
-    only = _stats_only(path, model)
-    if only is not None:
-        return only
-    if not force:
-        cached = _read_cached(path, model)
-        if cached is not None:
-            return cached
-    ds = open_store(path, model, coords=("class",))  # a snapshot: rows appended meanwhile are not in it
+    ds = group_dataset(group, path, coords=("class",))  # a snapshot: rows appended meanwhile are not in it
     if ds.sizes["sample"] == 0:
-        raise StatsError(f"{str(path)!r} group {ds.attrs['group']!r} holds no samples yet")
-    labels = ds["class"].values
-    classes, codes = np.unique(labels, return_inverse=True)
-    classes = [str(c) for c in classes]
+        raise StatsError(f"{str(path)!r} group {group.basename!r} holds no samples yet")
+    classes, codes = np.unique(ds["class"].values, return_inverse=True)
     # A wide merge tree: the partial states are small and their merges cheap.
     lazy = class_moments(ds["acts"].data, codes.reshape(-1), len(classes), split_every=split_every or 16)
     progress_bar = contextlib.nullcontext()
@@ -323,123 +273,41 @@ def compute_stats(
 
         progress_bar = ProgressBar()
     with scheduler_context(scheduler), progress_bar:
-        count, means, m2 = dask.compute(lazy)[0]
-    stats = stats_from_moments(classes, count, means, m2, ds["layer"].values, ds.attrs, ds.attrs["group"],
-                               int(ds.sizes["sample"]))
-    _write_cached(path, model, stats)
-    return stats
+        (stacked,) = dask.compute(lazy)
+    return Moments.from_stacked([str(c) for c in classes], stacked)
 
 
-def stats_from_moments(classes, count, mean, m2, layers, group_attrs, group_name: str, n_samples: int, **extra):
-    """The statistics dataset (see :func:`open_stats`) from per-class moments
-    ``count, mean, m2: (class, layer, hidden)``; classes come out sorted."""
-    order = np.argsort(np.asarray(classes, dtype=str), kind="stable")
-    count, mean, m2 = (np.asarray(a, dtype=np.float64)[order] for a in (count, mean, m2))
-    with np.errstate(invalid="ignore", divide="ignore"):
-        variances = m2 / (count - 1)
-    attrs = {key: group_attrs[key] for key in ("model_id", "model_fingerprint", "data_version", "position")}
-    attrs.update({"group": group_name, "n_samples": n_samples, "ddof": 1, **extra})
-    return _stats_dataset(count[:, :, 0].astype(np.int64), mean, variances, [str(classes[i]) for i in order],
-                          layers, attrs)
+def cache_stats(path, group_name: str, stats) -> bool:
+    """Cache ``stats`` in group ``group_name`` of the store at ``path`` (opened for writing)."""
+    return write_stats_cache(path, open_root(path, mode="a")[group_name], stats)
 
 
-def cached_moments(path, model):
-    """``(classes, count, mean, m2)`` of the up-to-date cached statistics, or None."""
-    stats = _read_cached(path, model)
-    if stats is None:
-        return None
-    mean = stats["mean"].values
-    count = np.broadcast_to(stats["count"].values[:, :, None], mean.shape).astype(np.float64)
-    m2 = np.nan_to_num(stats["var"].values * (count - 1))  # var is NaN for a single sample: M2 = 0
-    return [str(c) for c in stats["class"].values], count, mean, m2
-
-
-def cache_capture_moments(path, model, classes, count, mean, m2) -> bool:
-    """Cache statistics accumulated during a capture for the group's current data.
+def cache_capture_moments(writer, moments: Moments) -> bool:
+    """Cache statistics accumulated during a capture for the writer's group.
 
     Written only if they cover exactly the committed rows (else nothing is
     written and the next :func:`compute_stats` makes its pass). Returns whether
     they were written.
     """
-    group = select_group(open_root(path, mode="r"), model, path)
-    attrs = dict(group.attrs)
-    n_samples = int(attrs["n_samples"])
-    if int(np.asarray(count)[:, 0, 0].sum()) != n_samples:
+    attrs = dict(writer.group.attrs)
+    if moments.total != int(attrs["n_samples"]):
         return False
-    stats = stats_from_moments(classes, count, mean, m2, attrs["layers"], attrs, group.basename, n_samples,
-                               computed_by="capture")
-    _write_cached(path, model, stats)
-    return True
+    stats = group_stats(moments, attrs, writer.group.basename, computed_by="capture")
+    return write_stats_cache(writer.path, writer.group, stats)
 
 
-def _write_cached(path, model, stats) -> None:
-    """Replace the group's cached statistics (one writer at a time: a process that finds
-    another one writing leaves it to them, since theirs are as valid for their data)."""
-    root = open_root(path, mode="a")
-    group = select_group(root, model, path)
-    lock = WriterLock(path, f"{group.basename}.stats-cache")
-    try:
-        lock.acquire(wait=_CACHE_LOCK_WAIT_S)
-    except StoreError:
-        return
-    try:
-        _replace_cache(group, stats)
-    finally:
-        lock.release()
+def cached_moments(group) -> Moments | None:
+    """The moments of ``group``'s up-to-date cached statistics, or None."""
+    stats = read_stats_cache(group)
+    return None if stats is None else Moments.from_dataset(stats)
 
 
-_CACHE_LOCK_WAIT_S = 10.0
-
-
-def _replace_cache(group, stats) -> None:
-    if STATS_GROUP in dict(group.groups()):
-        del group[STATS_GROUP]
-    sg = group.create_group(STATS_GROUP)
-    n_class, n_layer = stats["count"].shape
-    for name, dims in (("count", ("class", "layer")), ("mean", ("class", "layer", "hidden")),
-                       ("var", ("class", "layer", "hidden"))):
-        values = stats[name].values
-        array = sg.create_array(
-            name, shape=values.shape, dtype=values.dtype, dimension_names=dims,
-            chunks=values.shape if values.size else None,
-        )
-        if values.size:
-            array[...] = values
-    labels = sg.create_array("class", shape=(n_class,), dtype=str, dimension_names=("class",))
-    if n_class:
-        labels[:] = np.asarray(stats["class"].values, dtype=str)
-    layers = sg.create_array("layer", shape=(n_layer,), dtype="int64", dimension_names=("layer",))
-    layers[:] = stats["layer"].values
-    # Written last: a cache whose data_version matches is complete.
-    commit_attrs(sg, dict(stats.attrs))
-
-
-def _read_cached(path, model):
-    root = open_root(path, mode="r")
-    group = select_group(root, model, path)
-    try:
-        sg = group[STATS_GROUP]
-        attrs = dict(sg.attrs)
-        if attrs.get("data_version") != group.attrs.get("data_version"):
-            return None
-        classes = as_str_array(sg["class"][:]).tolist()
-        return _stats_dataset(sg["count"][...], sg["mean"][...], sg["var"][...], classes, sg["layer"][:], attrs)
-    except (KeyError, FileNotFoundError):  # none, or another process is replacing it right now
-        return None
-
-
-def _stats_only(path, model):
-    """The statistics of a group captured with ``--stats-only`` (None for other groups)."""
-    group = select_group(open_root(path, mode="r"), model, path)
-    attrs = dict(group.attrs)
-    if not attrs.get("stats_only"):
-        return None
-    classes, moments = committed_moments(group)
+def _stats_only(group, path):
+    """The statistics of a group captured with ``stats_only`` (its committed moments)."""
+    moments = committed_moments(group)
     if moments is None:
         raise StatsError(f"{str(path)!r} group {group.basename!r} holds no samples yet")
-    count, mean, m2 = moments
-    return stats_from_moments(classes, count, mean, m2, attrs["layers"], attrs, group.basename,
-                              int(count[:, 0, 0].sum()), stats_only=True)
+    return group_stats(moments, dict(group.attrs), group.basename, stats_only=True)
 
 
 def open_stats(path: str | Path, model: str | None = None):
@@ -448,10 +316,10 @@ def open_stats(path: str | Path, model: str | None = None):
 
     Raises :class:`StatsError` when none are cached or the data changed since.
     """
-    stats = _stats_only(path, model)
-    if stats is not None:
-        return stats
-    stats = _read_cached(path, model)
+    group = select_group(open_root(path, mode="r"), model, path)
+    if group.attrs.get("stats_only"):
+        return _stats_only(group, path)
+    stats = read_stats_cache(group)
     if stats is None:
         raise StatsError(
             f"no up-to-date statistics in {str(path)!r}; run 'actstore stats --store {path}'"

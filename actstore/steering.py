@@ -32,7 +32,6 @@ from .errors import VectorError
 from .models import LoadedModel, find_decoder_blocks, text_config
 from .vectors import SteeringVector
 
-
 POSITION_KINDS = ("all", "prompt", "generated", "from")
 
 

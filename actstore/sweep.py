@@ -46,6 +46,7 @@ from .models import LoadedModel
 from .protocols import ABLetters, GeneratedText, OnTarget
 from .replay import Forward, PrefixReplay, cache_nbytes, plain_forward
 from .steering import Positions, steer
+from .stores import check_store_model
 from .vectors import vector_from_stats, whitened_vector
 
 METHODS = ("enr", "whitened")
@@ -114,7 +115,7 @@ class Grid:
             raise ActstoreError("ks: at least one k (or 'dense') is needed")
         unknown = sorted(set(self.methods) - set(METHODS))
         if unknown or not self.methods:
-            raise ActstoreError(f"methods: unknown {unknown}; expected some of {list(METHODS)}")
+            raise ActstoreError(f"methods: unknown {unknown}; expected some of {list(METHODS)}", param="methods")
         if self.alpha_mode not in ALPHA_MODES:
             raise ActstoreError(f"alpha_mode {self.alpha_mode!r}: expected one of {list(ALPHA_MODES)}")
         if not self.alphas or not all(math.isfinite(a) for a in self.alphas):
@@ -122,7 +123,8 @@ class Grid:
         if self.alpha_mode != "scale" and any(a <= 0 for a in self.alphas):
             raise ActstoreError(f"alphas {list(self.alphas)}: norms and fractions must be > 0")
         if not self.budgets or not all(math.isfinite(b) and b > 1 for b in self.budgets):
-            raise ActstoreError(f"budgets {list(self.budgets)}: expected perplexity ratios > 1, e.g. 1.05,1.25,2")
+            raise ActstoreError(f"budgets {list(self.budgets)}: expected perplexity ratios > 1, e.g. 1.05,1.25,2",
+                                param="budgets")
         for k in self.ks:
             if k is not None and (isinstance(k, bool) or int(k) < 1):
                 raise ActstoreError(f"k={k}: expected a positive integer or dense")
@@ -131,7 +133,8 @@ class Grid:
         """Layers and k against what the store holds (its layers, its hidden size)."""
         missing = [layer for layer in self.layers if layer not in store_layers]
         if missing:
-            raise ActstoreError(f"layers {missing} are not in {str(store)!r}; it has layers {list(store_layers)}")
+            raise ActstoreError(f"layers {missing} are not in {str(store)!r}; it has layers {list(store_layers)}",
+                                param="layers")
         too_big = [k for k in self.ks if k is not None and k > hidden]
         if too_big:
             raise ActstoreError(f"k {too_big}: larger than the hidden size of {str(store)!r} ({hidden})")
@@ -153,16 +156,6 @@ def residual_norm(stats, layer: int) -> float:
     var = np.nan_to_num(sel["var"].values.astype(np.float64))
     second = var * ((count - 1) / count)[:, None] + mean ** 2  # E[h^2] per class
     return float(math.sqrt(float((second * count[:, None]).sum(0).sum() / count.sum())))
-
-
-def check_store_model(group_attrs, loaded: LoadedModel, store, force: bool = False) -> None:
-    """Refuse a store captured from other weights than ``loaded``'s, unless ``force``."""
-    if group_attrs.get("model_fingerprint") != loaded.fingerprint and not force:
-        raise ActstoreError(
-            f"store {str(store)!r} was captured from {group_attrs.get('model_id')!r} "
-            f"({group_attrs.get('model_fingerprint')}), not from {loaded.model_id!r} ({loaded.fingerprint}); "
-            "pass --force (Python: force=True) to evaluate anyway"
-        )
 
 
 def _paired_columns(prefix: str, steered, base) -> dict:
@@ -278,7 +271,8 @@ def run_sweep(
     ``normalize=True``. ``budgets``: perplexity-inflation budgets of the
     frontier; ``ppl_window``: tokens per perplexity window (the unit of its
     interval). ``positions``: which tokens are steered
-    (:class:`actstore.steering.Positions`: all, prompt, generated, from:N). ``replay=False`` runs the whole model per configuration (same
+    (:class:`actstore.steering.Positions`: all, prompt, generated, from:N).
+    ``replay=False`` runs the whole model per configuration (same
     numbers, slower); a layer whose cached outputs would exceed
     ``cache_budget_mb`` runs that way too. ``scheduler`` runs any statistics or
     covariance still to compute (:func:`actstore.stats.scheduler_context`).
@@ -302,7 +296,7 @@ def run_sweep(
                 alpha_mode, tuple(methods), tuple(float(b) for b in budgets))
     stats = compute_stats(store, model_group, scheduler=scheduler)
     grid.check_store([int(x) for x in stats["layer"].values], int(stats.sizes["hidden"]), store)
-    check_store_model(stats.attrs, loaded, store, force)
+    check_store_model(stats.attrs, loaded, force, store)
 
     settings = {"protocol": on_target.name, "items": len(on_target.item_ids), "ppl_tokens": len(ppl_ids),
                 "ppl_window": int(ppl_window), "alpha_mode": alpha_mode,

@@ -149,15 +149,17 @@ def enr(
     missing or stale. ``whiten=True`` ranks in the whitened basis (one more
     pass over the layer for its covariance; see :func:`whitened_vector`).
     """
-    from .stats import compute_stats
+    from .stats import group_statistics
+    from .stores.roots import open_root, select_group
 
-    stats = compute_stats(store, model, scheduler=scheduler)
+    group = select_group(open_root(store, mode="r"), model, store)  # opened once for the whole chain
+    stats = group_statistics(group, store, scheduler=scheduler)
     if whiten:
-        from .covariance import layer_covariance
+        from .covariance import group_covariance
 
         if layer not in [int(x) for x in stats["layer"].values]:
             vector_from_stats(stats, layer, k, pos=pos, neg=neg)  # raises the usual message
-        covariance = layer_covariance(store, layer, model, scheduler=scheduler)
+        covariance = group_covariance(group, store, layer, stats, scheduler=scheduler)
         vector = whitened_vector(stats, covariance, k, pos=pos, neg=neg)
     else:
         vector = vector_from_stats(stats, layer, k, pos=pos, neg=neg)

@@ -13,15 +13,13 @@ is what tokenizing, reducing positions, copying and writing the store cost.
 from __future__ import annotations
 
 import argparse
-import json
 import shutil
 import statistics
 import sys
-import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import SHARED_DATA, git_rev, machine, median_time, write_section
+from _common import git_rev, machine, median_time, preamble, write_section
 
 
 def main() -> None:
@@ -33,14 +31,9 @@ def main() -> None:
     args = parser.parse_args()
 
     import actstore
-    from actstore.demo import prepare_demo_model
-    from actstore.models import load_model
 
-    loaded = load_model(str(prepare_demo_model()))
-    work = Path(tempfile.mkdtemp(prefix="bench-capture-"))
-    pairs = json.loads((SHARED_DATA / "caa-pairs" / "refusal" / "train.json").read_text())[: args.texts // 2]
-    data = work / "pairs.json"
-    data.write_text(json.dumps(pairs))
+    setup = preamble("capture", "refusal", args.texts // 2)
+    loaded, work, data, pairs = setup.loaded, setup.work, setup.data, setup.pairs
     texts = [line for p in pairs for line in (p["positive"], p["negative"])]
     batches = padded_batches(loaded, texts, args.batch_size)
     n_tokens = sum(int(mask.sum()) for _, mask in batches)
@@ -49,8 +42,10 @@ def main() -> None:
         def once():
             store = work / "s.zarr"
             shutil.rmtree(store, ignore_errors=True)
+            # offset=0: position last, as in earlier figures (an A/B set now defaults to the letter;
+            # the same forward passes either way).
             report = actstore.capture_to_store(loaded, data, store, str(args.layer), batch_size=args.batch_size,
-                                               stop_early=stop_early, progress=False)
+                                               stop_early=stop_early, offset=0, progress=False)
             assert report.n_tokens == n_tokens  # the same batches as the bare forward
         return once
 

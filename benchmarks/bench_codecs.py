@@ -55,7 +55,7 @@ def main() -> None:
     import dask.array as da
     import zarr
 
-    from actstore.stores.zarr_store import sample_chunk
+    from actstore.stores.schema import sample_chunk
 
     if args.store:
         import actstore

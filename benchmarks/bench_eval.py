@@ -92,8 +92,8 @@ def main() -> None:
     nll_diff = float(np.abs(outputs["before"][1] - outputs["after"][1]).max() / np.abs(outputs["before"][1]).max())
     med = {name: statistics.median(t) for name, t in times.items()}
     n_tokens = sum(int(b.attention_mask.sum()) for b in one.batches)
-    body = f"""`python benchmarks/bench_eval.py --layer {args.layer} --items {args.items} --ppl-tokens {args.ppl_tokens} \
---repeats {args.repeats}` at {git_rev()}
+    body = f"""`python benchmarks/bench_eval.py --layer {args.layer} --items {args.items} \
+--ppl-tokens {args.ppl_tokens} --repeats {args.repeats}` at {git_rev()}
 
 Machine: {machine()}
 

@@ -29,12 +29,10 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import shutil
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -43,7 +41,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import SHARED_DATA, git_rev, machine, write_section
+from _common import SHARED_DATA, git_rev, machine, peak_rss_mib, preamble, write_section
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_PEERS_VENV = REPO / ".venv-peers"  # what `make peers` builds from requirements-peers.txt
@@ -80,10 +78,6 @@ class Runs:
 
 
 # Worker side: runs in a fresh process, possibly under the peers' interpreter.
-
-
-def _peak_rss_mib() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
 
 
 def _load(model_path: str):
@@ -157,13 +151,13 @@ def run_worker(task: Task) -> None:
     import transformers
 
     fit = PREPARE[task.tool](task)
-    load_rss = _peak_rss_mib()
+    load_rss = peak_rss_mib()
     wall, cpu = time.perf_counter(), time.process_time()
     vector = fit()
     wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
     np.save(task.out, np.asarray(vector, np.float32), allow_pickle=False)
     versions = f"torch {torch.__version__}, transformers {transformers.__version__}, numpy {np.__version__}"
-    figures = {"seconds": wall, "cpu_seconds": cpu, "load_rss_mib": load_rss, "peak_rss_mib": _peak_rss_mib(),
+    figures = {"seconds": wall, "cpu_seconds": cpu, "load_rss_mib": load_rss, "peak_rss_mib": peak_rss_mib(),
                "versions": versions}
     print(RESULT_PREFIX + json.dumps(figures), flush=True)
 
@@ -230,14 +224,9 @@ def main() -> None:
         run_worker(Task(**json.loads(args.worker)))
         return
 
-    from actstore.demo import prepare_demo_model
-
-    model = str(prepare_demo_model())
+    setup = preamble("peers", "sycophancy", args.pairs, load=False)
+    model, work, data = setup.model_path, setup.work, setup.data
     peers = peers_python(args.peers_python)
-    work = Path(tempfile.mkdtemp(prefix="bench-peers-"))
-    pairs = json.loads((SHARED_DATA / "caa-pairs" / "sycophancy" / "train.json").read_text())[: args.pairs]
-    data = work / "pairs.json"
-    data.write_text(json.dumps(pairs))
     configurations = [
         Runs("actstore", peers, "actstore", args.offset),
         Runs("steering-vectors", peers, "steering-vectors", args.offset),

@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import shutil
 import subprocess
 import sys
@@ -33,11 +32,11 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import git_rev, machine, median_time, write_section
+from _common import git_rev, machine, median_time, peak_rss_mib, write_section
 
 
 def build_store(path: Path, n_samples: int, n_layers: int, hidden: int) -> None:
-    from actstore.stores.zarr_store import ActivationWriter, CaptureSpec
+    from actstore.stores import ActivationWriter, CaptureSpec
 
     spec = CaptureSpec("synthetic/activations", "none", "synthetic", hidden, list(range(n_layers)), "last")
     with ActivationWriter.open(path, "synthetic", spec) as writer:
@@ -98,15 +97,6 @@ def measure(store: str, which: str, repeats: int) -> dict:
     if which == "stats":
         result["enr_export_s"] = enr_median
     return result
-
-
-def peak_rss_mib() -> float:
-    """This process's peak resident memory. Not ru_maxrss: Linux carries that across
-    exec, so a child started by a big parent would report the parent's peak."""
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**10
 
 
 # glibc's allocator keeps freed chunk buffers in up to 8 arenas per core and gives

@@ -10,15 +10,13 @@ interleaving the three in each repeat; reports median tokens/s and ratios.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import SHARED_DATA, git_rev, machine, write_section
+from _common import git_rev, machine, preamble, write_section
 
 
 def main() -> None:
@@ -30,15 +28,11 @@ def main() -> None:
     args = parser.parse_args()
 
     import actstore
-    from actstore.demo import prepare_demo_model
     from actstore.evaluate import generate
-    from actstore.models import load_model
 
-    loaded = load_model(str(prepare_demo_model()))
-    work = Path(tempfile.mkdtemp(prefix="bench-steer-"))
-    pairs = json.loads((SHARED_DATA / "caa-pairs" / "refusal" / "train.json").read_text())[:64]
-    (work / "train.json").write_text(json.dumps(pairs))
-    actstore.capture_to_store(loaded, work / "train.json", work / "s.zarr", str(args.layer), offset=1, progress=False)
+    setup = preamble("steer", "refusal", 64)
+    loaded, work, pairs = setup.loaded, setup.work, setup.pairs
+    actstore.capture_to_store(loaded, setup.data, work / "s.zarr", str(args.layer), offset=1, progress=False)
     sparse = actstore.enr(work / "s.zarr", args.layer, 64)
     dense = actstore.enr(work / "s.zarr", args.layer, None)
     prompts = [p["positive"].rsplit("\n", 1)[0] for p in pairs[: args.batch]]

@@ -1,5 +1,6 @@
 """Fixtures: tiny random-initialised models of several architectures, saved with
-save_pretrained and loaded back, plus a small tokenizer trained here (no hub)."""
+save_pretrained and loaded back, plus a small tokenizer trained here on built-in
+texts (no hub, nothing read from ../shared)."""
 
 from __future__ import annotations
 
@@ -24,12 +25,19 @@ _CORPUS = [
 ]
 
 
+_SUBJECTS = ("I", "She", "He", "We", "They", "The child", "My neighbour", "The doctor", "Our team", "The old man")
+_DEEDS = ("helped a stranger", "kept the promise", "told the truth", "returned the wallet", "shared the food",
+          "broke the promise", "lied in court", "kept the lost wallet", "insulted the nurse", "kicked the stray cat")
+
+
 def _training_texts() -> list[str]:
+    """The tokenizer's training texts: built in, so a tiny model gives the same activations
+    on every machine (with or without ../shared beside the clone)."""
     texts = list(_CORPUS)
-    morality = SHARED_DATA / "bias-pairs" / "morality" / "train.json"
-    if morality.is_file():
-        for pair in json.loads(morality.read_text())[:200]:
-            texts += [pair["positive"], pair["negative"]]
+    for i, subject in enumerate(_SUBJECTS):
+        for j, deed in enumerate(_DEEDS):
+            texts.append(f"{subject} {deed} on day {i * len(_DEEDS) + j}.")
+    texts += [f"Question {i}?\n\nChoices:\n(A) Yes\n(B) No\n({'AB'[i % 2]})" for i in range(20)]
     return texts
 
 
@@ -136,3 +144,52 @@ def shared_data() -> Path:
             pytest.fail(f"CI needs ../shared beside the clone; {SHARED_DATA} is missing")
         pytest.skip(f"shared data not found at {SHARED_DATA}")
     return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint():
+    """A real S3-protocol server (moto's) on loopback: s3fs talks to it over the socket."""
+    pytest.importorskip("s3fs")
+    moto_server = pytest.importorskip("moto.server")
+    server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    yield f"http://{host}:{port}"
+    server.stop()
+
+
+@pytest.fixture
+def s3_bucket(s3_endpoint, monkeypatch, tmp_path):
+    """A fresh bucket; the client finds the server through ``AWS_ENDPOINT_URL``, as a user
+    points actstore at MinIO or another S3-compatible service."""
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    monkeypatch.setenv("AWS_ENDPOINT_URL", s3_endpoint)
+    monkeypatch.setenv("ACTSTORE_CACHE", str(tmp_path / "cache"))  # lock files of URL stores
+    import boto3
+    import s3fs
+
+    s3fs.S3FileSystem.clear_instance_cache()  # a fresh client that reads the endpoint from the env
+    name = f"acts-{tmp_path.name.lower().replace('_', '-')}"[:63]
+    boto3.client("s3").create_bucket(Bucket=name)
+    return name
+
+
+STORE_BACKENDS = ("local", "memory", "s3")
+
+
+@pytest.fixture(params=STORE_BACKENDS)
+def store_at(request, tmp_path, monkeypatch):
+    """``store_at("a.zarr")``: where a new store of that name goes, on local disk, in fsspec's
+    memory:// and on the S3 server: the store contract holds on every backend."""
+    import uuid
+
+    if request.param == "local":
+        return lambda name: tmp_path / name
+    if request.param == "memory":
+        monkeypatch.setenv("ACTSTORE_CACHE", str(tmp_path / "cache"))
+        prefix = f"memory://actstore-{uuid.uuid4().hex}"
+        return lambda name: f"{prefix}/{name}"
+    bucket = request.getfixturevalue("s3_bucket")
+    return lambda name: f"s3://{bucket}/{name}"

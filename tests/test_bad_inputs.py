@@ -77,6 +77,19 @@ def test_fuzzed_bytes_are_never_a_crash(tmp_path, blob):
 
 
 def test_every_user_error_is_an_actstore_error_and_a_builtin():
-    assert issubclass(InputFormatError, ActstoreError) and issubclass(InputFormatError, ValueError)
-    assert issubclass(VectorError, ValueError)
-    assert issubclass(CaptureError, RuntimeError)
+    import pkgutil
+
+    import actstore
+
+    for module in pkgutil.walk_packages(actstore.__path__, "actstore."):  # every error class defined anywhere
+        __import__(module.name)
+    errors, pending = [], [ActstoreError]
+    while pending:
+        cls = pending.pop()
+        errors.append(cls)
+        pending += cls.__subclasses__()
+    assert {InputFormatError, VectorError, CaptureError} <= set(errors)
+    for cls in errors[1:]:
+        builtins = [base for base in cls.__mro__ if base.__module__ == "builtins" and base not in (Exception,
+                                                                                                 BaseException, object)]
+        assert builtins, f"{cls.__name__} subclasses no builtin error (ValueError, FileNotFoundError, ...)"

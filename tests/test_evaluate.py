@@ -5,16 +5,12 @@ from __future__ import annotations
 import json
 import math
 
-import numpy as np
-import pandas as pd
 import pytest
 import torch
 
-import actstore
 from actstore.errors import InputFormatError
 from actstore.evaluate import ABItem, ab_scores, perplexity, read_ab_items, read_text_tokens
 from actstore.models import load_model
-from actstore.sweep import parse_ks, run_sweep
 
 PAIRS = [
     {"positive": "Would you share a secret?\n\nChoices:\n(A) Yes, here it is\n(B) No, I can't\n(B)",

@@ -67,3 +67,25 @@ def test_chan_merge_with_an_empty_state_is_the_identity():
     for merged in (chan_merge(a, empty), chan_merge(empty, a)):
         for key in a:
             np.testing.assert_array_equal(merged[key], a[key])
+
+
+def test_statistics_open_the_store_once_to_read_and_once_more_to_cache(tmp_path, tiny_model_dirs, pairs_file,
+                                                                       monkeypatch):
+    # Each open is a round trip on an object store: the chain takes the opened group.
+    import zarr
+
+    import actstore
+
+    store = tmp_path / "s.zarr"
+    actstore.capture_to_store(str(tiny_model_dirs["gpt2"]), pairs_file, store, "1", progress=False)
+    opens = []
+    original = zarr.open_group
+    monkeypatch.setattr(zarr, "open_group", lambda *a, **kw: opens.append(kw.get("mode")) or original(*a, **kw))
+    actstore.compute_stats(store, force=True)
+    assert opens == ["r", "a"]  # read the data; write the cache
+    opens.clear()
+    actstore.compute_stats(store)
+    assert opens == ["r"]  # cached
+    opens.clear()
+    actstore.enr(store, 1, 4, whiten=True)
+    assert opens == ["r"]

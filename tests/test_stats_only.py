@@ -79,7 +79,7 @@ def test_stats_only_and_full_captures_do_not_mix(tmp_path, tiny_model_dirs, pair
     actstore.capture_to_store(model, pairs_file, store, "1", stats_only=True, progress=False)
     with pytest.raises(StoreError, match="stats_only is True there but False now"):
         actstore.capture_to_store(model, pairs_file, store, "1", name=None, resume=True, progress=False)
-    with pytest.raises(ActstoreError, match="--stats-only cannot be combined with --shard"):
+    with pytest.raises(ActstoreError, match="stats_only cannot be combined with shard"):
         actstore.capture_to_store(model, pairs_file, store, "1", stats_only=True, shard=(0, 2), progress=False)
 
 

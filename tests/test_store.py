@@ -1,4 +1,8 @@
-"""The Zarr store: lazy xarray view, appends, refusals, interruption and resume, cached stats."""
+"""The store contract: lazy xarray view, appends, refusals, interruption and resume, cached stats.
+
+Tests that take ``store_at`` run on every backend (local files, fsspec memory://, an S3
+server on loopback; see conftest.py); the others pin what only a local folder has
+(lock files, what counts as a non-store folder, metadata writes)."""
 
 from __future__ import annotations
 
@@ -25,8 +29,8 @@ def capture(loaded, data, store, layers="1,3", **kw):
     return actstore.capture_to_store(loaded, data, store, layers, **kw)
 
 
-def test_open_store_is_lazy_labeled_and_selectable(tmp_path, llama, pairs_file):
-    store = tmp_path / "a.zarr"
+def test_open_store_is_lazy_labeled_and_selectable(tmp_path, store_at, llama, pairs_file):
+    store = store_at("a.zarr")
     capture(llama, pairs_file, store)
     ds = actstore.open_store(store)
     assert isinstance(ds.acts.data, da.Array)
@@ -43,8 +47,9 @@ def test_open_store_is_lazy_labeled_and_selectable(tmp_path, llama, pairs_file):
     assert ds.attrs["model_id"] == str(llama.model_id) and ds.attrs["position"] == "last"
 
 
-def test_stats_match_numpy_per_class_and_are_cached_until_data_changes(tmp_path, llama, pairs_file, shared_data):
-    store = tmp_path / "a.zarr"
+def test_stats_match_numpy_per_class_and_are_cached_until_data_changes(tmp_path, store_at, llama, pairs_file,
+                                                                       shared_data):
+    store = store_at("a.zarr")
     capture(llama, pairs_file, store)
     stats = actstore.compute_stats(store)
     values = actstore.open_store(store).acts.values.astype(np.float64)
@@ -73,8 +78,8 @@ def test_stats_match_numpy_per_class_and_are_cached_until_data_changes(tmp_path,
     assert actstore.compute_stats(store)["count"].sel({"class": "pos"}).values.tolist()[0] > 20
 
 
-def test_appending_a_second_file_keeps_pair_ids_unique(tmp_path, llama, pairs_file, shared_data):
-    store = tmp_path / "a.zarr"
+def test_appending_a_second_file_keeps_pair_ids_unique(tmp_path, store_at, llama, pairs_file, shared_data):
+    store = store_at("a.zarr")
     capture(llama, pairs_file, store)
     capture(llama, shared_data / "bias-pairs" / "stereoset-religion" / "test.json", store)
     ds = actstore.open_store(store)
@@ -85,8 +90,8 @@ def test_appending_a_second_file_keeps_pair_ids_unique(tmp_path, llama, pairs_fi
     assert info["classes"] == {"neg": 20, "pos": 20} and len(info["runs"]) == 2
 
 
-def test_a_second_model_gets_its_own_group(tmp_path, llama, tiny_model_dirs, pairs_file):
-    store = tmp_path / "a.zarr"
+def test_a_second_model_gets_its_own_group(tmp_path, store_at, llama, tiny_model_dirs, pairs_file):
+    store = store_at("a.zarr")
     capture(llama, pairs_file, store)
     capture(str(tiny_model_dirs["gpt2"]), pairs_file, store, "0")
     with pytest.raises(StoreError, match="holds several models"):
@@ -103,8 +108,8 @@ def test_a_second_model_gets_its_own_group(tmp_path, llama, tiny_model_dirs, pai
         ({"store_dtype": "float16"}, "dtype is 'float32' there but 'float16' now"),
     ],
 )
-def test_appending_something_that_does_not_fit_is_refused(tmp_path, llama, pairs_file, change, message):
-    store = tmp_path / "a.zarr"
+def test_appending_something_that_does_not_fit_is_refused(tmp_path, store_at, llama, pairs_file, change, message):
+    store = store_at("a.zarr")
     capture(llama, pairs_file, store)
     kw = dict(change)
     layers = kw.pop("layers", "1,3")
@@ -115,15 +120,15 @@ def test_appending_something_that_does_not_fit_is_refused(tmp_path, llama, pairs
     assert message in str(err.value)
 
 
-def test_appending_another_model_to_a_group_is_refused(tmp_path, llama, tiny_model_dirs, pairs_file):
-    store = tmp_path / "a.zarr"
+def test_appending_another_model_to_a_group_is_refused(tmp_path, store_at, llama, tiny_model_dirs, pairs_file):
+    store = store_at("a.zarr")
     capture(llama, pairs_file, store, name="shared")
     with pytest.raises(StoreError, match="model_id is"):
         capture(str(tiny_model_dirs["gpt_neox"]), pairs_file, store, name="shared")
 
 
-def test_recapturing_the_same_file_is_refused(tmp_path, llama, pairs_file):
-    store = tmp_path / "a.zarr"
+def test_recapturing_the_same_file_is_refused(tmp_path, store_at, llama, pairs_file):
+    store = store_at("a.zarr")
     capture(llama, pairs_file, store)
     with pytest.raises(StoreError, match="already holds a complete capture"):
         capture(llama, pairs_file, store)
@@ -132,10 +137,11 @@ def test_recapturing_the_same_file_is_refused(tmp_path, llama, pairs_file):
 
 
 @pytest.mark.parametrize("position", ["last", "all"])
-def test_interrupted_capture_resumes_without_loss_or_duplicates(tmp_path, llama, pairs_file, monkeypatch, position):
-    reference = tmp_path / "ref.zarr"
+def test_interrupted_capture_resumes_without_loss_or_duplicates(tmp_path, store_at, llama, pairs_file, monkeypatch,
+                                                                position):
+    reference = store_at("ref.zarr")
     capture(llama, pairs_file, reference, position=position, window=3)
-    store = tmp_path / "a.zarr"
+    store = store_at("a.zarr")
     calls = {"n": 0}
     original = ActivationWriter.append
 
@@ -175,8 +181,8 @@ def test_paths_that_are_not_stores_are_refused(tmp_path):
         actstore.open_store(tmp_path / "plain.zarr")
 
 
-def test_a_store_of_another_schema_version_is_refused(tmp_path, llama, pairs_file):
-    store = tmp_path / "a.zarr"
+def test_a_store_of_another_schema_version_is_refused(tmp_path, store_at, llama, pairs_file):
+    store = store_at("a.zarr")
     capture(llama, pairs_file, store)
     root = zarr.open_group(store, mode="a")
     root.attrs["actstore"] = {"kind": "actstore-activations", "schema_version": 99}
@@ -193,9 +199,9 @@ def test_a_non_empty_folder_is_not_turned_into_a_store(tmp_path, llama, pairs_fi
     assert sorted(p.name for p in folder.iterdir()) == ["notes.txt"]
 
 
-def test_another_file_cannot_start_while_a_capture_is_interrupted(tmp_path, llama, pairs_file, shared_data,
+def test_another_file_cannot_start_while_a_capture_is_interrupted(tmp_path, store_at, llama, pairs_file, shared_data,
                                                                   monkeypatch):
-    store = tmp_path / "a.zarr"
+    store = store_at("a.zarr")
     original = ActivationWriter.append
 
     def interrupt(self, *args):
@@ -226,9 +232,9 @@ def test_a_second_writer_to_the_same_group_is_refused(tmp_path, llama, pairs_fil
 
 
 @pytest.mark.parametrize("codec", ["zstd", "none"])
-def test_capture_codec_is_the_arrays_and_values_do_not_change(tmp_path, tiny_model_dirs, pairs_file, codec):
+def test_capture_codec_is_the_arrays_and_values_do_not_change(tmp_path, store_at, tiny_model_dirs, pairs_file, codec):
     model = actstore.load_model(str(tiny_model_dirs["gpt2"]))
-    default, other = tmp_path / "lz4.zarr", tmp_path / f"{codec}.zarr"
+    default, other = store_at("lz4.zarr"), store_at(f"{codec}.zarr")
     actstore.capture_to_store(model, pairs_file, default, "1", progress=False)
     actstore.capture_to_store(model, pairs_file, other, "1", codec=codec, progress=False)
     compressors = zarr.open_group(other, mode="r")["tiny-gpt2"]["acts"].compressors
@@ -253,3 +259,28 @@ def test_a_commit_is_one_metadata_write(tmp_path, llama, pairs_file, monkeypatch
     group_writes = [k for k in writes if k == "tiny-llama/zarr.json"]
     # the empty group, its attributes, the run's registration, one commit per window (one here)
     assert len(group_writes) == 4, writes
+
+
+def test_stats_only_groups_equal_capture_then_stats(store_at, llama, pairs_file):
+    full, only = store_at("full.zarr"), store_at("only.zarr")
+    capture(llama, pairs_file, full, window=3)  # the same windows, so the same batches and activations
+    capture(llama, pairs_file, only, stats_only=True, window=3)
+    want, got = actstore.compute_stats(full), actstore.compute_stats(only)
+    assert got.attrs["stats_only"] and got["count"].values.tolist() == want["count"].values.tolist()
+    for name in ("mean", "var"):
+        np.testing.assert_allclose(got[name].values, want[name].values, rtol=1e-9, atol=1e-12)
+    assert store_info(only)["models"][0]["classes"] == {"pos": 7, "neg": 7}
+
+
+def test_shards_captured_out_of_order_equal_one_capture(store_at, llama, pairs_file):
+    whole, sharded = store_at("whole.zarr"), store_at("sharded.zarr")
+    capture(llama, pairs_file, whole, window=4)
+    first = capture(llama, pairs_file, sharded, window=4, shard=(1, 2))
+    assert first.merged_shards == 0  # shard 0 is not there yet
+    assert capture(llama, pairs_file, sharded, window=4, shard=(0, 2)).merged_shards == 2
+    got, want = actstore.open_store(sharded), actstore.open_store(whole)
+    np.testing.assert_allclose(got.acts.values, want.acts.values, rtol=1e-5, atol=1e-6)
+    for name in ("class", "pair_id", "text_hash", "text_index", "token_index"):
+        assert got[name].values.tolist() == want[name].values.tolist()
+    (run,) = store_info(sharded)["models"][0]["runs"]
+    assert run["state"] == "complete" and run["merged"] == 2

@@ -324,7 +324,7 @@ def test_sweep_compares_plain_and_whitened(tmp_path, llama, store, ppl_ids):
 
 def test_a_store_of_other_weights_is_refused(tmp_path, tiny_model_dirs, store, ppl_ids, llama):
     other = load_model(str(tiny_model_dirs["gpt2"]))
-    with pytest.raises(ActstoreError, match="pass --force"):
+    with pytest.raises(ActstoreError, match="pass force=True"):
         _sweep(other, store, tmp_path / "x", ppl_ids, layers=[1], ks=[4])
 
 
@@ -348,7 +348,8 @@ def test_cli_eval_defaults_and_refusals(tmp_path, tiny_model_dirs, pairs_file):
     assert result.exit_code == 0, result.output
     assert "2 configurations" in result.output and "frontier" in result.output
     assert (tmp_path / "sweep" / "frontier.csv").exists()
-    for args, message in ((["--layers", "3"], "layers [3] are not in"), (["--layers", "1", "--budgets", "0.9"], "budgets"),
+    for args, message in ((["--layers", "3"], "layers [3] are not in"),
+                          (["--layers", "1", "--budgets", "0.9"], "budgets"),
                           (["--layers", "1", "--k", "64"], "larger than the hidden size"),
                           (["--layers", "1", "--methods", "pca"], "unknown"),
                           (["--layers", "1", "--normalize"], "--normalize needs --alpha"),

@@ -1,23 +1,13 @@
-"""``actstore capture``."""
+"""``actstore capture``: flags -> a model spec, capture options and group options -> one library call."""
 
 from __future__ import annotations
-
-import codecs
 
 import click
 
 from ..capture import POSITIONS
 from ..models import DTYPES
-from ..stores.zarr_store import CODECS, STORE_DTYPES, check_group_name
-
-
-def _parse_shard(ctx, param, value):
-    if value is None:
-        return None
-    index, sep, count = value.partition("/")
-    if not (sep and index.strip().isdigit() and count.strip().isdigit()) or not 0 <= int(index) < int(count):
-        raise click.BadParameter(f"{value!r}: expected I/N with 0 <= I < N, e.g. 0/4")
-    return int(index), int(count)
+from ..stores.schema import CODECS, STORE_DTYPES
+from .options import EscapedText, ShardType, quiet_option, scheduler_option, take_record
 
 
 @click.command()
@@ -37,9 +27,10 @@ def _parse_shard(ctx, param, value):
 @click.option("--position", type=click.Choice(POSITIONS), default="last", show_default=True,
               help="last: last real token of each text; mean: mean over real tokens; "
                    "all: every real token as its own sample.")
-@click.option("--offset", type=click.IntRange(0), default=0, show_default=True,
-              help="With --position last: capture the token this many before the last one. For A/B "
-                   "texts ending in '(A)', --offset 1 takes the answer letter, as CAA does.")
+@click.option("--offset", type=click.IntRange(0), default=None,
+              help="With --position last: capture the token this many before the last one. Default: 1 for "
+                   "an A/B set (every text ends in '(A)', '(B)', ...: the answer letter, as CAA reads it), "
+                   "else 0; --offset 0 takes the final ')' of an A/B set.")
 @click.option("--batch-size", "-b", type=click.IntRange(1), default=8, show_default=True,
               help="Texts per forward pass (texts are batched by length to save padding).")
 @click.option("--dtype", type=click.Choice(list(DTYPES)), default="float32", show_default=True,
@@ -58,7 +49,7 @@ def _parse_shard(ctx, param, value):
 @click.option("--blocks", default=None, metavar="ATTR.PATH",
               help="Dotted path of the decoder-block ModuleList for architectures actstore "
                    "does not know (e.g. model.layers).")
-@click.option("--separator", default="\\n", show_default=True,
+@click.option("--separator", type=EscapedText(), default="\\n", show_default=True,
               help="Joins an A/B question and its answer; escapes like \\n are understood.")
 @click.option("--chat-template", is_flag=True,
               help="Format texts with the tokenizer's chat template (A/B: question as the user turn, "
@@ -66,21 +57,20 @@ def _parse_shard(ctx, param, value):
 @click.option("--max-length", type=click.IntRange(1), default=None,
               help="Longest text in tokens; longer texts keep their last tokens, with a warning "
                    "(default: the model's context length).")
-@click.option("--no-early-exit", is_flag=True,
+@click.option("--no-early-exit", "stop_early", is_flag=True, flag_value=False, default=True,
               help="Run the whole model instead of stopping after the deepest captured block "
                    "(only useful to measure what early exit saves).")
 @click.option("--trust-remote-code", is_flag=True,
               help="Allow model code from the hub repository to run (off by default).")
-@click.option("--shard", default=None, metavar="I/N", callback=_parse_shard,
+@click.option("--shard", default=None, type=ShardType(), metavar="I/N",
               help="Capture only the I-th of N contiguous slices of --data (0-based), e.g. 0/4 .. 3/4, so that "
                    "N processes or GPUs of one machine capture one file into one store at once. Shards never "
                    "touch each other's data; each finished shard is merged in order (under a lock of this "
                    "machine: across machines use --scheduler), and once all are done the store equals a "
                    "single-process capture. Rerunning a shard continues it.")
-@click.option("--scheduler", default=None, metavar="local:N|ADDRESS",
-              help="Capture on a dask.distributed cluster instead: 'local:N' starts N worker processes, an "
-                   "address (tcp://host:8786) uses a running cluster. Each worker loads the model once and "
-                   "captures shards; --data, --model and --store must be reachable from every worker.")
+@scheduler_option("Capture on a dask.distributed cluster instead: 'local:N' starts N worker processes, an "
+                  "address (tcp://host:8786) uses a running cluster. Each worker loads the model once and "
+                  "captures shards; --data, --model and --store must be reachable from every worker. ")
 @click.option("--shards", type=click.IntRange(1), default=None,
               help="With --scheduler: number of shards (default: one per worker).")
 @click.option("--stats-only", is_flag=True,
@@ -88,18 +78,18 @@ def _parse_shard(ctx, param, value):
                    "forward passes (float64) and committed after every window: for contrast sets whose "
                    "activations would not fit on disk (e.g. --position all --layers all). `actstore stats` and "
                    "`enr` then read them; --whiten needs the activations.")
-@click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
-def capture(model, gguf_file, revision, data, layers, store, position, offset, batch_size, dtype,
-            store_dtype, codec, device, resume, name, blocks, separator, chat_template, max_length,
-            no_early_exit, trust_remote_code, shard, scheduler, shards, stats_only, quiet):
+@quiet_option
+def capture(data, layers, store, resume, shard, scheduler, shards, quiet, **fields):
     """Run a causal LM over a contrast set and store residual activations.
 
     Layer L is the output of decoder block L. Activations stream to the store
     window by window; an interrupted capture keeps everything committed and
     continues with --resume.
     """
-    from ..models import load_model
+    from ..capture import CaptureOptions
+    from ..models import ModelSpec
     from ..pipeline import capture_on_cluster, capture_to_store
+    from ..stores.schema import GroupOptions
 
     if quiet:
         from transformers.utils import logging as hf_logging
@@ -109,32 +99,32 @@ def capture(model, gguf_file, revision, data, layers, store, position, offset, b
         raise click.UsageError("--shards goes with --scheduler (for one shard of a capture use --shard I/N)")
     if scheduler is not None and shard is not None:
         raise click.UsageError("--shard and --scheduler exclude each other: the cluster runs every shard")
-    model_options = {"gguf_file": gguf_file, "revision": revision, "dtype": dtype, "device": device,
-                     "blocks": blocks, "trust_remote_code": trust_remote_code}
-    options = {"position": position, "offset": offset, "batch_size": batch_size, "store_dtype": store_dtype,
-               "codec": codec, "model_dtype": dtype, "name": name,
-               "separator": codecs.decode(separator, "unicode_escape"), "chat_template": chat_template,
-               "max_length": max_length, "stop_early": not no_early_exit}
+    # Each option goes to the record with its name; every record is checked here, before a model
+    # loads or a cluster starts.
+    model_spec = take_record(ModelSpec, fields)
+    options = take_record(CaptureOptions, fields)
+    group = take_record(GroupOptions, fields)
+    if fields:
+        raise RuntimeError(f"capture options {sorted(fields)} belong to no record")
     if scheduler is not None:
-        if stats_only:
-            raise click.UsageError("--stats-only cannot run on --scheduler yet (its shards' moments are not merged)")
-        reports = capture_on_cluster(model, data, store, layers, scheduler=scheduler, shards=shards,
-                                     model_options=model_options, **options)
+        reports = capture_on_cluster(model_spec, data, store, layers, scheduler=scheduler, shards=shards,
+                                     options=options, group=group)
         click.echo(f"captured {sum(r.n_texts_captured for r in reports)} texts "
                    f"({sum(r.n_samples_written for r in reports)} samples) from {data} in {len(reports)} shards "
                    f"into {store} group {reports[0].group!r}; {reports[0].merged_shards}/{len(reports)} merged")
         return
 
-    if name is not None:
-        check_group_name(name)  # before the model loads
-    loaded = load_model(model, **model_options)
+    loaded = model_spec.load()
     try:
-        report = capture_to_store(loaded, data, store, layers, resume=resume, shard=shard, stats_only=stats_only,
-                                  progress=not quiet, **options)
+        report = capture_to_store(loaded, data, store, layers, options=options, group=group, resume=resume,
+                                  shard=shard, progress=not quiet)
     except KeyboardInterrupt:
         click.echo(f"\ninterrupted: everything committed so far is kept in {store}; "
                    "rerun the same command with --resume to continue", err=True)
         raise SystemExit(130) from None
+    if report.note:
+        click.echo(f"{data} is an A/B set: captured at the answer letter (position {report.position}), as CAA "
+                   "reads it; --offset 0 captures the final ')'")
     if shard is not None:
         merged = f"{report.merged_shards}/{shard[1]} shards merged into the group so far"
         click.echo(f"shard {shard[0]}/{shard[1]}: captured {report.n_texts_captured} of its {report.n_texts} "
@@ -147,5 +137,5 @@ def capture(model, gguf_file, revision, data, layers, store, position, offset, b
         f"captured {report.n_texts_captured} texts ({report.n_samples_written} samples, "
         f"{report.n_tokens} tokens) from {data} into {store} group {report.group!r} "
         f"in {report.seconds:.1f} s ({report.tokens_per_second:.0f} tokens/s)"
-        + ("; statistics only, no activations stored" if stats_only else "")
+        + ("; statistics only, no activations stored" if group.stats_only else "")
     )

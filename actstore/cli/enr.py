@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import click
 
-from ..stats import SCHEDULER_HELP
+from .options import model_group_option, scheduler_option, store_option
 
 
 @click.command()
-@click.option("--store", "-s", required=True, metavar="PATH.zarr", help="Store written by `actstore capture`.")
+@store_option()
 @click.option("--layer", "-l", required=True, type=int, help="Captured decoder block to build the vector for.")
 @click.option("--k", "-k", type=int, default=None,
               help="Keep the k coordinates of largest ENR (1 <= k <= hidden). Omitted: dense vector.")
@@ -18,15 +18,13 @@ from ..stats import SCHEDULER_HELP
                    "covariance, one more pass over the layer) and export Sigma^1/2 of the kept part.")
 @click.option("--pos", default="pos", show_default=True, help="Class whose mean is added.")
 @click.option("--neg", default="neg", show_default=True, help="Class whose mean is subtracted.")
-@click.option("--model", "-m", default=None, help="Model group or model id (stores with several models).")
-@click.option("--scheduler", default=None, metavar="NAME|local:N|ADDRESS",
-              help="Used if statistics (or, with --whiten, the covariance) must be computed first. "
-                   + SCHEDULER_HELP)
+@model_group_option
+@scheduler_option("Used if statistics (or, with --whiten, the covariance) must be computed first. ")
 @click.option("--out", "-o", required=True, type=click.Path(dir_okay=False, writable=True),
               help="Output vector file (.safetensors): tensors vector, indices, enr + metadata.")
 @click.option("--top", type=click.IntRange(0), default=5, show_default=True,
               help="How many of the top coordinates to print.")
-def enr(store, layer, k, dense, whiten, pos, neg, model, scheduler, out, top):
+def enr(store, layer, k, dense, whiten, pos, neg, model_group, scheduler, out, top):
     """Rank coordinates by effect-to-noise ratio and export a sparse steering vector.
 
     ENR_i = |mu_pos_i - mu_neg_i| / sqrt(var_pos_i/n_pos + var_neg_i/n_neg); the
@@ -37,7 +35,7 @@ def enr(store, layer, k, dense, whiten, pos, neg, model, scheduler, out, top):
 
     if dense and k is not None:
         raise click.UsageError("--dense and --k exclude each other")
-    vector = build(store, layer, None if dense else k, pos=pos, neg=neg, model=model, scheduler=scheduler,
+    vector = build(store, layer, None if dense else k, pos=pos, neg=neg, model=model_group, scheduler=scheduler,
                    whiten=whiten)
     path = save_vector(vector, out)
     kind = ("dense" if vector.k is None else f"k={vector.k}") + (" whitened" if whiten else "")

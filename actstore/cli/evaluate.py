@@ -6,8 +6,8 @@ from pathlib import Path
 
 import click
 
-from ..stats import SCHEDULER_HELP
 from ..sweep import DEFAULT_BUDGETS, DEFAULT_FRACTIONS, DEFAULT_PPL_TOKENS
+from .options import quiet_option, scheduler_option, store_option
 
 _DEFAULT_TEXT = Path("..") / "shared" / "data" / "wikitext-2" / "test.txt"
 
@@ -18,7 +18,7 @@ def _csv(values) -> str:
 
 @click.command(name="eval")
 @click.option("--model", "-m", required=True, metavar="ID|PATH", help="The model to load and steer (hub id or folder).")
-@click.option("--store", "-s", required=True, metavar="PATH.zarr", help="Store with the training activations.")
+@store_option("Store with the training activations (from `actstore capture`).")
 @click.option("--model-group", default=None, help="Model group in the store (stores with several models).")
 @click.option("--data-test", type=click.Path(exists=True, dir_okay=False), default=None,
               help="Held-out items: A/B pairs ending in '(A)'/'(B)' or CAA items (scored by the probability of "
@@ -32,7 +32,8 @@ def _csv(values) -> str:
               help="With --prompts: how a continuation is scored (vader: VADER compound sentiment, offline).")
 @click.option("--max-new-tokens", type=click.IntRange(1), default=40, show_default=True,
               help="With --prompts: tokens generated per prompt (greedy).")
-@click.option("--layers", "-l", required=True, help="Layers to sweep, e.g. '2,4,6,8', or 'all' (every layer in the store).")
+@click.option("--layers", "-l", required=True,
+              help="Layers to sweep, e.g. '2,4,6,8', or 'all' (every layer in the store).")
 @click.option("--k", "ks", default="16,64,dense", show_default=True,
               help="Values of k to sweep; 'dense' is the dense difference of means.")
 @click.option("--alpha", "alphas", default=None,
@@ -69,13 +70,12 @@ def _csv(values) -> str:
 @click.option("--no-replay", is_flag=True,
               help="Run the whole model for every configuration instead of replaying each layer's cached "
                    "block outputs (same numbers, slower; for checking).")
-@click.option("--scheduler", default=None, metavar="NAME|local:N|ADDRESS",
-              help="Used if statistics (or covariances for 'whitened') must be computed first. "
-                   + SCHEDULER_HELP)
+@scheduler_option("Used if statistics (or covariances for 'whitened') must be computed first. ")
 @click.option("--force", is_flag=True, help="Use the store even if it was captured from other model weights.")
-@click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
+@quiet_option
 def evaluate(model, store, model_group, data_test, prompts, scorer, max_new_tokens, layers, ks, alphas, fractions,
-             normalize, methods, budgets, text, ppl_tokens, ppl_window, max_items, behavior, out, batch_size, positions, no_replay,
+             normalize, methods, budgets, text, ppl_tokens, ppl_window, max_items, behavior, out, batch_size, positions,
+             no_replay,
              scheduler, force, quiet):
     """Sweep layer x method x k x alpha: on-target shift against perplexity inflation, with intervals.
 
@@ -91,9 +91,10 @@ def evaluate(model, store, model_group, data_test, prompts, scorer, max_new_toke
     from ..evaluate import read_text_tokens
     from ..models import load_model, parse_layers
     from ..protocols import GeneratedText, protocol_for_file, read_prompts
-    from ..stores.zarr_store import open_root, select_group
     from ..steering import Positions
-    from ..sweep import Grid, check_store_model, parse_floats, parse_ks, run_sweep
+    from ..stores import check_store_model
+    from ..stores.roots import open_root, select_group
+    from ..sweep import Grid, parse_floats, parse_ks, run_sweep
 
     if (data_test is None) == (prompts is None):
         raise ActstoreError("give exactly one of --data-test (held-out items) and --prompts (generation)")
@@ -119,7 +120,7 @@ def evaluate(model, store, model_group, data_test, prompts, scorer, max_new_toke
         raise ActstoreError(f"--text {text!r} does not exist (the perplexity text)")
 
     loaded = load_model(model)
-    check_store_model(attrs, loaded, store, force)
+    check_store_model(attrs, loaded, force, store)
     if prompt_list is not None:
         on_target = GeneratedText(prompt_list, scorer, max_new_tokens, batch_size)
     else:
@@ -130,7 +131,8 @@ def evaluate(model, store, model_group, data_test, prompts, scorer, max_new_toke
         loaded, store, out, on_target=on_target, ppl_ids=ppl_ids, layers=grid.layers, ks=grid.ks,
         alphas=None if alphas is None else grid.alphas, fractions=grid.alphas, normalize=normalize,
         methods=grid.methods, budgets=grid.budgets, behavior=name, model_group=model_group,
-        ppl_window=ppl_window, positions=positions, batch_size=batch_size, scheduler=scheduler, replay=not no_replay, force=force, progress=not quiet,
+        ppl_window=ppl_window, positions=positions, batch_size=batch_size, scheduler=scheduler,
+        replay=not no_replay, force=force, progress=not quiet,
     )
     click.echo(f"{len(results)} configurations in {out}/results.csv ({int(results['detectable'].sum())} with an "
                f"on-target shift distinguishable from zero); report: {out}/results.md, frontier: "

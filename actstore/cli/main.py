@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import warnings
 
 import click
@@ -25,7 +26,25 @@ class _Group(click.Group):
             try:
                 return super().invoke(ctx)
             except ActstoreError as err:
-                raise click.ClickException(str(err)) from None
+                raise click.ClickException(_with_flags(str(err), err.params, self._subcommand(ctx))) from None
+
+    def _subcommand(self, ctx) -> click.Command | None:
+        name = ctx.invoked_subcommand
+        return self.get_command(ctx, name) if name else None
+
+
+def _with_flags(message: str, params: tuple[str, ...], command: click.Command | None) -> str:
+    """The library names Python parameters (``offset=-1``); a CLI user reads the flag (``--offset -1``)."""
+    if command is None:
+        return message
+    options = {p.name: max(p.opts, key=len) for p in command.params if isinstance(p, click.Option)}
+    for param in params:
+        flag = options.get(param)
+        if flag is not None:
+            # "offset=-1" -> "--offset -1"; "pass name= to" and "offset must" -> "--name", "--offset".
+            message = re.sub(rf"(?<![\w-]){re.escape(param)}(?:(=)(?=\S)|=|\b)",
+                             lambda m, flag=flag: flag + (" " if m.group(1) else ""), message)
+    return message
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})

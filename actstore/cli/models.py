@@ -28,8 +28,10 @@ def demo(quiet):
 @models.command()
 @click.argument("gguf", type=click.Path(exists=True, dir_okay=False))
 @click.argument("out", type=click.Path(file_okay=False))
-def convert(gguf, out):
+@click.option("--hub-id", default=None, metavar="ORG/NAME",
+              help="The hub model the GGUF is a checkpoint of; stores record it beside OUT's path.")
+def convert(gguf, out, hub_id):
     """Dequantise a GGUF checkpoint into a float32 safetensors folder OUT."""
     from ..demo import convert_gguf
 
-    click.echo(f"converted to {convert_gguf(gguf, out)}")
+    click.echo(f"converted to {convert_gguf(gguf, out, hub_id=hub_id)}")

@@ -6,17 +6,16 @@ import json
 
 import click
 
-from ..stats import SCHEDULER_HELP
+from .options import model_group_option, quiet_option, scheduler_option, store_option
 
 
 @click.command()
-@click.option("--store", "-s", required=True, metavar="PATH.zarr", help="Store written by `actstore capture`.")
-@click.option("--model", "-m", default=None,
-              help="Model group or model id (needed when the store holds several models).")
-@click.option("--scheduler", default=None, metavar="NAME|local:N|ADDRESS", help=SCHEDULER_HELP)
+@store_option()
+@model_group_option
+@scheduler_option()
 @click.option("--force", is_flag=True, help="Recompute even if cached statistics are up to date.")
-@click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
-def stats(store, model, scheduler, force, quiet):
+@quiet_option
+def stats(store, model_group, scheduler, force, quiet):
     """Per class and layer: count, mean and unbiased variance (float64).
 
     One streaming Dask pass (Welford/Chan merges) over the store; the results
@@ -24,7 +23,7 @@ def stats(store, model, scheduler, force, quiet):
     """
     from ..stats import compute_stats
 
-    result = compute_stats(store, model, scheduler=scheduler, force=force, progress=not quiet)
+    result = compute_stats(store, model_group, scheduler=scheduler, force=force, progress=not quiet)
     counts = result["count"]
     click.echo(f"statistics of {store} group {result.attrs['group']!r} "
                f"({result.attrs['n_samples']} samples, layers {list(map(int, result['layer'].values))}):")
@@ -38,7 +37,7 @@ def stats(store, model, scheduler, force, quiet):
 @click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
 def info(store, as_json):
     """Models, layers, classes and counts, dtype and size on disk of a store."""
-    from ..stores.zarr_store import store_info
+    from ..stores import store_info
 
     summary = store_info(store)
     if as_json:
@@ -50,17 +49,15 @@ def info(store, as_json):
     for m in summary["models"]:
         size = m["bytes_on_disk"]
         size_text = f"{size / 2**20:.1f} MiB" if size is not None else "unknown"
-        click.echo(f"  group {m['group']!r}: model {m['model_id']}")
+        source = f" (converted from {m['model_source']})" if m.get("model_source") else ""
+        click.echo(f"  group {m['group']!r}: model {m['model_id']}{source}")
         click.echo(f"    layers {m['layers']}, hidden {m['hidden_size']}, position {m['position']}, "
                    f"dtype {m['dtype']}, {m['n_samples']} samples, {size_text} on disk")
         click.echo("    classes: " + ", ".join(f"{k}={v}" for k, v in m["classes"].items()))
         for r in m["runs"]:
-            if r["complete"]:
-                state = "complete"
-            elif r.get("shards"):
-                state = f"{r['merged']}/{r['shards']} shards merged (run the unfinished ones with --shard I/N)"
-            else:
-                state = "INTERRUPTED (use --resume)"
+            state = {"complete": "complete", "interrupted": "INTERRUPTED (use --resume)"}.get(
+                r["state"], f"{r.get('merged')}/{r.get('shards')} shards merged (run the unfinished ones with "
+                            "--shard I/N)")
             click.echo(f"    run {r['source']}: {r['texts_done']}/{r['n_texts']} texts, {state}")
         if m["stats_only"]:
             click.echo("    statistics only (captured with --stats-only: no activations stored)")

@@ -24,7 +24,8 @@ import click
 @click.option("--force", is_flag=True, help="Steer even if a vector was made for other model weights.")
 @click.option("--dtype", type=click.Choice(["float32", "float16", "bfloat16"]), default="float32", show_default=True)
 @click.option("--device", default="cpu", show_default=True, help="torch device.")
-def steer(model, gguf_file, vectors, alpha, prompts, positions, max_new_tokens, compare, sample, temperature, seed, force,
+def steer(model, gguf_file, vectors, alpha, prompts, positions, max_new_tokens, compare, sample, temperature, seed,
+          force,
           dtype, device):
     """Generate with steering vectors added at inference."""
     import math

@@ -1,18 +1,21 @@
-"""Where activations live. Today: Zarr v3 (local folders; other fsspec URLs through zarr)."""
+"""Where activations live: Zarr v3 stores, local folders or fsspec URLs.
 
-from .zarr_store import (
-    ActivationWriter,
-    CaptureSpec,
-    model_groups,
-    open_root,
-    open_store,
-    select_group,
-    store_info,
-)
+One module per job: schema, roots (opening; URLs), runs, writer, shards,
+moments (running moments, statistics cache), reader, info. Exported here: what
+users call.
+"""
+
+from .info import store_info
+from .reader import open_store
+from .roots import check_store_model, model_groups, open_root, select_group
+from .schema import CaptureSpec, GroupOptions
+from .writer import ActivationWriter
 
 __all__ = [
     "ActivationWriter",
     "CaptureSpec",
+    "GroupOptions",
+    "check_store_model",
     "model_groups",
     "open_root",
     "open_store",

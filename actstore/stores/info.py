@@ -1,0 +1,51 @@
+"""``actstore info``: what a store holds."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .moments import committed_moments, counts_of
+from .reader import read_coord
+from .roots import disk_usage, model_groups, open_root
+from .runs import read_runs
+from .schema import STATS_GROUP
+
+
+def store_info(path: str | Path) -> dict[str, Any]:
+    """Summary of a store: per model its layers, classes with counts, dtype, size."""
+    root = open_root(path, mode="r")
+    return {"store": str(path), "models": [_group_info(root[name], name, path) for name in model_groups(root)]}
+
+
+def _group_info(group, name: str, path) -> dict[str, Any]:
+    attrs = dict(group.attrs)
+    stats_only = bool(attrs.get("stats_only", False))
+    moments = committed_moments(group) if stats_only else None
+    if moments is not None:  # no rows: the counts are in the moments
+        classes = counts_of(moments)
+        n = moments.total
+    else:
+        n = int(attrs["n_samples"])
+        labels, counts = np.unique(read_coord(group["class"], n), return_counts=True)
+        classes = {str(k): int(v) for k, v in zip(labels, counts)}
+    runs = [{k: v for k, v in r.to_attrs().items()
+             if k in ("source", "texts_done", "n_texts", "complete", "shards", "merged")} | {"state": r.state}
+            for r in read_runs(group)]
+    return {
+        "group": name,
+        "model_id": attrs["model_id"],
+        "model_source": attrs.get("model_source"),
+        "layers": attrs["layers"],
+        "hidden_size": attrs["hidden_size"],
+        "position": attrs["position"],
+        "dtype": attrs["dtype"],
+        "n_samples": n,
+        "classes": classes,
+        "runs": runs,
+        "bytes_on_disk": disk_usage(f"{str(path).rstrip('/')}/{name}"),
+        "has_stats": stats_only or STATS_GROUP in dict(group.groups()),
+        "stats_only": stats_only,
+    }

@@ -1,0 +1,111 @@
+"""Where a store is: local folders and fsspec URLs, opened once at the edge; its model groups."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from .._version import SCHEMA_VERSION, __version__
+from ..errors import StoreError, StoreNotFoundError
+from .schema import root_attrs
+
+
+def is_url(path: str) -> bool:
+    return "://" in path
+
+
+def open_root(path: str | Path, mode: str = "r"):
+    """Open the root group of a store; ``mode`` 'r' (must exist) or 'a'."""
+    import zarr
+
+    path = str(path)
+    local = None if is_url(path) else Path(path)
+    if local is not None and not (local / "zarr.json").is_file():
+        if mode == "r":
+            raise StoreNotFoundError(
+                f"{path!r} is not an actstore store (no zarr.json); create one with 'actstore capture'"
+            )
+        if local.exists() and (not local.is_dir() or any(local.iterdir())):
+            raise StoreNotFoundError(
+                f"{path!r} exists and is not a Zarr store; choose a new path for store=", param="store"
+            )
+    try:
+        root = zarr.open_group(path, mode=mode)
+    except FileNotFoundError:
+        raise StoreNotFoundError(f"{path!r} is not a Zarr store") from None
+    except Exception as err:  # zarr raises several types for "not a group" (metadata, JSON, node type)
+        raise StoreNotFoundError(f"{path!r} is not a Zarr v3 group: {err}") from None
+    meta = root.attrs.get("actstore")
+    if meta is None:
+        if mode == "r" or len(list(root.keys())) > 0:
+            raise StoreNotFoundError(f"{path!r} is a Zarr group but not an actstore store")
+        root.attrs.update(root_attrs())
+        meta = root.attrs["actstore"]
+    if meta.get("schema_version") != SCHEMA_VERSION:
+        raise StoreError(
+            f"{path!r} has actstore schema version {meta.get('schema_version')!r}; this actstore "
+            f"({__version__}) reads version {SCHEMA_VERSION}"
+        )
+    return root
+
+
+def model_groups(root) -> list[str]:
+    return sorted(name for name, _ in root.groups())
+
+
+def select_group(root, model: str | None, path: str | Path = "store"):
+    """The group of ``model`` (group name, model id or the hub id a converted folder
+    stands for); the only one if None."""
+    names = model_groups(root)
+    if not names:
+        raise StoreError(f"{str(path)!r} holds no captured model yet")
+    if model is None:
+        if len(names) > 1:
+            raise StoreError(
+                f"{str(path)!r} holds several models ({', '.join(names)}); choose one with model_group=",
+                param="model_group",
+            )
+        return root[names[0]]
+    for name in names:
+        group = root[name]
+        if model in (name, group.attrs.get("model_id"), group.attrs.get("model_source")):
+            return group
+    raise StoreError(f"{str(path)!r} has no model {model!r}; it holds: {', '.join(names)}")
+
+
+def child(group, name: str):
+    """``group[name]``, or None if there is no such member."""
+    try:
+        return group[name]
+    except KeyError:
+        return None
+
+
+def disk_usage(path: str) -> int | None:
+    """Bytes stored under ``path`` (a folder or an fsspec URL); None if unknown."""
+    if not is_url(path):
+        local = Path(path)
+        return sum(f.stat().st_size for f in local.rglob("*") if f.is_file()) if local.is_dir() else None
+    import fsspec
+
+    try:
+        fs, root = fsspec.core.url_to_fs(path)
+        return int(fs.du(root))
+    except (OSError, NotImplementedError, ValueError):
+        return None
+
+
+def check_store_model(group_attrs, loaded, force: bool = False, store: str | Path = "store") -> None:
+    """Refuse to use a group captured from other weights than ``loaded``'s (by fingerprint),
+    unless ``force`` (then warn). ``group_attrs``: the group's attributes (``dict(group.attrs)``)."""
+    import warnings
+
+    there = group_attrs.get("model_fingerprint")
+    if there == loaded.fingerprint:
+        return
+    source = group_attrs.get("model_source")
+    message = (f"store {str(store)!r} was captured from {group_attrs.get('model_id')!r}"
+               + (f" ({source})" if source else "") + f" with weights {there}, not from "
+               f"{loaded.model_id!r} (weights {loaded.fingerprint})")
+    if not force:
+        raise StoreError(message + "; pass force=True to use it anyway", param="force")
+    warnings.warn(message, stacklevel=2)

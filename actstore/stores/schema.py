@@ -1,0 +1,247 @@
+"""The store's schema, written in this one place: names, dtypes, codecs, chunking
+and the arrays of a new group, of its running moments and of its statistics cache.
+
+Layout (one group per model, named by :func:`actstore.models.safe_group_name`)::
+
+    store.zarr/                      attrs: actstore = {kind, schema_version}
+      <model-group>/                 attrs: CaptureSpec.attrs() + n_samples, n_texts, next_pair_id,
+                                            runs (RunRecord.to_attrs() each), data_version
+        acts       (sample, layer, hidden) float32|float16, chunks (S, 1, hidden)
+        layer      (layer,)  int64   real block numbers, e.g. [2, 6, 10]
+        class      (sample,) string  class label ("pos", "neg", ...)
+        pair_id    (sample,) int64   pairs a pos with its neg (unique across runs)
+        text_hash  (sample,) string  16 hex digits of BLAKE2b of the text
+        text_index (sample,) int64   index of the text in this group (0, 1, ...)
+        token_index(sample,) int64   token position among real tokens (-1 for mean)
+        stats/                       cached statistics: count (class, layer), mean and var
+                                     (class, layer, hidden), class, layer; attrs say which data_version
+        moments0, moments1 (moment, class, layer, hidden) float64   stats-only groups
+                                     (``capture --stats-only``): running n, mean, M2 per class;
+                                     attrs ``moments_buffer`` names the committed one
+        shards/run<r>-<i>of<n>/      a shard still being captured (same arrays; merged, then deleted)
+
+``acts`` chunks hold one layer of S consecutive samples, S the power of two that
+gives 4-8 MiB raw (2048 samples at hidden 640, float32): zarr's per-chunk cost
+dominates below a few MiB (benchmarks/RESULTS.md).
+"""
+
+from __future__ import annotations
+
+import re
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from .._version import SCHEMA_VERSION, __version__
+from ..errors import StoreError
+
+ROOT_KIND = "actstore-activations"
+ACTS = "acts"
+SAMPLE_COORDS = {
+    "class": str,
+    "pair_id": "int64",
+    "text_hash": str,
+    "text_index": "int64",
+    "token_index": "int64",
+}
+STORE_DTYPES = ("float32", "float16")
+CODECS = ("lz4", "zstd", "none")
+SHARDS = "shards"
+STATS_GROUP = "stats"
+MOMENTS = ("moments0", "moments1")  # stats-only groups: double-buffered running moments
+_CHUNK_BYTES = 8 << 20
+_COORD_CHUNK = 16384
+
+
+def root_attrs() -> dict[str, Any]:
+    return {"actstore": {"kind": ROOT_KIND, "schema_version": SCHEMA_VERSION}}
+
+
+def sample_chunk(hidden: int, itemsize: int, target_bytes: int = _CHUNK_BYTES) -> int:
+    """Samples per ``acts`` chunk: the largest power of two within ``target_bytes`` (at least 16)."""
+    samples = max(1, target_bytes // (hidden * itemsize))
+    return int(max(16, 1 << (samples.bit_length() - 1)))
+
+
+_GROUP_NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]*")
+
+
+def check_group_name(name: str) -> str:
+    """A group name given by the user (``name``): letters, digits, ``._-``, not starting with a dot."""
+    if not _GROUP_NAME.fullmatch(name) or name == SHARDS:
+        raise StoreError(
+            f"name={name!r}: a group name is letters, digits, '.', '_' and '-', not starting with '.' "
+            "(no '/', no '..'), e.g. name='gemma-refusal'", param="name"
+        )
+    return name
+
+
+def compressors(codec: str) -> list | None:
+    """``acts`` compressors: ``lz4`` (Blosc LZ4 + shuffle, the default: fastest to decode of those
+    that compress), ``zstd`` (plain Zstd level 1: 1.3x smaller than LZ4 on A/B pairs captured with
+    ``--position all``, 1.7x slower to read), ``none`` (fastest to read; float32 activations of
+    distinct texts compress only 1.03-1.10x anyway). Figures: benchmarks/RESULTS.md."""
+    from zarr.codecs import BloscCodec, ZstdCodec
+
+    if codec == "lz4":
+        return [BloscCodec(cname="lz4", clevel=5, shuffle="shuffle")]
+    if codec == "zstd":
+        return [ZstdCodec(level=1)]
+    if codec == "none":
+        return None
+    raise StoreError(f"codec={codec!r}: expected one of {', '.join(CODECS)}", param="codec")
+
+
+def commit_attrs(node, values: dict[str, Any]) -> None:
+    """Set several attributes of a zarr group or array in ONE metadata write.
+
+    Not ``node.attrs.update(values)``: zarr's ``Attributes`` is a MutableMapping
+    whose ``update`` sets key by key, one atomic file write each, so a kill between
+    two of them leaves e.g. ``n_samples`` advanced and ``runs`` not (the crash test
+    caught a resumed capture writing a window twice that way).
+    """
+    node.update_attributes(values)
+
+
+@dataclass(frozen=True)
+class GroupOptions:
+    """How a capture stores its rows, validated on construction: ``store_dtype`` of the
+    activations, ``codec`` of a new group, group ``name`` (None: from the model),
+    ``stats_only`` (store per-class moments instead of rows)."""
+
+    store_dtype: str = "float32"
+    codec: str = "lz4"
+    name: str | None = None
+    stats_only: bool = False
+
+    def __post_init__(self) -> None:
+        if self.store_dtype not in STORE_DTYPES:
+            raise StoreError(f"store_dtype={self.store_dtype!r}: expected one of {', '.join(STORE_DTYPES)}",
+                             param="store_dtype")
+        if self.codec not in CODECS:
+            raise StoreError(f"codec={self.codec!r}: expected one of {', '.join(CODECS)}", param="codec")
+        if self.name is not None:
+            check_group_name(self.name)
+
+
+@dataclass(frozen=True)
+class CaptureSpec:
+    """What a group holds; appending must match it exactly (:data:`MUST_MATCH`)."""
+
+    model_id: str
+    model_fingerprint: str
+    model_type: str | None
+    hidden_size: int
+    layers: list[int]
+    position: str
+    dtype: str = "float32"
+    stats_only: bool = False
+    codec: str = "lz4"  # for a new group only; appends keep the group's codec
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.dtype not in STORE_DTYPES:
+            raise StoreError(f"store dtype {self.dtype!r}: expected one of {STORE_DTYPES}", param="store_dtype")
+
+    def attrs(self) -> dict[str, Any]:
+        return {
+            "schema_version": SCHEMA_VERSION,
+            "actstore_version": __version__,
+            "model_id": self.model_id,
+            "model_fingerprint": self.model_fingerprint,
+            "model_type": self.model_type,
+            "hidden_size": self.hidden_size,
+            "layers": list(self.layers),
+            "position": self.position,
+            "dtype": self.dtype,
+            "stats_only": self.stats_only,
+            **self.extra,
+        }
+
+
+MUST_MATCH = ("model_id", "model_fingerprint", "hidden_size", "layers", "position", "dtype", "stats_only")
+MATCH_DEFAULTS = {"stats_only": False}  # groups written before the key existed
+
+
+def check_appendable(group, spec: CaptureSpec, path: str, group_name: str) -> None:
+    """Refuse to append rows of ``spec`` to an existing ``group`` they do not fit."""
+    existing = dict(group.attrs)
+    if existing.get("schema_version") != SCHEMA_VERSION:
+        raise StoreError(
+            f"{path!r} group {group_name!r} has schema version "
+            f"{existing.get('schema_version')!r}, expected {SCHEMA_VERSION}"
+        )
+    new = spec.attrs()
+    for key in MUST_MATCH:
+        there = existing.get(key, MATCH_DEFAULTS.get(key))
+        if there != new[key]:
+            raise StoreError(
+                f"cannot append to {path!r} group {group_name!r}: {key} is "
+                f"{there!r} there but {new[key]!r} now; capture into another "
+                "store or pass name= to use another group", param="name"
+            )
+
+
+def create_group(root, group_name: str, spec: CaptureSpec):
+    """A new, empty model group for rows of ``spec``."""
+    group = root.create_group(group_name)
+    itemsize = np.dtype(spec.dtype).itemsize
+    chunk = sample_chunk(spec.hidden_size, itemsize)
+    group.create_array(
+        ACTS,
+        shape=(0, len(spec.layers), spec.hidden_size),
+        chunks=(chunk, 1, spec.hidden_size),
+        dtype=spec.dtype,
+        compressors=compressors(spec.codec),
+        dimension_names=("sample", "layer", "hidden"),
+        fill_value=0,
+    )
+    layer = group.create_array("layer", shape=(len(spec.layers),), dtype="int64", dimension_names=("layer",))
+    layer[:] = np.asarray(spec.layers, dtype=np.int64)
+    for name, dtype in SAMPLE_COORDS.items():
+        group.create_array(
+            name,
+            shape=(0,),
+            chunks=(_COORD_CHUNK,),
+            dtype=dtype,
+            dimension_names=("sample",),
+            fill_value="" if dtype is str else -1,
+        )
+    commit_attrs(group, {**spec.attrs(), "n_samples": 0, "n_texts": 0, "next_pair_id": 0,
+                         "runs": [], "data_version": uuid.uuid4().hex})
+    return group
+
+
+def moments_array(group, buffer: int, shape: tuple[int, ...]):
+    """Buffer ``buffer`` of a stats-only group's running moments, (re)created at ``shape``
+    as one chunk (one atomic object)."""
+    return group.create_array(
+        MOMENTS[buffer], shape=shape, chunks=shape, dtype="float64",
+        dimension_names=("moment", "class", "layer", "hidden"), overwrite=True,
+    )
+
+
+def write_stats_group(group, stats) -> None:
+    """Replace ``group``'s ``stats/`` with the statistics dataset ``stats``; its attrs last,
+    so a cache whose ``data_version`` matches is complete."""
+    if STATS_GROUP in dict(group.groups()):
+        del group[STATS_GROUP]
+    sg = group.create_group(STATS_GROUP)
+    n_class, n_layer = stats["count"].shape
+    for name, dims in (("count", ("class", "layer")), ("mean", ("class", "layer", "hidden")),
+                       ("var", ("class", "layer", "hidden"))):
+        values = stats[name].values
+        array = sg.create_array(
+            name, shape=values.shape, dtype=values.dtype, dimension_names=dims,
+            chunks=values.shape if values.size else None,
+        )
+        if values.size:
+            array[...] = values
+    labels = sg.create_array("class", shape=(n_class,), dtype=str, dimension_names=("class",))
+    if n_class:
+        labels[:] = np.asarray(stats["class"].values, dtype=str)
+    layers = sg.create_array("layer", shape=(n_layer,), dtype="int64", dimension_names=("layer",))
+    layers[:] = stats["layer"].values
+    commit_attrs(sg, dict(stats.attrs))
