@@ -51,7 +51,7 @@ def _replace_csv(frame, path: Path) -> None:
 class Ledger:
     """Owns a sweep folder: baseline, results, per-item and per-window rows, resume."""
 
-    def __init__(self, out_dir: str | Path, settings: dict, columns: list[str]):
+    def __init__(self, out_dir: str | Path, settings: dict, columns: list[str], readonly: bool = False):
         self.out_dir = Path(out_dir)
         self.out_dir.mkdir(parents=True, exist_ok=True)
         self.settings = settings
@@ -75,7 +75,9 @@ class Ledger:
                                 "use a new --out folder")
         self.baseline = baseline
         self.done = set() if results is None else {_key(*row) for row in results[KEY].itertuples(index=False)}
-        self._drop_unfinished(results)
+        self.readonly = readonly
+        if not readonly:  # a reader leaves a running sweep's files alone
+            self._drop_unfinished(results)
 
     def _keep(self, frame):
         """Rows of done configurations and, if the baseline is recorded, the unsteered ones."""
@@ -110,13 +112,14 @@ class Ledger:
 
     @classmethod
     def open_existing(cls, out_dir: str | Path) -> Ledger:
-        """A sweep folder as it is (its own settings), e.g. to rewrite its report."""
+        """A sweep folder as it is (its own settings), read-only, e.g. to rewrite its report
+        while a sweep may still be appending to it."""
         from .sweep import COLUMNS
 
         baseline_file = Path(out_dir) / "baseline.json"
         if not baseline_file.is_file():
             raise ActstoreError(f"{str(out_dir)!r} is not a sweep folder (no baseline.json)")
-        return cls(out_dir, json.loads(baseline_file.read_text())["settings"], COLUMNS)
+        return cls(out_dir, json.loads(baseline_file.read_text())["settings"], COLUMNS, readonly=True)
 
     def is_done(self, layer: int, method: str, k: str, alpha: float) -> bool:
         return _key(layer, method, k, alpha) in self.done
@@ -168,7 +171,11 @@ class Ledger:
         import pandas as pd
 
         frame = _read_csv(self.results_csv)
-        return frame if frame is not None else pd.DataFrame(columns=self.columns)
+        if frame is None:
+            return pd.DataFrame(columns=self.columns)
+        return frame.dropna(subset=["on_target_shift", "ppl_inflation"])  # a row cut by a kill
 
     def items(self):
-        return _read_csv(self.items_csv)
+        """items.csv, without the rows of a configuration not (yet) done."""
+        frame = _read_csv(self.items_csv)
+        return None if frame is None else self._keep(frame)

@@ -379,3 +379,17 @@ def test_sweep_steers_only_the_chosen_positions(tmp_path, llama, store, ppl_ids)
     assert json.loads((tmp_path / "p" / "baseline.json").read_text())["settings"]["positions"] == "from:5"
     with pytest.raises(ActstoreError, match="per-example mask"):
         _sweep(llama, store, tmp_path / "m", ppl_ids, layers=[2], ks=[4], positions=np.ones((2, 3), bool))
+
+
+def test_a_reader_leaves_a_running_sweep_alone(tmp_path, llama, store, ppl_ids):
+    out = tmp_path / "sweep"
+    _sweep(llama, store, out, ppl_ids, layers=[1], ks=[4])
+    # A configuration in flight: its items are on disk, its results row is not yet.
+    items = pd.read_csv(out / "items.csv", dtype={"k": str})
+    in_flight = items[items["method"] == "enr"].head(len(ITEMS)).assign(alpha=9.0)
+    in_flight.to_csv(out / "items.csv", mode="a", header=False, index=False)
+    before = (out / "items.csv").read_text()
+    reader = Ledger.open_existing(out)
+    assert (out / "items.csv").read_text() == before  # nothing rewritten under the writer
+    assert len(reader.items()) == len(items)  # the in-flight rows are not read as results
+    assert len(reader.results()) == 2
