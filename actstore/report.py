@@ -158,7 +158,7 @@ def plot_frontier(results, behavior: str, budgets, path: Path) -> Path:
             curve = curve.sort_values("ppl_inflation")
             if not len(curve):
                 continue
-            label = f"{'dense' if vector[1] == 'dense' else 'k=' + vector[1]}" + (
+            label = "dense" if vector[1] == "dense" else f"k={vector[1]}" + (
                 f" ({vector[0]})" if rows["method"].nunique() > 1 else "")
             ax.plot(curve["ppl_inflation"], curve["on_target_shift"], marker="o", markersize=3,
                     color=colors[vector], label=label, linewidth=1.2)
@@ -173,7 +173,8 @@ def plot_frontier(results, behavior: str, budgets, path: Path) -> Path:
         ax.set_xlim(min(0.98, float(at_layer["ppl_inflation"].min()) * 0.98),
                     min(X_LIMIT, max(float(at_layer["ppl_inflation"].max()) * 1.1, max(budgets) * 1.2)))
         low, high = ax.get_xlim()
-        ax.set_xticks([t for t in (1, 1.25, 1.5, 2, 3, 5, 10, 20, 50, 100) if low <= t <= high])
+        ticks = (1, 1.25, 1.5, 2, 3) if high < 4 else (1, 2, 5, 10, 20, 50, 100)  # labels that do not collide
+        ax.set_xticks([t for t in ticks if low <= t <= high])
         ax.xaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}x"))
         ax.xaxis.set_minor_locator(NullLocator())
         if beyond:
