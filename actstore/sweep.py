@@ -189,7 +189,7 @@ def _measure(loaded: LoadedModel, on_target: OnTarget, windows: PerplexityWindow
     return Measurement(measures, nll, tokens, getattr(on_target, "last_texts", None))
 
 
-def _added(alpha: float, alpha_mode: str, vector_norm: float, layer_norm: float) -> float:
+def _scale_for(alpha: float, alpha_mode: str, vector_norm: float, layer_norm: float) -> float:
     """The scale that multiplies the vector for ``alpha`` in ``alpha_mode``."""
     if alpha_mode == "scale":
         return alpha
@@ -216,9 +216,10 @@ def _layer_forwards(loaded: LoadedModel, layer: int, on_target: OnTarget, window
                     replay: bool, cache_budget_mb: float) -> Iterator[Callable[[], AbstractContextManager]]:
     """Yields ``active()``, a context inside which ``(on_forward, ppl_forward)`` measure at ``layer``:
     replayed from the layer's cached block output where the protocol allows and it fits the budget."""
-    batches = {**{("on", i): b for i, b in enumerate(on_target.batches())},
+    on_batches = on_target.batches()
+    batches = {**{("on", i): b for i, b in enumerate(on_batches)},
                **{("ppl", i): b for i, b in enumerate(windows.batches)}}
-    if replay and on_target.batches() and cache_nbytes(loaded, batches) <= cache_budget_mb * 2**20:
+    if replay and on_batches and cache_nbytes(loaded, batches) <= cache_budget_mb * 2**20:
         cached = PrefixReplay(loaded, layer, batches)
 
         @contextmanager
@@ -335,7 +336,7 @@ def run_sweep(
                     vector = (whitened_vector(stats, covariance, k) if method == "whitened"
                               else vector_from_stats(stats, layer, k))
                     norm = float(np.linalg.norm(vector.vector))
-                    scale = _added(alpha, alpha_mode, norm, layer_norm)
+                    scale = _scale_for(alpha, alpha_mode, norm, layer_norm)
                     with active() as (on_forward, ppl_forward), steer(loaded, vector, scale, positions=chosen):
                         steered = _measure(loaded, on_target, windows, on_forward, ppl_forward)
                     row = {"behavior": behavior, "model": loaded.model_id, "protocol": on_target.name,
