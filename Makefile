@@ -45,8 +45,8 @@ demo: install
 
 test: install peers
 	$(BIN)/python -m pytest -q
-	@# Interop again where the peers' own loaders and hooks are installed (their tests skip above).
-	$(PEERS_VENV)/bin/python -m pytest -q tests/test_interop.py
+	@# Interop and repeng parity again where the peers' own code is installed (their tests skip above).
+	$(PEERS_VENV)/bin/python -m pytest -q tests/test_interop.py tests/test_methods.py
 
 bench: install peers
 	$(BIN)/python benchmarks/run_all.py

@@ -71,27 +71,36 @@ def frontier(results, budgets, items=None):
                 entry.update({c: best[c] for c in FRONTIER_COLUMNS if c in best.index and c not in entry})
             rows.append(entry)
     table = pd.DataFrame(rows, columns=FRONTIER_COLUMNS)
-    # Every method's dense vector is the same mean difference (the whitened one is measured
-    # once, as enr): a sparse vector of any method is compared with it.
-    dense = (table[table["k"] == "dense"].drop_duplicates(["behavior", "layer", "budget"])
-             .set_index(["behavior", "layer", "budget"]))
+    # The yardstick is the dense difference of means ("enr" dense; the whitened dense vector is
+    # the same and is measured as enr when both run); without it, a method's own dense vector.
+    dense = table[table["k"] == "dense"].set_index(["behavior", "layer", "budget", "method"])
     base = _baseline_scores(items) if items is not None else None
     for index, row in table.iterrows():
-        key = (row["behavior"], row["layer"], row["budget"])
-        if row["k"] == "dense" or key not in dense.index or pd.isna(row["alpha"]):
+        ref = _reference(dense, (row["behavior"], row["layer"], row["budget"]), row["method"])
+        if ref is None or pd.isna(row["alpha"]) or (row["k"] == "dense" and ref.name[-1] == row["method"]):
             continue
-        ref = dense.loc[key]
         if pd.isna(ref["alpha"]) or not (ref["on_target_ci_low"] > 0):
             continue  # the dense vector has no detectable positive effect within this budget
         if base is None:
             continue
         sparse_scores = _item_scores(items, row)
-        dense_scores = _item_scores(items, {"layer": row["layer"], "method": ref["method"], "k": "dense",
+        dense_scores = _item_scores(items, {"layer": row["layer"], "method": ref.name[-1], "k": "dense",
                                             "alpha": ref["alpha"]})
         interval = ratio_interval(sparse_scores, dense_scores, base)
         table.loc[index, ["fraction_of_dense", "fraction_ci_low", "fraction_ci_high"]] = (
             interval.estimate, interval.low, interval.high)
     return table
+
+
+REFERENCE_METHODS = ("enr", "whitened")
+
+
+def _reference(dense, key: tuple, method: str):
+    """The dense row that a vector of ``method`` at ``key`` (behavior, layer, budget) is compared with."""
+    for candidate in (*REFERENCE_METHODS, method):
+        if (*key, candidate) in dense.index:
+            return dense.loc[(*key, candidate)]
+    return None
 
 
 def matched_effect(results, fractions=DEFAULT_MATCH_FRACTIONS):
@@ -103,6 +112,8 @@ def matched_effect(results, fractions=DEFAULT_MATCH_FRACTIONS):
     rows = []
     for (behavior, layer), group in results.groupby(["behavior", "layer"], sort=False):
         dense = group[group["k"] == "dense"]
+        preferred = [m for m in REFERENCE_METHODS if m in set(dense["method"])]
+        dense = dense[dense["method"] == preferred[0]] if preferred else dense
         if not len(dense):
             continue
         best = dense.loc[dense["on_target_shift"].idxmax()]
@@ -158,8 +169,8 @@ def plot_frontier(results, behavior: str, budgets, path: Path) -> Path:
             curve = curve.sort_values("ppl_inflation")
             if not len(curve):
                 continue
-            label = "dense" if vector[1] == "dense" else f"k={vector[1]}" + (
-                f" ({vector[0]})" if rows["method"].nunique() > 1 else "")
+            several = rows["method"].nunique() > 1
+            label = ("dense" if vector[1] == "dense" else f"k={vector[1]}") + (f" ({vector[0]})" if several else "")
             ax.plot(curve["ppl_inflation"], curve["on_target_shift"], marker="o", markersize=3,
                     color=colors[vector], label=label, linewidth=1.2)
             ax.fill_between(curve["ppl_inflation"], curve["on_target_ci_low"], curve["on_target_ci_high"],

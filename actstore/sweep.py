@@ -42,14 +42,13 @@ from .errors import ActstoreError
 from .evaluate import ABItem, PerplexityWindows
 from .intervals import inflation_interval, paired_mean_interval
 from .ledger import Ledger
+from .methods import METHODS, LayerMethods
 from .models import LoadedModel
 from .protocols import ABLetters, GeneratedText, OnTarget
 from .replay import Forward, PrefixReplay, cache_nbytes, plain_forward
 from .steering import Positions, steer
 from .stores import check_store_model
-from .vectors import vector_from_stats, whitened_vector
 
-METHODS = ("enr", "whitened")
 DEFAULT_BUDGETS = (1.05, 1.25, 2.0)
 DEFAULT_FRACTIONS = (0.005, 0.01, 0.02, 0.04, 0.08)
 DEFAULT_PPL_TOKENS = 8192
@@ -265,10 +264,10 @@ def run_sweep(
 
     The on-target measure is ``on_target`` (any :class:`~actstore.protocols.OnTarget`),
     or A/B ``items``, or generations from ``prompts`` scored by ``scorer``
-    (``texts -> scores``). ``methods``: ``"enr"`` (top-k by ENR) and/or
-    ``"whitened"`` (top-k by ENR in the whitened basis); ``k=None`` is the dense
-    vector. ``alphas=None`` sweeps ``fractions`` of each layer's residual norm as
-    the added norm; explicit ``alphas`` are scales, or added norms with
+    (``texts -> scores``). ``methods``: any of :data:`actstore.methods.METHODS`
+    (enr, whitened, pca, probe, lda); ``k=None`` is each method's dense vector.
+    ``alphas=None`` sweeps ``fractions`` of each layer's residual norm as the added
+    norm; explicit ``alphas`` are scales, or added norms with
     ``normalize=True``. ``budgets``: perplexity-inflation budgets of the
     frontier; ``ppl_window``: tokens per perplexity window (the unit of its
     interval). ``positions``: which tokens are steered
@@ -281,9 +280,9 @@ def run_sweep(
 
     Returns results.csv as a :class:`pandas.DataFrame` (columns :data:`COLUMNS`).
     """
-    from .covariance import layer_covariance
     from .report import write_report
-    from .stats import compute_stats
+    from .stats import group_statistics
+    from .stores.roots import open_root, select_group
 
     if on_target is None:
         if scorer is not None:
@@ -295,7 +294,8 @@ def run_sweep(
     alpha_mode = "fraction" if alphas is None else ("norm" if normalize else "scale")
     grid = Grid(tuple(int(x) for x in layers), tuple(ks), tuple(float(a) for a in (alphas or fractions)),
                 alpha_mode, tuple(methods), tuple(float(b) for b in budgets))
-    stats = compute_stats(store, model_group, scheduler=scheduler)
+    group = select_group(open_root(store, mode="r"), model_group, store)
+    stats = group_statistics(group, store, scheduler=scheduler)
     grid.check_store([int(x) for x in stats["layer"].values], int(stats.sizes["hidden"]), store)
     check_store_model(stats.attrs, loaded, force, store)
 
@@ -326,15 +326,12 @@ def run_sweep(
     try:
         for layer in sorted({c[0] for c in todo}):
             layer_norm = residual_norm(stats, layer)
-            covariance = None
+            layer_methods = LayerMethods(group, store, stats, layer, scheduler=scheduler)
             # The layer's one-off cost (its cached block outputs) counts in its first configuration.
             started = time.perf_counter()
             with _layer_forwards(loaded, layer, on_target, windows, replay, cache_budget_mb) as active:
                 for _, method, k, alpha in [c for c in todo if c[0] == layer]:
-                    if method == "whitened" and covariance is None:
-                        covariance = layer_covariance(store, layer, model_group, scheduler=scheduler)
-                    vector = (whitened_vector(stats, covariance, k) if method == "whitened"
-                              else vector_from_stats(stats, layer, k))
+                    vector = layer_methods.vector(method, k)
                     norm = float(np.linalg.norm(vector.vector))
                     scale = _scale_for(alpha, alpha_mode, norm, layer_norm)
                     with active() as (on_forward, ppl_forward), steer(loaded, vector, scale, positions=chosen):

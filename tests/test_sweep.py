@@ -168,7 +168,7 @@ def test_grid_is_validated_before_any_measurement():
     with pytest.raises(ActstoreError, match="budgets"):
         Grid((1,), (4,), (0.1,), budgets=(1.0,))
     with pytest.raises(ActstoreError, match="unknown"):
-        Grid((1,), (4,), (0.1,), methods=("pca",))
+        Grid((1,), (4,), (0.1,), methods=("svm",))
     with pytest.raises(ActstoreError, match="must be > 0"):
         Grid((1,), (4,), (-0.1,), alpha_mode="fraction")
     grid = Grid((1, 5), (4, 64), (0.1,))
@@ -320,6 +320,44 @@ def test_sweep_compares_plain_and_whitened(tmp_path, llama, store, ppl_ids):
         results[results["k"] == "dense"]["on_target"].iloc[0], abs=1e-4)
     assert results[results["method"] == "whitened"]["on_target"].iloc[0] != pytest.approx(
         results[(results["method"] == "enr") & (results["k"] == "4")]["on_target"].iloc[0], abs=1e-9)
+
+
+def test_sweep_compares_every_method_on_one_frontier(tmp_path, llama, store, ppl_ids):
+    from actstore.methods import build_vector
+
+    results = _sweep(llama, store, tmp_path / "m", ppl_ids, layers=[2], ks=[4, None], alphas=[2.0],
+                     methods=("enr", "pca", "probe", "lda"))
+    assert sorted(zip(results["method"], results["k"])) == sorted(
+        (m, k) for m in ("enr", "pca", "probe", "lda") for k in ("4", "dense"))
+    # each row steers with the vector the library builds (scale 2: the added norm is 2 |v|)
+    for method in ("pca", "probe", "lda"):
+        row = results[(results["method"] == method) & (results["k"] == "dense")].iloc[0]
+        assert row["vector_norm"] == pytest.approx(float(np.linalg.norm(build_vector(store, 2, method, None).vector)),
+                                                   rel=1e-5)
+    assert results["on_target"].nunique() == len(results)  # eight different vectors, eight measurements
+    table = frontier(results, (2.0, 1e9), pd.read_csv(tmp_path / "m" / "items.csv", dtype={"k": str}))
+    assert set(table["method"]) == {"enr", "pca", "probe", "lda"}
+
+
+def test_every_sparse_and_dense_vector_is_measured_against_the_mean_difference():
+    rng = np.random.default_rng(1)
+    base = rng.uniform(0.3, 0.7, 40)
+    rows, item_rows = [], [{"layer": np.nan, "k": "none", "alpha": 0.0, "method": "none", "item": f"i{j}",
+                            "score": b} for j, b in enumerate(base)]
+    for method, k, frac in (("enr", "dense", 1.0), ("pca", "dense", 0.5), ("pca", "4", 0.25)):
+        scores = base + 0.1 * frac + rng.normal(0, 0.01, 40)
+        t = paired_mean_interval(scores, base)
+        rows.append({"behavior": "b", "layer": 1, "method": method, "k": k, "alpha": 1.0,
+                     "on_target_shift": t.estimate, "on_target_ci_low": t.low, "on_target_ci_high": t.high,
+                     "ppl_inflation": 1.01, "ppl_inflation_ci_low": 1.0, "ppl_inflation_ci_high": 1.02})
+        item_rows += [{"layer": 1, "k": k, "alpha": 1.0, "method": method, "item": f"i{j}", "score": s}
+                      for j, s in enumerate(scores)]
+    table = frontier(pd.DataFrame(rows), (1.05,), pd.DataFrame(item_rows)).set_index(["method", "k"])
+    assert table.loc[("pca", "dense"), "fraction_of_dense"] == pytest.approx(0.5, abs=0.05)
+    assert table.loc[("pca", "4"), "fraction_of_dense"] == pytest.approx(0.25, abs=0.05)
+    assert math.isnan(table.loc[("enr", "dense"), "fraction_of_dense"])  # the yardstick itself
+    pca_only = frontier(pd.DataFrame(rows[1:]), (1.05,), pd.DataFrame(item_rows)).set_index(["method", "k"])
+    assert pca_only.loc[("pca", "4"), "fraction_of_dense"] == pytest.approx(0.5, abs=0.1)  # its own dense
 
 
 def test_a_store_of_other_weights_is_refused(tmp_path, tiny_model_dirs, store, ppl_ids, llama):

@@ -46,3 +46,42 @@ def enr(store, layer, k, dense, whiten, pos, neg, model_group, scheduler, out, t
     for rank, index in enumerate(vector.indices[:top], start=1):
         click.echo(f"  #{rank}: {basis} {int(index)}  ENR {float(vector.enr[index]):.3f}  "
                    f"v {float(values[index]):+.4f}")
+
+
+@click.command()
+@store_option()
+@click.option("--layer", "-l", required=True, type=int, help="Captured decoder block to build the vector for.")
+@click.option("--method", type=click.Choice(["enr", "whitened", "pca", "probe", "lda"]), default="enr",
+              show_default=True,
+              help="enr: difference of means, top-k by ENR. whitened: top-k by ENR of Sigma^-1/2 v. "
+                   "pca: first principal axis of the pos-neg pair differences (repeng's pca_diff; pairs joined "
+                   "by pair_id), pointing along v. probe: L2 logistic regression weights (on standardised "
+                   "coordinates, mapped back). lda: Sigma^-1 v, Sigma the shrunk pooled within-class "
+                   "covariance. pca/probe/lda are steered as (u.v)u, u their unit direction.")
+@click.option("--k", "-k", type=int, default=None,
+              help="Keep the k best-ranked coordinates (ENR for enr/whitened, |u_i| for pca, |w_i| sd_i for "
+                   "probe/lda). Omitted: dense.")
+@click.option("--probe-c", type=click.FloatRange(min=0, min_open=True), default=1.0, show_default=True,
+              help="Inverse L2 strength of the probe (scikit-learn's C; coordinates standardised first).")
+@click.option("--pos", default="pos", show_default=True, help="Class the vector points towards.")
+@click.option("--neg", default="neg", show_default=True, help="Class the vector points away from.")
+@model_group_option
+@scheduler_option("Used for the statistics and for the pass over the layer that pca/probe/lda/whitened make. ")
+@click.option("--out", "-o", required=True, type=click.Path(dir_okay=False, writable=True),
+              help="Output vector file (.safetensors): the same format for every method, 'method' in its metadata.")
+def extract(store, layer, method, k, probe_c, pos, neg, model_group, scheduler, out):
+    """Build a steering vector by any method from one store (same file format for all).
+
+    \b
+    Compare them at matched damage with:
+      actstore eval ... --methods enr,pca,probe,lda
+    """
+    from ..methods import build_vector, describe
+    from ..vectors import save_vector
+
+    vector = build_vector(store, layer, method, k, pos=pos, neg=neg, model=model_group, scheduler=scheduler,
+                          probe_c=probe_c)
+    path = save_vector(vector, out)
+    norm = float((vector.vector.astype("float64") ** 2).sum() ** 0.5)
+    click.echo(f"wrote {describe(vector)} vector for layer {layer} ({vector.hidden_size} dims, norm {norm:.4g}) "
+               f"to {path}")

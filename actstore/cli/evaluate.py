@@ -46,8 +46,10 @@ def _csv(values) -> str:
 @click.option("--normalize", is_flag=True,
               help="With --alpha: make alpha the norm of what is added (each vector scaled to unit norm first).")
 @click.option("--methods", default="enr", show_default=True,
-              help="Vector methods to compare: 'enr' (top-k by ENR), 'whitened' (top-k by ENR of "
-                   "Sigma^-1/2 v), or 'enr,whitened'.")
+              help="Vector methods to compare, comma-separated: enr (top-k by ENR), whitened (top-k by ENR of "
+                   "Sigma^-1/2 v), pca (first axis of the pair differences), probe (logistic regression), lda "
+                   "(Sigma^-1 v); see 'actstore extract --help'. Each is measured at every k and alpha, so they "
+                   "meet on the same frontier.")
 @click.option("--budgets", default=_csv(DEFAULT_BUDGETS), show_default=True,
               help="Perplexity-inflation budgets of the frontier: for each, the largest shift within it.")
 @click.option("--text", type=click.Path(dir_okay=False), default=str(_DEFAULT_TEXT), show_default=True,
@@ -70,7 +72,7 @@ def _csv(values) -> str:
 @click.option("--no-replay", is_flag=True,
               help="Run the whole model for every configuration instead of replaying each layer's cached "
                    "block outputs (same numbers, slower; for checking).")
-@scheduler_option("Used if statistics (or covariances for 'whitened') must be computed first. ")
+@scheduler_option("Used for statistics, covariances (whitened, lda), pair differences (pca) and probe fits. ")
 @click.option("--force", is_flag=True, help="Use the store even if it was captured from other model weights.")
 @quiet_option
 def evaluate(model, store, model_group, data_test, prompts, scorer, max_new_tokens, layers, ks, alphas, fractions,

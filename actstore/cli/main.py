@@ -57,6 +57,7 @@ def cli() -> None:
       actstore capture --model M --data pairs.json --layers 6 --store acts.zarr
       actstore stats   --store acts.zarr
       actstore enr     --store acts.zarr --layer 6 --k 64 --out vec.safetensors
+      actstore extract --store acts.zarr --layer 6 --method pca --out pca.safetensors
       actstore steer   --model M --vector vec.safetensors --alpha 4 --prompt "..." --compare
       actstore eval    --model M --store acts.zarr --data-test test.json --layers 6 --out sweep/
     """
@@ -64,14 +65,14 @@ def cli() -> None:
 
 def _register() -> None:
     from .capture import capture
-    from .enr import enr
+    from .enr import enr, extract
     from .evaluate import evaluate
     from .models import models
     from .stats import info, stats
     from .steer import steer
     from .vectors import vector
 
-    for command in (capture, stats, info, enr, steer, evaluate, vector, models):
+    for command in (capture, stats, info, enr, extract, steer, evaluate, vector, models):
         cli.add_command(command)
 
 
