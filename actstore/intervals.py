@@ -122,3 +122,44 @@ def ratio_interval(numerator_treated, denominator_treated, control, confidence: 
         return Interval(estimate, math.nan, math.nan, confidence)
     low, high = _bootstrap((a, b, c), statistic, confidence, n_resamples, seed)
     return Interval(estimate, low, high, confidence)
+
+
+def _auroc(pos, neg, axis=-1):
+    """P(a pos score > a neg score) + P(tie) / 2, over the last axis of each (batched)."""
+    pos = np.moveaxis(np.asarray(pos, dtype=np.float64), axis, -1)[..., :, None]
+    neg = np.moveaxis(np.asarray(neg, dtype=np.float64), axis, -1)[..., None, :]
+    return (np.mean(pos > neg, axis=(-2, -1)) + 0.5 * np.mean(pos == neg, axis=(-2, -1)))
+
+
+def _cohens_d(pos, neg, axis=-1):
+    """(mean_pos - mean_neg) / pooled sd (ddof 1), over the last axis of each (batched)."""
+    pos = np.moveaxis(np.asarray(pos, dtype=np.float64), axis, -1)
+    neg = np.moveaxis(np.asarray(neg, dtype=np.float64), axis, -1)
+    n1, n2 = pos.shape[-1], neg.shape[-1]
+    pooled = ((n1 - 1) * pos.var(axis=-1, ddof=1) + (n2 - 1) * neg.var(axis=-1, ddof=1)) / (n1 + n2 - 2)
+    with np.errstate(all="ignore"):
+        return (pos.mean(axis=-1) - neg.mean(axis=-1)) / np.sqrt(pooled)
+
+
+def separation_intervals(pos, neg, paired: bool, confidence: float = CONFIDENCE, n_resamples: int = N_RESAMPLES,
+                         seed: int = SEED) -> tuple[Interval, Interval]:
+    """``(auroc, cohens_d)`` of scores of two classes, each with a percentile bootstrap
+    interval: over pairs when ``paired`` (``pos[i]`` and ``neg[i]`` are one pair's two
+    texts, resampled together), else over each class independently."""
+    from scipy import stats
+
+    pos, neg = np.asarray(pos, dtype=np.float64), np.asarray(neg, dtype=np.float64)
+    if pos.size < 2 or neg.size < 2:
+        return NAN_INTERVAL, NAN_INTERVAL
+    if paired and pos.shape != neg.shape:
+        raise ValueError(f"paired scores need equal lengths, got {pos.size} and {neg.size}")
+    out = []
+    for statistic in (_auroc, _cohens_d):
+        estimate = float(statistic(pos, neg))
+        with np.errstate(all="ignore"):
+            result = stats.bootstrap((pos, neg), statistic, paired=paired, vectorized=True,
+                                     confidence_level=confidence, n_resamples=n_resamples, method="percentile",
+                                     batch=100, rng=np.random.default_rng(seed))
+        out.append(Interval(estimate, float(result.confidence_interval.low), float(result.confidence_interval.high),
+                            confidence))
+    return out[0], out[1]

@@ -58,6 +58,7 @@ def cli() -> None:
       actstore stats   --store acts.zarr
       actstore enr     --store acts.zarr --layer 6 --k 64 --out vec.safetensors
       actstore extract --store acts.zarr --layer 6 --method pca --out pca.safetensors
+      actstore project --store test.zarr --vector vec.safetensors --out monitor/
       actstore steer   --model M --vector vec.safetensors --alpha 4 --prompt "..." --compare
       actstore eval    --model M --store acts.zarr --data-test test.json --layers 6 --out sweep/
     """
@@ -68,11 +69,12 @@ def _register() -> None:
     from .enr import enr, extract
     from .evaluate import evaluate
     from .models import models
+    from .project import project
     from .stats import info, stats
     from .steer import steer
     from .vectors import vector
 
-    for command in (capture, stats, info, enr, extract, steer, evaluate, vector, models):
+    for command in (capture, stats, info, enr, extract, project, steer, evaluate, vector, models):
         cli.add_command(command)
 
 
