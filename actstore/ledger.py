@@ -61,6 +61,7 @@ class Ledger:
         self.windows_csv = self.out_dir / "windows.csv"
         self.generations = self.out_dir / "generations.jsonl"
         self.baseline_file = self.out_dir / "baseline.json"
+        self.separation_csv = self.out_dir / "separation.csv"
         baseline = json.loads(self.baseline_file.read_text()) if self.baseline_file.exists() else None
         results = _read_csv(self.results_csv)
         if results is not None:
@@ -179,3 +180,24 @@ class Ledger:
         """items.csv, without the rows of a configuration not (yet) done."""
         frame = _read_csv(self.items_csv)
         return None if frame is None else self._keep(frame)
+
+    def separation(self):
+        """separation.csv (held-out AUROC and Cohen's d per vector), or None."""
+        return _read_csv(self.separation_csv)
+
+    def separation_done(self) -> set[tuple[int, str, str]]:
+        frame = self.separation()
+        return set() if frame is None else {(int(r.layer), str(r.method), str(r.k))
+                                             for r in frame[["layer", "method", "k"]].itertuples(index=False)}
+
+    def record_separation(self, row: dict) -> None:
+        """Add (or replace) one vector's held-out separation; the file is replaced whole."""
+        import pandas as pd
+
+        frame = self.separation()
+        new = pd.DataFrame([row])
+        if frame is not None:
+            same = ((frame["layer"] == row["layer"]) & (frame["method"] == row["method"])
+                    & (frame["k"] == str(row["k"])))
+            new = pd.concat([frame[~same], new], ignore_index=True)
+        _replace_csv(new, self.separation_csv)

@@ -197,3 +197,20 @@ def _write_zarr(dataset, path: Path) -> None:
 
 __all__ = ["SEPARATION_COLUMNS", "Separation", "class_scores", "monitor", "plot_histograms", "project",
            "separation"]
+
+
+def capture_heldout(loaded, data, layers, position: str = "last") -> str:
+    """Capture a held-out contrast file (``data``) at ``layers`` into an in-memory store
+    and return its URL. ``position`` is a training store's recorded position (``last``,
+    ``last-1``, ``mean``, ``all``), so the held-out rows are read where the vectors were."""
+    import uuid
+
+    from .pipeline import capture_to_store
+
+    name, _, offset = str(position).partition("-")
+    if name not in ("last", "mean", "all") or (offset and not offset.isdigit()):
+        raise ActstoreError(f"cannot capture held-out texts at the training store's position {position!r}")
+    url = f"memory://actstore-heldout/{uuid.uuid4().hex}.zarr"
+    capture_to_store(loaded, data, url, sorted(set(int(x) for x in layers)), position=name,
+                     offset=int(offset) if offset else (0 if name == "last" else None), progress=False)
+    return url

@@ -227,6 +227,33 @@ def _detectable_lines(results) -> list[str]:
     return lines
 
 
+def plot_separation(rows, path: Path) -> Path:
+    """AUROC with its interval for every vector, one panel per layer."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    layers = sorted(rows["layer"].unique())
+    fig = Figure(figsize=(3.4 * len(layers) + 0.8, 3.4))
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(1, len(layers), sharey=True, squeeze=False).ravel()
+    for ax, layer in zip(axes, layers):
+        at = rows[rows["layer"] == layer]
+        at = at.iloc[sorted(range(len(at)), key=lambda i: (at["method"].iloc[i], _k_order(str(at["k"].iloc[i]))))]
+        labels = [f"{m} {k}" for m, k in zip(at["method"], at["k"])]
+        y = np.arange(len(at))
+        ax.errorbar(at["auroc"], y, xerr=[at["auroc"] - at["auroc_ci_low"], at["auroc_ci_high"] - at["auroc"]],
+                    fmt="o", markersize=4, capsize=2, color="C0")
+        ax.axvline(0.5, color="grey", linestyle=":", linewidth=0.8)
+        ax.set_yticks(y, labels, fontsize=7)
+        ax.set_xlim(0, 1)
+        ax.set_title(f"layer {layer}", fontsize=9)
+        ax.set_xlabel("held-out AUROC (95% CI)", fontsize=8)
+        ax.tick_params(labelsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    return path
+
+
 def write_report(results, ledger, budgets, match_fractions=DEFAULT_MATCH_FRACTIONS) -> Path:
     """frontier.csv, matched_effect.csv, results.md and frontier_<behavior>.png in the ledger's folder."""
     out_dir = Path(ledger.out_dir)
@@ -283,6 +310,22 @@ def write_report(results, ledger, budgets, match_fractions=DEFAULT_MATCH_FRACTIO
                             "repeated 3-gram rate shift [95% CI]"],
                            [[str(r["layer"]), str(r["method"]), str(r["k"]), f"{r['alpha']:.4g}",
                              _ci(r, "distinct_2"), _ci(r, "repeated_3gram")] for r in results.to_dict("records")])
+    separation = ledger.separation()
+    if separation is not None and len(separation):
+        lines += ["", "## Separation of held-out pairs (no generation)", "",
+                  "Projections h.v/|v| of the held-out pos and neg texts onto each vector at its layer: AUROC "
+                  "(0.5 is chance) and Cohen's d, 95% bootstrap intervals over pairs. A sparse vector that keeps "
+                  "the dense one's separation keeps what tells the classes apart.", ""]
+        lines += _md_table(["layer", "method", "k", "AUROC [95% CI]", "Cohen's d [95% CI]", "n pos + neg"],
+                           [[str(r["layer"]), str(r["method"]), str(r["k"]),
+                             f"{r['auroc']:.3f} [{r['auroc_ci_low']:.3f}, {r['auroc_ci_high']:.3f}]",
+                             f"{r['cohens_d']:.2f} [{r['d_ci_low']:.2f}, {r['d_ci_high']:.2f}]",
+                             f"{int(r['n_pos'])} + {int(r['n_neg'])}"]
+                            for r in separation.sort_values(["layer", "method", "k"], kind="stable")
+                            .to_dict("records")])
+        for behavior in separation["behavior"].unique():
+            plot_separation(separation[separation["behavior"] == behavior],
+                            out_dir / f"separation_{behavior}.png")
     seconds = results["seconds"].to_numpy(dtype=float)
     lines += ["", "## Cost", "",
               f"{len(results)} configurations, median {np.median(seconds):.3g} s each "

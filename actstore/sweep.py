@@ -146,6 +146,26 @@ class Grid:
                 if not (method == "whitened" and k is None and "enr" in self.methods)]
 
 
+def _open_heldout(heldout, grid: Grid, loaded: LoadedModel, force: bool):
+    """The held-out store as a dataset, checked against the grid and the model."""
+    from .stores.reader import open_store
+
+    ds = open_store(heldout, coords=("class", "pair_id"))
+    missing = [layer for layer in grid.layers if layer not in [int(x) for x in ds["layer"].values]]
+    if missing:
+        raise ActstoreError(f"heldout: layers {missing} are not in {str(heldout)!r}; capture the held-out texts "
+                            "at the sweep's layers", param="heldout")
+    check_store_model(ds.attrs, loaded, force, heldout)
+    return ds
+
+
+def _record_separation(ledger: Ledger, heldout_ds, vector, behavior: str, layer: int, method: str, k) -> None:
+    from .monitor import project, separation
+
+    sep = separation(project(heldout_ds.attrs.get("store", "heldout"), vector, dataset=heldout_ds))
+    ledger.record_separation(sep.row(behavior=behavior, layer=layer, method=method, k=_k_label(k)))
+
+
 def residual_norm(stats, layer: int) -> float:
     """Root-mean-square norm of the captured activations at ``layer``, over all
     classes: sqrt(sum_i E[h_i^2]), from the per-class count, mean and variance."""
@@ -258,6 +278,7 @@ def run_sweep(
     replay: bool = True,
     cache_budget_mb: float = 4096,
     force: bool = False,
+    heldout: str | Path | None = None,
     progress: bool = True,
 ):
     """Measure every (layer, method, k, alpha) and write results into ``out_dir``.
@@ -276,7 +297,10 @@ def run_sweep(
     numbers, slower); a layer whose cached outputs would exceed
     ``cache_budget_mb`` runs that way too. ``scheduler`` runs any statistics or
     covariance still to compute (:func:`actstore.stats.scheduler_context`).
-    ``force`` evaluates a store captured from other weights.
+    ``force`` evaluates a store captured from other weights. ``heldout``: a store
+    of held-out pos/neg texts (e.g. the test split) captured at the same layers;
+    each vector's AUROC and Cohen's d separating them go to separation.csv
+    (:func:`actstore.monitor.separation`).
 
     Returns results.csv as a :class:`pandas.DataFrame` (columns :data:`COLUMNS`).
     """
@@ -298,6 +322,7 @@ def run_sweep(
     stats = group_statistics(group, store, scheduler=scheduler)
     grid.check_store([int(x) for x in stats["layer"].values], int(stats.sizes["hidden"]), store)
     check_store_model(stats.attrs, loaded, force, store)
+    heldout_ds = _open_heldout(heldout, grid, loaded, force) if heldout is not None else None
 
     settings = {"protocol": on_target.name, "items": len(on_target.item_ids), "ppl_tokens": len(ppl_ids),
                 "ppl_window": int(ppl_window), "alpha_mode": alpha_mode,
@@ -332,6 +357,8 @@ def run_sweep(
             with _layer_forwards(loaded, layer, on_target, windows, replay, cache_budget_mb) as active:
                 for _, method, k, alpha in [c for c in todo if c[0] == layer]:
                     vector = layer_methods.vector(method, k)
+                    if heldout_ds is not None and (layer, method, _k_label(k)) not in ledger.separation_done():
+                        _record_separation(ledger, heldout_ds, vector, behavior, layer, method, k)
                     norm = float(np.linalg.norm(vector.vector))
                     scale = _scale_for(alpha, alpha_mode, norm, layer_norm)
                     with active() as (on_forward, ppl_forward), steer(loaded, vector, scale, positions=chosen):

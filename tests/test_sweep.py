@@ -360,6 +360,31 @@ def test_every_sparse_and_dense_vector_is_measured_against_the_mean_difference()
     assert pca_only.loc[("pca", "4"), "fraction_of_dense"] == pytest.approx(0.5, abs=0.1)  # its own dense
 
 
+def test_sweep_measures_each_vectors_held_out_separation_once(tmp_path, llama, store, ppl_ids, pairs_file):
+    from actstore.methods import build_vector
+    from actstore.monitor import project, separation
+
+    heldout = tmp_path / "heldout.zarr"
+    actstore.capture_to_store(llama, pairs_file, heldout, "1,2", progress=False)
+    out = tmp_path / "sep"
+    _sweep(llama, store, out, ppl_ids, layers=[1, 2], ks=[4, None], alphas=None, fractions=(0.5, 2.0),
+           methods=("enr", "probe"), heldout=heldout)
+    table = pd.read_csv(out / "separation.csv", dtype={"k": str})
+    assert len(table) == 2 * 2 * 2  # layer x method x k, once whatever the alphas
+    row = table[(table["layer"] == 2) & (table["method"] == "probe") & (table["k"] == "4")].iloc[0]
+    direct = separation(project(heldout, build_vector(store, 2, "probe", 4)))
+    assert row["auroc"] == pytest.approx(direct.auroc.estimate)
+    assert row["d_ci_low"] == pytest.approx(direct.cohens_d.low)
+    before = (out / "separation.csv").read_text()
+    _sweep(llama, store, out, ppl_ids, layers=[1, 2], ks=[4, None], alphas=None, fractions=(0.5, 2.0),
+           methods=("enr", "probe"), heldout=heldout)  # resumed: nothing new
+    assert (out / "separation.csv").read_text() == before
+    with pytest.raises(ActstoreError, match=r"layers \[2\] are not in"):
+        small = tmp_path / "small.zarr"
+        actstore.capture_to_store(llama, pairs_file, small, "1", progress=False)
+        _sweep(llama, store, tmp_path / "x", ppl_ids, layers=[1, 2], heldout=small)
+
+
 def test_a_store_of_other_weights_is_refused(tmp_path, tiny_model_dirs, store, ppl_ids, llama):
     other = load_model(str(tiny_model_dirs["gpt2"]))
     with pytest.raises(ActstoreError, match="pass force=True"):
@@ -386,10 +411,16 @@ def test_cli_eval_defaults_and_refusals(tmp_path, tiny_model_dirs, pairs_file):
     assert result.exit_code == 0, result.output
     assert "2 configurations" in result.output and "frontier" in result.output
     assert (tmp_path / "sweep" / "frontier.csv").exists()
+    # by default the --data-test texts are captured in memory and every vector's separation is measured
+    separation = pd.read_csv(tmp_path / "sweep" / "separation.csv", dtype={"k": str})
+    assert sorted(separation["k"]) == ["4", "dense"] and separation["n_pos"].tolist() == [len(ITEMS)] * 2
+    assert separation["paired"].all()
+    assert "Separation of held-out pairs" in (tmp_path / "sweep" / "results.md").read_text()
+    assert (tmp_path / "sweep" / f"separation_{(tmp_path / 'ab.json').resolve().parent.name}.png").exists()
     for args, message in ((["--layers", "3"], "layers [3] are not in"),
                           (["--layers", "1", "--budgets", "0.9"], "budgets"),
                           (["--layers", "1", "--k", "64"], "larger than the hidden size"),
-                          (["--layers", "1", "--methods", "pca"], "unknown"),
+                          (["--layers", "1", "--methods", "svm"], "unknown"),
                           (["--layers", "1", "--normalize"], "--normalize needs --alpha"),
                           (["--layers", "1", "--prompts", str(text)], "exactly one of --data-test")):
         result = runner.invoke(cli, [*common, *args])

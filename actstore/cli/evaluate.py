@@ -73,12 +73,16 @@ def _csv(values) -> str:
               help="Run the whole model for every configuration instead of replaying each layer's cached "
                    "block outputs (same numbers, slower; for checking).")
 @scheduler_option("Used for statistics, covariances (whitened, lda), pair differences (pca) and probe fits. ")
+@click.option("--heldout-store", type=str, default=None,
+              help="Store of held-out pos/neg texts at the sweep's layers (e.g. the test split captured like the "
+                   "training set): each vector's AUROC and Cohen's d go to separation.csv. Default: with "
+                   "--data-test, its texts are captured in memory at the training store's position.")
+@click.option("--no-separation", is_flag=True, help="Skip the held-out separation (AUROC, Cohen's d) per vector.")
 @click.option("--force", is_flag=True, help="Use the store even if it was captured from other model weights.")
 @quiet_option
 def evaluate(model, store, model_group, data_test, prompts, scorer, max_new_tokens, layers, ks, alphas, fractions,
              normalize, methods, budgets, text, ppl_tokens, ppl_window, max_items, behavior, out, batch_size, positions,
-             no_replay,
-             scheduler, force, quiet):
+             no_replay, heldout_store, no_separation, scheduler, force, quiet):
     """Sweep layer x method x k x alpha: on-target shift against perplexity inflation, with intervals.
 
     Reuses the store's cached statistics, builds each vector, steers the model
@@ -86,7 +90,8 @@ def evaluate(model, store, model_group, data_test, prompts, scorer, max_new_toke
     results.csv (one row per configuration, 95% intervals), items.csv and
     windows.csv (every per-item and per-window figure), frontier.csv (the largest
     shift within each perplexity budget), matched_effect.csv, results.md and
-    frontier_<behavior>.png.
+    frontier_<behavior>.png; and, per vector, how well it separates held-out
+    pos from neg texts (separation.csv, separation_<behavior>.png).
     """
     from ..datasets import read_contrast_set
     from ..errors import ActstoreError
@@ -128,13 +133,18 @@ def evaluate(model, store, model_group, data_test, prompts, scorer, max_new_toke
     else:
         on_target = protocol_for_file(loaded.tokenizer, data_test, batch_size, max_items)
     ppl_ids = read_text_tokens(loaded.tokenizer, text, ppl_tokens)
+    heldout = None if no_separation else heldout_store
+    if heldout is None and not no_separation and data_test is not None:
+        from ..monitor import capture_heldout
+
+        heldout = capture_heldout(loaded, data_test, grid.layers, str(attrs.get("position", "last")))
     name = behavior or Path(data_test or prompts).resolve().parent.name
     results = run_sweep(
         loaded, store, out, on_target=on_target, ppl_ids=ppl_ids, layers=grid.layers, ks=grid.ks,
         alphas=None if alphas is None else grid.alphas, fractions=grid.alphas, normalize=normalize,
         methods=grid.methods, budgets=grid.budgets, behavior=name, model_group=model_group,
         ppl_window=ppl_window, positions=positions, batch_size=batch_size, scheduler=scheduler,
-        replay=not no_replay, force=force, progress=not quiet,
+        replay=not no_replay, force=force, heldout=heldout, progress=not quiet,
     )
     click.echo(f"{len(results)} configurations in {out}/results.csv ({int(results['detectable'].sum())} with an "
                f"on-target shift distinguishable from zero); report: {out}/results.md, frontier: "
