@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from .errors import ActstoreError, InputFormatError
+from .models import SITES, site_module
 
 POSITIONS = ("last", "mean", "all")
 
@@ -41,7 +42,9 @@ class CaptureOptions:
     else 0). ``window`` is texts per commit (None: chosen from the store's chunks).
     ``separator`` joins an A/B question and its answer; ``chat_template`` formats
     texts with the tokenizer's template; texts longer than ``max_length`` tokens
-    keep their last ones; ``stop_early`` ends the forward pass after the deepest block.
+    keep their last ones; ``stop_early`` ends the forward pass after the deepest block;
+    ``site`` is what is read in each block (``resid``, ``attn``, ``mlp``:
+    :func:`actstore.models.site_module`).
     """
 
     position: str = "last"
@@ -52,6 +55,7 @@ class CaptureOptions:
     window: int | None = None
     separator: str = "\n"
     chat_template: bool = False
+    site: str = "resid"
 
     def __post_init__(self) -> None:
         if self.position not in POSITIONS:
@@ -60,6 +64,8 @@ class CaptureOptions:
         if self.offset is not None and (self.offset < 0 or (self.offset and self.position != "last")):
             raise InputFormatError(f"offset={self.offset}: must be >= 0 and is only for position last",
                                    param=("offset", "position"))
+        if self.site not in SITES:
+            raise InputFormatError(f"site={self.site!r}: expected one of {', '.join(SITES)}", param="site")
         for name in ("batch_size", "max_length", "window"):
             value = getattr(self, name)
             if value is not None and (not isinstance(value, int) or value < 1):
@@ -92,8 +98,9 @@ def block_output(output):
 
 
 @contextmanager
-def record_blocks(blocks: torch.nn.ModuleList, layers: Sequence[int], stop_after_last: bool = True):
-    """Register hooks that store each requested block's output in a dict.
+def record_blocks(blocks: torch.nn.ModuleList, layers: Sequence[int], stop_after_last: bool = True,
+                  site: str = "resid"):
+    """Register hooks that store each requested block's output (or its ``site``) in a dict.
 
     Yields the dict ``{layer: (batch, seq, hidden) tensor}``, filled by each
     forward pass. With ``stop_after_last`` the hook on the deepest block raises
@@ -114,7 +121,7 @@ def record_blocks(blocks: torch.nn.ModuleList, layers: Sequence[int], stop_after
 
     try:
         for layer in layers:
-            handles.append(blocks[layer].register_forward_hook(make_hook(layer)))
+            handles.append(site_module(blocks, layer, site).register_forward_hook(make_hook(layer)))
         yield outputs
     finally:
         for handle in handles:
@@ -134,10 +141,11 @@ def forward_blocks(
     attention_mask: torch.Tensor,
     layers: Sequence[int],
     stop_early: bool = True,
+    site: str = "resid",
 ) -> dict[int, torch.Tensor]:
     """Run the model on one padded batch; return ``{layer: (batch, seq, hidden)}``
-    (positions from :func:`position_ids`)."""
-    with record_blocks(blocks, layers, stop_after_last=stop_early) as outputs, torch.no_grad():
+    of each block's ``site`` (positions from :func:`position_ids`)."""
+    with record_blocks(blocks, layers, stop_after_last=stop_early, site=site) as outputs, torch.no_grad():
         try:
             model(
                 input_ids=input_ids,
@@ -314,7 +322,7 @@ def _batch_rows(model, tokenizer, blocks, batch_ids: list[list[int]], layers: Se
     padded = tokenizer.pad({"input_ids": batch_ids}, return_tensors="pt")
     input_ids = padded["input_ids"].to(device)
     attention_mask = padded["attention_mask"].to(device)
-    outputs = forward_blocks(model, blocks, input_ids, attention_mask, layers, options.stop_early)
+    outputs = forward_blocks(model, blocks, input_ids, attention_mask, layers, options.stop_early, options.site)
     stacked = []
     for layer in layers:
         rows, row_batch, row_token = reduce_positions(outputs[layer], attention_mask, options.position,

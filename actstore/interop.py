@@ -122,6 +122,10 @@ def _layer_directions(vectors: list[SteeringVector], target: str, scale: float =
             )
         if not np.all(np.isfinite(values)):
             raise VectorError(f"vector for layer {layer} has non-finite values")
+        site = vector.metadata.get("site") or "resid"
+        if site != "resid":
+            raise VectorError(f"vector for layer {layer} is for the {site} site; {target} adds directions to the "
+                              "residual stream (decoder-block outputs) only: export resid vectors")
         directions[layer] = (values * scale).astype(np.float32)
         first_layer = layer if first_layer is None else first_layer
     return dict(sorted(directions.items()))

@@ -127,6 +127,32 @@ def find_decoder_blocks(model: torch.nn.Module, blocks: str | None = None) -> to
     return found
 
 
+SITES = ("resid", "attn", "mlp")
+# Where a block keeps its attention and MLP modules, by the name transformers gives them.
+SITE_MODULES = {"attn": ("self_attn", "attn", "attention", "self_attention"), "mlp": ("mlp", "feed_forward", "ffn")}
+
+
+def site_module(blocks: torch.nn.ModuleList, layer: int, site: str = "resid") -> torch.nn.Module:
+    """The module whose output is read and steered at ``site`` of block ``layer``:
+    the block itself (``resid``: the residual stream after the block), its attention
+    module (``attn``: what attention adds, before the block's residual sum) or its
+    MLP (``mlp``)."""
+    if site not in SITES:
+        raise ModelError(f"site={site!r}: expected one of {', '.join(SITES)}", param="site")
+    block = blocks[layer]
+    if site == "resid":
+        return block
+    for name in SITE_MODULES[site]:
+        module = getattr(block, name, None)
+        if isinstance(module, torch.nn.Module):
+            return module
+    children = ", ".join(name for name, _ in block.named_children()) or "none"
+    raise ModelError(
+        f"site={site!r}: block {layer} ({type(block).__name__}) has no {site} module named "
+        f"{' or '.join(SITE_MODULES[site])} (its parts: {children}); use site resid", param="site"
+    )
+
+
 def parse_layers(spec: str | list[int] | tuple[int, ...], num_layers: int) -> list[int]:
     """``"6"``, ``"2,6,10"``, ``"all"`` or a list -> sorted unique block indices.
 

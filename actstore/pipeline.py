@@ -217,6 +217,7 @@ def _plan(loaded: LoadedModel, contrast: ContrastSet, layers, request: CaptureRe
         dtype=group.store_dtype,
         stats_only=group.stats_only,
         codec=group.codec,
+        site=options.site,
         extra=extra,
     )
     rows = _Rows(

@@ -29,7 +29,7 @@ import torch
 
 from .capture import block_output
 from .errors import VectorError
-from .models import LoadedModel, find_decoder_blocks, text_config
+from .models import SITES, LoadedModel, find_decoder_blocks, site_module, text_config
 from .vectors import SteeringVector
 
 POSITION_KINDS = ("all", "prompt", "generated", "from")
@@ -152,7 +152,7 @@ def check_vector(vector: SteeringVector, loaded: LoadedModel, force: bool = Fals
 def _additions(model, blocks, vectors: Sequence[SteeringVector], alphas: Sequence[float], sparse: bool):
     hidden = int(text_config(model.config).hidden_size)
     param = next(model.parameters())
-    per_layer: dict[int, list[_LayerAddition]] = {}
+    per_layer: dict[tuple[int, str], list[_LayerAddition]] = {}
     for vector, alpha in zip(vectors, alphas):
         if not math.isfinite(alpha):
             raise VectorError(f"alpha must be a finite number, got {alpha!r}")
@@ -164,6 +164,7 @@ def _additions(model, blocks, vectors: Sequence[SteeringVector], alphas: Sequenc
             raise VectorError(
                 f"vector is for layer {vector.layer}; this model has decoder blocks 0..{len(blocks) - 1}"
             )
+        site = vector_site(vector)
         values = np.asarray(vector.vector, dtype=np.float64) * alpha
         kept = np.flatnonzero(values).astype(np.int64)
         # A vector that is mostly non-zero is cheaper to add densely.
@@ -174,8 +175,16 @@ def _additions(model, blocks, vectors: Sequence[SteeringVector], alphas: Sequenc
             )
         else:
             addition = _LayerAddition(None, torch.from_numpy(values).to(device=param.device, dtype=param.dtype))
-        per_layer.setdefault(vector.layer, []).append(addition)
+        per_layer.setdefault((vector.layer, site), []).append(addition)
     return per_layer
+
+
+def vector_site(vector: SteeringVector) -> str:
+    """Where a vector is added: its metadata's ``site`` (``resid`` when absent)."""
+    site = vector.metadata.get("site") or "resid"
+    if site not in SITES:
+        raise VectorError(f"the vector's metadata names site {site!r}; expected one of {', '.join(SITES)}")
+    return site
 
 
 def _add(hidden: torch.Tensor, additions: list[_LayerAddition], where: torch.Tensor | None = None) -> torch.Tensor:
@@ -201,7 +210,8 @@ def steer(
     sparse: bool = True,
     positions: str | Positions | torch.Tensor | np.ndarray | None = None,
 ) -> Iterator[None]:
-    """Add ``alpha * vector`` at the output of block ``vector.layer`` while inside.
+    """Add ``alpha * vector`` at the output of block ``vector.layer`` while inside
+    (or of its attention or MLP module when the vector's ``site`` says so).
 
     ``model`` is a transformers causal LM or a :class:`LoadedModel`;
     ``vectors`` one vector or several (several layers, or several at one
@@ -236,8 +246,8 @@ def steer(
     try:
         if state is not None:
             handles.append(model.register_forward_pre_hook(state.pre_hook, with_kwargs=True))
-        for layer, additions in per_layer.items():
-            handles.append(blocks[layer].register_forward_hook(make_hook(additions)))
+        for (layer, site), additions in per_layer.items():
+            handles.append(site_module(blocks, layer, site).register_forward_hook(make_hook(additions)))
         yield
     finally:
         for handle in handles:

@@ -232,14 +232,17 @@ def _effects(steered: Measurement, base: Measurement) -> dict:
 
 @contextmanager
 def _layer_forwards(loaded: LoadedModel, layer: int, on_target: OnTarget, windows: PerplexityWindows,
-                    replay: bool, cache_budget_mb: float) -> Iterator[Callable[[], AbstractContextManager]]:
+                    replay: bool, cache_budget_mb: float, site: str = "resid"
+                    ) -> Iterator[Callable[[], AbstractContextManager]]:
     """Yields ``active()``, a context inside which ``(on_forward, ppl_forward)`` measure at ``layer``:
-    replayed from the layer's cached block output where the protocol allows and it fits the budget."""
+    replayed from the layer's cached block output where the protocol allows and it fits the budget.
+    A vector added inside block L (site attn or mlp) replays only blocks before L."""
     on_batches = on_target.batches()
     batches = {**{("on", i): b for i, b in enumerate(on_batches)},
                **{("ppl", i): b for i, b in enumerate(windows.batches)}}
-    if replay and on_batches and cache_nbytes(loaded, batches) <= cache_budget_mb * 2**20:
-        cached = PrefixReplay(loaded, layer, batches)
+    prefix = layer if site == "resid" else layer - 1
+    if replay and prefix >= 0 and on_batches and cache_nbytes(loaded, batches) <= cache_budget_mb * 2**20:
+        cached = PrefixReplay(loaded, prefix, batches)
 
         @contextmanager
         def active():
@@ -327,6 +330,8 @@ def run_sweep(
     settings = {"protocol": on_target.name, "items": len(on_target.item_ids), "ppl_tokens": len(ppl_ids),
                 "ppl_window": int(ppl_window), "alpha_mode": alpha_mode,
                 "store_group": str(stats.attrs.get("group", ""))}
+    if stats.attrs.get("site", "resid") != "resid":  # folders of residual sweeps keep their settings
+        settings["site"] = str(stats.attrs["site"])
     chosen = Positions.parse(positions)
     if chosen.kind == "mask":
         raise ActstoreError("positions: a per-example mask does not fit a sweep over test batches; "
@@ -354,7 +359,8 @@ def run_sweep(
             layer_methods = LayerMethods(group, store, stats, layer, scheduler=scheduler)
             # The layer's one-off cost (its cached block outputs) counts in its first configuration.
             started = time.perf_counter()
-            with _layer_forwards(loaded, layer, on_target, windows, replay, cache_budget_mb) as active:
+            with _layer_forwards(loaded, layer, on_target, windows, replay, cache_budget_mb,
+                                 str(stats.attrs.get("site", "resid"))) as active:
                 for _, method, k, alpha in [c for c in todo if c[0] == layer]:
                     vector = layer_methods.vector(method, k)
                     if heldout_ds is not None and (layer, method, _k_label(k)) not in ledger.separation_done():

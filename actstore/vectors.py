@@ -15,8 +15,9 @@ Vector file (safetensors, no pickle):
     enr      float32 [hidden]  ENR of every coordinate
     (whitened vectors also hold vector_whitened float32 [hidden]; see whitened_vector)
     metadata (str -> str): format, model, model_fingerprint, layer, k ("dense" for dense),
-             method ("enr-topk" | "mean-diff"), classes (JSON {label: count}),
-             pos, neg, position, hidden_size, actstore_version
+             method ("enr-topk" | "mean-diff" | "whitened-enr-topk" | "pca" | "probe" | "lda"),
+             classes (JSON {label: count}), pos, neg, position, site ("resid" | "attn" | "mlp";
+             absent means resid), hidden_size, actstore_version
 """
 
 from __future__ import annotations
@@ -126,6 +127,7 @@ def vector_from_stats(
         "pos": pos,
         "neg": neg,
         "position": str(stats.attrs.get("position", "")),
+        "site": str(stats.attrs.get("site", "resid")),
         "hidden_size": str(hidden),
         "actstore_version": __version__,
     }

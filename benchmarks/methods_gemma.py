@@ -10,7 +10,8 @@ default), then for every layer x method (enr, whitened, pca, probe, lda) x k
 and project the test store onto it (`actstore project`): AUROC and Cohen's d
 separating the test split's pos from its neg texts, each with a 95% bootstrap
 interval over pairs. Writes <out>/separation.csv (every row), <out>/SEPARATION.md
-(the tables, the commands) and one histogram figure per behavior and layer.
+(the tables, the commands) and one histogram figure per behavior and layer
+(<behavior>-layer<L>/projections.png; the projections themselves are not kept).
 The captures resume (--resume), so a run can be repeated cheaply.
 """
 
@@ -19,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import shlex
+import shutil
 import subprocess
 import sys
 import time
@@ -91,7 +93,9 @@ def main() -> None:
                     name = f"{method}-{'dense' if k is None else f'k{k}'}"
                     vectors.append((name, methods.vector(method, k)))
             built = time.perf_counter() - started
-            table = monitor(test_store, vectors, out / f"{behavior}-layer{layer}", plot=True)
+            folder = out / f"{behavior}-layer{layer}"
+            table = monitor(test_store, vectors, folder, plot=True)
+            shutil.rmtree(folder / "projections.zarr")  # regenerable; the repo keeps the table and the figure
             table.insert(0, "behavior", behavior)
             table["build_seconds_layer"] = round(built, 2)
             tables.append(table)

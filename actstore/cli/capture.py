@@ -31,6 +31,10 @@ from .options import EscapedText, ShardType, quiet_option, scheduler_option, tak
               help="With --position last: capture the token this many before the last one. Default: 1 for "
                    "an A/B set (every text ends in '(A)', '(B)', ...: the answer letter, as CAA reads it), "
                    "else 0; --offset 0 takes the final ')' of an A/B set.")
+@click.option("--site", type=click.Choice(["resid", "attn", "mlp"]), default="resid", show_default=True,
+              help="What to read in each block: resid, its output (the residual stream); attn, the output of "
+                   "its attention module; mlp, the output of its MLP (what each adds to the residual stream, "
+                   "before any post-norm the block applies). Recorded in the store; vectors from it steer there.")
 @click.option("--batch-size", "-b", type=click.IntRange(1), default=8, show_default=True,
               help="Texts per forward pass (texts are batched by length to save padding).")
 @click.option("--dtype", type=click.Choice(list(DTYPES)), default="float32", show_default=True,
@@ -82,7 +86,7 @@ from .options import EscapedText, ShardType, quiet_option, scheduler_option, tak
 def capture(data, layers, store, resume, shard, scheduler, shards, quiet, **fields):
     """Run a causal LM over a contrast set and store residual activations.
 
-    Layer L is the output of decoder block L. Activations stream to the store
+    Layer L is the output of decoder block L (or, with --site, of its attention or MLP). Activations stream to the store
     window by window; an interrupted capture keeps everything committed and
     continues with --resume.
     """

@@ -51,7 +51,7 @@ def info(store, as_json):
         size_text = f"{size / 2**20:.1f} MiB" if size is not None else "unknown"
         source = f" (converted from {m['model_source']})" if m.get("model_source") else ""
         click.echo(f"  group {m['group']!r}: model {m['model_id']}{source}")
-        click.echo(f"    layers {m['layers']}, hidden {m['hidden_size']}, position {m['position']}, "
+        click.echo(f"    layers {m['layers']}, hidden {m['hidden_size']}, position {m['position']}, site {m['site']}, "
                    f"dtype {m['dtype']}, {m['n_samples']} samples, {size_text} on disk")
         click.echo("    classes: " + ", ".join(f"{k}={v}" for k, v in m["classes"].items()))
         for r in m["runs"]:

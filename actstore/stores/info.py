@@ -41,6 +41,7 @@ def _group_info(group, name: str, path) -> dict[str, Any]:
         "layers": attrs["layers"],
         "hidden_size": attrs["hidden_size"],
         "position": attrs["position"],
+        "site": attrs.get("site", "resid"),
         "dtype": attrs["dtype"],
         "n_samples": n,
         "classes": classes,

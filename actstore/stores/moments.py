@@ -59,7 +59,8 @@ def write_stats_cache(path, group, stats) -> bool:
 def group_stats(moments: Moments, group_attrs: dict, group_name: str, **extra):
     """The statistics dataset of ``moments`` with the provenance of its group."""
     attrs = {key: group_attrs[key] for key in ("model_id", "model_fingerprint", "data_version", "position")}
-    attrs.update({"group": group_name, "n_samples": moments.total, "ddof": 1, **extra})
+    attrs.update({"group": group_name, "n_samples": moments.total, "ddof": 1,
+                  "site": group_attrs.get("site", "resid"), **extra})
     return moments.to_dataset(group_attrs["layers"], attrs)
 
 

@@ -139,6 +139,7 @@ class CaptureSpec:
     dtype: str = "float32"
     stats_only: bool = False
     codec: str = "lz4"  # for a new group only; appends keep the group's codec
+    site: str = "resid"  # what is read in each block: resid (its output), attn or mlp
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -157,12 +158,13 @@ class CaptureSpec:
             "position": self.position,
             "dtype": self.dtype,
             "stats_only": self.stats_only,
+            "site": self.site,
             **self.extra,
         }
 
 
-MUST_MATCH = ("model_id", "model_fingerprint", "hidden_size", "layers", "position", "dtype", "stats_only")
-MATCH_DEFAULTS = {"stats_only": False}  # groups written before the key existed
+MUST_MATCH = ("model_id", "model_fingerprint", "hidden_size", "layers", "position", "dtype", "stats_only", "site")
+MATCH_DEFAULTS = {"stats_only": False, "site": "resid"}  # groups written before the key existed
 
 
 def check_appendable(group, spec: CaptureSpec, path: str, group_name: str) -> None:
