@@ -16,8 +16,10 @@ from .interop import (
     to_steering_vectors,
     write_gguf_control_vector,
 )
+from .methods import build_vector
 from .models import LoadedModel, ModelSpec, find_decoder_blocks, load_model
 from .moments import Moments
+from .monitor import project, separation
 from .pipeline import CaptureReport, capture_on_cluster, capture_to_store
 from .protocols import ABLetters, FreeTextPreference, GeneratedText
 from .stats import compute_stats, moments, open_stats
@@ -43,6 +45,7 @@ __all__ = [
     "SteeringVector",
     "__version__",
     "ab_scores",
+    "build_vector",
     "capture_on_cluster",
     "capture_to_store",
     "compute_stats",
@@ -57,11 +60,13 @@ __all__ = [
     "open_stats",
     "open_store",
     "perplexity",
+    "project",
     "read_ab_items",
     "read_contrast_set",
     "read_gguf_control_vector",
     "run_sweep",
     "save_vector",
+    "separation",
     "steer",
     "store_info",
     "to_repeng",
