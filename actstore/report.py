@@ -158,7 +158,7 @@ def plot_frontier(results, behavior: str, budgets, path: Path) -> Path:
     vectors = sorted({(m, k) for m, k in zip(rows["method"], rows["k"])}, key=lambda v: (v[0], _k_order(v[1])))
     columns = min(len(layers), 4)
     lines = math.ceil(len(layers) / columns)
-    fig = Figure(figsize=(3.6 * columns + 1.2, 3.2 * lines + 0.8))
+    fig = Figure(figsize=(max(3.6 * columns + 1.2, 7.5), 3.2 * lines + 1.2))
     FigureCanvasAgg(fig)
     axes = fig.subplots(lines, columns, sharey=True, squeeze=False).ravel()
     colors = {v: f"C{i}" for i, v in enumerate(vectors)}
@@ -199,8 +199,8 @@ def plot_frontier(results, behavior: str, budgets, path: Path) -> Path:
         ax.set_visible(False)
     axes[0].set_ylabel("on-target shift (95% CI band)", fontsize=8)
     handles, labels = axes[0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="outside lower center", ncol=min(len(labels), 6), fontsize=8, frameon=False)
-    fig.suptitle(f"{behavior}: on-target shift against off-target damage (dotted: budgets "
+    fig.legend(handles, labels, loc="outside lower center", ncol=min(len(labels), 4), fontsize=8, frameon=False)
+    fig.suptitle(f"{behavior}: on-target shift against off-target damage\n(dotted: perplexity budgets "
                  f"{', '.join(f'{b:g}x' for b in budgets)})", fontsize=10)
     fig.set_layout_engine("constrained")
     fig.savefig(path, dpi=110)
