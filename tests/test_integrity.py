@@ -146,7 +146,7 @@ def test_damaged_cached_statistics_are_recomputed_with_a_warning(store, array, d
     want = actstore.compute_stats(store, force=True)
     path = cache_chunk(store, array)
     path.unlink() if damage == "delete" else flip(path)
-    with pytest.warns(UserWarning, match=f"cached statistics of store .*acts.zarr.* group 'tiny-llama' are damaged"):
+    with pytest.warns(UserWarning, match="cached statistics of store .*acts.zarr.* group 'tiny-llama' are damaged"):
         got = actstore.compute_stats(store)
     for name in ("count", "mean", "var"):
         np.testing.assert_array_equal(got[name].values, want[name].values)
