@@ -39,7 +39,11 @@ def _read_csv(path: Path):
 
     if not path.exists() or path.stat().st_size == 0:
         return None
-    return pd.read_csv(path, dtype={"k": str, "method": str, "item": str})
+    try:
+        return pd.read_csv(path, dtype={"k": str, "method": str, "item": str})
+    except (ValueError, pd.errors.ParserError, UnicodeDecodeError) as err:  # a damaged or foreign file
+        raise ActstoreError(f"{str(path)!r} cannot be read as this sweep's table ({str(err).splitlines()[0]}); "
+                            "move it away (the sweep rebuilds it) or choose another --out folder") from None
 
 
 def _replace_csv(frame, path: Path) -> None:
