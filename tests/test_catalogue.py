@@ -136,7 +136,7 @@ CASES = [
          files={"nfd.jsonl": '{"text": "a", "label": "cafe\\u0301"}\n'}),
     Case("pair id beyond int64", ["capture", "-m", "{llama}", "-d", "{tmp}/big.jsonl", "-s", "{tmp}/n.zarr"],
          ["big.jsonl", "line 1: field 'pair_id' must be a non-negative integer below 2**62", str(2**70)],
-         files={"big.jsonl": '{"text": "a", "label": "x", "pair_id": %d}\n' % 2**70}),
+         files={"big.jsonl": f'{{"text": "a", "label": "x", "pair_id": {2**70}}}\n'}),
     Case("JSON nested too deeply", ["capture", "-m", "{llama}", "-d", "{tmp}/deep.json", "-s", "{tmp}/n.zarr"],
          ["deep.json", "nested too deeply"], files={"deep.json": "[" * 100000 + "]" * 100000}),
     Case("JSONL line nested too deeply", ["capture", "-m", "{llama}", "-d", "{tmp}/deep.jsonl", "-s", "{tmp}/n.zarr"],
