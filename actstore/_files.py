@@ -52,6 +52,17 @@ def atomic_output(path: str | Path, param: str = "out") -> Iterator[Path]:
         yield tmp
         with open(tmp, "rb+") as handle:  # on disk before the rename makes it the file
             os.fsync(handle.fileno())
+        os.chmod(tmp, _mode_of(target))
         os.replace(tmp, target)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def _mode_of(target: Path) -> int:
+    """The permissions the file had, or those a new file gets (the writer's may be private)."""
+    try:
+        return stat.S_IMODE(target.stat().st_mode)
+    except FileNotFoundError:
+        umask = os.umask(0)
+        os.umask(umask)
+        return 0o666 & ~umask

@@ -184,3 +184,39 @@ def test_real_process_deaths_at_creation_and_commit_writes_resume(setup, tmp_pat
                               capture_output=True, text=True)
         assert done.returncode == 0, done.stderr[-2000:]
         assert_same_rows(store, reference)
+
+
+def test_a_vector_or_gguf_export_killed_mid_write_leaves_the_previous_file_whole(tmp_path, monkeypatch):
+    import gguf
+    import safetensors.numpy
+
+    from actstore.vectors import SteeringVector, load_vector, save_vector
+
+    old = SteeringVector(np.ones(8, np.float32), np.arange(8), np.ones(8, np.float32), 2, {"k": "dense"})
+    new = SteeringVector(np.full(8, 2, np.float32), np.arange(8), np.ones(8, np.float32), 2, {"k": "dense"})
+    vector_file, gguf_file = tmp_path / "v.safetensors", tmp_path / "v.gguf"
+    save_vector(old, vector_file)
+    actstore.write_gguf_control_vector(old, gguf_file, "llama")
+    before = {path: path.read_bytes() for path in (vector_file, gguf_file)}
+
+    def dies_halfway(tensors, filename, metadata=None):
+        with open(filename, "wb") as handle:
+            handle.write(b"\x00" * 64)  # the first bytes reach the disk, then the process dies
+        raise Killed("mid-write")
+
+    monkeypatch.setattr(safetensors.numpy, "save_file", dies_halfway)
+    with pytest.raises(Killed):
+        save_vector(new, vector_file)
+    original = gguf.GGUFWriter.write_tensors_to_file
+
+    def tensors_die(self, *args, **kwargs):  # the header and keys are written by now
+        raise Killed("mid-write")
+
+    monkeypatch.setattr(gguf.GGUFWriter, "write_tensors_to_file", tensors_die)
+    with pytest.raises(Killed):
+        actstore.write_gguf_control_vector(new, gguf_file, "llama")
+    monkeypatch.setattr(gguf.GGUFWriter, "write_tensors_to_file", original)
+    for path, content in before.items():
+        assert path.read_bytes() == content, path
+    np.testing.assert_array_equal(load_vector(vector_file).vector, old.vector)
+    np.testing.assert_array_equal(actstore.read_gguf_control_vector(gguf_file)[0].vector, old.vector)
