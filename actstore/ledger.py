@@ -167,8 +167,12 @@ class Ledger:
         import pandas as pd
 
         self._append_measures(row, item_ids, measures, nll, tokens, texts)
-        pd.DataFrame([row], columns=self.columns).to_csv(
-            self.results_csv, mode="a", header=not self.results_csv.exists(), index=False)
+        exists = self.results_csv.exists()
+        line = pd.DataFrame([row], columns=self.columns).to_csv(header=not exists, index=False)
+        # The old bytes plus the row, renamed into place: a kill never leaves a cut row counted as done.
+        tmp = self.results_csv.with_name(self.results_csv.name + ".tmp")
+        tmp.write_bytes((self.results_csv.read_bytes() if exists else b"") + line.encode())
+        os.replace(tmp, self.results_csv)
         self.done.add(_key(row["layer"], row["method"], row["k"], row["alpha"]))
 
     def results(self):
