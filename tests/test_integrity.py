@@ -221,3 +221,20 @@ def test_a_path_and_its_file_url_share_one_lock_and_create_the_same_store(store,
     assert result.exit_code == 0, result.output
     assert actstore.open_store(new).sizes["sample"] == 4
     assert actstore.open_store(f"file://{new}").sizes["sample"] == 4
+
+
+def test_a_class_of_one_row_is_not_taken_for_a_damaged_cache(tmp_path, tiny_model_dirs):
+    """Its variance is NaN (0/0, ddof=1): that is the statistic, not damage."""
+    import warnings
+
+    data = tmp_path / "one.jsonl"
+    data.write_text('{"text": "alpha", "label": "pos"}\n{"text": "beta", "label": "neg"}\n'
+                    '{"text": "gamma", "label": "neg"}\n')
+    store = tmp_path / "one.zarr"
+    assert run("capture", "-m", tiny_model_dirs["llama"], "-d", data, "-l", "1", "-s", store, "-q").exit_code == 0
+    first = actstore.compute_stats(store)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        cached = actstore.open_stats(store)
+    assert np.isnan(cached["var"].sel({"class": "pos"}).values).all()
+    assert cached.attrs["data_version"] == first.attrs["data_version"]

@@ -84,12 +84,16 @@ def _read_cache_arrays(cache, attrs: dict, group):
         except Exception as err:  # a codec's error: the chunk does not decode
             return None, f"array {name!r}: {decode_problem(err)}"
     count, mean, var = values["count"], values["mean"], values["var"]
-    if not (np.all(np.isfinite(mean)) and np.all(np.isfinite(var)) and np.all(var >= 0)):
+    if count.ndim != 2 or mean.shape != var.shape or mean.shape[:2] != count.shape:
+        return None, f"arrays of shapes {count.shape}, {mean.shape}, {var.shape} do not fit together"
+    several = np.broadcast_to(count[..., None] >= 2, var.shape)
+    # the variance of a class of one row is NaN (0/0), of every other class finite and >= 0
+    if not (np.all(np.isfinite(mean)) and np.all(np.where(several, np.isfinite(var) & (var >= 0), True))):
         return None, "non-finite or negative means or variances: a missing or damaged chunk"
     rows = int(attrs.get("n_samples", -1))
     if not group.attrs.get("stats_only") and rows != int(group.attrs.get("n_samples", -2)):
         return None, f"they count {rows} rows, the group holds {group.attrs.get('n_samples')}"
-    if count.ndim != 2 or np.any(count < 0) or np.any(count.sum(axis=0) != rows):
+    if np.any(count < 0) or np.any(count.sum(axis=0) != rows):
         return None, f"class counts {count.tolist()} do not add up to the {rows} rows"
     classes = as_str_array(values["class"]).tolist()
     if "" in classes:
