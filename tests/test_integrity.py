@@ -238,3 +238,11 @@ def test_a_class_of_one_row_is_not_taken_for_a_damaged_cache(tmp_path, tiny_mode
         cached = actstore.open_stats(store)
     assert np.isnan(cached["var"].sel({"class": "pos"}).values).all()
     assert cached.attrs["data_version"] == first.attrs["data_version"]
+
+
+def test_the_whitening_pass_names_a_damaged_chunk_behind_a_valid_cache(store):
+    actstore.compute_stats(store)  # the cache is good; the covariance pass reads the rows themselves
+    flip(chunk(store, "acts"))
+    result = run("enr", "-s", store, "--layer", "1", "--k", "4", "--whiten", "-o", store.parent / "w.safetensors")
+    assert result.exit_code == 1 and "Traceback" not in result.output, result.output
+    assert "'tiny-llama/acts' chunk c/0/0/0: checksum mismatch" in result.output, result.output
