@@ -220,3 +220,30 @@ def test_a_vector_or_gguf_export_killed_mid_write_leaves_the_previous_file_whole
         assert path.read_bytes() == content, path
     np.testing.assert_array_equal(load_vector(vector_file).vector, old.vector)
     np.testing.assert_array_equal(actstore.read_gguf_control_vector(gguf_file)[0].vector, old.vector)
+
+
+def test_a_sweep_killed_while_committing_a_configuration_keeps_the_previous_results(tmp_path, monkeypatch):
+    """results.csv is the commit of a configuration: a kill mid-write leaves the old file, and
+    the configuration is not counted as done."""
+    import actstore.ledger as ledger_module
+    from actstore.ledger import Ledger
+
+    columns = ["layer", "method", "k", "alpha", "on_target_shift", "ppl_inflation"]
+    ledger = Ledger(tmp_path, {"s": 1}, columns)
+    ledger.record_baseline(["a"], {"score": np.array([0.5])}, np.array([1.0]), np.array([4]))
+    first = {"layer": 1, "method": "enr", "k": "4", "alpha": 2.0, "on_target_shift": 0.25, "ppl_inflation": 1.0625}
+    ledger.record(first, ["a"], {"score": np.array([0.75])}, np.array([1.5]), np.array([4]))
+    before = (tmp_path / "results.csv").read_bytes()
+
+    def dies(src, dst):
+        raise Killed("between writing the new results.csv and renaming it into place")
+
+    monkeypatch.setattr(ledger_module.os, "replace", dies)
+    second = {**first, "alpha": 4.0, "on_target_shift": 0.5}
+    with pytest.raises(Killed):
+        ledger.record(second, ["a"], {"score": np.array([0.9])}, np.array([2.0]), np.array([4]))
+    monkeypatch.undo()
+    assert (tmp_path / "results.csv").read_bytes() == before
+    reopened = Ledger(tmp_path, {"s": 1}, columns)
+    assert reopened.is_done(1, "enr", "4", 2.0) and not reopened.is_done(1, "enr", "4", 4.0)
+    assert len(reopened.items()) == 2  # the baseline's item and the first configuration's, not the killed one's
