@@ -56,6 +56,7 @@ def test_an_unexpected_error_is_one_line_with_the_path_of_its_saved_traceback(tm
 def test_an_oserror_at_any_write_of_a_capture_is_an_error_line_and_resume_finishes(tmp_path, data, tiny_model_dirs,
                                                                                   monkeypatch, code, message):
     """The error is injected at every write site in turn (write 1, 2, ... of the capture)."""
+    monkeypatch.setenv("ACTSTORE_CACHE", str(tmp_path / "cache"))  # the saved tracebacks go there
     original = LocalStore.set
     count = {"n": 0, "fail_at": 0}
 
@@ -78,6 +79,7 @@ def test_an_oserror_at_any_write_of_a_capture_is_an_error_line_and_resume_finish
         assert result.exit_code == 1 and isinstance(result.exception, SystemExit), (fail_at, result.output)
         assert "Traceback" not in result.output
         assert result.output.startswith("Error: ") and message in result.output, (fail_at, result.output)
+        assert "saved in " + str(tmp_path / "cache" / "crashes") in result.output
         count.update(n=0, fail_at=0)
         resumed = run(*args, "-s", store, "--resume")
         assert resumed.exit_code == 0, (fail_at, resumed.output)
@@ -86,7 +88,8 @@ def test_an_oserror_at_any_write_of_a_capture_is_an_error_line_and_resume_finish
     assert tried >= total // step
 
 
-def test_device_mistakes_are_error_lines(tmp_path, data, tiny_model_dirs):
+def test_device_mistakes_are_error_lines(tmp_path, data, tiny_model_dirs, monkeypatch):
+    monkeypatch.setenv("ACTSTORE_CACHE", str(tmp_path / "cache"))
     for device, message in (("cudda", "check --device"), ("cuda:7", "check --device")):
         result = run("capture", "-m", tiny_model_dirs["llama"], "-d", data, "-l", "1", "-s", tmp_path / "d.zarr",
                      "--device", device)
