@@ -24,7 +24,7 @@ from .pipeline import CaptureReport, capture_on_cluster, capture_to_store
 from .protocols import ABLetters, FreeTextPreference, GeneratedText
 from .stats import compute_stats, moments, open_stats
 from .steering import steer
-from .stores import GroupOptions, open_store, store_info
+from .stores import GroupOptions, open_store, store_info, verify_store
 from .sweep import run_sweep
 from .vectors import SteeringVector, enr, enr_scores, load_vector, save_vector, top_k_indices, vector_from_stats
 
@@ -73,5 +73,6 @@ __all__ = [
     "to_steering_vectors",
     "top_k_indices",
     "vector_from_stats",
+    "verify_store",
     "write_gguf_control_vector",
 ]

@@ -20,6 +20,7 @@ import numpy as np
 
 from .errors import StatsError
 from .stats import group_statistics, scheduler_context
+from .stores.integrity import damage_located, refuse_non_finite
 from .stores.reader import group_dataset
 from .stores.roots import open_root, select_group
 
@@ -121,7 +122,8 @@ def group_covariance(group, path: str | Path, layer: int, stats, *, scheduler: s
         acts, "ij", codes_da, "i", means=means, n_classes=len(classes),
         new_axes={"c": len(classes)}, adjust_chunks={"i": 1}, dtype=np.float64, concatenate=True,
     ).sum(axis=0)
-    with scheduler_context(scheduler):
+    with scheduler_context(scheduler), damage_located(group, path):
         comoment, fourth_sum = dask.compute(scatter, fourth)
+    refuse_non_finite(group, path, comoment)  # a missing chunk reads as NaN
     counts = stats["count"].sel(layer=layer).values.astype(np.float64)
     return LayerCovariance(classes, counts, means, comoment, fourth_sum, layer)

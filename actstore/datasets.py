@@ -83,6 +83,14 @@ def text_hash(text: str) -> str:
 
 
 def _records(path: Path, raw: str) -> list[tuple[str, Any]]:
+    try:
+        return _parsed_records(path, raw)
+    except RecursionError:  # json's parser recurses per level of nesting
+        raise InputFormatError(f"{str(path)!r} is nested too deeply to read (thousands of levels of [ or {{); "
+                               "expected a flat JSON list or JSONL of records") from None
+
+
+def _parsed_records(path: Path, raw: str) -> list[tuple[str, Any]]:
     stripped = raw.lstrip()
     if not stripped:
         raise InputFormatError(f"{str(path)!r} is empty: expected a JSON list or JSONL of records")
@@ -167,7 +175,26 @@ def _field(path: Path, where: str, record: Any, key: str, fmt: str) -> str:
         raise InputFormatError(f"{str(path)!r} {where}: field {key!r} is empty")
     if key == "label" and not value:
         raise InputFormatError(f"{str(path)!r} {where}: field 'label' is empty")
+    if key == "label":
+        _check_label(path, where, value)
     return value
+
+
+def _check_label(path, where: str, label: str) -> None:
+    """Refuse a label with characters a reader cannot see (control, format, separators other
+    than a plain space, leading/trailing space): 'pos' and 'pos\\x00' would be two classes that
+    print alike."""
+    import unicodedata
+
+    if unicodedata.normalize("NFC", label) != label:
+        raise InputFormatError(f"{str(path)!r} {where}: field 'label' {label!r} is not in Unicode NFC form "
+                               f"(it would differ from {unicodedata.normalize('NFC', label)!r}, which prints "
+                               "alike); save the file NFC-normalised")
+    hidden = [ch for ch in label if unicodedata.category(ch)[0] in "CZ" and ch != " "]
+    if hidden or label != label.strip():
+        shown = ", ".join(f"U+{ord(ch):04X}" for ch in hidden) or "leading or trailing spaces"
+        raise InputFormatError(f"{str(path)!r} {where}: field 'label' {label!r} holds invisible characters "
+                               f"({shown}); labels that print alike must be equal: remove them")
 
 
 def read_contrast_set(path: str | Path, separator: str = DEFAULT_SEPARATOR) -> ContrastSet:
@@ -208,9 +235,9 @@ def read_contrast_set(path: str | Path, separator: str = DEFAULT_SEPARATOR) -> C
             text = _field(path, where, record, "text", fmt)
             label = _field(path, where, record, "label", fmt)
             pair_id = record.get("pair_id", index)
-            if not isinstance(pair_id, int) or isinstance(pair_id, bool) or pair_id < 0:
+            if not isinstance(pair_id, int) or isinstance(pair_id, bool) or not 0 <= pair_id < 2**62:
                 raise InputFormatError(
-                    f"{str(path)!r} {where}: field 'pair_id' must be a non-negative integer, "
+                    f"{str(path)!r} {where}: field 'pair_id' must be a non-negative integer below 2**62, "
                     f"got {pair_id!r}"
                 )
             examples.append(Example(text, label, pair_id, where))

@@ -42,3 +42,8 @@ class StatsError(ActstoreError, ValueError):
 
 class VectorError(ActstoreError, ValueError):
     """A steering vector cannot be built or read (bad k, bad file)."""
+
+
+class DamagedStoreError(StoreError):
+    """A store's bytes on disk do not hold what was written (a chunk missing, flipped or cut;
+    attributes that do not describe the arrays). Names the store, the array and the chunk."""

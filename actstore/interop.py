@@ -259,6 +259,8 @@ def write_gguf_control_vector(vectors: SteeringVector | Sequence[SteeringVector]
     no slot for it."""
     from gguf import GGUFWriter
 
+    from ._files import atomic_output
+
     vectors = _as_list(vectors)
     directions = _layer_directions(vectors, "a GGUF control vector", scale)
     if 0 in directions:
@@ -270,19 +272,19 @@ def write_gguf_control_vector(vectors: SteeringVector | Sequence[SteeringVector]
         raise VectorError("model_hint is empty; pass the model type, e.g. 'gemma3' (repeng requires it)")
     by_layer = {int(vector.layer): vector for vector in vectors}
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    writer = GGUFWriter(str(path), GGUF_ARCHITECTURE)
-    try:
-        writer.add_string(f"{GGUF_ARCHITECTURE}.model_hint", str(model_hint))
-        writer.add_uint32(f"{GGUF_ARCHITECTURE}.layer_count", len(directions))
-        for layer, values in directions.items():
-            _add_actstore_keys(writer, by_layer[layer], scale)
-            writer.add_tensor(f"direction.{layer}", values)
-        writer.write_header_to_file()
-        writer.write_kv_data_to_file()
-        writer.write_tensors_to_file()
-    finally:
-        writer.close()
+    with atomic_output(path) as tmp:  # a kill mid-write leaves the previous file whole
+        writer = GGUFWriter(str(tmp), GGUF_ARCHITECTURE)
+        try:
+            writer.add_string(f"{GGUF_ARCHITECTURE}.model_hint", str(model_hint))
+            writer.add_uint32(f"{GGUF_ARCHITECTURE}.layer_count", len(directions))
+            for layer, values in directions.items():
+                _add_actstore_keys(writer, by_layer[layer], scale)
+                writer.add_tensor(f"direction.{layer}", values)
+            writer.write_header_to_file()
+            writer.write_kv_data_to_file()
+            writer.write_tensors_to_file()
+        finally:
+            writer.close()
     return path
 
 

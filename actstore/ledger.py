@@ -39,7 +39,11 @@ def _read_csv(path: Path):
 
     if not path.exists() or path.stat().st_size == 0:
         return None
-    return pd.read_csv(path, dtype={"k": str, "method": str, "item": str})
+    try:
+        return pd.read_csv(path, dtype={"k": str, "method": str, "item": str})
+    except (ValueError, pd.errors.ParserError, UnicodeDecodeError) as err:  # a damaged or foreign file
+        raise ActstoreError(f"{str(path)!r} cannot be read as this sweep's table ({str(err).splitlines()[0]}); "
+                            "move it away (the sweep rebuilds it) or choose another --out folder") from None
 
 
 def _replace_csv(frame, path: Path) -> None:
@@ -164,8 +168,12 @@ class Ledger:
         import pandas as pd
 
         self._append_measures(row, item_ids, measures, nll, tokens, texts)
-        pd.DataFrame([row], columns=self.columns).to_csv(
-            self.results_csv, mode="a", header=not self.results_csv.exists(), index=False)
+        exists = self.results_csv.exists()
+        line = pd.DataFrame([row], columns=self.columns).to_csv(header=not exists, index=False)
+        # The old bytes plus the row, renamed into place: a kill never leaves a cut row counted as done.
+        tmp = self.results_csv.with_name(self.results_csv.name + ".tmp")
+        tmp.write_bytes((self.results_csv.read_bytes() if exists else b"") + line.encode())
+        os.replace(tmp, self.results_csv)
         self.done.add(_key(row["layer"], row["method"], row["k"], row["alpha"]))
 
     def results(self):

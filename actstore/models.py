@@ -266,6 +266,7 @@ def load_model(
     transformers dequantises it while loading (slow: convert once with
     ``actstore models convert``).
     """
+    from safetensors import SafetensorError
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     if dtype not in DTYPES:
@@ -276,7 +277,7 @@ def load_model(
     try:
         tokenizer = AutoTokenizer.from_pretrained(model, **kwargs)
         lm = AutoModelForCausalLM.from_pretrained(model, dtype=DTYPES[dtype], **kwargs)
-    except (OSError, ValueError) as err:
+    except (OSError, ValueError, SafetensorError) as err:  # SafetensorError: weights cut short or damaged
         first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise ModelError(
             f"could not load model {model!r}"
@@ -285,7 +286,12 @@ def load_model(
             "saved with save_pretrained"
         ) from None
     lm.eval()
-    lm.to(device)
+    try:
+        lm.to(device)
+    except (RuntimeError, AssertionError, ValueError) as err:  # torch: mistyped, or not on this machine
+        first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ModelError(f"device={device!r} cannot be used: {first_line}; check device (cpu, cuda, cuda:0, mps) "
+                         "and that this machine has it", param="device") from None
     if tokenizer.pad_token is None:
         # Causal LMs such as GPT-2 ship without a pad token; padded positions are
         # masked out, so any id will do.

@@ -26,9 +26,11 @@ import numpy as np
 
 from .errors import StatsError
 from .moments import Moments, chan_merge, tensor_class_moments
+from .stores.integrity import damage_located, refuse_non_finite
 from .stores.moments import committed_moments, group_stats, read_stats_cache, write_stats_cache
 from .stores.reader import group_dataset
 from .stores.roots import open_root, select_group
+from .stores.schema import MOMENTS
 
 __all__ = ["Moments", "chan_merge", "class_moments", "compute_stats", "group_statistics", "moments", "open_stats",
            "scheduler_context", "tensor_class_moments"]
@@ -247,7 +249,7 @@ def group_statistics(group, path, *, scheduler: str | None = None, force: bool =
     """:func:`compute_stats` of an opened ``group`` of the store at ``path``."""
     known = _stats_only(group, path) if group.attrs.get("stats_only") else None
     if known is None and not force:
-        known = read_stats_cache(group)
+        known = read_stats_cache(group, path)
     if known is not None:
         return known
     moments = group_moments(group, path, scheduler=scheduler, split_every=split_every, progress=progress)
@@ -272,8 +274,9 @@ def group_moments(group, path, *, scheduler: str | None = None, split_every: int
         from dask.diagnostics import ProgressBar
 
         progress_bar = ProgressBar()
-    with scheduler_context(scheduler), progress_bar:
+    with scheduler_context(scheduler), progress_bar, damage_located(group, path):
         (stacked,) = dask.compute(lazy)
+    refuse_non_finite(group, path, stacked)  # a missing chunk reads as NaN
     return Moments.from_stacked([str(c) for c in classes], stacked)
 
 
@@ -304,7 +307,10 @@ def cached_moments(group) -> Moments | None:
 
 def _stats_only(group, path):
     """The statistics of a group captured with ``stats_only`` (its committed moments)."""
-    moments = committed_moments(group)
+    with damage_located(group, path, MOMENTS):
+        moments = committed_moments(group)
+    if moments is not None:
+        refuse_non_finite(group, path, moments.stacked(), MOMENTS)
     if moments is None:
         raise StatsError(f"{str(path)!r} group {group.basename!r} holds no samples yet")
     return group_stats(moments, dict(group.attrs), group.basename, stats_only=True)
@@ -319,7 +325,7 @@ def open_stats(path: str | Path, model: str | None = None):
     group = select_group(open_root(path, mode="r"), model, path)
     if group.attrs.get("stats_only"):
         return _stats_only(group, path)
-    stats = read_stats_cache(group)
+    stats = read_stats_cache(group, path)
     if stats is None:
         raise StatsError(
             f"no up-to-date statistics in {str(path)!r}; run 'actstore stats --store {path}'"

@@ -30,7 +30,7 @@ import torch
 from .capture import block_output
 from .errors import VectorError
 from .models import SITES, LoadedModel, find_decoder_blocks, site_module, text_config
-from .vectors import SteeringVector
+from .vectors import SteeringVector, validate_vector
 
 POSITION_KINDS = ("all", "prompt", "generated", "from")
 
@@ -223,7 +223,7 @@ def steer(
         model, blocks = model.model, model.blocks
     if isinstance(vectors, SteeringVector):
         vectors = [vectors]
-    vectors = list(vectors)
+    vectors = [validate_vector(v, f"vector for layer {v.layer}") for v in vectors]  # NaN would steer silently
     alphas = [float(alpha)] * len(vectors) if isinstance(alpha, (int, float)) else [float(a) for a in alpha]
     if len(alphas) != len(vectors):
         raise VectorError(f"{len(alphas)} alphas for {len(vectors)} vectors")

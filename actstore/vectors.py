@@ -171,18 +171,20 @@ def enr(
 
 
 def save_vector(vector: SteeringVector, path: str | Path) -> Path:
-    """Write a vector file (format in the module docstring)."""
+    """Write a vector file (format in the module docstring), replacing ``path`` atomically."""
     from safetensors.numpy import save_file
 
+    from ._files import atomic_output
+
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     tensors = {
         "vector": np.ascontiguousarray(vector.vector, dtype=np.float32),
         "indices": np.ascontiguousarray(vector.indices, dtype=np.int64),
         "enr": np.ascontiguousarray(vector.enr, dtype=np.float32),
         **{name: np.ascontiguousarray(value) for name, value in vector.extra.items()},
     }
-    save_file(tensors, str(path), metadata={**vector.metadata, "layer": str(vector.layer)})
+    with atomic_output(path) as tmp:
+        save_file(tensors, str(tmp), metadata={**vector.metadata, "layer": str(vector.layer)})
     return path
 
 
@@ -200,8 +202,12 @@ def load_vector(path: str | Path) -> SteeringVector:
             if "vector" not in names:
                 raise VectorError(f"{str(path)!r} has no tensor 'vector' (it has {sorted(names)})")
             tensors = {name: handle.get_tensor(name) for name in names}
-    except SafetensorError as err:
+    except (SafetensorError, OSError, ValueError, TypeError) as err:  # cut, damaged, a dtype numpy lacks
         raise VectorError(f"{str(path)!r} is not a safetensors vector file: {err}") from None
+    for name in ("vector", "indices", "enr"):
+        if name in tensors and tensors[name].dtype.kind not in _VECTOR_KINDS[name]:
+            raise VectorError(f"{str(path)!r}: tensor {name!r} is {tensors[name].dtype}, expected "
+                              f"{_VECTOR_KIND_NAMES[name]}; write vector files with actstore (or in that dtype)")
     vector = tensors["vector"].astype(np.float32)
     if vector.ndim != 1:
         raise VectorError(f"{str(path)!r}: 'vector' must be 1-D [hidden], got shape {vector.shape}")
@@ -212,7 +218,30 @@ def load_vector(path: str | Path) -> SteeringVector:
     indices = tensors.get("indices", np.flatnonzero(vector)).astype(np.int64)
     enr = tensors.get("enr", np.full_like(vector, np.nan)).astype(np.float32)
     extra = {name: value for name, value in tensors.items() if name not in {"vector", "indices", "enr"}}
-    return SteeringVector(vector, indices, enr, layer, metadata, extra)
+    return validate_vector(SteeringVector(vector, indices, enr, layer, metadata, extra), repr(str(path)))
+
+
+_VECTOR_KINDS = {"vector": "f", "indices": "iu", "enr": "f"}
+_VECTOR_KIND_NAMES = {"vector": "a float dtype", "indices": "an integer dtype", "enr": "a float dtype"}
+
+
+def validate_vector(vector: SteeringVector, where: str = "vector") -> SteeringVector:
+    """Refuse a vector no path should use: non-finite values (float16 overflow, a damaged file),
+    kept indices out of range or repeated, a negative layer. Every reader of vectors calls it."""
+    values = np.asarray(vector.vector)
+    if not np.all(np.isfinite(values)):
+        bad = np.flatnonzero(~np.isfinite(values))
+        raise VectorError(f"{where}: the vector has non-finite values (NaN/Inf) at {len(bad)} coordinate(s), "
+                          f"e.g. {bad[:5].tolist()}; rebuild it with 'actstore enr'")
+    indices = np.asarray(vector.indices)
+    if indices.ndim != 1 or np.any(indices < 0) or np.any(indices >= values.shape[0]):
+        raise VectorError(f"{where}: 'indices' must be coordinates in 0..{values.shape[0] - 1}, got "
+                          f"{indices[:5].tolist()}{'...' if indices.size > 5 else ''}")
+    if len(np.unique(indices)) != len(indices):
+        raise VectorError(f"{where}: 'indices' repeats a coordinate")
+    if vector.layer < 0 and "layer" in vector.metadata:
+        raise VectorError(f"{where}: metadata 'layer' is {vector.layer}; a layer is 0 or more")
+    return vector
 
 
 def whitened_vector(stats, covariance, k: int | None = 64, *, pos: str = "pos", neg: str = "neg") -> SteeringVector:

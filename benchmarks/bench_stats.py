@@ -35,8 +35,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import git_rev, machine, median_time, peak_rss_mib, write_section
 
 
-def build_store(path: Path, n_samples: int, n_layers: int, hidden: int) -> None:
-    from actstore.stores import ActivationWriter, CaptureSpec
+def build_store(path: Path, n_samples: int, n_layers: int, hidden: int, checksum: bool = True) -> None:
+    from actstore.stores import ActivationWriter, CaptureSpec, schema
+
+    if not checksum:  # a store as actstore wrote them before checksums: the same codecs without the CRC32C
+        plain = schema.compressors
+        schema.compressors = lambda codec: plain(codec)[:-1]
+        try:
+            return build_store(path, n_samples, n_layers, hidden)
+        finally:
+            schema.compressors = plain
 
     spec = CaptureSpec("synthetic/activations", "none", "synthetic", hidden, list(range(n_layers)), "last")
     with ActivationWriter.open(path, "synthetic", spec) as writer:
@@ -159,6 +167,8 @@ def main() -> None:
     parser.add_argument("--hidden", type=int, default=640)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--dir", default=None, help="where to build the stores (default: a temp dir)")
+    parser.add_argument("--checksum", action="store_true",
+                        help="only the cost of the CRC32C checksum: the same data with and without it, raw and stats")
     parser.add_argument("--measure", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--which", default="stats", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -166,6 +176,9 @@ def main() -> None:
         print(json.dumps(measure(args.measure, args.which, args.repeats)))
         return
 
+    if args.checksum:
+        checksum_cost(args)
+        return
     sizes = [float(x) for x in args.gb.split(",")]
     rows = []
     for gb in sizes:
@@ -240,6 +253,55 @@ def main() -> None:
         f"Per-block kernel alone (2048 x {args.hidden} float32, one thread): numpy float64 slices + one-hot "
         f"matmuls {numpy_s * 1e3:.2f} ms ({block_gb / numpy_s:.2f} GB/s); fused numba pass "
         f"{numba_s * 1e3:.2f} ms ({block_gb / numba_s:.2f} GB/s): **{numpy_s / numba_s:.1f}x**.",
+    )
+
+
+def checksum_cost(args) -> None:
+    """Raw read and stats of one store of data written with and without the checksum, in turns."""
+    gb = float(args.gb.split(",")[0])
+    work = Path(tempfile.mkdtemp(prefix="bench-crc-", dir=args.dir))
+    n_samples = int(gb * 1e9 / (args.layers * args.hidden * 4))
+    nbytes = n_samples * args.layers * args.hidden * 4
+    stores = {"crc32c": work / "crc.zarr", "none": work / "plain.zarr"}
+    for name, store in stores.items():
+        build_store(store, n_samples, args.layers, args.hidden, checksum=name == "crc32c")
+    import actstore
+
+    passes = {}
+    for name, store in stores.items():
+        ds = actstore.open_store(store)
+        passes[name, "raw"] = lambda ds=ds: ds.acts.data.sum(dtype="f4").compute()
+        passes[name, "stats"] = lambda store=store: actstore.compute_stats(store, force=True)
+    for run in passes.values():  # warm: imports, numba's cached compile, the page cache
+        run()
+    times: dict[tuple[str, str], list[float]] = {key: [] for key in passes}
+    for _ in range(args.repeats):  # alternate in one process, so that a busy moment hits all four alike
+        for key, run in passes.items():
+            t0 = time.perf_counter()
+            run()
+            times[key].append(time.perf_counter() - t0)
+    shutil.rmtree(work, ignore_errors=True)
+    med = {key: float(np.median(v)) for key, v in times.items()}
+    lines = [f"| {name} | {which} | {med[name, which]:.2f} | {nbytes / med[name, which] / 1e9:.2f} | "
+             + " ".join(f"{t:.2f}" for t in times[name, which]) + " |"
+             for name in stores for which in ("raw", "stats")]
+    target = med["none", "raw"] / med["crc32c", "stats"]
+    print("\n".join(lines))
+    print(f"stats with checksum / raw read without: {target:.2f}x")
+    write_section(
+        "Checksum cost (bench_stats.py --checksum)",
+        f"`python benchmarks/bench_stats.py --checksum --gb {gb:g} --layers {args.layers} --hidden {args.hidden} "
+        f"--repeats {args.repeats}` at {git_rev()}\n\n"
+        f"Machine: {machine()}\n\n"
+        f"The same synthetic data ({nbytes / 1e9:.2f} GB, {n_samples} samples x {args.layers} x {args.hidden} float32, "
+        "Blosc LZ4 + shuffle) written twice: with the CRC32C checksum every store now has, and without (as "
+        "before). One process, every pass warm (one pass each first); the four passes alternate, "
+        f"{args.repeats} rounds; medians.\n\n"
+        "| store | pass | median s | GB/s | each s |\n|---|---|---|---|---|\n" + "\n".join(lines) + "\n\n"
+        f"stats with the checksum / raw read+decode without it: **{target:.2f}x**; raw read with / without "
+        f"the checksum: **{med['none', 'raw'] / med['crc32c', 'raw']:.2f}x**; stats with / without: "
+        f"**{med['none', 'stats'] / med['crc32c', 'stats']:.2f}x**; stats / raw, both with the checksum: "
+        f"**{med['crc32c', 'raw'] / med['crc32c', 'stats']:.2f}x**.",
     )
 
 

@@ -11,6 +11,7 @@ last tokens, with a warning.
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -116,6 +117,72 @@ CASES = [
     # Models.
     Case("model that does not exist", ["capture", "-m", "{tmp}/no-such-model", "-d", "{data}", "-s", "{tmp}/n.zarr"],
          ["no-such-model", "could not load model"]),
+    Case("model with truncated weights", ["capture", "-m", "{truncated}", "-d", "{data}", "-l", "1",
+                                          "-s", "{tmp}/n.zarr"], ["truncated-llama", "could not load model"]),
+    Case("mistyped device", ["capture", "-m", "{llama}", "-d", "{data}", "-l", "1", "-s", "{tmp}/n.zarr",
+                             "--device", "cudda"], ["--device 'cudda' cannot be used", "check --device"]),
+    Case("cuda without CUDA", ["capture", "-m", "{llama}", "-d", "{data}", "-l", "1", "-s", "{tmp}/n.zarr",
+                               "--device", "cuda:3"], ["check --device"]),
+    # Inputs that look alike.
+    Case("label with a trailing NUL", ["capture", "-m", "{llama}", "-d", "{tmp}/nul.jsonl", "-s", "{tmp}/n.zarr"],
+         ["nul.jsonl", "line 2: field 'label' 'pos\\x00' holds invisible characters (U+0000)"],
+         files={"nul.jsonl": '{"text": "a b", "label": "pos"}\n{"text": "c d", "label": "pos\\u0000"}\n'}),
+    Case("label with a zero-width space", ["capture", "-m", "{llama}", "-d", "{tmp}/zw.jsonl", "-s", "{tmp}/n.zarr"],
+         ["zw.jsonl", "line 1", "U+200B"], files={"zw.jsonl": '{"text": "a b", "label": "neg\\u200b"}\n'}),
+    Case("label with a trailing space", ["capture", "-m", "{llama}", "-d", "{tmp}/sp.jsonl", "-s", "{tmp}/n.zarr"],
+         ["sp.jsonl", "line 1", "leading or trailing spaces"], files={"sp.jsonl": '{"text": "a", "label": "pos "}\n'}),
+    Case("label not NFC", ["capture", "-m", "{llama}", "-d", "{tmp}/nfd.jsonl", "-s", "{tmp}/n.zarr"],
+         ["nfd.jsonl", "line 1", "not in Unicode NFC form"],
+         files={"nfd.jsonl": '{"text": "a", "label": "cafe\\u0301"}\n'}),
+    Case("pair id beyond int64", ["capture", "-m", "{llama}", "-d", "{tmp}/big.jsonl", "-s", "{tmp}/n.zarr"],
+         ["big.jsonl", "line 1: field 'pair_id' must be a non-negative integer below 2**62", str(2**70)],
+         files={"big.jsonl": f'{{"text": "a", "label": "x", "pair_id": {2**70}}}\n'}),
+    Case("JSON nested too deeply", ["capture", "-m", "{llama}", "-d", "{tmp}/deep.json", "-s", "{tmp}/n.zarr"],
+         ["deep.json", "nested too deeply"], files={"deep.json": "[" * 100000 + "]" * 100000}),
+    Case("JSONL line nested too deeply", ["capture", "-m", "{llama}", "-d", "{tmp}/deep.jsonl", "-s", "{tmp}/n.zarr"],
+         ["deep.jsonl", "nested too deeply"], files={"deep.jsonl": '{"a": ' + "[" * 100000 + "]" * 100000 + "}\n"}),
+    # Vector files read by steer and export-gguf: the same checks.
+    Case("NaN vector steered", ["steer", "-m", "{llama}", "--vector", "{nan_vector}", "--prompt", "Hi", "--force"],
+         ["nan.safetensors", "non-finite values (NaN/Inf) at 1 coordinate(s), e.g. [3]"]),
+    Case("NaN vector exported", ["vector", "export-gguf", "{nan_vector}", "--model-hint", "llama",
+                                 "--out", "{tmp}/v.gguf"], ["nan.safetensors", "non-finite values"]),
+    Case("Inf vector steered", ["steer", "-m", "{llama}", "--vector", "{inf_vector}", "--prompt", "Hi", "--force"],
+         ["inf.safetensors", "non-finite values"]),
+    Case("vector in an integer dtype", ["steer", "-m", "{llama}", "--vector", "{int_vector}", "--prompt", "Hi"],
+         ["int.safetensors", "tensor 'vector' is int32, expected a float dtype"]),
+    Case("indices out of range", ["steer", "-m", "{llama}", "--vector", "{far_vector}", "--prompt", "Hi"],
+         ["far.safetensors", "'indices' must be coordinates in 0..31"]),
+    Case("indices repeated", ["vector", "export-gguf", "{twice_vector}", "--model-hint", "llama",
+                              "--out", "{tmp}/v.gguf"], ["twice.safetensors", "repeats a coordinate"]),
+    Case("vector file cut short", ["steer", "-m", "{llama}", "--vector", "{cut_vector}", "--prompt", "Hi"],
+         ["cut.safetensors", "is not a safetensors vector file"]),
+    # Outputs that are not regular files.
+    Case("enr --out a FIFO", ["enr", "-s", "{store}", "--layer", "1", "--k", "4", "-o", "{fifo}"],
+         ["--out", "fifo", "is a FIFO (named pipe)"]),
+    Case("enr --out a device", ["enr", "-s", "{store}", "--layer", "1", "--k", "4", "-o", "/dev/null"],
+         ["--out '/dev/null' is a device"]),
+    Case("export-gguf --out a FIFO", ["vector", "export-gguf", "{vector}", "--model-hint", "llama", "--out",
+                                      "{fifo}"], ["fifo", "is a FIFO (named pipe)"]),
+    # Damaged stores: named store, array, chunk.
+    Case("acts chunk deleted", ["stats", "-s", "{deleted_store}", "--force"],
+         ["deleted.zarr", "'tiny-llama/acts' chunk c/0/0/0: missing", "actstore verify"]),
+    Case("acts chunk flipped", ["stats", "-s", "{flipped_store}", "--force"],
+         ["flipped.zarr", "'tiny-llama/acts' chunk c/0/0/0: checksum mismatch"]),
+    Case("class chunk deleted", ["stats", "-s", "{classless_store}", "--force"],
+         ["classless.zarr", "'tiny-llama/class' chunk c/0: missing"]),
+    Case("n_samples beyond the rows", ["stats", "-s", "{edited_store}"],
+         ["edited.zarr", "n_samples is 99 but array 'acts' has 12 rows"]),
+    Case("verify names the damaged chunk", ["verify", "{flipped_store}"],
+         ["DAMAGED", "c/0/0/0: checksum mismatch", "are damaged"]),
+    Case("verify of a path that is not a store", ["verify", "{data}"], ["is not an actstore store"]),
+    Case("damaged cached variances are recomputed", ["stats", "-s", "{stale_cache_store}"],
+         ["Warning: the cached statistics", "are damaged", "recomputing them", "class 'pos': n=6"], exit_code=0),
+    Case("half-created group", ["stats", "-s", "{half_store}"], ["half.zarr", "holds no captured model yet"]),
+    Case("root metadata not JSON", ["info", "{garbled_store}"], ["garbled.zarr", "is not a Zarr v3 group"]),
+    Case("store path is a file", ["capture", "-m", "{llama}", "-d", "{data}", "-l", "1", "-s", "{data}"],
+         ["data.json", "exists and is not a Zarr"]),
+    Case("file URL with a host", ["stats", "-s", "file://elsewhere/acts.zarr"],
+         ["file://elsewhere/acts.zarr", "a file:// URL names a local path"]),
 ]
 
 
@@ -165,7 +232,78 @@ def world(tmp_path_factory, tiny_model_dirs, tiny_tokenizer):
     tiny_tokenizer.save_pretrained(wide)
     return {"tmp": tmp, "data": data, "other": other, "llama": llama, "gpt2": tiny_model_dirs["gpt2"],
             "store": store, "vector": vector, "one_store": one_store, "old_store": old_store, "broken": broken,
-            "gpt2_wide": wide, "novec": tmp / "novec.safetensors"}
+            "gpt2_wide": wide, "novec": tmp / "novec.safetensors",
+            **_bad_vectors(tmp, vector), **_damaged_stores(tmp, store, llama, data), **_bad_models(tmp, llama)}
+
+
+def _bad_vectors(tmp, good) -> dict:
+    import numpy as np
+    from safetensors.numpy import load_file, save_file
+
+    tensors = load_file(str(good))
+    made = {}
+    for name, change in {
+        "nan": lambda t: t["vector"].__setitem__(3, np.nan),
+        "inf": lambda t: t["vector"].__setitem__(5, np.inf),
+        "int": lambda t: t.__setitem__("vector", np.arange(32, dtype=np.int32)),
+        "far": lambda t: t.__setitem__("indices", np.array([1, 40], dtype=np.int64)),
+        "twice": lambda t: t.__setitem__("indices", np.array([1, 1], dtype=np.int64)),
+    }.items():
+        copy = {k: v.copy() for k, v in tensors.items()}
+        change(copy)
+        save_file(copy, str(tmp / f"{name}.safetensors"), metadata={"layer": "1"})
+        made[f"{name}_vector"] = tmp / f"{name}.safetensors"
+    cut = tmp / "cut.safetensors"
+    cut.write_bytes(good.read_bytes()[:-40])
+    fifo = tmp / "fifo"
+    os.mkfifo(fifo)
+    return {**made, "cut_vector": cut, "fifo": fifo}
+
+
+def _damaged_stores(tmp, store, llama, data) -> dict:
+    import shutil
+
+    import zarr
+
+    def copy(name):
+        target = tmp / f"{name}.zarr"
+        shutil.copytree(store, target)
+        return target
+
+    deleted = copy("deleted")
+    (deleted / "tiny-llama" / "acts" / "c" / "0" / "0" / "0").unlink()
+    flipped = copy("flipped")
+    chunk = flipped / "tiny-llama" / "acts" / "c" / "0" / "0" / "0"
+    raw = bytearray(chunk.read_bytes())
+    raw[-9] ^= 0x40
+    chunk.write_bytes(bytes(raw))
+    classless = copy("classless")
+    (classless / "tiny-llama" / "class" / "c" / "0").unlink()
+    edited = copy("edited")
+    zarr.open_group(edited / "tiny-llama", mode="a").update_attributes({"n_samples": 99})
+    stale = copy("stale-cache")
+    assert run("stats", "-s", stale, "-q").exit_code == 0
+    caches = stale / "tiny-llama" / "stats"
+    current = json.loads((caches / "zarr.json").read_text())["attributes"]["current"]
+    (caches / current / "var" / "c" / "0" / "0" / "0").unlink()
+    half = tmp / "half.zarr"
+    root = zarr.open_group(half, mode="w", attributes={"actstore": {"kind": "actstore-activations",
+                                                                    "schema_version": 1}})
+    root.create_group("tiny-llama").create_array("acts", shape=(0, 1, 32), dtype="float32")
+    garbled = copy("garbled")
+    (garbled / "zarr.json").write_text('{"zarr_format": 3, "node_type": ')
+    return {"deleted_store": deleted, "flipped_store": flipped, "classless_store": classless,
+            "edited_store": edited, "stale_cache_store": stale, "half_store": half, "garbled_store": garbled}
+
+
+def _bad_models(tmp, llama) -> dict:
+    import shutil
+
+    truncated = tmp / "truncated-llama"
+    shutil.copytree(llama, truncated)
+    weights = truncated / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    return {"truncated": truncated}
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])

@@ -38,3 +38,16 @@ def test_vector_v1_reads_back():
     diff = acts[0::2].mean(0) - acts[1::2].mean(0)
     np.testing.assert_allclose(vec.vector[vec.indices], diff[vec.indices], rtol=1e-6)
     assert np.count_nonzero(vec.vector) <= 2
+
+
+def test_store_with_checksums_opens_and_verifies_clean(tmp_path):
+    """Today's format: CRC32C in every array's codecs, NaN fill for acts, the statistics cache
+    in a subgroup named by stats/'s attribute 'current'."""
+    store = tmp_path / "store.zarr"
+    shutil.copytree(FIXTURES / "store-v1-checksums.zarr", store)
+    ds = actstore.open_store(store)
+    np.testing.assert_array_equal(ds.acts.values, expected_acts())
+    stats = actstore.open_stats(store)
+    np.testing.assert_allclose(stats.sel({"class": "neg"})["mean"].values, expected_acts()[1::2].mean(0))
+    (report,) = actstore.verify_store(store)
+    assert report.ok and report.checksums and report.stats == "ok" and report.checked == 8

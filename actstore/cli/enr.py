@@ -30,11 +30,13 @@ def enr(store, layer, k, dense, whiten, pos, neg, model_group, scheduler, out, t
     ENR_i = |mu_pos_i - mu_neg_i| / sqrt(var_pos_i/n_pos + var_neg_i/n_neg); the
     top-k coordinates keep their difference of means, the rest are zero.
     """
+    from .._files import check_output_path
     from ..vectors import enr as build
     from ..vectors import save_vector
 
     if dense and k is not None:
         raise click.UsageError("--dense and --k exclude each other")
+    check_output_path(out)  # before the work: a FIFO or a device is refused, not replaced
     vector = build(store, layer, None if dense else k, pos=pos, neg=neg, model=model_group, scheduler=scheduler,
                    whiten=whiten)
     path = save_vector(vector, out)

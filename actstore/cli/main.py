@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import errno
+import os
 import re
+import time
+import traceback
 import warnings
+from pathlib import Path
 
 import click
 
@@ -27,6 +32,12 @@ class _Group(click.Group):
                 return super().invoke(ctx)
             except ActstoreError as err:
                 raise click.ClickException(_with_flags(str(err), err.params, self._subcommand(ctx))) from None
+            except (click.ClickException, click.exceptions.Exit, click.Abort, KeyboardInterrupt):
+                raise
+            except Exception as err:  # the safety net: no user ever sees a stack trace unless --debug
+                if ctx.meta.get("actstore.debug"):
+                    raise
+                raise click.ClickException(unexpected_error(err)) from None
 
     def _subcommand(self, ctx) -> click.Command | None:
         name = ctx.invoked_subcommand
@@ -47,8 +58,77 @@ def _with_flags(message: str, params: tuple[str, ...], command: click.Command | 
     return message
 
 
+_ERRNO_ADVICE = {
+    errno.ENOSPC: "the disk is full: free space or write elsewhere",
+    errno.EDQUOT: "the disk quota is exceeded: free space or write elsewhere",
+    errno.EFBIG: "the file grew beyond the size this file system or a ulimit allows: write elsewhere",
+    errno.EACCES: "permission denied: check the file's and its folder's permissions, or write elsewhere",
+    errno.EPERM: "operation not permitted: check the file's permissions, or write elsewhere",
+    errno.EROFS: "the file system is read-only: write elsewhere",
+    errno.ENOENT: "no such file or folder: check the path",
+    errno.EISDIR: "is a folder, not a file: give a file path",
+    errno.ENOTDIR: "a part of the path is not a folder: check the path",
+    errno.EIO: "input/output error: the disk or network file system failed; check it and retry",
+}
+
+
+def unexpected_error(err: BaseException) -> str:
+    """The ``Error:`` line for an exception that is not an :class:`ActstoreError`: what happened and
+    where (for the failures a user can cause or fix: disk, permissions, devices, files), and the
+    path of the saved traceback."""
+    saved = _save_traceback(err)
+    where = f"; the traceback is saved in {saved}" if saved else ""
+    known = _known_cause(err)
+    if known is not None:
+        return f"{known} (rerun with --debug for the traceback{where})"
+    return (f"unexpected {type(err).__name__}: {err} -- this is a bug or a case actstore does not handle yet; "
+            f"please report it with the saved traceback{where} (or rerun with --debug to see it)")
+
+
+def _known_cause(err: BaseException) -> str | None:
+    if isinstance(err, OSError) and err.errno is not None:
+        advice = _ERRNO_ADVICE.get(err.errno, os.strerror(err.errno))
+        target = err.filename if err.filename is not None else None
+        return f"{target!r}: {advice}" if target is not None else f"{advice} ({err})"
+    if isinstance(err, RecursionError):
+        return ("an input file is nested too deeply to read (JSON nested thousands of levels deep?); "
+                "give a flat list of items")
+    if isinstance(err, MemoryError):
+        return "out of memory: use a smaller --batch-size or window, or a machine with more memory"
+    if isinstance(err, OverflowError):
+        return f"a number is out of range: {err}; check the input file for values beyond 64-bit integers"
+    name = type(err).__name__
+    text = str(err)
+    if name == "SafetensorError":
+        return f"a safetensors file cannot be read: {text}; the file is damaged or not a safetensors file"
+    if isinstance(err, RuntimeError | ValueError | AssertionError) and ("CUDA" in text or "device" in text.lower()):
+        return (f"device error: {text.splitlines()[0] if text else name}; check --device (cpu, cuda, cuda:0, mps) "
+                "and that this machine has that device")
+    return None
+
+
+def _save_traceback(err: BaseException) -> Path | None:
+    from .._cache import cache_dir
+
+    try:
+        folder = cache_dir() / "crashes"
+        folder.mkdir(parents=True, exist_ok=True)
+        path = folder / f"{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.txt"
+        path.write_text(f"actstore {__version__}\n" + "".join(traceback.format_exception(err)))
+        return path
+    except OSError:  # the disk is what failed: the message still goes out
+        return None
+
+
+def _debug(ctx, param, value) -> bool:
+    ctx.meta["actstore.debug"] = bool(value)
+    return value
+
+
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(__version__, prog_name="actstore")
+@click.option("--debug", is_flag=True, expose_value=False, is_eager=True, callback=_debug,
+              help="Show the Python traceback of an unexpected error (it is saved to a file otherwise).")
 def cli() -> None:
     """Sparse activation steering on a streaming-statistics activation store.
 
@@ -70,11 +150,11 @@ def _register() -> None:
     from .evaluate import evaluate
     from .models import models
     from .project import project
-    from .stats import info, stats
+    from .stats import info, stats, verify
     from .steer import steer
     from .vectors import vector
 
-    for command in (capture, stats, info, enr, extract, project, steer, evaluate, vector, models):
+    for command in (capture, stats, info, verify, enr, extract, project, steer, evaluate, vector, models):
         cli.add_command(command)
 
 

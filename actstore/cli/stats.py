@@ -47,6 +47,9 @@ def info(store, as_json):
     if not summary["models"]:
         click.echo("  (no models captured yet)")
     for m in summary["models"]:
+        if m.get("problem"):
+            click.echo(f"  group {m['group']!r}: cannot be read: {m['problem']}")
+            continue
         size = m["bytes_on_disk"]
         size_text = f"{size / 2**20:.1f} MiB" if size is not None else "unknown"
         source = f" (converted from {m['model_source']})" if m.get("model_source") else ""
@@ -63,3 +66,37 @@ def info(store, as_json):
             click.echo("    statistics only (captured with --stats-only: no activations stored)")
         else:
             click.echo(f"    statistics: {'cached' if m['has_stats'] else 'not computed'}")
+
+
+@click.command()
+@click.argument("store", metavar="PATH.zarr")
+def verify(store):
+    """Read every chunk of a store and say what is damaged and what is still good.
+
+    Checks each chunk's checksum (stores written before checksums: that chunks are
+    present and finite), that each group's attributes describe its arrays, and the
+    statistics cache. Exit status 1 if anything is damaged.
+    """
+    from ..stores.integrity import verify_store
+
+    reports = verify_store(store)
+    click.echo(f"store {store}: {len(reports)} group(s)")
+    damaged = 0
+    for report in reports:
+        state = "ok" if report.ok else "DAMAGED"
+        click.echo(f"  group {report.group!r}: {state}, {report.checked - len(report.damaged)} of "
+                   f"{report.checked} chunks good")
+        if report.problem:
+            click.echo(f"    {report.problem}")
+        for damage in report.damaged:
+            click.echo(f"    {damage}")
+        if not report.checksums and report.checked:
+            click.echo("    no checksums (written by an older actstore): a changed bit inside a chunk cannot be "
+                       "detected, only missing chunks and non-finite values")
+        if report.stats.startswith("damaged"):
+            click.echo(f"    statistics cache {report.stats} ('actstore stats' recomputes it)")
+        damaged += not report.ok
+    if damaged:
+        raise click.ClickException(f"{damaged} of {len(reports)} group(s) of {store!r} are damaged; capture "
+                                   "them again into a new store (or restore the store from a copy)")
+    click.echo("no damage found")

@@ -1,11 +1,12 @@
 """Where activations live: Zarr v3 stores, local folders or fsspec URLs.
 
 One module per job: schema, roots (opening; URLs), runs, writer, shards,
-moments (running moments, statistics cache), reader, info. Exported here: what
+moments (running moments, statistics cache), reader, info, integrity (damage detection). Exported here: what
 users call.
 """
 
 from .info import store_info
+from .integrity import verify_store
 from .reader import open_store
 from .roots import check_store_model, model_groups, open_root, select_group
 from .schema import CaptureSpec, GroupOptions
@@ -21,4 +22,5 @@ __all__ = [
     "open_store",
     "select_group",
     "store_info",
+    "verify_store",
 ]

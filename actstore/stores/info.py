@@ -7,6 +7,8 @@ from typing import Any
 
 import numpy as np
 
+from ..errors import StoreError
+from .integrity import check_group, damage_located, is_half_created
 from .moments import committed_moments, counts_of
 from .reader import read_coord
 from .roots import disk_usage, model_groups, open_root
@@ -15,9 +17,25 @@ from .schema import STATS_GROUP
 
 
 def store_info(path: str | Path) -> dict[str, Any]:
-    """Summary of a store: per model its layers, classes with counts, dtype, size."""
+    """Summary of a store: per model its layers, classes with counts, dtype, size.
+
+    A group that cannot be read (half-created, damaged) is listed with its ``problem``
+    instead of its summary: one bad group never hides the others.
+    """
     root = open_root(path, mode="r")
-    return {"store": str(path), "models": [_group_info(root[name], name, path) for name in model_groups(root)]}
+    models = []
+    for name in model_groups(root, include_half_created=True):
+        group = root[name]
+        try:
+            if is_half_created(group):
+                raise StoreError("its creation was interrupted; it holds no rows and the next capture into it "
+                                 "replaces it")
+            check_group(group, path)
+            with damage_located(group, path, None):
+                models.append(_group_info(group, name, path))
+        except StoreError as err:
+            models.append({"group": name, "problem": str(err)})
+    return {"store": str(path), "models": models}
 
 
 def _group_info(group, name: str, path) -> dict[str, Any]:
@@ -48,5 +66,6 @@ def _group_info(group, name: str, path) -> dict[str, Any]:
         "runs": runs,
         "bytes_on_disk": disk_usage(f"{str(path).rstrip('/')}/{name}"),
         "has_stats": stats_only or STATS_GROUP in dict(group.groups()),
+        "problem": None,
         "stats_only": stats_only,
     }

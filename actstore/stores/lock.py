@@ -40,18 +40,21 @@ def _same_file(path: Path, handle) -> bool:
 
 class WriterLock:
     def __init__(self, store: str | Path, group: str):
+        from .roots import local_spelling
+
         self.store = str(store)
+        spelling = local_spelling(store)  # a path and its file:// URL: one store, one lock
         self.group = group
         self._handle = None
         self.path = None
         if fcntl is None:
             return
         name = group.replace("/", "~")  # shard staging groups are nested
-        if "://" in self.store:
-            digest = hashlib.sha256(self.store.rstrip("/").encode()).hexdigest()[:16]
+        if "://" in spelling:
+            digest = hashlib.sha256(spelling.rstrip("/").encode()).hexdigest()[:16]
             self.path = cache_dir() / "locks" / f"{digest}.{name}.lock"
         else:
-            store_path = Path(self.store).resolve()
+            store_path = Path(spelling).resolve()
             self.path = store_path.parent / f".{store_path.name}.{name}.lock"
 
     def acquire(self, wait: float | None = 0) -> WriterLock:
@@ -87,6 +90,12 @@ class WriterLock:
         handle.flush()
         self._handle = handle
         return self
+
+    def __enter__(self) -> WriterLock:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.release()
 
     def release(self) -> None:
         if self._handle is not None:

@@ -4,13 +4,16 @@ statistics cache (``stats/``) of any group, read and written as
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 
 from ..errors import StoreError
 from ..moments import Moments, stats_dataset
+from .integrity import decode_problem
 from .lock import WriterLock
 from .reader import as_str_array
-from .schema import MOMENTS, STATS_GROUP, write_stats_group
+from .schema import MOMENTS, STATS_CURRENT, STATS_GROUP, write_stats_group
 
 _CACHE_LOCK_WAIT_S = 10.0
 
@@ -25,17 +28,92 @@ def committed_moments(group) -> Moments | None:
     return Moments.from_stacked(classes, group[MOMENTS[int(attrs["moments_buffer"])]][...])
 
 
-def read_stats_cache(group):
-    """The group's cached statistics dataset if they are of its current data, else None."""
+_STATS_READ_TRIES = 5
+
+
+def read_stats_cache(group, path=None):
+    """The group's cached statistics dataset if they are of its current data, else None.
+
+    A cache replaced while it is read (:func:`.schema.write_stats_group`) is read again
+    from the one now current; a damaged one (checksum, missing chunk, counts that are not
+    the group's rows) is reported with a warning and treated as absent, so that
+    :func:`actstore.compute_stats` recomputes and replaces it.
+    """
+    current = None
+    for _ in range(_STATS_READ_TRIES):
+        try:
+            sg = group[STATS_GROUP]
+        except KeyError:
+            return None
+        current = sg.attrs.get(STATS_CURRENT)
+        try:
+            cache = sg if current is None else sg[current]  # None: the first layout
+            attrs = dict(cache.attrs)
+            if attrs.get("data_version") != group.attrs.get("data_version"):
+                return None
+            stats, problem = _read_cache_arrays(cache, attrs, group)
+        except (KeyError, FileNotFoundError):  # being replaced right now: read the new one
+            continue
+        if problem is None:
+            return stats
+        if _current_cache(group) != current:  # replaced while we read it: read the new one
+            continue
+        where = f" of store {str(path)!r}" if path is not None else ""
+        warnings.warn(f"the cached statistics{where} group {group.basename!r} are damaged ({problem}); "
+                      "recomputing them", stacklevel=3)
+        return None
+    return None
+
+
+def _current_cache(group):
+    try:
+        return group[STATS_GROUP].attrs.get(STATS_CURRENT)
+    except KeyError:
+        return None
+
+
+def _read_cache_arrays(cache, attrs: dict, group):
+    """(statistics, None), or (None, what is damaged)."""
+    values = {}
+    for name in ("count", "mean", "var", "class", "layer"):
+        array = cache[name]
+        try:
+            values[name] = array[...]
+        except (KeyError, FileNotFoundError):
+            raise
+        except Exception as err:  # a codec's error: the chunk does not decode
+            return None, f"array {name!r}: {decode_problem(err)}"
+    count, mean, var = values["count"], values["mean"], values["var"]
+    if count.ndim != 2 or mean.shape != var.shape or mean.shape[:2] != count.shape:
+        return None, f"arrays of shapes {count.shape}, {mean.shape}, {var.shape} do not fit together"
+    several = np.broadcast_to(count[..., None] >= 2, var.shape)
+    # the variance of a class of one row is NaN (0/0), of every other class finite and >= 0
+    if not (np.all(np.isfinite(mean)) and np.all(np.where(several, np.isfinite(var) & (var >= 0), True))):
+        return None, "non-finite or negative means or variances: a missing or damaged chunk"
+    rows = int(attrs.get("n_samples", -1))
+    if not group.attrs.get("stats_only") and rows != int(group.attrs.get("n_samples", -2)):
+        return None, f"they count {rows} rows, the group holds {group.attrs.get('n_samples')}"
+    if np.any(count < 0) or np.any(count.sum(axis=0) != rows):
+        return None, f"class counts {count.tolist()} do not add up to the {rows} rows"
+    classes = as_str_array(values["class"]).tolist()
+    if "" in classes:
+        return None, "a class label is missing"
+    return stats_dataset(count, mean, var, classes, values["layer"], attrs), None
+
+
+def stats_cache_state(group) -> str:
+    """``none``, ``stale`` (of older data), ``ok`` or ``damaged: <what>`` (for ``actstore verify``)."""
     try:
         sg = group[STATS_GROUP]
-        attrs = dict(sg.attrs)
+        current = sg.attrs.get(STATS_CURRENT)
+        cache = sg if current is None else sg[current]
+        attrs = dict(cache.attrs)
         if attrs.get("data_version") != group.attrs.get("data_version"):
-            return None
-        classes = as_str_array(sg["class"][:]).tolist()
-        return stats_dataset(sg["count"][...], sg["mean"][...], sg["var"][...], classes, sg["layer"][:], attrs)
-    except (KeyError, FileNotFoundError):  # none, or another process is replacing it right now
-        return None
+            return "stale"
+        _, problem = _read_cache_arrays(cache, attrs, group)
+    except (KeyError, FileNotFoundError):
+        return "none"
+    return "ok" if problem is None else f"damaged: {problem}"
 
 
 def write_stats_cache(path, group, stats) -> bool:

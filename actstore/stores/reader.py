@@ -8,6 +8,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import StoreError
+from .integrity import damage_located, refuse_fill_values
 from .roots import open_root, select_group
 from .schema import ACTS, SAMPLE_COORDS
 
@@ -65,7 +66,9 @@ def group_dataset(group, path: str | Path, coords: tuple[str, ...] | None = None
         raise StoreError(f"unknown coordinate(s) {unknown}; a store has {sorted(SAMPLE_COORDS)}")
     loaded: dict[str, Any] = {"layer": ("layer", np.asarray(group["layer"][:]))}
     for name in names:
-        loaded[name] = ("sample", read_coord(group[name], n))
+        with damage_located(group, path, (name,)):
+            loaded[name] = ("sample", read_coord(group[name], n))
+        refuse_fill_values(group, path, name, loaded[name][1])
     attrs.pop("runs", None)
     attrs["group"] = group.basename
     attrs["store"] = str(path)

@@ -13,11 +13,27 @@ def is_url(path: str) -> bool:
     return "://" in path
 
 
+def local_spelling(path: str | Path) -> str:
+    """A ``file://`` URL as the local path it names (``file:///data/a.zarr`` -> ``/data/a.zarr``);
+    other paths and URLs as given. One store, one spelling: for its lock and its opening."""
+    path = str(path)
+    if path.startswith("file://"):
+        from urllib.parse import unquote, urlparse
+
+        parsed = urlparse(path)
+        if parsed.netloc not in ("", "localhost"):
+            raise StoreError(f"store={path!r}: a file:// URL names a local path (file:///path/to/store.zarr)",
+                             param="store")
+        return unquote(parsed.path) or "/"
+    return path
+
+
 def open_root(path: str | Path, mode: str = "r"):
     """Open the root group of a store; ``mode`` 'r' (must exist) or 'a'."""
     import zarr
 
-    path = str(path)
+    shown = str(path)
+    path = local_spelling(path)
     local = None if is_url(path) else Path(path)
     if local is not None and not (local / "zarr.json").is_file():
         if mode == "r":
@@ -29,27 +45,35 @@ def open_root(path: str | Path, mode: str = "r"):
                 f"{path!r} exists and is not a Zarr store; choose a new path for store=", param="store"
             )
     try:
-        root = zarr.open_group(path, mode=mode)
+        # attributes= apply only when the root is created: it is written whole, in one write
+        root = zarr.open_group(path, mode=mode, attributes=root_attrs() if mode != "r" else None)
     except FileNotFoundError:
-        raise StoreNotFoundError(f"{path!r} is not a Zarr store") from None
+        raise StoreNotFoundError(f"{shown!r} is not a Zarr store") from None
+    except OSError:
+        raise
     except Exception as err:  # zarr raises several types for "not a group" (metadata, JSON, node type)
-        raise StoreNotFoundError(f"{path!r} is not a Zarr v3 group: {err}") from None
+        raise StoreNotFoundError(f"{shown!r} is not a Zarr v3 group: {err}") from None
     meta = root.attrs.get("actstore")
     if meta is None:
         if mode == "r" or len(list(root.keys())) > 0:
-            raise StoreNotFoundError(f"{path!r} is a Zarr group but not an actstore store")
-        root.attrs.update(root_attrs())
+            raise StoreNotFoundError(f"{shown!r} is a Zarr group but not an actstore store")
+        root.update_attributes(root_attrs())  # a root created by an older actstore, killed before its attrs
         meta = root.attrs["actstore"]
-    if meta.get("schema_version") != SCHEMA_VERSION:
+    if not isinstance(meta, dict) or meta.get("schema_version") != SCHEMA_VERSION:
+        version = meta.get("schema_version") if isinstance(meta, dict) else meta
         raise StoreError(
-            f"{path!r} has actstore schema version {meta.get('schema_version')!r}; this actstore "
+            f"{shown!r} has actstore schema version {version!r}; this actstore "
             f"({__version__}) reads version {SCHEMA_VERSION}"
         )
     return root
 
 
-def model_groups(root) -> list[str]:
-    return sorted(name for name, _ in root.groups())
+def model_groups(root, include_half_created: bool = False) -> list[str]:
+    """Names of the root's model groups; without those whose creation was interrupted
+    (they hold no rows; the next capture into one replaces it) unless ``include_half_created``."""
+    from .integrity import is_half_created
+
+    return sorted(name for name, group in root.groups() if include_half_created or not is_half_created(group))
 
 
 def select_group(root, model: str | None, path: str | Path = "store"):
@@ -64,12 +88,19 @@ def select_group(root, model: str | None, path: str | Path = "store"):
                 f"{str(path)!r} holds several models ({', '.join(names)}); choose one with model_group=",
                 param="model_group",
             )
-        return root[names[0]]
+        return _checked(root[names[0]], path)
     for name in names:
         group = root[name]
         if model in (name, group.attrs.get("model_id"), group.attrs.get("model_source")):
-            return group
+            return _checked(group, path)
     raise StoreError(f"{str(path)!r} has no model {model!r}; it holds: {', '.join(names)}")
+
+
+def _checked(group, path):
+    from .integrity import check_group
+
+    check_group(group, path)
+    return group
 
 
 def child(group, name: str):
@@ -82,6 +113,7 @@ def child(group, name: str):
 
 def disk_usage(path: str) -> int | None:
     """Bytes stored under ``path`` (a folder or an fsspec URL); None if unknown."""
+    path = local_spelling(path)
     if not is_url(path):
         local = Path(path)
         return sum(f.stat().st_size for f in local.rglob("*") if f.is_file()) if local.is_dir() else None

@@ -13,12 +13,16 @@ Layout (one group per model, named by :func:`actstore.models.safe_group_name`)::
         text_hash  (sample,) string  16 hex digits of BLAKE2b of the text
         text_index (sample,) int64   index of the text in this group (0, 1, ...)
         token_index(sample,) int64   token position among real tokens (-1 for mean)
-        stats/                       cached statistics: count (class, layer), mean and var
-                                     (class, layer, hidden), class, layer; attrs say which data_version
+        stats/                       cached statistics, attrs current = the subgroup in use:
+          v<hex>/                    count (class, layer), mean and var (class, layer, hidden),
+                                     class, layer; attrs say which data_version
         moments0, moments1 (moment, class, layer, hidden) float64   stats-only groups
                                      (``capture --stats-only``): running n, mean, M2 per class;
                                      attrs ``moments_buffer`` names the committed one
         shards/run<r>-<i>of<n>/      a shard still being captured (same arrays; merged, then deleted)
+
+Every array ends its codec pipeline with a CRC32C checksum, and ``acts`` has fill value NaN
+(:mod:`.integrity`); stores written before checksums were added have neither, and still read.
 
 ``acts`` chunks hold one layer of S consecutive samples, S the power of two that
 gives 4-8 MiB raw (2048 samples at hidden 640, float32): zarr's per-chunk cost
@@ -56,6 +60,7 @@ _COORD_CHUNK = 16384
 
 
 def root_attrs() -> dict[str, Any]:
+    """The root group's attributes, written with the root itself (one write)."""
     return {"actstore": {"kind": ROOT_KIND, "schema_version": SCHEMA_VERSION}}
 
 
@@ -78,20 +83,38 @@ def check_group_name(name: str) -> str:
     return name
 
 
-def compressors(codec: str) -> list | None:
+def compressors(codec: str) -> list:
     """``acts`` compressors: ``lz4`` (Blosc LZ4 + shuffle, the default: fastest to decode of those
     that compress), ``zstd`` (plain Zstd level 1: 1.3x smaller than LZ4 on A/B pairs captured with
     ``--position all``, 1.7x slower to read), ``none`` (fastest to read; float32 activations of
-    distinct texts compress only 1.03-1.10x anyway). Figures: benchmarks/RESULTS.md."""
+    distinct texts compress only 1.03-1.10x anyway). Figures: benchmarks/RESULTS.md.
+
+    Each is followed by a CRC32C checksum of the stored bytes (zarr v3's ``crc32c`` codec):
+    Blosc and Zstd frames carry none, so without it a flipped bit decodes to a wrong number
+    (:mod:`.integrity`)."""
     from zarr.codecs import BloscCodec, ZstdCodec
 
     if codec == "lz4":
-        return [BloscCodec(cname="lz4", clevel=5, shuffle="shuffle")]
+        return [BloscCodec(cname="lz4", clevel=5, shuffle="shuffle"), checksum()]
     if codec == "zstd":
-        return [ZstdCodec(level=1)]
+        return [ZstdCodec(level=1), checksum()]
     if codec == "none":
-        return None
+        return [checksum()]
     raise StoreError(f"codec={codec!r}: expected one of {', '.join(CODECS)}", param="codec")
+
+
+def checksum():
+    """The checksum codec last in every array's pipeline."""
+    from zarr.codecs import Crc32cCodec
+
+    return Crc32cCodec()
+
+
+def small_compressors() -> list:
+    """Coordinates, layers, moments and statistics: zarr's default Zstd, then the checksum."""
+    from zarr.codecs import ZstdCodec
+
+    return [ZstdCodec(level=0, checksum=False), checksum()]
 
 
 def commit_attrs(node, values: dict[str, Any]) -> None:
@@ -187,8 +210,13 @@ def check_appendable(group, spec: CaptureSpec, path: str, group_name: str) -> No
 
 
 def create_group(root, group_name: str, spec: CaptureSpec):
-    """A new, empty model group for rows of ``spec``."""
-    group = root.create_group(group_name)
+    """A new, empty model group for rows of ``spec`` (replacing a half-created one, which holds no rows).
+
+    Its attributes are written last, in one write: a group without them is one whose
+    creation was interrupted (:func:`.integrity.is_half_created`), which readers skip and
+    the next writer (holding the group's lock) replaces.
+    """
+    group = root.create_group(group_name, overwrite=True)
     itemsize = np.dtype(spec.dtype).itemsize
     chunk = sample_chunk(spec.hidden_size, itemsize)
     group.create_array(
@@ -198,9 +226,10 @@ def create_group(root, group_name: str, spec: CaptureSpec):
         dtype=spec.dtype,
         compressors=compressors(spec.codec),
         dimension_names=("sample", "layer", "hidden"),
-        fill_value=0,
+        fill_value=np.nan,  # a missing chunk reads as NaN, which no capture writes: damage, not data
     )
-    layer = group.create_array("layer", shape=(len(spec.layers),), dtype="int64", dimension_names=("layer",))
+    layer = group.create_array("layer", shape=(len(spec.layers),), dtype="int64", dimension_names=("layer",),
+                               compressors=small_compressors())
     layer[:] = np.asarray(spec.layers, dtype=np.int64)
     for name, dtype in SAMPLE_COORDS.items():
         group.create_array(
@@ -210,6 +239,7 @@ def create_group(root, group_name: str, spec: CaptureSpec):
             dtype=dtype,
             dimension_names=("sample",),
             fill_value="" if dtype is str else -1,
+            compressors=small_compressors(),
         )
     commit_attrs(group, {**spec.attrs(), "n_samples": 0, "n_texts": 0, "next_pair_id": 0,
                          "runs": [], "data_version": uuid.uuid4().hex})
@@ -220,30 +250,56 @@ def moments_array(group, buffer: int, shape: tuple[int, ...]):
     """Buffer ``buffer`` of a stats-only group's running moments, (re)created at ``shape``
     as one chunk (one atomic object)."""
     return group.create_array(
-        MOMENTS[buffer], shape=shape, chunks=shape, dtype="float64",
-        dimension_names=("moment", "class", "layer", "hidden"), overwrite=True,
+        MOMENTS[buffer], shape=shape, chunks=shape, dtype="float64", fill_value=np.nan,
+        dimension_names=("moment", "class", "layer", "hidden"), overwrite=True, compressors=small_compressors(),
     )
 
 
-def write_stats_group(group, stats) -> None:
-    """Replace ``group``'s ``stats/`` with the statistics dataset ``stats``; its attrs last,
-    so a cache whose ``data_version`` matches is complete."""
-    if STATS_GROUP in dict(group.groups()):
+STATS_CURRENT = "current"  # attribute of stats/ naming the subgroup that holds the cache
+
+
+def write_stats_group(group, stats) -> str:
+    """Write the statistics dataset ``stats`` beside ``group``'s cached ones and switch to it.
+
+    The new cache goes to a new subgroup ``stats/<version>/`` (arrays, then its attrs in the
+    same write that creates it), then ``stats/``'s attribute ``current`` switches to it: ONE
+    metadata write, so a reader sees the old cache or the new one, never a mix, and a kill at
+    any point leaves the previous cache in place. Caches older than the previous one are
+    deleted afterwards (the previous one stays for readers still reading it). A cache of the
+    first layout (arrays directly in ``stats/``, written before this switch) is replaced. Returns the subgroup's name.
+    """
+    try:
+        sg = group[STATS_GROUP]
+    except KeyError:
+        sg = None
+    if sg is not None and STATS_CURRENT not in sg.attrs:  # the first layout: replace it once
         del group[STATS_GROUP]
-    sg = group.create_group(STATS_GROUP)
+        sg = None
+    if sg is None:
+        sg = group.create_group(STATS_GROUP)
+    previous = sg.attrs.get(STATS_CURRENT)
+    name = f"v{uuid.uuid4().hex[:16]}"
+    cache = sg.create_group(name, attributes=dict(stats.attrs))
     n_class, n_layer = stats["count"].shape
-    for name, dims in (("count", ("class", "layer")), ("mean", ("class", "layer", "hidden")),
-                       ("var", ("class", "layer", "hidden"))):
-        values = stats[name].values
-        array = sg.create_array(
-            name, shape=values.shape, dtype=values.dtype, dimension_names=dims,
-            chunks=values.shape if values.size else None,
+    for array_name, dims in (("count", ("class", "layer")), ("mean", ("class", "layer", "hidden")),
+                             ("var", ("class", "layer", "hidden"))):
+        values = stats[array_name].values
+        array = cache.create_array(
+            array_name, shape=values.shape, dtype=values.dtype, dimension_names=dims,
+            chunks=values.shape if values.size else None, compressors=small_compressors(),
+            fill_value=np.nan if values.dtype.kind == "f" else -1,
         )
         if values.size:
             array[...] = values
-    labels = sg.create_array("class", shape=(n_class,), dtype=str, dimension_names=("class",))
+    labels = cache.create_array("class", shape=(n_class,), dtype=str, dimension_names=("class",),
+                                compressors=small_compressors())
     if n_class:
         labels[:] = np.asarray(stats["class"].values, dtype=str)
-    layers = sg.create_array("layer", shape=(n_layer,), dtype="int64", dimension_names=("layer",))
+    layers = cache.create_array("layer", shape=(n_layer,), dtype="int64", dimension_names=("layer",),
+                                compressors=small_compressors(), fill_value=-1)
     layers[:] = stats["layer"].values
-    commit_attrs(sg, dict(stats.attrs))
+    commit_attrs(sg, {STATS_CURRENT: name})
+    for old, _ in list(sg.groups()):
+        if old not in (name, previous):
+            del sg[old]
+    return name

@@ -16,6 +16,7 @@ import numpy as np
 
 from ..errors import StoreError
 from ..moments import Moments
+from .integrity import check_group, is_half_created
 from .lock import WriterLock
 from .moments import committed_moments
 from .roots import child, open_root
@@ -59,9 +60,10 @@ class ActivationWriter:
         try:
             root = open_root(path, mode="a")
             group = child(root, group_name)
-            if group is not None:
+            if group is not None and not is_half_created(group):
                 check_appendable(group, spec, str(path), group_name)
-            else:
+                check_group(group, path)
+            else:  # new, or its creation was interrupted (no rows): create it (again)
                 group = create_group(root, group_name, spec)
             return cls(group, str(path), lock)
         except BaseException:
@@ -74,8 +76,9 @@ class ActivationWriter:
         lock = WriterLock(path, group_name).acquire(wait)
         try:
             group = child(open_root(path, mode="a"), group_name)
-            if group is None:
+            if group is None or is_half_created(group):
                 raise StoreError(f"{str(path)!r} has no group {group_name!r}")
+            check_group(group, path)
             return cls(group, str(path), lock)
         except BaseException:
             lock.release()

@@ -1,0 +1,294 @@
+"""Damage detection: a store that was damaged on disk is refused where it is read.
+
+Three checks, each for a way damage could otherwise pass as data:
+
+* a **checksum** (CRC32C, zarr v3's ``crc32c`` codec, last in every array's codec
+  pipeline of stores written since checksums were added): a flipped or truncated chunk fails
+  to decode, and :func:`locate_damage` names the chunk;
+* a **fill value that cannot pass as data**: a missing ``acts`` chunk reads as NaN
+  (capture refuses non-finite activations, so NaN in a store is damage), a missing
+  ``class``/``pair_id``/``text_index`` chunk as ``''``/``-1`` (never written by a capture);
+* the group's **attributes checked against the arrays** they describe on open
+  (:func:`check_group`): ``n_samples`` beyond the rows, ``layers`` that are not the
+  ``layer`` array, a missing key.
+
+Stores written before checksums (fill value 0 for ``acts``) still open and read;
+in them a flipped bit inside a chunk cannot be detected, a missing chunk only by
+:func:`verify_group` (``actstore verify``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..errors import ActstoreError, DamagedStoreError, StoreError
+from .schema import ACTS, MOMENTS, SAMPLE_COORDS
+
+# Arrays whose fill value is also a valid value (token_index is -1 for position 'mean'):
+# a chunk of them may be absent because zarr does not write chunks equal to the fill value.
+_FILL_IS_DATA = {"token_index"}
+_SHOWN = 3
+
+
+@dataclass(frozen=True)
+class Damage:
+    """One damaged chunk: ``array`` (path inside the store), chunk ``key`` (``c/3/0/0``), ``problem``."""
+
+    array: str
+    key: str
+    problem: str
+
+    def __str__(self) -> str:
+        return f"array {self.array!r} chunk {self.key}: {self.problem}"
+
+
+def has_checksum(array) -> bool:
+    """Whether ``array``'s chunks carry a CRC32C."""
+    from zarr.codecs import Crc32cCodec
+
+    return any(isinstance(codec, Crc32cCodec) for codec in getattr(array.metadata, "codecs", ()))
+
+
+def _chunk_regions(array, rows: int | None) -> Iterator[tuple[tuple[int, ...], tuple[slice, ...]]]:
+    shape = list(array.shape)
+    if rows is not None and shape:
+        shape[0] = min(shape[0], rows)
+    chunks = array.chunks
+    counts = [-(-s // c) if s else 0 for s, c in zip(shape, chunks)]
+    for coords in itertools.product(*(range(n) for n in counts)):
+        yield coords, tuple(slice(i * c, min((i + 1) * c, s)) for i, c, s in zip(coords, chunks, shape))
+
+
+def _exists(array, key: str) -> bool:
+    from zarr.core.sync import sync
+
+    return bool(sync(array.store.exists(f"{array.path}/{key}")))
+
+
+def check_array(array, rows: int | None = None, fill_is_data: bool = False) -> tuple[int, list[Damage]]:
+    """Read every chunk of ``array`` (only its first ``rows`` along axis 0 if given).
+
+    Returns (chunks checked, damaged chunks): missing (unless ``fill_is_data``),
+    failing to decode (checksum, codec) or holding non-finite floats.
+    """
+    damaged: list[Damage] = []
+    checked = 0
+    for coords, region in _chunk_regions(array, rows):
+        checked += 1
+        key = array.metadata.encode_chunk_key(coords)
+        if not fill_is_data and not _exists(array, key):
+            damaged.append(Damage(array.path, key, "missing"))
+            continue
+        try:
+            values = array[region]
+        except Exception as err:  # any decode failure of this chunk is damage: checksum, codec, truncation
+            damaged.append(Damage(array.path, key, decode_problem(err)))
+            continue
+        if np.asarray(values).dtype.kind == "f" and not np.all(np.isfinite(values)):
+            damaged.append(Damage(array.path, key, "non-finite values (NaN/Inf: damaged or missing data)"))
+    return checked, damaged
+
+
+def decode_problem(err: Exception) -> str:
+    text = str(err)
+    if "checksum" in text.lower():
+        return "checksum mismatch (the bytes on disk changed after they were written)"
+    return f"cannot be decoded ({type(err).__name__}: {text[:120]})"
+
+
+def group_arrays(group) -> list[tuple[object, int | None, bool]]:
+    """(array, rows to check, fill is data) for every array actstore wrote in a model group."""
+    attrs = group.attrs
+    n = int(attrs.get("n_samples", 0) or 0)
+    arrays: list[tuple[object, int | None, bool]] = []
+    for name in (ACTS, "layer", *SAMPLE_COORDS):
+        array = _child(group, name)
+        if array is not None:
+            rows = None if name == "layer" else n
+            arrays.append((array, rows, name in _FILL_IS_DATA))
+    if "moments_buffer" in attrs and attrs.get("moments_classes"):
+        array = _child(group, MOMENTS[int(attrs["moments_buffer"])])
+        if array is not None:
+            arrays.append((array, None, False))
+    return arrays
+
+
+def _child(group, name: str):
+    try:
+        return group[name]
+    except KeyError:
+        return None
+
+
+def locate_damage(group, names: tuple[str, ...] | None = None) -> list[Damage]:
+    """Every damaged chunk of the committed part of ``group``'s arrays (or of those in ``names``)."""
+    damaged: list[Damage] = []
+    for array, rows, fill_is_data in group_arrays(group):
+        if names is None or array.basename in names:
+            damaged.extend(check_array(array, rows, fill_is_data)[1])
+    return damaged
+
+
+def damage_error(path, group, damaged: list[Damage]) -> DamagedStoreError:
+    """The error that names the store, the group and the damaged chunks."""
+    shown = "; ".join(str(d) for d in damaged[:_SHOWN])
+    more = f"; and {len(damaged) - _SHOWN} more" if len(damaged) > _SHOWN else ""
+    return DamagedStoreError(
+        f"store {str(path)!r} group {group.basename!r} is damaged: {shown}{more}. "
+        f"'actstore verify {path}' lists what is damaged and what is still good; capture the data again "
+        "into a new store (or restore the store from a copy)"
+    )
+
+
+@contextlib.contextmanager
+def damage_located(group, path, names: tuple[str, ...] | None = (ACTS,)) -> Iterator[None]:
+    """Turn a decode failure while reading arrays ``names`` of ``group`` (None: all) into
+    :class:`DamagedStoreError` naming the chunk."""
+    try:
+        yield
+    except ActstoreError:
+        raise
+    except Exception:  # a codec's own error type: find the chunk, else let the original through
+        damaged = locate_damage(group, names)
+        if damaged:
+            raise damage_error(path, group, damaged) from None
+        raise
+
+
+def refuse_non_finite(group, path, values: np.ndarray, names: tuple[str, ...] = (ACTS,)) -> None:
+    """``values`` computed from ``group`` hold NaN/Inf: a capture never stores those, so a chunk is
+    missing or damaged; name it (or say the values are non-finite if no chunk is)."""
+    if np.all(np.isfinite(values)):
+        return
+    damaged = locate_damage(group, names)
+    if damaged:
+        raise damage_error(path, group, damaged)
+    raise DamagedStoreError(f"store {str(path)!r} group {group.basename!r} holds non-finite activations; "
+                            "capture the data again into a new store")
+
+
+# What a missing chunk of a per-sample coordinate reads as, and no capture writes.
+_FILL = {"class": "", "pair_id": -1, "text_index": -1}
+
+
+def refuse_fill_values(group, path, name: str, values: np.ndarray) -> None:
+    """Coordinate ``name`` of ``group`` read as ``values`` holds its fill value: a chunk is missing."""
+    if name in _FILL and values.size and np.any(values == _FILL[name]):
+        damaged = locate_damage(group, (name,))
+        if damaged:
+            raise damage_error(path, group, damaged)
+        raise DamagedStoreError(f"store {str(path)!r} group {group.basename!r}: array {name!r} holds "
+                                f"{_FILL[name]!r}, which no capture writes; capture the data again into a new store")
+
+
+_REQUIRED = {"schema_version": int, "model_id": str, "hidden_size": int, "layers": list, "position": str,
+             "dtype": str, "n_samples": int, "n_texts": int, "next_pair_id": int, "runs": list}
+
+
+def check_group(group, path) -> None:
+    """Refuse a model group whose attributes do not describe its arrays (edited or half-written)."""
+    attrs = dict(group.attrs)
+    where = f"store {str(path)!r} group {group.basename!r}"
+    for key, kind in _REQUIRED.items():
+        value = attrs.get(key)
+        if not isinstance(value, kind) or isinstance(value, bool) and kind is int:
+            raise DamagedStoreError(f"{where}: attribute {key!r} is {value!r}, expected {kind.__name__}; the "
+                                    "group's metadata (zarr.json) was edited or damaged")
+    n = attrs["n_samples"]
+    problems = []
+    if n < 0:
+        problems.append(f"n_samples is {n}")
+    acts = _child(group, ACTS)
+    if acts is None:
+        problems.append(f"array {ACTS!r} is missing")
+    else:
+        if acts.ndim != 3 or acts.shape[1:] != (len(attrs["layers"]), attrs["hidden_size"]):
+            problems.append(f"array {ACTS!r} has shape {acts.shape}, but layers {attrs['layers']} and hidden_size "
+                            f"{attrs['hidden_size']} say (n, {len(attrs['layers'])}, {attrs['hidden_size']})")
+        elif str(acts.dtype) != attrs["dtype"]:
+            problems.append(f"array {ACTS!r} is {acts.dtype}, but dtype says {attrs['dtype']}")
+        elif not attrs.get("stats_only") and acts.shape[0] < n:
+            problems.append(f"n_samples is {n} but array {ACTS!r} has {acts.shape[0]} rows")
+    for name in SAMPLE_COORDS:
+        coord = _child(group, name)
+        if coord is None:
+            problems.append(f"array {name!r} is missing")
+        elif not attrs.get("stats_only") and coord.shape[0] < n:
+            problems.append(f"n_samples is {n} but array {name!r} has {coord.shape[0]} rows")
+    layer = _child(group, "layer")
+    if layer is None:
+        problems.append("array 'layer' is missing")
+    else:
+        try:
+            stored = [int(x) for x in layer[:]]
+        except Exception as err:  # a damaged chunk of the layer array
+            problems.append(f"array 'layer' {decode_problem(err)}")
+        else:
+            if stored != list(attrs["layers"]):
+                problems.append(f"attribute layers is {attrs['layers']} but array 'layer' holds {stored}")
+    done = 0
+    for record in attrs["runs"]:
+        if not isinstance(record, dict) or not isinstance(record.get("texts_done"), int):
+            problems.append(f"a run record is {record!r}")
+            break
+        done += record["texts_done"]
+    if attrs["n_texts"] < done:
+        problems.append(f"n_texts is {attrs['n_texts']} but the runs record {done} texts done")
+    if problems:
+        raise DamagedStoreError(f"{where}: " + "; ".join(problems) + "; the group's metadata (zarr.json) or "
+                                "arrays were edited or damaged, so its rows cannot be trusted")
+
+
+def is_half_created(group) -> bool:
+    """A group whose creation was interrupted: its attributes are written last, in one write."""
+    return "n_samples" not in group.attrs
+
+
+@dataclass
+class GroupReport:
+    """What :func:`verify_group` found in one group."""
+
+    group: str
+    checked: int
+    damaged: list[Damage]
+    problem: str | None = None  # attributes that do not describe the arrays, or a half-created group
+    checksums: bool = True
+    stats: str = "none"  # none | ok | damaged (recomputed by the next 'actstore stats')
+
+    @property
+    def ok(self) -> bool:
+        return not self.damaged and self.problem is None
+
+
+def verify_group(group, path) -> GroupReport:
+    """Read every committed chunk of ``group`` (data, coordinates, moments, statistics cache)."""
+    from .moments import stats_cache_state
+
+    if is_half_created(group):
+        return GroupReport(group.basename, 0, [], problem="its creation was interrupted (holds no rows; the next "
+                                                           "capture into it replaces it)")
+    problem = None
+    try:
+        check_group(group, path)
+    except StoreError as err:
+        problem = str(err)
+    checked, damaged = 0, []
+    for array, rows, fill_is_data in group_arrays(group):
+        n, bad = check_array(array, rows, fill_is_data)
+        checked += n
+        damaged += bad
+    checksums = all(has_checksum(array) for array, _, _ in group_arrays(group))
+    return GroupReport(group.basename, checked, damaged, problem, checksums, stats_cache_state(group))
+
+
+def verify_store(path) -> list[GroupReport]:
+    """:func:`verify_group` of every model group of the store at ``path``."""
+    from .roots import model_groups, open_root
+
+    root = open_root(path, mode="r")
+    return [verify_group(root[name], path) for name in model_groups(root, include_half_created=True)]
