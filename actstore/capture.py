@@ -280,7 +280,12 @@ def iter_windows(
                     "needs more", param="offset"
                 )
         order = sorted(range(len(ids)), key=lambda i: -len(ids[i]))
-        per_example: list[tuple[np.ndarray, np.ndarray] | None] = [None] * len(ids)
+        # Rows go straight to their place in example order: one scatter per batch into a buffer of
+        # the window (its size is known from the token counts), one copy off the device per window.
+        counts = np.array([len(t) if position == "all" else 1 for t in ids], dtype=np.int64)
+        offsets = np.concatenate([[0], np.cumsum(counts)])
+        acts_rows = None
+        token_rows = torch.empty(int(offsets[-1]), dtype=torch.int64, device=device)
         n_tokens = 0
         for b in range(0, len(order), batch_size):
             members = order[b : b + batch_size]
@@ -288,23 +293,19 @@ def iter_windows(
                 model, tokenizer, blocks, [ids[i] for i in members], layers, options, device,
                 [where[w_start + i] for i in members],
             )
-            if not as_tensors:
-                acts, row_batch, row_token = acts.cpu().numpy(), row_batch.cpu().numpy(), row_token.cpu().numpy()
-            for j, i in enumerate(members):
-                sel = row_batch == j
-                per_example[i] = (acts[sel], row_token[sel])
+            # Rows of a batch come in batch order, each example's in token order.
+            dest = torch.from_numpy(np.concatenate([np.arange(offsets[i], offsets[i + 1]) for i in members]))
+            dest = dest.to(device)
+            if acts_rows is None:
+                acts_rows = acts.new_empty((int(offsets[-1]), *acts.shape[1:]))
+            acts_rows[dest] = acts
+            token_rows[dest] = row_token
             n_tokens += batch_tokens
             if on_batch is not None:
                 on_batch(len(members), batch_tokens)
-        cat = torch.cat if as_tensors else np.concatenate
-        acts_rows = cat([p[0] for p in per_example])
-        token_rows = cat([p[1] for p in per_example])
-        example_rows = np.concatenate(
-            [np.full(len(p[0]), w_start + i, dtype=np.int64) for i, p in enumerate(per_example)]
-        )
-        if as_tensors:
-            token_rows = token_rows.cpu().numpy()
-        yield Window(w_start, w_stop, acts_rows, example_rows, token_rows.astype(np.int64), n_tokens)
+        example_rows = np.repeat(np.arange(w_start, w_stop, dtype=np.int64), counts)
+        acts_out = acts_rows if as_tensors else acts_rows.cpu().numpy()
+        yield Window(w_start, w_stop, acts_out, example_rows, token_rows.cpu().numpy(), n_tokens)
 
 
 def _batch_rows(model, tokenizer, blocks, batch_ids: list[list[int]], layers: Sequence[int], options: CaptureOptions,

@@ -19,6 +19,7 @@ import numpy as np
 from .capture import CaptureOptions, answer_letter_reason, iter_windows
 from .datasets import ContrastSet, Example, read_contrast_set, text_hash
 from .errors import ActstoreError
+from .ingest import OrderedWriter
 from .models import LoadedModel, ModelSpec, parse_layers, safe_group_name, text_config
 from .moments import Moments
 from .stores.runs import RunRecord, shard_bounds, staging_group_name
@@ -300,30 +301,36 @@ def _capture_range(loaded: LoadedModel, writer: ActivationWriter, plan: _Plan, r
     written = 0
     pair_ids = rows.pair_ids + run.pair_id_offset
     t0 = time.perf_counter()
+
+    def commit(captured) -> None:
+        # On the writer thread (actstore.ingest): the model goes on with the next window meanwhile.
+        index = captured.row_example + lo
+        if plan.stats_only:
+            tracker.add(captured.acts, rows.labels[index])
+            writer.write_moments(tracker.moments, captured.stop)
+            return
+        coords = {
+            "class": rows.labels[index],
+            "pair_id": pair_ids[index],
+            "text_hash": rows.hashes[index],
+            "text_index": index + run.text_index_offset,
+            "token_index": captured.row_token,
+        }
+        max_pair = int(coords["pair_id"].max()) if len(index) else -1
+        writer.append(captured.acts, coords, captured.stop, max_pair)
+        tracker.add(captured.acts, coords["class"])
+
     try:
-        for captured in iter_windows(
-            loaded.model, loaded.tokenizer, loaded.blocks, rows.texts[lo:hi], plan.spec.layers, options,
-            where=rows.where[lo:hi], start=start, add_special_tokens=rows.add_special_tokens,
-            on_batch=(lambda n_texts, n_tok: bar.update(n_texts)) if bar is not None else None,
-            as_tensors=plan.stats_only,
-        ):
-            index = captured.row_example + lo
-            n_tokens += captured.n_tokens
-            written += len(index)
-            if plan.stats_only:
-                tracker.add(captured.acts, rows.labels[index])
-                writer.write_moments(tracker.moments, captured.stop)
-                continue
-            coords = {
-                "class": rows.labels[index],
-                "pair_id": pair_ids[index],
-                "text_hash": rows.hashes[index],
-                "text_index": index + run.text_index_offset,
-                "token_index": captured.row_token,
-            }
-            max_pair = int(coords["pair_id"].max()) if len(index) else -1
-            writer.append(captured.acts, coords, captured.stop, max_pair)
-            tracker.add(captured.acts, coords["class"])
+        with OrderedWriter(commit) as overlapped:
+            for captured in iter_windows(
+                loaded.model, loaded.tokenizer, loaded.blocks, rows.texts[lo:hi], plan.spec.layers, options,
+                where=rows.where[lo:hi], start=start, add_special_tokens=rows.add_special_tokens,
+                on_batch=(lambda n_texts, n_tok: bar.update(n_texts)) if bar is not None else None,
+                as_tensors=plan.stats_only,
+            ):
+                n_tokens += captured.n_tokens
+                written += len(captured.row_example)
+                overlapped.put(captured)
     finally:
         if bar is not None:
             bar.close()
@@ -363,7 +370,15 @@ class _MomentsTracker:
         return cls(empty if writer.n_samples == 0 else cached_moments(writer.group))
 
     def add(self, acts, labels: np.ndarray) -> None:
-        if self.moments is not None:
+        if self.moments is None:
+            return
+        if isinstance(acts, np.ndarray) or acts.device.type == "cpu":
+            from .stats import window_moments
+
+            # The fused float64 kernel: one pass, where torch's reduction makes several.
+            values = acts if isinstance(acts, np.ndarray) else acts.numpy()
+            self.moments = self.moments.merge(window_moments(values, labels))
+        else:  # reduced on the model's device; only the moments travel
             self.moments = self.moments.add(acts, labels)
 
 
