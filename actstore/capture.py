@@ -41,7 +41,9 @@ class CaptureOptions:
     else 0). ``window`` is texts per commit (None: chosen from the store's chunks).
     ``separator`` joins an A/B question and its answer; ``chat_template`` formats
     texts with the tokenizer's template; texts longer than ``max_length`` tokens
-    keep their last ones; ``stop_early`` ends the forward pass after the deepest block.
+    keep their last ones (a plain-text corpus is cut into windows of that many);
+    ``stop_early`` ends the forward pass after the deepest block. ``text_column`` and
+    ``label_column`` name the columns of a dataset input (:mod:`actstore.sources`).
     """
 
     position: str = "last"
@@ -52,6 +54,8 @@ class CaptureOptions:
     window: int | None = None
     separator: str = "\n"
     chat_template: bool = False
+    text_column: str | None = None
+    label_column: str | None = None
 
     def __post_init__(self) -> None:
         if self.position not in POSITIONS:
@@ -267,16 +271,18 @@ def iter_windows(
     position, batch_size, last_offset, window = options.position, options.batch_size, options.last_offset, \
         options.window or 256
     layers = sorted(layers)
-    where = list(where) if where is not None else [f"text {i + 1}" for i in range(len(texts))]
+    # Not copied: texts and where may be lazy columns of a large source (actstore.sources).
+    where = where if where is not None else [f"text {i + 1}" for i in range(len(texts))]
     device = next(model.parameters()).device
     for w_start in range(start, len(texts), window):
         w_stop = min(w_start + window, len(texts))
-        ids = tokenize(tokenizer, texts[w_start:w_stop], where[w_start:w_stop], options.max_length,
+        window_where = list(where[w_start:w_stop])
+        ids = tokenize(tokenizer, list(texts[w_start:w_stop]), window_where, options.max_length,
                        add_special_tokens)
         for i, token_ids in enumerate(ids):
             if position == "last" and len(token_ids) <= last_offset:
                 raise InputFormatError(
-                    f"{where[w_start + i]}: text has {len(token_ids)} token(s); offset={last_offset} "
+                    f"{window_where[i]}: text has {len(token_ids)} token(s); offset={last_offset} "
                     "needs more", param="offset"
                 )
         order = sorted(range(len(ids)), key=lambda i: -len(ids[i]))
@@ -291,7 +297,7 @@ def iter_windows(
             members = order[b : b + batch_size]
             acts, row_batch, row_token, batch_tokens = _batch_rows(
                 model, tokenizer, blocks, [ids[i] for i in members], layers, options, device,
-                [where[w_start + i] for i in members],
+                [window_where[i] for i in members],
             )
             # Rows of a batch come in batch order, each example's in token order.
             dest = torch.from_numpy(np.concatenate([np.arange(offsets[i], offsets[i + 1]) for i in members]))

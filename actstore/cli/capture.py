@@ -17,9 +17,13 @@ from .options import EscapedText, ShardType, quiet_option, scheduler_option, tak
 @click.option("--gguf-file", default=None, metavar="FILE",
               help="Name of a GGUF checkpoint inside --model to load (dequantised on load; slow).")
 @click.option("--revision", default=None, help="Hub revision (branch, tag or commit) of --model.")
-@click.option("--data", "-d", required=True, type=click.Path(exists=True, dir_okay=False),
+@click.option("--data", "-d", required=True, type=click.Path(exists=True),
               help="Contrast set: JSON list or JSONL of A/B items (question, answer_matching_behavior, "
-                   "answer_not_matching_behavior), pairs (positive, negative) or labeled texts (text, label).")
+                   "answer_not_matching_behavior), pairs (positive, negative) or labeled texts (text, label). "
+                   "Or, read window by window whatever its size: a Hugging Face dataset on disk (a folder "
+                   "written by save_to_disk, an .arrow file, a .parquet file or a folder of them; see "
+                   "--text-column, --label-column), or a plain-text corpus (.txt) for a one-class capture, cut "
+                   "into windows of --max-length tokens (default 512 for a corpus).")
 @click.option("--layers", "-l", default="all", show_default=True,
               help="Decoder blocks to capture (0-based): one ('6'), several ('2,6,10') or 'all'.")
 @click.option("--store", "-s", required=True, metavar="PATH.zarr",
@@ -56,7 +60,13 @@ from .options import EscapedText, ShardType, quiet_option, scheduler_option, tak
                    "answer as the assistant turn; other texts as one user turn).")
 @click.option("--max-length", type=click.IntRange(1), default=None,
               help="Longest text in tokens; longer texts keep their last tokens, with a warning "
-                   "(default: the model's context length).")
+                   "(default: the model's context length). A .txt corpus is cut into windows of this many "
+                   "tokens, special tokens included (default 512).")
+@click.option("--text-column", default=None, metavar="NAME",
+              help="With a dataset --data: the column of texts (default: 'text').")
+@click.option("--label-column", default=None, metavar="NAME",
+              help="With a dataset --data: the column of class labels (strings, integers or a ClassLabel, "
+                   "whose names are used); without it every text is of class 'text'.")
 @click.option("--no-early-exit", "stop_early", is_flag=True, flag_value=False, default=True,
               help="Run the whole model instead of stopping after the deepest captured block "
                    "(only useful to measure what early exit saves).")
