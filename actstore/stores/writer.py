@@ -27,6 +27,7 @@ from .schema import (
     SHARDS,
     STORE_DTYPES,
     CaptureSpec,
+    bfloat16_bits,
     check_appendable,
     commit_attrs,
     create_group,
@@ -207,6 +208,8 @@ class ActivationWriter:
             self.acts.resize((stop, *self.acts.shape[1:]))
             for array in self.coords.values():
                 array.resize((stop,))
+            if self.acts.dtype == np.uint16 and acts.dtype != np.uint16:  # a bfloat16 group (schema.py)
+                acts = bfloat16_bits(acts)
             self.acts[start:stop] = acts.astype(self.acts.dtype, copy=False)
             for name, array in self.coords.items():
                 array[start:stop] = coords[name]
