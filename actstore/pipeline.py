@@ -161,10 +161,13 @@ def capture_to_store(
     and M2 are reduced on the model's device (float64) and merged into the
     group's running moments (Chan et al.), committed after every window. For
     contrast sets whose activations would not fit on disk (``position='all'``
-    on every layer); :func:`actstore.compute_stats` then reads the moments.
+    on every layer); :func:`actstore.compute_stats` then reads the moments. With
+    ``shard`` (or on a cluster) each shard keeps its own moments, and the merge
+    adds them to the group's in shard order (Chan et al.).
     """
     request = capture_request(model, options, group, **values)
-    _check_sharding(request.group, shard)
+    if shard is not None:
+        shard_bounds(0, *shard)  # validates i/n before any work
     options = request.options
     read = functools.partial(read_data, data, options.separator, text_column=options.text_column,
                              label_column=options.label_column, max_length=options.max_length)
@@ -181,13 +184,6 @@ def capture_to_store(
                                   progress=progress, track_stats=True)
     return _capture_shard_range(loaded, store, contrast, plan, shard, merge, progress)
 
-
-def _check_sharding(group: GroupOptions, shard: tuple[int, int] | None) -> None:
-    if shard is not None:
-        shard_bounds(0, *shard)  # validates i/n before any work
-        if group.stats_only:
-            raise ActstoreError("stats_only cannot be combined with shard yet: capture the shards with "
-                                "activations, or the whole file with stats_only", param=("stats_only", "shard"))
 
 
 @dataclass(frozen=True)
@@ -481,9 +477,6 @@ def capture_on_cluster(
 
     spec = model if isinstance(model, ModelSpec) else ModelSpec(model, **(model_options or {}))
     request = capture_request(spec, options, group, **values)
-    if request.group.stats_only:
-        raise ActstoreError(f"stats_only cannot run on scheduler={scheduler!r} yet (its shards' moments are not "
-                            "merged)", param=("stats_only", "scheduler"))
     with scheduler_context(scheduler) as client:
         if client is None:
             raise ActstoreError(

@@ -219,7 +219,7 @@ class ActivationWriter:
         """See :func:`actstore.stores.moments.committed_moments`."""
         return committed_moments(self.group)
 
-    def write_moments(self, moments: Moments, texts_done: int) -> None:
+    def write_moments(self, moments: Moments, texts_done: int, **run_changes) -> None:
         """Commit a stats-only group's running moments (see :meth:`read_moments`).
 
         They go to the buffer not in use (one chunk: one atomic object), then
@@ -234,7 +234,7 @@ class ActivationWriter:
             array = moments_array(self.group, target, stacked.shape)
         array[...] = stacked
         self.commit(self.n_samples, texts_done, -1,
-                    {"moments_buffer": target, "moments_classes": list(moments.classes)})
+                    {"moments_buffer": target, "moments_classes": list(moments.classes)}, **run_changes)
 
     def commit(self, n_samples: int, texts_done: int, max_pair_id: int, extra: dict | None = None,
                **run_changes) -> None:
