@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from .errors import ActstoreError, InputFormatError
+from .models import input_device
 
 POSITIONS = ("last", "mean", "all")
 
@@ -273,7 +274,7 @@ def iter_windows(
     layers = sorted(layers)
     # Not copied: texts and where may be lazy columns of a large source (actstore.sources).
     where = where if where is not None else [f"text {i + 1}" for i in range(len(texts))]
-    device = next(model.parameters()).device
+    device = input_device(model)
     for w_start in range(start, len(texts), window):
         w_stop = min(w_start + window, len(texts))
         window_where = list(where[w_start:w_stop])
@@ -324,7 +325,8 @@ def _batch_rows(model, tokenizer, blocks, batch_ids: list[list[int]], layers: Se
     outputs = forward_blocks(model, blocks, input_ids, attention_mask, layers, options.stop_early)
     stacked = []
     for layer in layers:
-        rows, row_batch, row_token = reduce_positions(outputs[layer], attention_mask, options.position,
+        # With a device map, blocks sit on several devices: rows are gathered where the inputs are.
+        rows, row_batch, row_token = reduce_positions(outputs[layer].to(device), attention_mask, options.position,
                                                       options.last_offset)
         stacked.append(rows)
     acts = torch.stack(stacked, dim=1)  # (rows, layer, hidden)

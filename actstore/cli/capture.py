@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from ..capture import POSITIONS
-from ..models import DTYPES
+from ..models import DEVICE_MAPS, DTYPES
 from ..stores.schema import CODECS, STORE_DTYPES
 from .options import EscapedText, ShardType, quiet_option, scheduler_option, take_record
 
@@ -49,6 +49,10 @@ from .options import EscapedText, ShardType, quiet_option, scheduler_option, tak
                    "zstd (smaller: 1.3x less than lz4 on A/B pairs with --position all, slower to read), "
                    "none (fastest to read; activations of distinct texts compress only 1.03-1.10x).")
 @click.option("--device", default="cpu", show_default=True, help="torch device: cpu, cuda, cuda:1, mps.")
+@click.option("--device-map", type=click.Choice(DEVICE_MAPS), default=None,
+              help="Spread a model larger than one device over all of them with accelerate ('auto': fill the "
+                   "GPUs in order, then the CPU); instead of --device. Early exit still stops after the deepest "
+                   "captured block, wherever it sits.")
 @click.option("--resume", is_flag=True,
               help="Continue an interrupted capture of the same file and settings where it stopped.")
 @click.option("--name", default=None,
