@@ -40,6 +40,13 @@ DEFAULT_CORPUS_TOKENS = 512
 _BLOCK_BYTES = 1 << 20
 
 
+def is_dataset_folder(path: str | Path) -> bool:
+    """A folder of Parquet files, or one that ``save_to_disk`` wrote (a dataset or a dict of splits)."""
+    path = Path(path)
+    return any(path.glob("*.parquet")) or any(
+        (path / name).is_file() for name in ("state.json", "dataset_info.json", "dataset_dict.json"))
+
+
 def is_source(path: str | Path) -> bool:
     """Whether ``path`` is read here (a dataset or a corpus) rather than as a contrast-set file."""
     path = Path(path)

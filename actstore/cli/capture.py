@@ -2,12 +2,31 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import click
 
 from ..capture import POSITIONS
 from ..models import DEVICE_MAPS, DTYPES
 from ..stores.schema import CODECS, STORE_DTYPES
 from .options import EscapedText, ShardType, quiet_option, scheduler_option, take_record
+
+
+class DataPath(click.Path):
+    """An existing file, or a folder that holds a dataset (Parquet files, or what save_to_disk wrote)."""
+
+    def __init__(self):
+        super().__init__(exists=True)
+
+    def convert(self, value, param, ctx):
+        from ..sources import is_dataset_folder
+
+        path = super().convert(value, param, ctx)
+        if Path(path).is_dir() and not is_dataset_folder(path):
+            self.fail(f"{str(path)!r} is a directory that holds no dataset: expected a contrast-set file "
+                      "(.json, .jsonl), a corpus (.txt), a .parquet file or folder of them, or a folder written "
+                      "by save_to_disk", param, ctx)
+        return path
 
 
 @click.command()
@@ -17,7 +36,7 @@ from .options import EscapedText, ShardType, quiet_option, scheduler_option, tak
 @click.option("--gguf-file", default=None, metavar="FILE",
               help="Name of a GGUF checkpoint inside --model to load (dequantised on load; slow).")
 @click.option("--revision", default=None, help="Hub revision (branch, tag or commit) of --model.")
-@click.option("--data", "-d", required=True, type=click.Path(exists=True),
+@click.option("--data", "-d", required=True, type=DataPath(),
               help="Contrast set: JSON list or JSONL of A/B items (question, answer_matching_behavior, "
                    "answer_not_matching_behavior), pairs (positive, negative) or labeled texts (text, label). "
                    "Or, read window by window whatever its size: a Hugging Face dataset on disk (a folder "
