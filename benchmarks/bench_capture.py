@@ -167,8 +167,9 @@ def all_tokens(args) -> None:
         f"Median of {args.repeats} runs, alternating in each repeat. Wall time swung several-fold between "
         "repeats under the other engineers' load, so the ratios are taken on CPU time (all threads of the "
         "process: the work each run costs, as bench_peers does); with torch on both cores, work the writer "
-        "thread adds is time the forward pass loses, so on an idle machine of this size wall time would "
-        "show the same ratio.\n\n"
+        "thread adds is time the forward pass loses (an argument for reading CPU ratios as wall ratios on an "
+        "idle machine of this size, not a measurement). CPU time has noise of its own under load (idle torch "
+        "threads spin): a ratio below 1 is that noise, not a speed-up.\n\n"
         "| run | median wall s | runs (s) | wall / bare | median CPU s | CPU / bare |\n|---|---|---|---|---|---|\n"
         + "\n".join(rows) +
         f"\n\nTargets (CPU time): all-token capture <= 1.10x the bare forward: **{all_ratio:.3f}x** "

@@ -61,7 +61,7 @@ class DataPath(click.Path):
 @click.option("--store-dtype", type=click.Choice(STORE_DTYPES), default="float32", show_default=True,
               help="dtype activations are stored in: float16 halves the store but refuses values beyond "
                    "+-65504 (gemma's massive coordinates exceed it); bfloat16 halves it with float32's range "
-                   "(8-bit mantissa, relative error <= 2^-9; stored as uint16 bits, read back as float32 by "
+                   "(8 significant bits, relative error <= 2^-8 = 0.4%; stored as uint16 bits, read back as float32 by "
                    "open_store). Figures: benchmarks/RESULTS.md (bench_store_dtype.py).")
 @click.option("--codec", type=click.Choice(CODECS), default="lz4", show_default=True,
               help="Compression of a new group's activations: lz4 (Blosc LZ4 + shuffle, fast to decode), "
