@@ -153,26 +153,27 @@ def all_tokens(args) -> None:
                     f"{median_cpu:.1f} | **{median_cpu / bare_cpu:.3f}x** |")
         print(rows[-1])
     shutil.rmtree(work, ignore_errors=True)
-    all_ratio, stats_ratio = cpu_ratios["`--position all`"], cpu_ratios["`--position all --stats-only`"]
+    all_label, stats_label = "`--position all`", "`--position all --stats-only`"
+    all_ratio = max(ratios[all_label], cpu_ratios[all_label])
+    stats_ratio = max(ratios[stats_label], cpu_ratios[stats_label])
     write_section(
         "Capture at dataset scale (bench_capture.py --all-tokens)",
         f"`python benchmarks/bench_capture.py --all-tokens --texts {args.texts} --batch-size {args.batch_size} "
         f"--repeats {args.repeats}{' --with-last' if args.with_last else ''}` at {git_rev()}\n\n"
         f"Machine: {machine()}. No GPU was lent to this run (no GPU column). The machine was shared with two "
         "other engineers' builds and tests while this ran: the runs alternate within each repeat so that load "
-        "falls on all of them, but the spread is wide.\n\n"
+        "falls on all of them (the spread of the runs is in the table).\n\n"
         f"google/gemma-3-270m (float32, CPU), first {args.texts} texts of caa-pairs/refusal/train.json "
         f"({n_tokens} tokens), `--layers all` (18 blocks), into a fresh store, windows of 64 texts; "
         f"`--position all` writes {written.get('all', 0) / 1e9:.3f} GB of float32 per run. "
-        f"Median of {args.repeats} runs, alternating in each repeat. Wall time swung several-fold between "
-        "repeats under the other engineers' load, so the ratios are taken on CPU time (all threads of the "
-        "process: the work each run costs, as bench_peers does); with torch on both cores, work the writer "
-        "thread adds is time the forward pass loses (an argument for reading CPU ratios as wall ratios on an "
-        "idle machine of this size, not a measurement). CPU time has noise of its own under load (idle torch "
-        "threads spin): a ratio below 1 is that noise, not a speed-up.\n\n"
+        f"Median of {args.repeats} runs, alternating in each repeat. Ratios on wall time and on CPU time (all "
+        "threads of the process: the work each run costs, steadier than wall time on a shared machine, as "
+        "bench_peers does); a target is met only if both are within it. A ratio below 1 is noise, not a "
+        "speed-up.\n\n"
         "| run | median wall s | runs (s) | wall / bare | median CPU s | CPU / bare |\n|---|---|---|---|---|---|\n"
         + "\n".join(rows) +
-        f"\n\nTargets (CPU time): all-token capture <= 1.10x the bare forward: **{all_ratio:.3f}x** "
+        f"\n\nTargets (the larger of the wall and CPU ratios): all-token capture <= 1.10x the bare forward: "
+        f"**{all_ratio:.3f}x** "
         f"({'met' if all_ratio <= 1.10 else 'missed'}); stats-only <= 1.05x: **{stats_ratio:.3f}x** "
         f"({'met' if stats_ratio <= 1.05 else 'missed'}).",
     )
