@@ -20,7 +20,7 @@ $(VENV)/.installed: setup.cfg pyproject.toml
 	@# torch first, as the CPU build these machines ship (a range the package accepts):
 	@# an unpinned torch pulled in later by another package would be a multi-GB CUDA build.
 	$(BIN)/pip install --quiet torch==2.13.0
-	$(BIN)/pip install --quiet -e '.[demo,dev,distributed,s3]'
+	$(BIN)/pip install --quiet -e '.[datasets,demo,dev,distributed,s3]'
 	touch $@
 
 install: $(VENV)/.installed

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from .errors import ActstoreError, InputFormatError
-from .models import SITES, site_module
+from .models import SITES, input_device, site_module
 
 POSITIONS = ("last", "mean", "all")
 
@@ -42,9 +42,11 @@ class CaptureOptions:
     else 0). ``window`` is texts per commit (None: chosen from the store's chunks).
     ``separator`` joins an A/B question and its answer; ``chat_template`` formats
     texts with the tokenizer's template; texts longer than ``max_length`` tokens
-    keep their last ones; ``stop_early`` ends the forward pass after the deepest block;
-    ``site`` is what is read in each block (``resid``, ``attn``, ``mlp``:
-    :func:`actstore.models.site_module`).
+    keep their last ones (a plain-text corpus is cut into windows of that many);
+    ``stop_early`` ends the forward pass after the deepest block; ``site`` is what is
+    read in each block (``resid``, ``attn``, ``mlp``: :func:`actstore.models.site_module`).
+    ``text_column`` and ``label_column`` name the columns of a dataset input
+    (:mod:`actstore.sources`).
     """
 
     position: str = "last"
@@ -56,6 +58,8 @@ class CaptureOptions:
     separator: str = "\n"
     chat_template: bool = False
     site: str = "resid"
+    text_column: str | None = None
+    label_column: str | None = None
 
     def __post_init__(self) -> None:
         if self.position not in POSITIONS:
@@ -275,44 +279,47 @@ def iter_windows(
     position, batch_size, last_offset, window = options.position, options.batch_size, options.last_offset, \
         options.window or 256
     layers = sorted(layers)
-    where = list(where) if where is not None else [f"text {i + 1}" for i in range(len(texts))]
-    device = next(model.parameters()).device
+    # Not copied: texts and where may be lazy columns of a large source (actstore.sources).
+    where = where if where is not None else [f"text {i + 1}" for i in range(len(texts))]
+    device = input_device(model)
     for w_start in range(start, len(texts), window):
         w_stop = min(w_start + window, len(texts))
-        ids = tokenize(tokenizer, texts[w_start:w_stop], where[w_start:w_stop], options.max_length,
+        window_where = list(where[w_start:w_stop])
+        ids = tokenize(tokenizer, list(texts[w_start:w_stop]), window_where, options.max_length,
                        add_special_tokens)
         for i, token_ids in enumerate(ids):
             if position == "last" and len(token_ids) <= last_offset:
                 raise InputFormatError(
-                    f"{where[w_start + i]}: text has {len(token_ids)} token(s); offset={last_offset} "
+                    f"{window_where[i]}: text has {len(token_ids)} token(s); offset={last_offset} "
                     "needs more", param="offset"
                 )
         order = sorted(range(len(ids)), key=lambda i: -len(ids[i]))
-        per_example: list[tuple[np.ndarray, np.ndarray] | None] = [None] * len(ids)
+        # Rows go straight to their place in example order: one scatter per batch into a buffer of
+        # the window (its size is known from the token counts), one copy off the device per window.
+        counts = np.array([len(t) if position == "all" else 1 for t in ids], dtype=np.int64)
+        offsets = np.concatenate([[0], np.cumsum(counts)])
+        acts_rows = None
+        token_rows = torch.empty(int(offsets[-1]), dtype=torch.int64, device=device)
         n_tokens = 0
         for b in range(0, len(order), batch_size):
             members = order[b : b + batch_size]
             acts, row_batch, row_token, batch_tokens = _batch_rows(
                 model, tokenizer, blocks, [ids[i] for i in members], layers, options, device,
-                [where[w_start + i] for i in members],
+                [window_where[i] for i in members],
             )
-            if not as_tensors:
-                acts, row_batch, row_token = acts.cpu().numpy(), row_batch.cpu().numpy(), row_token.cpu().numpy()
-            for j, i in enumerate(members):
-                sel = row_batch == j
-                per_example[i] = (acts[sel], row_token[sel])
+            # Rows of a batch come in batch order, each example's in token order.
+            dest = torch.from_numpy(np.concatenate([np.arange(offsets[i], offsets[i + 1]) for i in members]))
+            dest = dest.to(device)
+            if acts_rows is None:
+                acts_rows = acts.new_empty((int(offsets[-1]), *acts.shape[1:]))
+            acts_rows[dest] = acts
+            token_rows[dest] = row_token
             n_tokens += batch_tokens
             if on_batch is not None:
                 on_batch(len(members), batch_tokens)
-        cat = torch.cat if as_tensors else np.concatenate
-        acts_rows = cat([p[0] for p in per_example])
-        token_rows = cat([p[1] for p in per_example])
-        example_rows = np.concatenate(
-            [np.full(len(p[0]), w_start + i, dtype=np.int64) for i, p in enumerate(per_example)]
-        )
-        if as_tensors:
-            token_rows = token_rows.cpu().numpy()
-        yield Window(w_start, w_stop, acts_rows, example_rows, token_rows.astype(np.int64), n_tokens)
+        example_rows = np.repeat(np.arange(w_start, w_stop, dtype=np.int64), counts)
+        acts_out = acts_rows if as_tensors else acts_rows.cpu().numpy()
+        yield Window(w_start, w_stop, acts_out, example_rows, token_rows.cpu().numpy(), n_tokens)
 
 
 def _batch_rows(model, tokenizer, blocks, batch_ids: list[list[int]], layers: Sequence[int], options: CaptureOptions,
@@ -325,7 +332,8 @@ def _batch_rows(model, tokenizer, blocks, batch_ids: list[list[int]], layers: Se
     outputs = forward_blocks(model, blocks, input_ids, attention_mask, layers, options.stop_early, options.site)
     stacked = []
     for layer in layers:
-        rows, row_batch, row_token = reduce_positions(outputs[layer], attention_mask, options.position,
+        # With a device map, blocks sit on several devices: rows are gathered where the inputs are.
+        rows, row_batch, row_token = reduce_positions(outputs[layer].to(device), attention_mask, options.position,
                                                       options.last_offset)
         stacked.append(rows)
     acts = torch.stack(stacked, dim=1)  # (rows, layer, hidden)

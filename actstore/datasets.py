@@ -242,3 +242,27 @@ def read_contrast_set(path: str | Path, separator: str = DEFAULT_SEPARATOR) -> C
                 )
             examples.append(Example(text, label, pair_id, where))
     return ContrastSet(str(path), fmt, hashlib.sha256(data).hexdigest(), examples)
+
+
+def read_data(path: str | Path, separator: str = DEFAULT_SEPARATOR, *, text_column: str | None = None,
+              label_column: str | None = None, tokenizer=None, max_length: int | None = None):
+    """``--data``: a contrast-set file (JSON, JSONL) as a :class:`ContrastSet`, or a dataset or a
+    plain-text corpus as a lazily read :class:`actstore.sources.TextSource` (a corpus needs the
+    ``tokenizer``)."""
+    from .sources import is_source, open_source
+
+    if is_source(path):
+        return open_source(path, text_column=text_column, label_column=label_column, tokenizer=tokenizer,
+                           max_length=max_length)
+    if text_column is not None or label_column is not None:
+        raise InputFormatError(f"{str(path)!r} is a contrast-set file: --text-column and --label-column are for "
+                               "datasets (Arrow, Parquet)", param="text_column")
+    return read_contrast_set(path, separator)
+
+
+def needs_tokenizer(path: str | Path) -> bool:
+    """Whether :func:`read_data` needs the tokenizer for ``path`` (a plain-text corpus)."""
+    from .sources import CORPUS_SUFFIXES
+
+    path = Path(path)
+    return path.is_file() and path.suffix.lower() in CORPUS_SUFFIXES

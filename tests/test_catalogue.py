@@ -100,9 +100,6 @@ CASES = [
          ["--name '../../escape'", "no '/', no '..'"]),
     Case("bad shard", ["capture", "-m", "{llama}", "-d", "{data}", "-s", "{store}", "--shard", "3/2"],
          ["'--shard'", "'3/2': expected I/N with 0 <= I < N"], exit_code=2),
-    Case("stats-only in shards", ["capture", "-m", "{llama}", "-d", "{data}", "-s", "{tmp}/new.zarr",
-                                  "--stats-only", "--shard", "0/2"],
-         ["--stats-only cannot be combined with --shard yet", "or the whole file with --stats-only"]),
     Case("bad scheduler", ["stats", "-s", "{store}", "--scheduler", "local:0"],
          ["'--scheduler'", "'local:0': expected local:N with N >= 1"], exit_code=2),
     # Vector files.

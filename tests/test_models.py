@@ -51,3 +51,60 @@ def test_group_names_are_safe(model_id, expected):
 def test_a_model_that_does_not_exist_is_a_clear_error(tmp_path):
     with pytest.raises(ModelError, match="could not load model"):
         load_model(str(tmp_path / "nothing-here"))
+
+
+def test_a_model_spread_by_a_device_map_with_blocks_on_disk_captures_the_same_and_exits_early(
+        tmp_path, tiny_model_dirs, pairs_file):
+    pytest.importorskip("accelerate")
+    import numpy as np
+
+    import actstore
+
+    folder = str(tiny_model_dirs["llama"])
+    plain = load_model(folder)
+    # What accelerate allows on a machine without GPUs: some blocks in memory, the rest offloaded to disk
+    # and brought in by its hooks when they run.
+    device_map = {"model.embed_tokens": "cpu", "model.rotary_emb": "cpu", "model.layers.0": "cpu",
+                  "model.layers.1": "disk", "model.layers.2": "disk", "model.layers.3": "disk",
+                  "model.norm": "disk", "lm_head": "disk"}
+    mapped = load_model(folder, device_map=device_map, offload_folder=str(tmp_path / "offload"))
+    assert any(p.device.type == "meta" for p in mapped.blocks[2].parameters())  # really offloaded
+    ran = []
+    handle = mapped.blocks[3].register_forward_pre_hook(lambda module, args: ran.append(1))
+    try:
+        for loaded, store in ((plain, tmp_path / "plain.zarr"), (mapped, tmp_path / "mapped.zarr")):
+            actstore.capture_to_store(loaded, pairs_file, store, "1,2", position="all", progress=False)
+    finally:
+        handle.remove()
+    assert ran == []  # block 3 never ran: early exit after block 2, wherever the blocks sit
+    np.testing.assert_allclose(actstore.open_store(tmp_path / "mapped.zarr").acts.values,
+                               actstore.open_store(tmp_path / "plain.zarr").acts.values, rtol=1e-5, atol=1e-6)
+
+
+def test_a_device_map_with_a_device_or_an_unknown_name_is_refused():
+    from actstore.models import ModelSpec
+
+    with pytest.raises(ModelError, match="device_map='everywhere'"):
+        ModelSpec("some/model", device_map="everywhere")
+    with pytest.raises(ModelError, match="leave --device out"):
+        ModelSpec("some/model", device="cuda:0", device_map="auto")
+
+
+def test_capture_device_map_auto_from_the_command_line(tmp_path, tiny_model_dirs, pairs_file):
+    pytest.importorskip("accelerate")
+    import numpy as np
+    from click.testing import CliRunner
+
+    import actstore
+    from actstore.cli.main import cli
+
+    model = str(tiny_model_dirs["gpt2"])
+    for store, extra in ((tmp_path / "auto.zarr", ["--device-map", "auto"]), (tmp_path / "plain.zarr", [])):
+        result = CliRunner().invoke(cli, ["capture", "-m", model, "-d", str(pairs_file), "-l", "1,2", "-s",
+                                          str(store), "-q", *extra])
+        assert result.exit_code == 0, result.output
+    np.testing.assert_array_equal(actstore.open_store(tmp_path / "auto.zarr").acts.values,
+                                  actstore.open_store(tmp_path / "plain.zarr").acts.values)
+    bad = CliRunner().invoke(cli, ["capture", "-m", model, "-d", str(pairs_file), "-s", str(tmp_path / "x.zarr"),
+                                   "--device-map", "auto", "--device", "cuda:1"])
+    assert bad.exit_code == 1 and "leave --device out" in bad.output and "Traceback" not in bad.output

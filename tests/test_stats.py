@@ -89,3 +89,23 @@ def test_statistics_open_the_store_once_to_read_and_once_more_to_cache(tmp_path,
     opens.clear()
     actstore.enr(store, 1, 4, whiten=True)
     assert opens == ["r"]
+
+
+@pytest.mark.parametrize("offset", [0.0, 1e6])
+def test_window_moments_equal_the_torch_reduction_on_offset_data(offset):
+    from actstore.moments import Moments
+    from actstore.stats import window_moments
+
+    rng = np.random.default_rng(3)
+    acts = (offset + rng.standard_normal((301, 3, 16))).astype(np.float32)
+    labels = rng.choice(["neg", "pos", "zz"], size=301)
+    base = Moments.empty((3, 16)).add(acts[:50], labels[:50])
+    fused = base.merge(window_moments(acts[50:], labels[50:]))
+    reference = base.add(acts[50:], labels[50:])
+    assert fused.classes == reference.classes
+    np.testing.assert_array_equal(fused.n, reference.n)
+    np.testing.assert_allclose(fused.mean, reference.mean, rtol=1e-12)
+    np.testing.assert_allclose(fused.m2, reference.m2, rtol=1e-9)
+    exact = acts[labels == "pos"].astype(np.float64)
+    index = fused.classes.index("pos")
+    np.testing.assert_allclose(fused.m2[index], ((exact - exact.mean(0)) ** 2).sum(0), rtol=1e-9)

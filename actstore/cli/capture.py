@@ -2,12 +2,31 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import click
 
 from ..capture import POSITIONS
-from ..models import DTYPES
+from ..models import DEVICE_MAPS, DTYPES
 from ..stores.schema import CODECS, STORE_DTYPES
 from .options import EscapedText, ShardType, quiet_option, scheduler_option, take_record
+
+
+class DataPath(click.Path):
+    """An existing file, or a folder that holds a dataset (Parquet files, or what save_to_disk wrote)."""
+
+    def __init__(self):
+        super().__init__(exists=True)
+
+    def convert(self, value, param, ctx):
+        from ..sources import is_dataset_folder
+
+        path = super().convert(value, param, ctx)
+        if Path(path).is_dir() and not is_dataset_folder(path):
+            self.fail(f"{str(path)!r} is a directory that holds no dataset: expected a contrast-set file "
+                      "(.json, .jsonl), a corpus (.txt), a .parquet file or folder of them, or a folder written "
+                      "by save_to_disk", param, ctx)
+        return path
 
 
 @click.command()
@@ -17,9 +36,13 @@ from .options import EscapedText, ShardType, quiet_option, scheduler_option, tak
 @click.option("--gguf-file", default=None, metavar="FILE",
               help="Name of a GGUF checkpoint inside --model to load (dequantised on load; slow).")
 @click.option("--revision", default=None, help="Hub revision (branch, tag or commit) of --model.")
-@click.option("--data", "-d", required=True, type=click.Path(exists=True, dir_okay=False),
+@click.option("--data", "-d", required=True, type=DataPath(),
               help="Contrast set: JSON list or JSONL of A/B items (question, answer_matching_behavior, "
-                   "answer_not_matching_behavior), pairs (positive, negative) or labeled texts (text, label).")
+                   "answer_not_matching_behavior), pairs (positive, negative) or labeled texts (text, label). "
+                   "Or, read window by window whatever its size: a Hugging Face dataset on disk (a folder "
+                   "written by save_to_disk, an .arrow file, a .parquet file or a folder of them; see "
+                   "--text-column, --label-column), or a plain-text corpus (.txt) for a one-class capture, cut "
+                   "into windows of --max-length tokens (default 512 for a corpus).")
 @click.option("--layers", "-l", default="all", show_default=True,
               help="Decoder blocks to capture (0-based): one ('6'), several ('2,6,10') or 'all'.")
 @click.option("--store", "-s", required=True, metavar="PATH.zarr",
@@ -40,12 +63,19 @@ from .options import EscapedText, ShardType, quiet_option, scheduler_option, tak
 @click.option("--dtype", type=click.Choice(list(DTYPES)), default="float32", show_default=True,
               help="dtype the model runs in.")
 @click.option("--store-dtype", type=click.Choice(STORE_DTYPES), default="float32", show_default=True,
-              help="dtype activations are stored in (float16 halves the store; overflow is refused).")
+              help="dtype activations are stored in: float16 halves the store but refuses values beyond "
+                   "+-65504 (gemma's massive coordinates exceed it); bfloat16 halves it with float32's range "
+                   "(8 significant bits, relative error <= 2^-8 = 0.4%; stored as uint16 bits, read back as float32 by "
+                   "open_store). Figures: benchmarks/RESULTS.md (bench_store_dtype.py).")
 @click.option("--codec", type=click.Choice(CODECS), default="lz4", show_default=True,
               help="Compression of a new group's activations: lz4 (Blosc LZ4 + shuffle, fast to decode), "
                    "zstd (smaller: 1.3x less than lz4 on A/B pairs with --position all, slower to read), "
                    "none (fastest to read; activations of distinct texts compress only 1.03-1.10x).")
 @click.option("--device", default="cpu", show_default=True, help="torch device: cpu, cuda, cuda:1, mps.")
+@click.option("--device-map", type=click.Choice(DEVICE_MAPS), default=None,
+              help="Spread a model larger than one device over all of them with accelerate ('auto': fill the "
+                   "GPUs in order, then the CPU); instead of --device. Early exit still stops after the deepest "
+                   "captured block, wherever it sits.")
 @click.option("--resume", is_flag=True,
               help="Continue an interrupted capture of the same file and settings where it stopped.")
 @click.option("--name", default=None,
@@ -60,7 +90,13 @@ from .options import EscapedText, ShardType, quiet_option, scheduler_option, tak
                    "answer as the assistant turn; other texts as one user turn).")
 @click.option("--max-length", type=click.IntRange(1), default=None,
               help="Longest text in tokens; longer texts keep their last tokens, with a warning "
-                   "(default: the model's context length).")
+                   "(default: the model's context length). A .txt corpus is cut into windows of this many "
+                   "tokens, special tokens included (default 512).")
+@click.option("--text-column", default=None, metavar="NAME",
+              help="With a dataset --data: the column of texts (default: 'text').")
+@click.option("--label-column", default=None, metavar="NAME",
+              help="With a dataset --data: the column of class labels (strings, integers or a ClassLabel, "
+                   "whose names are used); without it every text is of class 'text'.")
 @click.option("--no-early-exit", "stop_early", is_flag=True, flag_value=False, default=True,
               help="Run the whole model instead of stopping after the deepest captured block "
                    "(only useful to measure what early exit saves).")

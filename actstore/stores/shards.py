@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .moments import committed_moments
 from .reader import read_coord
 from .roots import child
 from .runs import RunRecord, shard_bounds, staging_leaf
@@ -57,11 +58,26 @@ def merge_into(writer: ActivationWriter, run: int) -> int:
             staged_runs = staging.attrs.get("runs", []) if staging is not None else []
             if not staged_runs or not staged_runs[0]["complete"]:
                 break
+            if writer.group.attrs.get("stats_only"):
+                # A stats-only shard holds moments, not rows: merged (Chan) and committed with the
+                # run's progress in one write; an interruption leaves the previous commit intact.
+                _merge_moments(writer, staging, hi, index + 1)
+                del shards[name]
+                continue
             _copy_rows(writer, staging)
         writer.commit(writer.n_samples, hi, -1, merged=index + 1)
         if staging is not None:
             del shards[name]
     return int(writer.run.merged)
+
+
+def _merge_moments(writer: ActivationWriter, staging, texts_done: int, merged: int) -> None:
+    staged = committed_moments(staging)
+    if staged is None:  # a shard without a text (more shards than texts)
+        writer.commit(writer.n_samples, texts_done, -1, merged=merged)
+        return
+    have = writer.read_moments()
+    writer.write_moments(staged if have is None else have.merge(staged), texts_done, merged=merged)
 
 
 def _copy_rows(writer: ActivationWriter, staging) -> None:

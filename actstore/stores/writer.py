@@ -28,6 +28,7 @@ from .schema import (
     SHARDS,
     STORE_DTYPES,
     CaptureSpec,
+    bfloat16_bits,
     check_appendable,
     commit_attrs,
     create_group,
@@ -210,6 +211,8 @@ class ActivationWriter:
             self.acts.resize((stop, *self.acts.shape[1:]))
             for array in self.coords.values():
                 array.resize((stop,))
+            if self.acts.dtype == np.uint16 and acts.dtype != np.uint16:  # a bfloat16 group (schema.py)
+                acts = bfloat16_bits(acts)
             self.acts[start:stop] = acts.astype(self.acts.dtype, copy=False)
             for name, array in self.coords.items():
                 array[start:stop] = coords[name]
@@ -219,7 +222,7 @@ class ActivationWriter:
         """See :func:`actstore.stores.moments.committed_moments`."""
         return committed_moments(self.group)
 
-    def write_moments(self, moments: Moments, texts_done: int) -> None:
+    def write_moments(self, moments: Moments, texts_done: int, **run_changes) -> None:
         """Commit a stats-only group's running moments (see :meth:`read_moments`).
 
         They go to the buffer not in use (one chunk: one atomic object), then
@@ -234,7 +237,7 @@ class ActivationWriter:
             array = moments_array(self.group, target, stacked.shape)
         array[...] = stacked
         self.commit(self.n_samples, texts_done, -1,
-                    {"moments_buffer": target, "moments_classes": list(moments.classes)})
+                    {"moments_buffer": target, "moments_classes": list(moments.classes)}, **run_changes)
 
     def commit(self, n_samples: int, texts_done: int, max_pair_id: int, extra: dict | None = None,
                **run_changes) -> None:
