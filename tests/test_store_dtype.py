@@ -102,3 +102,19 @@ def test_real_gemma_massive_coordinates_survive_bfloat16(tmp_path, shared_data):
     with pytest.raises(StoreError, match="float16 range"):
         actstore.capture_to_store(model, data, tmp_path / "h.zarr", "all", position="all", store_dtype="float16",
                                   progress=False)
+
+
+def test_a_missing_bfloat16_chunk_reads_as_nan_and_is_refused(tmp_path):
+    from actstore.errors import DamagedStoreError
+    from actstore.stores.integrity import verify_store
+
+    acts = np.random.default_rng(2).standard_normal((40, 2, 16)).astype(np.float32)
+    store = tmp_path / "b.zarr"
+    write_rows(store, "bfloat16", acts)
+    assert zarr.open_group(store, mode="r")["g"]["acts"].fill_value == 0x7FC0  # bfloat16 NaN bits
+    (store / "g" / "acts" / "c" / "0" / "1" / "0").unlink()
+    assert np.isnan(actstore.open_store(store).acts.values[:, 1]).all()  # not zeros that pass as data
+    with pytest.raises(DamagedStoreError, match="'g/acts' chunk c/0/1/0: missing"):
+        actstore.compute_stats(store, force=True)
+    (report,) = verify_store(store)
+    assert [(d.key, d.problem) for d in report.damaged] == [("c/0/1/0", "missing")]

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..errors import ActstoreError, DamagedStoreError, StoreError
-from .schema import ACTS, MOMENTS, SAMPLE_COORDS
+from .schema import ACTS, MOMENTS, SAMPLE_COORDS, physical_dtype
 
 # Arrays whose fill value is also a valid value (token_index is -1 for position 'mean'):
 # a chunk of them may be absent because zarr does not write chunks equal to the fill value.
@@ -210,7 +210,7 @@ def check_group(group, path) -> None:
         if acts.ndim != 3 or acts.shape[1:] != (len(attrs["layers"]), attrs["hidden_size"]):
             problems.append(f"array {ACTS!r} has shape {acts.shape}, but layers {attrs['layers']} and hidden_size "
                             f"{attrs['hidden_size']} say (n, {len(attrs['layers'])}, {attrs['hidden_size']})")
-        elif str(acts.dtype) != attrs["dtype"]:
+        elif str(acts.dtype) != physical_dtype(attrs["dtype"]):
             problems.append(f"array {ACTS!r} is {acts.dtype}, but dtype says {attrs['dtype']}")
         elif not attrs.get("stats_only") and acts.shape[0] < n:
             problems.append(f"n_samples is {n} but array {ACTS!r} has {acts.shape[0]} rows")
