@@ -103,25 +103,37 @@ def inflation_interval(nll_steered, nll_base, tokens, confidence: float = CONFID
 
 
 def ratio_interval(numerator_treated, denominator_treated, control, confidence: float = CONFIDENCE,
-                   n_resamples: int = N_RESAMPLES, seed: int = SEED) -> Interval:
+                   n_resamples: int = N_RESAMPLES, seed: int = SEED, weights=None) -> Interval:
     """``mean(a − c) / mean(b − c)`` over the same items, with a paired bootstrap interval.
 
     ``a``: scores under the numerator's steering (a sparse vector), ``b`` under
     the denominator's (the dense vector), ``c`` unsteered; all ``(n,)`` on the
     same items. Only meaningful where the denominator's shift is clearly non-zero:
-    callers check that first (see :func:`paired_mean_interval`).
+    callers check that first (see :func:`paired_mean_interval`). ``weights``
+    (``(n,)``, e.g. :func:`stratum_weights`) make both means weighted; an item
+    keeps its weight when resampled.
     """
     a, b, c = (np.asarray(x, dtype=np.float64) for x in (numerator_treated, denominator_treated, control))
+    w = np.ones_like(a) if weights is None else np.asarray(weights, dtype=np.float64)
 
-    def statistic(a, b, c, axis=-1):
-        return (a - c).mean(axis) / (b - c).mean(axis)
+    def statistic(a, b, c, w, axis=-1):
+        return (w * (a - c)).sum(axis) / (w * (b - c)).sum(axis)
 
     with np.errstate(all="ignore"):
-        estimate = float(statistic(a, b, c))
+        estimate = float(statistic(a, b, c, w))
     if a.size < 2:
         return Interval(estimate, math.nan, math.nan, confidence)
-    low, high = _bootstrap((a, b, c), statistic, confidence, n_resamples, seed)
+    low, high = _bootstrap((a, b, c, w), statistic, confidence, n_resamples, seed)
     return Interval(estimate, low, high, confidence)
+
+
+def stratum_weights(strata) -> np.ndarray:
+    """Per-item weights that give every stratum the same total (strata of one item get 0,
+    as :func:`stratified_mean_interval` leaves them out)."""
+    strata = np.asarray([str(s) for s in strata])
+    labels, inverse, counts = np.unique(strata, return_inverse=True, return_counts=True)
+    size = counts[inverse].astype(np.float64)
+    return np.where(size >= 2, 1.0 / size, 0.0)
 
 
 def _auroc(pos, neg, axis=-1):
@@ -163,3 +175,37 @@ def separation_intervals(pos, neg, paired: bool, confidence: float = CONFIDENCE,
         out.append(Interval(estimate, float(result.confidence_interval.low), float(result.confidence_interval.high),
                             confidence))
     return out[0], out[1]
+
+
+def stratified_mean_interval(treated, control, strata, confidence: float = CONFIDENCE
+                             ) -> tuple[Interval, dict[str, Interval]]:
+    """Mean of ``treated − control`` with every stratum weighted equally, and each stratum's own.
+
+    For A/B items the strata are the behavior-matching letters: a vector that only
+    pushes one letter raises the score of the items whose matching letter it is and
+    lowers the others', so the plain mean shift follows how the letters happen to be
+    split; the balanced one does not. Estimate: the mean of the strata's mean
+    differences; interval: t with the Welch-Satterthwaite degrees of freedom. Strata
+    of fewer than two items have no spread and are left out (their own interval is
+    NaN).
+    """
+    from scipy import stats
+
+    diffs = np.asarray(treated, dtype=np.float64) - np.asarray(control, dtype=np.float64)
+    strata = np.asarray([str(s) for s in strata])
+    per = {str(s): paired_mean_interval(diffs[strata == s], np.zeros(int((strata == s).sum())), confidence)
+           for s in sorted(set(strata.tolist()))}
+    used = [s for s in per if int((strata == s).sum()) >= 2]
+    if not used:
+        return NAN_INTERVAL, per
+    g = len(used)
+    means = np.array([diffs[strata == s].mean() for s in used])
+    parts = np.array([diffs[strata == s].var(ddof=1) / (strata == s).sum() / g**2 for s in used])
+    counts = np.array([(strata == s).sum() for s in used], dtype=np.float64)
+    estimate = float(means.mean())
+    se = math.sqrt(float(parts.sum()))
+    if se == 0:
+        return Interval(estimate, estimate, estimate, confidence), per
+    df = float(parts.sum() ** 2 / np.sum(parts**2 / (counts - 1)))
+    t = float(stats.t.ppf(0.5 + confidence / 2, df=df))
+    return Interval(estimate, estimate - t * se, estimate + t * se, confidence), per

@@ -91,8 +91,8 @@ class Ledger:
         return frame[[key in self.done or (key == "baseline" and self.baseline is not None) for key in keys]]
 
     def _drop_unfinished(self, results) -> None:
-        if results is not None:
-            _replace_csv(results, self.results_csv)
+        if results is not None:  # columns added since the folder was written are empty in its old rows
+            _replace_csv(results.reindex(columns=list(self.columns)), self.results_csv)
         for path in (self.items_csv, self.windows_csv):
             frame = _read_csv(path)
             if frame is not None:

@@ -63,6 +63,7 @@ class _FixedBatches:
     """A protocol whose items are scored from fixed batches (replayable)."""
 
     metrics = ("score",)
+    strata: list[str] | None = None  # per item, groups whose shifts should weigh equally (A/B: the letter)
 
     def __init__(self, scoring, item_ids: list[str]):
         self._scoring = scoring
@@ -82,6 +83,7 @@ class ABLetters(_FixedBatches):
 
     def __init__(self, tokenizer, items: Sequence[ABItem], batch_size: int = 8):
         super().__init__(ABScoring(tokenizer, items, batch_size), [item.where for item in items])
+        self.strata = [item.matching.strip().strip("()") for item in items]  # the behavior-matching letter
 
 
 class FreeTextPreference(_FixedBatches):

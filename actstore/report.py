@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .intervals import ratio_interval
+from .intervals import ratio_interval, stratum_weights
 
 DEFAULT_MATCH_FRACTIONS = (0.5, 0.9)
 X_LIMIT = 100.0  # frontier plots show inflation up to this
@@ -52,10 +52,30 @@ def _baseline_scores(items) -> np.ndarray:
     return items[items["method"] == "none"]["score"].to_numpy(dtype=np.float64)
 
 
-def frontier(results, budgets, items=None):
+def shift_view(results):
+    """``results`` as the frontier reads them: for A/B items (results with the
+    letter-balanced columns filled), the shift, its interval and ``detectable`` are the
+    letter-balanced ones (:func:`actstore.intervals.stratified_mean_interval`), since a
+    vector that prefers one answer letter moves the plain mean by how the letters are
+    split; otherwise ``results`` unchanged. ``view.attrs["measure"]`` says which."""
+    if len(results) and "balanced_shift" in results and results["balanced_shift"].notna().all():
+        view = results.copy()
+        view["on_target_shift"] = results["balanced_shift"]
+        view["on_target_ci_low"] = results["balanced_ci_low"]
+        view["on_target_ci_high"] = results["balanced_ci_high"]
+        view["detectable"] = results["balanced_detectable"].astype(bool)
+        view.attrs["measure"] = "letter-balanced"
+        return view
+    results.attrs["measure"] = "plain"
+    return results
+
+
+def frontier(results, budgets, items=None, weights=None):
     """frontier.csv as a DataFrame (columns :data:`FRONTIER_COLUMNS`); a budget no
     configuration of a vector meets gives a row of NaN (not reachable).
 
+    ``weights``: per-item weights of the shifts (:func:`actstore.intervals.stratum_weights`
+    for the letter-balanced view, :func:`shift_view`).
     ``items``: items.csv (for the fraction's interval); without it the fraction
     columns stay NaN.
     """
@@ -86,7 +106,7 @@ def frontier(results, budgets, items=None):
         sparse_scores = _item_scores(items, row)
         dense_scores = _item_scores(items, {"layer": row["layer"], "method": ref.name[-1], "k": "dense",
                                             "alpha": ref["alpha"]})
-        interval = ratio_interval(sparse_scores, dense_scores, base)
+        interval = ratio_interval(sparse_scores, dense_scores, base, weights=weights)
         table.loc[index, ["fraction_of_dense", "fraction_ci_low", "fraction_ci_high"]] = (
             interval.estimate, interval.low, interval.high)
     return table
@@ -207,6 +227,31 @@ def plot_frontier(results, behavior: str, budgets, path: Path) -> Path:
     return path
 
 
+def _letter_lines(results) -> list[str]:
+    """For A/B items: the shift with every behavior-matching letter weighted equally, beside the plain one."""
+    if "balanced_shift" not in results or not results["balanced_shift"].notna().any():
+        return []
+    plain = results["detectable"].astype(bool)
+    balanced = results["balanced_detectable"].fillna(False).astype(bool)
+    lines = ["## Answer letters: the shift with each matching letter weighted equally", "",
+             "A vector that pushes one answer letter, whatever the question, raises the score of the items whose "
+             "matching letter it is and lowers the others'; the plain mean shift then follows how the test "
+             "items' letters happen to be split. The balanced shift (mean over letters of each letter's mean "
+             "shift, Welch t interval; results.csv columns balanced_*) does not, and the frontier, the matched "
+             "effect and the counts above use it.", "",
+             f"{int(plain.sum())} of {len(results)} configurations have a detectable plain shift; "
+             f"{int(balanced.sum())} a detectable balanced shift; {int((plain & ~balanced).sum())} are detectable "
+             "only in the plain one."]
+    suspect = results[plain & ~balanced]
+    if len(suspect):
+        lines += ["", "**Read those with care: their plain shift may be a letter preference, not the behavior.** "
+                  "For example:"]
+        for row in suspect.sort_values("on_target_shift", ascending=False).head(5).to_dict("records"):
+            lines.append(f"- layer {row['layer']} {row['method']} k={row['k']} alpha {row['alpha']:.4g}: plain "
+                         f"{_ci(row, 'on_target')}, balanced {_ci(row, 'balanced')}")
+    return lines + [""]
+
+
 def _detectable_lines(results) -> list[str]:
     lines = []
     detectable = results[results["detectable"].astype(bool)]
@@ -260,11 +305,20 @@ def write_report(results, ledger, budgets, match_fractions=DEFAULT_MATCH_FRACTIO
     if not len(results):
         return out_dir
     items = ledger.items()
-    table = frontier(results, budgets, items)
+    baseline = ledger.baseline
+    plain = results
+    results = shift_view(plain)
+    balanced = results.attrs["measure"] == "letter-balanced"
+    weights = stratum_weights(baseline["strata"]) if balanced and "strata" in baseline else None
+    if balanced and weights is None:  # a folder from before the letters were recorded
+        results = plain.copy()
+        results.attrs["measure"] = "plain"
+        balanced = False
+    table = frontier(results, budgets, items, weights)
+    table.insert(len(table.columns), "measure", results.attrs["measure"])
     table.to_csv(out_dir / "frontier.csv", index=False)
     mirror = matched_effect(results, match_fractions)
     mirror.to_csv(out_dir / "matched_effect.csv", index=False)
-    baseline = ledger.baseline
     lines = ["# Steering sweep", "",
              f"Protocol {baseline['settings']['protocol']!r} on {baseline['settings']['items']} held-out items; "
              f"perplexity on {baseline['settings']['ppl_tokens']} tokens; alpha is "
@@ -274,8 +328,11 @@ def write_report(results, ledger, budgets, match_fractions=DEFAULT_MATCH_FRACTIO
                 if "positions" in baseline["settings"] else "")
              + f". Unsteered: on-target {baseline['on_target']:.4g}, "
              f"perplexity {baseline['ppl']:.4g}. Every interval is 95%: shifts are paired over items (t), "
-             f"inflation paired over {baseline['settings'].get('ppl_window', 256)}-token windows (bootstrap).", ""]
+             f"inflation paired over {baseline['settings'].get('ppl_window', 256)}-token windows (bootstrap)."
+             + (" The shifts below are **letter-balanced** (every behavior-matching answer letter weighs the same; "
+                "see 'Answer letters')." if balanced else ""), ""]
     lines += ["## Which configurations move the behavior", ""] + _detectable_lines(results) + [""]
+    lines += _letter_lines(plain)
     lines += ["## Frontier: the largest shift within each perplexity budget", "",
               "The best of several alphas is biased upward (the winner of several noisy measurements); each "
               "interval is that of the chosen configuration. The fraction of the dense shift kept at the same "

@@ -40,7 +40,7 @@ import numpy as np
 
 from .errors import ActstoreError
 from .evaluate import ABItem, PerplexityWindows
-from .intervals import inflation_interval, paired_mean_interval
+from .intervals import inflation_interval, paired_mean_interval, stratified_mean_interval
 from .ledger import Ledger
 from .methods import METHODS, LayerMethods
 from .models import LoadedModel
@@ -58,7 +58,8 @@ COLUMNS = (["behavior", "model", "protocol", "layer", "method", "k", "alpha", "a
             "norm_fraction", "vector_norm", "residual_norm", "on_target", "on_target_base", "on_target_shift",
             "on_target_ci_low", "on_target_ci_high", "detectable", "ppl", "ppl_base", "ppl_inflation",
             "ppl_inflation_ci_low", "ppl_inflation_ci_high", "n_items", "ppl_tokens", "seconds"]
-           + [f"{m}_{s}" for m in DEGENERATION for s in ("shift", "ci_low", "ci_high")])
+           + [f"{m}_{s}" for m in DEGENERATION for s in ("shift", "ci_low", "ci_high")]
+           + ["balanced_shift", "balanced_ci_low", "balanced_ci_high", "balanced_detectable"])
 
 
 def parse_ks(spec: str | Sequence) -> list[int | None]:
@@ -216,8 +217,9 @@ def _scale_for(alpha: float, alpha_mode: str, vector_norm: float, layer_norm: fl
     return added_norm / vector_norm if vector_norm > 0 else 0.0
 
 
-def _effects(steered: Measurement, base: Measurement) -> dict:
-    """The results.csv columns of one configuration against the unsteered baseline."""
+def _effects(steered: Measurement, base: Measurement, strata: Sequence[str] | None = None) -> dict:
+    """The results.csv columns of one configuration against the unsteered baseline (with
+    ``strata``, also the shift with each stratum weighted equally: A/B items by their letter)."""
     shift = paired_mean_interval(steered.measures["score"], base.measures["score"])
     inflation = inflation_interval(steered.nll, base.nll, steered.tokens)
     row = {"on_target": steered.on_target, "on_target_base": base.on_target, "on_target_shift": shift.estimate,
@@ -227,6 +229,10 @@ def _effects(steered: Measurement, base: Measurement) -> dict:
     for metric in DEGENERATION:
         if metric in steered.measures:
             row.update(_paired_columns(metric, steered.measures[metric], base.measures[metric]))
+    if strata is not None:
+        balanced, _ = stratified_mean_interval(steered.measures["score"], base.measures["score"], strata)
+        row.update({"balanced_shift": balanced.estimate, "balanced_ci_low": balanced.low,
+                    "balanced_ci_high": balanced.high, "balanced_detectable": balanced.excludes(0.0)})
     return row
 
 
@@ -343,7 +349,9 @@ def run_sweep(
     if ledger.baseline is None:
         forward = plain_forward(loaded.model)
         base = _measure(loaded, on_target, windows, forward, forward)
+        strata = getattr(on_target, "strata", None)
         ledger.record_baseline(on_target.item_ids, base.measures, base.nll, base.tokens, base.texts,
+                               **({"strata": list(strata)} if strata is not None else {}),
                                on_target=base.on_target, ppl=base.ppl)
     base = Measurement(*ledger.baseline_measures())
 
@@ -373,7 +381,8 @@ def run_sweep(
                            "layer": layer, "method": method, "k": _k_label(k), "alpha": float(alpha),
                            "alpha_mode": alpha_mode, "scale": scale, "added_norm": abs(scale) * norm,
                            "norm_fraction": abs(scale) * norm / layer_norm, "vector_norm": norm,
-                           "residual_norm": layer_norm, **_effects(steered, base),
+                           "residual_norm": layer_norm,
+                           **_effects(steered, base, getattr(on_target, "strata", None)),
                            "n_items": len(on_target.item_ids), "ppl_tokens": len(ppl_ids),
                            "seconds": time.perf_counter() - started}
                     ledger.record(row, on_target.item_ids, steered.measures, steered.nll, steered.tokens,

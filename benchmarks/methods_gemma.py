@@ -102,17 +102,46 @@ def main() -> None:
             print(table[["vector", "auroc", "auroc_ci_low", "auroc_ci_high", "cohens_d"]].to_string(), flush=True)
     all_rows = pd.concat(tables, ignore_index=True)
     all_rows.to_csv(out / "separation.csv", index=False)
-    write_markdown(all_rows, out / "SEPARATION.md", log, args)
+    baselines = {b: letter_baseline(work / f"{b}-train.json", SHARED_DATA / "caa-pairs" / b / "test.json")
+                 for b in args.behaviors.split(",")}
+    write_markdown(all_rows, out / "SEPARATION.md", log, args, baselines)
 
 
-def write_markdown(rows, path: Path, log: list[str], args) -> None:
+def _letter(text: str) -> str:
+    """The answer letter an A/B text ends in, '(X)' -> 'X'."""
+    tail = text.rstrip()
+    return tail[-2] if tail.endswith(")") and len(tail) >= 3 and tail[-3] == "(" else ""
+
+
+def letter_baseline(train: Path, test: Path):
+    """AUROC and d of a score that knows only the answer letter: 1 when a test text ends in the
+    letter most training pos texts end in. A vector that reads the letter, not the behavior,
+    separates held-out pairs about this well."""
+    from collections import Counter
+
+    from actstore.intervals import separation_intervals
+
+    train_pos = Counter(_letter(p["positive"]) for p in json.loads(train.read_text()))
+    letter = train_pos.most_common(1)[0][0]
+    pairs = json.loads(test.read_text())
+    pos = [float(_letter(p["positive"]) == letter) for p in pairs]
+    neg = [float(_letter(p["negative"]) == letter) for p in pairs]
+    auroc, d = separation_intervals(pos, neg, paired=True)
+    return letter, dict(train_pos), auroc, d
+
+
+def write_markdown(rows, path: Path, log: list[str], args, baselines: dict) -> None:
     lines = ["# Every method on held-out pairs: AUROC and Cohen's d (gemma-3-270m)", "",
              f"Machine: {machine()}. Code: {git_rev()}.", "",
              f"`python benchmarks/methods_gemma.py --behaviors {args.behaviors} --layers {args.layers} "
              f"--train-pairs {args.train_pairs}`", "",
              "Vectors are built from the first train pairs; separation is measured on the whole test split "
              "(never seen by any method), projections h.v/|v| at the vector's layer. Intervals: 95% percentile "
-             "bootstrap over test pairs (2000 resamples, seed 0). AUROC 0.5 is chance.", ""]
+             "bootstrap over test pairs (2000 resamples, seed 0). AUROC 0.5 is chance. **Confound**: the answer "
+             "letters are not balanced (more training pos texts end in one letter; the test split has its own mix), "
+             "so a vector that reads the letter token rather than the behavior separates held-out pairs as well as "
+             "the *letter only* row of each table; only a vector clearly above that row reads more than the letter.",
+             ""]
     for (behavior, layer), group in rows.groupby(["behavior", "layer"], sort=False):
         n = f"{int(group['n_pos'].iloc[0])} pairs"
         lines += [f"## {behavior}, layer {layer} ({n})", "", "| vector | AUROC [95% CI] | Cohen's d [95% CI] |",
@@ -121,6 +150,10 @@ def write_markdown(rows, path: Path, log: list[str], args) -> None:
             lines.append(f"| {row['vector']} | {row['auroc']:.3f} [{row['auroc_ci_low']:.3f}, "
                          f"{row['auroc_ci_high']:.3f}] | {row['cohens_d']:.2f} [{row['d_ci_low']:.2f}, "
                          f"{row['d_ci_high']:.2f}] |")
+        letter, counts, auroc, d = baselines[behavior]
+        lines += [f"| *letter only* (1 if the text ends in ({letter}); train pos letters {counts}) | "
+                  f"{auroc.estimate:.3f} [{auroc.low:.3f}, {auroc.high:.3f}] | {d.estimate:.2f} [{d.low:.2f}, "
+                  f"{d.high:.2f}] |"]
         lines += ["", f"Histograms: `{behavior}-layer{layer}/projections.png`.", ""]
     lines += ["## Commands", "", "```", *log, "```", ""]
     path.write_text("\n".join(lines))

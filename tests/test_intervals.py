@@ -91,3 +91,40 @@ def test_interval_excludes_and_formats():
     assert not Interval(0.1, -0.02, 0.2).excludes(0.0)
     assert Interval(-0.1, -0.2, -0.01).excludes(0.0)
     assert f"{Interval(0.1234, 0.05, 0.2):.2f}" == "0.12 [0.05, 0.20]"
+
+
+def test_stratified_shift_weighs_each_letter_equally():
+    from scipy import stats
+
+    from actstore.intervals import stratified_mean_interval
+
+    rng = np.random.default_rng(4)
+    # A vector that only pushes letter A: +0.1 on the 30 A items, -0.1 on the 10 B items.
+    strata = np.array(["A"] * 30 + ["B"] * 10 + ["C"])
+    base = rng.uniform(0.2, 0.8, 41)
+    treated = base + np.where(strata == "A", 0.1, -0.1) + rng.normal(0, 0.01, 41)
+    plain = paired_mean_interval(treated, base)
+    balanced, per = stratified_mean_interval(treated, base, strata)
+    assert plain.excludes(0) and plain.estimate > 0.04  # the letter split makes a "shift"
+    assert not balanced.excludes(0) and abs(balanced.estimate) < 0.01
+    d = treated - base
+    a, b = d[strata == "A"], d[strata == "B"]
+    assert balanced.estimate == pytest.approx((a.mean() + b.mean()) / 2)  # C (one item) left out
+    va, vb = a.var(ddof=1) / 30 / 4, b.var(ddof=1) / 10 / 4
+    df = (va + vb) ** 2 / (va**2 / 29 + vb**2 / 9)
+    half = stats.t.ppf(0.975, df) * math.sqrt(va + vb)
+    assert balanced.high - balanced.estimate == pytest.approx(half)
+    assert per["A"].estimate == pytest.approx(a.mean()) and math.isnan(per["C"].low)
+
+
+def test_weighted_ratio_gives_each_stratum_the_same_weight():
+    from actstore.intervals import stratum_weights
+
+    strata = ["A"] * 6 + ["B"] * 2 + ["C"]
+    w = stratum_weights(strata)
+    np.testing.assert_allclose(w, [1 / 6] * 6 + [1 / 2] * 2 + [0.0])
+    c = np.zeros(9)
+    b = np.array([1.0] * 6 + [3.0] * 2 + [100.0])  # dense: balanced mean (1 + 3) / 2 = 2
+    a = np.array([0.5] * 6 + [1.5] * 2 + [-100.0])  # sparse: balanced mean 1 -> half of dense
+    assert ratio_interval(a, b, c, weights=w).estimate == pytest.approx(0.5)
+    assert ratio_interval(a, b, c).estimate != pytest.approx(0.5)

@@ -360,6 +360,26 @@ def test_every_sparse_and_dense_vector_is_measured_against_the_mean_difference()
     assert pca_only.loc[("pca", "4"), "fraction_of_dense"] == pytest.approx(0.5, abs=0.1)  # its own dense
 
 
+def test_ab_sweeps_report_the_letter_balanced_shift(tmp_path, llama, store, ppl_ids):
+    from actstore.intervals import stratified_mean_interval
+
+    results = _sweep(llama, store, tmp_path / "b", ppl_ids, layers=[2], ks=[4], alphas=[8.0])
+    items = pd.read_csv(tmp_path / "b" / "items.csv", dtype={"k": str})
+    base = items[items["method"] == "none"].set_index("item")["score"]
+    steered = items[items["method"] == "enr"].set_index("item")["score"].loc[base.index]
+    letters = [item.matching for item in ITEMS]
+    want, _ = stratified_mean_interval(steered.to_numpy(), base.to_numpy(), letters)
+    row = results.iloc[0]
+    assert row["balanced_shift"] == pytest.approx(want.estimate)
+    assert row["balanced_ci_low"] == pytest.approx(want.low) and bool(row["balanced_detectable"]) == want.excludes(0)
+    assert "each matching letter weighted equally" in (tmp_path / "b" / "results.md").read_text()
+    table = pd.read_csv(tmp_path / "b" / "frontier.csv", dtype={"k": str})
+    assert set(table["measure"]) == {"letter-balanced"}
+    reached = table.dropna(subset=["alpha"])
+    assert len(reached) and reached["on_target_shift"].tolist() == pytest.approx([row["balanced_shift"]] * len(reached))
+    assert json.loads((tmp_path / "b" / "baseline.json").read_text())["strata"] == letters
+
+
 def test_sweep_measures_each_vectors_held_out_separation_once(tmp_path, llama, store, ppl_ids, pairs_file):
     from actstore.methods import build_vector
     from actstore.monitor import project, separation

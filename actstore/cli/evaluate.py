@@ -146,6 +146,10 @@ def evaluate(model, store, model_group, data_test, prompts, scorer, max_new_toke
         ppl_window=ppl_window, positions=positions, batch_size=batch_size, scheduler=scheduler,
         replay=not no_replay, force=force, heldout=heldout, progress=not quiet,
     )
-    click.echo(f"{len(results)} configurations in {out}/results.csv ({int(results['detectable'].sum())} with an "
+    from ..report import shift_view
+
+    shown = shift_view(results)
+    measure = " letter-balanced" if shown.attrs["measure"] == "letter-balanced" else ""
+    click.echo(f"{len(results)} configurations in {out}/results.csv ({int(shown['detectable'].sum())} with a{measure} "
                f"on-target shift distinguishable from zero); report: {out}/results.md, frontier: "
                f"{out}/frontier.csv, plot: {out}/frontier_{name}.png")
