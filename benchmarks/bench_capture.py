@@ -21,6 +21,7 @@ for ``all``), alternating within each repeat; ratios on process CPU time
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import statistics
 import sys
@@ -160,9 +161,9 @@ def all_tokens(args) -> None:
         "Capture at dataset scale (bench_capture.py --all-tokens)",
         f"`python benchmarks/bench_capture.py --all-tokens --texts {args.texts} --batch-size {args.batch_size} "
         f"--repeats {args.repeats}{' --with-last' if args.with_last else ''}` at {git_rev()}\n\n"
-        f"Machine: {machine()}. No GPU was lent to this run (no GPU column). The machine was shared with two "
-        "other engineers' builds and tests while this ran: the runs alternate within each repeat so that load "
-        "falls on all of them (the spread of the runs is in the table).\n\n"
+        f"Machine: {machine()}; 1-minute load average {os.getloadavg()[0]:.2f} when the section was written. "
+        "No GPU was lent to this run (no GPU column). The runs alternate within each repeat so that any other "
+        "load falls on all of them (the spread of the runs is in the table).\n\n"
         f"google/gemma-3-270m (float32, CPU), first {args.texts} texts of caa-pairs/refusal/train.json "
         f"({n_tokens} tokens), `--layers all` (18 blocks), into a fresh store, windows of 64 texts; "
         f"`--position all` writes {written.get('all', 0) / 1e9:.3f} GB of float32 per run. "

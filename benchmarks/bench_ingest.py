@@ -155,7 +155,7 @@ def main() -> None:
         "Ingest path (bench_ingest.py)",
         f"`python benchmarks/bench_ingest.py --gb {args.gb} --window-rows {args.window_rows} --layers {args.layers} "
         f"--hidden {args.hidden} --repeats {args.repeats}` at {git_rev()}\n\n"
-        f"Machine: {machine()} (shared with two other engineers' work while it ran: figures are noisy)\n\n"
+        f"Machine: {machine()}; 1-minute load average {os.getloadavg()[0]:.2f} when the section was written\n\n"
         f"{gb:.2f} GB of synthetic activation-like float32 per run, {windows} windows of {args.window_rows} rows x "
         f"{args.layers} layers x {args.hidden}, Blosc LZ4 + shuffle, chunks of {2048 if args.hidden == 640 else '?'} "
         "rows of one layer. raw: the codec's write of the same data into an array of its final size in whole "
