@@ -157,7 +157,9 @@ def _fmt(value, spec=".3g") -> str:
 
 
 def _ci(row, prefix: str, spec=".3g") -> str:
-    return (f"{_fmt(row[prefix if prefix in row else prefix + '_shift'], spec)} "
+    """``estimate [low, high]`` of ``prefix``: its ``_shift`` column where there is one
+    (``on_target`` is the steered score itself, ``on_target_shift`` the effect), else ``prefix``."""
+    return (f"{_fmt(row[prefix + '_shift' if prefix + '_shift' in row else prefix], spec)} "
             f"[{_fmt(row[prefix + '_ci_low'], spec)}, {_fmt(row[prefix + '_ci_high'], spec)}]")
 
 

@@ -372,7 +372,10 @@ def test_ab_sweeps_report_the_letter_balanced_shift(tmp_path, llama, store, ppl_
     row = results.iloc[0]
     assert row["balanced_shift"] == pytest.approx(want.estimate)
     assert row["balanced_ci_low"] == pytest.approx(want.low) and bool(row["balanced_detectable"]) == want.excludes(0)
-    assert "each matching letter weighted equally" in (tmp_path / "b" / "results.md").read_text()
+    report = (tmp_path / "b" / "results.md").read_text()
+    assert "each matching letter weighted equally" in report
+    if row["balanced_detectable"]:  # the lines name the shift, not the steered score
+        assert f"shift {row['balanced_shift']:.3g} [" in report
     table = pd.read_csv(tmp_path / "b" / "frontier.csv", dtype={"k": str})
     assert set(table["measure"]) == {"letter-balanced"}
     reached = table.dropna(subset=["alpha"])
@@ -482,3 +485,13 @@ def test_a_reader_leaves_a_running_sweep_alone(tmp_path, llama, store, ppl_ids):
     assert (out / "items.csv").read_text() == before  # nothing rewritten under the writer
     assert len(reader.items()) == len(items)  # the in-flight rows are not read as results
     assert len(reader.results()) == 2
+
+
+def test_the_report_names_the_shift_not_the_steered_score():
+    from actstore.report import _detectable_lines
+
+    row = {"behavior": "b", "layer": 1, "method": "enr", "k": "4", "alpha": 1.0, "on_target": 0.676,
+           "on_target_shift": 0.052, "on_target_ci_low": 0.009, "on_target_ci_high": 0.095, "detectable": True,
+           "ppl_inflation": 1.1, "ppl_inflation_ci_low": 1.0, "ppl_inflation_ci_high": 1.2}
+    (line,) = [x for x in _detectable_lines(pd.DataFrame([row])) if x.startswith("- ")]
+    assert "shift 0.052 [0.009, 0.095]" in line and "0.676" not in line and "inflation 1.1 [1, 1.2]" in line
