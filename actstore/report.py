@@ -219,7 +219,8 @@ def plot_frontier(results, behavior: str, budgets, path: Path) -> Path:
         ax.grid(True, alpha=0.3)
     for ax in axes[len(layers):]:
         ax.set_visible(False)
-    axes[0].set_ylabel("on-target shift (95% CI band)", fontsize=8)
+    balanced = results.attrs.get("measure") == "letter-balanced"
+    axes[0].set_ylabel(f"on-target shift{', letter-balanced' if balanced else ''} (95% CI band)", fontsize=8)
     handles, labels = axes[0].get_legend_handles_labels()
     fig.legend(handles, labels, loc="outside lower center", ncol=min(len(labels), 4), fontsize=8, frameon=False)
     fig.suptitle(f"{behavior}: on-target shift against off-target damage\n(dotted: perplexity budgets "
