@@ -84,6 +84,16 @@ class CaptureOptions:
         """The position as a store records it: ``last``, ``last-1``, ``mean``, ``all``."""
         return f"last-{self.offset}" if self.offset else self.position
 
+    @classmethod
+    def at_position(cls, name: str, **values) -> CaptureOptions:
+        """Options that read where a store's recorded :attr:`position_name` says (its
+        inverse: ``last-1`` -> position last, offset 1; ``last`` -> offset 0)."""
+        position, _, offset = str(name).partition("-")
+        if position not in POSITIONS or (offset and (position != "last" or not offset.isdigit())):
+            raise InputFormatError(f"position {name!r} is not one a store records (last, last-N, mean, all)")
+        return cls(position=position, offset=int(offset) if offset else (0 if position == "last" else None),
+                   **values)
+
     def replace(self, **changes) -> CaptureOptions:
         return replace(self, **changes)
 

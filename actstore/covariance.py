@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import StatsError
+from .errors import StatsError, VectorError
 from .stats import group_statistics, scheduler_context
 from .stores.integrity import damage_located, refuse_non_finite
 from .stores.reader import group_dataset
@@ -48,6 +48,19 @@ class LayerCovariance:
         scatter = self.comoment[index].sum(axis=0)
         pooled = scatter / (n - len(index))
         return pooled, ledoit_wolf_shrinkage(scatter / n, float(self.fourth[index].sum()), n)
+
+    def shrunk(self, labels: list[str]) -> tuple[np.ndarray, np.ndarray, float]:
+        """``(sigma, pooled, shrinkage)``: :meth:`pooled` shrunk towards ``mu * I``
+        (mu its mean eigenvalue) by its Ledoit-Wolf intensity."""
+        pooled, shrinkage = self.pooled(labels)
+        mu = np.trace(pooled) / pooled.shape[0]
+        return (1 - shrinkage) * pooled + shrinkage * mu * np.eye(pooled.shape[0]), pooled, shrinkage
+
+    def mean_difference(self, pos: str, neg: str) -> np.ndarray:
+        """``mean[pos] - mean[neg]`` (refused when either class is not in the covariance)."""
+        if pos not in self.classes or neg not in self.classes:
+            raise VectorError(f"classes {pos!r}/{neg!r} not in the covariance ({self.classes})")
+        return self.means[self.classes.index(pos)] - self.means[self.classes.index(neg)]
 
 
 def ledoit_wolf_shrinkage(biased_cov: np.ndarray, sum_fourth: float, n: float) -> float:

@@ -193,16 +193,15 @@ def stratified_mean_interval(treated, control, strata, confidence: float = CONFI
 
     diffs = np.asarray(treated, dtype=np.float64) - np.asarray(control, dtype=np.float64)
     strata = np.asarray([str(s) for s in strata])
-    per = {str(s): paired_mean_interval(diffs[strata == s], np.zeros(int((strata == s).sum())), confidence)
-           for s in sorted(set(strata.tolist()))}
-    used = [s for s in per if int((strata == s).sum()) >= 2]
+    groups = {str(s): diffs[strata == s] for s in sorted(set(strata.tolist()))}
+    per = {s: paired_mean_interval(d, np.zeros_like(d), confidence) for s, d in groups.items()}
+    used = [d for d in groups.values() if d.size >= 2]
     if not used:
         return NAN_INTERVAL, per
     g = len(used)
-    means = np.array([diffs[strata == s].mean() for s in used])
-    parts = np.array([diffs[strata == s].var(ddof=1) / (strata == s).sum() / g**2 for s in used])
-    counts = np.array([(strata == s).sum() for s in used], dtype=np.float64)
-    estimate = float(means.mean())
+    parts = np.array([d.var(ddof=1) / d.size / g**2 for d in used])  # each stratum's share of the variance
+    counts = np.array([d.size for d in used], dtype=np.float64)
+    estimate = float(np.mean([d.mean() for d in used]))
     se = math.sqrt(float(parts.sum()))
     if se == 0:
         return Interval(estimate, estimate, estimate, confidence), per

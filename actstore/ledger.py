@@ -66,6 +66,7 @@ class Ledger:
         self.generations = self.out_dir / "generations.jsonl"
         self.baseline_file = self.out_dir / "baseline.json"
         self.separation_csv = self.out_dir / "separation.csv"
+        self._separated: set[tuple[int, str, str]] | None = None
         baseline = json.loads(self.baseline_file.read_text()) if self.baseline_file.exists() else None
         results = _read_csv(self.results_csv)
         if results is not None:
@@ -193,10 +194,14 @@ class Ledger:
         """separation.csv (held-out AUROC and Cohen's d per vector), or None."""
         return _read_csv(self.separation_csv)
 
-    def separation_done(self) -> set[tuple[int, str, str]]:
-        frame = self.separation()
-        return set() if frame is None else {(int(r.layer), str(r.method), str(r.k))
-                                             for r in frame[["layer", "method", "k"]].itertuples(index=False)}
+    def is_separated(self, layer: int, method: str, k: str) -> bool:
+        """Whether separation.csv has this vector (read once, then kept up to date by
+        :meth:`record_separation`)."""
+        if self._separated is None:
+            frame = self.separation()
+            rows = () if frame is None else frame[["layer", "method", "k"]].itertuples(index=False)
+            self._separated = {(int(r.layer), str(r.method), str(r.k)) for r in rows}
+        return (int(layer), str(method), str(k)) in self._separated
 
     def record_separation(self, row: dict) -> None:
         """Add (or replace) one vector's held-out separation; the file is replaced whole."""
@@ -209,3 +214,5 @@ class Ledger:
                     & (frame["k"] == str(row["k"])))
             new = pd.concat([frame[~same], new], ignore_index=True)
         _replace_csv(new, self.separation_csv)
+        if self._separated is not None:
+            self._separated.add((int(row["layer"]), str(row["method"]), str(row["k"])))

@@ -311,12 +311,8 @@ def probe_direction(ds, stats, layer: int, *, pos: str = "pos", neg: str = "neg"
 def lda_direction(stats, covariance, *, pos: str = "pos", neg: str = "neg") -> Direction:
     """Fisher's direction Sigma^-1 (mu_pos - mu_neg), Sigma shrunk as in the whitened method."""
     layer = covariance.layer
-    if pos not in covariance.classes or neg not in covariance.classes:
-        raise VectorError(f"classes {pos!r}/{neg!r} not in the covariance ({covariance.classes})")
-    diff = covariance.means[covariance.classes.index(pos)] - covariance.means[covariance.classes.index(neg)]
-    pooled, shrinkage = covariance.pooled([pos, neg])
-    mu = np.trace(pooled) / pooled.shape[0]
-    sigma = (1 - shrinkage) * pooled + shrinkage * mu * np.eye(pooled.shape[0])
+    diff = covariance.mean_difference(pos, neg)
+    sigma, pooled, shrinkage = covariance.shrunk([pos, neg])
     try:
         weights = np.linalg.solve(sigma, diff)
     except np.linalg.LinAlgError:

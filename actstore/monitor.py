@@ -205,12 +205,10 @@ def capture_heldout(loaded, data, layers, position: str = "last") -> str:
     ``last-1``, ``mean``, ``all``), so the held-out rows are read where the vectors were."""
     import uuid
 
+    from .capture import CaptureOptions
     from .pipeline import capture_to_store
 
-    name, _, offset = str(position).partition("-")
-    if name not in ("last", "mean", "all") or (offset and not offset.isdigit()):
-        raise ActstoreError(f"cannot capture held-out texts at the training store's position {position!r}")
+    options = CaptureOptions.at_position(position)
     url = f"memory://actstore-heldout/{uuid.uuid4().hex}.zarr"
-    capture_to_store(loaded, data, url, sorted(set(int(x) for x in layers)), position=name,
-                     offset=int(offset) if offset else (0 if name == "last" else None), progress=False)
+    capture_to_store(loaded, data, url, sorted(set(int(x) for x in layers)), options=options, progress=False)
     return url

@@ -52,13 +52,15 @@ def _baseline_scores(items) -> np.ndarray:
     return items[items["method"] == "none"]["score"].to_numpy(dtype=np.float64)
 
 
-def shift_view(results):
+def shift_view(results, letters_known: bool = True):
     """``results`` as the frontier reads them: for A/B items (results with the
     letter-balanced columns filled), the shift, its interval and ``detectable`` are the
     letter-balanced ones (:func:`actstore.intervals.stratified_mean_interval`), since a
     vector that prefers one answer letter moves the plain mean by how the letters are
-    split; otherwise ``results`` unchanged. ``view.attrs["measure"]`` says which."""
-    if len(results) and "balanced_shift" in results and results["balanced_shift"].notna().all():
+    split; otherwise (or unless ``letters_known``: the items' letters, which its bootstrap
+    weights need, were recorded) the plain columns. ``view.attrs["measure"]`` says which."""
+    if (letters_known and len(results) and "balanced_shift" in results
+            and results["balanced_shift"].notna().all()):
         view = results.copy()
         view["on_target_shift"] = results["balanced_shift"]
         view["on_target_ci_low"] = results["balanced_ci_low"]
@@ -66,8 +68,9 @@ def shift_view(results):
         view["detectable"] = results["balanced_detectable"].astype(bool)
         view.attrs["measure"] = "letter-balanced"
         return view
-    results.attrs["measure"] = "plain"
-    return results
+    view = results.copy(deep=False)  # the caller's frame keeps its attrs
+    view.attrs["measure"] = "plain"
+    return view
 
 
 def frontier(results, budgets, items=None, weights=None):
@@ -310,13 +313,10 @@ def write_report(results, ledger, budgets, match_fractions=DEFAULT_MATCH_FRACTIO
     items = ledger.items()
     baseline = ledger.baseline
     plain = results
-    results = shift_view(plain)
+    # A folder from before the letters were recorded in baseline.json stays on the plain shift.
+    results = shift_view(plain, letters_known="strata" in baseline)
     balanced = results.attrs["measure"] == "letter-balanced"
-    weights = stratum_weights(baseline["strata"]) if balanced and "strata" in baseline else None
-    if balanced and weights is None:  # a folder from before the letters were recorded
-        results = plain.copy()
-        results.attrs["measure"] = "plain"
-        balanced = False
+    weights = stratum_weights(baseline["strata"]) if balanced else None
     table = frontier(results, budgets, items, weights)
     table.insert(len(table.columns), "measure", results.attrs["measure"])
     table.to_csv(out_dir / "frontier.csv", index=False)

@@ -371,7 +371,7 @@ def run_sweep(
                                  str(stats.attrs.get("site", "resid"))) as active:
                 for _, method, k, alpha in [c for c in todo if c[0] == layer]:
                     vector = layer_methods.vector(method, k)
-                    if heldout_ds is not None and (layer, method, _k_label(k)) not in ledger.separation_done():
+                    if heldout_ds is not None and not ledger.is_separated(layer, method, _k_label(k)):
                         _record_separation(ledger, heldout_ds, vector, behavior, layer, method, k)
                     norm = float(np.linalg.norm(vector.vector))
                     scale = _scale_for(alpha, alpha_mode, norm, layer_norm)

@@ -261,12 +261,8 @@ def whitened_vector(stats, covariance, k: int | None = 64, *, pos: str = "pos", 
     """
     layer = covariance.layer
     plain = vector_from_stats(stats, layer, None, pos=pos, neg=neg)  # validates layer, classes, counts
-    if pos not in covariance.classes or neg not in covariance.classes:
-        raise VectorError(f"classes {pos!r}/{neg!r} not in the covariance ({covariance.classes})")
-    diff = (covariance.means[covariance.classes.index(pos)] - covariance.means[covariance.classes.index(neg)])
-    pooled, shrinkage = covariance.pooled([pos, neg])
-    mu = np.trace(pooled) / pooled.shape[0]
-    sigma = (1 - shrinkage) * pooled + shrinkage * mu * np.eye(pooled.shape[0])
+    diff = covariance.mean_difference(pos, neg)
+    sigma, _, shrinkage = covariance.shrunk([pos, neg])
     eigenvalues, eigenvectors = np.linalg.eigh(sigma)
     if eigenvalues.min() <= 0 or not np.all(np.isfinite(eigenvalues)):
         raise VectorError(f"the shrunk covariance of layer {layer} is not positive definite; capture more samples")

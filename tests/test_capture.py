@@ -103,3 +103,17 @@ def test_an_offset_longer_than_a_text_is_refused(tiny_model_dirs):
     loaded = load_model(str(tiny_model_dirs["llama"]))
     with pytest.raises(InputFormatError, match="needs more"):
         list(iter_windows(loaded.model, loaded.tokenizer, loaded.blocks, ["Hi."], [1], last_offset=50))
+
+
+def test_at_position_inverts_the_recorded_position_name():
+    from actstore.capture import CaptureOptions
+    from actstore.errors import InputFormatError
+
+    for options in (CaptureOptions(position="last", offset=1), CaptureOptions(position="last", offset=0),
+                    CaptureOptions(position="mean"), CaptureOptions(position="all")):
+        back = CaptureOptions.at_position(options.position_name)
+        assert (back.position, back.last_offset, back.position_name) == (
+            options.position, options.last_offset, options.position_name)
+    for bad in ("first", "mean-1", "last-x"):
+        with pytest.raises(InputFormatError, match="not one a store records"):
+            CaptureOptions.at_position(bad)

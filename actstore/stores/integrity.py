@@ -27,6 +27,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..errors import ActstoreError, DamagedStoreError, StoreError
+from .roots import child
 from .schema import ACTS, MOMENTS, SAMPLE_COORDS, physical_dtype
 
 # Arrays whose fill value is also a valid value (token_index is -1 for position 'mean'):
@@ -107,22 +108,15 @@ def group_arrays(group) -> list[tuple[object, int | None, bool]]:
     n = int(attrs.get("n_samples", 0) or 0)
     arrays: list[tuple[object, int | None, bool]] = []
     for name in (ACTS, "layer", *SAMPLE_COORDS):
-        array = _child(group, name)
+        array = child(group, name)
         if array is not None:
             rows = None if name == "layer" else n
             arrays.append((array, rows, name in _FILL_IS_DATA))
     if "moments_buffer" in attrs and attrs.get("moments_classes"):
-        array = _child(group, MOMENTS[int(attrs["moments_buffer"])])
+        array = child(group, MOMENTS[int(attrs["moments_buffer"])])
         if array is not None:
             arrays.append((array, None, False))
     return arrays
-
-
-def _child(group, name: str):
-    try:
-        return group[name]
-    except KeyError:
-        return None
 
 
 def locate_damage(group, names: tuple[str, ...] | None = None) -> list[Damage]:
@@ -203,7 +197,7 @@ def check_group(group, path) -> None:
     problems = []
     if n < 0:
         problems.append(f"n_samples is {n}")
-    acts = _child(group, ACTS)
+    acts = child(group, ACTS)
     if acts is None:
         problems.append(f"array {ACTS!r} is missing")
     else:
@@ -215,12 +209,12 @@ def check_group(group, path) -> None:
         elif not attrs.get("stats_only") and acts.shape[0] < n:
             problems.append(f"n_samples is {n} but array {ACTS!r} has {acts.shape[0]} rows")
     for name in SAMPLE_COORDS:
-        coord = _child(group, name)
+        coord = child(group, name)
         if coord is None:
             problems.append(f"array {name!r} is missing")
         elif not attrs.get("stats_only") and coord.shape[0] < n:
             problems.append(f"n_samples is {n} but array {name!r} has {coord.shape[0]} rows")
-    layer = _child(group, "layer")
+    layer = child(group, "layer")
     if layer is None:
         problems.append("array 'layer' is missing")
     else:
