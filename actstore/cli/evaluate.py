@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from ..sweep import DEFAULT_BUDGETS, DEFAULT_FRACTIONS, DEFAULT_PPL_TOKENS
+from ..evaluation.sweep import DEFAULT_BUDGETS, DEFAULT_FRACTIONS, DEFAULT_PPL_TOKENS
 from .options import quiet_option, scheduler_option, store_option
 
 _DEFAULT_TEXT = Path("..") / "shared" / "data" / "wikitext-2" / "test.txt"
@@ -95,13 +95,13 @@ def evaluate(model, store, model_group, data_test, prompts, scorer, max_new_toke
     """
     from ..datasets import read_contrast_set
     from ..errors import ActstoreError
-    from ..evaluate import read_text_tokens
+    from ..evaluation.scoring import read_text_tokens
     from ..models import load_model, parse_layers
-    from ..protocols import GeneratedText, protocol_for_file, read_prompts
+    from ..evaluation.protocols import GeneratedText, protocol_for_file, read_prompts
     from ..steering import Positions
     from ..stores import check_store_model
     from ..stores.roots import open_root, select_group
-    from ..sweep import Grid, parse_floats, parse_ks, run_sweep
+    from ..evaluation.sweep import Grid, parse_floats, parse_ks, run_sweep
 
     if (data_test is None) == (prompts is None):
         raise ActstoreError("give exactly one of --data-test (held-out items) and --prompts (generation)")
@@ -146,7 +146,7 @@ def evaluate(model, store, model_group, data_test, prompts, scorer, max_new_toke
         ppl_window=ppl_window, positions=positions, batch_size=batch_size, scheduler=scheduler,
         replay=not no_replay, force=force, heldout=heldout, progress=not quiet,
     )
-    from ..report import shift_view
+    from ..evaluation.report import shift_view
 
     shown = shift_view(results)
     measure = " letter-balanced" if shown.attrs["measure"] == "letter-balanced" else ""
