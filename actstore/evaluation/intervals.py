@@ -1,17 +1,23 @@
-"""Uncertainty of measured effects: paired intervals over test items and text windows.
+"""Uncertainty of measured effects: paired intervals, bootstraps over questions and documents, corrections.
 
 Every figure the evaluation reports is a paired comparison on the same data
-(the steered and the unsteered model score the same items, read the same
-perplexity windows), so each interval comes from per-unit differences:
+(the steered and the unsteered model score the same questions, read the same
+perplexity documents), so each interval comes from per-unit differences, and
+each says its unit:
 
-* :func:`paired_mean_interval`: the mean of per-item differences with a
-  Student-t interval (``mean ± t_{n-1, 1-a/2} · sd / sqrt(n)``);
+* :func:`paired_mean_interval`: the mean of per-unit differences with a
+  Student-t interval (``mean ± t_{n-1, 1-a/2} · sd / sqrt(n)``), and
+  :func:`paired_t_p_value` its two-sided p-value;
 * :func:`inflation_interval`: perplexity inflation
   ``exp((Σ nll_steered − Σ nll_base) / Σ tokens)`` with a paired percentile
-  bootstrap over windows (:func:`scipy.stats.bootstrap`, ``paired=True``);
-* :func:`ratio_interval`: a ratio of two mean shifts measured on the same items
-  (the fraction of the dense effect a sparse vector keeps), paired percentile
-  bootstrap over items.
+  bootstrap over documents (windows of one document move together), or over
+  windows when the text is one document;
+* :func:`ratio_interval`: a ratio of two mean shifts on the same items;
+* :func:`resample_counts`: the bootstrap's draws as counts, shared by every
+  figure of one sweep so that differences between vectors stay paired;
+  :func:`bootstrap_p_value` the two-sided p-value of a bootstrap distribution;
+* :func:`bh_q_values` (Benjamini-Hochberg) and :func:`holm_adjusted` (Holm):
+  how many of many intervals would exclude zero by chance.
 
 An :class:`Interval` says whether it excludes zero (or one, for ratios of
 perplexities): that is what "distinguishable" means in every report.
@@ -83,14 +89,26 @@ def _bootstrap(data: tuple, statistic, confidence: float, n_resamples: int, seed
     return float(result.confidence_interval.low), float(result.confidence_interval.high)
 
 
+def document_sums(values, documents) -> np.ndarray:
+    """``values: (windows,)`` summed per document; ``documents: (windows,)`` integer labels
+    (any labels; the result follows their sorted order)."""
+    _, inverse = np.unique(np.asarray(documents), return_inverse=True)
+    return np.bincount(inverse, weights=np.asarray(values, dtype=np.float64))
+
+
 def inflation_interval(nll_steered, nll_base, tokens, confidence: float = CONFIDENCE,
-                       n_resamples: int = N_RESAMPLES, seed: int = SEED) -> Interval:
+                       n_resamples: int = N_RESAMPLES, seed: int = SEED, documents=None) -> Interval:
     """Perplexity ratio steered / base over windows, with a paired bootstrap interval.
 
     ``nll_steered, nll_base: (windows,)`` summed next-token negative log-likelihoods
     per window (nats), ``tokens: (windows,)`` predicted tokens per window.
+    ``documents: (windows,)`` the document of each window: the bootstrap then
+    resamples documents (a document's windows together: neighbouring windows of
+    one article are correlated); without it, or with one document, windows.
     """
     nll_steered, nll_base, tokens = (np.asarray(a, dtype=np.float64) for a in (nll_steered, nll_base, tokens))
+    if documents is not None and len(np.unique(np.asarray(documents))) > 1:
+        nll_steered, nll_base, tokens = (document_sums(a, documents) for a in (nll_steered, nll_base, tokens))
 
     def statistic(steered, base, count, axis=-1):
         return np.exp((steered.sum(axis) - base.sum(axis)) / count.sum(axis))
@@ -103,37 +121,25 @@ def inflation_interval(nll_steered, nll_base, tokens, confidence: float = CONFID
 
 
 def ratio_interval(numerator_treated, denominator_treated, control, confidence: float = CONFIDENCE,
-                   n_resamples: int = N_RESAMPLES, seed: int = SEED, weights=None) -> Interval:
+                   n_resamples: int = N_RESAMPLES, seed: int = SEED) -> Interval:
     """``mean(a − c) / mean(b − c)`` over the same items, with a paired bootstrap interval.
 
     ``a``: scores under the numerator's steering (a sparse vector), ``b`` under
     the denominator's (the dense vector), ``c`` unsteered; all ``(n,)`` on the
     same items. Only meaningful where the denominator's shift is clearly non-zero:
-    callers check that first (see :func:`paired_mean_interval`). ``weights``
-    (``(n,)``, e.g. :func:`stratum_weights`) make both means weighted; an item
-    keeps its weight when resampled.
+    callers check that first (see :func:`paired_mean_interval`).
     """
     a, b, c = (np.asarray(x, dtype=np.float64) for x in (numerator_treated, denominator_treated, control))
-    w = np.ones_like(a) if weights is None else np.asarray(weights, dtype=np.float64)
 
-    def statistic(a, b, c, w, axis=-1):
-        return (w * (a - c)).sum(axis) / (w * (b - c)).sum(axis)
+    def statistic(a, b, c, axis=-1):
+        return (a - c).sum(axis) / (b - c).sum(axis)
 
     with np.errstate(all="ignore"):
-        estimate = float(statistic(a, b, c, w))
+        estimate = float(statistic(a, b, c))
     if a.size < 2:
         return Interval(estimate, math.nan, math.nan, confidence)
-    low, high = _bootstrap((a, b, c, w), statistic, confidence, n_resamples, seed)
+    low, high = _bootstrap((a, b, c), statistic, confidence, n_resamples, seed)
     return Interval(estimate, low, high, confidence)
-
-
-def stratum_weights(strata) -> np.ndarray:
-    """Per-item weights that give every stratum the same total (strata of one item get 0,
-    as :func:`stratified_mean_interval` leaves them out)."""
-    strata = np.asarray([str(s) for s in strata])
-    labels, inverse, counts = np.unique(strata, return_inverse=True, return_counts=True)
-    size = counts[inverse].astype(np.float64)
-    return np.where(size >= 2, 1.0 / size, 0.0)
 
 
 def _auroc(pos, neg, axis=-1):
@@ -177,34 +183,75 @@ def separation_intervals(pos, neg, paired: bool, confidence: float = CONFIDENCE,
     return out[0], out[1]
 
 
-def stratified_mean_interval(treated, control, strata, confidence: float = CONFIDENCE
-                             ) -> tuple[Interval, dict[str, Interval]]:
-    """Mean of ``treated − control`` with every stratum weighted equally, and each stratum's own.
-
-    For A/B items the strata are the behavior-matching letters: a vector that only
-    pushes one letter raises the score of the items whose matching letter it is and
-    lowers the others', so the plain mean shift follows how the letters happen to be
-    split; the balanced one does not. Estimate: the mean of the strata's mean
-    differences; interval: t with the Welch-Satterthwaite degrees of freedom. Strata
-    of fewer than two items have no spread and are left out (their own interval is
-    NaN).
-    """
+def paired_t_p_value(treated, control) -> float:
+    """Two-sided p-value of the paired t test of ``mean(treated − control) = 0`` (NaN
+    with fewer than two units; 1 where every difference is 0)."""
     from scipy import stats
 
     diffs = np.asarray(treated, dtype=np.float64) - np.asarray(control, dtype=np.float64)
-    strata = np.asarray([str(s) for s in strata])
-    groups = {str(s): diffs[strata == s] for s in sorted(set(strata.tolist()))}
-    per = {s: paired_mean_interval(d, np.zeros_like(d), confidence) for s, d in groups.items()}
-    used = [d for d in groups.values() if d.size >= 2]
-    if not used:
-        return NAN_INTERVAL, per
-    g = len(used)
-    parts = np.array([d.var(ddof=1) / d.size / g**2 for d in used])  # each stratum's share of the variance
-    counts = np.array([d.size for d in used], dtype=np.float64)
-    estimate = float(np.mean([d.mean() for d in used]))
-    se = math.sqrt(float(parts.sum()))
-    if se == 0:
-        return Interval(estimate, estimate, estimate, confidence), per
-    df = float(parts.sum() ** 2 / np.sum(parts**2 / (counts - 1)))
-    t = float(stats.t.ppf(0.5 + confidence / 2, df=df))
-    return Interval(estimate, estimate - t * se, estimate + t * se, confidence), per
+    if diffs.size < 2:
+        return math.nan
+    if not np.any(diffs != diffs[0]):
+        return 1.0 if diffs[0] == 0 else 0.0
+    return float(stats.ttest_1samp(diffs, 0.0).pvalue)
+
+
+def resample_counts(n: int, n_resamples: int = N_RESAMPLES, seed: int = SEED) -> np.ndarray:
+    """``(n_resamples, n)`` int: how often each of ``n`` units is drawn in each bootstrap
+    resample (``rng.integers(0, n, (n_resamples, n))`` with ``default_rng(seed)``, counted).
+    A resampled sum of per-unit values ``x`` is ``counts @ x``."""
+    draws = np.random.default_rng(seed).integers(0, n, size=(n_resamples, n))
+    counts = np.zeros((n_resamples, n), dtype=np.int64)
+    np.add.at(counts, (np.arange(n_resamples)[:, None], draws), 1)
+    return counts
+
+
+def percentile_interval(estimate: float, draws, confidence: float = CONFIDENCE) -> Interval:
+    """``estimate`` with the percentile interval of its bootstrap ``draws`` (NaN draws, where
+    the figure is undefined in a resample, are left out)."""
+    draws = np.asarray(draws, dtype=np.float64)
+    draws = draws[np.isfinite(draws)]
+    if not draws.size or not math.isfinite(estimate):
+        return Interval(estimate, math.nan, math.nan, confidence)
+    low, high = np.percentile(draws, [50 - 50 * confidence, 50 + 50 * confidence])
+    return Interval(float(estimate), float(low), float(high), confidence)
+
+
+def bootstrap_p_value(draws) -> float:
+    """Two-sided p-value of "the figure is 0" from its bootstrap draws:
+    ``2 min(P(draw <= 0), P(draw >= 0))`` with the (count + 1) / (B + 1) correction, at most 1."""
+    draws = np.asarray(draws, dtype=np.float64)
+    draws = draws[np.isfinite(draws)]
+    if not draws.size:
+        return math.nan
+    below = (np.count_nonzero(draws <= 0) + 1) / (draws.size + 1)
+    above = (np.count_nonzero(draws >= 0) + 1) / (draws.size + 1)
+    return float(min(1.0, 2 * min(below, above)))
+
+
+def bh_q_values(p_values) -> np.ndarray:
+    """Benjamini-Hochberg q-values (:func:`scipy.stats.false_discovery_control`, method
+    "bh") of the finite p-values; NaN stays NaN and does not count in the family."""
+    from scipy import stats
+
+    p = np.asarray(p_values, dtype=np.float64)
+    q = np.full(p.shape, np.nan)
+    ok = np.isfinite(p)
+    if ok.any():
+        q[ok] = stats.false_discovery_control(p[ok], method="bh")
+    return q
+
+
+def holm_adjusted(p_values) -> np.ndarray:
+    """Holm's step-down adjusted p-values (familywise error) of the finite p-values:
+    sorted ascending, ``p_(i) (m − i + 1)`` made non-decreasing, at most 1; NaN stays NaN."""
+    p = np.asarray(p_values, dtype=np.float64)
+    out = np.full(p.shape, np.nan)
+    ok = np.flatnonzero(np.isfinite(p))
+    m = ok.size
+    if not m:
+        return out
+    order = ok[np.argsort(p[ok], kind="stable")]
+    adjusted = np.minimum(1.0, np.maximum.accumulate(p[order] * (m - np.arange(m))))
+    out[order] = adjusted
+    return out

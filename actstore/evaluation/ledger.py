@@ -2,10 +2,12 @@
 
     baseline.json   the settings the folder was measured with, and the unsteered figures
     results.csv     one row per configuration (layer, method, k, alpha): effects with intervals
-    items.csv       one row per (configuration, test item): layer, k, alpha, method, item, score
-                    (+ the protocol's other per-item metrics); the unsteered rows have
-                    alpha 0, method "none", k "none" and no layer
-    windows.csv     one row per (configuration, perplexity window): nll (nats, summed), tokens
+                    (:class:`~actstore.evaluation.rows.ResultRow`)
+    items.csv       one row per (configuration, scored item): layer, k, alpha, method, item,
+                    question, order, score (+ the protocol's other per-item metrics: A/B
+                    logodds); the unsteered rows have alpha 0, method "none", k "none" and no layer
+    windows.csv     one row per (configuration, perplexity window): document, nll (nats,
+                    summed), tokens
     generations.jsonl  (generation protocols) the generated texts per configuration
 
 A configuration is done when its row is in results.csv. Its items and windows
@@ -25,9 +27,8 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import ActstoreError
-
-KEY = ["layer", "method", "k", "alpha"]
-BASELINE_KEY = {"layer": np.nan, "method": "none", "k": "none", "alpha": 0.0}
+from .intervals import bh_q_values
+from .rows import BASELINE, KEY, ItemRows, ResultRow, WindowRows, as_record, columns
 
 
 def _key(layer, method, k, alpha) -> tuple:
@@ -55,11 +56,12 @@ def _replace_csv(frame, path: Path) -> None:
 class Ledger:
     """Owns a sweep folder: baseline, results, per-item and per-window rows, resume."""
 
-    def __init__(self, out_dir: str | Path, settings: dict, columns: list[str], readonly: bool = False):
+    def __init__(self, out_dir: str | Path, settings: dict, columns: list[str] | None = None,
+                 readonly: bool = False):
         self.out_dir = Path(out_dir)
         self.out_dir.mkdir(parents=True, exist_ok=True)
         self.settings = settings
-        self.columns = columns
+        self.columns = list(columns) if columns is not None else _result_columns()
         self.results_csv = self.out_dir / "results.csv"
         self.items_csv = self.out_dir / "items.csv"
         self.windows_csv = self.out_dir / "windows.csv"
@@ -120,35 +122,33 @@ class Ledger:
     def open_existing(cls, out_dir: str | Path) -> Ledger:
         """A sweep folder as it is (its own settings), read-only, e.g. to rewrite its report
         while a sweep may still be appending to it."""
-        from .sweep import COLUMNS
-
         baseline_file = Path(out_dir) / "baseline.json"
         if not baseline_file.is_file():
             raise ActstoreError(f"{str(out_dir)!r} is not a sweep folder (no baseline.json)")
-        return cls(out_dir, json.loads(baseline_file.read_text())["settings"], COLUMNS, readonly=True)
+        return cls(out_dir, json.loads(baseline_file.read_text())["settings"], readonly=True)
 
     def is_done(self, layer: int, method: str, k: str, alpha: float) -> bool:
         return _key(layer, method, k, alpha) in self.done
 
-    def _append_measures(self, key: dict, item_ids: list[str], measures: dict[str, np.ndarray],
-                         nll: np.ndarray, tokens: np.ndarray, texts: list[str] | None) -> None:
-        import pandas as pd
-
-        items = pd.DataFrame({**{c: [key[c]] * len(item_ids) for c in ("layer", "k", "alpha", "method")},
-                              "item": item_ids, **{m: np.asarray(v) for m, v in measures.items()}})
-        items.to_csv(self.items_csv, mode="a", header=not self.items_csv.exists(), index=False)
-        windows = pd.DataFrame({**{c: [key[c]] * len(nll) for c in ("layer", "k", "alpha", "method")},
-                                "window": np.arange(len(nll)), "nll": nll, "tokens": tokens})
-        windows.to_csv(self.windows_csv, mode="a", header=not self.windows_csv.exists(), index=False)
+    def _append_measures(self, items: ItemRows, windows: WindowRows, texts: list[str] | None) -> None:
+        frame = items.frame()
+        frame.to_csv(self.items_csv, mode="a", header=not self.items_csv.exists(), index=False)
+        frame = windows.frame()
+        frame.to_csv(self.windows_csv, mode="a", header=not self.windows_csv.exists(), index=False)
         if texts is not None:
+            key = items.key
             with self.generations.open("a") as handle:
-                for item, text in zip(item_ids, texts):
-                    handle.write(json.dumps({**{c: (None if c == "layer" and key[c] != key[c] else key[c])
-                                                for c in KEY}, "item": item, "text": text}) + "\n")
+                for item, text in zip(items.item, texts):
+                    handle.write(json.dumps({"layer": None if key.layer != key.layer else key.layer,
+                                             "method": key.method, "k": key.k, "alpha": key.alpha,
+                                             "item": item, "text": text}) + "\n")
 
-    def record_baseline(self, item_ids, measures, nll, tokens, texts=None, **figures) -> dict:
-        """The unsteered per-item and per-window rows, then baseline.json (the commit)."""
-        self._append_measures(dict(BASELINE_KEY), item_ids, measures, nll, tokens, texts)
+    def record_baseline(self, items: ItemRows, windows: WindowRows, texts=None, **figures) -> dict:
+        """The unsteered per-item and per-window rows (key :data:`~actstore.evaluation.rows.BASELINE`),
+        then baseline.json (the commit)."""
+        if items.key != BASELINE or windows.key != BASELINE:
+            raise ValueError("the baseline's rows carry the BASELINE key")
+        self._append_measures(items, windows, texts)
         self.baseline = {"settings": self.settings, **figures}
         tmp = self.baseline_file.with_name(self.baseline_file.name + ".tmp")
         tmp.write_text(json.dumps(self.baseline, indent=2))
@@ -160,22 +160,31 @@ class Ledger:
         items, windows = _read_csv(self.items_csv), _read_csv(self.windows_csv)
         items = items[items["method"] == "none"]
         windows = windows[windows["method"] == "none"].sort_values("window")
-        metrics = [c for c in items.columns if c not in ("layer", "k", "alpha", "method", "item")]
+        metrics = [c for c in items.columns if c not in ("layer", "k", "alpha", "method", "item", "question", "order")]
         return ({m: items[m].to_numpy(dtype=np.float64) for m in metrics},
                 windows["nll"].to_numpy(dtype=np.float64), windows["tokens"].to_numpy(dtype=np.int64))
 
-    def record(self, row: dict, item_ids, measures, nll, tokens, texts=None) -> None:
+    def record(self, row: ResultRow, items: ItemRows, windows: WindowRows, texts=None) -> None:
         """One configuration: its items and windows, then its results row (the commit)."""
         import pandas as pd
 
-        self._append_measures(row, item_ids, measures, nll, tokens, texts)
+        record = as_record(row) if isinstance(row, ResultRow) else dict(row)
+        self._append_measures(items, windows, texts)
         exists = self.results_csv.exists()
-        line = pd.DataFrame([row], columns=self.columns).to_csv(header=not exists, index=False)
+        line = pd.DataFrame([record], columns=self.columns).to_csv(header=not exists, index=False)
         # The old bytes plus the row, renamed into place: a kill never leaves a cut row counted as done.
         tmp = self.results_csv.with_name(self.results_csv.name + ".tmp")
         tmp.write_bytes((self.results_csv.read_bytes() if exists else b"") + line.encode())
         os.replace(tmp, self.results_csv)
-        self.done.add(_key(row["layer"], row["method"], row["k"], row["alpha"]))
+        self.done.add(_key(record["layer"], record["method"], record["k"], record["alpha"]))
+
+    def finish(self):
+        """results.csv with its ``q_value`` column filled (Benjamini-Hochberg per behavior over
+        every configuration done), replaced whole; returns it."""
+        results = self.results()
+        if len(results) and not self.readonly:
+            _replace_csv(results.reindex(columns=self.columns), self.results_csv)
+        return results
 
     def results(self):
         import pandas as pd
@@ -183,7 +192,18 @@ class Ledger:
         frame = _read_csv(self.results_csv)
         if frame is None:
             return pd.DataFrame(columns=self.columns)
-        return frame.dropna(subset=["on_target_shift", "ppl_inflation"])  # a row cut by a kill
+        frame = frame.dropna(subset=["on_target_shift", "ppl_inflation"])  # a row cut by a kill
+        if "p_value" in frame and "behavior" in frame:
+            # q depends on the whole family: recomputed from the p-values whenever the table is read.
+            frame = frame.assign(q_value=np.nan)
+            for _, rows in frame.groupby("behavior", sort=False):
+                frame.loc[rows.index, "q_value"] = bh_q_values(rows["p_value"].to_numpy(dtype=np.float64))
+        return frame
+
+    def windows(self):
+        """windows.csv, without the rows of a configuration not (yet) done."""
+        frame = _read_csv(self.windows_csv)
+        return None if frame is None else self._keep(frame)
 
     def items(self):
         """items.csv, without the rows of a configuration not (yet) done."""
@@ -216,3 +236,7 @@ class Ledger:
         _replace_csv(new, self.separation_csv)
         if self._separated is not None:
             self._separated.add((int(row["layer"]), str(row["method"]), str(row["k"])))
+
+
+def _result_columns() -> list[str]:
+    return columns(ResultRow)

@@ -5,8 +5,12 @@ sweep calls :meth:`OnTarget.measure` once unsteered and once per
 configuration, and turns the per-item scores into paired shifts with intervals
 (:mod:`actstore.intervals`).
 
-* :class:`ABLetters`: CAA A/B items; score = P(matching letter) normalised over
-  the two letters (:class:`actstore.evaluate.ABScoring`).
+* :class:`ABLetters`: CAA A/B questions, each scored as written and with its
+  options swapped (:func:`actstore.datasets.swap_options`), so that the
+  behavior's answer sits once under each letter; per item the log-odds
+  log P(matching) - log P(other) (the primary measure: a letter preference is
+  additive on it and cancels in the mean over a question's two orders) and the
+  probability score sigmoid(log-odds) (:class:`actstore.evaluation.scoring.ABScoring`).
 * :class:`FreeTextPreference`: free-text pairs (morality, StereoSet); score =
   mean log p(positive) - mean log p(negative) per token
   (:class:`actstore.evaluate.PreferenceScoring`).
@@ -33,6 +37,7 @@ from ..errors import InputFormatError
 from .scoring import (
     ABItem,
     ABScoring,
+    probability,
     PreferencePair,
     PreferenceScoring,
     generate,
@@ -49,8 +54,12 @@ class OnTarget(Protocol):
     """What the sweep needs of an on-target measure."""
 
     name: str  # recorded with the results: "ab", "preference", "generation:<scorer>"
-    item_ids: list[str]  # one per scored item, in order (e.g. "item 12")
-    metrics: tuple[str, ...]  # per-item values measure() returns; the first is the on-target score
+    item_ids: list[str]  # one per scored item, in order (e.g. "item 12", "item 12 swapped")
+    questions: np.ndarray  # (items,) int: the question of each item (the unit of the intervals)
+    orders: np.ndarray  # (items,) int: 0 as written, 1 with the options swapped
+    letter_signs: np.ndarray  # (items,) +1 / -1: whether the item's matching letter is its pair's earlier one
+    metrics: tuple[str, ...]  # per-item values measure() returns; "score" first
+    primary: str  # the metric the counts and the frontier use ("logodds" for A/B, else "score")
 
     def batches(self) -> list[Batch]:
         """The fixed batches :meth:`measure` runs (empty: it cannot be replayed)."""
@@ -60,14 +69,17 @@ class OnTarget(Protocol):
 
 
 class _FixedBatches:
-    """A protocol whose items are scored from fixed batches (replayable)."""
+    """A protocol whose items are scored from fixed batches (replayable); each item its own question."""
 
-    metrics = ("score",)
-    strata: list[str] | None = None  # per item, groups whose shifts should weigh equally (A/B: the letter)
+    metrics: tuple[str, ...] = ("score",)
+    primary = "score"
 
     def __init__(self, scoring, item_ids: list[str]):
         self._scoring = scoring
         self.item_ids = item_ids
+        self.questions = np.arange(len(item_ids))
+        self.orders = np.zeros(len(item_ids), dtype=np.int64)
+        self.letter_signs = np.zeros(len(item_ids), dtype=np.int64)
 
     def batches(self) -> list[Batch]:
         return self._scoring.batches
@@ -77,13 +89,36 @@ class _FixedBatches:
 
 
 class ABLetters(_FixedBatches):
-    """CAA A/B items scored by the probability of the behavior-matching letter."""
+    """CAA A/B questions, each in both answer orders (``both_orders=False``: as written only),
+    scored by the log-odds of the behavior-matching letter and its probability."""
 
     name = "ab"
+    metrics = ("score", "logodds")
+    primary = "logodds"
 
-    def __init__(self, tokenizer, items: Sequence[ABItem], batch_size: int = 8):
-        super().__init__(ABScoring(tokenizer, items, batch_size), [item.where for item in items])
-        self.strata = [item.matching.strip().strip("()") for item in items]  # the behavior-matching letter
+    def __init__(self, tokenizer, items: Sequence[ABItem], batch_size: int = 8, both_orders: bool = True):
+        from ..datasets import ABQuestion, swap_options
+
+        scored = list(items)
+        questions, orders, ids = list(range(len(scored))), [0] * len(scored), [item.where for item in scored]
+        if both_orders:
+            for index, item in enumerate(items):
+                twin = swap_options(ABQuestion(item.prompt, item.matching, item.other), where=item.where)
+                scored.append(ABItem(twin.question, twin.matching, twin.other, f"{item.where} swapped"))
+                questions.append(index)
+                orders.append(1)
+                ids.append(f"{item.where} swapped")
+        super().__init__(ABScoring(tokenizer, scored, batch_size), ids)
+        self.items = scored
+        self.questions = np.asarray(questions, dtype=np.int64)
+        self.orders = np.asarray(orders, dtype=np.int64)
+        # +1 where the matching letter is the earlier of the item's two letters (A of A/B): half the
+        # difference of a question's two orders, signed so, is a push toward the earlier letter.
+        self.letter_signs = np.asarray([1 if item.matching < item.other else -1 for item in scored], dtype=np.int64)
+
+    def measure(self, loaded: LoadedModel, forward: Forward) -> dict[str, np.ndarray]:
+        logodds = self._scoring.logodds(forward)
+        return {"score": probability(logodds), "logodds": logodds}
 
 
 class FreeTextPreference(_FixedBatches):
@@ -141,6 +176,7 @@ class GeneratedText:
     """
 
     metrics = ("score", "distinct_2", "repeated_3gram")
+    primary = "score"
 
     def __init__(self, prompts: Sequence[str], scorer: Scorer | str = "vader", max_new_tokens: int = 40,
                  batch_size: int = 8, item_ids: Sequence[str] | None = None):
@@ -155,6 +191,9 @@ class GeneratedText:
         self.max_new_tokens = int(max_new_tokens)
         self.batch_size = int(batch_size)
         self.item_ids = list(item_ids) if item_ids is not None else [f"prompt {i + 1}" for i in range(len(prompts))]
+        self.questions = np.arange(len(self.item_ids))
+        self.orders = np.zeros(len(self.item_ids), dtype=np.int64)
+        self.letter_signs = np.zeros(len(self.item_ids), dtype=np.int64)
         self.name = f"generation:{getattr(scorer, '__name__', 'scorer')}"
         self.last_texts: list[str] = []
 
@@ -205,23 +244,17 @@ def read_prompts(path: str | Path) -> list[str]:
     return prompts
 
 
-def protocol_for_file(tokenizer, path: str | Path, batch_size: int = 8, max_items: int | None = None) -> OnTarget:
-    """The on-target protocol a held-out file calls for: A/B letters where every
-    pair ends in an answer like ``(A)`` (or the file holds CAA items), the
-    free-text preference for other pairs."""
+def protocol_for_file(tokenizer, path: str | Path, batch_size: int = 8, max_items: int | None = None,
+                      both_orders: bool = True) -> OnTarget:
+    """The on-target protocol a held-out file calls for: A/B letters (both answer orders)
+    where every text ends in an answer like ``(A)`` (or the file holds CAA items), the
+    free-text preference for other pairs. ``max_items``: the first N questions."""
     from ..datasets import read_contrast_set
 
     contrast = read_contrast_set(path)
-    if contrast.format == "caa" or (contrast.format == "pairs" and all(
-            _ends_in_choice(e.text) for e in contrast.examples)):
-        return ABLetters(tokenizer, read_ab_items(path)[:max_items], batch_size)
+    if contrast.format == "caa" or (contrast.format == "pairs" and contrast.is_ab):
+        return ABLetters(tokenizer, read_ab_items(path)[:max_items], batch_size, both_orders)
     if contrast.format == "pairs":
         return FreeTextPreference(tokenizer, read_preference_pairs(path)[:max_items], batch_size)
     raise InputFormatError(f"{str(path)!r}: held-out items must be A/B items or positive/negative pairs, "
                            "not labeled texts")
-
-
-def _ends_in_choice(text: str) -> bool:
-    from .scoring import _FINAL_CHOICE
-
-    return _FINAL_CHOICE.search(text) is not None

@@ -1,18 +1,18 @@
-"""What a sweep folder says: the matched-damage frontier, the retained fraction, results.md, plots.
+"""What a sweep folder says: results.md, frontier.csv, contrasts.csv, steerability.csv, plots.
 
-* :func:`frontier`: for each (behavior, layer, method, k) and perplexity budget,
-  the configuration with the largest on-target shift whose inflation (point
-  estimate) is within the budget; with the fraction of the dense vector's
-  frontier shift it keeps at the same budget, and that fraction's paired
-  bootstrap interval, only where the dense shift's interval excludes zero.
-* :func:`matched_effect`: the mirror figure: the least inflation at which each
-  vector reaches a given fraction of the dense vector's best shift.
-* :func:`write_report`: frontier.csv, matched_effect.csv, results.md and one
-  frontier plot per behavior (shift against inflation, interval bands).
+:func:`write_report` reads the folder (:class:`~actstore.evaluation.ledger.Ledger`)
+and writes, beside its tables:
 
-The frontier picks the best of several alphas, so its shift is biased upward
-(the winner of several noisy measurements); its interval is that of the chosen
-configuration alone. results.md says so.
+* frontier.csv (:func:`actstore.evaluation.frontier.frontier`): every vector's
+  shift at exactly each budget, interpolated, with the paired difference from
+  the dense vector and the fraction of it, intervals from a bootstrap that
+  redoes the interpolation;
+* contrasts.csv: the primary contrasts, Holm-corrected as a family;
+* steerability.csv: per vector, the per-question slopes;
+* results.md: counts that say how many would be expected by chance and how many
+  survive Benjamini-Hochberg, with their signs; where the log-odds and the
+  probability scale disagree; the letter bias; the frontier; the contrasts;
+* frontier_<behavior>.png: the interpolated curves with their bands.
 
 Plots use matplotlib's object API on an Agg canvas: the process-wide backend
 is never switched (notebooks keep their inline plots).
@@ -25,145 +25,21 @@ from pathlib import Path
 
 import numpy as np
 
-from .intervals import ratio_interval, stratum_weights
+from .frontier import Evidence, Paths, _k_order, contrasts, frontier, interpolate_at, steerability
+from .grid import is_control
+from .rows import ContrastRow, FrontierRow, SteerabilityRow, as_record, columns, primary_columns
 
-DEFAULT_MATCH_FRACTIONS = (0.5, 0.9)
 X_LIMIT = 100.0  # frontier plots show inflation up to this
-GROUP = ["behavior", "layer", "method", "k"]
-FRONTIER_COLUMNS = ["behavior", "layer", "method", "k", "budget", "alpha", "on_target_shift", "on_target_ci_low",
-                    "on_target_ci_high", "ppl_inflation", "ppl_inflation_ci_low", "ppl_inflation_ci_high",
-                    "fraction_of_dense", "fraction_ci_low", "fraction_ci_high"]
-MATCHED_COLUMNS = ["behavior", "layer", "method", "k", "target_fraction", "target_shift", "alpha",
-                   "on_target_shift", "on_target_ci_low", "on_target_ci_high", "ppl_inflation",
-                   "ppl_inflation_ci_low", "ppl_inflation_ci_high"]
-
-
-def _k_order(k: str) -> float:
-    return math.inf if k == "dense" else float(k)
-
-
-def _item_scores(items, row) -> np.ndarray:
-    sel = items[(items["method"] == row["method"]) & (items["k"] == str(row["k"]))
-                & (items["alpha"] == float(row["alpha"])) & (items["layer"] == float(row["layer"]))]
-    return sel["score"].to_numpy(dtype=np.float64)
-
-
-def _baseline_scores(items) -> np.ndarray:
-    return items[items["method"] == "none"]["score"].to_numpy(dtype=np.float64)
-
-
-def shift_view(results, letters_known: bool = True):
-    """``results`` as the frontier reads them: for A/B items (results with the
-    letter-balanced columns filled), the shift, its interval and ``detectable`` are the
-    letter-balanced ones (:func:`actstore.intervals.stratified_mean_interval`), since a
-    vector that prefers one answer letter moves the plain mean by how the letters are
-    split; otherwise (or unless ``letters_known``: the items' letters, which its bootstrap
-    weights need, were recorded) the plain columns. ``view.attrs["measure"]`` says which."""
-    if (letters_known and len(results) and "balanced_shift" in results
-            and results["balanced_shift"].notna().all()):
-        view = results.copy()
-        view["on_target_shift"] = results["balanced_shift"]
-        view["on_target_ci_low"] = results["balanced_ci_low"]
-        view["on_target_ci_high"] = results["balanced_ci_high"]
-        view["detectable"] = results["balanced_detectable"].astype(bool)
-        view.attrs["measure"] = "letter-balanced"
-        return view
-    view = results.copy(deep=False)  # the caller's frame keeps its attrs
-    view.attrs["measure"] = "plain"
-    return view
-
-
-def frontier(results, budgets, items=None, weights=None):
-    """frontier.csv as a DataFrame (columns :data:`FRONTIER_COLUMNS`); a budget no
-    configuration of a vector meets gives a row of NaN (not reachable).
-
-    ``weights``: per-item weights of the shifts (:func:`actstore.intervals.stratum_weights`
-    for the letter-balanced view, :func:`shift_view`).
-    ``items``: items.csv (for the fraction's interval); without it the fraction
-    columns stay NaN.
-    """
-    import pandas as pd
-
-    rows = []
-    for key, group in results.groupby(GROUP, sort=False):
-        for budget in budgets:
-            within = group[group["ppl_inflation"] <= budget]
-            entry = dict(zip(GROUP, key), budget=float(budget))
-            if len(within):
-                best = within.loc[within["on_target_shift"].idxmax()]
-                entry.update({c: best[c] for c in FRONTIER_COLUMNS if c in best.index and c not in entry})
-            rows.append(entry)
-    table = pd.DataFrame(rows, columns=FRONTIER_COLUMNS)
-    # The yardstick is the dense difference of means ("enr" dense; the whitened dense vector is
-    # the same and is measured as enr when both run); without it, a method's own dense vector.
-    dense = table[table["k"] == "dense"].set_index(["behavior", "layer", "budget", "method"])
-    base = _baseline_scores(items) if items is not None else None
-    for index, row in table.iterrows():
-        ref = _reference(dense, (row["behavior"], row["layer"], row["budget"]), row["method"])
-        if ref is None or pd.isna(row["alpha"]) or (row["k"] == "dense" and ref.name[-1] == row["method"]):
-            continue
-        if pd.isna(ref["alpha"]) or not (ref["on_target_ci_low"] > 0):
-            continue  # the dense vector has no detectable positive effect within this budget
-        if base is None:
-            continue
-        sparse_scores = _item_scores(items, row)
-        dense_scores = _item_scores(items, {"layer": row["layer"], "method": ref.name[-1], "k": "dense",
-                                            "alpha": ref["alpha"]})
-        interval = ratio_interval(sparse_scores, dense_scores, base, weights=weights)
-        table.loc[index, ["fraction_of_dense", "fraction_ci_low", "fraction_ci_high"]] = (
-            interval.estimate, interval.low, interval.high)
-    return table
-
-
-REFERENCE_METHODS = ("enr", "whitened")
-
-
-def _reference(dense, key: tuple, method: str):
-    """The dense row that a vector of ``method`` at ``key`` (behavior, layer, budget) is compared with."""
-    for candidate in (*REFERENCE_METHODS, method):
-        if (*key, candidate) in dense.index:
-            return dense.loc[(*key, candidate)]
-    return None
-
-
-def matched_effect(results, fractions=DEFAULT_MATCH_FRACTIONS):
-    """For each vector and fraction f: the least-inflation configuration whose
-    shift reaches f x the dense vector's best shift at that (behavior, layer),
-    where that best shift's interval excludes zero (else no row)."""
-    import pandas as pd
-
-    rows = []
-    for (behavior, layer), group in results.groupby(["behavior", "layer"], sort=False):
-        dense = group[group["k"] == "dense"]
-        preferred = [m for m in REFERENCE_METHODS if m in set(dense["method"])]
-        dense = dense[dense["method"] == preferred[0]] if preferred else dense
-        if not len(dense):
-            continue
-        best = dense.loc[dense["on_target_shift"].idxmax()]
-        if not best["on_target_ci_low"] > 0:
-            continue
-        for (method, k), vector_rows in group.groupby(["method", "k"], sort=False):
-            for fraction in fractions:
-                target = fraction * best["on_target_shift"]
-                reached = vector_rows[vector_rows["on_target_shift"] >= target]
-                entry = {"behavior": behavior, "layer": layer, "method": method, "k": k,
-                         "target_fraction": fraction, "target_shift": target}
-                if len(reached):
-                    pick = reached.loc[reached["ppl_inflation"].idxmin()]
-                    entry.update({c: pick[c] for c in MATCHED_COLUMNS if c not in entry})
-                rows.append(entry)
-    return pd.DataFrame(rows, columns=MATCHED_COLUMNS)
+ALPHA_LEVEL = 0.05
+CURVE_POINTS = 40
 
 
 def _fmt(value, spec=".3g") -> str:
     return "n/a" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:{spec}}"
 
 
-def _ci(row, prefix: str, spec=".3g") -> str:
-    """``estimate [low, high]`` of ``prefix``: its ``_shift`` column where there is one
-    (``on_target`` is the steered score itself, ``on_target_shift`` the effect), else ``prefix``."""
-    return (f"{_fmt(row[prefix + '_shift' if prefix + '_shift' in row else prefix], spec)} "
-            f"[{_fmt(row[prefix + '_ci_low'], spec)}, {_fmt(row[prefix + '_ci_high'], spec)}]")
+def _ci(estimate, low, high, spec=".3g") -> str:
+    return f"{_fmt(estimate, spec)} [{_fmt(low, spec)}, {_fmt(high, spec)}]"
 
 
 def _md_table(header: list[str], lines: list[list[str]]) -> list[str]:
@@ -171,111 +47,213 @@ def _md_table(header: list[str], lines: list[list[str]]) -> list[str]:
             + ["| " + " | ".join(cells) + " |" for cells in lines])
 
 
-def plot_frontier(results, behavior: str, budgets, path: Path) -> Path:
-    """Shift against perplexity inflation (log x), one panel per layer, one curve
-    per vector (method, k) through its alphas, with the shift's interval as a band."""
+def _vector(row) -> str:
+    return f"{row['method']} k={row['k']}" if row["k"] != "dense" else f"{row['method']} dense"
+
+
+def count_line(results, what: str = "configurations") -> str:
+    """"k of M have an interval excluding zero (M x 0.05 expected with no effect at all): a up,
+    b down; j at q < 0.05 (c up, d down)", on the primary measure."""
+    shift, low, high = primary_columns(str(results["measure"].iloc[0]) if len(results) else "score")
+    m = len(results)
+    up = int((results[low] > 0).sum())
+    down = int((results[high] < 0).sum())
+    q = results["q_value"].to_numpy(dtype=float) if "q_value" in results else np.full(m, np.nan)
+    sig = q < ALPHA_LEVEL
+    q_up = int((sig & (results[shift].to_numpy(dtype=float) > 0)).sum())
+    q_down = int((sig & (results[shift].to_numpy(dtype=float) < 0)).sum())
+    return (f"{up + down} of {m} {what} have an interval excluding zero ({m} x {ALPHA_LEVEL:g} = "
+            f"{m * ALPHA_LEVEL:.2g} expected with no effect at all): {up} up, {down} down; "
+            f"{q_up + q_down} at q < {ALPHA_LEVEL:g} (Benjamini-Hochberg; {q_up} up, {q_down} down)")
+
+
+def _count_lines(results) -> list[str]:
+    measure = str(results["measure"].iloc[0])
+    scale = "log-odds of the matching letter (both answer orders)" if measure == "logodds" else "score"
+    lines = [f"Primary measure: the shift in the {scale}, per question, paired t interval over questions.", ""]
+    methods = results[~results["method"].map(is_control)]
+    controls = results[results["method"].map(is_control)]
+    lines.append("- Vectors: " + count_line(methods) + ".")
+    if len(controls):
+        lines.append("- Controls (random directions, the letter direction): " + count_line(controls) + ".")
+    shift, low, high = primary_columns(measure)
+    found = results[(results["q_value"] < ALPHA_LEVEL)].sort_values(shift, ascending=False)
+    if len(found):
+        lines += ["", f"At q < {ALPHA_LEVEL:g}:"]
+        for row in found.head(12).to_dict("records"):
+            lines.append(f"- layer {row['layer']} {_vector(row)} alpha {row['alpha']:.4g}: shift "
+                         f"{_ci(row[shift], row[low], row[high])}, q {row['q_value']:.2g}, inflation "
+                         f"{_ci(row['ppl_inflation'], row['ppl_inflation_ci_low'], row['ppl_inflation_ci_high'])}")
+        if len(found) > 12:
+            lines.append(f"- ... and {len(found) - 12} more (results.csv, column q_value)")
+    half = (results[high] - results[low]) / 2
+    if len(results) and half.min() > results[shift].abs().max():
+        lines += ["", f"**Warning: too few items to tell.** Every interval is wider (half-width >= {half.min():.3g}) "
+                  f"than every measured effect (largest |shift| {results[shift].abs().max():.3g}): use more test "
+                  "items."]
+    return lines
+
+
+def _scale_lines(results) -> list[str]:
+    """A/B: where the log-odds and the probability scale disagree; the letter bias."""
+    if str(results["measure"].iloc[0]) != "logodds":
+        return []
+    lo = np.sign(np.where(results["shift_logodds_ci_low"] > 0, 1, np.where(results["shift_logodds_ci_high"] < 0,
+                                                                           -1, 0)))
+    pr = np.where(results["on_target_ci_low"] > 0, 1, np.where(results["on_target_ci_high"] < 0, -1, 0))
+    disagree = results[lo != pr]
+    lines = ["## The two scales and the answer letter", "",
+             f"An effect is **established** only where the log-odds and the probability-scale shift both exclude "
+             f"zero on the same side: {int(results['established'].astype(bool).sum())} of {len(results)} "
+             f"configurations. The scales disagree in {len(disagree)}"
+             + (":" if len(disagree) else ".")]
+    for row in disagree.head(10).to_dict("records"):
+        lines.append(f"- layer {row['layer']} {_vector(row)} alpha {row['alpha']:.4g}: log-odds "
+                     f"{_ci(row['shift_logodds'], row['shift_logodds_ci_low'], row['shift_logodds_ci_high'])}, "
+                     f"probability {_ci(row['on_target_shift'], row['on_target_ci_low'], row['on_target_ci_high'])}")
+    if len(disagree) > 10:
+        lines.append(f"- ... and {len(disagree) - 10} more")
+    bias = results[(results["letter_bias_ci_low"] > 0) | (results["letter_bias_ci_high"] < 0)]
+    lines += ["", "Letter bias: per question, half the difference between its two answer orders' log-odds shifts, "
+              "signed toward the earlier letter of its pair (A of A/B); it cancels in the shifts above. "
+              f"{len(bias)} of {len(results)} configurations push a letter detectably "
+              f"({int((bias['letter_bias'] > 0).sum())} toward the earlier letter, "
+              f"{int((bias['letter_bias'] < 0).sum())} toward the later)"
+              + (", the largest:" if len(bias) else ".")]
+    for row in bias.reindex(bias["letter_bias"].abs().sort_values(ascending=False).index).head(5).to_dict("records"):
+        lines.append(f"- layer {row['layer']} {_vector(row)} alpha {row['alpha']:.4g}: letter bias "
+                     f"{_ci(row['letter_bias'], row['letter_bias_ci_low'], row['letter_bias_ci_high'])} log-odds")
+    return lines + [""]
+
+
+def _frontier_lines(rows: list[FrontierRow], unit: str) -> list[str]:
+    lines = ["## Frontier: each vector's shift at exactly each perplexity budget", "",
+             "Interpolated along the vector's own alpha path on log-inflation, from the unsteered model (never "
+             "extrapolated: a budget beyond its largest measured inflation is 'not reached'). Intervals: percentile "
+             f"bootstrap resampling questions and perplexity {unit}s together, the interpolation redone in each "
+             "resample (so they include where the budget falls). The primary figure is the paired difference "
+             "from the dense vector at the same budget; the fraction of dense is given where the dense shift's "
+             "interval excludes zero. 'defined': the share of resamples that reach the budget (the intervals are "
+             "over those).", ""]
+    cells = []
+    for row in rows:
+        if not row.reached:
+            cells.append([str(row.layer), f"{row.method} {row.k}", f"{row.budget:g}", "not reached", "", "", "", ""])
+            continue
+        cells.append([str(row.layer), f"{row.method} {row.k}", f"{row.budget:g}", _fmt(row.alpha, ".3g"),
+                      _ci(row.shift, row.ci_low, row.ci_high), _fmt(row.boot_defined, ".2f"),
+                      _ci(row.diff_vs_dense, row.diff_ci_low, row.diff_ci_high) if row.reference else "(reference)",
+                      _ci(row.fraction, row.fraction_ci_low, row.fraction_ci_high)
+                      if not math.isnan(row.fraction) else ""])
+    return lines + _md_table(["layer", "vector", "budget", "alpha", "shift [95% CI]", "defined",
+                              "minus dense [95% CI]", "fraction of dense [95% CI]"], cells) + [""]
+
+
+def _contrast_lines(rows: list[ContrastRow]) -> list[str]:
+    lines = ["## Primary contrasts (Holm-corrected as a family)", ""]
+    if not rows:
+        return lines + ["No pre-specified contrast has both sides reached at any budget.", ""]
+    m = len(rows)
+    raw = sum(r.ci_low > 0 or r.ci_high < 0 for r in rows)
+    held = [r for r in rows if r.p_holm < ALPHA_LEVEL]
+    lines += [f"{raw} of {m} contrasts have an interval excluding zero ({m} x {ALPHA_LEVEL:g} = "
+              f"{m * ALPHA_LEVEL:.2g} expected by chance); {len(held)} at Holm-adjusted p < {ALPHA_LEVEL:g} "
+              f"({sum(r.estimate > 0 for r in held)} positive, {sum(r.estimate < 0 for r in held)} negative).", ""]
+    lines += _md_table(["contrast", "layer", "budget", "vector", "minus", "difference [95% CI]", "p", "Holm p"],
+                       [[r.contrast, str(r.layer), f"{r.budget:g}", f"{r.method} k={r.k}", r.reference,
+                         _ci(r.estimate, r.ci_low, r.ci_high), _fmt(r.p_value, ".2g"), _fmt(r.p_holm, ".2g")]
+                        for r in rows])
+    return lines + [""]
+
+
+def _steerability_lines(rows: list[SteerabilityRow], alpha_mode: str) -> list[str]:
+    if not rows:
+        return []
+    unit = {"fraction": "per unit of residual-norm fraction", "norm": "per unit of added norm",
+            "scale": "per unit of scale"}[alpha_mode]
+    lines = ["## Per-question steerability", "",
+             f"Each question's least-squares slope of its primary measure over alpha ({unit}; the unsteered model "
+             "at alpha 0), as steering-bench reports it (Tan et al. 2024): the mean slope (t over questions), the "
+             "spread of the slopes (sd) and the anti-steerable share (questions whose slope is negative), the last "
+             "two with bootstrap intervals over questions. A mean shift hides a vector that moves half the "
+             "questions the wrong way; the spread and the share show it.", ""]
+    return lines + _md_table(["layer", "vector", "questions", "mean slope [95% CI]", "sd of slopes [95% CI]",
+                              "anti-steerable [95% CI]"],
+                             [[str(r.layer), f"{r.method} {r.k}", str(r.n_questions),
+                               _ci(r.slope_mean, r.slope_ci_low, r.slope_ci_high),
+                               _ci(r.slope_sd, r.slope_sd_ci_low, r.slope_sd_ci_high),
+                               _ci(r.anti_steerable, r.anti_ci_low, r.anti_ci_high, ".2f")] for r in rows]) + [""]
+
+
+def plot_frontier(paths: Paths, behavior: str, budgets, path: Path) -> Path:
+    """Shift (primary measure) against perplexity inflation (log x), one panel per layer, one
+    interpolated curve per vector with its bootstrap band (95%), measured points marked."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
     from matplotlib.ticker import FuncFormatter, NullLocator
 
-    rows = results[results["behavior"] == behavior]
-    layers = sorted(rows["layer"].unique())
-    vectors = sorted({(m, k) for m, k in zip(rows["method"], rows["k"])}, key=lambda v: (v[0], _k_order(v[1])))
-    columns = min(len(layers), 4)
-    lines = math.ceil(len(layers) / columns)
-    fig = Figure(figsize=(max(3.6 * columns + 1.2, 7.5), 3.2 * lines + 1.2))
+    vectors = [v for v in paths.index if v[0] == behavior]
+    layers = sorted({int(v[1]) for v in vectors})
+    kinds = sorted({(v[2], v[3]) for v in vectors}, key=lambda v: (is_control(v[0]), v[0], _k_order(v[1])))
+    colors = {v: f"C{i % 10}" for i, v in enumerate(kinds)}
+    columns_ = min(len(layers), 4)
+    lines_ = math.ceil(len(layers) / columns_)
+    fig = Figure(figsize=(max(3.6 * columns_ + 1.2, 7.5), 3.2 * lines_ + 1.4))
     FigureCanvasAgg(fig)
-    axes = fig.subplots(lines, columns, sharey=True, squeeze=False).ravel()
-    colors = {v: f"C{i}" for i, v in enumerate(vectors)}
+    axes = fig.subplots(lines_, columns_, sharey=True, squeeze=False).ravel()
+    several = len({v[2] for v in vectors}) > 1
     for ax, layer in zip(axes, layers):
-        at_layer = rows[rows["layer"] == layer]
-        for vector in vectors:
-            curve = at_layer[(at_layer["method"] == vector[0]) & (at_layer["k"] == vector[1])]
-            curve = curve.sort_values("ppl_inflation")
-            if not len(curve):
+        top = 1.0
+        for kind in kinds:
+            vector = (behavior, layer, *kind)
+            if vector not in paths.index:
                 continue
-            several = rows["method"].nunique() > 1
-            label = ("dense" if vector[1] == "dense" else f"k={vector[1]}") + (f" ({vector[0]})" if several else "")
-            ax.plot(curve["ppl_inflation"], curve["on_target_shift"], marker="o", markersize=3,
-                    color=colors[vector], label=label, linewidth=1.2)
-            ax.fill_between(curve["ppl_inflation"], curve["on_target_ci_low"], curve["on_target_ci_high"],
-                            color=colors[vector], alpha=0.15, linewidth=0)
+            rows = paths.index[vector]
+            measured = np.exp(paths.log_inflation[rows])
+            top = max(top, float(measured.max()))
+            high = float(np.log(min(measured.max(), X_LIMIT)))
+            if high <= 0:
+                continue
+            grid = np.linspace(high / CURVE_POINTS, high, CURVE_POINTS)
+            curve, band = [], []
+            for x in grid:
+                shift, _, draws = paths.at(vector, float(x))
+                curve.append(shift)
+                finite = draws[np.isfinite(draws)]
+                band.append(np.percentile(finite, [2.5, 97.5]) if finite.size else (np.nan, np.nan))
+            band = np.asarray(band)
+            label = ("dense" if kind[1] == "dense" else f"k={kind[1]}") + (f" ({kind[0]})" if several else "")
+            style = ":" if is_control(kind[0]) else "-"
+            ax.plot(np.exp(np.r_[0, grid]), np.r_[0, curve], color=colors[kind], label=label, linewidth=1.2,
+                    linestyle=style)
+            ax.fill_between(np.exp(grid), band[:, 0], band[:, 1], color=colors[kind], alpha=0.12, linewidth=0)
+            ax.plot(measured, paths.shift[rows], "o", markersize=3, color=colors[kind])
         for budget in budgets:
             ax.axvline(budget, color="grey", linestyle=":", linewidth=0.8)
         ax.axhline(0.0, color="black", linewidth=0.6)
         ax.set_xscale("log")
-        # A broken model (inflation 1e5) would squeeze the budgets' region into a sliver.
-        beyond = int((at_layer["ppl_inflation"] > X_LIMIT).sum())
-        ax.set_xlim(min(0.98, float(at_layer["ppl_inflation"].min()) * 0.98),
-                    min(X_LIMIT, max(float(at_layer["ppl_inflation"].max()) * 1.1, max(budgets) * 1.2)))
+        ax.set_xlim(0.98, min(X_LIMIT, max(top * 1.1, max(budgets) * 1.2)))
         low, high = ax.get_xlim()
         ticks = (1, 1.25, 1.5, 2, 3) if high < 4 else (1, 2, 5, 10, 20, 50, 100)  # labels that do not collide
         ax.set_xticks([t for t in ticks if low <= t <= high])
         ax.xaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}x"))
         ax.xaxis.set_minor_locator(NullLocator())
-        if beyond:
-            ax.text(0.98, 0.02, f"{beyond} point(s) beyond {X_LIMIT:g}x not shown", transform=ax.transAxes,
-                    ha="right", va="bottom", fontsize=7, color="grey")
         ax.set_title(f"layer {layer}", fontsize=9)
         ax.set_xlabel("perplexity inflation (steered / base)", fontsize=8)
         ax.tick_params(labelsize=7)
         ax.grid(True, alpha=0.3)
     for ax in axes[len(layers):]:
         ax.set_visible(False)
-    balanced = results.attrs.get("measure") == "letter-balanced"
-    axes[0].set_ylabel(f"on-target shift{', letter-balanced' if balanced else ''} (95% CI band)", fontsize=8)
+    scale = "log-odds shift" if paths.evidence.measure == "logodds" else "on-target shift"
+    axes[0].set_ylabel(f"{scale} (95% band)", fontsize=8)
     handles, labels = axes[0].get_legend_handles_labels()
     fig.legend(handles, labels, loc="outside lower center", ncol=min(len(labels), 4), fontsize=8, frameon=False)
-    fig.suptitle(f"{behavior}: on-target shift against off-target damage\n(dotted: perplexity budgets "
-                 f"{', '.join(f'{b:g}x' for b in budgets)})", fontsize=10)
+    fig.suptitle(f"{behavior}: on-target shift against off-target damage, interpolated along each vector's "
+                 f"alphas\n(dotted verticals: budgets {', '.join(f'{b:g}x' for b in budgets)}; dotted curves: "
+                 "controls)", fontsize=10)
     fig.set_layout_engine("constrained")
     fig.savefig(path, dpi=110)
     return path
-
-
-def _letter_lines(results) -> list[str]:
-    """For A/B items: the shift with every behavior-matching letter weighted equally, beside the plain one."""
-    if "balanced_shift" not in results or not results["balanced_shift"].notna().any():
-        return []
-    plain = results["detectable"].astype(bool)
-    balanced = results["balanced_detectable"].fillna(False).astype(bool)
-    lines = ["## Answer letters: the shift with each matching letter weighted equally", "",
-             "A vector that pushes one answer letter, whatever the question, raises the score of the items whose "
-             "matching letter it is and lowers the others'; the plain mean shift then follows how the test "
-             "items' letters happen to be split. The balanced shift (mean over letters of each letter's mean "
-             "shift, Welch t interval; results.csv columns balanced_*) does not, and the frontier, the matched "
-             "effect and the counts above use it.", "",
-             f"{int(plain.sum())} of {len(results)} configurations have a detectable plain shift; "
-             f"{int(balanced.sum())} a detectable balanced shift; {int((plain & ~balanced).sum())} are detectable "
-             "only in the plain one."]
-    suspect = results[plain & ~balanced]
-    if len(suspect):
-        lines += ["", "**Read those with care: their plain shift may be a letter preference, not the behavior.** "
-                  "For example:"]
-        for row in suspect.sort_values("on_target_shift", ascending=False).head(5).to_dict("records"):
-            lines.append(f"- layer {row['layer']} {row['method']} k={row['k']} alpha {row['alpha']:.4g}: plain "
-                         f"{_ci(row, 'on_target')}, balanced {_ci(row, 'balanced')}")
-    return lines + [""]
-
-
-def _detectable_lines(results) -> list[str]:
-    lines = []
-    detectable = results[results["detectable"].astype(bool)]
-    n = len(results)
-    lines.append(f"{len(detectable)} of {n} configurations have an on-target shift whose 95% interval excludes "
-                 "zero" + (":" if len(detectable) else "."))
-    for row in detectable.sort_values("on_target_shift", ascending=False).head(12).to_dict("records"):
-        lines.append(f"- layer {row['layer']} {row['method']} k={row['k']} alpha {row['alpha']:.4g}: "
-                     f"shift {_ci(row, 'on_target')}, inflation {_ci(row, 'ppl_inflation')}")
-    if len(detectable) > 12:
-        lines.append(f"- ... and {len(detectable) - 12} more (results.csv, column detectable)")
-    half = (results["on_target_ci_high"] - results["on_target_ci_low"]) / 2
-    if n and (half.min() > results["on_target_shift"].abs().max()):
-        lines.append("")
-        lines.append(f"**Warning: too few items to tell.** Every interval is wider (half-width >= "
-                     f"{half.min():.3g}) than every measured effect (largest |shift| "
-                     f"{results['on_target_shift'].abs().max():.3g}): use more test items.")
-    return lines
 
 
 def plot_separation(rows, path: Path) -> Path:
@@ -305,96 +283,80 @@ def plot_separation(rows, path: Path) -> Path:
     return path
 
 
-def write_report(results, ledger, budgets, match_fractions=DEFAULT_MATCH_FRACTIONS) -> Path:
-    """frontier.csv, matched_effect.csv, results.md and frontier_<behavior>.png in the ledger's folder."""
+def _write_rows(rows, record_type, path: Path) -> None:
+    import pandas as pd
+
+    pd.DataFrame([as_record(r) for r in rows], columns=columns(record_type)).to_csv(path, index=False)
+
+
+def write_report(ledger, budgets) -> Path:
+    """frontier.csv, contrasts.csv, steerability.csv, results.md and the plots in the ledger's folder."""
     out_dir = Path(ledger.out_dir)
+    results = ledger.results()
     if not len(results):
         return out_dir
-    items = ledger.items()
-    baseline = ledger.baseline
-    plain = results
-    # A folder from before the letters were recorded in baseline.json stays on the plain shift.
-    results = shift_view(plain, letters_known="strata" in baseline)
-    balanced = results.attrs["measure"] == "letter-balanced"
-    weights = stratum_weights(baseline["strata"]) if balanced else None
-    table = frontier(results, budgets, items, weights)
-    table.insert(len(table.columns), "measure", results.attrs["measure"])
-    table.to_csv(out_dir / "frontier.csv", index=False)
-    mirror = matched_effect(results, match_fractions)
-    mirror.to_csv(out_dir / "matched_effect.csv", index=False)
+    items, windows = ledger.items(), ledger.windows()
+    settings = ledger.baseline["settings"]
+    evidence = Evidence.from_tables(results, items, windows)
+    paths = Paths.of(evidence)
+    table = frontier(paths, budgets)
+    primary = contrasts(paths, budgets)
+    steer_rows = steerability(evidence.results, items)
+    _write_rows(table, FrontierRow, out_dir / "frontier.csv")
+    _write_rows(primary, ContrastRow, out_dir / "contrasts.csv")
+    _write_rows(steer_rows, SteerabilityRow, out_dir / "steerability.csv")
+    questions = settings.get("questions", settings["items"])
+    orders = " (each in both answer orders)" if settings["items"] == 2 * questions else ""
     lines = ["# Steering sweep", "",
-             f"Protocol {baseline['settings']['protocol']!r} on {baseline['settings']['items']} held-out items; "
-             f"perplexity on {baseline['settings']['ppl_tokens']} tokens; alpha is "
+             f"Protocol {settings['protocol']!r} on {questions} held-out questions{orders}; perplexity on "
+             f"{settings['ppl_tokens']} tokens from {settings.get('ppl_documents', 1)} document(s) in "
+             f"{settings.get('ppl_window', 256)}-token windows; alpha is "
              + {"fraction": "the added norm as a fraction of the layer's residual norm",
-                "norm": "the added norm", "scale": "the scale of each vector"}[baseline["settings"]["alpha_mode"]]
-             + (f"; steered positions: {baseline['settings']['positions']}"
-                if "positions" in baseline["settings"] else "")
-             + f". Unsteered: on-target {baseline['on_target']:.4g}, "
-             f"perplexity {baseline['ppl']:.4g}. Every interval is 95%: shifts are paired over items (t), "
-             f"inflation paired over {baseline['settings'].get('ppl_window', 256)}-token windows (bootstrap)."
-             + (" The shifts below are **letter-balanced** (every behavior-matching answer letter weighs the same; "
-                "see 'Answer letters')." if balanced else ""), ""]
-    lines += ["## Which configurations move the behavior", ""] + _detectable_lines(results) + [""]
-    lines += _letter_lines(plain)
-    lines += ["## Frontier: the largest shift within each perplexity budget", "",
-              "The best of several alphas is biased upward (the winner of several noisy measurements); each "
-              "interval is that of the chosen configuration. The fraction of the dense shift kept at the same "
-              "budget is given only where the dense shift's interval excludes zero (paired bootstrap over "
-              "items).", ""]
-    cells = []
-    for row in table.sort_values(["behavior", "layer", "method", "budget"], kind="stable").to_dict("records"):
-        reachable = not (isinstance(row["alpha"], float) and math.isnan(row["alpha"]))
-        cells.append([str(row["behavior"]), str(row["layer"]), str(row["method"]), str(row["k"]),
-                      f"{row['budget']:g}", _fmt(row["alpha"], ".4g") if reachable else "none within budget",
-                      _ci(row, "on_target") if reachable else "", _ci(row, "ppl_inflation") if reachable else "",
-                      (f"{_fmt(row['fraction_of_dense'])} [{_fmt(row['fraction_ci_low'])}, "
-                       f"{_fmt(row['fraction_ci_high'])}]") if not math.isnan(row["fraction_of_dense"])
-                      else ("dense: no detectable effect" if row["k"] != "dense" and reachable else "")])
-    lines += _md_table(["behavior", "layer", "method", "k", "budget", "alpha", "shift [95% CI]",
-                        "inflation [95% CI]", "fraction of dense [95% CI]"], cells) + [""]
-    lines += ["## Matched effect: least inflation reaching a fraction of the dense vector's best shift", ""]
-    if len(mirror):
-        lines += _md_table(["behavior", "layer", "method", "k", "target", "alpha", "shift [95% CI]",
-                            "inflation [95% CI]"],
-                           [[str(r["behavior"]), str(r["layer"]), str(r["method"]), str(r["k"]),
-                             f"{r['target_fraction']:g} x dense = {r['target_shift']:.3g}",
-                             _fmt(r["alpha"], ".4g") if not math.isnan(r["alpha"]) else "not reached",
-                             _ci(r, "on_target") if not math.isnan(r["alpha"]) else "",
-                             _ci(r, "ppl_inflation") if not math.isnan(r["alpha"]) else ""]
-                            for r in mirror.to_dict("records")])
-    else:
-        lines.append("No dense vector has a best shift whose interval excludes zero: nothing to match.")
+                "norm": "the added norm", "scale": "the scale of each vector"}[settings["alpha_mode"]]
+             + (f"; steered positions: {settings['positions']}" if "positions" in settings else "")
+             + (f"; random-control seeds {settings['control_seeds']}" if "control_seeds" in settings else "")
+             + f". Unsteered: on-target {ledger.baseline['on_target']:.4g}, perplexity {ledger.baseline['ppl']:.4g}. "
+             f"Every interval is 95%: shifts paired over questions (t), inflation paired over perplexity "
+             f"{evidence.unit}s (bootstrap).", ""]
+    lines += ["## How many configurations move the behavior", ""] + _count_lines(results) + [""]
+    lines += _scale_lines(results)
+    lines += _frontier_lines(table, evidence.unit)
+    lines += _contrast_lines(primary)
+    lines += _steerability_lines(steer_rows, settings["alpha_mode"])
     if "distinct_2_shift" in results and results["distinct_2_shift"].notna().any():
-        lines += ["", "## Degeneration of the generations (paired over prompts)", ""]
-        lines += _md_table(["layer", "method", "k", "alpha", "distinct-2 shift [95% CI]",
+        lines += ["## Degeneration of the generations (paired over prompts)", ""]
+        lines += _md_table(["layer", "vector", "alpha", "distinct-2 shift [95% CI]",
                             "repeated 3-gram rate shift [95% CI]"],
-                           [[str(r["layer"]), str(r["method"]), str(r["k"]), f"{r['alpha']:.4g}",
-                             _ci(r, "distinct_2"), _ci(r, "repeated_3gram")] for r in results.to_dict("records")])
+                           [[str(r["layer"]), _vector(r), f"{r['alpha']:.4g}",
+                             _ci(r["distinct_2_shift"], r["distinct_2_ci_low"], r["distinct_2_ci_high"]),
+                             _ci(r["repeated_3gram_shift"], r["repeated_3gram_ci_low"], r["repeated_3gram_ci_high"])]
+                            for r in results.to_dict("records")]) + [""]
     separation = ledger.separation()
     if separation is not None and len(separation):
-        lines += ["", "## Separation of held-out pairs (no generation)", "",
+        lines += ["## Separation of held-out pairs (no generation)", "",
                   "Projections h.v/|v| of the held-out pos and neg texts onto each vector at its layer: AUROC "
-                  "(0.5 is chance) and Cohen's d, 95% bootstrap intervals over pairs. A sparse vector that keeps "
-                  "the dense one's separation keeps what tells the classes apart.", ""]
+                  "(0.5 is chance) and Cohen's d, 95% bootstrap intervals over pairs.", ""]
         lines += _md_table(["layer", "method", "k", "AUROC [95% CI]", "Cohen's d [95% CI]", "n pos + neg"],
                            [[str(r["layer"]), str(r["method"]), str(r["k"]),
-                             f"{r['auroc']:.3f} [{r['auroc_ci_low']:.3f}, {r['auroc_ci_high']:.3f}]",
-                             f"{r['cohens_d']:.2f} [{r['d_ci_low']:.2f}, {r['d_ci_high']:.2f}]",
+                             _ci(r["auroc"], r["auroc_ci_low"], r["auroc_ci_high"]),
+                             _ci(r["cohens_d"], r["d_ci_low"], r["d_ci_high"]),
                              f"{int(r['n_pos'])} + {int(r['n_neg'])}"]
                             for r in separation.sort_values(["layer", "method", "k"], kind="stable")
-                            .to_dict("records")])
+                            .to_dict("records")]) + [""]
         for behavior in separation["behavior"].unique():
-            plot_separation(separation[separation["behavior"] == behavior],
-                            out_dir / f"separation_{behavior}.png")
+            plot_separation(separation[separation["behavior"] == behavior], out_dir / f"separation_{behavior}.png")
     seconds = results["seconds"].to_numpy(dtype=float)
-    lines += ["", "## Cost", "",
+    lines += ["## Cost", "",
               f"{len(results)} configurations, median {np.median(seconds):.3g} s each "
               f"({3600 / np.mean(seconds):.0f} configurations per hour at the mean, {seconds.sum():.0f} s in all; "
               "the first configuration at each layer includes computing that layer's cached block outputs).", ""]
     for behavior in sorted(results["behavior"].unique()):
         name = f"frontier_{behavior}.png"
-        plot_frontier(results, behavior, budgets, out_dir / name)
+        plot_frontier(paths, behavior, budgets, out_dir / name)
         lines += [f"![{behavior} frontier]({name})", ""]
     path = out_dir / "results.md"
     path.write_text("\n".join(lines))
     return path
+
+
+__all__ = ["count_line", "interpolate_at", "plot_frontier", "plot_separation", "write_report"]

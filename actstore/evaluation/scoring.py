@@ -1,11 +1,15 @@
 """On-target and off-target measurements of a (steered) model.
 
-* :func:`ab_scores`: CAA-style A/B behavior score. For each held-out item, the
-  probability the model puts on the answer letter that matches the behavior,
-  normalised over the two letters. The prompt is the item's text without its
-  final ``(X)``; the compared continuations are ``(A`` and ``(B`` tokenized after
-  it (for most tokenizers ``(`` is shared and only the letter token differs).
-* :func:`perplexity`: perplexity on a text sample, in independent windows.
+* :class:`ABScoring`: CAA-style A/B items. Per item, the log-odds of the answer
+  letter that matches the behavior against the other one,
+  ``log P(matching) − log P(other)``, and the probability score
+  ``sigmoid(log-odds)`` = P(matching) normalised over the two letters. The
+  prompt is the item's text without its final ``(X)`` (:func:`actstore.datasets.ab_question`,
+  the one A/B detector); the compared continuations are ``(A`` and ``(B``
+  tokenized after it (for most tokenizers ``(`` is shared and only the letter
+  token differs). :func:`ab_scores` is the probability score.
+* :class:`PerplexityWindows`: perplexity in independent windows, each tagged
+  with the document it comes from (the unit of the perplexity's interval).
 * :func:`generate`: greedy (or sampled) completions, e.g. for a user scorer.
 
 Run them inside :func:`actstore.steering.steer` to measure a steered model.
@@ -14,7 +18,6 @@ Run them inside :func:`actstore.steering.steer` to measure a steered model.
 from __future__ import annotations
 
 import math
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,9 +27,6 @@ import torch
 
 from ..errors import InputFormatError
 from .replay import Batch, Forward, padding_side, plain_forward
-
-_FINAL_CHOICE = re.compile(r"\(([A-Za-z])\)\s*$")
-
 
 @dataclass(frozen=True)
 class ABItem:
@@ -38,20 +38,11 @@ class ABItem:
     where: str
 
 
-def _split_choice(path: Path, where: str, field: str, text: str) -> tuple[str, str]:
-    match = _FINAL_CHOICE.search(text)
-    if match is None:
-        raise InputFormatError(
-            f"{str(path)!r} {where}: field {field!r} does not end with an answer like '(A)'; "
-            "A/B evaluation needs the CAA pair format (see ../shared/data/README.md)"
-        )
-    return text[: match.start()], match.group(1)
-
-
 def read_ab_items(path: str | Path, separator: str = "\n") -> list[ABItem]:
-    """Held-out A/B items from a pairs file (``positive``/``negative`` ending in
-    ``(X)``) or a CAA items file (``question``, ``answer_matching_behavior``, ...)."""
-    from ..datasets import read_contrast_set
+    """Held-out A/B items, as written, from a pairs file (``positive``/``negative`` ending in
+    ``(X)``) or a CAA items file (``question``, ``answer_matching_behavior``, ...). Their
+    option-swapped twins are made where they are scored (:class:`actstore.evaluation.protocols.ABLetters`)."""
+    from ..datasets import ab_question, read_contrast_set
 
     path = Path(path)
     contrast = read_contrast_set(path, separator)
@@ -60,13 +51,8 @@ def read_ab_items(path: str | Path, separator: str = "\n") -> list[ABItem]:
     items = []
     examples = contrast.examples
     for pos, neg in zip(examples[0::2], examples[1::2]):
-        prompt, matching = _split_choice(path, pos.where, "positive", pos.text)
-        neg_prompt, other = _split_choice(path, neg.where, "negative", neg.text)
-        if neg_prompt != prompt:
-            raise InputFormatError(f"{str(path)!r} {pos.where}: positive and negative ask different questions")
-        if matching == other:
-            raise InputFormatError(f"{str(path)!r} {pos.where}: both answers are ({matching})")
-        items.append(ABItem(prompt, matching, other, pos.where))
+        question = ab_question(pos.text, neg.text, where=f"{str(path)!r} {pos.where}")
+        items.append(ABItem(question.question, question.matching, question.other, pos.where))
     return items
 
 
@@ -94,10 +80,10 @@ class ABScoring:
     """A/B items tokenized and batched once; :meth:`scores` under any forward.
 
     Where both answer letters are one token after a shared prefix (the usual
-    case: ``(`` is shared), an item costs one sequence, the prefix, and its score
-    is ``sigmoid(logit[matching] - logit[other])`` at the last position, which is
-    P(matching) / (P(matching) + P(other)). Otherwise each item runs both
-    continuations and sums the log-probabilities of their tokens.
+    case: ``(`` is shared), an item costs one sequence, the prefix, and its
+    log-odds is ``logit[matching] - logit[other]`` at the last position, which is
+    log P(matching) - log P(other). Otherwise each item runs both continuations
+    and the log-odds is the difference of their summed token log-probabilities.
     """
 
     def __init__(self, tokenizer, items: Sequence[ABItem], batch_size: int = 8, one_sequence: bool = True):
@@ -123,8 +109,8 @@ class ABScoring:
             self.batches = [Batch.pad(tokenizer, chunk, "left", logits_to_keep=max(self.tails[s:s + len(chunk)]) + 1)
                             for s, chunk in _batched(sequences, batch_size)]
 
-    def scores(self, forward: Forward) -> np.ndarray:
-        """Per item: P(matching) / (P(matching) + P(other)), ``(n_items,)`` float64."""
+    def logodds(self, forward: Forward) -> np.ndarray:
+        """Per item: log P(matching) - log P(other), ``(n_items,)`` float64."""
         if self.single_token:
             diffs = []
             for index, batch in enumerate(self.batches):
@@ -132,9 +118,9 @@ class ABScoring:
                 rows = torch.arange(last.shape[0])
                 letters = self.letters[len(diffs):len(diffs) + last.shape[0]].to(last.device)
                 diffs += (last[rows, letters[:, 0]] - last[rows, letters[:, 1]]).double().tolist()
-            scores = np.empty(self.n_items)
-            scores[self.order] = 1.0 / (1.0 + np.exp(-np.asarray(diffs)))
-            return scores
+            logodds = np.empty(self.n_items)
+            logodds[self.order] = diffs
+            return logodds
         logprobs = []
         for index, batch in enumerate(self.batches):
             logits = forward(index, batch)
@@ -145,9 +131,16 @@ class ABScoring:
                 tail = self.tails[len(logprobs)]
                 logprobs.append(float(picked[row, -tail:].double().sum()))
         logprobs = np.asarray(logprobs)
-        match, other = logprobs[0::2], logprobs[1::2]
-        # Normalised over the two letters, in log space for stability.
-        return 1.0 / (1.0 + np.exp(other - match))
+        return logprobs[0::2] - logprobs[1::2]
+
+    def scores(self, forward: Forward) -> np.ndarray:
+        """Per item: P(matching) / (P(matching) + P(other)) = sigmoid(log-odds)."""
+        return probability(self.logodds(forward))
+
+
+def probability(logodds) -> np.ndarray:
+    """sigmoid: log-odds of the matching letter -> its probability normalised over the two letters."""
+    return 1.0 / (1.0 + np.exp(-np.asarray(logodds, dtype=np.float64)))
 
 
 def ab_scores(model, tokenizer, items: Sequence[ABItem], batch_size: int = 8) -> np.ndarray:
@@ -182,16 +175,42 @@ def _token_nll(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
 
 
 class PerplexityWindows:
-    """Non-overlapping windows of ``window`` tokens, each starting with the
-    tokenizer's BOS (when it has one), batched once; :meth:`nll` per window."""
+    """Windows of text for the perplexity, each starting with the tokenizer's BOS (when it
+    has one) and tagged with its document, batched once; :meth:`nll` per window.
+
+    ``PerplexityWindows(tokenizer, token_ids, window)`` cuts one token sequence (one
+    document) into non-overlapping windows of ``window`` tokens;
+    :meth:`from_tagged` takes windows already cut from several documents
+    (:func:`actstore.corpus.document_windows`). ``documents: (windows,)`` int.
+    """
 
     def __init__(self, tokenizer, token_ids: Sequence[int], window: int = 256, batch_size: int = 2):
+        tagged = [(0, list(token_ids[i : i + window])) for i in range(0, len(token_ids), window)]
+        self._build(tokenizer, tagged, batch_size)
+        self.window = int(window)
+
+    @classmethod
+    def from_tagged(cls, tokenizer, windows: Sequence[tuple[int, Sequence[int]]], window: int | None = None,
+                    batch_size: int = 2) -> PerplexityWindows:
+        """``windows``: ``(document, token ids)`` pairs, ids without BOS."""
+        self = cls.__new__(cls)
+        self._build(tokenizer, [(int(d), list(ids)) for d, ids in windows], batch_size)
+        self.window = int(window) if window is not None else max(len(ids) for _, ids in windows)
+        return self
+
+    def _build(self, tokenizer, tagged: list[tuple[int, list[int]]], batch_size: int) -> None:
         bos = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
-        windows = [bos + list(token_ids[i : i + window]) for i in range(0, len(token_ids), window)]
-        windows = [w for w in windows if len(w) >= 2]
-        if not windows:
+        tagged = [(doc, bos + ids) for doc, ids in tagged if len(bos + ids) >= 2]
+        if not tagged:
             raise InputFormatError("too few tokens for a perplexity window")
-        self.batches = [Batch.pad(tokenizer, chunk, "right") for _, chunk in _batched(windows, batch_size)]
+        self.documents = np.asarray([doc for doc, _ in tagged], dtype=np.int64)
+        self.n_tokens = sum(len(ids) - len(bos) for _, ids in tagged)
+        self.batches = [Batch.pad(tokenizer, [ids for _, ids in chunk], "right")
+                        for _, chunk in _batched(tagged, batch_size)]
+
+    @property
+    def n_documents(self) -> int:
+        return int(np.unique(self.documents).size)
 
     def nll(self, forward: Forward) -> tuple[np.ndarray, np.ndarray]:
         """``(nll, tokens)``: summed next-token NLL (nats) and predicted tokens, per window."""
