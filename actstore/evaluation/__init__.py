@@ -8,3 +8,12 @@
     sweep        the grid and run_sweep
     report       frontier, results.md, plots
 """
+
+from .grid import CONTROLS, Grid, SweepStore
+from .perplexity import perplexity_windows
+from .protocols import ABLetters, FreeTextPreference, GeneratedText, protocol_for_file
+from .scoring import ABItem, PerplexityWindows, read_ab_items
+from .sweep import SweepOptions, run_sweep
+
+__all__ = ["ABItem", "ABLetters", "CONTROLS", "FreeTextPreference", "GeneratedText", "Grid", "PerplexityWindows",
+           "SweepOptions", "SweepStore", "perplexity_windows", "protocol_for_file", "read_ab_items", "run_sweep"]
