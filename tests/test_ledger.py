@@ -93,17 +93,21 @@ def test_q_values_are_benjamini_hochberg_per_behavior_over_every_configuration(t
     ledger = Ledger(tmp_path, {"s": 1}, ["behavior", "layer", "method", "k", "alpha", "on_target_shift",
                                          "ppl_inflation", "p_value", "q_value"])
     ledger.record_baseline(*_block(BASELINE))
-    p_values = {("a", 1.0): 0.01, ("a", 2.0): 0.04, ("a", 3.0): 0.03, ("b", 1.0): 0.04, ("b", 2.0): 0.5}
-    for (behavior, alpha), p in p_values.items():
-        key = ConfigKey(1, "enr", "4", alpha if behavior == "a" else alpha + 10)
-        row = {"behavior": behavior, "layer": 1, "method": "enr", "k": "4", "alpha": key.alpha,
+    p_values = {("a", "enr", 1.0): 0.01, ("a", "enr", 2.0): 0.04, ("a", "enr", 3.0): 0.03, ("b", "enr", 1.0): 0.04,
+                ("b", "enr", 2.0): 0.5, ("a", "random:0", 1.0): 0.02}
+    for (behavior, method, alpha), p in p_values.items():
+        key = ConfigKey(1, method, "4", alpha if behavior == "a" else alpha + 10)
+        row = {"behavior": behavior, "layer": 1, "method": method, "k": "4", "alpha": key.alpha,
                "on_target_shift": 0.1, "ppl_inflation": 1.0, "p_value": p, "q_value": np.nan}
         ledger.record(row, *_block(key))
     results = ledger.finish()
+    vectors = results[results["method"] == "enr"]
     for behavior in ("a", "b"):
-        rows = results[results["behavior"] == behavior]
+        rows = vectors[vectors["behavior"] == behavior]
         np.testing.assert_allclose(rows["q_value"], bh_q_values(rows["p_value"]))
-    assert results[results["behavior"] == "a"]["q_value"].tolist() == pytest.approx([0.03, 0.04, 0.04])
+    assert vectors[vectors["behavior"] == "a"]["q_value"].tolist() == pytest.approx([0.03, 0.04, 0.04])
+    # the control is a family of its own: its q is its p
+    assert results[results["method"] == "random:0"]["q_value"].tolist() == pytest.approx([0.02])
     on_disk = pd.read_csv(tmp_path / "results.csv")
     np.testing.assert_allclose(on_disk["q_value"], results["q_value"])
     with pytest.raises(ValueError, match="BASELINE"):

@@ -179,8 +179,12 @@ def test_random_controls_go_through_the_same_grid_at_the_same_alphas(tmp_path, l
     assert {"random:0", "random:1", "enr"} <= set(frontier["method"])  # the same frontier
     contrasts = pd.read_csv(tmp_path / "c" / "contrasts.csv", dtype={"k": str})
     assert not contrasts["method"].str.startswith("random").any()  # controls are not primary contrasts
-    assert json.loads((tmp_path / "c" / "baseline.json").read_text())["settings"]["control_seeds"] == [0, 1]
-    assert "Controls (random directions" in (tmp_path / "c" / "results.md").read_text()
+    report = (tmp_path / "c" / "results.md").read_text()
+    assert "Controls (random directions" in report and "random-control seeds 0, 1" in report
+    # another seed extends the same folder (the grid is not a setting of the folder)
+    more = sweep(llama, store, tmp_path / "c", ppl_ids, layers=[2], ks=[4], fractions=(2.0, 8.0),
+                 methods=("random",), control_seeds=(2,))
+    assert len(more) == len(results) + 2 and "random:2" in set(more["method"])
 
 
 def test_grid_is_validated_before_any_measurement():

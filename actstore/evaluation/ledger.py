@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import ActstoreError
+from .grid import is_control
 from .intervals import bh_q_values
 from .rows import BASELINE, KEY, ItemRows, ResultRow, WindowRows, as_record, columns
 
@@ -180,7 +181,7 @@ class Ledger:
 
     def finish(self):
         """results.csv with its ``q_value`` column filled (Benjamini-Hochberg per behavior over
-        every configuration done), replaced whole; returns it."""
+        every configuration done; the controls a family of their own), replaced whole; returns it."""
         results = self.results()
         if len(results) and not self.readonly:
             _replace_csv(results.reindex(columns=self.columns), self.results_csv)
@@ -195,8 +196,10 @@ class Ledger:
         frame = frame.dropna(subset=["on_target_shift", "ppl_inflation"])  # a row cut by a kill
         if "p_value" in frame and "behavior" in frame:
             # q depends on the whole family: recomputed from the p-values whenever the table is read.
+            # Controls are their own family: they are not hypotheses about the behavior.
             frame = frame.assign(q_value=np.nan)
-            for _, rows in frame.groupby("behavior", sort=False):
+            control = frame["method"].map(is_control)
+            for _, rows in frame.groupby([frame["behavior"], control], sort=False):
                 frame.loc[rows.index, "q_value"] = bh_q_values(rows["p_value"].to_numpy(dtype=np.float64))
         return frame
 

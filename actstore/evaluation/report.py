@@ -306,6 +306,7 @@ def write_report(ledger, budgets) -> Path:
     _write_rows(primary, ContrastRow, out_dir / "contrasts.csv")
     _write_rows(steer_rows, SteerabilityRow, out_dir / "steerability.csv")
     questions = settings.get("questions", settings["items"])
+    seeds = sorted({m.split(":", 1)[1] for m in results["method"].unique() if str(m).startswith("random:")}, key=int)
     orders = " (each in both answer orders)" if settings["items"] == 2 * questions else ""
     lines = ["# Steering sweep", "",
              f"Protocol {settings['protocol']!r} on {questions} held-out questions{orders}; perplexity on "
@@ -314,7 +315,7 @@ def write_report(ledger, budgets) -> Path:
              + {"fraction": "the added norm as a fraction of the layer's residual norm",
                 "norm": "the added norm", "scale": "the scale of each vector"}[settings["alpha_mode"]]
              + (f"; steered positions: {settings['positions']}" if "positions" in settings else "")
-             + (f"; random-control seeds {settings['control_seeds']}" if "control_seeds" in settings else "")
+             + (f"; random-control seeds {', '.join(seeds)}" if seeds else "")
              + f". Unsteered: on-target {ledger.baseline['on_target']:.4g}, perplexity {ledger.baseline['ppl']:.4g}. "
              f"Every interval is 95%: shifts paired over questions (t), inflation paired over perplexity "
              f"{evidence.unit}s (bootstrap).", ""]

@@ -59,7 +59,8 @@ class ResultRow:
     shifts, signed toward the earlier letter of the pair (A of A/B), t over questions:
     a pure letter push shows here and cancels in the shifts. ``measure``: which shift
     is primary (``logodds`` for A/B, else ``score``); ``p_value`` (paired t) and
-    ``q_value`` (Benjamini-Hochberg over the behavior's configurations) are its;
+    ``q_value`` (Benjamini-Hochberg over the behavior's configurations, the controls' a family
+    of their own) are its;
     ``detectable``: its interval excludes zero; ``established``: both scales' intervals
     exclude zero on the same side (A/B; otherwise = detectable).
     """

@@ -123,7 +123,8 @@ def run_sweep(loaded: LoadedModel, store: str | Path | SweepStore, out_dir: str 
 
 
 def _settings(grid: Grid, on_target: OnTarget, perplexity: PerplexityWindows, attrs, options) -> dict:
-    """What a folder was measured with: a rerun with other settings is refused."""
+    """What a folder was measured with: a rerun with other settings is refused. The grid is not
+    among them: runs of other layers, methods, k or seeds extend the same folder."""
     settings = {"protocol": on_target.name, "items": len(on_target.item_ids),
                 "questions": int(np.unique(on_target.questions).size), "ppl_tokens": int(perplexity.n_tokens),
                 "ppl_documents": perplexity.n_documents, "ppl_window": int(perplexity.window),
@@ -132,8 +133,6 @@ def _settings(grid: Grid, on_target: OnTarget, perplexity: PerplexityWindows, at
         settings["site"] = str(attrs["site"])
     if str(Positions.parse(options.positions)) != "all":
         settings["positions"] = str(Positions.parse(options.positions))
-    if "random" in grid.methods:
-        settings["control_seeds"] = [int(s) for s in grid.control_seeds]
     return settings
 
 
