@@ -114,3 +114,22 @@ def test_perplexity_matches_a_direct_computation(llama, shared_data):
     assert got == pytest.approx(math.exp(nll / count), rel=1e-5)
 
 
+
+
+def test_perplexity_windows_come_from_the_documents_of_a_corpus(llama, tmp_path):
+    from actstore import corpus
+    from actstore.evaluation.perplexity import DEFAULT_PPL_DOCUMENTS, DEFAULT_PPL_WINDOW, perplexity_windows
+
+    assert (DEFAULT_PPL_DOCUMENTS, DEFAULT_PPL_WINDOW) == (corpus.MIN_DOCUMENTS, corpus.DEFAULT_WINDOW)
+    articles = "".join(f" = Article {i} = \n\n The quick brown fox number {i} jumps over the lazy dog "
+                       f"{'again and again ' * 6}\n\n" for i in range(6))
+    path = tmp_path / "wiki.txt"
+    path.write_text(articles)
+    windows = perplexity_windows(llama.tokenizer, path, 6 * 8, window=8, documents=6)
+    assert windows.n_documents == 6 and sorted(set(windows.documents.tolist())) == list(range(6))
+    assert windows.n_tokens == 48 and windows.window == 8
+    # a plain file is one document: its windows all carry document 0
+    plain = tmp_path / "plain.txt"
+    plain.write_text("The quick brown fox jumps over the lazy dog. " * 20)
+    one = perplexity_windows(llama.tokenizer, plain, 32, window=8)
+    assert one.n_documents == 1 and len(one.documents) == 4

@@ -336,7 +336,7 @@ def test_sweep_steers_only_the_chosen_positions(tmp_path, llama, store, ppl_ids)
         sweep(llama, store, tmp_path / "m", ppl_ids, layers=[2], ks=[4], positions=np.ones((2, 3), bool))
 
 
-def test_cli_eval_defaults_and_refusals(tmp_path, tiny_model_dirs, pairs_file):
+def test_cli_eval_defaults_and_refusals(tmp_path, tiny_model_dirs, pairs_file, monkeypatch):
     from click.testing import CliRunner
 
     from actstore.cli.main import cli
@@ -376,6 +376,16 @@ def test_cli_eval_defaults_and_refusals(tmp_path, tiny_model_dirs, pairs_file):
                           (["--layers", "1", "--prompts", str(text)], "exactly one of --data-test")):
         result = runner.invoke(cli, [*common, *args])
         assert result.exit_code == 1 and message in result.output and "Traceback" not in result.output, args
+    # without --text: the corpus the documented rule finds ($ACTSTORE_TEXT first), else an error naming --text
+    no_text = [a for i, a in enumerate(common) if a != "--text" and common[i - 1] != "--text"]
+    monkeypatch.setenv("ACTSTORE_TEXT", str(tmp_path / "missing.txt"))
+    result = runner.invoke(cli, [*no_text, "--layers", "1", "--k", "4"])
+    assert result.exit_code == 1 and "--text" in result.output and "Traceback" not in result.output
+    monkeypatch.setenv("ACTSTORE_TEXT", str(text))
+    result = runner.invoke(cli, [*no_text[:-1], str(tmp_path / "default"), "--layers", "1", "--k", "4",
+                                 "--fractions", "0.5", "--no-separation"])
+    assert result.exit_code == 0, result.output
+    assert json.loads((tmp_path / "default" / "baseline.json").read_text())["settings"]["ppl_tokens"] == 64
     labeled = tmp_path / "labeled.json"
     labeled.write_text(json.dumps([{"text": "a b c", "label": "x"}, {"text": "d e f", "label": "y"}]))
     result = runner.invoke(cli, [*common[:-2], "--out", str(tmp_path / "l"), "--layers", "1", "--k", "4", "--data-test",

@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 
 from ..evaluation.grid import DEFAULT_BUDGETS, DEFAULT_FRACTIONS, DEFAULT_PPL_TOKENS
-from ..evaluation.perplexity import DEFAULT_PPL_DOCUMENTS
+from ..evaluation.perplexity import DEFAULT_PPL_DOCUMENTS, DEFAULT_PPL_WINDOW
 from .options import quiet_option, scheduler_option, store_option
 
 
@@ -53,19 +53,23 @@ def _csv(values) -> str:
                    "Each is measured at every k and alpha, so they meet on the same frontier.")
 @click.option("--control-seeds", default="0", show_default=True,
               help="Seeds of the random control, comma-separated (one random vector per seed and k).")
+@click.option("--letter-data", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="For --methods letter: the A/B file captured into --store with its twins (default: the "
+                   "store's latest capture with option-swapped twins).")
 @click.option("--budgets", default=_csv(DEFAULT_BUDGETS), show_default=True,
               help="Perplexity-inflation budgets of the frontier: for each, the largest shift within it.")
 @click.option("--text", type=click.Path(dir_okay=False), default=None,
               help="Documents for the perplexity (off-target damage): a WikiText file (split at its ' = Title = ' "
                    "headings), a JSONL or Parquet file of documents (--text-column) or a plain file (one "
-                   "document). Default: the corpus found by actstore.corpus's rule.")
+                   "document). Default: $ACTSTORE_TEXT, else ../shared/data/wikitext-2/test.txt beside the "
+                   "package's repository (actstore.corpus.default_corpus).")
 @click.option("--text-column", default=None, help="With a JSONL/Parquet --text: the column holding each document.")
 @click.option("--ppl-tokens", type=click.IntRange(16), default=DEFAULT_PPL_TOKENS, show_default=True,
               help="Tokens of --text for the perplexity, in --ppl-window windows from --ppl-documents documents "
                    "(its interval is over documents).")
 @click.option("--ppl-documents", type=click.IntRange(1), default=DEFAULT_PPL_DOCUMENTS, show_default=True,
               help="Documents the perplexity windows come from (a few windows each).")
-@click.option("--ppl-window", type=click.IntRange(8), default=256, show_default=True,
+@click.option("--ppl-window", type=click.IntRange(8), default=DEFAULT_PPL_WINDOW, show_default=True,
               help="Tokens per perplexity window (each starts with BOS); keep it within the model's context.")
 @click.option("--max-items", type=click.IntRange(1), default=None,
               help="Use only the first N held-out questions or prompts (default: all).")
@@ -93,7 +97,7 @@ def _csv(values) -> str:
 @click.option("--force", is_flag=True, help="Use the store even if it was captured from other model weights.")
 @quiet_option
 def evaluate(model, store, model_group, data_test, prompts, scorer, max_new_tokens, layers, ks, alphas, fractions,
-             normalize, methods, control_seeds, budgets, text, text_column, ppl_tokens, ppl_documents, ppl_window,
+             normalize, methods, control_seeds, letter_data, budgets, text, text_column, ppl_tokens, ppl_documents, ppl_window,
              max_items, no_swap_options, behavior, out, batch_size, positions, no_replay, heldout_store,
              no_separation, scheduler, force, quiet):
     """Sweep layer x method x k x alpha: on-target shift against perplexity inflation, with intervals.
@@ -134,13 +138,13 @@ def evaluate(model, store, model_group, data_test, prompts, scorer, max_new_toke
     source.check_grid(grid)
     name = behavior or Path(data_test or prompts).resolve().parent.name
     options = SweepOptions(behavior=name, positions=positions, model_group=model_group, scheduler=scheduler,
-                           replay=not no_replay, force=force, progress=not quiet)
+                           replay=not no_replay, force=force, progress=not quiet, letter_data=letter_data)
     prompt_list = read_prompts(prompts)[:max_items] if prompts is not None else None
     if data_test is not None:
         from ..datasets import read_contrast_set
 
         read_contrast_set(data_test)  # a malformed file is reported before the model loads
-    text = check_text(text, text_column)
+    text = check_text(text)
 
     loaded = load_model(model)
     source.check_model(loaded, force)  # once: run_sweep knows this store has been checked for this model

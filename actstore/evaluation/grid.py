@@ -145,10 +145,11 @@ class Grid:
 class LayerVectors:
     """The vectors of one layer, methods and controls alike (each built once)."""
 
-    def __init__(self, source: SweepStore, stats, layer: int, scheduler: str | None = None):
+    def __init__(self, source: SweepStore, stats, layer: int, scheduler: str | None = None,
+                 letter_data: str | Path | None = None):
         from ..methods import LayerMethods
 
-        self.source, self.layer = source, int(layer)
+        self.source, self.layer, self.letter_data = source, int(layer), letter_data
         self.methods = LayerMethods(source.group, source.path, stats, layer, scheduler=scheduler)
 
     def vector(self, method: str, k: int | None):
@@ -160,7 +161,9 @@ class LayerVectors:
         if name == "letter":
             from ..controls import letter_control
 
-            return letter_control(self.source.group, self.layer, k=k)
+            data = self.letter_data if self.letter_data is not None else self.source.twin_source()
+            return letter_control(self.source.path, self.layer, data, k,
+                                  model=self.source.group.basename)
         return self.methods.vector(method, k)
 
 
@@ -198,6 +201,17 @@ class SweepStore:
             return
         check_store_model(self.attrs, loaded, force, self.path)
         self._checked_models.add(loaded.fingerprint)
+
+    def twin_source(self) -> str:
+        """The file of the store's latest capture with option-swapped twins (for the letter control)."""
+        from ..stores.runs import read_runs
+
+        runs = [r for r in read_runs(self.group) if r.settings.get("swap_options")]
+        if not runs:
+            raise ActstoreError(f"{str(self.path)!r} holds no A/B capture with option-swapped twins: the letter "
+                                "control needs one (capture the A/B set without --no-swap-options)",
+                                param="letter_data")
+        return runs[-1].source
 
     def statistics(self, scheduler: str | None = None):
         if self._stats is None:

@@ -78,7 +78,9 @@ class SweepOptions:
     exceed ``cache_budget_mb`` runs that way too. ``scheduler`` runs statistics or
     covariances still to compute. ``force`` evaluates a store captured from other
     weights. ``heldout``: a store of held-out pos/neg texts at the sweep's layers;
-    each vector's AUROC and Cohen's d go to separation.csv.
+    each vector's AUROC and Cohen's d go to separation.csv. ``letter_data``: for
+    the ``letter`` control, the A/B file captured into the store with its twins
+    (default: the store's latest capture with twins).
     """
 
     behavior: str = "behavior"
@@ -89,6 +91,7 @@ class SweepOptions:
     cache_budget_mb: float = 4096
     force: bool = False
     heldout: str | Path | None = None
+    letter_data: str | Path | None = None
     progress: bool = True
 
     def __post_init__(self):
@@ -191,7 +194,7 @@ def _measure_layer(loaded, source: SweepStore, stats, layer: int, configs: list[
                    ledger: Ledger, heldout, options: SweepOptions, tick: Callable[[], None]) -> None:
     """Every configuration of one layer, from its cached block outputs where they fit."""
     layer_norm = residual_norm(stats, layer)
-    vectors = LayerVectors(source, stats, layer, options.scheduler)
+    vectors = LayerVectors(source, stats, layer, options.scheduler, options.letter_data)
     positions = Positions.parse(options.positions)
     # The layer's one-off cost (its cached block outputs) counts in its first configuration.
     started = time.perf_counter()
