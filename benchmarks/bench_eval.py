@@ -1,8 +1,6 @@
-"""Seconds per sweep configuration, before and after replaying each layer's cached block output;
-and the perplexity interval's width per second, one file against many documents.
+"""Seconds per sweep configuration, before and after replaying each layer's cached block output.
 
     python benchmarks/bench_eval.py [--layer 6] [--items 0] [--ppl-tokens 8192] [--repeats 3]
-    python benchmarks/bench_eval.py --ppl [--layer 6] [--repeats 2]
 
 google/gemma-3-270m, the held-out refusal items (all 83 unless --items) and
 --ppl-tokens of WikiText-2 (the `actstore eval` default), one ENR k=64 vector at
@@ -16,26 +14,12 @@ k, alpha): the on-target scores of every item and the perplexity windows, steere
 
 Both run in each repeat, alternating; medians. Their per-item scores and window
 NLLs must agree (printed). Writes the section "Evaluation cost" of RESULTS.md.
-
-``--ppl``: the perplexity inflation of one steered vector (ENR k=64 at --layer,
-added norm 0.04 of the residual norm) measured two ways, each timed (steered
-pass over the windows, whole model):
-
-* before: the first 8192 tokens of WikiText-2's test file, one token stream in
-  256-token windows, interval bootstrapped over windows (what the sweep did);
-* after: 4096 tokens from 32 documents of the default corpus (a few windows
-  each), interval bootstrapped over documents (what it does now).
-
-Reports each interval's width, the seconds, and width x sqrt(seconds) (the width
-one second of measuring would give if width falls as 1/sqrt(tokens)): lower is
-better. Writes the section "Perplexity interval per second" of RESULTS.md.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import sys
 import tempfile
@@ -46,8 +30,6 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 from _common import SHARED_DATA, git_rev, machine, write_section  # noqa: E402
 
-SHARED_DATA = Path(os.environ.get("ACTSTORE_SHARED_DATA", SHARED_DATA))  # a worktree's ../shared may be elsewhere
-
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -56,11 +38,7 @@ def main() -> None:
     parser.add_argument("--ppl-tokens", type=int, default=8192)
     parser.add_argument("--train-pairs", type=int, default=128)
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--ppl", action="store_true", help="the perplexity interval per second instead")
     args = parser.parse_args()
-    if args.ppl:
-        perplexity_width(args)
-        return
 
     import numpy as np
     import torch
@@ -139,68 +117,6 @@ floor that replay cannot remove.
 """
     print(body)
     write_section("Evaluation cost (bench_eval.py)", body)
-
-
-def perplexity_width(args) -> None:
-    import numpy as np
-    import torch
-
-    import actstore
-    from actstore.demo import prepare_demo_model
-    from actstore.evaluation.grid import residual_norm
-    from actstore.evaluation.intervals import inflation_interval
-    from actstore.evaluation.perplexity import perplexity_windows
-    from actstore.evaluation.replay import plain_forward
-    from actstore.evaluation.scoring import PerplexityWindows, read_text_tokens
-
-    loaded = actstore.load_model(str(prepare_demo_model()))
-    source = SHARED_DATA / "caa-pairs" / "refusal"
-    work = Path(tempfile.mkdtemp(prefix="bench-ppl-"))
-    train = work / "train.json"
-    train.write_text(json.dumps(json.loads((source / "train.json").read_text())[: args.train_pairs]))
-    actstore.capture_to_store(loaded, train, work / "s.zarr", [args.layer], offset=1, progress=False)
-    stats = actstore.open_stats(work / "s.zarr")
-    vector = actstore.vector_from_stats(stats, args.layer, 64)
-    scale = 0.04 * residual_norm(stats, args.layer) / float(np.linalg.norm(vector.vector))
-    wikitext = SHARED_DATA / "wikitext-2" / "test.txt"
-    ways = {"before: 8192 tokens of one file, windows": (
-                PerplexityWindows(loaded.tokenizer, read_text_tokens(loaded.tokenizer, wikitext, 8192), 256), False),
-            "after: 4096 tokens from 32 documents, documents": (
-                perplexity_windows(loaded.tokenizer, None, 4096, window=256, documents=32), True)}
-    plain = plain_forward(loaded.model)
-    rows = []
-    for name, (windows, by_document) in ways.items():
-        base_nll, tokens = windows.nll(plain)
-        times = []
-        for _ in range(args.repeats):
-            t0 = time.perf_counter()
-            with actstore.steer(loaded, vector, scale):
-                nll, _ = windows.nll(plain)
-            times.append(time.perf_counter() - t0)
-        seconds = statistics.median(times)
-        interval = inflation_interval(nll, base_nll, tokens, documents=windows.documents if by_document else None)
-        width = interval.high - interval.low
-        rows.append(f"| {name} | {windows.n_tokens} | {windows.n_documents} | {len(windows.documents)} | "
-                    f"{interval:.4f} | {width:.4f} | {seconds:.1f} | {width * seconds ** 0.5:.4f} |")
-        print(rows[-1], flush=True)
-    body = f"""`python benchmarks/bench_eval.py --ppl --layer {args.layer} --repeats {args.repeats}` at {git_rev()}
-
-Machine: {machine()}
-
-google/gemma-3-270m (float32, CPU), one ENR k=64 vector at layer {args.layer} (from {args.train_pairs} refusal \
-pairs), added norm 0.04 of the layer's residual norm; the steered pass over the windows with the whole model, \
-median of {args.repeats}. Torch threads: {torch.get_num_threads()}.
-
-| perplexity text, interval's unit | tokens | documents | windows | inflation [95% CI] | width | s | width x sqrt(s) |
-|---|---|---|---|---|---|---|---|
-""" + "\n".join(rows) + """
-
-The "before" interval is over windows of two or three articles: it describes that passage, and adjacent windows \
-are correlated, so it is narrower than what it claims to describe. The "after" interval resamples documents: it \
-describes off-target text. width x sqrt(s) is the width one second would buy if width falls as 1/sqrt(tokens).
-"""
-    print(body)
-    write_section("Perplexity interval per second (bench_eval.py --ppl)", body)
 
 
 if __name__ == "__main__":
