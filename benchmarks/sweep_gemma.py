@@ -16,6 +16,9 @@ runs that extend one folder:
   and the controls at the same k and alphas (random, seed 0; letter, A/B only);
 * the layer claim at layers 4-10 (8 from the first run): ENR k=64 and dense.
 
+The primary contrasts (:data:`PRIMARY`, 7 per behavior at inflation 1.25) are
+pre-specified and Holm-corrected together; every other figure is secondary.
+
 Every configuration at the default alphas (fractions of the layer's residual
 norm), perplexity from --ppl-tokens tokens of --ppl-documents documents of the
 default corpus. Each behavior's folder gets the eval's files; <out>/SUMMARY.md
@@ -49,6 +52,12 @@ K_CLAIM = {"layers": "8", "k": "4,16,64,256,dense", "methods": "enr,random"}
 WHITENED = {"layers": "8", "k": "16,64", "methods": "whitened"}
 LAYER_CLAIM = {"layers": "4,5,6,7,9,10", "k": "64,dense", "methods": "enr"}
 CAPTURE_LAYERS = "4,5,6,7,8,9,10"
+PRIMARY_BUDGET = 1.25
+# The plan's family of primary contrasts per behavior (Holm-corrected together; PLAN.md): (a) each ENR
+# k minus dense at layer 8, (d) whitened minus ENR at the same k, (c) layer 8 minus the best other layer.
+PRIMARY = tuple([f"sparse_minus_dense=8:enr:{k}-8:enr:dense@{PRIMARY_BUDGET:g}" for k in (4, 16, 64, 256)]
+                + [f"whitened_minus_enr=8:whitened:{k}-8:enr:{k}@{PRIMARY_BUDGET:g}" for k in (16, 64)]
+                + [f"layer_8_minus_best=8:enr:64-best:enr:64@{PRIMARY_BUDGET:g}"])
 
 
 def run(args: list[str], log: list[str]) -> None:
@@ -141,7 +150,8 @@ def evaluate(exe: str, model: str, behavior: str, store: Path, out: Path, spec: 
     run([exe, "eval", "-q", "--model", model, "--store", str(store), "--data-test",
          str(source(behavior) / "test.json"), "--layers", spec["layers"], "--k", spec["k"], "--methods",
          spec["methods"], "--budgets", args.budgets, "--ppl-tokens", str(args.ppl_tokens), "--ppl-documents",
-         str(args.ppl_documents), "--behavior", behavior, "--out", str(out), *extra], log)
+         str(args.ppl_documents), "--behavior", behavior, "--out", str(out),
+         *[a for spec in PRIMARY for a in ("--contrasts", spec)], *extra], log)
 
 
 def time_slice(exe: str, model: str, args, work: Path, log: list[str]) -> str:
@@ -210,7 +220,10 @@ def main() -> None:
 
         for behavior in behaviors:
             if (out / behavior / "baseline.json").exists():
-                write_report(Ledger.open_existing(out / behavior), [float(b) for b in args.budgets.split(",")])
+                from actstore.evaluation.frontier import Contrast
+
+                write_report(Ledger.open_existing(out / behavior), [float(b) for b in args.budgets.split(",")],
+                             [Contrast.parse(spec) for spec in PRIMARY])
     done = [b for b in behaviors if (out / b / "results.csv").exists()]
 
     def gather(name: str):

@@ -37,33 +37,37 @@ def _folder(effects: dict, damage: dict, seed: int = 0):
 
     base_key = (np.nan, "none", "none", 0.0)
     item_frames, window_frames, rows = [items(base_key, base_logodds)], [windows(base_key, base_nll)], []
-    for (method, k), shifts in effects.items():
-        for alpha, shift, extra in zip(ALPHAS, shifts, damage[(method, k)]):
-            key = (1, method, k, alpha)
+    for vector, shifts in effects.items():
+        layer, method, k = vector if len(vector) == 3 else (1, *vector)
+        for alpha, shift, extra in zip(ALPHAS, shifts, damage[vector]):
+            key = (layer, method, k, alpha)
             per_question = shift + rng.normal(0, 0.3, (QUESTIONS, 1))
             letter = rng.normal(0.5, 0.1)  # a letter push: +/- by order, cancels per question
             logodds = base_logodds + per_question + np.array([letter, -letter])
             nll = base_nll + (extra + rng.normal(0, 0.01, DOCUMENTS)[document]) * TOKENS
             item_frames.append(items(key, logodds))
             window_frames.append(windows(key, nll))
-            rows.append({"behavior": "b", "layer": 1, "method": method, "k": k, "alpha": alpha, "measure": "logodds"})
+            rows.append({"behavior": "b", "layer": layer, "method": method, "k": k, "alpha": alpha,
+                         "measure": "logodds"})
     return pd.DataFrame(rows), pd.concat(item_frames, ignore_index=True), pd.concat(window_frames, ignore_index=True)
 
 
-def _written_out(items, windows, method, k):
-    """Per configuration of (method, k), in alpha order: per-question effects (mean over orders) and
-    per-document NLL differences, from the tables with loops."""
+def _written_out(items, windows, method, k, layer=1):
+    """Per configuration of (method, k) at ``layer``, in alpha order: per-question effects (mean over
+    orders) and per-document NLL differences, from the tables with loops."""
     base = items[items["method"] == "none"]
     base_w = windows[windows["method"] == "none"]
     effects, docs = [], []
     for alpha in ALPHAS:
-        mine = items[(items["method"] == method) & (items["k"] == k) & (items["alpha"] == alpha)]
+        mine = items[(items["method"] == method) & (items["k"] == k) & (items["alpha"] == alpha)
+                     & (items["layer"] == layer)]
         per_q = []
         for q in range(QUESTIONS):
             d = (mine[mine["question"] == q]["logodds"].to_numpy() - base[base["question"] == q]["logodds"].to_numpy())
             per_q.append(d.mean())
         effects.append(np.array(per_q))
-        w = windows[(windows["method"] == method) & (windows["k"] == k) & (windows["alpha"] == alpha)]
+        w = windows[(windows["method"] == method) & (windows["k"] == k) & (windows["alpha"] == alpha)
+                    & (windows["layer"] == layer)]
         docs.append(np.array([(w[w["document"] == d]["nll"].sum() - base_w[base_w["document"] == d]["nll"].sum())
                               for d in range(DOCUMENTS)]))
     return effects, docs
@@ -151,7 +155,9 @@ def test_primary_contrasts_are_holm_corrected_as_a_family():
     kinds = {(r.contrast, r.method, r.k) for r in rows}
     assert kinds == {("sparse_minus_dense", "enr", "16"), ("sparse_minus_dense", "whitened", "16"),
                      ("whitened_minus_enr", "whitened", "16")}  # no control among them
-    p = np.array([r.p_value for r in rows])
+    tested = [r for r in rows if r.p_value == r.p_value]
+    assert len(tested) >= 4
+    p = np.array([r.p_value for r in tested])
     m = len(p)
     order = np.argsort(p, kind="stable")
     holm = np.empty(m)
@@ -159,9 +165,44 @@ def test_primary_contrasts_are_holm_corrected_as_a_family():
     for rank, index in enumerate(order):  # written out: step-down, monotone, capped at 1
         running = max(running, min(1.0, (m - rank) * p[index]))
         holm[index] = running
-    np.testing.assert_allclose([r.p_holm for r in rows], holm)
+    np.testing.assert_allclose([r.p_holm for r in tested], holm)
     (whitened,) = [r for r in rows if r.contrast == "whitened_minus_enr" and r.budget == 1.2]
-    assert whitened.reference == "enr k=16" and whitened.estimate < 0
+    assert whitened.reference == "enr k=16 at layer 1" and whitened.estimate < 0
+
+
+def test_a_prespecified_family_with_the_best_other_layer_chosen_in_every_resample():
+    from actstore.evaluation.frontier import Contrast
+
+    effects = {(1, "enr", "64"): (0.2, 0.5, 1.0), (2, "enr", "64"): (0.3, 0.6, 0.9), (3, "enr", "64"): (0.1, 0.3, 0.5)}
+    damage = {key: (0.01, 0.05, 0.3) for key in effects}
+    results, items, windows = _folder(effects, damage, seed=7)
+    B = 200
+    paths = Paths.of(Evidence.from_tables(results, items, windows), n_resamples=B)
+    family = [Contrast.parse("layer=1:enr:64-best:enr:64@1.2"), Contrast.parse("fixed=1:enr:64-3:enr:64@1.2"),
+              Contrast.parse("absent=5:enr:64-3:enr:64@1.2")]
+    rows = {r.contrast: r for r in contrasts(paths, (1.2,), family)}
+    q_draws = np.random.default_rng(SEED).integers(0, QUESTIONS, (B, QUESTIONS))
+    d_draws = np.random.default_rng(SEED + 1).integers(0, DOCUMENTS, (B, DOCUMENTS))
+    tokens = np.full(DOCUMENTS, TOKENS * WINDOWS_PER_DOCUMENT, dtype=float)
+    lb = math.log(1.2)
+    point, draws = {}, {}
+    for layer in (1, 2, 3):
+        eff, docs = _written_out(items, windows, "enr", "64", layer)
+        point[layer] = _interpolate([(d.sum() / tokens.sum(), e.mean()) for e, d in zip(eff, docs)], lb)
+        draws[layer] = np.array([_interpolate([(d[d_draws[b]].sum() / tokens[d_draws[b]].sum(), e[q_draws[b]].mean())
+                                               for e, d in zip(eff, docs)], lb) for b in range(B)])
+    best = np.array([max(draws[2][b], draws[3][b]) for b in range(B)])  # chosen again in each resample
+    diff = draws[1] - best
+    assert rows["layer"].estimate == pytest.approx(point[1] - max(point[2], point[3]), rel=1e-9)
+    assert (rows["layer"].ci_low, rows["layer"].ci_high) == pytest.approx(tuple(np.percentile(diff, [2.5, 97.5])))
+    assert rows["layer"].reference == "enr k=64 at best other layer"
+    assert rows["fixed"].estimate == pytest.approx(point[1] - point[3], rel=1e-9)
+    assert math.isnan(rows["absent"].p_value) and math.isnan(rows["absent"].p_holm)  # not in Holm's m
+    p = sorted([rows["layer"].p_value, rows["fixed"].p_value])
+    assert sorted([rows["layer"].p_holm, rows["fixed"].p_holm]) == pytest.approx([min(1, 2 * p[0]),
+                                                                                  min(1, max(2 * p[0], p[1]))])
+    with pytest.raises(Exception, match="NAME=LAYER"):
+        Contrast.parse("8:enr:64 minus dense")
 
 
 def test_steerability_matches_per_question_slopes_written_out():

@@ -352,11 +352,14 @@ def test_cli_eval_defaults_and_refusals(tmp_path, tiny_model_dirs, pairs_file, m
                                "--store", store]).exit_code == 0
     common = ["eval", "-q", "--model", model, "--store", store, "--data-test", str(ab), "--text", str(text),
               "--ppl-tokens", "64", "--ppl-window", "16", "--out", str(tmp_path / "sweep")]
-    result = runner.invoke(cli, [*common, "--layers", "1", "--k", "4,dense", "--fractions", "0.5"])
+    result = runner.invoke(cli, [*common, "--layers", "1", "--k", "4,dense", "--fractions", "0.5", "--contrasts",
+                                 "mine=1:enr:4-1:enr:dense@1.05"])
     assert result.exit_code == 0, result.output
     assert "2 configurations" in result.output and "expected with no effect at all" in result.output
     assert "at q < 0.05" in result.output
     assert (tmp_path / "sweep" / "frontier.csv").exists()
+    contrasts = pd.read_csv(tmp_path / "sweep" / "contrasts.csv", dtype={"k": str})
+    assert contrasts["contrast"].tolist() == ["mine"]  # the pre-specified family, nothing else
     items = pd.read_csv(tmp_path / "sweep" / "items.csv", dtype={"k": str})
     assert len(items) == 3 * 2 * len(ITEMS)  # baseline + two configurations, both orders
     # by default the --data-test texts are captured in memory and every vector's separation is measured
@@ -373,6 +376,7 @@ def test_cli_eval_defaults_and_refusals(tmp_path, tiny_model_dirs, pairs_file, m
                           (["--layers", "1", "--methods", "svm"], "unknown"),
                           (["--layers", "1", "--normalize"], "--normalize needs --alpha"),
                           (["--layers", "1", "--k", "4", "--text", str(tmp_path / "nope.txt")], "nope.txt"),
+                          (["--layers", "1", "--k", "4", "--contrasts", "k4 minus dense"], "NAME=LAYER"),
                           (["--layers", "1", "--prompts", str(text)], "exactly one of --data-test")):
         result = runner.invoke(cli, [*common, *args])
         assert result.exit_code == 1 and message in result.output and "Traceback" not in result.output, args

@@ -56,6 +56,11 @@ def _csv(values) -> str:
 @click.option("--letter-data", type=click.Path(exists=True, dir_okay=False), default=None,
               help="For --methods letter: the A/B file captured into --store with its twins (default: the "
                    "store's latest capture with option-swapped twins).")
+@click.option("--contrasts", "contrasts", multiple=True, metavar="SPEC",
+              help="A pre-specified primary contrast, NAME=LAYER:METHOD:K-REFLAYER:REFMETHOD:REFK@BUDGET (REFLAYER "
+                   "'best': the best other layer, chosen again in each bootstrap resample); repeat the option for "
+                   "each. They are Holm-corrected as a family. Default: every sparse vector minus dense and "
+                   "whitened minus ENR at every budget.")
 @click.option("--budgets", default=_csv(DEFAULT_BUDGETS), show_default=True,
               help="Perplexity-inflation budgets of the frontier: for each, the largest shift within it.")
 @click.option("--text", type=click.Path(dir_okay=False), default=None,
@@ -97,7 +102,7 @@ def _csv(values) -> str:
 @click.option("--force", is_flag=True, help="Use the store even if it was captured from other model weights.")
 @quiet_option
 def evaluate(model, store, model_group, data_test, prompts, scorer, max_new_tokens, layers, ks, alphas, fractions,
-             normalize, methods, control_seeds, letter_data, budgets, text, text_column, ppl_tokens, ppl_documents, ppl_window,
+             normalize, methods, control_seeds, letter_data, contrasts, budgets, text, text_column, ppl_tokens, ppl_documents, ppl_window,
              max_items, no_swap_options, behavior, out, batch_size, positions, no_replay, heldout_store,
              no_separation, scheduler, force, quiet):
     """Sweep layer x method x k x alpha: on-target shift against perplexity inflation, with intervals.
@@ -138,7 +143,8 @@ def evaluate(model, store, model_group, data_test, prompts, scorer, max_new_toke
     source.check_grid(grid)
     name = behavior or Path(data_test or prompts).resolve().parent.name
     options = SweepOptions(behavior=name, positions=positions, model_group=model_group, scheduler=scheduler,
-                           replay=not no_replay, force=force, progress=not quiet, letter_data=letter_data)
+                           replay=not no_replay, force=force, progress=not quiet, letter_data=letter_data,
+                           contrasts=tuple(contrasts))
     prompt_list = read_prompts(prompts)[:max_items] if prompts is not None else None
     if data_test is not None:
         from ..datasets import read_contrast_set

@@ -13,8 +13,10 @@ so differences between vectors stay paired) and redoes the interpolation in
 each resample, so the interval includes the choice of where on the path the
 budget falls. The primary figure is the paired difference sparse minus dense at
 each budget (:func:`frontier`); the fraction of dense is secondary. The
-pre-specified primary contrasts (:func:`contrasts`) are Holm-corrected as a
-family per behavior; :func:`steerability` is the per-question view.
+pre-specified primary contrasts (:class:`Contrast`, :func:`contrasts`) are
+Holm-corrected as a family per behavior; :func:`steerability` is the
+per-question view. Paths use the positive alphas (a negative scale is another
+direction).
 """
 
 from __future__ import annotations
@@ -211,43 +213,123 @@ def frontier(paths: Paths, budgets, confidence: float = CONFIDENCE) -> list[Fron
     return rows
 
 
-def contrasts(paths: Paths, budgets, confidence: float = CONFIDENCE) -> list[ContrastRow]:
-    """The pre-specified primary contrasts at every budget where both sides are reached, with
-    Holm-adjusted p-values over each behavior's family:
+@dataclass(frozen=True)
+class Contrast:
+    """One pre-specified contrast: the shift of ``method k`` at ``layer`` minus the shift of
+    ``ref_method ref_k`` at ``ref_layer``, both interpolated to ``budget``. ``ref_layer=None``:
+    the best other layer of the reference vector (the largest shift at the budget), chosen
+    again in every bootstrap resample, so the interval includes the choice.
 
-    * ``sparse_minus_dense``: each sparse vector of a method (controls excepted) minus the
-      dense reference at the same layer (:data:`REFERENCE_METHODS`);
-    * ``whitened_minus_enr``: whitened k minus ENR k at the same layer.
+    Written ``NAME=LAYER:METHOD:K-REFLAYER:REFMETHOD:REFK@BUDGET`` (:meth:`parse`), e.g.
+    ``sparse_minus_dense=8:enr:64-8:enr:dense@1.25`` or ``layer=8:enr:64-best:enr:64@1.25``.
     """
+
+    name: str
+    budget: float
+    layer: int
+    method: str
+    k: str
+    ref_layer: int | None
+    ref_method: str
+    ref_k: str
+
+    @classmethod
+    def parse(cls, spec: str) -> Contrast:
+        from ..errors import ActstoreError
+
+        try:
+            name, rest = spec.split("=", 1)
+            sides, budget = rest.rsplit("@", 1)
+            left, right = sides.split("-", 1)
+            layer, method, k = left.split(":")
+            ref_layer, ref_method, ref_k = right.split(":")
+            return cls(name.strip(), float(budget), int(layer), method, k,
+                       None if ref_layer == "best" else int(ref_layer), ref_method, ref_k)
+        except ValueError:
+            raise ActstoreError(f"contrast {spec!r}: expected NAME=LAYER:METHOD:K-REFLAYER:REFMETHOD:REFK@BUDGET, "
+                                "e.g. 'sparse_minus_dense=8:enr:64-8:enr:dense@1.25' (REFLAYER 'best': the best "
+                                "other layer)", param="contrasts") from None
+
+    @property
+    def reference(self) -> str:
+        where = "best other layer" if self.ref_layer is None else f"layer {self.ref_layer}"
+        return f"{self.ref_method} k={self.ref_k} at {where}"
+
+
+def default_contrasts(paths: Paths, budgets) -> list[Contrast]:
+    """The family when none is pre-specified: at every budget, each sparse vector of a method
+    (controls excepted) minus the dense reference at its layer (:data:`REFERENCE_METHODS`), and
+    whitened k minus ENR k at the same layer."""
     vectors = set(paths.index)
-    measure = paths.evidence.measure
-    pending = []
+    family = []
     for vector in sorted(vectors, key=lambda v: (str(v[0]), int(v[1]), str(v[2]), _k_order(str(v[3])))):
         behavior, layer, method, k = vector
         if is_control(method) or k == "dense":
             continue
-        sides = [("sparse_minus_dense", _reference(vectors, behavior, layer, method))]
-        if method == "whitened":
-            sides.append(("whitened_minus_enr", (behavior, layer, "enr", k) if (behavior, layer, "enr", k)
-                          in vectors else None))
-        for name, reference in sides:
-            if reference is None:
-                continue
-            for budget in budgets:
-                shift, _, draws = paths.at(vector, math.log(budget))
-                ref_shift, _, ref_draws = paths.at(reference, math.log(budget))
-                if math.isnan(shift) or math.isnan(ref_shift):
-                    continue
-                diff = percentile_interval(shift - ref_shift, draws - ref_draws, confidence)
-                pending.append(ContrastRow(behavior, name, int(layer), float(budget), method, k,
-                                           f"{reference[2]} k={reference[3]}", measure, diff.estimate, diff.low,
-                                           diff.high, bootstrap_p_value(draws - ref_draws)))
-    out = []
-    for behavior in sorted({row.behavior for row in pending}):
-        family = [row for row in pending if row.behavior == behavior]
-        adjusted = holm_adjusted([row.p_value for row in family])
-        out += [ContrastRow(**{**row.__dict__, "p_holm": float(p)}) for row, p in zip(family, adjusted)]
-    return out
+        reference = _reference(vectors, behavior, layer, method)
+        for budget in budgets:
+            if reference is not None:
+                family.append(Contrast("sparse_minus_dense", float(budget), int(layer), method, k, int(layer),
+                                       reference[2], "dense"))
+            if method == "whitened" and (behavior, layer, "enr", k) in vectors:
+                family.append(Contrast("whitened_minus_enr", float(budget), int(layer), method, k, int(layer),
+                                       "enr", k))
+    return sorted(set(family), key=lambda c: (c.name, c.layer, c.method, _k_order(c.k), c.budget))
+
+
+def contrasts(paths: Paths, budgets, family: list[Contrast] | None = None,
+              confidence: float = CONFIDENCE) -> list[ContrastRow]:
+    """The primary contrasts of every behavior, with bootstrap intervals and p-values, Holm-adjusted
+    over each behavior's family (``family``, else :func:`default_contrasts`). A contrast whose sides
+    are not both reached has NaN figures and is not counted in Holm's m."""
+    rows = []
+    for behavior in sorted({v[0] for v in paths.index}):
+        chosen = family if family is not None else default_contrasts(
+            Paths(paths.evidence, paths.shift, paths.log_inflation, paths.shift_draws, paths.log_inflation_draws,
+                  {v: r for v, r in paths.index.items() if v[0] == behavior}), budgets)
+        mine = [_contrast(paths, behavior, c, confidence) for c in chosen]
+        adjusted = holm_adjusted([row.p_value for row in mine])
+        rows += [ContrastRow(**{**row.__dict__, "p_holm": float(p)}) for row, p in zip(mine, adjusted)]
+    return rows
+
+
+def _contrast(paths: Paths, behavior, c: Contrast, confidence: float) -> ContrastRow:
+    log_budget = math.log(c.budget)
+    nan = ContrastRow(behavior, c.name, c.layer, c.budget, c.method, c.k, c.reference, paths.evidence.measure,
+                      math.nan, math.nan, math.nan, math.nan)
+    vector = _find(paths, behavior, c.layer, c.method, c.k)
+    if vector is None:
+        return nan
+    shift, _, draws = paths.at(vector, log_budget)
+    if c.ref_layer is not None:
+        reference = _find(paths, behavior, c.ref_layer, c.ref_method, c.ref_k)
+        if reference is None:
+            return nan
+        ref_shift, _, ref_draws = paths.at(reference, log_budget)
+    else:  # the best other layer, chosen in the data and again in every resample
+        others = [v for v in paths.index if v[0] == behavior and int(v[1]) != c.layer and v[2] == c.ref_method
+                  and str(v[3]) == c.ref_k]
+        measured = [paths.at(v, log_budget) for v in others]
+        measured = [(s, d) for s, _, d in measured if not math.isnan(s)]
+        if not measured:
+            return nan
+        ref_shift = max(s for s, _ in measured)
+        with np.errstate(all="ignore"):
+            stacked = np.stack([d for _, d in measured])
+            ref_draws = np.where(np.isfinite(stacked).any(0), np.nanmax(np.where(np.isfinite(stacked), stacked,
+                                                                                 -np.inf), axis=0), np.nan)
+    if math.isnan(shift) or math.isnan(ref_shift):
+        return nan
+    diff = percentile_interval(shift - ref_shift, draws - ref_draws, confidence)
+    return ContrastRow(behavior, c.name, c.layer, c.budget, c.method, c.k, c.reference, paths.evidence.measure,
+                       diff.estimate, diff.low, diff.high, bootstrap_p_value(draws - ref_draws))
+
+
+def _find(paths: Paths, behavior, layer: int, method: str, k: str) -> tuple | None:
+    for vector in paths.index:
+        if vector[0] == behavior and int(vector[1]) == int(layer) and vector[2] == method and str(vector[3]) == k:
+            return vector
+    return None
 
 
 def steerability(results, items, confidence: float = CONFIDENCE, n_resamples: int = N_RESAMPLES,

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .frontier import Evidence, Paths, _k_order, contrasts, frontier, interpolate_at, steerability
+from .frontier import Contrast, Evidence, Paths, _k_order, contrasts, frontier, interpolate_at, steerability
 from .grid import is_control
 from .rows import ContrastRow, FrontierRow, SteerabilityRow, as_record, columns, primary_columns
 
@@ -149,16 +149,24 @@ def _frontier_lines(rows: list[FrontierRow], unit: str) -> list[str]:
                               "minus dense [95% CI]", "fraction of dense [95% CI]"], cells) + [""]
 
 
-def _contrast_lines(rows: list[ContrastRow]) -> list[str]:
-    lines = ["## Primary contrasts (Holm-corrected as a family)", ""]
-    if not rows:
-        return lines + ["No pre-specified contrast has both sides reached at any budget.", ""]
-    m = len(rows)
-    raw = sum(r.ci_low > 0 or r.ci_high < 0 for r in rows)
-    held = [r for r in rows if r.p_holm < ALPHA_LEVEL]
+def _contrast_lines(rows: list[ContrastRow], prespecified: bool) -> list[str]:
+    lines = ["## Primary contrasts (Holm-corrected as a family)", "",
+             ("The family was pre-specified for this sweep." if prespecified else
+              "No family was pre-specified: every sparse vector minus the dense one at its layer, and whitened "
+              "minus ENR at the same k, at every budget, make the family (a larger family, a stricter Holm)."),
+             "Each contrast is a paired difference of interpolated shifts at its budget, with a bootstrap interval "
+             "(questions and documents resampled together, the interpolation redone; a 'best other layer' chosen "
+             "again in each resample).", ""]
+    tested = [r for r in rows if not math.isnan(r.p_value)]
+    if not tested:
+        return lines + ["No contrast of the family has both sides reached at its budget.", ""]
+    m = len(tested)
+    raw = sum(r.ci_low > 0 or r.ci_high < 0 for r in tested)
+    held = [r for r in tested if r.p_holm < ALPHA_LEVEL]
     lines += [f"{raw} of {m} contrasts have an interval excluding zero ({m} x {ALPHA_LEVEL:g} = "
               f"{m * ALPHA_LEVEL:.2g} expected by chance); {len(held)} at Holm-adjusted p < {ALPHA_LEVEL:g} "
-              f"({sum(r.estimate > 0 for r in held)} positive, {sum(r.estimate < 0 for r in held)} negative).", ""]
+              f"({sum(r.estimate > 0 for r in held)} positive, {sum(r.estimate < 0 for r in held)} negative)"
+              + (f"; {len(rows) - m} not tested (a side not reached at the budget)." if len(rows) > m else "."), ""]
     lines += _md_table(["contrast", "layer", "budget", "vector", "minus", "difference [95% CI]", "p", "Holm p"],
                        [[r.contrast, str(r.layer), f"{r.budget:g}", f"{r.method} k={r.k}", r.reference,
                          _ci(r.estimate, r.ci_low, r.ci_high), _fmt(r.p_value, ".2g"), _fmt(r.p_holm, ".2g")]
@@ -289,8 +297,9 @@ def _write_rows(rows, record_type, path: Path) -> None:
     pd.DataFrame([as_record(r) for r in rows], columns=columns(record_type)).to_csv(path, index=False)
 
 
-def write_report(ledger, budgets) -> Path:
-    """frontier.csv, contrasts.csv, steerability.csv, results.md and the plots in the ledger's folder."""
+def write_report(ledger, budgets, family: list[Contrast] | None = None) -> Path:
+    """frontier.csv, contrasts.csv, steerability.csv, results.md and the plots in the ledger's folder.
+    ``family``: the pre-specified primary contrasts (default :func:`~actstore.evaluation.frontier.default_contrasts`)."""
     out_dir = Path(ledger.out_dir)
     results = ledger.results()
     if not len(results):
@@ -300,7 +309,7 @@ def write_report(ledger, budgets) -> Path:
     evidence = Evidence.from_tables(results, items, windows)
     paths = Paths.of(evidence)
     table = frontier(paths, budgets)
-    primary = contrasts(paths, budgets)
+    primary = contrasts(paths, budgets, family)
     steer_rows = steerability(evidence.results, items)
     _write_rows(table, FrontierRow, out_dir / "frontier.csv")
     _write_rows(primary, ContrastRow, out_dir / "contrasts.csv")
@@ -322,7 +331,7 @@ def write_report(ledger, budgets) -> Path:
     lines += ["## How many configurations move the behavior", ""] + _count_lines(results) + [""]
     lines += _scale_lines(results)
     lines += _frontier_lines(table, evidence.unit)
-    lines += _contrast_lines(primary)
+    lines += _contrast_lines(primary, family is not None)
     lines += _steerability_lines(steer_rows, settings["alpha_mode"])
     if "distinct_2_shift" in results and results["distinct_2_shift"].notna().any():
         lines += ["## Degeneration of the generations (paired over prompts)", ""]

@@ -209,9 +209,10 @@ class FrontierRow:
 
 @dataclass(frozen=True)
 class ContrastRow:
-    """A pre-specified primary contrast at one budget: ``estimate`` = shift of ``method k``
-    minus shift of ``reference`` (both interpolated to the budget), bootstrap interval and
-    p-value; ``p_holm``: Holm-adjusted over the behavior's family of primary contrasts."""
+    """A pre-specified primary contrast at one budget (:class:`~actstore.evaluation.frontier.Contrast`):
+    ``estimate`` = shift of ``method k`` at ``layer`` minus shift of ``reference`` (both
+    interpolated to the budget), bootstrap interval and p-value (NaN where a side is not
+    reached); ``p_holm``: Holm-adjusted over the behavior's family of primary contrasts."""
 
     behavior: str
     contrast: str

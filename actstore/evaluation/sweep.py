@@ -43,6 +43,7 @@ from ..errors import ActstoreError
 from ..models import LoadedModel
 from ..steering import Positions, steer
 from .effects import Measurement, Units, effects
+from .frontier import Contrast
 from .grid import (
     DEFAULT_BUDGETS,
     DEFAULT_FRACTIONS,
@@ -80,7 +81,9 @@ class SweepOptions:
     weights. ``heldout``: a store of held-out pos/neg texts at the sweep's layers;
     each vector's AUROC and Cohen's d go to separation.csv. ``letter_data``: for
     the ``letter`` control, the A/B file captured into the store with its twins
-    (default: the store's latest capture with twins).
+    (default: the store's latest capture with twins). ``contrasts``: the
+    pre-specified primary contrasts (:meth:`actstore.evaluation.frontier.Contrast.parse`
+    specs), Holm-corrected as a family; none: the default family.
     """
 
     behavior: str = "behavior"
@@ -92,9 +95,12 @@ class SweepOptions:
     force: bool = False
     heldout: str | Path | None = None
     letter_data: str | Path | None = None
+    contrasts: tuple[str, ...] = ()
     progress: bool = True
 
     def __post_init__(self):
+        for spec in self.contrasts:
+            Contrast.parse(spec)
         chosen = Positions.parse(self.positions)
         if chosen.kind == "mask":
             raise ActstoreError("positions: a per-example mask does not fit a sweep over test batches; "
@@ -121,7 +127,7 @@ def run_sweep(loaded: LoadedModel, store: str | Path | SweepStore, out_dir: str 
             _measure_layer(loaded, source, stats, layer, [c for c in todo if c.layer == layer], grid, on_target,
                            perplexity, units, base, ledger, heldout, options, tick)
     results = ledger.finish()
-    write_report(ledger, grid.budgets)
+    write_report(ledger, grid.budgets, [Contrast.parse(c) for c in options.contrasts] or None)
     return results
 
 
