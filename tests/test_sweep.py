@@ -131,6 +131,15 @@ def test_both_orders_log_odds_effect_and_its_interval_recompute_from_items_and_w
         assert row.added_norm == pytest.approx(row.alpha * row.residual_norm, rel=1e-6)
         assert row.n_questions == len(ITEMS) and row.n_items == 2 * len(ITEMS) and row.ppl_documents == 4
     np.testing.assert_allclose(results["q_value"], bh_q_values(p_values), rtol=1e-12)
+    from actstore.evaluation.rows import FrontierRow, SteerabilityRow, columns
+
+    frontier = pd.read_csv(out / "frontier.csv", dtype={"k": str})
+    assert list(frontier.columns) == columns(FrontierRow) and len(frontier) == 4 * len(DEFAULT_BUDGETS)
+    steerability = pd.read_csv(out / "steerability.csv", dtype={"k": str})
+    assert list(steerability.columns) == columns(SteerabilityRow) and len(steerability) == 4
+    assert (steerability["n_questions"] == len(ITEMS)).all() and (steerability["n_alphas"] == 2).all()
+    report = (out / "results.md").read_text()
+    assert "expected with no effect at all" in report and "Per-question steerability" in report
     # A row's numbers are what steering with that vector gives on the whole model, twins included.
     row = results[(results["layer"] == 2) & (results["k"] == "4") & (results["alpha"] == 8.0)].iloc[0]
     vector = actstore.vector_from_stats(actstore.open_stats(store), 2, 4)
