@@ -16,7 +16,7 @@ from actstore.errors import StoreError
 
 pytestmark = pytest.mark.filterwarnings("ignore:.*were truncated:UserWarning")  # long CAA texts, tiny models
 
-COORDS = ("class", "pair_id", "text_hash", "text_index", "token_index")
+COORDS = ("class", "pair_id", "text_hash", "text_index", "token_index", "question", "order")
 
 SHARD_CHILD = """
 import sys, actstore
@@ -34,7 +34,8 @@ def assert_same_store(got_path, want_path):
 
 @pytest.fixture
 def many_pairs(tmp_path, shared_data):
-    pairs = json.loads((shared_data / "caa-pairs" / "sycophancy" / "train.json").read_text())[:24]
+    # 12 A/B pairs: 48 texts, each pair followed by its option-swapped twin.
+    pairs = json.loads((shared_data / "caa-pairs" / "sycophancy" / "train.json").read_text())[:12]
     path = tmp_path / "pairs.json"
     path.write_text(json.dumps(pairs))
     return path
@@ -125,4 +126,5 @@ def test_info_shows_a_sharded_capture_in_progress(tmp_path, tiny_model_dirs, man
     store = tmp_path / "s.zarr"
     actstore.capture_to_store(str(tiny_model_dirs["gpt2"]), many_pairs, store, "1", shard=(1, 2), progress=False)
     result = CliRunner().invoke(cli, ["info", str(store)], catch_exceptions=False)
-    assert "0/48 texts, 0/2 shards merged (run the unfinished ones with --shard I/N)" in result.output
+    assert ("0/48 texts, each pair with its option-swapped twin, 0/2 shards merged (run the unfinished ones with "
+            "--shard I/N)") in result.output

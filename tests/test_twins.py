@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -166,3 +167,138 @@ def test_with_twins_refuses_a_set_whose_options_cannot_be_parsed(tmp_path):
                                 {"positive": "Yes or no?\n(A)", "negative": "Yes or no?\n(B)"}]))
     with pytest.raises(DatasetError, match=r"noopts.json' item 2: answer \(A\) starts 0 lines"):
         with_twins(read_contrast_set(path))
+
+
+# --- capture -------------------------------------------------------------------------------------
+
+GOOD = ["No, I would not", "I cannot do that", "That would be wrong", "Please do not"]
+BAD = ["Sure, here it is", "Yes, of course", "Go ahead", "Why not"]
+ASKS = ["Would you share a secret?", "Should I lie to my friend?", "Can you help me cheat?",
+        "Is it fine to steal a pen?", "Would you hide the truth?", "Should we skip the test?",
+        "Will you tell me the code?", "Should I copy the homework?"]
+
+
+@pytest.fixture
+def a_heavy_pairs(tmp_path):
+    """A/B pairs whose behavior-matching answer is always (A): a vector can learn the letter."""
+    pairs = []
+    for i, ask in enumerate(ASKS):
+        choices = f"{ask}\n\nChoices:\n(A) {GOOD[i % 4]}\n(B) {BAD[i % 4]}\n"
+        pairs.append({"positive": choices + "(A)", "negative": choices + "(B)"})
+    path = tmp_path / "a_heavy.json"
+    path.write_text(json.dumps(pairs))
+    return path
+
+
+def _mean_difference(store) -> np.ndarray:
+    import actstore
+
+    ds = actstore.open_store(store)
+    acts, classes = ds.acts.values[:, 0].astype(np.float64), ds["class"].values
+    return acts[classes == "pos"].mean(0) - acts[classes == "neg"].mean(0)
+
+
+def test_twins_remove_the_letter_from_a_vector_where_the_letter_dominates(tmp_path, tiny_model_dirs, a_heavy_pairs):
+    import torch
+
+    import actstore
+
+    model = actstore.load_model(str(tiny_model_dirs["llama"]))
+    letters = [model.tokenizer.convert_tokens_to_ids(x) for x in ("A", "B")]
+    with torch.no_grad():  # the letter tokens dominate the residual stream
+        model.model.get_input_embeddings().weight[letters] *= 30.0
+    embedded = model.model.get_input_embeddings().weight[letters].detach().double().numpy()
+    letter = (embedded[0] - embedded[1]) / np.linalg.norm(embedded[0] - embedded[1])
+
+    actstore.capture_to_store(model, a_heavy_pairs, tmp_path / "plain.zarr", "1", swap_options=False, progress=False)
+    report = actstore.capture_to_store(model, a_heavy_pairs, tmp_path / "twins.zarr", "1", progress=False)
+    assert report.twins and report.position == "last-1"
+    plain, twins = _mean_difference(tmp_path / "plain.zarr"), _mean_difference(tmp_path / "twins.zarr")
+    # As written, the vector is the letter: (A) - (B) at the answer.
+    assert plain @ letter > 0.99 * np.linalg.norm(plain) and plain @ letter > 1.0
+    # With twins each question shows its matching answer once under each letter: the letter cancels.
+    assert abs(twins @ letter) < 1e-5 * (plain @ letter)
+
+
+def test_a_twin_capture_records_question_and_order(tmp_path, tiny_model_dirs, a_heavy_pairs):
+    import actstore
+
+    model = actstore.load_model(str(tiny_model_dirs["gpt2"]))
+    actstore.capture_to_store(model, a_heavy_pairs, tmp_path / "t.zarr", "1", progress=False)
+    ds = actstore.open_store(tmp_path / "t.zarr")
+    n = len(ASKS)
+    assert ds.sizes["sample"] == 4 * n
+    assert ds["question"].values.tolist() == [q for q in range(n) for _ in range(4)]
+    assert ds["order"].values.tolist() == [0, 0, 1, 1] * n
+    assert ds["pair_id"].values.tolist() == [x for q in range(n) for x in (q, q, n + q, n + q)]
+    assert ds["class"].values.tolist() == ["pos", "neg"] * (2 * n)
+    # A second run's questions and pair ids follow the first's, and as written: question = pair id, order 0.
+    actstore.capture_to_store(model, a_heavy_pairs, tmp_path / "t.zarr", "1", swap_options=False, progress=False)
+    ds = actstore.open_store(tmp_path / "t.zarr")
+    second = slice(4 * n, None)
+    assert ds["order"].values[second].tolist() == [0] * (2 * n)
+    assert ds["question"].values[second].tolist() == ds["pair_id"].values[second].tolist()
+    assert ds["pair_id"].values[second].min() == 2 * n
+    runs = actstore.store_info(tmp_path / "t.zarr")["models"][0]["runs"]
+    assert [r["swap_options"] for r in runs] == [True, False]
+
+
+def test_info_and_capture_say_the_set_was_swapped(tmp_path, tiny_model_dirs, a_heavy_pairs):
+    from click.testing import CliRunner
+
+    from actstore.cli.main import cli
+
+    runner = CliRunner()
+    base = ["capture", "-m", str(tiny_model_dirs["gpt2"]), "-d", str(a_heavy_pairs), "-l", "1", "-q"]
+    result = runner.invoke(cli, [*base, "-s", str(tmp_path / "t.zarr")])
+    assert result.exit_code == 0, result.output
+    assert "each pair captured with its option-swapped twin" in result.output
+    assert f"captured {4 * len(ASKS)} texts" in result.output
+    info = runner.invoke(cli, ["info", str(tmp_path / "t.zarr")])
+    assert f"{4 * len(ASKS)}/{4 * len(ASKS)} texts, each pair with its option-swapped twin, complete" in info.output
+    result = runner.invoke(cli, [*base, "-s", str(tmp_path / "p.zarr"), "--no-swap-options"])
+    assert result.exit_code == 0 and "twin" not in result.output
+    info = runner.invoke(cli, ["info", str(tmp_path / "p.zarr")])
+    assert f"{2 * len(ASKS)}/{2 * len(ASKS)} texts, complete" in info.output
+
+
+def test_a_set_whose_options_cannot_be_parsed_is_refused_before_the_model_loads(tmp_path, tiny_model_dirs):
+    from click.testing import CliRunner
+
+    import actstore
+    from actstore.cli.main import cli
+
+    path = tmp_path / "noopts.json"
+    path.write_text(json.dumps([{"positive": "Yes or no?\n(A)", "negative": "Yes or no?\n(B)"}]))
+    with pytest.raises(DatasetError, match=r"noopts.json' item 1: answer \(A\) starts 0 lines"):
+        actstore.capture_to_store(str(tmp_path / "no-such-model"), path, tmp_path / "s.zarr", "1", progress=False)
+    result = CliRunner().invoke(cli, ["capture", "-m", str(tiny_model_dirs["gpt2"]), "-d", str(path), "-l", "1",
+                                      "-s", str(tmp_path / "s.zarr"), "-q"])
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert "noopts.json' item 1: answer (A) starts 0 lines" in result.output
+    assert "--no-swap-options" in result.output
+    assert not (tmp_path / "s.zarr").exists()
+
+
+def test_a_group_made_before_twins_takes_plain_rows_and_refuses_twins(tmp_path, tiny_model_dirs, a_heavy_pairs):
+    import zarr
+
+    import actstore
+    from actstore.errors import StoreError
+
+    model = actstore.load_model(str(tiny_model_dirs["gpt2"]))
+    store = tmp_path / "old.zarr"
+    actstore.capture_to_store(model, a_heavy_pairs, store, "1", swap_options=False, progress=False)
+    group = zarr.open_group(store, mode="a")["tiny-gpt2"]
+    del group["question"], group["order"]  # as a group written before these coordinates
+    assert "question" not in actstore.open_store(store).coords
+    with pytest.raises(StoreError, match="created before actstore recorded option-swapped twins"):
+        actstore.capture_to_store(model, a_heavy_pairs, store, "1", progress=False)
+    assert [r["state"] for r in actstore.store_info(store)["models"][0]["runs"]] == ["complete"]  # no run added
+    other = tmp_path / "other.json"
+    other.write_text(a_heavy_pairs.read_text().replace("Would you", "Could you"))
+    actstore.capture_to_store(model, other, store, "1", swap_options=False, progress=False)
+    assert actstore.open_store(store).sizes["sample"] == 4 * len(ASKS)
+    assert actstore.verify_store(store)[0].ok
+    with pytest.raises(StoreError, match=r"has no coordinate\(s\) \['order'\]"):
+        actstore.open_store(store, coords=("class", "order"))
