@@ -196,6 +196,37 @@ def test_random_controls_go_through_the_same_grid_at_the_same_alphas(tmp_path, l
     assert len(more) == len(results) + 2 and "random:2" in set(more["method"])
 
 
+def test_the_letter_control_goes_through_the_same_grid(tmp_path, llama, ppl_ids):
+    from actstore.controls import letter_control
+
+    train = tmp_path / "ab-train.json"
+    train.write_text(json.dumps([{"positive": i.prompt + f"({i.matching})", "negative": i.prompt + f"({i.other})"}
+                                 for i in ITEMS]))
+    store = tmp_path / "ab.zarr"
+    actstore.capture_to_store(llama, train, store, "2", progress=False)  # with its option-swapped twins
+    results = sweep(llama, store, tmp_path / "l", ppl_ids, layers=[2], ks=[4, None], fractions=(2.0, 8.0),
+                    methods=("enr", "letter"))
+    assert sorted(set(zip(results["method"], results["k"]))) == [("enr", "4"), ("enr", "dense"), ("letter", "4"),
+                                                                  ("letter", "dense")]
+    row = results[(results["method"] == "letter") & (results["k"] == "4") & (results["alpha"] == 8.0)].iloc[0]
+    control = letter_control(store, 2, train, 4)
+    assert row["vector_norm"] == pytest.approx(float(np.linalg.norm(control.vector)), rel=1e-6)
+    protocol = ABLetters(llama.tokenizer, ITEMS)
+    with actstore.steer(llama, control, row["scale"]):
+        direct = ABScoring(llama.tokenizer, protocol.items).logodds(plain_forward(llama.model))
+    items = pd.read_csv(tmp_path / "l" / "items.csv", dtype={"k": str})
+    mine = items[(items["method"] == "letter") & (items["k"] == "4") & (items["alpha"] == 8.0)]
+    np.testing.assert_allclose(mine["logodds"].to_numpy(), direct, rtol=1e-5, atol=1e-6)
+    # the letter direction moves the letter, which both orders cancel in the shift and show in the bias
+    assert abs(row["letter_bias"]) > abs(row["shift_logodds"])
+    frontier = pd.read_csv(tmp_path / "l" / "frontier.csv", dtype={"k": str})
+    assert "letter" in set(frontier["method"])
+    with pytest.raises(ActstoreError, match="option-swapped twins"):
+        sweep(llama, tmp_path / "plain.zarr" if actstore.capture_to_store(
+            llama, train, tmp_path / "plain.zarr", "2", swap_options=False, progress=False) else None,
+            tmp_path / "x", ppl_ids, layers=[2], ks=[4], methods=("letter",))
+
+
 def test_grid_is_validated_before_any_measurement():
     with pytest.raises(ActstoreError, match="budgets"):
         Grid((1,), (4,), (0.1,), budgets=(1.0,))

@@ -195,7 +195,8 @@ def _steerability_lines(rows: list[SteerabilityRow], alpha_mode: str) -> list[st
 
 def plot_frontier(paths: Paths, behavior: str, budgets, path: Path) -> Path:
     """Shift (primary measure) against perplexity inflation (log x), one panel per layer, one
-    interpolated curve per vector with its bootstrap band (95%), measured points marked."""
+    interpolated curve per vector with its bootstrap band (95%), measured points marked (a
+    vector that never inflates perplexity has its points only)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
     from matplotlib.ticker import FuncFormatter, NullLocator
@@ -219,9 +220,11 @@ def plot_frontier(paths: Paths, behavior: str, budgets, path: Path) -> Path:
             rows = paths.index[vector]
             measured = np.exp(paths.log_inflation[rows])
             top = max(top, float(measured.max()))
+            label = ("dense" if kind[1] == "dense" else f"k={kind[1]}") + (f" ({kind[0]})" if several else "")
+            ax.plot(measured, paths.shift[rows], "o", markersize=3, color=colors[kind], label=label)
             high = float(np.log(min(measured.max(), X_LIMIT)))
             if high <= 0:
-                continue
+                continue  # never more damage than the unsteered model: no path to interpolate along
             grid = np.linspace(high / CURVE_POINTS, high, CURVE_POINTS)
             curve, band = [], []
             for x in grid:
@@ -230,12 +233,9 @@ def plot_frontier(paths: Paths, behavior: str, budgets, path: Path) -> Path:
                 finite = draws[np.isfinite(draws)]
                 band.append(np.percentile(finite, [2.5, 97.5]) if finite.size else (np.nan, np.nan))
             band = np.asarray(band)
-            label = ("dense" if kind[1] == "dense" else f"k={kind[1]}") + (f" ({kind[0]})" if several else "")
-            style = ":" if is_control(kind[0]) else "-"
-            ax.plot(np.exp(np.r_[0, grid]), np.r_[0, curve], color=colors[kind], label=label, linewidth=1.2,
-                    linestyle=style)
+            ax.plot(np.exp(np.r_[0, grid]), np.r_[0, curve], color=colors[kind], linewidth=1.2,
+                    linestyle=":" if is_control(kind[0]) else "-")
             ax.fill_between(np.exp(grid), band[:, 0], band[:, 1], color=colors[kind], alpha=0.12, linewidth=0)
-            ax.plot(measured, paths.shift[rows], "o", markersize=3, color=colors[kind])
         for budget in budgets:
             ax.axvline(budget, color="grey", linestyle=":", linewidth=0.8)
         ax.axhline(0.0, color="black", linewidth=0.6)
@@ -255,7 +255,8 @@ def plot_frontier(paths: Paths, behavior: str, budgets, path: Path) -> Path:
     scale = "log-odds shift" if paths.evidence.measure == "logodds" else "on-target shift"
     axes[0].set_ylabel(f"{scale} (95% band)", fontsize=8)
     handles, labels = axes[0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="outside lower center", ncol=min(len(labels), 4), fontsize=8, frameon=False)
+    if labels:
+        fig.legend(handles, labels, loc="outside lower center", ncol=min(len(labels), 4), fontsize=8, frameon=False)
     fig.suptitle(f"{behavior}: on-target shift against off-target damage, interpolated along each vector's "
                  f"alphas\n(dotted verticals: budgets {', '.join(f'{b:g}x' for b in budgets)}; dotted curves: "
                  "controls)", fontsize=10)
