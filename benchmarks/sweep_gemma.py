@@ -1,30 +1,25 @@
 """The paper's claims re-tested on google/gemma-3-270m, from the written plan (benchmarks/results/PLAN.md).
 
-    python benchmarks/sweep_gemma.py [--behaviors refusal,morality] [--out benchmarks/results/plan]
-                                     [--work DIR] [--ppl-tokens 4096] [--ppl-documents 32]
-    python benchmarks/sweep_gemma.py --slice      # one configuration: seconds each, the plan's hours
-    python benchmarks/sweep_gemma.py --count      # the plan's configurations, nothing run
+    python benchmarks/sweep_gemma.py [--tiers 1,2,3,4,5] [--out benchmarks/results/plan] [--work DIR]
+    python benchmarks/sweep_gemma.py --slice      # one configuration timed: the plan's hours
+    python benchmarks/sweep_gemma.py --count      # the plan's configurations per tier, nothing run
     python benchmarks/sweep_gemma.py --summary-only
 
-Per behavior: capture its whole train.json at layers 4-10 (A/B sets with their
-option-swapped twins, at the answer letter; morality's free-text pairs at their
-last token), then `actstore eval` on its whole test.json (A/B: every question
-in both answer orders, on log-odds; morality: the per-token preference) in two
-runs that extend one folder:
+Per behavior: capture its whole train.json (A/B sets with their option-swapped
+twins, at the answer letter; morality's free-text pairs at their last token) at
+the layers its tiers use, then `actstore eval` on its whole test.json (A/B:
+every question in both answer orders, on log-odds; morality: the per-token
+preference), one run per line of :data:`TIERS` (PLAN.md §2), each extending the
+behavior's folder; perplexity from --ppl-tokens tokens, one window from each of
+--ppl-documents documents of the default corpus. Tiers run in order.
 
-* the k claim at layer 8: ENR k in {4, 16, 64, 256, dense}, whitened k in {16, 64},
-  and the controls at the same k and alphas (random, seed 0; letter, A/B only);
-* the layer claim at layers 4-10 (8 from the first run): ENR k=64 and dense.
-
-The primary contrasts (:data:`PRIMARY`, 7 per behavior at inflation 1.25) are
-pre-specified and Holm-corrected together; every other figure is secondary.
-
-Every configuration at the default alphas (fractions of the layer's residual
-norm), perplexity from --ppl-tokens tokens of --ppl-documents documents of the
-default corpus. Each behavior's folder gets the eval's files; <out>/SUMMARY.md
-holds the counts, the primary contrasts (Holm), the frontier differences and the
-cost across behaviors, and <out>/frontier.csv, contrasts.csv all behaviors'
-rows. Every command is printed and recorded; interrupted runs resume.
+Then SUMMARY.md: the primary family P1-P7 (:func:`primary_family`, PLAN.md §3),
+computed from the folders' items.csv and windows.csv with one bootstrap per
+behavior that resamples questions and documents and redoes every interpolation
+and every choice, Holm-corrected together (m = 7; a contrast not testable counts
+as not rejected); the narrow/diffuse axis from the train statistics; the counts
+and the cost. <out>/frontier.csv and contrasts.csv hold every behavior's rows.
+Every command is printed and recorded; interrupted runs resume.
 """
 
 from __future__ import annotations
@@ -46,18 +41,26 @@ from _common import SHARED_DATA, git_rev, machine  # noqa: E402
 
 SHARED_DATA = Path(os.environ.get("ACTSTORE_SHARED_DATA", SHARED_DATA))  # a worktree's ../shared may be elsewhere
 
-BEHAVIORS = ("refusal", "morality")
-K_LAYER = 8
-K_CLAIM = {"layers": "8", "k": "4,16,64,256,dense", "methods": "enr,random"}
-WHITENED = {"layers": "8", "k": "16,64", "methods": "whitened"}
-LAYER_CLAIM = {"layers": "4,5,6,7,9,10", "k": "64,dense", "methods": "enr"}
-CAPTURE_LAYERS = "4,5,6,7,8,9,10"
-PRIMARY_BUDGET = 1.25
-# The plan's family of primary contrasts per behavior (Holm-corrected together; PLAN.md): (a) each ENR
-# k minus dense at layer 8, (d) whitened minus ENR at the same k, (c) layer 8 minus the best other layer.
-PRIMARY = tuple([f"sparse_minus_dense=8:enr:{k}-8:enr:dense@{PRIMARY_BUDGET:g}" for k in (4, 16, 64, 256)]
-                + [f"whitened_minus_enr=8:whitened:{k}-8:enr:{k}@{PRIMARY_BUDGET:g}" for k in (16, 64)]
-                + [f"layer_8_minus_best=8:enr:64-best:enr:64@{PRIMARY_BUDGET:g}"])
+FULL = "0.02,0.04,0.08,0.16"
+SCAN = "0.04,0.08,0.16"
+OTHER_LAYERS = "4,5,6,7,9,10"
+# PLAN.md §2: (tier, behavior, layers, methods, k, fractions), in the order they run.
+TIERS = [
+    (1, "refusal", "8", "enr", "4,16,64,256,dense", FULL),
+    (1, "refusal", "8", "random", "64,dense", FULL),
+    (1, "refusal", "8", "letter", "dense", FULL),
+    (1, "morality", "8", "enr", "4,16,64,256,dense", FULL),
+    (1, "morality", "8", "random", "64,dense", FULL),
+    (2, "refusal", "8", "whitened", "16,64", FULL),
+    (2, "morality", "8", "whitened", "16,64", FULL),
+    (3, "morality", OTHER_LAYERS, "enr", "64,dense", SCAN),
+    (4, "refusal", OTHER_LAYERS, "enr", "64,dense", SCAN),
+    (5, "survival-instinct", "8", "enr", "64,dense", FULL),
+    (5, "survival-instinct", "8", "random", "64,dense", FULL),
+    (5, "survival-instinct", "8", "letter", "dense", FULL),
+]
+PRIMARY_BUDGET, FALLBACK_BUDGET = 1.25, 1.05
+NARROW_K = 64
 
 
 def run(args: list[str], log: list[str]) -> None:
@@ -75,23 +78,150 @@ def is_ab(behavior: str) -> bool:
     return behavior != "morality"
 
 
-def eval_runs(behavior: str) -> list[dict]:
-    """The plan's `actstore eval` runs for one behavior (flags without the common ones)."""
-    methods = K_CLAIM["methods"] + (",letter" if is_ab(behavior) else "")
-    return [{**K_CLAIM, "methods": methods}, WHITENED, LAYER_CLAIM]
-
-
-def plan_configurations(behaviors, fractions: int) -> int:
-    """How many configurations the plan measures at ``fractions`` alphas."""
+def tier_configurations(tiers) -> dict[int, int]:
+    """Configurations per tier (nothing run)."""
     from actstore.evaluation.grid import Grid, parse_ks
 
-    total = 0
-    for behavior in behaviors:
-        for spec in eval_runs(behavior):
-            grid = Grid(tuple(int(x) for x in spec["layers"].split(",")), tuple(parse_ks(spec["k"])),
-                        tuple(float(i + 1) for i in range(fractions)), methods=tuple(spec["methods"].split(",")))
-            total += len(grid.configurations())
-    return total
+    counts: dict[int, int] = {}
+    for tier, _, layers, methods, ks, fractions in TIERS:
+        if tier in tiers:
+            grid = Grid(tuple(int(x) for x in layers.split(",")), tuple(parse_ks(ks)),
+                        tuple(float(f) for f in fractions.split(",")), methods=(methods,))
+            counts[tier] = counts.get(tier, 0) + len(grid.configurations())
+    return counts
+
+
+def capture(exe: str, model: str, behavior: str, layers: str, work: Path, log: list[str]) -> Path:
+    store = work / f"{behavior}.zarr"
+    offset = ["--offset", "1"] if is_ab(behavior) else []
+    run([exe, "capture", "-q", "--model", model, "--data", str(source(behavior) / "train.json"), "--layers", layers,
+         *offset, "--store", str(store), "--resume"], log)
+    return store
+
+
+def evaluate(exe: str, model: str, behavior: str, store: Path, out: Path, layers: str, methods: str, ks: str,
+             fractions: str, args, log: list[str], extra: tuple[str, ...] = ()) -> None:
+    run([exe, "eval", "-q", "--model", model, "--store", str(store), "--data-test",
+         str(source(behavior) / "test.json"), "--layers", layers, "--k", ks, "--methods", methods, "--fractions",
+         fractions, "--budgets", args.budgets, "--ppl-tokens", str(args.ppl_tokens), "--ppl-documents",
+         str(args.ppl_documents), "--behavior", behavior, "--out", str(out), *extra], log)
+
+
+# ---- the primary family (PLAN.md §3) -------------------------------------------------------------
+
+
+def load_paths(folder: Path):
+    from actstore.evaluation.frontier import Evidence, Paths
+    from actstore.evaluation.ledger import Ledger
+
+    ledger = Ledger.open_existing(folder)
+    return Paths.of(Evidence.from_tables(ledger.results(), ledger.items(), ledger.windows()))
+
+
+def shift_at(paths, behavior: str, layer: int, method: str, k: str, budget: float):
+    """(shift, draws) of a vector at a budget; (nan, None) where it was not measured or not reached."""
+    vector = paths.find(behavior, layer, method, k)
+    if vector is None:
+        return math.nan, None
+    shift, _, draws = paths.at(vector, math.log(budget))
+    return shift, (None if math.isnan(shift) else draws)
+
+
+def _budget_for(paths, behavior: str, vectors) -> float | None:
+    """PLAN.md's fallback: 1.25 where every vector of the contrast reaches it, else 1.05, else None."""
+    for budget in (PRIMARY_BUDGET, FALLBACK_BUDGET):
+        if all(not math.isnan(shift_at(paths, behavior, *v, budget)[0]) for v in vectors):
+            return budget
+    return None
+
+
+def axis_share(store: Path, layer: int = 8, k: int = NARROW_K) -> float:
+    """The share of the dense (mean-difference) vector's squared norm held by its k coordinates of
+    largest ENR at ``layer``, from the train statistics alone (PLAN.md claim (b))."""
+    import numpy as np
+
+    import actstore
+
+    dense = actstore.vector_from_stats(actstore.open_stats(store), layer, None)
+    top = np.argsort(-np.asarray(dense.enr), kind="stable")[:k]
+    values = np.asarray(dense.vector, dtype=np.float64)
+    return float((values[top] ** 2).sum() / (values ** 2).sum())
+
+
+def primary_family(paths_of: dict, shares: dict) -> list[dict]:
+    """P1-P7 with estimate, 95% percentile interval, bootstrap p and Holm over the seven (a
+    contrast not testable gets p = 1: it stays in m and is not rejected)."""
+    import numpy as np
+
+    from actstore.evaluation.intervals import bootstrap_p_value, holm_adjusted, percentile_interval
+
+    rows = []
+
+    def add(name, claim, behavior, contrast, budget, estimate=math.nan, draws=None, note=""):
+        interval = percentile_interval(estimate, draws) if draws is not None else None
+        rows.append({"id": name, "claim": claim, "behavior": behavior, "contrast": contrast,
+                     "budget": budget, "estimate": estimate,
+                     "ci_low": interval.low if interval else math.nan, "ci_high": interval.high if interval else math.nan,
+                     "p_value": bootstrap_p_value(draws) if draws is not None else math.nan,
+                     "testable": draws is not None and not math.isnan(estimate), "note": note})
+
+    def difference(name, claim, behavior, contrast, a, b):
+        paths = paths_of.get(behavior)
+        budget = _budget_for(paths, behavior, [a, b]) if paths is not None else None
+        if budget is None:
+            return add(name, claim, behavior, contrast, math.nan, note="not reached at 1.25 or 1.05 / not run")
+        (sa, da), (sb, db) = (shift_at(paths, behavior, *v, budget) for v in (a, b))
+        add(name, claim, behavior, contrast, budget, sa - sb, da - db)
+
+    difference("P1", "(a)", "refusal", "S(k=64) - S(dense), layer 8", (8, "enr", "64"), (8, "enr", "dense"))
+    difference("P2", "(a)", "morality", "S(k=64) - S(dense), layer 8", (8, "enr", "64"), (8, "enr", "dense"))
+    # P3: F(narrow) - F(diffuse), F = S(k=64) / S(dense); the behaviors resampled independently.
+    fractions = {}
+    for behavior in ("refusal", "morality"):
+        paths = paths_of.get(behavior)
+        budget = _budget_for(paths, behavior, [(8, "enr", "64"), (8, "enr", "dense")]) if paths else None
+        if budget is None:
+            continue
+        (s64, d64), (sd, dd) = (shift_at(paths, behavior, 8, "enr", k, budget) for k in ("64", "dense"))
+        if percentile_interval(sd, dd).excludes(0.0):  # a fraction of noise is not computed
+            with np.errstate(all="ignore"):
+                fractions[behavior] = (s64 / sd, d64 / dd, budget)
+    if len(fractions) == 2 and len(shares) == 2:
+        narrow = max(shares, key=shares.get)
+        diffuse = min(shares, key=shares.get)
+        (fn, dn, bn), (fd, dd, bd) = fractions[narrow], fractions[diffuse]
+        add("P3", "(b)", f"{narrow} (narrow) vs {diffuse}", "F(narrow) - F(diffuse), F = S(k=64)/S(dense)",
+            max(bn, bd), fn - fd, dn - dd)
+    else:
+        add("P3", "(b)", "refusal vs morality", "F(narrow) - F(diffuse)", math.nan,
+            note="not testable: a dense shift's interval includes zero, or a behavior is missing")
+    # P4, P5: argmax over layers 4-10 of S(k=64) minus argmax of S(dense), the argmax redone per resample.
+    for name, behavior in (("P4", "refusal"), ("P5", "morality")):
+        paths = paths_of.get(behavior)
+        best = {}
+        for k in ("64", "dense"):
+            layers, shifts, draws = [], [], []
+            for layer in range(4, 11):
+                shift, d = shift_at(paths, behavior, layer, "enr", k, PRIMARY_BUDGET) if paths else (math.nan, None)
+                if d is not None:
+                    layers.append(layer), shifts.append(shift), draws.append(d)
+            if len(layers) >= 2:
+                stacked = np.where(np.isfinite(np.stack(draws)), np.stack(draws), -np.inf)
+                best[k] = (layers[int(np.argmax(shifts))], np.asarray(layers)[np.argmax(stacked, axis=0)])
+        if len(best) == 2:
+            add(name, "(c)", behavior, "best layer of k=64 - best layer of dense (layers 4-10)", PRIMARY_BUDGET,
+                float(best["64"][0] - best["dense"][0]), (best["64"][1] - best["dense"][1]).astype(float))
+        else:
+            add(name, "(c)", behavior, "best layer of k=64 - best layer of dense", math.nan,
+                note="fewer than two layers reach 1.25 / not run")
+    difference("P6", "(d)", "refusal", "S(whitened k=64) - S(ENR k=64), layer 8", (8, "whitened", "64"),
+               (8, "enr", "64"))
+    difference("P7", "(d)", "morality", "S(whitened k=64) - S(ENR k=64), layer 8", (8, "whitened", "64"),
+               (8, "enr", "64"))
+    p = [r["p_value"] if r["testable"] else 1.0 for r in rows]
+    for row, adjusted in zip(rows, holm_adjusted(p)):
+        row["p_holm"] = float(adjusted)
+    return rows
 
 
 def _ci(value, low, high, spec=".3g") -> str:
@@ -100,35 +230,33 @@ def _ci(value, low, high, spec=".3g") -> str:
     return f"{value:{spec}} [{low:{spec}}, {high:{spec}}]"
 
 
-def summary_markdown(results, frontier, contrasts) -> list[str]:
-    """The cross-behavior tables of SUMMARY.md."""
+def summary_markdown(results, family: list[dict], shares: dict) -> list[str]:
     from actstore.evaluation.grid import is_control
     from actstore.evaluation.report import count_line
 
-    lines = ["## Counts (primary measure; Benjamini-Hochberg per behavior, controls a family of their own)", ""]
+    held = [r for r in family if r["testable"] and r["p_holm"] < 0.05]
+    lines = ["## Primary family (PLAN.md §3), Holm-corrected together", "",
+             f"m = {len(family)}; {sum(r['testable'] for r in family)} testable; {len(held)} rejected at familywise "
+             "0.05. Intervals: 95% percentile bootstrap (2000 resamples of questions and documents per behavior, "
+             "every interpolation and choice redone).", "",
+             "| # | claim | behavior | contrast | budget | estimate [95% CI] | p | Holm p | note |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for r in family:
+        lines.append(f"| {r['id']} | {r['claim']} | {r['behavior']} | {r['contrast']} | "
+                     f"{'' if math.isnan(r['budget']) else format(r['budget'], 'g')} | "
+                     f"{_ci(r['estimate'], r['ci_low'], r['ci_high'])} | {_fmt(r['p_value'])} | {_fmt(r['p_holm'])} | "
+                     f"{r['note']} |")
+    if shares:
+        lines += ["", "Narrow/diffuse (claim (b), from the train statistics alone): share of the layer-8 dense "
+                  f"vector's squared norm on its {NARROW_K} coordinates of largest ENR: "
+                  + ", ".join(f"{b} {s:.3f}" for b, s in sorted(shares.items())) + "."]
+    lines += ["", "## Counts (secondary; Benjamini-Hochberg per behavior, controls a family of their own)", ""]
     for behavior, rows in results.groupby("behavior"):
         vectors = rows[~rows["method"].map(is_control)]
         controls = rows[rows["method"].map(is_control)]
         lines.append(f"- **{behavior}** ({rows['measure'].iloc[0]}, {int(rows['n_questions'].iloc[0])} questions): "
-                     f"vectors: {count_line(vectors)}"
-                     + (f"; controls: {count_line(controls)}" if len(controls) else "") + ".")
-    lines += ["", "## Primary contrasts (Holm-corrected per behavior)", "",
-              "| behavior | contrast | layer | budget | vector | minus | difference [95% CI] | p | Holm p |",
-              "|---|---|---|---|---|---|---|---|---|"]
-    for r in contrasts.sort_values(["behavior", "contrast", "layer", "k", "budget"]).to_dict("records"):
-        lines.append(f"| {r['behavior']} | {r['contrast']} | {r['layer']} | {r['budget']:g} | {r['method']} "
-                     f"k={r['k']} | {r['reference']} | {_ci(r['estimate'], r['ci_low'], r['ci_high'])} | "
-                     f"{r['p_value']:.2g} | {r['p_holm']:.2g} |")
-    lines += ["", "## Frontier: shift at each budget, and minus dense (interpolated; bootstrap redoes it)", "",
-              "| behavior | layer | vector | budget | shift [95% CI] | minus dense [95% CI] | fraction of dense [95% CI] |",
-              "|---|---|---|---|---|---|---|"]
-    for r in frontier.sort_values(["behavior", "layer", "method", "budget"]).to_dict("records"):
-        if not r["reached"]:
-            continue
-        lines.append(f"| {r['behavior']} | {r['layer']} | {r['method']} {r['k']} | {r['budget']:g} | "
-                     f"{_ci(r['shift'], r['ci_low'], r['ci_high'])} | "
-                     f"{_ci(r['diff_vs_dense'], r['diff_ci_low'], r['diff_ci_high'])} | "
-                     f"{_ci(r['fraction'], r['fraction_ci_low'], r['fraction_ci_high'])} |")
+                     f"vectors: {count_line(vectors)}" + (f"; controls: {count_line(controls)}" if len(controls) else "")
+                     + ".")
     seconds = results["seconds"].to_numpy(dtype=float)
     lines += ["", "## Cost", "",
               f"{len(results)} configurations; median {float(sorted(seconds)[len(seconds) // 2]):.3g} s each, "
@@ -137,21 +265,8 @@ def summary_markdown(results, frontier, contrasts) -> list[str]:
     return lines
 
 
-def capture(exe: str, model: str, behavior: str, work: Path, log: list[str]) -> Path:
-    store = work / f"{behavior}.zarr"
-    offset = ["--offset", "1"] if is_ab(behavior) else []
-    run([exe, "capture", "-q", "--model", model, "--data", str(source(behavior) / "train.json"), "--layers",
-         CAPTURE_LAYERS, *offset, "--store", str(store), "--resume"], log)
-    return store
-
-
-def evaluate(exe: str, model: str, behavior: str, store: Path, out: Path, spec: dict, args, log: list[str],
-             extra: list[str] = ()) -> None:
-    run([exe, "eval", "-q", "--model", model, "--store", str(store), "--data-test",
-         str(source(behavior) / "test.json"), "--layers", spec["layers"], "--k", spec["k"], "--methods",
-         spec["methods"], "--budgets", args.budgets, "--ppl-tokens", str(args.ppl_tokens), "--ppl-documents",
-         str(args.ppl_documents), "--behavior", behavior, "--out", str(out),
-         *[a for spec in PRIMARY for a in ("--contrasts", spec)], *extra], log)
+def _fmt(value) -> str:
+    return "n/a" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.2g}"
 
 
 def time_slice(exe: str, model: str, args, work: Path, log: list[str]) -> str:
@@ -159,39 +274,39 @@ def time_slice(exe: str, model: str, args, work: Path, log: list[str]) -> str:
     plan's hours at that rate."""
     import pandas as pd
 
-    store = capture(exe, model, "refusal", work, log)
+    store = capture(exe, model, "refusal", "8", work, log)
     out = work / "slice"
     started = time.perf_counter()
-    evaluate(exe, model, "refusal", store, out, {"layers": str(K_LAYER), "k": "64", "methods": "enr"}, args, log,
-             ["--fractions", "0.02,0.04", "--no-separation"])
+    evaluate(exe, model, "refusal", store, out, "8", "enr", "64", "0.04,0.08", args, log, ("--no-separation",))
     wall = time.perf_counter() - started
     seconds = pd.read_csv(out / "results.csv")["seconds"].to_list()
-    n = plan_configurations(args.behaviors.split(","), 5)
+    per_tier = tier_configurations({t for t, *_ in TIERS})
+    hours = ", ".join(f"tier {t}: {n} configurations, {n * seconds[1] / 3600:.2f} h" for t, n in sorted(per_tier.items()))
     return (f"`python benchmarks/sweep_gemma.py --slice` at {git_rev()}\n\nMachine: {machine()}\n\n"
-            f"Refusal (83 test questions, both orders), layer {K_LAYER} ENR k=64, {args.ppl_tokens} perplexity "
-            f"tokens from {args.ppl_documents} documents: first configuration (with the layer's cached block "
-            f"outputs) {seconds[0]:.1f} s, the next {seconds[1]:.1f} s: **{3600 / seconds[1]:.0f} configurations "
-            f"per hour**. The whole eval command took {wall:.0f} s (model load, baseline, report). The plan "
-            f"measures {n} configurations: about {n * seconds[1] / 3600:.1f} h at that rate, plus one cache per "
-            f"layer and behavior.\n")
+            f"Refusal (83 test questions, both orders), layer 8 ENR k=64, {args.ppl_tokens} perplexity tokens "
+            f"from {args.ppl_documents} documents: first configuration (with the layer's cached block outputs) "
+            f"{seconds[0]:.1f} s, the next {seconds[1]:.1f} s: **{3600 / seconds[1]:.0f} configurations per hour** "
+            f"(refusal; morality's 61 pairs cost less). The whole eval command took {wall:.0f} s (model load, "
+            f"baseline, report). At that rate: {hours}; plus one cache per layer and behavior and the captures.\n")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--behaviors", default=",".join(BEHAVIORS))
+    parser.add_argument("--tiers", default="1,2,3,4,5")
     parser.add_argument("--ppl-tokens", type=int, default=4096)
     parser.add_argument("--ppl-documents", type=int, default=32)
     parser.add_argument("--budgets", default="1.05,1.25,2")
     parser.add_argument("--out", default=str(HERE / "results" / "plan"))
     parser.add_argument("--work", default=None, help="where stores go (default: a temp dir)")
     parser.add_argument("--slice", action="store_true", help="time one configuration; write <out>/SLICE.md")
-    parser.add_argument("--count", action="store_true", help="print the plan's number of configurations")
+    parser.add_argument("--count", action="store_true", help="print the plan's configurations per tier")
     parser.add_argument("--summary-only", action="store_true",
                         help="only rebuild SUMMARY.md from the behaviors' folders already in --out")
     args = parser.parse_args()
-    behaviors = args.behaviors.split(",")
+    tiers = {int(t) for t in args.tiers.split(",")}
     if args.count:
-        print(f"{plan_configurations(behaviors, 5)} configurations at 5 alphas")
+        counts = tier_configurations(tiers)
+        print(", ".join(f"tier {t}: {n}" for t, n in sorted(counts.items())) + f"; {sum(counts.values())} in all")
         return
 
     import pandas as pd
@@ -210,36 +325,43 @@ def main() -> None:
         (out / "SLICE.md").write_text("# Cost of one configuration\n\n" + body + "\n```\n" + "\n".join(log) + "\n```\n")
         print(body)
         return
-    for behavior in behaviors if not args.summary_only else ():
-        store = capture(exe, model, behavior, work, log)
-        for spec in eval_runs(behavior):
-            evaluate(exe, model, behavior, store, out / behavior, spec, args, log)
+    plan = [t for t in TIERS if t[0] in tiers]
+    stores: dict[str, Path] = {}
+    for _, behavior, layers, methods, ks, fractions in plan if not args.summary_only else ():
+        if behavior not in stores:
+            needed = sorted({int(x) for t in plan if t[1] == behavior for x in t[2].split(",")})
+            stores[behavior] = capture(exe, model, behavior, ",".join(map(str, needed)), work, log)
+        evaluate(exe, model, behavior, stores[behavior], out / behavior, layers, methods, ks, fractions, args, log)
+    behaviors = list(dict.fromkeys(t[1] for t in TIERS))
+    done = [b for b in behaviors if (out / b / "results.csv").exists()]
     if args.summary_only:
         from actstore.evaluation.ledger import Ledger
         from actstore.evaluation.report import write_report
 
-        for behavior in behaviors:
-            if (out / behavior / "baseline.json").exists():
-                from actstore.evaluation.frontier import Contrast
-
-                write_report(Ledger.open_existing(out / behavior), [float(b) for b in args.budgets.split(",")],
-                             [Contrast.parse(spec) for spec in PRIMARY])
-    done = [b for b in behaviors if (out / b / "results.csv").exists()]
+        for behavior in done:
+            write_report(Ledger.open_existing(out / behavior), [float(b) for b in args.budgets.split(",")])
+    shares = {b: axis_share(stores[b]) for b in ("refusal", "morality") if b in stores}
+    if not shares and (out / "shares.json").exists():
+        shares = json.loads((out / "shares.json").read_text())
+    (out / "shares.json").write_text(json.dumps(shares, indent=2))
+    family = primary_family({b: load_paths(out / b) for b in done if b in ("refusal", "morality")}, shares)
+    pd.DataFrame(family).to_csv(out / "primary.csv", index=False)
 
     def gather(name: str):
         return pd.concat([pd.read_csv(out / b / name, dtype={"k": str}) for b in done], ignore_index=True)
 
-    results, frontier, contrasts = gather("results.csv"), gather("frontier.csv"), gather("contrasts.csv")
-    frontier.to_csv(out / "frontier.csv", index=False)
-    contrasts.to_csv(out / "contrasts.csv", index=False)
+    results = gather("results.csv")
+    gather("frontier.csv").to_csv(out / "frontier.csv", index=False)
+    gather("contrasts.csv").to_csv(out / "contrasts.csv", index=False)
     header = (f"# gemma-3-270m: the paper's claims re-tested from PLAN.md\n\nMade by `python benchmarks/sweep_gemma.py "
-              f"--behaviors {args.behaviors} --ppl-tokens {args.ppl_tokens} --ppl-documents {args.ppl_documents} "
+              f"--tiers {args.tiers} --ppl-tokens {args.ppl_tokens} --ppl-documents {args.ppl_documents} "
               f"--budgets {args.budgets}` at {git_rev()}; behaviors with results: {', '.join(done)}.\n\n"
               f"Machine: {machine()}\n\nCommands run (stores in a temporary folder):\n\n```\n"
               + ("\n".join(log) if log else "(--summary-only: see each behavior's folder)") + "\n```\n\n"
               "Each behavior's folder holds results.md, results.csv, items.csv, windows.csv, frontier.csv, "
-              "contrasts.csv, steerability.csv and frontier_<behavior>.png.\n\n")
-    (out / "SUMMARY.md").write_text(header + "\n".join(summary_markdown(results, frontier, contrasts)))
+              "contrasts.csv (its own default family, secondary), steerability.csv and frontier_<behavior>.png; "
+              "primary.csv holds the table below.\n\n")
+    (out / "SUMMARY.md").write_text(header + "\n".join(summary_markdown(results, family, shares)))
     (out / "commands.json").write_text(json.dumps(log, indent=2))
     print(f"wrote {out / 'SUMMARY.md'}")
 

@@ -154,6 +154,13 @@ class Paths:
                 index[tuple(key)] = group.index.to_numpy()
         return cls(evidence, shift, log_inflation, shift_draws, log_inflation_draws, index)
 
+    def find(self, behavior, layer: int, method: str, k: str) -> tuple | None:
+        """The key of a vector in :attr:`index`, or None where it was not measured."""
+        for vector in self.index:
+            if vector[0] == behavior and int(vector[1]) == int(layer) and vector[2] == method and str(vector[3]) == k:
+                return vector
+        return None
+
     def at(self, vector: tuple, log_budget: float) -> tuple[float, float, np.ndarray]:
         """``(shift, alpha, shift_draws (B,))`` of ``vector`` at ``log_budget`` (NaN: not reached)."""
         rows = self.index[vector]
@@ -297,12 +304,12 @@ def _contrast(paths: Paths, behavior, c: Contrast, confidence: float) -> Contras
     log_budget = math.log(c.budget)
     nan = ContrastRow(behavior, c.name, c.layer, c.budget, c.method, c.k, c.reference, paths.evidence.measure,
                       math.nan, math.nan, math.nan, math.nan)
-    vector = _find(paths, behavior, c.layer, c.method, c.k)
+    vector = paths.find(behavior, c.layer, c.method, c.k)
     if vector is None:
         return nan
     shift, _, draws = paths.at(vector, log_budget)
     if c.ref_layer is not None:
-        reference = _find(paths, behavior, c.ref_layer, c.ref_method, c.ref_k)
+        reference = paths.find(behavior, c.ref_layer, c.ref_method, c.ref_k)
         if reference is None:
             return nan
         ref_shift, _, ref_draws = paths.at(reference, log_budget)
@@ -323,13 +330,6 @@ def _contrast(paths: Paths, behavior, c: Contrast, confidence: float) -> Contras
     diff = percentile_interval(shift - ref_shift, draws - ref_draws, confidence)
     return ContrastRow(behavior, c.name, c.layer, c.budget, c.method, c.k, c.reference, paths.evidence.measure,
                        diff.estimate, diff.low, diff.high, bootstrap_p_value(draws - ref_draws))
-
-
-def _find(paths: Paths, behavior, layer: int, method: str, k: str) -> tuple | None:
-    for vector in paths.index:
-        if vector[0] == behavior and int(vector[1]) == int(layer) and vector[2] == method and str(vector[3]) == k:
-            return vector
-    return None
 
 
 def steerability(results, items, confidence: float = CONFIDENCE, n_resamples: int = N_RESAMPLES,
