@@ -362,12 +362,12 @@ def _option_spans(q: ABQuestion, where: str) -> dict[str, tuple[int, int]]:
             raise DatasetError(
                 f"{where}: answer ({letter}) starts {letters.count(letter)} lines, not one (option lines "
                 f"found: {shown}); a twin needs each answer on a line of its own, '(X) text'. Capture with "
-                "swap_options=False (--no-swap-options) to keep the texts as written", param="swap_options")
+                "swap_options=False (--no-swap-options) to keep the texts as written")
     duplicated = sorted({x for x in letters if letters.count(x) > 1})
     if duplicated:
         raise DatasetError(f"{where}: option letter(s) {', '.join(f'({x})' for x in duplicated)} start "
                            "several lines; the options cannot be told apart. Capture with swap_options=False "
-                           "(--no-swap-options) to keep the texts as written", param="swap_options")
+                           "(--no-swap-options) to keep the texts as written")
     spans = {}
     end = _QUESTION_TRAILER.search(q.question).start()
     for i, m in enumerate(matches):
@@ -421,8 +421,7 @@ def with_twins(contrast: ContrastSet) -> ContrastSet:
         where = f"{contrast.path!r} {members[0].where}"
         if len(members) != 2:
             raise DatasetError(f"{where}: pair_id {pair_id} has {len(members)} text(s); a twin is made of a "
-                               "pair of two texts. Capture with swap_options=False (--no-swap-options)",
-                               param="swap_options")
+                               "pair of two texts. Capture with swap_options=False (--no-swap-options)")
         first, second = members
         q = ab_question(first.text, second.text, where=where)
         twin = swap_options(q, where=where)

@@ -271,7 +271,7 @@ def _plan(loaded: LoadedModel, contrast: ContrastSet | TextSource, layers, reque
 def _check_twins_fit(writer: ActivationWriter, plan: _Plan) -> None:
     """Refuse, before a run is registered, twins for a group that cannot record them."""
     if plan.settings.get("swap_options") and not writer.holds_twins:
-        raise StoreError(writer.no_twins_message(), param="swap_options")
+        raise StoreError(writer.no_twins_message())
 
 
 def _default_offset(options: CaptureOptions, contrast: ContrastSet, tokenizer, texts,

@@ -230,7 +230,7 @@ class ActivationWriter:
     def no_twins_message(self) -> str:
         return (f"{self.path!r} group {self.group.basename!r} was created before actstore recorded option-swapped "
                 "twins (it has no 'question'/'order' arrays); capture into another group (name=...) or keep the "
-                "texts as written with swap_options=False")
+                "texts as written with swap_options=False (--no-swap-options)")
 
     def read_moments(self) -> Moments | None:
         """See :func:`actstore.stores.moments.committed_moments`."""
