@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 from actstore.evaluation.frontier import Evidence, Paths, contrasts, frontier, interpolate_at, steerability
-from actstore.evaluation.intervals import SEED, paired_mean_interval
+from actstore.evaluation.intervals import SEED, bh_q_values, paired_mean_interval
 from actstore.evaluation.report import count_line
 
 QUESTIONS, DOCUMENTS, WINDOWS_PER_DOCUMENT, TOKENS = 10, 4, 2, 50
@@ -95,18 +95,20 @@ def test_interpolation_reads_the_path_where_it_first_reaches_the_budget():
 
 
 def test_frontier_and_its_selection_aware_bootstrap_match_a_written_out_computation():
-    effects = {("enr", "dense"): (0.2, 0.5, 1.0), ("enr", "4"): (0.3, 0.6, 0.8)}
-    damage = {("enr", "dense"): (0.01, 0.05, 0.8), ("enr", "4"): (0.005, 0.05, 0.25)}
+    effects = {("enr", "dense"): (0.2, 0.5, 1.0), ("enr", "4"): (0.3, 0.6, 0.8), ("random:0", "4"): (0.0, 0.1, 0.1)}
+    damage = {("enr", "dense"): (0.01, 0.05, 0.8), ("enr", "4"): (0.005, 0.05, 0.25),
+              ("random:0", "4"): (0.01, 0.1, 0.3)}
     results, items, windows = _folder(effects, damage)
     budgets = (1.03, 1.2, 2.0)
     B = 300
     paths = Paths.of(Evidence.from_tables(results, items, windows), n_resamples=B)
-    table = {(r.k, r.budget): r for r in frontier(paths, budgets)}
+    table = {(r.k, r.budget): r for r in frontier(paths, budgets) if r.method == "enr"}
     q_draws = np.random.default_rng(SEED).integers(0, QUESTIONS, (B, QUESTIONS))
     d_draws = np.random.default_rng(SEED + 1).integers(0, DOCUMENTS, (B, DOCUMENTS))
     tokens = np.full(DOCUMENTS, TOKENS * WINDOWS_PER_DOCUMENT, dtype=float)
     written = {k: _written_out(items, windows, "enr", k) for k in ("dense", "4")}
-    compared = {"diff": 0, "fraction": 0}
+    written["random"] = _written_out(items, windows, "random:0", "4")
+    compared = {"diff": 0, "fraction": 0, "random": 0}
     for budget in budgets:
         lb = math.log(budget)
         point, draws = {}, {}
@@ -114,6 +116,14 @@ def test_frontier_and_its_selection_aware_bootstrap_match_a_written_out_computat
             point[k] = _interpolate([(d.sum() / tokens.sum(), e.mean()) for e, d in zip(eff, docs)], lb)
             draws[k] = np.array([_interpolate([(d[d_draws[b]].sum() / tokens[d_draws[b]].sum(), e[q_draws[b]].mean())
                                                for e, d in zip(eff, docs)], lb) for b in range(B)])
+        row = table[("4", budget)]
+        if row.reached and not math.isnan(point["random"]):
+            beyond = draws["4"] - draws["random"]
+            assert row.random_reference == "random:0"
+            assert row.minus_random == pytest.approx(point["4"] - point["random"], rel=1e-9)
+            assert (row.minus_random_ci_low, row.minus_random_ci_high) == pytest.approx(
+                tuple(np.percentile(beyond[np.isfinite(beyond)], [2.5, 97.5])), rel=1e-9)
+            compared["random"] += 1
         for k in ("dense", "4"):
             row = table[(k, budget)]
             assert row.reached == (not math.isnan(point[k]))
@@ -140,7 +150,13 @@ def test_frontier_and_its_selection_aware_bootstrap_match_a_written_out_computat
                 assert row.fraction == pytest.approx(point["4"] / point["dense"], rel=1e-9)
                 assert row.fraction_ci_low == pytest.approx(np.percentile(ratio[np.isfinite(ratio)], 2.5), rel=1e-9)
                 compared["fraction"] += 1
-    assert compared["diff"] >= 2 and compared["fraction"] >= 1  # the test exercised both figures
+    assert compared["diff"] >= 2 and compared["fraction"] >= 1 and compared["random"] >= 1  # all exercised
+    rows = frontier(paths, budgets)
+    vectors = [r for r in rows if not r.method.startswith("random")]
+    np.testing.assert_allclose([r.q_value for r in vectors], bh_q_values([r.p_value for r in vectors]))
+    np.testing.assert_allclose([r.minus_random_q_value for r in vectors],
+                               bh_q_values([r.minus_random_p_value for r in vectors]))
+    assert all(math.isnan(r.minus_random) for r in rows if r.method.startswith("random"))
     assert table[("dense", 1.03)].fraction != table[("dense", 1.03)].fraction  # the reference has none (NaN)
     assert not table[("4", 2.0)].reached  # k=4 never damages that much: not reached, not extrapolated
 

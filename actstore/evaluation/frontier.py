@@ -31,6 +31,7 @@ from .intervals import (
     CONFIDENCE,
     N_RESAMPLES,
     SEED,
+    bh_q_values,
     bootstrap_p_value,
     holm_adjusted,
     paired_mean_interval,
@@ -186,8 +187,16 @@ def _reference(vectors: set, behavior, layer, method: str) -> tuple | None:
     return None
 
 
+def _random_reference(vectors: set, behavior, layer, k) -> tuple | None:
+    """The random control of the same k at the same layer (the lowest seed)."""
+    seeds = sorted((int(v[2].split(":", 1)[1]), v) for v in vectors
+                   if v[0] == behavior and v[1] == layer and str(v[2]).startswith("random:") and v[3] == k)
+    return seeds[0][1] if seeds else None
+
+
 def frontier(paths: Paths, budgets, confidence: float = CONFIDENCE) -> list[FrontierRow]:
-    """frontier.csv's rows: every vector at every budget."""
+    """frontier.csv's rows: every vector at every budget. p-values are the bootstrap's; q-values
+    Benjamini-Hochberg per behavior over that figure's rows (controls a family of their own)."""
     rows = []
     vectors = set(paths.index)
     measure = paths.evidence.measure
@@ -201,7 +210,7 @@ def frontier(paths: Paths, budgets, confidence: float = CONFIDENCE) -> list[Fron
                 continue
             interval = percentile_interval(shift, draws, confidence)
             fields = {"alpha": alpha, "shift": shift, "ci_low": interval.low, "ci_high": interval.high,
-                      "boot_defined": float(np.isfinite(draws).mean())}
+                      "p_value": bootstrap_p_value(draws), "boot_defined": float(np.isfinite(draws).mean())}
             reference = _reference(vectors, behavior, layer, method)
             if reference is not None and reference != vector:
                 ref_shift, _, ref_draws = paths.at(reference, log_budget)
@@ -216,8 +225,34 @@ def frontier(paths: Paths, budgets, confidence: float = CONFIDENCE) -> list[Fron
                             fraction = percentile_interval(shift / ref_shift, draws / ref_draws, confidence)
                         fields.update(fraction=fraction.estimate, fraction_ci_low=fraction.low,
                                       fraction_ci_high=fraction.high)
+            control = None if is_control(method) else _random_reference(vectors, behavior, layer, k)
+            if control is not None:
+                control_shift, _, control_draws = paths.at(control, log_budget)
+                fields["random_reference"] = control[2]
+                if not math.isnan(control_shift):
+                    beyond = percentile_interval(shift - control_shift, draws - control_draws, confidence)
+                    fields.update(minus_random=beyond.estimate, minus_random_ci_low=beyond.low,
+                                  minus_random_ci_high=beyond.high,
+                                  minus_random_p_value=bootstrap_p_value(draws - control_draws))
             rows.append(FrontierRow(behavior, int(layer), method, k, float(budget), measure, True, **fields))
-    return rows
+    return _with_q_values(rows)
+
+
+def _with_q_values(rows: list[FrontierRow]) -> list[FrontierRow]:
+    """Fill q_value, diff_q_value and minus_random_q_value: BH per (behavior, control or not)."""
+    from dataclasses import replace
+
+    out = list(rows)
+    for column in ("p_value", "diff_p_value", "minus_random_p_value"):
+        target = column.replace("p_value", "q_value")
+        groups: dict = {}
+        for index, row in enumerate(out):
+            groups.setdefault((row.behavior, is_control(row.method)), []).append(index)
+        for members in groups.values():
+            q = bh_q_values([getattr(out[i], column) for i in members])
+            for i, value in zip(members, q):
+                out[i] = replace(out[i], **{target: float(value)})
+    return out
 
 
 @dataclass(frozen=True)

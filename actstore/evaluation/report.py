@@ -135,18 +135,37 @@ def _frontier_lines(rows: list[FrontierRow], unit: str) -> list[str]:
              "from the dense vector at the same budget; the fraction of dense is given where the dense shift's "
              "interval excludes zero. 'defined': the share of resamples that reach the budget (the intervals are "
              "over those).", ""]
+    reached = [r for r in rows if r.reached and not is_control(r.method)]
+    if reached:
+        up = sum(r.ci_low > 0 for r in reached)
+        down = sum(r.ci_high < 0 for r in reached)
+        q = [r for r in reached if r.q_value < ALPHA_LEVEL]
+        lines += [f"Shifts at the budgets: {up + down} of {len(reached)} have an interval excluding zero "
+                  f"({len(reached)} x {ALPHA_LEVEL:g} = {len(reached) * ALPHA_LEVEL:.2g} expected with no effect at "
+                  f"all): {up} up, {down} down; {len(q)} at q < {ALPHA_LEVEL:g} (Benjamini-Hochberg; "
+                  f"{sum(r.shift > 0 for r in q)} up, {sum(r.shift < 0 for r in q)} down).", ""]
+    beyond = [r for r in reached if not math.isnan(r.minus_random)]
+    if beyond:
+        q = [r for r in beyond if r.minus_random_q_value < ALPHA_LEVEL]
+        lines += [f"Beyond the random control of the same k: {len(q)} of {len(beyond)} at q < {ALPHA_LEVEL:g} "
+                  f"({sum(r.minus_random > 0 for r in q)} more than random, {sum(r.minus_random < 0 for r in q)} "
+                  "less); the others are what any push of that size does.", ""]
     cells = []
     for row in rows:
         if not row.reached:
-            cells.append([str(row.layer), f"{row.method} {row.k}", f"{row.budget:g}", "not reached", "", "", "", ""])
+            cells.append([str(row.layer), f"{row.method} {row.k}", f"{row.budget:g}", "not reached", "", "", "", "",
+                          "", ""])
             continue
         cells.append([str(row.layer), f"{row.method} {row.k}", f"{row.budget:g}", _fmt(row.alpha, ".3g"),
-                      _ci(row.shift, row.ci_low, row.ci_high), _fmt(row.boot_defined, ".2f"),
+                      _ci(row.shift, row.ci_low, row.ci_high), _fmt(row.q_value, ".2g"), _fmt(row.boot_defined, ".2f"),
                       _ci(row.diff_vs_dense, row.diff_ci_low, row.diff_ci_high) if row.reference else "(reference)",
                       _ci(row.fraction, row.fraction_ci_low, row.fraction_ci_high)
-                      if not math.isnan(row.fraction) else ""])
-    return lines + _md_table(["layer", "vector", "budget", "alpha", "shift [95% CI]", "defined",
-                              "minus dense [95% CI]", "fraction of dense [95% CI]"], cells) + [""]
+                      if not math.isnan(row.fraction) else "",
+                      _ci(row.minus_random, row.minus_random_ci_low, row.minus_random_ci_high)
+                      if not math.isnan(row.minus_random) else ""])
+    return lines + _md_table(["layer", "vector", "budget", "alpha", "shift [95% CI]", "q", "defined",
+                              "minus dense [95% CI]", "fraction of dense [95% CI]", "minus random [95% CI]"],
+                             cells) + [""]
 
 
 def _contrast_lines(rows: list[ContrastRow], prespecified: bool) -> list[str]:

@@ -179,10 +179,13 @@ class FrontierRow:
     extrapolated; else every figure is NaN). ``alpha``: the interpolated alpha.
     ``diff_vs_dense``: shift minus the dense reference vector's at the same budget and
     layer; ``fraction``: their ratio (only where the dense shift's interval excludes
-    zero). Intervals: percentile bootstrap resampling questions and perplexity documents
-    together, the interpolation redone in each resample; ``boot_defined``: the share of
-    resamples in which the shift is defined (the budget reached), the intervals are over
-    those. ``diff_p_value``: bootstrap two-sided p of the difference.
+    zero). ``minus_random``: shift minus the random control of the same k at the same layer
+    (``random_reference``, its lowest seed): what the vector does beyond any push of its size.
+    Intervals: percentile bootstrap resampling questions and perplexity documents together,
+    the interpolation redone in each resample; ``boot_defined``: the share of resamples in
+    which the shift is defined (the budget reached), the intervals are over those. ``*p_value``:
+    bootstrap two-sided p; ``*q_value``: Benjamini-Hochberg per behavior over the frontier's
+    rows of that figure (controls a family of their own).
     """
 
     behavior: str
@@ -196,15 +199,24 @@ class FrontierRow:
     shift: float = NAN
     ci_low: float = NAN
     ci_high: float = NAN
+    p_value: float = NAN
+    q_value: float = NAN
     boot_defined: float = NAN
     reference: str = ""
     diff_vs_dense: float = NAN
     diff_ci_low: float = NAN
     diff_ci_high: float = NAN
     diff_p_value: float = NAN
+    diff_q_value: float = NAN
     fraction: float = NAN
     fraction_ci_low: float = NAN
     fraction_ci_high: float = NAN
+    random_reference: str = ""
+    minus_random: float = NAN
+    minus_random_ci_low: float = NAN
+    minus_random_ci_high: float = NAN
+    minus_random_p_value: float = NAN
+    minus_random_q_value: float = NAN
 
 
 @dataclass(frozen=True)
