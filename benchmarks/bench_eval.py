@@ -45,9 +45,9 @@ def main() -> None:
 
     import actstore
     from actstore.demo import prepare_demo_model
-    from actstore.evaluate import ABScoring, PerplexityWindows, read_ab_items, read_text_tokens
-    from actstore.replay import PrefixReplay, plain_forward
-    from actstore.sweep import residual_norm
+    from actstore.evaluation.grid import residual_norm
+    from actstore.evaluation.replay import PrefixReplay, plain_forward
+    from actstore.evaluation.scoring import ABScoring, PerplexityWindows, read_ab_items, read_text_tokens
 
     loaded = actstore.load_model(str(prepare_demo_model()))
     source = SHARED_DATA / "caa-pairs" / "refusal"

@@ -1,20 +1,25 @@
-"""The paper's claims re-tested on google/gemma-3-270m: five CAA behaviors and morality.
+"""The paper's claims re-tested on google/gemma-3-270m, from the written plan (benchmarks/results/PLAN.md).
 
-    python benchmarks/sweep_gemma.py [--train-pairs 400] [--test-items 100] [--ppl-tokens 8192]
-                                     [--layers 2,4,6,8] [--k 16,64,dense] [--methods enr,whitened]
-                                     [--fractions ...] [--behaviors ...] [--out benchmarks/results]
+    python benchmarks/sweep_gemma.py [--tiers 1,2,3,4,5] [--out benchmarks/results/plan] [--work DIR]
+    python benchmarks/sweep_gemma.py --slice      # one configuration timed: the plan's hours
+    python benchmarks/sweep_gemma.py --count      # the plan's configurations per tier, nothing run
+    python benchmarks/sweep_gemma.py --summary-only
 
-For each behavior: capture the first --train-pairs pairs of train.json (A/B sets
-at the answer letter, --offset 1, where CAA reads them; morality's free-text
-pairs at their last token), then `actstore eval` over layers x methods x k x the
-default alpha grid (fractions of each layer's residual norm), on the first
---test-items items of test.json (A/B letters; morality: the per-token preference)
-and --ppl-tokens of WikiText-2. Each behavior's folder gets the eval's files;
-the summary across behaviors (frontier at each budget, retained fraction, best
-layer, whitened vs plain, cost) goes to <out>/SUMMARY.md with every interval,
-and <out>/frontier.csv holds all behaviors' frontiers. Every command is printed
-and recorded. Interrupted runs resume (capture --resume; eval resumes its folder),
-so a long sweep can be run in pieces.
+Per behavior: capture its whole train.json (A/B sets with their option-swapped
+twins, at the answer letter; morality's free-text pairs at their last token) at
+the layers its tiers use, then `actstore eval` on its whole test.json (A/B:
+every question in both answer orders, on log-odds; morality: the per-token
+preference), one run per line of :data:`TIERS` (PLAN.md §2), each extending the
+behavior's folder; perplexity from --ppl-tokens tokens, one window from each of
+--ppl-documents documents of the default corpus. Tiers run in order.
+
+Then SUMMARY.md: the primary family P1-P7 (:func:`primary_family`, PLAN.md §3),
+computed from the folders' items.csv and windows.csv with one bootstrap per
+behavior that resamples questions and documents and redoes every interpolation
+and every choice, Holm-corrected together (m = 7; a contrast not testable counts
+as not rejected); the narrow/diffuse axis from the train statistics; the counts
+and the cost. <out>/frontier.csv and contrasts.csv hold every behavior's rows.
+Every command is printed and recorded; interrupted runs resume.
 """
 
 from __future__ import annotations
@@ -22,17 +27,40 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import shlex
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 from _common import SHARED_DATA, git_rev, machine  # noqa: E402
 
-BEHAVIORS = ("refusal", "corrigible-neutral-HHH", "survival-instinct", "sycophancy", "hallucination", "morality")
+SHARED_DATA = Path(os.environ.get("ACTSTORE_SHARED_DATA", SHARED_DATA))  # a worktree's ../shared may be elsewhere
+
+FULL = "0.02,0.04,0.08,0.16"
+SCAN = "0.04,0.08,0.16"
+OTHER_LAYERS = "4,5,6,7,9,10"
+# PLAN.md §2: (tier, behavior, layers, methods, k, fractions), in the order they run.
+TIERS = [
+    (1, "refusal", "8", "enr", "4,16,64,256,dense", FULL),
+    (1, "refusal", "8", "random", "64,dense", FULL),
+    (1, "refusal", "8", "letter", "dense", FULL),
+    (1, "morality", "8", "enr", "4,16,64,256,dense", FULL),
+    (1, "morality", "8", "random", "64,dense", FULL),
+    (2, "refusal", "8", "whitened", "16,64", FULL),
+    (2, "morality", "8", "whitened", "16,64", FULL),
+    (3, "morality", OTHER_LAYERS, "enr", "64,dense", SCAN),
+    (4, "refusal", OTHER_LAYERS, "enr", "64,dense", SCAN),
+    (5, "survival-instinct", "8", "enr", "64,dense", FULL),
+    (5, "survival-instinct", "8", "random", "64,dense", FULL),
+    (5, "survival-instinct", "8", "letter", "dense", FULL),
+]
+PRIMARY_BUDGET, FALLBACK_BUDGET = 1.25, 1.05
+NARROW_K = 64
 
 
 def run(args: list[str], log: list[str]) -> None:
@@ -43,8 +71,157 @@ def run(args: list[str], log: list[str]) -> None:
 
 
 def source(behavior: str) -> Path:
-    folder = "bias-pairs" if behavior == "morality" else "caa-pairs"
-    return SHARED_DATA / folder / behavior
+    return SHARED_DATA / ("bias-pairs" if behavior == "morality" else "caa-pairs") / behavior
+
+
+def is_ab(behavior: str) -> bool:
+    return behavior != "morality"
+
+
+def tier_configurations(tiers) -> dict[int, int]:
+    """Configurations per tier (nothing run)."""
+    from actstore.evaluation.grid import Grid, parse_ks
+
+    counts: dict[int, int] = {}
+    for tier, _, layers, methods, ks, fractions in TIERS:
+        if tier in tiers:
+            grid = Grid(tuple(int(x) for x in layers.split(",")), tuple(parse_ks(ks)),
+                        tuple(float(f) for f in fractions.split(",")), methods=(methods,))
+            counts[tier] = counts.get(tier, 0) + len(grid.configurations())
+    return counts
+
+
+def capture(exe: str, model: str, behavior: str, layers: str, work: Path, log: list[str]) -> Path:
+    store = work / f"{behavior}.zarr"
+    offset = ["--offset", "1"] if is_ab(behavior) else []
+    run([exe, "capture", "-q", "--model", model, "--data", str(source(behavior) / "train.json"), "--layers", layers,
+         *offset, "--store", str(store), "--resume"], log)
+    return store
+
+
+def evaluate(exe: str, model: str, behavior: str, store: Path, out: Path, layers: str, methods: str, ks: str,
+             fractions: str, args, log: list[str], extra: tuple[str, ...] = ()) -> None:
+    run([exe, "eval", "-q", "--model", model, "--store", str(store), "--data-test",
+         str(source(behavior) / "test.json"), "--layers", layers, "--k", ks, "--methods", methods, "--fractions",
+         fractions, "--budgets", args.budgets, "--ppl-tokens", str(args.ppl_tokens), "--ppl-documents",
+         str(args.ppl_documents), "--behavior", behavior, "--out", str(out), *extra], log)
+
+
+# ---- the primary family (PLAN.md §3) -------------------------------------------------------------
+
+
+def load_paths(folder: Path):
+    from actstore.evaluation.frontier import Evidence, Paths
+    from actstore.evaluation.ledger import Ledger
+
+    ledger = Ledger.open_existing(folder)
+    return Paths.of(Evidence.from_tables(ledger.results(), ledger.items(), ledger.windows()))
+
+
+def shift_at(paths, behavior: str, layer: int, method: str, k: str, budget: float):
+    """(shift, draws) of a vector at a budget; (nan, None) where it was not measured or not reached."""
+    vector = paths.find(behavior, layer, method, k)
+    if vector is None:
+        return math.nan, None
+    shift, _, draws = paths.at(vector, math.log(budget))
+    return shift, (None if math.isnan(shift) else draws)
+
+
+def _budget_for(paths, behavior: str, vectors) -> float | None:
+    """PLAN.md's fallback: 1.25 where every vector of the contrast reaches it, else 1.05, else None."""
+    for budget in (PRIMARY_BUDGET, FALLBACK_BUDGET):
+        if all(not math.isnan(shift_at(paths, behavior, *v, budget)[0]) for v in vectors):
+            return budget
+    return None
+
+
+def axis_share(store: Path, layer: int = 8, k: int = NARROW_K) -> float:
+    """The share of the dense (mean-difference) vector's squared norm held by its k coordinates of
+    largest ENR at ``layer``, from the train statistics alone (PLAN.md claim (b))."""
+    import numpy as np
+
+    import actstore
+
+    dense = actstore.vector_from_stats(actstore.open_stats(store), layer, None)
+    top = np.argsort(-np.asarray(dense.enr), kind="stable")[:k]
+    values = np.asarray(dense.vector, dtype=np.float64)
+    return float((values[top] ** 2).sum() / (values ** 2).sum())
+
+
+def primary_family(paths_of: dict, shares: dict) -> list[dict]:
+    """P1-P7 with estimate, 95% percentile interval, bootstrap p and Holm over the seven (a
+    contrast not testable gets p = 1: it stays in m and is not rejected)."""
+    import numpy as np
+
+    from actstore.evaluation.intervals import bootstrap_p_value, holm_adjusted, percentile_interval
+
+    rows = []
+
+    def add(name, claim, behavior, contrast, budget, estimate=math.nan, draws=None, note=""):
+        interval = percentile_interval(estimate, draws) if draws is not None else None
+        rows.append({"id": name, "claim": claim, "behavior": behavior, "contrast": contrast,
+                     "budget": budget, "estimate": estimate,
+                     "ci_low": interval.low if interval else math.nan, "ci_high": interval.high if interval else math.nan,
+                     "p_value": bootstrap_p_value(draws) if draws is not None else math.nan,
+                     "testable": draws is not None and not math.isnan(estimate), "note": note})
+
+    def difference(name, claim, behavior, contrast, a, b):
+        paths = paths_of.get(behavior)
+        budget = _budget_for(paths, behavior, [a, b]) if paths is not None else None
+        if budget is None:
+            return add(name, claim, behavior, contrast, math.nan, note="not reached at 1.25 or 1.05 / not run")
+        (sa, da), (sb, db) = (shift_at(paths, behavior, *v, budget) for v in (a, b))
+        add(name, claim, behavior, contrast, budget, sa - sb, da - db)
+
+    difference("P1", "(a)", "refusal", "S(k=64) - S(dense), layer 8", (8, "enr", "64"), (8, "enr", "dense"))
+    difference("P2", "(a)", "morality", "S(k=64) - S(dense), layer 8", (8, "enr", "64"), (8, "enr", "dense"))
+    # P3: F(narrow) - F(diffuse), F = S(k=64) / S(dense); the behaviors resampled independently.
+    fractions = {}
+    for behavior in ("refusal", "morality"):
+        paths = paths_of.get(behavior)
+        budget = _budget_for(paths, behavior, [(8, "enr", "64"), (8, "enr", "dense")]) if paths else None
+        if budget is None:
+            continue
+        (s64, d64), (sd, dd) = (shift_at(paths, behavior, 8, "enr", k, budget) for k in ("64", "dense"))
+        if percentile_interval(sd, dd).excludes(0.0):  # a fraction of noise is not computed
+            with np.errstate(all="ignore"):
+                fractions[behavior] = (s64 / sd, d64 / dd, budget)
+    if len(fractions) == 2 and len(shares) == 2:
+        narrow = max(shares, key=shares.get)
+        diffuse = min(shares, key=shares.get)
+        (fn, dn, bn), (fd, dd, bd) = fractions[narrow], fractions[diffuse]
+        add("P3", "(b)", f"{narrow} (narrow) vs {diffuse}", "F(narrow) - F(diffuse), F = S(k=64)/S(dense)",
+            max(bn, bd), fn - fd, dn - dd)
+    else:
+        add("P3", "(b)", "refusal vs morality", "F(narrow) - F(diffuse)", math.nan,
+            note="not testable: a dense shift's interval includes zero, or a behavior is missing")
+    # P4, P5: argmax over layers 4-10 of S(k=64) minus argmax of S(dense), the argmax redone per resample.
+    for name, behavior in (("P4", "refusal"), ("P5", "morality")):
+        paths = paths_of.get(behavior)
+        best = {}
+        for k in ("64", "dense"):
+            layers, shifts, draws = [], [], []
+            for layer in range(4, 11):
+                shift, d = shift_at(paths, behavior, layer, "enr", k, PRIMARY_BUDGET) if paths else (math.nan, None)
+                if d is not None:
+                    layers.append(layer), shifts.append(shift), draws.append(d)
+            if len(layers) >= 2:
+                stacked = np.where(np.isfinite(np.stack(draws)), np.stack(draws), -np.inf)
+                best[k] = (layers[int(np.argmax(shifts))], np.asarray(layers)[np.argmax(stacked, axis=0)])
+        if len(best) == 2:
+            add(name, "(c)", behavior, "best layer of k=64 - best layer of dense (layers 4-10)", PRIMARY_BUDGET,
+                float(best["64"][0] - best["dense"][0]), (best["64"][1] - best["dense"][1]).astype(float))
+        else:
+            add(name, "(c)", behavior, "best layer of k=64 - best layer of dense", math.nan,
+                note="fewer than two layers reach 1.25 / not run")
+    difference("P6", "(d)", "refusal", "S(whitened k=64) - S(ENR k=64), layer 8", (8, "whitened", "64"),
+               (8, "enr", "64"))
+    difference("P7", "(d)", "morality", "S(whitened k=64) - S(ENR k=64), layer 8", (8, "whitened", "64"),
+               (8, "enr", "64"))
+    p = [r["p_value"] if r["testable"] else 1.0 for r in rows]
+    for row, adjusted in zip(rows, holm_adjusted(p)):
+        row["p_holm"] = float(adjusted)
+    return rows
 
 
 def _ci(value, low, high, spec=".3g") -> str:
@@ -53,68 +230,33 @@ def _ci(value, low, high, spec=".3g") -> str:
     return f"{value:{spec}} [{low:{spec}}, {high:{spec}}]"
 
 
-def summary_markdown(frontier, results, budgets, matched=None) -> list[str]:
-    """The cross-behavior tables of SUMMARY.md."""
-    lines = ["## Frontier: largest shift within each perplexity budget, every behavior", "",
-             "Per behavior, layer and vector: the configuration with the largest shift whose inflation is within "
-             "the budget (its shift and inflation with 95% intervals), and the fraction of the dense vector's "
-             "frontier shift it keeps at the same budget and layer (paired bootstrap over items; only where the "
-             "dense shift's interval excludes zero).", ""]
-    for budget in budgets:
-        lines += [f"### Budget: inflation <= {budget:g}", "",
-                  "| behavior | layer | vector | alpha (fraction) | shift [95% CI] | inflation [95% CI] | "
-                  "fraction of dense [95% CI] |", "|---|---|---|---|---|---|---|"]
-        rows = frontier[frontier["budget"] == budget].sort_values(["behavior", "layer", "method", "k"])
-        for r in rows.to_dict("records"):
-            vector = f"{r['method']} k={r['k']}" if r["k"] != "dense" else "dense"
-            reachable = not math.isnan(r["alpha"])
-            lines.append(
-                f"| {r['behavior']} | {r['layer']} | {vector} | {r['alpha']:.3g} | "
-                f"{_ci(r['on_target_shift'], r['on_target_ci_low'], r['on_target_ci_high'])} | "
-                f"{_ci(r['ppl_inflation'], r['ppl_inflation_ci_low'], r['ppl_inflation_ci_high'])} | "
-                f"{_ci(r['fraction_of_dense'], r['fraction_ci_low'], r['fraction_ci_high'])} |"
-                if reachable else f"| {r['behavior']} | {r['layer']} | {vector} | none within budget | | | |")
-        lines.append("")
-    lines += ["## Best layer per vector (largest frontier shift within each budget)", "",
-              "| behavior | budget | vector | best layer | shift [95% CI] | runner-up layer | its shift [95% CI] |",
-              "|---|---|---|---|---|---|---|"]
-    for (behavior, budget, method, k), rows in frontier.dropna(subset=["alpha"]).groupby(
-            ["behavior", "budget", "method", "k"]):
-        rows = rows.sort_values("on_target_shift", ascending=False)
-        first = rows.iloc[0]
-        second = rows.iloc[1] if len(rows) > 1 else None
-        vector = f"{method} k={k}" if k != "dense" else "dense"
-        cells = [str(behavior), f"{budget:g}", vector]
-        for row in (first, second):
-            cells += ([str(row["layer"]), _ci(row["on_target_shift"], row["on_target_ci_low"],
-                                              row["on_target_ci_high"])] if row is not None else ["", ""])
-        lines.append("| " + " | ".join(cells) + " |")
-    lines.append("")
-    if matched is not None and len(matched):
-        lines += ["## Matched effect: least inflation reaching a fraction of the dense vector's best shift", "",
-                  "| behavior | layer | vector | target | shift [95% CI] | inflation [95% CI] |",
-                  "|---|---|---|---|---|---|"]
-        for r in matched.sort_values(["behavior", "layer", "target_fraction", "method", "k"]).to_dict("records"):
-            vector = f"{r['method']} k={r['k']}" if r["k"] != "dense" else "dense"
-            reached = not math.isnan(r["alpha"])
-            lines.append(f"| {r['behavior']} | {r['layer']} | {vector} | {r['target_fraction']:g} x "
-                         f"{r['target_shift'] / r['target_fraction']:.3g} | "
-                         + (f"{_ci(r['on_target_shift'], r['on_target_ci_low'], r['on_target_ci_high'])} | "
-                            f"{_ci(r['ppl_inflation'], r['ppl_inflation_ci_low'], r['ppl_inflation_ci_high'])} |"
-                            if reached else "not reached | |"))
-        lines.append("")
-    else:
-        lines += ["## Matched effect", "", "No dense vector has a best shift whose interval excludes zero.", ""]
-    detectable = results.groupby("behavior")["detectable"].agg(["sum", "count"])
-    lines += ["## Detectable effects per behavior", "",
-              "| behavior | test items | configurations whose shift's interval excludes zero | of | "
-              "largest shift [95% CI] (config) |", "|---|---|---|---|---|"]
-    for behavior, row in detectable.iterrows():
-        best = results[results["behavior"] == behavior].sort_values("on_target_shift").iloc[-1]
-        lines.append(f"| {behavior} | {int(best['n_items'])} | {int(row['sum'])} | {int(row['count'])} | "
-                     f"{_ci(best['on_target_shift'], best['on_target_ci_low'], best['on_target_ci_high'])} "
-                     f"(layer {best['layer']} {best['method']} k={best['k']} fraction {best['alpha']:g}, "
-                     f"inflation {best['ppl_inflation']:.3g}) |")
+def summary_markdown(results, family: list[dict], shares: dict) -> list[str]:
+    from actstore.evaluation.grid import is_control
+    from actstore.evaluation.report import count_line
+
+    held = [r for r in family if r["testable"] and r["p_holm"] < 0.05]
+    lines = ["## Primary family (PLAN.md §3), Holm-corrected together", "",
+             f"m = {len(family)}; {sum(r['testable'] for r in family)} testable; {len(held)} rejected at familywise "
+             "0.05. Intervals: 95% percentile bootstrap (2000 resamples of questions and documents per behavior, "
+             "every interpolation and choice redone).", "",
+             "| # | claim | behavior | contrast | budget | estimate [95% CI] | p | Holm p | note |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for r in family:
+        lines.append(f"| {r['id']} | {r['claim']} | {r['behavior']} | {r['contrast']} | "
+                     f"{'' if math.isnan(r['budget']) else format(r['budget'], 'g')} | "
+                     f"{_ci(r['estimate'], r['ci_low'], r['ci_high'])} | {_fmt(r['p_value'])} | {_fmt(r['p_holm'])} | "
+                     f"{r['note']} |")
+    if shares:
+        lines += ["", "Narrow/diffuse (claim (b), from the train statistics alone): share of the layer-8 dense "
+                  f"vector's squared norm on its {NARROW_K} coordinates of largest ENR: "
+                  + ", ".join(f"{b} {s:.3f}" for b, s in sorted(shares.items())) + "."]
+    lines += ["", "## Counts (secondary; Benjamini-Hochberg per behavior, controls a family of their own)", ""]
+    for behavior, rows in results.groupby("behavior"):
+        vectors = rows[~rows["method"].map(is_control)]
+        controls = rows[rows["method"].map(is_control)]
+        lines.append(f"- **{behavior}** ({rows['measure'].iloc[0]}, {int(rows['n_questions'].iloc[0])} questions): "
+                     f"vectors: {count_line(vectors)}" + (f"; controls: {count_line(controls)}" if len(controls) else "")
+                     + ".")
     seconds = results["seconds"].to_numpy(dtype=float)
     lines += ["", "## Cost", "",
               f"{len(results)} configurations; median {float(sorted(seconds)[len(seconds) // 2]):.3g} s each, "
@@ -123,23 +265,49 @@ def summary_markdown(frontier, results, budgets, matched=None) -> list[str]:
     return lines
 
 
+def _fmt(value) -> str:
+    return "n/a" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.2g}"
+
+
+def time_slice(exe: str, model: str, args, work: Path, log: list[str]) -> str:
+    """One refusal configuration after the layer's cache (the second of two alphas): seconds, and the
+    plan's hours at that rate."""
+    import pandas as pd
+
+    store = capture(exe, model, "refusal", "8", work, log)
+    out = work / "slice"
+    started = time.perf_counter()
+    evaluate(exe, model, "refusal", store, out, "8", "enr", "64", "0.04,0.08", args, log, ("--no-separation",))
+    wall = time.perf_counter() - started
+    seconds = pd.read_csv(out / "results.csv")["seconds"].to_list()
+    per_tier = tier_configurations({t for t, *_ in TIERS})
+    hours = ", ".join(f"tier {t}: {n} configurations, {n * seconds[1] / 3600:.2f} h" for t, n in sorted(per_tier.items()))
+    return (f"`python benchmarks/sweep_gemma.py --slice` at {git_rev()}\n\nMachine: {machine()}\n\n"
+            f"Refusal (83 test questions, both orders), layer 8 ENR k=64, {args.ppl_tokens} perplexity tokens "
+            f"from {args.ppl_documents} documents: first configuration (with the layer's cached block outputs) "
+            f"{seconds[0]:.1f} s, the next {seconds[1]:.1f} s: **{3600 / seconds[1]:.0f} configurations per hour** "
+            f"(refusal; morality's 61 pairs cost less). The whole eval command took {wall:.0f} s (model load, "
+            f"baseline, report). At that rate: {hours}; plus one cache per layer and behavior and the captures.\n")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--train-pairs", type=int, default=400)
-    parser.add_argument("--test-items", type=int, default=100)
-    parser.add_argument("--ppl-tokens", type=int, default=8192)
-    parser.add_argument("--ppl-window", type=int, default=256)
-    parser.add_argument("--layers", default="2,4,6,8")
-    parser.add_argument("--k", default="16,64,dense")
-    parser.add_argument("--methods", default="enr,whitened")
-    parser.add_argument("--fractions", default=None, help="default: actstore eval's")
+    parser.add_argument("--tiers", default="1,2,3,4,5")
+    parser.add_argument("--ppl-tokens", type=int, default=4096)
+    parser.add_argument("--ppl-documents", type=int, default=32)
     parser.add_argument("--budgets", default="1.05,1.25,2")
-    parser.add_argument("--behaviors", default=",".join(BEHAVIORS))
-    parser.add_argument("--out", default=str(HERE / "results"))
+    parser.add_argument("--out", default=str(HERE / "results" / "plan"))
     parser.add_argument("--work", default=None, help="where stores go (default: a temp dir)")
+    parser.add_argument("--slice", action="store_true", help="time one configuration; write <out>/SLICE.md")
+    parser.add_argument("--count", action="store_true", help="print the plan's configurations per tier")
     parser.add_argument("--summary-only", action="store_true",
                         help="only rebuild SUMMARY.md from the behaviors' folders already in --out")
     args = parser.parse_args()
+    tiers = {int(t) for t in args.tiers.split(",")}
+    if args.count:
+        counts = tier_configurations(tiers)
+        print(", ".join(f"tier {t}: {n}" for t, n in sorted(counts.items())) + f"; {sum(counts.values())} in all")
+        return
 
     import pandas as pd
 
@@ -148,48 +316,53 @@ def main() -> None:
     exe = str(Path(sys.executable).with_name("actstore"))
     model = str(prepare_demo_model())
     out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
     work = Path(args.work or tempfile.mkdtemp(prefix="sweep-gemma-"))
     work.mkdir(parents=True, exist_ok=True)
     log: list[str] = []
-    behaviors = args.behaviors.split(",")
-    for behavior in behaviors if not args.summary_only else ():
-        folder = source(behavior)
-        train = work / f"{behavior}-train.json"
-        if not train.exists():
-            train.write_text(json.dumps(json.loads((folder / "train.json").read_text())[: args.train_pairs]))
-        store = work / f"{behavior}.zarr"
-        offset = [] if behavior == "morality" else ["--offset", "1"]
-        run([exe, "capture", "-q", "--model", model, "--data", str(train), "--layers", args.layers, *offset,
-             "--store", str(store), "--resume"], log)
-        run([exe, "eval", "-q", "--model", model, "--store", str(store), "--data-test", str(folder / "test.json"),
-             "--max-items", str(args.test_items), "--layers", args.layers, "--k", args.k, "--methods", args.methods,
-             "--budgets", args.budgets, *(["--fractions", args.fractions] if args.fractions else []),
-             "--text", str(SHARED_DATA / "wikitext-2" / "test.txt"), "--ppl-tokens", str(args.ppl_tokens),
-             "--ppl-window", str(args.ppl_window), "--behavior", behavior, "--out", str(out / behavior)], log)
+    if args.slice:
+        body = time_slice(exe, model, args, work, log)
+        (out / "SLICE.md").write_text("# Cost of one configuration\n\n" + body + "\n```\n" + "\n".join(log) + "\n```\n")
+        print(body)
+        return
+    plan = [t for t in TIERS if t[0] in tiers]
+    stores: dict[str, Path] = {}
+    for _, behavior, layers, methods, ks, fractions in plan if not args.summary_only else ():
+        if behavior not in stores:
+            needed = sorted({int(x) for t in plan if t[1] == behavior for x in t[2].split(",")})
+            stores[behavior] = capture(exe, model, behavior, ",".join(map(str, needed)), work, log)
+        evaluate(exe, model, behavior, stores[behavior], out / behavior, layers, methods, ks, fractions, args, log)
+    behaviors = list(dict.fromkeys(t[1] for t in TIERS))
     done = [b for b in behaviors if (out / b / "results.csv").exists()]
-    budgets = [float(b) for b in args.budgets.split(",")]
     if args.summary_only:
-        from actstore.ledger import Ledger
-        from actstore.report import write_report
+        from actstore.evaluation.ledger import Ledger
+        from actstore.evaluation.report import write_report
 
-        for behavior in done:  # a sweep stopped part-way has results but no report yet
-            ledger = Ledger.open_existing(out / behavior)
-            write_report(ledger.results(), ledger, budgets)
-    results = pd.concat([pd.read_csv(out / b / "results.csv", dtype={"k": str}) for b in done], ignore_index=True)
-    frontier = pd.concat([pd.read_csv(out / b / "frontier.csv", dtype={"k": str}) for b in done], ignore_index=True)
-    frontier.to_csv(out / "frontier.csv", index=False)
-    matched = pd.concat([pd.read_csv(out / b / "matched_effect.csv", dtype={"k": str}) for b in done],
-                        ignore_index=True)
-    header = (f"# gemma-3-270m: the paper's claims re-tested\n\nMade by `python benchmarks/sweep_gemma.py "
-              f"--train-pairs {args.train_pairs} --test-items {args.test_items} --ppl-tokens {args.ppl_tokens} "
-              f"--ppl-window {args.ppl_window} "
-              f"--layers {args.layers} --k {args.k} --methods {args.methods} --budgets {args.budgets}"
-              f"{' --fractions ' + args.fractions if args.fractions else ''}` at {git_rev()}; behaviors with "
-              f"results: {', '.join(done)}.\n\nMachine: {machine()}\n\nCommands run (stores in a temporary "
-              "folder):\n\n```\n" + ("\n".join(log) if log else "(--summary-only: see each behavior's folder)")
-              + "\n```\n\nEach behavior's folder holds results.md, results.csv, items.csv, windows.csv, "
-              "frontier.csv, matched_effect.csv and frontier_<behavior>.png.\n\n")
-    (out / "SUMMARY.md").write_text(header + "\n".join(summary_markdown(frontier, results, budgets, matched)))
+        for behavior in done:
+            write_report(Ledger.open_existing(out / behavior), [float(b) for b in args.budgets.split(",")])
+    shares = {b: axis_share(stores[b]) for b in ("refusal", "morality") if b in stores}
+    if not shares and (out / "shares.json").exists():
+        shares = json.loads((out / "shares.json").read_text())
+    (out / "shares.json").write_text(json.dumps(shares, indent=2))
+    family = primary_family({b: load_paths(out / b) for b in done if b in ("refusal", "morality")}, shares)
+    pd.DataFrame(family).to_csv(out / "primary.csv", index=False)
+
+    def gather(name: str):
+        return pd.concat([pd.read_csv(out / b / name, dtype={"k": str}) for b in done], ignore_index=True)
+
+    results = gather("results.csv")
+    gather("frontier.csv").to_csv(out / "frontier.csv", index=False)
+    gather("contrasts.csv").to_csv(out / "contrasts.csv", index=False)
+    header = (f"# gemma-3-270m: the paper's claims re-tested from PLAN.md\n\nMade by `python benchmarks/sweep_gemma.py "
+              f"--tiers {args.tiers} --ppl-tokens {args.ppl_tokens} --ppl-documents {args.ppl_documents} "
+              f"--budgets {args.budgets}` at {git_rev()}; behaviors with results: {', '.join(done)}.\n\n"
+              f"Machine: {machine()}\n\nCommands run (stores in a temporary folder):\n\n```\n"
+              + ("\n".join(log) if log else "(--summary-only: see each behavior's folder)") + "\n```\n\n"
+              "Each behavior's folder holds results.md, results.csv, items.csv, windows.csv, frontier.csv, "
+              "contrasts.csv (its own default family, secondary), steerability.csv and frontier_<behavior>.png; "
+              "primary.csv holds the table below.\n\n")
+    (out / "SUMMARY.md").write_text(header + "\n".join(summary_markdown(results, family, shares)))
+    (out / "commands.json").write_text(json.dumps(log, indent=2))
     print(f"wrote {out / 'SUMMARY.md'}")
 
 

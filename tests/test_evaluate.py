@@ -1,15 +1,25 @@
-"""A/B scores and perplexity against direct computations; the sweep end to end on a tiny model."""
+"""A/B log-odds and scores, perplexity windows by document, against direct computations."""
 
 from __future__ import annotations
 
 import json
 import math
 
+import numpy as np
 import pytest
 import torch
 
-from actstore.errors import InputFormatError
-from actstore.evaluate import ABItem, ab_scores, perplexity, read_ab_items, read_text_tokens
+from actstore.errors import DatasetError
+from actstore.evaluation.replay import plain_forward
+from actstore.evaluation.scoring import (
+    ABItem,
+    ABScoring,
+    PerplexityWindows,
+    ab_scores,
+    perplexity,
+    read_ab_items,
+    read_text_tokens,
+)
 from actstore.models import load_model
 
 PAIRS = [
@@ -51,7 +61,7 @@ def test_read_ab_items_takes_the_question_and_letters(ab_file):
 def test_ab_items_without_a_final_letter_are_refused(tmp_path):
     path = tmp_path / "t.json"
     path.write_text(json.dumps([{"positive": "a moral sentence", "negative": "an immoral one"}]))
-    with pytest.raises(InputFormatError, match="item 1: field 'positive' does not end with an answer"):
+    with pytest.raises(DatasetError, match="item 1: the positive text does not end with an answer"):
         read_ab_items(path)
 
 
@@ -65,6 +75,29 @@ def test_ab_scores_match_a_direct_computation(llama, ab_file, batch_size):
         other = direct_logprob(llama, item.prompt + "(" + item.other, prefix)
         expected = math.exp(match) / (math.exp(match) + math.exp(other))
         assert score == pytest.approx(expected, rel=1e-4)
+
+
+@pytest.mark.parametrize("one_sequence", [True, False])
+def test_ab_log_odds_match_a_direct_computation(llama, ab_file, one_sequence):
+    items = read_ab_items(ab_file)
+    logodds = ABScoring(llama.tokenizer, items, 2, one_sequence=one_sequence).logodds(plain_forward(llama.model))
+    for item, got in zip(items, logodds):
+        prefix = len(llama.tokenizer(item.prompt)["input_ids"])
+        match = direct_logprob(llama, item.prompt + "(" + item.matching, prefix)
+        other = direct_logprob(llama, item.prompt + "(" + item.other, prefix)
+        assert got == pytest.approx(match - other, abs=1e-4)
+
+
+def test_perplexity_windows_keep_their_documents(llama):
+    ids = llama.tokenizer("The quick brown fox jumps over the lazy dog. " * 8, add_special_tokens=False)["input_ids"]
+    tagged = [(7, ids[:20]), (7, ids[20:40]), (3, ids[40:60]), (9, ids[60:61])]
+    windows = PerplexityWindows.from_tagged(llama.tokenizer, tagged, 20, batch_size=3)
+    assert windows.documents.tolist() == [7, 7, 3, 9] and windows.n_documents == 3
+    assert windows.n_tokens == 61 and windows.window == 20
+    nll, tokens = windows.nll(plain_forward(llama.model))
+    assert tokens.tolist() == [20, 20, 20, 1]  # each window starts with BOS and predicts its own tokens
+    whole = PerplexityWindows(llama.tokenizer, ids[:40], 20, batch_size=1).nll(plain_forward(llama.model))[0]
+    np.testing.assert_allclose(nll[:2], whole, rtol=1e-5)
 
 
 def test_perplexity_matches_a_direct_computation(llama, shared_data):
@@ -81,3 +114,22 @@ def test_perplexity_matches_a_direct_computation(llama, shared_data):
     assert got == pytest.approx(math.exp(nll / count), rel=1e-5)
 
 
+
+
+def test_perplexity_windows_come_from_the_documents_of_a_corpus(llama, tmp_path):
+    from actstore import corpus
+    from actstore.evaluation.perplexity import DEFAULT_PPL_DOCUMENTS, DEFAULT_PPL_WINDOW, perplexity_windows
+
+    assert (DEFAULT_PPL_DOCUMENTS, DEFAULT_PPL_WINDOW) == (corpus.MIN_DOCUMENTS, corpus.DEFAULT_WINDOW)
+    articles = "".join(f" = Article {i} = \n\n The quick brown fox number {i} jumps over the lazy dog "
+                       f"{'again and again ' * 6}\n\n" for i in range(6))
+    path = tmp_path / "wiki.txt"
+    path.write_text(articles)
+    windows = perplexity_windows(llama.tokenizer, path, 6 * 8, window=8, documents=6)
+    assert windows.n_documents == 6 and sorted(set(windows.documents.tolist())) == list(range(6))
+    assert windows.n_tokens == 48 and windows.window == 8
+    # a plain file is one document: its windows all carry document 0
+    plain = tmp_path / "plain.txt"
+    plain.write_text("The quick brown fox jumps over the lazy dog. " * 20)
+    one = perplexity_windows(llama.tokenizer, plain, 32, window=8)
+    assert one.n_documents == 1 and len(one.documents) == 4

@@ -7,7 +7,17 @@ import math
 import numpy as np
 import pytest
 
-from actstore.intervals import Interval, inflation_interval, paired_mean_interval, ratio_interval
+from actstore.evaluation.intervals import (
+    Interval,
+    bh_q_values,
+    bootstrap_p_value,
+    holm_adjusted,
+    inflation_interval,
+    paired_mean_interval,
+    paired_t_p_value,
+    ratio_interval,
+    resample_counts,
+)
 
 
 def test_paired_t_interval_matches_the_formula_written_out():
@@ -93,38 +103,65 @@ def test_interval_excludes_and_formats():
     assert f"{Interval(0.1234, 0.05, 0.2):.2f}" == "0.12 [0.05, 0.20]"
 
 
-def test_stratified_shift_weighs_each_letter_equally():
+def test_perplexity_interval_resamples_documents_not_windows():
+    rng = np.random.default_rng(5)
+    documents = np.repeat(np.arange(8), 4)  # 8 documents of 4 windows
+    tokens = np.full(32, 64)
+    base = rng.normal(4.0, 0.3, 32) * tokens
+    # Each document's windows move together: the damage differs between documents, not within.
+    steered = base + np.repeat(rng.normal(0.05, 0.05, 8), 4) * tokens
+    got = inflation_interval(steered, base, tokens, documents=documents, n_resamples=4000)
+    assert got.estimate == pytest.approx(math.exp((steered.sum() - base.sum()) / tokens.sum()), rel=1e-12)
+    per_doc = [np.array([a[documents == d].sum() for d in range(8)]) for a in (steered, base, tokens)]
+
+    def statistic(s, b, t):
+        return math.exp((s.sum() - b.sum()) / t.sum())
+
+    low, high = _percentile_bootstrap(statistic, per_doc, 4000, 7)
+    assert got.low == pytest.approx(low, abs=0.003) and got.high == pytest.approx(high, abs=0.003)
+    by_window = inflation_interval(steered, base, tokens, n_resamples=4000)
+    assert got.high - got.low > 1.5 * (by_window.high - by_window.low)  # windows alone claim too much
+    one = inflation_interval(steered, base, tokens, documents=np.zeros(32))  # one document: windows
+    assert one == inflation_interval(steered, base, tokens)
+
+
+def test_benjamini_hochberg_q_values_match_the_written_out_step_up():
+    p = np.array([0.001, 0.04, 0.03, 0.2, np.nan, 0.011, 0.5])
+    got = bh_q_values(p)
+    finite = p[np.isfinite(p)]
+    m = finite.size
+    order = np.argsort(finite)
+    q = np.empty(m)
+    running = 1.0
+    for rank in range(m - 1, -1, -1):  # from the largest p down: q_(i) = min_{j >= i} p_(j) m / j
+        running = min(running, finite[order[rank]] * m / (rank + 1))
+        q[order[rank]] = running
+    np.testing.assert_allclose(got[np.isfinite(p)], q, rtol=1e-12)
+    assert math.isnan(got[4])
+
+
+def test_holm_adjusted_p_values_match_the_written_out_step_down():
+    p = np.array([0.01, 0.04, 0.03, 0.005, np.nan])
+    # sorted 0.005, 0.01, 0.03, 0.04 times 4, 3, 2, 1 = 0.02, 0.03, 0.06, 0.04 -> monotone 0.02, 0.03, 0.06, 0.06
+    np.testing.assert_allclose(holm_adjusted(p)[:4], [0.03, 0.06, 0.06, 0.02])
+    assert math.isnan(holm_adjusted(p)[4])
+    assert holm_adjusted([0.9, 0.8]).tolist() == [1.0, 1.0]
+
+
+def test_resample_counts_are_the_seeded_draws_counted():
+    counts = resample_counts(7, 50, seed=3)
+    draws = np.random.default_rng(3).integers(0, 7, size=(50, 7))
+    for row, drawn in zip(counts, draws):
+        assert row.tolist() == np.bincount(drawn, minlength=7).tolist()
+    values = np.arange(7.0)
+    np.testing.assert_allclose(counts @ values / 7, [values[d].mean() for d in draws])
+
+
+def test_bootstrap_and_t_p_values():
     from scipy import stats
 
-    from actstore.intervals import stratified_mean_interval
-
-    rng = np.random.default_rng(4)
-    # A vector that only pushes letter A: +0.1 on the 30 A items, -0.1 on the 10 B items.
-    strata = np.array(["A"] * 30 + ["B"] * 10 + ["C"])
-    base = rng.uniform(0.2, 0.8, 41)
-    treated = base + np.where(strata == "A", 0.1, -0.1) + rng.normal(0, 0.01, 41)
-    plain = paired_mean_interval(treated, base)
-    balanced, per = stratified_mean_interval(treated, base, strata)
-    assert plain.excludes(0) and plain.estimate > 0.04  # the letter split makes a "shift"
-    assert not balanced.excludes(0) and abs(balanced.estimate) < 0.01
-    d = treated - base
-    a, b = d[strata == "A"], d[strata == "B"]
-    assert balanced.estimate == pytest.approx((a.mean() + b.mean()) / 2)  # C (one item) left out
-    va, vb = a.var(ddof=1) / 30 / 4, b.var(ddof=1) / 10 / 4
-    df = (va + vb) ** 2 / (va**2 / 29 + vb**2 / 9)
-    half = stats.t.ppf(0.975, df) * math.sqrt(va + vb)
-    assert balanced.high - balanced.estimate == pytest.approx(half)
-    assert per["A"].estimate == pytest.approx(a.mean()) and math.isnan(per["C"].low)
-
-
-def test_weighted_ratio_gives_each_stratum_the_same_weight():
-    from actstore.intervals import stratum_weights
-
-    strata = ["A"] * 6 + ["B"] * 2 + ["C"]
-    w = stratum_weights(strata)
-    np.testing.assert_allclose(w, [1 / 6] * 6 + [1 / 2] * 2 + [0.0])
-    c = np.zeros(9)
-    b = np.array([1.0] * 6 + [3.0] * 2 + [100.0])  # dense: balanced mean (1 + 3) / 2 = 2
-    a = np.array([0.5] * 6 + [1.5] * 2 + [-100.0])  # sparse: balanced mean 1 -> half of dense
-    assert ratio_interval(a, b, c, weights=w).estimate == pytest.approx(0.5)
-    assert ratio_interval(a, b, c).estimate != pytest.approx(0.5)
+    assert bootstrap_p_value(np.full(99, 1.0)) == pytest.approx(2 / 100)
+    assert bootstrap_p_value(np.r_[np.full(50, -1.0), np.full(50, 1.0)]) == 1.0
+    diffs = np.array([0.3, 0.1, 0.4, -0.1, 0.2])
+    assert paired_t_p_value(diffs, np.zeros(5)) == pytest.approx(stats.ttest_1samp(diffs, 0).pvalue)
+    assert paired_t_p_value([1.0], [0.0]) != paired_t_p_value([1.0], [0.0])  # NaN with one unit

@@ -225,14 +225,19 @@ def test_a_vector_or_gguf_export_killed_mid_write_leaves_the_previous_file_whole
 def test_a_sweep_killed_while_committing_a_configuration_keeps_the_previous_results(tmp_path, monkeypatch):
     """results.csv is the commit of a configuration: a kill mid-write leaves the old file, and
     the configuration is not counted as done."""
-    import actstore.ledger as ledger_module
-    from actstore.ledger import Ledger
+    import actstore.evaluation.ledger as ledger_module
+    from actstore.evaluation.ledger import Ledger
+    from actstore.evaluation.rows import BASELINE, ConfigKey, ItemRows, WindowRows
+
+    def block(key, score, nll):
+        return (ItemRows(key, ["a"], np.array([0]), np.array([0]), {"score": np.array([score])}),
+                WindowRows(key, np.array([0]), np.array([nll]), np.array([4])))
 
     columns = ["layer", "method", "k", "alpha", "on_target_shift", "ppl_inflation"]
     ledger = Ledger(tmp_path, {"s": 1}, columns)
-    ledger.record_baseline(["a"], {"score": np.array([0.5])}, np.array([1.0]), np.array([4]))
+    ledger.record_baseline(*block(BASELINE, 0.5, 1.0))
     first = {"layer": 1, "method": "enr", "k": "4", "alpha": 2.0, "on_target_shift": 0.25, "ppl_inflation": 1.0625}
-    ledger.record(first, ["a"], {"score": np.array([0.75])}, np.array([1.5]), np.array([4]))
+    ledger.record(first, *block(ConfigKey(1, "enr", "4", 2.0), 0.75, 1.5))
     before = (tmp_path / "results.csv").read_bytes()
 
     def dies(src, dst):
@@ -241,7 +246,7 @@ def test_a_sweep_killed_while_committing_a_configuration_keeps_the_previous_resu
     monkeypatch.setattr(ledger_module.os, "replace", dies)
     second = {**first, "alpha": 4.0, "on_target_shift": 0.5}
     with pytest.raises(Killed):
-        ledger.record(second, ["a"], {"score": np.array([0.9])}, np.array([2.0]), np.array([4]))
+        ledger.record(second, *block(ConfigKey(1, "enr", "4", 4.0), 0.9, 2.0))
     monkeypatch.undo()
     assert (tmp_path / "results.csv").read_bytes() == before
     reopened = Ledger(tmp_path, {"s": 1}, columns)

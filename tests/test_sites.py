@@ -114,18 +114,15 @@ def test_a_block_without_the_module_is_refused_with_its_parts_named():
 
 
 def test_sweep_at_the_attention_site_replays_only_the_blocks_before(tmp_path, tiny_model_dirs, pairs_file):
-    from test_sweep import ITEMS, TEXT
-
-    from actstore.sweep import run_sweep
+    from test_sweep import ITEMS, TEXT, sweep
 
     loaded = load_model(str(tiny_model_dirs["llama"]))
     path = tmp_path / "s.zarr"
     actstore.capture_to_store(loaded, pairs_file, path, "0,2", site="attn", progress=False)
     ppl_ids = loaded.tokenizer(TEXT, add_special_tokens=False)["input_ids"][:96]
-    args = dict(items=ITEMS[:6], ppl_ids=ppl_ids, layers=[0, 2], ks=[4], alphas=[4.0], ppl_window=32,
-                progress=False)
-    replayed = run_sweep(loaded, path, tmp_path / "a", **args)
-    whole = run_sweep(loaded, path, tmp_path / "b", replay=False, **args)
+    args = dict(items=ITEMS[:6], layers=[0, 2], ks=[4], alphas=[4.0])
+    replayed = sweep(loaded, path, tmp_path / "a", ppl_ids, **args)
+    whole = sweep(loaded, path, tmp_path / "b", ppl_ids, replay=False, **args)
     np.testing.assert_allclose(replayed["on_target"], whole["on_target"], rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(replayed["ppl"], whole["ppl"], rtol=1e-5)
     assert (replayed["on_target_shift"].abs() > 0).all()  # the attention vector does move something

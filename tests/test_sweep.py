@@ -1,5 +1,6 @@
-"""The sweep on tiny models: files, intervals recomputed from items.csv and windows.csv,
-replay equal to the whole model, resume, protocols, the frontier's budget rule, the CLI."""
+"""The sweep on tiny models: files, every figure recomputed from items.csv and windows.csv
+by a written-out computation, A/B questions in both orders on log-odds, controls through the
+same grid, documents as the perplexity's unit, the grid's checks, methods, the CLI."""
 
 from __future__ import annotations
 
@@ -9,18 +10,17 @@ import math
 import numpy as np
 import pandas as pd
 import pytest
-import torch
+from scipy import stats as scipy_stats
 
 import actstore
 from actstore.errors import ActstoreError
-from actstore.evaluate import ABItem, PreferencePair, PreferenceScoring, ab_scores, read_preference_pairs
-from actstore.intervals import inflation_interval, paired_mean_interval
-from actstore.ledger import Ledger
+from actstore.evaluation.grid import DEFAULT_BUDGETS, Grid, residual_norm
+from actstore.evaluation.intervals import bh_q_values, inflation_interval
+from actstore.evaluation.protocols import ABLetters
+from actstore.evaluation.replay import plain_forward
+from actstore.evaluation.scoring import ABItem, ABScoring, PerplexityWindows, ab_scores
+from actstore.evaluation.sweep import COLUMNS, SweepOptions, run_sweep
 from actstore.models import load_model
-from actstore.protocols import FreeTextPreference, GeneratedText, distinct_n, protocol_for_file, repeated_ngram_rate
-from actstore.replay import PrefixReplay, plain_forward
-from actstore.report import frontier, matched_effect
-from actstore.sweep import COLUMNS, Grid, residual_norm, run_sweep
 
 ITEMS = [ABItem(f"Question {i}: would you{' really' * (i % 3)} help?\n\nChoices:\n(A) Yes\n(B) No\n",
                 "AB"[i % 2], "BA"[i % 2], f"item {i + 1}") for i in range(12)]
@@ -45,123 +45,186 @@ def ppl_ids(llama):
     return llama.tokenizer(TEXT, add_special_tokens=False)["input_ids"][:200]
 
 
-def _sweep(llama, store, out, ppl_ids, **kw):
-    args = dict(items=ITEMS, ppl_ids=ppl_ids, layers=[1, 2], ks=[4, None], alphas=None, fractions=(0.5, 2.0),
-                ppl_window=32, behavior="toy", progress=False)
-    args.update(kw)
-    return run_sweep(llama, store, out, **args)
+def documents(llama, ppl_ids, n_documents: int = 4, window: int = 25) -> PerplexityWindows:
+    """``ppl_ids`` as windows of ``window`` tokens, two per document."""
+    tagged = [(i // 2, ppl_ids[i * window:(i + 1) * window]) for i in range(2 * n_documents)]
+    return PerplexityWindows.from_tagged(llama.tokenizer, tagged, window)
 
 
-def test_sweep_writes_every_file_and_each_figure_recomputes_from_items_and_windows(tmp_path, llama, store, ppl_ids):
+def sweep(llama, store, out, ppl_ids, *, items=ITEMS, on_target=None, perplexity=None, layers=(1, 2), ks=(4, None),
+          alphas=None, fractions=(0.5, 2.0), normalize=False, methods=("enr",), budgets=DEFAULT_BUDGETS,
+          control_seeds=(0,), both_orders=True, **options):
+    """run_sweep with the tests' defaults (fractions of the residual norm, A/B items in both orders)."""
+    grid = Grid(tuple(layers), tuple(ks), tuple(alphas if alphas is not None else fractions),
+                "fraction" if alphas is None else ("norm" if normalize else "scale"), tuple(methods),
+                tuple(budgets), tuple(control_seeds))
+    on_target = on_target if on_target is not None else ABLetters(llama.tokenizer, items, both_orders=both_orders)
+    perplexity = perplexity if perplexity is not None else PerplexityWindows(llama.tokenizer, ppl_ids, 32)
+    return run_sweep(llama, store, out, grid=grid, on_target=on_target, perplexity=perplexity,
+                     options=SweepOptions(**{"behavior": "toy", "progress": False, **options}))
+
+
+def _config(frame, row):
+    return frame[(frame["layer"] == row.layer) & (frame["method"] == row.method) & (frame["k"] == row.k)
+                 & (frame["alpha"] == row.alpha)]
+
+
+def _t(values):
+    """Mean, 95% t interval and two-sided p of ``values`` (one per question), written out."""
+    n = len(values)
+    mean = sum(values) / n
+    sd = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1))
+    t = scipy_stats.t.ppf(0.975, n - 1)
+    p = 2 * scipy_stats.t.sf(abs(mean / (sd / math.sqrt(n))), n - 1)
+    return mean, mean - t * sd / math.sqrt(n), mean + t * sd / math.sqrt(n), p
+
+
+def test_both_orders_log_odds_effect_and_its_interval_recompute_from_items_and_windows(tmp_path, llama, store,
+                                                                                     ppl_ids):
     out = tmp_path / "sweep"
-    results = _sweep(llama, store, out, ppl_ids)
+    results = sweep(llama, store, out, ppl_ids, perplexity=documents(llama, ppl_ids), fractions=(2.0, 8.0))
     assert list(results.columns) == COLUMNS and len(results) == 2 * 2 * 2
-    for name in ("results.csv", "items.csv", "windows.csv", "frontier.csv", "matched_effect.csv", "results.md",
-                 "frontier_toy.png", "baseline.json"):
+    for name in ("results.csv", "items.csv", "windows.csv", "frontier.csv", "contrasts.csv", "steerability.csv",
+                 "results.md", "frontier_toy.png", "baseline.json"):
         assert (out / name).stat().st_size > 0, name
-    items = pd.read_csv(out / "items.csv", dtype={"k": str})
+    items = pd.read_csv(out / "items.csv", dtype={"k": str, "item": str})
     windows = pd.read_csv(out / "windows.csv", dtype={"k": str})
-    assert list(items.columns) == ["layer", "k", "alpha", "method", "item", "score"]
-    base = items[items["method"] == "none"]
-    assert (base["alpha"] == 0).all() and len(base) == len(ITEMS)
+    assert list(items.columns) == ["layer", "k", "alpha", "method", "item", "question", "order", "score", "logodds"]
+    assert list(windows.columns) == ["layer", "k", "alpha", "method", "window", "document", "nll", "tokens"]
+    base = items[items["method"] == "none"].set_index("item")
+    assert len(base) == 2 * len(ITEMS) and sorted(base["order"].unique()) == [0, 1]
+    np.testing.assert_allclose(base["score"], 1 / (1 + np.exp(-base["logodds"])), rtol=1e-12)
+    # The letter of each item's matching answer: as written, then swapped.
+    matching = {**{i.where: i.matching for i in ITEMS}, **{f"{i.where} swapped": i.other for i in ITEMS}}
     base_windows = windows[windows["method"] == "none"]
+    assert base_windows["document"].tolist() == [0, 0, 1, 1, 2, 2, 3, 3]
+    p_values = []
     for row in results.itertuples():
-        mine = items[(items["layer"] == row.layer) & (items["k"] == row.k) & (items["alpha"] == row.alpha)]
-        diffs = mine["score"].to_numpy() - base["score"].to_numpy()
-        t = paired_mean_interval(mine["score"].to_numpy(), base["score"].to_numpy())
-        assert row.on_target_shift == pytest.approx(diffs.mean(), abs=1e-12)
-        assert (row.on_target_ci_low, row.on_target_ci_high) == pytest.approx((t.low, t.high), abs=1e-12)
-        assert row.detectable == t.excludes(0.0)
-        win = windows[(windows["layer"] == row.layer) & (windows["k"] == row.k) & (windows["alpha"] == row.alpha)]
+        mine = _config(items, row).set_index("item").loc[base.index]
+        effect, push, prob = {}, {}, {}
+        for item, r in mine.iterrows():
+            d = r["logodds"] - base.loc[item, "logodds"]
+            effect.setdefault(r["question"], []).append(d)
+            prob.setdefault(r["question"], []).append(r["score"] - base.loc[item, "score"])
+            push.setdefault(r["question"], []).append(d / 2 if matching[item] == "A" else -d / 2)
+        per_question = [sum(v) / 2 for v in effect.values()]  # mean over the two orders
+        mean, low, high, p = _t(per_question)
+        assert (row.shift_logodds, row.shift_logodds_ci_low, row.shift_logodds_ci_high) == pytest.approx(
+            (mean, low, high), rel=1e-9, abs=1e-12)
+        assert row.p_value == pytest.approx(p, rel=1e-6) and row.measure == "logodds"
+        p_values.append(p)
+        mean, low, high, _ = _t([sum(v) / 2 for v in prob.values()])
+        assert (row.on_target_shift, row.on_target_ci_low, row.on_target_ci_high) == pytest.approx(
+            (mean, low, high), rel=1e-9, abs=1e-12)
+        mean, low, high, _ = _t([sum(v) for v in push.values()])  # half the difference between orders
+        assert (row.letter_bias, row.letter_bias_ci_low, row.letter_bias_ci_high) == pytest.approx(
+            (mean, low, high), rel=1e-9, abs=1e-12)
+        assert row.detectable == (row.shift_logodds_ci_low > 0 or row.shift_logodds_ci_high < 0)
+        assert row.established == bool(row.detectable and (row.on_target_ci_low > 0 or row.on_target_ci_high < 0)
+                                       and (row.on_target_shift > 0) == (row.shift_logodds > 0))
+        win = _config(windows, row)
         ratio = math.exp((win["nll"].sum() - base_windows["nll"].sum()) / base_windows["tokens"].sum())
         assert row.ppl_inflation == pytest.approx(ratio, rel=1e-9)
-        boot = inflation_interval(win["nll"].to_numpy(), base_windows["nll"].to_numpy(), win["tokens"].to_numpy())
+        boot = inflation_interval(win["nll"].to_numpy(), base_windows["nll"].to_numpy(), win["tokens"].to_numpy(),
+                                  documents=win["document"].to_numpy())
         assert (row.ppl_inflation_ci_low, row.ppl_inflation_ci_high) == pytest.approx((boot.low, boot.high))
-        # Fractions of the layer's residual norm are the added norm.
         assert row.added_norm == pytest.approx(row.alpha * row.residual_norm, rel=1e-6)
-    # A row's numbers are what steering with that vector gives on the whole model.
-    row = results[(results["layer"] == 2) & (results["k"] == "4") & (results["alpha"] == 2.0)].iloc[0]
+        assert row.n_questions == len(ITEMS) and row.n_items == 2 * len(ITEMS) and row.ppl_documents == 4
+    np.testing.assert_allclose(results["q_value"], bh_q_values(p_values), rtol=1e-12)
+    from actstore.evaluation.rows import FrontierRow, SteerabilityRow, columns
+
+    frontier = pd.read_csv(out / "frontier.csv", dtype={"k": str})
+    assert list(frontier.columns) == columns(FrontierRow) and len(frontier) == 4 * len(DEFAULT_BUDGETS)
+    steerability = pd.read_csv(out / "steerability.csv", dtype={"k": str})
+    assert list(steerability.columns) == columns(SteerabilityRow) and len(steerability) == 4
+    assert (steerability["n_questions"] == len(ITEMS)).all() and (steerability["n_alphas"] == 2).all()
+    report = (out / "results.md").read_text()
+    assert "expected with no effect at all" in report and "Per-question steerability" in report
+    # A row's numbers are what steering with that vector gives on the whole model, twins included.
+    row = results[(results["layer"] == 2) & (results["k"] == "4") & (results["alpha"] == 8.0)].iloc[0]
     vector = actstore.vector_from_stats(actstore.open_stats(store), 2, 4)
+    protocol = ABLetters(llama.tokenizer, ITEMS)
     with actstore.steer(llama, vector, row["scale"]):
-        direct = ab_scores(llama.model, llama.tokenizer, ITEMS)
-    mine = items[(items["layer"] == 2) & (items["k"] == "4") & (items["alpha"] == 2.0)]["score"].to_numpy()
-    np.testing.assert_allclose(mine, direct, rtol=1e-5)
+        direct = ABScoring(llama.tokenizer, protocol.items).logodds(plain_forward(llama.model))
+    mine = items[(items["layer"] == 2) & (items["k"] == "4") & (items["alpha"] == 8.0)]
+    np.testing.assert_allclose(mine["logodds"].to_numpy(), direct, rtol=1e-5, atol=1e-6)
+    assert abs(row["letter_bias"]) > 1e-3  # the tiny model's vectors do push a letter
 
 
-def test_replay_gives_the_numbers_of_the_whole_model(tmp_path, llama, store, ppl_ids):
-    replayed = _sweep(llama, store, tmp_path / "a", ppl_ids, layers=[1], ks=[4])
-    whole = _sweep(llama, store, tmp_path / "b", ppl_ids, layers=[1], ks=[4], replay=False)
-    for column in ("on_target", "on_target_shift", "ppl", "ppl_inflation"):
-        np.testing.assert_allclose(replayed[column], whole[column], rtol=1e-6, atol=1e-9)
+def test_scored_as_written_only_with_both_orders_off(tmp_path, llama, store, ppl_ids):
+    results = sweep(llama, store, tmp_path / "one", ppl_ids, layers=[2], ks=[4], alphas=[8.0], both_orders=False)
+    items = pd.read_csv(tmp_path / "one" / "items.csv", dtype={"k": str})
+    assert set(items["order"]) == {0} and len(items) == 2 * len(ITEMS)
+    assert results["n_questions"].iloc[0] == len(ITEMS) and math.isnan(results["letter_bias"].iloc[0])
+    both = sweep(llama, store, tmp_path / "two", ppl_ids, layers=[2], ks=[4], alphas=[8.0])
+    # Only the as-written items of the both-orders folder: the same numbers as the one-order folder.
+    two = pd.read_csv(tmp_path / "two" / "items.csv", dtype={"k": str})
+    np.testing.assert_allclose(two[two["order"] == 0]["logodds"], items["logodds"], rtol=1e-6, atol=1e-9)
+    assert both["shift_logodds"].iloc[0] != pytest.approx(results["shift_logodds"].iloc[0], rel=1e-6)
 
 
-@pytest.mark.parametrize("arch", ["gpt2", "gemma3_text", "gpt_neox", "qwen2"])
-def test_prefix_replay_equals_a_full_steered_forward(tiny_model_dirs, arch):
-    from actstore.evaluate import ABScoring
+def test_random_controls_go_through_the_same_grid_at_the_same_alphas(tmp_path, llama, store, ppl_ids):
+    from actstore.controls import random_control
 
-    loaded = load_model(str(tiny_model_dirs[arch]))
-    scoring = ABScoring(loaded.tokenizer, ITEMS, batch_size=5)
-    vector = actstore.SteeringVector(np.random.default_rng(0).normal(size=32).astype(np.float32), np.arange(32),
-                                     np.ones(32, np.float32), 2, {})
-    with actstore.steer(loaded, vector, 3.0):
-        full = scoring.scores(plain_forward(loaded.model))
-    replay = PrefixReplay(loaded, 2, dict(enumerate(scoring.batches)))
-    with replay.active(), actstore.steer(loaded, vector, 3.0):
-        replayed = scoring.scores(replay)
-    np.testing.assert_allclose(replayed, full, rtol=1e-6)
-    unsteered = scoring.scores(plain_forward(loaded.model))
-    assert np.abs(full - unsteered).max() > 1e-4  # the steering did something
-    assert all(not type(b).__name__.startswith("_") for b in loaded.blocks)  # blocks restored
-
-
-def test_interrupted_sweep_resumes_and_drops_a_half_recorded_configuration(tmp_path, llama, store, ppl_ids,
-                                                                             monkeypatch):
-    out = tmp_path / "sweep"
-    original = Ledger.record
-    calls = {"n": 0}
-
-    def interrupted(self, row, *args, **kwargs):
-        calls["n"] += 1
-        if calls["n"] == 4:
-            # Items and windows of the 4th configuration reach disk, its results row does not.
-            self._append_measures(row, *args, **kwargs)
-            raise KeyboardInterrupt
-        return original(self, row, *args, **kwargs)
-
-    monkeypatch.setattr(Ledger, "record", interrupted)
-    with pytest.raises(KeyboardInterrupt):
-        _sweep(llama, store, out, ppl_ids)
-    assert len(pd.read_csv(out / "results.csv")) == 3
-    monkeypatch.setattr(Ledger, "record", original)
-    measured = {"n": 0}
-
-    def counting(self, *args, **kwargs):
-        measured["n"] += 1
-        return original(self, *args, **kwargs)
-
-    monkeypatch.setattr(Ledger, "record", counting)
-    results = _sweep(llama, store, out, ppl_ids)
-    assert measured["n"] == 8 - 3 and len(results) == 8
-    items = pd.read_csv(out / "items.csv", dtype={"k": str})
-    # One block of items per configuration plus the baseline: the orphaned block was dropped.
-    assert len(items) == (8 + 1) * len(ITEMS)
-    assert not items.duplicated(["layer", "k", "alpha", "method", "item"]).any()
+    results = sweep(llama, store, tmp_path / "c", ppl_ids, layers=[2], ks=[4, None], fractions=(2.0, 8.0),
+                    methods=("enr", "random"), control_seeds=(0, 1))
+    assert sorted(set(zip(results["method"], results["k"]))) == sorted(
+        (m, k) for m in ("enr", "random:0", "random:1") for k in ("4", "dense"))
+    # the same added norms: alphas are fractions of the residual norm, whatever the vector
+    for alpha, rows in results.groupby("alpha"):
+        np.testing.assert_allclose(rows["added_norm"], alpha * rows["residual_norm"], rtol=1e-6)
+    # each control row steers with the control the library builds from the ENR vector, with its seed
+    row = results[(results["method"] == "random:1") & (results["k"] == "4") & (results["alpha"] == 8.0)].iloc[0]
+    control = random_control(actstore.vector_from_stats(actstore.open_stats(store), 2, 4), 1)
+    protocol = ABLetters(llama.tokenizer, ITEMS)
+    with actstore.steer(llama, control, row["scale"]):
+        direct = ABScoring(llama.tokenizer, protocol.items).logodds(plain_forward(llama.model))
+    items = pd.read_csv(tmp_path / "c" / "items.csv", dtype={"k": str})
+    mine = items[(items["method"] == "random:1") & (items["k"] == "4") & (items["alpha"] == 8.0)]
+    np.testing.assert_allclose(mine["logodds"].to_numpy(), direct, rtol=1e-5, atol=1e-6)
+    assert results[results["method"] == "random:0"]["shift_logodds"].tolist() != pytest.approx(
+        results[results["method"] == "random:1"]["shift_logodds"].tolist())
+    frontier = pd.read_csv(tmp_path / "c" / "frontier.csv", dtype={"k": str})
+    assert {"random:0", "random:1", "enr"} <= set(frontier["method"])  # the same frontier
+    contrasts = pd.read_csv(tmp_path / "c" / "contrasts.csv", dtype={"k": str})
+    assert not contrasts["method"].str.startswith("random").any()  # controls are not primary contrasts
+    report = (tmp_path / "c" / "results.md").read_text()
+    assert "Controls (random directions" in report and "random-control seeds 0, 1" in report
+    # another seed extends the same folder (the grid is not a setting of the folder)
+    more = sweep(llama, store, tmp_path / "c", ppl_ids, layers=[2], ks=[4], fractions=(2.0, 8.0),
+                 methods=("random",), control_seeds=(2,))
+    assert len(more) == len(results) + 2 and "random:2" in set(more["method"])
 
 
-def test_a_results_row_cut_by_a_kill_is_not_counted_as_done(tmp_path, llama, store, ppl_ids):
-    out = tmp_path / "sweep"
-    _sweep(llama, store, out, ppl_ids, layers=[1], ks=[4])
-    text = (out / "results.csv").read_text().rstrip("\n")
-    (out / "results.csv").write_text(text[: text.rindex("\n") + 30])  # the last row cut after 30 characters
-    results = _sweep(llama, store, out, ppl_ids, layers=[1], ks=[4])
-    assert len(results) == 2 and results["on_target_shift"].notna().all()
+def test_the_letter_control_goes_through_the_same_grid(tmp_path, llama, ppl_ids):
+    from actstore.controls import letter_control
 
-
-def test_another_setting_in_the_same_folder_is_refused(tmp_path, llama, store, ppl_ids):
-    out = tmp_path / "sweep"
-    _sweep(llama, store, out, ppl_ids, layers=[1], ks=[4])
-    with pytest.raises(ActstoreError, match="another setting"):
-        _sweep(llama, store, out, ppl_ids[:100], layers=[1], ks=[4])
+    train = tmp_path / "ab-train.json"
+    train.write_text(json.dumps([{"positive": i.prompt + f"({i.matching})", "negative": i.prompt + f"({i.other})"}
+                                 for i in ITEMS]))
+    store = tmp_path / "ab.zarr"
+    actstore.capture_to_store(llama, train, store, "2", progress=False)  # with its option-swapped twins
+    results = sweep(llama, store, tmp_path / "l", ppl_ids, layers=[2], ks=[4, None], fractions=(2.0, 8.0),
+                    methods=("enr", "letter"))
+    assert sorted(set(zip(results["method"], results["k"]))) == [("enr", "4"), ("enr", "dense"), ("letter", "4"),
+                                                                  ("letter", "dense")]
+    row = results[(results["method"] == "letter") & (results["k"] == "4") & (results["alpha"] == 8.0)].iloc[0]
+    control = letter_control(store, 2, train, 4)
+    assert row["vector_norm"] == pytest.approx(float(np.linalg.norm(control.vector)), rel=1e-6)
+    protocol = ABLetters(llama.tokenizer, ITEMS)
+    with actstore.steer(llama, control, row["scale"]):
+        direct = ABScoring(llama.tokenizer, protocol.items).logodds(plain_forward(llama.model))
+    items = pd.read_csv(tmp_path / "l" / "items.csv", dtype={"k": str})
+    mine = items[(items["method"] == "letter") & (items["k"] == "4") & (items["alpha"] == 8.0)]
+    np.testing.assert_allclose(mine["logodds"].to_numpy(), direct, rtol=1e-5, atol=1e-6)
+    # the letter direction moves the letter, which both orders cancel in the shift and show in the bias
+    assert abs(row["letter_bias"]) > abs(row["shift_logodds"])
+    frontier = pd.read_csv(tmp_path / "l" / "frontier.csv", dtype={"k": str})
+    assert "letter" in set(frontier["method"])
+    with pytest.raises(ActstoreError, match="option-swapped twins"):
+        sweep(llama, tmp_path / "plain.zarr" if actstore.capture_to_store(
+            llama, train, tmp_path / "plain.zarr", "2", swap_options=False, progress=False) else None,
+            tmp_path / "x", ppl_ids, layers=[2], ks=[4], methods=("letter",))
 
 
 def test_grid_is_validated_before_any_measurement():
@@ -171,11 +234,15 @@ def test_grid_is_validated_before_any_measurement():
         Grid((1,), (4,), (0.1,), methods=("svm",))
     with pytest.raises(ActstoreError, match="must be > 0"):
         Grid((1,), (4,), (-0.1,), alpha_mode="fraction")
+    with pytest.raises(ActstoreError, match="control seeds"):
+        Grid((1,), (4,), (0.1,), methods=("random",), control_seeds=(-1,))
     grid = Grid((1, 5), (4, 64), (0.1,))
     with pytest.raises(ActstoreError, match=r"layers \[5\] are not in"):
         grid.check_store([1, 2], 32)
     with pytest.raises(ActstoreError, match=r"k \[64\]: larger than the hidden size"):
         Grid((1,), (64,), (0.1,)).check_store([1], 32)
+    labels = Grid((1,), (None,), (0.1,), methods=("enr", "random", "letter"), control_seeds=(3, 4)).vector_methods()
+    assert labels == ["enr", "random:3", "random:4", "letter"]
 
 
 def test_residual_norm_is_the_rms_norm_of_the_captured_activations(store):
@@ -184,138 +251,19 @@ def test_residual_norm_is_the_rms_norm_of_the_captured_activations(store):
     assert residual_norm(stats, 2) == pytest.approx(math.sqrt((acts ** 2).sum(1).mean()), rel=1e-9)
 
 
-def _results(rows):
-    base = {"behavior": "b", "layer": 1, "method": "enr"}
-    return pd.DataFrame([{**base, **r} for r in rows])
-
-
-def test_frontier_picks_the_largest_shift_within_each_budget():
-    results = _results([
-        {"k": "4", "alpha": a, "on_target_shift": s, "on_target_ci_low": s - 0.01, "on_target_ci_high": s + 0.01,
-         "ppl_inflation": i, "ppl_inflation_ci_low": i, "ppl_inflation_ci_high": i}
-        for a, s, i in ((1, 0.02, 1.01), (2, 0.05, 1.04), (4, 0.09, 1.20), (8, 0.07, 1.9), (16, 0.30, 9.0))])
-    table = frontier(results, (1.05, 1.25, 2.0, 1.001)).set_index("budget")
-    assert table.loc[1.05, "alpha"] == 2 and table.loc[1.05, "on_target_shift"] == 0.05
-    assert table.loc[1.25, "alpha"] == 4
-    assert table.loc[2.0, "alpha"] == 4  # the larger alpha within 2.0 moves the behavior less
-    assert math.isnan(table.loc[1.001, "alpha"])  # nothing is that gentle: not reachable
-
-
-def test_retained_fraction_only_where_the_dense_effect_is_detectable():
-    rows, item_rows = [], []
-    rng = np.random.default_rng(0)
-    base = rng.uniform(0.3, 0.7, 40)
-    item_rows += [{"layer": np.nan, "k": "none", "alpha": 0.0, "method": "none", "item": f"i{j}", "score": b}
-                  for j, b in enumerate(base)]
-    for layer, dense_shift in ((1, 0.10), (2, 0.0)):
-        for k, frac in (("4", 0.6), ("dense", 1.0)):
-            scores = base + dense_shift * frac + rng.normal(0, 0.02, 40)
-            t = paired_mean_interval(scores, base)
-            rows.append({"behavior": "b", "layer": layer, "method": "enr", "k": k, "alpha": 1.0,
-                         "on_target_shift": t.estimate, "on_target_ci_low": t.low, "on_target_ci_high": t.high,
-                         "ppl_inflation": 1.01, "ppl_inflation_ci_low": 1.0, "ppl_inflation_ci_high": 1.02})
-            item_rows += [{"layer": layer, "k": k, "alpha": 1.0, "method": "enr", "item": f"i{j}", "score": s}
-                          for j, s in enumerate(scores)]
-    # A whitened sparse vector is compared with the (one) dense vector too.
-    whitened = base + 0.10 * 0.3 + rng.normal(0, 0.02, 40)
-    t = paired_mean_interval(whitened, base)
-    rows.append({"behavior": "b", "layer": 1, "method": "whitened", "k": "8", "alpha": 1.0,
-                 "on_target_shift": t.estimate, "on_target_ci_low": t.low, "on_target_ci_high": t.high,
-                 "ppl_inflation": 1.01, "ppl_inflation_ci_low": 1.0, "ppl_inflation_ci_high": 1.02})
-    item_rows += [{"layer": 1, "k": "8", "alpha": 1.0, "method": "whitened", "item": f"i{j}", "score": s}
-                  for j, s in enumerate(whitened)]
-    table = frontier(pd.DataFrame(rows), (1.05,), pd.DataFrame(item_rows))
-    assert table[table["method"] == "whitened"]["fraction_of_dense"].iloc[0] == pytest.approx(0.3, abs=0.1)
-    table = table[table["method"] == "enr"].set_index(["layer", "k"])
-    kept = table.loc[(1, "4")]
-    assert kept["fraction_of_dense"] == pytest.approx(0.6, abs=0.1)
-    assert kept["fraction_ci_low"] < kept["fraction_of_dense"] < kept["fraction_ci_high"]
-    assert math.isnan(table.loc[(2, "4"), "fraction_of_dense"])  # dense moved nothing at layer 2
-    mirror = matched_effect(pd.DataFrame(rows), (0.5, 0.9)).set_index(["layer", "k", "target_fraction"])
-    assert (1, "4", 0.5) in mirror.index and 2 not in mirror.index.get_level_values(0)
-    assert (1, "8", 0.5) not in mirror.index or math.isnan(mirror.loc[(1, "8", 0.5), "alpha"])  # 0.3 < 0.5
-    assert math.isnan(mirror.loc[(1, "4", 0.9), "alpha"])  # k=4 keeps ~0.6: never reaches 0.9
-
-
-def test_preference_scores_match_a_direct_computation(llama):
-    pairs = [PreferencePair("I helped the old man.", "I pushed the old man.", "item 1"),
-             PreferencePair("She returned the wallet.", "She kept the lost wallet today.", "item 2")]
-    got = PreferenceScoring(llama.tokenizer, pairs, batch_size=3).scores(plain_forward(llama.model))
-
-    def mean_logprob(text):
-        ids = llama.tokenizer(text, return_tensors="pt")["input_ids"]
-        with torch.no_grad():
-            logprobs = torch.log_softmax(llama.model(input_ids=ids).logits[0].double(), -1)
-        return float(sum(logprobs[i - 1, ids[0, i]] for i in range(1, ids.shape[1])) / (ids.shape[1] - 1))
-
-    expected = [mean_logprob(p.positive) - mean_logprob(p.negative) for p in pairs]
-    np.testing.assert_allclose(got, expected, rtol=1e-4)
-
-
-def test_protocol_is_chosen_from_the_file(tmp_path, llama, pairs_file):
-    ab = tmp_path / "ab.json"
-    ab.write_text(json.dumps([{"positive": ITEMS[0].prompt + "(A)", "negative": ITEMS[0].prompt + "(B)"}]))
-    assert protocol_for_file(llama.tokenizer, ab).name == "ab"
-    free = protocol_for_file(llama.tokenizer, pairs_file, max_items=3)
-    assert isinstance(free, FreeTextPreference) and len(free.item_ids) == 3
-    assert len(read_preference_pairs(pairs_file)) == 7
-
-
-def test_free_text_sweep_and_generation_sweep(tmp_path, llama, store, pairs_file, ppl_ids):
-    results = _sweep(llama, store, tmp_path / "free", ppl_ids, items=(), layers=[2], ks=[4],
-                     on_target=protocol_for_file(llama.tokenizer, pairs_file))
-    assert set(results["protocol"]) == {"preference"} and len(results) == 2
-    generation = GeneratedText(["Tell me a story", "Hello there"], "vader", max_new_tokens=6)
-    results = _sweep(llama, store, tmp_path / "gen", ppl_ids, items=(), layers=[2], ks=[4], on_target=generation)
-    assert set(results["protocol"]) == {"generation:vader_compound"}
-    assert results["distinct_2_shift"].notna().all() or results["distinct_2_ci_low"].isna().all()
-    lines = [json.loads(line) for line in (tmp_path / "gen" / "generations.jsonl").read_text().splitlines()]
-    assert len(lines) == 2 * 3 and {line["method"] for line in lines} == {"none", "enr"}
-
-
-def test_user_scorer_scores_the_generations(tmp_path, llama, store, ppl_ids):
-    seen = []
-
-    def length_scorer(texts):
-        seen.append(list(texts))
-        return [len(t) for t in texts]
-
-    results = _sweep(llama, store, tmp_path / "s", ppl_ids, items=(), layers=[1], ks=[4], alphas=[50.0],
-                     scorer=length_scorer, prompts=["Tell me a story", "Hello"])
-    assert len(seen) == 2 and all(len(batch) == 2 for batch in seen)  # baseline + one configuration
-    row = results.iloc[0]
-    assert row["on_target_base"] == pytest.approx(np.mean([len(t) for t in seen[0]]))
-    assert row["on_target"] == pytest.approx(np.mean([len(t) for t in seen[1]]))
-
-
-def test_degeneration_measures():
-    assert distinct_n("a b c d", 2) == 1.0
-    assert distinct_n("a b a b a b", 2) == pytest.approx(2 / 5)
-    assert repeated_ngram_rate("the cat sat on the mat", 3) == 0.0
-    assert repeated_ngram_rate("go go go go go", 3) == pytest.approx(2 / 3)
-    assert math.isnan(distinct_n("one", 2))
-
-
-def test_vader_scorer_runs_offline():
-    from actstore.protocols import vader_compound
-
-    good, bad = vader_compound(["What a wonderful, happy day!", "This is terrible and awful."])
-    assert good > 0.5 and bad < -0.5
-
-
 def test_normalized_alphas_are_added_norms(tmp_path, llama, store, ppl_ids):
-    results = _sweep(llama, store, tmp_path / "n", ppl_ids, layers=[1], ks=[4, None], alphas=[3.0], normalize=True)
+    results = sweep(llama, store, tmp_path / "n", ppl_ids, layers=[1], ks=[4, None], alphas=[3.0], normalize=True)
     np.testing.assert_allclose(results["added_norm"], [3.0, 3.0], rtol=1e-6)
     assert results["vector_norm"].iloc[0] < results["vector_norm"].iloc[1]
 
 
 def test_sweep_compares_plain_and_whitened(tmp_path, llama, store, ppl_ids):
-    results = _sweep(llama, store, tmp_path / "w", ppl_ids, layers=[2], ks=[4, None], alphas=[2.0],
-                     methods=("enr", "whitened"))
+    results = sweep(llama, store, tmp_path / "w", ppl_ids, layers=[2], ks=[4, None], alphas=[2.0],
+                    methods=("enr", "whitened"))
     # The whitened dense vector is the plain one: measured once.
     assert sorted(zip(results["method"], results["k"])) == [("enr", "4"), ("enr", "dense"), ("whitened", "4")]
-    whitened_only = _sweep(llama, store, tmp_path / "w2", ppl_ids, layers=[2], ks=[None], alphas=[2.0],
-                           methods=("whitened",))
+    whitened_only = sweep(llama, store, tmp_path / "w2", ppl_ids, layers=[2], ks=[None], alphas=[2.0],
+                          methods=("whitened",))
     assert whitened_only["on_target"].iloc[0] == pytest.approx(
         results[results["k"] == "dense"]["on_target"].iloc[0], abs=1e-4)
     assert results[results["method"] == "whitened"]["on_target"].iloc[0] != pytest.approx(
@@ -325,8 +273,8 @@ def test_sweep_compares_plain_and_whitened(tmp_path, llama, store, ppl_ids):
 def test_sweep_compares_every_method_on_one_frontier(tmp_path, llama, store, ppl_ids):
     from actstore.methods import build_vector
 
-    results = _sweep(llama, store, tmp_path / "m", ppl_ids, layers=[2], ks=[4, None], alphas=[2.0],
-                     methods=("enr", "pca", "probe", "lda"))
+    results = sweep(llama, store, tmp_path / "m", ppl_ids, layers=[2], ks=[4, None], alphas=[2.0],
+                    methods=("enr", "pca", "probe", "lda"))
     assert sorted(zip(results["method"], results["k"])) == sorted(
         (m, k) for m in ("enr", "pca", "probe", "lda") for k in ("4", "dense"))
     # each row steers with the vector the library builds (scale 2: the added norm is 2 |v|)
@@ -335,52 +283,41 @@ def test_sweep_compares_every_method_on_one_frontier(tmp_path, llama, store, ppl
         assert row["vector_norm"] == pytest.approx(float(np.linalg.norm(build_vector(store, 2, method, None).vector)),
                                                    rel=1e-5)
     assert results["on_target"].nunique() == len(results)  # eight different vectors, eight measurements
-    table = frontier(results, (2.0, 1e9), pd.read_csv(tmp_path / "m" / "items.csv", dtype={"k": str}))
+    table = pd.read_csv(tmp_path / "m" / "frontier.csv", dtype={"k": str})
     assert set(table["method"]) == {"enr", "pca", "probe", "lda"}
 
 
-def test_every_sparse_and_dense_vector_is_measured_against_the_mean_difference():
-    rng = np.random.default_rng(1)
-    base = rng.uniform(0.3, 0.7, 40)
-    rows, item_rows = [], [{"layer": np.nan, "k": "none", "alpha": 0.0, "method": "none", "item": f"i{j}",
-                            "score": b} for j, b in enumerate(base)]
-    for method, k, frac in (("enr", "dense", 1.0), ("pca", "dense", 0.5), ("pca", "4", 0.25)):
-        scores = base + 0.1 * frac + rng.normal(0, 0.01, 40)
-        t = paired_mean_interval(scores, base)
-        rows.append({"behavior": "b", "layer": 1, "method": method, "k": k, "alpha": 1.0,
-                     "on_target_shift": t.estimate, "on_target_ci_low": t.low, "on_target_ci_high": t.high,
-                     "ppl_inflation": 1.01, "ppl_inflation_ci_low": 1.0, "ppl_inflation_ci_high": 1.02})
-        item_rows += [{"layer": 1, "k": k, "alpha": 1.0, "method": method, "item": f"i{j}", "score": s}
-                      for j, s in enumerate(scores)]
-    table = frontier(pd.DataFrame(rows), (1.05,), pd.DataFrame(item_rows)).set_index(["method", "k"])
-    assert table.loc[("pca", "dense"), "fraction_of_dense"] == pytest.approx(0.5, abs=0.05)
-    assert table.loc[("pca", "4"), "fraction_of_dense"] == pytest.approx(0.25, abs=0.05)
-    assert math.isnan(table.loc[("enr", "dense"), "fraction_of_dense"])  # the yardstick itself
-    pca_only = frontier(pd.DataFrame(rows[1:]), (1.05,), pd.DataFrame(item_rows)).set_index(["method", "k"])
-    assert pca_only.loc[("pca", "4"), "fraction_of_dense"] == pytest.approx(0.5, abs=0.1)  # its own dense
+def test_free_text_sweep_and_generation_sweep(tmp_path, llama, store, pairs_file, ppl_ids):
+    from actstore.evaluation.protocols import GeneratedText, protocol_for_file
+
+    results = sweep(llama, store, tmp_path / "free", ppl_ids, layers=[2], ks=[4],
+                    on_target=protocol_for_file(llama.tokenizer, pairs_file))
+    assert set(results["protocol"]) == {"preference"} and len(results) == 2
+    assert set(results["measure"]) == {"score"} and results["shift_logodds"].isna().all()
+    assert (results["detectable"] == ((results["on_target_ci_low"] > 0) | (results["on_target_ci_high"] < 0))).all()
+    generation = GeneratedText(["Tell me a story", "Hello there"], "vader", max_new_tokens=6)
+    results = sweep(llama, store, tmp_path / "gen", ppl_ids, layers=[2], ks=[4], on_target=generation)
+    assert set(results["protocol"]) == {"generation:vader_compound"}
+    assert results["distinct_2_shift"].notna().all() or results["distinct_2_ci_low"].isna().all()
+    lines = [json.loads(line) for line in (tmp_path / "gen" / "generations.jsonl").read_text().splitlines()]
+    assert len(lines) == 2 * 3 and {line["method"] for line in lines} == {"none", "enr"}
 
 
-def test_ab_sweeps_report_the_letter_balanced_shift(tmp_path, llama, store, ppl_ids):
-    from actstore.intervals import stratified_mean_interval
+def test_user_scorer_scores_the_generations(tmp_path, llama, store, ppl_ids):
+    from actstore.evaluation.protocols import GeneratedText
 
-    results = _sweep(llama, store, tmp_path / "b", ppl_ids, layers=[2], ks=[4], alphas=[8.0])
-    items = pd.read_csv(tmp_path / "b" / "items.csv", dtype={"k": str})
-    base = items[items["method"] == "none"].set_index("item")["score"]
-    steered = items[items["method"] == "enr"].set_index("item")["score"].loc[base.index]
-    letters = [item.matching for item in ITEMS]
-    want, _ = stratified_mean_interval(steered.to_numpy(), base.to_numpy(), letters)
+    seen = []
+
+    def length_scorer(texts):
+        seen.append(list(texts))
+        return [len(t) for t in texts]
+
+    results = sweep(llama, store, tmp_path / "s", ppl_ids, layers=[1], ks=[4], alphas=[50.0],
+                    on_target=GeneratedText(["Tell me a story", "Hello"], length_scorer))
+    assert len(seen) == 2 and all(len(batch) == 2 for batch in seen)  # baseline + one configuration
     row = results.iloc[0]
-    assert row["balanced_shift"] == pytest.approx(want.estimate)
-    assert row["balanced_ci_low"] == pytest.approx(want.low) and bool(row["balanced_detectable"]) == want.excludes(0)
-    report = (tmp_path / "b" / "results.md").read_text()
-    assert "each matching letter weighted equally" in report
-    if row["balanced_detectable"]:  # the lines name the shift, not the steered score
-        assert f"shift {row['balanced_shift']:.3g} [" in report
-    table = pd.read_csv(tmp_path / "b" / "frontier.csv", dtype={"k": str})
-    assert set(table["measure"]) == {"letter-balanced"}
-    reached = table.dropna(subset=["alpha"])
-    assert len(reached) and reached["on_target_shift"].tolist() == pytest.approx([row["balanced_shift"]] * len(reached))
-    assert json.loads((tmp_path / "b" / "baseline.json").read_text())["strata"] == letters
+    assert row["on_target_base"] == pytest.approx(np.mean([len(t) for t in seen[0]]))
+    assert row["on_target"] == pytest.approx(np.mean([len(t) for t in seen[1]]))
 
 
 def test_sweep_measures_each_vectors_held_out_separation_once(tmp_path, llama, store, ppl_ids, pairs_file):
@@ -390,8 +327,7 @@ def test_sweep_measures_each_vectors_held_out_separation_once(tmp_path, llama, s
     heldout = tmp_path / "heldout.zarr"
     actstore.capture_to_store(llama, pairs_file, heldout, "1,2", progress=False)
     out = tmp_path / "sep"
-    _sweep(llama, store, out, ppl_ids, layers=[1, 2], ks=[4, None], alphas=None, fractions=(0.5, 2.0),
-           methods=("enr", "probe"), heldout=heldout)
+    sweep(llama, store, out, ppl_ids, methods=("enr", "probe"), heldout=heldout)
     table = pd.read_csv(out / "separation.csv", dtype={"k": str})
     assert len(table) == 2 * 2 * 2  # layer x method x k, once whatever the alphas
     row = table[(table["layer"] == 2) & (table["method"] == "probe") & (table["k"] == "4")].iloc[0]
@@ -399,22 +335,48 @@ def test_sweep_measures_each_vectors_held_out_separation_once(tmp_path, llama, s
     assert row["auroc"] == pytest.approx(direct.auroc.estimate)
     assert row["d_ci_low"] == pytest.approx(direct.cohens_d.low)
     before = (out / "separation.csv").read_text()
-    _sweep(llama, store, out, ppl_ids, layers=[1, 2], ks=[4, None], alphas=None, fractions=(0.5, 2.0),
-           methods=("enr", "probe"), heldout=heldout)  # resumed: nothing new
+    sweep(llama, store, out, ppl_ids, methods=("enr", "probe"), heldout=heldout)  # resumed: nothing new
     assert (out / "separation.csv").read_text() == before
     with pytest.raises(ActstoreError, match=r"layers \[2\] are not in"):
         small = tmp_path / "small.zarr"
         actstore.capture_to_store(llama, pairs_file, small, "1", progress=False)
-        _sweep(llama, store, tmp_path / "x", ppl_ids, layers=[1, 2], heldout=small)
+        sweep(llama, store, tmp_path / "x", ppl_ids, heldout=small)
 
 
 def test_a_store_of_other_weights_is_refused(tmp_path, tiny_model_dirs, store, ppl_ids, llama):
     other = load_model(str(tiny_model_dirs["gpt2"]))
     with pytest.raises(ActstoreError, match="pass force=True"):
-        _sweep(other, store, tmp_path / "x", ppl_ids, layers=[1], ks=[4])
+        sweep(other, store, tmp_path / "x", ppl_ids, layers=[1], ks=[4], on_target=ABLetters(other.tokenizer, ITEMS))
 
 
-def test_cli_eval_defaults_and_refusals(tmp_path, tiny_model_dirs, pairs_file):
+def test_the_store_is_opened_once_and_checked_against_the_model_once(tmp_path, llama, store, ppl_ids, monkeypatch):
+    import actstore.stores as stores_module
+    from actstore.evaluation.grid import SweepStore
+
+    calls = []
+    original = stores_module.check_store_model
+    monkeypatch.setattr(stores_module, "check_store_model", lambda *a, **k: calls.append(a) or original(*a, **k))
+    source = SweepStore.open(store)
+    source.check_model(llama)
+    sweep(llama, source, tmp_path / "once", ppl_ids, layers=[1], ks=[4], alphas=[1.0])
+    assert len(calls) == 1
+
+
+def test_sweep_steers_only_the_chosen_positions(tmp_path, llama, store, ppl_ids):
+    results = sweep(llama, store, tmp_path / "p", ppl_ids, layers=[2], ks=[4], alphas=[3.0], positions="from:5",
+                    both_orders=False)
+    every = sweep(llama, store, tmp_path / "a", ppl_ids, layers=[2], ks=[4], alphas=[3.0], both_orders=False)
+    vector = actstore.vector_from_stats(actstore.open_stats(store), 2, 4)
+    with actstore.steer(llama, vector, 3.0, positions="from:5"):
+        direct = ab_scores(llama.model, llama.tokenizer, ITEMS)
+    assert results["on_target"].iloc[0] == pytest.approx(direct.mean(), rel=1e-6)
+    assert results["on_target"].iloc[0] != pytest.approx(every["on_target"].iloc[0], rel=1e-6)
+    assert json.loads((tmp_path / "p" / "baseline.json").read_text())["settings"]["positions"] == "from:5"
+    with pytest.raises(ActstoreError, match="per-example mask"):
+        sweep(llama, store, tmp_path / "m", ppl_ids, layers=[2], ks=[4], positions=np.ones((2, 3), bool))
+
+
+def test_cli_eval_defaults_and_refusals(tmp_path, tiny_model_dirs, pairs_file, monkeypatch):
     from click.testing import CliRunner
 
     from actstore.cli.main import cli
@@ -430,25 +392,46 @@ def test_cli_eval_defaults_and_refusals(tmp_path, tiny_model_dirs, pairs_file):
                                "--store", store]).exit_code == 0
     common = ["eval", "-q", "--model", model, "--store", store, "--data-test", str(ab), "--text", str(text),
               "--ppl-tokens", "64", "--ppl-window", "16", "--out", str(tmp_path / "sweep")]
-    result = runner.invoke(cli, [*common, "--layers", "1", "--k", "4,dense", "--fractions", "0.5"])
+    result = runner.invoke(cli, [*common, "--layers", "1", "--k", "4,dense", "--fractions", "0.5", "--contrasts",
+                                 "mine=1:enr:4-1:enr:dense@1.05"])
     assert result.exit_code == 0, result.output
-    assert "2 configurations" in result.output and "frontier" in result.output
+    assert "2 configurations" in result.output and "expected with no effect at all" in result.output
+    assert "at q < 0.05" in result.output
     assert (tmp_path / "sweep" / "frontier.csv").exists()
+    contrasts = pd.read_csv(tmp_path / "sweep" / "contrasts.csv", dtype={"k": str})
+    assert contrasts["contrast"].tolist() == ["mine"]  # the pre-specified family, nothing else
+    items = pd.read_csv(tmp_path / "sweep" / "items.csv", dtype={"k": str})
+    assert len(items) == 3 * 2 * len(ITEMS)  # baseline + two configurations, both orders
     # by default the --data-test texts are captured in memory, each A/B pair with its option-swapped twin,
     # and every vector's separation is measured
     separation = pd.read_csv(tmp_path / "sweep" / "separation.csv", dtype={"k": str})
     assert sorted(separation["k"]) == ["4", "dense"] and separation["n_pos"].tolist() == [2 * len(ITEMS)] * 2
     assert separation["paired"].all()
     assert "Separation of held-out pairs" in (tmp_path / "sweep" / "results.md").read_text()
-    assert (tmp_path / "sweep" / f"separation_{(tmp_path / 'ab.json').resolve().parent.name}.png").exists()
+    result = runner.invoke(cli, [*common[:-2], "--out", str(tmp_path / "one"), "--layers", "1", "--k", "4",
+                                 "--fractions", "0.5", "--no-swap-options", "--no-separation"])
+    assert result.exit_code == 0, result.output
+    assert set(pd.read_csv(tmp_path / "one" / "items.csv")["order"]) == {0}
     for args, message in ((["--layers", "3"], "layers [3] are not in"),
                           (["--layers", "1", "--budgets", "0.9"], "budgets"),
                           (["--layers", "1", "--k", "64"], "larger than the hidden size"),
                           (["--layers", "1", "--methods", "svm"], "unknown"),
                           (["--layers", "1", "--normalize"], "--normalize needs --alpha"),
+                          (["--layers", "1", "--k", "4", "--text", str(tmp_path / "nope.txt")], "nope.txt"),
+                          (["--layers", "1", "--k", "4", "--contrasts", "k4 minus dense"], "NAME=LAYER"),
                           (["--layers", "1", "--prompts", str(text)], "exactly one of --data-test")):
         result = runner.invoke(cli, [*common, *args])
         assert result.exit_code == 1 and message in result.output and "Traceback" not in result.output, args
+    # without --text: the corpus the documented rule finds ($ACTSTORE_TEXT first), else an error naming --text
+    no_text = [a for i, a in enumerate(common) if a != "--text" and common[i - 1] != "--text"]
+    monkeypatch.setenv("ACTSTORE_TEXT", str(tmp_path / "missing.txt"))
+    result = runner.invoke(cli, [*no_text, "--layers", "1", "--k", "4"])
+    assert result.exit_code == 1 and "--text" in result.output and "Traceback" not in result.output
+    monkeypatch.setenv("ACTSTORE_TEXT", str(text))
+    result = runner.invoke(cli, [*no_text[:-1], str(tmp_path / "default"), "--layers", "1", "--k", "4",
+                                 "--fractions", "0.5", "--no-separation"])
+    assert result.exit_code == 0, result.output
+    assert json.loads((tmp_path / "default" / "baseline.json").read_text())["settings"]["ppl_tokens"] == 64
     labeled = tmp_path / "labeled.json"
     labeled.write_text(json.dumps([{"text": "a b c", "label": "x"}, {"text": "d e f", "label": "y"}]))
     result = runner.invoke(cli, [*common[:-2], "--out", str(tmp_path / "l"), "--layers", "1", "--k", "4", "--data-test",
@@ -459,40 +442,3 @@ def test_cli_eval_defaults_and_refusals(tmp_path, tiny_model_dirs, pairs_file):
     result = runner.invoke(cli, [*common[:-2], "--out", str(tmp_path / "b"), "--layers", "1", "--k", "4", "--data-test",
                                  str(broken)])
     assert result.exit_code == 1 and "broken.json" in result.output and "Traceback" not in result.output
-
-
-def test_sweep_steers_only_the_chosen_positions(tmp_path, llama, store, ppl_ids):
-    results = _sweep(llama, store, tmp_path / "p", ppl_ids, layers=[2], ks=[4], alphas=[3.0], positions="from:5")
-    every = _sweep(llama, store, tmp_path / "a", ppl_ids, layers=[2], ks=[4], alphas=[3.0])
-    vector = actstore.vector_from_stats(actstore.open_stats(store), 2, 4)
-    with actstore.steer(llama, vector, 3.0, positions="from:5"):
-        direct = ab_scores(llama.model, llama.tokenizer, ITEMS)
-    assert results["on_target"].iloc[0] == pytest.approx(direct.mean(), rel=1e-6)
-    assert results["on_target"].iloc[0] != pytest.approx(every["on_target"].iloc[0], rel=1e-6)
-    assert json.loads((tmp_path / "p" / "baseline.json").read_text())["settings"]["positions"] == "from:5"
-    with pytest.raises(ActstoreError, match="per-example mask"):
-        _sweep(llama, store, tmp_path / "m", ppl_ids, layers=[2], ks=[4], positions=np.ones((2, 3), bool))
-
-
-def test_a_reader_leaves_a_running_sweep_alone(tmp_path, llama, store, ppl_ids):
-    out = tmp_path / "sweep"
-    _sweep(llama, store, out, ppl_ids, layers=[1], ks=[4])
-    # A configuration in flight: its items are on disk, its results row is not yet.
-    items = pd.read_csv(out / "items.csv", dtype={"k": str})
-    in_flight = items[items["method"] == "enr"].head(len(ITEMS)).assign(alpha=9.0)
-    in_flight.to_csv(out / "items.csv", mode="a", header=False, index=False)
-    before = (out / "items.csv").read_text()
-    reader = Ledger.open_existing(out)
-    assert (out / "items.csv").read_text() == before  # nothing rewritten under the writer
-    assert len(reader.items()) == len(items)  # the in-flight rows are not read as results
-    assert len(reader.results()) == 2
-
-
-def test_the_report_names_the_shift_not_the_steered_score():
-    from actstore.report import _detectable_lines
-
-    row = {"behavior": "b", "layer": 1, "method": "enr", "k": "4", "alpha": 1.0, "on_target": 0.676,
-           "on_target_shift": 0.052, "on_target_ci_low": 0.009, "on_target_ci_high": 0.095, "detectable": True,
-           "ppl_inflation": 1.1, "ppl_inflation_ci_low": 1.0, "ppl_inflation_ci_high": 1.2}
-    (line,) = [x for x in _detectable_lines(pd.DataFrame([row])) if x.startswith("- ")]
-    assert "shift 0.052 [0.009, 0.095]" in line and "0.676" not in line and "inflation 1.1 [1, 1.2]" in line

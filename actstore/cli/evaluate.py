@@ -6,10 +6,9 @@ from pathlib import Path
 
 import click
 
-from ..sweep import DEFAULT_BUDGETS, DEFAULT_FRACTIONS, DEFAULT_PPL_TOKENS
+from ..evaluation.grid import DEFAULT_BUDGETS, DEFAULT_FRACTIONS, DEFAULT_PPL_TOKENS
+from ..evaluation.perplexity import DEFAULT_PPL_DOCUMENTS, DEFAULT_PPL_WINDOW
 from .options import quiet_option, scheduler_option, store_option
-
-_DEFAULT_TEXT = Path("..") / "shared" / "data" / "wikitext-2" / "test.txt"
 
 
 def _csv(values) -> str:
@@ -48,18 +47,40 @@ def _csv(values) -> str:
 @click.option("--methods", default="enr", show_default=True,
               help="Vector methods to compare, comma-separated: enr (top-k by ENR), whitened (top-k by ENR of "
                    "Sigma^-1/2 v), pca (first axis of the pair differences), probe (logistic regression), lda "
-                   "(Sigma^-1 v); see 'actstore extract --help'. Each is measured at every k and alpha, so they "
-                   "meet on the same frontier.")
+                   "(Sigma^-1 v); see 'actstore extract --help'. Controls: random (a random direction at the ENR "
+                   "vector's norm, dense; a random support of size k carrying its values, sparse; one per "
+                   "--control-seeds) and letter (the answer-letter direction of an option-swapped A/B capture). "
+                   "Each is measured at every k and alpha, so they meet on the same frontier.")
+@click.option("--control-seeds", default="0", show_default=True,
+              help="Seeds of the random control, comma-separated (one random vector per seed and k).")
+@click.option("--letter-data", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="For --methods letter: the A/B file captured into --store with its twins (default: the "
+                   "store's latest capture with option-swapped twins).")
+@click.option("--contrasts", "contrasts", multiple=True, metavar="SPEC",
+              help="A pre-specified primary contrast, NAME=LAYER:METHOD:K-REFLAYER:REFMETHOD:REFK@BUDGET (REFLAYER "
+                   "'best': the best other layer, chosen again in each bootstrap resample); repeat the option for "
+                   "each. They are Holm-corrected as a family. Default: every sparse vector minus dense and "
+                   "whitened minus ENR at every budget.")
 @click.option("--budgets", default=_csv(DEFAULT_BUDGETS), show_default=True,
               help="Perplexity-inflation budgets of the frontier: for each, the largest shift within it.")
-@click.option("--text", type=click.Path(dir_okay=False), default=str(_DEFAULT_TEXT), show_default=True,
-              help="Text for the perplexity (off-target damage).")
+@click.option("--text", type=click.Path(dir_okay=False), default=None,
+              help="Documents for the perplexity (off-target damage): a WikiText file (split at its ' = Title = ' "
+                   "headings), a JSONL or Parquet file of documents (--text-column) or a plain file (one "
+                   "document). Default: $ACTSTORE_TEXT, else ../shared/data/wikitext-2/test.txt beside the "
+                   "package's repository (actstore.corpus.default_corpus).")
+@click.option("--text-column", default=None, help="With a JSONL/Parquet --text: the column holding each document.")
 @click.option("--ppl-tokens", type=click.IntRange(16), default=DEFAULT_PPL_TOKENS, show_default=True,
-              help="Tokens of --text for the perplexity, in --ppl-window windows (its interval is over windows).")
-@click.option("--ppl-window", type=click.IntRange(8), default=256, show_default=True,
+              help="Tokens of --text for the perplexity, in --ppl-window windows from --ppl-documents documents "
+                   "(its interval is over documents).")
+@click.option("--ppl-documents", type=click.IntRange(1), default=DEFAULT_PPL_DOCUMENTS, show_default=True,
+              help="Documents the perplexity windows come from (a few windows each).")
+@click.option("--ppl-window", type=click.IntRange(8), default=DEFAULT_PPL_WINDOW, show_default=True,
               help="Tokens per perplexity window (each starts with BOS); keep it within the model's context.")
 @click.option("--max-items", type=click.IntRange(1), default=None,
-              help="Use only the first N held-out items or prompts (default: all).")
+              help="Use only the first N held-out questions or prompts (default: all).")
+@click.option("--no-swap-options", is_flag=True,
+              help="Score A/B questions only as written (default: each also with its options swapped, so the "
+                   "behavior's answer is shown once under each letter).")
 @click.option("--behavior", default=None, help="Name in the tables (default: the folder of --data-test).")
 @click.option("--out", "-o", required=True, type=click.Path(file_okay=False),
               help="Folder for results.csv, items.csv, windows.csv, frontier.csv, results.md and the plots; "
@@ -81,75 +102,73 @@ def _csv(values) -> str:
 @click.option("--force", is_flag=True, help="Use the store even if it was captured from other model weights.")
 @quiet_option
 def evaluate(model, store, model_group, data_test, prompts, scorer, max_new_tokens, layers, ks, alphas, fractions,
-             normalize, methods, budgets, text, ppl_tokens, ppl_window, max_items, behavior, out, batch_size, positions,
-             no_replay, heldout_store, no_separation, scheduler, force, quiet):
+             normalize, methods, control_seeds, letter_data, contrasts, budgets, text, text_column, ppl_tokens, ppl_documents, ppl_window,
+             max_items, no_swap_options, behavior, out, batch_size, positions, no_replay, heldout_store,
+             no_separation, scheduler, force, quiet):
     """Sweep layer x method x k x alpha: on-target shift against perplexity inflation, with intervals.
 
     Reuses the store's cached statistics, builds each vector, steers the model
-    and measures both effects per item and per perplexity window. Writes
-    results.csv (one row per configuration, 95% intervals), items.csv and
-    windows.csv (every per-item and per-window figure), frontier.csv (the largest
-    shift within each perplexity budget), matched_effect.csv, results.md and
-    frontier_<behavior>.png; and, per vector, how well it separates held-out
-    pos from neg texts (separation.csv, separation_<behavior>.png).
+    and measures both effects per item and per perplexity window. A/B questions
+    are scored in both answer orders, on log-odds. Writes results.csv (one row
+    per configuration, 95% intervals, p- and Benjamini-Hochberg q-values),
+    items.csv and windows.csv (every per-item and per-window figure),
+    frontier.csv (each vector's shift at exactly each budget, interpolated, and
+    its difference from dense), contrasts.csv (Holm-corrected), steerability.csv,
+    results.md and frontier_<behavior>.png; and, per vector, how well it
+    separates held-out pos from neg texts (separation.csv).
     """
-    from ..datasets import read_contrast_set
     from ..errors import ActstoreError
-    from ..evaluate import read_text_tokens
+    from ..evaluation.grid import Grid, SweepStore, parse_floats, parse_ks
+    from ..evaluation.perplexity import check_text, perplexity_windows
+    from ..evaluation.protocols import GeneratedText, protocol_for_file, read_prompts
+    from ..evaluation.report import count_line
+    from ..evaluation.sweep import SweepOptions, run_sweep
     from ..models import load_model, parse_layers
-    from ..protocols import GeneratedText, protocol_for_file, read_prompts
-    from ..steering import Positions
-    from ..stores import check_store_model
-    from ..stores.roots import open_root, select_group
-    from ..sweep import Grid, parse_floats, parse_ks, run_sweep
 
     if (data_test is None) == (prompts is None):
         raise ActstoreError("give exactly one of --data-test (held-out items) and --prompts (generation)")
-    Positions.parse(positions)
     if alphas is None and normalize:
         raise ActstoreError("--normalize needs --alpha (without it, alphas are already norms: --fractions)")
-    # The whole grid is checked before the model loads. Attributes only: opening the
-    # whole store would load every per-sample coordinate.
-    attrs = dict(select_group(open_root(store), model_group, store).attrs)
-    store_layers = [int(x) for x in attrs.get("layers", [])]
-    layer_list = store_layers if layers.strip().lower() == "all" else parse_layers(layers, 1 << 30)
+    # Everything is checked before the model loads; the store is opened once (attributes only:
+    # opening the whole store would load every per-sample coordinate).
+    source = SweepStore.open(store, model_group)
+    layer_list = source.layers if layers.strip().lower() == "all" else parse_layers(layers, 1 << 30)
     grid = Grid(tuple(layer_list), tuple(parse_ks(ks)),
                 tuple(parse_floats(alphas if alphas is not None else fractions,
                                    "--alpha" if alphas is not None else "--fractions")),
                 "fraction" if alphas is None else ("norm" if normalize else "scale"),
                 tuple(m.strip() for m in methods.split(",") if m.strip()),
-                tuple(parse_floats(budgets, "--budgets")))
-    grid.check_store(store_layers, int(attrs.get("hidden_size", 0)), store)
+                tuple(parse_floats(budgets, "--budgets")),
+                tuple(int(s) for s in parse_floats(control_seeds, "--control-seeds")))
+    source.check_grid(grid)
+    name = behavior or Path(data_test or prompts).resolve().parent.name
+    options = SweepOptions(behavior=name, positions=positions, model_group=model_group, scheduler=scheduler,
+                           replay=not no_replay, force=force, progress=not quiet, letter_data=letter_data,
+                           contrasts=tuple(contrasts))
     prompt_list = read_prompts(prompts)[:max_items] if prompts is not None else None
     if data_test is not None:
+        from ..datasets import read_contrast_set
+
         read_contrast_set(data_test)  # a malformed file is reported before the model loads
-    if not Path(text).is_file():
-        raise ActstoreError(f"--text {text!r} does not exist (the perplexity text)")
+    text = check_text(text)
 
     loaded = load_model(model)
-    check_store_model(attrs, loaded, force, store)
+    source.check_model(loaded, force)  # once: run_sweep knows this store has been checked for this model
     if prompt_list is not None:
         on_target = GeneratedText(prompt_list, scorer, max_new_tokens, batch_size)
     else:
-        on_target = protocol_for_file(loaded.tokenizer, data_test, batch_size, max_items)
-    ppl_ids = read_text_tokens(loaded.tokenizer, text, ppl_tokens)
+        on_target = protocol_for_file(loaded.tokenizer, data_test, batch_size, max_items,
+                                      both_orders=not no_swap_options)
+    windows = perplexity_windows(loaded.tokenizer, text, ppl_tokens, window=ppl_window, documents=ppl_documents,
+                                 text_column=text_column)
     heldout = None if no_separation else heldout_store
     if heldout is None and not no_separation and data_test is not None:
         from ..monitor import capture_heldout
 
-        heldout = capture_heldout(loaded, data_test, grid.layers, str(attrs.get("position", "last")))
-    name = behavior or Path(data_test or prompts).resolve().parent.name
-    results = run_sweep(
-        loaded, store, out, on_target=on_target, ppl_ids=ppl_ids, layers=grid.layers, ks=grid.ks,
-        alphas=None if alphas is None else grid.alphas, fractions=grid.alphas, normalize=normalize,
-        methods=grid.methods, budgets=grid.budgets, behavior=name, model_group=model_group,
-        ppl_window=ppl_window, positions=positions, batch_size=batch_size, scheduler=scheduler,
-        replay=not no_replay, force=force, heldout=heldout, progress=not quiet,
-    )
-    from ..report import shift_view
+        heldout = capture_heldout(loaded, data_test, grid.layers, str(source.attrs.get("position", "last")))
+    from dataclasses import replace
 
-    shown = shift_view(results)
-    measure = " letter-balanced" if shown.attrs["measure"] == "letter-balanced" else ""
-    click.echo(f"{len(results)} configurations in {out}/results.csv ({int(shown['detectable'].sum())} with a{measure} "
-               f"on-target shift distinguishable from zero); report: {out}/results.md, frontier: "
-               f"{out}/frontier.csv, plot: {out}/frontier_{name}.png")
+    results = run_sweep(loaded, source, out, grid=grid, on_target=on_target, perplexity=windows,
+                        options=replace(options, heldout=heldout))
+    click.echo(f"{len(results)} configurations in {out}/results.csv: {count_line(results)}. Report: "
+               f"{out}/results.md, frontier: {out}/frontier.csv, plot: {out}/frontier_{name}.png")

@@ -1,0 +1,19 @@
+"""The evaluation: what a steering vector does on target and off target, with honest intervals.
+
+    scoring      per-item A/B log-odds (both answer orders), free-text preference, perplexity windows
+    protocols    on-target protocols: one object per kind of held-out set
+    replay       fixed batches replayed from a layer's cached block output
+    intervals    paired intervals, bootstraps, p-values, Benjamini-Hochberg and Holm
+    ledger       the files of one sweep folder, resume
+    sweep        the grid and run_sweep
+    report       frontier, results.md, plots
+"""
+
+from .grid import CONTROLS, Grid, SweepStore
+from .perplexity import perplexity_windows
+from .protocols import ABLetters, FreeTextPreference, GeneratedText, protocol_for_file
+from .scoring import ABItem, PerplexityWindows, read_ab_items
+from .sweep import SweepOptions, run_sweep
+
+__all__ = ["ABItem", "ABLetters", "CONTROLS", "FreeTextPreference", "GeneratedText", "Grid", "PerplexityWindows",
+           "SweepOptions", "SweepStore", "perplexity_windows", "protocol_for_file", "read_ab_items", "run_sweep"]

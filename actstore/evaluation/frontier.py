@@ -1,0 +1,408 @@
+"""Matched damage by interpolation: each vector's shift at exactly each perplexity budget.
+
+A vector's configurations are points on its own path through (log perplexity
+inflation, shift), in order of alpha, starting from the unsteered model (alpha
+0: inflation exactly 1, shift exactly 0). Its shift at a budget ``b`` is read
+where the path first reaches ``log b``, linearly between the two measured points
+around it (:func:`interpolate_at`); a budget beyond every measured inflation is
+"not reached", never extrapolated.
+
+Every interval comes from one bootstrap (:class:`Evidence`) that resamples
+questions and perplexity documents together (the same draws for every vector,
+so differences between vectors stay paired) and redoes the interpolation in
+each resample, so the interval includes the choice of where on the path the
+budget falls. The primary figure is the paired difference sparse minus dense at
+each budget (:func:`frontier`); the fraction of dense is secondary. The
+pre-specified primary contrasts (:class:`Contrast`, :func:`contrasts`) are
+Holm-corrected as a family per behavior; :func:`steerability` is the
+per-question view. Paths use the positive alphas (a negative scale is another
+direction).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from .grid import is_control
+from .intervals import (
+    CONFIDENCE,
+    N_RESAMPLES,
+    SEED,
+    bh_q_values,
+    bootstrap_p_value,
+    holm_adjusted,
+    paired_mean_interval,
+    percentile_interval,
+    resample_counts,
+)
+from .rows import KEY, ContrastRow, FrontierRow, SteerabilityRow
+
+GROUP = ["behavior", "layer", "method", "k"]
+REFERENCE_METHODS = ("enr", "whitened")  # the dense yardstick: the mean difference (whitened dense is the same)
+
+
+def _k_order(k: str) -> float:
+    return math.inf if k == "dense" else float(k)
+
+
+def interpolate_at(log_inflation, shift, alpha, log_budget: float) -> tuple[np.ndarray, np.ndarray]:
+    """Shift and alpha where each path first reaches ``log_budget``.
+
+    ``log_inflation, shift, alpha: (..., points)``, each path in alpha order starting
+    at the unsteered point (0, 0, 0). Linear in log-inflation between the last point
+    below the budget and the first at or above it; NaN where the path never reaches it.
+    """
+    L, S, A = (np.asarray(x, dtype=np.float64) for x in (log_inflation, shift, alpha))
+    cross = (L[..., :-1] < log_budget) & (L[..., 1:] >= log_budget)
+    reached = cross.any(-1)
+    j = np.argmax(cross, -1)[..., None]
+    l0, l1 = np.take_along_axis(L, j, -1)[..., 0], np.take_along_axis(L, j + 1, -1)[..., 0]
+    with np.errstate(all="ignore"):
+        t = (log_budget - l0) / (l1 - l0)
+        out = []
+        for values in (S, A):
+            v0, v1 = np.take_along_axis(values, j, -1)[..., 0], np.take_along_axis(values, j + 1, -1)[..., 0]
+            out.append(np.where(reached, v0 + t * (v1 - v0), np.nan))
+    return out[0], out[1]
+
+
+@dataclass
+class Evidence:
+    """Per configuration (rows of ``results``): the per-question effects on the primary
+    measure ``effects (configs, questions)`` and the per-unit perplexity differences
+    ``nll_diff (configs, units)`` with ``tokens (units,)``; the unit is the document (or
+    the window, for text of one document). :meth:`draws` gives every configuration's
+    point estimate and bootstrap draws of (shift, log-inflation), on shared resamples."""
+
+    results: object  # pandas.DataFrame, in this order
+    measure: str
+    effects: np.ndarray
+    nll_diff: np.ndarray
+    tokens: np.ndarray
+    unit: str
+
+    @classmethod
+    def from_tables(cls, results, items, windows) -> Evidence:
+        measure = str(results["measure"].iloc[0]) if "measure" in results and len(results) else "score"
+        results = results.reset_index(drop=True)
+        base_items = items[items["method"] == "none"]
+        order = list(base_items["item"])
+        questions = base_items.set_index("item")["question"].loc[order].to_numpy()
+        _, inverse = np.unique(questions, return_inverse=True)
+        counts = np.bincount(inverse)
+        base_metric = base_items.set_index("item")[measure].loc[order].to_numpy(dtype=np.float64)
+        base_windows = windows[windows["method"] == "none"].sort_values("window")
+        documents = base_windows["document"].to_numpy() if "document" in base_windows else np.zeros(len(base_windows))
+        unit = "document" if np.unique(documents).size > 1 else "window"
+        units = np.unique(documents, return_inverse=True)[1] if unit == "document" else np.arange(len(documents))
+        base_nll = base_windows["nll"].to_numpy(dtype=np.float64)
+        tokens = np.bincount(units, weights=base_windows["tokens"].to_numpy(dtype=np.float64))
+        item_groups = {_tuple(key): frame for key, frame in items[items["method"] != "none"].groupby(KEY, sort=False)}
+        window_groups = {_tuple(key): frame for key, frame in
+                         windows[windows["method"] != "none"].groupby(KEY, sort=False)}
+        effects = np.empty((len(results), counts.size))
+        nll_diff = np.empty((len(results), tokens.size))
+        for index, row in enumerate(results[KEY].itertuples(index=False)):
+            key = _tuple(row)
+            steered = item_groups[key].set_index("item")[measure].loc[order].to_numpy(dtype=np.float64)
+            effects[index] = np.bincount(inverse, weights=steered - base_metric) / counts
+            nll = window_groups[key].sort_values("window")["nll"].to_numpy(dtype=np.float64)
+            nll_diff[index] = np.bincount(units, weights=nll - base_nll)
+        return cls(results, measure, effects, nll_diff, tokens, unit)
+
+    def draws(self, n_resamples: int = N_RESAMPLES, seed: int = SEED
+              ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """``(shift, log_inflation, shift_draws (configs, B), log_inflation_draws (configs, B))``:
+        questions drawn by ``resample_counts(questions, B, seed)``, perplexity units by
+        ``resample_counts(units, B, seed + 1)``."""
+        q_counts = resample_counts(self.effects.shape[1], n_resamples, seed)
+        u_counts = resample_counts(self.tokens.size, n_resamples, seed + 1)
+        shift = self.effects.mean(1)
+        log_inflation = self.nll_diff.sum(1) / self.tokens.sum()
+        shift_draws = self.effects @ q_counts.T / self.effects.shape[1]
+        log_inflation_draws = (self.nll_diff @ u_counts.T) / (u_counts @ self.tokens)[None, :]
+        return shift, log_inflation, shift_draws, log_inflation_draws
+
+
+def _tuple(key) -> tuple:
+    layer, method, k, alpha = key
+    return (int(layer), str(method), str(k), float(alpha))
+
+
+@dataclass
+class Paths:
+    """Every vector's path: ``index`` maps (behavior, layer, method, k) to its rows in alpha
+    order; :meth:`at` interpolates the point estimate and the draws at a log-budget."""
+
+    evidence: Evidence
+    shift: np.ndarray
+    log_inflation: np.ndarray
+    shift_draws: np.ndarray
+    log_inflation_draws: np.ndarray
+    index: dict
+
+    @classmethod
+    def of(cls, evidence: Evidence, n_resamples: int = N_RESAMPLES, seed: int = SEED) -> Paths:
+        shift, log_inflation, shift_draws, log_inflation_draws = evidence.draws(n_resamples, seed)
+        results = evidence.results
+        index = {}
+        for key, group in results.groupby(GROUP, sort=False):
+            group = group[group["alpha"] > 0].sort_values("alpha")
+            if len(group):
+                index[tuple(key)] = group.index.to_numpy()
+        return cls(evidence, shift, log_inflation, shift_draws, log_inflation_draws, index)
+
+    def find(self, behavior, layer: int, method: str, k: str) -> tuple | None:
+        """The key of a vector in :attr:`index`, or None where it was not measured."""
+        for vector in self.index:
+            if vector[0] == behavior and int(vector[1]) == int(layer) and vector[2] == method and str(vector[3]) == k:
+                return vector
+        return None
+
+    def at(self, vector: tuple, log_budget: float) -> tuple[float, float, np.ndarray]:
+        """``(shift, alpha, shift_draws (B,))`` of ``vector`` at ``log_budget`` (NaN: not reached)."""
+        rows = self.index[vector]
+        alphas = self.evidence.results["alpha"].to_numpy(dtype=np.float64)[rows]
+        origin = np.zeros(1)
+        L = np.concatenate([origin, self.log_inflation[rows]])
+        S = np.concatenate([origin, self.shift[rows]])
+        A = np.concatenate([origin, alphas])
+        shift, alpha = interpolate_at(L, S, A, log_budget)
+        n = self.shift_draws.shape[1]
+        Ld = np.concatenate([np.zeros((n, 1)), self.log_inflation_draws[rows].T], axis=1)
+        Sd = np.concatenate([np.zeros((n, 1)), self.shift_draws[rows].T], axis=1)
+        Ad = np.broadcast_to(A, Ld.shape)
+        draws, _ = interpolate_at(Ld, Sd, Ad, log_budget)
+        return float(shift), float(alpha), draws
+
+
+def _reference(vectors: set, behavior, layer, method: str) -> tuple | None:
+    """The dense vector a vector of ``method`` at (behavior, layer) is compared with."""
+    for candidate in (*REFERENCE_METHODS, method):
+        if (behavior, layer, candidate, "dense") in vectors:
+            return (behavior, layer, candidate, "dense")
+    return None
+
+
+def _random_reference(vectors: set, behavior, layer, k) -> tuple | None:
+    """The random control of the same k at the same layer (the lowest seed)."""
+    seeds = sorted((int(v[2].split(":", 1)[1]), v) for v in vectors
+                   if v[0] == behavior and v[1] == layer and str(v[2]).startswith("random:") and v[3] == k)
+    return seeds[0][1] if seeds else None
+
+
+def frontier(paths: Paths, budgets, confidence: float = CONFIDENCE) -> list[FrontierRow]:
+    """frontier.csv's rows: every vector at every budget. p-values are the bootstrap's; q-values
+    Benjamini-Hochberg per behavior over that figure's rows (controls a family of their own)."""
+    rows = []
+    vectors = set(paths.index)
+    measure = paths.evidence.measure
+    for vector in sorted(vectors, key=lambda v: (str(v[0]), int(v[1]), str(v[2]), _k_order(str(v[3])))):
+        behavior, layer, method, k = vector
+        for budget in budgets:
+            log_budget = math.log(budget)
+            shift, alpha, draws = paths.at(vector, log_budget)
+            if math.isnan(shift):
+                rows.append(FrontierRow(behavior, int(layer), method, k, float(budget), measure, False))
+                continue
+            interval = percentile_interval(shift, draws, confidence)
+            fields = {"alpha": alpha, "shift": shift, "ci_low": interval.low, "ci_high": interval.high,
+                      "p_value": bootstrap_p_value(draws), "boot_defined": float(np.isfinite(draws).mean())}
+            reference = _reference(vectors, behavior, layer, method)
+            if reference is not None and reference != vector:
+                ref_shift, _, ref_draws = paths.at(reference, log_budget)
+                fields["reference"] = f"{reference[2]} dense"
+                if not math.isnan(ref_shift):
+                    diff = percentile_interval(shift - ref_shift, draws - ref_draws, confidence)
+                    fields.update(diff_vs_dense=diff.estimate, diff_ci_low=diff.low, diff_ci_high=diff.high,
+                                  diff_p_value=bootstrap_p_value(draws - ref_draws))
+                    ref_interval = percentile_interval(ref_shift, ref_draws, confidence)
+                    if ref_interval.excludes(0.0):
+                        with np.errstate(all="ignore"):
+                            fraction = percentile_interval(shift / ref_shift, draws / ref_draws, confidence)
+                        fields.update(fraction=fraction.estimate, fraction_ci_low=fraction.low,
+                                      fraction_ci_high=fraction.high)
+            control = None if is_control(method) else _random_reference(vectors, behavior, layer, k)
+            if control is not None:
+                control_shift, _, control_draws = paths.at(control, log_budget)
+                fields["random_reference"] = control[2]
+                if not math.isnan(control_shift):
+                    beyond = percentile_interval(shift - control_shift, draws - control_draws, confidence)
+                    fields.update(minus_random=beyond.estimate, minus_random_ci_low=beyond.low,
+                                  minus_random_ci_high=beyond.high,
+                                  minus_random_p_value=bootstrap_p_value(draws - control_draws))
+            rows.append(FrontierRow(behavior, int(layer), method, k, float(budget), measure, True, **fields))
+    return _with_q_values(rows)
+
+
+def _with_q_values(rows: list[FrontierRow]) -> list[FrontierRow]:
+    """Fill q_value, diff_q_value and minus_random_q_value: BH per (behavior, control or not)."""
+    from dataclasses import replace
+
+    out = list(rows)
+    for column in ("p_value", "diff_p_value", "minus_random_p_value"):
+        target = column.replace("p_value", "q_value")
+        groups: dict = {}
+        for index, row in enumerate(out):
+            groups.setdefault((row.behavior, is_control(row.method)), []).append(index)
+        for members in groups.values():
+            q = bh_q_values([getattr(out[i], column) for i in members])
+            for i, value in zip(members, q):
+                out[i] = replace(out[i], **{target: float(value)})
+    return out
+
+
+@dataclass(frozen=True)
+class Contrast:
+    """One pre-specified contrast: the shift of ``method k`` at ``layer`` minus the shift of
+    ``ref_method ref_k`` at ``ref_layer``, both interpolated to ``budget``. ``ref_layer=None``:
+    the best other layer of the reference vector (the largest shift at the budget), chosen
+    again in every bootstrap resample, so the interval includes the choice.
+
+    Written ``NAME=LAYER:METHOD:K-REFLAYER:REFMETHOD:REFK@BUDGET`` (:meth:`parse`), e.g.
+    ``sparse_minus_dense=8:enr:64-8:enr:dense@1.25`` or ``layer=8:enr:64-best:enr:64@1.25``.
+    """
+
+    name: str
+    budget: float
+    layer: int
+    method: str
+    k: str
+    ref_layer: int | None
+    ref_method: str
+    ref_k: str
+
+    @classmethod
+    def parse(cls, spec: str) -> Contrast:
+        from ..errors import ActstoreError
+
+        try:
+            name, rest = spec.split("=", 1)
+            sides, budget = rest.rsplit("@", 1)
+            left, right = sides.split("-", 1)
+            layer, method, k = left.split(":")
+            ref_layer, ref_method, ref_k = right.split(":")
+            return cls(name.strip(), float(budget), int(layer), method, k,
+                       None if ref_layer == "best" else int(ref_layer), ref_method, ref_k)
+        except ValueError:
+            raise ActstoreError(f"contrast {spec!r}: expected NAME=LAYER:METHOD:K-REFLAYER:REFMETHOD:REFK@BUDGET, "
+                                "e.g. 'sparse_minus_dense=8:enr:64-8:enr:dense@1.25' (REFLAYER 'best': the best "
+                                "other layer)", param="contrasts") from None
+
+    @property
+    def reference(self) -> str:
+        where = "best other layer" if self.ref_layer is None else f"layer {self.ref_layer}"
+        return f"{self.ref_method} k={self.ref_k} at {where}"
+
+
+def default_contrasts(paths: Paths, budgets) -> list[Contrast]:
+    """The family when none is pre-specified: at every budget, each sparse vector of a method
+    (controls excepted) minus the dense reference at its layer (:data:`REFERENCE_METHODS`), and
+    whitened k minus ENR k at the same layer."""
+    vectors = set(paths.index)
+    family = []
+    for vector in sorted(vectors, key=lambda v: (str(v[0]), int(v[1]), str(v[2]), _k_order(str(v[3])))):
+        behavior, layer, method, k = vector
+        if is_control(method) or k == "dense":
+            continue
+        reference = _reference(vectors, behavior, layer, method)
+        for budget in budgets:
+            if reference is not None:
+                family.append(Contrast("sparse_minus_dense", float(budget), int(layer), method, k, int(layer),
+                                       reference[2], "dense"))
+            if method == "whitened" and (behavior, layer, "enr", k) in vectors:
+                family.append(Contrast("whitened_minus_enr", float(budget), int(layer), method, k, int(layer),
+                                       "enr", k))
+    return sorted(set(family), key=lambda c: (c.name, c.layer, c.method, _k_order(c.k), c.budget))
+
+
+def contrasts(paths: Paths, budgets, family: list[Contrast] | None = None,
+              confidence: float = CONFIDENCE) -> list[ContrastRow]:
+    """The primary contrasts of every behavior, with bootstrap intervals and p-values, Holm-adjusted
+    over each behavior's family (``family``, else :func:`default_contrasts`). A contrast whose sides
+    are not both reached has NaN figures and is not counted in Holm's m."""
+    rows = []
+    for behavior in sorted({v[0] for v in paths.index}):
+        chosen = family if family is not None else default_contrasts(
+            Paths(paths.evidence, paths.shift, paths.log_inflation, paths.shift_draws, paths.log_inflation_draws,
+                  {v: r for v, r in paths.index.items() if v[0] == behavior}), budgets)
+        mine = [_contrast(paths, behavior, c, confidence) for c in chosen]
+        adjusted = holm_adjusted([row.p_value for row in mine])
+        rows += [ContrastRow(**{**row.__dict__, "p_holm": float(p)}) for row, p in zip(mine, adjusted)]
+    return rows
+
+
+def _contrast(paths: Paths, behavior, c: Contrast, confidence: float) -> ContrastRow:
+    log_budget = math.log(c.budget)
+    nan = ContrastRow(behavior, c.name, c.layer, c.budget, c.method, c.k, c.reference, paths.evidence.measure,
+                      math.nan, math.nan, math.nan, math.nan)
+    vector = paths.find(behavior, c.layer, c.method, c.k)
+    if vector is None:
+        return nan
+    shift, _, draws = paths.at(vector, log_budget)
+    if c.ref_layer is not None:
+        reference = paths.find(behavior, c.ref_layer, c.ref_method, c.ref_k)
+        if reference is None:
+            return nan
+        ref_shift, _, ref_draws = paths.at(reference, log_budget)
+    else:  # the best other layer, chosen in the data and again in every resample
+        others = [v for v in paths.index if v[0] == behavior and int(v[1]) != c.layer and v[2] == c.ref_method
+                  and str(v[3]) == c.ref_k]
+        measured = [paths.at(v, log_budget) for v in others]
+        measured = [(s, d) for s, _, d in measured if not math.isnan(s)]
+        if not measured:
+            return nan
+        ref_shift = max(s for s, _ in measured)
+        with np.errstate(all="ignore"):
+            stacked = np.stack([d for _, d in measured])
+            ref_draws = np.where(np.isfinite(stacked).any(0), np.nanmax(np.where(np.isfinite(stacked), stacked,
+                                                                                 -np.inf), axis=0), np.nan)
+    if math.isnan(shift) or math.isnan(ref_shift):
+        return nan
+    diff = percentile_interval(shift - ref_shift, draws - ref_draws, confidence)
+    return ContrastRow(behavior, c.name, c.layer, c.budget, c.method, c.k, c.reference, paths.evidence.measure,
+                       diff.estimate, diff.low, diff.high, bootstrap_p_value(draws - ref_draws))
+
+
+def steerability(results, items, confidence: float = CONFIDENCE, n_resamples: int = N_RESAMPLES,
+                 seed: int = SEED) -> list[SteerabilityRow]:
+    """Per vector: each question's least-squares slope of its primary measure (mean over its
+    answer orders) over alpha, the unsteered model at alpha 0; the mean slope (t over
+    questions), the spread of slopes (sd) and the anti-steerable share (slope < 0), the last
+    two with percentile bootstrap intervals over questions."""
+    if not len(results):
+        return []
+    measure = str(results["measure"].iloc[0])
+    base_items = items[items["method"] == "none"]
+    order = list(base_items["item"])
+    _, inverse = np.unique(base_items.set_index("item")["question"].loc[order].to_numpy(), return_inverse=True)
+    counts = np.bincount(inverse)
+
+    def per_question(frame) -> np.ndarray:
+        return np.bincount(inverse, weights=frame.set_index("item")[measure].loc[order].to_numpy(float)) / counts
+
+    base = per_question(base_items)
+    steered_items = {_tuple(key): frame for key, frame in items[items["method"] != "none"].groupby(KEY, sort=False)}
+    q_counts = resample_counts(counts.size, n_resamples, seed)
+    rows = []
+    for (behavior, layer, method, k), group in results.groupby(GROUP, sort=False):
+        group = group.sort_values("alpha")
+        x = np.concatenate([[0.0], group["alpha"].to_numpy(dtype=np.float64)])
+        y = np.stack([base] + [per_question(steered_items[_tuple(r)])
+                               for r in group[KEY].itertuples(index=False)])  # (alphas + 1, questions)
+        xc = x - x.mean()
+        slopes = (xc[:, None] * (y - y.mean(0))).sum(0) / (xc ** 2).sum()
+        n = slopes.size
+        mean = paired_mean_interval(slopes, np.zeros(n), confidence)
+        boot_mean = q_counts @ slopes / n
+        boot_sd = np.sqrt(np.maximum(q_counts @ slopes ** 2 / n - boot_mean ** 2, 0) * n / max(n - 1, 1))
+        anti = slopes < 0
+        sd = percentile_interval(float(slopes.std(ddof=1)) if n > 1 else math.nan, boot_sd, confidence)
+        share = percentile_interval(float(anti.mean()), q_counts @ anti / n, confidence)
+        rows.append(SteerabilityRow(str(behavior), int(layer), str(method), str(k), measure, int(n), len(group),
+                                    mean.estimate, mean.low, mean.high, sd.estimate, sd.low, sd.high,
+                                    share.estimate, share.low, share.high))
+    return rows

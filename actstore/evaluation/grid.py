@@ -1,0 +1,240 @@
+"""What a sweep measures: the grid of (layer, method, k, alpha), its vectors, and the store they come from.
+
+* :class:`Grid`: layers, ks, alphas (and what an alpha means), methods and
+  controls, perplexity budgets; validated when made, before any model work.
+* Controls go through the grid like methods, at the same alphas, so they meet
+  the vectors on the same frontier (:data:`CONTROLS`): ``random`` is, per seed
+  of ``control_seeds``, a random direction at the ENR vector's norm (dense) or a
+  random support of size k carrying the ENR vector's values (sparse), labelled
+  ``random:<seed>``; ``letter`` is the answer-letter direction of an
+  option-swapped A/B capture (:mod:`actstore.controls`).
+* :class:`SweepStore`: the training store, opened once: checked against the
+  grid (from its attributes, before the model loads) and against the model
+  (once), its statistics computed on first use.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import ActstoreError
+from ..methods import METHODS
+from .rows import ConfigKey
+
+DEFAULT_BUDGETS = (1.05, 1.25, 2.0)
+DEFAULT_FRACTIONS = (0.005, 0.01, 0.02, 0.04, 0.08)
+DEFAULT_PPL_TOKENS = 4096
+ALPHA_MODES = ("scale", "norm", "fraction")
+CONTROLS = ("random", "letter")
+RANDOM_BASE = "enr"  # the vector whose norm (dense) or values (sparse) a random control carries
+
+
+def parse_ks(spec: str | Sequence) -> list[int | None]:
+    """``"8,16,dense"`` -> ``[8, 16, None]`` (None: the dense vector)."""
+    parts = spec.split(",") if isinstance(spec, str) else list(spec)
+    ks: list[int | None] = []
+    for part in parts:
+        text = str(part).strip().lower()
+        if text in ("dense", "none"):
+            ks.append(None)
+            continue
+        try:
+            ks.append(int(text))
+        except ValueError:
+            raise ActstoreError(f"--k {spec!r}: expected integers and 'dense', e.g. '8,16,64,dense'") from None
+    return ks
+
+
+def parse_floats(spec: str | Sequence, name: str) -> list[float]:
+    parts = spec.split(",") if isinstance(spec, str) else list(spec)
+    try:
+        values = [float(p) for p in parts if str(p).strip()]
+    except ValueError:
+        raise ActstoreError(f"{name} {spec!r}: expected comma-separated numbers") from None
+    if not values or not all(np.isfinite(values)):
+        raise ActstoreError(f"{name} {spec!r}: expected finite numbers")
+    return values
+
+
+def k_label(k: int | None) -> str:
+    return "dense" if k is None else str(int(k))
+
+
+def k_value(label: str) -> int | None:
+    return None if label == "dense" else int(label)
+
+
+def is_control(method: str) -> bool:
+    """Whether a results row's ``method`` is a control (``random:<seed>``, ``letter``)."""
+    return str(method).split(":")[0] in CONTROLS
+
+
+@dataclass(frozen=True)
+class Grid:
+    """What a sweep measures, validated on construction (before any model work).
+
+    ``alphas``: scales (``alpha_mode="scale"``), added norms (``"norm"``) or
+    fractions of the layer's residual norm (``"fraction"``). ``methods``: any of
+    :data:`actstore.methods.METHODS` and :data:`CONTROLS`; ``control_seeds``: the
+    seeds of the random control (one vector each).
+    """
+
+    layers: tuple[int, ...]
+    ks: tuple[int | None, ...]
+    alphas: tuple[float, ...]
+    alpha_mode: str = "fraction"
+    methods: tuple[str, ...] = ("enr",)
+    budgets: tuple[float, ...] = DEFAULT_BUDGETS
+    control_seeds: tuple[int, ...] = (0,)
+
+    def __post_init__(self):
+        if not self.layers:
+            raise ActstoreError("layers: at least one layer is needed")
+        if not self.ks:
+            raise ActstoreError("ks: at least one k (or 'dense') is needed")
+        known = [*METHODS, *CONTROLS]
+        unknown = sorted(set(self.methods) - set(known))
+        if unknown or not self.methods:
+            raise ActstoreError(f"methods: unknown {unknown}; expected some of {known}", param="methods")
+        if self.alpha_mode not in ALPHA_MODES:
+            raise ActstoreError(f"alpha_mode {self.alpha_mode!r}: expected one of {list(ALPHA_MODES)}")
+        if not self.alphas or not all(math.isfinite(a) for a in self.alphas):
+            raise ActstoreError(f"alphas {list(self.alphas)}: expected finite numbers")
+        if self.alpha_mode != "scale" and any(a <= 0 for a in self.alphas):
+            raise ActstoreError(f"alphas {list(self.alphas)}: norms and fractions must be > 0")
+        if not self.budgets or not all(math.isfinite(b) and b > 1 for b in self.budgets):
+            raise ActstoreError(f"budgets {list(self.budgets)}: expected perplexity ratios > 1, e.g. 1.05,1.25,2",
+                                param="budgets")
+        for k in self.ks:
+            if k is not None and (isinstance(k, bool) or int(k) < 1):
+                raise ActstoreError(f"k={k}: expected a positive integer or dense")
+        if not self.control_seeds or any(isinstance(s, bool) or int(s) < 0 for s in self.control_seeds):
+            raise ActstoreError(f"control seeds {list(self.control_seeds)}: expected non-negative integers",
+                                param="control_seeds")
+
+    def check_store(self, store_layers: Sequence[int], hidden: int, store: str | Path = "store") -> None:
+        """Layers and k against what the store holds (its layers, its hidden size)."""
+        missing = [layer for layer in self.layers if layer not in store_layers]
+        if missing:
+            raise ActstoreError(f"layers {missing} are not in {str(store)!r}; it has layers {list(store_layers)}",
+                                param="layers")
+        too_big = [k for k in self.ks if k is not None and k > hidden]
+        if too_big:
+            raise ActstoreError(f"k {too_big}: larger than the hidden size of {str(store)!r} ({hidden})")
+
+    def vector_methods(self) -> list[str]:
+        """The ``method`` labels of the results: each method, ``random:<seed>`` per control seed."""
+        labels = []
+        for method in self.methods:
+            labels += [f"random:{int(s)}" for s in self.control_seeds] if method == "random" else [method]
+        return labels
+
+    def configurations(self) -> list[ConfigKey]:
+        """Every (layer, method, k, alpha). The whitened dense vector is the plain dense
+        one (Sigma^1/2 Sigma^-1/2 v = v), so it is measured once, as ``enr``, when both run."""
+        return [ConfigKey(layer, method, k_label(k), float(alpha)) for layer in self.layers
+                for method in self.vector_methods() for k in self.ks for alpha in self.alphas
+                if not (method == "whitened" and k is None and "enr" in self.methods)]
+
+
+class LayerVectors:
+    """The vectors of one layer, methods and controls alike (each built once)."""
+
+    def __init__(self, source: SweepStore, stats, layer: int, scheduler: str | None = None,
+                 letter_data: str | Path | None = None):
+        from ..methods import LayerMethods
+
+        self.source, self.layer, self.letter_data = source, int(layer), letter_data
+        self.methods = LayerMethods(source.group, source.path, stats, layer, scheduler=scheduler)
+
+    def vector(self, method: str, k: int | None):
+        name, _, seed = method.partition(":")
+        if name == "random":
+            from ..controls import random_control
+
+            return random_control(self.methods.vector(RANDOM_BASE, k), int(seed))
+        if name == "letter":
+            from ..controls import letter_control
+
+            data = self.letter_data if self.letter_data is not None else self.source.twin_source()
+            return letter_control(self.source.path, self.layer, data, k,
+                                  model=self.source.group.basename)
+        return self.methods.vector(method, k)
+
+
+@dataclass
+class SweepStore:
+    """The training store of a sweep, opened once (:meth:`open`); pass it to
+    :func:`~actstore.evaluation.sweep.run_sweep` instead of a path to reuse it."""
+
+    path: str | Path
+    group: object
+    attrs: dict
+    _stats: object = None
+    _checked_models: set = field(default_factory=set)
+
+    @classmethod
+    def open(cls, path: str | Path, model_group: str | None = None) -> SweepStore:
+        from ..stores.roots import open_root, select_group
+
+        group = select_group(open_root(path, mode="r"), model_group, path)
+        return cls(path, group, dict(group.attrs))
+
+    @property
+    def layers(self) -> list[int]:
+        return [int(x) for x in self.attrs.get("layers", [])]
+
+    def check_grid(self, grid: Grid) -> None:
+        """The grid's layers and k against the store's attributes (nothing read but them)."""
+        grid.check_store(self.layers, int(self.attrs.get("hidden_size", 0)), self.path)
+
+    def check_model(self, loaded, force: bool = False) -> None:
+        """Refuse a model of other weights than the store's (unless ``force``); once per model."""
+        from ..stores import check_store_model
+
+        if loaded.fingerprint in self._checked_models:
+            return
+        check_store_model(self.attrs, loaded, force, self.path)
+        self._checked_models.add(loaded.fingerprint)
+
+    def twin_source(self) -> str:
+        """The file of the store's latest capture with option-swapped twins (for the letter control)."""
+        from ..stores.runs import read_runs
+
+        runs = [r for r in read_runs(self.group) if r.settings.get("swap_options")]
+        if not runs:
+            raise ActstoreError(f"{str(self.path)!r} holds no A/B capture with option-swapped twins: the letter "
+                                "control needs one (capture the A/B set without --no-swap-options)",
+                                param="letter_data")
+        return runs[-1].source
+
+    def statistics(self, scheduler: str | None = None):
+        if self._stats is None:
+            from ..stats import group_statistics
+
+            self._stats = group_statistics(self.group, self.path, scheduler=scheduler)
+        return self._stats
+
+
+def residual_norm(stats, layer: int) -> float:
+    """Root-mean-square norm of the captured activations at ``layer``, over all
+    classes: sqrt(sum_i E[h_i^2]), from the per-class count, mean and variance."""
+    sel = stats.sel(layer=layer)
+    count = sel["count"].values.astype(np.float64)
+    mean = sel["mean"].values.astype(np.float64)
+    var = np.nan_to_num(sel["var"].values.astype(np.float64))
+    second = var * ((count - 1) / count)[:, None] + mean ** 2  # E[h^2] per class
+    return float(math.sqrt(float((second * count[:, None]).sum(0).sum() / count.sum())))
+
+
+def scale_for(alpha: float, alpha_mode: str, vector_norm: float, layer_norm: float) -> float:
+    """The scale that multiplies the vector for ``alpha`` in ``alpha_mode``."""
+    if alpha_mode == "scale":
+        return alpha
+    added_norm = alpha if alpha_mode == "norm" else alpha * layer_norm
+    return added_norm / vector_norm if vector_norm > 0 else 0.0

@@ -1,0 +1,245 @@
+"""The files of one sweep folder, and resuming it.
+
+    baseline.json   the settings the folder was measured with, and the unsteered figures
+    results.csv     one row per configuration (layer, method, k, alpha): effects with intervals
+                    (:class:`~actstore.evaluation.rows.ResultRow`)
+    items.csv       one row per (configuration, scored item): layer, k, alpha, method, item,
+                    question, order, score (+ the protocol's other per-item metrics: A/B
+                    logodds); the unsteered rows have alpha 0, method "none", k "none" and no layer
+    windows.csv     one row per (configuration, perplexity window): document, nll (nats,
+                    summed), tokens
+    generations.jsonl  (generation protocols) the generated texts per configuration
+
+A configuration is done when its row is in results.csv. Its items and windows
+are appended before that row, so a run killed in between leaves rows of a
+configuration that is not done: they are dropped when the folder is opened
+again, and the configuration is measured anew. A results row cut by a kill
+(missing fields) is dropped the same way. Anyone can recompute every figure in
+results.csv from items.csv and windows.csv.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import ActstoreError
+from .grid import is_control
+from .intervals import bh_q_values
+from .rows import BASELINE, KEY, ItemRows, ResultRow, WindowRows, as_record, columns
+
+
+def _key(layer, method, k, alpha) -> tuple:
+    return (int(layer), str(method), str(k), float(alpha))
+
+
+def _read_csv(path: Path):
+    import pandas as pd
+
+    if not path.exists() or path.stat().st_size == 0:
+        return None
+    try:
+        return pd.read_csv(path, dtype={"k": str, "method": str, "item": str})
+    except (ValueError, pd.errors.ParserError, UnicodeDecodeError) as err:  # a damaged or foreign file
+        raise ActstoreError(f"{str(path)!r} cannot be read as this sweep's table ({str(err).splitlines()[0]}); "
+                            "move it away (the sweep rebuilds it) or choose another --out folder") from None
+
+
+def _replace_csv(frame, path: Path) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    frame.to_csv(tmp, index=False)
+    os.replace(tmp, path)  # one rename: a kill leaves the old file or the new one
+
+
+class Ledger:
+    """Owns a sweep folder: baseline, results, per-item and per-window rows, resume."""
+
+    def __init__(self, out_dir: str | Path, settings: dict, columns: list[str] | None = None,
+                 readonly: bool = False):
+        self.out_dir = Path(out_dir)
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        self.settings = settings
+        self.columns = list(columns) if columns is not None else _result_columns()
+        self.results_csv = self.out_dir / "results.csv"
+        self.items_csv = self.out_dir / "items.csv"
+        self.windows_csv = self.out_dir / "windows.csv"
+        self.generations = self.out_dir / "generations.jsonl"
+        self.baseline_file = self.out_dir / "baseline.json"
+        self.separation_csv = self.out_dir / "separation.csv"
+        self._separated: set[tuple[int, str, str]] | None = None
+        baseline = json.loads(self.baseline_file.read_text()) if self.baseline_file.exists() else None
+        results = _read_csv(self.results_csv)
+        if results is not None:
+            results = results.dropna(subset=[c for c in ("on_target_shift", "ppl_inflation") if c in results])
+        if baseline is not None and baseline.get("settings") != settings:
+            raise ActstoreError(
+                f"{str(self.out_dir)!r} holds results of another setting ({baseline.get('settings')}); "
+                f"this run's is {settings}; use a new --out folder"
+            )
+        if baseline is None and results is not None and len(results):
+            raise ActstoreError(f"{str(self.out_dir)!r} holds results.csv but no baseline.json; "
+                                "use a new --out folder")
+        self.baseline = baseline
+        self.done = set() if results is None else {_key(*row) for row in results[KEY].itertuples(index=False)}
+        self.readonly = readonly
+        if not readonly:  # a reader leaves a running sweep's files alone
+            self._drop_unfinished(results)
+
+    def _keep(self, frame):
+        """Rows of done configurations and, if the baseline is recorded, the unsteered ones."""
+        keys = [(_key(r.layer, r.method, r.k, r.alpha) if r.method != "none" else "baseline")
+                for r in frame[KEY].itertuples(index=False)]
+        return frame[[key in self.done or (key == "baseline" and self.baseline is not None) for key in keys]]
+
+    def _drop_unfinished(self, results) -> None:
+        if results is not None:  # columns added since the folder was written are empty in its old rows
+            _replace_csv(results.reindex(columns=list(self.columns)), self.results_csv)
+        for path in (self.items_csv, self.windows_csv):
+            frame = _read_csv(path)
+            if frame is not None:
+                kept = self._keep(frame)
+                if len(kept) != len(frame):
+                    _replace_csv(kept, path)
+        if self.generations.exists():
+            lines = [line for line in self.generations.read_text().splitlines() if line.strip()]
+            kept_lines = []
+            for line in lines:
+                try:
+                    record = json.loads(line)
+                except json.JSONDecodeError:
+                    continue  # a line cut by a kill
+                key = "baseline" if record["method"] == "none" else _key(*[record[c] for c in KEY])
+                if key in self.done or (key == "baseline" and self.baseline is not None):
+                    kept_lines.append(line)
+            if len(kept_lines) != len(lines):
+                tmp = self.generations.with_name(self.generations.name + ".tmp")
+                tmp.write_text("".join(line + "\n" for line in kept_lines))
+                os.replace(tmp, self.generations)
+
+    @classmethod
+    def open_existing(cls, out_dir: str | Path) -> Ledger:
+        """A sweep folder as it is (its own settings), read-only, e.g. to rewrite its report
+        while a sweep may still be appending to it."""
+        baseline_file = Path(out_dir) / "baseline.json"
+        if not baseline_file.is_file():
+            raise ActstoreError(f"{str(out_dir)!r} is not a sweep folder (no baseline.json)")
+        return cls(out_dir, json.loads(baseline_file.read_text())["settings"], readonly=True)
+
+    def is_done(self, layer: int, method: str, k: str, alpha: float) -> bool:
+        return _key(layer, method, k, alpha) in self.done
+
+    def _append_measures(self, items: ItemRows, windows: WindowRows, texts: list[str] | None) -> None:
+        frame = items.frame()
+        frame.to_csv(self.items_csv, mode="a", header=not self.items_csv.exists(), index=False)
+        frame = windows.frame()
+        frame.to_csv(self.windows_csv, mode="a", header=not self.windows_csv.exists(), index=False)
+        if texts is not None:
+            key = items.key
+            with self.generations.open("a") as handle:
+                for item, text in zip(items.item, texts):
+                    handle.write(json.dumps({"layer": None if key.layer != key.layer else key.layer,
+                                             "method": key.method, "k": key.k, "alpha": key.alpha,
+                                             "item": item, "text": text}) + "\n")
+
+    def record_baseline(self, items: ItemRows, windows: WindowRows, texts=None, **figures) -> dict:
+        """The unsteered per-item and per-window rows (key :data:`~actstore.evaluation.rows.BASELINE`),
+        then baseline.json (the commit)."""
+        if items.key != BASELINE or windows.key != BASELINE:
+            raise ValueError("the baseline's rows carry the BASELINE key")
+        self._append_measures(items, windows, texts)
+        self.baseline = {"settings": self.settings, **figures}
+        tmp = self.baseline_file.with_name(self.baseline_file.name + ".tmp")
+        tmp.write_text(json.dumps(self.baseline, indent=2))
+        os.replace(tmp, self.baseline_file)
+        return self.baseline
+
+    def baseline_measures(self) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray]:
+        """The unsteered per-item metrics and per-window (nll, tokens), in item/window order."""
+        items, windows = _read_csv(self.items_csv), _read_csv(self.windows_csv)
+        items = items[items["method"] == "none"]
+        windows = windows[windows["method"] == "none"].sort_values("window")
+        metrics = [c for c in items.columns if c not in ("layer", "k", "alpha", "method", "item", "question", "order")]
+        return ({m: items[m].to_numpy(dtype=np.float64) for m in metrics},
+                windows["nll"].to_numpy(dtype=np.float64), windows["tokens"].to_numpy(dtype=np.int64))
+
+    def record(self, row: ResultRow, items: ItemRows, windows: WindowRows, texts=None) -> None:
+        """One configuration: its items and windows, then its results row (the commit)."""
+        import pandas as pd
+
+        record = as_record(row) if isinstance(row, ResultRow) else dict(row)
+        self._append_measures(items, windows, texts)
+        exists = self.results_csv.exists()
+        line = pd.DataFrame([record], columns=self.columns).to_csv(header=not exists, index=False)
+        # The old bytes plus the row, renamed into place: a kill never leaves a cut row counted as done.
+        tmp = self.results_csv.with_name(self.results_csv.name + ".tmp")
+        tmp.write_bytes((self.results_csv.read_bytes() if exists else b"") + line.encode())
+        os.replace(tmp, self.results_csv)
+        self.done.add(_key(record["layer"], record["method"], record["k"], record["alpha"]))
+
+    def finish(self):
+        """results.csv with its ``q_value`` column filled (Benjamini-Hochberg per behavior over
+        every configuration done; the controls a family of their own), replaced whole; returns it."""
+        results = self.results()
+        if len(results) and not self.readonly:
+            _replace_csv(results.reindex(columns=self.columns), self.results_csv)
+        return results
+
+    def results(self):
+        import pandas as pd
+
+        frame = _read_csv(self.results_csv)
+        if frame is None:
+            return pd.DataFrame(columns=self.columns)
+        frame = frame.dropna(subset=["on_target_shift", "ppl_inflation"])  # a row cut by a kill
+        if "p_value" in frame and "behavior" in frame:
+            # q depends on the whole family: recomputed from the p-values whenever the table is read.
+            # Controls are their own family: they are not hypotheses about the behavior.
+            frame = frame.assign(q_value=np.nan)
+            control = frame["method"].map(is_control)
+            for _, rows in frame.groupby([frame["behavior"], control], sort=False):
+                frame.loc[rows.index, "q_value"] = bh_q_values(rows["p_value"].to_numpy(dtype=np.float64))
+        return frame
+
+    def windows(self):
+        """windows.csv, without the rows of a configuration not (yet) done."""
+        frame = _read_csv(self.windows_csv)
+        return None if frame is None else self._keep(frame)
+
+    def items(self):
+        """items.csv, without the rows of a configuration not (yet) done."""
+        frame = _read_csv(self.items_csv)
+        return None if frame is None else self._keep(frame)
+
+    def separation(self):
+        """separation.csv (held-out AUROC and Cohen's d per vector), or None."""
+        return _read_csv(self.separation_csv)
+
+    def is_separated(self, layer: int, method: str, k: str) -> bool:
+        """Whether separation.csv has this vector (read once, then kept up to date by
+        :meth:`record_separation`)."""
+        if self._separated is None:
+            frame = self.separation()
+            rows = () if frame is None else frame[["layer", "method", "k"]].itertuples(index=False)
+            self._separated = {(int(r.layer), str(r.method), str(r.k)) for r in rows}
+        return (int(layer), str(method), str(k)) in self._separated
+
+    def record_separation(self, row: dict) -> None:
+        """Add (or replace) one vector's held-out separation; the file is replaced whole."""
+        import pandas as pd
+
+        frame = self.separation()
+        new = pd.DataFrame([row])
+        if frame is not None:
+            same = ((frame["layer"] == row["layer"]) & (frame["method"] == row["method"])
+                    & (frame["k"] == str(row["k"])))
+            new = pd.concat([frame[~same], new], ignore_index=True)
+        _replace_csv(new, self.separation_csv)
+        if self._separated is not None:
+            self._separated.add((int(row["layer"]), str(row["method"]), str(row["k"])))
+
+
+def _result_columns() -> list[str]:
+    return columns(ResultRow)

@@ -1,0 +1,260 @@
+"""On-target protocols: what "the behavior moved" means, one object per kind of test set.
+
+A protocol scores each held-out item under whatever steering is active. The
+sweep calls :meth:`OnTarget.measure` once unsteered and once per
+configuration, and turns the per-item scores into paired shifts with intervals
+(:mod:`actstore.intervals`).
+
+* :class:`ABLetters`: CAA A/B questions, each scored as written and with its
+  options swapped (:func:`actstore.datasets.swap_options`), so that the
+  behavior's answer sits once under each letter; per item the log-odds
+  log P(matching) - log P(other) (the primary measure: a letter preference is
+  additive on it and cancels in the mean over a question's two orders) and the
+  probability score sigmoid(log-odds) (:class:`actstore.evaluation.scoring.ABScoring`).
+* :class:`FreeTextPreference`: free-text pairs (morality, StereoSet); score =
+  mean log p(positive) - mean log p(negative) per token
+  (:class:`actstore.evaluate.PreferenceScoring`).
+* :class:`GeneratedText`: steered greedy continuations of prompts, scored by a
+  pluggable ``texts -> scores`` callable (built in: ``vader``, the compound
+  sentiment of VADER, offline), plus two degeneration measures of each
+  generation as a second off-target measure: :func:`distinct_n` and
+  :func:`repeated_ngram_rate`.
+
+The first two run fixed batches, so the sweep can replay a cached block output
+under them (:mod:`actstore.replay`); generation cannot and runs the whole model.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+
+from ..errors import InputFormatError
+from .scoring import (
+    ABItem,
+    ABScoring,
+    probability,
+    PreferencePair,
+    PreferenceScoring,
+    generate,
+    read_ab_items,
+    read_preference_pairs,
+)
+from ..models import LoadedModel
+from .replay import Batch, Forward
+
+Scorer = Callable[[list[str]], Sequence[float]]
+
+
+class OnTarget(Protocol):
+    """What the sweep needs of an on-target measure."""
+
+    name: str  # recorded with the results: "ab", "preference", "generation:<scorer>"
+    item_ids: list[str]  # one per scored item, in order (e.g. "item 12", "item 12 swapped")
+    questions: np.ndarray  # (items,) int: the question of each item (the unit of the intervals)
+    orders: np.ndarray  # (items,) int: 0 as written, 1 with the options swapped
+    letter_signs: np.ndarray  # (items,) +1 / -1: whether the item's matching letter is its pair's earlier one
+    metrics: tuple[str, ...]  # per-item values measure() returns; "score" first
+    primary: str  # the metric the counts and the frontier use ("logodds" for A/B, else "score")
+
+    def batches(self) -> list[Batch]:
+        """The fixed batches :meth:`measure` runs (empty: it cannot be replayed)."""
+
+    def measure(self, loaded: LoadedModel, forward: Forward) -> dict[str, np.ndarray]:
+        """Per-item values ``{metric: (n_items,)}`` under the steering active now."""
+
+
+class _FixedBatches:
+    """A protocol whose items are scored from fixed batches (replayable); each item its own question."""
+
+    metrics: tuple[str, ...] = ("score",)
+    primary = "score"
+
+    def __init__(self, scoring, item_ids: list[str]):
+        self._scoring = scoring
+        self.item_ids = item_ids
+        self.questions = np.arange(len(item_ids))
+        self.orders = np.zeros(len(item_ids), dtype=np.int64)
+        self.letter_signs = np.zeros(len(item_ids), dtype=np.int64)
+
+    def batches(self) -> list[Batch]:
+        return self._scoring.batches
+
+    def measure(self, loaded: LoadedModel, forward: Forward) -> dict[str, np.ndarray]:
+        return {"score": self._scoring.scores(forward)}
+
+
+class ABLetters(_FixedBatches):
+    """CAA A/B questions, each in both answer orders (``both_orders=False``: as written only),
+    scored by the log-odds of the behavior-matching letter and its probability."""
+
+    name = "ab"
+    metrics = ("score", "logodds")
+    primary = "logodds"
+
+    def __init__(self, tokenizer, items: Sequence[ABItem], batch_size: int = 8, both_orders: bool = True):
+        from ..datasets import ABQuestion, swap_options
+
+        scored = list(items)
+        questions, orders, ids = list(range(len(scored))), [0] * len(scored), [item.where for item in scored]
+        if both_orders:
+            for index, item in enumerate(items):
+                twin = swap_options(ABQuestion(item.prompt, item.matching, item.other), where=item.where)
+                scored.append(ABItem(twin.question, twin.matching, twin.other, f"{item.where} swapped"))
+                questions.append(index)
+                orders.append(1)
+                ids.append(f"{item.where} swapped")
+        super().__init__(ABScoring(tokenizer, scored, batch_size), ids)
+        self.items = scored
+        self.questions = np.asarray(questions, dtype=np.int64)
+        self.orders = np.asarray(orders, dtype=np.int64)
+        # +1 where the matching letter is the earlier of the item's two letters (A of A/B): half the
+        # difference of a question's two orders, signed so, is a push toward the earlier letter.
+        self.letter_signs = np.asarray([1 if item.matching < item.other else -1 for item in scored], dtype=np.int64)
+
+    def measure(self, loaded: LoadedModel, forward: Forward) -> dict[str, np.ndarray]:
+        logodds = self._scoring.logodds(forward)
+        return {"score": probability(logodds), "logodds": logodds}
+
+
+class FreeTextPreference(_FixedBatches):
+    """Free-text pairs scored by the per-token log-likelihood preference for the positive text."""
+
+    name = "preference"
+
+    def __init__(self, tokenizer, pairs: Sequence[PreferencePair], batch_size: int = 8):
+        super().__init__(PreferenceScoring(tokenizer, pairs, batch_size), [pair.where for pair in pairs])
+
+
+def _words(text: str) -> list[str]:
+    return text.lower().split()
+
+
+def distinct_n(text: str, n: int = 2) -> float:
+    """Distinct word n-grams / all word n-grams of one text (1.0: no n-gram repeats;
+    NaN for a text of fewer than ``n`` words)."""
+    words = _words(text)
+    grams = [tuple(words[i : i + n]) for i in range(len(words) - n + 1)]
+    return len(set(grams)) / len(grams) if grams else float("nan")
+
+
+def repeated_ngram_rate(text: str, n: int = 3) -> float:
+    """Fraction of word n-grams that already occurred earlier in the same text
+    (0.0: no repetition; the loops steering can cause push it toward 1)."""
+    words = _words(text)
+    seen, repeated, total = set(), 0, 0
+    for i in range(len(words) - n + 1):
+        gram = tuple(words[i : i + n])
+        repeated += gram in seen
+        total += 1
+        seen.add(gram)
+    return repeated / total if total else float("nan")
+
+
+def vader_compound(texts: list[str]) -> list[float]:
+    """VADER compound sentiment in [-1, 1] per text (``vaderSentiment``, MIT; its
+    lexicon ships inside the package, nothing is downloaded)."""
+    from vaderSentiment.vaderSentiment import SentimentIntensityAnalyzer
+
+    analyzer = SentimentIntensityAnalyzer()
+    return [float(analyzer.polarity_scores(text)["compound"]) for text in texts]
+
+
+SCORERS: dict[str, Scorer] = {"vader": vader_compound}
+
+
+class GeneratedText:
+    """Prompts continued by the (steered) model, each continuation scored by ``scorer``.
+
+    ``measure`` returns ``score`` (the scorer's), ``distinct_2`` and
+    ``repeated_3gram`` per prompt; the generations themselves are kept in
+    :attr:`last_texts` (the sweep writes them to generations.jsonl).
+    """
+
+    metrics = ("score", "distinct_2", "repeated_3gram")
+    primary = "score"
+
+    def __init__(self, prompts: Sequence[str], scorer: Scorer | str = "vader", max_new_tokens: int = 40,
+                 batch_size: int = 8, item_ids: Sequence[str] | None = None):
+        if not prompts:
+            raise InputFormatError("no prompts to generate from")
+        if isinstance(scorer, str):
+            if scorer not in SCORERS:
+                raise InputFormatError(f"scorer {scorer!r}: expected one of {sorted(SCORERS)}")
+            scorer = SCORERS[scorer]
+        self.prompts = list(prompts)
+        self.scorer = scorer
+        self.max_new_tokens = int(max_new_tokens)
+        self.batch_size = int(batch_size)
+        self.item_ids = list(item_ids) if item_ids is not None else [f"prompt {i + 1}" for i in range(len(prompts))]
+        self.questions = np.arange(len(self.item_ids))
+        self.orders = np.zeros(len(self.item_ids), dtype=np.int64)
+        self.letter_signs = np.zeros(len(self.item_ids), dtype=np.int64)
+        self.name = f"generation:{getattr(scorer, '__name__', 'scorer')}"
+        self.last_texts: list[str] = []
+
+    def batches(self) -> list[Batch]:
+        return []
+
+    def measure(self, loaded: LoadedModel, forward: Forward) -> dict[str, np.ndarray]:
+        texts: list[str] = []
+        for start in range(0, len(self.prompts), self.batch_size):
+            texts += generate(loaded.model, loaded.tokenizer, self.prompts[start : start + self.batch_size],
+                              max_new_tokens=self.max_new_tokens)
+        scores = np.asarray(self.scorer(texts), dtype=np.float64)
+        if scores.shape != (len(texts),):
+            raise InputFormatError(f"the scorer returned {scores.shape[0] if scores.ndim else 0} scores for "
+                                   f"{len(texts)} texts")
+        self.last_texts = texts
+        return {"score": scores,
+                "distinct_2": np.array([distinct_n(t, 2) for t in texts]),
+                "repeated_3gram": np.array([repeated_ngram_rate(t, 3) for t in texts])}
+
+
+def read_prompts(path: str | Path) -> list[str]:
+    """Prompts for generation: a text file (one prompt a line), or JSON/JSONL
+    whose records have a ``prompt`` field (or are strings)."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputFormatError(f"prompts file {str(path)!r} does not exist")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise InputFormatError(f"{str(path)!r} is not valid UTF-8") from None
+    if path.suffix in (".json", ".jsonl"):
+        try:
+            records = (json.loads(text) if path.suffix == ".json"
+                       else [json.loads(line) for line in text.splitlines() if line.strip()])
+        except json.JSONDecodeError as err:
+            raise InputFormatError(f"{str(path)!r}: not valid JSON ({err.msg}, line {err.lineno})") from None
+        prompts = []
+        for i, record in enumerate(records if isinstance(records, list) else [records]):
+            value = record.get("prompt") if isinstance(record, dict) else record
+            if not isinstance(value, str) or not value.strip():
+                raise InputFormatError(f"{str(path)!r} item {i + 1}: expected a string or a 'prompt' field")
+            prompts.append(value)
+    else:
+        prompts = [line for line in text.splitlines() if line.strip()]
+    if not prompts:
+        raise InputFormatError(f"{str(path)!r} holds no prompts")
+    return prompts
+
+
+def protocol_for_file(tokenizer, path: str | Path, batch_size: int = 8, max_items: int | None = None,
+                      both_orders: bool = True) -> OnTarget:
+    """The on-target protocol a held-out file calls for: A/B letters (both answer orders)
+    where every text ends in an answer like ``(A)`` (or the file holds CAA items), the
+    free-text preference for other pairs. ``max_items``: the first N questions."""
+    from ..datasets import read_contrast_set
+
+    contrast = read_contrast_set(path)
+    if contrast.format == "caa" or (contrast.format == "pairs" and contrast.is_ab):
+        return ABLetters(tokenizer, read_ab_items(path)[:max_items], batch_size, both_orders)
+    if contrast.format == "pairs":
+        return FreeTextPreference(tokenizer, read_preference_pairs(path)[:max_items], batch_size)
+    raise InputFormatError(f"{str(path)!r}: held-out items must be A/B items or positive/negative pairs, "
+                           "not labeled texts")

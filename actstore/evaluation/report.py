@@ -1,0 +1,392 @@
+"""What a sweep folder says: results.md, frontier.csv, contrasts.csv, steerability.csv, plots.
+
+:func:`write_report` reads the folder (:class:`~actstore.evaluation.ledger.Ledger`)
+and writes, beside its tables:
+
+* frontier.csv (:func:`actstore.evaluation.frontier.frontier`): every vector's
+  shift at exactly each budget, interpolated, with the paired difference from
+  the dense vector and the fraction of it, intervals from a bootstrap that
+  redoes the interpolation;
+* contrasts.csv: the primary contrasts, Holm-corrected as a family;
+* steerability.csv: per vector, the per-question slopes;
+* results.md: counts that say how many would be expected by chance and how many
+  survive Benjamini-Hochberg, with their signs; where the log-odds and the
+  probability scale disagree; the letter bias; the frontier; the contrasts;
+* frontier_<behavior>.png: the interpolated curves with their bands.
+
+Plots use matplotlib's object API on an Agg canvas: the process-wide backend
+is never switched (notebooks keep their inline plots).
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+
+from .frontier import Contrast, Evidence, Paths, _k_order, contrasts, frontier, interpolate_at, steerability
+from .grid import is_control
+from .rows import ContrastRow, FrontierRow, SteerabilityRow, as_record, columns, primary_columns
+
+X_LIMIT = 100.0  # frontier plots show inflation up to this
+ALPHA_LEVEL = 0.05
+CURVE_POINTS = 40
+
+
+def _fmt(value, spec=".3g") -> str:
+    return "n/a" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:{spec}}"
+
+
+def _ci(estimate, low, high, spec=".3g") -> str:
+    return f"{_fmt(estimate, spec)} [{_fmt(low, spec)}, {_fmt(high, spec)}]"
+
+
+def _md_table(header: list[str], lines: list[list[str]]) -> list[str]:
+    return (["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+            + ["| " + " | ".join(cells) + " |" for cells in lines])
+
+
+def _vector(row) -> str:
+    return f"{row['method']} k={row['k']}" if row["k"] != "dense" else f"{row['method']} dense"
+
+
+def count_line(results, what: str = "configurations") -> str:
+    """"k of M have an interval excluding zero (M x 0.05 expected with no effect at all): a up,
+    b down; j at q < 0.05 (c up, d down)", on the primary measure."""
+    shift, low, high = primary_columns(str(results["measure"].iloc[0]) if len(results) else "score")
+    m = len(results)
+    up = int((results[low] > 0).sum())
+    down = int((results[high] < 0).sum())
+    q = results["q_value"].to_numpy(dtype=float) if "q_value" in results else np.full(m, np.nan)
+    sig = q < ALPHA_LEVEL
+    q_up = int((sig & (results[shift].to_numpy(dtype=float) > 0)).sum())
+    q_down = int((sig & (results[shift].to_numpy(dtype=float) < 0)).sum())
+    return (f"{up + down} of {m} {what} have an interval excluding zero ({m} x {ALPHA_LEVEL:g} = "
+            f"{m * ALPHA_LEVEL:.2g} expected with no effect at all): {up} up, {down} down; "
+            f"{q_up + q_down} at q < {ALPHA_LEVEL:g} (Benjamini-Hochberg; {q_up} up, {q_down} down)")
+
+
+def _count_lines(results) -> list[str]:
+    measure = str(results["measure"].iloc[0])
+    scale = "log-odds of the matching letter (both answer orders)" if measure == "logodds" else "score"
+    lines = [f"Primary measure: the shift in the {scale}, per question, paired t interval over questions.", ""]
+    methods = results[~results["method"].map(is_control)]
+    controls = results[results["method"].map(is_control)]
+    lines.append("- Vectors: " + count_line(methods) + ".")
+    if len(controls):
+        lines.append("- Controls (random directions, the letter direction): " + count_line(controls) + ".")
+    shift, low, high = primary_columns(measure)
+    found = results[(results["q_value"] < ALPHA_LEVEL)].sort_values(shift, ascending=False)
+    if len(found):
+        lines += ["", f"At q < {ALPHA_LEVEL:g}:"]
+        for row in found.head(12).to_dict("records"):
+            lines.append(f"- layer {row['layer']} {_vector(row)} alpha {row['alpha']:.4g}: shift "
+                         f"{_ci(row[shift], row[low], row[high])}, q {row['q_value']:.2g}, inflation "
+                         f"{_ci(row['ppl_inflation'], row['ppl_inflation_ci_low'], row['ppl_inflation_ci_high'])}")
+        if len(found) > 12:
+            lines.append(f"- ... and {len(found) - 12} more (results.csv, column q_value)")
+    half = (results[high] - results[low]) / 2
+    if len(results) and half.min() > results[shift].abs().max():
+        lines += ["", f"**Warning: too few items to tell.** Every interval is wider (half-width >= {half.min():.3g}) "
+                  f"than every measured effect (largest |shift| {results[shift].abs().max():.3g}): use more test "
+                  "items."]
+    return lines
+
+
+def _scale_lines(results) -> list[str]:
+    """A/B: where the log-odds and the probability scale disagree; the letter bias."""
+    if str(results["measure"].iloc[0]) != "logodds":
+        return []
+    lo = np.sign(np.where(results["shift_logodds_ci_low"] > 0, 1, np.where(results["shift_logodds_ci_high"] < 0,
+                                                                           -1, 0)))
+    pr = np.where(results["on_target_ci_low"] > 0, 1, np.where(results["on_target_ci_high"] < 0, -1, 0))
+    disagree = results[lo != pr]
+    lines = ["## The two scales and the answer letter", "",
+             f"An effect is **established** only where the log-odds and the probability-scale shift both exclude "
+             f"zero on the same side: {int(results['established'].astype(bool).sum())} of {len(results)} "
+             f"configurations. The scales disagree in {len(disagree)}"
+             + (":" if len(disagree) else ".")]
+    for row in disagree.head(10).to_dict("records"):
+        lines.append(f"- layer {row['layer']} {_vector(row)} alpha {row['alpha']:.4g}: log-odds "
+                     f"{_ci(row['shift_logodds'], row['shift_logodds_ci_low'], row['shift_logodds_ci_high'])}, "
+                     f"probability {_ci(row['on_target_shift'], row['on_target_ci_low'], row['on_target_ci_high'])}")
+    if len(disagree) > 10:
+        lines.append(f"- ... and {len(disagree) - 10} more")
+    bias = results[(results["letter_bias_ci_low"] > 0) | (results["letter_bias_ci_high"] < 0)]
+    lines += ["", "Letter bias: per question, half the difference between its two answer orders' log-odds shifts, "
+              "signed toward the earlier letter of its pair (A of A/B); it cancels in the shifts above. "
+              f"{len(bias)} of {len(results)} configurations push a letter detectably "
+              f"({int((bias['letter_bias'] > 0).sum())} toward the earlier letter, "
+              f"{int((bias['letter_bias'] < 0).sum())} toward the later)"
+              + (", the largest:" if len(bias) else ".")]
+    for row in bias.reindex(bias["letter_bias"].abs().sort_values(ascending=False).index).head(5).to_dict("records"):
+        lines.append(f"- layer {row['layer']} {_vector(row)} alpha {row['alpha']:.4g}: letter bias "
+                     f"{_ci(row['letter_bias'], row['letter_bias_ci_low'], row['letter_bias_ci_high'])} log-odds")
+    return lines + [""]
+
+
+def _frontier_lines(rows: list[FrontierRow], unit: str) -> list[str]:
+    lines = ["## Frontier: each vector's shift at exactly each perplexity budget", "",
+             "Interpolated along the vector's own alpha path on log-inflation, from the unsteered model (never "
+             "extrapolated: a budget beyond its largest measured inflation is 'not reached'). Intervals: percentile "
+             f"bootstrap resampling questions and perplexity {unit}s together, the interpolation redone in each "
+             "resample (so they include where the budget falls). The primary figure is the paired difference "
+             "from the dense vector at the same budget; the fraction of dense is given where the dense shift's "
+             "interval excludes zero. 'defined': the share of resamples that reach the budget (the intervals are "
+             "over those).", ""]
+    reached = [r for r in rows if r.reached and not is_control(r.method)]
+    if reached:
+        up = sum(r.ci_low > 0 for r in reached)
+        down = sum(r.ci_high < 0 for r in reached)
+        q = [r for r in reached if r.q_value < ALPHA_LEVEL]
+        lines += [f"Shifts at the budgets: {up + down} of {len(reached)} have an interval excluding zero "
+                  f"({len(reached)} x {ALPHA_LEVEL:g} = {len(reached) * ALPHA_LEVEL:.2g} expected with no effect at "
+                  f"all): {up} up, {down} down; {len(q)} at q < {ALPHA_LEVEL:g} (Benjamini-Hochberg; "
+                  f"{sum(r.shift > 0 for r in q)} up, {sum(r.shift < 0 for r in q)} down).", ""]
+    beyond = [r for r in reached if not math.isnan(r.minus_random)]
+    if beyond:
+        q = [r for r in beyond if r.minus_random_q_value < ALPHA_LEVEL]
+        lines += [f"Beyond the random control of the same k: {len(q)} of {len(beyond)} at q < {ALPHA_LEVEL:g} "
+                  f"({sum(r.minus_random > 0 for r in q)} more than random, {sum(r.minus_random < 0 for r in q)} "
+                  "less); the others are what any push of that size does.", ""]
+    cells = []
+    for row in rows:
+        if not row.reached:
+            cells.append([str(row.layer), f"{row.method} {row.k}", f"{row.budget:g}", "not reached", "", "", "", "",
+                          "", ""])
+            continue
+        cells.append([str(row.layer), f"{row.method} {row.k}", f"{row.budget:g}", _fmt(row.alpha, ".3g"),
+                      _ci(row.shift, row.ci_low, row.ci_high), _fmt(row.q_value, ".2g"), _fmt(row.boot_defined, ".2f"),
+                      _ci(row.diff_vs_dense, row.diff_ci_low, row.diff_ci_high) if row.reference else "(reference)",
+                      _ci(row.fraction, row.fraction_ci_low, row.fraction_ci_high)
+                      if not math.isnan(row.fraction) else "",
+                      _ci(row.minus_random, row.minus_random_ci_low, row.minus_random_ci_high)
+                      if not math.isnan(row.minus_random) else ""])
+    return lines + _md_table(["layer", "vector", "budget", "alpha", "shift [95% CI]", "q", "defined",
+                              "minus dense [95% CI]", "fraction of dense [95% CI]", "minus random [95% CI]"],
+                             cells) + [""]
+
+
+def _contrast_lines(rows: list[ContrastRow], prespecified: bool) -> list[str]:
+    lines = ["## Primary contrasts (Holm-corrected as a family)", "",
+             ("The family was pre-specified for this sweep." if prespecified else
+              "No family was pre-specified: every sparse vector minus the dense one at its layer, and whitened "
+              "minus ENR at the same k, at every budget, make the family (a larger family, a stricter Holm)."),
+             "Each contrast is a paired difference of interpolated shifts at its budget, with a bootstrap interval "
+             "(questions and documents resampled together, the interpolation redone; a 'best other layer' chosen "
+             "again in each resample).", ""]
+    tested = [r for r in rows if not math.isnan(r.p_value)]
+    if not tested:
+        return lines + ["No contrast of the family has both sides reached at its budget.", ""]
+    m = len(tested)
+    raw = sum(r.ci_low > 0 or r.ci_high < 0 for r in tested)
+    held = [r for r in tested if r.p_holm < ALPHA_LEVEL]
+    lines += [f"{raw} of {m} contrasts have an interval excluding zero ({m} x {ALPHA_LEVEL:g} = "
+              f"{m * ALPHA_LEVEL:.2g} expected by chance); {len(held)} at Holm-adjusted p < {ALPHA_LEVEL:g} "
+              f"({sum(r.estimate > 0 for r in held)} positive, {sum(r.estimate < 0 for r in held)} negative)"
+              + (f"; {len(rows) - m} not tested (a side not reached at the budget)." if len(rows) > m else "."), ""]
+    lines += _md_table(["contrast", "layer", "budget", "vector", "minus", "difference [95% CI]", "p", "Holm p"],
+                       [[r.contrast, str(r.layer), f"{r.budget:g}", f"{r.method} k={r.k}", r.reference,
+                         _ci(r.estimate, r.ci_low, r.ci_high), _fmt(r.p_value, ".2g"), _fmt(r.p_holm, ".2g")]
+                        for r in rows])
+    return lines + [""]
+
+
+def _steerability_lines(rows: list[SteerabilityRow], alpha_mode: str) -> list[str]:
+    if not rows:
+        return []
+    unit = {"fraction": "per unit of residual-norm fraction", "norm": "per unit of added norm",
+            "scale": "per unit of scale"}[alpha_mode]
+    lines = ["## Per-question steerability", "",
+             f"Each question's least-squares slope of its primary measure over alpha ({unit}; the unsteered model "
+             "at alpha 0), as steering-bench reports it (Tan et al. 2024): the mean slope (t over questions), the "
+             "spread of the slopes (sd) and the anti-steerable share (questions whose slope is negative), the last "
+             "two with bootstrap intervals over questions. A mean shift hides a vector that moves half the "
+             "questions the wrong way; the spread and the share show it.", ""]
+    return lines + _md_table(["layer", "vector", "questions", "mean slope [95% CI]", "sd of slopes [95% CI]",
+                              "anti-steerable [95% CI]"],
+                             [[str(r.layer), f"{r.method} {r.k}", str(r.n_questions),
+                               _ci(r.slope_mean, r.slope_ci_low, r.slope_ci_high),
+                               _ci(r.slope_sd, r.slope_sd_ci_low, r.slope_sd_ci_high),
+                               _ci(r.anti_steerable, r.anti_ci_low, r.anti_ci_high, ".2f")] for r in rows]) + [""]
+
+
+def plot_frontier(paths: Paths, behavior: str, budgets, path: Path) -> Path:
+    """Shift (primary measure) against perplexity inflation (log x), one panel per layer, one
+    interpolated curve per vector with its bootstrap band (95%), measured points marked (a
+    vector that never inflates perplexity has its points only)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+    from matplotlib.ticker import FuncFormatter, NullLocator
+
+    vectors = [v for v in paths.index if v[0] == behavior]
+    layers = sorted({int(v[1]) for v in vectors})
+    kinds = sorted({(v[2], v[3]) for v in vectors}, key=lambda v: (is_control(v[0]), v[0], _k_order(v[1])))
+    colors = {v: f"C{i % 10}" for i, v in enumerate(kinds)}
+    columns_ = min(len(layers), 4)
+    lines_ = math.ceil(len(layers) / columns_)
+    fig = Figure(figsize=(max(3.6 * columns_ + 1.2, 7.5), 3.2 * lines_ + 1.4))
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(lines_, columns_, sharey=True, squeeze=False).ravel()
+    several = len({v[2] for v in vectors}) > 1
+    for ax, layer in zip(axes, layers):
+        top = 1.0
+        for kind in kinds:
+            vector = (behavior, layer, *kind)
+            if vector not in paths.index:
+                continue
+            rows = paths.index[vector]
+            measured = np.exp(paths.log_inflation[rows])
+            top = max(top, float(measured.max()))
+            label = ("dense" if kind[1] == "dense" else f"k={kind[1]}") + (f" ({kind[0]})" if several else "")
+            ax.plot(measured, paths.shift[rows], "o", markersize=3, color=colors[kind], label=label)
+            high = float(np.log(min(measured.max(), X_LIMIT)))
+            if high <= 0:
+                continue  # never more damage than the unsteered model: no path to interpolate along
+            grid = np.linspace(high / CURVE_POINTS, high, CURVE_POINTS)
+            curve, band = [], []
+            for x in grid:
+                shift, _, draws = paths.at(vector, float(x))
+                curve.append(shift)
+                finite = draws[np.isfinite(draws)]
+                band.append(np.percentile(finite, [2.5, 97.5]) if finite.size else (np.nan, np.nan))
+            band = np.asarray(band)
+            ax.plot(np.exp(np.r_[0, grid]), np.r_[0, curve], color=colors[kind], linewidth=1.2,
+                    linestyle=":" if is_control(kind[0]) else "-")
+            ax.fill_between(np.exp(grid), band[:, 0], band[:, 1], color=colors[kind], alpha=0.12, linewidth=0)
+        for budget in budgets:
+            ax.axvline(budget, color="grey", linestyle=":", linewidth=0.8)
+        ax.axhline(0.0, color="black", linewidth=0.6)
+        ax.set_xscale("log")
+        ax.set_xlim(0.98, min(X_LIMIT, max(top * 1.1, max(budgets) * 1.2)))
+        low, high = ax.get_xlim()
+        ticks = (1, 1.25, 1.5, 2, 3) if high < 4 else (1, 2, 5, 10, 20, 50, 100)  # labels that do not collide
+        ax.set_xticks([t for t in ticks if low <= t <= high])
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}x"))
+        ax.xaxis.set_minor_locator(NullLocator())
+        ax.set_title(f"layer {layer}", fontsize=9)
+        ax.set_xlabel("perplexity inflation (steered / base)", fontsize=8)
+        ax.tick_params(labelsize=7)
+        ax.grid(True, alpha=0.3)
+    for ax in axes[len(layers):]:
+        ax.set_visible(False)
+    scale = "log-odds shift" if paths.evidence.measure == "logodds" else "on-target shift"
+    axes[0].set_ylabel(f"{scale} (95% band)", fontsize=8)
+    handles, labels = axes[0].get_legend_handles_labels()
+    if labels:
+        fig.legend(handles, labels, loc="outside lower center", ncol=min(len(labels), 4), fontsize=8, frameon=False)
+    fig.suptitle(f"{behavior}: on-target shift against off-target damage, interpolated along each vector's "
+                 f"alphas\n(dotted verticals: budgets {', '.join(f'{b:g}x' for b in budgets)}; dotted curves: "
+                 "controls)", fontsize=10)
+    fig.set_layout_engine("constrained")
+    fig.savefig(path, dpi=110)
+    return path
+
+
+def plot_separation(rows, path: Path) -> Path:
+    """AUROC with its interval for every vector, one panel per layer."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    layers = sorted(rows["layer"].unique())
+    fig = Figure(figsize=(3.4 * len(layers) + 0.8, 3.4))
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(1, len(layers), sharey=True, squeeze=False).ravel()
+    for ax, layer in zip(axes, layers):
+        at = rows[rows["layer"] == layer]
+        at = at.iloc[sorted(range(len(at)), key=lambda i: (at["method"].iloc[i], _k_order(str(at["k"].iloc[i]))))]
+        labels = [f"{m} {k}" for m, k in zip(at["method"], at["k"])]
+        y = np.arange(len(at))
+        ax.errorbar(at["auroc"], y, xerr=[at["auroc"] - at["auroc_ci_low"], at["auroc_ci_high"] - at["auroc"]],
+                    fmt="o", markersize=4, capsize=2, color="C0")
+        ax.axvline(0.5, color="grey", linestyle=":", linewidth=0.8)
+        ax.set_yticks(y, labels, fontsize=7)
+        ax.set_xlim(0, 1)
+        ax.set_title(f"layer {layer}", fontsize=9)
+        ax.set_xlabel("held-out AUROC (95% CI)", fontsize=8)
+        ax.tick_params(labelsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    return path
+
+
+def _write_rows(rows, record_type, path: Path) -> None:
+    import pandas as pd
+
+    pd.DataFrame([as_record(r) for r in rows], columns=columns(record_type)).to_csv(path, index=False)
+
+
+def write_report(ledger, budgets, family: list[Contrast] | None = None) -> Path:
+    """frontier.csv, contrasts.csv, steerability.csv, results.md and the plots in the ledger's folder.
+    ``family``: the pre-specified primary contrasts (default :func:`~actstore.evaluation.frontier.default_contrasts`)."""
+    out_dir = Path(ledger.out_dir)
+    results = ledger.results()
+    if not len(results):
+        return out_dir
+    items, windows = ledger.items(), ledger.windows()
+    settings = ledger.baseline["settings"]
+    evidence = Evidence.from_tables(results, items, windows)
+    paths = Paths.of(evidence)
+    table = frontier(paths, budgets)
+    primary = contrasts(paths, budgets, family)
+    steer_rows = steerability(evidence.results, items)
+    _write_rows(table, FrontierRow, out_dir / "frontier.csv")
+    _write_rows(primary, ContrastRow, out_dir / "contrasts.csv")
+    _write_rows(steer_rows, SteerabilityRow, out_dir / "steerability.csv")
+    questions = settings.get("questions", settings["items"])
+    seeds = sorted({m.split(":", 1)[1] for m in results["method"].unique() if str(m).startswith("random:")}, key=int)
+    orders = " (each in both answer orders)" if settings["items"] == 2 * questions else ""
+    lines = ["# Steering sweep", "",
+             f"Protocol {settings['protocol']!r} on {questions} held-out questions{orders}; perplexity on "
+             f"{settings['ppl_tokens']} tokens from {settings.get('ppl_documents', 1)} document(s) in "
+             f"{settings.get('ppl_window', 256)}-token windows; alpha is "
+             + {"fraction": "the added norm as a fraction of the layer's residual norm",
+                "norm": "the added norm", "scale": "the scale of each vector"}[settings["alpha_mode"]]
+             + (f"; steered positions: {settings['positions']}" if "positions" in settings else "")
+             + (f"; random-control seeds {', '.join(seeds)}" if seeds else "")
+             + f". Unsteered: on-target {ledger.baseline['on_target']:.4g}, perplexity {ledger.baseline['ppl']:.4g}. "
+             f"Every interval is 95%: shifts paired over questions (t), inflation paired over perplexity "
+             f"{evidence.unit}s (bootstrap).", ""]
+    lines += ["## How many configurations move the behavior", ""] + _count_lines(results) + [""]
+    lines += _scale_lines(results)
+    lines += _frontier_lines(table, evidence.unit)
+    lines += _contrast_lines(primary, family is not None)
+    lines += _steerability_lines(steer_rows, settings["alpha_mode"])
+    if "distinct_2_shift" in results and results["distinct_2_shift"].notna().any():
+        lines += ["## Degeneration of the generations (paired over prompts)", ""]
+        lines += _md_table(["layer", "vector", "alpha", "distinct-2 shift [95% CI]",
+                            "repeated 3-gram rate shift [95% CI]"],
+                           [[str(r["layer"]), _vector(r), f"{r['alpha']:.4g}",
+                             _ci(r["distinct_2_shift"], r["distinct_2_ci_low"], r["distinct_2_ci_high"]),
+                             _ci(r["repeated_3gram_shift"], r["repeated_3gram_ci_low"], r["repeated_3gram_ci_high"])]
+                            for r in results.to_dict("records")]) + [""]
+    separation = ledger.separation()
+    if separation is not None and len(separation):
+        lines += ["## Separation of held-out pairs (no generation)", "",
+                  "Projections h.v/|v| of the held-out pos and neg texts onto each vector at its layer: AUROC "
+                  "(0.5 is chance) and Cohen's d, 95% bootstrap intervals over pairs.", ""]
+        lines += _md_table(["layer", "method", "k", "AUROC [95% CI]", "Cohen's d [95% CI]", "n pos + neg"],
+                           [[str(r["layer"]), str(r["method"]), str(r["k"]),
+                             _ci(r["auroc"], r["auroc_ci_low"], r["auroc_ci_high"]),
+                             _ci(r["cohens_d"], r["d_ci_low"], r["d_ci_high"]),
+                             f"{int(r['n_pos'])} + {int(r['n_neg'])}"]
+                            for r in separation.sort_values(["layer", "method", "k"], kind="stable")
+                            .to_dict("records")]) + [""]
+        for behavior in separation["behavior"].unique():
+            plot_separation(separation[separation["behavior"] == behavior], out_dir / f"separation_{behavior}.png")
+    seconds = results["seconds"].to_numpy(dtype=float)
+    lines += ["## Cost", "",
+              f"{len(results)} configurations, median {np.median(seconds):.3g} s each "
+              f"({3600 / np.mean(seconds):.0f} configurations per hour at the mean, {seconds.sum():.0f} s in all; "
+              "the first configuration at each layer includes computing that layer's cached block outputs).", ""]
+    for behavior in sorted(results["behavior"].unique()):
+        name = f"frontier_{behavior}.png"
+        plot_frontier(paths, behavior, budgets, out_dir / name)
+        lines += [f"![{behavior} frontier]({name})", ""]
+    path = out_dir / "results.md"
+    path.write_text("\n".join(lines))
+    return path
+
+
+__all__ = ["count_line", "interpolate_at", "plot_frontier", "plot_separation", "write_report"]

@@ -1,0 +1,267 @@
+"""The rows of a sweep folder's tables, each column defined once.
+
+    results.csv      :class:`ResultRow`, one per configuration (layer, method, k, alpha)
+    items.csv        :class:`ItemRows`, one block of rows per configuration: one row per scored item
+    windows.csv      :class:`WindowRows`, one block per configuration: one row per perplexity window
+    frontier.csv     :class:`FrontierRow`, one per (behavior, layer, method, k, budget)
+    contrasts.csv    :class:`ContrastRow`, one per pre-specified contrast (Holm-corrected as a family)
+    steerability.csv :class:`SteerabilityRow`, one per vector (behavior, layer, method, k)
+
+A table's columns are its record's fields in order (:func:`columns`); a row is
+written with :func:`as_record`. The unsteered rows of items.csv and
+windows.csv carry :data:`BASELINE` as their key.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field, fields
+
+import numpy as np
+
+NAN = math.nan
+
+
+def columns(record_type) -> list[str]:
+    """The table's columns: the record's fields, in order."""
+    return [f.name for f in fields(record_type)]
+
+
+def as_record(row) -> dict:
+    return asdict(row)
+
+
+@dataclass(frozen=True)
+class ConfigKey:
+    """One configuration: a vector (layer, method, k) at one alpha. ``k``: "dense" or an integer's text."""
+
+    layer: float  # NaN for the unsteered rows
+    method: str
+    k: str
+    alpha: float
+
+    def as_tuple(self) -> tuple:
+        return (int(self.layer), str(self.method), str(self.k), float(self.alpha))
+
+
+BASELINE = ConfigKey(NAN, "none", "none", 0.0)
+KEY = ["layer", "method", "k", "alpha"]
+
+
+@dataclass(frozen=True)
+class ResultRow:
+    """One configuration against the unsteered model (every interval 95%).
+
+    ``on_target_*``: the probability-scale shift (A/B: P(matching) over the two letters;
+    preference and generation: their score), per question the mean over its answer
+    orders, paired t over questions. ``shift_logodds_*``: the same on log-odds (A/B only).
+    ``letter_bias_*``: per question half the difference of its two orders' log-odds
+    shifts, signed toward the earlier letter of the pair (A of A/B), t over questions:
+    a pure letter push shows here and cancels in the shifts. ``measure``: which shift
+    is primary (``logodds`` for A/B, else ``score``); ``p_value`` (paired t) and
+    ``q_value`` (Benjamini-Hochberg over the behavior's configurations, the controls' a family
+    of their own) are its;
+    ``detectable``: its interval excludes zero; ``established``: both scales' intervals
+    exclude zero on the same side (A/B; otherwise = detectable).
+    """
+
+    behavior: str
+    model: str
+    protocol: str
+    layer: int
+    method: str
+    k: str
+    alpha: float
+    alpha_mode: str
+    scale: float
+    added_norm: float
+    norm_fraction: float
+    vector_norm: float
+    residual_norm: float
+    on_target: float
+    on_target_base: float
+    on_target_shift: float
+    on_target_ci_low: float
+    on_target_ci_high: float
+    shift_logodds: float
+    shift_logodds_ci_low: float
+    shift_logodds_ci_high: float
+    letter_bias: float
+    letter_bias_ci_low: float
+    letter_bias_ci_high: float
+    measure: str
+    p_value: float
+    q_value: float
+    detectable: bool
+    established: bool
+    ppl: float
+    ppl_base: float
+    ppl_inflation: float
+    ppl_inflation_ci_low: float
+    ppl_inflation_ci_high: float
+    n_items: int
+    n_questions: int
+    ppl_tokens: int
+    ppl_documents: int
+    seconds: float
+    distinct_2_shift: float = NAN
+    distinct_2_ci_low: float = NAN
+    distinct_2_ci_high: float = NAN
+    repeated_3gram_shift: float = NAN
+    repeated_3gram_ci_low: float = NAN
+    repeated_3gram_ci_high: float = NAN
+
+    @property
+    def key(self) -> ConfigKey:
+        return ConfigKey(self.layer, self.method, self.k, self.alpha)
+
+
+def primary_columns(measure: str) -> tuple[str, str, str]:
+    """results.csv's (shift, low, high) columns of the primary measure."""
+    return (("shift_logodds", "shift_logodds_ci_low", "shift_logodds_ci_high") if measure == "logodds"
+            else ("on_target_shift", "on_target_ci_low", "on_target_ci_high"))
+
+
+ITEM_KEY = ["layer", "k", "alpha", "method", "item", "question", "order"]
+
+
+@dataclass(frozen=True)
+class ItemRows:
+    """One configuration's per-item rows: ``metrics`` ``{name: (items,)}`` in the protocol's
+    order (``score`` first; A/B also ``logodds``). Columns: :data:`ITEM_KEY` + the metrics."""
+
+    key: ConfigKey
+    item: list[str]
+    question: np.ndarray
+    order: np.ndarray
+    metrics: dict[str, np.ndarray] = field(default_factory=dict)
+
+    def frame(self):
+        import pandas as pd
+
+        n = len(self.item)
+        return pd.DataFrame({"layer": [self.key.layer] * n, "k": [self.key.k] * n, "alpha": [self.key.alpha] * n,
+                             "method": [self.key.method] * n, "item": self.item,
+                             "question": np.asarray(self.question, dtype=np.int64),
+                             "order": np.asarray(self.order, dtype=np.int64),
+                             **{m: np.asarray(v, dtype=np.float64) for m, v in self.metrics.items()}})
+
+
+WINDOW_COLUMNS = ["layer", "k", "alpha", "method", "window", "document", "nll", "tokens"]
+
+
+@dataclass(frozen=True)
+class WindowRows:
+    """One configuration's per-window rows: ``nll`` (nats, summed), ``tokens`` (predicted),
+    ``document`` (the window's document: the unit of the perplexity's interval)."""
+
+    key: ConfigKey
+    document: np.ndarray
+    nll: np.ndarray
+    tokens: np.ndarray
+
+    def frame(self):
+        import pandas as pd
+
+        n = len(self.nll)
+        return pd.DataFrame({"layer": [self.key.layer] * n, "k": [self.key.k] * n, "alpha": [self.key.alpha] * n,
+                             "method": [self.key.method] * n, "window": np.arange(n),
+                             "document": np.asarray(self.document, dtype=np.int64), "nll": self.nll,
+                             "tokens": np.asarray(self.tokens, dtype=np.int64)})
+
+
+@dataclass(frozen=True)
+class FrontierRow:
+    """A vector's shift (primary measure) at exactly one perplexity budget, interpolated
+    along its own alpha path on log-inflation (the unsteered model is its alpha-0 point).
+
+    ``reached``: the budget lies within the vector's measured inflations (never
+    extrapolated; else every figure is NaN). ``alpha``: the interpolated alpha.
+    ``diff_vs_dense``: shift minus the dense reference vector's at the same budget and
+    layer; ``fraction``: their ratio (only where the dense shift's interval excludes
+    zero). ``minus_random``: shift minus the random control of the same k at the same layer
+    (``random_reference``, its lowest seed): what the vector does beyond any push of its size.
+    Intervals: percentile bootstrap resampling questions and perplexity documents together,
+    the interpolation redone in each resample; ``boot_defined``: the share of resamples in
+    which the shift is defined (the budget reached), the intervals are over those. ``*p_value``:
+    bootstrap two-sided p; ``*q_value``: Benjamini-Hochberg per behavior over the frontier's
+    rows of that figure (controls a family of their own).
+    """
+
+    behavior: str
+    layer: int
+    method: str
+    k: str
+    budget: float
+    measure: str
+    reached: bool
+    alpha: float = NAN
+    shift: float = NAN
+    ci_low: float = NAN
+    ci_high: float = NAN
+    p_value: float = NAN
+    q_value: float = NAN
+    boot_defined: float = NAN
+    reference: str = ""
+    diff_vs_dense: float = NAN
+    diff_ci_low: float = NAN
+    diff_ci_high: float = NAN
+    diff_p_value: float = NAN
+    diff_q_value: float = NAN
+    fraction: float = NAN
+    fraction_ci_low: float = NAN
+    fraction_ci_high: float = NAN
+    random_reference: str = ""
+    minus_random: float = NAN
+    minus_random_ci_low: float = NAN
+    minus_random_ci_high: float = NAN
+    minus_random_p_value: float = NAN
+    minus_random_q_value: float = NAN
+
+
+@dataclass(frozen=True)
+class ContrastRow:
+    """A pre-specified primary contrast at one budget (:class:`~actstore.evaluation.frontier.Contrast`):
+    ``estimate`` = shift of ``method k`` at ``layer`` minus shift of ``reference`` (both
+    interpolated to the budget), bootstrap interval and p-value (NaN where a side is not
+    reached); ``p_holm``: Holm-adjusted over the behavior's family of primary contrasts."""
+
+    behavior: str
+    contrast: str
+    layer: int
+    budget: float
+    method: str
+    k: str
+    reference: str
+    measure: str
+    estimate: float
+    ci_low: float
+    ci_high: float
+    p_value: float
+    p_holm: float = NAN
+
+
+@dataclass(frozen=True)
+class SteerabilityRow:
+    """Per-question steerability of one vector (Tan et al. 2024): each question's slope of
+    its primary measure (A/B: log-odds, mean over orders) over the vector's alphas (alpha
+    0 = unsteered), least squares. ``slope_mean`` (t interval over questions), ``slope_sd``
+    (the spread of slopes) and ``anti_steerable`` (the share of questions whose slope is
+    negative), the last two with percentile bootstrap intervals over questions."""
+
+    behavior: str
+    layer: int
+    method: str
+    k: str
+    measure: str
+    n_questions: int
+    n_alphas: int
+    slope_mean: float
+    slope_ci_low: float
+    slope_ci_high: float
+    slope_sd: float
+    slope_sd_ci_low: float
+    slope_sd_ci_high: float
+    anti_steerable: float
+    anti_ci_low: float
+    anti_ci_high: float

@@ -1,0 +1,114 @@
+"""A sweep folder: resume after a kill, refusal of another setting, readers beside a writer, q-values."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+from test_sweep import ITEMS, llama, ppl_ids, store, sweep  # noqa: F401 (fixtures)
+
+from actstore.errors import ActstoreError
+from actstore.evaluation.intervals import bh_q_values
+from actstore.evaluation.ledger import Ledger
+from actstore.evaluation.rows import BASELINE, ConfigKey, ItemRows, WindowRows
+
+
+def test_interrupted_sweep_resumes_and_drops_a_half_recorded_configuration(tmp_path, llama, store, ppl_ids,
+                                                                             monkeypatch):
+    out = tmp_path / "sweep"
+    original = Ledger.record
+    calls = {"n": 0}
+
+    def interrupted(self, row, items, windows, texts=None):
+        calls["n"] += 1
+        if calls["n"] == 4:
+            # Items and windows of the 4th configuration reach disk, its results row does not.
+            self._append_measures(items, windows, texts)
+            raise KeyboardInterrupt
+        return original(self, row, items, windows, texts)
+
+    monkeypatch.setattr(Ledger, "record", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        sweep(llama, store, out, ppl_ids)
+    assert len(pd.read_csv(out / "results.csv")) == 3
+    monkeypatch.setattr(Ledger, "record", original)
+    measured = {"n": 0}
+
+    def counting(self, *args, **kwargs):
+        measured["n"] += 1
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(Ledger, "record", counting)
+    results = sweep(llama, store, out, ppl_ids)
+    assert measured["n"] == 8 - 3 and len(results) == 8
+    items = pd.read_csv(out / "items.csv", dtype={"k": str})
+    # One block of items (both orders) per configuration plus the baseline: the orphaned block was dropped.
+    assert len(items) == (8 + 1) * 2 * len(ITEMS)
+    assert not items.duplicated(["layer", "k", "alpha", "method", "item"]).any()
+    windows = pd.read_csv(out / "windows.csv", dtype={"k": str})
+    assert not windows.duplicated(["layer", "k", "alpha", "method", "window"]).any()
+
+
+def test_a_results_row_cut_by_a_kill_is_not_counted_as_done(tmp_path, llama, store, ppl_ids):
+    out = tmp_path / "sweep"
+    sweep(llama, store, out, ppl_ids, layers=[1], ks=[4])
+    text = (out / "results.csv").read_text().rstrip("\n")
+    (out / "results.csv").write_text(text[: text.rindex("\n") + 30])  # the last row cut after 30 characters
+    results = sweep(llama, store, out, ppl_ids, layers=[1], ks=[4])
+    assert len(results) == 2 and results["on_target_shift"].notna().all()
+
+
+def test_another_setting_in_the_same_folder_is_refused(tmp_path, llama, store, ppl_ids):
+    out = tmp_path / "sweep"
+    sweep(llama, store, out, ppl_ids, layers=[1], ks=[4])
+    with pytest.raises(ActstoreError, match="another setting"):
+        sweep(llama, store, out, ppl_ids[:100], layers=[1], ks=[4])
+    with pytest.raises(ActstoreError, match="another setting"):  # one answer order is another setting too
+        sweep(llama, store, out, ppl_ids, layers=[1], ks=[4], both_orders=False)
+
+
+def test_a_reader_leaves_a_running_sweep_alone(tmp_path, llama, store, ppl_ids):
+    out = tmp_path / "sweep"
+    sweep(llama, store, out, ppl_ids, layers=[1], ks=[4])
+    # A configuration in flight: its items are on disk, its results row is not yet.
+    items = pd.read_csv(out / "items.csv", dtype={"k": str})
+    in_flight = items[items["method"] == "enr"].head(2 * len(ITEMS)).assign(alpha=9.0)
+    in_flight.to_csv(out / "items.csv", mode="a", header=False, index=False)
+    before = (out / "items.csv").read_text()
+    reader = Ledger.open_existing(out)
+    assert (out / "items.csv").read_text() == before  # nothing rewritten under the writer
+    assert len(reader.items()) == len(items)  # the in-flight rows are not read as results
+    assert len(reader.results()) == 2
+
+
+def _block(key, n_items=3, seed=0):
+    rng = np.random.default_rng(seed)
+    items = ItemRows(key, [f"item {i}" for i in range(n_items)], np.arange(n_items), np.zeros(n_items, int),
+                     {"score": rng.uniform(size=n_items)})
+    windows = WindowRows(key, np.array([0, 1]), rng.uniform(10, 20, 2), np.array([8, 8]))
+    return items, windows
+
+
+def test_q_values_are_benjamini_hochberg_per_behavior_over_every_configuration(tmp_path):
+    ledger = Ledger(tmp_path, {"s": 1}, ["behavior", "layer", "method", "k", "alpha", "on_target_shift",
+                                         "ppl_inflation", "p_value", "q_value"])
+    ledger.record_baseline(*_block(BASELINE))
+    p_values = {("a", "enr", 1.0): 0.01, ("a", "enr", 2.0): 0.04, ("a", "enr", 3.0): 0.03, ("b", "enr", 1.0): 0.04,
+                ("b", "enr", 2.0): 0.5, ("a", "random:0", 1.0): 0.02}
+    for (behavior, method, alpha), p in p_values.items():
+        key = ConfigKey(1, method, "4", alpha if behavior == "a" else alpha + 10)
+        row = {"behavior": behavior, "layer": 1, "method": method, "k": "4", "alpha": key.alpha,
+               "on_target_shift": 0.1, "ppl_inflation": 1.0, "p_value": p, "q_value": np.nan}
+        ledger.record(row, *_block(key))
+    results = ledger.finish()
+    vectors = results[results["method"] == "enr"]
+    for behavior in ("a", "b"):
+        rows = vectors[vectors["behavior"] == behavior]
+        np.testing.assert_allclose(rows["q_value"], bh_q_values(rows["p_value"]))
+    assert vectors[vectors["behavior"] == "a"]["q_value"].tolist() == pytest.approx([0.03, 0.04, 0.04])
+    # the control is a family of its own: its q is its p
+    assert results[results["method"] == "random:0"]["q_value"].tolist() == pytest.approx([0.02])
+    on_disk = pd.read_csv(tmp_path / "results.csv")
+    np.testing.assert_allclose(on_disk["q_value"], results["q_value"])
+    with pytest.raises(ValueError, match="BASELINE"):
+        ledger.record_baseline(*_block(ConfigKey(1, "enr", "4", 1.0)))
