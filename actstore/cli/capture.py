@@ -96,7 +96,9 @@ class DataPath(click.Path):
               help="With a dataset --data: the column of texts (default: 'text').")
 @click.option("--label-column", default=None, metavar="NAME",
               help="With a dataset --data: the column of class labels (strings, integers or a ClassLabel, "
-                   "whose names are used); without it every text is of class 'text'.")
+                   "whose names are used). Default: 'label' when the dataset has that column (the Hugging Face "
+                   "convention), else none; --label-column '' reads no labels. Without labels every text is of "
+                   "class 'text'. A missing label (null, NaN, ClassLabel -1) is refused with its row.")
 @click.option("--no-early-exit", "stop_early", is_flag=True, flag_value=False, default=True,
               help="Run the whole model instead of stopping after the deepest captured block "
                    "(only useful to measure what early exit saves).")
