@@ -36,6 +36,7 @@ def project(store, vector: SteeringVector, model: str | None = None, *, dataset=
     with the store's per-sample coordinates (class, pair_id, ...). ``dataset``: an
     already opened :func:`actstore.open_store` dataset instead of ``store``."""
     ds = dataset if dataset is not None else open_store(store, model)
+    _check_same_weights(store, ds, vector)
     layers = [int(x) for x in ds["layer"].values]
     if vector.layer not in layers:
         raise VectorError(f"the vector is for layer {vector.layer}; {str(store)!r} has layers {layers}",
@@ -53,6 +54,16 @@ def project(store, vector: SteeringVector, model: str | None = None, *, dataset=
     projection.attrs = {"layer": vector.layer, "method": vector.metadata.get("method", ""),
                         "k": vector.metadata.get("k", ""), "definition": "h . v / |v|"}
     return projection
+
+
+def _check_same_weights(store, ds, vector: SteeringVector) -> None:
+    """A vector made from other weights measures nothing about this store (steer and eval refuse it too)."""
+    made_for = vector.metadata.get("model_fingerprint")
+    captured = ds.attrs.get("model_fingerprint")
+    if made_for and captured and made_for != captured:
+        raise VectorError(f"the vector was made from model weights {made_for}; {str(store)!r} was captured from "
+                          f"{ds.attrs.get('model_id', 'another model')!r} (weights {captured}): project a store "
+                          "captured from the vector's model", param="vector")
 
 
 def _as_dataarray(values: np.ndarray):
@@ -152,6 +163,7 @@ def monitor(store, vectors: Sequence[tuple[str, SteeringVector]], out_dir: str |
     from .stats import scheduler_context
 
     out = Path(out_dir)
+    _check_output_is_ours(out / "projections.zarr")
     out.mkdir(parents=True, exist_ok=True)
     ds = open_store(store, model)
     names = [name for name, _ in vectors]
@@ -165,6 +177,7 @@ def monitor(store, vectors: Sequence[tuple[str, SteeringVector]], out_dir: str |
     for name in computed.coords:
         if computed[name].dtype.kind in "UO":
             computed[name] = computed[name].astype(str)
+    computed.attrs["actstore"] = PROJECTIONS_FORMAT
     _write_zarr(computed, out / "projections.zarr")
     rows, entries = [], []
     for name, vector in vectors:
@@ -179,11 +192,34 @@ def monitor(store, vectors: Sequence[tuple[str, SteeringVector]], out_dir: str |
     return table
 
 
+PROJECTIONS_FORMAT = "actstore.projections/1"
+
+
+def _check_output_is_ours(path: Path) -> None:
+    """An output replaces only what an earlier run of the same command wrote: ``path`` may be
+    missing or a projections store (its root attrs say so), never anything else (e.g. the input
+    store itself, when ``out_dir`` is the store's folder)."""
+    import json
+
+    if not path.exists() and not path.is_symlink():
+        return
+    try:
+        ours = json.loads((path / "zarr.json").read_text()).get("attributes", {}).get("actstore") \
+            == PROJECTIONS_FORMAT
+    except (OSError, ValueError, AttributeError):
+        ours = False
+    if path.is_symlink() or not ours:
+        raise ActstoreError(f"{str(path)!r} exists and is not a projections store that `actstore project` wrote; "
+                            "it would be replaced: choose another --out or move it away", param="out_dir")
+
+
 def _write_zarr(dataset, path: Path) -> None:
     """A small, self-describing store of the projections (replaced whole, never half-written
     where a reader would find it: written beside, then renamed)."""
     import shutil
     import warnings
+
+    _check_output_is_ours(path)
 
     tmp = path.with_name(path.name + ".partial")
     shutil.rmtree(tmp, ignore_errors=True)

@@ -180,6 +180,26 @@ CASES = [
          ["data.json", "exists and is not a Zarr"]),
     Case("file URL with a host", ["stats", "-s", "file://elsewhere/acts.zarr"],
          ["file://elsewhere/acts.zarr", "a file:// URL names a local path"]),
+    # Round 3 (issue 22): no committed data replaced, one input one meaning, no endless work.
+    Case("project --out the input store's folder", ["project", "-s", "{home}/projections.zarr", "--vector",
+                                                    "{vector}", "--out", "{home}"],
+         ["projections.zarr", "is not a projections store that `actstore project` wrote", "another --out"]),
+    Case("project a vector from other weights", ["project", "-s", "{store}", "--vector", "{foreign_vector}",
+                                                 "--out", "{tmp}/p"],
+         ["made from model weights sha256:other", "acts.zarr' was captured from"]),
+    Case("shards outnumber the texts", ["capture", "-m", "{llama}", "-d", "{data}", "-l", "1", "-s",
+                                        "{tmp}/n.zarr", "--shard", "99999999999999999999999/999999999999999999999999"],
+         ["999999999999999999999999 shards of 12 texts would leave shards empty", "at most 12 shards"]),
+    Case("dataset with a missing label", ["capture", "-m", "{llama}", "-d", "{null_label}", "-l", "1",
+                                          "-s", "{tmp}/n.zarr"],
+         ["null-label.parquet", "row 2: the label is missing (None)"]),
+    Case("dataset with a label hiding a NUL", ["capture", "-m", "{llama}", "-d", "{nul_label}", "-l", "1",
+                                               "-s", "{tmp}/n.zarr"],
+         ["nul-label.parquet", "row 2: field 'label' 'x\\x00' holds invisible characters"]),
+    Case("dataset with an empty text", ["capture", "-m", "{llama}", "-d", "{empty_text}", "-l", "1",
+                                        "-s", "{tmp}/n.zarr"], ["empty-text.parquet", "row 1: the text is empty"]),
+    Case("dataset without rows", ["capture", "-m", "{llama}", "-d", "{no_rows}", "-l", "1", "-s", "{tmp}/n.zarr"],
+         ["no-rows.parquet", "holds no rows"]),
 ]
 
 
@@ -230,7 +250,35 @@ def world(tmp_path_factory, tiny_model_dirs, tiny_tokenizer):
     return {"tmp": tmp, "data": data, "other": other, "llama": llama, "gpt2": tiny_model_dirs["gpt2"],
             "store": store, "vector": vector, "one_store": one_store, "old_store": old_store, "broken": broken,
             "gpt2_wide": wide, "novec": tmp / "novec.safetensors",
-            **_bad_vectors(tmp, vector), **_damaged_stores(tmp, store, llama, data), **_bad_models(tmp, llama)}
+            **_bad_vectors(tmp, vector), **_damaged_stores(tmp, store, llama, data), **_bad_models(tmp, llama),
+            **_bad_datasets(tmp), **_round3(tmp, store, vector)}
+
+
+def _bad_datasets(tmp) -> dict:
+    pa, pq = pytest.importorskip("pyarrow"), pytest.importorskip("pyarrow.parquet")
+    made = {}
+    for name, columns in {"null-label": {"text": ["a b", "c d"], "label": ["x", None]},
+                          "nul-label": {"text": ["a b", "c d"], "label": ["x", "x\x00"]},
+                          "empty-text": {"text": ["", "c d"], "label": ["x", "y"]},
+                          "no-rows": {"text": pa.array([], pa.string())}}.items():
+        pq.write_table(pa.table(columns), tmp / f"{name}.parquet")
+        made[name.replace("-", "_")] = tmp / f"{name}.parquet"
+    return made
+
+
+def _round3(tmp, store, vector) -> dict:
+    import shutil
+
+    from safetensors import safe_open
+    from safetensors.numpy import load_file, save_file
+
+    home = tmp / "home"
+    shutil.copytree(store, home / "projections.zarr")
+    with safe_open(str(vector), "np") as handle:
+        metadata = handle.metadata()
+    foreign = tmp / "foreign.safetensors"
+    save_file(load_file(str(vector)), str(foreign), metadata={**metadata, "model_fingerprint": "sha256:other"})
+    return {"home": home, "foreign_vector": foreign}
 
 
 def _bad_vectors(tmp, good) -> dict:
@@ -316,6 +364,15 @@ def test_a_bad_input_gets_a_clear_message_naming_what_and_where(world, case, tmp
         assert isinstance(result.exception, SystemExit), repr(result.exception)
     for message in case.messages:
         assert message in result.output, result.output
+
+
+def test_project_into_the_input_stores_folder_leaves_the_store_whole(world):
+    import actstore
+
+    store = world["home"] / "projections.zarr"
+    result = run("project", "-s", store, "--vector", world["vector"], "--out", world["home"])
+    assert result.exit_code == 1
+    assert actstore.open_store(store).sizes["sample"] == 2 * len(PAIRS)
 
 
 def test_texts_longer_than_the_context_are_truncated_with_a_warning_not_refused(world, tmp_path):
