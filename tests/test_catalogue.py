@@ -198,6 +198,16 @@ CASES = [
          ["nul-label.parquet", "row 2: field 'label' 'x\\x00' holds invisible characters"]),
     Case("dataset with an empty text", ["capture", "-m", "{llama}", "-d", "{empty_text}", "-l", "1",
                                         "-s", "{tmp}/n.zarr"], ["empty-text.parquet", "row 1: the text is empty"]),
+    Case("group without n_samples is damaged, not new", ["stats", "-s", "{unmarked_store}"],
+         ["unmarked.zarr", "attribute 'n_samples' is None, expected int"]),
+    Case("capture into a group without n_samples", ["capture", "-m", "{llama}", "-d", "{data}", "-l", "1",
+                                                    "-s", "{unmarked_store}"],
+         ["unmarked.zarr", "attribute 'n_samples' is None, expected int"]),
+    Case("verify a group without n_samples", ["verify", "{unmarked_store}"],
+         ["DAMAGED", "attribute 'n_samples' is None"]),
+    Case("capture into a group with emptied attributes", ["capture", "-m", "{llama}", "-d", "{data}", "-l", "1",
+                                                          "-s", "{emptied_store}"],
+         ["emptied.zarr", "is None, expected int", "edited or damaged"]),
     Case("dataset without rows", ["capture", "-m", "{llama}", "-d", "{no_rows}", "-l", "1", "-s", "{tmp}/n.zarr"],
          ["no-rows.parquet", "holds no rows"]),
 ]
@@ -331,6 +341,12 @@ def _damaged_stores(tmp, store, llama, data) -> dict:
     caches = stale / "tiny-llama" / "stats"
     current = json.loads((caches / "zarr.json").read_text())["attributes"]["current"]
     (caches / current / "var" / "c" / "0" / "0" / "0").unlink()
+    unmarked = copy("unmarked")  # lost its n_samples attribute: damaged, not half-created
+    meta = json.loads((unmarked / "tiny-llama" / "zarr.json").read_text())
+    del meta["attributes"]["n_samples"]
+    (unmarked / "tiny-llama" / "zarr.json").write_text(json.dumps(meta))
+    emptied = copy("emptied")
+    zarr.open_group(emptied / "tiny-llama", mode="a").attrs.put({})
     half = tmp / "half.zarr"
     root = zarr.open_group(half, mode="w", attributes={"actstore": {"kind": "actstore-activations",
                                                                     "schema_version": 1}})
@@ -338,7 +354,8 @@ def _damaged_stores(tmp, store, llama, data) -> dict:
     garbled = copy("garbled")
     (garbled / "zarr.json").write_text('{"zarr_format": 3, "node_type": ')
     return {"deleted_store": deleted, "flipped_store": flipped, "classless_store": classless,
-            "edited_store": edited, "stale_cache_store": stale, "half_store": half, "garbled_store": garbled}
+            "edited_store": edited, "stale_cache_store": stale, "half_store": half, "garbled_store": garbled,
+            "unmarked_store": unmarked, "emptied_store": emptied}
 
 
 def _bad_models(tmp, llama) -> dict:
@@ -373,6 +390,14 @@ def test_project_into_the_input_stores_folder_leaves_the_store_whole(world):
     result = run("project", "-s", store, "--vector", world["vector"], "--out", world["home"])
     assert result.exit_code == 1
     assert actstore.open_store(store).sizes["sample"] == 2 * len(PAIRS)
+
+
+def test_a_group_missing_attributes_keeps_its_rows_through_a_capture(world):
+    import zarr
+
+    for name in ("unmarked_store", "emptied_store"):
+        assert run("capture", "-m", world["llama"], "-d", world["data"], "-l", "1", "-s", world[name]).exit_code == 1
+        assert zarr.open_group(world[name] / "tiny-llama", mode="r")["acts"].shape[0] == 2 * len(PAIRS)
 
 
 def test_texts_longer_than_the_context_are_truncated_with_a_warning_not_refused(world, tmp_path):

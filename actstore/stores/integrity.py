@@ -28,7 +28,7 @@ import numpy as np
 
 from ..errors import ActstoreError, DamagedStoreError, StoreError
 from .roots import child
-from .schema import ACTS, MOMENTS, SAMPLE_COORDS, physical_dtype
+from .schema import ACTS, CREATING, MOMENTS, SAMPLE_COORDS, physical_dtype
 
 # Arrays whose fill value is also a valid value (token_index is -1 for position 'mean'):
 # a chunk of them may be absent because zarr does not write chunks equal to the fill value.
@@ -239,8 +239,18 @@ def check_group(group, path) -> None:
 
 
 def is_half_created(group) -> bool:
-    """A group whose creation was interrupted: its attributes are written last, in one write."""
-    return "n_samples" not in group.attrs
+    """A group whose creation was interrupted, by a positive sign, never by a missing attribute:
+    it still holds the creation marker (:data:`.schema.CREATING`), or (groups created before the
+    marker existed) it has no attributes at all and no array holds a row or moments. A group
+    that lacks ``n_samples`` but holds rows is damaged (:func:`check_group` says so), and
+    nothing replaces it."""
+    attrs = dict(group.attrs)
+    if attrs.get(CREATING) is True:
+        return True
+    if attrs:
+        return False
+    acts = child(group, ACTS)
+    return (acts is None or acts.shape[0] == 0) and all(child(group, name) is None for name in MOMENTS)
 
 
 @dataclass
