@@ -151,20 +151,22 @@ def plot_histograms(entries: Sequence[tuple[str, object, Separation]], path: str
     return path
 
 
-def monitor(store, vectors: Sequence[tuple[str, SteeringVector]], out_dir: str | Path, *, model: str | None = None,
-            pos: str = "pos", neg: str = "neg", scheduler: str | None = None, plot: bool = True):
-    """Project ``store`` onto each named vector and write, into ``out_dir``:
-    ``projections.zarr`` (one variable per vector, sample coordinates kept),
-    ``separation.csv`` (:data:`SEPARATION_COLUMNS`) and ``projections.png``.
-    Returns the separation table as a :class:`pandas.DataFrame`."""
+def monitor(store, vectors: Sequence[tuple[str, SteeringVector]], out_dir: str | Path | None = None, *,
+            model: str | None = None, pos: str = "pos", neg: str = "neg", scheduler: str | None = None,
+            plot: bool = True):
+    """Project ``store`` onto each named vector; return the separation table
+    (:data:`SEPARATION_COLUMNS`) as a :class:`pandas.DataFrame`. With ``out_dir``, also write
+    there ``projections.zarr`` (one variable per vector, sample coordinates kept),
+    ``separation.csv`` and (``plot``) ``projections.png``."""
     import pandas as pd
     import xarray as xr
 
     from .stats import scheduler_context
 
-    out = Path(out_dir)
-    _check_output_is_ours(out / "projections.zarr")
-    out.mkdir(parents=True, exist_ok=True)
+    out = Path(out_dir) if out_dir is not None else None
+    if out is not None:
+        _check_output_is_ours(out / "projections.zarr")
+        out.mkdir(parents=True, exist_ok=True)
     ds = open_store(store, model)
     names = [name for name, _ in vectors]
     if len(set(names)) != len(names):
@@ -178,7 +180,8 @@ def monitor(store, vectors: Sequence[tuple[str, SteeringVector]], out_dir: str |
         if computed[name].dtype.kind in "UO":
             computed[name] = computed[name].astype(str)
     computed.attrs["actstore"] = PROJECTIONS_FORMAT
-    _write_zarr(computed, out / "projections.zarr")
+    if out is not None:
+        _write_zarr(computed, out / "projections.zarr")
     rows, entries = [], []
     for name, vector in vectors:
         sep = separation(computed[name], pos, neg)
@@ -186,6 +189,8 @@ def monitor(store, vectors: Sequence[tuple[str, SteeringVector]], out_dir: str |
                             k=vector.metadata.get("k", ""), pos=pos, neg=neg))
         entries.append((name, computed[name], sep))
     table = pd.DataFrame(rows, columns=SEPARATION_COLUMNS)
+    if out is None:
+        return table
     table.to_csv(out / "separation.csv", index=False)
     if plot:
         plot_histograms(entries, out / "projections.png", pos, neg)
