@@ -131,3 +131,19 @@ def test_a_safetensors_file_without_vector_is_refused(tmp_path):
     save_file({"weights": np.zeros(3, np.float32)}, str(path))
     with pytest.raises(VectorError, match="has no tensor 'vector'"):
         load_vector(path)
+
+
+def test_a_bfloat16_vector_file_reads_as_float32(captured_store, tmp_path):
+    import torch
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    path = save_vector(actstore.enr(captured_store, layer=3, k=8), tmp_path / "v.safetensors")
+    with safe_open(str(path), "pt") as handle:
+        tensors = {name: handle.get_tensor(name) for name in handle.keys()}
+        metadata = handle.metadata()
+    tensors = {name: t.to(torch.bfloat16) if t.is_floating_point() else t for name, t in tensors.items()}
+    save_file(tensors, str(tmp_path / "bf16.safetensors"), metadata=metadata)
+    back = load_vector(tmp_path / "bf16.safetensors")
+    assert back.vector.dtype == np.float32
+    np.testing.assert_array_equal(back.vector, tensors["vector"].float().numpy())

@@ -52,8 +52,9 @@ def _with_flags(message: str, params: tuple[str, ...], command: click.Command | 
     for param in params:
         flag = options.get(param)
         if flag is not None:
-            # "offset=-1" -> "--offset -1"; "pass name= to" and "offset must" -> "--name", "--offset".
-            message = re.sub(rf"(?<![\w-]){re.escape(param)}(?:(=)(?=\S)|=|\b)",
+            # "offset=-1" -> "--offset -1"; "pass name= to" and "offset must" -> "--name", "--offset";
+            # never inside a quoted value ("classes are both 'pos'" keeps the class name).
+            message = re.sub(rf"(?<![\w'\"-]){re.escape(param)}(?:(=)(?=\S)|=|\b(?!['\"]))",
                              lambda m, flag=flag: flag + (" " if m.group(1) else ""), message)
     return message
 
