@@ -216,6 +216,15 @@ CASES = [
          ["are both 'neg'"]),
     Case("vector is a FIFO", ["steer", "-m", "{llama}", "--vector", "{fifo}", "--prompt", "Hi"],
          ["fifo", "is a FIFO (named pipe), not a regular file"]),
+    Case("group zarr.json of 0 bytes", ["stats", "-s", "{empty_meta_store}"],
+         ["empty-meta.zarr/tiny-llama/zarr.json is damaged (not valid Zarr metadata"]),
+    Case("group zarr.json cut, verify", ["verify", "{cut_meta_store}"],
+         ["cut-meta.zarr/tiny-llama/zarr.json is damaged"]),
+    Case("group zarr.json cut, info", ["info", "{cut_meta_store}"], ["cut-meta.zarr/tiny-llama/zarr.json is damaged"]),
+    Case("stats-only moments deleted, verify", ["verify", "{moments_lost_store}"],
+         ["DAMAGED", "its moments are missing (array 'moments0'"]),
+    Case("stats-only moments deleted, stats", ["stats", "-s", "{moments_lost_store}", "--force"],
+         ["moments-lost.zarr", "its moments are missing"]),
     Case("dataset without rows", ["capture", "-m", "{llama}", "-d", "{no_rows}", "-l", "1", "-s", "{tmp}/n.zarr"],
          ["no-rows.parquet", "holds no rows"]),
 ]
@@ -355,6 +364,13 @@ def _damaged_stores(tmp, store, llama, data) -> dict:
     (unmarked / "tiny-llama" / "zarr.json").write_text(json.dumps(meta))
     emptied = copy("emptied")
     zarr.open_group(emptied / "tiny-llama", mode="a").attrs.put({})
+    emptied_meta = copy("empty-meta")  # a crash without fsync can leave a 0-byte zarr.json
+    (emptied_meta / "tiny-llama" / "zarr.json").write_bytes(b"")
+    cut_meta = copy("cut-meta")
+    (cut_meta / "tiny-llama" / "zarr.json").write_bytes((store / "tiny-llama" / "zarr.json").read_bytes()[:50])
+    moments_lost = tmp / "moments-lost.zarr"
+    assert run("capture", "-m", llama, "-d", data, "-l", "1", "-s", moments_lost, "-q", "--stats-only").exit_code == 0
+    shutil.rmtree(moments_lost / "tiny-llama" / "moments0")
     half = tmp / "half.zarr"
     root = zarr.open_group(half, mode="w", attributes={"actstore": {"kind": "actstore-activations",
                                                                     "schema_version": 1}})
@@ -363,7 +379,8 @@ def _damaged_stores(tmp, store, llama, data) -> dict:
     (garbled / "zarr.json").write_text('{"zarr_format": 3, "node_type": ')
     return {"deleted_store": deleted, "flipped_store": flipped, "classless_store": classless,
             "edited_store": edited, "stale_cache_store": stale, "half_store": half, "garbled_store": garbled,
-            "unmarked_store": unmarked, "emptied_store": emptied}
+            "unmarked_store": unmarked, "emptied_store": emptied, "empty_meta_store": emptied_meta,
+            "cut_meta_store": cut_meta, "moments_lost_store": moments_lost}
 
 
 def _bad_models(tmp, llama) -> dict:

@@ -208,6 +208,10 @@ def check_group(group, path) -> None:
             problems.append(f"array {ACTS!r} is {acts.dtype}, but dtype says {attrs['dtype']}")
         elif not attrs.get("stats_only") and acts.shape[0] < n:
             problems.append(f"n_samples is {n} but array {ACTS!r} has {acts.shape[0]} rows")
+    if attrs.get("stats_only") and attrs.get("moments_classes") and \
+            child(group, MOMENTS[int(attrs.get("moments_buffer", 0)) % len(MOMENTS)]) is None:
+        problems.append("its moments are missing (array "
+                        f"{MOMENTS[int(attrs.get('moments_buffer', 0)) % len(MOMENTS)]!r}, named by its attributes)")
     for name in SAMPLE_COORDS:
         coord = child(group, name)
         if coord is None:

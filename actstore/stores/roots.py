@@ -73,7 +73,23 @@ def model_groups(root, include_half_created: bool = False) -> list[str]:
     (they hold no rows; the next capture into one replaces it) unless ``include_half_created``."""
     from .integrity import is_half_created
 
-    return sorted(name for name, group in root.groups() if include_half_created or not is_half_created(group))
+    import zarr
+
+    groups = ((name, child(root, name)) for name in member_names(root))
+    return sorted(name for name, group in groups
+                  if isinstance(group, zarr.Group) and (include_half_created or not is_half_created(group)))
+
+
+def member_names(group) -> list[str]:
+    """Names of a group's members, listed from the store without reading their metadata (one
+    damaged member's ``zarr.json`` must not hide the others, nor be a bare JSON error)."""
+    from zarr.core.sync import sync
+
+    async def names() -> list[str]:
+        store_path = group.store_path
+        return [name async for name in store_path.store.list_dir(store_path.path)]
+
+    return sorted(name for name in sync(names()) if name != "zarr.json")
 
 
 def select_group(root, model: str | None, path: str | Path = "store"):
@@ -109,6 +125,12 @@ def child(group, name: str):
         return group[name]
     except KeyError:
         return None
+    except ValueError as err:  # its zarr.json cut or emptied: a crash without fsync can leave that
+        from ..errors import DamagedStoreError
+
+        where = f"{str(group.store_path).removeprefix('file://')}/{name}"
+        raise DamagedStoreError(f"{where}/zarr.json is damaged (not valid Zarr metadata: {err}); restore it from a "
+                                "copy or capture again (`actstore verify` checks the rest)") from None
 
 
 def disk_usage(path: str) -> int | None:
