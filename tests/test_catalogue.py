@@ -225,6 +225,9 @@ CASES = [
          ["DAMAGED", "its moments are missing (array 'moments0'"]),
     Case("stats-only moments deleted, stats", ["stats", "-s", "{moments_lost_store}", "--force"],
          ["moments-lost.zarr", "its moments are missing"]),
+    Case("store whose creation was cut before its first write", ["info", "{tmp}/unborn.zarr"],
+         ["unborn.zarr", "its creation was interrupted before anything was written"],
+         files={"unborn.zarr/zarr.json": b""}),
     Case("dataset without rows", ["capture", "-m", "{llama}", "-d", "{no_rows}", "-l", "1", "-s", "{tmp}/n.zarr"],
          ["no-rows.parquet", "holds no rows"]),
 ]
@@ -398,6 +401,7 @@ def test_a_bad_input_gets_a_clear_message_naming_what_and_where(world, case, tmp
     fill = {**world, "tmp": tmp_path}
     for name, content in case.files.items():
         path = Path(tmp_path) / name
+        path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(content if isinstance(content, bytes) else content.encode())
     result = run(*[a.format(**{k: str(v) for k, v in fill.items()}) for a in case.args])
     assert result.exit_code == case.exit_code, result.output
@@ -423,6 +427,15 @@ def test_a_group_missing_attributes_keeps_its_rows_through_a_capture(world):
     for name in ("unmarked_store", "emptied_store"):
         assert run("capture", "-m", world["llama"], "-d", world["data"], "-l", "1", "-s", world[name]).exit_code == 1
         assert zarr.open_group(world[name] / "tiny-llama", mode="r")["acts"].shape[0] == 2 * len(PAIRS)
+
+
+def test_a_store_cut_before_its_first_write_is_captured_into_again(world, tmp_path):
+    unborn = tmp_path / "unborn.zarr"
+    unborn.mkdir()
+    (unborn / "zarr.json").write_bytes(b"")
+    result = run("capture", "-m", world["llama"], "-d", world["data"], "-l", "1", "-s", unborn, "--resume", "-q")
+    assert result.exit_code == 0, result.output
+    assert run("verify", unborn).exit_code == 0
 
 
 def test_texts_longer_than_the_context_are_truncated_with_a_warning_not_refused(world, tmp_path):

@@ -28,6 +28,16 @@ def local_spelling(path: str | Path) -> str:
     return path
 
 
+def _is_unborn(local: Path) -> bool:
+    """A store folder whose only content is an empty root ``zarr.json``: what a capture killed
+    while writing its first file can leave (the file created, its bytes not yet on disk)."""
+    meta = local / "zarr.json"
+    try:
+        return meta.is_file() and meta.stat().st_size == 0 and [p.name for p in local.iterdir()] == ["zarr.json"]
+    except OSError:
+        return False
+
+
 def open_root(path: str | Path, mode: str = "r"):
     """Open the root group of a store; ``mode`` 'r' (must exist) or 'a'."""
     import zarr
@@ -35,6 +45,11 @@ def open_root(path: str | Path, mode: str = "r"):
     shown = str(path)
     path = local_spelling(path)
     local = None if is_url(path) else Path(path)
+    if local is not None and _is_unborn(local):
+        if mode == "r":
+            raise StoreNotFoundError(f"{path!r} holds only an empty zarr.json: its creation was interrupted before "
+                                     "anything was written; capture into it again")
+        (local / "zarr.json").unlink()  # a creation killed before its first write was on disk: it holds nothing
     if local is not None and not (local / "zarr.json").is_file():
         if mode == "r":
             raise StoreNotFoundError(
