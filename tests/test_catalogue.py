@@ -228,6 +228,13 @@ CASES = [
     Case("store whose creation was cut before its first write", ["info", "{tmp}/unborn.zarr"],
          ["unborn.zarr", "its creation was interrupted before anything was written"],
          files={"unborn.zarr/zarr.json": b""}),
+    Case("positions beyond any context", ["steer", "-m", "{llama}", "--vector", "{vector}", "--prompt", "Hi",
+                                          "--positions", "from:99999999999999999999999"],
+         ["from:99999999999999999999999", "0 <= N < 2**31"]),
+    Case("positions from a negative token", ["steer", "-m", "{llama}", "--vector", "{vector}", "--prompt", "Hi",
+                                             "--positions", "from:-1"], ["'from:-1'", "expected 'all'"]),
+    Case("positions from a word", ["steer", "-m", "{llama}", "--vector", "{vector}", "--prompt", "Hi",
+                                   "--positions", "from:abc"], ["'from:abc'", "expected 'all'"]),
     Case("dataset without rows", ["capture", "-m", "{llama}", "-d", "{no_rows}", "-l", "1", "-s", "{tmp}/n.zarr"],
          ["no-rows.parquet", "holds no rows"]),
 ]
