@@ -87,6 +87,10 @@ def check_array(array, rows: int | None = None, fill_is_data: bool = False) -> t
             continue
         try:
             values = array[region]
+        except PermissionError as err:  # not damage: the bytes may be whole, the reader may not see them
+            raise StoreError(f"array {array.path!r} chunk {key}: cannot be read ({err.strerror or err}); check the "
+                             "store's file permissions (this is not damage: nothing needs capturing again)") \
+                from None
         except Exception as err:  # any decode failure of this chunk is damage: checksum, codec, truncation
             damaged.append(Damage(array.path, key, decode_problem(err)))
             continue
