@@ -180,7 +180,7 @@ def enr(
 
 def save_vector(vector: SteeringVector, path: str | Path) -> Path:
     """Write a vector file (format in the module docstring), replacing ``path`` atomically."""
-    from safetensors.numpy import save_file
+    from safetensors.numpy import save
 
     from ._files import atomic_output
 
@@ -191,9 +191,17 @@ def save_vector(vector: SteeringVector, path: str | Path) -> Path:
         "enr": np.ascontiguousarray(vector.enr, dtype=np.float32),
         **{name: np.ascontiguousarray(value) for name, value in vector.extra.items()},
     }
+    # serialised in memory, written by Python: a full disk is an OSError (ENOSPC) the CLI names as
+    # such, where safetensors' own writer reports it as a serialisation error
+    payload = save(tensors, metadata={**vector.metadata, "layer": str(vector.layer)})
     with atomic_output(path) as tmp:
-        save_file(tensors, str(tmp), metadata={**vector.metadata, "layer": str(vector.layer)})
+        _write_bytes(tmp, payload)
     return path
+
+
+def _write_bytes(path: Path, payload: bytes) -> None:
+    with open(path, "wb") as handle:
+        handle.write(payload)
 
 
 def _as_numpy(tensor) -> np.ndarray:

@@ -147,3 +147,29 @@ def test_a_bfloat16_vector_file_reads_as_float32(captured_store, tmp_path):
     back = load_vector(tmp_path / "bf16.safetensors")
     assert back.vector.dtype == np.float32
     np.testing.assert_array_equal(back.vector, tensors["vector"].float().numpy())
+
+
+def test_a_full_disk_while_writing_a_vector_is_said_to_be_a_full_disk(captured_store, tmp_path, monkeypatch):
+    import builtins
+    import errno
+
+    from click.testing import CliRunner
+
+    from actstore.cli.main import cli
+
+    real_open = builtins.open
+
+    def full(file, mode="r", *args, **kwargs):
+        handle = real_open(file, mode, *args, **kwargs)
+        if "w" in mode and str(file).endswith(".partial"):
+            def write(data):
+                raise OSError(errno.ENOSPC, "No space left on device")
+            handle.write = write
+        return handle
+
+    monkeypatch.setattr(builtins, "open", full)
+    out = tmp_path / "v.safetensors"
+    result = CliRunner().invoke(cli, ["enr", "-s", str(captured_store), "--layer", "3", "--k", "4", "-o", str(out)])
+    assert result.exit_code == 1, result.output
+    assert "the disk is full" in result.output and "damaged" not in result.output
+    assert not out.exists() and not list(tmp_path.glob("*.partial"))
