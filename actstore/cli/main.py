@@ -34,6 +34,8 @@ class _Group(click.Group):
                 raise click.ClickException(_with_flags(str(err), err.params, self._subcommand(ctx))) from None
             except (click.ClickException, click.exceptions.Exit, click.Abort, KeyboardInterrupt):
                 raise
+            except BrokenPipeError:  # the reader went away (`actstore enr ... | head -1`): click quiets it
+                raise
             except Exception as err:  # the safety net: no user ever sees a stack trace unless --debug
                 if ctx.meta.get("actstore.debug"):
                     raise
