@@ -28,6 +28,50 @@ def local_spelling(path: str | Path) -> str:
     return path
 
 
+def _probe_url(url: str, shown: str, mode: str) -> None:
+    """One synchronous look at an object store before zarr opens it, so that an unreachable
+    endpoint, a denied access and a missing store are each named as what they are (zarr reads
+    several keys at once and leaves a failed batch's other requests to be reported by the event
+    loop as 'Exception ignored' tracebacks on stderr)."""
+    import fsspec
+
+    try:
+        fs, root = fsspec.core.url_to_fs(url)
+        found = fs.exists(f"{root.rstrip('/')}/zarr.json")
+    except ImportError as err:
+        raise StoreError(f"{shown!r}: opening this kind of URL needs a package that is not installed ({err}); "
+                         "for s3:// install actstore[s3]", param="store") from None
+    except PermissionError as err:
+        raise StoreError(f"{shown!r}: access denied ({err}); check the credentials and the bucket's permissions",
+                         param="store") from None
+    except (OSError, ValueError) as err:
+        if _is_connection_error(err):
+            raise StoreError(f"{shown!r}: cannot reach the object store ({err}); check the network and the "
+                             "endpoint (e.g. AWS_ENDPOINT_URL)", param="store") from None
+        raise StoreError(f"{shown!r}: the object store refused the request ({type(err).__name__}: {err})",
+                         param="store") from None
+    except Exception as err:  # botocore's and aiohttp's own classes for an unreachable endpoint
+        if _is_connection_error(err):
+            raise StoreError(f"{shown!r}: cannot reach the object store ({err}); check the network and the "
+                             "endpoint (e.g. AWS_ENDPOINT_URL)", param="store") from None
+        raise
+    if not found and mode == "r":
+        raise StoreNotFoundError(f"{shown!r} is not an actstore store (no zarr.json there); create one with "
+                                 "'actstore capture'")
+
+
+def _is_connection_error(err: BaseException) -> bool:
+    """Whether ``err`` (or what caused it) says the endpoint could not be reached."""
+    seen = set()
+    while err is not None and id(err) not in seen:
+        seen.add(id(err))
+        name = type(err).__name__
+        if isinstance(err, (ConnectionError, TimeoutError)) or "Connect" in name or "Timeout" in name:
+            return True
+        err = err.__cause__ or err.__context__
+    return False
+
+
 def _is_unborn(local: Path) -> bool:
     """A store folder whose only content is an empty root ``zarr.json``: what a capture killed
     while writing its first file can leave (the file created, its bytes not yet on disk)."""
@@ -59,6 +103,8 @@ def open_root(path: str | Path, mode: str = "r"):
             raise StoreNotFoundError(
                 f"{path!r} exists and is not a Zarr store; choose a new path for store=", param="store"
             )
+    if local is None:
+        _probe_url(path, shown, mode)
     try:
         # attributes= apply only when the root is created: it is written whole, in one write
         root = zarr.open_group(path, mode=mode, attributes=root_attrs() if mode != "r" else None)
