@@ -22,6 +22,29 @@ class OutputPathError(ActstoreError, ValueError):
     """An output path that is not a regular file (a FIFO, a device, a folder)."""
 
 
+def file_kind(mode: int) -> str:
+    """What a path that is not a regular file is, in a user's words."""
+    return ("a folder" if stat.S_ISDIR(mode) else "a FIFO (named pipe)" if stat.S_ISFIFO(mode)
+            else "a device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode) else "a socket" if stat.S_ISSOCK(mode)
+            else "not a regular file")
+
+
+def input_file_problem(path: str | Path) -> str | None:
+    """Why ``path`` cannot be read as a regular file (missing, unreadable, a FIFO...), or None."""
+    path = Path(path)
+    try:
+        mode = path.stat().st_mode
+    except FileNotFoundError:
+        return "does not exist"
+    except OSError as err:
+        return f"cannot be read ({err.strerror})"
+    if not stat.S_ISREG(mode):
+        return f"is {file_kind(mode)}, not a regular file"
+    if not os.access(path, os.R_OK):
+        return "cannot be read (permission denied)"
+    return None
+
+
 def check_output_path(path: str | Path, param: str = "out") -> Path:
     """``path`` if it does not exist or is a regular file (a symlink to one counts), else refuse."""
     path = Path(path)
@@ -32,10 +55,7 @@ def check_output_path(path: str | Path, param: str = "out") -> Path:
     except OSError as err:
         raise OutputPathError(f"{param}={str(path)!r}: cannot be checked ({err.strerror})", param=param) from None
     if not stat.S_ISREG(mode):
-        kind = ("a folder" if stat.S_ISDIR(mode) else "a FIFO (named pipe)" if stat.S_ISFIFO(mode)
-                else "a device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode) else "a socket" if stat.S_ISSOCK(mode)
-                else "not a regular file")
-        raise OutputPathError(f"{param}={str(path)!r} is {kind}; give the path of a regular file to write",
+        raise OutputPathError(f"{param}={str(path)!r} is {file_kind(mode)}; give the path of a regular file to write",
                               param=param)
     return path
 

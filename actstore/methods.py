@@ -51,7 +51,7 @@ from .errors import VectorError
 from .stats import group_statistics, scheduler_context
 from .stores.reader import group_dataset
 from .stores.roots import open_root, select_group
-from .vectors import SteeringVector, keep_top_k, vector_from_stats, whitened_vector
+from .vectors import SteeringVector, check_two_classes, keep_top_k, vector_from_stats, whitened_vector
 
 METHODS = ("enr", "whitened", "pca", "probe", "lda")
 DIRECTION_METHODS = ("pca", "probe", "lda")
@@ -336,6 +336,7 @@ class LayerMethods:
 
     def __init__(self, group, path: str | Path, stats, layer: int, *, pos: str = "pos", neg: str = "neg",
                  scheduler: str | None = None, probe_c: float = PROBE_C):
+        check_two_classes(pos, neg)
         self.group, self.path, self.stats, self.layer = group, path, stats, int(layer)
         self.pos, self.neg, self.scheduler, self.probe_c = pos, neg, scheduler, probe_c
         self._covariance = None

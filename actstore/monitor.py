@@ -36,6 +36,7 @@ def project(store, vector: SteeringVector, model: str | None = None, *, dataset=
     with the store's per-sample coordinates (class, pair_id, ...). ``dataset``: an
     already opened :func:`actstore.open_store` dataset instead of ``store``."""
     ds = dataset if dataset is not None else open_store(store, model)
+    _check_same_weights(store, ds, vector)
     layers = [int(x) for x in ds["layer"].values]
     if vector.layer not in layers:
         raise VectorError(f"the vector is for layer {vector.layer}; {str(store)!r} has layers {layers}",
@@ -53,6 +54,16 @@ def project(store, vector: SteeringVector, model: str | None = None, *, dataset=
     projection.attrs = {"layer": vector.layer, "method": vector.metadata.get("method", ""),
                         "k": vector.metadata.get("k", ""), "definition": "h . v / |v|"}
     return projection
+
+
+def _check_same_weights(store, ds, vector: SteeringVector) -> None:
+    """A vector made from other weights measures nothing about this store (steer and eval refuse it too)."""
+    made_for = vector.metadata.get("model_fingerprint")
+    captured = ds.attrs.get("model_fingerprint")
+    if made_for and captured and made_for != captured:
+        raise VectorError(f"the vector was made from model weights {made_for}; {str(store)!r} was captured from "
+                          f"{ds.attrs.get('model_id', 'another model')!r} (weights {captured}): project a store "
+                          "captured from the vector's model", param="vector")
 
 
 def _as_dataarray(values: np.ndarray):
@@ -140,19 +151,22 @@ def plot_histograms(entries: Sequence[tuple[str, object, Separation]], path: str
     return path
 
 
-def monitor(store, vectors: Sequence[tuple[str, SteeringVector]], out_dir: str | Path, *, model: str | None = None,
-            pos: str = "pos", neg: str = "neg", scheduler: str | None = None, plot: bool = True):
-    """Project ``store`` onto each named vector and write, into ``out_dir``:
-    ``projections.zarr`` (one variable per vector, sample coordinates kept),
-    ``separation.csv`` (:data:`SEPARATION_COLUMNS`) and ``projections.png``.
-    Returns the separation table as a :class:`pandas.DataFrame`."""
+def monitor(store, vectors: Sequence[tuple[str, SteeringVector]], out_dir: str | Path | None = None, *,
+            model: str | None = None, pos: str = "pos", neg: str = "neg", scheduler: str | None = None,
+            plot: bool = True):
+    """Project ``store`` onto each named vector; return the separation table
+    (:data:`SEPARATION_COLUMNS`) as a :class:`pandas.DataFrame`. With ``out_dir``, also write
+    there ``projections.zarr`` (one variable per vector, sample coordinates kept),
+    ``separation.csv`` and (``plot``) ``projections.png``."""
     import pandas as pd
     import xarray as xr
 
     from .stats import scheduler_context
 
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    out = Path(out_dir) if out_dir is not None else None
+    if out is not None:
+        _check_output_is_ours(out / "projections.zarr")
+        out.mkdir(parents=True, exist_ok=True)
     ds = open_store(store, model)
     names = [name for name, _ in vectors]
     if len(set(names)) != len(names):
@@ -165,7 +179,9 @@ def monitor(store, vectors: Sequence[tuple[str, SteeringVector]], out_dir: str |
     for name in computed.coords:
         if computed[name].dtype.kind in "UO":
             computed[name] = computed[name].astype(str)
-    _write_zarr(computed, out / "projections.zarr")
+    computed.attrs["actstore"] = PROJECTIONS_FORMAT
+    if out is not None:
+        _write_zarr(computed, out / "projections.zarr")
     rows, entries = [], []
     for name, vector in vectors:
         sep = separation(computed[name], pos, neg)
@@ -173,10 +189,33 @@ def monitor(store, vectors: Sequence[tuple[str, SteeringVector]], out_dir: str |
                             k=vector.metadata.get("k", ""), pos=pos, neg=neg))
         entries.append((name, computed[name], sep))
     table = pd.DataFrame(rows, columns=SEPARATION_COLUMNS)
+    if out is None:
+        return table
     table.to_csv(out / "separation.csv", index=False)
     if plot:
         plot_histograms(entries, out / "projections.png", pos, neg)
     return table
+
+
+PROJECTIONS_FORMAT = "actstore.projections/1"
+
+
+def _check_output_is_ours(path: Path) -> None:
+    """An output replaces only what an earlier run of the same command wrote: ``path`` may be
+    missing or a projections store (its root attrs say so), never anything else (e.g. the input
+    store itself, when ``out_dir`` is the store's folder)."""
+    import json
+
+    if not path.exists() and not path.is_symlink():
+        return
+    try:
+        ours = json.loads((path / "zarr.json").read_text()).get("attributes", {}).get("actstore") \
+            == PROJECTIONS_FORMAT
+    except (OSError, ValueError, AttributeError):
+        ours = False
+    if path.is_symlink() or not ours:
+        raise ActstoreError(f"{str(path)!r} exists and is not a projections store that `actstore project` wrote; "
+                            "it would be replaced: choose another --out or move it away", param="out_dir")
 
 
 def _write_zarr(dataset, path: Path) -> None:
@@ -184,6 +223,8 @@ def _write_zarr(dataset, path: Path) -> None:
     where a reader would find it: written beside, then renamed)."""
     import shutil
     import warnings
+
+    _check_output_is_ours(path)
 
     tmp = path.with_name(path.name + ".partial")
     shutil.rmtree(tmp, ignore_errors=True)

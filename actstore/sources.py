@@ -145,9 +145,17 @@ def open_source(path: str | Path, *, text_column: str | None = None, label_colum
     return _arrow(path, text_column, label_column)
 
 
+NO_LABELS = ""  # label_column=NO_LABELS: read no labels even where a column named "label" exists
+DEFAULT_LABEL_COLUMN = "label"
+
+
 def _columns(path: Path, names: Sequence[str], text_column: str | None,
              label_column: str | None) -> tuple[str, str | None]:
     text = text_column or "text"
+    if label_column is None:  # the Hugging Face convention, as "text" is for the texts
+        label_column = DEFAULT_LABEL_COLUMN if DEFAULT_LABEL_COLUMN in names else None
+    elif label_column == NO_LABELS:
+        label_column = None
     for role, name in (("--text-column", text), ("--label-column", label_column)):
         if name is not None and name not in names:
             raise InputFormatError(f"{str(path)!r} has no column {name!r} ({role}); its columns are "
@@ -161,11 +169,44 @@ def _texts_checked(path: Path, values: list, start: int) -> list[str]:
         if not isinstance(value, str):
             raise InputFormatError(f"{str(path)!r} row {start + i + 1}: the text column holds "
                                    f"{type(value).__name__} {value!r}, expected a string")
+        if not value.strip():
+            raise InputFormatError(f"{str(path)!r} row {start + i + 1}: the text is empty")
     return values
 
 
-def _source(path: Path, fmt: str, sha: str, n: int, fetch_rows: Callable[[int, int], dict]) -> TextSource:
-    """Lazy columns over ``fetch_rows(start, stop) -> {"text": [...], "label": [...] or None}``."""
+def _label_checked(path: Path, value, row: int, names: Sequence[str] | None) -> str:
+    """One label as its class name; a missing or look-alike label is refused with its row."""
+    where = f"row {row}"
+    if names is not None:  # a ClassLabel: an index into its names; -1 is the datasets convention for "missing"
+        if value is None or isinstance(value, bool) or not isinstance(value, (int, np.integer)) \
+                or not 0 <= value < len(names):
+            raise InputFormatError(f"{str(path)!r} {where}: the label is {value!r}, which is not one of the "
+                                   f"ClassLabel's {len(names)} classes (-1 means a missing label); drop the row "
+                                   "or give it a class", param="label_column")
+        value = names[value]
+    if value is None or (isinstance(value, float) and np.isnan(value)):
+        raise InputFormatError(f"{str(path)!r} {where}: the label is missing ({value!r}); drop the row or give it "
+                               "a class", param="label_column")
+    if isinstance(value, float) and value.is_integer():  # an integer column with a missing value reads as floats
+        value = int(value)
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (str, int, np.integer)):
+        raise InputFormatError(f"{str(path)!r} {where}: the label is {type(value).__name__} {value!r}, expected a "
+                               "string or an integer", param="label_column")
+    label = str(value)
+    if not label:
+        raise InputFormatError(f"{str(path)!r} {where}: the label is empty", param="label_column")
+    from .datasets import _check_label
+
+    _check_label(path, where, label)
+    return label
+
+
+def _source(path: Path, fmt: str, sha: str, n: int, fetch_rows: Callable[[int, int], dict],
+            names: Sequence[str] | None = None) -> TextSource:
+    """Lazy columns over ``fetch_rows(start, stop) -> {"text": [...], "label": [...] or None}``;
+    ``names``: a ClassLabel's class names (labels are then indices into them)."""
+    if n == 0:
+        raise InputFormatError(f"{str(path)!r} holds no rows")
     cache: dict = {}
 
     def rows(start: int, stop: int) -> dict:
@@ -177,7 +218,9 @@ def _source(path: Path, fmt: str, sha: str, n: int, fetch_rows: Callable[[int, i
 
     def labels(start: int, stop: int) -> np.ndarray:
         values = rows(start, stop)["label"]
-        return np.full(stop - start, CORPUS_CLASS) if values is None else np.asarray([str(v) for v in values])
+        if values is None:
+            return np.full(stop - start, CORPUS_CLASS)
+        return np.asarray([_label_checked(path, v, start + i + 1, names) for i, v in enumerate(values)])
 
     return TextSource(
         str(path), fmt, sha,
@@ -212,12 +255,9 @@ def _arrow(path: Path, text_column: str | None, label_column: str | None) -> Tex
 
     def fetch(start: int, stop: int) -> dict:
         batch = dataset[start:stop]
-        labels = batch[label] if label else None
-        if names is not None:
-            labels = [names[v] for v in labels]
-        return {"text": batch[text], "label": labels}
+        return {"text": batch[text], "label": batch[label] if label else None}
 
-    return _source(path, "arrow", file_sha256(files), len(dataset), fetch)
+    return _source(path, "arrow", file_sha256(files), len(dataset), fetch, names)
 
 
 def _parquet(path: Path, files: list[Path], text_column: str | None, label_column: str | None) -> TextSource:

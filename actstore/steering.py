@@ -35,6 +35,9 @@ from .vectors import SteeringVector, validate_vector
 POSITION_KINDS = ("all", "prompt", "generated", "from")
 
 
+_MAX_POSITION = 2**31  # longer than any context: a larger N is a typo, and beyond int64 a crash
+
+
 @dataclass(frozen=True)
 class Positions:
     """Which token positions are steered. ``kind``: all | prompt | generated | from
@@ -62,10 +65,10 @@ class Positions:
                     start = int(text[5:])
                 except ValueError:
                     start = -1
-                if start >= 0:
+                if 0 <= start < _MAX_POSITION:
                     return cls("from", start)
             raise VectorError(f"positions {spec!r}: expected 'all', 'prompt', 'generated' or 'from:N' "
-                              "(N >= 0, e.g. 'from:5')")
+                              "(0 <= N < 2**31, e.g. 'from:5')", param="positions")
         mask = torch.as_tensor(np.asarray(spec))
         if mask.dtype != torch.bool or mask.dim() != 2:
             raise VectorError(f"positions: a per-example mask must be boolean of shape (batch, n), got "

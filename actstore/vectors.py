@@ -89,11 +89,19 @@ def _check_k(k, hidden: int) -> None:
         raise VectorError(f"k={k} is out of range: expected 1 <= k <= hidden size ({hidden})")
 
 
+def check_two_classes(pos: str, neg: str) -> None:
+    """A contrast needs two classes: ``pos == neg`` would give a zero vector, said to be written."""
+    if pos == neg:
+        raise VectorError(f"pos and neg are both {pos!r}: a contrast needs two different classes",
+                          param=("pos", "neg"))
+
+
 def vector_from_stats(
     stats, layer: int, k: int | None = 64, *, pos: str = "pos", neg: str = "neg"
 ) -> SteeringVector:
     """Build the ENR top-k vector (or the dense one when ``k`` is None) from an
     :func:`actstore.open_stats` dataset."""
+    check_two_classes(pos, neg)
     layers = [int(x) for x in stats["layer"].values]
     if layer not in layers:
         raise VectorError(f"layer {layer} was not captured; the store has layers {layers}")
@@ -172,7 +180,7 @@ def enr(
 
 def save_vector(vector: SteeringVector, path: str | Path) -> Path:
     """Write a vector file (format in the module docstring), replacing ``path`` atomically."""
-    from safetensors.numpy import save_file
+    from safetensors.numpy import save
 
     from ._files import atomic_output
 
@@ -183,26 +191,46 @@ def save_vector(vector: SteeringVector, path: str | Path) -> Path:
         "enr": np.ascontiguousarray(vector.enr, dtype=np.float32),
         **{name: np.ascontiguousarray(value) for name, value in vector.extra.items()},
     }
+    # serialised in memory, written by Python: a full disk is an OSError (ENOSPC) the CLI names as
+    # such, where safetensors' own writer reports it as a serialisation error
+    payload = save(tensors, metadata={**vector.metadata, "layer": str(vector.layer)})
     with atomic_output(path) as tmp:
-        save_file(tensors, str(tmp), metadata={**vector.metadata, "layer": str(vector.layer)})
+        _write_bytes(tmp, payload)
     return path
+
+
+def _write_bytes(path: Path, payload: bytes) -> None:
+    with open(path, "wb") as handle:
+        handle.write(payload)
+
+
+def _as_numpy(tensor) -> np.ndarray:
+    import torch
+
+    if tensor.dtype == torch.bfloat16:
+        tensor = tensor.to(torch.float32)
+    return tensor.numpy()
 
 
 def load_vector(path: str | Path) -> SteeringVector:
     """Read a vector file written by :func:`save_vector`."""
     from safetensors import SafetensorError, safe_open
 
+    from ._files import input_file_problem
+
     path = Path(path)
-    if not path.is_file():
-        raise VectorError(f"vector file {str(path)!r} does not exist")
+    problem = input_file_problem(path)
+    if problem:
+        raise VectorError(f"vector file {str(path)!r} {problem}")
     try:
-        with safe_open(str(path), framework="numpy") as handle:
+        # framework "pt": numpy has no bfloat16, and a bfloat16 vector file is a valid one
+        with safe_open(str(path), framework="pt") as handle:
             names = set(handle.keys())
             metadata = dict(handle.metadata() or {})
             if "vector" not in names:
                 raise VectorError(f"{str(path)!r} has no tensor 'vector' (it has {sorted(names)})")
-            tensors = {name: handle.get_tensor(name) for name in names}
-    except (SafetensorError, OSError, ValueError, TypeError) as err:  # cut, damaged, a dtype numpy lacks
+            tensors = {name: _as_numpy(handle.get_tensor(name)) for name in names}
+    except (SafetensorError, OSError, ValueError, TypeError, RuntimeError) as err:  # cut, damaged, odd dtypes
         raise VectorError(f"{str(path)!r} is not a safetensors vector file: {err}") from None
     for name in ("vector", "indices", "enr"):
         if name in tensors and tensors[name].dtype.kind not in _VECTOR_KINDS[name]:

@@ -180,6 +180,63 @@ CASES = [
          ["data.json", "exists and is not a Zarr"]),
     Case("file URL with a host", ["stats", "-s", "file://elsewhere/acts.zarr"],
          ["file://elsewhere/acts.zarr", "a file:// URL names a local path"]),
+    # Round 3 (issue 22): no committed data replaced, one input one meaning, no endless work.
+    Case("project --out the input store's folder", ["project", "-s", "{home}/projections.zarr", "--vector",
+                                                    "{vector}", "--out", "{home}"],
+         ["projections.zarr", "is not a projections store that `actstore project` wrote", "another --out"]),
+    Case("project a vector from other weights", ["project", "-s", "{store}", "--vector", "{foreign_vector}",
+                                                 "--out", "{tmp}/p"],
+         ["made from model weights sha256:other", "acts.zarr' was captured from"]),
+    Case("shards outnumber the texts", ["capture", "-m", "{llama}", "-d", "{data}", "-l", "1", "-s",
+                                        "{tmp}/n.zarr", "--shard", "99999999999999999999999/999999999999999999999999"],
+         ["999999999999999999999999 shards of 12 texts would leave shards empty", "at most 12 shards"]),
+    Case("dataset with a missing label", ["capture", "-m", "{llama}", "-d", "{null_label}", "-l", "1",
+                                          "-s", "{tmp}/n.zarr"],
+         ["null-label.parquet", "row 2: the label is missing (None)"]),
+    Case("dataset with a label hiding a NUL", ["capture", "-m", "{llama}", "-d", "{nul_label}", "-l", "1",
+                                               "-s", "{tmp}/n.zarr"],
+         ["nul-label.parquet", "row 2: field 'label' 'x\\x00' holds invisible characters"]),
+    Case("dataset with an empty text", ["capture", "-m", "{llama}", "-d", "{empty_text}", "-l", "1",
+                                        "-s", "{tmp}/n.zarr"], ["empty-text.parquet", "row 1: the text is empty"]),
+    Case("group without n_samples is damaged, not new", ["stats", "-s", "{unmarked_store}"],
+         ["unmarked.zarr", "attribute 'n_samples' is None, expected int"]),
+    Case("capture into a group without n_samples", ["capture", "-m", "{llama}", "-d", "{data}", "-l", "1",
+                                                    "-s", "{unmarked_store}"],
+         ["unmarked.zarr", "attribute 'n_samples' is None, expected int"]),
+    Case("verify a group without n_samples", ["verify", "{unmarked_store}"],
+         ["DAMAGED", "attribute 'n_samples' is None"]),
+    Case("capture into a group with emptied attributes", ["capture", "-m", "{llama}", "-d", "{data}", "-l", "1",
+                                                          "-s", "{emptied_store}"],
+         ["emptied.zarr", "is None, expected int", "edited or damaged"]),
+    Case("pos and neg the same class", ["enr", "-s", "{store}", "--layer", "1", "--k", "4", "--pos", "pos",
+                                        "--neg", "pos", "-o", "{tmp}/v.safetensors"],
+         ["--pos and --neg are both 'pos'", "two different classes"]),
+    Case("extract pos and neg the same class", ["extract", "-s", "{store}", "--layer", "1", "--method", "pca",
+                                                "--pos", "neg", "--neg", "neg", "-o", "{tmp}/v.safetensors"],
+         ["are both 'neg'"]),
+    Case("vector is a FIFO", ["steer", "-m", "{llama}", "--vector", "{fifo}", "--prompt", "Hi"],
+         ["fifo", "is a FIFO (named pipe), not a regular file"]),
+    Case("group zarr.json of 0 bytes", ["stats", "-s", "{empty_meta_store}"],
+         ["empty-meta.zarr/tiny-llama/zarr.json is damaged (not valid Zarr metadata"]),
+    Case("group zarr.json cut, verify", ["verify", "{cut_meta_store}"],
+         ["cut-meta.zarr/tiny-llama/zarr.json is damaged"]),
+    Case("group zarr.json cut, info", ["info", "{cut_meta_store}"], ["cut-meta.zarr/tiny-llama/zarr.json is damaged"]),
+    Case("stats-only moments deleted, verify", ["verify", "{moments_lost_store}"],
+         ["DAMAGED", "its moments are missing (array 'moments0'"]),
+    Case("stats-only moments deleted, stats", ["stats", "-s", "{moments_lost_store}", "--force"],
+         ["moments-lost.zarr", "its moments are missing"]),
+    Case("store whose creation was cut before its first write", ["info", "{tmp}/unborn.zarr"],
+         ["unborn.zarr", "its creation was interrupted before anything was written"],
+         files={"unborn.zarr/zarr.json": b""}),
+    Case("positions beyond any context", ["steer", "-m", "{llama}", "--vector", "{vector}", "--prompt", "Hi",
+                                          "--positions", "from:99999999999999999999999"],
+         ["from:99999999999999999999999", "0 <= N < 2**31"]),
+    Case("positions from a negative token", ["steer", "-m", "{llama}", "--vector", "{vector}", "--prompt", "Hi",
+                                             "--positions", "from:-1"], ["'from:-1'", "expected 'all'"]),
+    Case("positions from a word", ["steer", "-m", "{llama}", "--vector", "{vector}", "--prompt", "Hi",
+                                   "--positions", "from:abc"], ["'from:abc'", "expected 'all'"]),
+    Case("dataset without rows", ["capture", "-m", "{llama}", "-d", "{no_rows}", "-l", "1", "-s", "{tmp}/n.zarr"],
+         ["no-rows.parquet", "holds no rows"]),
 ]
 
 
@@ -230,7 +287,35 @@ def world(tmp_path_factory, tiny_model_dirs, tiny_tokenizer):
     return {"tmp": tmp, "data": data, "other": other, "llama": llama, "gpt2": tiny_model_dirs["gpt2"],
             "store": store, "vector": vector, "one_store": one_store, "old_store": old_store, "broken": broken,
             "gpt2_wide": wide, "novec": tmp / "novec.safetensors",
-            **_bad_vectors(tmp, vector), **_damaged_stores(tmp, store, llama, data), **_bad_models(tmp, llama)}
+            **_bad_vectors(tmp, vector), **_damaged_stores(tmp, store, llama, data), **_bad_models(tmp, llama),
+            **_bad_datasets(tmp), **_round3(tmp, store, vector)}
+
+
+def _bad_datasets(tmp) -> dict:
+    pa, pq = pytest.importorskip("pyarrow"), pytest.importorskip("pyarrow.parquet")
+    made = {}
+    for name, columns in {"null-label": {"text": ["a b", "c d"], "label": ["x", None]},
+                          "nul-label": {"text": ["a b", "c d"], "label": ["x", "x\x00"]},
+                          "empty-text": {"text": ["", "c d"], "label": ["x", "y"]},
+                          "no-rows": {"text": pa.array([], pa.string())}}.items():
+        pq.write_table(pa.table(columns), tmp / f"{name}.parquet")
+        made[name.replace("-", "_")] = tmp / f"{name}.parquet"
+    return made
+
+
+def _round3(tmp, store, vector) -> dict:
+    import shutil
+
+    from safetensors import safe_open
+    from safetensors.numpy import load_file, save_file
+
+    home = tmp / "home"
+    shutil.copytree(store, home / "projections.zarr")
+    with safe_open(str(vector), "np") as handle:
+        metadata = handle.metadata()
+    foreign = tmp / "foreign.safetensors"
+    save_file(load_file(str(vector)), str(foreign), metadata={**metadata, "model_fingerprint": "sha256:other"})
+    return {"home": home, "foreign_vector": foreign}
 
 
 def _bad_vectors(tmp, good) -> dict:
@@ -283,6 +368,19 @@ def _damaged_stores(tmp, store, llama, data) -> dict:
     caches = stale / "tiny-llama" / "stats"
     current = json.loads((caches / "zarr.json").read_text())["attributes"]["current"]
     (caches / current / "var" / "c" / "0" / "0" / "0").unlink()
+    unmarked = copy("unmarked")  # lost its n_samples attribute: damaged, not half-created
+    meta = json.loads((unmarked / "tiny-llama" / "zarr.json").read_text())
+    del meta["attributes"]["n_samples"]
+    (unmarked / "tiny-llama" / "zarr.json").write_text(json.dumps(meta))
+    emptied = copy("emptied")
+    zarr.open_group(emptied / "tiny-llama", mode="a").attrs.put({})
+    emptied_meta = copy("empty-meta")  # a crash without fsync can leave a 0-byte zarr.json
+    (emptied_meta / "tiny-llama" / "zarr.json").write_bytes(b"")
+    cut_meta = copy("cut-meta")
+    (cut_meta / "tiny-llama" / "zarr.json").write_bytes((store / "tiny-llama" / "zarr.json").read_bytes()[:50])
+    moments_lost = tmp / "moments-lost.zarr"
+    assert run("capture", "-m", llama, "-d", data, "-l", "1", "-s", moments_lost, "-q", "--stats-only").exit_code == 0
+    shutil.rmtree(moments_lost / "tiny-llama" / "moments0")
     half = tmp / "half.zarr"
     root = zarr.open_group(half, mode="w", attributes={"actstore": {"kind": "actstore-activations",
                                                                     "schema_version": 1}})
@@ -290,7 +388,9 @@ def _damaged_stores(tmp, store, llama, data) -> dict:
     garbled = copy("garbled")
     (garbled / "zarr.json").write_text('{"zarr_format": 3, "node_type": ')
     return {"deleted_store": deleted, "flipped_store": flipped, "classless_store": classless,
-            "edited_store": edited, "stale_cache_store": stale, "half_store": half, "garbled_store": garbled}
+            "edited_store": edited, "stale_cache_store": stale, "half_store": half, "garbled_store": garbled,
+            "unmarked_store": unmarked, "emptied_store": emptied, "empty_meta_store": emptied_meta,
+            "cut_meta_store": cut_meta, "moments_lost_store": moments_lost}
 
 
 def _bad_models(tmp, llama) -> dict:
@@ -308,6 +408,7 @@ def test_a_bad_input_gets_a_clear_message_naming_what_and_where(world, case, tmp
     fill = {**world, "tmp": tmp_path}
     for name, content in case.files.items():
         path = Path(tmp_path) / name
+        path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(content if isinstance(content, bytes) else content.encode())
     result = run(*[a.format(**{k: str(v) for k, v in fill.items()}) for a in case.args])
     assert result.exit_code == case.exit_code, result.output
@@ -316,6 +417,32 @@ def test_a_bad_input_gets_a_clear_message_naming_what_and_where(world, case, tmp
         assert isinstance(result.exception, SystemExit), repr(result.exception)
     for message in case.messages:
         assert message in result.output, result.output
+
+
+def test_project_into_the_input_stores_folder_leaves_the_store_whole(world):
+    import actstore
+
+    store = world["home"] / "projections.zarr"
+    result = run("project", "-s", store, "--vector", world["vector"], "--out", world["home"])
+    assert result.exit_code == 1
+    assert actstore.open_store(store).sizes["sample"] == 2 * len(PAIRS)
+
+
+def test_a_group_missing_attributes_keeps_its_rows_through_a_capture(world):
+    import zarr
+
+    for name in ("unmarked_store", "emptied_store"):
+        assert run("capture", "-m", world["llama"], "-d", world["data"], "-l", "1", "-s", world[name]).exit_code == 1
+        assert zarr.open_group(world[name] / "tiny-llama", mode="r")["acts"].shape[0] == 2 * len(PAIRS)
+
+
+def test_a_store_cut_before_its_first_write_is_captured_into_again(world, tmp_path):
+    unborn = tmp_path / "unborn.zarr"
+    unborn.mkdir()
+    (unborn / "zarr.json").write_bytes(b"")
+    result = run("capture", "-m", world["llama"], "-d", world["data"], "-l", "1", "-s", unborn, "--resume", "-q")
+    assert result.exit_code == 0, result.output
+    assert run("verify", unborn).exit_code == 0
 
 
 def test_texts_longer_than_the_context_are_truncated_with_a_warning_not_refused(world, tmp_path):

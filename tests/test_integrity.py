@@ -246,3 +246,19 @@ def test_the_whitening_pass_names_a_damaged_chunk_behind_a_valid_cache(store):
     result = run("enr", "-s", store, "--layer", "1", "--k", "4", "--whiten", "-o", store.parent / "w.safetensors")
     assert result.exit_code == 1 and "Traceback" not in result.output, result.output
     assert "'tiny-llama/acts' chunk c/0/0/0: checksum mismatch" in result.output, result.output
+
+
+def test_a_chunk_the_reader_may_not_read_is_not_called_damaged(store, monkeypatch):
+    # As root (CI) chmod does not stop a read: the denial is simulated where zarr reads.
+    real = zarr.Array.__getitem__
+
+    def denied(self, key):
+        if self.path.endswith("acts"):
+            raise PermissionError(13, "Permission denied")
+        return real(self, key)
+
+    monkeypatch.setattr(zarr.Array, "__getitem__", denied)
+    result = CliRunner().invoke(cli, ["verify", str(store)])
+    assert result.exit_code == 1
+    assert "cannot be read (Permission denied); check the store's file permissions" in result.output
+    assert "DAMAGED" not in result.output and "capture them again" not in result.output

@@ -188,7 +188,6 @@ def test_real_process_deaths_at_creation_and_commit_writes_resume(setup, tmp_pat
 
 def test_a_vector_or_gguf_export_killed_mid_write_leaves_the_previous_file_whole(tmp_path, monkeypatch):
     import gguf
-    import safetensors.numpy
 
     from actstore.vectors import SteeringVector, load_vector, save_vector
 
@@ -199,12 +198,12 @@ def test_a_vector_or_gguf_export_killed_mid_write_leaves_the_previous_file_whole
     actstore.write_gguf_control_vector(old, gguf_file, "llama")
     before = {path: path.read_bytes() for path in (vector_file, gguf_file)}
 
-    def dies_halfway(tensors, filename, metadata=None):
+    def dies_halfway(filename, payload):
         with open(filename, "wb") as handle:
-            handle.write(b"\x00" * 64)  # the first bytes reach the disk, then the process dies
+            handle.write(payload[:64])  # the first bytes reach the disk, then the process dies
         raise Killed("mid-write")
 
-    monkeypatch.setattr(safetensors.numpy, "save_file", dies_halfway)
+    monkeypatch.setattr(actstore.vectors, "_write_bytes", dies_halfway)
     with pytest.raises(Killed):
         save_vector(new, vector_file)
     original = gguf.GGUFWriter.write_tensors_to_file

@@ -104,6 +104,9 @@ def test_cli_project_and_its_refusals(stores, tmp_path):
     result = runner.invoke(cli, ["project", "--store", str(test), "--vector", str(vec), "--out", str(tmp_path / "o")])
     assert result.exit_code == 0, result.output
     assert "AUROC" in result.output and "paired" in result.output
+    printed = runner.invoke(cli, ["project", "--store", str(test), "--vector", str(vec)])  # no --out: print only
+    assert printed.exit_code == 0, printed.output
+    assert printed.output.splitlines()[0] == result.output.splitlines()[0] and "wrote" not in printed.output
     other = build_vector(train, 2, "enr", 4)
     other.layer = 3
     save_vector(other, tmp_path / "l3.safetensors")

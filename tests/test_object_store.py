@@ -57,3 +57,29 @@ def test_capture_stats_enr_on_s3_equal_a_local_store(tmp_path, s3_bucket, tiny_m
     info = json.loads(run("info", url, "--json").output)
     assert info["models"][0]["classes"] == {"neg": 7, "pos": 7}
     assert info["models"][0]["bytes_on_disk"] > 0 and info["models"][0]["has_stats"]
+
+
+def test_an_unreachable_endpoint_is_named_as_such_with_nothing_after_the_error(tmp_path):
+    import os
+    import socket
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    with socket.socket() as sock:  # a loopback port nobody listens on
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    env = {**os.environ, "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}", "AWS_ACCESS_KEY_ID": "x",
+           "AWS_SECRET_ACCESS_KEY": "y", "PYTHONPATH": str(Path(actstore.__file__).parents[1])}
+    proc = subprocess.run([sys.executable, "-m", "actstore.cli.main", "info", "s3://bucket/acts.zarr"],
+                          capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 1
+    lines = proc.stderr.strip().splitlines()
+    assert lines[-1].startswith("Error: 's3://bucket/acts.zarr': cannot reach the object store"), proc.stderr
+    assert "Traceback" not in proc.stderr and "Exception ignored" not in proc.stderr, proc.stderr
+
+
+def test_a_missing_store_on_a_reachable_server_is_not_a_store(s3_bucket):
+    result = CliRunner().invoke(cli, ["info", f"s3://{s3_bucket}/nothing-here.zarr"])
+    assert result.exit_code == 1
+    assert "is not an actstore store (no zarr.json there)" in result.output, result.output

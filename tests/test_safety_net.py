@@ -95,3 +95,22 @@ def test_device_mistakes_are_error_lines(tmp_path, data, tiny_model_dirs, monkey
                      "--device", device)
         assert result.exit_code == 1 and "Traceback" not in result.output, result.output
         assert result.output.startswith("Error:") and message in result.output, result.output
+
+
+def test_a_reader_that_goes_away_is_no_error_and_the_vector_is_written(tmp_path, data, tiny_model_dirs):
+    import os
+    import subprocess
+    import sys
+
+    store = tmp_path / "s.zarr"
+    assert run("capture", "-m", tiny_model_dirs["llama"], "-d", data, "-l", "1", "-s", store, "-q").exit_code == 0
+    out = tmp_path / "v.safetensors"
+    env = {**os.environ, "PYTHONPATH": str(Path(actstore.__file__).parents[1])}
+    # `actstore enr ... | head -0`: the pipe's reader has gone before the first line is printed
+    proc = subprocess.Popen([sys.executable, "-m", "actstore.cli.main", "enr", "-s", str(store), "--layer", "1",
+                             "--k", "8", "-o", str(out)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+    proc.stdout.close()
+    stderr = proc.stderr.read().decode()
+    proc.wait()
+    assert "Broken pipe" not in stderr and "Traceback" not in stderr and "Exception ignored" not in stderr, stderr
+    assert actstore.load_vector(out).k == 8

@@ -138,3 +138,62 @@ def test_dataset_mistakes_are_errors_not_tracebacks(tmp_path, tiny_model_dirs, p
         empty = tmp_path / "empty.txt"
         empty.write_text("\n\n  \n")
         open_source(empty, tokenizer=actstore.load_model(model).tokenizer)
+
+
+# --- Labels and texts are checked as a contrast-set file's are (issue 22) ---------------------------
+
+def _parquet_file(tmp_path, **columns):
+    pa, pq = pytest.importorskip("pyarrow"), pytest.importorskip("pyarrow.parquet")
+    path = tmp_path / "rows.parquet"
+    pq.write_table(pa.table(columns), path)
+    return path
+
+
+def _labels(path, **kwargs):
+    from actstore.sources import open_source
+
+    return open_source(path, **kwargs).labels.to_numpy().tolist()
+
+
+def test_a_column_named_label_is_the_class_unless_told_otherwise(tmp_path):
+    path = _parquet_file(tmp_path, text=["a b", "c d"], label=["pos", "neg"])
+    assert _labels(path) == ["pos", "neg"]
+    assert _labels(path, label_column="") == ["text", "text"]
+
+
+@pytest.mark.parametrize("labels, message", [
+    (["pos", None], "row 2: the label is missing (None)"),
+    ([1.0, float("nan")], "row 2: the label is missing (nan)"),
+    (["pos", "pos\x00"], "row 2: field 'label' 'pos\\x00' holds invisible characters"),
+    (["pos", ""], "row 2: the label is empty"),
+])
+def test_a_missing_or_look_alike_label_is_refused_with_its_row(tmp_path, labels, message):
+    from actstore.errors import InputFormatError
+
+    path = _parquet_file(tmp_path, text=["a b", "c d"], label=labels)
+    with pytest.raises(InputFormatError) as err:
+        _labels(path)
+    assert message in str(err.value) and "rows.parquet" in str(err.value)
+
+
+def test_a_class_label_of_minus_one_is_a_missing_label_not_the_last_class(tmp_path):
+    datasets = pytest.importorskip("datasets")
+    from actstore.errors import InputFormatError
+
+    features = datasets.Features({"text": datasets.Value("string"),
+                                  "label": datasets.ClassLabel(names=["bad", "good"])})
+    datasets.Dataset.from_dict({"text": ["a b", "c d"], "label": [1, -1]}, features=features) \
+        .save_to_disk(tmp_path / "arrow")
+    with pytest.raises(InputFormatError, match=r"row 2: the label is -1.*-1 means a missing label"):
+        _labels(tmp_path / "arrow")
+
+
+def test_an_empty_text_or_a_file_without_rows_is_refused(tmp_path):
+    from actstore.errors import InputFormatError
+    from actstore.sources import open_source
+
+    with pytest.raises(InputFormatError, match="row 2: the text is empty"):
+        list(open_source(_parquet_file(tmp_path, text=["a b", "  "])).texts)
+    pa = pytest.importorskip("pyarrow")
+    with pytest.raises(InputFormatError, match="holds no rows"):
+        open_source(_parquet_file(tmp_path, text=pa.array([], pa.string())))

@@ -131,3 +131,45 @@ def test_a_safetensors_file_without_vector_is_refused(tmp_path):
     save_file({"weights": np.zeros(3, np.float32)}, str(path))
     with pytest.raises(VectorError, match="has no tensor 'vector'"):
         load_vector(path)
+
+
+def test_a_bfloat16_vector_file_reads_as_float32(captured_store, tmp_path):
+    import torch
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    path = save_vector(actstore.enr(captured_store, layer=3, k=8), tmp_path / "v.safetensors")
+    with safe_open(str(path), "pt") as handle:
+        tensors = {name: handle.get_tensor(name) for name in handle.keys()}
+        metadata = handle.metadata()
+    tensors = {name: t.to(torch.bfloat16) if t.is_floating_point() else t for name, t in tensors.items()}
+    save_file(tensors, str(tmp_path / "bf16.safetensors"), metadata=metadata)
+    back = load_vector(tmp_path / "bf16.safetensors")
+    assert back.vector.dtype == np.float32
+    np.testing.assert_array_equal(back.vector, tensors["vector"].float().numpy())
+
+
+def test_a_full_disk_while_writing_a_vector_is_said_to_be_a_full_disk(captured_store, tmp_path, monkeypatch):
+    import builtins
+    import errno
+
+    from click.testing import CliRunner
+
+    from actstore.cli.main import cli
+
+    real_open = builtins.open
+
+    def full(file, mode="r", *args, **kwargs):
+        handle = real_open(file, mode, *args, **kwargs)
+        if "w" in mode and str(file).endswith(".partial"):
+            def write(data):
+                raise OSError(errno.ENOSPC, "No space left on device")
+            handle.write = write
+        return handle
+
+    monkeypatch.setattr(builtins, "open", full)
+    out = tmp_path / "v.safetensors"
+    result = CliRunner().invoke(cli, ["enr", "-s", str(captured_store), "--layer", "3", "--k", "4", "-o", str(out)])
+    assert result.exit_code == 1, result.output
+    assert "the disk is full" in result.output and "damaged" not in result.output
+    assert not out.exists() and not list(tmp_path.glob("*.partial"))

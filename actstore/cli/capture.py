@@ -96,7 +96,9 @@ class DataPath(click.Path):
               help="With a dataset --data: the column of texts (default: 'text').")
 @click.option("--label-column", default=None, metavar="NAME",
               help="With a dataset --data: the column of class labels (strings, integers or a ClassLabel, "
-                   "whose names are used); without it every text is of class 'text'.")
+                   "whose names are used). Default: 'label' when the dataset has that column (the Hugging Face "
+                   "convention), else none; --label-column '' reads no labels. Without labels every text is of "
+                   "class 'text'. A missing label (null, NaN, ClassLabel -1) is refused with its row.")
 @click.option("--no-swap-options", "swap_options", is_flag=True, flag_value=False, default=True,
               help="Capture an A/B set as written. By default each pair is followed by its option-swapped twin "
                    "(the texts of the matching and the other option exchanged, and the answer letters with them), "

@@ -34,6 +34,8 @@ class _Group(click.Group):
                 raise click.ClickException(_with_flags(str(err), err.params, self._subcommand(ctx))) from None
             except (click.ClickException, click.exceptions.Exit, click.Abort, KeyboardInterrupt):
                 raise
+            except BrokenPipeError:  # the reader went away (`actstore enr ... | head -1`): click quiets it
+                raise
             except Exception as err:  # the safety net: no user ever sees a stack trace unless --debug
                 if ctx.meta.get("actstore.debug"):
                     raise
@@ -52,8 +54,9 @@ def _with_flags(message: str, params: tuple[str, ...], command: click.Command | 
     for param in params:
         flag = options.get(param)
         if flag is not None:
-            # "offset=-1" -> "--offset -1"; "pass name= to" and "offset must" -> "--name", "--offset".
-            message = re.sub(rf"(?<![\w-]){re.escape(param)}(?:(=)(?=\S)|=|\b)",
+            # "offset=-1" -> "--offset -1"; "pass name= to" and "offset must" -> "--name", "--offset";
+            # never inside a quoted value ("classes are both 'pos'" keeps the class name).
+            message = re.sub(rf"(?<![\w'\"-]){re.escape(param)}(?:(=)(?=\S)|=|\b(?!['\"]))",
                              lambda m, flag=flag: flag + (" " if m.group(1) else ""), message)
     return message
 

@@ -18,10 +18,11 @@ from .options import model_group_option, scheduler_option, store_option
 @click.option("--neg", default="neg", show_default=True, help="Class expected to project lower.")
 @model_group_option
 @scheduler_option("Runs the projection pass. ")
-@click.option("--out", "-o", required=True, type=click.Path(file_okay=False),
-              help="Folder for projections.zarr (one variable per vector, the store's sample coordinates), "
-                   "separation.csv (AUROC and Cohen's d with 95% intervals) and projections.png (histograms).")
-@click.option("--no-plot", is_flag=True, help="Skip projections.png.")
+@click.option("--out", "-o", default=None, type=click.Path(file_okay=False),
+              help="Also write, into this folder, projections.zarr (one variable per vector, the store's sample coordinates), "
+                   "separation.csv (AUROC and Cohen's d with 95% intervals) and projections.png (histograms); "
+                   "without it the table is only printed.")
+@click.option("--no-plot", is_flag=True, help="With --out: skip projections.png.")
 def project(store, vectors, pos, neg, model_group, scheduler, out, no_plot):
     """Project every sample of a store onto vectors; say how well they separate the classes.
 
@@ -46,4 +47,5 @@ def project(store, vectors, pos, neg, model_group, scheduler, out, no_plot):
                    f"AUROC {row['auroc']:.3f} [{row['auroc_ci_low']:.3f}, {row['auroc_ci_high']:.3f}]  "
                    f"d {row['cohens_d']:.2f} [{row['d_ci_low']:.2f}, {row['d_ci_high']:.2f}]  "
                    f"(n {row['n_pos']}+{row['n_neg']}{', paired' if row['paired'] else ''})")
-    click.echo(f"wrote {Path(out) / 'separation.csv'}, projections.zarr" + ("" if no_plot else ", projections.png"))
+    if out is not None:
+        click.echo(f"wrote {Path(out) / 'separation.csv'}, projections.zarr" + ("" if no_plot else ", projections.png"))

@@ -28,7 +28,7 @@ import numpy as np
 
 from ..errors import ActstoreError, DamagedStoreError, StoreError
 from .roots import child
-from .schema import ACTS, LATER_COORDS, MOMENTS, SAMPLE_COORDS, physical_dtype
+from .schema import ACTS, CREATING, LATER_COORDS, MOMENTS, SAMPLE_COORDS, physical_dtype
 
 # Arrays whose fill value is also a valid value (token_index is -1 for position 'mean'):
 # a chunk of them may be absent because zarr does not write chunks equal to the fill value.
@@ -87,6 +87,10 @@ def check_array(array, rows: int | None = None, fill_is_data: bool = False) -> t
             continue
         try:
             values = array[region]
+        except PermissionError as err:  # not damage: the bytes may be whole, the reader may not see them
+            raise StoreError(f"array {array.path!r} chunk {key}: cannot be read ({err.strerror or err}); check the "
+                             "store's file permissions (this is not damage: nothing needs capturing again)") \
+                from None
         except Exception as err:  # any decode failure of this chunk is damage: checksum, codec, truncation
             damaged.append(Damage(array.path, key, decode_problem(err)))
             continue
@@ -208,6 +212,10 @@ def check_group(group, path) -> None:
             problems.append(f"array {ACTS!r} is {acts.dtype}, but dtype says {attrs['dtype']}")
         elif not attrs.get("stats_only") and acts.shape[0] < n:
             problems.append(f"n_samples is {n} but array {ACTS!r} has {acts.shape[0]} rows")
+    if attrs.get("stats_only") and attrs.get("moments_classes") and \
+            child(group, MOMENTS[int(attrs.get("moments_buffer", 0)) % len(MOMENTS)]) is None:
+        problems.append("its moments are missing (array "
+                        f"{MOMENTS[int(attrs.get('moments_buffer', 0)) % len(MOMENTS)]!r}, named by its attributes)")
     for name in SAMPLE_COORDS:
         coord = child(group, name)
         if coord is None and name in LATER_COORDS:  # a group made before them
@@ -241,8 +249,18 @@ def check_group(group, path) -> None:
 
 
 def is_half_created(group) -> bool:
-    """A group whose creation was interrupted: its attributes are written last, in one write."""
-    return "n_samples" not in group.attrs
+    """A group whose creation was interrupted, by a positive sign, never by a missing attribute:
+    it still holds the creation marker (:data:`.schema.CREATING`), or (groups created before the
+    marker existed) it has no attributes at all and no array holds a row or moments. A group
+    that lacks ``n_samples`` but holds rows is damaged (:func:`check_group` says so), and
+    nothing replaces it."""
+    attrs = dict(group.attrs)
+    if attrs.get(CREATING) is True:
+        return True
+    if attrs:
+        return False
+    acts = child(group, ACTS)
+    return (acts is None or acts.shape[0] == 0) and all(child(group, name) is None for name in MOMENTS)
 
 
 @dataclass

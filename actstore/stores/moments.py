@@ -8,11 +8,12 @@ import warnings
 
 import numpy as np
 
-from ..errors import StoreError
+from ..errors import DamagedStoreError, StoreError
 from ..moments import Moments, stats_dataset
 from .integrity import decode_problem
 from .lock import WriterLock
 from .reader import as_str_array
+from .roots import child
 from .schema import MOMENTS, STATS_CURRENT, STATS_GROUP, write_stats_group
 
 _CACHE_LOCK_WAIT_S = 10.0
@@ -25,7 +26,13 @@ def committed_moments(group) -> Moments | None:
     classes = list(attrs.get("moments_classes", []))
     if not classes:
         return None
-    return Moments.from_stacked(classes, group[MOMENTS[int(attrs["moments_buffer"])]][...])
+    name = MOMENTS[int(attrs["moments_buffer"])]
+    array = child(group, name)
+    if array is None:
+        raise DamagedStoreError(f"group {group.basename!r}: its attributes name moments of classes {classes}, but "
+                                f"array {name!r} is missing; the statistics-only group's moments are lost: capture "
+                                "again (`actstore verify` checks a whole store)")
+    return Moments.from_stacked(classes, array[...])
 
 
 _STATS_READ_TRIES = 5

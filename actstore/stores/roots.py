@@ -28,6 +28,60 @@ def local_spelling(path: str | Path) -> str:
     return path
 
 
+def _probe_url(url: str, shown: str, mode: str) -> None:
+    """One synchronous look at an object store before zarr opens it, so that an unreachable
+    endpoint, a denied access and a missing store are each named as what they are (zarr reads
+    several keys at once and leaves a failed batch's other requests to be reported by the event
+    loop as 'Exception ignored' tracebacks on stderr)."""
+    import fsspec
+
+    try:
+        fs, root = fsspec.core.url_to_fs(url)
+        found = fs.exists(f"{root.rstrip('/')}/zarr.json")
+    except ImportError as err:
+        raise StoreError(f"{shown!r}: opening this kind of URL needs a package that is not installed ({err}); "
+                         "for s3:// install actstore[s3]", param="store") from None
+    except PermissionError as err:
+        raise StoreError(f"{shown!r}: access denied ({err}); check the credentials and the bucket's permissions",
+                         param="store") from None
+    except (OSError, ValueError) as err:
+        if _is_connection_error(err):
+            raise StoreError(f"{shown!r}: cannot reach the object store ({err}); check the network and the "
+                             "endpoint (e.g. AWS_ENDPOINT_URL)", param="store") from None
+        raise StoreError(f"{shown!r}: the object store refused the request ({type(err).__name__}: {err})",
+                         param="store") from None
+    except Exception as err:  # botocore's and aiohttp's own classes for an unreachable endpoint
+        if _is_connection_error(err):
+            raise StoreError(f"{shown!r}: cannot reach the object store ({err}); check the network and the "
+                             "endpoint (e.g. AWS_ENDPOINT_URL)", param="store") from None
+        raise
+    if not found and mode == "r":
+        raise StoreNotFoundError(f"{shown!r} is not an actstore store (no zarr.json there); create one with "
+                                 "'actstore capture'")
+
+
+def _is_connection_error(err: BaseException) -> bool:
+    """Whether ``err`` (or what caused it) says the endpoint could not be reached."""
+    seen = set()
+    while err is not None and id(err) not in seen:
+        seen.add(id(err))
+        name = type(err).__name__
+        if isinstance(err, (ConnectionError, TimeoutError)) or "Connect" in name or "Timeout" in name:
+            return True
+        err = err.__cause__ or err.__context__
+    return False
+
+
+def _is_unborn(local: Path) -> bool:
+    """A store folder whose only content is an empty root ``zarr.json``: what a capture killed
+    while writing its first file can leave (the file created, its bytes not yet on disk)."""
+    meta = local / "zarr.json"
+    try:
+        return meta.is_file() and meta.stat().st_size == 0 and [p.name for p in local.iterdir()] == ["zarr.json"]
+    except OSError:
+        return False
+
+
 def open_root(path: str | Path, mode: str = "r"):
     """Open the root group of a store; ``mode`` 'r' (must exist) or 'a'."""
     import zarr
@@ -35,6 +89,11 @@ def open_root(path: str | Path, mode: str = "r"):
     shown = str(path)
     path = local_spelling(path)
     local = None if is_url(path) else Path(path)
+    if local is not None and _is_unborn(local):
+        if mode == "r":
+            raise StoreNotFoundError(f"{path!r} holds only an empty zarr.json: its creation was interrupted before "
+                                     "anything was written; capture into it again")
+        (local / "zarr.json").unlink()  # a creation killed before its first write was on disk: it holds nothing
     if local is not None and not (local / "zarr.json").is_file():
         if mode == "r":
             raise StoreNotFoundError(
@@ -44,6 +103,8 @@ def open_root(path: str | Path, mode: str = "r"):
             raise StoreNotFoundError(
                 f"{path!r} exists and is not a Zarr store; choose a new path for store=", param="store"
             )
+    if local is None:
+        _probe_url(path, shown, mode)
     try:
         # attributes= apply only when the root is created: it is written whole, in one write
         root = zarr.open_group(path, mode=mode, attributes=root_attrs() if mode != "r" else None)
@@ -73,7 +134,23 @@ def model_groups(root, include_half_created: bool = False) -> list[str]:
     (they hold no rows; the next capture into one replaces it) unless ``include_half_created``."""
     from .integrity import is_half_created
 
-    return sorted(name for name, group in root.groups() if include_half_created or not is_half_created(group))
+    import zarr
+
+    groups = ((name, child(root, name)) for name in member_names(root))
+    return sorted(name for name, group in groups
+                  if isinstance(group, zarr.Group) and (include_half_created or not is_half_created(group)))
+
+
+def member_names(group) -> list[str]:
+    """Names of a group's members, listed from the store without reading their metadata (one
+    damaged member's ``zarr.json`` must not hide the others, nor be a bare JSON error)."""
+    from zarr.core.sync import sync
+
+    async def names() -> list[str]:
+        store_path = group.store_path
+        return [name async for name in store_path.store.list_dir(store_path.path)]
+
+    return sorted(name for name in sync(names()) if name != "zarr.json")
 
 
 def select_group(root, model: str | None, path: str | Path = "store"):
@@ -109,6 +186,12 @@ def child(group, name: str):
         return group[name]
     except KeyError:
         return None
+    except ValueError as err:  # its zarr.json cut or emptied: a crash without fsync can leave that
+        from ..errors import DamagedStoreError
+
+        where = f"{str(group.store_path).removeprefix('file://')}/{name}"
+        raise DamagedStoreError(f"{where}/zarr.json is damaged (not valid Zarr metadata: {err}); restore it from a "
+                                "copy or capture again (`actstore verify` checks the rest)") from None
 
 
 def disk_usage(path: str) -> int | None:

@@ -78,6 +78,9 @@ def shard_bounds(n_texts: int, index: int, count: int) -> tuple[int, int]:
     """Texts ``[lo, hi)`` of shard ``index`` of ``count``: contiguous, sizes differing by at most one."""
     if not (count >= 1 and 0 <= index < count):
         raise StoreError(f"shard {index}/{count}: expected 0 <= i < n, e.g. 0/4 .. 3/4")
+    if n_texts and count > n_texts:  # n_texts=0: the check before the input is read
+        raise StoreError(f"shard {index}/{count}: {count} shards of {n_texts} texts would leave shards empty; "
+                         f"use at most {n_texts} shards", param="shard")
     return n_texts * index // count, n_texts * (index + 1) // count
 
 

@@ -240,14 +240,19 @@ def check_appendable(group, spec: CaptureSpec, path: str, group_name: str) -> No
             )
 
 
+CREATING = "actstore_creating"  # the one attribute of a model group whose creation has not finished
+
+
 def create_group(root, group_name: str, spec: CaptureSpec):
     """A new, empty model group for rows of ``spec`` (replacing a half-created one, which holds no rows).
 
-    Its attributes are written last, in one write: a group without them is one whose
-    creation was interrupted (:func:`.integrity.is_half_created`), which readers skip and
-    the next writer (holding the group's lock) replaces.
+    The group is born holding the positive marker :data:`CREATING` and nothing else; its
+    attributes replace the marker last, in one write. Only a group that still says so is one
+    whose creation was interrupted (:func:`.integrity.is_half_created`), which readers skip and
+    the next writer (holding the group's lock) replaces: a group that merely lacks an attribute
+    is damaged, never replaced (it may hold committed rows).
     """
-    group = root.create_group(group_name, overwrite=True)
+    group = root.create_group(group_name, overwrite=True, attributes={CREATING: True})
     itemsize = np.dtype(physical_dtype(spec.dtype)).itemsize
     chunk = sample_chunk(spec.hidden_size, itemsize)
     acts = group.create_array(
@@ -275,8 +280,9 @@ def create_group(root, group_name: str, spec: CaptureSpec):
             fill_value="" if dtype is str else -1,
             compressors=small_compressors(),
         )
-    commit_attrs(group, {**spec.attrs(), "n_samples": 0, "n_texts": 0, "next_pair_id": 0,
-                         "runs": [], "data_version": uuid.uuid4().hex})
+    # put, not update: the marker goes in the same single write that brings the attributes
+    group.attrs.put({**spec.attrs(), "n_samples": 0, "n_texts": 0, "next_pair_id": 0,
+                     "runs": [], "data_version": uuid.uuid4().hex})
     return group
 
 

@@ -64,8 +64,8 @@ class ActivationWriter:
             root = open_root(path, mode="a")
             group = child(root, group_name)
             if group is not None and not is_half_created(group):
+                check_group(group, path)  # first: a damaged group is named as damaged, not as another capture
                 check_appendable(group, spec, str(path), group_name)
-                check_group(group, path)
             else:  # new, or its creation was interrupted (no rows): create it (again)
                 group = create_group(root, group_name, spec)
             return cls(group, str(path), lock)
