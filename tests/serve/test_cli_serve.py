@@ -1,0 +1,49 @@
+"""`actstore serve` refusals that need no engine (run in every venv)."""
+
+from __future__ import annotations
+
+import socket
+
+from click.testing import CliRunner
+
+from actstore.cli.main import cli
+
+
+def test_serve_needs_a_vectors_folder():
+    result = CliRunner().invoke(cli, ["serve"])
+    assert result.exit_code == 1 and "--vectors is required" in result.output
+
+
+def test_serve_says_when_vllm_is_missing(tmp_path):
+    result = CliRunner().invoke(cli, ["serve", "--vectors", str(tmp_path), "--vllm", str(tmp_path / "no-vllm")])
+    assert result.exit_code == 1 and "vllm is not installed here" in result.output
+    assert "Traceback" not in result.output
+
+
+def test_serve_refuses_a_plugin_list_without_actstore(tmp_path, monkeypatch):
+    from actstore.errors import ActstoreError
+    from actstore.serve.launch import ServeOptions, vllm_environment
+
+    monkeypatch.setenv("VLLM_PLUGINS", "lora_filesystem_resolver")
+    try:
+        vllm_environment(ServeOptions("m", str(tmp_path)))
+    except ActstoreError as err:
+        assert "leaves out actstore's plugin" in str(err)
+    else:
+        raise AssertionError("VLLM_PLUGINS without actstore_steering was accepted")
+
+
+def test_check_says_when_no_server_answers(tmp_path):
+    with socket.socket() as sock:  # a loopback port nobody listens on
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    (tmp_path / "v.safetensors").write_bytes(b"")
+    result = CliRunner().invoke(cli, ["serve", "check", f"http://127.0.0.1:{port}", "--vector",
+                                      str(tmp_path / "v.safetensors")])
+    assert result.exit_code == 1 and "cannot reach the server" in result.output
+    assert "Traceback" not in result.output
+
+
+def test_check_needs_the_vector_locally(tmp_path):
+    result = CliRunner().invoke(cli, ["serve", "check", "http://127.0.0.1:9", "--vector", "dense"])
+    assert result.exit_code == 1 and "--vectors" in result.output
