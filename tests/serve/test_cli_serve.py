@@ -15,7 +15,7 @@ def test_serve_needs_a_vectors_folder():
 
 
 def test_serve_says_when_vllm_is_missing(tmp_path):
-    result = CliRunner().invoke(cli, ["serve", "--vectors", str(tmp_path), "--vllm", str(tmp_path / "no-vllm")])
+    result = CliRunner().invoke(cli, ["serve", "--vectors", str(tmp_path), "--python", str(tmp_path / "no-python")])
     assert result.exit_code == 1 and "vllm is not installed here" in result.output
     assert "Traceback" not in result.output
 

@@ -100,7 +100,9 @@ def test_steered_logprobs_equal_actstore_hooks_on_transformers(llm, hf_model, ve
     full = ids + list(output.outputs[0].token_ids)
     vector = None if name is None else load_vector(vectors_folder / f"{name}.safetensors")
     reference = hf_logprobs(hf_model, full, vector, alpha or 1.0, positions or "all", len(ids))
-    assert largest_gap(output, reference, len(ids)) < TOLERANCE
+    gap = largest_gap(output, reference, len(ids))
+    print(f"\nPARITY {name} alpha={alpha} positions={positions}: largest |vLLM - HF| log-prob {gap:.2e}")
+    assert gap < TOLERANCE
     if name is not None:  # and the vector did something measurable (else parity proves nothing)
         plain = hf_logprobs(hf_model, full)
         assert np.abs(reference - plain)[len(ids) - 1 + (positions == "generated"):].max() > 0.05
@@ -159,6 +161,8 @@ def _gap(a, b) -> float:
 def test_prefix_cache_never_serves_activations_computed_under_other_steering(llm, hf_model):
     ids = token_ids(hf_model, LONG_PROMPT.replace("river", "canal"))
     first, steered, again, steered_again = _cache_sequence(llm, ids)
+    print(f"\nCACHE with salt: unsteered after steered differs by {_gap(first, again):.2e}, "
+          f"{again.num_cached_tokens} tokens cached")
     assert _gap(first, steered) > 0.05  # the vector changes the answer
     assert _gap(first, again) < TOLERANCE  # no stale steered blocks reached the unsteered request
     assert again.num_cached_tokens >= 256  # ...yet its own blocks were reused
@@ -176,6 +180,8 @@ def test_without_the_salt_the_prefix_cache_test_fails(llm, hf_model, monkeypatch
     llm.reset_prefix_cache()
     steered = run(llm, [ids], steering("dense", 4.0), max_tokens=1)[0]  # now the cache holds steered blocks
     stale = run(llm, [ids], max_tokens=1)[0]
+    print(f"\nCACHE without salt: unsteered after steered differs by {_gap(first, stale):.2e}, "
+          f"{stale.num_cached_tokens} tokens cached")
     assert stale.num_cached_tokens >= 256
     assert _gap(first, stale) > 1e-3, "an unsalted unsteered request should have read steered blocks"
     assert _gap(first, steered) > 0.05

@@ -65,8 +65,8 @@ def servers(demo_model, vectors_folder, tmp_path_factory):
                       "--vllm-arg=--max-num-seqs", "--vllm-arg=8"], env, logs / "serve.log")
     # The same engine with vLLM told to load another plugin only: what a failed plugin import leaves.
     bare_env = {**env, "VLLM_PLUGINS": "lora_filesystem_resolver"}
-    vllm = str(Path(sys.executable).with_name("vllm"))
-    bare = _start([vllm, "serve", demo_model, "--host", "127.0.0.1", "--port", str(bare_port), "--dtype", "float32",
+    bare = _start([sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", demo_model,
+                   "--host", "127.0.0.1", "--port", str(bare_port), "--dtype", "float32",
                    "--enforce-eager", "--max-model-len", "1024", "--kv-cache-memory-bytes", str(1 << 30),
                    "--max-num-seqs", "8"], bare_env, logs / "bare.log")
     try:
@@ -179,3 +179,18 @@ def test_serve_check_fails_when_the_engine_applies_another_vector(servers, vecto
     result = _check(url, "--vector", str(tmp_path / "dense.safetensors"), "--alpha", "4")
     assert result.returncode == 1, result.stdout
     assert "differ from actstore's hooks" in result.stdout
+
+
+def test_generate_returns_each_prompts_continuation_in_order(servers, hf_model, vectors_folder):
+    """The client an evaluation through the engine uses: one request for many prompts."""
+    from actstore.evaluate import generate
+    from actstore.serve.client import ServerClient
+    from actstore.steering import steer
+    from actstore.vectors import load_vector
+
+    url, _, _ = servers
+    steering = {"actstore_vector": "dense", "actstore_alpha": 4.0}
+    served = ServerClient(url).generate(PROMPTS, steering, max_new_tokens=6)
+    with steer(hf_model, load_vector(vectors_folder / "dense.safetensors"), 4.0):
+        local = [generate(hf_model.model, hf_model.tokenizer, [p], max_new_tokens=6)[0] for p in PROMPTS]
+    assert served == local
