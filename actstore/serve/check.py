@@ -105,14 +105,14 @@ def local_vector_path(vector: str, vectors: str | Path | None) -> Path:
 
 
 def check_server(url: str, vector: str, alpha: float = 4.0, *, vectors: str | Path | None = None,
-                 model: str | None = None, tolerance: float = 5e-3, probes=PROBES,
-                 device: str = "cpu") -> CheckReport:
+                 model=None, tolerance: float = 5e-3, probes=PROBES, device: str = "cpu") -> CheckReport:
     """Compare how the server at ``url`` applies ``vector`` (a name the server knows; the same file
-    is read locally, see :func:`local_vector_path`) with actstore's hooks on ``model`` (default:
-    the server's model, when that is a local folder)."""
+    is read locally, see :func:`local_vector_path`) with actstore's hooks on ``model`` (a hub id or
+    folder, or a :class:`~actstore.models.LoadedModel`; default: the server's model, when that is a
+    local folder)."""
     import torch
 
-    from ..models import load_model
+    from ..models import LoadedModel, load_model
     from ..steering import check_vector, steer
     from ..vectors import load_vector
 
@@ -127,7 +127,7 @@ def check_server(url: str, vector: str, alpha: float = 4.0, *, vectors: str | Pa
             raise ServeError(f"the server's model {served!r} is not a folder here; pass model= (the same weights)",
                              param="model")
         model = served
-    loaded = load_model(model, dtype="float32", device=device)
+    loaded = model if isinstance(model, LoadedModel) else load_model(model, dtype="float32", device=device)
     steering_vector = load_vector(path)
     check_vector(steering_vector, loaded)
     steering = {VECTOR_KEY: name, ALPHA_KEY: alpha, POSITIONS_KEY: "all"}

@@ -47,3 +47,28 @@ def test_check_says_when_no_server_answers(tmp_path):
 def test_check_needs_the_vector_locally(tmp_path):
     result = CliRunner().invoke(cli, ["serve", "check", "http://127.0.0.1:9", "--vector", "dense"])
     assert result.exit_code == 1 and "--vectors" in result.output
+
+
+def test_the_server_runs_eagerly_with_the_vectors_folder_and_v1_runner(tmp_path, monkeypatch):
+    from actstore.serve.launch import ServeOptions, vllm_command, vllm_environment
+
+    monkeypatch.delenv("VLLM_PLUGINS", raising=False)
+    python = tmp_path / "python"
+    python.write_text("#!/bin/sh\n")
+    python.chmod(0o755)
+    options = ServeOptions("model-dir", str(tmp_path), port=8123, python=str(python), vllm_args=("--seed", "1"))
+    command = vllm_command(options)
+    assert command[:3] == [str(python), "-m", "vllm.entrypoints.openai.api_server"]
+    assert "--enforce-eager" in command and command[-2:] == ["--seed", "1"]
+    assert command[command.index("--host") + 1] == "127.0.0.1" and "8123" in command
+    env = vllm_environment(options)
+    assert env["ACTSTORE_SERVE_VECTORS"] == str(tmp_path.resolve()) and env["VLLM_USE_V2_MODEL_RUNNER"] == "0"
+
+
+def test_the_printed_examples_carry_vllm_xargs():
+    from actstore.serve.launch import usage_examples
+
+    text = usage_examples("http://127.0.0.1:8000", "m", "refusal", 4.0)
+    assert "curl http://127.0.0.1:8000/v1/completions" in text
+    assert 'extra_body={"vllm_xargs": {"actstore_vector": "refusal", "actstore_alpha": 4' in text
+    assert "actstore serve check http://127.0.0.1:8000 --vector refusal --alpha 4" in text

@@ -162,9 +162,10 @@ def test_serve_check_fails_on_a_server_without_the_plugin(servers, vectors_folde
 
 
 @pytest.mark.parametrize("change", ["sign", "scale", "layer"])
-def test_serve_check_fails_when_the_engine_applies_another_vector(servers, vectors_folder, tmp_path, change):
+def test_serve_check_fails_when_the_engine_applies_another_vector(servers, vectors_folder, hf_model, tmp_path, change):
     """The server applies 'dense' as it is; the check is told the vector has another sign, scale or
     layer (what a plugin applying it wrongly would look like from outside)."""
+    from actstore.serve.check import check_server
     from actstore.vectors import load_vector, save_vector
 
     url, _, _ = servers
@@ -176,9 +177,9 @@ def test_serve_check_fails_when_the_engine_applies_another_vector(servers, vecto
     else:
         vector.layer = vector.layer + 2
     save_vector(vector, tmp_path / "dense.safetensors")
-    result = _check(url, "--vector", str(tmp_path / "dense.safetensors"), "--alpha", "4")
-    assert result.returncode == 1, result.stdout
-    assert "differ from actstore's hooks" in result.stdout
+    report = check_server(url, str(tmp_path / "dense.safetensors"), 4.0, model=hf_model)
+    assert report.plugin_loaded and not report.passed
+    assert any("differ from actstore's hooks" in problem for problem in report.problems), report.summary()
 
 
 def test_generate_returns_each_prompts_continuation_in_order(servers, hf_model, vectors_folder):
@@ -194,3 +195,15 @@ def test_generate_returns_each_prompts_continuation_in_order(servers, hf_model, 
     with steer(hf_model, load_vector(vectors_folder / "dense.safetensors"), 4.0):
         local = [generate(hf_model.model, hf_model.tokenizer, [p], max_new_tokens=6)[0] for p in PROMPTS]
     assert served == local
+
+
+def test_actstore_serve_would_refuse_to_report_ready_without_the_plugin(servers):
+    """The handshake `actstore serve` runs before it prints anything: the plain server fails it."""
+    from actstore.serve import ServeError
+    from actstore.serve.client import ServerClient
+    from actstore.serve.launch import require_plugin
+
+    url, bare_url, _ = servers
+    require_plugin(ServerClient(url))
+    with pytest.raises(ServeError, match="plugin is not loaded"):
+        require_plugin(ServerClient(bare_url))
