@@ -8,7 +8,8 @@ One engine (offline ``LLM``, the plugin loaded through its entry point, gemma-3-
 ``--new-tokens`` tokens (greedy, EOS ignored), under each setting; the settings are interleaved
 in every repeat and the median is reported, with its ratio to unsteered from the same run.
 Vectors are random (a throughput test: what is added does not matter, where and how does),
-at layer 6, alpha 1, written for the served model's fingerprint.
+at layer 6, alpha 1, written for the served model's fingerprint. "unsteered" runs with the plugin
+loaded (its hooks fire and add nothing).
 """
 
 from __future__ import annotations
@@ -101,9 +102,10 @@ def main() -> None:
 
     timed(settings["unsteered"])  # warm-up: kernels, caches
     times: dict[str, list[float]] = {name: [] for name in settings}
-    for _ in range(args.repeats):
+    for repeat in range(args.repeats):
         for name, batch_params in settings.items():
             times[name].append(timed(batch_params))
+            print(f"repeat {repeat + 1}/{args.repeats} {name:22s} {times[name][-1]:.2f} s", flush=True)
     tokens = args.requests * args.new_tokens
     base = statistics.median(times["unsteered"])
     rows = []
@@ -125,7 +127,8 @@ def main() -> None:
         + f"google/gemma-3-270m (float32, enforce_eager, prefix caching off), {args.requests} requests in one "
         f"batch, {args.new_tokens} generated tokens each (greedy, EOS ignored); random vectors at layer "
         f"{args.layer}, alpha 1; N vectors = request i uses vector i mod N. Settings interleaved in each of "
-        f"{args.repeats} repeats; median, range over repeats, throughput relative to unsteered in the same run. "
+        f"{args.repeats} repeats; median, range over repeats, throughput relative to unsteered (plugin loaded, no "
+        "request steered) in the same run. "
         f"Engine start {startup:.0f} s. Targets (issue 20): one vector >= 0.9x unsteered; 64 distinct k=64 "
         "vectors >= 0.8x.\n\n"
         "| setting | median s | generated tokens/s | range | x unsteered |\n|---|---|---|---|---|\n"

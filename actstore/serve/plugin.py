@@ -180,8 +180,8 @@ class RunnerSteering:
         self.runner = runner
         self.layers = decoder_layers(runner.get_model())
         self.active = False
-        self.plan: dict[int, list] | None = None
-        self.tensors: OrderedDict[str, tuple] = OrderedDict()  # payload key -> (indices, values)
+        self.plan: dict[int, LayerAddition] | None = None
+        self.tensors: OrderedDict[str, tuple] = OrderedDict()  # payload key -> (payload, indices, values)
         self.handles = [layer.register_forward_hook(self._hook(i)) for i, layer in enumerate(self.layers)]
         logger.info("actstore serve: steering hooks on %d decoder layers", len(self.layers))
 
@@ -197,37 +197,42 @@ class RunnerSteering:
                 return None
             if self.plan is None:
                 self.plan = self._make_plan()
-            groups = self.plan.get(layer)
-            if not groups:
+            addition = self.plan.get(layer)
+            if addition is None:
                 return None
             if isinstance(output, tuple):
-                return (add_to_rows(output[0], groups), *output[1:])
-            return add_to_rows(output, groups)
+                return (add_to_rows(output[0], addition), *output[1:])
+            return add_to_rows(output, addition)
 
         return hook
 
-    def _payload_tensors(self, payload, device, dtype):
+    def _payload(self, extra: dict, device, dtype):
+        """``(payload, indices, values)`` of a request's payload, the tensors made once per
+        (vector, alpha): a step reads 64 requests without re-reading 64 lists of floats. Only
+        what the key covers may come from the cache (positions differ between requests)."""
         import torch
 
-        cached = self.tensors.get(payload.key)
+        from .settings import SteeringPayload
+
+        cached = self.tensors.get(extra["key"])
         if cached is None:
-            indices = None if payload.indices is None else torch.tensor(payload.indices, dtype=torch.long,
-                                                                         device=device)
-            values = torch.tensor(payload.values, dtype=torch.float32).to(device=device, dtype=dtype)
-            cached = self.tensors[payload.key] = (indices, values)
+            payload = SteeringPayload.from_extra(extra)
+            indices = None if payload.indices is None else torch.tensor(payload.indices, dtype=torch.long)
+            values = torch.tensor(payload.values, dtype=torch.float32).to(dtype=dtype)
+            cached = self.tensors[payload.key] = (payload, None if indices is None else indices.to(device),
+                                                  values.to(device))
             while len(self.tensors) > 4096:
                 self.tensors.popitem(last=False)
         else:
-            self.tensors.move_to_end(payload.key)
+            self.tensors.move_to_end(extra["key"])
         return cached
 
-    def _make_plan(self) -> dict[int, list]:
-        """layer -> [(rows, indices | None, values)]: the rows of this step's flattened batch
-        that each distinct (vector, alpha) is added to."""
+    def _make_plan(self) -> dict[int, LayerAddition]:
+        """layer -> what this step adds there: the rows of the flattened batch that each request's
+        (vector, alpha) goes to, merged into one dense and one sparse scatter per layer."""
         import numpy as np
-        import torch
 
-        from .settings import PAYLOAD_KEY, SteeringPayload
+        from .settings import PAYLOAD_KEY
 
         runner = self.runner
         batch = runner.input_batch
@@ -235,44 +240,66 @@ class RunnerSteering:
         starts = runner.query_start_loc.np[: num_reqs + 1]
         computed = batch.num_computed_tokens_cpu[:num_reqs]
         param = next(runner.get_model().parameters())
-        rows_by_key: dict[str, list] = {}
-        payloads: dict[str, SteeringPayload] = {}
+        per_layer: dict[int, list] = {}
         for index, req_id in enumerate(batch.req_ids[:num_reqs]):
             state = runner.requests.get(req_id)
             params = getattr(state, "sampling_params", None)
-            extra = (params.extra_args or {}) if params is not None else {}
-            if PAYLOAD_KEY not in extra:
+            extra = (params.extra_args or {}).get(PAYLOAD_KEY) if params is not None else None
+            if extra is None:
                 continue
-            payload = SteeringPayload.from_extra(extra[PAYLOAD_KEY])
+            payload, indices, values = self._payload(extra, param.device, param.dtype)
+            positions = extra["positions"]
             start, stop = int(starts[index]), int(starts[index + 1])
             first = int(computed[index])  # position of this step's first token in its sequence
             prompt_left = max(0, min(stop - start, state.num_prompt_tokens - first))
-            if payload.positions == "prompt":
+            if positions == "prompt":
                 stop = start + prompt_left
-            elif payload.positions == "generated":
+            elif positions == "generated":
                 start = start + prompt_left
-            if stop <= start:
-                continue
-            payloads[payload.key] = payload
-            rows_by_key.setdefault(payload.key, []).append(np.arange(start, stop))
-        plan: dict[int, list] = {}
-        for key, pieces in rows_by_key.items():
-            payload = payloads[key]
-            indices, values = self._payload_tensors(payload, param.device, param.dtype)
-            rows = torch.from_numpy(np.concatenate(pieces)).to(param.device)
-            plan.setdefault(payload.layer, []).append((rows, indices, values))
-        return plan
+            if stop > start:
+                per_layer.setdefault(payload.layer, []).append((np.arange(start, stop), indices, values))
+        return {layer: LayerAddition.merge(groups, param.device)
+                for layer, groups in per_layer.items()}
 
 
-def add_to_rows(hidden, groups):
-    """``hidden`` (tokens, hidden) with ``values`` added on ``rows`` (and on the kept
-    ``indices`` only, for a sparse vector); a new tensor, the layer's own output untouched."""
+class LayerAddition:
+    """What one step adds at one layer. Dense vectors: ``dense_rows`` (R,) and their rows of
+    ``alpha * v`` (R, hidden), one ``index_add``. Sparse vectors: flat (row, kept coordinate)
+    positions and values, one ``index_add`` over exactly the kept coordinates. Two scatters per
+    layer however many distinct vectors the batch holds."""
+
+    def __init__(self, dense_rows, dense_values, sparse_rows, sparse_columns, sparse_values):
+        self.dense_rows, self.dense_values = dense_rows, dense_values
+        self.sparse_rows, self.sparse_columns, self.sparse_values = sparse_rows, sparse_columns, sparse_values
+
+    @classmethod
+    def merge(cls, groups, device) -> LayerAddition:
+        """``groups``: [(rows (n,) numpy, indices (k,) | None, values (k,) or (hidden,))]."""
+        import torch
+
+        dense_rows, dense_values, sparse_rows, sparse_columns, sparse_values = [], [], [], [], []
+        for rows, indices, values in groups:
+            rows_t = torch.from_numpy(rows).to(device)
+            if indices is None:
+                dense_rows.append(rows_t)
+                dense_values.append(values.expand(len(rows), -1))
+            elif len(indices):
+                sparse_rows.append(rows_t.repeat_interleave(len(indices)))
+                sparse_columns.append(indices.repeat(len(rows)))
+                sparse_values.append(values.repeat(len(rows)))
+
+        def cat(parts):
+            return torch.cat(parts) if parts else None
+
+        return cls(cat(dense_rows), cat(dense_values), cat(sparse_rows), cat(sparse_columns), cat(sparse_values))
+
+
+def add_to_rows(hidden, addition: LayerAddition):
+    """``hidden`` (tokens, hidden) plus ``addition``; a new tensor, the layer's own output untouched."""
     out = hidden.clone()
-    for rows, indices, values in groups:
-        values = values.to(out.dtype)
-        if indices is None:
-            out.index_add_(0, rows, values.expand(len(rows), -1))
-        elif len(indices):
-            grid = (rows[:, None].expand(-1, len(indices)), indices[None, :].expand(len(rows), -1))
-            out.index_put_(grid, values.expand(len(rows), -1), accumulate=True)
+    if addition.dense_rows is not None:
+        out.index_add_(0, addition.dense_rows, addition.dense_values.to(out.dtype))
+    if addition.sparse_rows is not None:
+        flat = addition.sparse_rows * out.shape[-1] + addition.sparse_columns
+        out.view(-1).index_add_(0, flat, addition.sparse_values.to(out.dtype))
     return out

@@ -109,18 +109,19 @@ def test_steered_logprobs_equal_actstore_hooks_on_transformers(llm, hf_model, ve
 
 
 def test_a_mixed_batch_gives_each_request_its_single_run(llm, hf_model):
-    """Two vectors, two scales and unsteered requests in one batch, one of them a long prompt
-    prefilled in chunks beside decoding requests: each equals its run alone."""
+    """Two vectors, two scales, two position choices and unsteered requests in one batch, one of
+    them a long prompt prefilled in chunks beside decoding requests: each equals its run alone."""
     requests = [
         (PROMPTS[0], steering("dense", 4.0)),
         (PROMPTS[1], steering("sparse", -3.0)),
         (PROMPTS[2], None),
         (PROMPTS[1], steering("dense", -2.0, "generated")),
+        (PROMPTS[2], steering("dense", 4.0, "prompt")),  # the vector and alpha of request 0, other tokens
         (LONG_PROMPT, steering("sparse", 3.0)),
         (PROMPTS[0], None),
     ]
     ids = [token_ids(hf_model, text) for text, _ in requests]
-    assert len(ids[4]) > 2 * MAX_BATCHED  # the long prompt really is chunked
+    assert len(ids[5]) > 2 * MAX_BATCHED  # the long prompt really is chunked
     together = run(llm, ids, [extra for _, extra in requests], max_tokens=6, logprobs=5, cache_salt="mixed")
     for i, (prompt_ids, (_, extra)) in enumerate(zip(ids, requests)):
         alone = run(llm, [prompt_ids], extra, max_tokens=6, logprobs=5, cache_salt=f"alone-{i}")[0]
