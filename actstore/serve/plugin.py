@@ -46,6 +46,13 @@ def register() -> None:
                            "ACTSTORE_SERVE_ANY_VLLM=1 and run tests/serve to see whether it still holds")
     # The plugin steers through the V1 model runner; on GPUs vLLM may pick V2 by default.
     os.environ.setdefault("VLLM_USE_V2_MODEL_RUNNER", "0")
+    from ..errors import VectorError
+    from .settings import folder_from_env
+
+    try:
+        folder_from_env()  # a vectors folder that is not there stops the server, not each request
+    except VectorError as err:
+        raise RuntimeError(f"actstore serve: {err}") from None
     _patch_front_end()
     _patch_runner()
 

@@ -60,3 +60,11 @@ def test_register_patches_once():
     register()
     assert (InputProcessor.process_inputs, CPUModelRunner.load_model, GPUModelRunner.execute_model) == patched
     assert all(getattr(f, "_actstore_patched", False) for f in patched)
+
+
+def test_a_vectors_folder_that_is_not_there_stops_the_server(monkeypatch, tmp_path):
+    from actstore.serve.plugin import register
+
+    monkeypatch.setenv("ACTSTORE_SERVE_VECTORS", str(tmp_path / "missing"))
+    with pytest.raises(RuntimeError, match="does not exist"):
+        register()
