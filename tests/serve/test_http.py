@@ -150,6 +150,7 @@ def _check(url, *args):
 def test_serve_check_passes_when_the_engine_applies_the_vector(servers, vectors_folder):
     url, _, _ = servers
     result = _check(url, "--vector", "dense", "--alpha", "4", "--vectors", str(vectors_folder))
+    print(result.stdout)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "PASS" in result.stdout and "top-1 agreement 100%" in result.stdout
 
