@@ -34,7 +34,16 @@ def serve(ctx, model, vectors, port, host, dtype, max_model_len, kv_cache_gib, p
     if ctx.invoked_subcommand is not None:
         return
     from ..serve import ServeError
-    from ..serve.launch import ServeOptions, find_vllm, require_plugin, start, stop, usage_examples, wait_until_ready
+    from ..serve.launch import (
+        ServeOptions,
+        find_vllm,
+        require_plugin,
+        start,
+        stop,
+        stopping_on_signals,
+        usage_examples,
+        wait_until_ready,
+    )
     from ..serve.settings import VectorFolder
 
     if vectors is None:
@@ -49,15 +58,16 @@ def serve(ctx, model, vectors, port, host, dtype, max_model_len, kv_cache_gib, p
     names = VectorFolder(vectors).names()
     click.echo(f"starting vllm serve {model} on {options.url} with vectors from {vectors} "
                f"({len(names)}: {', '.join(names[:10]) or 'none yet'})", err=True)
-    process = start(options)
-    try:
-        client = wait_until_ready(process, options.url)
-        require_plugin(client)
-        click.echo(f"\nserving {client.model_id()} at {options.url} (Ctrl-C stops it)\n")
-        click.echo(usage_examples(options.url, client.model_id(), names[0] if names else "NAME"))
-        process.wait()
-    finally:
-        stop(process)
+    with stopping_on_signals():
+        process = start(options)
+        try:
+            client = wait_until_ready(process, options.url)
+            require_plugin(client)
+            click.echo(f"\nserving {client.model_id()} at {options.url} (Ctrl-C stops it)\n")
+            click.echo(usage_examples(options.url, client.model_id(), names[0] if names else "NAME"))
+            process.wait()
+        finally:
+            stop(process)
 
 
 @serve.command()

@@ -14,6 +14,7 @@ import signal
 import subprocess
 import sys
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -86,6 +87,23 @@ def start(options: ServeOptions, *, log=None) -> subprocess.Popen:
     """Start ``vllm serve`` in a new process group (so it can be stopped with its workers)."""
     return subprocess.Popen(vllm_command(options), env=vllm_environment(options), stdout=log, stderr=log,
                             start_new_session=True)
+
+
+@contextmanager
+def stopping_on_signals():
+    """While inside, SIGTERM and SIGINT end the block through its ``finally`` (so the server,
+    in a session of its own, is stopped with it): a plain SIGTERM would end Python without
+    cleanup, and a shell that starts a job in the background leaves SIGINT ignored."""
+
+    def leave(signum, frame):
+        raise SystemExit(128 + signum)
+
+    previous = {sig: signal.signal(sig, leave) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def stop(process: subprocess.Popen, timeout: float = 30.0) -> None:

@@ -72,3 +72,35 @@ def test_the_printed_examples_carry_vllm_xargs():
     assert "curl http://127.0.0.1:8000/v1/completions" in text
     assert 'extra_body={"vllm_xargs": {"actstore_vector": "refusal", "actstore_alpha": 4' in text
     assert "actstore serve check http://127.0.0.1:8000 --vector refusal --alpha 4" in text
+
+
+def test_sigterm_reaches_the_cleanup_that_stops_the_server(tmp_path):
+    """`actstore serve` stops vLLM (in a session of its own) in a finally block: SIGTERM, and SIGINT
+    inherited as ignored by a background job, must get there."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    marker = tmp_path / "stopped"
+    script = (
+        "import signal, time\n"
+        "from actstore.serve.launch import stopping_on_signals\n"
+        "signal.signal(signal.SIGINT, signal.SIG_IGN)\n"
+        "with stopping_on_signals():\n"
+        "    try:\n"
+        "        print('ready', flush=True); time.sleep(60)\n"
+        "    finally:\n"
+        f"        open({str(marker)!r}, 'w').write('yes')\n"
+    )
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        marker.unlink(missing_ok=True)
+        child = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+        assert child.stdout.readline().strip() == "ready"
+        child.send_signal(sig)
+        assert child.wait(timeout=30) == 128 + sig
+        for _ in range(50):
+            if marker.exists():
+                break
+            time.sleep(0.1)
+        assert marker.read_text() == "yes"
