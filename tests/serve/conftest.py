@@ -1,0 +1,97 @@
+"""tests/serve: a real vLLM engine with actstore's plugin (run in .venv-serve: `make test` does).
+
+Where vLLM is not installed (the main venv) only the modules that need no engine are collected
+(request checks, the CLI's refusals). Each engine module starts its engine once; they all use
+the embedded gemma-3-270m and vectors written here for it.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import socket
+
+import numpy as np
+import pytest
+
+if importlib.util.find_spec("vllm") is None:
+    collect_ignore = ["test_engine.py", "test_http.py", "test_internals.py"]
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")  # GiB: the default reserves most of the machine
+
+# Long enough to fill two of the CPU backend's 128-token key/value blocks: prefix caching only
+# reuses whole blocks, and chunked prefill (max_num_batched_tokens=128) splits it.
+LONG_PROMPT = " ".join(
+    f"Paragraph {i}: the river keeps its course past the old mill, the orchard and the quiet bridge, "
+    "where travellers stop to rest before the road climbs into the hills." for i in range(12)
+) + " In the end, the traveller said that"
+PROMPTS = ["The capital of France is", "My favourite thing about the weekend is", "I think that you are"]
+
+
+def write_vectors(folder, model_path, hidden: int, num_layers: int) -> dict[str, object]:
+    """Vectors for the served model (fingerprint of its folder) and bad ones the server must refuse."""
+    from pathlib import Path
+
+    from actstore.models import _fingerprint_local
+    from actstore.vectors import VECTOR_FORMAT, SteeringVector, save_vector
+
+    fingerprint = _fingerprint_local(Path(model_path))
+    rng = np.random.default_rng(0)
+
+    def make(values, layer, k="dense", fingerprint=fingerprint, site="resid"):
+        values = np.asarray(values, np.float32)
+        indices = np.flatnonzero(values) if k != "dense" else np.arange(len(values))
+        meta = {"format": VECTOR_FORMAT, "model": str(model_path), "model_fingerprint": fingerprint,
+                "layer": str(layer), "k": str(k), "method": "test", "site": site, "hidden_size": str(len(values))}
+        return SteeringVector(values, indices.astype(np.int64), np.abs(values), layer, meta)
+
+    dense = rng.normal(size=hidden) * 0.5
+    sparse = np.zeros(hidden)
+    kept = rng.choice(hidden, 64, replace=False)
+    sparse[kept] = rng.normal(size=64) * 2.0
+    vectors = {
+        "dense": make(dense, 6),
+        "sparse": make(sparse, 3, k=64),
+        "late": make(rng.normal(size=hidden) * 0.5, num_layers - 1),
+        "nan": make(np.where(np.arange(hidden) == 5, np.nan, dense), 6),
+        "short": make(dense[: hidden // 2], 6),
+        "deep": make(dense, num_layers + 4),
+        "other-model": make(dense, 6, fingerprint="sha256-local:0123456789abcdef"),
+        "attn-site": make(dense, 6, site="attn"),
+    }
+    for name, vector in vectors.items():
+        save_vector(vector, Path(folder) / f"{name}.safetensors")
+    return vectors
+
+
+@pytest.fixture(scope="session")
+def demo_model():
+    from actstore.demo import prepare_demo_model
+
+    return str(prepare_demo_model())
+
+
+@pytest.fixture(scope="session")
+def vectors_folder(tmp_path_factory, demo_model):
+    import json
+    from pathlib import Path
+
+    config = json.loads((Path(demo_model) / "config.json").read_text())
+    folder = tmp_path_factory.mktemp("vectors")
+    write_vectors(folder, demo_model, config["hidden_size"], config["num_hidden_layers"])
+    return folder
+
+
+@pytest.fixture(scope="session")
+def hf_model(demo_model):
+    from actstore.models import load_model
+
+    return load_model(demo_model, dtype="float32")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]

@@ -1,0 +1,210 @@
+"""Through `vllm serve` over HTTP: `actstore serve` with the plugin, a plain `vllm serve` without it
+(both started once for the module, on loopback), and `actstore serve check` against each."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from .conftest import PROMPTS, free_port
+
+pytestmark = pytest.mark.serve
+
+STARTUP_S = 900  # an engine start takes 1-3 minutes on 2 shared cores; the first one also compiles kernels
+
+
+def _start(command, env, log_path):
+    log = open(log_path, "w")
+    return subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def _wait(process, url, log_path, ready_text=None):
+    from actstore.serve.client import ServerClient
+
+    client = ServerClient(url)
+    deadline = time.monotonic() + STARTUP_S
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            pytest.fail(f"server exited with {process.returncode}:\n{Path(log_path).read_text()[-4000:]}")
+        if client.healthy() and (ready_text is None or ready_text in Path(log_path).read_text()):
+            return client
+        time.sleep(2)
+    pytest.fail(f"server not ready in {STARTUP_S} s:\n{Path(log_path).read_text()[-4000:]}")
+
+
+def _stop(process):
+    import signal
+
+    if process.poll() is None:
+        os.killpg(process.pid, signal.SIGINT)
+        try:
+            process.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+
+
+@pytest.fixture(scope="module")
+def servers(demo_model, vectors_folder, tmp_path_factory):
+    """(actstore serve with the plugin, plain vllm serve without it), started side by side."""
+    logs = tmp_path_factory.mktemp("logs")
+    env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1"}
+    port, bare_port = free_port(), free_port()
+    steered = _start([sys.executable, "-m", "actstore.cli.main", "serve", "--model", demo_model, "--vectors",
+                      str(vectors_folder), "--port", str(port), "--max-model-len", "1024",
+                      "--vllm-arg=--max-num-seqs", "--vllm-arg=8"], env, logs / "serve.log")
+    # The same engine with vLLM told to load another plugin only: what a failed plugin import leaves.
+    bare_env = {**env, "VLLM_PLUGINS": "lora_filesystem_resolver"}
+    bare = _start([sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", demo_model,
+                   "--host", "127.0.0.1", "--port", str(bare_port), "--dtype", "float32",
+                   "--enforce-eager", "--max-model-len", "1024", "--kv-cache-memory-bytes", str(1 << 30),
+                   "--max-num-seqs", "8"], bare_env, logs / "bare.log")
+    try:
+        url, bare_url = f"http://127.0.0.1:{port}", f"http://127.0.0.1:{bare_port}"
+        _wait(steered, url, logs / "serve.log", ready_text="vllm_xargs")
+        _wait(bare, bare_url, logs / "bare.log")
+        yield url, bare_url, (logs / "serve.log").read_text()
+    finally:
+        _stop(steered)
+        _stop(bare)
+
+
+def _post(url, body):
+    request = urllib.request.Request(url + "/v1/completions", data=json.dumps(body).encode(),
+                                     headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=120) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as err:
+        return err.code, json.loads(err.read())
+
+
+def test_actstore_serve_prints_how_to_call_it(servers):
+    url, _, log = servers
+    assert f"curl {url}/v1/completions" in log and '"vllm_xargs": {"actstore_vector"' in log
+    assert "OpenAI(base_url=" in log and f"actstore serve check {url}" in log
+
+
+def test_a_request_with_vllm_xargs_is_steered_as_actstore_hooks_steer(servers, hf_model, vectors_folder):
+    from actstore.serve.client import ServerClient
+    from actstore.steering import steer
+    from actstore.vectors import load_vector
+
+    url, _, _ = servers
+    client = ServerClient(url)
+    ids = hf_model.tokenizer(PROMPTS[2])["input_ids"]
+    xargs = {"actstore_vector": "sparse", "actstore_alpha": -3.0, "actstore_positions": "all"}
+    steered = client.complete(ids, xargs).top_logprobs[0]
+    with torch.no_grad(), steer(hf_model, load_vector(vectors_folder / "sparse.safetensors"), -3.0):
+        logits = hf_model.model(torch.tensor([ids])).logits[0, -1]
+    reference = torch.log_softmax(logits.double(), -1).numpy()
+    assert max(abs(lp - reference[t]) for t, lp in steered.items()) < 1e-4
+    plain = client.complete(ids).top_logprobs[0]
+    assert max(abs(plain[t] - steered[t]) for t in plain.keys() & steered.keys()) > 0.05
+
+
+def test_the_openai_client_passes_vllm_xargs(servers):
+    openai = pytest.importorskip("openai")
+    url, _, _ = servers
+    client = openai.OpenAI(base_url=url + "/v1", api_key="unused")
+    model = client.models.list().data[0].id
+    texts = {}
+    for name in ("dense", None):
+        extra = {"vllm_xargs": {"actstore_vector": name, "actstore_alpha": 8}} if name else {}
+        out = client.completions.create(model=model, prompt=PROMPTS[0], max_tokens=8, temperature=0, extra_body=extra)
+        texts[name] = out.choices[0].text
+    assert texts["dense"] != texts[None]
+    with pytest.raises(openai.BadRequestError, match="no such vector"):
+        client.completions.create(model=model, prompt=PROMPTS[0], max_tokens=2,
+                                  extra_body={"vllm_xargs": {"actstore_vector": "absent"}})
+
+
+@pytest.mark.parametrize(("xargs", "message"), [
+    ({"actstore_vector": "../dense"}, "no paths"),
+    ({"actstore_vector": "nan"}, "non-finite"),
+    ({"actstore_vector": "dense", "actstore_positions": "everywhere"}, "all, prompt, generated"),
+])
+def test_bad_requests_get_400_and_the_server_keeps_serving(servers, demo_model, xargs, message):
+    url, _, _ = servers
+    status, body = _post(url, {"model": demo_model, "prompt": "Hello", "max_tokens": 2, "vllm_xargs": xargs})
+    assert status == 400 and message in body["error"]["message"]
+    status, _ = _post(url, {"model": demo_model, "prompt": "Hello", "max_tokens": 2})
+    assert status == 200
+
+
+def _check(url, *args):
+    return subprocess.run([sys.executable, "-m", "actstore.cli.main", "serve", "check", url, *args],
+                          capture_output=True, text=True, timeout=900)
+
+
+def test_serve_check_passes_when_the_engine_applies_the_vector(servers, vectors_folder):
+    url, _, _ = servers
+    result = _check(url, "--vector", "dense", "--alpha", "4", "--vectors", str(vectors_folder))
+    print(result.stdout)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "PASS" in result.stdout and "top-1 agreement 100%" in result.stdout
+
+
+def test_serve_check_fails_on_a_server_without_the_plugin(servers, vectors_folder):
+    _, bare_url, _ = servers
+    result = _check(bare_url, "--vector", "dense", "--alpha", "4", "--vectors", str(vectors_folder))
+    assert result.returncode == 1
+    assert "plugin is not loaded" in result.stdout
+
+
+@pytest.mark.parametrize("change", ["sign", "scale", "layer"])
+def test_serve_check_fails_when_the_engine_applies_another_vector(servers, vectors_folder, hf_model, tmp_path, change):
+    """The server applies 'dense' as it is; the check is told the vector has another sign, scale or
+    layer (what a plugin applying it wrongly would look like from outside)."""
+    from actstore.serve.check import check_server
+    from actstore.vectors import load_vector, save_vector
+
+    url, _, _ = servers
+    vector = load_vector(vectors_folder / "dense.safetensors")
+    if change == "sign":
+        vector.vector = -vector.vector
+    elif change == "scale":
+        vector.vector = vector.vector * np.float32(1.5)
+    else:
+        vector.layer = vector.layer + 2
+    save_vector(vector, tmp_path / "dense.safetensors")
+    report = check_server(url, str(tmp_path / "dense.safetensors"), 4.0, model=hf_model)
+    assert report.plugin_loaded and not report.passed
+    assert any("differ from actstore's hooks" in problem for problem in report.problems), report.summary()
+
+
+def test_generate_returns_each_prompts_continuation_in_order(servers, hf_model, vectors_folder):
+    """The client an evaluation through the engine uses: one request for many prompts."""
+    from actstore.evaluate import generate
+    from actstore.serve.client import ServerClient
+    from actstore.steering import steer
+    from actstore.vectors import load_vector
+
+    url, _, _ = servers
+    steering = {"actstore_vector": "dense", "actstore_alpha": 4.0}
+    served = ServerClient(url).generate(PROMPTS, steering, max_new_tokens=6)
+    with steer(hf_model, load_vector(vectors_folder / "dense.safetensors"), 4.0):
+        local = [generate(hf_model.model, hf_model.tokenizer, [p], max_new_tokens=6)[0] for p in PROMPTS]
+    assert served == local
+
+
+def test_actstore_serve_would_refuse_to_report_ready_without_the_plugin(servers):
+    """The handshake `actstore serve` runs before it prints anything: the plain server fails it."""
+    from actstore.serve import ServeError
+    from actstore.serve.client import ServerClient
+    from actstore.serve.launch import require_plugin
+
+    url, bare_url, _ = servers
+    require_plugin(ServerClient(url))
+    with pytest.raises(ServeError, match="plugin is not loaded"):
+        require_plugin(ServerClient(bare_url))
