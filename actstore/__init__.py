@@ -26,6 +26,7 @@ from .stats import compute_stats, moments, open_stats
 from .steering import steer
 from .stores import GroupOptions, open_store, store_info, verify_store
 from .sweep import run_sweep
+from .vector_info import METHODS, VectorInfo
 from .vectors import SteeringVector, enr, enr_scores, load_vector, save_vector, top_k_indices, vector_from_stats
 
 __all__ = [
@@ -39,10 +40,12 @@ __all__ = [
     "GeneratedText",
     "GroupOptions",
     "LoadedModel",
+    "METHODS",
     "ModelSpec",
     "Moments",
     "SCHEMA_VERSION",
     "SteeringVector",
+    "VectorInfo",
     "__version__",
     "ab_scores",
     "build_vector",

@@ -50,9 +50,14 @@ def project(store, vector: SteeringVector, model: str | None = None, *, dataset=
     acts = ds["acts"].sel(layer=vector.layer)
     projection = acts.dot(_as_dataarray(direction / norm), dim="hidden").drop_vars("layer")
     projection.name = "projection"
-    projection.attrs = {"layer": vector.layer, "method": vector.metadata.get("method", ""),
-                        "k": vector.metadata.get("k", ""), "definition": "h . v / |v|"}
+    projection.attrs = {"layer": vector.layer, "method": vector.method or "", "k": _k_label(vector),
+                        "definition": "h . v / |v|"}
     return projection
+
+
+def _k_label(vector: SteeringVector) -> str:
+    """The k column of separation.csv: the count, or "dense"."""
+    return "dense" if vector.k is None else str(vector.k)
 
 
 def _as_dataarray(values: np.ndarray):
@@ -169,8 +174,8 @@ def monitor(store, vectors: Sequence[tuple[str, SteeringVector]], out_dir: str |
     rows, entries = [], []
     for name, vector in vectors:
         sep = separation(computed[name], pos, neg)
-        rows.append(sep.row(vector=name, layer=vector.layer, method=vector.metadata.get("method", ""),
-                            k=vector.metadata.get("k", ""), pos=pos, neg=neg))
+        rows.append(sep.row(vector=name, layer=vector.layer, method=vector.method or "", k=_k_label(vector),
+                            pos=pos, neg=neg))
         entries.append((name, computed[name], sep))
     table = pd.DataFrame(rows, columns=SEPARATION_COLUMNS)
     table.to_csv(out / "separation.csv", index=False)

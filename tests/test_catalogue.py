@@ -71,9 +71,9 @@ CASES = [
          ["layer 3 was not captured", "[1]"]),
     # k.
     Case("k = 0", ["enr", "-s", "{store}", "--layer", "1", "--k", "0", "-o", "{tmp}/v.safetensors"],
-         ["k=0 is out of range"]),
+         ["--k 0 is out of range"]),
     Case("k > hidden", ["enr", "-s", "{store}", "--layer", "1", "--k", "999", "-o", "{tmp}/v.safetensors"],
-         ["k=999 is out of range", "32"]),
+         ["--k 999 is out of range", "32"]),
     Case("k not an integer", ["enr", "-s", "{store}", "--layer", "1", "--k", "2.5", "-o", "{tmp}/v.safetensors"],
          ["'--k'", "'2.5' is not a valid integer"], exit_code=2),
     # Classes.

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import click
 
+from ..vector_info import EXTRACTION_METHODS
 from .options import model_group_option, scheduler_option, store_option
 
 
@@ -53,7 +54,7 @@ def enr(store, layer, k, dense, whiten, pos, neg, model_group, scheduler, out, t
 @click.command()
 @store_option()
 @click.option("--layer", "-l", required=True, type=int, help="Captured decoder block to build the vector for.")
-@click.option("--method", type=click.Choice(["enr", "whitened", "pca", "probe", "lda"]), default="enr",
+@click.option("--method", type=click.Choice(EXTRACTION_METHODS), default="enr",
               show_default=True,
               help="enr: difference of means, top-k by ENR. whitened: top-k by ENR of Sigma^-1/2 v. "
                    "pca: first principal axis of the pos-neg pair differences (repeng's pca_diff; pairs joined "

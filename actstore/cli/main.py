@@ -53,7 +53,8 @@ def _with_flags(message: str, params: tuple[str, ...], command: click.Command | 
         flag = options.get(param)
         if flag is not None:
             # "offset=-1" -> "--offset -1"; "pass name= to" and "offset must" -> "--name", "--offset".
-            message = re.sub(rf"(?<![\w-]){re.escape(param)}(?:(=)(?=\S)|=|\b)",
+            # a quoted word is a value ('pos' the class), not the parameter
+            message = re.sub(rf"(?<![\w'\"-]){re.escape(param)}(?:(=)(?=\S)|=|\b)",
                              lambda m, flag=flag: flag + (" " if m.group(1) else ""), message)
     return message
 

@@ -48,7 +48,7 @@ def steer(model, gguf_file, vectors, alpha, prompts, positions, max_new_tokens, 
     base = generate(loaded.model, loaded.tokenizer, prompts, **kwargs) if compare else None
     with steering(loaded, loaded_vectors, alpha, positions=chosen):
         steered = generate(loaded.model, loaded.tokenizer, prompts, **kwargs)
-    described = ", ".join(f"layer {v.layer} k={v.metadata.get('k', '?')}" for v in loaded_vectors)
+    described = ", ".join(f"layer {v.layer} k={'dense' if v.k is None else v.k}" for v in loaded_vectors)
     for i, prompt in enumerate(prompts):
         click.echo(f"=== prompt: {prompt!r}")
         if base is not None:
