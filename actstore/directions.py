@@ -20,6 +20,7 @@ import numpy as np
 
 from .errors import VectorError
 from .stats import scheduler_context
+from .stores.group import require_layers
 
 ENR_FLOOR = 1e-8
 PROBE_C = 1.0
@@ -112,9 +113,7 @@ def class_moments(stats, layer: int, pos: str = "pos", neg: str = "neg") -> Clas
     """The moments of ``pos`` and ``neg`` at ``layer`` of an :func:`actstore.open_stats` dataset,
     refused (:class:`~actstore.errors.VectorError`) when the layer or a class is missing, a class
     has fewer than 2 samples or a moment is not finite: the checks every method starts with."""
-    layers = [int(x) for x in stats["layer"].values]
-    if layer not in layers:
-        raise VectorError(f"layer {layer} was not captured; the store has layers {layers}", param="layer")
+    require_layers(stats["layer"].values, layer)
     classes = [str(c) for c in stats["class"].values]
     per_class = {}
     for label, param in ((pos, "pos"), (neg, "neg")):

@@ -59,8 +59,7 @@ from .directions import (  # noqa: F401  (the methods' math, importable from her
 )
 from .errors import VectorError
 from .stats import group_statistics
-from .stores.reader import group_dataset
-from .stores.roots import open_root, select_group
+from .stores.group import StoreGroup, as_store_group
 from .vector_info import EXTRACTION_METHODS, METHODS, LayerInputs, method_entry
 from .vectors import SteeringVector, build
 
@@ -82,9 +81,10 @@ class LayerMethods:
     are computed on first use and reused for every k.
     """
 
-    def __init__(self, group, path: str | Path, stats, layer: int, *, pos: str = "pos", neg: str = "neg",
+    def __init__(self, group, path: str | Path | None, stats, layer: int, *, pos: str = "pos", neg: str = "neg",
                  scheduler: str | None = None, probe_c: float = PROBE_C):
-        self.group, self.path, self.stats, self.layer = group, path, stats, int(layer)
+        self.store = as_store_group(group, path)  # a StoreGroup (path None), or a zarr group and its path
+        self.group, self.path, self.stats, self.layer = self.store.group, self.store.location, stats, int(layer)
         self.pos, self.neg, self.scheduler, self.probe_c = pos, neg, scheduler, probe_c
         self._covariance = None
         self._dataset = None
@@ -92,30 +92,23 @@ class LayerMethods:
         self.inputs = LayerInputs(stats, self.layer, pos, neg, covariance=self.covariance, dataset=self.dataset,
                                   scheduler=scheduler, probe_c=probe_c)
 
-    def _needs_activations(self, method: str) -> None:
-        if self.stats.attrs.get("stats_only"):
-            raise VectorError(f"method {method!r} needs the activations, and {str(self.path)!r} was captured "
-                              "stats-only (moments only); capture without stats_only", param="method")
-
     def covariance(self):
         if self._covariance is None:
             from .covariance import group_covariance
 
-            self._needs_activations("whitened/lda")
-            self._covariance = group_covariance(self.group, self.path, self.layer, self.stats,
-                                                scheduler=self.scheduler)
+            self._covariance = group_covariance(self.store, None, self.layer, self.stats, scheduler=self.scheduler)
         return self._covariance
 
     def dataset(self):
         if self._dataset is None:
-            self._dataset = group_dataset(self.group, self.path, coords=("class", "pair_id"))
+            self._dataset = self.store.dataset(coords=("class", "pair_id"))
         return self._dataset
 
     def direction(self, method: str) -> Direction:
         entry = method_entry(method)
         if entry.name not in self._directions:
             if entry.activations:
-                self._needs_activations(entry.name)
+                self.store.require_activations(f"method {entry.name!r}", param="method")
             self.inputs.moments  # the usual refusals first  # noqa: B018
             if entry.direction is None:
                 raise VectorError(f"method {entry.name!r} ({entry.description}) is not built from a store's "
@@ -132,12 +125,10 @@ def build_vector(store: str | Path, layer: int, method: str = "enr", k: int | No
                  probe_c: float = PROBE_C) -> SteeringVector:
     """A vector for ``layer`` of a store by ``method`` (:data:`METHODS`), dense when ``k`` is None."""
     method_entry(method)  # an unknown method is refused before the store is read
-    group = select_group(open_root(store, mode="r"), model, store)
-    stats = group_statistics(group, store, scheduler=scheduler)
-    layers = [int(x) for x in stats["layer"].values]
-    if layer not in layers:
-        raise VectorError(f"layer {layer} was not captured; the store has layers {layers}", param="layer")
-    return LayerMethods(group, store, stats, layer, pos=pos, neg=neg, scheduler=scheduler,
+    group = StoreGroup.open(store, model)
+    group.require_layers(layer)
+    stats = group_statistics(group, scheduler=scheduler)
+    return LayerMethods(group, None, stats, layer, pos=pos, neg=neg, scheduler=scheduler,
                         probe_c=probe_c).vector(method, k)
 
 

@@ -24,6 +24,7 @@ import numpy as np
 
 from .errors import ActstoreError, VectorError
 from .intervals import Interval, separation_intervals
+from .stores.group import require_layers
 from .stores.reader import open_store
 from .vectors import SteeringVector
 
@@ -36,10 +37,7 @@ def project(store, vector: SteeringVector, model: str | None = None, *, dataset=
     with the store's per-sample coordinates (class, pair_id, ...). ``dataset``: an
     already opened :func:`actstore.open_store` dataset instead of ``store``."""
     ds = dataset if dataset is not None else open_store(store, model)
-    layers = [int(x) for x in ds["layer"].values]
-    if vector.layer not in layers:
-        raise VectorError(f"the vector is for layer {vector.layer}; {str(store)!r} has layers {layers}",
-                          param="vector")
+    require_layers(ds["layer"].values, vector.layer, repr(str(store)), param="vector")
     if ds.sizes["hidden"] != vector.hidden_size:
         raise VectorError(f"the vector has {vector.hidden_size} dims; {str(store)!r} holds {ds.sizes['hidden']}",
                           param="vector")

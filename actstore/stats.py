@@ -28,8 +28,8 @@ from .errors import StatsError
 from .moments import Moments, chan_merge, tensor_class_moments
 from .stores.integrity import damage_located, refuse_non_finite
 from .stores.moments import committed_moments, group_stats, read_stats_cache, write_stats_cache
-from .stores.reader import group_dataset
-from .stores.roots import open_root, select_group
+from .stores.group import StoreGroup, as_store_group
+from .stores.roots import open_root
 from .stores.schema import MOMENTS
 
 __all__ = ["Moments", "chan_merge", "class_moments", "compute_stats", "group_statistics", "moments", "open_stats",
@@ -254,31 +254,35 @@ def compute_stats(
     them next to the data. Returns an :class:`xarray.Dataset` like
     :func:`open_stats`. ``model`` is the model group (or model id).
     """
-    group = select_group(open_root(path, mode="r"), model, path)  # opened once for every read below
-    return group_statistics(group, path, scheduler=scheduler, force=force, split_every=split_every,
-                            progress=progress)
+    store = StoreGroup.open(path, model)  # opened once for every read below
+    return group_statistics(store, scheduler=scheduler, force=force, split_every=split_every, progress=progress)
 
 
-def group_statistics(group, path, *, scheduler: str | None = None, force: bool = False,
+def group_statistics(group, path=None, *, scheduler: str | None = None, force: bool = False,
                      split_every: int | None = None, progress: bool = False):
-    """:func:`compute_stats` of an opened ``group`` of the store at ``path``."""
-    known = _stats_only(group, path) if group.attrs.get("stats_only") else None
+    """:func:`compute_stats` of an opened group (a :class:`StoreGroup`; or, as before, a zarr
+    group and its store's ``path``)."""
+    store = as_store_group(group, path)
+    group, path = store.group, store.location
+    known = _stats_only(store) if store.spec.stats_only else None
     if known is None and not force:
         known = read_stats_cache(group, path)
     if known is not None:
         return known
-    moments = group_moments(group, path, scheduler=scheduler, split_every=split_every, progress=progress)
+    moments = group_moments(store, scheduler=scheduler, split_every=split_every, progress=progress)
     stats = group_stats(moments, dict(group.attrs), group.basename)
     cache_stats(path, group.basename, stats)
     return stats
 
 
-def group_moments(group, path, *, scheduler: str | None = None, split_every: int | None = None,
+def group_moments(group, path=None, *, scheduler: str | None = None, split_every: int | None = None,
                   progress: bool = False) -> Moments:
-    """Per-class moments of the rows of an opened ``group`` (one streaming Dask pass)."""
+    """Per-class moments of the rows of an opened group (one streaming Dask pass)."""
     import dask
 
-    ds = group_dataset(group, path, coords=("class",))  # a snapshot: rows appended meanwhile are not in it
+    store = as_store_group(group, path)
+    group, path = store.group, store.location
+    ds = store.dataset(coords=("class",))  # a snapshot: rows appended meanwhile are not in it
     if ds.sizes["sample"] == 0:
         raise StatsError(f"{str(path)!r} group {group.basename!r} holds no samples yet")
     classes, codes = np.unique(ds["class"].values, return_inverse=True)
@@ -320,8 +324,9 @@ def cached_moments(group) -> Moments | None:
     return None if stats is None else Moments.from_dataset(stats)
 
 
-def _stats_only(group, path):
+def _stats_only(store: StoreGroup):
     """The statistics of a group captured with ``stats_only`` (its committed moments)."""
+    group, path = store.group, store.location
     with damage_located(group, path, MOMENTS):
         moments = committed_moments(group)
     if moments is not None:
@@ -337,10 +342,10 @@ def open_stats(path: str | Path, model: str | None = None):
 
     Raises :class:`StatsError` when none are cached or the data changed since.
     """
-    group = select_group(open_root(path, mode="r"), model, path)
-    if group.attrs.get("stats_only"):
-        return _stats_only(group, path)
-    stats = read_stats_cache(group, path)
+    store = StoreGroup.open(path, model)
+    if store.spec.stats_only:
+        return _stats_only(store)
+    stats = read_stats_cache(store.group, path)
     if stats is None:
         raise StatsError(
             f"no up-to-date statistics in {str(path)!r}; run 'actstore stats --store {path}'"

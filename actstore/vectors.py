@@ -26,6 +26,7 @@ import numpy as np
 
 from .directions import ENR_FLOOR, Direction, enr_scores, keep_top_k, top_k_indices
 from .errors import VectorError
+from .stores.schema import CaptureSpec
 from .vector_info import (
     METHOD_ALIASES,
     METHODS,
@@ -111,11 +112,10 @@ class SteeringVector:
 
 def info_from_stats(stats, inputs: LayerInputs) -> VectorInfo:
     """The provenance a vector built from ``stats`` inherits from its store group."""
-    attrs = stats.attrs
-    return VectorInfo(layer=inputs.layer, model=str(attrs.get("model_id", "")),
-                      fingerprint=str(attrs.get("model_fingerprint", "")),
-                      position=str(attrs.get("position", "")), site=str(attrs.get("site", "resid")),
-                      model_group=str(attrs.get("group", "")), pos=inputs.pos, neg=inputs.neg)
+    spec = CaptureSpec.from_stats(stats)
+    return VectorInfo(layer=inputs.layer, model=spec.model_id, fingerprint=spec.model_fingerprint,
+                      position=spec.position, site=spec.site, model_group=str(stats.attrs.get("group", "")),
+                      pos=inputs.pos, neg=inputs.neg)
 
 
 def build(method: str | Method, inputs: LayerInputs, k: int | None = 64, *,
@@ -168,12 +168,13 @@ def enr(
     """
     from .covariance import group_covariance
     from .stats import group_statistics
-    from .stores.roots import open_root, select_group
+    from .stores.group import StoreGroup
 
-    group = select_group(open_root(store, mode="r"), model, store)  # opened once for the whole chain
-    stats = group_statistics(group, store, scheduler=scheduler)
+    group = StoreGroup.open(store, model)  # opened once for the whole chain
+    group.require_layers(layer)
+    stats = group_statistics(group, scheduler=scheduler)
     inputs = LayerInputs(stats, layer, pos, neg,
-                         covariance=lambda: group_covariance(group, store, layer, stats, scheduler=scheduler),
+                         covariance=lambda: group_covariance(group, None, layer, stats, scheduler=scheduler),
                          scheduler=scheduler)
     return build("whitened" if whiten else "enr", inputs, k)
 

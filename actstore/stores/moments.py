@@ -13,7 +13,7 @@ from ..moments import Moments, stats_dataset
 from .integrity import decode_problem
 from .lock import WriterLock
 from .reader import as_str_array
-from .schema import MOMENTS, STATS_CURRENT, STATS_GROUP, write_stats_group
+from .schema import MOMENTS, STATS_CURRENT, STATS_GROUP, CaptureSpec, write_stats_group
 
 _CACHE_LOCK_WAIT_S = 10.0
 
@@ -136,10 +136,11 @@ def write_stats_cache(path, group, stats) -> bool:
 
 def group_stats(moments: Moments, group_attrs: dict, group_name: str, **extra):
     """The statistics dataset of ``moments`` with the provenance of its group."""
-    attrs = {key: group_attrs[key] for key in ("model_id", "model_fingerprint", "data_version", "position")}
-    attrs.update({"group": group_name, "n_samples": moments.total, "ddof": 1,
-                  "site": group_attrs.get("site", "resid"), **extra})
-    return moments.to_dataset(group_attrs["layers"], attrs)
+    spec = CaptureSpec.from_attrs(group_attrs)
+    attrs = {"model_id": spec.model_id, "model_fingerprint": spec.model_fingerprint,
+             "data_version": group_attrs["data_version"], "position": spec.position, "group": group_name,
+             "n_samples": moments.total, "ddof": 1, "site": spec.site, **extra}
+    return moments.to_dataset(spec.layers, attrs)
 
 
 def counts_of(moments: Moments) -> dict[str, int]:
