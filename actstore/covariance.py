@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import StatsError, VectorError
+from .errors import VectorError
 from .stats import group_statistics, scheduler_context
 from .stores.integrity import damage_located, refuse_non_finite
 from .stores.group import StoreGroup, as_store_group

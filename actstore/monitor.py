@@ -25,6 +25,7 @@ import numpy as np
 from .errors import ActstoreError, VectorError
 from .intervals import Interval, separation_intervals
 from .stores.group import require_layers
+from .stores.location import StoreLocation
 from .stores.reader import open_store
 from .vectors import SteeringVector
 
@@ -206,12 +207,10 @@ def capture_heldout(loaded, data, layers, position: str = "last") -> str:
     """Capture a held-out contrast file (``data``) at ``layers`` into an in-memory store
     and return its URL. ``position`` is a training store's recorded position (``last``,
     ``last-1``, ``mean``, ``all``), so the held-out rows are read where the vectors were."""
-    import uuid
-
     from .capture import CaptureOptions
     from .pipeline import capture_to_store
 
     options = CaptureOptions.at_position(position)
-    url = f"memory://actstore-heldout/{uuid.uuid4().hex}.zarr"
+    url = str(StoreLocation.in_memory("actstore-heldout"))
     capture_to_store(loaded, data, url, sorted(set(int(x) for x in layers)), options=options, progress=False)
     return url

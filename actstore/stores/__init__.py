@@ -7,10 +7,10 @@ users call.
 
 from .group import StoreGroup
 from .info import store_info
-from .integrity import verify_store
 from .reader import open_store
 from .roots import check_store_model, model_groups, open_root, select_group
 from .schema import CaptureSpec, GroupOptions
+from .verify import verify_store
 from .writer import ActivationWriter
 
 __all__ = [

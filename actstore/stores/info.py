@@ -11,7 +11,8 @@ from ..errors import StoreError
 from .integrity import check_group, damage_located, is_half_created
 from .moments import committed_moments, counts_of
 from .reader import read_coord
-from .roots import disk_usage, model_groups, open_root
+from .location import StoreLocation
+from .roots import model_groups, open_root
 from .runs import read_runs
 from .schema import STATS_GROUP, CaptureSpec
 
@@ -65,7 +66,7 @@ def _group_info(group, name: str, path) -> dict[str, Any]:
         "n_samples": n,
         "classes": classes,
         "runs": runs,
-        "bytes_on_disk": disk_usage(f"{str(path).rstrip('/')}/{name}"),
+        "bytes_on_disk": StoreLocation.parse(path).disk_usage(name),
         "has_stats": stats_only or STATS_GROUP in dict(group.groups()),
         "problem": None,
         "stats_only": stats_only,

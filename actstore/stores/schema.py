@@ -141,6 +141,14 @@ def small_compressors() -> list:
     return [ZstdCodec(level=0, checksum=False), checksum()]
 
 
+def child(group, name: str):
+    """``group[name]``, or None if there is no such member."""
+    try:
+        return group[name]
+    except KeyError:
+        return None
+
+
 def commit_attrs(node, values: dict[str, Any]) -> None:
     """Set several attributes of a zarr group or array in ONE metadata write.
 
