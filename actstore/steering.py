@@ -145,7 +145,7 @@ def check_vector(vector: SteeringVector, loaded: LoadedModel, force: bool = Fals
             f"this model {loaded.model_id!r} has weights {loaded.fingerprint}"
         )
         if not force:
-            raise VectorError(message + "; pass --force (Python: force=True) to steer anyway")
+            raise VectorError(message + "; pass force=True to steer anyway", param="force")
         warnings.warn(message, stacklevel=2)
 
 

@@ -15,11 +15,6 @@ from actstore.vectors import SteeringVector, VectorInfo
 TEXT = "The quick brown fox jumps over the lazy dog."
 
 
-@pytest.fixture(scope="module")
-def llama(tiny_model_dirs):
-    return load_model(str(tiny_model_dirs["llama"]))
-
-
 def sparse_vector(layer: int, indices=(3, 7, 20), hidden: int = 32, seed: int = 0) -> SteeringVector:
     rng = np.random.default_rng(seed)
     values = np.zeros(hidden, np.float32)
@@ -117,7 +112,7 @@ def test_vectors_that_do_not_fit_are_refused(llama, vector, alpha, message):
 
 def test_a_vector_for_other_weights_is_refused_unless_forced(llama):
     vector = sparse_vector(1).with_info(model="other/model", fingerprint="sha256-local:ffff")
-    with pytest.raises(VectorError, match="pass --force"):
+    with pytest.raises(VectorError, match="pass force=True"):
         check_vector(vector, llama)
     with pytest.warns(UserWarning, match="vector was made for model 'other/model'"):
         check_vector(vector, llama, force=True)
