@@ -46,7 +46,9 @@ class CaptureOptions:
     ``stop_early`` ends the forward pass after the deepest block; ``site`` is what is
     read in each block (``resid``, ``attn``, ``mlp``: :func:`actstore.models.site_module`).
     ``text_column`` and ``label_column`` name the columns of a dataset input
-    (:mod:`actstore.sources`).
+    (:mod:`actstore.sources`). ``swap_options`` captures an A/B set with each pair's
+    option-swapped twin (:func:`actstore.datasets.with_twins`), so the answer letter cancels
+    question by question; False keeps the texts as written.
     """
 
     position: str = "last"
@@ -60,6 +62,7 @@ class CaptureOptions:
     site: str = "resid"
     text_column: str | None = None
     label_column: str | None = None
+    swap_options: bool = True
 
     def __post_init__(self) -> None:
         if self.position not in POSITIONS:

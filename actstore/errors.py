@@ -24,6 +24,11 @@ class InputFormatError(ActstoreError, ValueError):
     """A contrast-set file is malformed (names file, line and field)."""
 
 
+class DatasetError(InputFormatError):
+    """A contrast set's items cannot be used as asked: an A/B item whose answer or option lines
+    cannot be parsed, so it has no option-swapped twin (names the file and item)."""
+
+
 class ModelError(ActstoreError, ValueError):
     """A model cannot be loaded or its decoder blocks cannot be found."""
 

@@ -17,8 +17,8 @@ from pathlib import Path
 import numpy as np
 
 from .capture import CaptureOptions, answer_letter_reason, iter_windows
-from .datasets import ContrastSet, Example, needs_tokenizer, read_data, text_hash
-from .errors import ActstoreError
+from .datasets import ContrastSet, Example, needs_tokenizer, read_data, text_hash, with_twins
+from .errors import ActstoreError, StoreError
 from .ingest import OrderedWriter
 from .models import LoadedModel, ModelSpec, parse_layers, safe_group_name, text_config
 from .moments import Moments
@@ -43,6 +43,7 @@ class CaptureReport:
     merged_shards: int | None = None  # sharded capture: shards of the run merged so far
     position: str | None = None  # as the store records it: last, last-1, mean, all
     note: str | None = None  # a choice made for the user (the answer letter of an A/B set)
+    twins: bool = False  # an A/B set captured with its option-swapped twins
 
     @property
     def tokens_per_second(self) -> float:
@@ -146,6 +147,14 @@ def capture_to_store(
     The store records the position as ``last-<offset>``. ``window`` is the number
     of texts per commit (default: 512, or 64 for ``all``).
 
+    An A/B set is captured with each pair's option-swapped twin right after it
+    (:func:`actstore.datasets.with_twins`: the matching answer shown once under each
+    letter, so the letter cancels in a mean difference question by question); the rows'
+    ``question`` coordinate is shared by a pair and its twin, ``order`` is 0 as written
+    and 1 swapped, and the run's settings record ``swap_options``. ``swap_options=False``
+    keeps the texts as written. A set whose options cannot be parsed is refused, naming
+    the item, before the model loads.
+
     ``shard=(i, n)`` captures only the i-th of n contiguous slices of the texts,
     into a staging group of its own (several processes or GPUs of one machine capture
     one file at once without touching each other's data). With ``merge`` (the
@@ -173,12 +182,15 @@ def capture_to_store(
                              label_column=options.label_column, max_length=options.max_length)
     # Everything that can be read before the model loads is (a bad file fails fast); a corpus is cut by its tokenizer.
     contrast = data if isinstance(data, ContrastSet | TextSource) else None if needs_tokenizer(data) else read()
+    if options.swap_options and isinstance(contrast, ContrastSet) and contrast.is_ab:
+        contrast = with_twins(contrast)  # a set whose options cannot be parsed fails here, before the model loads
     loaded = request.model if isinstance(request.model, LoadedModel) else request.model.load()
     if contrast is None:
         contrast = read(tokenizer=loaded.tokenizer)
     plan = _plan(loaded, contrast, layers, request)
     if shard is None:
         with ActivationWriter.open(store, plan.group_name, plan.spec) as writer:
+            _check_twins_fit(writer, plan)
             start = writer.begin_run(contrast.path, contrast.sha256, len(plan.rows.texts), resume, plan.settings)
             return _capture_range(loaded, writer, plan, writer.run, 0, len(plan.rows.texts), start,
                                   progress=progress, track_stats=True)
@@ -239,16 +251,27 @@ def _plan(loaded: LoadedModel, contrast: ContrastSet | TextSource, layers, reque
             labels=np.asarray([e.label for e in examples], dtype=str),
             pair_ids=np.asarray([e.pair_id for e in examples], dtype=np.int64),
             hashes=np.asarray([text_hash(t) for t in texts], dtype=str),
-            where=[f"{contrast.path!r} {e.where}" for e in examples],
+            where=[f"{contrast.path!r} {e.where}" + (" (its option-swapped twin)" if e.order else "")
+                   for e in examples],
             add_special_tokens=add_special,
+            questions=np.asarray([e.question_id for e in examples], dtype=np.int64),
+            orders=np.asarray([e.order for e in examples], dtype=np.int64),
         )
     settings = {"separator": options.separator, "chat_template": options.chat_template,
                 "max_length": options.max_length}
     # Recorded only when given, so that runs of contrast-set files made before these existed still match.
     settings.update({name: getattr(options, name) for name in ("text_column", "label_column")
                      if getattr(options, name) is not None})
+    if isinstance(contrast, ContrastSet) and contrast.swapped:
+        settings["swap_options"] = True
     group_name = group.name if group.name is not None else safe_group_name(loaded.model_id)
     return _Plan(options, group_name, spec, settings, rows, group.stats_only, offset_note)
+
+
+def _check_twins_fit(writer: ActivationWriter, plan: _Plan) -> None:
+    """Refuse, before a run is registered, twins for a group that cannot record them."""
+    if plan.settings.get("swap_options") and not writer.holds_twins:
+        raise StoreError(writer.no_twins_message())
 
 
 def _default_offset(options: CaptureOptions, contrast: ContrastSet, tokenizer, texts,
@@ -269,6 +292,7 @@ def _capture_shard_range(loaded, store, contrast, plan: _Plan, shard, merge: boo
     rows = plan.rows
     # Brief hold of the group lock (other shards may be registering or merging).
     with ActivationWriter.open(store, plan.group_name, plan.spec, wait=_REGISTER_WAIT_S) as writer:
+        _check_twins_fit(writer, plan)
         run = writer.begin_sharded_run(contrast.path, contrast.sha256, len(rows.texts), plan.settings, count,
                                        rows.max_pair_id())
     lo, hi = shard_bounds(len(rows.texts), index, count)
@@ -297,6 +321,8 @@ class _Rows:
     hashes: np.ndarray
     where: list[str]
     add_special_tokens: bool = True
+    questions: np.ndarray | Column | None = None  # None: the pair ids (no twins)
+    orders: np.ndarray | Column | None = None  # None: all 0 (as written)
 
     def max_pair_id(self) -> int:
         if not len(self.texts):
@@ -306,12 +332,16 @@ class _Rows:
         return int(self.pair_ids.max())
 
     def window(self, start: int, stop: int, local: np.ndarray) -> dict[str, np.ndarray]:
-        """``class``, ``pair_id`` and ``text_hash`` of rows whose texts are ``local`` (0-based within
-        texts ``start .. stop-1``): one slice of each column per window, also for a lazy source."""
+        """``class``, ``pair_id``, ``text_hash``, ``question`` and ``order`` of rows whose texts are
+        ``local`` (0-based within texts ``start .. stop-1``): one slice of each column per window, also
+        for a lazy source."""
         out = {}
-        for name, column in (("class", self.labels), ("pair_id", self.pair_ids), ("text_hash", self.hashes)):
+        for name, column in (("class", self.labels), ("pair_id", self.pair_ids), ("text_hash", self.hashes),
+                             ("question", self.pair_ids if self.questions is None else self.questions)):
             part = column[start:stop]
             out[name] = (part.to_numpy() if isinstance(part, Column) else np.asarray(part))[local]
+        orders = np.zeros(stop - start, np.int64) if self.orders is None else np.asarray(self.orders[start:stop])
+        out["order"] = orders[local]
         return out
 
 
@@ -351,6 +381,8 @@ def _capture_range(loaded: LoadedModel, writer: ActivationWriter, plan: _Plan, r
         coords = {
             "class": per_row["class"],
             "pair_id": per_row["pair_id"] + run.pair_id_offset,
+            "question": per_row["question"] + run.pair_id_offset,
+            "order": per_row["order"],
             "text_hash": per_row["text_hash"],
             "text_index": captured.row_example + lo + run.text_index_offset,
             "token_index": captured.row_token,
@@ -386,6 +418,7 @@ def _capture_range(loaded: LoadedModel, writer: ActivationWriter, plan: _Plan, r
                              time.perf_counter() - t0, skipped=start)
     report.position = plan.spec.position
     report.note = plan.offset_note
+    report.twins = bool(plan.settings.get("swap_options"))
     return report
 
 

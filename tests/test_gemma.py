@@ -57,11 +57,13 @@ def test_batched_capture_equals_hf_hidden_states(gemma, refusal_slices):
 def test_refusal_vector_end_to_end_separates_held_out_pairs(gemma, refusal_slices, tmp_path):
     train_store, test_store = tmp_path / "train.zarr", tmp_path / "test.zarr"
     # offset=0: the final ')' this figure was pinned at (A/B sets now default to the answer letter,
-    # where 48 training pairs and k=16 order only ~50% of these held-out pairs).
+    # where 48 training pairs and k=16 order only ~50% of these held-out pairs), and the texts as written
+    # (swap_options=False: the figure was pinned before A/B sets were captured with their twins).
     report = actstore.capture_to_store(gemma, refusal_slices / "train.json", train_store, str(LAYER), offset=0,
-                                       progress=False)
+                                       swap_options=False, progress=False)
     assert report.n_samples_written == 96
-    actstore.capture_to_store(gemma, refusal_slices / "test.json", test_store, str(LAYER), offset=0, progress=False)
+    actstore.capture_to_store(gemma, refusal_slices / "test.json", test_store, str(LAYER), offset=0,
+                              swap_options=False, progress=False)
     stats = actstore.compute_stats(train_store)
     assert stats["count"].values.tolist() == [[48], [48]]
     vec = actstore.enr(train_store, LAYER, k=16)

@@ -26,7 +26,8 @@ actstore.capture_to_store(sys.argv[1], sys.argv[2], sys.argv[3], "1,3", shard=(i
 
 @pytest.fixture
 def many_pairs(tmp_path, shared_data):
-    pairs = json.loads((shared_data / "caa-pairs" / "sycophancy" / "train.json").read_text())[:24]
+    # 12 A/B pairs: 48 texts, each pair followed by its option-swapped twin.
+    pairs = json.loads((shared_data / "caa-pairs" / "sycophancy" / "train.json").read_text())[:12]
     path = tmp_path / "pairs.json"
     path.write_text(json.dumps(pairs))
     return path
@@ -117,4 +118,5 @@ def test_info_shows_a_sharded_capture_in_progress(tmp_path, tiny_model_dirs, man
     store = tmp_path / "s.zarr"
     actstore.capture_to_store(str(tiny_model_dirs["gpt2"]), many_pairs, store, "1", shard=(1, 2), progress=False)
     result = CliRunner().invoke(cli, ["info", str(store)], catch_exceptions=False)
-    assert "0/48 texts, 0/2 shards merged (run the unfinished ones with --shard I/N)" in result.output
+    assert ("0/48 texts, each pair with its option-swapped twin, 0/2 shards merged (run the unfinished ones with "
+            "--shard I/N)") in result.output

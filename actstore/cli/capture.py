@@ -82,6 +82,11 @@ class DataPath(click.Path):
 @click.option("--label-column", default=None, metavar="NAME",
               help="With a dataset --data: the column of class labels (strings, integers or a ClassLabel, "
                    "whose names are used); without it every text is of class 'text'.")
+@click.option("--no-swap-options", "swap_options", is_flag=True, flag_value=False, default=True,
+              help="Capture an A/B set as written. By default each pair is followed by its option-swapped twin "
+                   "(the texts of the matching and the other option exchanged, and the answer letters with them), "
+                   "so every question shows its matching answer once under each letter and a vector cannot learn "
+                   "the letter; the store's 'question' and 'order' coordinates say which row is which.")
 @click.option("--no-early-exit", "stop_early", is_flag=True, flag_value=False, default=True,
               help="Run the whole model instead of stopping after the deepest captured block "
                    "(only useful to measure what early exit saves).")
@@ -148,6 +153,9 @@ def capture(data, layers, store, resume, shard, scheduler, shards, quiet, **fiel
     if report.note:
         click.echo(f"{data} is an A/B set: captured at the answer letter (position {report.position}), as CAA "
                    "reads it; --offset 0 captures the final ')'")
+    if report.twins:
+        click.echo(f"{data}: each pair captured with its option-swapped twin (order 1 in the store); "
+                   "--no-swap-options captures the texts as written")
     if shard is not None:
         merged = f"{report.merged_shards}/{shard[1]} shards merged into the group so far"
         click.echo(f"shard {shard[0]}/{shard[1]}: captured {report.n_texts_captured} of its {report.n_texts} "

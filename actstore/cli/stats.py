@@ -61,7 +61,8 @@ def info(store, as_json):
             state = {"complete": "complete", "interrupted": "INTERRUPTED (use --resume)"}.get(
                 r["state"], f"{r.get('merged')}/{r.get('shards')} shards merged (run the unfinished ones with "
                             "--shard I/N)")
-            click.echo(f"    run {r['source']}: {r['texts_done']}/{r['n_texts']} texts, {state}")
+            twins = ", each pair with its option-swapped twin" if r.get("swap_options") else ""
+            click.echo(f"    run {r['source']}: {r['texts_done']}/{r['n_texts']} texts{twins}, {state}")
         if m["stats_only"]:
             click.echo("    statistics only (captured with --stats-only: no activations stored)")
         else:

@@ -52,7 +52,8 @@ def _group_info(group, name: str, path) -> dict[str, Any]:
         labels, counts = np.unique(read_coord(group["class"], n), return_counts=True)
         classes = {str(k): int(v) for k, v in zip(labels, counts)}
     runs = [{k: v for k, v in r.to_attrs().items()
-             if k in ("source", "texts_done", "n_texts", "complete", "shards", "merged")} | {"state": r.state}
+             if k in ("source", "texts_done", "n_texts", "complete", "shards", "merged")}
+            | {"state": r.state, "swap_options": bool(r.settings.get("swap_options", False))}
             for r in read_runs(group)]
     return {
         "group": name,

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..errors import ActstoreError, DamagedStoreError
-from .schema import ACTS, MOMENTS, SAMPLE_COORDS, child, physical_dtype
+from .schema import ACTS, LATER_COORDS, MOMENTS, SAMPLE_COORDS, child, physical_dtype
 
 # Arrays whose fill value is also a valid value (token_index is -1 for position 'mean'):
 # a chunk of them may be absent because zarr does not write chunks equal to the fill value.
@@ -166,7 +166,7 @@ def refuse_non_finite(group, path, values: np.ndarray, names: tuple[str, ...] = 
 
 
 # What a missing chunk of a per-sample coordinate reads as, and no capture writes.
-_FILL = {"class": "", "pair_id": -1, "text_index": -1}
+_FILL = {"class": "", "pair_id": -1, "text_index": -1, "question": -1, "order": -1}
 
 
 def refuse_fill_values(group, path, name: str, values: np.ndarray) -> None:
@@ -209,6 +209,8 @@ def check_group(group, path) -> None:
             problems.append(f"n_samples is {n} but array {ACTS!r} has {acts.shape[0]} rows")
     for name in SAMPLE_COORDS:
         coord = child(group, name)
+        if coord is None and name in LATER_COORDS:  # a group made before them
+            continue
         if coord is None:
             problems.append(f"array {name!r} is missing")
         elif not attrs.get("stats_only") and coord.shape[0] < n:

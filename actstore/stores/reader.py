@@ -10,7 +10,7 @@ import numpy as np
 from ..errors import StoreError
 from .integrity import damage_located, refuse_fill_values
 from .roots import open_root, select_group
-from .schema import ACTS, BFLOAT16, SAMPLE_COORDS, bfloat16_values
+from .schema import ACTS, BFLOAT16, LATER_COORDS, SAMPLE_COORDS, bfloat16_values
 
 _CHUNKS_PER_TASK = 4
 
@@ -36,7 +36,8 @@ def open_store(path: str | Path, model: str | None = None, coords: tuple[str, ..
 
     ``acts (sample, layer, hidden)`` reads nothing until computed; per-sample
     coordinates ``class``, ``pair_id``, ``text_hash``, ``text_index``,
-    ``token_index`` (or only those named in ``coords``) and the ``layer``
+    ``token_index``, ``question``, ``order`` (or only those named in ``coords``; a group
+    captured before ``question``/``order`` existed has neither) and the ``layer``
     coordinate are loaded (they are small, about 1/1000 of ``acts``). The
     dataset is a snapshot: the first ``n_samples`` rows committed when it was
     opened, whatever a writer appends meanwhile.
@@ -62,10 +63,15 @@ def group_dataset(group, path: str | Path, coords: tuple[str, ...] | None = None
     acts = da.from_zarr(acts_array, chunks=(rows, *acts_array.chunks[1:]))[:n]
     if attrs.get("dtype") == BFLOAT16:  # stored as its uint16 bits (zarr v3 has no bfloat16)
         acts = acts.map_blocks(bfloat16_values, dtype=np.float32)
-    names = SAMPLE_COORDS if coords is None else coords
+    names = [n for n in SAMPLE_COORDS if n not in LATER_COORDS or n in group] if coords is None else coords
     unknown = sorted(set(names) - set(SAMPLE_COORDS))
     if unknown:
         raise StoreError(f"unknown coordinate(s) {unknown}; a store has {sorted(SAMPLE_COORDS)}")
+    missing = [n for n in names if n in LATER_COORDS and n not in group]
+    if missing:
+        raise StoreError(f"store {str(path)!r} group {group.basename!r} has no coordinate(s) {missing}: it was "
+                         "captured before actstore recorded them (every row is as written: question = pair_id, "
+                         "order 0)")
     loaded: dict[str, Any] = {"layer": ("layer", np.asarray(group["layer"][:]))}
     for name in names:
         with damage_located(group, path, (name,)):

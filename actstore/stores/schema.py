@@ -10,6 +10,9 @@ Layout (one group per model, named by :func:`actstore.models.safe_group_name`)::
         layer      (layer,)  int64   real block numbers, e.g. [2, 6, 10]
         class      (sample,) string  class label ("pos", "neg", ...)
         pair_id    (sample,) int64   pairs a pos with its neg (unique across runs)
+        question   (sample,) int64   the question a row asks: the pair id of its pair as written, shared
+                                     by the pair and its option-swapped twin (an A/B set; else = pair_id)
+        order      (sample,) int64   0: options as written; 1: the option-swapped twin
         text_hash  (sample,) string  16 hex digits of BLAKE2b of the text
         text_index (sample,) int64   index of the text in this group (0, 1, ...)
         token_index(sample,) int64   token position among real tokens (-1 for mean)
@@ -50,7 +53,12 @@ SAMPLE_COORDS = {
     "text_hash": str,
     "text_index": "int64",
     "token_index": "int64",
+    "question": "int64",
+    "order": "int64",
 }
+# Coordinates that groups created before them lack (their rows are all as written: question =
+# pair_id, order 0); readers and writers take a group without them as it is.
+LATER_COORDS = ("question", "order")
 STORE_DTYPES = ("float32", "float16", "bfloat16")
 # Zarr v3's core has no bfloat16: its bits are stored as uint16, the logical dtype in the
 # group's ``dtype`` and the array's ``actstore_dtype`` attribute; open_store decodes it.

@@ -25,6 +25,7 @@ from .schema import (
     child,
     ACTS,
     MOMENTS,
+    LATER_COORDS,
     SAMPLE_COORDS,
     SHARDS,
     STORE_DTYPES,
@@ -49,7 +50,8 @@ class ActivationWriter:
         self.path = path
         self.lock = lock
         self.acts = group[ACTS]
-        self.coords = {name: group[name] for name in SAMPLE_COORDS}
+        # A group made before LATER_COORDS existed has no such arrays: its rows go on without them.
+        self.coords = {name: group[name] for name in SAMPLE_COORDS if name not in LATER_COORDS or name in group}
         self.run: RunRecord | None = None
 
     @classmethod
@@ -215,9 +217,21 @@ class ActivationWriter:
             if self.acts.dtype == np.uint16 and acts.dtype != np.uint16:  # a bfloat16 group (schema.py)
                 acts = bfloat16_bits(acts)
             self.acts[start:stop] = acts.astype(self.acts.dtype, copy=False)
+            if "order" not in self.coords and np.any(np.asarray(coords.get("order", 0)) != 0):
+                raise StoreError(self.no_twins_message())
             for name, array in self.coords.items():
                 array[start:stop] = coords[name]
         self.commit(stop, texts_done, max_pair_id)
+
+    @property
+    def holds_twins(self) -> bool:
+        """Whether the group can record option-swapped twins (its ``question``/``order`` arrays)."""
+        return all(name in self.coords for name in LATER_COORDS) or bool(self.group.attrs.get("stats_only"))
+
+    def no_twins_message(self) -> str:
+        return (f"{self.path!r} group {self.group.basename!r} was created before actstore recorded option-swapped "
+                "twins (it has no 'question'/'order' arrays); capture into another group (name=...) or keep the "
+                "texts as written with swap_options=False (--no-swap-options)")
 
     def read_moments(self) -> Moments | None:
         """See :func:`actstore.stores.moments.committed_moments`."""
