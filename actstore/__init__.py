@@ -4,7 +4,7 @@ Data flows one way: capture -> store -> stats -> vectors -> steering -> evaluati
 """
 
 from ._version import __version__
-from .capture import CaptureOptions
+from .capture import CaptureOptions, CaptureReport, capture_on_cluster, capture_to_store
 from .datasets import ContrastSet, read_contrast_set
 from .errors import ActstoreError
 from .evaluate import read_ab_items
@@ -20,7 +20,6 @@ from .methods import build_vector
 from .models import LoadedModel, ModelSpec, load_model
 from .moments import Moments
 from .monitor import project, separation
-from .pipeline import CaptureReport, capture_on_cluster, capture_to_store
 from .protocols import ABLetters, FreeTextPreference, GeneratedText
 from .stats import compute_stats, moments, open_stats
 from .steering import steer

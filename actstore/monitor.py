@@ -207,10 +207,10 @@ def capture_heldout(loaded, data, layers, position: str = "last") -> str:
     """Capture a held-out contrast file (``data``) at ``layers`` into an in-memory store
     and return its URL. ``position`` is a training store's recorded position (``last``,
     ``last-1``, ``mean``, ``all``), so the held-out rows are read where the vectors were."""
-    from .capture import CaptureOptions
-    from .pipeline import capture_to_store
+    from .capture import CaptureOptions, capture_to_store
 
     options = CaptureOptions.at_position(position)
     url = str(StoreLocation.in_memory("actstore-heldout"))
-    capture_to_store(loaded, data, url, sorted(set(int(x) for x in layers)), options=options, progress=False)
+    capture_to_store(loaded, data, url, options=options.replace(layers=sorted(set(int(x) for x in layers)),
+                                                               progress=False))
     return url

@@ -38,7 +38,7 @@ ROOT = Path(__file__).resolve().parents[1]
 # Stage of each module (dotted, without "actstore."), by prefix; the longest prefix wins.
 # A module may import from its own stage or an earlier one.
 STAGES = [
-    ("_version", 0), ("errors", 0), ("_files", 0), ("_cache", 0),
+    ("_version", 0), ("errors", 0), ("_files", 0), ("_cache", 0), ("_dask", 0),
     ("models", 1), ("datasets", 1), ("sources", 1), ("demo", 1), ("moments", 1),
     ("stores", 2),
     ("capture", 3), ("pipeline", 3), ("ingest", 3),
@@ -58,7 +58,7 @@ METHOD_LITERALS = {"enr", "whitened", "pca", "probe", "lda", "mean-diff", "enr-t
                    "random", "letter"}
 OLD_METHOD_NAMES = ("enr-topk", "mean-diff", "whitened-enr-topk")
 SPEC_KEYS = {"site", "position", "model_id", "model_fingerprint", "dtype", "store_dtype", "stats_only",
-             "hidden_size", "layers", "group"}
+             "hidden_size", "layers"}
 
 
 def module_name(path: Path, root: Path) -> str:

@@ -107,16 +107,15 @@ class DataPath(click.Path):
                    "activations would not fit on disk (e.g. --position all --layers all). `actstore stats` and "
                    "`enr` then read them; --whiten needs the activations.")
 @quiet_option
-def capture(data, layers, store, resume, shard, scheduler, shards, quiet, **fields):
+def capture(data, store, resume, shard, scheduler, shards, quiet, **fields):
     """Run a causal LM over a contrast set and store residual activations.
 
     Layer L is the output of decoder block L (or, with --site, of its attention or MLP). Activations stream to the store
     window by window; an interrupted capture keeps everything committed and
     continues with --resume.
     """
-    from ..capture import CaptureOptions
+    from ..capture import CaptureOptions, capture_on_cluster, capture_to_store
     from ..models import ModelSpec
-    from ..pipeline import capture_on_cluster, capture_to_store
     from ..stores.schema import GroupOptions
 
     if quiet:
@@ -130,13 +129,14 @@ def capture(data, layers, store, resume, shard, scheduler, shards, quiet, **fiel
     # Each option goes to the record with its name; every record is checked here, before a model
     # loads or a cluster starts.
     model_spec = take_record(ModelSpec, fields)
+    fields["progress"] = not quiet
     options = take_record(CaptureOptions, fields)
     group = take_record(GroupOptions, fields)
     if fields:
         raise RuntimeError(f"capture options {sorted(fields)} belong to no record")
     if scheduler is not None:
-        reports = capture_on_cluster(model_spec, data, store, layers, scheduler=scheduler, shards=shards,
-                                     options=options, group=group)
+        reports = capture_on_cluster(model_spec, data, store, scheduler=scheduler, shards=shards, options=options,
+                                     group=group)
         click.echo(f"captured {sum(r.n_texts_captured for r in reports)} texts "
                    f"({sum(r.n_samples_written for r in reports)} samples) from {data} in {len(reports)} shards "
                    f"into {store} group {reports[0].group!r}; {reports[0].merged_shards}/{len(reports)} merged")
@@ -144,12 +144,15 @@ def capture(data, layers, store, resume, shard, scheduler, shards, quiet, **fiel
 
     loaded = model_spec.load()
     try:
-        report = capture_to_store(loaded, data, store, layers, options=options, group=group, resume=resume,
-                                  shard=shard, progress=not quiet)
+        report = capture_to_store(loaded, data, store, options=options, group=group, resume=resume, shard=shard)
     except KeyboardInterrupt:
         click.echo(f"\ninterrupted: everything committed so far is kept in {store}; "
                    "rerun the same command with --resume to continue", err=True)
         raise SystemExit(130) from None
+    _print_report(report, data, store, shard, group)
+
+
+def _print_report(report, data, store, shard, group) -> None:
     if report.note:
         click.echo(f"{data} is an A/B set: captured at the answer letter (position {report.position}), as CAA "
                    "reads it; --offset 0 captures the final ')'")

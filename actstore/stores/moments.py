@@ -146,3 +146,23 @@ def group_stats(moments: Moments, group_attrs: dict, group_name: str, **extra):
 def counts_of(moments: Moments) -> dict[str, int]:
     """Rows per class."""
     return {c: int(np.asarray(moments.n)[i].reshape(-1)[0]) for i, c in enumerate(moments.classes)}
+
+
+def cache_capture_moments(writer, moments: Moments) -> bool:
+    """Cache statistics accumulated during a capture for the writer's group.
+
+    Written only if they cover exactly the committed rows (else nothing is
+    written and the next :func:`compute_stats` makes its pass). Returns whether
+    they were written.
+    """
+    attrs = dict(writer.group.attrs)
+    if moments.total != int(attrs["n_samples"]):
+        return False
+    stats = group_stats(moments, attrs, writer.group.basename, computed_by="capture")
+    return write_stats_cache(writer.path, writer.group, stats)
+
+
+def cached_moments(group) -> Moments | None:
+    """The moments of ``group``'s up-to-date cached statistics, or None."""
+    stats = read_stats_cache(group)
+    return None if stats is None else Moments.from_dataset(stats)
