@@ -45,18 +45,14 @@ from __future__ import annotations
 from pathlib import Path
 
 from .directions import (  # noqa: F401  (the methods' math, importable from here as before)
-    MAX_IN_MEMORY,
-    PROBE_C,
     Direction,
     difference_moments,
-    fit_probe,
     lda_direction,
     pair_rows,
     pca_direction,
-    pooled_scale,
     principal_axis,
-    probe_direction,
 )
+from .probe import MAX_IN_MEMORY, PROBE_C, fit_probe, pooled_scale, probe_direction  # noqa: F401
 from .errors import VectorError
 from .stats import group_statistics
 from .stores.group import StoreGroup, as_store_group

@@ -26,7 +26,6 @@ import numpy as np
 
 from ._version import __version__
 from .directions import (
-    PROBE_C,
     ClassMoments,
     Direction,
     class_moments,
@@ -34,11 +33,11 @@ from .directions import (
     keep_top_k,
     lda_direction,
     pca_direction,
-    probe_direction,
     whitened_direction,
 )
 from .errors import VectorError
 from .models import SITES
+from .probe import PROBE_C, probe_direction
 
 VECTOR_FORMAT = "actstore.vector/1"
 

@@ -43,7 +43,7 @@ STAGES = [
     ("stores", 2),
     ("capture", 3), ("pipeline", 3), ("ingest", 3),
     ("stats", 4), ("covariance", 4),
-    ("directions", 5), ("vector_info", 5), ("vectors", 5), ("methods", 5), ("controls", 5), ("interop", 5),
+    ("directions", 5), ("probe", 5), ("vector_info", 5), ("vectors", 5), ("methods", 5), ("controls", 5), ("interop", 5),
     ("steering", 6), ("monitor", 6), ("replay", 6), ("intervals", 6),
     ("evaluate", 7), ("evaluation", 7), ("protocols", 7), ("ledger", 7), ("sweep", 7), ("report", 7),
     ("serve", 8),

@@ -193,3 +193,22 @@ def test_pca_matches_repengs_own_pca_diff(tiny_model_dirs, many_pairs, tmp_path)
     actstore.capture_to_store(str(folder), many_pairs, path, "2", progress=False)
     ours = build_vector(path, 2, "pca", None).vector
     assert abs(_cos(ours, theirs)) > 0.999
+
+
+def test_a_new_method_is_one_registry_entry(monkeypatch, store, tmp_path):
+    from actstore.directions import Direction
+    from actstore.vector_info import METHODS, Method, mask_top_k
+    from actstore.vectors import save_vector
+
+    def sign_direction(inputs):
+        diff = inputs.moments.difference
+        return Direction("sign", inputs.layer, np.sign(diff), np.abs(diff), {"rule": "sign"})
+
+    monkeypatch.setitem(METHODS, "sign", Method("sign", "signs of the mean difference", sign_direction, mask_top_k))
+    vector = build_vector(store, 2, "sign", 4)
+    assert vector.info.method == "sign" and vector.k == 4 and vector.info.detail == {"rule": "sign"}
+    assert np.count_nonzero(vector.vector) == 4 and set(np.abs(vector.vector[vector.indices])) == {1.0}
+    back = load_vector(save_vector(vector, tmp_path / "sign.safetensors"))
+    assert back.info == vector.info and back.info.describe().startswith("sign k=4")
+    with pytest.raises(VectorError, match="method 'random'.*not built from a store's statistics"):
+        build_vector(store, 2, "random", 4)  # a control: an entry without a direction
