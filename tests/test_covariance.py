@@ -93,7 +93,7 @@ def test_cli_enr_whiten(store, tmp_path):
     result = CliRunner().invoke(cli, ["enr", "--store", str(store), "--layer", "2", "--k", "6", "--whiten",
                                       "--out", str(out)])
     assert result.exit_code == 0, result.output
-    assert "k=6 whitened vector" in result.output
+    assert "k=6 whitened vector" in result.output and ", shrinkage " in result.output
     vec = load_vector(out)
     assert vec.info.method == "whitened" and np.count_nonzero(vec.extra["vector_whitened"]) == 6
     result = CliRunner().invoke(cli, ["enr", "--store", str(store), "--layer", "3", "--k", "6", "--whiten",

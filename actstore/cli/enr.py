@@ -71,7 +71,7 @@ def extract(store, layer, method, k, dense, whiten, probe_c, pos, neg, model_gro
     path = save_vector(vector, out)
     info = vector.info
     kind = ("dense" if info.k is None else f"k={info.k}") + ("" if method == "enr" else f" {method}")
-    details = "" if not info.details else " " + ", ".join(f"{key} {value}" for key, value in info.details)
+    details = "".join(f", {key} {value}" for key, value in info.details)
     norm = float((vector.vector.astype("float64") ** 2).sum() ** 0.5)
     click.echo(f"wrote {kind} vector for layer {layer} ({vector.hidden_size} dims, norm {norm:.4g}{details}) "
                f"to {path}")
