@@ -1,6 +1,7 @@
 """Perplexity-ratio intervals: contiguous text (today) against windows from many documents.
 
-    python benchmarks/ppl_documents.py [--pairs 100] [--fraction 0.04] [--out benchmarks/results/PPL_DOCUMENTS.md]
+    python benchmarks/ppl_documents.py [--pairs 60] [--seeds 0,1] [--fraction 0.04]
+                                       [--out benchmarks/results/PPL_DOCUMENTS.md]
 
 One steered configuration of google/gemma-3-270m (refusal, layer 8, ENR k=64, built from the
 first --pairs pairs of caa-pairs/refusal/train.json captured with their twins; added norm
@@ -8,10 +9,9 @@ first --pairs pairs of caa-pairs/refusal/train.json captured with their twins; a
 split read as documents (:mod:`actstore.corpus`), in these designs:
 
 * ``contiguous 2048 / 8192``: the first tokens of the file in windows of 256 (today's
-  default: two and three articles);
-* ``docs 4096 @128``: 4096 tokens as one window of 128 from each of 32 documents (three seeds);
-* ``docs 4096 @64``: two windows of 64 from each of 32 documents;
-* ``docs 8192 @128``: two windows of 128 from each of 32 documents.
+  default: two and three articles; one run over 8192 tokens, the 2048 design its first 8
+  windows, its seconds a quarter of the run's);
+* ``docs 4096 @128``: 4096 tokens as one window of 128 from each of 32 documents (--seeds).
 
 For each: the inflation exp(sum(nll_steered - nll_base) / tokens) with a 95% paired percentile
 bootstrap over windows (what the sweep reports today) and over documents (the cluster
@@ -61,15 +61,44 @@ def by_document(values: np.ndarray, documents: list[int]) -> np.ndarray:
     return np.asarray([values[[i for i, d in enumerate(documents) if d == doc]].sum() for doc in order])
 
 
+def design_row(design, nll_base, nll_steered, tokens, docs, wall, cpu, inflation_interval) -> dict:
+    over_windows = inflation_interval(nll_steered, nll_base, tokens)
+    per_doc = [by_document(x, docs) for x in (nll_steered, nll_base, tokens.astype(float))]
+    over_docs = inflation_interval(*per_doc)
+    width_w = math.log(over_windows.high) - math.log(over_windows.low)
+    width_d = math.log(over_docs.high) - math.log(over_docs.low) if len(set(docs)) > 1 else math.nan
+    log_per_doc = (per_doc[0] - per_doc[1]) / per_doc[2]
+    return {"design": design, "tokens": int(tokens.sum()), "windows": len(tokens), "documents": len(set(docs)),
+            "inflation": over_windows.estimate, "ci_windows": [over_windows.low, over_windows.high],
+            "ci_documents": [over_docs.low, over_docs.high], "log_width_windows": width_w,
+            "log_width_documents": width_d, "seconds": wall, "cpu_seconds": cpu,
+            "cost_documents": width_d * math.sqrt(wall), "cost_windows": width_w * math.sqrt(wall),
+            "per_document_sd": float(np.std(log_per_doc, ddof=1)) if len(log_per_doc) > 1 else math.nan,
+            # per window, for later analyses (between- and within-document spread)
+            "window_nll_base": [float(x) for x in nll_base], "window_nll_steered": [float(x) for x in nll_steered],
+            "window_tokens": [int(x) for x in tokens], "window_documents": [int(d) for d in docs]}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--pairs", type=int, default=100)
+    parser.add_argument("--pairs", type=int, default=60)
     parser.add_argument("--fraction", type=float, default=0.04)
     parser.add_argument("--layer", type=int, default=8)
     parser.add_argument("--k", type=int, default=64)
     parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--seeds", type=lambda text: [int(x) for x in text.split(",")], default=[0, 1],
+                        help="document_windows seeds of the 32-document design (default 0,1)")
     parser.add_argument("--out", default=str(HERE / "results" / "PPL_DOCUMENTS.md"))
+    parser.add_argument("--render", metavar="JSON", default=None,
+                        help="only rewrite --out from the rows of an earlier run's .json (nothing measured)")
     args = parser.parse_args()
+    if args.render:
+        saved = json.loads(Path(args.render).read_text())
+        settings = saved["settings"]
+        for key in ("pairs", "fraction", "seeds", "layer", "k"):
+            setattr(args, key, settings[key])
+        render(saved["rows"], args, settings["norm"], settings["n_documents"], settings["capture_seconds"])
+        return
 
     import torch
 
@@ -106,63 +135,71 @@ def main() -> None:
         if len(doc_of_token) >= 8192:
             break
 
-    designs = []
-    for n in (2048, 8192):
-        windows = [contiguous_ids[i : i + 256] for i in range(0, n, 256)]
-        docs = [doc_of_token[i] for i in range(0, n, 256)]
-        designs.append((f"contiguous {n} @256 (today)", windows, docs))
-    for n, window, seed in ((4096, 128, 0), (4096, 128, 1), (4096, 128, 2), (4096, 64, 0), (8192, 128, 0)):
-        chosen = document_windows(tokenizer, documents, n, window=window, min_documents=32, seed=seed)
-        designs.append((f"docs {n} @{window} seed {seed}", [list(w.token_ids) for w in chosen],
-                        [w.document for w in chosen]))
+    # Contiguous designs are prefixes of one run over the first 8192 tokens (the first 8 windows of 256 are
+    # the 2048-token design); their seconds are that run's, scaled by their share of its windows.
+    runs = []
+    contiguous = [contiguous_ids[i : i + 256] for i in range(0, 8192, 256)]
+    runs.append(("contiguous", contiguous, [doc_of_token[i] for i in range(0, 8192, 256)]))
+    for seed in args.seeds:
+        chosen = document_windows(tokenizer, documents, 4096, window=128, min_documents=32, seed=seed)
+        runs.append((f"docs 4096 @128 seed {seed}", [list(w.token_ids) for w in chosen], [w.document for w in chosen]))
 
     rows = []
-    for name, windows, docs in designs:
+    for name, windows, docs in runs:
         nll_base, nll_steered, tokens, wall, cpu = windows_nll(loaded, windows, vector, scale, args.batch_size)
-        over_windows = inflation_interval(nll_steered, nll_base, tokens)
-        over_docs = inflation_interval(by_document(nll_steered, docs), by_document(nll_base, docs),
-                                       by_document(tokens.astype(float), docs))
-        width_w = math.log(over_windows.high) - math.log(over_windows.low)
-        width_d = (math.log(over_docs.high) - math.log(over_docs.low)) if len(set(docs)) > 1 else math.nan
-        per_doc = np.exp((by_document(nll_steered, docs) - by_document(nll_base, docs))
-                         / by_document(tokens.astype(float), docs))
-        rows.append({"design": name, "tokens": int(tokens.sum()), "windows": len(windows),
-                     "documents": len(set(docs)), "inflation": over_windows.estimate,
-                     "ci_windows": [over_windows.low, over_windows.high], "ci_documents": [over_docs.low, over_docs.high],
-                     "log_width_windows": width_w, "log_width_documents": width_d, "seconds": wall, "cpu_seconds": cpu,
-                     "cost_documents": width_d * math.sqrt(wall), "per_document_sd": float(np.std(np.log(per_doc), ddof=1))
-                     if len(per_doc) > 1 else math.nan})
-        print(json.dumps(rows[-1]), flush=True)
+        parts = [(f"contiguous {n} @256 (today)", n // 256) for n in (2048, 8192)] if name == "contiguous" \
+            else [(name, len(windows))]
+        for design, count in parts:
+            share = count / len(windows)
+            rows.append(design_row(design, nll_base[:count], nll_steered[:count], tokens[:count], docs[:count],
+                                   wall * share, cpu * share, inflation_interval))
+            print(json.dumps(rows[-1]), flush=True)
 
+    render(rows, args, norm, len(documents), capture_seconds)
+
+
+def render(rows: list[dict], args, norm: float, n_documents: int, capture_seconds: float) -> None:
+    """Write --out (markdown) and its .json beside it."""
     lines = [
         "# Perplexity intervals: contiguous text against windows from documents",
         "",
-        f"`python benchmarks/ppl_documents.py --pairs {args.pairs} --fraction {args.fraction}` "
-        f"({git_rev()}; {machine()}).",
+        f"`python benchmarks/ppl_documents.py --pairs {args.pairs} --fraction {args.fraction} "
+        f"--seeds {','.join(map(str, args.seeds))}` ({git_rev()}; {machine()}).",
         "",
         f"One configuration: gemma-3-270m, refusal (first {args.pairs} train pairs with their twins), layer "
         f"{args.layer}, ENR k={args.k}, added norm {args.fraction} x the residual norm ({norm:.0f}), against the "
-        f"unsteered model, on WikiText-2 test ({len(documents)} articles). Capture and vector: "
-        f"{capture_seconds:.0f} s. 95% paired percentile bootstraps (2000 resamples) over windows (today) and over "
-        "documents (all of a document's windows together). width: of log(inflation)'s interval; cost: the "
-        "documents' width x sqrt(wall seconds), the price of a given precision (lower is better).",
+        f"unsteered model, on WikiText-2 test ({n_documents} articles). Capture and vector: "
+        f"{capture_seconds:.0f} s. 95% paired percentile bootstraps (2000 resamples) over windows (what the sweep "
+        "reports today) and over documents (all of a document's windows together; not given for 2-3 documents, "
+        "where a bootstrap has 3-10 distinct resamples). width: of log(inflation)'s interval; cost: width x "
+        "sqrt(CPU seconds), the price of a given precision (lower is better: n times the text costs n times the "
+        "seconds for 1/sqrt(n) the width). Seconds are of both forwards (unsteered and steered) on a shared "
+        "2-core machine; CPU seconds vary less with the load than wall seconds.",
         "",
-        "| design | tokens | windows | documents | inflation | 95% CI over windows | 95% CI over documents "
-        "| width (documents) | wall s | CPU s | cost |",
+        "| design | tokens | windows | documents | inflation | 95% CI over windows (width) "
+        "| 95% CI over documents (width) | wall s | CPU s | cost over windows | cost over documents |",
         "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
+        enough = r["documents"] >= 8
+        docs_ci = (f"[{r['ci_documents'][0]:.4f}, {r['ci_documents'][1]:.4f}] ({r['log_width_documents']:.4f})"
+                   if enough else f"n/a ({r['documents']} documents)")
+        docs_cost = f"{r['log_width_documents'] * math.sqrt(r['cpu_seconds']):.3f}" if enough else "n/a"
         lines.append(
             f"| {r['design']} | {r['tokens']} | {r['windows']} | {r['documents']} | {r['inflation']:.4f} "
-            f"| [{r['ci_windows'][0]:.4f}, {r['ci_windows'][1]:.4f}] "
-            f"| [{r['ci_documents'][0]:.4f}, {r['ci_documents'][1]:.4f}] | {r['log_width_documents']:.4f} "
-            f"| {r['seconds']:.1f} | {r['cpu_seconds']:.1f} | {r['cost_documents']:.4f} |")
-    lines += ["", "Per-document log-inflation SD: " + ", ".join(
-        f"{r['design']}: {r['per_document_sd']:.4f}" for r in rows if not math.isnan(r["per_document_sd"])), ""]
+            f"| [{r['ci_windows'][0]:.4f}, {r['ci_windows'][1]:.4f}] ({r['log_width_windows']:.4f}) "
+            f"| {docs_ci} | {r['seconds']:.1f} | {r['cpu_seconds']:.1f} "
+            f"| {r['log_width_windows'] * math.sqrt(r['cpu_seconds']):.3f} | {docs_cost} |")
+    spread = [r["per_document_sd"] for r in rows if r["documents"] >= 8]
+    sd = float(np.mean(spread)) if spread else math.nan
+    lines += ["", "SD over documents of log(inflation) (one window of 128 per document, so each window's own "
+              "noise is in it): " + ", ".join(f"{r['design']} {r['per_document_sd']:.4f}" for r in rows
+                                              if r["documents"] >= 8) + f"; mean {sd:.4f}.", ""]
     Path(args.out).write_text("\n".join(lines) + "\n")
-    (Path(args.out).with_suffix(".json")).write_text(json.dumps(rows, indent=1) + "\n")
+    meta = {"pairs": args.pairs, "fraction": args.fraction, "seeds": args.seeds, "layer": args.layer, "k": args.k,
+            "norm": norm, "n_documents": n_documents, "capture_seconds": capture_seconds}
+    Path(args.out).with_suffix(".json").write_text(json.dumps({"settings": meta, "rows": rows}, indent=1) + "\n")
     print("\n".join(lines))
-
 
 if __name__ == "__main__":
     main()

@@ -434,9 +434,10 @@ def test_cli_eval_defaults_and_refusals(tmp_path, tiny_model_dirs, pairs_file):
     assert result.exit_code == 0, result.output
     assert "2 configurations" in result.output and "frontier" in result.output
     assert (tmp_path / "sweep" / "frontier.csv").exists()
-    # by default the --data-test texts are captured in memory and every vector's separation is measured
+    # by default the --data-test texts are captured in memory, each A/B pair with its option-swapped twin,
+    # and every vector's separation is measured
     separation = pd.read_csv(tmp_path / "sweep" / "separation.csv", dtype={"k": str})
-    assert sorted(separation["k"]) == ["4", "dense"] and separation["n_pos"].tolist() == [len(ITEMS)] * 2
+    assert sorted(separation["k"]) == ["4", "dense"] and separation["n_pos"].tolist() == [2 * len(ITEMS)] * 2
     assert separation["paired"].all()
     assert "Separation of held-out pairs" in (tmp_path / "sweep" / "results.md").read_text()
     assert (tmp_path / "sweep" / f"separation_{(tmp_path / 'ab.json').resolve().parent.name}.png").exists()

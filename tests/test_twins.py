@@ -218,6 +218,11 @@ def test_twins_remove_the_letter_from_a_vector_where_the_letter_dominates(tmp_pa
     assert plain @ letter > 0.99 * np.linalg.norm(plain) and plain @ letter > 1.0
     # With twins each question shows its matching answer once under each letter: the letter cancels.
     assert abs(twins @ letter) < 1e-5 * (plain @ letter)
+    # And the twins give the letter's own direction, behavior held fixed: here the plain vector's.
+    from actstore.controls import letter_control
+
+    control = letter_control(tmp_path / "twins.zarr", 1, a_heavy_pairs).vector.astype(np.float64)
+    assert control @ plain > 0.99 * np.linalg.norm(control) * np.linalg.norm(plain)
 
 
 def test_a_twin_capture_records_question_and_order(tmp_path, tiny_model_dirs, a_heavy_pairs):

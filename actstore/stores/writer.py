@@ -219,6 +219,8 @@ class ActivationWriter:
             self.acts[start:stop] = acts.astype(self.acts.dtype, copy=False)
             if "order" not in self.coords and np.any(np.asarray(coords.get("order", 0)) != 0):
                 raise StoreError(self.no_twins_message())
+            # Rows given without question/order (a caller written before them) are as written.
+            coords = {"question": coords.get("pair_id"), "order": np.zeros(stop - start, np.int64), **coords}
             for name, array in self.coords.items():
                 array[start:stop] = coords[name]
         self.commit(stop, texts_done, max_pair_id)
