@@ -18,11 +18,10 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import StatsError, VectorError
+from .errors import VectorError
 from .stats import group_statistics, scheduler_context
 from .stores.integrity import damage_located, refuse_non_finite
-from .stores.reader import group_dataset
-from .stores.roots import open_root, select_group
+from .stores.group import StoreGroup, as_store_group
 
 
 @dataclass
@@ -98,25 +97,22 @@ def _block_fourth(block: np.ndarray, codes: np.ndarray, means: np.ndarray, n_cla
 def layer_covariance(path: str | Path, layer: int, model: str | None = None, *,
                      scheduler: str | None = None) -> LayerCovariance:
     """Per-class scatter matrices of ``layer`` (one streaming pass, float64)."""
-    group = select_group(open_root(path, mode="r"), model, path)
-    return group_covariance(group, path, layer, group_statistics(group, path, scheduler=scheduler),
-                            scheduler=scheduler)
+    store = StoreGroup.open(path, model)
+    return group_covariance(store, None, layer, group_statistics(store, scheduler=scheduler), scheduler=scheduler)
 
 
-def group_covariance(group, path: str | Path, layer: int, stats, *, scheduler: str | None = None) -> LayerCovariance:
-    """:func:`layer_covariance` of an opened ``group`` whose statistics are ``stats``."""
+def group_covariance(group, path: str | Path | None, layer: int, stats, *,
+                     scheduler: str | None = None) -> LayerCovariance:
+    """:func:`layer_covariance` of an opened group (a :class:`StoreGroup`, ``path`` None; or a
+    zarr group and its store's ``path``) whose statistics are ``stats``."""
     import dask
     import dask.array as da
 
-    layers = [int(x) for x in stats["layer"].values]
-    if layer not in layers:
-        raise StatsError(f"layer {layer} was not captured; the store has layers {layers}")
-    if stats.attrs.get("stats_only"):
-        raise StatsError(
-            f"{str(path)!r} was captured with --stats-only: it holds moments, not the activations a "
-            "covariance (whitening) needs; capture without --stats-only for --whiten"
-        )
-    ds = group_dataset(group, path, coords=("class",))
+    store = as_store_group(group, path)
+    group, path = store.group, store.location
+    store.require_layers(layer)
+    store.require_activations("a covariance (the whitened and lda methods)")
+    ds = store.dataset(coords=("class",))
     classes = [str(c) for c in stats["class"].values]
     codes = np.searchsorted(np.asarray(classes), ds["class"].values)
     means = stats["mean"].sel(layer=layer).values  # (class, hidden)

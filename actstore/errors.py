@@ -52,3 +52,12 @@ class VectorError(ActstoreError, ValueError):
 class DamagedStoreError(StoreError):
     """A store's bytes on disk do not hold what was written (a chunk missing, flipped or cut;
     attributes that do not describe the arrays). Names the store, the array and the chunk."""
+
+
+class LayerNotCapturedError(StoreError, StatsError, VectorError, LookupError):
+    """A layer asked for is not among a store's captured layers. (One class for every place that
+    checks; it is also a StatsError and a VectorError, which those places raised before.)"""
+
+
+class NoActivationsError(StoreError, StatsError, VectorError):
+    """A stats-only group (moments, no rows) was asked for its activations."""

@@ -72,7 +72,7 @@ import numpy as np
 
 from ._version import __version__
 from .errors import VectorError
-from .vectors import VECTOR_FORMAT, SteeringVector
+from .vectors import SteeringVector, VectorInfo
 
 GGUF_ARCHITECTURE = "controlvector"
 STEERING_VECTORS_REQUIREMENT = "steering-vectors==0.12.2"
@@ -122,7 +122,7 @@ def _layer_directions(vectors: list[SteeringVector], target: str, scale: float =
             )
         if not np.all(np.isfinite(values)):
             raise VectorError(f"vector for layer {layer} has non-finite values")
-        site = vector.metadata.get("site") or "resid"
+        site = vector.info.site
         if site != "resid":
             raise VectorError(f"vector for layer {layer} is for the {site} site; {target} adds directions to the "
                               "residual stream (decoder-block outputs) only: export resid vectors")
@@ -153,24 +153,19 @@ def _checked_values(values: Any, where: str) -> np.ndarray:
     return vector
 
 
-def _dense_vector(vector: np.ndarray, layer: int, metadata: dict[str, str]) -> SteeringVector:
+def _dense_vector(vector: np.ndarray, info: VectorInfo) -> SteeringVector:
     # Nothing ranked the coordinates of a peer's vector: keep its non-zeros, ENR unknown.
     indices = np.flatnonzero(vector).astype(np.int64)
-    return SteeringVector(vector, indices, np.full_like(vector, np.nan), layer, {**metadata, "layer": str(layer)})
+    return SteeringVector(vector, indices, np.full_like(vector, np.nan), info)
 
 
-def _peer_metadata(source: str, hidden: int, extra: Mapping[str, str] | None) -> dict[str, str]:
-    """Metadata of a vector made by a peer: the keys of an actstore vector file that
-    are known, plus ``source``; ``extra`` (the caller's) wins."""
-    return {
-        "format": VECTOR_FORMAT,
-        "k": "dense",
-        "method": source,
-        "source": source,
-        "hidden_size": str(hidden),
-        "actstore_version": __version__,
-        **{str(key): str(value) for key, value in (extra or {}).items()},
-    }
+def _peer_info(source: str, layer: int, hidden: int, extra: Mapping[str, str] | None) -> VectorInfo:
+    """The info of a vector made by a peer: method and ``source`` the peer, dense; ``extra``
+    (the caller's metadata, e.g. ``model`` and ``model_fingerprint``) wins."""
+    metadata = {"k": "dense", "method": source, "source": source, "hidden_size": str(hidden),
+                "actstore_version": __version__, **{str(key): str(value) for key, value in (extra or {}).items()}}
+    return VectorInfo.from_metadata({key: value for key, value in metadata.items() if key != "layer"},
+                                    f"{source} metadata").replace(layer=layer)
 
 
 def _sorted_one_size(vectors: list[SteeringVector], where: str) -> list[SteeringVector]:
@@ -214,7 +209,7 @@ def from_steering_vectors(sv, metadata: Mapping[str, str] | None = None) -> list
         where = f"steering-vectors layer_activations[{key!r}]"
         layer = _checked_layer(key, where)
         values = _checked_values(tensor.detach().to("cpu").float().numpy(), where)
-        vectors.append(_dense_vector(values, layer, _peer_metadata("steering-vectors", len(values), metadata)))
+        vectors.append(_dense_vector(values, _peer_info("steering-vectors", layer, len(values), metadata)))
     return _sorted_one_size(vectors, "steering-vectors layer_activations")
 
 
@@ -244,7 +239,7 @@ def from_repeng(cv, metadata: Mapping[str, str] | None = None) -> list[SteeringV
         where = f"repeng directions[{key!r}]"
         layer = _checked_layer(key, where)
         values = _checked_values(direction, where)
-        vectors.append(_dense_vector(values, layer, _peer_metadata("repeng", len(values), extra)))
+        vectors.append(_dense_vector(values, _peer_info("repeng", layer, len(values), extra)))
     return _sorted_one_size(vectors, "repeng directions")
 
 
@@ -291,7 +286,7 @@ def write_gguf_control_vector(vectors: SteeringVector | Sequence[SteeringVector]
 def _add_actstore_keys(writer, vector: SteeringVector, scale: float) -> None:
     """The ``actstore.direction.{layer}.*`` keys (ignored by llama.cpp and repeng)."""
     key = f"actstore.direction.{vector.layer}"
-    metadata = {**vector.metadata, "layer": str(vector.layer)}
+    metadata = vector.info.to_metadata()
     if scale != 1.0:
         metadata["export_scale"] = repr(float(scale))
     writer.add_string(f"{key}.metadata", json.dumps(metadata, sort_keys=True))
@@ -353,14 +348,15 @@ def _vector_from_gguf(reader, values: np.ndarray, layer: int, model_hint: str, p
     saved = _field(reader, f"{key}.metadata")
     if saved is None:
         extra = {"model_hint": model_hint, "source": f"gguf:{path.name}"}
-        return _dense_vector(values, layer, _peer_metadata("gguf", len(values), extra))
+        return _dense_vector(values, _peer_info("gguf", layer, len(values), extra))
     try:
         metadata = {str(name): str(value) for name, value in json.loads(saved).items()}
     except (ValueError, AttributeError):
         raise VectorError(f"{str(path)!r}: {key}.metadata is not a JSON object: {saved[:80]!r}") from None
-    vector = _dense_vector(values, layer, metadata)
+    metadata.pop("layer", None)
+    vector = _dense_vector(values, VectorInfo.from_metadata(metadata, f"{str(path)!r} {key}").replace(layer=layer))
     enr = _field(reader, f"{key}.enr")
     if enr is not None and len(enr) == len(values):
-        vector.enr = np.asarray(enr, dtype=np.float32)
-        vector.indices = np.asarray(_field(reader, f"{key}.indices") or [], dtype=np.int64)
+        vector = vector.replace(enr=np.asarray(enr, dtype=np.float32),
+                                indices=np.asarray(_field(reader, f"{key}.indices") or [], dtype=np.int64))
     return vector

@@ -112,8 +112,8 @@ def find_decoder_blocks(model: torch.nn.Module, blocks: str | None = None) -> to
         hint = f" Candidates in this model: {', '.join(candidates)}." if candidates else ""
         raise ModelError(
             f"don't know where the decoder blocks of model type {model_type!r} are; "
-            f"pass --blocks (Python: blocks=) with the dotted path of their ModuleList, "
-            f"e.g. --blocks model.layers.{hint}"
+            f"pass blocks= with the dotted path of their ModuleList, "
+            f"e.g. blocks=model.layers.{hint}", param="blocks"
         )
     try:
         found = _get_attr_path(model, path)
@@ -314,7 +314,7 @@ def load_model(
         raise ModelError(
             f"could not load model {model!r}"
             + (f" (gguf file {gguf_file!r})" if gguf_file else "")
-            + f": {first_line}. --model takes a Hugging Face hub id or a local folder "
+            + f": {first_line}. A model is a Hugging Face hub id or a local folder "
             "saved with save_pretrained"
         ) from None
     lm.eval()

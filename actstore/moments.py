@@ -15,6 +15,7 @@ Pure arithmetic, no storage: the stores and the statistics import it.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Any
 
@@ -182,3 +183,73 @@ def stats_dataset(counts, means, variances, classes, layers, attrs: dict):
         coords={"class": list(classes), "layer": list(layers)},
         attrs=attrs,
     )
+
+
+@functools.cache
+def _sums_kernel():
+    """The compiled per-class sums kernel (numba; compiled once, cached on disk)."""
+    import numba
+
+    @numba.njit(nogil=True, cache=True)
+    def sums(x, codes, shift, s1, s2):
+        rows, cols = x.shape
+        for r in range(rows):
+            c = codes[r]
+            for j in range(cols):
+                d = np.float64(x[r, j]) - shift[j]
+                s1[c, j] += d
+                s2[c, j] += d * d
+
+    return sums
+
+
+def _block_state(block: np.ndarray, codes: np.ndarray, shift: np.ndarray, n_classes: int) -> np.ndarray:
+    """Per-class (n, mean, M2) of one block of samples, in float64.
+
+    ``block: (b, ...)`` activations, ``codes: (b,)`` class index per sample,
+    ``shift: (...)`` subtracted first. Returns ``(1, 3, n_classes, ...)``:
+    n, mean (still shifted) and M2.
+
+    One fused pass (numba, GIL released so dask's threads run in parallel)
+    accumulates, per class, the sums S1 and S2 of the shifted values and of
+    their squares in float64; then M2 = S2 - S1**2 / n. Because the data are
+    centred on a sample of the same distribution, S2 and S1**2/n are of the
+    order of n * var and the subtraction loses no more than a digit or two of
+    float64's sixteen. (A numpy version of the same sums, which converts each
+    slice to float64 and multiplies by a one-hot class matrix, ran 5.6x
+    slower: benchmarks/RESULTS.md.)
+    """
+    trailing = block.shape[1:]
+    size = block.shape[0]
+    flat_block = block.reshape(size, -1)
+    if flat_block.dtype not in (np.float32, np.float64):
+        flat_block = flat_block.astype(np.float32)  # float16: numba has no CPU half arithmetic
+    flat_shift = np.ascontiguousarray(shift, dtype=np.float64).reshape(-1)
+    codes = np.ascontiguousarray(codes, dtype=np.int64)
+    n = np.bincount(codes, minlength=n_classes).astype(np.float64)
+    s1 = np.zeros((n_classes, flat_block.shape[1]))
+    s2 = np.zeros_like(s1)
+    _sums_kernel()(np.ascontiguousarray(flat_block), codes, flat_shift, s1, s2)
+    safe_n = np.maximum(n, 1.0)[:, None]
+    mean = s1 / safe_n
+    m2 = np.maximum(s2 - s1 * mean, 0.0)
+    out = np.empty((1, 3, n_classes, *trailing))
+    out[0, 0] = n.reshape((n_classes,) + (1,) * len(trailing))
+    out[0, 1] = mean.reshape((n_classes, *trailing))
+    out[0, 2] = m2.reshape((n_classes, *trailing))
+    return out
+
+
+def window_moments(acts: np.ndarray, labels) -> Moments:
+    """Per-class moments of one window held in memory, ``acts: (rows, layer, hidden)`` with
+    ``labels: (rows,)``: the statistics pass's fused kernel (one pass in float64, GIL released),
+    centred on the window's first row. A capture keeps its statistics up to date with it on the
+    writer thread: on one thread, a window of 3638 x 18 x 640 took 0.03-0.07 s here against
+    0.5-0.9 s for the torch reduction of :meth:`Moments.add` (several float64 passes)."""
+    labels = np.asarray(labels).astype(str)
+    classes, codes = np.unique(labels, return_inverse=True)
+    if not len(labels):
+        return Moments.empty(acts.shape[1:])
+    shift = np.asarray(acts[0], dtype=np.float64)
+    state = _block_state(acts, codes.reshape(-1), shift, len(classes))[0]
+    return Moments(tuple(classes), state[0], state[1] + shift, state[2])

@@ -24,6 +24,8 @@ import numpy as np
 
 from .errors import ActstoreError, VectorError
 from .intervals import Interval, separation_intervals
+from .stores.group import require_layers
+from .stores.location import StoreLocation
 from .stores.reader import open_store
 from .vectors import SteeringVector
 
@@ -37,10 +39,7 @@ def project(store, vector: SteeringVector, model: str | None = None, *, dataset=
     already opened :func:`actstore.open_store` dataset instead of ``store``."""
     ds = dataset if dataset is not None else open_store(store, model)
     _check_same_weights(store, ds, vector)
-    layers = [int(x) for x in ds["layer"].values]
-    if vector.layer not in layers:
-        raise VectorError(f"the vector is for layer {vector.layer}; {str(store)!r} has layers {layers}",
-                          param="vector")
+    require_layers(ds["layer"].values, vector.layer, repr(str(store)), param="vector")
     if ds.sizes["hidden"] != vector.hidden_size:
         raise VectorError(f"the vector has {vector.hidden_size} dims; {str(store)!r} holds {ds.sizes['hidden']}",
                           param="vector")
@@ -51,19 +50,24 @@ def project(store, vector: SteeringVector, model: str | None = None, *, dataset=
     acts = ds["acts"].sel(layer=vector.layer)
     projection = acts.dot(_as_dataarray(direction / norm), dim="hidden").drop_vars("layer")
     projection.name = "projection"
-    projection.attrs = {"layer": vector.layer, "method": vector.metadata.get("method", ""),
-                        "k": vector.metadata.get("k", ""), "definition": "h . v / |v|"}
+    projection.attrs = {"layer": vector.layer, "method": vector.method or "", "k": _k_label(vector),
+                        "definition": "h . v / |v|"}
     return projection
 
 
 def _check_same_weights(store, ds, vector: SteeringVector) -> None:
     """A vector made from other weights measures nothing about this store (steer and eval refuse it too)."""
-    made_for = vector.metadata.get("model_fingerprint")
+    made_for = vector.info.fingerprint
     captured = ds.attrs.get("model_fingerprint")
     if made_for and captured and made_for != captured:
         raise VectorError(f"the vector was made from model weights {made_for}; {str(store)!r} was captured from "
                           f"{ds.attrs.get('model_id', 'another model')!r} (weights {captured}): project a store "
                           "captured from the vector's model", param="vector")
+
+
+def _k_label(vector: SteeringVector) -> str:
+    """The k column of separation.csv: the count, or "dense"."""
+    return "dense" if vector.k is None else str(vector.k)
 
 
 def _as_dataarray(values: np.ndarray):
@@ -185,8 +189,8 @@ def monitor(store, vectors: Sequence[tuple[str, SteeringVector]], out_dir: str |
     rows, entries = [], []
     for name, vector in vectors:
         sep = separation(computed[name], pos, neg)
-        rows.append(sep.row(vector=name, layer=vector.layer, method=vector.metadata.get("method", ""),
-                            k=vector.metadata.get("k", ""), pos=pos, neg=neg))
+        rows.append(sep.row(vector=name, layer=vector.layer, method=vector.method or "", k=_k_label(vector),
+                            pos=pos, neg=neg))
         entries.append((name, computed[name], sep))
     table = pd.DataFrame(rows, columns=SEPARATION_COLUMNS)
     if out is None:
@@ -244,12 +248,10 @@ def capture_heldout(loaded, data, layers, position: str = "last") -> str:
     """Capture a held-out contrast file (``data``) at ``layers`` into an in-memory store
     and return its URL. ``position`` is a training store's recorded position (``last``,
     ``last-1``, ``mean``, ``all``), so the held-out rows are read where the vectors were."""
-    import uuid
-
-    from .capture import CaptureOptions
-    from .pipeline import capture_to_store
+    from .capture import CaptureOptions, capture_to_store
 
     options = CaptureOptions.at_position(position)
-    url = f"memory://actstore-heldout/{uuid.uuid4().hex}.zarr"
-    capture_to_store(loaded, data, url, sorted(set(int(x) for x in layers)), options=options, progress=False)
+    url = str(StoreLocation.in_memory("actstore-heldout"))
+    capture_to_store(loaded, data, url, options=options.replace(layers=sorted(set(int(x) for x in layers)),
+                                                               progress=False))
     return url

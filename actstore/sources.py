@@ -135,7 +135,8 @@ def open_source(path: str | Path, *, text_column: str | None = None, label_colum
     if path.is_file() and path.suffix.lower() in CORPUS_SUFFIXES:
         if text_column is not None or label_column is not None:
             raise InputFormatError(f"{str(path)!r} is a plain-text corpus: it has no columns; "
-                                   "--text-column and --label-column are for datasets", param="text_column")
+                                   "text_column and label_column are for datasets",
+                                   param=("text_column", "label_column"))
         if tokenizer is None:
             raise InputFormatError(f"{str(path)!r}: a plain-text corpus is cut into windows by the tokenizer")
         return _corpus(path, tokenizer, max_length or DEFAULT_CORPUS_TOKENS)
@@ -156,11 +157,10 @@ def _columns(path: Path, names: Sequence[str], text_column: str | None,
         label_column = DEFAULT_LABEL_COLUMN if DEFAULT_LABEL_COLUMN in names else None
     elif label_column == NO_LABELS:
         label_column = None
-    for role, name in (("--text-column", text), ("--label-column", label_column)):
+    for role, name in (("text_column", text), ("label_column", label_column)):
         if name is not None and name not in names:
             raise InputFormatError(f"{str(path)!r} has no column {name!r} ({role}); its columns are "
-                                   f"{list(names)!r}", param="text_column" if role == "--text-column" else
-                                   "label_column")
+                                   f"{list(names)!r}", param=role)
     return text, label_column
 
 

@@ -17,93 +17,28 @@ dask.distributed cluster) is dask's. The array is never materialised.
 from __future__ import annotations
 
 import contextlib
-import functools
-from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
 from .errors import StatsError
-from .moments import Moments, chan_merge, tensor_class_moments
+from ._dask import SCHEDULER_HELP, scheduler_context  # noqa: F401  (importable from here as before)
+from .moments import Moments, _block_state, chan_merge, tensor_class_moments, window_moments
 from .stores.integrity import damage_located, refuse_non_finite
-from .stores.moments import committed_moments, group_stats, read_stats_cache, write_stats_cache
-from .stores.reader import group_dataset
-from .stores.roots import open_root, select_group
+from .stores.moments import (  # noqa: F401  (cache_capture_moments, cached_moments: importable from here as before)
+    cache_capture_moments,
+    cached_moments,
+    committed_moments,
+    group_stats,
+    read_stats_cache,
+    write_stats_cache,
+)
+from .stores.group import StoreGroup, as_store_group
+from .stores.roots import open_root
 from .stores.schema import MOMENTS
 
 __all__ = ["Moments", "chan_merge", "class_moments", "compute_stats", "group_statistics", "moments", "open_stats",
            "scheduler_context", "tensor_class_moments", "window_moments"]
-
-
-@functools.cache
-def _sums_kernel():
-    """The compiled per-class sums kernel (numba; compiled once, cached on disk)."""
-    import numba
-
-    @numba.njit(nogil=True, cache=True)
-    def sums(x, codes, shift, s1, s2):
-        rows, cols = x.shape
-        for r in range(rows):
-            c = codes[r]
-            for j in range(cols):
-                d = np.float64(x[r, j]) - shift[j]
-                s1[c, j] += d
-                s2[c, j] += d * d
-
-    return sums
-
-
-def _block_state(block: np.ndarray, codes: np.ndarray, shift: np.ndarray, n_classes: int) -> np.ndarray:
-    """Per-class (n, mean, M2) of one block of samples, in float64.
-
-    ``block: (b, ...)`` activations, ``codes: (b,)`` class index per sample,
-    ``shift: (...)`` subtracted first. Returns ``(1, 3, n_classes, ...)``:
-    n, mean (still shifted) and M2.
-
-    One fused pass (numba, GIL released so dask's threads run in parallel)
-    accumulates, per class, the sums S1 and S2 of the shifted values and of
-    their squares in float64; then M2 = S2 - S1**2 / n. Because the data are
-    centred on a sample of the same distribution, S2 and S1**2/n are of the
-    order of n * var and the subtraction loses no more than a digit or two of
-    float64's sixteen. (A numpy version of the same sums, which converts each
-    slice to float64 and multiplies by a one-hot class matrix, ran 5.6x
-    slower: benchmarks/RESULTS.md.)
-    """
-    trailing = block.shape[1:]
-    size = block.shape[0]
-    flat_block = block.reshape(size, -1)
-    if flat_block.dtype not in (np.float32, np.float64):
-        flat_block = flat_block.astype(np.float32)  # float16: numba has no CPU half arithmetic
-    flat_shift = np.ascontiguousarray(shift, dtype=np.float64).reshape(-1)
-    codes = np.ascontiguousarray(codes, dtype=np.int64)
-    n = np.bincount(codes, minlength=n_classes).astype(np.float64)
-    s1 = np.zeros((n_classes, flat_block.shape[1]))
-    s2 = np.zeros_like(s1)
-    _sums_kernel()(np.ascontiguousarray(flat_block), codes, flat_shift, s1, s2)
-    safe_n = np.maximum(n, 1.0)[:, None]
-    mean = s1 / safe_n
-    m2 = np.maximum(s2 - s1 * mean, 0.0)
-    out = np.empty((1, 3, n_classes, *trailing))
-    out[0, 0] = n.reshape((n_classes,) + (1,) * len(trailing))
-    out[0, 1] = mean.reshape((n_classes, *trailing))
-    out[0, 2] = m2.reshape((n_classes, *trailing))
-    return out
-
-
-def window_moments(acts: np.ndarray, labels) -> Moments:
-    """Per-class moments of one window held in memory, ``acts: (rows, layer, hidden)`` with
-    ``labels: (rows,)``: the statistics pass's fused kernel (one pass in float64, GIL released),
-    centred on the window's first row. A capture keeps its statistics up to date with it on the
-    writer thread: on one thread, a window of 3638 x 18 x 640 took 0.03-0.07 s here against
-    0.5-0.9 s for the torch reduction of :meth:`Moments.add` (several float64 passes)."""
-    labels = np.asarray(labels).astype(str)
-    classes, codes = np.unique(labels, return_inverse=True)
-    if not len(labels):
-        return Moments.empty(acts.shape[1:])
-    shift = np.asarray(acts[0], dtype=np.float64)
-    state = _block_state(acts, codes.reshape(-1), shift, len(classes))[0]
-    return Moments(tuple(classes), state[0], state[1] + shift, state[2])
 
 
 def _moment_chunk(x: np.ndarray, axis, keepdims: bool = True, computing_meta: bool = False, **kwargs):
@@ -192,52 +127,6 @@ def moments(x, axis: int = 0, split_every: int | None = None):
     return class_moments(x, np.zeros(x.shape[0], dtype=np.int64), 1, split_every)[:, 0]
 
 
-SCHEDULER_HELP = (
-    "Dask scheduler: 'threads' (default), 'processes', 'synchronous', 'local:N' (start a "
-    "dask.distributed LocalCluster of N worker processes for this run), or the address of a "
-    "running dask.distributed scheduler (tcp://host:8786)."
-)
-
-
-@contextlib.contextmanager
-def scheduler_context(scheduler: str | None) -> Iterator[Any]:
-    """Run the dask computations inside on ``scheduler`` (see :data:`SCHEDULER_HELP`).
-
-    Yields the dask.distributed ``Client`` when there is one, else ``None``.
-    """
-    import dask
-
-    if scheduler in (None, "", "threads", "processes", "synchronous", "sync"):
-        with dask.config.set(scheduler=scheduler or "threads"):
-            yield None
-        return
-    try:
-        from distributed import Client, LocalCluster
-    except ImportError:
-        raise StatsError(
-            f"scheduler={scheduler!r} needs dask.distributed: pip install 'actstore[distributed]'", param="scheduler"
-        ) from None
-    if scheduler.startswith("local:"):
-        workers = scheduler.partition(":")[2]
-        if not workers.isdigit() or int(workers) < 1:
-            raise StatsError(f"scheduler={scheduler!r}: expected local:N with N >= 1 workers, e.g. local:2",
-                             param="scheduler")
-        # One thread per worker process: the stats kernel releases the GIL, so
-        # threads would do too, but processes also keep zarr decoding apart.
-        with LocalCluster(n_workers=int(workers), threads_per_worker=1, dashboard_address=None) as cluster, \
-                Client(cluster) as client:
-            yield client
-        return
-    try:
-        client = Client(scheduler, timeout="10s")
-    except OSError as err:
-        raise StatsError(f"cannot connect to the dask scheduler at {scheduler!r}: {err}") from None
-    try:
-        yield client
-    finally:
-        client.close()
-
-
 def compute_stats(
     path: str | Path,
     model: str | None = None,
@@ -254,31 +143,35 @@ def compute_stats(
     them next to the data. Returns an :class:`xarray.Dataset` like
     :func:`open_stats`. ``model`` is the model group (or model id).
     """
-    group = select_group(open_root(path, mode="r"), model, path)  # opened once for every read below
-    return group_statistics(group, path, scheduler=scheduler, force=force, split_every=split_every,
-                            progress=progress)
+    store = StoreGroup.open(path, model)  # opened once for every read below
+    return group_statistics(store, scheduler=scheduler, force=force, split_every=split_every, progress=progress)
 
 
-def group_statistics(group, path, *, scheduler: str | None = None, force: bool = False,
+def group_statistics(group, path=None, *, scheduler: str | None = None, force: bool = False,
                      split_every: int | None = None, progress: bool = False):
-    """:func:`compute_stats` of an opened ``group`` of the store at ``path``."""
-    known = _stats_only(group, path) if group.attrs.get("stats_only") else None
+    """:func:`compute_stats` of an opened group (a :class:`StoreGroup`; or, as before, a zarr
+    group and its store's ``path``)."""
+    store = as_store_group(group, path)
+    group, path = store.group, store.location
+    known = _stats_only(store) if store.spec.stats_only else None
     if known is None and not force:
         known = read_stats_cache(group, path)
     if known is not None:
         return known
-    moments = group_moments(group, path, scheduler=scheduler, split_every=split_every, progress=progress)
+    moments = group_moments(store, scheduler=scheduler, split_every=split_every, progress=progress)
     stats = group_stats(moments, dict(group.attrs), group.basename)
     cache_stats(path, group.basename, stats)
     return stats
 
 
-def group_moments(group, path, *, scheduler: str | None = None, split_every: int | None = None,
+def group_moments(group, path=None, *, scheduler: str | None = None, split_every: int | None = None,
                   progress: bool = False) -> Moments:
-    """Per-class moments of the rows of an opened ``group`` (one streaming Dask pass)."""
+    """Per-class moments of the rows of an opened group (one streaming Dask pass)."""
     import dask
 
-    ds = group_dataset(group, path, coords=("class",))  # a snapshot: rows appended meanwhile are not in it
+    store = as_store_group(group, path)
+    group, path = store.group, store.location
+    ds = store.dataset(coords=("class",))  # a snapshot: rows appended meanwhile are not in it
     if ds.sizes["sample"] == 0:
         raise StatsError(f"{str(path)!r} group {group.basename!r} holds no samples yet")
     classes, codes = np.unique(ds["class"].values, return_inverse=True)
@@ -300,28 +193,9 @@ def cache_stats(path, group_name: str, stats) -> bool:
     return write_stats_cache(path, open_root(path, mode="a")[group_name], stats)
 
 
-def cache_capture_moments(writer, moments: Moments) -> bool:
-    """Cache statistics accumulated during a capture for the writer's group.
-
-    Written only if they cover exactly the committed rows (else nothing is
-    written and the next :func:`compute_stats` makes its pass). Returns whether
-    they were written.
-    """
-    attrs = dict(writer.group.attrs)
-    if moments.total != int(attrs["n_samples"]):
-        return False
-    stats = group_stats(moments, attrs, writer.group.basename, computed_by="capture")
-    return write_stats_cache(writer.path, writer.group, stats)
-
-
-def cached_moments(group) -> Moments | None:
-    """The moments of ``group``'s up-to-date cached statistics, or None."""
-    stats = read_stats_cache(group)
-    return None if stats is None else Moments.from_dataset(stats)
-
-
-def _stats_only(group, path):
+def _stats_only(store: StoreGroup):
     """The statistics of a group captured with ``stats_only`` (its committed moments)."""
+    group, path = store.group, store.location
     with damage_located(group, path, MOMENTS):
         moments = committed_moments(group)
     if moments is not None:
@@ -337,10 +211,10 @@ def open_stats(path: str | Path, model: str | None = None):
 
     Raises :class:`StatsError` when none are cached or the data changed since.
     """
-    group = select_group(open_root(path, mode="r"), model, path)
-    if group.attrs.get("stats_only"):
-        return _stats_only(group, path)
-    stats = read_stats_cache(group, path)
+    store = StoreGroup.open(path, model)
+    if store.spec.stats_only:
+        return _stats_only(store)
+    stats = read_stats_cache(store.group, path)
     if stats is None:
         raise StatsError(
             f"no up-to-date statistics in {str(path)!r}; run 'actstore stats --store {path}'"

@@ -141,14 +141,14 @@ class _LayerAddition:
 
 def check_vector(vector: SteeringVector, loaded: LoadedModel, force: bool = False) -> None:
     """Refuse a vector made for another model (by fingerprint), unless ``force``."""
-    made_for = vector.metadata.get("model_fingerprint")
+    made_for = vector.info.fingerprint
     if made_for and made_for != loaded.fingerprint:
         message = (
-            f"vector was made for model {vector.metadata.get('model')!r} (weights {made_for}); "
+            f"vector was made for model {vector.info.model!r} (weights {made_for}); "
             f"this model {loaded.model_id!r} has weights {loaded.fingerprint}"
         )
         if not force:
-            raise VectorError(message + "; pass --force (Python: force=True) to steer anyway")
+            raise VectorError(message + "; pass force=True to steer anyway", param="force")
         warnings.warn(message, stacklevel=2)
 
 
@@ -183,8 +183,8 @@ def _additions(model, blocks, vectors: Sequence[SteeringVector], alphas: Sequenc
 
 
 def vector_site(vector: SteeringVector) -> str:
-    """Where a vector is added: its metadata's ``site`` (``resid`` when absent)."""
-    site = vector.metadata.get("site") or "resid"
+    """Where a vector is added: its info's ``site``."""
+    site = vector.info.site
     if site not in SITES:
         raise VectorError(f"the vector's metadata names site {site!r}; expected one of {', '.join(SITES)}")
     return site

@@ -1,149 +1,156 @@
-"""Steering vectors from statistics: difference of means, ENR, top-k; safetensors I/O.
-
-For a layer, with per-class means ``mu``, unbiased variances ``var`` and counts ``n``::
-
-    v     = mu_pos - mu_neg
-    ENR_i = |v_i| / max(sqrt(var_pos_i / n_pos + var_neg_i / n_neg), 1e-8)
-
-The sparse vector keeps the ``k`` coordinates of largest ENR and zeroes the
-rest; the dense vector is ``v`` itself.
+"""Steering vectors: the frozen :class:`SteeringVector`, built from statistics by any
+method of the registry (:mod:`actstore.vector_info`), and its safetensors file.
 
 Vector file (safetensors, no pickle):
 
     vector   float32 [hidden]  the steering vector (zeros outside the kept coordinates)
-    indices  int64   [k]       kept coordinates, by decreasing ENR (all of them for dense)
-    enr      float32 [hidden]  ENR of every coordinate
+    indices  int64   [k]       kept coordinates, by decreasing rank (all of them for dense)
+    enr      float32 [hidden]  ENR of every coordinate (whitened: in the whitened basis)
     (whitened vectors also hold vector_whitened float32 [hidden]; see whitened_vector)
-    metadata (str -> str): format, model, model_fingerprint, layer, k ("dense" for dense),
-             method ("enr-topk" | "mean-diff" | "whitened-enr-topk" | "pca" | "probe" | "lda"),
-             classes (JSON {label: count}), pos, neg, position, site ("resid" | "attn" | "mlp";
-             absent means resid), hidden_size, actstore_version
+    metadata (str -> str), :meth:`VectorInfo.to_metadata`: format, model, model_fingerprint,
+             layer, k ("dense" for dense), method (a name of :data:`METHODS`: "enr" | "whitened" |
+             "pca" | "probe" | "lda" | "random" | "letter" | a peer; files before the registry say
+             "enr-topk" | "mean-diff" | "whitened-enr-topk", read as enr and whitened), classes (JSON
+             {label: count}), pos, neg, position, site ("resid" | "attn" | "mlp"; absent means
+             resid), hidden_size, model_group, seed (controls), actstore_version, and the fit's
+             details (shrinkage, pairs, explained_variance_ratio, probe_c, probe_fit, source, ...)
 """
 
 from __future__ import annotations
 
-import json
-from dataclasses import dataclass, field
+import warnings
 from pathlib import Path
+from types import MappingProxyType
 
 import numpy as np
 
-from ._version import __version__
+from .directions import ENR_FLOOR, Direction, enr_scores, keep_top_k, top_k_indices
 from .errors import VectorError
+from .stores.schema import CaptureSpec
+from .vector_info import (
+    METHOD_ALIASES,
+    METHODS,
+    VECTOR_FORMAT,
+    LayerInputs,
+    Method,
+    VectorInfo,
+    method_entry,
+)
 
-VECTOR_FORMAT = "actstore.vector/1"
-ENR_FLOOR = 1e-8
+__all__ = ["ENR_FLOOR", "METHODS", "METHOD_ALIASES", "VECTOR_FORMAT", "LayerInputs", "Method", "SteeringVector",
+           "VectorInfo", "build", "enr", "enr_scores", "keep_top_k", "load_vector", "save_vector", "top_k_indices",
+           "validate_vector", "vector_from_stats", "whitened_vector"]
 
 
-@dataclass
 class SteeringVector:
-    """A steering vector for one layer. ``vector: (hidden,) float32``."""
+    """A steering vector for one layer: ``vector: (hidden,) float32``, ``indices`` the kept
+    coordinates by decreasing rank, ``enr: (hidden,) float32``, ``info`` its typed provenance
+    (:class:`VectorInfo`), ``extra`` further tensors (e.g. ``vector_whitened``). Frozen: make a
+    changed copy with :meth:`with_info` or :meth:`replace`.
 
-    vector: np.ndarray
-    indices: np.ndarray
-    enr: np.ndarray
-    layer: int
-    metadata: dict[str, str] = field(default_factory=dict)
-    extra: dict[str, np.ndarray] = field(default_factory=dict)  # further tensors, e.g. vector_whitened
+    ``SteeringVector(vector, indices, enr, layer, metadata)`` (a layer number and a dict), the
+    form before :class:`VectorInfo`, still works and is deprecated."""
+
+    __slots__ = ("vector", "indices", "enr", "info", "extra")
+
+    def __init__(self, vector, indices, enr, info: VectorInfo | int, *legacy, extra=None):
+        if not isinstance(info, VectorInfo):
+            warnings.warn("SteeringVector(vector, indices, enr, layer, metadata) is deprecated; pass "
+                          "info=VectorInfo(layer=..., ...)", DeprecationWarning, stacklevel=2)
+            metadata = legacy[0] if legacy else None
+            extra = legacy[1] if len(legacy) > 1 else extra
+            info = VectorInfo.from_metadata({key: value for key, value in (metadata or {}).items()
+                                             if key != "layer"}).replace(layer=int(info))
+        elif legacy:
+            extra = legacy[0]
+        for name, value in (("vector", vector), ("indices", indices), ("enr", enr), ("info", info),
+                            ("extra", MappingProxyType(dict(extra or {})))):
+            object.__setattr__(self, name, value)
+
+    def __setattr__(self, name, value):
+        how = f".replace({name}=...)" if name in self.__slots__ else f".with_info({name}=...)"
+        raise AttributeError(f"SteeringVector is frozen: make a changed copy with {how}")
+
+    def __repr__(self) -> str:
+        return f"SteeringVector(layer={self.layer}, {self.info.describe()}, hidden={self.hidden_size})"
+
+    def replace(self, **changes) -> SteeringVector:
+        """A copy with some of vector, indices, enr, info, extra changed."""
+        values = {name: getattr(self, name) for name in self.__slots__}
+        values.update(changes)
+        return SteeringVector(values["vector"], values["indices"], values["enr"], values["info"],
+                              extra=values["extra"])
+
+    def with_info(self, **changes) -> SteeringVector:
+        """A copy whose :class:`VectorInfo` has ``changes`` (see :meth:`VectorInfo.replace`)."""
+        return self.replace(info=self.info.replace(**changes))
+
+    @property
+    def layer(self) -> int:
+        return self.info.layer
 
     @property
     def k(self) -> int | None:
         """Number of kept coordinates; ``None`` for a dense vector."""
-        return None if self.metadata.get("k", "dense") == "dense" else int(self.metadata["k"])
+        return self.info.k
+
+    @property
+    def method(self) -> str | None:
+        return self.info.method
 
     @property
     def hidden_size(self) -> int:
         return int(self.vector.shape[0])
 
-
-def enr_scores(mean_pos, mean_neg, var_pos, var_neg, n_pos, n_neg) -> np.ndarray:
-    """Effect-to-noise ratio per coordinate (float64; see module docstring)."""
-    diff = np.asarray(mean_pos, np.float64) - np.asarray(mean_neg, np.float64)
-    noise = np.sqrt(np.asarray(var_pos, np.float64) / n_pos + np.asarray(var_neg, np.float64) / n_neg)
-    return np.abs(diff) / np.maximum(noise, ENR_FLOOR)
-
-
-def top_k_indices(scores: np.ndarray, k: int) -> np.ndarray:
-    """Indices of the ``k`` largest scores, largest first; ties go to the lower index."""
-    order = np.argsort(-np.asarray(scores), kind="stable")
-    return order[:k].astype(np.int64)
+    @property
+    def metadata(self) -> dict[str, str]:
+        """Deprecated: the file's metadata as a new dict (``info.to_metadata()``); read ``info``."""
+        warnings.warn("SteeringVector.metadata is deprecated; read SteeringVector.info (a VectorInfo)",
+                      DeprecationWarning, stacklevel=2)
+        return self.info.to_metadata()
 
 
-def keep_top_k(values: np.ndarray, scores: np.ndarray, k: int | None) -> tuple[np.ndarray, np.ndarray]:
-    """``(indices, kept)``: the ``k`` coordinates of largest score, largest first,
-    and ``values`` with every other coordinate zeroed. ``k=None`` keeps all."""
-    hidden = values.shape[0]
-    if k is None:
-        return top_k_indices(scores, hidden), values
-    _check_k(k, hidden)
-    indices = top_k_indices(scores, k)
-    kept = np.zeros_like(values)
-    kept[indices] = values[indices]
-    return indices, kept
+def info_from_stats(stats, inputs: LayerInputs) -> VectorInfo:
+    """The provenance a vector built from ``stats`` inherits from its store group."""
+    spec = CaptureSpec.from_stats(stats)
+    return VectorInfo(layer=inputs.layer, model=spec.model_id, fingerprint=spec.model_fingerprint,
+                      position=spec.position, site=spec.site, model_group=str(stats.attrs.get("group", "")),
+                      pos=inputs.pos, neg=inputs.neg)
 
 
-def _check_k(k, hidden: int) -> None:
-    if isinstance(k, bool) or not isinstance(k, (int, np.integer)):
-        raise VectorError(f"k must be an integer, got {k!r}")
-    if not 1 <= k <= hidden:
-        raise VectorError(f"k={k} is out of range: expected 1 <= k <= hidden size ({hidden})")
+def build(method: str | Method, inputs: LayerInputs, k: int | None = 64, *,
+          direction: Direction | None = None) -> SteeringVector:
+    """The vector of ``method`` (a :data:`METHODS` entry) at ``inputs``' layer, dense when ``k`` is
+    None. ``direction``: one already found by this method (reused across k)."""
+    entry = method if isinstance(method, Method) else method_entry(method)
+    if entry.direction is None:
+        raise VectorError(f"method {entry.name!r} ({entry.description}) is not built from a store's statistics",
+                          param="method")
+    moments = inputs.moments  # the refusals every method starts with
+    found = direction if direction is not None else entry.direction(inputs)
+    sparse = entry.sparsifier(found, inputs, k)
+    info = info_from_stats(inputs.stats, inputs).replace(
+        method=entry.name, k=k, classes={inputs.pos: moments.n_pos, inputs.neg: moments.n_neg},
+        hidden_size=int(moments.mean_pos.shape[0]), details=found.details)
+    return SteeringVector(sparse.vector, sparse.indices, sparse.enr, info, extra=sparse.extra)
 
 
-def check_two_classes(pos: str, neg: str) -> None:
-    """A contrast needs two classes: ``pos == neg`` would give a zero vector, said to be written."""
-    if pos == neg:
-        raise VectorError(f"pos and neg are both {pos!r}: a contrast needs two different classes",
-                          param=("pos", "neg"))
+def vector_from_stats(stats, layer: int, k: int | None = 64, *, pos: str = "pos",
+                      neg: str = "neg") -> SteeringVector:
+    """The ENR top-k vector (dense when ``k`` is None) from an :func:`actstore.open_stats` dataset."""
+    return build("enr", LayerInputs(stats, layer, pos, neg), k)
 
 
-def vector_from_stats(
-    stats, layer: int, k: int | None = 64, *, pos: str = "pos", neg: str = "neg"
-) -> SteeringVector:
-    """Build the ENR top-k vector (or the dense one when ``k`` is None) from an
-    :func:`actstore.open_stats` dataset."""
-    check_two_classes(pos, neg)
-    layers = [int(x) for x in stats["layer"].values]
-    if layer not in layers:
-        raise VectorError(f"layer {layer} was not captured; the store has layers {layers}")
-    classes = [str(c) for c in stats["class"].values]
-    per_class = {}
-    for label, flag in ((pos, "--pos"), (neg, "--neg")):
-        if label not in classes:
-            raise VectorError(f"class {label!r} ({flag}) is not in the store; it has classes {classes}")
-        sel = stats.sel({"class": label, "layer": layer})
-        count = int(sel["count"])
-        if count < 2:
-            raise VectorError(
-                f"class {label!r} has {count} sample(s) at layer {layer}; ENR needs at least 2 per class"
-            )
-        per_class[label] = (sel["mean"].values, sel["var"].values, count)
-    (mean_pos, var_pos, n_pos), (mean_neg, var_neg, n_neg) = per_class[pos], per_class[neg]
-    for name, values in (("mean", mean_pos), ("var", var_pos), ("mean", mean_neg), ("var", var_neg)):
-        if not np.all(np.isfinite(values)):
-            raise VectorError(f"non-finite {name} in the statistics at layer {layer}; recapture the data")
-    hidden = mean_pos.shape[0]
-    scores = enr_scores(mean_pos, mean_neg, var_pos, var_neg, n_pos, n_neg)
-    indices, vector = keep_top_k(mean_pos - mean_neg, scores, k)
-    metadata = {
-        "format": VECTOR_FORMAT,
-        "model": str(stats.attrs.get("model_id", "")),
-        "model_fingerprint": str(stats.attrs.get("model_fingerprint", "")),
-        "layer": str(layer),
-        "k": "dense" if k is None else str(int(k)),
-        "method": "mean-diff" if k is None else "enr-topk",
-        "classes": json.dumps({pos: n_pos, neg: n_neg}),
-        "pos": pos,
-        "neg": neg,
-        "position": str(stats.attrs.get("position", "")),
-        "site": str(stats.attrs.get("site", "resid")),
-        "hidden_size": str(hidden),
-        "actstore_version": __version__,
-    }
-    return SteeringVector(vector.astype(np.float32), indices, scores.astype(np.float32), layer, metadata)
+def whitened_vector(stats, covariance, k: int | None = 64, *, pos: str = "pos", neg: str = "neg") -> SteeringVector:
+    """ENR top-k in the whitened basis (:func:`actstore.directions.whitened_direction`):
+    ``vector`` is the kept whitened components mapped back to the residual basis,
+    ``indices`` and ``enr`` are in the whitened basis, ``vector_whitened`` holds the kept
+    components themselves, and the info's details hold the ``shrinkage``."""
+    return build("whitened", LayerInputs(stats, covariance.layer, pos, neg, covariance=lambda: covariance), k)
 
 
 def enr(
-    store: str | Path,
+    store,
     layer: int,
     k: int | None = 64,
     *,
@@ -153,29 +160,23 @@ def enr(
     scheduler: str | None = None,
     whiten: bool = False,
 ) -> SteeringVector:
-    """ENR top-k vector (dense when ``k`` is None) for ``layer`` of a store.
+    """ENR top-k vector (dense when ``k`` is None) for ``layer`` of a store; ``whiten=True``
+    ranks in the whitened basis. The same as ``build_vector(store, layer, "enr"|"whitened", k)``.
 
     Uses the statistics cached in the store, computing them first if they are
-    missing or stale. ``whiten=True`` ranks in the whitened basis (one more
-    pass over the layer for its covariance; see :func:`whitened_vector`).
+    missing or stale (and for whitened one more pass for the layer's covariance).
     """
+    from .covariance import group_covariance
     from .stats import group_statistics
-    from .stores.roots import open_root, select_group
+    from .stores.group import StoreGroup
 
-    group = select_group(open_root(store, mode="r"), model, store)  # opened once for the whole chain
-    stats = group_statistics(group, store, scheduler=scheduler)
-    if whiten:
-        from .covariance import group_covariance
-
-        if layer not in [int(x) for x in stats["layer"].values]:
-            vector_from_stats(stats, layer, k, pos=pos, neg=neg)  # raises the usual message
-        covariance = group_covariance(group, store, layer, stats, scheduler=scheduler)
-        vector = whitened_vector(stats, covariance, k, pos=pos, neg=neg)
-    else:
-        vector = vector_from_stats(stats, layer, k, pos=pos, neg=neg)
-    group_attrs = stats.attrs
-    vector.metadata["model_group"] = str(group_attrs.get("group", ""))
-    return vector
+    group = StoreGroup.open(store, model)  # opened once for the whole chain
+    group.require_layers(layer)
+    stats = group_statistics(group, scheduler=scheduler)
+    inputs = LayerInputs(stats, layer, pos, neg,
+                         covariance=lambda: group_covariance(group, None, layer, stats, scheduler=scheduler),
+                         scheduler=scheduler)
+    return build("whitened" if whiten else "enr", inputs, k)
 
 
 def save_vector(vector: SteeringVector, path: str | Path) -> Path:
@@ -193,7 +194,7 @@ def save_vector(vector: SteeringVector, path: str | Path) -> Path:
     }
     # serialised in memory, written by Python: a full disk is an OSError (ENOSPC) the CLI names as
     # such, where safetensors' own writer reports it as a serialisation error
-    payload = save(tensors, metadata={**vector.metadata, "layer": str(vector.layer)})
+    payload = save(tensors, metadata=vector.info.to_metadata())
     with atomic_output(path) as tmp:
         _write_bytes(tmp, payload)
     return path
@@ -239,14 +240,11 @@ def load_vector(path: str | Path) -> SteeringVector:
     vector = tensors["vector"].astype(np.float32)
     if vector.ndim != 1:
         raise VectorError(f"{str(path)!r}: 'vector' must be 1-D [hidden], got shape {vector.shape}")
-    try:
-        layer = int(metadata.get("layer", "-1"))
-    except ValueError:
-        raise VectorError(f"{str(path)!r}: metadata 'layer' is {metadata.get('layer')!r}, not an integer") from None
+    info = VectorInfo.from_metadata(metadata, repr(str(path)))
     indices = tensors.get("indices", np.flatnonzero(vector)).astype(np.int64)
     enr = tensors.get("enr", np.full_like(vector, np.nan)).astype(np.float32)
     extra = {name: value for name, value in tensors.items() if name not in {"vector", "indices", "enr"}}
-    return validate_vector(SteeringVector(vector, indices, enr, layer, metadata, extra), repr(str(path)))
+    return validate_vector(SteeringVector(vector, indices, enr, info, extra=extra), repr(str(path)))
 
 
 _VECTOR_KINDS = {"vector": "f", "indices": "iu", "enr": "f"}
@@ -255,7 +253,7 @@ _VECTOR_KIND_NAMES = {"vector": "a float dtype", "indices": "an integer dtype", 
 
 def validate_vector(vector: SteeringVector, where: str = "vector") -> SteeringVector:
     """Refuse a vector no path should use: non-finite values (float16 overflow, a damaged file),
-    kept indices out of range or repeated, a negative layer. Every reader of vectors calls it."""
+    kept indices out of range or repeated (a negative layer is refused when the metadata is read). Every reader of vectors calls it."""
     values = np.asarray(vector.vector)
     if not np.all(np.isfinite(values)):
         bad = np.flatnonzero(~np.isfinite(values))
@@ -267,44 +265,4 @@ def validate_vector(vector: SteeringVector, where: str = "vector") -> SteeringVe
                           f"{indices[:5].tolist()}{'...' if indices.size > 5 else ''}")
     if len(np.unique(indices)) != len(indices):
         raise VectorError(f"{where}: 'indices' repeats a coordinate")
-    if vector.layer < 0 and "layer" in vector.metadata:
-        raise VectorError(f"{where}: metadata 'layer' is {vector.layer}; a layer is 0 or more")
     return vector
-
-
-def whitened_vector(stats, covariance, k: int | None = 64, *, pos: str = "pos", neg: str = "neg") -> SteeringVector:
-    """ENR top-k in the whitened basis (the paper's "natural extension").
-
-    With Sigma the Ledoit-Wolf-shrunk pooled within-class covariance of the
-    layer and W = Sigma^(-1/2) (symmetric):
-
-    * ranked: the coordinates of u = W v, by ENR_i = |u_i| / sqrt((W S_pos W)_ii / n_pos
-      + (W S_neg W)_ii / n_neg), S_c the class covariances (so the noise of each
-      whitened coordinate is its own, not assumed 1);
-    * exported: ``vector`` = Sigma^(1/2) u_k, the kept whitened components mapped
-      back to the residual basis the model is steered in (dense there; with every
-      coordinate kept it equals v exactly); ``indices`` and ``enr`` are in the
-      whitened basis; ``vector_whitened`` holds u_k itself; metadata records
-      ``method=whitened-enr-topk`` and the ``shrinkage``.
-    """
-    layer = covariance.layer
-    plain = vector_from_stats(stats, layer, None, pos=pos, neg=neg)  # validates layer, classes, counts
-    diff = covariance.mean_difference(pos, neg)
-    sigma, _, shrinkage = covariance.shrunk([pos, neg])
-    eigenvalues, eigenvectors = np.linalg.eigh(sigma)
-    if eigenvalues.min() <= 0 or not np.all(np.isfinite(eigenvalues)):
-        raise VectorError(f"the shrunk covariance of layer {layer} is not positive definite; capture more samples")
-    inv_sqrt = (eigenvectors / np.sqrt(eigenvalues)) @ eigenvectors.T
-    sqrt = (eigenvectors * np.sqrt(eigenvalues)) @ eigenvectors.T
-    u = inv_sqrt @ diff
-    n_pos, n_neg = covariance.counts[covariance.classes.index(pos)], covariance.counts[covariance.classes.index(neg)]
-    noise = np.sqrt(
-        np.einsum("ij,jk,ki->i", inv_sqrt, covariance.class_covariance(pos), inv_sqrt) / n_pos
-        + np.einsum("ij,jk,ki->i", inv_sqrt, covariance.class_covariance(neg), inv_sqrt) / n_neg
-    )
-    scores = np.abs(u) / np.maximum(noise, ENR_FLOOR)
-    indices, kept = keep_top_k(u, scores, k)
-    metadata = {**plain.metadata, "k": "dense" if k is None else str(int(k)),
-                "method": "whitened-enr-topk", "shrinkage": f"{shrinkage:.6g}"}
-    return SteeringVector((sqrt @ kept).astype(np.float32), indices, scores.astype(np.float32), layer, metadata,
-                          {"vector_whitened": kept.astype(np.float32)})

@@ -193,3 +193,78 @@ def store_at(request, tmp_path, monkeypatch):
         return lambda name: f"{prefix}/{name}"
     bucket = request.getfixturevalue("s3_bucket")
     return lambda name: f"s3://{bucket}/{name}"
+
+
+@pytest.fixture(scope="session")
+def llama(tiny_model_dirs):
+    """The tiny Llama, loaded once for the session (tests only add hooks that remove themselves)."""
+    from actstore.models import load_model
+
+    return load_model(str(tiny_model_dirs["llama"]))
+
+
+def _run_cli(*args, env=None, catch_exceptions=True):
+    from click.testing import CliRunner
+
+    from actstore.cli.main import cli
+
+    return CliRunner().invoke(cli, [str(a) for a in args], env=env, catch_exceptions=catch_exceptions)
+
+
+@pytest.fixture(scope="session")
+def run():
+    """``run("capture", "--model", ..., env=None, catch_exceptions=True)``: the CLI through click's
+    runner, every argument as a string; returns click's ``Result``."""
+    return _run_cli
+
+
+STORE_COORDS = ("class", "pair_id", "text_hash", "text_index", "token_index", "question", "order")
+
+
+def _assert_same_store(got, want, coords=STORE_COORDS, rtol=None, atol=0.0):
+    """Two stores (paths, URLs or opened datasets) hold the same rows in the same order: ``acts``
+    bit-identical (or within ``rtol``/``atol``), every coordinate of ``coords`` that ``want`` has equal
+    (groups made before ``question``/``order`` existed have neither)."""
+    import numpy as np
+
+    import actstore
+
+    got = got if hasattr(got, "sizes") else actstore.open_store(got)
+    want = want if hasattr(want, "sizes") else actstore.open_store(want)
+    if rtol is None:
+        np.testing.assert_array_equal(got.acts.values, want.acts.values)
+    else:
+        np.testing.assert_allclose(got.acts.values, want.acts.values, rtol=rtol, atol=atol)
+    for name in coords:
+        if name in want.coords or name in got.coords:
+            assert got[name].values.tolist() == want[name].values.tolist(), name
+
+
+@pytest.fixture(scope="session")
+def same_store():
+    """``same_store(got, want, coords=..., rtol=None)``: assert two stores hold the same rows."""
+    return _assert_same_store
+
+
+@pytest.fixture
+def interrupt_after(monkeypatch):
+    """``interrupt_after(owner, "name", n, before=None)``: the ``n``-th call of ``owner.name``
+    raises KeyboardInterrupt (after ``before(self, *args)``, if given, to leave a half-done
+    step behind); the others run as usual. Returns the original, for putting it back early."""
+
+    def patch(owner, name: str, n: int, before=None):
+        original = getattr(owner, name)
+        calls = {"n": 0}
+
+        def interrupted(self, *args, **kwargs):
+            calls["n"] += 1
+            if calls["n"] == n:
+                if before is not None:
+                    before(self, *args, **kwargs)
+                raise KeyboardInterrupt
+            return original(self, *args, **kwargs)
+
+        monkeypatch.setattr(owner, name, interrupted)
+        return original
+
+    return patch

@@ -7,18 +7,12 @@ import subprocess
 import sys
 
 import numpy as np
-from click.testing import CliRunner
 
 from actstore.cli.main import cli
 from actstore.vectors import load_vector
 
 
-def run(*args):
-    result = CliRunner().invoke(cli, [str(a) for a in args], catch_exceptions=False)
-    return result
-
-
-def test_capture_stats_enr_end_to_end(tmp_path, tiny_model_dirs, pairs_file):
+def test_capture_stats_enr_end_to_end(run, tmp_path, tiny_model_dirs, pairs_file):
     store, out = tmp_path / "acts.zarr", tmp_path / "vec.safetensors"
     model = tiny_model_dirs["gpt_neox"]
     result = run("capture", "--model", model, "--data", pairs_file, "--layers", "1,2", "--store", store, "-q")
@@ -40,21 +34,46 @@ def test_capture_stats_enr_end_to_end(tmp_path, tiny_model_dirs, pairs_file):
     assert result.exit_code == 0 and "wrote dense vector" in result.output
 
 
-def test_click_rejects_bad_flags_before_any_work(tmp_path):
+def test_click_rejects_bad_flags_before_any_work(run, tmp_path):
     result = run("capture", "--model", "x", "--data", tmp_path / "nope.json", "--store", tmp_path / "s.zarr")
     assert result.exit_code == 2 and "does not exist" in result.output
     result = run("capture", "--model", "x", "--data", __file__, "--store", "s", "--position", "first")
     assert result.exit_code == 2 and "'first' is not one of" in result.output
 
 
-def test_every_command_explains_its_flags():
-    for command in (["capture"], ["stats"], ["enr"], ["info"], ["models", "demo"]):
-        result = run(*command, "--help")
-        assert result.exit_code == 0
-    text = run("capture", "--help").output
-    for flag in ("--model", "--data", "--layers", "--store", "--position", "--batch-size", "--dtype", "--device",
-                 "--resume"):
-        assert flag in text
+def test_commands_that_load_a_model_take_every_model_spec_field_as_a_flag(run):
+    import dataclasses
+
+    from actstore.models import ModelSpec
+
+    fields = [f.name for f in dataclasses.fields(ModelSpec)]
+    for name in ("capture", "steer"):
+        params = [p.name for p in cli.commands[name].params]
+        assert [p for p in params if p in fields] == fields, name  # all of them, in the spec's order
+    text = run("steer", "--help").output
+    assert "--device-map" in text and "--revision" in text and "--trust-remote-code" in text
+
+
+def test_enr_is_extract_under_its_first_name(run):
+    enr, extract = cli.commands["enr"], cli.commands["extract"]
+    assert enr.callback is extract.callback and enr.params is extract.params
+    assert "Alias of `actstore extract`" in run("enr", "--help").output
+
+
+def test_k_and_float_lists_are_click_types_that_refuse_bad_lists():
+    import click
+    import pytest
+
+    from actstore.cli.options import FloatListType, KListType
+
+    assert KListType().convert("8, 16,dense", None, None) == [8, 16, None]
+    assert FloatListType().convert("0.5,1,2", None, None) == [0.5, 1.0, 2.0]
+    for bad in ("0,8", "8,x", "-1"):
+        with pytest.raises(click.BadParameter, match="positive integers and 'dense'"):
+            KListType().convert(bad, None, None)
+    for bad in ("", "1,nan", "a"):
+        with pytest.raises(click.BadParameter, match="numbers"):
+            FloatListType().convert(bad, None, None)
 
 
 def test_console_script_runs_as_a_subprocess():
@@ -62,7 +81,7 @@ def test_console_script_runs_as_a_subprocess():
     assert result.returncode == 0 and "actstore" in result.stdout
 
 
-def test_capture_in_shards_from_the_command_line(tmp_path, tiny_model_dirs, pairs_file):
+def test_capture_in_shards_from_the_command_line(run, tmp_path, tiny_model_dirs, pairs_file):
     model, store, whole = tiny_model_dirs["qwen2"], tmp_path / "s.zarr", tmp_path / "w.zarr"
     for index in (1, 0):
         result = run("capture", "--model", model, "--data", pairs_file, "--layers", "1", "--store", store,

@@ -29,7 +29,7 @@ def test_a_dense_random_control_is_a_seeded_direction_at_the_vectors_norm():
     assert control.k is None and control.layer == 3
     assert np.linalg.norm(control.vector) == pytest.approx(np.linalg.norm(v.vector), rel=1e-6)
     assert control.metadata["method"] == "random" and control.metadata["seed"] == "7"
-    assert control.metadata["control_of"] == "mean-diff" and np.all(np.isnan(control.enr))
+    assert control.metadata["control_of"] == "enr" and np.all(np.isnan(control.enr))  # dense enr: once "mean-diff"
     np.testing.assert_array_equal(control.vector, random_control(v, seed=7).vector)
     assert not np.allclose(control.vector, random_control(v, seed=8).vector)
     # Uniform on the sphere: the cosine with v over many seeds averages 0, spread 1/sqrt(hidden).

@@ -85,7 +85,7 @@ def test_whitened_vector_ranks_whitened_enr_and_dense_is_the_plain_vector(store)
     kept[sparse.indices] = u[sparse.indices]
     np.testing.assert_allclose(sparse.extra["vector_whitened"], kept, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(sparse.vector, np.linalg.inv(inv_sqrt) @ kept, rtol=1e-4, atol=1e-5)
-    assert sparse.metadata["method"] == "whitened-enr-topk"
+    assert sparse.info.method == "whitened"
 
 
 def test_cli_enr_whiten(store, tmp_path):
@@ -93,9 +93,9 @@ def test_cli_enr_whiten(store, tmp_path):
     result = CliRunner().invoke(cli, ["enr", "--store", str(store), "--layer", "2", "--k", "6", "--whiten",
                                       "--out", str(out)])
     assert result.exit_code == 0, result.output
-    assert "k=6 whitened vector" in result.output
+    assert "k=6 whitened vector" in result.output and ", shrinkage " in result.output
     vec = load_vector(out)
-    assert vec.metadata["method"] == "whitened-enr-topk" and np.count_nonzero(vec.extra["vector_whitened"]) == 6
+    assert vec.info.method == "whitened" and np.count_nonzero(vec.extra["vector_whitened"]) == 6
     result = CliRunner().invoke(cli, ["enr", "--store", str(store), "--layer", "3", "--k", "6", "--whiten",
                                       "--out", str(out)])
     assert result.exit_code == 1 and "layer 3 was not captured" in result.output

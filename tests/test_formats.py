@@ -32,8 +32,9 @@ def test_store_v1_opens_with_its_coordinates(tmp_path):
 
 def test_vector_v1_reads_back():
     vec = actstore.load_vector(FIXTURES / "vector-v1.safetensors")
-    assert vec.layer == 3 and vec.k == 2 and vec.metadata["format"] == "actstore.vector/1"
-    assert json.loads(vec.metadata["classes"]) == {"pos": 3, "neg": 3}
+    assert vec.layer == 3 and vec.k == 2 and vec.info.format == "actstore.vector/1"
+    assert vec.info.class_counts == {"pos": 3, "neg": 3}
+    assert vec.info.method == "enr"  # written as "enr-topk" before the method registry: an alias
     acts = expected_acts()[:, 1].astype(np.float64)
     diff = acts[0::2].mean(0) - acts[1::2].mean(0)
     np.testing.assert_allclose(vec.vector[vec.indices], diff[vec.indices], rtol=1e-6)

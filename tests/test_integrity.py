@@ -11,10 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import zarr
-from click.testing import CliRunner
 
 import actstore
-from actstore.cli.main import cli
 from actstore.errors import DamagedStoreError, StoreError
 from actstore.stores.lock import WriterLock
 from actstore.stores.moments import read_stats_cache, write_stats_cache
@@ -23,12 +21,8 @@ FIXTURES = Path(__file__).resolve().parent / "fixtures"
 GROUP = "tiny-llama"
 
 
-def run(*args):
-    return CliRunner().invoke(cli, [str(a) for a in args])
-
-
 @pytest.fixture(scope="module")
-def clean_store(tmp_path_factory, tiny_model_dirs):
+def clean_store(run, tmp_path_factory, tiny_model_dirs):
     tmp = tmp_path_factory.mktemp("integrity")
     data = tmp / "pairs.json"
     data.write_text(json.dumps([{"positive": f"I kept promise {i}.", "negative": f"I broke promise {i}."}
@@ -75,7 +69,7 @@ DAMAGE = {
 
 
 @pytest.mark.parametrize("case", DAMAGE, ids=list(DAMAGE))
-def test_damaged_chunk_is_refused_naming_store_array_and_chunk(store, case):
+def test_damaged_chunk_is_refused_naming_store_array_and_chunk(run, store, case):
     damage, message = DAMAGE[case]
     damage(store)
     with pytest.raises(DamagedStoreError) as err:
@@ -95,7 +89,7 @@ def test_damaged_chunk_is_refused_naming_store_array_and_chunk(store, case):
     assert "DAMAGED" in report.output
 
 
-def test_verify_says_a_clean_store_is_good_and_counts_its_chunks(store):
+def test_verify_says_a_clean_store_is_good_and_counts_its_chunks(run, store):
     result = run("verify", store)
     assert result.exit_code == 0, result.output
     assert "no damage found" in result.output
@@ -103,7 +97,7 @@ def test_verify_says_a_clean_store_is_good_and_counts_its_chunks(store):
     assert "10 of 10 chunks good" in result.output, result.output
 
 
-def test_verify_lists_the_good_chunks_beside_the_damaged_one(store):
+def test_verify_lists_the_good_chunks_beside_the_damaged_one(run, store):
     chunk(store, "acts", "c/0/1/0").unlink()
     result = run("verify", store)
     assert result.exit_code == 1
@@ -117,7 +111,7 @@ def test_verify_lists_the_good_chunks_beside_the_damaged_one(store):
     ({"n_samples": "16"}, "attribute 'n_samples' is '16', expected int"),
     ({"runs": None}, "attribute 'runs' is None"),
 ])
-def test_attributes_that_do_not_describe_the_arrays_are_refused_on_open(store, tiny_model_dirs, edit, message):
+def test_attributes_that_do_not_describe_the_arrays_are_refused_on_open(run, store, tiny_model_dirs, edit, message):
     group = zarr.open_group(store / GROUP, mode="a")
     group.update_attributes(edit)
     for args in (["stats", "-s", store], ["enr", "-s", store, "--layer", "1", "--k", "4", "-o",
@@ -131,7 +125,7 @@ def test_attributes_that_do_not_describe_the_arrays_are_refused_on_open(store, t
         actstore.open_store(store)
 
 
-def test_an_edited_n_samples_is_never_filled_with_empty_class_rows_by_an_append(store, tiny_model_dirs, tmp_path):
+def test_an_edited_n_samples_is_never_filled_with_empty_class_rows_by_an_append(run, store, tiny_model_dirs, tmp_path):
     zarr.open_group(store / GROUP, mode="a").update_attributes({"n_samples": 20})
     more = tmp_path / "more.json"
     more.write_text(json.dumps([{"positive": "Yes indeed.", "negative": "No way."}]))
@@ -142,7 +136,7 @@ def test_an_edited_n_samples_is_never_filled_with_empty_class_rows_by_an_append(
 
 @pytest.mark.parametrize("array, damage", [("var", "delete"), ("mean", "flip"), ("count", "delete"),
                                            ("var", "flip")])
-def test_damaged_cached_statistics_are_recomputed_with_a_warning(store, array, damage):
+def test_damaged_cached_statistics_are_recomputed_with_a_warning(run, store, array, damage):
     want = actstore.compute_stats(store, force=True)
     path = cache_chunk(store, array)
     path.unlink() if damage == "delete" else flip(path)
@@ -155,7 +149,7 @@ def test_damaged_cached_statistics_are_recomputed_with_a_warning(store, array, d
     assert result.exit_code == 0 and "Warning" not in result.output
 
 
-def test_an_old_store_without_checksums_still_opens_and_verify_says_what_it_cannot_check(tmp_path):
+def test_an_old_store_without_checksums_still_opens_and_verify_says_what_it_cannot_check(run, tmp_path):
     old = tmp_path / "old.zarr"
     shutil.copytree(FIXTURES / "store-v1.zarr", old)
     result = run("verify", old)
@@ -206,7 +200,7 @@ def test_a_torn_cache_is_never_read_while_another_process_replaces_it(store):
     assert len(subgroups) <= 2  # old caches are deleted
 
 
-def test_a_path_and_its_file_url_share_one_lock_and_create_the_same_store(store, tiny_model_dirs, tmp_path):
+def test_a_path_and_its_file_url_share_one_lock_and_create_the_same_store(run, store, tiny_model_dirs, tmp_path):
     url = "file://" + str(store)
     with WriterLock(store, GROUP).acquire():
         with pytest.raises(StoreError, match="is being written by pid"):
@@ -223,7 +217,7 @@ def test_a_path_and_its_file_url_share_one_lock_and_create_the_same_store(store,
     assert actstore.open_store(f"file://{new}").sizes["sample"] == 4
 
 
-def test_a_class_of_one_row_is_not_taken_for_a_damaged_cache(tmp_path, tiny_model_dirs):
+def test_a_class_of_one_row_is_not_taken_for_a_damaged_cache(run, tmp_path, tiny_model_dirs):
     """Its variance is NaN (0/0, ddof=1): that is the statistic, not damage."""
     import warnings
 
@@ -240,7 +234,7 @@ def test_a_class_of_one_row_is_not_taken_for_a_damaged_cache(tmp_path, tiny_mode
     assert cached.attrs["data_version"] == first.attrs["data_version"]
 
 
-def test_the_whitening_pass_names_a_damaged_chunk_behind_a_valid_cache(store):
+def test_the_whitening_pass_names_a_damaged_chunk_behind_a_valid_cache(run, store):
     actstore.compute_stats(store)  # the cache is good; the covariance pass reads the rows themselves
     flip(chunk(store, "acts"))
     result = run("enr", "-s", store, "--layer", "1", "--k", "4", "--whiten", "-o", store.parent / "w.safetensors")

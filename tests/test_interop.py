@@ -27,7 +27,7 @@ from actstore.interop import (
 )
 from actstore.models import load_model
 from actstore.steering import steer
-from actstore.vectors import SteeringVector
+from actstore.vectors import SteeringVector, VectorInfo
 
 gguf = pytest.importorskip("gguf")
 
@@ -43,10 +43,8 @@ def make_vector(layer: int, k: int | None = None, hidden: int = HIDDEN, seed: in
     indices = np.argsort(-enr, kind="stable")[: k or hidden].astype(np.int64)
     vector = np.zeros_like(dense)
     vector[indices] = dense[indices]
-    metadata = {"format": "actstore.vector/1", "model": "tiny", "model_fingerprint": "", "layer": str(layer),
-                "k": "dense" if k is None else str(k), "method": "mean-diff" if k is None else "enr-topk",
-                "classes": json.dumps({"pos": 7, "neg": 7}), "hidden_size": str(hidden)}
-    return SteeringVector(vector, indices, enr, layer, metadata)
+    info = VectorInfo(layer=layer, method="enr", k=k, model="tiny", classes={"pos": 7, "neg": 7}, hidden_size=hidden)
+    return SteeringVector(vector, indices, enr, info)
 
 
 def write_plain_control_vector(path, directions: dict[int, np.ndarray], architecture="controlvector",
@@ -115,7 +113,7 @@ def test_gguf_round_trip_gives_back_vector_indices_enr_and_metadata(tmp_path):
         np.testing.assert_array_equal(got.vector, want.vector)
         np.testing.assert_array_equal(got.indices, want.indices)
         np.testing.assert_array_equal(got.enr, want.enr)
-        assert got.metadata == want.metadata
+        assert got.info == want.info
         assert got.k == want.k
 
 
@@ -124,7 +122,7 @@ def test_gguf_scale_multiplies_the_written_values_and_is_recorded(tmp_path):
     path = write_gguf_control_vector(vector, tmp_path / "cv.gguf", model_hint="llama", scale=-2.5)
     (back,) = read_gguf_control_vector(path)
     np.testing.assert_allclose(back.vector, -2.5 * vector.vector, rtol=1e-7)
-    assert back.metadata["export_scale"] == "-2.5"
+    assert back.info.detail["export_scale"] == "-2.5"
 
 
 def test_gguf_written_by_another_tool_reads_as_dense_vectors(tmp_path):
@@ -135,7 +133,7 @@ def test_gguf_written_by_another_tool_reads_as_dense_vectors(tmp_path):
     np.testing.assert_array_equal(back[0].vector, directions[1])
     assert back[0].indices.tolist() == list(range(1, HIDDEN))  # its non-zero coordinates
     assert np.isnan(back[0].enr).all()
-    assert back[1].metadata["model_hint"] == "mistral" and back[1].metadata["layer"] == "5"
+    assert back[1].info.detail["model_hint"] == "mistral" and back[1].info.layer == 5
     assert back[1].k is None
 
 
@@ -192,8 +190,8 @@ def test_from_steering_vectors_needs_only_the_object():
                          layer_activations={4: torch.ones(HIDDEN), 2: torch.arange(HIDDEN, dtype=torch.float64)})
     back = from_steering_vectors(sv, metadata={"model": "tiny"})
     assert [v.layer for v in back] == [2, 4]
-    assert back[0].vector.dtype == np.float32 and back[0].metadata["model"] == "tiny"
-    assert back[1].metadata["source"] == "steering-vectors" and back[1].k is None
+    assert back[0].vector.dtype == np.float32 and back[0].info.model == "tiny"
+    assert back[1].info.detail["source"] == "steering-vectors" and back[1].k is None
 
 
 @pytest.mark.parametrize(
@@ -246,7 +244,7 @@ def test_steering_vectors_apply_changes_hidden_states_as_actstore_steer_does(tin
 def test_from_repeng_needs_only_the_object():
     cv = SimpleNamespace(model_type="llama", directions={3: np.ones(HIDDEN, np.float32)})
     (back,) = from_repeng(cv)
-    assert back.layer == 3 and back.metadata["model_hint"] == "llama" and back.metadata["source"] == "repeng"
+    assert back.layer == 3 and back.info.detail["model_hint"] == "llama" and back.info.detail["source"] == "repeng"
     with pytest.raises(VectorError, match=r"repeng directions\[3\]: expected a 1-D"):
         from_repeng(SimpleNamespace(model_type="llama", directions={3: np.ones((2, 2))}))
 
@@ -270,7 +268,7 @@ def test_actstore_reads_the_gguf_repeng_exports(tmp_path):
     directions = {2: np.linspace(-1, 1, HIDDEN, dtype=np.float32), 5: np.ones(HIDDEN, np.float32)}
     repeng.ControlVector(model_type="gpt_neox", directions=directions).export_gguf(str(tmp_path / "cv.gguf"))
     back = read_gguf_control_vector(tmp_path / "cv.gguf")
-    assert [v.layer for v in back] == [2, 5] and back[0].metadata["model_hint"] == "gpt_neox"
+    assert [v.layer for v in back] == [2, 5] and back[0].info.detail["model_hint"] == "gpt_neox"
     np.testing.assert_array_equal(back[0].vector, directions[2])
 
 
@@ -311,7 +309,7 @@ def test_vector_files_go_to_gguf_and_back_from_the_command_line(tmp_path):
             tmp_path / f"v{layer}.safetensors")
         np.testing.assert_array_equal(got.vector, want.vector)
         np.testing.assert_array_equal(got.indices, want.indices)
-        assert got.metadata["k"] == "8" and got.layer == layer
+        assert got.info.k == 8 and got.layer == layer
     layer0 = save_vector(make_vector(0), tmp_path / "v0.safetensors")
     result = runner.invoke(cli, ["vector", "export-gguf", str(layer0), "--out", str(out), "--model-hint", "llama"])
     assert result.exit_code == 1 and "no control-vector slot for layer 0" in result.output

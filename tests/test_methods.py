@@ -14,7 +14,7 @@ from actstore.cli.main import cli
 from actstore.covariance import layer_covariance
 from actstore.errors import VectorError
 from actstore.methods import (
-    METHODS,
+    EXTRACTION_METHODS,
     build_vector,
     difference_moments,
     fit_probe,
@@ -75,8 +75,8 @@ def test_pca_is_the_first_axis_of_the_centred_pair_differences(store):
     # steered as (u . v) u: its projection onto v's direction is v's own along u
     unit = vector.vector / np.linalg.norm(vector.vector)
     np.testing.assert_allclose(vector.vector, (unit @ mean_diff) * unit, rtol=1e-4, atol=1e-6)
-    assert vector.metadata["method"] == "pca" and vector.metadata["pairs"] == str(len(diffs))
-    assert 0 < float(vector.metadata["explained_variance_ratio"]) <= 1
+    assert vector.info.method == "pca" and vector.info.detail["pairs"] == str(len(diffs))
+    assert 0 < float(vector.info.detail["explained_variance_ratio"]) <= 1
 
 
 def test_difference_moments_merge_many_blocks_exactly():
@@ -117,7 +117,7 @@ def test_probe_equals_sklearn_and_the_streaming_fit_agrees(store):
     assert b_stream == pytest.approx(float(reference.intercept_[0]), abs=0.05)
     vector = build_vector(store, 2, "probe", None)
     assert _cos(vector.vector, reference.coef_[0] / sd) > 0.99999  # mapped back to the residual basis
-    assert vector.metadata["probe_fit"] == "sklearn"
+    assert vector.info.detail["probe_fit"] == "sklearn"
 
 
 def test_lda_is_the_shrunk_pooled_covariance_solved_against_v(store):
@@ -132,7 +132,7 @@ def test_lda_is_the_shrunk_pooled_covariance_solved_against_v(store):
     expected = np.linalg.solve(sigma, groups[0].mean(0) - groups[1].mean(0))
     vector = build_vector(store, 1, "lda", None)
     assert _cos(vector.vector, expected) > 0.99999
-    assert float(vector.metadata["shrinkage"]) == pytest.approx(shrinkage, rel=1e-6)
+    assert float(vector.info.detail["shrinkage"]) == pytest.approx(shrinkage, rel=1e-6)
     direction = lda_direction(actstore.open_stats(store), layer_covariance(store, 1))
     # ranked by the standardised weight |w_i| sd_i
     np.testing.assert_allclose(direction.rank, np.abs(expected / np.linalg.norm(expected)) * np.sqrt(np.diag(pooled)),
@@ -145,7 +145,7 @@ def test_k_sparse_keeps_the_k_best_ranked_coordinates(store, method):
     sparse = build_vector(store, 2, method, 5)
     assert np.count_nonzero(sparse.vector) == 5 and sparse.k == 5
     assert set(np.flatnonzero(sparse.vector)) == set(sparse.indices[:5].tolist())
-    assert sparse.metadata["method"] == method and dense.metadata["k"] == "dense"
+    assert sparse.info.method == method and dense.info.k is None
     if method == "pca":  # ranked by the dense direction's magnitudes
         order = np.argsort(-np.abs(dense.vector), kind="stable")[:5]
         assert set(order.tolist()) == set(sparse.indices.tolist())
@@ -153,14 +153,14 @@ def test_k_sparse_keeps_the_k_best_ranked_coordinates(store, method):
 
 def test_every_method_writes_the_same_file_through_the_cli(store, tmp_path):
     runner = CliRunner()
-    for method in METHODS:
+    for method in EXTRACTION_METHODS:
         out = tmp_path / f"{method}.safetensors"
         result = runner.invoke(cli, ["extract", "--store", str(store), "--layer", "2", "--method", method,
                                      "--k", "4", "--out", str(out)])
         assert result.exit_code == 0, result.output
         vector = load_vector(out)
-        assert vector.layer == 2 and np.count_nonzero(vector.vector) >= 4 and vector.metadata["k"] == "4"
-        assert vector.metadata["method"] in {"enr-topk", "whitened-enr-topk", method}
+        assert vector.layer == 2 and np.count_nonzero(vector.vector) >= 4 and vector.info.k == 4
+        assert vector.info.method == method
     bad = runner.invoke(cli, ["extract", "--store", str(store), "--layer", "2", "--method", "svm",
                               "--out", str(tmp_path / "x.safetensors")])
     assert bad.exit_code != 0 and "svm" in bad.output and "Traceback" not in bad.output
@@ -193,3 +193,22 @@ def test_pca_matches_repengs_own_pca_diff(tiny_model_dirs, many_pairs, tmp_path)
     actstore.capture_to_store(str(folder), many_pairs, path, "2", progress=False)
     ours = build_vector(path, 2, "pca", None).vector
     assert abs(_cos(ours, theirs)) > 0.999
+
+
+def test_a_new_method_is_one_registry_entry(monkeypatch, store, tmp_path):
+    from actstore.directions import Direction
+    from actstore.vector_info import METHODS, Method, mask_top_k
+    from actstore.vectors import save_vector
+
+    def sign_direction(inputs):
+        diff = inputs.moments.difference
+        return Direction("sign", inputs.layer, np.sign(diff), np.abs(diff), {"rule": "sign"})
+
+    monkeypatch.setitem(METHODS, "sign", Method("sign", "signs of the mean difference", sign_direction, mask_top_k))
+    vector = build_vector(store, 2, "sign", 4)
+    assert vector.info.method == "sign" and vector.k == 4 and vector.info.detail == {"rule": "sign"}
+    assert np.count_nonzero(vector.vector) == 4 and set(np.abs(vector.vector[vector.indices])) == {1.0}
+    back = load_vector(save_vector(vector, tmp_path / "sign.safetensors"))
+    assert back.info == vector.info and back.info.describe().startswith("sign k=4")
+    with pytest.raises(VectorError, match="method 'random'.*not built from a store's statistics"):
+        build_vector(store, 2, "random", 4)  # a control: an entry without a direction

@@ -21,7 +21,7 @@ def test_unknown_architecture_names_the_blocks_option(tiny_model_dirs):
     loaded.model.config.model_type = "mystery"
     with pytest.raises(ModelError) as err:
         find_decoder_blocks(loaded.model)
-    assert "--blocks" in str(err.value) and "model.layers" in str(err.value)
+    assert "blocks=" in str(err.value) and "model.layers" in str(err.value) and err.value.params == ("blocks",)
     assert find_decoder_blocks(loaded.model, blocks="model.layers") is loaded.blocks
     with pytest.raises(ModelError, match="has no attribute path 'model.nope'"):
         find_decoder_blocks(loaded.model, blocks="model.nope")

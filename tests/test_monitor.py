@@ -73,12 +73,11 @@ def test_a_separating_vector_beats_a_random_one_on_held_out_pairs(stores):
     vector = build_vector(train, 2, "enr", None)
     good = separation(project(test, vector))
     assert good.paired and good.n_pos == good.n_neg == 8
-    random = vector.__class__(np.random.default_rng(0).normal(size=vector.hidden_size).astype(np.float32),
-                              vector.indices, vector.enr, vector.layer, dict(vector.metadata))
+    random = vector.replace(vector=np.random.default_rng(0).normal(size=vector.hidden_size).astype(np.float32))
     flipped = separation(project(test, random))
     assert good.auroc.estimate > flipped.auroc.estimate or good.auroc.estimate == 1.0
     # flipping the vector mirrors AUROC and d exactly
-    negated = vector.__class__(-vector.vector, vector.indices, vector.enr, vector.layer, dict(vector.metadata))
+    negated = vector.replace(vector=-vector.vector)
     mirror = separation(project(test, negated))
     assert mirror.auroc.estimate == pytest.approx(1 - good.auroc.estimate)
     assert mirror.cohens_d.estimate == pytest.approx(-good.cohens_d.estimate)
@@ -107,8 +106,7 @@ def test_cli_project_and_its_refusals(stores, tmp_path):
     printed = runner.invoke(cli, ["project", "--store", str(test), "--vector", str(vec)])  # no --out: print only
     assert printed.exit_code == 0, printed.output
     assert printed.output.splitlines()[0] == result.output.splitlines()[0] and "wrote" not in printed.output
-    other = build_vector(train, 2, "enr", 4)
-    other.layer = 3
+    other = build_vector(train, 2, "enr", 4).with_info(layer=3)
     save_vector(other, tmp_path / "l3.safetensors")
     bad = runner.invoke(cli, ["project", "--store", str(test), "--vector", str(tmp_path / "l3.safetensors"),
                               "--out", str(tmp_path / "o2")])

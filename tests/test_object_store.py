@@ -14,21 +14,15 @@ import json
 
 import numpy as np
 import pytest
-from click.testing import CliRunner
 
 import actstore
-from actstore.cli.main import cli
 from actstore.vectors import load_vector
 
 pytest.importorskip("s3fs")
 pytest.importorskip("moto.server")
 
 
-def run(*args):
-    return CliRunner().invoke(cli, [str(a) for a in args], catch_exceptions=False)
-
-
-def test_capture_stats_enr_on_s3_equal_a_local_store(tmp_path, s3_bucket, tiny_model_dirs, pairs_file):
+def test_capture_stats_enr_on_s3_equal_a_local_store(run, tmp_path, s3_bucket, tiny_model_dirs, pairs_file):
     model = tiny_model_dirs["llama"]
     url = f"s3://{s3_bucket}/runs/acts.zarr"
     local = tmp_path / "acts.zarr"

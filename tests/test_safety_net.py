@@ -9,15 +9,9 @@ import re
 from pathlib import Path
 
 import pytest
-from click.testing import CliRunner
 from zarr.storage import LocalStore
 
 import actstore
-from actstore.cli.main import cli
-
-
-def run(*args, env=None):
-    return CliRunner().invoke(cli, [str(a) for a in args], env=env)
 
 
 @pytest.fixture
@@ -28,7 +22,7 @@ def data(tmp_path):
     return path
 
 
-def test_an_unexpected_error_is_one_line_with_the_path_of_its_saved_traceback(tmp_path, data, tiny_model_dirs,
+def test_an_unexpected_error_is_one_line_with_the_path_of_its_saved_traceback(run, tmp_path, data, tiny_model_dirs,
                                                                               monkeypatch):
     store = tmp_path / "acts.zarr"
     assert run("capture", "-m", tiny_model_dirs["llama"], "-d", data, "-l", "1", "-s", store, "-q").exit_code == 0
@@ -53,7 +47,7 @@ def test_an_unexpected_error_is_one_line_with_the_path_of_its_saved_traceback(tm
 @pytest.mark.parametrize("code, message", [(errno.ENOSPC, "the disk is full"), (errno.EROFS, "read-only"),
                                            (errno.EACCES, "permission denied"), (errno.EFBIG, "size"),
                                            (errno.EIO, "input/output error")])
-def test_an_oserror_at_any_write_of_a_capture_is_an_error_line_and_resume_finishes(tmp_path, data, tiny_model_dirs,
+def test_an_oserror_at_any_write_of_a_capture_is_an_error_line_and_resume_finishes(run, tmp_path, data, tiny_model_dirs,
                                                                                   monkeypatch, code, message):
     """The error is injected at every write site in turn (write 1, 2, ... of the capture)."""
     monkeypatch.setenv("ACTSTORE_CACHE", str(tmp_path / "cache"))  # the saved tracebacks go there
@@ -88,7 +82,7 @@ def test_an_oserror_at_any_write_of_a_capture_is_an_error_line_and_resume_finish
     assert tried >= total // step
 
 
-def test_device_mistakes_are_error_lines(tmp_path, data, tiny_model_dirs, monkeypatch):
+def test_device_mistakes_are_error_lines(run, tmp_path, data, tiny_model_dirs, monkeypatch):
     monkeypatch.setenv("ACTSTORE_CACHE", str(tmp_path / "cache"))
     for device, message in (("cudda", "check --device"), ("cuda:7", "check --device")):
         result = run("capture", "-m", tiny_model_dirs["llama"], "-d", data, "-l", "1", "-s", tmp_path / "d.zarr",

@@ -16,20 +16,12 @@ from actstore.errors import StoreError
 
 pytestmark = pytest.mark.filterwarnings("ignore:.*were truncated:UserWarning")  # long CAA texts, tiny models
 
-COORDS = ("class", "pair_id", "text_hash", "text_index", "token_index", "question", "order")
 
 SHARD_CHILD = """
 import sys, actstore
 actstore.capture_to_store(sys.argv[1], sys.argv[2], sys.argv[3], "1,3", shard=(int(sys.argv[4]), 2),
                           window=4, batch_size=2, offset=0, progress=False)
 """
-
-
-def assert_same_store(got_path, want_path):
-    got, want = actstore.open_store(got_path), actstore.open_store(want_path)
-    np.testing.assert_array_equal(got.acts.values, want.acts.values)
-    for name in COORDS:
-        assert got[name].values.tolist() == want[name].values.tolist(), name
 
 
 @pytest.fixture
@@ -41,7 +33,7 @@ def many_pairs(tmp_path, shared_data):
     return path
 
 
-def test_two_shards_running_at_once_equal_one_process(tmp_path, tiny_model_dirs, many_pairs):
+def test_two_shards_running_at_once_equal_one_process(same_store, tmp_path, tiny_model_dirs, many_pairs):
     model = str(tiny_model_dirs["llama"])
     reference = tmp_path / "one.zarr"
     # offset=0: the final ')' this test was written for (an A/B set now defaults to the answer letter,
@@ -55,7 +47,7 @@ def test_two_shards_running_at_once_equal_one_process(tmp_path, tiny_model_dirs,
     for child in children:
         _, err = child.communicate(timeout=300)
         assert child.returncode == 0, err
-    assert_same_store(store, reference)
+    same_store(store, reference)
     group = zarr.open_group(store, mode="r")["tiny-llama"]
     runs = group.attrs["runs"]
     assert len(runs) == 1 and runs[0]["complete"] and runs[0]["merged"] == 2
@@ -64,7 +56,7 @@ def test_two_shards_running_at_once_equal_one_process(tmp_path, tiny_model_dirs,
     np.testing.assert_allclose(stats["var"].values, want["var"].values, rtol=1e-12)
 
 
-def test_shards_merge_in_order_and_only_finished_ones_show(tmp_path, tiny_model_dirs, many_pairs):
+def test_shards_merge_in_order_and_only_finished_ones_show(same_store, tmp_path, tiny_model_dirs, many_pairs):
     model = actstore.load_model(str(tiny_model_dirs["gpt2"]))
     reference = tmp_path / "one.zarr"
     actstore.capture_to_store(model, many_pairs, reference, "0,1", position="all", window=3, progress=False)
@@ -83,11 +75,11 @@ def test_shards_merge_in_order_and_only_finished_ones_show(tmp_path, tiny_model_
             # Shard 0 holds texts 0..15 of the 48; its rows are visible, shard 2's are not yet.
             assert reports[0].merged_shards == 1 and visible == first_rows_of[16]
     assert reports[1].merged_shards == 3
-    assert_same_store(store, reference)
+    same_store(store, reference)
     again = actstore.capture_to_store(model, many_pairs, store, "0,1", position="all", window=3, shard=(1, 3),
                                       progress=False)
     assert again.n_texts_captured == 0  # a rerun of a finished shard does nothing
-    assert_same_store(store, reference)
+    same_store(store, reference)
 
 
 def test_an_unfinished_sharded_capture_blocks_other_captures(tmp_path, tiny_model_dirs, many_pairs):
@@ -104,7 +96,7 @@ def test_an_unfinished_sharded_capture_blocks_other_captures(tmp_path, tiny_mode
     assert actstore.open_store(store).sizes["sample"] == 48
 
 
-def test_capture_on_a_local_dask_cluster_equals_one_process(tmp_path, tiny_model_dirs, many_pairs):
+def test_capture_on_a_local_dask_cluster_equals_one_process(same_store, tmp_path, tiny_model_dirs, many_pairs):
     pytest.importorskip("distributed")
     from actstore.pipeline import capture_on_cluster
 
@@ -115,7 +107,7 @@ def test_capture_on_a_local_dask_cluster_equals_one_process(tmp_path, tiny_model
     reports = capture_on_cluster(model, many_pairs, store, "0,2", scheduler="local:2", shards=3, position="mean")
     assert [r.n_texts for r in reports] == [16, 16, 16]
     assert reports[0].merged_shards == 3
-    assert_same_store(store, reference)
+    same_store(store, reference)
 
 
 def test_info_shows_a_sharded_capture_in_progress(tmp_path, tiny_model_dirs, many_pairs):

@@ -68,7 +68,7 @@ def test_the_site_is_recorded_and_appends_must_match(tmp_path, tiny_model_dirs, 
     with pytest.raises(ActstoreError, match="site is 'mlp' there but 'attn' now"):
         actstore.capture_to_store(model, pairs_file, path, "1", site="attn", progress=False)
     vector = build_enr(path, 1, 4)
-    assert vector.metadata["site"] == "mlp"
+    assert vector.info.site == "mlp"
     with pytest.raises(VectorError, match="mlp site"):
         write_gguf_control_vector([vector], tmp_path / "c.gguf", "llama")
     result = CliRunner().invoke(cli, ["info", str(path)])

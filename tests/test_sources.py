@@ -28,13 +28,8 @@ def reference(tmp_path, model):
     return actstore.open_store(store)
 
 
-def assert_same_rows(got, want):
-    np.testing.assert_array_equal(got.acts.values, want.acts.values)
-    for name in ("class", "text_hash", "text_index", "token_index", "pair_id"):
-        assert got[name].values.tolist() == want[name].values.tolist(), name
-
-
-def test_a_parquet_dataset_in_several_row_groups_equals_the_same_texts_as_jsonl(tmp_path, tiny_model_dirs):
+def test_a_parquet_dataset_in_several_row_groups_equals_the_same_texts_as_jsonl(same_store, tmp_path,
+                                                                                tiny_model_dirs):
     pa = pytest.importorskip("pyarrow")
     pq = pytest.importorskip("pyarrow.parquet")
     model = actstore.load_model(str(tiny_model_dirs["llama"]))
@@ -48,10 +43,10 @@ def test_a_parquet_dataset_in_several_row_groups_equals_the_same_texts_as_jsonl(
     report = actstore.capture_to_store(model, folder, store, "1,3", position="all", window=3, batch_size=2,
                                        text_column="sentence", label_column="kind", progress=False)
     assert report.n_texts == len(TEXTS)
-    assert_same_rows(actstore.open_store(store), reference(tmp_path, model))
+    same_store(actstore.open_store(store), reference(tmp_path, model))
 
 
-def test_an_arrow_dataset_saved_to_disk_uses_its_class_names(tmp_path, tiny_model_dirs):
+def test_an_arrow_dataset_saved_to_disk_uses_its_class_names(same_store, tmp_path, tiny_model_dirs):
     datasets = pytest.importorskip("datasets")
     model = actstore.load_model(str(tiny_model_dirs["llama"]))
     features = datasets.Features({"text": datasets.Value("string"),
@@ -62,10 +57,11 @@ def test_an_arrow_dataset_saved_to_disk_uses_its_class_names(tmp_path, tiny_mode
     store = tmp_path / "arrow.zarr"
     actstore.capture_to_store(model, tmp_path / "arrow", store, "1,3", position="all", window=3, batch_size=2,
                               label_column="label", progress=False)
-    assert_same_rows(actstore.open_store(store), reference(tmp_path, model))
+    same_store(actstore.open_store(store), reference(tmp_path, model))
 
 
-def test_a_corpus_is_cut_into_windows_of_max_length_tokens_and_resumes(tmp_path, tiny_model_dirs, monkeypatch):
+def test_a_corpus_is_cut_into_windows_of_max_length_tokens_and_resumes(same_store, tmp_path, tiny_model_dirs,
+                                                                        monkeypatch, interrupt_after):
     model = actstore.load_model(str(tiny_model_dirs["gpt2"]))
     corpus = tmp_path / "corpus.txt"
     corpus.write_text("\n".join(TEXTS * 6) + "\n")
@@ -80,17 +76,9 @@ def test_a_corpus_is_cut_into_windows_of_max_length_tokens_and_resumes(tmp_path,
     want = actstore.open_store(whole)
     assert set(want["class"].values.tolist()) == {"text"}
 
-    from actstore.stores.zarr_store import ActivationWriter
+    from actstore.stores import ActivationWriter
 
-    real, calls = ActivationWriter.append, {"n": 0}
-
-    def interrupted(self, *args):
-        calls["n"] += 1
-        if calls["n"] == 3:
-            raise KeyboardInterrupt
-        return real(self, *args)
-
-    monkeypatch.setattr(ActivationWriter, "append", interrupted)
+    real = interrupt_after(ActivationWriter, "append", 3)
     store = tmp_path / "resumed.zarr"
     with pytest.raises(KeyboardInterrupt):
         actstore.capture_to_store(model, corpus, store, "1", position="all", max_length=16, window=4, progress=False)
@@ -98,7 +86,7 @@ def test_a_corpus_is_cut_into_windows_of_max_length_tokens_and_resumes(tmp_path,
     report = actstore.capture_to_store(model, corpus, store, "1", position="all", max_length=16, window=4,
                                        resume=True, progress=False)
     assert report.skipped == 8
-    assert_same_rows(actstore.open_store(store), want)
+    same_store(actstore.open_store(store), want)
 
 
 def test_a_column_reads_its_source_once_per_window():

@@ -11,7 +11,7 @@ from click.testing import CliRunner
 import actstore
 from actstore.cli.main import cli
 from actstore.errors import ActstoreError, StoreError
-from actstore.stores.zarr_store import ActivationWriter
+from actstore.stores import ActivationWriter
 
 
 def assert_same_stats(got, want, rtol=1e-9, atol=1e-12):
@@ -41,7 +41,8 @@ def test_stats_only_equals_capture_then_stats(tmp_path, tiny_model_dirs, pairs_f
     np.testing.assert_array_equal(vec_full.indices, vec_only.indices)
 
 
-def test_stats_only_appends_files_with_new_classes_and_resumes(tmp_path, tiny_model_dirs, pairs_file, monkeypatch):
+def test_stats_only_appends_files_with_new_classes_and_resumes(tmp_path, tiny_model_dirs, pairs_file, monkeypatch,
+                                                                interrupt_after):
     model = actstore.load_model(str(tiny_model_dirs["gpt2"]))
     labeled = tmp_path / "labeled.jsonl"
     labeled.write_text("\n".join(json.dumps({"text": f"A neutral sentence number {i}.", "label": "neutral"})
@@ -51,16 +52,7 @@ def test_stats_only_appends_files_with_new_classes_and_resumes(tmp_path, tiny_mo
         actstore.capture_to_store(model, data, full, "1", position="all", window=2, progress=False)
 
     # Interrupt the first stats-only capture after its second commit, then resume it.
-    real = ActivationWriter.write_moments
-    calls = {"n": 0}
-
-    def failing(self, *args):
-        calls["n"] += 1
-        if calls["n"] == 3:
-            raise KeyboardInterrupt
-        return real(self, *args)
-
-    monkeypatch.setattr(ActivationWriter, "write_moments", failing)
+    real = interrupt_after(ActivationWriter, "write_moments", 3)
     with pytest.raises(KeyboardInterrupt):
         actstore.capture_to_store(model, pairs_file, only, "1", position="all", window=2, stats_only=True,
                                   progress=False)

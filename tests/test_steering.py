@@ -10,22 +10,17 @@ from actstore.capture import record_blocks
 from actstore.errors import VectorError
 from actstore.models import load_model
 from actstore.steering import check_vector, steer
-from actstore.vectors import SteeringVector
+from actstore.vectors import SteeringVector, VectorInfo
 
 TEXT = "The quick brown fox jumps over the lazy dog."
-
-
-@pytest.fixture(scope="module")
-def llama(tiny_model_dirs):
-    return load_model(str(tiny_model_dirs["llama"]))
 
 
 def sparse_vector(layer: int, indices=(3, 7, 20), hidden: int = 32, seed: int = 0) -> SteeringVector:
     rng = np.random.default_rng(seed)
     values = np.zeros(hidden, np.float32)
     values[list(indices)] = rng.normal(size=len(indices)).astype(np.float32)
-    return SteeringVector(values, np.asarray(indices, np.int64), np.abs(values), layer,
-                          {"k": str(len(indices)), "model_fingerprint": ""})
+    return SteeringVector(values, np.asarray(indices, np.int64), np.abs(values),
+                          VectorInfo(layer=layer, k=len(indices)))
 
 
 def block_outputs(loaded, layers, ids):
@@ -66,7 +61,7 @@ def test_several_vectors_at_several_layers_add_up(llama):
     with torch.no_grad():
         with steer(llama, [a, b, c], alpha=[1.0, 2.0, 0.5]):
             together = llama.model(input_ids=ids).logits
-        summed = SteeringVector(a.vector + 2.0 * b.vector, np.arange(32), a.enr, 1, {})
+        summed = SteeringVector(a.vector + 2.0 * b.vector, np.arange(32), a.enr, VectorInfo(layer=1))
         with steer(llama, [summed, c], alpha=[1.0, 0.5], sparse=False):
             expected = llama.model(input_ids=ids).logits
     torch.testing.assert_close(together, expected, rtol=1e-5, atol=1e-5)
@@ -100,7 +95,7 @@ def test_steering_applies_to_generated_tokens_too(llama):
 @pytest.mark.parametrize(
     "vector, alpha, message",
     [
-        (SteeringVector(np.ones(16, np.float32), np.arange(16), np.ones(16), 1, {}), 1.0,
+        (SteeringVector(np.ones(16, np.float32), np.arange(16), np.ones(16), VectorInfo(layer=1)), 1.0,
          "vector has 16 dimensions but the model's hidden size is 32"),
         (sparse_vector(layer=9), 1.0, "vector is for layer 9; this model has decoder blocks 0..3"),
         (sparse_vector(layer=1), float("nan"), "alpha must be a finite number"),
@@ -116,14 +111,12 @@ def test_vectors_that_do_not_fit_are_refused(llama, vector, alpha, message):
 
 
 def test_a_vector_for_other_weights_is_refused_unless_forced(llama):
-    vector = sparse_vector(1)
-    vector.metadata.update(model="other/model", model_fingerprint="sha256-local:ffff")
-    with pytest.raises(VectorError, match="pass --force"):
+    vector = sparse_vector(1).with_info(model="other/model", fingerprint="sha256-local:ffff")
+    with pytest.raises(VectorError, match="pass force=True"):
         check_vector(vector, llama)
     with pytest.warns(UserWarning, match="vector was made for model 'other/model'"):
         check_vector(vector, llama, force=True)
-    vector.metadata["model_fingerprint"] = llama.fingerprint
-    check_vector(vector, llama)
+    check_vector(vector.with_info(fingerprint=llama.fingerprint), llama)
 
 
 def test_cli_steer_compares_and_refuses_a_vector_of_other_weights(tmp_path, tiny_model_dirs, pairs_file):

@@ -16,12 +16,7 @@ import zarr
 import actstore
 from actstore.errors import StatsError, StoreError, StoreNotFoundError
 from actstore.models import load_model
-from actstore.stores.zarr_store import ActivationWriter, store_info
-
-
-@pytest.fixture(scope="module")
-def llama(tiny_model_dirs):
-    return load_model(str(tiny_model_dirs["llama"]))
+from actstore.stores import ActivationWriter, store_info
 
 
 def capture(loaded, data, store, layers="1,3", **kw):
@@ -138,23 +133,15 @@ def test_recapturing_the_same_file_is_refused(tmp_path, store_at, llama, pairs_f
 
 @pytest.mark.parametrize("position", ["last", "all"])
 def test_interrupted_capture_resumes_without_loss_or_duplicates(tmp_path, store_at, llama, pairs_file, monkeypatch,
-                                                                position):
+                                                                position, interrupt_after):
     reference = store_at("ref.zarr")
     capture(llama, pairs_file, reference, position=position, window=3)
     store = store_at("a.zarr")
-    calls = {"n": 0}
-    original = ActivationWriter.append
+    def rows_without_their_commit(self, acts, *args):
+        self.acts.resize((self.n_samples + len(acts), *self.acts.shape[1:]))
+        self.acts[self.n_samples:] = 1e9
 
-    def flaky_append(self, acts, coords, texts_done, max_pair_id):
-        calls["n"] += 1
-        if calls["n"] == 3:
-            # Rows reach the arrays but the commit never happens.
-            self.acts.resize((self.n_samples + len(acts), *self.acts.shape[1:]))
-            self.acts[self.n_samples:] = 1e9
-            raise KeyboardInterrupt
-        return original(self, acts, coords, texts_done, max_pair_id)
-
-    monkeypatch.setattr(ActivationWriter, "append", flaky_append)
+    original = interrupt_after(ActivationWriter, "append", 3, before=rows_without_their_commit)
     with pytest.raises(KeyboardInterrupt):
         capture(llama, pairs_file, store, position=position, window=3)
     monkeypatch.setattr(ActivationWriter, "append", original)
@@ -217,7 +204,7 @@ def test_another_file_cannot_start_while_a_capture_is_interrupted(tmp_path, stor
 
 
 def test_a_second_writer_to_the_same_group_is_refused(tmp_path, llama, pairs_file):
-    from actstore.stores.zarr_store import CaptureSpec
+    from actstore.stores import CaptureSpec
 
     store = tmp_path / "a.zarr"
     spec = CaptureSpec(llama.model_id, llama.fingerprint, "llama", 32, [1, 3], "last")

@@ -106,7 +106,7 @@ def test_real_gemma_massive_coordinates_survive_bfloat16(tmp_path, shared_data):
 
 def test_a_missing_bfloat16_chunk_reads_as_nan_and_is_refused(tmp_path):
     from actstore.errors import DamagedStoreError
-    from actstore.stores.integrity import verify_store
+    from actstore.stores.verify import verify_store
 
     acts = np.random.default_rng(2).standard_normal((40, 2, 16)).astype(np.float32)
     store = tmp_path / "b.zarr"

@@ -56,7 +56,7 @@ def test_dense_vector_is_the_difference_of_means(captured_store):
         ds["class"] == "neg", drop=True).mean("sample")
     vec = actstore.enr(captured_store, layer=1, k=None)
     np.testing.assert_allclose(vec.vector, diff.values, rtol=1e-5, atol=1e-6)
-    assert vec.k is None and vec.metadata["method"] == "mean-diff"
+    assert vec.k is None and vec.info.method == "enr"
 
 
 def test_vector_file_round_trip(captured_store, tmp_path):
@@ -67,8 +67,8 @@ def test_vector_file_round_trip(captured_store, tmp_path):
     np.testing.assert_array_equal(back.indices, vec.indices)
     np.testing.assert_array_equal(back.enr, vec.enr)
     assert back.layer == 3 and back.k == 8
-    assert json.loads(back.metadata["classes"]) == {"pos": 7, "neg": 7}
-    assert back.metadata["format"] == "actstore.vector/1"
+    assert back.info.class_counts == {"pos": 7, "neg": 7} and back.info == vec.info
+    assert back.info.format == "actstore.vector/1"
     assert back.vector.dtype == np.float32 and back.indices.dtype == np.int64
 
 
@@ -78,8 +78,8 @@ def test_vector_file_round_trip(captured_store, tmp_path):
         ({"layer": 3, "k": 0}, "k=0 is out of range"),
         ({"layer": 3, "k": 33}, "k=33 is out of range"),
         ({"layer": 3, "k": 2.5}, "k must be an integer"),
-        ({"layer": 2, "k": 4}, "layer 2 was not captured; the store has layers [1, 3]"),
-        ({"layer": 3, "k": 4, "pos": "moral"}, "class 'moral' (--pos) is not in the store"),
+        ({"layer": 2, "k": 4}, "layer 2 was not captured; "),
+        ({"layer": 3, "k": 4, "pos": "moral"}, "class 'moral' (pos) is not in the store"),
     ],
 )
 def test_bad_vector_requests_are_refused(captured_store, kwargs, message):
@@ -173,3 +173,29 @@ def test_a_full_disk_while_writing_a_vector_is_said_to_be_a_full_disk(captured_s
     assert result.exit_code == 1, result.output
     assert "the disk is full" in result.output and "damaged" not in result.output
     assert not out.exists() and not list(tmp_path.glob("*.partial"))
+
+
+def test_old_method_names_read_as_their_registry_entry():
+    from actstore.vector_info import METHOD_ALIASES, METHODS, VectorInfo
+
+    for old, new in METHOD_ALIASES.items():
+        info = VectorInfo.from_metadata({"method": old, "k": "dense", "layer": "2"})
+        assert info.method == new and info.k is None and info.layer == 2
+        assert info.to_metadata()["method"] == new
+    for control in ("random", "letter"):
+        info = VectorInfo(layer=1, method=control, seed=7)
+        assert METHODS[control].kind == "control" and info.describe().startswith(f"{control} dense")
+        assert VectorInfo.from_metadata(info.to_metadata()) == info
+    with pytest.raises(VectorError, match="method 'bogus'"):
+        VectorInfo(method="bogus")
+    with pytest.raises(VectorError, match="k='64'"):
+        VectorInfo(k="64")
+
+
+def test_a_vector_is_frozen_and_changes_by_copy(captured_store):
+    vec = actstore.enr(captured_store, 3, 4)
+    with pytest.raises(AttributeError, match="with_info"):
+        vec.layer = 1
+    moved = vec.with_info(layer=1, details={"note": "x"})
+    assert vec.layer == 3 and moved.layer == 1 and moved.info.detail["note"] == "x"
+    assert moved.vector is vec.vector and moved.info.method == "enr" and moved.k == 4

@@ -7,9 +7,9 @@ from pathlib import Path
 import click
 
 from ..capture import POSITIONS
-from ..models import DEVICE_MAPS, DTYPES
+from ..models import SITES
 from ..stores.schema import CODECS, STORE_DTYPES
-from .options import EscapedText, ShardType, quiet_option, scheduler_option, take_record
+from .options import EscapedText, ShardType, model_options, quiet_option, scheduler_option, take_record
 
 
 class DataPath(click.Path):
@@ -30,12 +30,7 @@ class DataPath(click.Path):
 
 
 @click.command()
-@click.option("--model", "-m", required=True, metavar="ID|PATH",
-              help="Hugging Face hub id or local folder saved with save_pretrained "
-                   "(`actstore models demo` prints the embedded gemma-3-270m folder).")
-@click.option("--gguf-file", default=None, metavar="FILE",
-              help="Name of a GGUF checkpoint inside --model to load (dequantised on load; slow).")
-@click.option("--revision", default=None, help="Hub revision (branch, tag or commit) of --model.")
+@model_options
 @click.option("--data", "-d", required=True, type=DataPath(),
               help="Contrast set: JSON list or JSONL of A/B items (question, answer_matching_behavior, "
                    "answer_not_matching_behavior), pairs (positive, negative) or labeled texts (text, label). "
@@ -54,14 +49,12 @@ class DataPath(click.Path):
               help="With --position last: capture the token this many before the last one. Default: 1 for "
                    "an A/B set (every text ends in '(A)', '(B)', ...: the answer letter, as CAA reads it), "
                    "else 0; --offset 0 takes the final ')' of an A/B set.")
-@click.option("--site", type=click.Choice(["resid", "attn", "mlp"]), default="resid", show_default=True,
+@click.option("--site", type=click.Choice(SITES), default="resid", show_default=True,
               help="What to read in each block: resid, its output (the residual stream); attn, the output of "
                    "its attention module; mlp, the output of its MLP (what each adds to the residual stream, "
                    "before any post-norm the block applies). Recorded in the store; vectors from it steer there.")
 @click.option("--batch-size", "-b", type=click.IntRange(1), default=8, show_default=True,
               help="Texts per forward pass (texts are batched by length to save padding).")
-@click.option("--dtype", type=click.Choice(list(DTYPES)), default="float32", show_default=True,
-              help="dtype the model runs in.")
 @click.option("--store-dtype", type=click.Choice(STORE_DTYPES), default="float32", show_default=True,
               help="dtype activations are stored in: float16 halves the store but refuses values beyond "
                    "+-65504 (gemma's massive coordinates exceed it); bfloat16 halves it with float32's range "
@@ -71,18 +64,10 @@ class DataPath(click.Path):
               help="Compression of a new group's activations: lz4 (Blosc LZ4 + shuffle, fast to decode), "
                    "zstd (smaller: 1.3x less than lz4 on A/B pairs with --position all, slower to read), "
                    "none (fastest to read; activations of distinct texts compress only 1.03-1.10x).")
-@click.option("--device", default="cpu", show_default=True, help="torch device: cpu, cuda, cuda:1, mps.")
-@click.option("--device-map", type=click.Choice(DEVICE_MAPS), default=None,
-              help="Spread a model larger than one device over all of them with accelerate ('auto': fill the "
-                   "GPUs in order, then the CPU); instead of --device. Early exit still stops after the deepest "
-                   "captured block, wherever it sits.")
 @click.option("--resume", is_flag=True,
               help="Continue an interrupted capture of the same file and settings where it stopped.")
 @click.option("--name", default=None,
               help="Store group name (default: derived from the model id or folder name).")
-@click.option("--blocks", default=None, metavar="ATTR.PATH",
-              help="Dotted path of the decoder-block ModuleList for architectures actstore "
-                   "does not know (e.g. model.layers).")
 @click.option("--separator", type=EscapedText(), default="\\n", show_default=True,
               help="Joins an A/B question and its answer; escapes like \\n are understood.")
 @click.option("--chat-template", is_flag=True,
@@ -107,8 +92,6 @@ class DataPath(click.Path):
 @click.option("--no-early-exit", "stop_early", is_flag=True, flag_value=False, default=True,
               help="Run the whole model instead of stopping after the deepest captured block "
                    "(only useful to measure what early exit saves).")
-@click.option("--trust-remote-code", is_flag=True,
-              help="Allow model code from the hub repository to run (off by default).")
 @click.option("--shard", default=None, type=ShardType(), metavar="I/N",
               help="Capture only the I-th of N contiguous slices of --data (0-based), e.g. 0/4 .. 3/4, so that "
                    "N processes or GPUs of one machine capture one file into one store at once. Shards never "
@@ -126,16 +109,15 @@ class DataPath(click.Path):
                    "activations would not fit on disk (e.g. --position all --layers all). `actstore stats` and "
                    "`enr` then read them; --whiten needs the activations.")
 @quiet_option
-def capture(data, layers, store, resume, shard, scheduler, shards, quiet, **fields):
+def capture(data, store, resume, shard, scheduler, shards, quiet, **fields):
     """Run a causal LM over a contrast set and store residual activations.
 
     Layer L is the output of decoder block L (or, with --site, of its attention or MLP). Activations stream to the store
     window by window; an interrupted capture keeps everything committed and
     continues with --resume.
     """
-    from ..capture import CaptureOptions
+    from ..capture import CaptureOptions, capture_on_cluster, capture_to_store
     from ..models import ModelSpec
-    from ..pipeline import capture_on_cluster, capture_to_store
     from ..stores.schema import GroupOptions
 
     if quiet:
@@ -149,13 +131,14 @@ def capture(data, layers, store, resume, shard, scheduler, shards, quiet, **fiel
     # Each option goes to the record with its name; every record is checked here, before a model
     # loads or a cluster starts.
     model_spec = take_record(ModelSpec, fields)
+    fields["progress"] = not quiet
     options = take_record(CaptureOptions, fields)
     group = take_record(GroupOptions, fields)
     if fields:
         raise RuntimeError(f"capture options {sorted(fields)} belong to no record")
     if scheduler is not None:
-        reports = capture_on_cluster(model_spec, data, store, layers, scheduler=scheduler, shards=shards,
-                                     options=options, group=group)
+        reports = capture_on_cluster(model_spec, data, store, scheduler=scheduler, shards=shards, options=options,
+                                     group=group)
         click.echo(f"captured {sum(r.n_texts_captured for r in reports)} texts "
                    f"({sum(r.n_samples_written for r in reports)} samples) from {data} in {len(reports)} shards "
                    f"into {store} group {reports[0].group!r}; {reports[0].merged_shards}/{len(reports)} merged")
@@ -163,12 +146,15 @@ def capture(data, layers, store, resume, shard, scheduler, shards, quiet, **fiel
 
     loaded = model_spec.load()
     try:
-        report = capture_to_store(loaded, data, store, layers, options=options, group=group, resume=resume,
-                                  shard=shard, progress=not quiet)
+        report = capture_to_store(loaded, data, store, options=options, group=group, resume=resume, shard=shard)
     except KeyboardInterrupt:
         click.echo(f"\ninterrupted: everything committed so far is kept in {store}; "
                    "rerun the same command with --resume to continue", err=True)
         raise SystemExit(130) from None
+    _print_report(report, data, store, shard, group)
+
+
+def _print_report(report, data, store, shard, group) -> None:
     if report.note:
         click.echo(f"{data} is an A/B set: captured at the answer letter (position {report.position}), as CAA "
                    "reads it; --offset 0 captures the final ')'")

@@ -51,8 +51,11 @@ def _with_flags(message: str, params: tuple[str, ...], command: click.Command | 
     if command is None:
         return message
     options = {p.name: max(p.opts, key=len) for p in command.params if isinstance(p, click.Option)}
+    flags = {p.name for p in command.params if isinstance(p, click.Option) and p.is_flag}
     for param in params:
         flag = options.get(param)
+        if flag is not None and param in flags:  # "force=True" -> "--force": a flag takes no value
+            message = re.sub(rf"(?<![\w'\"-]){re.escape(param)}=True\b", flag, message)
         if flag is not None:
             # "offset=-1" -> "--offset -1"; "pass name= to" and "offset must" -> "--name", "--offset";
             # never inside a quoted value ("classes are both 'pos'" keeps the class name).
@@ -136,7 +139,7 @@ def cli() -> None:
     """Sparse activation steering on a streaming-statistics activation store.
 
     \b
-    Pipeline:  capture -> stats -> enr
+    Pipeline:  capture -> stats -> extract (enr: its alias)
       actstore capture --model M --data pairs.json --layers 6 --store acts.zarr
       actstore stats   --store acts.zarr
       actstore enr     --store acts.zarr --layer 6 --k 64 --out vec.safetensors

@@ -13,6 +13,7 @@ import functools
 
 import click
 
+from ..models import DEVICE_MAPS, DTYPES, ModelSpec
 from ..stats import SCHEDULER_HELP
 
 
@@ -91,6 +92,85 @@ def model_group_option(function):
 
 
 quiet_option = click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
+
+
+class KListType(click.ParamType):
+    """``8,16,dense`` -> ``[8, 16, None]`` (None: the dense vector); each k >= 1."""
+
+    name = "K[,K...]"
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, list):
+            return value
+        ks: list[int | None] = []
+        for part in str(value).split(","):
+            text = part.strip().lower()
+            if text in ("dense", "none"):
+                ks.append(None)
+            elif text.isdigit() and int(text) >= 1:
+                ks.append(int(text))
+            else:
+                self.fail(f"{value!r}: expected positive integers and 'dense', e.g. 8,16,64,dense", param, ctx)
+        return ks
+
+
+class FloatListType(click.ParamType):
+    """``0.5,1,2`` -> ``[0.5, 1.0, 2.0]``, finite numbers, at least one."""
+
+    name = "X[,X...]"
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, list):
+            return value
+        import math
+
+        try:
+            values = [float(part) for part in str(value).split(",") if part.strip()]
+        except ValueError:
+            self.fail(f"{value!r}: expected comma-separated numbers, e.g. 0.5,1,2", param, ctx)
+        if not values or not all(math.isfinite(v) for v in values):
+            self.fail(f"{value!r}: expected finite numbers", param, ctx)
+        return values
+
+
+# One click option per ModelSpec field (what a command that loads a model takes); the names are
+# the fields', so take_record(ModelSpec, values) builds the spec.
+_MODEL_OPTIONS = {
+    "model": lambda: click.option(
+        "--model", "-m", required=True, metavar="ID|PATH",
+        help="Hugging Face hub id or local folder saved with save_pretrained "
+             "(`actstore models demo` prints the embedded gemma-3-270m folder)."),
+    "revision": lambda: click.option("--revision", default=None, help="Hub revision (branch, tag or commit) of --model."),
+    "gguf_file": lambda: click.option(
+        "--gguf-file", default=None, metavar="FILE",
+        help="Name of a GGUF checkpoint inside --model to load (dequantised on load; slow)."),
+    "dtype": lambda: click.option("--dtype", type=click.Choice(list(DTYPES)), default="float32", show_default=True,
+                                  help="dtype the model runs in."),
+    "device": lambda: click.option("--device", default="cpu", show_default=True,
+                                   help="torch device: cpu, cuda, cuda:1, mps."),
+    "blocks": lambda: click.option(
+        "--blocks", default=None, metavar="ATTR.PATH",
+        help="Dotted path of the decoder-block ModuleList for architectures actstore does not know "
+             "(e.g. model.layers)."),
+    "trust_remote_code": lambda: click.option(
+        "--trust-remote-code", is_flag=True, help="Allow model code from the hub repository to run (off by default)."),
+    "device_map": lambda: click.option(
+        "--device-map", type=click.Choice(DEVICE_MAPS), default=None,
+        help="Spread a model larger than one device over all of them with accelerate ('auto': fill the "
+             "GPUs in order, then the CPU); instead of --device."),
+}
+
+
+def model_options(function):
+    """The options of every :class:`~actstore.models.ModelSpec` field, for a command that loads a
+    model (capture, steer, eval): build the spec with ``take_record(ModelSpec, values)``."""
+    names = [f.name for f in dataclasses.fields(ModelSpec)]
+    missing = sorted(set(names) - set(_MODEL_OPTIONS))
+    if missing:  # a new ModelSpec field needs its option here
+        raise RuntimeError(f"ModelSpec fields without a CLI option: {missing}")
+    for name in reversed(names):
+        function = _MODEL_OPTIONS[name]()(function)
+    return function
 
 
 def take_record(cls, values: dict):

@@ -78,7 +78,7 @@ def verify(store):
     present and finite), that each group's attributes describe its arrays, and the
     statistics cache. Exit status 1 if anything is damaged.
     """
-    from ..stores.integrity import verify_store
+    from ..stores.verify import verify_store
 
     reports = verify_store(store)
     click.echo(f"store {store}: {len(reports)} group(s)")

@@ -5,9 +5,11 @@ from __future__ import annotations
 import click
 
 
+from .options import model_options, take_record
+
+
 @click.command()
-@click.option("--model", "-m", required=True, metavar="ID|PATH", help="Hub id or local folder (as for capture).")
-@click.option("--gguf-file", default=None, help="GGUF checkpoint inside --model.")
+@model_options
 @click.option("--vector", "-v", "vectors", required=True, multiple=True, type=click.Path(exists=True, dir_okay=False),
               help="Vector file from `actstore enr`; repeat for several vectors (their layers may differ).")
 @click.option("--alpha", "-a", type=float, default=4.0, show_default=True,
@@ -22,25 +24,21 @@ import click
 @click.option("--temperature", type=click.FloatRange(min=0, min_open=True), default=1.0, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--force", is_flag=True, help="Steer even if a vector was made for other model weights.")
-@click.option("--dtype", type=click.Choice(["float32", "float16", "bfloat16"]), default="float32", show_default=True)
-@click.option("--device", default="cpu", show_default=True, help="torch device.")
-def steer(model, gguf_file, vectors, alpha, prompts, positions, max_new_tokens, compare, sample, temperature, seed,
-          force,
-          dtype, device):
+def steer(vectors, alpha, prompts, positions, max_new_tokens, compare, sample, temperature, seed, force, **fields):
     """Generate with steering vectors added at inference."""
     import math
 
     from ..errors import VectorError
     from ..evaluate import generate
-    from ..models import load_model
+    from ..models import ModelSpec
     from ..steering import Positions, check_vector
     from ..steering import steer as steering
     from ..vectors import load_vector
 
     if not math.isfinite(alpha):
-        raise VectorError(f"--alpha must be a finite number, got {alpha}")
+        raise VectorError(f"alpha must be a finite number, got {alpha}", param="alpha")
     chosen = Positions.parse(positions)
-    loaded = load_model(model, gguf_file=gguf_file, dtype=dtype, device=device)
+    loaded = take_record(ModelSpec, fields).load()
     loaded_vectors = [load_vector(path) for path in vectors]
     for vector in loaded_vectors:
         check_vector(vector, loaded, force)
@@ -48,7 +46,7 @@ def steer(model, gguf_file, vectors, alpha, prompts, positions, max_new_tokens, 
     base = generate(loaded.model, loaded.tokenizer, prompts, **kwargs) if compare else None
     with steering(loaded, loaded_vectors, alpha, positions=chosen):
         steered = generate(loaded.model, loaded.tokenizer, prompts, **kwargs)
-    described = ", ".join(f"layer {v.layer} k={v.metadata.get('k', '?')}" for v in loaded_vectors)
+    described = ", ".join(f"layer {v.layer} k={'dense' if v.k is None else v.k}" for v in loaded_vectors)
     for i, prompt in enumerate(prompts):
         click.echo(f"=== prompt: {prompt!r}")
         if base is not None:

@@ -11,9 +11,10 @@ from ..errors import StoreError
 from .integrity import check_group, damage_located, is_half_created
 from .moments import committed_moments, counts_of
 from .reader import read_coord
-from .roots import disk_usage, model_groups, open_root
+from .location import StoreLocation
+from .roots import model_groups, open_root
 from .runs import read_runs
-from .schema import STATS_GROUP
+from .schema import STATS_GROUP, CaptureSpec
 
 
 def store_info(path: str | Path) -> dict[str, Any]:
@@ -40,7 +41,8 @@ def store_info(path: str | Path) -> dict[str, Any]:
 
 def _group_info(group, name: str, path) -> dict[str, Any]:
     attrs = dict(group.attrs)
-    stats_only = bool(attrs.get("stats_only", False))
+    spec = CaptureSpec.from_attrs(attrs)
+    stats_only = spec.stats_only
     moments = committed_moments(group) if stats_only else None
     if moments is not None:  # no rows: the counts are in the moments
         classes = counts_of(moments)
@@ -55,17 +57,17 @@ def _group_info(group, name: str, path) -> dict[str, Any]:
             for r in read_runs(group)]
     return {
         "group": name,
-        "model_id": attrs["model_id"],
-        "model_source": attrs.get("model_source"),
-        "layers": attrs["layers"],
-        "hidden_size": attrs["hidden_size"],
-        "position": attrs["position"],
-        "site": attrs.get("site", "resid"),
-        "dtype": attrs["dtype"],
+        "model_id": spec.model_id,
+        "model_source": spec.extra.get("model_source"),
+        "layers": spec.layers,
+        "hidden_size": spec.hidden_size,
+        "position": spec.position,
+        "site": spec.site,
+        "dtype": spec.dtype,
         "n_samples": n,
         "classes": classes,
         "runs": runs,
-        "bytes_on_disk": disk_usage(f"{str(path).rstrip('/')}/{name}"),
+        "bytes_on_disk": StoreLocation.parse(path).disk_usage(name),
         "has_stats": stats_only or STATS_GROUP in dict(group.groups()),
         "problem": None,
         "stats_only": stats_only,

@@ -14,7 +14,7 @@ Three checks, each for a way damage could otherwise pass as data:
 
 Stores written before checksums (fill value 0 for ``acts``) still open and read;
 in them a flipped bit inside a chunk cannot be detected, a missing chunk only by
-:func:`verify_group` (``actstore verify``).
+:func:`.verify.verify_group` (``actstore verify``).
 """
 
 from __future__ import annotations
@@ -27,8 +27,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..errors import ActstoreError, DamagedStoreError, StoreError
-from .roots import child
-from .schema import ACTS, CREATING, LATER_COORDS, MOMENTS, SAMPLE_COORDS, physical_dtype
+from .schema import ACTS, CREATING, LATER_COORDS, MOMENTS, SAMPLE_COORDS, child, physical_dtype
 
 # Arrays whose fill value is also a valid value (token_index is -1 for position 'mean'):
 # a chunk of them may be absent because zarr does not write chunks equal to the fill value.
@@ -261,48 +260,3 @@ def is_half_created(group) -> bool:
         return False
     acts = child(group, ACTS)
     return (acts is None or acts.shape[0] == 0) and all(child(group, name) is None for name in MOMENTS)
-
-
-@dataclass
-class GroupReport:
-    """What :func:`verify_group` found in one group."""
-
-    group: str
-    checked: int
-    damaged: list[Damage]
-    problem: str | None = None  # attributes that do not describe the arrays, or a half-created group
-    checksums: bool = True
-    stats: str = "none"  # none | ok | damaged (recomputed by the next 'actstore stats')
-
-    @property
-    def ok(self) -> bool:
-        return not self.damaged and self.problem is None
-
-
-def verify_group(group, path) -> GroupReport:
-    """Read every committed chunk of ``group`` (data, coordinates, moments, statistics cache)."""
-    from .moments import stats_cache_state
-
-    if is_half_created(group):
-        return GroupReport(group.basename, 0, [], problem="its creation was interrupted (holds no rows; the next "
-                                                           "capture into it replaces it)")
-    problem = None
-    try:
-        check_group(group, path)
-    except StoreError as err:
-        problem = str(err)
-    checked, damaged = 0, []
-    for array, rows, fill_is_data in group_arrays(group):
-        n, bad = check_array(array, rows, fill_is_data)
-        checked += n
-        damaged += bad
-    checksums = all(has_checksum(array) for array, _, _ in group_arrays(group))
-    return GroupReport(group.basename, checked, damaged, problem, checksums, stats_cache_state(group))
-
-
-def verify_store(path) -> list[GroupReport]:
-    """:func:`verify_group` of every model group of the store at ``path``."""
-    from .roots import model_groups, open_root
-
-    root = open_root(path, mode="r")
-    return [verify_group(root[name], path) for name in model_groups(root, include_half_created=True)]

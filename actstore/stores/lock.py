@@ -5,7 +5,7 @@ beside the store, ``.<store name>.<group>.lock``, for as long as it writes.
 The operating system releases it when the process ends, however it ends, so a
 killed capture never leaves a stale lock. A second writer is refused at once
 with a clear message instead of interleaving its rows with the first one's.
-Readers take no lock: they see the committed prefix (see zarr_store).
+Readers take no lock: they see the committed prefix (see writer).
 
 Object stores (URLs such as ``s3://bucket/acts.zarr``) have no locks: for
 them the lock file lives in the local cache (``$ACTSTORE_CACHE/locks``, named
@@ -17,13 +17,12 @@ each other's data.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import time
 from pathlib import Path
 
-from .._cache import cache_dir
 from ..errors import StoreError
+from .location import StoreLocation
 
 try:
     import fcntl
@@ -39,23 +38,12 @@ def _same_file(path: Path, handle) -> bool:
 
 
 class WriterLock:
-    def __init__(self, store: str | Path, group: str):
-        from .roots import local_spelling
-
-        self.store = str(store)
-        spelling = local_spelling(store)  # a path and its file:// URL: one store, one lock
+    def __init__(self, store, group: str):
+        location = StoreLocation.parse(store)  # a path and its file:// URL: one store, one lock
+        self.store = str(location)
         self.group = group
         self._handle = None
-        self.path = None
-        if fcntl is None:
-            return
-        name = group.replace("/", "~")  # shard staging groups are nested
-        if "://" in spelling:
-            digest = hashlib.sha256(spelling.rstrip("/").encode()).hexdigest()[:16]
-            self.path = cache_dir() / "locks" / f"{digest}.{name}.lock"
-        else:
-            store_path = Path(spelling).resolve()
-            self.path = store_path.parent / f".{store_path.name}.{name}.lock"
+        self.path = None if fcntl is None else location.lock_file(group)
 
     def acquire(self, wait: float | None = 0) -> WriterLock:
         """Take the lock; if another process holds it, retry for ``wait`` seconds

@@ -13,8 +13,7 @@ from ..moments import Moments, stats_dataset
 from .integrity import decode_problem
 from .lock import WriterLock
 from .reader import as_str_array
-from .roots import child
-from .schema import MOMENTS, STATS_CURRENT, STATS_GROUP, write_stats_group
+from .schema import MOMENTS, STATS_CURRENT, STATS_GROUP, CaptureSpec, child, write_stats_group
 
 _CACHE_LOCK_WAIT_S = 10.0
 
@@ -143,12 +142,33 @@ def write_stats_cache(path, group, stats) -> bool:
 
 def group_stats(moments: Moments, group_attrs: dict, group_name: str, **extra):
     """The statistics dataset of ``moments`` with the provenance of its group."""
-    attrs = {key: group_attrs[key] for key in ("model_id", "model_fingerprint", "data_version", "position")}
-    attrs.update({"group": group_name, "n_samples": moments.total, "ddof": 1,
-                  "site": group_attrs.get("site", "resid"), **extra})
-    return moments.to_dataset(group_attrs["layers"], attrs)
+    spec = CaptureSpec.from_attrs(group_attrs)
+    attrs = {"model_id": spec.model_id, "model_fingerprint": spec.model_fingerprint,
+             "data_version": group_attrs["data_version"], "position": spec.position, "group": group_name,
+             "n_samples": moments.total, "ddof": 1, "site": spec.site, **extra}
+    return moments.to_dataset(spec.layers, attrs)
 
 
 def counts_of(moments: Moments) -> dict[str, int]:
     """Rows per class."""
     return {c: int(np.asarray(moments.n)[i].reshape(-1)[0]) for i, c in enumerate(moments.classes)}
+
+
+def cache_capture_moments(writer, moments: Moments) -> bool:
+    """Cache statistics accumulated during a capture for the writer's group.
+
+    Written only if they cover exactly the committed rows (else nothing is
+    written and the next :func:`compute_stats` makes its pass). Returns whether
+    they were written.
+    """
+    attrs = dict(writer.group.attrs)
+    if moments.total != int(attrs["n_samples"]):
+        return False
+    stats = group_stats(moments, attrs, writer.group.basename, computed_by="capture")
+    return write_stats_cache(writer.path, writer.group, stats)
+
+
+def cached_moments(group) -> Moments | None:
+    """The moments of ``group``'s up-to-date cached statistics, or None."""
+    stats = read_stats_cache(group)
+    return None if stats is None else Moments.from_dataset(stats)

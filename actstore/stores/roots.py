@@ -1,4 +1,4 @@
-"""Where a store is: local folders and fsspec URLs, opened once at the edge; its model groups."""
+"""A store's root, opened once at the edge (where it is: :mod:`.location`), and its model groups."""
 
 from __future__ import annotations
 
@@ -6,26 +6,19 @@ from pathlib import Path
 
 from .._version import SCHEMA_VERSION, __version__
 from ..errors import StoreError, StoreNotFoundError
-from .schema import root_attrs
+from .integrity import check_group, is_half_created
+from .location import StoreLocation
+from .schema import child, root_attrs  # noqa: F401  (child: importable from here as before)
 
 
-def is_url(path: str) -> bool:
-    return "://" in path
+def is_url(path) -> bool:
+    """Deprecated: ``StoreLocation.parse(path).is_url``."""
+    return StoreLocation.parse(path).is_url
 
 
 def local_spelling(path: str | Path) -> str:
-    """A ``file://`` URL as the local path it names (``file:///data/a.zarr`` -> ``/data/a.zarr``);
-    other paths and URLs as given. One store, one spelling: for its lock and its opening."""
-    path = str(path)
-    if path.startswith("file://"):
-        from urllib.parse import unquote, urlparse
-
-        parsed = urlparse(path)
-        if parsed.netloc not in ("", "localhost"):
-            raise StoreError(f"store={path!r}: a file:// URL names a local path (file:///path/to/store.zarr)",
-                             param="store")
-        return unquote(parsed.path) or "/"
-    return path
+    """Deprecated: ``StoreLocation.parse(path).spelling``."""
+    return StoreLocation.parse(path).spelling
 
 
 def _probe_url(url: str, shown: str, mode: str) -> None:
@@ -86,9 +79,10 @@ def open_root(path: str | Path, mode: str = "r"):
     """Open the root group of a store; ``mode`` 'r' (must exist) or 'a'."""
     import zarr
 
-    shown = str(path)
-    path = local_spelling(path)
-    local = None if is_url(path) else Path(path)
+    location = StoreLocation.parse(path)
+    shown = str(location)
+    path = location.spelling or shown
+    local = location.local_path
     if local is not None and _is_unborn(local):
         if mode == "r":
             raise StoreNotFoundError(f"{path!r} holds only an empty zarr.json: its creation was interrupted before "
@@ -103,11 +97,11 @@ def open_root(path: str | Path, mode: str = "r"):
             raise StoreNotFoundError(
                 f"{path!r} exists and is not a Zarr store; choose a new path for store=", param="store"
             )
-    if local is None:
+    if location.is_url:
         _probe_url(path, shown, mode)
     try:
         # attributes= apply only when the root is created: it is written whole, in one write
-        root = zarr.open_group(path, mode=mode, attributes=root_attrs() if mode != "r" else None)
+        root = zarr.open_group(location.zarr_target, mode=mode, attributes=root_attrs() if mode != "r" else None)
     except FileNotFoundError:
         raise StoreNotFoundError(f"{shown!r} is not a Zarr store") from None
     except OSError:
@@ -132,8 +126,6 @@ def open_root(path: str | Path, mode: str = "r"):
 def model_groups(root, include_half_created: bool = False) -> list[str]:
     """Names of the root's model groups; without those whose creation was interrupted
     (they hold no rows; the next capture into one replaces it) unless ``include_half_created``."""
-    from .integrity import is_half_created
-
     import zarr
 
     groups = ((name, child(root, name)) for name in member_names(root))
@@ -174,39 +166,13 @@ def select_group(root, model: str | None, path: str | Path = "store"):
 
 
 def _checked(group, path):
-    from .integrity import check_group
-
     check_group(group, path)
     return group
 
 
-def child(group, name: str):
-    """``group[name]``, or None if there is no such member."""
-    try:
-        return group[name]
-    except KeyError:
-        return None
-    except ValueError as err:  # its zarr.json cut or emptied: a crash without fsync can leave that
-        from ..errors import DamagedStoreError
-
-        where = f"{str(group.store_path).removeprefix('file://')}/{name}"
-        raise DamagedStoreError(f"{where}/zarr.json is damaged (not valid Zarr metadata: {err}); restore it from a "
-                                "copy or capture again (`actstore verify` checks the rest)") from None
-
-
-def disk_usage(path: str) -> int | None:
-    """Bytes stored under ``path`` (a folder or an fsspec URL); None if unknown."""
-    path = local_spelling(path)
-    if not is_url(path):
-        local = Path(path)
-        return sum(f.stat().st_size for f in local.rglob("*") if f.is_file()) if local.is_dir() else None
-    import fsspec
-
-    try:
-        fs, root = fsspec.core.url_to_fs(path)
-        return int(fs.du(root))
-    except (OSError, NotImplementedError, ValueError):
-        return None
+def disk_usage(path) -> int | None:
+    """Deprecated: ``StoreLocation.parse(path).disk_usage()``."""
+    return StoreLocation.parse(path).disk_usage()
 
 
 def check_store_model(group_attrs, loaded, force: bool = False, store: str | Path = "store") -> None:

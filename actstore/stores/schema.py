@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import re
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -148,6 +149,20 @@ def small_compressors() -> list:
     return [ZstdCodec(level=0, checksum=False), checksum()]
 
 
+def child(group, name: str):
+    """``group[name]``, or None if there is no such member."""
+    try:
+        return group[name]
+    except KeyError:
+        return None
+    except ValueError as err:  # its zarr.json cut or emptied: a crash without fsync can leave that
+        from ..errors import DamagedStoreError
+
+        where = f"{str(group.store_path).removeprefix('file://')}/{name}"
+        raise DamagedStoreError(f"{where}/zarr.json is damaged (not valid Zarr metadata: {err}); restore it from a "
+                                "copy or capture again (`actstore verify` checks the rest)") from None
+
+
 def commit_attrs(node, values: dict[str, Any]) -> None:
     """Set several attributes of a zarr group or array in ONE metadata write.
 
@@ -200,6 +215,31 @@ class CaptureSpec:
         if self.dtype not in STORE_DTYPES:
             raise StoreError(f"store dtype {self.dtype!r}: expected one of {STORE_DTYPES}", param="store_dtype")
 
+    @classmethod
+    def from_attrs(cls, attrs: Mapping[str, Any]) -> CaptureSpec:
+        """The spec a group's (or its statistics') attributes record: the one read of them, with
+        the defaults of groups written before a key existed (:data:`SPEC_DEFAULTS`) applied here.
+        Keys that are not the spec's nor the group's running state land in ``extra``."""
+        values = {**SPEC_DEFAULTS, **{key: value for key, value in attrs.items() if value is not None}}
+        missing = [key for key in ("model_id", "model_fingerprint", "hidden_size", "layers", "position")
+                   if key not in values]
+        if missing:
+            raise StoreError(f"the group's attributes lack {', '.join(missing)}; the store was not written by "
+                             "actstore, or its metadata (zarr.json) was damaged")
+        extra = {key: value for key, value in attrs.items() if key not in _SPEC_KEYS and key not in GROUP_STATE}
+        return cls(model_id=str(values["model_id"]), model_fingerprint=str(values["model_fingerprint"]),
+                   model_type=values.get("model_type"), hidden_size=int(values["hidden_size"]),
+                   layers=[int(layer) for layer in values["layers"]], position=str(values["position"]),
+                   dtype=str(values["dtype"]), stats_only=bool(values["stats_only"]), codec=str(values["codec"]),
+                   site=str(values["site"]), extra=extra)
+
+    @classmethod
+    def from_stats(cls, stats) -> CaptureSpec:
+        """The spec of the group a statistics dataset (:func:`actstore.open_stats`) was computed from
+        (a dataset made by hand, without provenance, reads as an unknown model)."""
+        return cls.from_attrs({"model_id": "", "model_fingerprint": "", "position": "", **stats.attrs, "layers": [int(x) for x in stats["layer"].values],
+                               "hidden_size": int(stats.sizes["hidden"])})
+
     def attrs(self) -> dict[str, Any]:
         return {
             "schema_version": SCHEMA_VERSION,
@@ -218,7 +258,14 @@ class CaptureSpec:
 
 
 MUST_MATCH = ("model_id", "model_fingerprint", "hidden_size", "layers", "position", "dtype", "stats_only", "site")
-MATCH_DEFAULTS = {"stats_only": False, "site": "resid"}  # groups written before the key existed
+# A key a group written before it existed lacks reads as this (the one place of these defaults).
+SPEC_DEFAULTS = {"dtype": "float32", "stats_only": False, "site": "resid", "codec": "lz4", "model_type": None}
+MATCH_DEFAULTS = {key: SPEC_DEFAULTS[key] for key in ("stats_only", "site")}
+_SPEC_KEYS = {"model_id", "model_fingerprint", "model_type", "hidden_size", "layers", "position", "dtype",
+              "stats_only", "codec", "site"}
+# The group's running state and bookkeeping, not what it holds
+GROUP_STATE = {"schema_version", "actstore_version", "n_samples", "n_texts", "next_pair_id", "runs", "data_version",
+               "moments_buffer", "moments_classes", "group", "store", "ddof", "computed_by"}
 
 
 def check_appendable(group, spec: CaptureSpec, path: str, group_name: str) -> None:

@@ -18,9 +18,8 @@ import numpy as np
 
 from .moments import committed_moments
 from .reader import read_coord
-from .roots import child
 from .runs import RunRecord, shard_bounds, staging_leaf
-from .schema import ACTS, SAMPLE_COORDS, SHARDS
+from .schema import ACTS, SAMPLE_COORDS, SHARDS, child
 from .writer import ActivationWriter
 
 

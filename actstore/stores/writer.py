@@ -19,9 +19,10 @@ from ..moments import Moments
 from .integrity import check_group, is_half_created
 from .lock import WriterLock
 from .moments import committed_moments
-from .roots import child, open_root
+from .roots import open_root
 from .runs import RunRecord, read_runs, runs_attr
 from .schema import (
+    child,
     ACTS,
     MOMENTS,
     LATER_COORDS,

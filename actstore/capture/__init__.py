@@ -1,0 +1,45 @@
+"""Capture: run a causal LM over texts and store what its decoder blocks output.
+
+One module per job, data flowing down the list:
+
+* :mod:`.positions`: where each text is read (:class:`Position`: ``last``, ``last-N``, ``mean``, ``all``);
+* :mod:`.options`: :class:`CaptureOptions`, the one record of how texts become rows (layers included);
+* :mod:`.hooks`: forward hooks on decoder blocks that always remove themselves; early exit;
+* :mod:`.windows`: texts -> activations window by window (:class:`WindowReader`, :func:`iter_windows`);
+* :mod:`.planning`: a capture resolved against its model and data (texts, layers, offset, group spec);
+* :mod:`.run`: :func:`capture_to_store`, its commit loop and capture-time statistics; shards;
+* :mod:`.cluster`: :func:`capture_on_cluster` on dask.distributed, from a :class:`~actstore.models.ModelSpec`.
+
+The forward pass stops after the deepest requested block: later blocks and the LM head never run.
+"""
+
+from .cluster import capture_on_cluster
+from .hooks import block_output, forward_blocks, position_ids, record_blocks
+from .options import CaptureOptions
+from .planning import answer_letter_reason, format_texts
+from .positions import POSITIONS, Position, reduce_positions
+from .run import CaptureReport, CaptureRequest, capture_request, capture_to_store
+from .windows import CaptureError, Window, WindowReader, iter_windows, tokenize
+
+__all__ = [
+    "POSITIONS",
+    "CaptureError",
+    "CaptureOptions",
+    "CaptureReport",
+    "CaptureRequest",
+    "Position",
+    "Window",
+    "WindowReader",
+    "answer_letter_reason",
+    "block_output",
+    "capture_on_cluster",
+    "capture_request",
+    "capture_to_store",
+    "format_texts",
+    "forward_blocks",
+    "iter_windows",
+    "position_ids",
+    "record_blocks",
+    "reduce_positions",
+    "tokenize",
+]

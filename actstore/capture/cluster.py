@@ -1,0 +1,65 @@
+"""Capture on a dask.distributed cluster: one shard per task, each worker loading the model
+(a :class:`~actstore.models.ModelSpec`) once; the shards merged when all are done."""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+
+from ..errors import ActstoreError
+from ..models import LoadedModel, ModelSpec
+from .._dask import scheduler_context
+from ..stores.schema import GroupOptions
+from ..stores.shards import merge_shards
+from .options import CaptureOptions
+from .run import CaptureReport, CaptureRequest, capture_request, capture_to_store
+
+
+def capture_on_cluster(model: ModelSpec | str, data: str | Path, store, layers: str | list[int] | None = None, *,
+                       scheduler: str, shards: int | None = None, options: CaptureOptions | None = None,
+                       group: GroupOptions | None = None, **values) -> list[CaptureReport]:
+    """Capture ``data`` on a dask.distributed cluster, one shard per task.
+
+    ``scheduler`` is ``local:N`` (a LocalCluster of N worker processes) or the
+    address of a running scheduler; ``shards`` defaults to the number of
+    workers. Each worker loads ``model`` once (a :class:`ModelSpec`; a model id is read as
+    ``ModelSpec(model)``; ``model_options={...}``, a dict of its fields, is the earlier spelling)
+    and captures the shards it is given with :func:`capture_to_store` (``options``, ``group`` or
+    their fields as keywords); the shards are merged when all are done. ``model``, ``data`` and
+    ``store`` must mean the same thing on every worker: a shared file system or an
+    object-store URL. Returns the shards' reports, in shard order. Everything is
+    checked here, before the cluster starts.
+    """
+    legacy = values.pop("model_options", None) or {}
+    spec = model if isinstance(model, ModelSpec) else ModelSpec(model, **legacy)
+    if layers is not None:
+        values["layers"] = layers
+    request = capture_request(spec, options, group, **values)
+    with scheduler_context(scheduler) as client:
+        if client is None:
+            raise ActstoreError(
+                f"scheduler={scheduler!r}: a cluster capture needs dask.distributed (local:N or an address)",
+                param="scheduler",
+            )
+        count = shards or len(client.scheduler_info()["workers"])
+        if count < 1:
+            raise ActstoreError(f"{count} shards: need at least one (does the cluster have workers?)")
+        futures = [client.submit(_capture_shard, request, data, store, (i, count), pure=False)
+                   for i in range(count)]
+        reports = client.gather(futures)
+    merged = merge_shards(store, reports[0].group, reports[0].run)
+    for report in reports:
+        report.merged_shards = merged
+    return reports
+
+
+@functools.lru_cache(maxsize=1)
+def _worker_model(spec: ModelSpec) -> LoadedModel:
+    # One load per worker process, reused by every shard it captures.
+    return spec.load()
+
+
+def _capture_shard(request: CaptureRequest, data, store, shard) -> CaptureReport:
+    options = request.options.replace(progress=False)
+    return capture_to_store(_worker_model(request.model), data, store, options=options, group=request.group,
+                            shard=shard, merge=False)

@@ -1,0 +1,327 @@
+"""Capture a contrast set into a store: plan, then run window by window with a commit after each.
+
+:func:`capture_to_store` is what ``actstore capture`` runs. It streams window by window (memory
+does not grow with the number of texts), commits after each window, and with ``resume=True``
+continues an interrupted run of the same file and settings exactly where its last commit ended.
+
+``offset`` (with ``last``) captures the token that many before the last; left
+unset, an A/B set (every text ends in ``(A)``, ``(B)``, ...) is read at its
+answer letter, as CAA does (offset 1, when the tokenizer makes the letter the
+token before the final ``)``; else the last token, with a warning saying why).
+The store records the position as ``last-<offset>``. ``window`` is the number
+of texts per commit (default: 512, or 64 for ``all``).
+
+An A/B set is captured with each pair's option-swapped twin right after it
+(:func:`actstore.datasets.with_twins`: the matching answer shown once under each
+letter, so the letter cancels in a mean difference question by question); the rows'
+``question`` coordinate is shared by a pair and its twin, ``order`` is 0 as written
+and 1 swapped, and the run's settings record ``swap_options``. ``swap_options=False``
+keeps the texts as written. A set whose options cannot be parsed is refused, naming
+the item, before the model loads.
+
+``shard=(i, n)`` captures only the i-th of n contiguous slices of the texts,
+into a staging group of its own (several processes or GPUs of one machine capture
+one file at once without touching each other's data). A shard that finishes appends
+every finished shard next in line, so once all are done the group holds the rows of a
+single-process capture in the same order (values bit-identical where shard boundaries
+fall on window boundaries; elsewhere texts are batched with other neighbours, which
+moves values by float rounding, ~1e-7). A rerun of a shard continues it (no ``resume``
+needed). The merge lock is this machine's: across machines use
+:func:`~actstore.capture.capture_on_cluster`, which merges once, at the end.
+
+``stats_only`` stores no activations: each window's per-class count, mean
+and M2 are reduced on the model's device (float64) and merged into the
+group's running moments (Chan et al.), committed after every window. For
+contrast sets whose activations would not fit on disk (``position='all'``
+on every layer); :func:`actstore.compute_stats` then reads the moments. With
+``shard`` (or on a cluster) each shard keeps its own moments, and the merge
+adds them to the group's in shard order (Chan et al.).
+"""
+
+from __future__ import annotations
+
+import functools
+import time
+import warnings
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+
+from ..datasets import ContrastSet, needs_tokenizer, read_data, with_twins
+from ..errors import StoreError
+from ..ingest import OrderedWriter
+from ..models import LoadedModel, ModelSpec
+from ..moments import Moments, window_moments
+from ..sources import TextSource
+from ..stores.moments import cache_capture_moments, cached_moments
+from ..stores.runs import RunRecord, shard_bounds, staging_group_name
+from ..stores.schema import GroupOptions
+from ..stores.shards import merge_shards
+from ..stores.writer import ActivationWriter
+from .options import CaptureOptions
+from .planning import Plan, plan_capture
+from .windows import WindowReader
+
+
+@dataclass
+class CaptureReport:
+    store: str
+    group: str
+    n_texts: int
+    n_texts_captured: int
+    n_samples_written: int
+    n_tokens: int
+    seconds: float
+    skipped: int
+    run: int = 0
+    merged_shards: int | None = None  # sharded capture: shards of the run merged so far
+    position: str | None = None  # as the store records it: last, last-1, mean, all
+    note: str | None = None  # a choice made for the user (the answer letter of an A/B set)
+    twins: bool = False  # an A/B set captured with its option-swapped twins
+
+    @property
+    def tokens_per_second(self) -> float:
+        return self.n_tokens / self.seconds if self.seconds > 0 else float("nan")
+
+
+# Flat keywords of the model's loading options, by their capture_to_store spelling
+_MODEL_FIELDS = {"gguf_file": "gguf_file", "revision": "revision", "model_dtype": "dtype", "device": "device",
+                 "blocks": "blocks", "trust_remote_code": "trust_remote_code", "device_map": "device_map"}
+_GROUP_FIELDS = ("store_dtype", "codec", "name", "stats_only")
+
+
+@dataclass(frozen=True)
+class CaptureRequest:
+    """What :func:`capture_to_store` does, as one typed value: checked on the caller's side
+    before any model loads or any cluster starts."""
+
+    model: ModelSpec | LoadedModel
+    options: CaptureOptions
+    group: GroupOptions
+
+
+def capture_request(model: str | ModelSpec | LoadedModel, options: CaptureOptions | None = None,
+                    group: GroupOptions | None = None, **values) -> CaptureRequest:
+    """The records of a capture from flat keyword arguments (``position=``, ``store_dtype=``,
+    ``model_dtype=``, ...; the spelling before the records, kept): each goes to the record that
+    has it; an unknown one is a TypeError here, not on a worker."""
+    routed: dict[str, dict] = {"model": {}, "options": {}, "group": {}}
+    for key, value in values.items():
+        if key in _MODEL_FIELDS:
+            routed["model"][_MODEL_FIELDS[key]] = value
+        elif key in CaptureOptions.field_names():
+            routed["options"][key] = value
+        elif key in _GROUP_FIELDS:
+            routed["group"][key] = value
+        else:
+            raise TypeError(f"capture_to_store() got an unexpected keyword argument {key!r}")
+    options = replace(options or CaptureOptions(), **routed["options"])
+    group = replace(group or GroupOptions(), **routed["group"])
+    if isinstance(model, LoadedModel):
+        if routed["model"]:
+            warnings.warn(f"model loading options {sorted(routed['model'])} are ignored: the model is already "
+                          "loaded (the store records the dtype it is in)", stacklevel=3)
+    else:
+        spec = model if isinstance(model, ModelSpec) else ModelSpec(model)
+        model = replace(spec, **routed["model"])
+    return CaptureRequest(model, options, group)
+
+
+def capture_to_store(model: str | ModelSpec | LoadedModel, data: str | Path | ContrastSet | TextSource,
+                     store, layers: str | list[int] | None = None, *, options: CaptureOptions | None = None,
+                     group: GroupOptions | None = None, resume: bool = False, shard: tuple[int, int] | None = None,
+                     **values) -> CaptureReport:
+    """Capture activations of ``data`` at ``layers`` of ``model`` into ``store``.
+
+    ``model`` is a hub id, a local folder, a :class:`~actstore.models.ModelSpec` or
+    an already :func:`load_model`-ed model; ``data`` a contrast-set file (see
+    :mod:`actstore.datasets`), or a Hugging Face dataset on disk (Arrow, Parquet; columns
+    ``text_column``, ``label_column``) or a plain-text corpus cut into windows of ``max_length``
+    tokens, both read window by window (see :mod:`actstore.sources`); ``store`` a path, a URL or
+    a ``zarr.Store`` (:class:`~actstore.stores.location.StoreLocation`). How texts become rows is
+    ``options`` (:class:`~actstore.capture.CaptureOptions`, ``layers`` among them; the
+    positional ``layers``, when given, replaces theirs), how they are stored ``group``
+    (:class:`~actstore.stores.GroupOptions`). Their fields, and the model's loading options
+    (``model_dtype``, ``device``, ``gguf_file``, ``blocks``, ...), may also be given as keywords
+    (``position="all", store_dtype="float16", progress=False``: each goes to its record).
+
+    Offsets, twins, shards and stats-only captures: see the module docstring.
+    """
+    merge = values.pop("merge", True)  # False: a cluster's shard, merged by the cluster at the end
+    if layers is not None:
+        values["layers"] = layers
+    request = capture_request(model, options, group, **values)
+    if shard is not None:
+        shard_bounds(0, *shard)  # validates i/n before any work
+    loaded, contrast = _load(request, data)
+    plan = plan_capture(loaded, contrast, request.options, request.group)
+    if shard is None:
+        with ActivationWriter.open(store, plan.group_name, plan.spec) as writer:
+            _check_twins_fit(writer, plan)
+            start = writer.begin_run(contrast.path, contrast.sha256, len(plan.rows.texts), resume, plan.settings)
+            return _RangeCapture(loaded, writer, plan, writer.run, 0, len(plan.rows.texts)).run(start, True)
+    return _capture_shard(loaded, store, contrast, plan, shard, merge)
+
+
+def _load(request: CaptureRequest, data) -> tuple[LoadedModel, ContrastSet | TextSource]:
+    """The model and the data; everything that can be read before the model loads is (a bad file
+    fails fast), a corpus is cut by the model's tokenizer."""
+    options = request.options
+    read = functools.partial(read_data, data, options.separator, text_column=options.text_column,
+                             label_column=options.label_column, max_length=options.max_length)
+    contrast = data if isinstance(data, ContrastSet | TextSource) else None if needs_tokenizer(data) else read()
+    if options.swap_options and isinstance(contrast, ContrastSet) and contrast.is_ab:
+        contrast = with_twins(contrast)  # a set whose options cannot be parsed fails here, before the model loads
+    loaded = request.model if isinstance(request.model, LoadedModel) else request.model.load()
+    if contrast is None:
+        contrast = read(tokenizer=loaded.tokenizer)
+    return loaded, contrast
+
+
+def _check_twins_fit(writer: ActivationWriter, plan: Plan) -> None:
+    """Refuse, before a run is registered, twins for a group that cannot record them."""
+    if plan.settings.get("swap_options") and not writer.holds_twins:
+        raise StoreError(writer.no_twins_message())
+
+
+_REGISTER_WAIT_S = 60.0
+
+
+def _capture_shard(loaded, store, contrast, plan: Plan, shard, merge: bool) -> CaptureReport:
+    index, count = shard
+    rows = plan.rows
+    # Brief hold of the group lock (other shards may be registering or merging).
+    with ActivationWriter.open(store, plan.group_name, plan.spec, wait=_REGISTER_WAIT_S) as writer:
+        _check_twins_fit(writer, plan)
+        run = writer.begin_sharded_run(contrast.path, contrast.sha256, len(rows.texts), plan.settings, count,
+                                       rows.max_pair_id())
+    lo, hi = shard_bounds(len(rows.texts), index, count)
+    if run.merged > index or run.complete:
+        report = _report(store, plan.group_name, run, 0, 0, 0, 0.0, skipped=hi - lo)
+    else:
+        staging = staging_group_name(plan.group_name, run.run, index, count)
+        with ActivationWriter.open(store, staging, plan.spec) as writer:
+            start = writer.begin_run(contrast.path, contrast.sha256, hi - lo, True, plan.settings)
+            report = _RangeCapture(loaded, writer, plan, run, lo, hi).run(start, track_stats=False)
+    if merge:
+        report.merged_shards = merge_shards(store, plan.group_name, run.run)
+    return report
+
+
+class _RangeCapture:
+    """Capture texts ``lo .. hi-1`` of a plan into ``writer`` (its run counts texts from ``lo``).
+
+    Text indices and pair ids are those of ``run``, the run of the whole file (for a shard, the
+    group's run; its staging writer has a run of its own)."""
+
+    def __init__(self, loaded: LoadedModel, writer: ActivationWriter, plan: Plan, run: RunRecord, lo: int, hi: int):
+        self.loaded, self.writer, self.plan, self.run_record, self.lo, self.hi = loaded, writer, plan, run, lo, hi
+        self.tracker: _MomentsTracker | None = None
+
+    def run(self, start: int, track_stats: bool) -> CaptureReport:
+        """Capture from ``lo + start`` on, committing after every window; the report of the range."""
+        plan, writer, lo, hi = self.plan, self.writer, self.lo, self.hi
+        options = plan.options.replace(window=plan.options.window or plan.options.at.window(writer.window_hint))
+        self.tracker = _MomentsTracker.start(writer, plan.rows.labels, plan.stats_only, track_stats and start == 0)
+        reader = WindowReader(self.loaded.model, self.loaded.tokenizer, self.loaded.blocks, tuple(plan.spec.layers),
+                              options)
+        bar = _progress_bar(options.progress, hi - lo, start, writer)
+        n_tokens = written = 0
+        t0 = time.perf_counter()
+        try:
+            with OrderedWriter(self.commit) as overlapped:
+                for captured in reader.windows(plan.rows.texts[lo:hi], where=plan.rows.where[lo:hi], start=start,
+                                               add_special_tokens=plan.rows.add_special_tokens,
+                                               on_batch=(lambda n, _: bar.update(n)) if bar is not None else None,
+                                               as_tensors=plan.stats_only):
+                    n_tokens += captured.n_tokens
+                    written += len(captured.row_example)
+                    # The source is read on this thread only (a lazy source holds one block at a time).
+                    per_row = plan.rows.window(lo + captured.start, lo + captured.stop,
+                                               captured.row_example - captured.start)
+                    overlapped.put((captured, per_row))
+        finally:
+            if bar is not None:
+                bar.close()
+        self._finish(start)
+        report = _report(writer.path, writer.group.path, self.run_record, hi - lo - start, written, n_tokens,
+                         time.perf_counter() - t0, skipped=start)
+        return replace(report, position=plan.spec.position, note=plan.offset_note,
+                       twins=bool(plan.settings.get("swap_options")))
+
+    def commit(self, item) -> None:
+        """Write one window (on the writer thread, actstore.ingest: the model goes on with the next)."""
+        captured, per_row = item
+        writer, tracker, run = self.writer, self.tracker, self.run_record
+        if self.plan.stats_only:
+            tracker.add(captured.acts, per_row["class"])
+            writer.write_moments(tracker.moments, captured.stop)
+            return
+        coords = {
+            "class": per_row["class"],
+            "pair_id": per_row["pair_id"] + run.pair_id_offset,
+            "question": per_row["question"] + run.pair_id_offset,
+            "order": per_row["order"],
+            "text_hash": per_row["text_hash"],
+            "text_index": captured.row_example + self.lo + run.text_index_offset,
+            "token_index": captured.row_token,
+        }
+        max_pair = int(coords["pair_id"].max()) if len(coords["pair_id"]) else -1
+        writer.append(captured.acts, coords, captured.stop, max_pair)
+        tracker.add(captured.acts, coords["class"])
+
+    def _finish(self, start: int) -> None:
+        if start >= self.hi - self.lo:  # nothing left: the commit that completes the run
+            shape = (0, len(self.plan.spec.layers), self.loaded.hidden_size)
+            self.writer.append(np.zeros(shape, np.float32), {}, self.hi - self.lo, -1)
+        elif self.tracker.moments is not None and not self.plan.stats_only:
+            cache_capture_moments(self.writer, self.tracker.moments)
+
+
+def _progress_bar(show: bool, total: int, initial: int, writer: ActivationWriter):
+    if not show:
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, initial=initial, unit="text", desc=f"capture {writer.group.path}")
+
+
+@dataclass
+class _MomentsTracker:
+    """The group's moments as a capture goes: a stats-only group's running moments, or, for a
+    capture of a whole file that starts from up-to-date statistics (or none), the statistics
+    kept up to date as it goes (cheap next to the forward passes; ``actstore stats`` then has
+    nothing left to do). ``moments`` is None when nothing is tracked."""
+
+    moments: Moments | None
+
+    @classmethod
+    def start(cls, writer: ActivationWriter, labels, stats_only: bool, track: bool) -> _MomentsTracker:
+        empty = Moments.empty(writer.moments_shape)
+        if stats_only:
+            committed = writer.read_moments()
+            base = committed if committed is not None else empty
+            # A lazy source's classes are learnt window by window (merge adds them as they come).
+            classes = sorted(set(labels.tolist())) if isinstance(labels, np.ndarray) else []
+            return cls(base.merge(Moments.empty(writer.moments_shape, classes)))
+        if not track:
+            return cls(None)
+        return cls(empty if writer.n_samples == 0 else cached_moments(writer.group))
+
+    def add(self, acts, labels: np.ndarray) -> None:
+        if self.moments is None:
+            return
+        if isinstance(acts, np.ndarray) or acts.device.type == "cpu":
+            # The fused float64 kernel: one pass, where torch's reduction makes several.
+            values = acts if isinstance(acts, np.ndarray) else acts.numpy()
+            self.moments = self.moments.merge(window_moments(values, labels))
+        else:  # reduced on the model's device; only the moments travel
+            self.moments = self.moments.add(acts, labels)
+
+
+def _report(store, group_name, run: RunRecord, captured, written, n_tokens, seconds, skipped) -> CaptureReport:
+    group = group_name.split("/", 1)[0]
+    return CaptureReport(store=str(store), group=group, n_texts=captured + skipped, n_texts_captured=captured,
+                         n_samples_written=written, n_tokens=n_tokens, seconds=seconds, skipped=skipped,
+                         run=int(run.run))

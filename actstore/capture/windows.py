@@ -1,0 +1,166 @@
+"""Texts -> activations, window by window: tokenize, batch by length, run the model to the
+deepest block, read each text's rows where its :class:`~.positions.Position` says.
+
+No storage knowledge here: a :class:`WindowReader` yields numpy arrays (or tensors) that a
+store writer, or anything else, consumes.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from functools import cached_property
+
+import numpy as np
+import torch
+
+from ..errors import ActstoreError, InputFormatError
+from ..models import input_device
+from .hooks import forward_blocks
+from .options import CaptureOptions
+
+
+class CaptureError(ActstoreError, RuntimeError):
+    """The model produced activations that cannot be stored (NaN/Inf)."""
+
+
+@dataclass
+class Window:
+    """Activations of the examples ``start .. stop-1``, in example order.
+
+    ``acts: (rows, layer, hidden) float32`` (numpy, or a torch tensor on the
+    model's device with ``as_tensors``); ``row_example: (rows,)`` index of
+    each row's example (absolute, into the full list); ``row_token: (rows,)``
+    token index among the real tokens (``-1`` for ``mean``).
+    """
+
+    start: int
+    stop: int
+    acts: np.ndarray | torch.Tensor
+    row_example: np.ndarray
+    row_token: np.ndarray
+    n_tokens: int
+
+
+def tokenize(tokenizer, texts: Sequence[str], where: Sequence[str], max_length: int | None,
+             add_special_tokens: bool = True) -> list[list[int]]:
+    """Token ids of each text (no padding). Empty results are refused; texts
+    longer than ``max_length`` keep their last ``max_length`` tokens (warning)."""
+    encoded = tokenizer(list(texts), add_special_tokens=add_special_tokens)["input_ids"]
+    truncated = 0
+    for i, ids in enumerate(encoded):
+        if not ids:
+            raise InputFormatError(f"{where[i]}: text tokenizes to nothing: {texts[i]!r}")
+        if max_length is not None and len(ids) > max_length:
+            # Keep the end: the last token is what 'last' captures.
+            encoded[i] = ids[-max_length:]
+            truncated += 1
+    if truncated:
+        warnings.warn(f"{truncated} text(s) longer than {max_length} tokens were truncated to their last "
+                      f"{max_length} tokens (max_length)", stacklevel=2)
+    return encoded
+
+
+@dataclass(frozen=True)
+class WindowReader:
+    """Reads texts through one model: its ``model``, ``tokenizer`` and decoder ``blocks``, at
+    ``layers`` (sorted), as ``options`` say (position, batch size, site, ...)."""
+
+    model: torch.nn.Module
+    tokenizer: object
+    blocks: torch.nn.ModuleList
+    layers: tuple[int, ...]
+    options: CaptureOptions
+
+    @cached_property
+    def device(self) -> torch.device:
+        return input_device(self.model)
+
+    def windows(self, texts: Sequence[str], *, where: Sequence[str] | None = None, start: int = 0,
+                add_special_tokens: bool = True, on_batch: Callable[[int, int], None] | None = None,
+                as_tensors: bool = False) -> Iterator[Window]:
+        """Capture ``texts[start:]`` window by window (``options.window`` texts each, 256 if unset).
+
+        Within a window texts are batched by length (less padding); rows come out in example
+        order. ``on_batch(n_texts, n_tokens)`` is called after every batch (progress bars). With
+        ``as_tensors`` the windows' ``acts`` stay torch tensors on the model's device."""
+        size = self.options.window or 256
+        # Not copied: texts and where may be lazy columns of a large source (actstore.sources).
+        where = where if where is not None else [f"text {i + 1}" for i in range(len(texts))]
+        for first in range(start, len(texts), size):
+            stop = min(first + size, len(texts))
+            yield self.window(texts[first:stop], where[first:stop], first, add_special_tokens, on_batch, as_tensors)
+
+    def window(self, texts, where, first: int, add_special_tokens: bool = True, on_batch=None,
+               as_tensors: bool = False) -> Window:
+        """One window: ``texts`` (examples ``first ..``) as a :class:`Window`."""
+        at, where = self.options.at, list(where)
+        ids = tokenize(self.tokenizer, list(texts), where, self.options.max_length, add_special_tokens)
+        for token_ids, place in zip(ids, where):
+            at.check_tokens(len(token_ids), place)
+        # Rows go straight to their place in example order: one scatter per batch into a buffer of
+        # the window (its size is known from the token counts), one copy off the device per window.
+        counts = np.array([at.rows(len(token_ids)) for token_ids in ids], dtype=np.int64)
+        offsets = np.concatenate([[0], np.cumsum(counts)])
+        acts_rows = None
+        token_rows = torch.empty(int(offsets[-1]), dtype=torch.int64, device=self.device)
+        n_tokens = 0
+        order = sorted(range(len(ids)), key=lambda i: -len(ids[i]))
+        for b in range(0, len(order), self.options.batch_size):
+            members = order[b : b + self.options.batch_size]
+            acts, row_token, batch_tokens = self._batch([ids[i] for i in members], [where[i] for i in members])
+            # Rows of a batch come in batch order, each example's in token order.
+            dest = torch.from_numpy(np.concatenate([np.arange(offsets[i], offsets[i + 1]) for i in members]))
+            dest = dest.to(self.device)
+            if acts_rows is None:
+                acts_rows = acts.new_empty((int(offsets[-1]), *acts.shape[1:]))
+            acts_rows[dest] = acts
+            token_rows[dest] = row_token
+            n_tokens += batch_tokens
+            if on_batch is not None:
+                on_batch(len(members), batch_tokens)
+        example_rows = np.repeat(np.arange(first, first + len(ids), dtype=np.int64), counts)
+        acts_out = acts_rows if as_tensors else acts_rows.cpu().numpy()
+        return Window(first, first + len(ids), acts_out, example_rows, token_rows.cpu().numpy(), n_tokens)
+
+    def _batch(self, batch_ids: list[list[int]], where: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor, int]:
+        """One padded forward pass: ``(acts (rows, layer, hidden), row_token, real tokens)``, every row
+        finite (else :class:`CaptureError` naming the text)."""
+        padded = self.tokenizer.pad({"input_ids": batch_ids}, return_tensors="pt")
+        input_ids = padded["input_ids"].to(self.device)
+        attention_mask = padded["attention_mask"].to(self.device)
+        outputs = forward_blocks(self.model, self.blocks, input_ids, attention_mask, self.layers,
+                                 self.options.stop_early, self.options.site)
+        at, stacked = self.options.at, []
+        for layer in self.layers:
+            # With a device map, blocks sit on several devices: rows are gathered where the inputs are.
+            rows, row_batch, row_token = at.reduce(outputs[layer].to(self.device), attention_mask)
+            stacked.append(rows)
+        acts = torch.stack(stacked, dim=1)  # (rows, layer, hidden)
+        finite = torch.isfinite(acts).all(dim=(1, 2))
+        if not bool(finite.all()):
+            bad = int(row_batch[~finite][0])
+            raise CaptureError(f"{where[bad]}: non-finite activation (NaN/Inf) at a captured layer; with dtype "
+                               "float16 this is usually overflow: use bfloat16 or float32", param="dtype")
+        return acts, row_token, int(attention_mask.sum())
+
+
+_READING = ("where", "start", "add_special_tokens", "on_batch", "as_tensors")
+
+
+def iter_windows(model: torch.nn.Module, tokenizer, blocks: torch.nn.ModuleList, texts: Sequence[str],
+                 layers: Sequence[int], options: CaptureOptions | None = None, **keywords) -> Iterator[Window]:
+    """``WindowReader(model, tokenizer, blocks, layers, options).windows(texts, ...)``.
+
+    ``keywords``: those of :meth:`WindowReader.windows` (``where``, ``start``,
+    ``add_special_tokens``, ``on_batch``, ``as_tensors``) and option fields by name
+    (``position="all", batch_size=4``; ``last_offset`` is ``offset``)."""
+    reading = {name: keywords.pop(name) for name in _READING if name in keywords}
+    if "last_offset" in keywords:
+        keywords["offset"] = keywords.pop("last_offset")
+    unknown = sorted(set(keywords) - CaptureOptions.field_names())
+    if unknown:
+        raise TypeError(f"iter_windows() got unexpected keyword argument(s) {unknown}")
+    options = (options or CaptureOptions()).replace(**keywords)
+    return WindowReader(model, tokenizer, blocks, tuple(sorted(layers)), options).windows(texts, **reading)
