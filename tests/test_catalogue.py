@@ -415,7 +415,7 @@ def test_a_bad_input_gets_a_clear_message_naming_what_and_where(run, world, case
         assert message in result.output, result.output
 
 
-def test_project_into_the_input_stores_folder_leaves_the_store_whole(world):
+def test_project_into_the_input_stores_folder_leaves_the_store_whole(run, world):
     import actstore
 
     store = world["home"] / "projections.zarr"
@@ -424,7 +424,7 @@ def test_project_into_the_input_stores_folder_leaves_the_store_whole(world):
     assert actstore.open_store(store).sizes["sample"] == 2 * len(PAIRS)
 
 
-def test_a_group_missing_attributes_keeps_its_rows_through_a_capture(world):
+def test_a_group_missing_attributes_keeps_its_rows_through_a_capture(run, world):
     import zarr
 
     for name in ("unmarked_store", "emptied_store"):
@@ -432,7 +432,7 @@ def test_a_group_missing_attributes_keeps_its_rows_through_a_capture(world):
         assert zarr.open_group(world[name] / "tiny-llama", mode="r")["acts"].shape[0] == 2 * len(PAIRS)
 
 
-def test_a_store_cut_before_its_first_write_is_captured_into_again(world, tmp_path):
+def test_a_store_cut_before_its_first_write_is_captured_into_again(run, world, tmp_path):
     unborn = tmp_path / "unborn.zarr"
     unborn.mkdir()
     (unborn / "zarr.json").write_bytes(b"")

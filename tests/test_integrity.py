@@ -242,7 +242,7 @@ def test_the_whitening_pass_names_a_damaged_chunk_behind_a_valid_cache(run, stor
     assert "'tiny-llama/acts' chunk c/0/0/0: checksum mismatch" in result.output, result.output
 
 
-def test_a_chunk_the_reader_may_not_read_is_not_called_damaged(store, monkeypatch):
+def test_a_chunk_the_reader_may_not_read_is_not_called_damaged(run, store, monkeypatch):
     # As root (CI) chmod does not stop a read: the denial is simulated where zarr reads.
     real = zarr.Array.__getitem__
 
@@ -252,7 +252,7 @@ def test_a_chunk_the_reader_may_not_read_is_not_called_damaged(store, monkeypatc
         return real(self, key)
 
     monkeypatch.setattr(zarr.Array, "__getitem__", denied)
-    result = CliRunner().invoke(cli, ["verify", str(store)])
+    result = run("verify", store)
     assert result.exit_code == 1
     assert "cannot be read (Permission denied); check the store's file permissions" in result.output
     assert "DAMAGED" not in result.output and "capture them again" not in result.output

@@ -73,7 +73,7 @@ def test_an_unreachable_endpoint_is_named_as_such_with_nothing_after_the_error(t
     assert "Traceback" not in proc.stderr and "Exception ignored" not in proc.stderr, proc.stderr
 
 
-def test_a_missing_store_on_a_reachable_server_is_not_a_store(s3_bucket):
-    result = CliRunner().invoke(cli, ["info", f"s3://{s3_bucket}/nothing-here.zarr"])
+def test_a_missing_store_on_a_reachable_server_is_not_a_store(run, s3_bucket):
+    result = run("info", f"s3://{s3_bucket}/nothing-here.zarr")
     assert result.exit_code == 1
     assert "is not an actstore store (no zarr.json there)" in result.output, result.output

@@ -91,7 +91,7 @@ def test_device_mistakes_are_error_lines(run, tmp_path, data, tiny_model_dirs, m
         assert result.output.startswith("Error:") and message in result.output, result.output
 
 
-def test_a_reader_that_goes_away_is_no_error_and_the_vector_is_written(tmp_path, data, tiny_model_dirs):
+def test_a_reader_that_goes_away_is_no_error_and_the_vector_is_written(run, tmp_path, data, tiny_model_dirs):
     import os
     import subprocess
     import sys
