@@ -404,7 +404,8 @@ def test_cli_eval_defaults_and_refusals(tmp_path, tiny_model_dirs, pairs_file, m
     assert len(items) == 3 * 2 * len(ITEMS)  # baseline + two configurations, both orders
     # by default the --data-test texts are captured in memory and every vector's separation is measured
     separation = pd.read_csv(tmp_path / "sweep" / "separation.csv", dtype={"k": str})
-    assert sorted(separation["k"]) == ["4", "dense"] and separation["n_pos"].tolist() == [len(ITEMS)] * 2
+    # (an A/B file is captured with its option-swapped twins: each question's pos text in both orders)
+    assert sorted(separation["k"]) == ["4", "dense"] and separation["n_pos"].tolist() == [2 * len(ITEMS)] * 2
     assert "Separation of held-out pairs" in (tmp_path / "sweep" / "results.md").read_text()
     result = runner.invoke(cli, [*common[:-2], "--out", str(tmp_path / "one"), "--layers", "1", "--k", "4",
                                  "--fractions", "0.5", "--no-swap-options", "--no-separation"])
