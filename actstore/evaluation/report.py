@@ -158,7 +158,8 @@ def _frontier_lines(rows: list[FrontierRow], unit: str) -> list[str]:
             continue
         cells.append([str(row.layer), f"{row.method} {row.k}", f"{row.budget:g}", _fmt(row.alpha, ".3g"),
                       _ci(row.shift, row.ci_low, row.ci_high), _fmt(row.q_value, ".2g"), _fmt(row.boot_defined, ".2f"),
-                      _ci(row.diff_vs_dense, row.diff_ci_low, row.diff_ci_high) if row.reference else "(reference)",
+                      _ci(row.diff_vs_dense, row.diff_ci_low, row.diff_ci_high) if row.reference
+                      else ("(reference)" if row.k == "dense" else "no dense vector measured"),
                       _ci(row.fraction, row.fraction_ci_low, row.fraction_ci_high)
                       if not math.isnan(row.fraction) else "",
                       _ci(row.minus_random, row.minus_random_ci_low, row.minus_random_ci_high)
