@@ -17,16 +17,15 @@ Both return today's :class:`~actstore.vectors.SteeringVector` (metadata ``method
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
 
-from ._version import __version__
 from .datasets import answer_letter, read_contrast_set
 from .errors import VectorError
-from .vectors import ENR_FLOOR, VECTOR_FORMAT, SteeringVector, keep_top_k
+from .vector_info import VectorInfo
+from .vectors import ENR_FLOOR, SteeringVector, keep_top_k
 
 LETTERS = ("A", "B")
 
@@ -56,10 +55,8 @@ def random_control(vector: SteeringVector, seed: int) -> SteeringVector:
         kept = values[np.asarray(vector.indices[:k], dtype=np.int64)]
         indices = rng.choice(hidden, size=k, replace=False).astype(np.int64)
         control[indices] = kept
-    metadata = {**vector.metadata, "method": "random", "seed": str(int(seed)),
-                "control_of": vector.metadata.get("method", "")}
-    return SteeringVector(control.astype(np.float32), indices, np.full(hidden, np.nan, np.float32), vector.layer,
-                          metadata)
+    info = vector.info.replace(method="random", seed=int(seed), details={"control_of": vector.info.method or ""})
+    return SteeringVector(control.astype(np.float32), indices, np.full(hidden, np.nan, np.float32), info)
 
 
 def letter_direction(acts, classes, questions, orders, letters: Mapping[int, Mapping[str, str]], *,
@@ -142,20 +139,9 @@ def letter_control(store: str | Path, layer: int, data: str | Path, k: int | Non
     scores = np.abs(mean) / np.maximum(spread, ENR_FLOOR)
     indices, kept = keep_top_k(mean, scores, k)
     attrs = ds.attrs
-    metadata = {
-        "format": VECTOR_FORMAT,
-        "model": str(attrs.get("model_id", "")),
-        "model_fingerprint": str(attrs.get("model_fingerprint", "")),
-        "layer": str(layer),
-        "k": "dense" if k is None else str(int(k)),
-        "method": "letter",
-        "questions": str(len(used)),
-        "classes": json.dumps({pos: 2 * len(used), neg: 2 * len(used)}),
-        "pos": pos,
-        "neg": neg,
-        "position": str(attrs.get("position", "")),
-        "site": str(attrs.get("site", "resid")),
-        "hidden_size": str(mean.shape[0]),
-        "actstore_version": __version__,
-    }
-    return SteeringVector(kept.astype(np.float32), indices, scores.astype(np.float32), layer, metadata)
+    info = VectorInfo(layer=layer, method="letter", k=k, site=str(attrs.get("site", "resid")),
+                      position=str(attrs.get("position", "")), model=str(attrs.get("model_id", "")),
+                      fingerprint=str(attrs.get("model_fingerprint", "")),
+                      classes=((pos, 2 * len(used)), (neg, 2 * len(used))), pos=pos, neg=neg,
+                      hidden_size=int(mean.shape[0]), details={"questions": str(len(used))})
+    return SteeringVector(kept.astype(np.float32), indices, scores.astype(np.float32), info)

@@ -20,8 +20,8 @@ import numpy as np
 
 from .errors import VectorError
 from .stats import group_statistics, scheduler_context
-from .stores.integrity import damage_located, refuse_non_finite
 from .stores.group import StoreGroup, as_store_group
+from .stores.integrity import damage_located, refuse_non_finite
 
 
 @dataclass

@@ -18,8 +18,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .errors import VectorError
 from ._dask import scheduler_context
+from .errors import VectorError
 from .stores.group import require_layers
 
 ENR_FLOOR = 1e-8

@@ -52,8 +52,8 @@ from .directions import (  # noqa: F401  (the methods' math, importable from her
     pca_direction,
     principal_axis,
 )
-from .probe import MAX_IN_MEMORY, PROBE_C, fit_probe, pooled_scale, probe_direction  # noqa: F401
 from .errors import VectorError
+from .probe import MAX_IN_MEMORY, PROBE_C, fit_probe, pooled_scale, probe_direction  # noqa: F401
 from .stats import group_statistics
 from .stores.group import StoreGroup, as_store_group
 from .vector_info import EXTRACTION_METHODS, METHODS, LayerInputs, method_entry

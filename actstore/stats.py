@@ -21,9 +21,10 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import StatsError
 from ._dask import SCHEDULER_HELP, scheduler_context  # noqa: F401  (importable from here as before)
+from .errors import StatsError
 from .moments import Moments, _block_state, chan_merge, tensor_class_moments, window_moments
+from .stores.group import StoreGroup, as_store_group
 from .stores.integrity import damage_located, refuse_non_finite
 from .stores.moments import (  # noqa: F401  (cache_capture_moments, cached_moments: importable from here as before)
     cache_capture_moments,
@@ -33,7 +34,6 @@ from .stores.moments import (  # noqa: F401  (cache_capture_moments, cached_mome
     read_stats_cache,
     write_stats_cache,
 )
-from .stores.group import StoreGroup, as_store_group
 from .stores.roots import open_root
 from .stores.schema import MOMENTS
 

@@ -26,7 +26,6 @@ from zarr.storage import LocalStore
 import actstore
 
 
-
 class Killed(BaseException):
     """The process 'died' here (a BaseException: no ``except Exception`` of the code under test stops it)."""
 

@@ -15,7 +15,6 @@ import zarr
 
 import actstore
 from actstore.errors import StatsError, StoreError, StoreNotFoundError
-from actstore.models import load_model
 from actstore.stores import ActivationWriter, store_info
 
 

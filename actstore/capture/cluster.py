@@ -6,9 +6,9 @@ from __future__ import annotations
 import functools
 from pathlib import Path
 
+from .._dask import scheduler_context
 from ..errors import ActstoreError
 from ..models import LoadedModel, ModelSpec
-from .._dask import scheduler_context
 from ..stores.schema import GroupOptions
 from ..stores.shards import merge_shards
 from .options import CaptureOptions

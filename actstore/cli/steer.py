@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import click
 
-
 from .options import model_options, take_record
 
 

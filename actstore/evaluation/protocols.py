@@ -34,18 +34,18 @@ from typing import Protocol
 import numpy as np
 
 from ..errors import InputFormatError
+from ..models import LoadedModel
+from .replay import Batch, Forward
 from .scoring import (
     ABItem,
     ABScoring,
-    probability,
     PreferencePair,
     PreferenceScoring,
     generate,
+    probability,
     read_ab_items,
     read_preference_pairs,
 )
-from ..models import LoadedModel
-from .replay import Batch, Forward
 
 Scorer = Callable[[list[str]], Sequence[float]]
 

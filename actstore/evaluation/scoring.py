@@ -28,6 +28,7 @@ import torch
 from ..errors import InputFormatError
 from .replay import Batch, Forward, padding_side, plain_forward
 
+
 @dataclass(frozen=True)
 class ABItem:
     """A held-out A/B item: ``prompt`` ends where the answer ``(X)`` would start."""

@@ -127,9 +127,9 @@ class VectorFolder:
 
 def check_against_model(vector: SteeringVector, facts: ModelFacts, name: str) -> None:
     """Refuse a vector the served model cannot take: other weights, hidden size, layer or site."""
-    made_for = vector.metadata.get("model_fingerprint", "")
+    made_for = vector.info.fingerprint
     if made_for and facts.fingerprint and made_for != facts.fingerprint:
-        raise VectorError(f"vector {name!r} was made for model {vector.metadata.get('model')!r} (weights "
+        raise VectorError(f"vector {name!r} was made for model {vector.info.model!r} (weights "
                           f"{made_for}); this server's model has weights {facts.fingerprint}", param=VECTOR_KEY)
     if vector.hidden_size != facts.hidden_size:
         raise VectorError(f"vector {name!r} has {vector.hidden_size} dimensions; the served model's hidden size "
@@ -137,7 +137,7 @@ def check_against_model(vector: SteeringVector, facts: ModelFacts, name: str) ->
     if not 0 <= vector.layer < facts.num_layers:
         raise VectorError(f"vector {name!r} is for layer {vector.layer}; the served model has decoder blocks "
                           f"0..{facts.num_layers - 1}", param=VECTOR_KEY)
-    site = vector.metadata.get("site") or "resid"
+    site = vector.info.site or "resid"
     if site != "resid":
         raise VectorError(f"vector {name!r} is added at site {site!r}; the server steers the residual stream "
                           "(site 'resid') only", param=VECTOR_KEY)

@@ -9,9 +9,9 @@ import numpy as np
 
 from ..errors import StoreError
 from .integrity import check_group, damage_located, is_half_created
+from .location import StoreLocation
 from .moments import committed_moments, counts_of
 from .reader import read_coord
-from .location import StoreLocation
 from .roots import model_groups, open_root
 from .runs import read_runs
 from .schema import STATS_GROUP, CaptureSpec

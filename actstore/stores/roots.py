@@ -8,7 +8,7 @@ from .._version import SCHEMA_VERSION, __version__
 from ..errors import StoreError, StoreNotFoundError
 from .integrity import check_group, is_half_created
 from .location import StoreLocation
-from .schema import child, root_attrs  # noqa: F401  (child: importable from here as before)
+from .schema import child, root_attrs
 
 
 def is_url(path) -> bool:

@@ -22,16 +22,16 @@ from .moments import committed_moments
 from .roots import open_root
 from .runs import RunRecord, read_runs, runs_attr
 from .schema import (
-    child,
     ACTS,
-    MOMENTS,
     LATER_COORDS,
+    MOMENTS,
     SAMPLE_COORDS,
     SHARDS,
     STORE_DTYPES,
     CaptureSpec,
     bfloat16_bits,
     check_appendable,
+    child,
     commit_attrs,
     create_group,
     moments_array,
