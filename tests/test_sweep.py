@@ -442,3 +442,17 @@ def test_cli_eval_defaults_and_refusals(tmp_path, tiny_model_dirs, pairs_file, m
     result = runner.invoke(cli, [*common[:-2], "--out", str(tmp_path / "b"), "--layers", "1", "--k", "4", "--data-test",
                                  str(broken)])
     assert result.exit_code == 1 and "broken.json" in result.output and "Traceback" not in result.output
+
+
+def test_a_second_run_on_a_folder_being_written_is_refused_and_adds_nothing(tmp_path, llama, store, ppl_ids):
+    from actstore.evaluation.sweep import folder_lock
+
+    out = tmp_path / "busy"
+    first = sweep(llama, store, out, ppl_ids, layers=[2], ks=[4], alphas=[8.0], both_orders=False)
+    before = {name: (out / name).read_bytes() for name in ("results.csv", "items.csv", "windows.csv")}
+    with folder_lock(out):  # another run holds the folder
+        with pytest.raises(ActstoreError, match=r"is being written by pid \d+ \(another `actstore eval`"):
+            sweep(llama, store, out, ppl_ids, layers=[1, 2], ks=[4], alphas=[8.0], both_orders=False)
+    assert {name: (out / name).read_bytes() for name in before} == before
+    again = sweep(llama, store, out, ppl_ids, layers=[2], ks=[4], alphas=[8.0], both_orders=False)  # released
+    assert len(again) == len(first) == 1

@@ -118,17 +118,28 @@ def run_sweep(loaded: LoadedModel, store: str | Path | SweepStore, out_dir: str 
     source.check_model(loaded, options.force)
     stats = source.statistics(options.scheduler)
     heldout = _open_heldout(options.heldout, grid, loaded, options.force) if options.heldout is not None else None
-    ledger = Ledger(out_dir, _settings(grid, on_target, perplexity, stats.attrs, options))
-    units = Units.of(on_target, perplexity)
-    base = _baseline(ledger, loaded, on_target, perplexity, units)
-    todo = [c for c in grid.configurations() if not ledger.is_done(*c.as_tuple())]
-    with _progress(options, len(todo)) as tick:
-        for layer in sorted({c.layer for c in todo}):
-            _measure_layer(loaded, source, stats, layer, [c for c in todo if c.layer == layer], grid, on_target,
-                           perplexity, units, base, ledger, heldout, options, tick)
-    results = ledger.finish()
-    write_report(ledger, grid.budgets, [Contrast.parse(c) for c in options.contrasts] or None)
+    with folder_lock(out_dir):  # one writer per folder: two runs would each append every row
+        ledger = Ledger(out_dir, _settings(grid, on_target, perplexity, stats.attrs, options))
+        units = Units.of(on_target, perplexity)
+        base = _baseline(ledger, loaded, on_target, perplexity, units)
+        todo = [c for c in grid.configurations() if not ledger.is_done(*c.as_tuple())]
+        with _progress(options, len(todo)) as tick:
+            for layer in sorted({c.layer for c in todo}):
+                _measure_layer(loaded, source, stats, layer, [c for c in todo if c.layer == layer], grid,
+                               on_target, perplexity, units, base, ledger, heldout, options, tick)
+        results = ledger.finish()
+        write_report(ledger, grid.budgets, [Contrast.parse(c) for c in options.contrasts] or None)
     return results
+
+
+def folder_lock(out_dir: str | Path):
+    """The sweep folder's writer lock (the store's mechanism: a lock file beside the folder, held
+    while the run writes, released by the OS if the process dies); a second run is refused."""
+    from ..stores.lock import WriterLock
+
+    out = Path(out_dir)
+    return WriterLock(out, "sweep", busy=f"{str(out)!r} is being written by {{holder}} (another `actstore eval` "
+                                        "of this folder); wait for it to finish, or use another --out").acquire()
 
 
 def _settings(grid: Grid, on_target: OnTarget, perplexity: PerplexityWindows, attrs, options) -> dict:

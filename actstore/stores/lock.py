@@ -38,10 +38,12 @@ def _same_file(path: Path, handle) -> bool:
 
 
 class WriterLock:
-    def __init__(self, store, group: str):
+    def __init__(self, store, group: str, busy: str | None = None):
         location = StoreLocation.parse(store)  # a path and its file:// URL: one store, one lock
         self.store = str(location)
         self.group = group
+        # what a refused writer is told, with {holder}; default: a capture holds the group
+        self.busy = busy
         self._handle = None
         self.path = None if fcntl is None else location.lock_file(group)
 
@@ -64,6 +66,7 @@ class WriterLock:
                     time.sleep(0.05)
                     continue
                 raise StoreError(
+                    self.busy.format(holder=holder) if self.busy else
                     f"{self.store!r} group {self.group!r} is being written by {holder}; wait for that "
                     "capture to finish, or capture into another store or group (--name)"
                 ) from None
