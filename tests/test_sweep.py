@@ -456,3 +456,59 @@ def test_a_second_run_on_a_folder_being_written_is_refused_and_adds_nothing(tmp_
     assert {name: (out / name).read_bytes() for name in before} == before
     again = sweep(llama, store, out, ppl_ids, layers=[2], ks=[4], alphas=[8.0], both_orders=False)  # released
     assert len(again) == len(first) == 1
+
+
+def _damage_rows(path, config_index: int, how: str) -> None:
+    """Damage the rows of the ``config_index``-th steered configuration of a sweep table
+    (0 = the first after the baseline): cut the file inside them, or put a byte that is not
+    UTF-8 into one of them."""
+    lines = path.read_bytes().splitlines(keepends=True)
+    header, rows = lines[0], lines[1:]
+    frame = pd.read_csv(path, dtype={"k": str})
+    keys = list(dict.fromkeys(zip(frame["method"], frame["layer"].fillna(-1), frame["k"], frame["alpha"])))
+    target = keys[1 + config_index]
+    positions = [i for i, key in enumerate(zip(frame["method"], frame["layer"].fillna(-1), frame["k"],
+                                               frame["alpha"])) if key == target]
+    if how == "cut":
+        path.write_bytes(header + b"".join(rows[: positions[len(positions) // 2]]))
+    else:
+        rows[positions[0]] = rows[positions[0]].replace(b",", b"\xff,", 1)
+        path.write_bytes(header + b"".join(rows))
+
+
+@pytest.mark.parametrize("table, config, how", [("windows.csv", 1, "cut"), ("items.csv", 0, "bytes"),
+                                                ("items.csv", -1, "baseline")])
+def test_damage_in_a_sweep_folder_costs_only_the_configurations_it_touches(tmp_path, llama, store, ppl_ids,
+                                                                          table, config, how):
+    out = tmp_path / "sweep"
+    kwargs = dict(layers=[2], ks=[4], alphas=[4.0, 8.0], both_orders=False)
+    clean = sweep(llama, store, out, ppl_ids, **kwargs)
+    shifts = dict(zip(clean["alpha"], clean["on_target_shift"]))
+    if how == "baseline":  # the unsteered rows lost: measured again, every configuration kept
+        frame = pd.read_csv(out / table, dtype={"k": str})
+        frame[frame["method"] != "none"].to_csv(out / table, index=False)
+    else:
+        _damage_rows(out / table, config, how)
+    resumed = sweep(llama, store, out, ppl_ids, **kwargs)
+    assert sorted(resumed["alpha"]) == sorted(shifts)  # measured again gives the same figures
+    for alpha, shift in zip(resumed["alpha"], resumed["on_target_shift"]):
+        assert shift == pytest.approx(shifts[alpha], rel=1e-9, abs=1e-12)
+    order = list(resumed["alpha"])
+    if how != "baseline":  # the damaged configuration was measured again: its row now comes last
+        assert order[-1] == kwargs["alphas"][config] and len(order) == 2
+    else:
+        assert order == [4.0, 8.0]
+    for name in ("items.csv", "windows.csv"):  # every table reads cleanly again, one set of rows each
+        frame = pd.read_csv(out / name, dtype={"k": str})
+        assert frame.groupby(["method", "alpha"]).size().nunique() == 1
+
+
+@pytest.mark.parametrize("content", ['{"settings": {"protocol": "ab', "[1, 2]"])
+def test_a_damaged_baseline_json_is_named_and_nothing_is_overwritten(tmp_path, llama, store, ppl_ids, content):
+    out = tmp_path / "sweep"
+    sweep(llama, store, out, ppl_ids, layers=[2], ks=[4], alphas=[4.0], both_orders=False)
+    (out / "baseline.json").write_text(content)
+    before = (out / "results.csv").read_bytes()
+    with pytest.raises(ActstoreError, match=r"baseline.json' is damaged: .*choose another --out"):
+        sweep(llama, store, out, ppl_ids, layers=[2], ks=[4], alphas=[4.0], both_orders=False)
+    assert (out / "results.csv").read_bytes() == before

@@ -48,6 +48,69 @@ def _read_csv(path: Path):
                             "move it away (the sweep rebuilds it) or choose another --out folder") from None
 
 
+def _read_csv_salvaged(path: Path, numeric: tuple[str, ...]):
+    """``(frame, clean)``: the rows of a table that still read, for a folder opened to resume it.
+    Lines that do not parse, bytes that are not UTF-8 and rows whose ``numeric`` fields are not
+    numbers are dropped (``clean`` is False then): the configurations they belonged to come out
+    short, and :meth:`Ledger._damaged` measures those again instead of refusing the folder."""
+    import pandas as pd
+
+    try:
+        return _read_csv(path), True
+    except ActstoreError:
+        pass
+    try:
+        frame = pd.read_csv(path, dtype={"k": str, "method": str, "item": str}, on_bad_lines="skip",
+                            encoding_errors="replace", engine="python")
+    except (ValueError, pd.errors.ParserError):  # not even its header reads: nothing in it is kept
+        return None, False
+    bad = np.zeros(len(frame), dtype=bool)
+    for column in ("layer", *numeric):  # layer may be empty (the baseline's rows), never garbled
+        if column in frame:
+            values = pd.to_numeric(frame[column], errors="coerce")
+            bad |= (values.isna() & (frame[column].notna() if column == "layer" else True)).to_numpy()
+            frame[column] = values
+    return frame[~bad], False
+
+
+def _row_keys(frame) -> list:
+    """Each row's configuration: "baseline" for the unsteered rows, else (layer, method, k, alpha)."""
+    return ["baseline" if r.method == "none" else _key(r.layer, r.method, r.k, r.alpha)
+            for r in frame[KEY].itertuples(index=False)]
+
+
+def _short_keys(frame, expected: set) -> set:
+    """Of the ``expected`` configurations, those with fewer rows than the most common count
+    (every configuration scores the same items and windows), none at all included: their rows
+    were lost to damage or a cut file."""
+    counts = dict.fromkeys(expected, 0)
+    for key in _row_keys(frame) if frame is not None else ():
+        counts[key] = counts.get(key, 0) + 1
+    present = [n for n in counts.values() if n]
+    if not present:
+        return set(expected)
+    full = max(set(present), key=present.count)
+    return {key for key, n in counts.items() if n < full and key in expected}
+
+
+def _read_baseline(path: Path):
+    """baseline.json as a dict with its settings, or None if absent; damage is named."""
+    if not path.exists():
+        return None
+    try:
+        baseline = json.loads(path.read_text())
+    except (ValueError, UnicodeDecodeError, OSError) as err:
+        baseline, problem = None, f"not readable JSON ({err})"
+    else:
+        problem = None if isinstance(baseline, dict) and isinstance(baseline.get("settings"), dict) else \
+            f"holds {type(baseline).__name__} {str(baseline)[:60]!r}, not the sweep's settings and figures"
+    if problem:
+        raise ActstoreError(f"{str(path)!r} is damaged: {problem}; without it the folder's settings cannot be "
+                            "checked, so its results cannot be resumed: choose another --out folder (or move the "
+                            "folder away)")
+    return baseline
+
+
 def _replace_csv(frame, path: Path) -> None:
     tmp = path.with_name(path.name + ".tmp")
     frame.to_csv(tmp, index=False)
@@ -70,10 +133,12 @@ class Ledger:
         self.baseline_file = self.out_dir / "baseline.json"
         self.separation_csv = self.out_dir / "separation.csv"
         self._separated: set[tuple[int, str, str]] | None = None
-        baseline = json.loads(self.baseline_file.read_text()) if self.baseline_file.exists() else None
-        results = _read_csv(self.results_csv)
+        baseline = _read_baseline(self.baseline_file)
+        measures = ("on_target_shift", "ppl_inflation")
+        results, clean = (_read_csv(self.results_csv), True) if readonly else \
+            _read_csv_salvaged(self.results_csv, ("alpha", *measures))
         if results is not None:
-            results = results.dropna(subset=[c for c in ("on_target_shift", "ppl_inflation") if c in results])
+            results = results.dropna(subset=[c for c in measures if c in results])
         if baseline is not None and baseline.get("settings") != settings:
             raise ActstoreError(
                 f"{str(self.out_dir)!r} holds results of another setting ({baseline.get('settings')}); "
@@ -86,7 +151,7 @@ class Ledger:
         self.done = set() if results is None else {_key(*row) for row in results[KEY].itertuples(index=False)}
         self.readonly = readonly
         if not readonly:  # a reader leaves a running sweep's files alone
-            self._drop_unfinished(results)
+            self._drop_unfinished(results, clean)
 
     def _keep(self, frame):
         """Rows of done configurations and, if the baseline is recorded, the unsteered ones."""
@@ -94,15 +159,32 @@ class Ledger:
                 for r in frame[KEY].itertuples(index=False)]
         return frame[[key in self.done or (key == "baseline" and self.baseline is not None) for key in keys]]
 
-    def _drop_unfinished(self, results) -> None:
+    def _drop_unfinished(self, results, clean: bool = True) -> None:
+        """Drop the rows of configurations not done, and measure again those whose rows damage
+        took (lines that do not read, rows lost from a cut items.csv or windows.csv): only they
+        are lost, never the folder."""
+        tables = {path: _read_csv_salvaged(path, numeric) for path, numeric in
+                  ((self.items_csv, ("alpha", "score")), (self.windows_csv, ("alpha", "nll", "tokens")))}
+        expected = set(self.done) | ({"baseline"} if self.baseline is not None else set())
+        damaged = set().union(*(_short_keys(frame, expected) for frame, _ in tables.values()))
+        if "baseline" in damaged:
+            # The unsteered rows are measured again (the same model on the same items gives the same
+            # figures; baseline.json is replaced when they are): the configurations done stay done.
+            self.baseline = None
+        self.done -= damaged
         if results is not None:  # columns added since the folder was written are empty in its old rows
-            _replace_csv(results.reindex(columns=list(self.columns)), self.results_csv)
-        for path in (self.items_csv, self.windows_csv):
-            frame = _read_csv(path)
-            if frame is not None:
-                kept = self._keep(frame)
-                if len(kept) != len(frame):
-                    _replace_csv(kept, path)
+            kept = results[[key in self.done for key in _row_keys(results)]] if len(results) else results
+            _replace_csv(kept.reindex(columns=list(self.columns)), self.results_csv)
+        elif not clean:
+            self.results_csv.unlink(missing_ok=True)
+        for path, (frame, table_clean) in tables.items():
+            if frame is None:
+                if not table_clean:
+                    path.unlink(missing_ok=True)
+                continue
+            kept = self._keep(frame)
+            if len(kept) != len(frame) or not table_clean:
+                _replace_csv(kept, path)
         if self.generations.exists():
             lines = [line for line in self.generations.read_text().splitlines() if line.strip()]
             kept_lines = []
@@ -126,7 +208,7 @@ class Ledger:
         baseline_file = Path(out_dir) / "baseline.json"
         if not baseline_file.is_file():
             raise ActstoreError(f"{str(out_dir)!r} is not a sweep folder (no baseline.json)")
-        return cls(out_dir, json.loads(baseline_file.read_text())["settings"], readonly=True)
+        return cls(out_dir, _read_baseline(baseline_file)["settings"], readonly=True)
 
     def is_done(self, layer: int, method: str, k: str, alpha: float) -> bool:
         return _key(layer, method, k, alpha) in self.done
