@@ -222,9 +222,12 @@ def read_contrast_set(path: str | Path, separator: str = DEFAULT_SEPARATOR) -> C
     ``separator`` joins an A/B question and its answer (default a newline, which
     reproduces the texts of ``../shared/data/caa-pairs``).
     """
+    from ._files import input_file_problem
+
     path = Path(path)
-    if not path.is_file():
-        raise InputFormatError(f"contrast-set file {str(path)!r} does not exist or is not a file")
+    problem = input_file_problem(path)
+    if problem:
+        raise InputFormatError(f"contrast-set file {str(path)!r} {problem}")
     data = path.read_bytes()
     try:
         raw = data.decode("utf-8")

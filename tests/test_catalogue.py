@@ -235,6 +235,36 @@ CASES = [
                                              "--positions", "from:-1"], ["'from:-1'", "expected 'all'"]),
     Case("positions from a word", ["steer", "-m", "{llama}", "--vector", "{vector}", "--prompt", "Hi",
                                    "--positions", "from:abc"], ["'from:abc'", "expected 'all'"]),
+    # Round 3, further attacks (issue 22 §6).
+    Case("data is a FIFO", ["capture", "-m", "{llama}", "-d", "{fifo}", "-l", "1", "-s", "{tmp}/n.zarr"],
+         ["fifo", "is a FIFO (named pipe), not a regular file"]),
+    Case("empty corpus", ["capture", "-m", "{llama}", "-d", "{tmp}/empty.txt", "-l", "1", "-s", "{tmp}/n.zarr"],
+         ["empty.txt", "holds no text"], files={"empty.txt": ""}),
+    Case("binary corpus", ["capture", "-m", "{llama}", "-d", "{tmp}/binary.txt", "-l", "1", "-s", "{tmp}/n.zarr"],
+         ["binary.txt", "line 1: not valid UTF-8"], files={"binary.txt": bytes(range(128, 256)) * 8}),
+    Case("shard 0/0", ["capture", "-m", "{llama}", "-d", "{data}", "-l", "1", "-s", "{tmp}/n.zarr", "--shard", "0/0"],
+         ["'0/0': expected I/N with 0 <= I < N"], exit_code=2),
+    Case("shard 3/2", ["capture", "-m", "{llama}", "-d", "{data}", "-l", "1", "-s", "{tmp}/n.zarr", "--shard", "3/2"],
+         ["'3/2': expected I/N with 0 <= I < N"], exit_code=2),
+    Case("identical classes, enr", ["enr", "-s", "{same_store}", "--layer", "1", "--k", "4", "-o",
+                                    "{tmp}/v.safetensors"], ["same mean at layer 1", "would be zero"]),
+    Case("identical classes, pca", ["extract", "-s", "{same_store}", "--layer", "1", "--method", "pca", "-o",
+                                    "{tmp}/v.safetensors"], ["same mean at layer 1"]),
+    Case("identical classes, lda", ["extract", "-s", "{same_store}", "--layer", "1", "--method", "lda", "-o",
+                                    "{tmp}/v.safetensors"], ["same mean at layer 1"]),
+    Case("one pair, probe", ["extract", "-s", "{one_store}", "--layer", "1", "--method", "probe", "-o",
+                             "{tmp}/v.safetensors"], ["has 1 sample(s) at layer 1", "at least 2 per class"]),
+    Case("one pair, whitened", ["extract", "-s", "{one_store}", "--layer", "1", "--method", "whitened", "-o",
+                                "{tmp}/v.safetensors"], ["has 1 sample(s) at layer 1"]),
+    Case("store path with spaces and non-ASCII", ["capture", "-m", "{llama}", "-d", "{data}", "-l", "1", "-s",
+                                                  "{tmp}/my store \u00fc.zarr"], ["captured 12 texts"], exit_code=0),
+    Case("symlinked store", ["stats", "-s", "{linked_store}"], ["class 'pos': n=6"], exit_code=0),
+    Case("eval --out a file", ["eval", "-m", "{llama}", "-s", "{store}", "--data-test", "{data}", "--layers", "1",
+                               "--out", "{data}"], ["'--out'", "is a file"], exit_code=2),
+    Case("project onto a class the store lacks", ["project", "-s", "{store}", "--vector", "{vector}",
+                                                  "--pos", "moral"], ["'moral'"]),
+    Case("steer with a NaN alpha", ["steer", "-m", "{llama}", "--vector", "{vector}", "--prompt", "Hi",
+                                    "--alpha", "nan"], ["alpha"]),
     Case("dataset without rows", ["capture", "-m", "{llama}", "-d", "{no_rows}", "-l", "1", "-s", "{tmp}/n.zarr"],
          ["no-rows.parquet", "holds no rows"]),
 ]
@@ -284,7 +314,7 @@ def world(run, tmp_path_factory, tiny_model_dirs, tiny_tokenizer):
             "store": store, "vector": vector, "one_store": one_store, "old_store": old_store, "broken": broken,
             "gpt2_wide": wide, "novec": tmp / "novec.safetensors",
             **_bad_vectors(tmp, vector), **_damaged_stores(run, tmp, store, llama, data), **_bad_models(tmp, llama),
-            **_bad_datasets(tmp), **_round3(tmp, store, vector)}
+            **_bad_datasets(tmp), **_round3(run, tmp, store, vector, llama)}
 
 
 def _bad_datasets(tmp) -> dict:
@@ -299,7 +329,7 @@ def _bad_datasets(tmp) -> dict:
     return made
 
 
-def _round3(tmp, store, vector) -> dict:
+def _round3(run, tmp, store, vector, llama) -> dict:
     import shutil
 
     from safetensors import safe_open
@@ -311,7 +341,13 @@ def _round3(tmp, store, vector) -> dict:
         metadata = handle.metadata()
     foreign = tmp / "foreign.safetensors"
     save_file(load_file(str(vector)), str(foreign), metadata={**metadata, "model_fingerprint": "sha256:other"})
-    return {"home": home, "foreign_vector": foreign}
+    same = tmp / "same.json"  # both classes the same texts: every vector would be zero
+    same.write_text(json.dumps([{"positive": f"same text {i}", "negative": f"same text {i}"} for i in range(4)]))
+    same_store = tmp / "same.zarr"
+    assert run("capture", "-m", llama, "-d", same, "-l", "1", "-s", same_store, "-q").exit_code == 0
+    linked = tmp / "linked.zarr"
+    linked.symlink_to(store)
+    return {"home": home, "foreign_vector": foreign, "same_store": same_store, "linked_store": linked}
 
 
 def _bad_vectors(tmp, good) -> dict:
