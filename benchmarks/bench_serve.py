@@ -33,7 +33,8 @@ PROMPT_STEMS = ("The weather today", "My favourite book", "The best way to learn
 
 def write_vectors(folder: Path, model_path: str, hidden: int, count: int, layer: int) -> None:
     from actstore.models import _fingerprint_local
-    from actstore.vectors import VECTOR_FORMAT, SteeringVector, save_vector
+    from actstore.vector_info import VectorInfo
+    from actstore.vectors import SteeringVector, save_vector
 
     fingerprint = _fingerprint_local(Path(model_path))
     rng = np.random.default_rng(0)
@@ -45,11 +46,10 @@ def write_vectors(folder: Path, model_path: str, hidden: int, count: int, layer:
                 kept = np.zeros_like(values)
                 kept[keep] = values[keep]
                 values = kept
-            meta = {"format": VECTOR_FORMAT, "model_fingerprint": fingerprint, "layer": str(layer),
-                    "k": "64" if kind == "sparse" else "dense", "method": "random", "hidden_size": str(hidden)}
+            info = VectorInfo(layer=layer, method="random", k=64 if kind == "sparse" else None,
+                              fingerprint=fingerprint, hidden_size=hidden)
             indices = np.flatnonzero(values).astype(np.int64)
-            save_vector(SteeringVector(values, indices, np.abs(values), layer, meta),
-                        folder / f"{kind}-{i}.safetensors")
+            save_vector(SteeringVector(values, indices, np.abs(values), info), folder / f"{kind}-{i}.safetensors")
 
 
 def main() -> None:

@@ -35,7 +35,8 @@ def write_vectors(folder, model_path, hidden: int, num_layers: int) -> dict[str,
     from pathlib import Path
 
     from actstore.models import _fingerprint_local
-    from actstore.vectors import VECTOR_FORMAT, SteeringVector, save_vector
+    from actstore.vector_info import VectorInfo
+    from actstore.vectors import SteeringVector, save_vector
 
     fingerprint = _fingerprint_local(Path(model_path))
     rng = np.random.default_rng(0)
@@ -43,9 +44,9 @@ def write_vectors(folder, model_path, hidden: int, num_layers: int) -> dict[str,
     def make(values, layer, k="dense", fingerprint=fingerprint, site="resid"):
         values = np.asarray(values, np.float32)
         indices = np.flatnonzero(values) if k != "dense" else np.arange(len(values))
-        meta = {"format": VECTOR_FORMAT, "model": str(model_path), "model_fingerprint": fingerprint,
-                "layer": str(layer), "k": str(k), "method": "test", "site": site, "hidden_size": str(len(values))}
-        return SteeringVector(values, indices.astype(np.int64), np.abs(values), layer, meta)
+        info = VectorInfo(layer=layer, method="random", k=None if k == "dense" else int(k), site=site,
+                          model=str(model_path), fingerprint=fingerprint, hidden_size=len(values))
+        return SteeringVector(values, indices.astype(np.int64), np.abs(values), info)
 
     dense = rng.normal(size=hidden) * 0.5
     sparse = np.zeros(hidden)

@@ -7,6 +7,7 @@ import pytest
 
 from actstore.errors import VectorError
 from actstore.serve.settings import ModelFacts, SteeringPayload, VectorFolder, resolve_request
+from actstore.vector_info import VectorInfo
 from actstore.vectors import SteeringVector, save_vector
 
 FACTS = ModelFacts("sha256-local:aaaa", hidden_size=16, num_layers=4)
@@ -14,8 +15,8 @@ FACTS = ModelFacts("sha256-local:aaaa", hidden_size=16, num_layers=4)
 
 def _vector(values, layer=1, fingerprint="sha256-local:aaaa", site="resid"):
     values = np.asarray(values, np.float32)
-    meta = {"model_fingerprint": fingerprint, "layer": str(layer), "site": site}
-    return SteeringVector(values, np.flatnonzero(values).astype(np.int64), np.abs(values), layer, meta)
+    info = VectorInfo(layer=layer, fingerprint=fingerprint, site=site)
+    return SteeringVector(values, np.flatnonzero(values).astype(np.int64), np.abs(values), info)
 
 
 @pytest.fixture
