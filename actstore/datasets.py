@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import DatasetError, InputFormatError
+from .sources import check_label
 
 POS, NEG = "pos", "neg"
 # The final answer of an A/B text: "(X)", X upper case, then optional trailing whitespace.
@@ -195,25 +196,8 @@ def _field(path: Path, where: str, record: Any, key: str, fmt: str) -> str:
     if key == "label" and not value:
         raise InputFormatError(f"{str(path)!r} {where}: field 'label' is empty")
     if key == "label":
-        _check_label(path, where, value)
+        check_label(path, where, value)
     return value
-
-
-def _check_label(path, where: str, label: str) -> None:
-    """Refuse a label with characters a reader cannot see (control, format, separators other
-    than a plain space, leading/trailing space): 'pos' and 'pos\\x00' would be two classes that
-    print alike."""
-    import unicodedata
-
-    if unicodedata.normalize("NFC", label) != label:
-        raise InputFormatError(f"{str(path)!r} {where}: field 'label' {label!r} is not in Unicode NFC form "
-                               f"(it would differ from {unicodedata.normalize('NFC', label)!r}, which prints "
-                               "alike); save the file NFC-normalised")
-    hidden = [ch for ch in label if unicodedata.category(ch)[0] in "CZ" and ch != " "]
-    if hidden or label != label.strip():
-        shown = ", ".join(f"U+{ord(ch):04X}" for ch in hidden) or "leading or trailing spaces"
-        raise InputFormatError(f"{str(path)!r} {where}: field 'label' {label!r} holds invisible characters "
-                               f"({shown}); labels that print alike must be equal: remove them")
 
 
 def read_contrast_set(path: str | Path, separator: str = DEFAULT_SEPARATOR) -> ContrastSet:

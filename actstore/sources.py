@@ -174,6 +174,23 @@ def _texts_checked(path: Path, values: list, start: int) -> list[str]:
     return values
 
 
+def check_label(path, where: str, label: str) -> None:
+    """Refuse a label with characters a reader cannot see (control, format, separators other
+    than a plain space, leading/trailing space): 'pos' and 'pos\\x00' would be two classes that
+    print alike."""
+    import unicodedata
+
+    if unicodedata.normalize("NFC", label) != label:
+        raise InputFormatError(f"{str(path)!r} {where}: field 'label' {label!r} is not in Unicode NFC form "
+                               f"(it would differ from {unicodedata.normalize('NFC', label)!r}, which prints "
+                               "alike); save the file NFC-normalised")
+    hidden = [ch for ch in label if unicodedata.category(ch)[0] in "CZ" and ch != " "]
+    if hidden or label != label.strip():
+        shown = ", ".join(f"U+{ord(ch):04X}" for ch in hidden) or "leading or trailing spaces"
+        raise InputFormatError(f"{str(path)!r} {where}: field 'label' {label!r} holds invisible characters "
+                               f"({shown}); labels that print alike must be equal: remove them")
+
+
 def _label_checked(path: Path, value, row: int, names: Sequence[str] | None) -> str:
     """One label as its class name; a missing or look-alike label is refused with its row."""
     where = f"row {row}"
@@ -195,9 +212,7 @@ def _label_checked(path: Path, value, row: int, names: Sequence[str] | None) -> 
     label = str(value)
     if not label:
         raise InputFormatError(f"{str(path)!r} {where}: the label is empty", param="label_column")
-    from .datasets import _check_label
-
-    _check_label(path, where, label)
+    check_label(path, where, label)
     return label
 
 
