@@ -172,11 +172,11 @@ def test_serve_check_fails_when_the_engine_applies_another_vector(servers, vecto
     url, _, _ = servers
     vector = load_vector(vectors_folder / "dense.safetensors")
     if change == "sign":
-        vector.vector = -vector.vector
+        vector = vector.replace(vector=-vector.vector)
     elif change == "scale":
-        vector.vector = vector.vector * np.float32(1.5)
+        vector = vector.replace(vector=vector.vector * np.float32(1.5))
     else:
-        vector.layer = vector.layer + 2
+        vector = vector.with_info(layer=vector.layer + 2)
     save_vector(vector, tmp_path / "dense.safetensors")
     report = check_server(url, str(tmp_path / "dense.safetensors"), 4.0, model=hf_model)
     assert report.plugin_loaded and not report.passed
