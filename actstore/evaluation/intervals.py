@@ -3,6 +3,6 @@ the monitors use them too); this name is the same module."""
 
 import sys
 
-from .. import intervals as _module
+import actstore.intervals as _module
 
 sys.modules[__name__] = _module
