@@ -37,17 +37,14 @@ def _probe_url(url: str, shown: str, mode: str) -> None:
     except PermissionError as err:
         raise StoreError(f"{shown!r}: access denied ({err}); check the credentials and the bucket's permissions",
                          param="store") from None
-    except (OSError, ValueError) as err:
+    except Exception as err:  # also botocore's and aiohttp's own classes for an unreachable endpoint
         if _is_connection_error(err):
             raise StoreError(f"{shown!r}: cannot reach the object store ({err}); check the network and the "
                              "endpoint (e.g. AWS_ENDPOINT_URL)", param="store") from None
+        if not isinstance(err, (OSError, ValueError)):
+            raise
         raise StoreError(f"{shown!r}: the object store refused the request ({type(err).__name__}: {err})",
                          param="store") from None
-    except Exception as err:  # botocore's and aiohttp's own classes for an unreachable endpoint
-        if _is_connection_error(err):
-            raise StoreError(f"{shown!r}: cannot reach the object store ({err}); check the network and the "
-                             "endpoint (e.g. AWS_ENDPOINT_URL)", param="store") from None
-        raise
     if not found and mode == "r":
         raise StoreNotFoundError(f"{shown!r} is not an actstore store (no zarr.json there); create one with "
                                  "'actstore capture'")
