@@ -8,11 +8,10 @@ from typing import Any
 import numpy as np
 
 from ..errors import StoreError
+from .chunks import dask_array
 from .integrity import damage_located, refuse_fill_values
 from .roots import open_root, select_group
 from .schema import ACTS, BFLOAT16, LATER_COORDS, SAMPLE_COORDS, bfloat16_values
-
-_CHUNKS_PER_TASK = 4
 
 
 def as_str_array(values) -> np.ndarray:
@@ -51,16 +50,12 @@ def open_store(path: str | Path, model: str | None = None, coords: tuple[str, ..
 
 def group_dataset(group, path: str | Path, coords: tuple[str, ...] | None = None):
     """:func:`open_store` of an opened group (``path``: its store, recorded in the attrs)."""
-    import dask.array as da
     import xarray as xr
 
     attrs = dict(group.attrs)
     n = int(attrs["n_samples"])
     acts_array = group[ACTS]
-    # Several chunks per dask task: zarr decodes them concurrently, and fewer, larger tasks
-    # read 1.2x faster here (benchmarks/RESULTS.md); memory stays a few tasks' worth.
-    rows = acts_array.chunks[0] * _CHUNKS_PER_TASK
-    acts = da.from_zarr(acts_array, chunks=(rows, *acts_array.chunks[1:]))[:n]
+    acts = dask_array(acts_array)[:n]  # a local store's chunk files read directly (.chunks)
     if attrs.get("dtype") == BFLOAT16:  # stored as its uint16 bits (zarr v3 has no bfloat16)
         acts = acts.map_blocks(bfloat16_values, dtype=np.float32)
     names = [n for n in SAMPLE_COORDS if n not in LATER_COORDS or n in group] if coords is None else coords

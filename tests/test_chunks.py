@@ -1,0 +1,95 @@
+"""The direct chunk reader (actstore.stores.chunks) against zarr's own reads."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import zarr
+
+from actstore.stores import schema
+from actstore.stores.chunks import LocalChunks, dask_array, local_chunks
+
+
+def _array(tmp_path, codec: str, shape=(1000, 3, 16), chunks=(256, 1, 16), dtype="float32", **kw):
+    root = zarr.open_group(str(tmp_path / f"{codec}.zarr"), mode="w")
+    arr = root.create_array("acts", shape=shape, chunks=chunks, dtype=dtype, fill_value=np.nan if dtype[0] == "f" else 0,
+                            compressors=schema.compressors(codec), **kw)
+    values = np.random.default_rng(0).standard_normal(shape).astype(dtype) if dtype[0] == "f" else \
+        np.random.default_rng(0).integers(0, 60000, shape).astype(dtype)
+    arr[...] = values
+    return arr, values
+
+
+@pytest.mark.parametrize("codec", schema.CODECS)
+def test_reads_what_zarr_reads_for_every_codec(tmp_path, codec):
+    arr, values = _array(tmp_path, codec)
+    files = local_chunks(arr)
+    assert isinstance(files, LocalChunks)
+    assert files.checksum
+    # whole, cut at both ends of a chunk, across chunks and layers, the padded edge chunk
+    for index in [(slice(0, 1000), slice(0, 3), slice(0, 16)), (slice(10, 20), slice(1, 2), slice(3, 9)),
+                  (slice(200, 700), slice(0, 3), slice(0, 16)), (slice(768, 1000), slice(2, 3), slice(0, 16))]:
+        np.testing.assert_array_equal(files[index], values[index])
+    x = dask_array(arr)
+    assert x.chunks[0][0] == 256  # one chunk per task on the direct path
+    np.testing.assert_array_equal(x.compute(), values)
+    np.testing.assert_array_equal(x[:777].compute(), values[:777])
+
+
+def test_uint16_bits_read_exactly(tmp_path):  # bfloat16 stores keep their bits as uint16
+    arr, values = _array(tmp_path, "lz4", dtype="uint16")
+    np.testing.assert_array_equal(dask_array(arr).compute(), values)
+
+
+def test_missing_chunk_reads_as_the_fill_value(tmp_path):
+    arr, values = _array(tmp_path, "none")
+    files = local_chunks(arr)
+    (tmp_path / "none.zarr" / "acts" / "c" / "1" / "2" / "0").unlink()
+    got = files[(slice(0, 1000), slice(0, 3), slice(0, 16))]
+    assert np.isnan(got[256:512, 2]).all()
+    np.testing.assert_array_equal(np.isnan(got), np.isnan(arr[...]))
+
+
+@pytest.mark.parametrize("codec", ["none", "lz4"])
+def test_a_flipped_byte_fails_the_checksum(tmp_path, codec):
+    arr, _ = _array(tmp_path, codec)
+    path = tmp_path / f"{codec}.zarr" / "acts" / "c" / "0" / "1" / "0"
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0x10
+    path.write_bytes(bytes(data))
+    with pytest.raises(ValueError, match="checksum"):
+        dask_array(arr).compute()
+    # the other chunks still read
+    np.testing.assert_array_equal(local_chunks(arr)[(slice(0, 256), slice(0, 1), slice(0, 16))],
+                                  arr[0:256, 0:1, :])
+
+
+def test_a_truncated_chunk_is_refused(tmp_path):
+    arr, _ = _array(tmp_path, "none")
+    path = tmp_path / "none.zarr" / "acts" / "c" / "0" / "0" / "0"
+    path.write_bytes(path.read_bytes()[:100])
+    with pytest.raises(ValueError):
+        local_chunks(arr).read_chunk((0, 0, 0))
+
+
+def test_layouts_it_does_not_read_go_through_zarr(tmp_path):
+    memory = zarr.open_group(zarr.storage.MemoryStore(), mode="w")
+    arr = memory.create_array("acts", shape=(10, 4), chunks=(5, 4), dtype="float32", compressors=schema.compressors("none"))
+    assert local_chunks(arr) is None
+    sharded, values = _array(tmp_path, "none", shards=(512, 1, 16))
+    assert local_chunks(sharded) is None
+    np.testing.assert_array_equal(dask_array(sharded).compute(), values)
+    big_endian = zarr.open_group(str(tmp_path / "be.zarr"), mode="w").create_array(
+        "acts", shape=(10, 4), chunks=(5, 4), dtype=">f4", serializer=zarr.codecs.BytesCodec(endian="big"))
+    assert local_chunks(big_endian) is None
+
+
+def test_old_store_without_checksum_reads(tmp_path):
+    root = zarr.open_group(str(tmp_path / "old.zarr"), mode="w")
+    arr = root.create_array("acts", shape=(300, 2, 8), chunks=(128, 1, 8), dtype="float32", fill_value=0.0,
+                            compressors=schema.compressors("lz4")[:-1])
+    values = np.arange(300 * 16, dtype="float32").reshape(300, 2, 8)
+    arr[...] = values
+    files = local_chunks(arr)
+    assert files is not None and not files.checksum
+    np.testing.assert_array_equal(dask_array(arr).compute(), values)
