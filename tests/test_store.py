@@ -217,16 +217,19 @@ def test_a_second_writer_to_the_same_group_is_refused(tmp_path, llama, pairs_fil
     assert not list(tmp_path.glob(".*.lock"))
 
 
-@pytest.mark.parametrize("codec", ["zstd", "none"])
+@pytest.mark.parametrize("codec", ["zstd", "lz4"])
 def test_capture_codec_is_the_arrays_and_values_do_not_change(tmp_path, store_at, tiny_model_dirs, pairs_file, codec):
     model = actstore.load_model(str(tiny_model_dirs["gpt2"]))
-    default, other = store_at("lz4.zarr"), store_at(f"{codec}.zarr")
+    default, other = store_at("none.zarr"), store_at(f"{codec}.zarr")
     actstore.capture_to_store(model, pairs_file, default, "1", progress=False)
     actstore.capture_to_store(model, pairs_file, other, "1", codec=codec, progress=False)
     compressors = zarr.open_group(other, mode="r")["tiny-gpt2"]["acts"].compressors
     # every array ends with a checksum (stores/integrity.py)
-    assert [type(c).__name__ for c in compressors] == ({"zstd": ["ZstdCodec"], "none": []}[codec]
+    assert [type(c).__name__ for c in compressors] == ({"zstd": ["ZstdCodec"], "lz4": ["BloscCodec"]}[codec]
                                                        + ["Crc32cCodec"])
+    # the default (issue 21): no compression, the checksum only
+    assert [type(c).__name__ for c in zarr.open_group(default, mode="r")["tiny-gpt2"]["acts"].compressors] == \
+        ["Crc32cCodec"]
     np.testing.assert_array_equal(actstore.open_store(other).acts.values, actstore.open_store(default).acts.values)
 
 

@@ -8,7 +8,7 @@ import click
 
 from ..capture import POSITIONS
 from ..models import SITES
-from ..stores.schema import CODECS, STORE_DTYPES
+from ..stores.schema import CODECS, DEFAULT_CODEC, STORE_DTYPES
 from .options import EscapedText, ShardType, model_options, quiet_option, scheduler_option, take_record
 
 
@@ -60,10 +60,11 @@ class DataPath(click.Path):
                    "+-65504 (gemma's massive coordinates exceed it); bfloat16 halves it with float32's range "
                    "(8 significant bits, relative error <= 2^-8 = 0.4%; stored as uint16 bits, read back as float32 by "
                    "open_store). Figures: benchmarks/RESULTS.md (bench_store_dtype.py).")
-@click.option("--codec", type=click.Choice(CODECS), default="lz4", show_default=True,
-              help="Compression of a new group's activations: lz4 (Blosc LZ4 + shuffle, fast to decode), "
-                   "zstd (smaller: 1.3x less than lz4 on A/B pairs with --position all, slower to read), "
-                   "none (fastest to read; activations of distinct texts compress only 1.03-1.10x).")
+@click.option("--codec", type=click.Choice(CODECS), default=DEFAULT_CODEC, show_default=True,
+              help="Compression of a new group's activations: none (fastest to read: about 2x lz4; float32 "
+                   "activations of distinct texts compress only 1.04x with lz4, 1.10x with zstd), lz4 (Blosc LZ4 + "
+                   "shuffle, fast to decode), zstd (smaller: 1.3x less than lz4 on A/B pairs with --position all, "
+                   "slower to read). Every chunk carries a CRC32C checksum whatever the codec.")
 @click.option("--resume", is_flag=True,
               help="Continue an interrupted capture of the same file and settings where it stopped.")
 @click.option("--name", default=None,

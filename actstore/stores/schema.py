@@ -83,7 +83,10 @@ def bfloat16_bits(acts: np.ndarray) -> np.ndarray:
 def bfloat16_values(bits: np.ndarray) -> np.ndarray:
     """uint16 bfloat16 bits -> float32 (exact)."""
     return (np.asarray(bits, dtype=np.uint16).astype(np.uint32) << np.uint32(16)).view(np.float32)
-CODECS = ("lz4", "zstd", "none")
+CODECS = ("none", "lz4", "zstd")
+# A new group's activations are not compressed: float32 activations of distinct texts compress
+# 1.04x with LZ4 (1.10x Zstd) and read about 2x faster without (benchmarks/RESULTS.md, issue 21).
+DEFAULT_CODEC = "none"
 SHARDS = "shards"
 STATS_GROUP = "stats"
 MOMENTS = ("moments0", "moments1")  # stats-only groups: double-buffered running moments
@@ -116,10 +119,10 @@ def check_group_name(name: str) -> str:
 
 
 def compressors(codec: str) -> list:
-    """``acts`` compressors: ``lz4`` (Blosc LZ4 + shuffle, the default: fastest to decode of those
-    that compress), ``zstd`` (plain Zstd level 1: 1.3x smaller than LZ4 on A/B pairs captured with
-    ``--position all``, 1.7x slower to read), ``none`` (fastest to read; float32 activations of
-    distinct texts compress only 1.03-1.10x anyway). Figures: benchmarks/RESULTS.md.
+    """``acts`` compressors: ``none`` (the default: fastest to read; float32 activations of distinct
+    texts compress only 1.04x with LZ4, 1.10x with Zstd), ``lz4`` (Blosc LZ4 + shuffle: fastest to
+    decode of those that compress), ``zstd`` (plain Zstd level 1: 1.3x smaller than LZ4 on A/B pairs
+    captured with ``--position all``, slower to read). Figures: benchmarks/RESULTS.md.
 
     Each is followed by a CRC32C checksum of the stored bytes (zarr v3's ``crc32c`` codec):
     Blosc and Zstd frames carry none, so without it a flipped bit decodes to a wrong number
@@ -181,7 +184,7 @@ class GroupOptions:
     ``stats_only`` (store per-class moments instead of rows)."""
 
     store_dtype: str = "float32"
-    codec: str = "lz4"
+    codec: str = DEFAULT_CODEC
     name: str | None = None
     stats_only: bool = False
 
@@ -207,7 +210,7 @@ class CaptureSpec:
     position: str
     dtype: str = "float32"
     stats_only: bool = False
-    codec: str = "lz4"  # for a new group only; appends keep the group's codec
+    codec: str = DEFAULT_CODEC  # for a new group only; appends keep the group's codec
     site: str = "resid"  # what is read in each block: resid (its output), attn or mlp
     extra: dict[str, Any] = field(default_factory=dict)
 
