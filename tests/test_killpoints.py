@@ -241,3 +241,54 @@ def test_a_sweep_killed_while_committing_a_configuration_keeps_the_previous_resu
     reopened = Ledger(tmp_path, {"s": 1}, columns)
     assert reopened.is_done(1, "enr", "4", 2.0) and not reopened.is_done(1, "enr", "4", 4.0)
     assert len(reopened.items()) == 2  # the baseline's item and the first configuration's, not the killed one's
+
+
+@pytest.fixture
+def small_chunks(monkeypatch):
+    """``acts`` chunks of 16 rows, so that windows of 3 texts end inside chunks."""
+    from actstore.stores import schema
+
+    monkeypatch.setattr(schema, "sample_chunk", lambda hidden, itemsize, target_bytes=0: 16)
+
+
+def test_chunk_aligned_commits_encode_each_chunk_once_and_resume_bit_identically(run, same_store, setup, tmp_path,
+                                                                                  small_chunks):
+    """Issue 21 §3: a window ending inside a chunk no longer makes the next window encode that chunk
+    again; commits lag to the last window on disk, and a kill at any write still resumes exactly."""
+    model = setup[0]
+    data = tmp_path / "pairs.json"
+    data.write_text(json.dumps([{"positive": f"I kept promise {i}.", "negative": f"I broke promise {i}."}
+                                for i in range(20)]))
+
+    def capture3(store):
+        return actstore.capture_to_store(model, data, store, "1,2", window=3, batch_size=2, resume=True,
+                                         progress=False)
+
+    reference = tmp_path / "reference.zarr"
+    keys: list[str] = []
+    original = LocalStore.set
+
+    async def counting(self, key, value, *args, **kwargs):
+        keys.append(key)
+        return await original(self, key, value, *args, **kwargs)
+
+    LocalStore.set = counting
+    try:
+        capture3(reference)
+    finally:
+        LocalStore.set = original
+    chunk_writes = [k for k in keys if "/acts/c/" in k]
+    assert len(chunk_writes) == len(set(chunk_writes)) == 3 * 2, chunk_writes  # 40 rows: 3 chunks x 2 layers
+    commits = [k for k in keys if k == "tiny-llama/zarr.json"]
+    assert len(commits) >= 3, keys  # creation, commits at rows 15 and 30, the last
+    with killed_at(0) as count:
+        capture3(tmp_path / "count.zarr")
+    total = count["writes"]
+    for n in range(1, total + 1):
+        store = tmp_path / f"kill{n}.zarr"
+        with pytest.raises(Killed), killed_at(n):
+            capture3(store)
+        capture3(store)  # --resume
+        same_store(store, reference)
+        assert_one_complete_run(store)
+        shutil.rmtree(store)
