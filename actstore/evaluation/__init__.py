@@ -6,7 +6,9 @@
     intervals    paired intervals, bootstraps, p-values, Benjamini-Hochberg and Holm
     ledger       the files of one sweep folder, resume
     sweep        the grid and run_sweep
-    report       frontier, results.md, plots
+    paths        each vector's path (log inflation, shift) and the bootstrap draws behind every interval
+    frontier     what is read off the paths: the frontier at each budget, contrasts, steerability
+    report       results.md, frontier.csv, plots
 """
 
 from .grid import CONTROLS, Grid
