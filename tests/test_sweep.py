@@ -227,7 +227,7 @@ def test_the_letter_control_goes_through_the_same_grid(tmp_path, llama, ppl_ids)
             tmp_path / "x", ppl_ids, layers=[2], ks=[4], methods=("letter",))
 
 
-def test_grid_is_validated_before_any_measurement():
+def test_grid_is_validated_before_any_measurement(store):
     with pytest.raises(ActstoreError, match="budgets"):
         Grid((1,), (4,), (0.1,), budgets=(1.0,))
     with pytest.raises(ActstoreError, match="unknown"):
@@ -236,11 +236,12 @@ def test_grid_is_validated_before_any_measurement():
         Grid((1,), (4,), (-0.1,), alpha_mode="fraction")
     with pytest.raises(ActstoreError, match="control seeds"):
         Grid((1,), (4,), (0.1,), methods=("random",), control_seeds=(-1,))
-    grid = Grid((1, 5), (4, 64), (0.1,))
-    with pytest.raises(ActstoreError, match=r"layers \[5\] are not in"):
-        grid.check_store([1, 2], 32)
-    with pytest.raises(ActstoreError, match=r"k \[64\]: larger than the hidden size"):
-        Grid((1,), (64,), (0.1,)).check_store([1], 32)
+    group = actstore.StoreGroup.open(store)  # layers 1 and 2, hidden size 32
+    with pytest.raises(ActstoreError, match=r"layers \[5\] are not in .*s.zarr'; it has layers \[1, 2\]"):
+        Grid((1, 5), (4,), (0.1,)).check_store(group)
+    with pytest.raises(ActstoreError, match=r"k \[64\]: larger than the hidden size of .*s.zarr' \(32\)"):
+        Grid((1,), (32, 64), (0.1,)).check_store(group)
+    Grid((1, 2), (32, None), (0.1,)).check_store(group)
     labels = Grid((1,), (None,), (0.1,), methods=("enr", "random", "letter"), control_seeds=(3, 4)).vector_methods()
     assert labels == ["enr", "random:3", "random:4", "letter"]
 

@@ -100,8 +100,7 @@ class Grid:
                                 param="layers")
         too_big = [k for k in self.ks if k is not None and k > spec.hidden_size]
         if too_big:
-            raise ActstoreError(f"ks {too_big}: larger than the hidden size of {store.where} ({spec.hidden_size})",
-                                param="ks")
+            raise ActstoreError(f"k {too_big}: larger than the hidden size of {store.where} ({spec.hidden_size})")
 
     def vector_methods(self) -> list[str]:
         """The ``method`` labels of the results: each method, ``random:<seed>`` per control seed."""
