@@ -25,6 +25,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..vector_info import METHODS
 from .grid import is_control
 from .intervals import (
     CONFIDENCE,
@@ -169,7 +170,8 @@ class Contrast:
 def default_contrasts(paths: Paths, budgets) -> list[Contrast]:
     """The family when none is pre-specified: at every budget, each sparse vector of a method
     (controls excepted) minus the dense reference at its layer (:data:`REFERENCE_METHODS`), and
-    whitened k minus ENR k at the same layer."""
+    each method that ranks another's vector (``refines``: whitened ranks ENR's) minus that method
+    at the same k and layer (``whitened_minus_enr``)."""
     vectors = set(paths.index)
     family = []
     for vector in sorted(vectors, key=lambda v: (str(v[0]), int(v[1]), str(v[2]), _k_order(str(v[3])))):
@@ -181,9 +183,10 @@ def default_contrasts(paths: Paths, budgets) -> list[Contrast]:
             if reference is not None:
                 family.append(Contrast("sparse_minus_dense", float(budget), int(layer), method, k, int(layer),
                                        reference[2], "dense"))
-            if method == "whitened" and (behavior, layer, "enr", k) in vectors:
-                family.append(Contrast("whitened_minus_enr", float(budget), int(layer), method, k, int(layer),
-                                       "enr", k))
+            refined = getattr(METHODS.get(method), "refines", None)
+            if refined is not None and (behavior, layer, refined, k) in vectors:
+                family.append(Contrast(f"{method}_minus_{refined}", float(budget), int(layer), method, k, int(layer),
+                                       refined, k))
     return sorted(set(family), key=lambda c: (c.name, c.layer, c.method, _k_order(c.k), c.budget))
 
 

@@ -70,7 +70,7 @@ class Grid:
             raise ActstoreError("layers: at least one layer is needed")
         if not self.ks:
             raise ActstoreError("ks: at least one k (or 'dense') is needed")
-        known = [*METHODS, *CONTROLS]
+        known = [name for name, entry in METHODS.items() if entry.kind != "imported"]  # what a sweep can build
         unknown = sorted(set(self.methods) - set(known))
         if unknown or not self.methods:
             raise ActstoreError(f"methods: unknown {unknown}; expected some of {known}", param="methods")
@@ -106,15 +106,16 @@ class Grid:
         """The ``method`` labels of the results: each method, ``random:<seed>`` per control seed."""
         labels = []
         for method in self.methods:
-            labels += [f"random:{int(s)}" for s in self.control_seeds] if method == "random" else [method]
+            labels += [f"{method}:{int(s)}" for s in self.control_seeds] if METHODS[method].seeded else [method]
         return labels
 
     def configurations(self) -> list[ConfigKey]:
-        """Every (layer, method, k, alpha). The whitened dense vector is the plain dense
-        one (Sigma^1/2 Sigma^-1/2 v = v), so it is measured once, as ``enr``, when both run."""
+        """Every (layer, method, k, alpha). The dense vector of a method that ranks another's
+        vector (``refines``: the whitened dense vector is the plain one, Sigma^1/2 Sigma^-1/2 v
+        = v) is measured once, as the other's, when both run."""
         return [ConfigKey(layer, method, k_label(k), float(alpha)) for layer in self.layers
                 for method in self.vector_methods() for k in self.ks for alpha in self.alphas
-                if not (method == "whitened" and k is None and "enr" in self.methods)]
+                if not (k is None and METHODS[method.partition(":")[0]].refines in self.methods)]
 
 
 class LayerVectors:
@@ -128,17 +129,21 @@ class LayerVectors:
         self.methods = LayerMethods(store, None, stats, layer, scheduler=scheduler)
 
     def vector(self, method: str, k: int | None):
+        """The vector of a results row's ``method`` (``random:<seed>`` for a seeded control)."""
         name, _, seed = method.partition(":")
-        if name == "random":
-            from ..controls import random_control
+        control = {"random": self._random, "letter": self._letter}.get(name)
+        return control(k, seed) if control is not None else self.methods.vector(method, k)
 
-            return random_control(self.methods.vector(RANDOM_BASE, k), int(seed))
-        if name == "letter":
-            from ..controls import letter_control, twin_source
+    def _random(self, k: int | None, seed: str):
+        from ..controls import random_control
 
-            data = self.letter_data if self.letter_data is not None else twin_source(self.store)
-            return letter_control(self.store, self.layer, data, k)
-        return self.methods.vector(method, k)
+        return random_control(self.methods.vector(RANDOM_BASE, k), int(seed))
+
+    def _letter(self, k: int | None, seed: str = ""):
+        from ..controls import letter_control, twin_source
+
+        data = self.letter_data if self.letter_data is not None else twin_source(self.store)
+        return letter_control(self.store, self.layer, data, k)
 
 
 def residual_norm(stats, layer: int) -> float:
