@@ -52,9 +52,10 @@ class Grid:
     """What a sweep measures, validated on construction (before any model work).
 
     ``alphas``: scales (``alpha_mode="scale"``), added norms (``"norm"``) or
-    fractions of the layer's residual norm (``"fraction"``). ``methods``: any of
-    :data:`actstore.methods.METHODS` and :data:`CONTROLS`; ``control_seeds``: the
-    seeds of the random control (one vector each).
+    fractions of the layer's residual norm (``"fraction"``). ``methods``: the
+    extraction methods and controls (:data:`CONTROLS`) of :data:`actstore.methods.METHODS`,
+    not its imported kinds; ``control_seeds``: the seeds of a seeded control (one
+    vector each).
     """
 
     layers: tuple[int, ...]
