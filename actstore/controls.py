@@ -24,6 +24,7 @@ import numpy as np
 
 from .datasets import answer_letter, read_contrast_set
 from .errors import VectorError
+from .stores.group import StoreGroup, require_layers
 from .vector_info import VectorInfo
 from .vectors import ENR_FLOOR, SteeringVector, keep_top_k
 
@@ -95,7 +96,7 @@ def letter_direction(acts, classes, questions, orders, letters: Mapping[int, Map
     return np.asarray(differences).reshape(len(used), acts.shape[1]), np.asarray(used, dtype=np.int64)
 
 
-def letter_control(store: str | Path, layer: int, data: str | Path, k: int | None = None, *,
+def letter_control(store: str | Path | StoreGroup, layer: int, data: str | Path, k: int | None = None, *,
                    model: str | None = None, pos: str = "pos", neg: str = "neg") -> SteeringVector:
     """The letter direction of an A/B set captured with its twins: the mean over questions of
     h at (A) minus h at (B), behavior held fixed (:func:`letter_direction`), at ``layer``.
@@ -104,17 +105,17 @@ def letter_control(store: str | Path, layer: int, data: str | Path, k: int | Non
     store is found by the file's contents, and its questions by their ``question`` ids). ``k``
     keeps the ``k`` coordinates whose mean difference is largest against its spread over
     questions (``|mean| / (sd / sqrt(n))``, the ENR of the letter), None keeps all. Metadata:
-    method ``letter``, ``questions`` (how many went in).
+    method ``letter``, ``questions`` (how many went in). ``store``: a path (its group ``model``)
+    or an opened :class:`~actstore.stores.StoreGroup`.
     """
-    from .stores.reader import group_dataset
-    from .stores.roots import open_root, select_group
     from .stores.runs import read_runs
 
     contrast = read_contrast_set(data)
-    group = select_group(open_root(store, mode="r"), model, store)
-    runs = [r for r in read_runs(group) if r.source_sha256 == contrast.sha256 and r.settings.get("swap_options")]
+    group = StoreGroup.open(store, model)
+    runs = [r for r in read_runs(group.group) if r.source_sha256 == contrast.sha256
+            and r.settings.get("swap_options")]
     if not runs:
-        raise VectorError(f"{str(store)!r} holds no capture of {str(data)!r} with its option-swapped twins; "
+        raise VectorError(f"{group.where} holds no capture of {str(data)!r} with its option-swapped twins; "
                           "capture it without --no-swap-options first", param="data")
     run = runs[-1]
     letters: dict[int, dict[str, str]] = {}
@@ -123,25 +124,35 @@ def letter_control(store: str | Path, layer: int, data: str | Path, k: int | Non
         if letter is not None:
             letters.setdefault(run.pair_id_offset + e.pair_id, {})[e.label] = letter
     letters = {q: v for q, v in letters.items() if pos in v and neg in v}
-    ds = group_dataset(group, store, coords=("class", "question", "order"))
-    layers = [int(x) for x in ds["layer"].values]
-    if layer not in layers:
-        raise VectorError(f"layer {layer} was not captured; the store has layers {layers}", param="layer")
+    require_layers(group.spec.layers, layer, param="layer")
+    ds = group.dataset(coords=("class", "question", "order"))
     mine = np.isin(ds["question"].values, list(letters))
     acts = ds.acts.sel(layer=layer).values[mine]
     differences, used = letter_direction(acts, ds["class"].values[mine], ds["question"].values[mine],
                                          ds["order"].values[mine], letters, pos=pos, neg=neg)
     if len(used) < 2:
         raise VectorError(f"{str(data)!r}: {len(used)} question(s) answer (A) against (B) in both orders in "
-                          f"{str(store)!r}; the letter direction needs at least 2", param="data")
+                          f"{group.where}; the letter direction needs at least 2", param="data")
     mean = differences.mean(axis=0)
     spread = differences.std(axis=0, ddof=1) / np.sqrt(len(used))
     scores = np.abs(mean) / np.maximum(spread, ENR_FLOOR)
     indices, kept = keep_top_k(mean, scores, k)
-    attrs = ds.attrs
-    info = VectorInfo(layer=layer, method="letter", k=k, site=str(attrs.get("site", "resid")),
-                      position=str(attrs.get("position", "")), model=str(attrs.get("model_id", "")),
-                      fingerprint=str(attrs.get("model_fingerprint", "")),
+    spec = group.spec
+    info = VectorInfo(layer=layer, method="letter", k=k, site=spec.site, position=spec.position,
+                      model=spec.model_id, fingerprint=spec.model_fingerprint,
                       classes=((pos, 2 * len(used)), (neg, 2 * len(used))), pos=pos, neg=neg,
                       hidden_size=int(mean.shape[0]), details={"questions": str(len(used))})
     return SteeringVector(kept.astype(np.float32), indices, scores.astype(np.float32), info)
+
+
+def twin_source(store: str | Path | StoreGroup, model: str | None = None) -> str:
+    """The file of the store's latest capture with option-swapped twins: what
+    :func:`letter_control` reads when no A/B file is named."""
+    from .stores.runs import read_runs
+
+    group = StoreGroup.open(store, model)
+    runs = [r for r in read_runs(group.group) if r.settings.get("swap_options")]
+    if not runs:
+        raise VectorError(f"{group.where} holds no A/B capture with option-swapped twins: the letter control needs "
+                          "one (capture the A/B set without --no-swap-options)", param="letter_data")
+    return runs[-1].source

@@ -133,7 +133,11 @@ def _lda(inputs: LayerInputs) -> Direction:
 class Method:
     """One way to make a vector. ``direction`` is None for vectors made outside the registry
     (controls, peers' files); ``activations``: the method reads the activations, not only the
-    moments (refused on a stats-only store); ``kind``: extraction, control or imported."""
+    moments (refused on a stats-only store); ``kind``: extraction, control or imported.
+    ``refines``: the method whose vector this one ranks another way (whitened ranks enr's mean
+    difference in the whitened basis): their dense vectors are the same, so a sweep measures
+    it once, and compares the two at each k. ``seeded``: a control drawn at random, one vector
+    per seed."""
 
     name: str
     description: str
@@ -141,17 +145,19 @@ class Method:
     sparsifier: Callable[[Direction, LayerInputs, int | None], Sparse] | None = None
     activations: bool = False
     kind: str = "extraction"
+    refines: str | None = None
+    seeded: bool = False
 
 
 METHODS: dict[str, Method] = {m.name: m for m in (
     Method("enr", "mean difference, top-k by effect-to-noise ratio", _enr, mask_top_k),
     Method("whitened", "mean difference, top-k by ENR in the whitened basis (Ledoit-Wolf)", _whitened, mask_top_k,
-           activations=True),
+           activations=True, refines="enr"),
     Method("pca", "first principal axis of the pair differences (repeng's pca_diff)", _pca, project_top_k,
            activations=True),
     Method("probe", "logistic probe's weights, standardised", _probe, project_top_k, activations=True),
     Method("lda", "Fisher's discriminant with the shrunk covariance", _lda, project_top_k, activations=True),
-    Method("random", "control: a random direction of the same norm", kind="control"),
+    Method("random", "control: a random direction of the same norm", kind="control", seeded=True),
     Method("letter", "control: the answer-letter direction", kind="control"),
     Method("steering-vectors", "imported from a steering-vectors SteeringVector", kind="imported"),
     Method("repeng", "imported from a repeng ControlVector", kind="imported"),

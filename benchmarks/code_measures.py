@@ -39,13 +39,14 @@ ROOT = Path(__file__).resolve().parents[1]
 # A module may import from its own stage or an earlier one.
 STAGES = [
     ("_version", 0), ("errors", 0), ("_files", 0), ("_cache", 0), ("_dask", 0),
-    ("models", 1), ("datasets", 1), ("sources", 1), ("demo", 1), ("moments", 1),
+    ("models", 1), ("datasets", 1), ("sources", 1), ("corpus", 1), ("demo", 1), ("moments", 1),
     ("stores", 2),
     ("capture", 3), ("pipeline", 3), ("ingest", 3),
     ("stats", 4), ("covariance", 4),
     ("directions", 5), ("probe", 5), ("vector_info", 5), ("vectors", 5), ("methods", 5), ("controls", 5), ("interop", 5),
-    ("steering", 6), ("monitor", 6), ("replay", 6), ("intervals", 6),
-    ("evaluate", 7), ("evaluation", 7), ("protocols", 7), ("ledger", 7), ("sweep", 7), ("report", 7),
+    ("steering", 6), ("monitor", 6), ("intervals", 6),
+    # evaluate, replay, protocols, ledger, sweep, report: the old names of evaluation/ modules (aliases)
+    ("evaluate", 7), ("replay", 7), ("evaluation", 7), ("protocols", 7), ("ledger", 7), ("sweep", 7), ("report", 7),
     ("serve", 8),
     ("cli", 9),
     ("", 9),  # actstore/__init__: the public face, imports anything

@@ -41,7 +41,7 @@ from _common import SHARED_DATA, git_rev, machine  # noqa: E402
 def windows_nll(loaded, windows: list[list[int]], vector, scale: float, batch_size: int):
     """(nll_base, nll_steered, tokens, seconds wall, seconds cpu) per window list."""
     from actstore.evaluate import PerplexityWindows
-    from actstore.replay import plain_forward
+    from actstore.evaluation.replay import plain_forward
     from actstore.steering import steer
 
     length = len(windows[0])

@@ -80,12 +80,13 @@ def is_ab(behavior: str) -> bool:
 
 def tier_configurations(tiers) -> dict[int, int]:
     """Configurations per tier (nothing run)."""
-    from actstore.evaluation.grid import Grid, parse_ks
+    from actstore.cli.options import KListType
+    from actstore.evaluation.grid import Grid
 
     counts: dict[int, int] = {}
     for tier, _, layers, methods, ks, fractions in TIERS:
         if tier in tiers:
-            grid = Grid(tuple(int(x) for x in layers.split(",")), tuple(parse_ks(ks)),
+            grid = Grid(tuple(int(x) for x in layers.split(",")), tuple(KListType().convert(ks, None, None)),
                         tuple(float(f) for f in fractions.split(",")), methods=(methods,))
             counts[tier] = counts.get(tier, 0) + len(grid.configurations())
     return counts

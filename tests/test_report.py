@@ -186,6 +186,28 @@ def test_primary_contrasts_are_holm_corrected_as_a_family():
     assert whitened.reference == "enr k=16 at layer 1" and whitened.estimate < 0
 
 
+def test_a_method_that_ranks_another_is_one_registry_entry_for_the_sweep(monkeypatch):
+    """``refines`` in the registry, nothing else: its dense vector is measured once (as the refined
+    method's) and the default family contrasts it with that method at each k."""
+    from actstore.errors import ActstoreError
+    from actstore.evaluation.grid import Grid
+    from actstore.vector_info import METHODS, Method, mask_top_k
+
+    monkeypatch.setitem(METHODS, "reranked", Method("reranked", "enr's vector, ranked otherwise",
+                                                    METHODS["enr"].direction, mask_top_k, refines="enr"))
+    grid = Grid((1,), (16, None), (0.1,), methods=("enr", "reranked"))
+    assert [(c.method, c.k) for c in grid.configurations()] == [("enr", "16"), ("enr", "dense"), ("reranked", "16")]
+    assert [(c.method, c.k) for c in Grid((1,), (None,), (0.1,), methods=("reranked",)).configurations()] == [
+        ("reranked", "dense")]
+    effects = {("enr", "dense"): (0.2, 0.5, 1.0), ("enr", "16"): (0.3, 0.6, 0.8), ("reranked", "16"): (0.1, 0.2, 0.3)}
+    results, items, windows = _folder(effects, {key: (0.01, 0.05, 0.3) for key in effects}, seed=3)
+    rows = contrasts(Paths.of(Evidence.from_tables(results, items, windows), n_resamples=50), (1.2,))
+    assert {(r.contrast, r.method, r.reference) for r in rows} >= {("reranked_minus_enr", "reranked",
+                                                                     "enr k=16 at layer 1")}
+    with pytest.raises(ActstoreError, match="unknown"):  # an imported vector is not something a sweep builds
+        Grid((1,), (16,), (0.1,), methods=("repeng",))
+
+
 def test_a_prespecified_family_with_the_best_other_layer_chosen_in_every_resample():
     from actstore.evaluation.frontier import Contrast
 

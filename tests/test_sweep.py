@@ -227,7 +227,7 @@ def test_the_letter_control_goes_through_the_same_grid(tmp_path, llama, ppl_ids)
             tmp_path / "x", ppl_ids, layers=[2], ks=[4], methods=("letter",))
 
 
-def test_grid_is_validated_before_any_measurement():
+def test_grid_is_validated_before_any_measurement(store):
     with pytest.raises(ActstoreError, match="budgets"):
         Grid((1,), (4,), (0.1,), budgets=(1.0,))
     with pytest.raises(ActstoreError, match="unknown"):
@@ -236,11 +236,12 @@ def test_grid_is_validated_before_any_measurement():
         Grid((1,), (4,), (-0.1,), alpha_mode="fraction")
     with pytest.raises(ActstoreError, match="control seeds"):
         Grid((1,), (4,), (0.1,), methods=("random",), control_seeds=(-1,))
-    grid = Grid((1, 5), (4, 64), (0.1,))
-    with pytest.raises(ActstoreError, match=r"layers \[5\] are not in"):
-        grid.check_store([1, 2], 32)
-    with pytest.raises(ActstoreError, match=r"k \[64\]: larger than the hidden size"):
-        Grid((1,), (64,), (0.1,)).check_store([1], 32)
+    group = actstore.StoreGroup.open(store)  # layers 1 and 2, hidden size 32
+    with pytest.raises(ActstoreError, match=r"layers \[5\] are not in .*s.zarr'; it has layers \[1, 2\]"):
+        Grid((1, 5), (4,), (0.1,)).check_store(group)
+    with pytest.raises(ActstoreError, match=r"k \[64\]: larger than the hidden size of .*s.zarr' \(32\)"):
+        Grid((1,), (32, 64), (0.1,)).check_store(group)
+    Grid((1, 2), (32, None), (0.1,)).check_store(group)
     labels = Grid((1,), (None,), (0.1,), methods=("enr", "random", "letter"), control_seeds=(3, 4)).vector_methods()
     assert labels == ["enr", "random:3", "random:4", "letter"]
 
@@ -350,16 +351,45 @@ def test_a_store_of_other_weights_is_refused(tmp_path, tiny_model_dirs, store, p
 
 
 def test_the_store_is_opened_once_and_checked_against_the_model_once(tmp_path, llama, store, ppl_ids, monkeypatch):
-    import actstore.stores as stores_module
-    from actstore.evaluation.grid import SweepStore
+    import actstore.stores.group as group_module
+    from actstore.stores import StoreGroup
 
-    calls = []
-    original = stores_module.check_store_model
-    monkeypatch.setattr(stores_module, "check_store_model", lambda *a, **k: calls.append(a) or original(*a, **k))
-    source = SweepStore.open(store)
+    calls, opened = [], []
+    original, original_open = group_module.check_store_model, group_module.open_root
+    monkeypatch.setattr(group_module, "check_store_model", lambda *a, **k: calls.append(a) or original(*a, **k))
+    monkeypatch.setattr(group_module, "open_root", lambda *a, **k: opened.append(a) or original_open(*a, **k))
+    source = StoreGroup.open(store)
     source.check_model(llama)
     sweep(llama, source, tmp_path / "once", ppl_ids, layers=[1], ks=[4], alphas=[1.0])
-    assert len(calls) == 1
+    assert len(calls) == 1 and len(opened) == 1
+    sweep(llama, store, tmp_path / "path", ppl_ids, layers=[1], ks=[4], alphas=[1.0])  # a path: opened, checked
+    assert len(calls) == 2 and len(opened) == 2
+
+
+def test_a_forced_check_does_not_let_an_unforced_one_through(tiny_model_dirs, store, llama):
+    import warnings
+
+    from actstore.stores import StoreGroup
+
+    other = load_model(str(tiny_model_dirs["gpt2"]))
+    source = StoreGroup.open(store)
+    with pytest.warns(UserWarning, match="was captured from"):
+        source.check_model(other, force=True)
+    with warnings.catch_warnings(record=True) as again:
+        warnings.simplefilter("always")
+        source.check_model(other, force=True)  # once per handle: no second warning
+    assert again == []
+    with pytest.raises(ActstoreError, match="pass force=True"):
+        source.check_model(other)
+    source.check_model(llama)
+
+
+def test_sweep_store_is_a_deprecated_name_of_store_group():
+    import actstore.evaluation as evaluation
+    from actstore.stores import StoreGroup
+
+    with pytest.warns(DeprecationWarning, match="StoreGroup"):
+        assert evaluation.SweepStore is StoreGroup
 
 
 def test_sweep_steers_only_the_chosen_positions(tmp_path, llama, store, ppl_ids):
@@ -393,7 +423,7 @@ def test_cli_eval_defaults_and_refusals(tmp_path, tiny_model_dirs, pairs_file, m
     common = ["eval", "-q", "--model", model, "--store", store, "--data-test", str(ab), "--text", str(text),
               "--ppl-tokens", "64", "--ppl-window", "16", "--out", str(tmp_path / "sweep")]
     result = runner.invoke(cli, [*common, "--layers", "1", "--k", "4,dense", "--fractions", "0.5", "--contrasts",
-                                 "mine=1:enr:4-1:enr:dense@1.05"])
+                                 "mine=1:enr:4-1:enr:dense@1.05", "--device", "cpu", "--dtype", "float32"])
     assert result.exit_code == 0, result.output
     assert "2 configurations" in result.output and "expected with no effect at all" in result.output
     assert "at q < 0.05" in result.output
@@ -422,6 +452,14 @@ def test_cli_eval_defaults_and_refusals(tmp_path, tiny_model_dirs, pairs_file, m
                           (["--layers", "1", "--prompts", str(text)], "exactly one of --data-test")):
         result = runner.invoke(cli, [*common, *args])
         assert result.exit_code == 1 and message in result.output and "Traceback" not in result.output, args
+    # lists are click types: a bad value is refused before anything is read, naming its flag
+    for args, flag in ((["--k", "0,8"], "'--k'"), (["--k", "4,x"], "'--k'"), (["--fractions", "a"], "'--fractions'"),
+                       (["--alpha", "1,nan"], "'--alpha'"), (["--budgets", ""], "'--budgets'"),
+                       (["--control-seeds", "-1"], "'--control-seeds'"), (["--dtype", "float8"], "'--dtype'")):
+        result = runner.invoke(cli, [*common, "--layers", "1", *args])
+        assert result.exit_code == 2 and flag in result.output and "Traceback" not in result.output, args
+    result = runner.invoke(cli, [*common, "--layers", "1", "--device-map", "auto", "--device", "meta"])
+    assert result.exit_code == 1 and "--device" in result.output and "--device-map" in result.output
     # without --text: the corpus the documented rule finds ($ACTSTORE_TEXT first), else an error naming --text
     no_text = [a for i, a in enumerate(common) if a != "--text" and common[i - 1] != "--text"]
     monkeypatch.setenv("ACTSTORE_TEXT", str(tmp_path / "missing.txt"))

@@ -8,7 +8,16 @@ import click
 
 from ..evaluation.grid import DEFAULT_BUDGETS, DEFAULT_FRACTIONS, DEFAULT_PPL_TOKENS
 from ..evaluation.perplexity import DEFAULT_PPL_DOCUMENTS, DEFAULT_PPL_WINDOW
-from .options import quiet_option, scheduler_option, store_option
+from .options import (
+    FloatListType,
+    IntListType,
+    KListType,
+    model_options,
+    quiet_option,
+    scheduler_option,
+    store_option,
+    take_record,
+)
 
 
 def _csv(values) -> str:
@@ -16,7 +25,7 @@ def _csv(values) -> str:
 
 
 @click.command(name="eval")
-@click.option("--model", "-m", required=True, metavar="ID|PATH", help="The model to load and steer (hub id or folder).")
+@model_options
 @store_option("Store with the training activations (from `actstore capture`).")
 @click.option("--model-group", default=None, help="Model group in the store (stores with several models).")
 @click.option("--data-test", type=click.Path(exists=True, dir_okay=False), default=None,
@@ -33,12 +42,12 @@ def _csv(values) -> str:
               help="With --prompts: tokens generated per prompt (greedy).")
 @click.option("--layers", "-l", required=True,
               help="Layers to sweep, e.g. '2,4,6,8', or 'all' (every layer in the store).")
-@click.option("--k", "ks", default="16,64,dense", show_default=True,
+@click.option("--k", "ks", type=KListType(), default="16,64,dense", show_default=True,
               help="Values of k to sweep; 'dense' is the dense difference of means.")
-@click.option("--alpha", "alphas", default=None,
+@click.option("--alpha", "alphas", type=FloatListType(), default=None,
               help="Explicit steering scales (or added norms with --normalize). Default: the added norm is each "
                    "of --fractions of the layer's residual norm.")
-@click.option("--fractions", default=_csv(DEFAULT_FRACTIONS), show_default=True,
+@click.option("--fractions", type=FloatListType(), default=_csv(DEFAULT_FRACTIONS), show_default=True,
               help="Without --alpha: added norms as fractions of the root-mean-square norm of the layer's "
                    "captured activations (from the store's statistics): the same grid means the same at "
                    "every layer and for every vector.")
@@ -51,7 +60,7 @@ def _csv(values) -> str:
                    "vector's norm, dense; a random support of size k carrying its values, sparse; one per "
                    "--control-seeds) and letter (the answer-letter direction of an option-swapped A/B capture). "
                    "Each is measured at every k and alpha, so they meet on the same frontier.")
-@click.option("--control-seeds", default="0", show_default=True,
+@click.option("--control-seeds", type=IntListType(0), default="0", show_default=True,
               help="Seeds of the random control, comma-separated (one random vector per seed and k).")
 @click.option("--letter-data", type=click.Path(exists=True, dir_okay=False), default=None,
               help="For --methods letter: the A/B file captured into --store with its twins (default: the "
@@ -61,7 +70,7 @@ def _csv(values) -> str:
                    "'best': the best other layer, chosen again in each bootstrap resample); repeat the option for "
                    "each. They are Holm-corrected as a family. Default: every sparse vector minus dense and "
                    "whitened minus ENR at every budget.")
-@click.option("--budgets", default=_csv(DEFAULT_BUDGETS), show_default=True,
+@click.option("--budgets", type=FloatListType(), default=_csv(DEFAULT_BUDGETS), show_default=True,
               help="Perplexity-inflation budgets of the frontier: for each, the largest shift within it.")
 @click.option("--text", type=click.Path(dir_okay=False), default=None,
               help="Documents for the perplexity (off-target damage): a WikiText file (split at its ' = Title = ' "
@@ -101,10 +110,10 @@ def _csv(values) -> str:
 @click.option("--no-separation", is_flag=True, help="Skip the held-out separation (AUROC, Cohen's d) per vector.")
 @click.option("--force", is_flag=True, help="Use the store even if it was captured from other model weights.")
 @quiet_option
-def evaluate(model, store, model_group, data_test, prompts, scorer, max_new_tokens, layers, ks, alphas, fractions,
+def evaluate(store, model_group, data_test, prompts, scorer, max_new_tokens, layers, ks, alphas, fractions,
              normalize, methods, control_seeds, letter_data, contrasts, budgets, text, text_column, ppl_tokens, ppl_documents, ppl_window,
              max_items, no_swap_options, behavior, out, batch_size, positions, no_replay, heldout_store,
-             no_separation, scheduler, force, quiet):
+             no_separation, scheduler, force, quiet, **fields):
     """Sweep layer x method x k x alpha: on-target shift against perplexity inflation, with intervals.
 
     Reuses the store's cached statistics, builds each vector, steers the model
@@ -118,29 +127,27 @@ def evaluate(model, store, model_group, data_test, prompts, scorer, max_new_toke
     separates held-out pos from neg texts (separation.csv).
     """
     from ..errors import ActstoreError
-    from ..evaluation.grid import Grid, SweepStore, parse_floats, parse_ks
+    from ..evaluation.grid import Grid
     from ..evaluation.perplexity import check_text, perplexity_windows
     from ..evaluation.protocols import GeneratedText, protocol_for_file, read_prompts
     from ..evaluation.report import count_line
     from ..evaluation.sweep import SweepOptions, run_sweep
-    from ..models import load_model, parse_layers
+    from ..models import ModelSpec, parse_layers
+    from ..stores.group import StoreGroup
 
     if (data_test is None) == (prompts is None):
         raise ActstoreError("give exactly one of --data-test (held-out items) and --prompts (generation)")
     if alphas is None and normalize:
         raise ActstoreError("--normalize needs --alpha (without it, alphas are already norms: --fractions)")
-    # Everything is checked before the model loads; the store is opened once (attributes only:
-    # opening the whole store would load every per-sample coordinate).
-    source = SweepStore.open(store, model_group)
-    layer_list = source.layers if layers.strip().lower() == "all" else parse_layers(layers, 1 << 30)
-    grid = Grid(tuple(layer_list), tuple(parse_ks(ks)),
-                tuple(parse_floats(alphas if alphas is not None else fractions,
-                                   "--alpha" if alphas is not None else "--fractions")),
+    spec = take_record(ModelSpec, fields)
+    # Everything is checked before the model loads. The store group is opened once (its attributes
+    # only: the whole store would load every per-sample coordinate) and this handle is passed down.
+    source = StoreGroup.open(store, model_group)
+    layer_list = source.spec.layers if layers.strip().lower() == "all" else parse_layers(layers, 1 << 30)
+    grid = Grid(tuple(layer_list), tuple(ks), tuple(alphas if alphas is not None else fractions),
                 "fraction" if alphas is None else ("norm" if normalize else "scale"),
-                tuple(m.strip() for m in methods.split(",") if m.strip()),
-                tuple(parse_floats(budgets, "--budgets")),
-                tuple(int(s) for s in parse_floats(control_seeds, "--control-seeds")))
-    source.check_grid(grid)
+                tuple(m.strip() for m in methods.split(",") if m.strip()), tuple(budgets), tuple(control_seeds))
+    grid.check_store(source)
     name = behavior or Path(data_test or prompts).resolve().parent.name
     options = SweepOptions(behavior=name, positions=positions, model_group=model_group, scheduler=scheduler,
                            replay=not no_replay, force=force, progress=not quiet, letter_data=letter_data,
@@ -152,8 +159,8 @@ def evaluate(model, store, model_group, data_test, prompts, scorer, max_new_toke
         read_contrast_set(data_test)  # a malformed file is reported before the model loads
     text = check_text(text)
 
-    loaded = load_model(model)
-    source.check_model(loaded, force)  # once: run_sweep knows this store has been checked for this model
+    loaded = spec.load()
+    source.check_model(loaded, force)  # once: the handle remembers it, run_sweep does not check again
     if prompt_list is not None:
         on_target = GeneratedText(prompt_list, scorer, max_new_tokens, batch_size)
     else:
@@ -165,7 +172,7 @@ def evaluate(model, store, model_group, data_test, prompts, scorer, max_new_toke
     if heldout is None and not no_separation and data_test is not None:
         from ..monitor import capture_heldout
 
-        heldout = capture_heldout(loaded, data_test, grid.layers, str(source.attrs.get("position", "last")))
+        heldout = capture_heldout(loaded, data_test, grid.layers, source.spec.position)
     from dataclasses import replace
 
     results = run_sweep(loaded, source, out, grid=grid, on_target=on_target, perplexity=windows,

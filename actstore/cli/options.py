@@ -133,6 +133,27 @@ class FloatListType(click.ParamType):
         return values
 
 
+class IntListType(click.ParamType):
+    """``0,1,2`` -> ``[0, 1, 2]``, integers >= ``minimum``, at least one (seeds, counts)."""
+
+    name = "N[,N...]"
+
+    def __init__(self, minimum: int = 0):
+        self.minimum = minimum
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, list):
+            return value
+        parts = [part.strip() for part in str(value).split(",") if part.strip()]
+        try:
+            values = [int(part) for part in parts]
+        except ValueError:
+            values = []
+        if not values or any(v < self.minimum for v in values):
+            self.fail(f"{value!r}: expected comma-separated integers >= {self.minimum}, e.g. 0,1,2", param, ctx)
+        return values
+
+
 # One click option per ModelSpec field (what a command that loads a model takes); the names are
 # the fields', so take_record(ModelSpec, values) builds the spec.
 _MODEL_OPTIONS = {

@@ -6,14 +6,24 @@
     intervals    paired intervals, bootstraps, p-values, Benjamini-Hochberg and Holm
     ledger       the files of one sweep folder, resume
     sweep        the grid and run_sweep
-    report       frontier, results.md, plots
+    paths        each vector's path (log inflation, shift) and the bootstrap draws behind every interval
+    frontier     what is read off the paths: the frontier at each budget, contrasts, steerability
+    report       results.md, frontier.csv, plots
 """
 
-from .grid import CONTROLS, Grid, SweepStore
+from .grid import CONTROLS, Grid
 from .perplexity import perplexity_windows
 from .protocols import ABLetters, FreeTextPreference, GeneratedText, protocol_for_file
 from .scoring import ABItem, PerplexityWindows, read_ab_items
 from .sweep import SweepOptions, run_sweep
 
 __all__ = ["ABItem", "ABLetters", "CONTROLS", "FreeTextPreference", "GeneratedText", "Grid", "PerplexityWindows",
-           "SweepOptions", "SweepStore", "perplexity_windows", "protocol_for_file", "read_ab_items", "run_sweep"]
+           "SweepOptions", "perplexity_windows", "protocol_for_file", "read_ab_items", "run_sweep"]
+
+
+def __getattr__(name: str):
+    if name == "SweepStore":  # deprecated: the store's one handle, actstore.StoreGroup
+        from . import grid
+
+        return grid.SweepStore
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,11 +1,10 @@
 """Matched damage by interpolation: each vector's shift at exactly each perplexity budget.
 
-A vector's configurations are points on its own path through (log perplexity
-inflation, shift), in order of alpha, starting from the unsteered model (alpha
-0: inflation exactly 1, shift exactly 0). Its shift at a budget ``b`` is read
-where the path first reaches ``log b``, linearly between the two measured points
-around it (:func:`interpolate_at`); a budget beyond every measured inflation is
-"not reached", never extrapolated.
+A vector's shift at a budget ``b`` is read where its path through (log
+perplexity inflation, shift) first reaches ``log b``, linearly between the two
+measured points around it; a budget beyond every measured inflation is "not
+reached", never extrapolated (the paths and their draws:
+:mod:`actstore.evaluation.paths`).
 
 Every interval comes from one bootstrap (:class:`Evidence`) that resamples
 questions and perplexity documents together (the same draws for every vector,
@@ -26,6 +25,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..vector_info import METHODS
 from .grid import is_control
 from .intervals import (
     CONFIDENCE,
@@ -38,145 +38,14 @@ from .intervals import (
     percentile_interval,
     resample_counts,
 )
+from .paths import GROUP, Evidence, Paths, interpolate_at, key_tuple  # noqa: F401  (importable from here as before)
 from .rows import KEY, ContrastRow, FrontierRow, SteerabilityRow
 
-GROUP = ["behavior", "layer", "method", "k"]
 REFERENCE_METHODS = ("enr", "whitened")  # the dense yardstick: the mean difference (whitened dense is the same)
 
 
 def _k_order(k: str) -> float:
     return math.inf if k == "dense" else float(k)
-
-
-def interpolate_at(log_inflation, shift, alpha, log_budget: float) -> tuple[np.ndarray, np.ndarray]:
-    """Shift and alpha where each path first reaches ``log_budget``.
-
-    ``log_inflation, shift, alpha: (..., points)``, each path in alpha order starting
-    at the unsteered point (0, 0, 0). Linear in log-inflation between the last point
-    below the budget and the first at or above it; NaN where the path never reaches it.
-    """
-    L, S, A = (np.asarray(x, dtype=np.float64) for x in (log_inflation, shift, alpha))
-    cross = (L[..., :-1] < log_budget) & (L[..., 1:] >= log_budget)
-    reached = cross.any(-1)
-    j = np.argmax(cross, -1)[..., None]
-    l0, l1 = np.take_along_axis(L, j, -1)[..., 0], np.take_along_axis(L, j + 1, -1)[..., 0]
-    with np.errstate(all="ignore"):
-        t = (log_budget - l0) / (l1 - l0)
-        out = []
-        for values in (S, A):
-            v0, v1 = np.take_along_axis(values, j, -1)[..., 0], np.take_along_axis(values, j + 1, -1)[..., 0]
-            out.append(np.where(reached, v0 + t * (v1 - v0), np.nan))
-    return out[0], out[1]
-
-
-@dataclass
-class Evidence:
-    """Per configuration (rows of ``results``): the per-question effects on the primary
-    measure ``effects (configs, questions)`` and the per-unit perplexity differences
-    ``nll_diff (configs, units)`` with ``tokens (units,)``; the unit is the document (or
-    the window, for text of one document). :meth:`draws` gives every configuration's
-    point estimate and bootstrap draws of (shift, log-inflation), on shared resamples."""
-
-    results: object  # pandas.DataFrame, in this order
-    measure: str
-    effects: np.ndarray
-    nll_diff: np.ndarray
-    tokens: np.ndarray
-    unit: str
-
-    @classmethod
-    def from_tables(cls, results, items, windows) -> Evidence:
-        measure = str(results["measure"].iloc[0]) if "measure" in results and len(results) else "score"
-        results = results.reset_index(drop=True)
-        base_items = items[items["method"] == "none"]
-        order = list(base_items["item"])
-        questions = base_items.set_index("item")["question"].loc[order].to_numpy()
-        _, inverse = np.unique(questions, return_inverse=True)
-        counts = np.bincount(inverse)
-        base_metric = base_items.set_index("item")[measure].loc[order].to_numpy(dtype=np.float64)
-        base_windows = windows[windows["method"] == "none"].sort_values("window")
-        documents = base_windows["document"].to_numpy() if "document" in base_windows else np.zeros(len(base_windows))
-        unit = "document" if np.unique(documents).size > 1 else "window"
-        units = np.unique(documents, return_inverse=True)[1] if unit == "document" else np.arange(len(documents))
-        base_nll = base_windows["nll"].to_numpy(dtype=np.float64)
-        tokens = np.bincount(units, weights=base_windows["tokens"].to_numpy(dtype=np.float64))
-        item_groups = {_tuple(key): frame for key, frame in items[items["method"] != "none"].groupby(KEY, sort=False)}
-        window_groups = {_tuple(key): frame for key, frame in
-                         windows[windows["method"] != "none"].groupby(KEY, sort=False)}
-        effects = np.empty((len(results), counts.size))
-        nll_diff = np.empty((len(results), tokens.size))
-        for index, row in enumerate(results[KEY].itertuples(index=False)):
-            key = _tuple(row)
-            steered = item_groups[key].set_index("item")[measure].loc[order].to_numpy(dtype=np.float64)
-            effects[index] = np.bincount(inverse, weights=steered - base_metric) / counts
-            nll = window_groups[key].sort_values("window")["nll"].to_numpy(dtype=np.float64)
-            nll_diff[index] = np.bincount(units, weights=nll - base_nll)
-        return cls(results, measure, effects, nll_diff, tokens, unit)
-
-    def draws(self, n_resamples: int = N_RESAMPLES, seed: int = SEED
-              ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-        """``(shift, log_inflation, shift_draws (configs, B), log_inflation_draws (configs, B))``:
-        questions drawn by ``resample_counts(questions, B, seed)``, perplexity units by
-        ``resample_counts(units, B, seed + 1)``."""
-        q_counts = resample_counts(self.effects.shape[1], n_resamples, seed)
-        u_counts = resample_counts(self.tokens.size, n_resamples, seed + 1)
-        shift = self.effects.mean(1)
-        log_inflation = self.nll_diff.sum(1) / self.tokens.sum()
-        shift_draws = self.effects @ q_counts.T / self.effects.shape[1]
-        log_inflation_draws = (self.nll_diff @ u_counts.T) / (u_counts @ self.tokens)[None, :]
-        return shift, log_inflation, shift_draws, log_inflation_draws
-
-
-def _tuple(key) -> tuple:
-    layer, method, k, alpha = key
-    return (int(layer), str(method), str(k), float(alpha))
-
-
-@dataclass
-class Paths:
-    """Every vector's path: ``index`` maps (behavior, layer, method, k) to its rows in alpha
-    order; :meth:`at` interpolates the point estimate and the draws at a log-budget."""
-
-    evidence: Evidence
-    shift: np.ndarray
-    log_inflation: np.ndarray
-    shift_draws: np.ndarray
-    log_inflation_draws: np.ndarray
-    index: dict
-
-    @classmethod
-    def of(cls, evidence: Evidence, n_resamples: int = N_RESAMPLES, seed: int = SEED) -> Paths:
-        shift, log_inflation, shift_draws, log_inflation_draws = evidence.draws(n_resamples, seed)
-        results = evidence.results
-        index = {}
-        for key, group in results.groupby(GROUP, sort=False):
-            group = group[group["alpha"] > 0].sort_values("alpha")
-            if len(group):
-                index[tuple(key)] = group.index.to_numpy()
-        return cls(evidence, shift, log_inflation, shift_draws, log_inflation_draws, index)
-
-    def find(self, behavior, layer: int, method: str, k: str) -> tuple | None:
-        """The key of a vector in :attr:`index`, or None where it was not measured."""
-        for vector in self.index:
-            if vector[0] == behavior and int(vector[1]) == int(layer) and vector[2] == method and str(vector[3]) == k:
-                return vector
-        return None
-
-    def at(self, vector: tuple, log_budget: float) -> tuple[float, float, np.ndarray]:
-        """``(shift, alpha, shift_draws (B,))`` of ``vector`` at ``log_budget`` (NaN: not reached)."""
-        rows = self.index[vector]
-        alphas = self.evidence.results["alpha"].to_numpy(dtype=np.float64)[rows]
-        origin = np.zeros(1)
-        L = np.concatenate([origin, self.log_inflation[rows]])
-        S = np.concatenate([origin, self.shift[rows]])
-        A = np.concatenate([origin, alphas])
-        shift, alpha = interpolate_at(L, S, A, log_budget)
-        n = self.shift_draws.shape[1]
-        Ld = np.concatenate([np.zeros((n, 1)), self.log_inflation_draws[rows].T], axis=1)
-        Sd = np.concatenate([np.zeros((n, 1)), self.shift_draws[rows].T], axis=1)
-        Ad = np.broadcast_to(A, Ld.shape)
-        draws, _ = interpolate_at(Ld, Sd, Ad, log_budget)
-        return float(shift), float(alpha), draws
 
 
 def _reference(vectors: set, behavior, layer, method: str) -> tuple | None:
@@ -301,7 +170,8 @@ class Contrast:
 def default_contrasts(paths: Paths, budgets) -> list[Contrast]:
     """The family when none is pre-specified: at every budget, each sparse vector of a method
     (controls excepted) minus the dense reference at its layer (:data:`REFERENCE_METHODS`), and
-    whitened k minus ENR k at the same layer."""
+    each method that ranks another's vector (``refines``: whitened ranks ENR's) minus that method
+    at the same k and layer (``whitened_minus_enr``)."""
     vectors = set(paths.index)
     family = []
     for vector in sorted(vectors, key=lambda v: (str(v[0]), int(v[1]), str(v[2]), _k_order(str(v[3])))):
@@ -313,9 +183,10 @@ def default_contrasts(paths: Paths, budgets) -> list[Contrast]:
             if reference is not None:
                 family.append(Contrast("sparse_minus_dense", float(budget), int(layer), method, k, int(layer),
                                        reference[2], "dense"))
-            if method == "whitened" and (behavior, layer, "enr", k) in vectors:
-                family.append(Contrast("whitened_minus_enr", float(budget), int(layer), method, k, int(layer),
-                                       "enr", k))
+            refined = getattr(METHODS.get(method), "refines", None)
+            if refined is not None and (behavior, layer, refined, k) in vectors:
+                family.append(Contrast(f"{method}_minus_{refined}", float(budget), int(layer), method, k, int(layer),
+                                       refined, k))
     return sorted(set(family), key=lambda c: (c.name, c.layer, c.method, _k_order(c.k), c.budget))
 
 
@@ -385,13 +256,13 @@ def steerability(results, items, confidence: float = CONFIDENCE, n_resamples: in
         return np.bincount(inverse, weights=frame.set_index("item")[measure].loc[order].to_numpy(float)) / counts
 
     base = per_question(base_items)
-    steered_items = {_tuple(key): frame for key, frame in items[items["method"] != "none"].groupby(KEY, sort=False)}
+    steered_items = {key_tuple(key): frame for key, frame in items[items["method"] != "none"].groupby(KEY, sort=False)}
     q_counts = resample_counts(counts.size, n_resamples, seed)
     rows = []
     for (behavior, layer, method, k), group in results.groupby(GROUP, sort=False):
         group = group.sort_values("alpha")
         x = np.concatenate([[0.0], group["alpha"].to_numpy(dtype=np.float64)])
-        y = np.stack([base] + [per_question(steered_items[_tuple(r)])
+        y = np.stack([base] + [per_question(steered_items[key_tuple(r)])
                                for r in group[KEY].itertuples(index=False)])  # (alphas + 1, questions)
         xc = x - x.mean()
         slopes = (xc[:, None] * (y - y.mean(0))).sum(0) / (xc ** 2).sum()

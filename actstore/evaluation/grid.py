@@ -8,22 +8,22 @@
   random support of size k carrying the ENR vector's values (sparse), labelled
   ``random:<seed>``; ``letter`` is the answer-letter direction of an
   option-swapped A/B capture (:mod:`actstore.controls`).
-* :class:`SweepStore`: the training store, opened once: checked against the
-  grid (from its attributes, before the model loads) and against the model
-  (once), its statistics computed on first use.
+* The training store is one :class:`~actstore.stores.StoreGroup`, opened once:
+  the grid is checked against what it captured (:meth:`Grid.check_store`, from
+  its attributes, before the model loads), the model once by the handle.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from ..errors import ActstoreError
 from ..methods import METHODS
+from ..stores.group import StoreGroup
 from .rows import ConfigKey
 
 DEFAULT_BUDGETS = (1.05, 1.25, 2.0)
@@ -32,33 +32,6 @@ DEFAULT_PPL_TOKENS = 4096
 ALPHA_MODES = ("scale", "norm", "fraction")
 CONTROLS = ("random", "letter")
 RANDOM_BASE = "enr"  # the vector whose norm (dense) or values (sparse) a random control carries
-
-
-def parse_ks(spec: str | Sequence) -> list[int | None]:
-    """``"8,16,dense"`` -> ``[8, 16, None]`` (None: the dense vector)."""
-    parts = spec.split(",") if isinstance(spec, str) else list(spec)
-    ks: list[int | None] = []
-    for part in parts:
-        text = str(part).strip().lower()
-        if text in ("dense", "none"):
-            ks.append(None)
-            continue
-        try:
-            ks.append(int(text))
-        except ValueError:
-            raise ActstoreError(f"--k {spec!r}: expected integers and 'dense', e.g. '8,16,64,dense'") from None
-    return ks
-
-
-def parse_floats(spec: str | Sequence, name: str) -> list[float]:
-    parts = spec.split(",") if isinstance(spec, str) else list(spec)
-    try:
-        values = [float(p) for p in parts if str(p).strip()]
-    except ValueError:
-        raise ActstoreError(f"{name} {spec!r}: expected comma-separated numbers") from None
-    if not values or not all(np.isfinite(values)):
-        raise ActstoreError(f"{name} {spec!r}: expected finite numbers")
-    return values
 
 
 def k_label(k: int | None) -> str:
@@ -79,9 +52,10 @@ class Grid:
     """What a sweep measures, validated on construction (before any model work).
 
     ``alphas``: scales (``alpha_mode="scale"``), added norms (``"norm"``) or
-    fractions of the layer's residual norm (``"fraction"``). ``methods``: any of
-    :data:`actstore.methods.METHODS` and :data:`CONTROLS`; ``control_seeds``: the
-    seeds of the random control (one vector each).
+    fractions of the layer's residual norm (``"fraction"``). ``methods``: the
+    extraction methods and controls (:data:`CONTROLS`) of :data:`actstore.methods.METHODS`,
+    not its imported kinds; ``control_seeds``: the seeds of a seeded control (one
+    vector each).
     """
 
     layers: tuple[int, ...]
@@ -97,7 +71,7 @@ class Grid:
             raise ActstoreError("layers: at least one layer is needed")
         if not self.ks:
             raise ActstoreError("ks: at least one k (or 'dense') is needed")
-        known = [*METHODS, *CONTROLS]
+        known = [name for name, entry in METHODS.items() if entry.kind != "imported"]  # what a sweep can build
         unknown = sorted(set(self.methods) - set(known))
         if unknown or not self.methods:
             raise ActstoreError(f"methods: unknown {unknown}; expected some of {known}", param="methods")
@@ -117,108 +91,60 @@ class Grid:
             raise ActstoreError(f"control seeds {list(self.control_seeds)}: expected non-negative integers",
                                 param="control_seeds")
 
-    def check_store(self, store_layers: Sequence[int], hidden: int, store: str | Path = "store") -> None:
-        """Layers and k against what the store holds (its layers, its hidden size)."""
-        missing = [layer for layer in self.layers if layer not in store_layers]
+    def check_store(self, store: StoreGroup) -> None:
+        """Layers and k against what the store group captured (its layers, its hidden size; nothing
+        read but its attributes)."""
+        spec = store.spec
+        missing = [layer for layer in self.layers if layer not in spec.layers]
         if missing:
-            raise ActstoreError(f"layers {missing} are not in {str(store)!r}; it has layers {list(store_layers)}",
+            raise ActstoreError(f"layers {missing} are not in {store.where}; it has layers {spec.layers}",
                                 param="layers")
-        too_big = [k for k in self.ks if k is not None and k > hidden]
+        too_big = [k for k in self.ks if k is not None and k > spec.hidden_size]
         if too_big:
-            raise ActstoreError(f"k {too_big}: larger than the hidden size of {str(store)!r} ({hidden})")
+            raise ActstoreError(f"k {too_big}: larger than the hidden size of {store.where} ({spec.hidden_size})")
 
     def vector_methods(self) -> list[str]:
         """The ``method`` labels of the results: each method, ``random:<seed>`` per control seed."""
         labels = []
         for method in self.methods:
-            labels += [f"random:{int(s)}" for s in self.control_seeds] if method == "random" else [method]
+            labels += [f"{method}:{int(s)}" for s in self.control_seeds] if METHODS[method].seeded else [method]
         return labels
 
     def configurations(self) -> list[ConfigKey]:
-        """Every (layer, method, k, alpha). The whitened dense vector is the plain dense
-        one (Sigma^1/2 Sigma^-1/2 v = v), so it is measured once, as ``enr``, when both run."""
+        """Every (layer, method, k, alpha). The dense vector of a method that ranks another's
+        vector (``refines``: the whitened dense vector is the plain one, Sigma^1/2 Sigma^-1/2 v
+        = v) is measured once, as the other's, when both run."""
         return [ConfigKey(layer, method, k_label(k), float(alpha)) for layer in self.layers
                 for method in self.vector_methods() for k in self.ks for alpha in self.alphas
-                if not (method == "whitened" and k is None and "enr" in self.methods)]
+                if not (k is None and METHODS[method.partition(":")[0]].refines in self.methods)]
 
 
 class LayerVectors:
-    """The vectors of one layer, methods and controls alike (each built once)."""
+    """The vectors of one layer of ``store``, methods and controls alike (each built once)."""
 
-    def __init__(self, source: SweepStore, stats, layer: int, scheduler: str | None = None,
+    def __init__(self, store: StoreGroup, stats, layer: int, scheduler: str | None = None,
                  letter_data: str | Path | None = None):
         from ..methods import LayerMethods
 
-        self.source, self.layer, self.letter_data = source, int(layer), letter_data
-        self.methods = LayerMethods(source.group, source.path, stats, layer, scheduler=scheduler)
+        self.store, self.layer, self.letter_data = store, int(layer), letter_data
+        self.methods = LayerMethods(store, None, stats, layer, scheduler=scheduler)
 
     def vector(self, method: str, k: int | None):
+        """The vector of a results row's ``method`` (``random:<seed>`` for a seeded control)."""
         name, _, seed = method.partition(":")
-        if name == "random":
-            from ..controls import random_control
+        control = {"random": self._random, "letter": self._letter}.get(name)
+        return control(k, seed) if control is not None else self.methods.vector(method, k)
 
-            return random_control(self.methods.vector(RANDOM_BASE, k), int(seed))
-        if name == "letter":
-            from ..controls import letter_control
+    def _random(self, k: int | None, seed: str):
+        from ..controls import random_control
 
-            data = self.letter_data if self.letter_data is not None else self.source.twin_source()
-            return letter_control(self.source.path, self.layer, data, k,
-                                  model=self.source.group.basename)
-        return self.methods.vector(method, k)
+        return random_control(self.methods.vector(RANDOM_BASE, k), int(seed))
 
+    def _letter(self, k: int | None, seed: str = ""):
+        from ..controls import letter_control, twin_source
 
-@dataclass
-class SweepStore:
-    """The training store of a sweep, opened once (:meth:`open`); pass it to
-    :func:`~actstore.evaluation.sweep.run_sweep` instead of a path to reuse it."""
-
-    path: str | Path
-    group: object
-    attrs: dict
-    _stats: object = None
-    _checked_models: set = field(default_factory=set)
-
-    @classmethod
-    def open(cls, path: str | Path, model_group: str | None = None) -> SweepStore:
-        from ..stores.roots import open_root, select_group
-
-        group = select_group(open_root(path, mode="r"), model_group, path)
-        return cls(path, group, dict(group.attrs))
-
-    @property
-    def layers(self) -> list[int]:
-        return [int(x) for x in self.attrs.get("layers", [])]
-
-    def check_grid(self, grid: Grid) -> None:
-        """The grid's layers and k against the store's attributes (nothing read but them)."""
-        grid.check_store(self.layers, int(self.attrs.get("hidden_size", 0)), self.path)
-
-    def check_model(self, loaded, force: bool = False) -> None:
-        """Refuse a model of other weights than the store's (unless ``force``); once per model."""
-        from ..stores import check_store_model
-
-        if loaded.fingerprint in self._checked_models:
-            return
-        check_store_model(self.attrs, loaded, force, self.path)
-        self._checked_models.add(loaded.fingerprint)
-
-    def twin_source(self) -> str:
-        """The file of the store's latest capture with option-swapped twins (for the letter control)."""
-        from ..stores.runs import read_runs
-
-        runs = [r for r in read_runs(self.group) if r.settings.get("swap_options")]
-        if not runs:
-            raise ActstoreError(f"{str(self.path)!r} holds no A/B capture with option-swapped twins: the letter "
-                                "control needs one (capture the A/B set without --no-swap-options)",
-                                param="letter_data")
-        return runs[-1].source
-
-    def statistics(self, scheduler: str | None = None):
-        if self._stats is None:
-            from ..stats import group_statistics
-
-            self._stats = group_statistics(self.group, self.path, scheduler=scheduler)
-        return self._stats
+        data = self.letter_data if self.letter_data is not None else twin_source(self.store)
+        return letter_control(self.store, self.layer, data, k)
 
 
 def residual_norm(stats, layer: int) -> float:
@@ -238,3 +164,13 @@ def scale_for(alpha: float, alpha_mode: str, vector_norm: float, layer_norm: flo
         return alpha
     added_norm = alpha if alpha_mode == "norm" else alpha * layer_norm
     return added_norm / vector_norm if vector_norm > 0 else 0.0
+
+
+def __getattr__(name: str):
+    if name == "SweepStore":  # its first name (a sweep's store, opened once): the store's one handle now
+        import warnings
+
+        warnings.warn("actstore.evaluation SweepStore is StoreGroup now (actstore.StoreGroup: .open(store, "
+                      "model_group), .check_model, .location, .spec.layers)", DeprecationWarning, stacklevel=2)
+        return StoreGroup
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -25,8 +25,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .frontier import Contrast, Evidence, Paths, _k_order, contrasts, frontier, interpolate_at, steerability
+from .frontier import Contrast, _k_order, contrasts, frontier, steerability
 from .grid import is_control
+from .paths import Evidence, Paths, interpolate_at
 from .rows import ContrastRow, FrontierRow, SteerabilityRow, as_record, columns, primary_columns
 
 X_LIMIT = 100.0  # frontier plots show inflation up to this

@@ -42,6 +42,7 @@ import numpy as np
 from ..errors import ActstoreError
 from ..models import LoadedModel
 from ..steering import Positions, steer
+from ..stores.group import StoreGroup
 from .effects import Measurement, Units, effects
 from .frontier import Contrast
 from .grid import (
@@ -50,10 +51,7 @@ from .grid import (
     DEFAULT_PPL_TOKENS,
     Grid,
     LayerVectors,
-    SweepStore,
     k_value,
-    parse_floats,
-    parse_ks,
     residual_norm,
     scale_for,
 )
@@ -66,7 +64,7 @@ from .scoring import PerplexityWindows
 COLUMNS = columns(ResultRow)
 
 __all__ = ["COLUMNS", "DEFAULT_BUDGETS", "DEFAULT_FRACTIONS", "DEFAULT_PPL_TOKENS", "Grid", "SweepOptions",
-           "SweepStore", "parse_floats", "parse_ks", "residual_norm", "run_sweep"]
+           "residual_norm", "run_sweep"]
 
 
 @dataclass(frozen=True)
@@ -107,19 +105,24 @@ class SweepOptions:
                                 "use all, prompt, generated or from:N", param="positions")
 
 
-def run_sweep(loaded: LoadedModel, store: str | Path | SweepStore, out_dir: str | Path, *, grid: Grid,
+def run_sweep(loaded: LoadedModel, store: str | Path | StoreGroup, out_dir: str | Path, *, grid: Grid,
               on_target: OnTarget, perplexity: PerplexityWindows, options: SweepOptions = SweepOptions()):
     """Measure every configuration of ``grid`` and write the folder ``out_dir``; returns
-    results.csv as a :class:`pandas.DataFrame` (columns :data:`COLUMNS`)."""
+    results.csv as a :class:`pandas.DataFrame` (columns :data:`COLUMNS`).
+
+    ``store``: the training store's group, opened once by the caller (a
+    :class:`~actstore.stores.StoreGroup`, whose model check is not repeated here), or a path
+    (its group ``options.model_group``)."""
+    from ..stats import group_statistics
     from .report import write_report
 
-    source = store if isinstance(store, SweepStore) else SweepStore.open(store, options.model_group)
-    source.check_grid(grid)
+    source = StoreGroup.open(store, options.model_group)
+    grid.check_store(source)
     source.check_model(loaded, options.force)
-    stats = source.statistics(options.scheduler)
+    stats = group_statistics(source, scheduler=options.scheduler)
     heldout = _open_heldout(options.heldout, grid, loaded, options.force) if options.heldout is not None else None
     with folder_lock(out_dir):  # one writer per folder: two runs would each append every row
-        ledger = Ledger(out_dir, _settings(grid, on_target, perplexity, stats.attrs, options))
+        ledger = Ledger(out_dir, _settings(grid, on_target, perplexity, source, options))
         units = Units.of(on_target, perplexity)
         base = _baseline(ledger, loaded, on_target, perplexity, units)
         todo = [c for c in grid.configurations() if not ledger.is_done(*c.as_tuple())]
@@ -142,15 +145,15 @@ def folder_lock(out_dir: str | Path):
                                         "of this folder); wait for it to finish, or use another --out").acquire()
 
 
-def _settings(grid: Grid, on_target: OnTarget, perplexity: PerplexityWindows, attrs, options) -> dict:
+def _settings(grid: Grid, on_target: OnTarget, perplexity: PerplexityWindows, store: StoreGroup, options) -> dict:
     """What a folder was measured with: a rerun with other settings is refused. The grid is not
     among them: runs of other layers, methods, k or seeds extend the same folder."""
     settings = {"protocol": on_target.name, "items": len(on_target.item_ids),
                 "questions": int(np.unique(on_target.questions).size), "ppl_tokens": int(perplexity.n_tokens),
                 "ppl_documents": perplexity.n_documents, "ppl_window": int(perplexity.window),
-                "alpha_mode": grid.alpha_mode, "store_group": str(attrs.get("group", ""))}
-    if attrs.get("site", "resid") != "resid":  # folders of residual sweeps keep their settings
-        settings["site"] = str(attrs["site"])
+                "alpha_mode": grid.alpha_mode, "store_group": store.name}
+    if store.spec.site != "resid":  # folders of residual sweeps keep their settings
+        settings["site"] = store.spec.site
     if str(Positions.parse(options.positions)) != "all":
         settings["positions"] = str(Positions.parse(options.positions))
     return settings
@@ -158,16 +161,13 @@ def _settings(grid: Grid, on_target: OnTarget, perplexity: PerplexityWindows, at
 
 def _open_heldout(heldout, grid: Grid, loaded: LoadedModel, force: bool):
     """The held-out store as a dataset, checked against the grid and the model."""
-    from ..stores import check_store_model
-    from ..stores.reader import open_store
-
-    ds = open_store(heldout, coords=("class", "pair_id"))
-    missing = [layer for layer in grid.layers if layer not in [int(x) for x in ds["layer"].values]]
+    group = StoreGroup.open(heldout)
+    missing = [layer for layer in grid.layers if layer not in group.spec.layers]
     if missing:
-        raise ActstoreError(f"heldout: layers {missing} are not in {str(heldout)!r}; capture the held-out texts "
+        raise ActstoreError(f"heldout: layers {missing} are not in {group.where}; capture the held-out texts "
                             "at the sweep's layers", param="heldout")
-    check_store_model(ds.attrs, loaded, force, heldout)
-    return ds
+    group.check_model(loaded, force)
+    return group.dataset(coords=("class", "pair_id"))
 
 
 def _measure(loaded: LoadedModel, on_target: OnTarget, windows: PerplexityWindows, on_forward: Forward,
@@ -206,7 +206,7 @@ def _progress(options: SweepOptions, total: int) -> Iterator[Callable[[], None]]
         bar.close()
 
 
-def _measure_layer(loaded, source: SweepStore, stats, layer: int, configs: list[ConfigKey], grid: Grid,
+def _measure_layer(loaded, source: StoreGroup, stats, layer: int, configs: list[ConfigKey], grid: Grid,
                    on_target: OnTarget, windows: PerplexityWindows, units: Units, base: Measurement,
                    ledger: Ledger, heldout, options: SweepOptions, tick: Callable[[], None]) -> None:
     """Every configuration of one layer, from its cached block outputs where they fit."""
@@ -216,7 +216,7 @@ def _measure_layer(loaded, source: SweepStore, stats, layer: int, configs: list[
     # The layer's one-off cost (its cached block outputs) counts in its first configuration.
     started = time.perf_counter()
     with _layer_forwards(loaded, layer, on_target, windows, options.replay, options.cache_budget_mb,
-                         str(stats.attrs.get("site", "resid"))) as active:
+                         source.spec.site) as active:
         for key in configs:
             vector = vectors.vector(key.method, k_value(key.k))
             if heldout is not None and not ledger.is_separated(layer, key.method, key.k):

@@ -8,7 +8,7 @@ Open once at the edge (:meth:`StoreGroup.open`) and pass the handle down.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 from typing import Any
@@ -37,6 +37,8 @@ class StoreGroup:
 
     location: str | Path
     group: Any
+    # (fingerprint, force) already checked (check_model), so that a handle passed down is checked once
+    _checked: set[tuple[str, bool]] = field(default_factory=set, init=False, repr=False)
 
     @classmethod
     def open(cls, store: str | Path | StoreGroup, model: str | None = None) -> StoreGroup:
@@ -78,8 +80,14 @@ class StoreGroup:
 
     def check_model(self, loaded, force: bool = False) -> None:
         """Refuse a group captured from other weights than ``loaded``'s (by fingerprint), unless
-        ``force`` (then warn)."""
+        ``force`` (then warn). Once per model and handle: whoever the handle is passed to may
+        call it again without a second check (or a second warning)."""
+        fingerprint = loaded.fingerprint
+        if (fingerprint, False) in self._checked or (force and (fingerprint, True) in self._checked):
+            return
         check_store_model(self.group.attrs, loaded, force, self.location)
+        # (fingerprint, True): other weights, let through by force (a later call without force checks again)
+        self._checked.add((fingerprint, bool(force) and fingerprint != self.spec.model_fingerprint))
 
     def dataset(self, coords: tuple[str, ...] | None = None):
         """The group as a lazy xarray dataset (:func:`actstore.open_store`)."""
