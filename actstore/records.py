@@ -287,20 +287,23 @@ class DatasetTable(Table):
         try:
             dataset = datasets.load_from_disk(str(path))
         except (OSError, ValueError, FileNotFoundError) as err:
-            raise InputFormatError(f"{str(path)!r} is not a contrast-set file (.json, .jsonl), a corpus (.txt), a "
-                                   f"Parquet file or folder, or a dataset saved with save_to_disk: {err}") from None
+            raise InputFormatError(f"{str(path)!r} is a folder of neither Parquet files nor a dataset written by "
+                                   f"save_to_disk: {err}") from None
         if isinstance(dataset, datasets.DatasetDict):
             raise InputFormatError(f"{str(path)!r} holds several splits ({', '.join(dataset)}); pass the folder of "
                                    f"one, e.g. {str(path / next(iter(dataset)))!r}")
         self._dataset, self.fields = dataset, list(dataset.column_names)
-        self._class_label = datasets.ClassLabel
+        self._class_label, self._selected = datasets.ClassLabel, {}
         self.sha256 = file_sha256(sorted(Path(f["filename"]) for f in dataset.cache_files))
 
     def __len__(self) -> int:
         return len(self._dataset)
 
     def values(self, start: int, stop: int, names: Sequence[str]) -> dict[str, list]:
-        batch = self._dataset.select_columns(list(names))[start:stop]
+        key = tuple(names)
+        if key not in self._selected:
+            self._selected = {key: self._dataset.select_columns(list(names))}
+        batch = self._selected[key][start:stop]
         return {name: batch[name] for name in names}
 
     def class_names(self, name: str) -> list[str] | None:

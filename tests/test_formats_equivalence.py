@@ -179,3 +179,56 @@ def test_a_class_label_keeps_its_names_in_parquet_and_arrow_files(tmp_path):
     for path in (tmp_path / "rows.parquet", tmp_path / "saved", arrow):
         assert [e.label for e in read_contrast_set(path).examples] == want, path
         assert read_data(path).labels.to_numpy().tolist() == want, path
+
+
+def _parquet(path: Path, **columns) -> Path:
+    pa, pq = pytest.importorskip("pyarrow"), pytest.importorskip("pyarrow.parquet")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pq.write_table(pa.table(columns), path)
+    return path
+
+
+def _bad_inputs(tmp: Path) -> list[tuple[Path, str]]:
+    pa = pytest.importorskip("pyarrow")
+    mixed = tmp / "mixed"
+    _parquet(mixed / "a.parquet", text=["a b"], label=["x"])
+    _parquet(mixed / "b.parquet", text=["c d"], kind=["y"])
+    broken = tmp / "broken.arrow"
+    broken.write_bytes(b"ARROW1 not really")
+    unparsed = [{"positive": "Q?\n(A)", "negative": "Q?\n(B)"}]  # no option lines: no twin
+    one_label = tmp / "one-label.jsonl"
+    one_label.write_text('{"text": "a b"}\n{"text": "c d", "label": "x"}\n')
+    return [
+        (_parquet(tmp / "half.parquet", positive=["a b"]),
+         "has no column 'negative' (the pairs format needs 'positive', 'negative'); its columns are ['positive']"),
+        (_parquet(tmp / "null.parquet", text=["a b", None], label=["x", "y"]), "row 2: field 'text' is null"),
+        (_parquet(tmp / "num.parquet", text=["a b", "c d"], label=[1.5, 2.0]),
+         "row 1: the label is float 1.5, expected a string or an integer"),
+        (_parquet(tmp / "pid.parquet", text=["a b"], label=["x"], pair_id=pa.array([-3], pa.int64())),
+         "row 1: field 'pair_id' must be a non-negative integer"),
+        (mixed, "every file of a dataset has the same columns"),
+        (broken, "not a readable Arrow file"),
+        (write_rows("parquet", unparsed, tmp / "unparsed"), "row 1: answer (A) starts 0 lines"),
+        (write_rows("arrow", unparsed, tmp / "unparsed"), "row 1: answer (A) starts 0 lines"),
+        (one_label, "line 1: missing field 'label'"),
+    ]
+
+
+def test_a_bad_row_is_named_with_its_file_row_and_field_in_every_format(tmp_path, tiny_model_dirs, run):
+    for i, (data, message) in enumerate(_bad_inputs(tmp_path)):
+        result = run("capture", "-m", tiny_model_dirs["llama"], "-d", data, "-s", tmp_path / f"{i}.zarr", "-l", "1")
+        assert result.exit_code == 1 and "Traceback" not in result.output, result.output
+        assert message in result.output and data.name in result.output, result.output
+
+
+def test_json_keys_follow_the_dataset_rules(tmp_path):
+    """The Hugging Face convention holds for JSON keys too: rows with a text and no label are of class
+    'text'; text_column and label_column name other keys."""
+    path = tmp_path / "rows.jsonl"
+    path.write_text('{"sentence": "a b", "kind": "x"}\n{"sentence": "c d", "kind": "y"}\n')
+    got = read_contrast_set(path, text_column="sentence", label_column="kind")
+    assert [(e.text, e.label, e.pair_id) for e in got.examples] == [("a b", "x", 0), ("c d", "y", 1)]
+    assert {e.label for e in read_contrast_set(path, text_column="sentence").examples} == {"text"}
+    plain = tmp_path / "plain.json"
+    plain.write_text(json.dumps([{"text": "a b", "label": "x"}, {"text": "c d", "label": "y"}]))
+    assert [e.label for e in read_contrast_set(plain, label_column="").examples] == ["text", "text"]
