@@ -4,22 +4,16 @@ A text is an A/B answer when it ends in ``(X)``, X an upper-case letter ``A``-``
 (:func:`answer_letter`, the one place that recognises them). Upper case only: every CAA set and its
 option lines use it, and a lower-case ``(a)`` closes many an ordinary sentence or list.
 :func:`ab_question` reads a pair of texts as one question and its two answers, :func:`swap_options`
-makes an item's option-swapped twin, and :func:`with_twins` a set in which every question shows its
-behavior-matching answer once under each letter. These apply to a contrast set whatever file format
-it was read from (:mod:`actstore.datasets`). Every name here is importable from
-:mod:`actstore.datasets` too.
+makes an item's option-swapped twin (:func:`actstore.datasets.with_twins` makes a set of them, whatever
+file format it was read from). Every name here is importable from :mod:`actstore.datasets` too.
 """
 
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING
+from dataclasses import dataclass
 
 from .errors import DatasetError
-
-if TYPE_CHECKING:
-    from .datasets import ContrastSet, Example
 
 # The final answer of an A/B text: "(X)", X upper case, then optional trailing whitespace.
 _AB_END = re.compile(r"\(([A-Z])\)(\s*)$")
@@ -34,6 +28,11 @@ def answer_letter(text: str) -> str | None:
     allowed), else None: the one test of "is this an A/B answer" (see the module docstring)."""
     match = _AB_END.search(text)
     return match.group(1) if match else None
+
+
+def with_answer_letter(text: str, letter: str) -> str:
+    """``text`` (ending in ``(X)``, :func:`answer_letter`) answered with ``letter`` instead."""
+    return _AB_END.sub(lambda match: f"({letter}){match.group(2)}", text)
 
 
 @dataclass(frozen=True)
@@ -139,40 +138,3 @@ def swap_options(q: ABQuestion, *, where: str) -> ABQuestion:
     first, second = sorted([(m_start, m_stop, other_text), (o_start, o_stop, matching_text)])
     swapped = text[: first[0]] + first[2] + text[first[1] : second[0]] + second[2] + text[second[1] :]
     return ABQuestion(swapped, q.other, q.matching, q.tail)
-
-
-def with_twins(contrast: ContrastSet) -> ContrastSet:
-    """``contrast`` with each pair followed by its option-swapped twin (:func:`swap_options`).
-
-    A pair (the two texts of one ``pair_id``; labeled sets: exactly two per id) keeps its pair id,
-    ``question`` = that id and ``order`` 0; its twin has ``order`` 1, the same ``question`` and a
-    pair id of its own (``max pair id + 1 + question``), so pos and neg of each still pair one to one.
-    A CAA item's twin swaps the options in its prompt and the letter of its completion. Raises
-    :class:`DatasetError` naming the item whose texts or options cannot be parsed.
-    """
-    if contrast.swapped:
-        return contrast
-    pairs: dict[int, list[Example]] = {}
-    for e in contrast.examples:
-        pairs.setdefault(e.pair_id, []).append(e)
-    offset = max(pairs) + 1 if pairs else 0
-    examples: list[Example] = []
-    for pair_id, members in pairs.items():
-        where = f"{contrast.path!r} {members[0].where}"
-        if len(members) != 2:
-            raise DatasetError(f"{where}: pair_id {pair_id} has {len(members)} text(s); a twin is made of a "
-                               "pair of two texts. Capture with swap_options=False (--no-swap-options)")
-        first, second = members
-        q = ab_question(first.text, second.text, where=where)
-        twin = swap_options(q, where=where)
-        twin_texts = (twin.positive, twin.negative)
-        examples += [replace(e, question=pair_id, order=0) for e in members]
-        for e, text in zip(members, twin_texts):
-            prompt = completion = None
-            if e.prompt is not None:
-                prompt = swap_options(ABQuestion(e.prompt, q.matching, q.other), where=where).question
-                completion = _AB_END.sub(lambda match, t=text: f"({answer_letter(t)}){match.group(2)}",
-                                         e.completion)
-            examples.append(replace(e, text=text, pair_id=offset + pair_id, prompt=prompt,
-                                    completion=completion, question=pair_id, order=1))
-    return replace(contrast, examples=examples, swapped=True)

@@ -32,13 +32,13 @@ names are importable from here as before.
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
-from .ab import ABQuestion, ab_question, answer_letter, swap_options, with_twins  # noqa: F401 (importable here)
-from .errors import InputFormatError
-from .fields import MISSING, label_value, labeled_fields, missing_field, pair_id_value, text_value
-from .records import Table, blocks, open_table
+from .ab import ABQuestion, ab_question, answer_letter, swap_options, with_answer_letter
+from .errors import DatasetError, InputFormatError
+from .fields import MISSING, label_value, missing_field, pair_id_value, text_value
+from .records import Table, blocks, labeled_fields, open_table
 from .sources import CORPUS_CLASS, CORPUS_SUFFIXES, open_source, table_source
 
 POS, NEG = "pos", "neg"
@@ -230,3 +230,39 @@ def needs_tokenizer(path: str | Path) -> bool:
     """Whether :func:`read_data` needs the tokenizer for ``path`` (a plain-text corpus)."""
     path = Path(path)
     return path.is_file() and path.suffix.lower() in CORPUS_SUFFIXES
+
+
+def with_twins(contrast: ContrastSet) -> ContrastSet:
+    """``contrast`` with each pair followed by its option-swapped twin (:func:`swap_options`).
+
+    A pair (the two texts of one ``pair_id``; labeled sets: exactly two per id) keeps its pair id,
+    ``question`` = that id and ``order`` 0; its twin has ``order`` 1, the same ``question`` and a
+    pair id of its own (``max pair id + 1 + question``), so pos and neg of each still pair one to one.
+    A CAA item's twin swaps the options in its prompt and the letter of its completion. Raises
+    :class:`DatasetError` naming the item whose texts or options cannot be parsed.
+    """
+    if contrast.swapped:
+        return contrast
+    pairs: dict[int, list[Example]] = {}
+    for e in contrast.examples:
+        pairs.setdefault(e.pair_id, []).append(e)
+    offset = max(pairs) + 1 if pairs else 0
+    examples: list[Example] = []
+    for pair_id, members in pairs.items():
+        where = f"{contrast.path!r} {members[0].where}"
+        if len(members) != 2:
+            raise DatasetError(f"{where}: pair_id {pair_id} has {len(members)} text(s); a twin is made of a "
+                               "pair of two texts. Capture with swap_options=False (--no-swap-options)")
+        first, second = members
+        q = ab_question(first.text, second.text, where=where)
+        twin = swap_options(q, where=where)
+        twin_texts = (twin.positive, twin.negative)
+        examples += [replace(e, question=pair_id, order=0) for e in members]
+        for e, text in zip(members, twin_texts):
+            prompt = completion = None
+            if e.prompt is not None:
+                prompt = swap_options(ABQuestion(e.prompt, q.matching, q.other), where=where).question
+                completion = with_answer_letter(e.completion, answer_letter(text))
+            examples.append(replace(e, text=text, pair_id=offset + pair_id, prompt=prompt,
+                                    completion=completion, question=pair_id, order=1))
+    return replace(contrast, examples=examples, swapped=True)

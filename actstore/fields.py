@@ -6,37 +6,16 @@ from __future__ import annotations
 
 import unicodedata
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
 
 import numpy as np
 
 from .errors import InputFormatError
-
-if TYPE_CHECKING:
-    from .records import Table
 
 MISSING = object()  # a field a JSON record does not have
 NO_LABELS = ""  # label_column=NO_LABELS: read no labels even where a field named "label" exists
 DEFAULT_LABEL_COLUMN = "label"
 DEFAULT_TEXT_COLUMN = "text"
 
-
-
-def labeled_fields(table: Table, text_column: str | None, label_column: str | None) -> tuple[str, str | None]:
-    """The text field (``text_column``, default ``text``) and label field of a labeled table:
-    ``label_column`` None takes a field named ``label`` where there is one (the Hugging Face
-    convention, as ``text`` is for the texts), :data:`NO_LABELS` none. A named field that is
-    not there is refused, listing the fields that are."""
-    text = text_column or DEFAULT_TEXT_COLUMN
-    if label_column is None:
-        label_column = DEFAULT_LABEL_COLUMN if DEFAULT_LABEL_COLUMN in table.fields else None
-    elif label_column == NO_LABELS:
-        label_column = None
-    for role, name in (("text_column", text), ("label_column", label_column)):
-        if name is not None and name not in table.fields:
-            raise InputFormatError(f"{str(table.path)!r} has no {table.noun} {name!r} ({role}); its {table.noun}s "
-                                   f"are {list(table.fields)!r}", param=role)
-    return text, label_column
 
 
 def missing_field(path, where: str, key: str, needed: Sequence[str], fmt: str) -> InputFormatError:

@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from .errors import InputFormatError
-from .fields import MISSING
+from .fields import DEFAULT_LABEL_COLUMN, DEFAULT_TEXT_COLUMN, MISSING, NO_LABELS
 
 
 class Table:
@@ -309,6 +309,23 @@ class DatasetTable(Table):
     def class_names(self, name: str) -> list[str] | None:
         feature = self._dataset.features.get(name)
         return list(feature.names) if isinstance(feature, self._class_label) else None
+
+
+def labeled_fields(table: Table, text_column: str | None, label_column: str | None) -> tuple[str, str | None]:
+    """The text field (``text_column``, default ``text``) and label field of a labeled table:
+    ``label_column`` None takes a field named ``label`` where there is one (the Hugging Face
+    convention, as ``text`` is for the texts), :data:`NO_LABELS` none. A named field that is
+    not there is refused, listing the fields that are."""
+    text = text_column or DEFAULT_TEXT_COLUMN
+    if label_column is None:
+        label_column = DEFAULT_LABEL_COLUMN if DEFAULT_LABEL_COLUMN in table.fields else None
+    elif label_column == NO_LABELS:
+        label_column = None
+    for role, name in (("text_column", text), ("label_column", label_column)):
+        if name is not None and name not in table.fields:
+            raise InputFormatError(f"{str(table.path)!r} has no {table.noun} {name!r} ({role}); its {table.noun}s "
+                                   f"are {list(table.fields)!r}", param=role)
+    return text, label_column
 
 
 def blocks(table: Table, names: Sequence[str], size: int = 1024) -> Iterator[tuple[int, dict[str, list]]]:
