@@ -24,8 +24,9 @@ list) or row (datasets), and the field.
 
 :func:`read_data` is what a capture reads: a labeled dataset that is neither A/B nor paired by
 ``pair_id`` stays a lazily read :class:`actstore.sources.TextSource` (read a window at a time,
-whatever its size), everything else is read whole into a :class:`ContrastSet`, as is a corpus
-(:mod:`actstore.sources`) never. The A/B detector and the twins live in :mod:`actstore.ab`; their
+whatever its size); everything else is read whole into a :class:`ContrastSet` (pairs and twins
+need the whole set). A plain-text corpus (:mod:`actstore.sources`) has no fields: it is cut into
+windows of one class and is never an A/B set. The A/B detector lives in :mod:`actstore.ab`; its
 names are importable from here as before.
 """
 

@@ -51,14 +51,6 @@ def is_dataset_folder(path: str | Path) -> bool:
         (path / name).is_file() for name in ("state.json", "dataset_info.json", "dataset_dict.json"))
 
 
-def is_source(path: str | Path) -> bool:
-    """Whether ``path`` is read here (a dataset or a corpus) rather than as a contrast-set file."""
-    path = Path(path)
-    if path.is_dir():
-        return True
-    return path.suffix.lower() in (".arrow", ".parquet", *CORPUS_SUFFIXES)
-
-
 class Column(Sequence):
     """A lazy column of ``n`` values: ``fetch(start, stop)`` returns values ``start .. stop-1``
     (a list or a numpy array). Slices are views; the last block fetched is kept, so
