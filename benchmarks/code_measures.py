@@ -39,7 +39,8 @@ ROOT = Path(__file__).resolve().parents[1]
 # A module may import from its own stage or an earlier one.
 STAGES = [
     ("_version", 0), ("errors", 0), ("_files", 0), ("_cache", 0), ("_dask", 0),
-    ("models", 1), ("datasets", 1), ("sources", 1), ("corpus", 1), ("demo", 1), ("moments", 1),
+    ("models", 1), ("datasets", 1), ("sources", 1), ("records", 1), ("fields", 1), ("ab", 1), ("corpus", 1),
+    ("demo", 1), ("moments", 1),
     ("stores", 2),
     ("capture", 3), ("pipeline", 3), ("ingest", 3),
     ("stats", 4), ("covariance", 4),

@@ -197,7 +197,7 @@ CASES = [
                                                "-s", "{tmp}/n.zarr"],
          ["nul-label.parquet", "row 2: field 'label' 'x\\x00' holds invisible characters"]),
     Case("dataset with an empty text", ["capture", "-m", "{llama}", "-d", "{empty_text}", "-l", "1",
-                                        "-s", "{tmp}/n.zarr"], ["empty-text.parquet", "row 1: the text is empty"]),
+                                        "-s", "{tmp}/n.zarr"], ["empty-text.parquet", "row 1: field 'text' is empty"]),
     Case("group without n_samples is damaged, not new", ["stats", "-s", "{unmarked_store}"],
          ["unmarked.zarr", "attribute 'n_samples' is None, expected int"]),
     Case("capture into a group without n_samples", ["capture", "-m", "{llama}", "-d", "{data}", "-l", "1",

@@ -112,9 +112,9 @@ def test_dataset_mistakes_are_errors_not_tracebacks(tmp_path, tiny_model_dirs, p
     broken = tmp_path / "broken.parquet"
     broken.write_bytes(b"not parquet")
     cases = [
-        (["-d", str(data)], "has no column 'text' (--text-column); its columns are ['sentence']"),
+        (["-d", str(data)], "unrecognised row with columns ['sentence']: no column 'text' (--text-column)"),
         (["-d", str(data), "--text-column", "sentence", "--label-column", "kind"], "has no column 'kind'"),
-        (["-d", str(pairs_file), "--text-column", "x"], "--text-column and --label-column are for datasets"),
+        (["-d", str(pairs_file), "--text-column", "x"], "has no field 'x' (--text-column); its fields are"),
         (["-d", str(broken)], "not a readable Parquet file"),
     ]
     for args, message in cases:
@@ -179,7 +179,7 @@ def test_an_empty_text_or_a_file_without_rows_is_refused(tmp_path):
     from actstore.errors import InputFormatError
     from actstore.sources import open_source
 
-    with pytest.raises(InputFormatError, match="row 2: the text is empty"):
+    with pytest.raises(InputFormatError, match="row 2: field 'text' is empty"):
         list(open_source(_parquet_file(tmp_path, text=["a b", "  "])).texts)
     pa = pytest.importorskip("pyarrow")
     with pytest.raises(InputFormatError, match="holds no rows"):

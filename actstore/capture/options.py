@@ -24,10 +24,10 @@ class CaptureOptions:
     their last ones (a plain-text corpus is cut into windows of that many); ``stop_early`` ends
     the forward pass after the deepest block; ``site`` is what is read in each block (``resid``,
     ``attn``, ``mlp``: :func:`actstore.models.site_module`). ``text_column`` and ``label_column``
-    name the columns of a dataset input (:mod:`actstore.sources`). ``swap_options`` captures an
-    A/B set with each pair's option-swapped twin (:func:`actstore.datasets.with_twins`), so the
-    answer letter cancels question by question; False keeps the texts as written.
-    ``progress`` shows a progress bar.
+    name the fields of the texts and labels (a dataset's columns, a JSON file's keys:
+    :mod:`actstore.datasets`). ``swap_options`` captures an A/B set with each pair's option-swapped twin
+    (:func:`actstore.datasets.with_twins`), so the answer letter cancels question by question;
+    False keeps the texts as written. ``progress`` shows a progress bar.
     """
 
     layers: str | tuple[int, ...] = "all"

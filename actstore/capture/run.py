@@ -135,10 +135,11 @@ def capture_to_store(model: str | ModelSpec | LoadedModel, data: str | Path | Co
     """Capture activations of ``data`` at ``layers`` of ``model`` into ``store``.
 
     ``model`` is a hub id, a local folder, a :class:`~actstore.models.ModelSpec` or
-    an already :func:`load_model`-ed model; ``data`` a contrast-set file (see
-    :mod:`actstore.datasets`), or a Hugging Face dataset on disk (Arrow, Parquet; columns
-    ``text_column``, ``label_column``) or a plain-text corpus cut into windows of ``max_length``
-    tokens, both read window by window (see :mod:`actstore.sources`); ``store`` a path, a URL or
+    an already :func:`load_model`-ed model; ``data`` a contrast set in any format (JSON, JSONL,
+    Parquet, Arrow, a ``save_to_disk`` folder: the same rows give the same store, see
+    :mod:`actstore.datasets`; fields ``text_column``, ``label_column``; a plain labeled dataset is
+    read window by window) or a plain-text corpus cut into windows of ``max_length`` tokens (see
+    :mod:`actstore.sources`); ``store`` a path, a URL or
     a ``zarr.Store`` (:class:`~actstore.stores.location.StoreLocation`). How texts become rows is
     ``options`` (:class:`~actstore.capture.CaptureOptions`, ``layers`` among them; the
     positional ``layers``, when given, replaces theirs), how they are stored ``group``

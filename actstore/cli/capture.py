@@ -32,11 +32,12 @@ class DataPath(click.Path):
 @click.command()
 @model_options
 @click.option("--data", "-d", required=True, type=DataPath(),
-              help="Contrast set: JSON list or JSONL of A/B items (question, answer_matching_behavior, "
-                   "answer_not_matching_behavior), pairs (positive, negative) or labeled texts (text, label). "
-                   "Or, read window by window whatever its size: a Hugging Face dataset on disk (a folder "
-                   "written by save_to_disk, an .arrow file, a .parquet file or a folder of them; see "
-                   "--text-column, --label-column), or a plain-text corpus (.txt) for a one-class capture, cut "
+              help="Contrast set: A/B items (question, answer_matching_behavior, answer_not_matching_behavior), "
+                   "pairs (positive, negative) or labeled texts (text, optional label), as a JSON list, JSONL or "
+                   "a Hugging Face dataset on disk (a folder written by save_to_disk, an .arrow file, a .parquet "
+                   "file or a folder of them): the same rows give the same store in every format. A labeled "
+                   "dataset that is not an A/B set is read window by window whatever its size (see --text-column, "
+                   "--label-column). Or a plain-text corpus (.txt) for a one-class capture, cut "
                    "into windows of --max-length tokens (default 512 for a corpus).")
 @click.option("--layers", "-l", default="all", show_default=True,
               help="Decoder blocks to capture (0-based): one ('6'), several ('2,6,10') or 'all'.")
@@ -79,10 +80,11 @@ class DataPath(click.Path):
                    "(default: the model's context length). A .txt corpus is cut into windows of this many "
                    "tokens, special tokens included (default 512).")
 @click.option("--text-column", default=None, metavar="NAME",
-              help="With a dataset --data: the column of texts (default: 'text').")
+              help="The column (dataset) or key (JSON) of texts (default: 'text'); naming it reads the rows as "
+                   "labeled texts.")
 @click.option("--label-column", default=None, metavar="NAME",
-              help="With a dataset --data: the column of class labels (strings, integers or a ClassLabel, "
-                   "whose names are used). Default: 'label' when the dataset has that column (the Hugging Face "
+              help="The column (dataset) or key (JSON) of class labels (strings, integers or a ClassLabel, "
+                   "whose names are used). Default: 'label' when the rows have it (the Hugging Face "
                    "convention), else none; --label-column '' reads no labels. Without labels every text is of "
                    "class 'text'. A missing label (null, NaN, ClassLabel -1) is refused with its row.")
 @click.option("--no-swap-options", "swap_options", is_flag=True, flag_value=False, default=True,
