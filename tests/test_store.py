@@ -233,6 +233,16 @@ def test_capture_codec_is_the_arrays_and_values_do_not_change(tmp_path, store_at
     np.testing.assert_array_equal(actstore.open_store(other).acts.values, actstore.open_store(default).acts.values)
 
 
+def test_the_auto_codec_compresses_only_all_token_captures(store_at, tiny_model_dirs, pairs_file):
+    model = actstore.load_model(str(tiny_model_dirs["gpt2"]))
+    last, every = store_at("last.zarr"), store_at("all.zarr")
+    actstore.capture_to_store(model, pairs_file, last, "1", progress=False)
+    actstore.capture_to_store(model, pairs_file, every, "1", position="all", progress=False)
+    kinds = {path: [type(c).__name__ for c in zarr.open_group(path, mode="r")["tiny-gpt2"]["acts"].compressors]
+             for path in (last, every)}
+    assert kinds == {last: ["Crc32cCodec"], every: ["BloscCodec", "Crc32cCodec"]}
+
+
 def test_a_commit_is_one_metadata_write(tmp_path, llama, pairs_file, monkeypatch):
     # zarr's attrs.update() writes key by key: a kill between two of those writes once left
     # n_samples advanced and the run's texts_done not, and a resumed capture wrote a window twice.

@@ -14,7 +14,7 @@ from ..datasets import ContrastSet, Example, text_hash
 from ..errors import ActstoreError
 from ..models import LoadedModel, parse_layers, safe_group_name, text_config
 from ..sources import Column, TextSource
-from ..stores.schema import CaptureSpec, GroupOptions
+from ..stores.schema import AUTO_CODEC, CaptureSpec, GroupOptions
 from .options import CaptureOptions
 
 
@@ -154,7 +154,8 @@ def group_spec(loaded: LoadedModel, options: CaptureOptions, group: GroupOptions
     return CaptureSpec(model_id=loaded.model_id, model_fingerprint=loaded.fingerprint,
                        model_type=getattr(loaded.model.config, "model_type", None), hidden_size=loaded.hidden_size,
                        layers=list(options.layers), position=options.position_name, dtype=group.store_dtype,
-                       stats_only=group.stats_only, codec=group.codec, site=options.site, extra=extra)
+                       stats_only=group.stats_only, codec=options.at.codec if group.codec == AUTO_CODEC else group.codec,
+                       site=options.site, extra=extra)
 
 
 def run_settings(options: CaptureOptions, contrast) -> dict:

@@ -107,6 +107,12 @@ class Position:
         """Rows a text of ``n_tokens`` real tokens gives."""
         return n_tokens if _KINDS[self.kind].row_per_token else 1
 
+    @property
+    def codec(self) -> str:
+        """The ``auto`` codec of a new group at this position: ``lz4`` where every token is a row
+        (texts sharing a prompt compress 1.6x), else ``none`` (1.04x: not worth half the read speed)."""
+        return "lz4" if _KINDS[self.kind].row_per_token else "none"
+
     def window(self, hint: int) -> int:
         """Texts per commit: small enough that an interruption loses seconds of work, large enough
         that a commit (a rewrite of one partly filled chunk) is cheap; ``hint``: the store's."""

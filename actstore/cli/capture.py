@@ -8,7 +8,7 @@ import click
 
 from ..capture import POSITIONS
 from ..models import SITES
-from ..stores.schema import CODECS, DEFAULT_CODEC, STORE_DTYPES
+from ..stores.schema import AUTO_CODEC, CODEC_CHOICES, STORE_DTYPES
 from .options import EscapedText, ShardType, model_options, quiet_option, scheduler_option, take_record
 
 
@@ -61,9 +61,10 @@ class DataPath(click.Path):
                    "+-65504 (gemma's massive coordinates exceed it); bfloat16 halves it with float32's range "
                    "(8 significant bits, relative error <= 2^-8 = 0.4%; stored as uint16 bits, read back as float32 by "
                    "open_store). Figures: benchmarks/RESULTS.md (bench_store_dtype.py).")
-@click.option("--codec", type=click.Choice(CODECS), default=DEFAULT_CODEC, show_default=True,
-              help="Compression of a new group's activations: none (fastest to read: about 2x lz4; float32 "
-                   "activations of distinct texts compress only 1.04x with lz4, 1.10x with zstd), lz4 (Blosc LZ4 + "
+@click.option("--codec", type=click.Choice(CODEC_CHOICES), default=AUTO_CODEC, show_default=True,
+              help="Compression of a new group's activations. auto: none for one row per text, lz4 for "
+                   "--position all (texts sharing a prompt compress 1.6x there). none (fastest to read: about 2x "
+                   "lz4; float32 activations of distinct texts compress only 1.04x with lz4, 1.10x with zstd), lz4 (Blosc LZ4 + "
                    "shuffle, fast to decode), zstd (smaller: 1.3x less than lz4 on A/B pairs with --position all, "
                    "slower to read). Every chunk carries a CRC32C checksum whatever the codec.")
 @click.option("--resume", is_flag=True,

@@ -84,9 +84,12 @@ def bfloat16_values(bits: np.ndarray) -> np.ndarray:
     """uint16 bfloat16 bits -> float32 (exact)."""
     return (np.asarray(bits, dtype=np.uint16).astype(np.uint32) << np.uint32(16)).view(np.float32)
 CODECS = ("none", "lz4", "zstd")
-# A new group's activations are not compressed: float32 activations of distinct texts compress
-# 1.04x with LZ4 (1.10x Zstd) and read about 2x faster without (benchmarks/RESULTS.md, issue 21).
-DEFAULT_CODEC = "none"
+# A new group's codec by default ("auto"): none where each text gives one row (float32 activations
+# of distinct texts compress 1.04x with LZ4, and read about 2x faster uncompressed), LZ4 where each
+# token gives one (--position all: texts that share a prompt compress 1.6x). benchmarks/RESULTS.md, issue 21.
+AUTO_CODEC = "auto"
+CODEC_CHOICES = (AUTO_CODEC, *CODECS)
+DEFAULT_CODEC = "none"  # a spec built without a position (benchmarks, direct writers)
 SHARDS = "shards"
 STATS_GROUP = "stats"
 MOMENTS = ("moments0", "moments1")  # stats-only groups: double-buffered running moments
@@ -184,7 +187,7 @@ class GroupOptions:
     ``stats_only`` (store per-class moments instead of rows)."""
 
     store_dtype: str = "float32"
-    codec: str = DEFAULT_CODEC
+    codec: str = AUTO_CODEC
     name: str | None = None
     stats_only: bool = False
 
@@ -192,8 +195,8 @@ class GroupOptions:
         if self.store_dtype not in STORE_DTYPES:
             raise StoreError(f"store_dtype={self.store_dtype!r}: expected one of {', '.join(STORE_DTYPES)}",
                              param="store_dtype")
-        if self.codec not in CODECS:
-            raise StoreError(f"codec={self.codec!r}: expected one of {', '.join(CODECS)}", param="codec")
+        if self.codec not in CODEC_CHOICES:
+            raise StoreError(f"codec={self.codec!r}: expected one of {', '.join(CODEC_CHOICES)}", param="codec")
         if self.name is not None:
             check_group_name(self.name)
 
