@@ -88,6 +88,31 @@ def main() -> None:
             outputs[name] = fn()
             times[name].append(time.perf_counter() - t0)
             print(name, f"{times[name][-1]:.1f} s", flush=True)
+    # Issue 21 §4: the configuration's arithmetic against the machine's matmul rate. The LM head
+    # over the perplexity tokens (2 x tokens x hidden x vocab flops) is timed alone, on the same
+    # batch shapes, with and without the log-softmax the NLL needs; torch.mm at that shape is the limit.
+    from limits import matmul_gflops
+
+    head = loaded.model.get_output_embeddings()
+    hidden_size, vocab = head.weight.shape[1], head.weight.shape[0]
+    shapes = [tuple(b.input_ids.shape) for b in windows.batches]
+
+    def head_only(softmax: bool):
+        with torch.inference_mode():
+            for batch, seq in shapes:
+                logits = head(torch.randn(batch, seq, hidden_size))
+                if softmax:
+                    torch.log_softmax(logits.float(), dim=-1)
+
+    head_times = {}
+    for softmax in (False, True):
+        head_only(softmax)
+        t0 = time.perf_counter()
+        head_only(softmax)
+        head_times[softmax] = time.perf_counter() - t0
+    head_tokens = sum(b * q for b, q in shapes)
+    head_flops = 2.0 * head_tokens * hidden_size * vocab
+    limit = matmul_gflops(shapes[0][0] * shapes[0][1], hidden_size, vocab)
     score_diff = float(np.abs(outputs["before"][0] - outputs["after"][0]).max())
     nll_diff = float(np.abs(outputs["before"][1] - outputs["after"][1]).max() / np.abs(outputs["before"][1]).max())
     med = {name: statistics.median(t) for name, t in times.items()}
@@ -114,6 +139,8 @@ layer {args.layer} (once per layer, {replay.nbytes / 2**20:.0f} MiB): {cache_sec
 difference of an A/B score {score_diff:.1e}, of a window NLL {nll_diff:.1e} (relative). Torch threads: \
 {torch.get_num_threads()}. The LM head over gemma's 262,144-word vocabulary at every perplexity token is the \
 floor that replay cannot remove.
+
+Against the machine's matmul rate (issue 21 §4): the LM head over the {head_tokens} perplexity tokens alone ({head_flops / 1e12:.2f} TFLOP) takes {head_times[False]:.1f} s ({head_flops / head_times[False] / 1e9:.0f} GFLOP/s, **{head_flops / head_times[False] / 1e9 / limit:.2f}x** of `torch.mm` at its shape, {limit:.0f} GFLOP/s, measured in this run), {head_times[True]:.1f} s with the log-softmax the NLL needs: **{head_times[True] / med['after']:.0%}** of an 'after' configuration. The rest is the blocks after layer {args.layer}, the A/B prompts and the hooks.
 """
     print(body)
     write_section("Evaluation cost (bench_eval.py)", body)
