@@ -25,6 +25,7 @@ import errno
 import json
 import os
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
@@ -44,7 +45,8 @@ ITEMS = [ABItem(f"Question {i}: would you{' really' * (i % 3)} help?\n\nChoices:
 TEXT = ("The quick brown fox jumps over the lazy dog. Steering vectors add a direction to the residual "
         "stream at every token. I told my baby I loved her when she cried. ") * 2
 ALPHAS = (4.0, 8.0)
-TABLES = ("results.csv", "items.csv", "windows.csv", "frontier.csv", "contrasts.csv", "steerability.csv")
+TABLES = ("results.csv", "items.csv", "windows.csv", "frontier.csv", "contrasts.csv", "steerability.csv",
+          "separation.csv")
 
 
 class Killed(BaseException):
@@ -107,22 +109,35 @@ def setup(tmp_path_factory, tiny_model_dirs):
     pairs = tmp / "pairs.json"
     pairs.write_text(json.dumps([{"positive": f"I kept promise {i}.", "negative": f"I broke promise {i}."}
                                  for i in range(6)]))
-    store = tmp / "s.zarr"
+    store, heldout = tmp / "s.zarr", tmp / "heldout.zarr"
     actstore.capture_to_store(llama, pairs, store, "2", progress=False)
+    actstore.capture_to_store(llama, pairs, heldout, "2", progress=False)  # each vector's separation.csv row
     ids = llama.tokenizer(TEXT, add_special_tokens=False)["input_ids"][:64]
     # two documents of two 16-token windows each: the perplexity's interval has units to resample
     windows = PerplexityWindows.from_tagged(llama.tokenizer, [(i // 2, ids[i * 16:(i + 1) * 16]) for i in range(4)],
                                             16)
     on_target = ABLetters(llama.tokenizer, ITEMS, both_orders=True)
-    reference = tmp / "reference"
-    sweep(llama, store, reference, on_target, windows)
-    return llama, store, on_target, windows, reference
+    small = Sweep(llama, store, heldout, on_target, windows, tmp / "reference")
+    sweep(small, small.reference)
+    return small
 
 
-def sweep(llama, store, out, on_target, windows):
+@dataclass(frozen=True)
+class Sweep:
+    """The small sweep every test runs, and its folder run without interruption (``reference``)."""
+
+    llama: object
+    store: Path
+    heldout: Path
+    on_target: ABLetters
+    windows: PerplexityWindows
+    reference: Path
+
+
+def sweep(small: Sweep, out: Path):
     grid = Grid((2,), (4,), ALPHAS, "scale", ("enr",), (1.05,), (0,))
-    return run_sweep(llama, store, out, grid=grid, on_target=on_target, perplexity=windows,
-                     options=SweepOptions(behavior="toy", progress=False))
+    return run_sweep(small.llama, small.store, out, grid=grid, on_target=small.on_target, perplexity=small.windows,
+                     options=SweepOptions(behavior="toy", progress=False, heldout=small.heldout))
 
 
 def table(path: Path):
@@ -137,7 +152,8 @@ def assert_same_folder(out: Path, reference: Path, point: str) -> None:
         pd.testing.assert_frame_equal(table(out / name), table(reference / name), check_exact=True, obj=point)
     assert json.loads((out / "baseline.json").read_text()) == json.loads((reference / "baseline.json").read_text())
     assert (out / "results.md").read_text().startswith("# Steering sweep")
-    assert (out / "frontier_toy.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    for plot in ("frontier_toy.png", "separation_toy.png"):
+        assert (out / plot).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", (point, plot)
     assert not [p.name for p in out.iterdir() if p.name.endswith((files.PARTIAL, ".tmp"))], point
 
 
@@ -152,31 +168,29 @@ def committed(out: Path) -> tuple[set, bool]:
 
 
 def resume_and_check(setup, out: Path, point: str) -> None:
-    llama, store, on_target, windows, reference = setup
     done, baseline_written = committed(out)
     with counting_measurements() as recorded:
-        sweep(llama, store, out, on_target, windows)
+        sweep(setup, out)
     every = {(2, "enr", "4", alpha) for alpha in ALPHAS}
     want = sorted(every - done) + ([] if baseline_written else ["baseline"])
     # each configuration not committed is measured once; none committed is measured again
     assert sorted(recorded, key=str) == sorted(want, key=str), (point, recorded, done)
-    assert_same_folder(out, reference, point)
+    assert_same_folder(out, setup.reference, point)
 
 
 def test_a_sweep_killed_at_every_write_resumes_to_the_uninterrupted_folder(setup, tmp_path):
-    llama, store, on_target, windows, reference = setup
     with failing_at(0) as seen:
-        sweep(llama, store, tmp_path / "count", on_target, windows)
+        sweep(setup, tmp_path / "count")
     total = seen["writes"]
     written = set(seen["files"])
     # every file of the folder is among the write points
-    assert {*TABLES, "baseline.json", "results.md", "frontier_toy.png"} <= written, written
-    assert_same_folder(tmp_path / "count", reference, "uninterrupted")
+    assert {*TABLES, "baseline.json", "results.md", "frontier_toy.png", "separation_toy.png"} <= written, written
+    assert_same_folder(tmp_path / "count", setup.reference, "uninterrupted")
     for n in range(1, total + 1):
         out = tmp_path / f"kill{n}"
         point = f"killed at write {n} of {total} ({seen['files'][n - 1]})"
         with pytest.raises(Killed), failing_at(n):
-            sweep(llama, store, out, on_target, windows)
+            sweep(setup, out)
         resume_and_check(setup, out, point)
     print(f"sweep: {total} kill points tried ({', '.join(seen['files'])}), each resumed to the same folder")
 
@@ -184,9 +198,8 @@ def test_a_sweep_killed_at_every_write_resumes_to_the_uninterrupted_folder(setup
 def test_an_append_killed_after_its_first_bytes_resumes(setup, tmp_path):
     """A kill that leaves only the start of an append: a cut header, or a first row cut with no
     whole row before it (the next append must not run on from the cut bytes)."""
-    llama, store, on_target, windows, reference = setup
     with failing_at(0) as seen:
-        sweep(llama, store, tmp_path / "count", on_target, windows)
+        sweep(setup, tmp_path / "count")
     appends = [n for n in range(1, seen["writes"] + 1) if seen["appends"][n - 1]]
     assert {seen["files"][n - 1] for n in appends} == {"items.csv", "windows.csv"}
     for n in appends:
@@ -195,23 +208,22 @@ def test_an_append_killed_after_its_first_bytes_resumes(setup, tmp_path):
             point = f"killed {cut} bytes into write {n} ({seen['files'][n - 1]})"
             keep = (lambda data: 3) if cut == 3 else (lambda data: data.index(b"\n") + 4)
             with pytest.raises(Killed), failing_at(n, keep=keep):
-                sweep(llama, store, out, on_target, windows)
+                sweep(setup, out)
             resume_and_check(setup, out, point)
 
 
 def test_a_resume_killed_at_every_write_resumes_again(setup, tmp_path):
     """The writes a resume makes to clean the folder up (the rows of a configuration that was
     not committed dropped) and to finish it, each killed in turn."""
-    llama, store, on_target, windows, reference = setup
     with failing_at(0) as seen:
-        sweep(llama, store, tmp_path / "count", on_target, windows)
+        sweep(setup, tmp_path / "count")
     second_commit = [i for i, name in enumerate(seen["files"], 1) if name == "results.csv"][1]
     killed = tmp_path / "killed"
     with pytest.raises(Killed), failing_at(second_commit):  # the 2nd configuration's rows are in, not its row
-        sweep(llama, store, killed, on_target, windows)
+        sweep(setup, killed)
     with failing_at(0) as resumed:
         shutil.copytree(killed, tmp_path / "count-resume")
-        sweep(llama, store, tmp_path / "count-resume", on_target, windows)
+        sweep(setup, tmp_path / "count-resume")
     total = resumed["writes"]
     assert resumed["files"][:2] == ["results.csv", "items.csv"], resumed["files"]  # the clean-up comes first
     for n in range(1, total + 1):
@@ -219,20 +231,19 @@ def test_a_resume_killed_at_every_write_resumes_again(setup, tmp_path):
         shutil.copytree(killed, out)
         point = f"resume killed at write {n} of {total} ({resumed['files'][n - 1]})"
         with pytest.raises(Killed), failing_at(n):
-            sweep(llama, store, out, on_target, windows)
+            sweep(setup, out)
         resume_and_check(setup, out, point)
 
 
 def test_a_full_disk_at_every_write_is_named_and_the_folder_resumes(setup, tmp_path):
-    llama, store, on_target, windows, reference = setup
     with failing_at(0) as seen:
-        sweep(llama, store, tmp_path / "count", on_target, windows)
+        sweep(setup, tmp_path / "count")
     total = seen["writes"]
     for n in range(1, total + 1):
         out = tmp_path / f"full{n}"
         point = f"disk full at write {n} of {total} ({seen['files'][n - 1]})"
         with pytest.raises(actstore.ActstoreError) as failed, failing_at(n, "full"):
-            sweep(llama, store, out, on_target, windows)
+            sweep(setup, out)
         message = str(failed.value)
         assert f"cannot write {str(out / seen['files'][n - 1])!r}: the disk is full (the disk mounted at" in message, \
             (point, message)
@@ -245,9 +256,23 @@ def test_a_full_disk_at_every_write_is_named_and_the_folder_resumes(setup, tmp_p
         resume_and_check(setup, out, point)
 
 
+def test_a_damaged_separation_row_costs_only_its_vectors_configurations(setup, tmp_path):
+    out = tmp_path / "sweep"
+    shutil.copytree(setup.reference, out)
+    path = out / "separation.csv"
+    header, row = path.read_bytes().splitlines(keepends=True)
+    fields = row.split(b",")
+    fields[header.split(b",").index(b"auroc")] = b"0.\xff"  # its AUROC damaged by a byte that is not UTF-8
+    path.write_bytes(header + b",".join(fields))
+    with counting_measurements() as recorded:
+        sweep(setup, out)
+    assert sorted(recorded) == [(2, "enr", "4", alpha) for alpha in ALPHAS]  # the vector's configurations
+    assert_same_folder(out, setup.reference, "separation.csv damaged")
+
+
 def test_a_full_disk_in_the_cli_is_one_error_line_and_the_same_command_resumes(setup, tmp_path, run,
                                                                                tiny_model_dirs):
-    _, store, _, _, _ = setup
+    store = setup.store
     ab = tmp_path / "ab.json"
     ab.write_text(json.dumps([{"positive": i.prompt + f"({i.matching})", "negative": i.prompt + f"({i.other})"}
                               for i in ITEMS]))

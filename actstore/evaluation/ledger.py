@@ -74,7 +74,7 @@ def _read_csv(path: Path, required: tuple[str, ...] = tuple(KEY)):
                             "move it away (the sweep rebuilds it) or choose another --out folder") from None
 
 
-def _read_csv_salvaged(path: Path, numeric: tuple[str, ...]):
+def _read_csv_salvaged(path: Path, numeric: tuple[str, ...], required: tuple[str, ...] = tuple(KEY)):
     """``(frame, clean)``: the rows of a table that still read, for a folder opened to resume it.
     Lines that do not parse, bytes that are not UTF-8 and rows whose ``numeric`` fields are not
     numbers are dropped (``clean`` is False then): the configurations they belonged to come out
@@ -82,7 +82,7 @@ def _read_csv_salvaged(path: Path, numeric: tuple[str, ...]):
     import pandas as pd
 
     try:
-        return _read_csv(path), True
+        return _read_csv(path, required), True
     except ActstoreError:
         pass
     try:
@@ -90,7 +90,7 @@ def _read_csv_salvaged(path: Path, numeric: tuple[str, ...]):
                             on_bad_lines="skip", encoding_errors="replace", engine="python")
     except (ValueError, pd.errors.ParserError):  # not even its header reads: nothing in it is kept
         return None, False
-    if any(c not in frame for c in KEY):  # nor its header's columns
+    if any(c not in frame for c in required):  # nor its header's columns
         return None, False
     bad = np.zeros(len(frame), dtype=bool)
     for column in ("layer", *numeric):  # layer may be empty (the baseline's rows), never garbled
@@ -196,6 +196,7 @@ class Ledger:
                   ((self.items_csv, ("alpha", "score")), (self.windows_csv, ("alpha", "nll", "tokens")))}
         expected = set(self.done) | ({"baseline"} if self.baseline is not None else set())
         damaged = set().union(*(_short_keys(frame, expected) for frame, _ in tables.values()))
+        damaged |= self._separation_lost()
         if "baseline" in damaged:
             # The unsteered rows are measured again (the same model on the same items gives the same
             # figures; baseline.json is replaced when they are): the configurations done stay done.
@@ -227,6 +228,23 @@ class Ledger:
                     kept_lines.append(line)
             if len(kept_lines) != len(lines):
                 replace_file(self.generations, "".join(line + "\n" for line in kept_lines))
+
+    def _separation_lost(self) -> set:
+        """The configurations done whose vector lost its separation.csv row to damage (lines that do
+        not read): measured again, which measures the vector's separation again too. The rows that
+        read are kept."""
+        if not self.separation_csv.exists():
+            return set()
+        frame, clean = _read_csv_salvaged(self.separation_csv, ("auroc", "cohens_d"), ("layer", "method", "k"))
+        if clean:
+            return set()
+        kept = set() if frame is None else {(int(r.layer), str(r.method), str(r.k))
+                                            for r in frame[["layer", "method", "k"]].itertuples(index=False)}
+        if frame is None:
+            self.separation_csv.unlink()
+        else:
+            _replace_csv(frame, self.separation_csv)
+        return {key for key in self.done if key[:3] not in kept}
 
     @classmethod
     def open_existing(cls, out_dir: str | Path) -> Ledger:
@@ -318,8 +336,13 @@ class Ledger:
         return None if frame is None else self._keep(frame)
 
     def separation(self):
-        """separation.csv (held-out AUROC and Cohen's d per vector), or None."""
-        return _read_csv(self.separation_csv, required=("layer", "method", "k"))
+        """separation.csv (held-out AUROC and Cohen's d per vector), or None. The folder's writer
+        keeps the rows that still read of a damaged one (those lost are measured again with their
+        vector's next configuration)."""
+        required = ("layer", "method", "k")
+        if self.readonly:
+            return _read_csv(self.separation_csv, required)
+        return _read_csv_salvaged(self.separation_csv, ("auroc", "cohens_d"), required)[0]
 
     def is_separated(self, layer: int, method: str, k: str) -> bool:
         """Whether separation.csv has this vector (read once, then kept up to date by
