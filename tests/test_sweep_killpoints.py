@@ -298,3 +298,14 @@ def test_a_full_disk_in_the_cli_is_one_error_line_and_the_same_command_resumes(s
     assert recorded == [(2, "enr", "4", 8.0)]
     for name in ("results.csv", "items.csv", "windows.csv"):
         pd.testing.assert_frame_equal(table(out / name), table(tmp_path / "count" / name), check_exact=True)
+
+
+@pytest.mark.parametrize("content, kept", [(b"", b""), (b"lay", b""), (b"a,b\n1,2\n", b"a,b\n1,2\n"),
+                                           (b"a,b\n1,2\n3,", b"a,b\n1,2\n"),
+                                           (b"x" * 70_000 + b"\n" + b"y" * 140_000, b"x" * 70_000 + b"\n"),
+                                           (b"y" * 140_000, b"")])
+def test_the_next_writer_cuts_off_a_line_a_kill_cut(tmp_path, content, kept):
+    path = tmp_path / "items.csv"
+    path.write_bytes(content)
+    assert files.drop_cut_line(path) == (kept != content)
+    assert path.read_bytes() == kept

@@ -90,10 +90,17 @@ def drop_cut_line(path: str | Path) -> bool:
         handle.seek(size - 1)
         if handle.read(1) == b"\n":
             return False
-        handle.seek(0)
-        keep = complete_lines(handle.read())
+        end = size
+        while end > 0:  # back to the last newline, a block at a time (the file may be large)
+            start = max(0, end - 2**16)
+            handle.seek(start)
+            block = handle.read(end - start)
+            if b"\n" in block:
+                end = start + block.rfind(b"\n") + 1
+                break
+            end = start
         try:
-            handle.truncate(len(keep))
+            handle.truncate(end)
         except OSError as err:
             raise _named(err, path) from err
     return True
