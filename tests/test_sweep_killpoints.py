@@ -192,6 +192,7 @@ def test_a_sweep_killed_at_every_write_resumes_to_the_uninterrupted_folder(setup
         with pytest.raises(Killed), failing_at(n):
             sweep(setup, out)
         resume_and_check(setup, out, point)
+    resume_and_check(setup, tmp_path / "count", f"killed after the last write ({total})")  # measures nothing
     print(f"sweep: {total} kill points tried ({', '.join(seen['files'])}), each resumed to the same folder")
 
 
