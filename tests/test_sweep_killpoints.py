@@ -25,6 +25,8 @@ import errno
 import json
 import os
 import shutil
+import subprocess
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -112,14 +114,18 @@ def setup(tmp_path_factory, tiny_model_dirs):
     store, heldout = tmp / "s.zarr", tmp / "heldout.zarr"
     actstore.capture_to_store(llama, pairs, store, "2", progress=False)
     actstore.capture_to_store(llama, pairs, heldout, "2", progress=False)  # each vector's separation.csv row
+    small = small_sweep(llama, store, heldout, tmp / "reference")
+    sweep(small, small.reference)
+    return small
+
+
+def small_sweep(llama, store: Path, heldout: Path, reference: Path) -> Sweep:
     ids = llama.tokenizer(TEXT, add_special_tokens=False)["input_ids"][:64]
     # two documents of two 16-token windows each: the perplexity's interval has units to resample
     windows = PerplexityWindows.from_tagged(llama.tokenizer, [(i // 2, ids[i * 16:(i + 1) * 16]) for i in range(4)],
                                             16)
-    on_target = ABLetters(llama.tokenizer, ITEMS, both_orders=True)
-    small = Sweep(llama, store, heldout, on_target, windows, tmp / "reference")
-    sweep(small, small.reference)
-    return small
+    return Sweep(llama, Path(store), Path(heldout), ABLetters(llama.tokenizer, ITEMS, both_orders=True), windows,
+                 Path(reference))
 
 
 @dataclass(frozen=True)
@@ -234,6 +240,49 @@ def test_a_resume_killed_at_every_write_resumes_again(setup, tmp_path):
         with pytest.raises(Killed), failing_at(n):
             sweep(setup, out)
         resume_and_check(setup, out, point)
+
+
+CHILD = """
+import os, sys
+sys.path.insert(0, sys.argv[1])
+import actstore
+import test_sweep_killpoints as kill
+from actstore.evaluation import files
+model, store, heldout, out, n = sys.argv[2:7]
+small = kill.small_sweep(actstore.load_model(model), store, heldout, out)
+count, original = [0], files._write_bytes
+def write(handle, data):
+    count[0] += 1
+    if count[0] == int(n):
+        original(handle, data[: len(data) // 2])
+        handle.flush()
+        os._exit(17)  # a real death: no finally, no clean-up, the lock let go by the OS
+    return original(handle, data)
+files._write_bytes = write
+kill.sweep(small, out)
+"""
+
+
+def test_real_process_deaths_mid_append_and_mid_commit_resume(setup, tmp_path, tiny_model_dirs):
+    """The in-process simulation against real ``os._exit`` deaths: in the middle of a
+    configuration's items, of its commit, and of the report."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    with failing_at(0) as seen:
+        sweep(setup, tmp_path / "count")
+    points = [seen["files"].index("items.csv", 1) + 1, seen["files"].index("results.csv") + 1,
+              seen["files"].index("results.md") + 1]
+    for n in points:
+        out = tmp_path / f"exit{n}"
+        died = subprocess.run([sys.executable, "-c", CHILD, str(Path(__file__).parent), str(tiny_model_dirs["llama"]),
+                               str(setup.store), str(setup.heldout), str(out), str(n)], env=env, capture_output=True,
+                              text=True)
+        assert died.returncode == 17, died.stderr[-2000:]
+        name = seen["files"][n - 1]
+        if name == "items.csv":  # the death left what the resume must clean: a cut line, a partial file
+            assert not (out / name).read_bytes().endswith(b"\n")
+        else:
+            assert (out / f".{name}{files.PARTIAL}").exists()
+        resume_and_check(setup, out, f"os._exit at write {n} ({name})")
 
 
 def test_a_full_disk_at_every_write_is_named_and_the_folder_resumes(setup, tmp_path):
