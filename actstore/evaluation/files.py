@@ -111,14 +111,18 @@ def complete_lines(data: bytes) -> bytes:
     return data[: data.rfind(b"\n") + 1]
 
 
+# The files of a sweep folder (the ledger's and the report's): only their partial files are removed.
+FOLDER_FILES = ("results.csv", "baseline.json", "items.csv", "windows.csv", "generations.jsonl", "separation.csv",
+                "frontier.csv", "contrasts.csv", "steerability.csv", "results.md", "frontier_*.png",
+                "separation_*.png")
+
+
 def remove_partials(folder: str | Path) -> None:
-    """Clear the partial files a kill left in ``folder`` (never a file :func:`replace_file` did
-    not make), and the ``.tmp`` files of earlier versions."""
-    for tmp in Path(folder).glob(f".*{PARTIAL}"):
-        tmp.unlink(missing_ok=True)
-    for name in ("results.csv", "baseline.json", "items.csv", "windows.csv", "generations.jsonl",
-                 "separation.csv"):
-        Path(folder, name + ".tmp").unlink(missing_ok=True)
+    """Clear the partial files a kill left in ``folder`` (those of the sweep's own files, nothing
+    else), and the ``.tmp`` files of earlier versions."""
+    for pattern in FOLDER_FILES:
+        for leftover in (*Path(folder).glob(f".{pattern}{PARTIAL}"), *Path(folder).glob(f"{pattern}.tmp")):
+            leftover.unlink(missing_ok=True)
 
 
 def _sync_folder(folder: Path) -> None:
