@@ -240,6 +240,7 @@ def test_a_resume_killed_at_every_write_resumes_again(setup, tmp_path):
         with pytest.raises(Killed), failing_at(n):
             sweep(setup, out)
         resume_and_check(setup, out, point)
+    print(f"resume: {total} kill points tried ({', '.join(resumed['files'])}), each resumed again")
 
 
 CHILD = """
