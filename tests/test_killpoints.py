@@ -214,7 +214,7 @@ def test_a_vector_or_gguf_export_killed_mid_write_leaves_the_previous_file_whole
 def test_a_sweep_killed_while_committing_a_configuration_keeps_the_previous_results(tmp_path, monkeypatch):
     """results.csv is the commit of a configuration: a kill mid-write leaves the old file, and
     the configuration is not counted as done."""
-    import actstore.evaluation.ledger as ledger_module
+    import actstore.evaluation.files as files_module
     from actstore.evaluation.ledger import Ledger
     from actstore.evaluation.rows import BASELINE, ConfigKey, ItemRows, WindowRows
 
@@ -232,7 +232,7 @@ def test_a_sweep_killed_while_committing_a_configuration_keeps_the_previous_resu
     def dies(src, dst):
         raise Killed("between writing the new results.csv and renaming it into place")
 
-    monkeypatch.setattr(ledger_module.os, "replace", dies)
+    monkeypatch.setattr(files_module.os, "replace", dies)
     second = {**first, "alpha": 4.0, "on_target_shift": 0.5}
     with pytest.raises(Killed):
         ledger.record(second, *block(ConfigKey(1, "enr", "4", 4.0), 0.9, 2.0))

@@ -5,6 +5,7 @@
     replay       fixed batches replayed from a layer's cached block output
     intervals    paired intervals, bootstraps, p-values, Benjamini-Hochberg and Holm
     ledger       the files of one sweep folder, resume
+    files        how each of them is written: replaced whole or appended, a failed write named
     sweep        the grid and run_sweep
     paths        each vector's path (log inflation, shift) and the bootstrap draws behind every interval
     frontier     what is read off the paths: the frontier at each budget, contrasts, steerability

@@ -16,17 +16,25 @@ configuration that is not done: they are dropped when the folder is opened
 again, and the configuration is measured anew. A results row cut by a kill
 (missing fields) is dropped the same way. Anyone can recompute every figure in
 results.csv from items.csv and windows.csv.
+
+Every file is written through :mod:`actstore.evaluation.files`: results.csv,
+baseline.json and the report's files are replaced whole in one rename; items.csv,
+windows.csv and generations.jsonl are appended to, and a line a kill cut is
+ignored by readers and cut off by the next writer. A kill or a full disk at any
+write leaves a folder the next run resumes (tests/test_sweep_killpoints.py tries
+every write).
 """
 
 from __future__ import annotations
 
+import io
 import json
-import os
 from pathlib import Path
 
 import numpy as np
 
 from ..errors import ActstoreError
+from .files import append_file, complete_lines, drop_cut_line, remove_partials, replace_file
 from .grid import is_control
 from .intervals import bh_q_values
 from .rows import BASELINE, KEY, ItemRows, ResultRow, WindowRows, as_record, columns
@@ -36,19 +44,37 @@ def _key(layer, method, k, alpha) -> tuple:
     return (int(layer), str(method), str(k), float(alpha))
 
 
-def _read_csv(path: Path):
-    import pandas as pd
+APPENDED = ("items.csv", "windows.csv")  # tables written by appending: a kill may cut their last line
 
+
+def _table_bytes(path: Path) -> bytes | None:
+    """A table's bytes, without a last line cut by a kill while it was appended to."""
     if not path.exists() or path.stat().st_size == 0:
         return None
+    data = path.read_bytes()
+    return complete_lines(data) if path.name in APPENDED else data
+
+
+def _read_csv(path: Path, required: tuple[str, ...] = tuple(KEY)):
+    """A sweep table, or None if absent or empty; one that does not read, or lacks the
+    ``required`` columns, is named."""
+    import pandas as pd
+
+    data = _table_bytes(path)
+    if not data:
+        return None
     try:
-        return pd.read_csv(path, dtype={"k": str, "method": str, "item": str})
+        frame = pd.read_csv(io.BytesIO(data), dtype={"k": str, "method": str, "item": str})
+        missing = [c for c in required if c not in frame]
+        if missing:  # a header cut, damaged or of another file
+            raise ValueError(f"no column {missing[0]!r}")
+        return frame
     except (ValueError, pd.errors.ParserError, UnicodeDecodeError) as err:  # a damaged or foreign file
         raise ActstoreError(f"{str(path)!r} cannot be read as this sweep's table ({str(err).splitlines()[0]}); "
                             "move it away (the sweep rebuilds it) or choose another --out folder") from None
 
 
-def _read_csv_salvaged(path: Path, numeric: tuple[str, ...]):
+def _read_csv_salvaged(path: Path, numeric: tuple[str, ...], required: tuple[str, ...] = tuple(KEY)):
     """``(frame, clean)``: the rows of a table that still read, for a folder opened to resume it.
     Lines that do not parse, bytes that are not UTF-8 and rows whose ``numeric`` fields are not
     numbers are dropped (``clean`` is False then): the configurations they belonged to come out
@@ -56,13 +82,15 @@ def _read_csv_salvaged(path: Path, numeric: tuple[str, ...]):
     import pandas as pd
 
     try:
-        return _read_csv(path), True
+        return _read_csv(path, required), True
     except ActstoreError:
         pass
     try:
-        frame = pd.read_csv(path, dtype={"k": str, "method": str, "item": str}, on_bad_lines="skip",
-                            encoding_errors="replace", engine="python")
+        frame = pd.read_csv(io.BytesIO(_table_bytes(path)), dtype={"k": str, "method": str, "item": str},
+                            on_bad_lines="skip", encoding_errors="replace", engine="python")
     except (ValueError, pd.errors.ParserError):  # not even its header reads: nothing in it is kept
+        return None, False
+    if any(c not in frame for c in required):  # nor its header's columns
         return None, False
     bad = np.zeros(len(frame), dtype=bool)
     for column in ("layer", *numeric):  # layer may be empty (the baseline's rows), never garbled
@@ -112,9 +140,7 @@ def _read_baseline(path: Path):
 
 
 def _replace_csv(frame, path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    frame.to_csv(tmp, index=False)
-    os.replace(tmp, path)  # one rename: a kill leaves the old file or the new one
+    replace_file(path, frame.to_csv(index=False))  # one rename: a kill leaves the old file or the new one
 
 
 class Ledger:
@@ -163,10 +189,14 @@ class Ledger:
         """Drop the rows of configurations not done, and measure again those whose rows damage
         took (lines that do not read, rows lost from a cut items.csv or windows.csv): only they
         are lost, never the folder."""
+        remove_partials(self.out_dir)  # a kill's leftovers; this run is the folder's only writer
+        for path in (self.items_csv, self.windows_csv, self.generations):
+            drop_cut_line(path)  # the next append starts on a line of its own
         tables = {path: _read_csv_salvaged(path, numeric) for path, numeric in
                   ((self.items_csv, ("alpha", "score")), (self.windows_csv, ("alpha", "nll", "tokens")))}
         expected = set(self.done) | ({"baseline"} if self.baseline is not None else set())
         damaged = set().union(*(_short_keys(frame, expected) for frame, _ in tables.values()))
+        damaged |= self._separation_lost()
         if "baseline" in damaged:
             # The unsteered rows are measured again (the same model on the same items gives the same
             # figures; baseline.json is replaced when they are): the configurations done stay done.
@@ -197,9 +227,24 @@ class Ledger:
                 if key in self.done or (key == "baseline" and self.baseline is not None):
                     kept_lines.append(line)
             if len(kept_lines) != len(lines):
-                tmp = self.generations.with_name(self.generations.name + ".tmp")
-                tmp.write_text("".join(line + "\n" for line in kept_lines))
-                os.replace(tmp, self.generations)
+                replace_file(self.generations, "".join(line + "\n" for line in kept_lines))
+
+    def _separation_lost(self) -> set:
+        """The configurations done whose vector lost its separation.csv row to damage (lines that do
+        not read): measured again, which measures the vector's separation again too. The rows that
+        read are kept."""
+        if not self.separation_csv.exists():
+            return set()
+        frame, clean = _read_csv_salvaged(self.separation_csv, ("auroc", "cohens_d"), ("layer", "method", "k"))
+        if clean:
+            return set()
+        kept = set() if frame is None else {(int(r.layer), str(r.method), str(r.k))
+                                            for r in frame[["layer", "method", "k"]].itertuples(index=False)}
+        if frame is None:
+            self.separation_csv.unlink()
+        else:
+            _replace_csv(frame, self.separation_csv)
+        return {key for key in self.done if key[:3] not in kept}
 
     @classmethod
     def open_existing(cls, out_dir: str | Path) -> Ledger:
@@ -214,17 +259,15 @@ class Ledger:
         return _key(layer, method, k, alpha) in self.done
 
     def _append_measures(self, items: ItemRows, windows: WindowRows, texts: list[str] | None) -> None:
-        frame = items.frame()
-        frame.to_csv(self.items_csv, mode="a", header=not self.items_csv.exists(), index=False)
-        frame = windows.frame()
-        frame.to_csv(self.windows_csv, mode="a", header=not self.windows_csv.exists(), index=False)
+        for path, rows in ((self.items_csv, items), (self.windows_csv, windows)):
+            new = not path.exists() or path.stat().st_size == 0
+            append_file(path, rows.frame().to_csv(header=new, index=False))
         if texts is not None:
             key = items.key
-            with self.generations.open("a") as handle:
-                for item, text in zip(items.item, texts):
-                    handle.write(json.dumps({"layer": None if key.layer != key.layer else key.layer,
-                                             "method": key.method, "k": key.k, "alpha": key.alpha,
-                                             "item": item, "text": text}) + "\n")
+            append_file(self.generations, "".join(
+                json.dumps({"layer": None if key.layer != key.layer else key.layer, "method": key.method,
+                            "k": key.k, "alpha": key.alpha, "item": item, "text": text}) + "\n"
+                for item, text in zip(items.item, texts)))
 
     def record_baseline(self, items: ItemRows, windows: WindowRows, texts=None, **figures) -> dict:
         """The unsteered per-item and per-window rows (key :data:`~actstore.evaluation.rows.BASELINE`),
@@ -232,10 +275,9 @@ class Ledger:
         if items.key != BASELINE or windows.key != BASELINE:
             raise ValueError("the baseline's rows carry the BASELINE key")
         self._append_measures(items, windows, texts)
-        self.baseline = {"settings": self.settings, **figures}
-        tmp = self.baseline_file.with_name(self.baseline_file.name + ".tmp")
-        tmp.write_text(json.dumps(self.baseline, indent=2))
-        os.replace(tmp, self.baseline_file)
+        baseline = {"settings": self.settings, **figures}
+        replace_file(self.baseline_file, json.dumps(baseline, indent=2))
+        self.baseline = baseline
         return self.baseline
 
     def baseline_measures(self) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray]:
@@ -253,12 +295,10 @@ class Ledger:
 
         record = as_record(row) if isinstance(row, ResultRow) else dict(row)
         self._append_measures(items, windows, texts)
-        exists = self.results_csv.exists()
+        exists = self.results_csv.exists() and self.results_csv.stat().st_size > 0
         line = pd.DataFrame([record], columns=self.columns).to_csv(header=not exists, index=False)
         # The old bytes plus the row, renamed into place: a kill never leaves a cut row counted as done.
-        tmp = self.results_csv.with_name(self.results_csv.name + ".tmp")
-        tmp.write_bytes((self.results_csv.read_bytes() if exists else b"") + line.encode())
-        os.replace(tmp, self.results_csv)
+        replace_file(self.results_csv, (self.results_csv.read_bytes() if exists else b"") + line.encode())
         self.done.add(_key(record["layer"], record["method"], record["k"], record["alpha"]))
 
     def finish(self):
@@ -296,8 +336,13 @@ class Ledger:
         return None if frame is None else self._keep(frame)
 
     def separation(self):
-        """separation.csv (held-out AUROC and Cohen's d per vector), or None."""
-        return _read_csv(self.separation_csv)
+        """separation.csv (held-out AUROC and Cohen's d per vector), or None. The folder's writer
+        keeps the rows that still read of a damaged one (those lost are measured again with their
+        vector's next configuration)."""
+        required = ("layer", "method", "k")
+        if self.readonly:
+            return _read_csv(self.separation_csv, required)
+        return _read_csv_salvaged(self.separation_csv, ("auroc", "cohens_d"), required)[0]
 
     def is_separated(self, layer: int, method: str, k: str) -> bool:
         """Whether separation.csv has this vector (read once, then kept up to date by

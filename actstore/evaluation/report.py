@@ -20,11 +20,13 @@ is never switched (notebooks keep their inline plots).
 
 from __future__ import annotations
 
+import io
 import math
 from pathlib import Path
 
 import numpy as np
 
+from .files import replace_file
 from .frontier import Contrast, _k_order, contrasts, frontier, steerability
 from .grid import is_control
 from .paths import Evidence, Paths, interpolate_at
@@ -282,8 +284,7 @@ def plot_frontier(paths: Paths, behavior: str, budgets, path: Path) -> Path:
                  f"alphas\n(dotted verticals: budgets {', '.join(f'{b:g}x' for b in budgets)}; dotted curves: "
                  "controls)", fontsize=10)
     fig.set_layout_engine("constrained")
-    fig.savefig(path, dpi=110)
-    return path
+    return _save(fig, path)
 
 
 def plot_separation(rows, path: Path) -> Path:
@@ -309,14 +310,21 @@ def plot_separation(rows, path: Path) -> Path:
         ax.set_xlabel("held-out AUROC (95% CI)", fontsize=8)
         ax.tick_params(labelsize=7)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    return path
+    return _save(fig, path)
+
+
+def _save(fig, path: Path) -> Path:
+    """The figure as PNG, replaced whole (:func:`~actstore.evaluation.files.replace_file`)."""
+    png = io.BytesIO()
+    fig.savefig(png, format="png", dpi=110)
+    replace_file(path, png.getvalue())
+    return Path(path)
 
 
 def _write_rows(rows, record_type, path: Path) -> None:
     import pandas as pd
 
-    pd.DataFrame([as_record(r) for r in rows], columns=columns(record_type)).to_csv(path, index=False)
+    replace_file(path, pd.DataFrame([as_record(r) for r in rows], columns=columns(record_type)).to_csv(index=False))
 
 
 def write_report(ledger, budgets, family: list[Contrast] | None = None) -> Path:
@@ -387,7 +395,7 @@ def write_report(ledger, budgets, family: list[Contrast] | None = None) -> Path:
         plot_frontier(paths, behavior, budgets, out_dir / name)
         lines += [f"![{behavior} frontier]({name})", ""]
     path = out_dir / "results.md"
-    path.write_text("\n".join(lines))
+    replace_file(path, "\n".join(lines))
     return path
 
 
