@@ -40,6 +40,16 @@ def _csv(values) -> str:
               help="With --prompts: how a continuation is scored (vader: VADER compound sentiment, offline).")
 @click.option("--max-new-tokens", type=click.IntRange(1), default=40, show_default=True,
               help="With --prompts: tokens generated per prompt (greedy).")
+@click.option("--server", default=None, metavar="URL",
+              help="With --prompts: generate every continuation (unsteered and steered) through this vLLM server "
+                   "started by `actstore serve` (its /v1/completions, greedy, the vector in vllm_xargs), so a "
+                   "served vector is measured with the same intervals as a local one. It must run --model's "
+                   "weights and actstore's plugin (both checked first). Perplexity, separation and the scoring "
+                   "of the texts stay local. --positions: all, prompt or generated.")
+@click.option("--server-vectors", type=click.Path(file_okay=False), default=None, metavar="DIR",
+              help="With --server: the vectors folder the server was started with (`actstore serve --vectors "
+                   "DIR`), reachable from here: each vector the sweep builds is saved there as "
+                   "eval-L<layer>-<method>-<k>-<hash>.safetensors and named in the requests.")
 @click.option("--layers", "-l", required=True,
               help="Layers to sweep, e.g. '2,4,6,8', or 'all' (every layer in the store).")
 @click.option("--k", "ks", type=KListType(), default="16,64,dense", show_default=True,
@@ -110,7 +120,8 @@ def _csv(values) -> str:
 @click.option("--no-separation", is_flag=True, help="Skip the held-out separation (AUROC, Cohen's d) per vector.")
 @click.option("--force", is_flag=True, help="Use the store even if it was captured from other model weights.")
 @quiet_option
-def evaluate(store, model_group, data_test, prompts, scorer, max_new_tokens, layers, ks, alphas, fractions,
+def evaluate(store, model_group, data_test, prompts, scorer, max_new_tokens, server, server_vectors, layers, ks,
+             alphas, fractions,
              normalize, methods, control_seeds, letter_data, contrasts, budgets, text, text_column, ppl_tokens, ppl_documents, ppl_window,
              max_items, no_swap_options, behavior, out, batch_size, positions, no_replay, heldout_store,
              no_separation, scheduler, force, quiet, **fields):
@@ -158,11 +169,20 @@ def evaluate(store, model_group, data_test, prompts, scorer, max_new_tokens, lay
 
         read_contrast_set(data_test)  # a malformed file is reported before the model loads
     text = check_text(text)
+    served = None
+    if server is not None or server_vectors is not None:
+        from ..serve.generation import EvalServer
+
+        if prompts is None or server is None:
+            raise ActstoreError("--server (with --server-vectors) generates the --prompts continuations through a "
+                                "served model: give --prompts, --server and --server-vectors together")
+        served = EvalServer.connect(server, server_vectors, positions)  # reachable, with the plugin
 
     loaded = spec.load()
     source.check_model(loaded, force)  # once: the handle remembers it, run_sweep does not check again
     if prompt_list is not None:
-        on_target = GeneratedText(prompt_list, scorer, max_new_tokens, batch_size)
+        on_target = (GeneratedText(prompt_list, scorer, max_new_tokens, batch_size) if served is None
+                     else served.generation(loaded, prompt_list, scorer, max_new_tokens, batch_size))
     else:
         on_target = protocol_for_file(loaded.tokenizer, data_test, batch_size, max_items,
                                       both_orders=not no_swap_options)

@@ -22,12 +22,18 @@ configuration, and turns the per-item scores into paired shifts with intervals
 
 The first two run fixed batches, so the sweep can replay a cached block output
 under them (:mod:`actstore.replay`); generation cannot and runs the whole model.
+
+The sweep steers the local model with its hooks and, around the same measurement,
+enters :meth:`OnTarget.steered` with the vector and scale: a protocol that measures
+elsewhere (:class:`actstore.serve.generation.ServedGeneration`, continuations from
+a vLLM server) applies the same steering there; the local ones need nothing.
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 from typing import Protocol
 
@@ -67,6 +73,15 @@ class OnTarget(Protocol):
     def measure(self, loaded: LoadedModel, forward: Forward) -> dict[str, np.ndarray]:
         """Per-item values ``{metric: (n_items,)}`` under the steering active now."""
 
+    def steered(self, vector, scale: float, positions) -> AbstractContextManager:
+        """Entered while the sweep's hooks add ``scale * vector`` at ``positions`` to the local
+        model: where :meth:`measure` runs another engine, it applies the same steering there."""
+
+
+def _local(vector, scale: float, positions) -> AbstractContextManager:
+    """:meth:`OnTarget.steered` of a protocol measured on the local model: the hooks do it all."""
+    return nullcontext()
+
 
 class _FixedBatches:
     """A protocol whose items are scored from fixed batches (replayable); each item its own question."""
@@ -80,6 +95,8 @@ class _FixedBatches:
         self.questions = np.arange(len(item_ids))
         self.orders = np.zeros(len(item_ids), dtype=np.int64)
         self.letter_signs = np.zeros(len(item_ids), dtype=np.int64)
+
+    steered = staticmethod(_local)
 
     def batches(self) -> list[Batch]:
         return self._scoring.batches
@@ -197,14 +214,21 @@ class GeneratedText:
         self.name = f"generation:{getattr(scorer, '__name__', 'scorer')}"
         self.last_texts: list[str] = []
 
+    steered = staticmethod(_local)
+
     def batches(self) -> list[Batch]:
         return []
 
-    def measure(self, loaded: LoadedModel, forward: Forward) -> dict[str, np.ndarray]:
+    def continuations(self, loaded: LoadedModel) -> list[str]:
+        """Greedy continuations of :attr:`prompts`, one per prompt, under the steering active now."""
         texts: list[str] = []
         for start in range(0, len(self.prompts), self.batch_size):
             texts += generate(loaded.model, loaded.tokenizer, self.prompts[start : start + self.batch_size],
                               max_new_tokens=self.max_new_tokens)
+        return texts
+
+    def measure(self, loaded: LoadedModel, forward: Forward) -> dict[str, np.ndarray]:
+        texts = self.continuations(loaded)
         scores = np.asarray(self.scorer(texts), dtype=np.float64)
         if scores.shape != (len(texts),):
             raise InputFormatError(f"the scorer returned {scores.shape[0] if scores.ndim else 0} scores for "

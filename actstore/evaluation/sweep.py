@@ -223,7 +223,8 @@ def _measure_layer(loaded, source: StoreGroup, stats, layer: int, configs: list[
                 _record_separation(ledger, heldout, vector, options.behavior, layer, key.method, key.k)
             norm = float(np.linalg.norm(vector.vector))
             scale = scale_for(key.alpha, grid.alpha_mode, norm, layer_norm)
-            with active() as (on_forward, ppl_forward), steer(loaded, vector, scale, positions=positions):
+            with (active() as (on_forward, ppl_forward), steer(loaded, vector, scale, positions=positions),
+                  on_target.steered(vector, scale, positions)):  # a served protocol steers its engine too
                 steered = _measure(loaded, on_target, windows, on_forward, ppl_forward)
             row = ResultRow(behavior=options.behavior, model=loaded.model_id, protocol=on_target.name, layer=layer,
                             method=key.method, k=key.k, alpha=key.alpha, alpha_mode=grid.alpha_mode, scale=scale,

@@ -6,6 +6,8 @@
 * :mod:`actstore.serve.launch`: ``actstore serve`` (starts ``vllm serve`` with the plugin);
 * :mod:`actstore.serve.check`: ``actstore serve check`` (does the engine apply a vector as
   actstore's own hooks do?).
+* :mod:`actstore.serve.generation`: ``actstore eval --prompts --server URL`` (continuations from
+  the engine, measured with the same intervals as local ones).
 
 Nothing here imports vLLM at module level: only the plugin runs inside the engine.
 """

@@ -29,7 +29,7 @@ class ServerClient:
     """``ServerClient("http://127.0.0.1:8000")``: the server's model and completions by token ids."""
 
     def __init__(self, url: str, timeout: float = 120.0):
-        self.url = url.rstrip("/").removesuffix("/v1")
+        self.url = server_url(url)
         self.timeout = timeout
 
     def _call(self, path: str, body: dict | None = None) -> tuple[int, dict]:
@@ -90,6 +90,33 @@ class ServerClient:
                              f"{error.get('message') if isinstance(error, dict) else answer}")
         return [choice["text"] for choice in sorted(answer["choices"], key=lambda c: c["index"])]
 
+    def generate_tokens(self, prompts: list[list[int]], steering: dict | None = None, *, max_new_tokens: int = 40,
+                        model: str | None = None) -> list[tuple[int, ...]]:
+        """Greedy continuations of tokenized ``prompts`` as token ids (one request, the server batches
+        them), in order: the caller decodes them with its own tokenizer, as local generation does."""
+        body = {"model": model or self.model_id(), "prompt": [list(map(int, p)) for p in prompts],
+                "max_tokens": max_new_tokens, "temperature": 0.0, "return_token_ids": True}
+        if steering:
+            body["vllm_xargs"] = steering
+        status, answer = self._call("/v1/completions", body)
+        if status != 200:
+            error = answer.get("error")
+            raise ServeError(f"the server refused the request ({status}): "
+                             f"{error.get('message') if isinstance(error, dict) else answer}")
+        choices = sorted(answer.get("choices") or [], key=lambda c: c["index"])
+        if len(choices) != len(prompts) or any(c.get("token_ids") is None for c in choices):
+            raise ServeError(f"{self.url}/v1/completions returned no token ids for {len(prompts)} prompts; "
+                             "is this a vLLM server (return_token_ids)?")
+        return [tuple(int(t) for t in c["token_ids"]) for c in choices]
+
+    def try_complete(self, prompt_ids: list[int], steering: dict | None = None, *,
+                     model: str | None = None) -> tuple[int, str]:
+        """One token for ``prompt_ids``: ``(status, the server's error message or '')``, for probes
+        whose refusal is an answer."""
+        status, body = self._completion(prompt_ids, steering, 1, 0, model)
+        error = body.get("error")
+        return status, "" if status == 200 else str(error.get("message") if isinstance(error, dict) else body)
+
     def _completion(self, prompt_ids, steering, max_tokens, logprobs, model):
         body = {"model": model or self.model_id(), "prompt": list(prompt_ids), "max_tokens": max_tokens,
                 "temperature": 0.0, "logprobs": logprobs, "return_tokens_as_token_ids": True}
@@ -102,6 +129,23 @@ class ServerClient:
         where a server without the plugin ignores the argument and completes."""
         status, body = self._completion([2], {VECTOR_KEY: HANDSHAKE_VECTOR}, 1, 0, model)
         return status == 400 and VECTOR_KEY in json.dumps(body)
+
+
+def server_url(url: str) -> str:
+    """``url`` as the client calls it (``http[s]://host[:port]``, without ``/v1``); a user's typo is
+    a :class:`ServeError`, not urllib's ``ValueError``."""
+    from urllib.parse import urlsplit
+
+    text = str(url).strip().rstrip("/").removesuffix("/v1")
+    try:
+        parts = urlsplit(text)
+        parts.port  # noqa: B018 (raises ValueError on a port that is not a number)
+    except ValueError:
+        parts = None
+    if parts is None or parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ServeError(f"server URL {url!r}: expected http://HOST:PORT (as printed by actstore serve), "
+                         "e.g. http://127.0.0.1:8000", param="url")
+    return text
 
 
 def _token_id(key: str) -> int:

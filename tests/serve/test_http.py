@@ -208,3 +208,63 @@ def test_actstore_serve_would_refuse_to_report_ready_without_the_plugin(servers)
     require_plugin(ServerClient(url))
     with pytest.raises(ServeError, match="plugin is not loaded"):
         require_plugin(ServerClient(bare_url))
+
+
+EVAL_PROMPTS = ["I think that you are", "The weather today is", "My favourite thing about the weekend is",
+                "The new restaurant on the corner"]
+
+
+def test_eval_through_the_server_measures_what_the_local_hooks_measure(servers, demo_model, vectors_folder, tmp_path):
+    """`actstore eval --prompts --server`: the same generated texts, hence the same scores and
+    intervals, as the local sweep with the same vectors and scales (measured: 12 of 12 greedy
+    continuations identical, with local batch size 1 and 8 alike). Exact equality is
+    what greedy decoding gives when the two engines' log-probs agree to ~2e-5 (the parity tests)
+    and no step is a near-tie closer than that; a failure here is worth reading, not retrying."""
+    import pandas as pd
+    from click.testing import CliRunner
+
+    from actstore.cli.main import cli
+
+    url, bare_url, _ = servers
+    pairs = tmp_path / "pairs.json"
+    pairs.write_text(json.dumps([{"positive": f"I love this {thing}, it is wonderful.",
+                                  "negative": f"I hate this {thing}, it is awful."}
+                                 for thing in ("film", "book", "song", "meal", "city", "game", "park", "show")]))
+    (tmp_path / "prompts.txt").write_text("\n".join(EVAL_PROMPTS) + "\n")
+    (tmp_path / "text.txt").write_text("The quick brown fox jumps over the lazy dog near the river bank. " * 8)
+    store = str(tmp_path / "s.zarr")
+    runner = CliRunner()
+    result = runner.invoke(cli, ["capture", "-q", "--model", demo_model, "--data", str(pairs), "--layers", "6",
+                                 "--store", store])
+    assert result.exit_code == 0, result.output
+    common = ["eval", "-q", "--model", demo_model, "--store", store, "--prompts", str(tmp_path / "prompts.txt"),
+              "--text", str(tmp_path / "text.txt"), "--ppl-tokens", "32", "--ppl-window", "16", "--layers", "6",
+              "--k", "64,dense", "--fractions", "0.5", "--no-separation", "--max-new-tokens", "12"]
+    local = runner.invoke(cli, [*common, "--out", str(tmp_path / "local")])
+    assert local.exit_code == 0, local.output
+    served = runner.invoke(cli, [*common, "--out", str(tmp_path / "served"), "--server", url,
+                                 "--server-vectors", str(vectors_folder)])
+    assert served.exit_code == 0, served.output
+    assert len(list(vectors_folder.glob("eval-L6-enr-*.safetensors"))) == 2  # what the requests named
+
+    def generations(name):
+        lines = [json.loads(line) for line in (tmp_path / name / "generations.jsonl").read_text().splitlines()]
+        return {(line["method"], str(line["k"]), line["item"]): line["text"] for line in lines}
+
+    local_texts, served_texts = generations("local"), generations("served")
+    agree = sum(local_texts[key] == served_texts.get(key) for key in local_texts)
+    print(f"served vs local generations: {agree}/{len(local_texts)} identical")
+    assert served_texts == local_texts
+    baseline = {key[2]: text for key, text in local_texts.items() if key[0] == "none"}
+    assert any(text != baseline[key[2]] for key, text in local_texts.items() if key[0] != "none")  # it steers
+    columns = ["method", "k", "on_target", "on_target_ci_low", "on_target_ci_high", "scale"]
+    local_rows = pd.read_csv(tmp_path / "local" / "results.csv", dtype={"k": str})
+    served_rows = pd.read_csv(tmp_path / "served" / "results.csv", dtype={"k": str})
+    assert set(served_rows["protocol"]) == {local_rows["protocol"][0] + "@served"}
+    local_rows, served_rows = local_rows[columns], served_rows[columns]
+    print(local_rows.to_string(), served_rows.to_string(), sep="\n")
+    pd.testing.assert_frame_equal(served_rows, local_rows)
+    # a server without the plugin is refused before anything is measured
+    bare = runner.invoke(cli, [*common, "--out", str(tmp_path / "bare"), "--server", bare_url,
+                               "--server-vectors", str(vectors_folder)])
+    assert bare.exit_code == 1 and "plugin is not loaded" in bare.output and "Traceback" not in bare.output
