@@ -58,9 +58,10 @@ def main() -> None:
             store = work / "s.zarr"
             shutil.rmtree(store, ignore_errors=True)
             # offset=0: position last, as in earlier figures (an A/B set now defaults to the letter;
-            # the same forward passes either way).
+            # the same forward passes either way). swap_options=False: the texts as written, the
+            # batches of the bare forward (twins would double the texts, not change the cost per token).
             report = actstore.capture_to_store(loaded, data, store, str(args.layer), batch_size=args.batch_size,
-                                               stop_early=stop_early, offset=0, progress=False)
+                                               stop_early=stop_early, offset=0, swap_options=False, progress=False)
             assert report.n_tokens == n_tokens  # the same batches as the bare forward
         return once
 
@@ -121,7 +122,7 @@ def all_tokens(args) -> None:
             store = work / "s.zarr"
             shutil.rmtree(store, ignore_errors=True)
             report = actstore.capture_to_store(loaded, data, store, "all", batch_size=args.batch_size,
-                                               progress=False, **values)
+                                               swap_options=False, progress=False, **values)
             if values.get("position") == "all":
                 assert report.n_tokens == n_tokens  # the same batches as the bare forward
             if not values.get("stats_only"):

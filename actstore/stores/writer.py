@@ -319,14 +319,32 @@ class ChunkAlignedAppends:
             self.ends = self.ends[len(done):]
 
     def _write_until(self, target: int) -> None:
-        if target <= self.on_disk:
-            return
-        acts = np.concatenate([a for a, _ in self.tail]) if len(self.tail) > 1 else self.tail[0][0]
-        names = set().union(*(c.keys() for _, c in self.tail))
-        coords = {name: np.concatenate([np.asarray(c[name]) for _, c in self.tail]) if len(self.tail) > 1
-                  else np.asarray(self.tail[0][1][name]) for name in names}
-        count = target - self.on_disk
-        self.writer.write_rows(self.on_disk, acts[:count], {name: v[:count] for name, v in coords.items()})
-        self.on_disk = target
-        rest = acts.shape[0] - count
-        self.tail = [(acts[count:].copy(), {name: v[count:].copy() for name, v in coords.items()})] if rest else []
+        # Whole chunks from the rows in memory. Only the chunk that the tail starts has its rows in
+        # two pieces (the tail, the new window's head): it alone is assembled (a copy of less than
+        # a chunk's rows); the rest is written from the window itself and the new tail is a view.
+        while self.on_disk < target:
+            first = self.tail[0][0].shape[0]
+            if first >= target - self.on_disk:
+                count = target - self.on_disk
+            else:
+                count = min(target, (self.on_disk // self.chunk + 1) * self.chunk) - self.on_disk
+            acts, coords = self._take(count)
+            self.writer.write_rows(self.on_disk, acts, coords)
+            self.on_disk += count
+
+    def _take(self, count: int) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        """The first ``count`` rows in memory, removed from the tail (a view when one piece holds them)."""
+        parts = []
+        while count:
+            acts, coords = self.tail[0]
+            n = min(count, acts.shape[0])
+            parts.append((acts[:n], {name: np.asarray(v)[:n] for name, v in coords.items()}))
+            if n == acts.shape[0]:
+                self.tail.pop(0)
+            else:
+                self.tail[0] = (acts[n:], {name: np.asarray(v)[n:] for name, v in coords.items()})
+            count -= n
+        if len(parts) == 1:
+            return parts[0]
+        return (np.concatenate([a for a, _ in parts]),
+                {name: np.concatenate([c[name] for _, c in parts]) for name in parts[0][1]})
