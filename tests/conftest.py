@@ -247,19 +247,6 @@ def same_store():
 
 
 @pytest.fixture
-def small_chunks(monkeypatch):
-    """``small_chunks(rows)``: new groups' ``acts`` chunks hold ``rows`` samples. A capture commits at
-    chunk boundaries (``ChunkAlignedAppends``), and a tiny model's chunks are bigger than its whole
-    capture: with small ones, windows end inside chunks and commits come during the capture."""
-    from actstore.stores import schema
-
-    def set_rows(rows: int = 16) -> None:
-        monkeypatch.setattr(schema, "sample_chunk", lambda hidden, itemsize, target_bytes=0: rows)
-
-    return set_rows
-
-
-@pytest.fixture
 def interrupt_after(monkeypatch):
     """``interrupt_after(owner, "name", n, before=None)``: the ``n``-th call of ``owner.name``
     raises KeyboardInterrupt (after ``before(self, *args)``, if given, to leave a half-done

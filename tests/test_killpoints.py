@@ -243,11 +243,18 @@ def test_a_sweep_killed_while_committing_a_configuration_keeps_the_previous_resu
     assert len(reopened.items()) == 2  # the baseline's item and the first configuration's, not the killed one's
 
 
+@pytest.fixture
+def small_chunks(monkeypatch):
+    """``acts`` chunks of 16 rows, so that windows of 3 texts end inside chunks."""
+    from actstore.stores import schema
+
+    monkeypatch.setattr(schema, "sample_chunk", lambda hidden, itemsize, target_bytes=0: 16)
+
+
 def test_chunk_aligned_commits_encode_each_chunk_once_and_resume_bit_identically(run, same_store, setup, tmp_path,
                                                                                   small_chunks):
     """Issue 21 §3: a window ending inside a chunk no longer makes the next window encode that chunk
     again; commits lag to the last window on disk, and a kill at any write still resumes exactly."""
-    small_chunks(16)  # windows of 3 texts end inside chunks
     model = setup[0]
     data = tmp_path / "pairs.json"
     data.write_text(json.dumps([{"positive": f"I kept promise {i}.", "negative": f"I broke promise {i}."}
