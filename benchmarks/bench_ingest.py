@@ -55,7 +55,7 @@ def worker(args) -> dict:
     from actstore.moments import Moments
     from actstore.stats import window_moments
     from actstore.stores.schema import CaptureSpec, compressors, sample_chunk
-    from actstore.stores.writer import ActivationWriter, ChunkAlignedAppends
+    from actstore.stores.writer import ActivationWriter
 
     window = synthetic_window(args.window_rows, args.layers, args.hidden)
     n_windows = max(1, round(args.gb * 1e9 / window.nbytes))
@@ -75,15 +75,12 @@ def worker(args) -> dict:
             with ActivationWriter.open(path, "g", spec) as writer:
                 writer.begin_run("synthetic", "0" * 64, n_windows, False, {})
                 tracked = [Moments.empty((args.layers, args.hidden))]
-                # the capture's appends (whole chunks on disk, commits at the last window there), or,
-                # with --unaligned, each window written and committed as it comes (before issue 21)
-                appends = writer if args.unaligned else ChunkAlignedAppends(writer)
 
                 def commit(i: int) -> None:
                     index = np.arange(i * args.window_rows, (i + 1) * args.window_rows)
                     coords = {"class": labels, "pair_id": index // 2, "text_index": index // 57,
                               "token_index": index % 57, "text_hash": np.char.mod("%016x", index // 57)}
-                    appends.append(window, coords, i + 1, int(index[-1] // 2))
+                    writer.append(window, coords, i + 1, int(index[-1] // 2))
                     if moments:
                         tracked[0] = tracked[0].merge(window_moments(window, labels))
 
@@ -98,7 +95,8 @@ def worker(args) -> dict:
         path = work / "raw.zarr"
         shutil.rmtree(path, ignore_errors=True)
         array = zarr.create_array(path, shape=(total_rows, args.layers, args.hidden), dtype="float32",
-                                  chunks=(chunk_rows, 1, args.hidden), compressors=compressors(args.codec), fill_value=0)
+                                  chunks=(chunk_rows, 1, args.hidden), compressors=compressors(args.codec),
+                                  fill_value=0)
         slab = chunk_rows * max(1, args.window_rows // chunk_rows)  # whole chunks, about a window's worth
         tiled = np.concatenate([window] * (slab // args.window_rows + 2))[:slab]
         for start in range(0, total_rows, slab):
@@ -126,8 +124,6 @@ def main() -> None:
     parser.add_argument("--hidden", type=int, default=640)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--codec", default=None, help="acts codec (default: a new group's, DEFAULT_CODEC)")
-    parser.add_argument("--unaligned", action="store_true",
-                        help="write and commit each window as it comes (the write path before issue 21)")
     parser.add_argument("--no-write", action="store_true", help="print the table only; leave RESULTS.md alone")
     parser.add_argument("--cores", type=int, default=None, help=argparse.SUPPRESS)  # a worker process
     args = parser.parse_args()
@@ -145,7 +141,7 @@ def main() -> None:
     for cores in counts:
         command = [sys.executable, __file__, "--cores", str(cores), "--gb", str(args.gb), "--window-rows",
                    str(args.window_rows), "--layers", str(args.layers), "--hidden", str(args.hidden),
-                   "--repeats", str(args.repeats), "--codec", args.codec, *(["--unaligned"] if args.unaligned else [])]
+                   "--repeats", str(args.repeats), "--codec", args.codec]
         env = {**os.environ, "OMP_NUM_THREADS": str(cores)}
         out = subprocess.run(command, capture_output=True, text=True, check=True, env=env).stdout
         results.append(json.loads(out.strip().splitlines()[-1]))
@@ -167,13 +163,11 @@ def main() -> None:
         return
     codec = {"none": "no compression (CRC32C only)", "lz4": "Blosc LZ4 + shuffle", "zstd": "Zstd"}[args.codec]
     path = ("`ActivationWriter.append` + commit per window on the writer thread (coordinates, resizes, the partly "
-            "filled last chunk of each window written again by the next)" if args.unaligned else
-            "the capture's `ChunkAlignedAppends` on the writer thread (whole chunks written once, coordinates, "
-            "resizes, a commit at the last window on disk)")
+            "filled last chunk of each window written again by the next)")
     write_section(
         "Ingest path (bench_ingest.py)",
         f"`python benchmarks/bench_ingest.py --gb {args.gb} --window-rows {args.window_rows} --layers {args.layers} "
-        f"--hidden {args.hidden} --repeats {args.repeats} --codec {args.codec}{' --unaligned' if args.unaligned else ''}` "
+        f"--hidden {args.hidden} --repeats {args.repeats} --codec {args.codec}` "
         f"at {git_rev()}\n\n"
         f"Machine: {machine()}; 1-minute load average {os.getloadavg()[0]:.2f} when the section was written\n\n"
         f"{gb:.2f} GB of synthetic activation-like float32 per run, {windows} windows of {args.window_rows} rows x "

@@ -58,7 +58,7 @@ from ..stores.moments import cache_capture_moments, cached_moments
 from ..stores.runs import RunRecord, shard_bounds, staging_group_name
 from ..stores.schema import GroupOptions
 from ..stores.shards import merge_shards
-from ..stores.writer import ActivationWriter, ChunkAlignedAppends
+from ..stores.writer import ActivationWriter
 from .options import CaptureOptions
 from .planning import Plan, plan_capture
 from .windows import WindowReader
@@ -219,14 +219,12 @@ class _RangeCapture:
     def __init__(self, loaded: LoadedModel, writer: ActivationWriter, plan: Plan, run: RunRecord, lo: int, hi: int):
         self.loaded, self.writer, self.plan, self.run_record, self.lo, self.hi = loaded, writer, plan, run, lo, hi
         self.tracker: _MomentsTracker | None = None
-        self.appends: ChunkAlignedAppends | None = None
 
     def run(self, start: int, track_stats: bool) -> CaptureReport:
         """Capture from ``lo + start`` on, committing after every window; the report of the range."""
         plan, writer, lo, hi = self.plan, self.writer, self.lo, self.hi
         options = plan.options.replace(window=plan.options.window or plan.options.at.window(writer.window_hint))
         self.tracker = _MomentsTracker.start(writer, plan.rows.labels, plan.stats_only, track_stats and start == 0)
-        self.appends = ChunkAlignedAppends(writer)
         reader = WindowReader(self.loaded.model, self.loaded.tokenizer, self.loaded.blocks, tuple(plan.spec.layers),
                               options)
         bar = _progress_bar(options.progress, hi - lo, start, writer)
@@ -271,11 +269,10 @@ class _RangeCapture:
             "token_index": captured.row_token,
         }
         max_pair = int(coords["pair_id"].max()) if len(coords["pair_id"]) else -1
-        self.appends.append(captured.acts, coords, captured.stop, max_pair)
+        writer.append(captured.acts, coords, captured.stop, max_pair)
         tracker.add(captured.acts, coords["class"])
 
     def _finish(self, start: int) -> None:
-        self.appends.flush()
         if start >= self.hi - self.lo:  # nothing left: the commit that completes the run
             shape = (0, len(self.plan.spec.layers), self.loaded.hidden_size)
             self.writer.append(np.zeros(shape, np.float32), {}, self.hi - self.lo, -1)
