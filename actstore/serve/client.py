@@ -65,10 +65,8 @@ class ServerClient:
     def complete(self, prompt_ids: list[int], steering: dict | None = None, *, max_tokens: int = 1,
                  logprobs: int = 20, model: str | None = None) -> Completion:
         """Greedy completion of ``prompt_ids`` with ``steering`` as ``vllm_xargs``."""
-        status, body = self._completion(prompt_ids, steering, max_tokens, logprobs, model)
-        if status != 200:
-            message = (body.get("error") or {}).get("message") if isinstance(body.get("error"), dict) else body
-            raise ServeError(f"the server refused the request ({status}): {message}")
+        body = self._accepted(self._body(list(prompt_ids), steering, max_tokens, model, logprobs=logprobs,
+                                         return_tokens_as_token_ids=True))
         choice = body["choices"][0]
         tops = tuple({_token_id(k): float(v) for k, v in (step or {}).items()}
                      for step in choice["logprobs"]["top_logprobs"])
@@ -79,30 +77,15 @@ class ServerClient:
                  model: str | None = None) -> list[str]:
         """Greedy continuations of ``prompts`` (one request, the server batches them), in order: what
         an evaluation that generates locally with ``actstore.evaluate.generate`` gets from a server."""
-        body = {"model": model or self.model_id(), "prompt": list(prompts), "max_tokens": max_new_tokens,
-                "temperature": 0.0}
-        if steering:
-            body["vllm_xargs"] = steering
-        status, answer = self._call("/v1/completions", body)
-        if status != 200:
-            error = answer.get("error")
-            raise ServeError(f"the server refused the request ({status}): "
-                             f"{error.get('message') if isinstance(error, dict) else answer}")
+        answer = self._accepted(self._body(list(prompts), steering, max_new_tokens, model))
         return [choice["text"] for choice in sorted(answer["choices"], key=lambda c: c["index"])]
 
     def generate_tokens(self, prompts: list[list[int]], steering: dict | None = None, *, max_new_tokens: int = 40,
                         model: str | None = None) -> list[tuple[int, ...]]:
         """Greedy continuations of tokenized ``prompts`` as token ids (one request, the server batches
         them), in order: the caller decodes them with its own tokenizer, as local generation does."""
-        body = {"model": model or self.model_id(), "prompt": [list(map(int, p)) for p in prompts],
-                "max_tokens": max_new_tokens, "temperature": 0.0, "return_token_ids": True}
-        if steering:
-            body["vllm_xargs"] = steering
-        status, answer = self._call("/v1/completions", body)
-        if status != 200:
-            error = answer.get("error")
-            raise ServeError(f"the server refused the request ({status}): "
-                             f"{error.get('message') if isinstance(error, dict) else answer}")
+        answer = self._accepted(self._body([list(map(int, p)) for p in prompts], steering, max_new_tokens, model,
+                                           return_token_ids=True))
         choices = sorted(answer.get("choices") or [], key=lambda c: c["index"])
         if len(choices) != len(prompts) or any(c.get("token_ids") is None for c in choices):
             raise ServeError(f"{self.url}/v1/completions returned no token ids for {len(prompts)} prompts; "
@@ -113,22 +96,38 @@ class ServerClient:
                      model: str | None = None) -> tuple[int, str]:
         """One token for ``prompt_ids``: ``(status, the server's error message or '')``, for probes
         whose refusal is an answer."""
-        status, body = self._completion(prompt_ids, steering, 1, 0, model)
-        error = body.get("error")
-        return status, "" if status == 200 else str(error.get("message") if isinstance(error, dict) else body)
+        status, body = self._call("/v1/completions", self._body(list(prompt_ids), steering, 1, model, logprobs=0,
+                                                                return_tokens_as_token_ids=True))
+        return status, "" if status == 200 else _error_message(body)
 
-    def _completion(self, prompt_ids, steering, max_tokens, logprobs, model):
-        body = {"model": model or self.model_id(), "prompt": list(prompt_ids), "max_tokens": max_tokens,
-                "temperature": 0.0, "logprobs": logprobs, "return_tokens_as_token_ids": True}
+    def _body(self, prompt, steering: dict | None, max_tokens: int, model: str | None, **extra) -> dict:
+        """A greedy ``/v1/completions`` request, with ``steering`` as ``vllm_xargs``."""
+        body = {"model": model or self.model_id(), "prompt": prompt, "max_tokens": max_tokens, "temperature": 0.0,
+                **extra}
         if steering:
             body["vllm_xargs"] = steering
-        return self._call("/v1/completions", body)
+        return body
+
+    def _accepted(self, body: dict) -> dict:
+        """The server's answer to ``body``; a refusal is a :class:`ServeError` with the server's message."""
+        status, answer = self._call("/v1/completions", body)
+        if status != 200:
+            raise ServeError(f"the server refused the request ({status}): {_error_message(answer)}")
+        return answer
+
 
     def applies_steering_arguments(self, model: str | None = None) -> bool:
         """Whether the server runs actstore's plugin: it refuses a vector name that is a path,
         where a server without the plugin ignores the argument and completes."""
-        status, body = self._completion([2], {VECTOR_KEY: HANDSHAKE_VECTOR}, 1, 0, model)
+        status, body = self._call("/v1/completions", self._body([2], {VECTOR_KEY: HANDSHAKE_VECTOR}, 1, model,
+                                                                logprobs=0, return_tokens_as_token_ids=True))
         return status == 400 and VECTOR_KEY in json.dumps(body)
+
+
+def _error_message(body: dict) -> str:
+    """The message of a refused request's answer (vLLM's ``{"error": {"message": ...}}``), else the answer."""
+    error = body.get("error")
+    return str(error.get("message") if isinstance(error, dict) else body)
 
 
 def server_url(url: str) -> str:
