@@ -43,20 +43,9 @@ READERS = ("zarr", "direct", "zarrs")
 def build(path: Path, form: str, gb: float, layers: int = 4, hidden: int = 640) -> None:
     from bench_stats import build_store
 
-    from actstore.stores import schema
-
     n = int(gb * 1e9 / (layers * hidden * 4))
-    if form == "bfloat16":
-        original = schema.CaptureSpec.__init__
-
-        def with_dtype(self, *args, **kwargs):  # the writer converts float32 rows to bfloat16 bits
-            original(self, *args, **{**kwargs, "dtype": "bfloat16"})
-
-        schema.CaptureSpec.__init__ = with_dtype
-        try:
-            build_store(path, n, layers, hidden, codec="none")
-        finally:
-            schema.CaptureSpec.__init__ = original
+    if form == "bfloat16":  # the writer stores float32 rows as bfloat16 bits (uint16)
+        build_store(path, n, layers, hidden, codec="none", dtype="bfloat16")
     else:
         build_store(path, n, layers, hidden, codec=form)
 

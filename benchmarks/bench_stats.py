@@ -36,19 +36,19 @@ from _common import git_rev, machine, median_time, peak_rss_mib, write_section
 
 
 def build_store(path: Path, n_samples: int, n_layers: int, hidden: int, checksum: bool = True,
-                codec: str | None = None) -> None:
+                codec: str | None = None, dtype: str = "float32") -> None:
     from actstore.stores import ActivationWriter, CaptureSpec, schema
 
     if not checksum:  # a store as actstore wrote them before checksums: the same codecs without the CRC32C
         plain = schema.compressors
         schema.compressors = lambda codec: plain(codec)[:-1]
         try:
-            return build_store(path, n_samples, n_layers, hidden, codec=codec)
+            return build_store(path, n_samples, n_layers, hidden, codec=codec, dtype=dtype)
         finally:
             schema.compressors = plain
 
     spec = CaptureSpec("synthetic/activations", "none", "synthetic", hidden, list(range(n_layers)), "last",
-                       codec=codec or schema.DEFAULT_CODEC)
+                       dtype=dtype, codec=codec or schema.DEFAULT_CODEC)
     with ActivationWriter.open(path, "synthetic", spec) as writer:
         writer.begin_run("synthetic", "0" * 64, n_samples, False, {})
         rng = np.random.default_rng(0)
