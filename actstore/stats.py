@@ -17,6 +17,7 @@ dask.distributed cluster) is dask's. The array is never materialised.
 from __future__ import annotations
 
 import contextlib
+import itertools
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +25,7 @@ import numpy as np
 from ._dask import SCHEDULER_HELP, scheduler_context  # noqa: F401  (importable from here as before)
 from .errors import StatsError
 from .moments import Moments, _block_state, chan_merge, tensor_class_moments, window_moments
+from .stores.chunks import LocalChunks, local_chunks
 from .stores.group import StoreGroup, as_store_group
 from .stores.integrity import damage_located, refuse_non_finite
 from .stores.moments import (  # noqa: F401  (cache_capture_moments, cached_moments: importable from here as before)
@@ -34,18 +36,27 @@ from .stores.moments import (  # noqa: F401  (cache_capture_moments, cached_mome
     read_stats_cache,
     write_stats_cache,
 )
+from .stores.reader import sample_coord
 from .stores.roots import open_root
-from .stores.schema import MOMENTS
+from .stores.schema import ACTS, BFLOAT16, MOMENTS, bfloat16_values
 
-__all__ = ["Moments", "chan_merge", "class_moments", "compute_stats", "group_statistics", "moments", "open_stats",
+__all__ = ["Moments", "chan_merge", "chunk_moments", "class_moments", "compute_stats", "group_statistics", "moments", "open_stats",
            "scheduler_context", "tensor_class_moments", "window_moments"]
 
 
 def _moment_chunk(x: np.ndarray, axis, keepdims: bool = True, computing_meta: bool = False, **kwargs):
     if computing_meta:
         return x
-    # A block state (1, 3, ...) -> the {"n", "mean", "m2"} dict the merges work on.
-    return {"n": x[:, 0], "mean": x[:, 1], "m2": x[:, 2]}
+    # A block state (1, 4, ...) -> the {"n", "mean", "m2", "shift"} dict the merges work on.
+    return {"n": x[:, 0], "mean": x[:, 1], "m2": x[:, 2], "shift": x[:, 3]}
+
+
+def _shifted_merge(a: dict, b: dict) -> dict:
+    """:func:`chan_merge` of two states centred on different shifts, in ``a``'s frame: ``b``'s
+    mean moves by the difference of the shifts (two samples of the same data, so the
+    subtraction is exact, Sterbenz) and the merge then sees small centred means only."""
+    moved = {"n": b["n"], "mean": b["mean"] + (b["shift"] - a["shift"]), "m2": b["m2"]}
+    return {**chan_merge(a, moved), "shift": a["shift"]}
 
 
 def _moment_combine(pairs, axis, keepdims: bool = True, computing_meta: bool = False, **kwargs):
@@ -56,7 +67,7 @@ def _moment_combine(pairs, axis, keepdims: bool = True, computing_meta: bool = F
     state = None
     for pair in pairs:
         pair = _moment_combine(pair, axis, keepdims) if isinstance(pair, list) else pair
-        state = pair if state is None else chan_merge(state, pair)
+        state = pair if state is None else _shifted_merge(state, pair)
     return state
 
 
@@ -64,8 +75,50 @@ def _moment_agg(pairs, axis, keepdims: bool = False, computing_meta: bool = Fals
     if computing_meta:
         return pairs
     state = _moment_combine(pairs, axis, keepdims)
-    # (count, mean, m2) stacked on a new leading axis: (3, n_classes, ...).
-    return np.stack([state["n"][0], state["mean"][0], state["m2"][0]])
+    # (count, mean, m2) stacked on a new leading axis: (3, n_classes, ...); the shift added back once.
+    return np.stack([state["n"][0], state["mean"][0] + state["shift"][0], state["m2"][0]])
+
+
+def _block_moments(block: np.ndarray, codes: np.ndarray, n_classes: int) -> np.ndarray:
+    """:func:`_block_state` of one block centred on the block's own first row:
+    ``(1, 4, n_classes, ...)``: n, mean (centred), M2 and the centre (the same for every class).
+
+    Centring on a sample of the block keeps the digits of activations with a large common
+    offset in the sums, and needs nothing from any other block (no read of the data before the
+    pass for a global centre); :func:`_shifted_merge` brings the centres together."""
+    shift = np.asarray(block[0], dtype=np.float64) if block.shape[0] else np.zeros(block.shape[1:])
+    state = _block_state(block, codes, shift, n_classes)
+    return np.concatenate([state, np.broadcast_to(shift, state[:, :1].shape)], axis=1)
+
+
+def _chunk_moments(files: LocalChunks, index: tuple[slice, ...], codes: np.ndarray, n_classes: int,
+                   bfloat16: bool) -> np.ndarray:
+    """:func:`_block_moments` of the part ``index`` of one chunk file, read (checksum verified),
+    decoded and reduced in the same task: the block never travels between tasks."""
+    block = files[index]
+    if bfloat16:
+        block = bfloat16_values(block)
+    return _block_moments(block, codes, n_classes)
+
+
+def _reduce_states(states, split_every: int | None):
+    """Merge the block states ``(blocks, 4, n_classes, ...)`` along the first axis in dask's
+    reduction tree: ``(3, n_classes, ...)``."""
+    import dask.array as da
+
+    return da.reduction(
+        states,
+        _moment_chunk,
+        _moment_agg,
+        combine=_moment_combine,
+        axis=0,
+        keepdims=False,
+        concatenate=False,
+        dtype="f8",
+        split_every=split_every,
+        name="welford-chan-moments",
+        meta=np.empty((0,) * (states.ndim - 1), dtype=np.float64),
+    )
 
 
 def class_moments(x, codes, n_classes: int, split_every: int | None = None):
@@ -73,12 +126,8 @@ def class_moments(x, codes, n_classes: int, split_every: int | None = None):
 
     ``x: (sample, ...)`` (dask or numpy), ``codes: (sample,)`` integer class of
     each sample in ``[0, n_classes)``. One pass over ``x``: each block is
-    reduced to per-class partial states (:func:`_block_state`), which
+    reduced to per-class partial states (:func:`_block_moments`), which
     ``dask.array.reduction`` merges in a tree (:func:`chan_merge`).
-
-    The data are centred on their first sample before reducing, so activations
-    with a large common offset keep their digits through the merges; the
-    shift is added back to the final mean.
     """
     import dask.array as da
 
@@ -90,32 +139,48 @@ def class_moments(x, codes, n_classes: int, split_every: int | None = None):
         raise StatsError("no samples to compute statistics of")
     trailing = "".join(chr(ord("a") + i) for i in range(x.ndim - 1))
     codes_da = da.from_array(codes, chunks=(x.chunks[0],))
-    shift = x[0].astype(np.float64)
     states = da.blockwise(
-        _block_state, "isk" + trailing,
+        _block_moments, "isk" + trailing,
         x, "i" + trailing,
         codes_da, "i",
-        shift, trailing,
-        new_axes={"s": 3, "k": n_classes},
+        new_axes={"s": 4, "k": n_classes},
         adjust_chunks={"i": 1},
         n_classes=n_classes,
         dtype=np.float64,
         meta=np.empty((0,) * (x.ndim + 2), dtype=np.float64),
     )
-    state = da.reduction(
-        states,
-        _moment_chunk,
-        _moment_agg,
-        combine=_moment_combine,
-        axis=0,
-        keepdims=False,
-        concatenate=False,
-        dtype="f8",
-        split_every=split_every,
-        name="welford-chan-moments",
-        meta=np.empty((0,) * (x.ndim + 1), dtype=np.float64),
-    )
-    return da.concatenate([state[0:1], state[1:2] + shift, state[2:3]], axis=0)
+    return _reduce_states(states, split_every)
+
+
+def chunk_moments(files: LocalChunks, n: int, codes, n_classes: int, bfloat16: bool = False,
+                  split_every: int | None = None):
+    """:func:`class_moments` of the first ``n`` rows of the chunk files ``files`` (a local store's
+    ``acts``, :mod:`.stores.chunks`), one task per chunk that reads, verifies, decodes and reduces
+    it (``bfloat16``: the files hold bfloat16 bits). Against reading through a dask array and
+    reducing in a second task, this leaves no block in memory between tasks and no read task to
+    schedule (issue 21: the statistics pass then runs at the speed of the raw read)."""
+    import dask.array as da
+    from dask.base import tokenize
+    from dask.highlevelgraph import HighLevelGraph
+
+    codes = np.asarray(codes, dtype=np.int64)
+    if codes.shape != (n,):
+        raise ValueError(f"codes must have shape ({n},), got {codes.shape}")
+    if n == 0:
+        raise StatsError("no samples to compute statistics of")
+    shape = (n, *files.shape[1:])
+    grid = [[(lo, min(lo + c, size)) for lo in range(0, size, c)] for size, c in zip(shape, files.chunks)]
+    name = "welford-chan-states-" + tokenize(files, n, codes, n_classes, bfloat16)
+    graph = {}
+    for i, (lo, hi) in enumerate(grid[0]):
+        for rest in itertools.product(*(enumerate(spans) for spans in grid[1:])):
+            index = (slice(lo, hi), *(slice(a, b) for _, (a, b) in rest))
+            graph[(name, i, 0, 0, *(j for j, _ in rest))] = (
+                _chunk_moments, files, index, codes[lo:hi], n_classes, bfloat16)
+    chunks = ((1,) * len(grid[0]), (4,), (n_classes,), *(tuple(b - a for a, b in spans) for spans in grid[1:]))
+    states = da.Array(HighLevelGraph.from_collections(name, graph, dependencies=()), name, chunks,
+                      meta=np.empty((0,) * (len(shape) + 2), dtype=np.float64))
+    return _reduce_states(states, split_every)
 
 
 def moments(x, axis: int = 0, split_every: int | None = None):
@@ -171,12 +236,18 @@ def group_moments(group, path=None, *, scheduler: str | None = None, split_every
 
     store = as_store_group(group, path)
     group, path = store.group, store.location
-    ds = store.dataset(coords=("class",))  # a snapshot: rows appended meanwhile are not in it
-    if ds.sizes["sample"] == 0:
+    n = int(group.attrs["n_samples"])  # a snapshot: rows appended meanwhile are not in it
+    if n == 0:
         raise StatsError(f"{str(path)!r} group {group.basename!r} holds no samples yet")
-    classes, codes = np.unique(ds["class"].values, return_inverse=True)
+    classes, codes = np.unique(sample_coord(group, path, "class", n), return_inverse=True)
+    codes = codes.reshape(-1)
     # A wide merge tree: the partial states are small and their merges cheap.
-    lazy = class_moments(ds["acts"].data, codes.reshape(-1), len(classes), split_every=split_every or 16)
+    split_every = split_every or 16
+    files = local_chunks(group[ACTS])
+    if files is not None:  # a local store: each task reads, checks and reduces one chunk file
+        lazy = chunk_moments(files, n, codes, len(classes), group.attrs.get("dtype") == BFLOAT16, split_every)
+    else:
+        lazy = class_moments(store.dataset(coords=()).acts.data, codes, len(classes), split_every)
     progress_bar = contextlib.nullcontext()
     if progress:
         from dask.diagnostics import ProgressBar

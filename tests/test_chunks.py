@@ -93,3 +93,42 @@ def test_old_store_without_checksum_reads(tmp_path):
     files = local_chunks(arr)
     assert files is not None and not files.checksum
     np.testing.assert_array_equal(dask_array(arr).compute(), values)
+
+
+@pytest.mark.parametrize("n", [1000, 777, 256])
+def test_chunk_moments_match_two_pass_per_class(tmp_path, n):
+    """The fused statistics pass (read + verify + reduce in one task per chunk file) gives the two-pass
+    per-class moments of the first ``n`` rows, over chunks cut in every dimension."""
+    import dask
+
+    from actstore.stats import chunk_moments, class_moments
+
+    arr, values = _array(tmp_path, "lz4", shape=(1000, 3, 10), chunks=(96, 2, 4))
+    values = values[:n].astype(np.float64)  # the rows the pass reads
+    codes = np.random.default_rng(1).integers(0, 3, n)
+    codes[:5] = [2, 2, 0, 2, 1]  # every class present; the first block's first rows mixed
+    lazy = chunk_moments(local_chunks(arr), n, codes, 3, split_every=3)
+    assert any(str(k[0]).startswith("welford-chan-states") for k in dict(lazy.__dask_graph__()))
+    (got,) = dask.compute(lazy)
+    for c in range(3):
+        rows = values[codes == c]
+        assert got[0, c].min() == got[0, c].max() == len(rows)
+        np.testing.assert_allclose(got[1, c], rows.mean(0), rtol=1e-12, atol=1e-12)
+        np.testing.assert_allclose(got[2, c], ((rows - rows.mean(0)) ** 2).sum(0), rtol=1e-10)
+    # the same numbers as the generic pass over a dask array (other blocks, other merges)
+    generic = class_moments(dask_array(arr)[:n], codes, 3).compute()
+    np.testing.assert_allclose(got, generic, rtol=1e-10, atol=1e-12)
+
+
+def test_chunk_moments_name_a_damaged_chunk(tmp_path):
+    import dask
+
+    from actstore.stats import chunk_moments
+
+    arr, _ = _array(tmp_path, "none")
+    path = tmp_path / "none.zarr" / "acts" / "c" / "2" / "1" / "0"
+    data = bytearray(path.read_bytes())
+    data[100] ^= 0x01
+    path.write_bytes(bytes(data))
+    with pytest.raises(ValueError, match="checksum.*c/2/1/0"):
+        dask.compute(chunk_moments(local_chunks(arr), 1000, np.zeros(1000, dtype=int), 1))

@@ -30,6 +30,15 @@ def read_coord(array, n: int, start: int = 0) -> np.ndarray:
     return np.asarray(values)
 
 
+def sample_coord(group, path: str | Path, name: str, n: int) -> np.ndarray:
+    """The first ``n`` values of the per-sample coordinate ``name``, refused (naming the store,
+    group and array) where a chunk is damaged or missing."""
+    with damage_located(group, path, (name,)):
+        values = read_coord(group[name], n)
+    refuse_fill_values(group, path, name, values)
+    return values
+
+
 def open_store(path: str | Path, model: str | None = None, coords: tuple[str, ...] | None = None):
     """The activations of one model as a lazy, dask-backed :class:`xarray.Dataset`.
 
@@ -69,9 +78,7 @@ def group_dataset(group, path: str | Path, coords: tuple[str, ...] | None = None
                          "order 0)")
     loaded: dict[str, Any] = {"layer": ("layer", np.asarray(group["layer"][:]))}
     for name in names:
-        with damage_located(group, path, (name,)):
-            loaded[name] = ("sample", read_coord(group[name], n))
-        refuse_fill_values(group, path, name, loaded[name][1])
+        loaded[name] = ("sample", sample_coord(group, path, name, n))
     attrs.pop("runs", None)
     attrs["group"] = group.basename
     attrs["store"] = str(path)
