@@ -31,6 +31,50 @@ sys.path.insert(0, str(HERE))
 from _common import SHARED_DATA, git_rev, machine, write_section  # noqa: E402
 
 
+OP_GROUPS = (  # (group, op names): torch.profiler's aten ops of a gemma forward pass
+    ("matmul (mm, addmm, bmm)", ("aten::mm", "aten::addmm", "aten::bmm")),
+    ("attention (sdpa)", ("aten::_scaled_dot_product_flash_attention_for_cpu", "aten::_scaled_dot_product_attention_math",
+                          "aten::_softmax", "aten::softmax")),
+    ("log-softmax / NLL over the vocabulary", ("aten::_log_softmax", "aten::log_softmax", "aten::nll_loss_forward",
+                                               "aten::cross_entropy_loss", "aten::logsumexp", "aten::gather")),
+    ("copies and casts", ("aten::copy_", "aten::to", "aten::_to_copy", "aten::clone", "aten::contiguous",
+                          "aten::cat", "aten::index", "aten::index_select")),
+)
+
+
+def profile_account(fn, matmul_limit: float) -> str:
+    """A markdown table: self CPU seconds and share of one run of ``fn`` per op group, and the
+    matmuls' own GFLOP/s as a fraction of ``matmul_limit``."""
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU], with_flops=True) as prof:
+        t0 = time.perf_counter()
+        fn()
+        wall = time.perf_counter() - t0
+    events = prof.key_averages()
+    total = sum(e.self_cpu_time_total for e in events) / 1e6
+    seconds, flops = {}, 0.0
+    for event in events:
+        group = next((g for g, names in OP_GROUPS if event.key in names), "everything else (elementwise, norms, "
+                     "embedding, hooks, Python)")
+        seconds[group] = seconds.get(group, 0.0) + event.self_cpu_time_total / 1e6
+        if event.key in OP_GROUPS[0][1]:
+            flops += event.flops
+    mm = seconds.get(OP_GROUPS[0][0], 0.0)
+    lines = ["| op group | self CPU s | share |", "|---|---|---|"]
+    lines += [f"| {g} | {s:.2f} | {s / total:.0%} |" for g, s in sorted(seconds.items(), key=lambda x: -x[1])]
+    top = sorted(events, key=lambda e: -e.self_cpu_time_total)[:8]
+    lines += ["", "Largest ops: " + ", ".join(f"`{e.key}` {e.self_cpu_time_total / 1e6:.2f} s" for e in top) + "."]
+    rate = flops / mm / 1e9 if mm else float("nan")
+    lines += ["", f"Profiled run: {wall:.1f} s wall, {total:.1f} s of op time (torch threads: {torch.get_num_threads()}; "
+              f"the profiler adds its own cost). The matmuls do {flops / 1e12:.2f} TFLOP in {mm:.1f} s: "
+              f"**{rate:.0f} GFLOP/s, {rate / matmul_limit:.2f}x** of the limit; they are **{mm / total:.0%}** of "
+              f"the op time, so the configuration as a whole runs at **{flops / total / 1e9 / matmul_limit:.2f}x** "
+              "of the matmul rate for the arithmetic it does."]
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--layer", type=int, default=6)
@@ -113,6 +157,7 @@ def main() -> None:
     head_tokens = sum(b * q for b, q in shapes)
     head_flops = 2.0 * head_tokens * hidden_size * vocab
     limit = matmul_gflops(shapes[0][0] * shapes[0][1], hidden_size, vocab)
+    account = profile_account(after, limit)
     score_diff = float(np.abs(outputs["before"][0] - outputs["after"][0]).max())
     nll_diff = float(np.abs(outputs["before"][1] - outputs["after"][1]).max() / np.abs(outputs["before"][1]).max())
     med = {name: statistics.median(t) for name, t in times.items()}
@@ -141,6 +186,10 @@ difference of an A/B score {score_diff:.1e}, of a window NLL {nll_diff:.1e} (rel
 floor that replay cannot remove.
 
 Against the machine's matmul rate (issue 21 §4): the LM head over the {head_tokens} perplexity tokens alone ({head_flops / 1e12:.2f} TFLOP) takes {head_times[False]:.1f} s ({head_flops / head_times[False] / 1e9:.0f} GFLOP/s, **{head_flops / head_times[False] / 1e9 / limit:.2f}x** of `torch.mm` at its shape, {limit:.0f} GFLOP/s, measured in this run), {head_times[True]:.1f} s with the log-softmax the NLL needs: **{head_times[True] / med['after']:.0%}** of an 'after' configuration. The rest is the blocks after layer {args.layer}, the A/B prompts and the hooks.
+
+Where an 'after' configuration's time goes (one more run under `torch.profiler`, self CPU time per op group; matmul GFLOP/s from the profiler's flop counts of `aten::mm`/`addmm`/`bmm`, against the limit above):
+
+{account}
 """
     print(body)
     write_section("Evaluation cost (bench_eval.py)", body)
