@@ -132,3 +132,14 @@ def test_chunk_moments_name_a_damaged_chunk(tmp_path):
     path.write_bytes(bytes(data))
     with pytest.raises(ValueError, match="checksum.*c/2/1/0"):
         dask.compute(chunk_moments(local_chunks(arr), 1000, np.zeros(1000, dtype=int), 1))
+
+
+def test_zarr_reads_switch_turns_the_direct_reader_off(tmp_path, monkeypatch):
+    from actstore.stores.chunks import ZARR_READS
+
+    arr, values = _array(tmp_path, "none")
+    monkeypatch.setenv(ZARR_READS, "1")
+    assert local_chunks(arr) is None
+    np.testing.assert_array_equal(dask_array(arr).compute(), values)  # through zarr, the same values
+    monkeypatch.setenv(ZARR_READS, "0")
+    assert local_chunks(arr) is not None

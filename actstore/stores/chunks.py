@@ -12,6 +12,9 @@ array; everything else (object stores, sharding, other codecs) goes through zarr
 The checksum is always verified: a mismatch raises :class:`ValueError` saying "checksum", as
 zarr's own codec does, so :func:`.integrity.damage_located` names the chunk the same way. A chunk
 file that does not exist reads as the array's fill value, as in zarr (NaN for ``acts``: damage).
+
+``ACTSTORE_ZARR_READS=1`` in the environment sends every read through zarr's pipeline instead
+(to compare the two, as ``benchmarks/bench_read_path.py`` does, or to rule this module out).
 """
 
 from __future__ import annotations
@@ -21,6 +24,8 @@ import os
 from dataclasses import dataclass
 
 import numpy as np
+
+ZARR_READS = "ACTSTORE_ZARR_READS"  # "1": read through zarr's pipeline only
 
 
 @dataclass(frozen=True)
@@ -108,6 +113,8 @@ def local_chunks(array) -> LocalChunks | None:
     from zarr.core.chunk_key_encodings import DefaultChunkKeyEncoding, V2ChunkKeyEncoding
     from zarr.storage import LocalStore
 
+    if os.environ.get(ZARR_READS) == "1":
+        return None
     meta = array.metadata
     if not isinstance(array.store, LocalStore) or getattr(meta, "zarr_format", None) != 3:
         return None
