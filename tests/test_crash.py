@@ -115,12 +115,13 @@ if point == "mid-pass":
     with PauseAfterFirstTask():
         actstore.compute_stats(store, force=True)
 else:
-    create_array = zarr.Group.create_array
-    def paused(self, name, **kwargs):
-        if name == "var":  # count and mean of the new cache are written, var and the attrs are not
+    from zarr.core.group import AsyncGroup
+    create_array = AsyncGroup.create_array  # the cache's arrays are created concurrently on zarr's loop
+    async def paused(self, name, **kwargs):
+        if name == "var":  # count and mean of the new cache are under way, var and the switch are not
             pause()
-        return create_array(self, name, **kwargs)
-    zarr.Group.create_array = paused
+        return await create_array(self, name, **kwargs)
+    AsyncGroup.create_array = paused
     actstore.compute_stats(store, force=True)
 """
 
