@@ -91,14 +91,20 @@ def _block_moments(block: np.ndarray, codes: np.ndarray, n_classes: int) -> np.n
     return np.concatenate([state, np.broadcast_to(shift, state[:, :1].shape)], axis=1)
 
 
-def _chunk_moments(files: LocalChunks, index: tuple[slice, ...], codes: np.ndarray, n_classes: int,
-                   bfloat16: bool) -> np.ndarray:
-    """:func:`_block_moments` of the part ``index`` of one chunk file, read (checksum verified),
-    decoded and reduced in the same task: the block never travels between tasks."""
-    block = files[index]
-    if bfloat16:
-        block = bfloat16_values(block)
-    return _block_moments(block, codes, n_classes)
+def _row_block_moments(files: LocalChunks, rows: slice, codes: np.ndarray, n_classes: int,
+                       bfloat16: bool) -> np.ndarray:
+    """:func:`_block_moments` of rows ``rows`` of the chunk files ``files``, every chunk of those
+    rows (each layer's) read, verified, decoded and reduced in turn in this one task, so that no
+    block travels between tasks and only one chunk is in memory at a time: ``(1, 4, n_classes, ...)``."""
+    trailing = files.shape[1:]
+    out = np.empty((1, 4, n_classes, *trailing))
+    spans = [[slice(lo, min(lo + c, size)) for lo in range(0, size, c)] for size, c in zip(trailing, files.chunks[1:])]
+    for index in itertools.product(*spans):
+        block = files[(rows, *index)]
+        if bfloat16:
+            block = bfloat16_values(block)
+        out[(slice(None), slice(None), slice(None), *index)] = _block_moments(block, codes, n_classes)
+    return out
 
 
 def _reduce_states(states, split_every: int | None):
@@ -155,10 +161,11 @@ def class_moments(x, codes, n_classes: int, split_every: int | None = None):
 def chunk_moments(files: LocalChunks, n: int, codes, n_classes: int, bfloat16: bool = False,
                   split_every: int | None = None):
     """:func:`class_moments` of the first ``n`` rows of the chunk files ``files`` (a local store's
-    ``acts``, :mod:`.stores.chunks`), one task per chunk that reads, verifies, decodes and reduces
-    it (``bfloat16``: the files hold bfloat16 bits). Against reading through a dask array and
-    reducing in a second task, this leaves no block in memory between tasks and no read task to
-    schedule (issue 21: the statistics pass then runs at the speed of the raw read)."""
+    ``acts``, :mod:`.stores.chunks`), one task per chunk of rows that reads, verifies, decodes and
+    reduces each of its chunk files in turn (``bfloat16``: the files hold bfloat16 bits). Against
+    reading through a dask array and reducing in a second task, no block stays in memory between
+    tasks and there are a layer's worth fewer tasks to schedule (issue 21: dask's cost per task,
+    not the bytes, set the pass's speed)."""
     import dask.array as da
     from dask.base import tokenize
     from dask.highlevelgraph import HighLevelGraph
@@ -168,18 +175,14 @@ def chunk_moments(files: LocalChunks, n: int, codes, n_classes: int, bfloat16: b
         raise ValueError(f"codes must have shape ({n},), got {codes.shape}")
     if n == 0:
         raise StatsError("no samples to compute statistics of")
-    shape = (n, *files.shape[1:])
-    grid = [[(lo, min(lo + c, size)) for lo in range(0, size, c)] for size, c in zip(shape, files.chunks)]
+    rows = files.chunks[0]
     name = "welford-chan-states-" + tokenize(files, n, codes, n_classes, bfloat16)
-    graph = {}
-    for i, (lo, hi) in enumerate(grid[0]):
-        for rest in itertools.product(*(enumerate(spans) for spans in grid[1:])):
-            index = (slice(lo, hi), *(slice(a, b) for _, (a, b) in rest))
-            graph[(name, i, 0, 0, *(j for j, _ in rest))] = (
-                _chunk_moments, files, index, codes[lo:hi], n_classes, bfloat16)
-    chunks = ((1,) * len(grid[0]), (4,), (n_classes,), *(tuple(b - a for a, b in spans) for spans in grid[1:]))
+    graph = {(name, i, 0, 0, *(0,) * (len(files.shape) - 1)): (
+        _row_block_moments, files, slice(lo, min(lo + rows, n)), codes[lo:lo + rows], n_classes, bfloat16)
+        for i, lo in enumerate(range(0, n, rows))}
+    chunks = ((1,) * len(graph), (4,), (n_classes,), *((size,) for size in files.shape[1:]))
     states = da.Array(HighLevelGraph.from_collections(name, graph, dependencies=()), name, chunks,
-                      meta=np.empty((0,) * (len(shape) + 2), dtype=np.float64))
+                      meta=np.empty((0,) * (len(files.shape) + 2), dtype=np.float64))
     return _reduce_states(states, split_every)
 
 
