@@ -44,6 +44,9 @@ __all__ = ["Moments", "chan_merge", "chunk_moments", "class_moments", "compute_s
            "scheduler_context", "tensor_class_moments", "window_moments"]
 
 
+TASKS = 32  # the fused pass makes at least this many tasks where the store has that many chunks
+
+
 def _moment_chunk(x: np.ndarray, axis, keepdims: bool = True, computing_meta: bool = False, **kwargs):
     if computing_meta:
         return x
@@ -91,19 +94,21 @@ def _block_moments(block: np.ndarray, codes: np.ndarray, n_classes: int) -> np.n
     return np.concatenate([state, np.broadcast_to(shift, state[:, :1].shape)], axis=1)
 
 
-def _row_block_moments(files: LocalChunks, rows: slice, codes: np.ndarray, n_classes: int,
-                       bfloat16: bool) -> np.ndarray:
-    """:func:`_block_moments` of rows ``rows`` of the chunk files ``files``, every chunk of those
-    rows (each layer's) read, verified, decoded and reduced in turn in this one task, so that no
-    block travels between tasks and only one chunk is in memory at a time: ``(1, 4, n_classes, ...)``."""
-    trailing = files.shape[1:]
-    out = np.empty((1, 4, n_classes, *trailing))
-    spans = [[slice(lo, min(lo + c, size)) for lo in range(0, size, c)] for size, c in zip(trailing, files.chunks[1:])]
-    for index in itertools.product(*spans):
-        block = files[(rows, *index)]
+def _chunks_moments(files: LocalChunks, index: tuple[slice, ...], codes: np.ndarray, n_classes: int,
+                    bfloat16: bool) -> np.ndarray:
+    """:func:`_block_moments` of the part ``index`` of the chunk files ``files``, every chunk in it
+    read, verified, decoded and reduced in turn in this one task, so that no block travels
+    between tasks and one chunk at a time is in memory: ``(1, 4, n_classes, ...)``."""
+    shape = [s.stop - s.start for s in index[1:]]
+    out = np.empty((1, 4, n_classes, *shape))
+    spans = [[slice(lo, min(lo + c, s.stop)) for lo in range(s.start, s.stop, c)]
+             for s, c in zip(index[1:], files.chunks[1:])]
+    for part in itertools.product(*spans):
+        block = files[(index[0], *part)]
         if bfloat16:
             block = bfloat16_values(block)
-        out[(slice(None), slice(None), slice(None), *index)] = _block_moments(block, codes, n_classes)
+        where = tuple(slice(p.start - s.start, p.stop - s.start) for p, s in zip(part, index[1:]))
+        out[(slice(None), slice(None), slice(None), *where)] = _block_moments(block, codes, n_classes)
     return out
 
 
@@ -161,11 +166,11 @@ def class_moments(x, codes, n_classes: int, split_every: int | None = None):
 def chunk_moments(files: LocalChunks, n: int, codes, n_classes: int, bfloat16: bool = False,
                   split_every: int | None = None):
     """:func:`class_moments` of the first ``n`` rows of the chunk files ``files`` (a local store's
-    ``acts``, :mod:`.stores.chunks`), one task per chunk of rows that reads, verifies, decodes and
-    reduces each of its chunk files in turn (``bfloat16``: the files hold bfloat16 bits). Against
-    reading through a dask array and reducing in a second task, no block stays in memory between
-    tasks and there are a layer's worth fewer tasks to schedule (issue 21: dask's cost per task,
-    not the bytes, set the pass's speed)."""
+    ``acts``, :mod:`.stores.chunks`): each task reads, verifies, decodes and reduces chunk files in
+    turn (``bfloat16``: the files hold bfloat16 bits), all of a chunk of rows where the store has
+    :data:`TASKS` such chunks, else the layers split into groups. Against reading through a dask
+    array and reducing in a second task, no block stays in memory between tasks and there are
+    many fewer tasks to schedule (issue 21: dask's cost per task, not the bytes, set the speed)."""
     import dask.array as da
     from dask.base import tokenize
     from dask.highlevelgraph import HighLevelGraph
@@ -176,11 +181,24 @@ def chunk_moments(files: LocalChunks, n: int, codes, n_classes: int, bfloat16: b
     if n == 0:
         raise StatsError("no samples to compute statistics of")
     rows = files.chunks[0]
+    row_spans = [(lo, min(lo + rows, n)) for lo in range(0, n, rows)]
+    # All of a row block's chunks in one task where there are rows enough to keep every worker
+    # busy (TASKS tasks at least); else the second axis (layers) split into that many groups.
+    second = [(lo, min(lo + files.chunks[1], files.shape[1])) for lo in range(0, files.shape[1], files.chunks[1])] \
+        if len(files.shape) > 1 else []
+    n_groups = min(len(second), -(-TASKS // len(row_spans))) if second else 1
+    groups = [second[i * len(second) // n_groups:(i + 1) * len(second) // n_groups] for i in range(n_groups)]
+    groups = [(g[0][0], g[-1][1]) for g in groups] if second else []
+    rest = tuple(slice(0, size) for size in files.shape[2:])
     name = "welford-chan-states-" + tokenize(files, n, codes, n_classes, bfloat16)
-    graph = {(name, i, 0, 0, *(0,) * (len(files.shape) - 1)): (
-        _row_block_moments, files, slice(lo, min(lo + rows, n)), codes[lo:lo + rows], n_classes, bfloat16)
-        for i, lo in enumerate(range(0, n, rows))}
-    chunks = ((1,) * len(graph), (4,), (n_classes,), *((size,) for size in files.shape[1:]))
+    graph = {}
+    for i, (lo, hi) in enumerate(row_spans):
+        for j, (a, b) in enumerate(groups or [None]):
+            index = (slice(lo, hi), *((slice(a, b),) if groups else ()), *rest)
+            graph[(name, i, 0, 0, *((j,) if groups else ()), *(0,) * len(rest))] = (
+                _chunks_moments, files, index, codes[lo:hi], n_classes, bfloat16)
+    chunks = ((1,) * len(row_spans), (4,), (n_classes,), *((tuple(b - a for a, b in groups),) if groups else ()),
+              *((size,) for size in files.shape[2:]))
     states = da.Array(HighLevelGraph.from_collections(name, graph, dependencies=()), name, chunks,
                       meta=np.empty((0,) * (len(files.shape) + 2), dtype=np.float64))
     return _reduce_states(states, split_every)

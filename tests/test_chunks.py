@@ -95,20 +95,25 @@ def test_old_store_without_checksum_reads(tmp_path):
     np.testing.assert_array_equal(dask_array(arr).compute(), values)
 
 
+@pytest.mark.parametrize("tasks", [1, 32])  # all layers of a row block per task; layers split in groups
 @pytest.mark.parametrize("n", [1000, 777, 256])
-def test_chunk_moments_match_two_pass_per_class(tmp_path, n):
+def test_chunk_moments_match_two_pass_per_class(tmp_path, monkeypatch, n, tasks):
     """The fused statistics pass (read + verify + reduce in one task per chunk file) gives the two-pass
     per-class moments of the first ``n`` rows, over chunks cut in every dimension."""
     import dask
 
+    from actstore import stats
     from actstore.stats import chunk_moments, class_moments
 
+    monkeypatch.setattr(stats, "TASKS", tasks)
     arr, values = _array(tmp_path, "lz4", shape=(1000, 3, 10), chunks=(96, 2, 4))
     values = values[:n].astype(np.float64)  # the rows the pass reads
     codes = np.random.default_rng(1).integers(0, 3, n)
     codes[:5] = [2, 2, 0, 2, 1]  # every class present; the first block's first rows mixed
     lazy = chunk_moments(local_chunks(arr), n, codes, 3, split_every=3)
-    assert any(str(k[0]).startswith("welford-chan-states") for k in dict(lazy.__dask_graph__()))
+    states = [k for k in dict(lazy.__dask_graph__()) if str(k[0]).startswith("welford-chan-states")]
+    row_blocks = -(-n // 96)
+    assert len(states) == (row_blocks if tasks == 1 else row_blocks * min(2, -(-tasks // row_blocks)))
     (got,) = dask.compute(lazy)
     for c in range(3):
         rows = values[codes == c]
