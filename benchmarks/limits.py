@@ -7,6 +7,7 @@ Every speed in RESULTS.md is given beside the limit that caps it:
 * ``crc32c_gbps``: google-crc32c (what zarr's checksum codec calls) on one chunk;
 * ``decode_gbps``: one codec's decode of one real-sized chunk (blosc lz4 with shuffle, zstd), and
   ``none`` for the chunk's copy alone;
+* ``write_speed_gbps``: writing chunk-sized files into the page cache: the ceiling of ingest;
 * ``matmul_gflops``: ``torch.mm`` at a given shape (the LM head: tokens x hidden @ hidden x vocab),
   in the dtype a sweep runs in: the ceiling of a sweep configuration's arithmetic.
 
@@ -87,19 +88,63 @@ def matmul_gflops(m: int, k: int, n: int, dtype: str = "float32", repeats: int =
     return _best_rate(lambda: torch.mm(a, b), 2.0 * m * k * n, repeats) / 1e9
 
 
+def write_speed_gbps(nbytes: int = 512 << 20, chunk: int = CHUNK_BYTES, repeats: int = 3) -> float:
+    """GB/s of writing ``nbytes`` as chunk-sized files into a fresh folder (page cache, no fsync):
+    the ceiling of any write path, ingest included."""
+    import os
+    import shutil
+    import tempfile
+
+    data = activations_like(chunk).tobytes()
+
+    def write_all():
+        folder = tempfile.mkdtemp(prefix="limits-write-")
+        try:
+            for i in range(nbytes // chunk):
+                with open(os.path.join(folder, str(i)), "wb") as f:
+                    f.write(data)
+        finally:
+            shutil.rmtree(folder)
+
+    return _best_rate(write_all, nbytes, repeats) / 1e9
+
+
 def main() -> None:
+    import os
+    import sys
+    from pathlib import Path
+
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--pass-mib", type=int, default=512, help="bytes for the in-memory pass (MiB)")
     parser.add_argument("--head", default="256,640,262144",
                         help="tokens,hidden,vocab of the LM head matmul (default: gemma-3-270m, 256 tokens)")
+    parser.add_argument("--no-write", action="store_true", help="print only; leave RESULTS.md alone")
     args = parser.parse_args()
     m, k, n = (int(x) for x in args.head.split(","))
-    print(f"in-memory pass (copy + float64 sum), {args.pass_mib} MiB: {pass_gbps(args.pass_mib << 20):.2f} GB/s")
-    print(f"crc32c on one {CHUNK_BYTES >> 20} MiB chunk: {crc32c_gbps():.2f} GB/s")
+    rows = [(f"in-memory pass (copy + float64 sum, one thread), {args.pass_mib} MiB", f"{pass_gbps(args.pass_mib << 20):.2f} GB/s"),
+            (f"CRC32C (google-crc32c) of one {CHUNK_BYTES >> 20} MiB chunk", f"{crc32c_gbps():.2f} GB/s"),
+            (f"write {args.pass_mib} MiB as {CHUNK_BYTES >> 20} MiB files (page cache, no fsync)",
+             f"{write_speed_gbps(args.pass_mib << 20):.2f} GB/s")]
     for codec in ("none", "lz4", "zstd"):
         rate, ratio = decode_gbps(codec)
-        print(f"decode {codec:>4} on one chunk: {rate:.2f} GB/s (compression ratio {ratio:.3f})")
-    print(f"torch.mm {m}x{k} @ {k}x{n} float32: {matmul_gflops(m, k, n):.1f} GFLOP/s")
+        rows.append((f"decode one chunk, {codec} (compression ratio {ratio:.3f} on activation-like data)",
+                     f"{rate:.2f} GB/s"))
+    rows.append((f"`torch.mm` {m}x{k} @ {k}x{n} float32 (the LM head of gemma-3-270m over {m} tokens)",
+                 f"{matmul_gflops(m, k, n):.1f} GFLOP/s"))
+    table = "| limit | measured |\n|---|---|\n" + "\n".join(f"| {a} | {b} |" for a, b in rows)
+    print(table)
+    if args.no_write:
+        return
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from _common import git_rev, machine, write_section
+
+    write_section(
+        "Physical limits (limits.py)",
+        f"`python benchmarks/limits.py` at {git_rev()}\n\nMachine: {machine()}; 1-minute load average "
+        f"{os.getloadavg()[0]:.2f} when the section was written\n\nThe best of a few runs each (a limit is a best "
+        "case). Every benchmark below measures the limit that bounds it again in its own run and gives its "
+        "figures as fractions of it; this table is the same functions run alone.\n\n" + table,
+    )
 
 
 if __name__ == "__main__":

@@ -133,3 +133,20 @@ def test_perplexity_windows_come_from_the_documents_of_a_corpus(llama, tmp_path)
     plain.write_text("The quick brown fox jumps over the lazy dog. " * 20)
     one = perplexity_windows(llama.tokenizer, plain, 32, window=8)
     assert one.n_documents == 1 and len(one.documents) == 4
+
+
+def test_token_nll_equals_the_cut_logits_version_bit_for_bit():
+    """The NLL over every row with the last position's target ignored is the NLL of the logits cut
+    before the last position (the version that copied the logits), to the bit, padding included."""
+    from actstore.evaluation.scoring import _token_nll
+
+    torch.manual_seed(0)
+    logits = torch.randn(3, 17, 1000) * 4
+    targets = torch.randint(0, 1000, (3, 16))
+    targets[1, -5:] = -100
+    cut = torch.nn.functional.cross_entropy(logits[:, :-1].reshape(-1, 1000), targets.reshape(-1),
+                                            ignore_index=-100, reduction="none").view(3, 16)
+    got = _token_nll(logits, targets)
+    assert got.shape == (3, 16)
+    assert torch.equal(got, cut)
+    assert (got[1, -5:] == 0).all() and (got[1, :-5] > 0).all()

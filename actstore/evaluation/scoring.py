@@ -168,11 +168,14 @@ def read_text_tokens(tokenizer, path: str | Path, max_tokens: int) -> list[int]:
 
 def _token_nll(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """``(batch, seq-1)`` next-token NLL; 0 where ``targets`` is -100 (padding)."""
-    vocab = logits.shape[-1]
-    # Rows of the contiguous (tokens, vocab) view: a transposed view is several times slower.
+    batch, seq, vocab = logits.shape
+    # Every row of the contiguous (tokens, vocab) view, the last position's target ignored: cutting
+    # that position off first copied the whole logits tensor (7% of a sweep configuration, issue 21),
+    # and a transposed view is several times slower.
+    full = torch.nn.functional.pad(targets, (0, 1), value=-100)
     return torch.nn.functional.cross_entropy(
-        logits[:, :-1].reshape(-1, vocab), targets.reshape(-1), ignore_index=-100, reduction="none"
-    ).view(targets.shape)
+        logits.reshape(-1, vocab), full.reshape(-1), ignore_index=-100, reduction="none"
+    ).view(batch, seq)[:, :-1]
 
 
 class PerplexityWindows:
