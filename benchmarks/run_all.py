@@ -8,7 +8,12 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 
-for script in ("bench_capture.py", "bench_stats.py", "bench_codecs.py", "bench_steering.py", "bench_peers.py",
-               "bench_eval.py"):
-    print(f"== {script}", flush=True)
-    subprocess.run([sys.executable, str(HERE / script)], check=True)
+RUNS = (  # the limits first: every other figure is read against them
+    ["limits.py"], ["bench_capture.py"], ["bench_capture.py", "--all-tokens"], ["bench_stats.py"],
+    ["bench_ingest.py"], ["bench_read_path.py"], ["bench_codecs.py"], ["bench_steering.py"], ["bench_peers.py"],
+    ["bench_eval.py"],
+)
+
+for script, *args in RUNS:
+    print(f"== {script} {' '.join(args)}", flush=True)
+    subprocess.run([sys.executable, str(HERE / script), *args], check=True)
