@@ -10,7 +10,8 @@ k, alpha): the on-target scores of every item and the perplexity windows, steere
 * before: the whole model per configuration and both answer letters as their own
   sequences (what the sweep did until this change);
 * after: blocks 0..L replayed from their cached output (computed once per layer,
-  timed apart), one sequence per A/B item.
+  timed apart), one sequence per A/B item, the LM head cut to the answer letters'
+  rows for the A/B items (as the sweep's A/B protocol does).
 
 Both run in each repeat, alternating; medians. Their per-item scores and window
 NLLs must agree (printed). Writes the section "Evaluation cost" of RESULTS.md.
@@ -91,7 +92,8 @@ def main() -> None:
     from actstore.demo import prepare_demo_model
     from actstore.evaluation.grid import residual_norm
     from actstore.evaluation.replay import PrefixReplay, plain_forward
-    from actstore.evaluation.scoring import ABScoring, PerplexityWindows, read_ab_items, read_text_tokens
+    from actstore.evaluation.scoring import (ABScoring, PerplexityWindows, probability, read_ab_items,
+                                             read_text_tokens)
 
     loaded = actstore.load_model(str(prepare_demo_model()))
     source = SHARED_DATA / "caa-pairs" / "refusal"
@@ -121,7 +123,7 @@ def main() -> None:
 
     def after():
         with replay.active(), actstore.steer(loaded, vector, scale):
-            return (one.scores(lambda i, b: replay(("on", i), b)),
+            return (probability(one.logodds(lambda i, b: replay(("on", i), b), loaded.model)),
                     windows.nll(lambda i, b: replay(("ppl", i), b))[0])
 
     times = {"before": [], "after": []}

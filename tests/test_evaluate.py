@@ -77,10 +77,17 @@ def test_ab_scores_match_a_direct_computation(llama, ab_file, batch_size):
         assert score == pytest.approx(expected, rel=1e-4)
 
 
+@pytest.mark.parametrize("cut_head", [False, True])
 @pytest.mark.parametrize("one_sequence", [True, False])
-def test_ab_log_odds_match_a_direct_computation(llama, ab_file, one_sequence):
+def test_ab_log_odds_match_a_direct_computation(llama, ab_file, one_sequence, cut_head):
     items = read_ab_items(ab_file)
-    logodds = ABScoring(llama.tokenizer, items, 2, one_sequence=one_sequence).logodds(plain_forward(llama.model))
+    head = llama.model.get_output_embeddings()
+    scoring = ABScoring(llama.tokenizer, items, 2, one_sequence=one_sequence)
+    logodds = scoring.logodds(plain_forward(llama.model), llama.model if cut_head else None)
+    assert llama.model.get_output_embeddings() is head  # the model's own head is back
+    if cut_head and one_sequence:  # the cut head's logits are the full head's, to float rounding
+        full = scoring.logodds(plain_forward(llama.model))
+        np.testing.assert_allclose(logodds, full, rtol=1e-5, atol=1e-5)
     for item, got in zip(items, logodds):
         prefix = len(llama.tokenizer(item.prompt)["input_ids"])
         match = direct_logprob(llama, item.prompt + "(" + item.matching, prefix)
@@ -150,3 +157,19 @@ def test_token_nll_equals_the_cut_logits_version_bit_for_bit():
     assert got.shape == (3, 16)
     assert torch.equal(got, cut)
     assert (got[1, -5:] == 0).all() and (got[1, :-5] > 0).all()
+
+
+def test_head_rows_gives_those_logits_and_puts_the_head_back(llama):
+    from actstore.evaluation.scoring import head_rows
+
+    ids = torch.tensor([7, 3, 11])
+    inputs = llama.tokenizer("a short text", return_tensors="pt")
+    with torch.no_grad():
+        full = llama.model(**inputs).logits
+        head = llama.model.get_output_embeddings()
+        with head_rows(llama.model, ids):
+            cut = llama.model(**inputs).logits
+            assert llama.model.get_output_embeddings() is not head
+        assert llama.model.get_output_embeddings() is head
+    assert cut.shape[-1] == 3
+    torch.testing.assert_close(cut, full[..., ids], rtol=1e-5, atol=1e-5)

@@ -134,7 +134,7 @@ class ABLetters(_FixedBatches):
         self.letter_signs = np.asarray([1 if item.matching < item.other else -1 for item in scored], dtype=np.int64)
 
     def measure(self, loaded: LoadedModel, forward: Forward) -> dict[str, np.ndarray]:
-        logodds = self._scoring.logodds(forward)
+        logodds = self._scoring.logodds(forward, loaded.model)  # the head cut to the answer letters
         return {"score": probability(logodds), "logodds": logodds}
 
 

@@ -17,6 +17,7 @@ Run them inside :func:`actstore.steering.steer` to measure a steered model.
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -110,15 +111,24 @@ class ABScoring:
             self.batches = [Batch.pad(tokenizer, chunk, "left", logits_to_keep=max(self.tails[s:s + len(chunk)]) + 1)
                             for s, chunk in _batched(sequences, batch_size)]
 
-    def logodds(self, forward: Forward) -> np.ndarray:
-        """Per item: log P(matching) - log P(other), ``(n_items,)`` float64."""
+    def logodds(self, forward: Forward, model=None) -> np.ndarray:
+        """Per item: log P(matching) - log P(other), ``(n_items,)`` float64.
+
+        ``model``: the model ``forward`` runs; where every answer is one token, its LM head is cut
+        to the answer letters' rows meanwhile (:func:`head_rows`), so no batch computes the logits
+        of the whole vocabulary for two of them (the same numbers to float rounding)."""
         if self.single_token:
+            letters, cut = self.letters, contextlib.nullcontext()
+            if model is not None and not hasattr(model.get_output_embeddings(), "_hf_hook"):  # not on a device map
+                ids, letters = torch.unique(self.letters, return_inverse=True)
+                cut = head_rows(model, ids)
             diffs = []
-            for index, batch in enumerate(self.batches):
-                last = forward(index, batch)[:, -1]
-                rows = torch.arange(last.shape[0])
-                letters = self.letters[len(diffs):len(diffs) + last.shape[0]].to(last.device)
-                diffs += (last[rows, letters[:, 0]] - last[rows, letters[:, 1]]).double().tolist()
+            with cut:
+                for index, batch in enumerate(self.batches):
+                    last = forward(index, batch)[:, -1]
+                    rows = torch.arange(last.shape[0])
+                    pair = letters[len(diffs):len(diffs) + last.shape[0]].to(last.device)
+                    diffs += (last[rows, pair[:, 0]] - last[rows, pair[:, 1]]).double().tolist()
             logodds = np.empty(self.n_items)
             logodds[self.order] = diffs
             return logodds
@@ -137,6 +147,26 @@ class ABScoring:
     def scores(self, forward: Forward) -> np.ndarray:
         """Per item: P(matching) / (P(matching) + P(other)) = sigmoid(log-odds)."""
         return probability(self.logodds(forward))
+
+
+@contextlib.contextmanager
+def head_rows(model, token_ids: torch.Tensor):
+    """Inside, ``model``'s LM head computes the logits of ``token_ids`` only, in that order (a
+    ``Linear`` of those rows of its weight; the model's own head is put back on leaving). A
+    final logit soft-capping, applied per logit after the head, applies to these as before."""
+    head = model.get_output_embeddings()
+    ids = torch.as_tensor(token_ids, device=head.weight.device)
+    cut = torch.nn.Linear(head.in_features, len(ids), bias=head.bias is not None,
+                          device=head.weight.device, dtype=head.weight.dtype)
+    with torch.no_grad():
+        cut.weight.copy_(head.weight[ids])
+        if head.bias is not None:
+            cut.bias.copy_(head.bias[ids])
+    model.set_output_embeddings(cut)
+    try:
+        yield
+    finally:
+        model.set_output_embeddings(head)
 
 
 def probability(logodds) -> np.ndarray:
