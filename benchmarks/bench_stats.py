@@ -180,10 +180,12 @@ def main() -> None:
         print(json.dumps(measure(args.measure, args.which, args.repeats)))
         return
 
+    from actstore.stores.schema import DEFAULT_CODEC
+
     if args.checksum:
+        args.codec = args.codec or DEFAULT_CODEC
         checksum_cost(args)
         return
-    from actstore.stores.schema import DEFAULT_CODEC
     from limits import pass_gbps
 
     args.codec = args.codec or DEFAULT_CODEC
@@ -281,7 +283,7 @@ def checksum_cost(args) -> None:
     nbytes = n_samples * args.layers * args.hidden * 4
     stores = {"crc32c": work / "crc.zarr", "none": work / "plain.zarr"}
     for name, store in stores.items():
-        build_store(store, n_samples, args.layers, args.hidden, checksum=name == "crc32c")
+        build_store(store, n_samples, args.layers, args.hidden, checksum=name == "crc32c", codec=args.codec)
     import actstore
 
     passes = {}
@@ -308,10 +310,10 @@ def checksum_cost(args) -> None:
     write_section(
         "Checksum cost (bench_stats.py --checksum)",
         f"`python benchmarks/bench_stats.py --checksum --gb {gb:g} --layers {args.layers} --hidden {args.hidden} "
-        f"--repeats {args.repeats}` at {git_rev()}\n\n"
-        f"Machine: {machine()}\n\n"
+        f"--repeats {args.repeats} --codec {args.codec}` at {git_rev()}\n\n"
+        f"Machine: {machine()}; 1-minute load average {os.getloadavg()[0]:.2f} when the section was written\n\n"
         f"The same synthetic data ({nbytes / 1e9:.2f} GB, {n_samples} samples x {args.layers} x {args.hidden} float32, "
-        "Blosc LZ4 + shuffle) written twice: with the CRC32C checksum every store now has, and without (as "
+        f"codec {args.codec}) written twice: with the CRC32C checksum every store now has, and without (as "
         "before). One process, every pass warm (one pass each first); the four passes alternate, "
         f"{args.repeats} rounds; medians.\n\n"
         "| store | pass | median s | GB/s | each s |\n|---|---|---|---|---|\n" + "\n".join(lines) + "\n\n"
