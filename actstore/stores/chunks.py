@@ -117,16 +117,35 @@ class LocalChunks:
 
         return get_codec(dict(self.compressor_config)) if self.compressor else None
 
-    def encode(self, chunk: np.ndarray) -> bytes:
+    def _blank(self) -> tuple[np.ndarray, np.ndarray]:
+        """A chunk to fill, and the bytes it is stored as when nothing compresses it: with room for
+        the CRC32C after it (no copy to append it)."""
+        nbytes = int(np.prod(self.chunks)) * self.dtype.itemsize
+        stored = np.empty(nbytes + 4 * (self.checksum and self._encoder is None), dtype=np.uint8)
+        return stored[:nbytes].view(self.dtype).reshape(self.chunks), stored
+
+    def encode(self, chunk: np.ndarray, stored: np.ndarray | None = None):
         """The stored bytes of a whole chunk: raw little-endian bytes, compressed as zarr's codec
-        compresses them (the same numcodecs call with the same parameters), then the CRC32C."""
-        data = np.ascontiguousarray(chunk, dtype=self.dtype)
-        encoded = self._encoder.encode(data) if self._encoder is not None else data.view(np.uint8).reshape(-1)
+        compresses them (the same numcodecs call with the same parameters), then the CRC32C.
+        ``stored``: the chunk's buffer from :meth:`_blank`, written in place when nothing compresses."""
+        if self._encoder is not None:
+            encoded = self._encoder.encode(np.ascontiguousarray(chunk, dtype=self.dtype))
+            if not self.checksum:
+                return encoded
+            import google_crc32c
+
+            return b"".join((encoded, np.uint32(google_crc32c.value(encoded)).astype("<u4").tobytes()))
+        if stored is None:
+            blank, stored = self._blank()
+            blank[...] = chunk
         if not self.checksum:
-            return bytes(encoded)
+            return stored
         import google_crc32c
 
-        return b"".join((encoded, np.uint32(google_crc32c.value(encoded)).astype("<u4").tobytes()))
+        nbytes = stored.size - 4
+        stored[nbytes:] = np.frombuffer(np.uint32(google_crc32c.value(stored[:nbytes])).astype("<u4").tobytes(),
+                                        dtype=np.uint8)
+        return stored
 
     def write_rows(self, array, start: int, values: np.ndarray) -> None:
         """``array[start:start + len(values)] = values`` for the zarr ``array`` these are the files of
@@ -134,37 +153,55 @@ class LocalChunks:
         it: a chunk the rows fill within the array's shape is made from them and the fill value; one
         they fill in part is read (checksum verified), updated and written again; a chunk equal to
         the fill value is deleted instead (zarr's ``write_empty_chunks=False``). Each chunk goes
-        through the store's ``set``/``delete``."""
-        from zarr.core.buffer import default_buffer_prototype
-        from zarr.core.sync import sync
-
+        through the store's ``set``/``delete``, the chunks of one span of rows together."""
         stop = start + values.shape[0]
         if values.shape[1:] != self.shape[1:] or stop > self.shape[0]:
             raise ValueError(f"rows {start}..{stop} of shape {values.shape[1:]} do not fit {self.shape}")
-        rows, store, prefix = self.chunks[0], array.store, array.path
+        rows = self.chunks[0]
         keep_empty = array.async_array.config.write_empty_chunks
-        buffer = default_buffer_prototype().buffer
+        grid = list(itertools.product(*(range(-(-n // c)) for n, c in zip(self.shape[1:], self.chunks[1:]))))
         for row_chunk in range(start // rows, -(-stop // rows) if stop > start else 0):
             lo, hi = row_chunk * rows, (row_chunk + 1) * rows
             first, last = max(start, lo), min(stop, hi)
             complete = first == lo and last == min(hi, self.shape[0])
-            for rest in itertools.product(*(range(-(-n // c)) for n, c in zip(self.shape[1:], self.chunks[1:]))):
+            writes = []
+            for rest in grid:
                 coords = (row_chunk, *rest)
                 inner = tuple(slice(i * c, min((i + 1) * c, n)) for i, c, n in zip(rest, self.chunks[1:], self.shape[1:]))
+                inner_shape = tuple(s.stop - s.start for s in inner)
+                stored = None
                 if complete:
-                    chunk = np.empty(self.chunks, dtype=self.dtype)
-                    chunk[last - lo:] = self.fill_value
+                    chunk, stored = self._blank()
+                    if inner_shape != self.chunks[1:]:
+                        chunk[...] = self.fill_value
+                    else:
+                        chunk[last - lo:] = self.fill_value
                 else:
                     chunk = np.array(self.read_chunk(coords))  # a writable copy
-                part = chunk[(slice(first - lo, last - lo), *(slice(0, s.stop - s.start) for s in inner))]
-                part[...] = values[(slice(first - start, last - start), *inner)]
-                if any(s.stop - s.start < c for s, c in zip(inner, self.chunks[1:])):
-                    chunk[(slice(None), *(slice(s.stop - s.start, None) for s in inner))] = self.fill_value
-                key = f"{prefix}/{self.prefix}{self.separator.join(map(str, coords))}"
-                if not keep_empty and self._is_fill(chunk):
-                    sync(store.delete(key))
-                else:
-                    sync(store.set(key, buffer.from_bytes(self.encode(chunk))))
+                chunk[(slice(first - lo, last - lo), *(slice(0, n) for n in inner_shape))] = \
+                    values[(slice(first - start, last - start), *inner)]
+                empty = not keep_empty and self._is_fill(chunk)
+                writes.append((coords, None if empty else self.encode(chunk, stored)))
+            self._store(array, writes)
+
+    def _store(self, array, writes: list) -> None:
+        """Each ``(coords, stored bytes)`` through the store's ``set`` (``delete`` for None), at once."""
+        import asyncio
+
+        from zarr.core.buffer import default_buffer_prototype
+        from zarr.core.sync import sync
+
+        store, buffer = array.store, default_buffer_prototype().buffer
+
+        def key(coords):
+            return f"{array.path}/{self.prefix}{self.separator.join(map(str, coords))}"
+
+        async def put():
+            await asyncio.gather(*(store.delete(key(coords)) if data is None else
+                                   store.set(key(coords), buffer.from_array_like(np.frombuffer(data, np.uint8)))
+                                   for coords, data in writes))
+
+        sync(put())
 
     def _is_fill(self, chunk: np.ndarray) -> bool:
         first = chunk.flat[0]
