@@ -8,6 +8,10 @@ the input's size. A crash or a kill loses at most the windows in flight (the one
 being written and the ``depth`` waiting), never a committed one, and ``--resume``
 continues from the last commit as before. An error on the writer thread is raised
 on the caller's thread at its next :meth:`OrderedWriter.put` or at the end.
+
+Where the model already keeps every core busy (on the CPU), a thread beside it only slows
+it: there ``depth=0`` writes each window on the caller's thread, in the same order
+(:func:`actstore.capture.run.writer_depth`).
 """
 
 from __future__ import annotations
@@ -28,17 +32,20 @@ class OrderedWriter:
     also when the body raised (those items are complete windows: committing them
     keeps everything captured so far), then raises the writer's error, if any.
     ``depth`` items may wait while one is consumed; :meth:`put` blocks beyond that.
+    ``depth=0``: no thread, :meth:`put` consumes the item on the caller's thread.
     """
 
     def __init__(self, consume: Callable[[Any], None], depth: int = 1):
-        if depth < 1:
-            raise ValueError(f"depth={depth}: expected >= 1")
+        if depth < 0:
+            raise ValueError(f"depth={depth}: expected >= 0")
         self._consume = consume
-        self._queue: queue.Queue = queue.Queue(maxsize=depth)
         self._error: BaseException | None = None
         self._raised = False  # the error stays set (the writer keeps draining) once it has been raised
-        self._thread = threading.Thread(target=self._run, name="actstore-writer", daemon=True)
-        self._thread.start()
+        self._thread = None
+        if depth:
+            self._queue: queue.Queue = queue.Queue(maxsize=depth)
+            self._thread = threading.Thread(target=self._run, name="actstore-writer", daemon=True)
+            self._thread.start()
 
     def _run(self) -> None:
         while True:
@@ -55,11 +62,14 @@ class OrderedWriter:
     def put(self, item: Any) -> None:
         """Queue ``item`` (blocks while ``depth`` items wait); raises the writer's error, if any."""
         self._raise_if_failed()
+        if self._thread is None:
+            self._consume(item)
+            return
         self._queue.put(item)
 
     def close(self) -> None:
         """Wait for every item put to be consumed; raise the writer's error, if any."""
-        if self._thread.is_alive():
+        if self._thread is not None and self._thread.is_alive():
             self._queue.put(_DONE)
             self._thread.join()
         self._raise_if_failed()

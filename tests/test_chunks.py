@@ -148,3 +148,44 @@ def test_zarr_reads_switch_turns_the_direct_reader_off(tmp_path, monkeypatch):
     np.testing.assert_array_equal(dask_array(arr).compute(), values)  # through zarr, the same values
     monkeypatch.setenv(ZARR_READS, "0")
     assert local_chunks(arr) is not None
+
+
+def _files(path):
+    return {p.relative_to(path).as_posix(): p.read_bytes() for p in sorted(path.rglob("*")) if p.is_file()}
+
+
+@pytest.mark.parametrize("codec", schema.CODECS)
+@pytest.mark.parametrize("dtype", ["float32", "float16", "uint16"])
+def test_writes_the_bytes_zarr_writes(tmp_path, codec, dtype):
+    """Appends of uneven windows (chunks filled in part, then again; an edge chunk; a chunk of fill
+    values) leave the same chunk files, byte for byte, whether zarr or LocalChunks writes them."""
+    rng = np.random.default_rng(1)
+    fill = np.nan if dtype[0] == "f" else 7
+    values = rng.standard_normal((1000, 3, 16)).astype(dtype) if dtype[0] == "f" else \
+        rng.integers(0, 60000, (1000, 3, 16)).astype(dtype)
+    values[256:512, 1] = fill  # a whole chunk of fill values: deleted, not written
+    bounds = [0, 100, 256, 300, 700, 701, 1000]
+    stores = {}
+    for route in ("zarr", "direct"):
+        root = zarr.open_group(str(tmp_path / f"{route}.zarr"), mode="w")
+        arr = root.create_array("acts", shape=(0, 3, 16), chunks=(256, 1, 16), dtype=dtype, fill_value=fill,
+                                compressors=schema.compressors(codec))
+        for lo, hi in zip(bounds[:-1], bounds[1:]):
+            arr.resize((hi, 3, 16))
+            if route == "zarr":
+                arr[lo:hi] = values[lo:hi]
+            else:
+                files = local_chunks(arr)
+                assert files is not None and (files.compressor_config == ()) == (codec == "none")
+                files.write_rows(arr, lo, values[lo:hi])
+        np.testing.assert_array_equal(arr[...], values)
+        stores[route] = _files(tmp_path / f"{route}.zarr" / "acts" / "c")
+    assert "1/1/0" not in stores["direct"]
+    assert len(stores["zarr"]) == 4 * 3 - 1
+    assert stores["direct"] == stores["zarr"]
+
+
+def test_write_rows_refuses_rows_outside_the_shape(tmp_path):
+    arr, values = _array(tmp_path, "lz4")
+    with pytest.raises(ValueError, match="do not fit"):
+        local_chunks(arr).write_rows(arr, 900, values[:200])

@@ -67,3 +67,33 @@ def test_an_error_of_the_body_still_writes_the_windows_already_queued():
                 writer.put(item)
             raise KeyboardInterrupt
     assert seen == [0, 1, 2]
+
+
+def test_depth_zero_consumes_on_the_callers_thread_in_order():
+    seen, threads = [], set()
+
+    def consume(item):
+        if item == 5:
+            raise OSError("disk full")
+        seen.append(item)
+        threads.add(threading.get_ident())
+
+    with pytest.raises(OSError, match="disk full"):
+        with OrderedWriter(consume, depth=0) as writer:
+            for item in range(20):
+                writer.put(item)
+    assert seen == [0, 1, 2, 3, 4]
+    assert threads == {threading.get_ident()}
+
+
+def test_capture_writes_in_line_only_when_torch_holds_every_core(monkeypatch):
+    import torch
+
+    from actstore.capture.run import writer_depth
+
+    monkeypatch.setattr("os.sched_getaffinity", lambda pid: {0, 1}, raising=False)
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 2)
+    assert writer_depth(torch.device("cpu")) == 0
+    assert writer_depth(torch.device("meta")) == 1  # any device but the CPU: the CPU is free meanwhile
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 1)
+    assert writer_depth(torch.device("cpu")) == 1

@@ -1,4 +1,4 @@
-"""Reading ``acts`` chunks from a local store's files inside each Dask task.
+"""Reading ``acts`` chunks from a local store's files inside each Dask task, and writing them.
 
 zarr-python decodes every chunk through its asynchronous codec pipeline; on this project's
 2-core machine that pipeline, not the bytes, set the speed of a statistics pass (issue 21:
@@ -13,8 +13,17 @@ The checksum is always verified: a mismatch raises :class:`ValueError` saying "c
 zarr's own codec does, so :func:`.integrity.damage_located` names the chunk the same way. A chunk
 file that does not exist reads as the array's fill value, as in zarr (NaN for ``acts``: damage).
 
-``ACTSTORE_ZARR_READS=1`` in the environment sends every read through zarr's pipeline instead
-(to compare the two, as ``benchmarks/bench_read_path.py`` does, or to rule this module out).
+Writes take the same shortcut (:meth:`LocalChunks.write_rows`, used by the store writer): each chunk
+is assembled once, encoded with the numcodecs codec zarr's own codec calls (the same parameters, so
+the same bytes: tested against zarr), its CRC32C appended, and handed to the store's ``set`` (zarr's
+LocalStore writes it to a temporary name and renames it into place: one chunk is all or nothing).
+What zarr's pipeline costs around that on 2 cores (copies, a pass comparing every chunk with the
+fill value, its event loop), and re-reading a partly filled chunk, made a ``--position all`` capture
+of gemma-3-270m spend as long writing as the work itself (issue 21).
+
+``ACTSTORE_ZARR_READS=1`` in the environment sends every read and write of chunks through zarr's
+pipeline instead (to compare the two, as ``benchmarks/bench_read_path.py`` does, or to rule this
+module out).
 """
 
 from __future__ import annotations
@@ -22,10 +31,11 @@ from __future__ import annotations
 import itertools
 import os
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 
-ZARR_READS = "ACTSTORE_ZARR_READS"  # "1": read through zarr's pipeline only
+ZARR_READS = "ACTSTORE_ZARR_READS"  # "1": chunks read and written through zarr's pipeline only
 
 
 @dataclass(frozen=True)
@@ -33,7 +43,8 @@ class LocalChunks:
     """The chunk files of one array of a local store, read like a numpy array (for :func:`dask.array.from_array`).
 
     ``folder``: the array's folder; ``keys``: the chunk key separator (``/`` or ``.``) and prefix;
-    ``compressor``: ``None``, ``"blosc"`` or ``"zstd"``; ``checksum``: whether a CRC32C ends each chunk.
+    ``compressor``: ``None``, ``"blosc"`` or ``"zstd"``; ``checksum``: whether a CRC32C ends each chunk;
+    ``compressor_config``: the compressor's numcodecs configuration (what it writes with).
     """
 
     folder: str
@@ -45,6 +56,7 @@ class LocalChunks:
     separator: str
     compressor: str | None
     checksum: bool
+    compressor_config: tuple[tuple[str, object], ...] = ()
 
     @property
     def ndim(self) -> int:
@@ -105,6 +117,104 @@ class LocalChunks:
             out[tuple(dst)] = chunk[tuple(src)]
         return out
 
+    @cached_property
+    def _encoder(self):
+        from numcodecs import get_codec
+
+        return get_codec(dict(self.compressor_config)) if self.compressor else None
+
+    def _blank(self) -> tuple[np.ndarray, np.ndarray]:
+        """A chunk to fill, and the bytes it is stored as when nothing compresses it: with room for
+        the CRC32C after it (no copy to append it)."""
+        nbytes = int(np.prod(self.chunks)) * self.dtype.itemsize
+        stored = np.empty(nbytes + 4 * (self.checksum and self._encoder is None), dtype=np.uint8)
+        return stored[:nbytes].view(self.dtype).reshape(self.chunks), stored
+
+    def encode(self, chunk: np.ndarray, stored: np.ndarray | None = None):
+        """The stored bytes of a whole chunk: raw little-endian bytes, compressed as zarr's codec
+        compresses them (the same numcodecs call with the same parameters), then the CRC32C.
+        ``stored``: the chunk's buffer from :meth:`_blank`, written in place when nothing compresses."""
+        if self._encoder is not None:
+            encoded = self._encoder.encode(np.ascontiguousarray(chunk, dtype=self.dtype))
+            if not self.checksum:
+                return encoded
+            import google_crc32c
+
+            return b"".join((encoded, np.uint32(google_crc32c.value(encoded)).astype("<u4").tobytes()))
+        if stored is None:
+            blank, stored = self._blank()
+            blank[...] = chunk
+        if not self.checksum:
+            return stored
+        import google_crc32c
+
+        nbytes = stored.size - 4
+        stored[nbytes:] = np.frombuffer(np.uint32(google_crc32c.value(stored[:nbytes])).astype("<u4").tobytes(),
+                                        dtype=np.uint8)
+        return stored
+
+    def write_rows(self, array, start: int, values: np.ndarray) -> None:
+        """``array[start:start + len(values)] = values`` for the zarr ``array`` these are the files of
+        (its shape already holding those rows, every axis but the first written whole), as zarr writes
+        it: a chunk the rows fill within the array's shape is made from them and the fill value; one
+        they fill in part is read (checksum verified), updated and written again; a chunk equal to
+        the fill value is deleted instead (zarr's ``write_empty_chunks=False``). Each chunk goes
+        through the store's ``set``/``delete``, the chunks of one span of rows together."""
+        stop = start + values.shape[0]
+        if values.shape[1:] != self.shape[1:] or stop > self.shape[0]:
+            raise ValueError(f"rows {start}..{stop} of shape {values.shape[1:]} do not fit {self.shape}")
+        rows = self.chunks[0]
+        keep_empty = array.async_array.config.write_empty_chunks
+        grid = list(itertools.product(*(range(-(-n // c)) for n, c in zip(self.shape[1:], self.chunks[1:]))))
+        for row_chunk in range(start // rows, -(-stop // rows) if stop > start else 0):
+            lo, hi = row_chunk * rows, (row_chunk + 1) * rows
+            first, last = max(start, lo), min(stop, hi)
+            complete = first == lo and last == min(hi, self.shape[0])
+            writes = []
+            for rest in grid:
+                coords = (row_chunk, *rest)
+                inner = tuple(slice(i * c, min((i + 1) * c, n)) for i, c, n in zip(rest, self.chunks[1:], self.shape[1:]))
+                inner_shape = tuple(s.stop - s.start for s in inner)
+                stored = None
+                if complete:
+                    chunk, stored = self._blank()
+                    if inner_shape != self.chunks[1:]:
+                        chunk[...] = self.fill_value
+                    else:
+                        chunk[last - lo:] = self.fill_value
+                else:
+                    chunk = np.array(self.read_chunk(coords))  # a writable copy
+                chunk[(slice(first - lo, last - lo), *(slice(0, n) for n in inner_shape))] = \
+                    values[(slice(first - start, last - start), *inner)]
+                empty = not keep_empty and self._is_fill(chunk)
+                writes.append((coords, None if empty else self.encode(chunk, stored)))
+            self._store(array, writes)
+
+    def _store(self, array, writes: list) -> None:
+        """Each ``(coords, stored bytes)`` through the store's ``set`` (``delete`` for None), at once."""
+        import asyncio
+
+        from zarr.core.buffer import default_buffer_prototype
+        from zarr.core.sync import sync
+
+        store, buffer = array.store, default_buffer_prototype().buffer
+
+        def key(coords):
+            return f"{array.path}/{self.prefix}{self.separator.join(map(str, coords))}"
+
+        async def put():
+            await asyncio.gather(*(store.delete(key(coords)) if data is None else
+                                   store.set(key(coords), buffer.from_array_like(np.frombuffer(data, np.uint8)))
+                                   for coords, data in writes))
+
+        sync(put())
+
+    def _is_fill(self, chunk: np.ndarray) -> bool:
+        first = chunk.flat[0]
+        if self.dtype.kind == "f" and np.isnan(self.fill_value):
+            return bool(np.isnan(first)) and bool(np.isnan(chunk).all())
+        return bool(first == self.fill_value) and bool((chunk == self.fill_value).all())
+
 
 def local_chunks(array) -> LocalChunks | None:
     """A :class:`LocalChunks` for zarr ``array`` when its layout is one this module reads, else None."""
@@ -131,12 +241,17 @@ def local_chunks(array) -> LocalChunks | None:
     middle = codecs[1:-1] if checksum else codecs[1:]
     if len(middle) > 1:
         return None
-    compressor = None
+    compressor, config = None, ()
     if middle:
-        if isinstance(middle[0], BloscCodec):
+        codec = middle[0]
+        if isinstance(codec, BloscCodec) and codec.typesize is not None:
+            # what zarr's BloscCodec hands numcodecs (typesize too, numcodecs >= 0.16)
             compressor = "blosc"
-        elif isinstance(middle[0], ZstdCodec) and not middle[0].checksum:
-            compressor = "zstd"
+            config = (("id", "blosc"), ("cname", codec.cname.value), ("clevel", codec.clevel),
+                      ("shuffle", {"noshuffle": 0, "shuffle": 1, "bitshuffle": 2}[codec.shuffle.value]),
+                      ("blocksize", codec.blocksize), ("typesize", codec.typesize))
+        elif isinstance(codec, ZstdCodec) and not codec.checksum:
+            compressor, config = "zstd", (("id", "zstd"), ("level", codec.level), ("checksum", False))
         else:
             return None
     encoding = meta.chunk_key_encoding
@@ -153,7 +268,7 @@ def local_chunks(array) -> LocalChunks | None:
         folder=os.path.join(str(array.store.root), *array.path.split("/")),
         shape=tuple(array.shape), chunks=tuple(array.chunks), dtype=dtype,
         fill_value=np.array(meta.fill_value, dtype=dtype).item(), prefix=prefix, separator=separator,
-        compressor=compressor, checksum=checksum,
+        compressor=compressor, checksum=checksum, compressor_config=config,
     )
 
 

@@ -18,6 +18,7 @@ from ..errors import StoreError
 from ..moments import Moments
 from .integrity import check_group, is_half_created
 from .lock import WriterLock
+from .chunks import local_chunks
 from .moments import committed_moments
 from .roots import open_root
 from .runs import RunRecord, read_runs, runs_attr
@@ -223,7 +224,12 @@ class ActivationWriter:
                 array.resize((stop,))
         if self.acts.dtype == np.uint16 and acts.dtype != np.uint16:  # a bfloat16 group (schema.py)
             acts = bfloat16_bits(acts)
-        self.acts[start:stop] = acts.astype(self.acts.dtype, copy=False)
+        values = acts.astype(self.acts.dtype, copy=False)
+        files = local_chunks(self.acts)  # a local store's files: written directly, as zarr would (chunks.py)
+        if files is not None:
+            files.write_rows(self.acts, start, values)
+        else:
+            self.acts[start:stop] = values
         if "order" not in self.coords and np.any(np.asarray(coords.get("order", 0)) != 0):
             raise StoreError(self.no_twins_message())
         # Rows given without question/order (a caller written before them) are as written.
