@@ -87,7 +87,7 @@ def test_sigkill_at_several_points_then_resume_equals_uninterrupted(tmp_path, sl
 
     expected = actstore.compute_stats(reference)
     # Statistics passes killed at two exact points leave the previous cache in place: the new one is
-    # written beside it and switched to in one metadata write (stores/schema.py write_stats_group).
+    # written beside it and switched to in one metadata write (stores/moments.py write_stats_group).
     actstore.compute_stats(store)
     for point in ("mid-pass", "mid-cache-write"):
         kill_stats_at(point, store, tmp_path / f"{point}.marker", env)

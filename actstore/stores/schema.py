@@ -34,7 +34,6 @@ dominates below a few MiB (benchmarks/RESULTS.md).
 
 from __future__ import annotations
 
-import os
 import re
 import uuid
 from collections.abc import Mapping
@@ -347,77 +346,3 @@ def moments_array(group, buffer: int, shape: tuple[int, ...]):
         MOMENTS[buffer], shape=shape, chunks=shape, dtype="float64", fill_value=np.nan,
         dimension_names=("moment", "class", "layer", "hidden"), overwrite=True, compressors=small_compressors(),
     )
-
-
-def _create_arrays(group, arrays: dict[str, dict]) -> None:
-    """Create the small arrays ``arrays`` (name -> ``create_array`` arguments) in ``group`` concurrently:
-    one wait on zarr's event loop for all of them rather than one each (a statistics cache is
-    five arrays; issue 21 measured the waits, not the bytes, as its cost)."""
-    import asyncio
-
-    from zarr.core.sync import sync
-
-    async def create_all():
-        await asyncio.gather(*(group._async_group.create_array(name, compressors=small_compressors(), **kwargs)
-                               for name, kwargs in arrays.items()))
-
-    sync(create_all())
-
-
-STATS_CURRENT = "current"  # attribute of stats/ naming the subgroup that holds the cache
-
-
-def write_stats_group(group, stats) -> str:
-    """Write the statistics dataset ``stats`` beside ``group``'s cached ones and switch to it.
-
-    The new cache goes to a new subgroup ``stats/<version>/`` (arrays, then its attrs in the
-    same write that creates it), then ``stats/``'s attribute ``current`` switches to it: ONE
-    metadata write, so a reader sees the old cache or the new one, never a mix, and a kill at
-    any point leaves the previous cache in place. Caches older than the previous one are
-    deleted afterwards (the previous one stays for readers still reading it). A cache of the
-    first layout (arrays directly in ``stats/``, written before this switch) is replaced. Returns the subgroup's name.
-    """
-    try:
-        sg = group[STATS_GROUP]
-    except KeyError:
-        sg = None
-    if sg is not None and STATS_CURRENT not in sg.attrs:  # the first layout: replace it once
-        del group[STATS_GROUP]
-        sg = None
-    if sg is None:
-        sg = group.create_group(STATS_GROUP)
-    previous = sg.attrs.get(STATS_CURRENT)
-    name = f"v{uuid.uuid4().hex[:16]}"
-    cache = sg.create_group(name, attributes=dict(stats.attrs))
-    n_class, n_layer = stats["count"].shape
-    arrays = {}  # name -> create_array arguments; each array is created with its values
-    for array_name, dims in (("count", ("class", "layer")), ("mean", ("class", "layer", "hidden")),
-                             ("var", ("class", "layer", "hidden"))):
-        values = stats[array_name].values
-        arrays[array_name] = dict(dimension_names=dims, chunks=values.shape if values.size else None,
-                                  fill_value=np.nan if values.dtype.kind == "f" else -1,
-                                  **({"data": values} if values.size else {"shape": values.shape, "dtype": values.dtype}))
-    labels = np.asarray(stats["class"].values, dtype=np.dtypes.StringDType())  # zarr's variable-length string
-    arrays["class"] = dict(dimension_names=("class",), **({"data": labels} if n_class else {"shape": (0,), "dtype": str}))
-    layers = np.asarray(stats["layer"].values, dtype="int64")
-    arrays["layer"] = dict(dimension_names=("layer",), fill_value=-1,
-                           **({"data": layers} if n_layer else {"shape": (0,), "dtype": "int64"}))
-    _create_arrays(cache, arrays)
-    commit_attrs(sg, {STATS_CURRENT: name})
-    for old, _ in list(sg.groups()):
-        if old not in (name, previous):
-            _delete_member(sg, old)
-    return name
-
-
-def _delete_member(group, name: str) -> None:
-    """Delete ``group``'s member ``name``: the folder itself in a local store (zarr's delete lists
-    and removes every key on its event loop, 50 ms for a statistics cache), else through zarr."""
-    import shutil
-
-    from zarr.storage import LocalStore
-
-    if isinstance(group.store, LocalStore) and not group.store.read_only:
-        shutil.rmtree(os.path.join(str(group.store.root), *group.path.split("/"), name))
-    else:
-        del group[name]
