@@ -266,7 +266,7 @@ def group_moments(group, path=None, *, scheduler: str | None = None, split_every
     split_every = split_every or 16
     files = local_chunks(group[ACTS])
     if files is not None:  # a local store: each task reads, checks and reduces one chunk file
-        lazy = chunk_moments(files, n, codes, len(classes), group.attrs.get("dtype") == BFLOAT16, split_every)
+        lazy = chunk_moments(files, n, codes, len(classes), store.spec.dtype == BFLOAT16, split_every)
     else:
         lazy = class_moments(store.dataset(coords=()).acts.data, codes, len(classes), split_every)
     progress_bar = contextlib.nullcontext()
