@@ -180,27 +180,24 @@ def chunk_moments(files: LocalChunks, n: int, codes, n_classes: int, bfloat16: b
         raise ValueError(f"codes must have shape ({n},), got {codes.shape}")
     if n == 0:
         raise StatsError("no samples to compute statistics of")
-    rows = files.chunks[0]
+    if files.ndim < 2:
+        raise ValueError(f"chunk_moments reads (sample, layer, ...) chunk files, not shape {files.shape}")
+    rows, layers, n_layers = files.chunks[0], files.chunks[1], files.shape[1]
     row_spans = [(lo, min(lo + rows, n)) for lo in range(0, n, rows)]
     # All of a row block's chunks in one task where there are rows enough to keep every worker
-    # busy (TASKS tasks at least); else the second axis (layers) split into that many groups.
-    second = [(lo, min(lo + files.chunks[1], files.shape[1])) for lo in range(0, files.shape[1], files.chunks[1])] \
-        if len(files.shape) > 1 else []
-    n_groups = min(len(second), -(-TASKS // len(row_spans))) if second else 1
-    groups = [second[i * len(second) // n_groups:(i + 1) * len(second) // n_groups] for i in range(n_groups)]
-    groups = [(g[0][0], g[-1][1]) for g in groups] if second else []
+    # busy (TASKS tasks at least); else its layer chunks split into that many groups.
+    layer_chunks = -(-n_layers // layers)
+    n_groups = min(layer_chunks, -(-TASKS // len(row_spans)))
+    bounds = [min(n_layers, layers * (i * layer_chunks // n_groups)) for i in range(n_groups + 1)]
     rest = tuple(slice(0, size) for size in files.shape[2:])
     name = "welford-chan-states-" + tokenize(files, n, codes, n_classes, bfloat16)
-    graph = {}
-    for i, (lo, hi) in enumerate(row_spans):
-        for j, (a, b) in enumerate(groups or [None]):
-            index = (slice(lo, hi), *((slice(a, b),) if groups else ()), *rest)
-            graph[(name, i, 0, 0, *((j,) if groups else ()), *(0,) * len(rest))] = (
-                _chunks_moments, files, index, codes[lo:hi], n_classes, bfloat16)
-    chunks = ((1,) * len(row_spans), (4,), (n_classes,), *((tuple(b - a for a, b in groups),) if groups else ()),
+    graph = {(name, i, 0, 0, j, *(0,) * len(rest)): (
+        _chunks_moments, files, (slice(lo, hi), slice(a, b), *rest), codes[lo:hi], n_classes, bfloat16)
+        for i, (lo, hi) in enumerate(row_spans) for j, (a, b) in enumerate(zip(bounds, bounds[1:]))}
+    chunks = ((1,) * len(row_spans), (4,), (n_classes,), tuple(b - a for a, b in zip(bounds, bounds[1:])),
               *((size,) for size in files.shape[2:]))
     states = da.Array(HighLevelGraph.from_collections(name, graph, dependencies=()), name, chunks,
-                      meta=np.empty((0,) * (len(files.shape) + 2), dtype=np.float64))
+                      meta=np.empty((0,) * (files.ndim + 2), dtype=np.float64))
     return _reduce_states(states, split_every)
 
 
@@ -265,7 +262,7 @@ def group_moments(group, path=None, *, scheduler: str | None = None, split_every
     # A wide merge tree: the partial states are small and their merges cheap.
     split_every = split_every or 16
     files = local_chunks(group[ACTS])
-    if files is not None:  # a local store: each task reads, checks and reduces one chunk file
+    if files is not None:  # a local store: each task reads, checks and reduces chunk files itself
         lazy = chunk_moments(files, n, codes, len(classes), store.spec.dtype == BFLOAT16, split_every)
     else:
         lazy = class_moments(store.dataset(coords=()).acts.data, codes, len(classes), split_every)

@@ -38,6 +38,13 @@ import numpy as np
 ZARR_READS = "ACTSTORE_ZARR_READS"  # "1": chunks read and written through zarr's pipeline only
 
 
+def _crc32c(data) -> bytes:
+    """The CRC32C of ``data`` as zarr's ``crc32c`` codec stores it after the chunk: 4 bytes, little-endian."""
+    import google_crc32c
+
+    return np.uint32(google_crc32c.value(data)).astype("<u4").tobytes()
+
+
 @dataclass(frozen=True)
 class LocalChunks:
     """The chunk files of one array of a local store, read like a numpy array (for :func:`dask.array.from_array`).
@@ -76,19 +83,11 @@ class LocalChunks:
             return np.full(self.chunks, self.fill_value, dtype=self.dtype)
         raw = np.frombuffer(data, dtype=np.uint8)
         if self.checksum:
-            import google_crc32c
-
             raw, stored = raw[:-4], bytes(raw[-4:])
-            if len(stored) != 4 or np.uint32(google_crc32c.value(raw)).tobytes() != stored:
+            if len(stored) != 4 or _crc32c(raw) != stored:
                 raise ValueError(f"Stored and computed checksum do not match (chunk file {path})")
-        if self.compressor == "blosc":
-            from numcodecs import blosc
-
-            raw = np.frombuffer(blosc.decompress(raw), dtype=np.uint8)
-        elif self.compressor == "zstd":
-            from numcodecs import Zstd
-
-            raw = np.frombuffer(Zstd().decode(raw), dtype=np.uint8)
+        if self._encoder is not None:  # the numcodecs codec the chunks are written with
+            raw = np.frombuffer(self._encoder.decode(raw), dtype=np.uint8)
         expected = int(np.prod(self.chunks)) * self.dtype.itemsize
         if raw.size != expected:
             raise ValueError(f"chunk file {path} decodes to {raw.size} bytes, expected {expected}")
@@ -136,21 +135,12 @@ class LocalChunks:
         ``stored``: the chunk's buffer from :meth:`_blank`, written in place when nothing compresses."""
         if self._encoder is not None:
             encoded = self._encoder.encode(np.ascontiguousarray(chunk, dtype=self.dtype))
-            if not self.checksum:
-                return encoded
-            import google_crc32c
-
-            return b"".join((encoded, np.uint32(google_crc32c.value(encoded)).astype("<u4").tobytes()))
+            return b"".join((encoded, _crc32c(encoded))) if self.checksum else encoded
         if stored is None:
             blank, stored = self._blank()
             blank[...] = chunk
-        if not self.checksum:
-            return stored
-        import google_crc32c
-
-        nbytes = stored.size - 4
-        stored[nbytes:] = np.frombuffer(np.uint32(google_crc32c.value(stored[:nbytes])).astype("<u4").tobytes(),
-                                        dtype=np.uint8)
+        if self.checksum:
+            stored[-4:] = np.frombuffer(_crc32c(stored[:-4]), dtype=np.uint8)
         return stored
 
     def write_rows(self, array, start: int, values: np.ndarray) -> None:
