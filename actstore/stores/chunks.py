@@ -154,7 +154,7 @@ class LocalChunks:
         if values.shape[1:] != self.shape[1:] or stop > self.shape[0]:
             raise ValueError(f"rows {start}..{stop} of shape {values.shape[1:]} do not fit {self.shape}")
         rows = self.chunks[0]
-        keep_empty = array.async_array.config.write_empty_chunks
+        keep_empty = _array_config(array).write_empty_chunks
         grid = list(itertools.product(*(range(-(-n // c)) for n, c in zip(self.shape[1:], self.chunks[1:]))))
         for row_chunk in range(start // rows, -(-stop // rows) if stop > start else 0):
             lo, hi = row_chunk * rows, (row_chunk + 1) * rows
@@ -273,3 +273,11 @@ def dask_array(array, chunks_per_task: int = 4):
         return da.from_zarr(array, chunks=(array.chunks[0] * chunks_per_task, *array.chunks[1:]))
     return da.from_array(files, chunks=array.chunks, asarray=False, lock=False, fancy=False,
                          name=f"acts-{files.folder}-{files.shape}")
+
+
+def _array_config(array):
+    """The zarr ``array``'s own ``ArrayConfig`` (its ``write_empty_chunks``, ``order``): public as
+    ``AsyncArray.config`` from zarr 3.1.6, held as ``_config`` before (the peers' venv, pinned to
+    numpy<2, gets zarr 3.1.5)."""
+    inner = array.async_array
+    return getattr(inner, "config", None) or inner._config

@@ -224,12 +224,18 @@ def write_stats_group(group, stats) -> str:
         arrays[array_name] = dict(dimension_names=dims, chunks=values.shape if values.size else None,
                                   fill_value=np.nan if values.dtype.kind == "f" else -1,
                                   **({"data": values} if values.size else {"shape": values.shape, "dtype": values.dtype}))
-    labels = np.asarray(stats["class"].values, dtype=np.dtypes.StringDType())  # zarr's variable-length string
-    arrays["class"] = dict(dimension_names=("class",), **({"data": labels} if n_class else {"shape": (0,), "dtype": str}))
+    # zarr's variable-length string; numpy < 2 (the peers' venv) has no StringDType to pass the
+    # labels as data, so there the array is created empty and written after
+    string_dtype = getattr(np.dtypes, "StringDType", None)
+    labels = np.asarray(stats["class"].values, dtype=string_dtype() if string_dtype else str)
+    with_data = bool(n_class) and string_dtype is not None
+    arrays["class"] = dict(dimension_names=("class",), **({"data": labels} if with_data else {"shape": (n_class,), "dtype": str}))
     layers = np.asarray(stats["layer"].values, dtype="int64")
     arrays["layer"] = dict(dimension_names=("layer",), fill_value=-1,
                            **({"data": layers} if n_layer else {"shape": (0,), "dtype": "int64"}))
     _create_arrays(cache, arrays)
+    if n_class and not with_data:
+        cache["class"][:] = labels
     commit_attrs(sg, {STATS_CURRENT: name})
     for old, _ in list(sg.groups()):
         if old not in (name, previous):
