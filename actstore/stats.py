@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -25,7 +26,7 @@ import numpy as np
 from ._dask import SCHEDULER_HELP, scheduler_context  # noqa: F401  (importable from here as before)
 from .errors import StatsError
 from .moments import Moments, _block_state, chan_merge, tensor_class_moments, window_moments
-from .stores.chunks import LocalChunks, local_chunks
+from .stores.chunks import ChunkScratch, LocalChunks, local_chunks
 from .stores.group import StoreGroup, as_store_group
 from .stores.integrity import damage_located, refuse_non_finite
 from .stores.moments import (  # noqa: F401  (cache_capture_moments, cached_moments: importable from here as before)
@@ -94,6 +95,17 @@ def _block_moments(block: np.ndarray, codes: np.ndarray, n_classes: int) -> np.n
     return np.concatenate([state, np.broadcast_to(shift, state[:, :1].shape)], axis=1)
 
 
+_SCRATCH = threading.local()
+
+
+def _thread_scratch() -> ChunkScratch:
+    """This thread's chunk read buffers (a dask worker thread reads one chunk at a time)."""
+    scratch = getattr(_SCRATCH, "buffers", None)
+    if scratch is None:
+        scratch = _SCRATCH.buffers = ChunkScratch()
+    return scratch
+
+
 def _chunks_moments(files: LocalChunks, index: tuple[slice, ...], codes: np.ndarray, n_classes: int,
                     bfloat16: bool) -> np.ndarray:
     """:func:`_block_moments` of the part ``index`` of the chunk files ``files``, every chunk in it
@@ -103,8 +115,9 @@ def _chunks_moments(files: LocalChunks, index: tuple[slice, ...], codes: np.ndar
     out = np.empty((1, 4, n_classes, *shape))
     spans = [[slice(lo, min(lo + c, s.stop)) for lo in range(s.start, s.stop, c)]
              for s, c in zip(index[1:], files.chunks[1:])]
+    scratch = _thread_scratch()
     for part in itertools.product(*spans):
-        block = files[(index[0], *part)]
+        block = files.read((index[0], *part), scratch)  # reduced before the next read reuses it
         if bfloat16:
             block = bfloat16_values(block)
         where = tuple(slice(p.start - s.start, p.stop - s.start) for p, s in zip(part, index[1:]))

@@ -7,7 +7,7 @@ import pytest
 import zarr
 
 from actstore.stores import schema
-from actstore.stores.chunks import LocalChunks, dask_array, local_chunks
+from actstore.stores.chunks import ChunkScratch, LocalChunks, dask_array, local_chunks
 
 
 def _array(tmp_path, codec: str, shape=(1000, 3, 16), chunks=(256, 1, 16), dtype="float32", **kw):
@@ -34,6 +34,20 @@ def test_reads_what_zarr_reads_for_every_codec(tmp_path, codec):
     assert x.chunks[0][0] == 256  # one chunk per task on the direct path
     np.testing.assert_array_equal(x.compute(), values)
     np.testing.assert_array_equal(x[:777].compute(), values[:777])
+
+
+@pytest.mark.parametrize("codec", schema.CODECS)
+def test_reads_into_reused_buffers_what_zarr_reads(tmp_path, codec):
+    """One ChunkScratch through chunks of every size, whole and cut, across chunks (the
+    statistics pass reads a row block's chunks through one), then a smaller chunk after a larger one."""
+    arr, values = _array(tmp_path, codec, chunks=(256, 2, 16))
+    files, scratch = local_chunks(arr), ChunkScratch()
+    for index in [(slice(0, 256), slice(0, 2), slice(0, 16)), (slice(768, 1000), slice(2, 3), slice(0, 16)),
+                  (slice(10, 20), slice(1, 2), slice(3, 9)), (slice(200, 700), slice(0, 3), slice(0, 16)),
+                  (slice(0, 256), slice(0, 2), slice(0, 16))]:
+        got = files.read(index, scratch)
+        np.testing.assert_array_equal(got, values[index])
+        np.testing.assert_array_equal(files[index], values[index])
 
 
 def test_uint16_bits_read_exactly(tmp_path):  # bfloat16 stores keep their bits as uint16
@@ -64,12 +78,14 @@ def test_a_flipped_byte_fails_the_checksum(tmp_path, codec):
                                   arr[0:256, 0:1, :])
 
 
-def test_a_truncated_chunk_is_refused(tmp_path):
-    arr, _ = _array(tmp_path, "none")
-    path = tmp_path / "none.zarr" / "acts" / "c" / "0" / "0" / "0"
+@pytest.mark.parametrize("codec", ["none", "zstd"])
+@pytest.mark.parametrize("scratch", [None, ChunkScratch])
+def test_a_truncated_chunk_is_refused(tmp_path, codec, scratch):
+    arr, _ = _array(tmp_path, codec)
+    path = tmp_path / f"{codec}.zarr" / "acts" / "c" / "0" / "0" / "0"
     path.write_bytes(path.read_bytes()[:100])
-    with pytest.raises(ValueError):
-        local_chunks(arr).read_chunk((0, 0, 0))
+    with pytest.raises(ValueError, match="checksum"):
+        local_chunks(arr).read_chunk((0, 0, 0), scratch and scratch())
 
 
 def test_layouts_it_does_not_read_go_through_zarr(tmp_path):

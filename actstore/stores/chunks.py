@@ -45,6 +45,32 @@ def _crc32c(data) -> bytes:
     return np.uint32(google_crc32c.value(data)).astype("<u4").tobytes()
 
 
+class ChunkScratch:
+    """Two byte buffers that chunk reads go into, grown as needed and reused: a pass that is
+    done with each chunk before it reads the next (the statistics) then allocates nothing per
+    chunk. A fresh multi-MB buffer per chunk costs its page faults on every read, and glibc
+    keeps the freed ones in per-thread arenas, so peak memory grew with the chunks read."""
+
+    def __init__(self):
+        self._stored = np.empty(0, dtype=np.uint8)
+        self._decoded = np.empty(0, dtype=np.uint8)
+
+    def read(self, f) -> np.ndarray:
+        """The whole of the open file ``f``, as a view of the stored-bytes buffer."""
+        size = os.fstat(f.fileno()).st_size
+        if self._stored.size < size:
+            self._stored = np.empty(size, dtype=np.uint8)
+        view = self._stored[:size]
+        got = f.readinto(memoryview(view))
+        return view[:got]
+
+    def decoded(self, nbytes: int) -> np.ndarray:
+        """A buffer of ``nbytes`` for a codec to decode into."""
+        if self._decoded.size < nbytes:
+            self._decoded = np.empty(nbytes, dtype=np.uint8)
+        return self._decoded[:nbytes]
+
+
 @dataclass(frozen=True)
 class LocalChunks:
     """The chunk files of one array of a local store, read like a numpy array (for :func:`dask.array.from_array`).
@@ -73,27 +99,40 @@ class LocalChunks:
         key = self.prefix + self.separator.join(str(c) for c in coords)
         return os.path.join(self.folder, *key.split("/"))
 
-    def read_chunk(self, coords: tuple[int, ...]) -> np.ndarray:
-        """Chunk ``coords`` as stored (full chunk shape; edge chunks are padded on disk)."""
+    def read_chunk(self, coords: tuple[int, ...], scratch: ChunkScratch | None = None) -> np.ndarray:
+        """Chunk ``coords`` as stored (full chunk shape; edge chunks are padded on disk).
+
+        ``scratch``: buffers to read (and decode) into, kept by a caller that is done with each
+        chunk before it reads the next; the chunk returned is then a view of them. Without it,
+        each read allocates its chunk anew (a caller that keeps the chunks, as a dask array does).
+        """
         path = self.chunk_path(coords)
         try:
             with open(path, "rb") as f:
-                data = f.read()
+                if scratch is None:
+                    raw = np.frombuffer(f.read(), dtype=np.uint8)
+                else:
+                    raw = scratch.read(f)
         except FileNotFoundError:
             return np.full(self.chunks, self.fill_value, dtype=self.dtype)
-        raw = np.frombuffer(data, dtype=np.uint8)
         if self.checksum:
             raw, stored = raw[:-4], bytes(raw[-4:])
             if len(stored) != 4 or _crc32c(raw) != stored:
                 raise ValueError(f"Stored and computed checksum do not match (chunk file {path})")
-        if self._encoder is not None:  # the numcodecs codec the chunks are written with
-            raw = np.frombuffer(self._encoder.decode(raw), dtype=np.uint8)
         expected = int(np.prod(self.chunks)) * self.dtype.itemsize
+        if self._encoder is not None:  # the numcodecs codec the chunks are written with
+            out = None if scratch is None else scratch.decoded(expected)
+            raw = np.frombuffer(self._encoder.decode(raw, out=out), dtype=np.uint8)
         if raw.size != expected:
             raise ValueError(f"chunk file {path} decodes to {raw.size} bytes, expected {expected}")
         return raw.view(self.dtype).reshape(self.chunks)
 
     def __getitem__(self, index: tuple[slice, ...]) -> np.ndarray:
+        return self.read(index)
+
+    def read(self, index: tuple[slice, ...], scratch: ChunkScratch | None = None) -> np.ndarray:
+        """``self[index]``; with ``scratch`` (see :meth:`read_chunk`), a view of it where ``index``
+        lies in one chunk, so valid only until the next read with the same ``scratch``."""
         index = tuple(index) + (slice(None),) * (self.ndim - len(tuple(index)))
         bounds = [s.indices(n)[:2] for s, n in zip(index, self.shape)]
         if any(s.step not in (None, 1) for s in index):
@@ -103,11 +142,11 @@ class LocalChunks:
         spans = [list(r) for r in ranges]
         if all(len(r) == 1 for r in spans):  # the common case: one chunk, maybe cut; no copy when whole
             coords = tuple(r[0] for r in spans)
-            chunk = self.read_chunk(coords)
+            chunk = self.read_chunk(coords, scratch)
             return chunk[tuple(slice(lo - c * i, hi - c * i) for (lo, hi), c, i in zip(bounds, self.chunks, coords))]
         out = np.empty(out_shape, dtype=self.dtype)
         for coords in itertools.product(*spans):
-            chunk = self.read_chunk(coords)
+            chunk = self.read_chunk(coords, scratch)
             src, dst = [], []
             for (lo, hi), c, i in zip(bounds, self.chunks, coords):
                 start, stop = max(lo, c * i), min(hi, c * (i + 1))
