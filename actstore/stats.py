@@ -37,7 +37,7 @@ from .stores.moments import (  # noqa: F401  (cache_capture_moments, cached_mome
     read_stats_cache,
     write_stats_cache,
 )
-from .stores.reader import sample_coord
+from .stores.reader import class_codes
 from .stores.roots import open_root
 from .stores.schema import ACTS, BFLOAT16, MOMENTS, bfloat16_values
 
@@ -270,8 +270,7 @@ def group_moments(group, path=None, *, scheduler: str | None = None, split_every
     n = int(group.attrs["n_samples"])  # a snapshot: rows appended meanwhile are not in it
     if n == 0:
         raise StatsError(f"{str(path)!r} group {group.basename!r} holds no samples yet")
-    classes, codes = np.unique(sample_coord(group, path, "class", n), return_inverse=True)
-    codes = codes.reshape(-1)
+    classes, codes = class_codes(group, path, n)
     # A wide merge tree: the partial states are small and their merges cheap.
     split_every = split_every or 16
     files = local_chunks(group[ACTS])

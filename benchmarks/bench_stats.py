@@ -95,6 +95,9 @@ def measure(store: str, which: str, repeats: int) -> dict:
     run()
     first = time.perf_counter() - t0
     median, times = median_time(run, repeats)
+    # The pass's own peak, before the checks below open the store's per-sample coordinates
+    # (O(samples): at 5 GB they alone added ~70 MiB to the peak measured after them).
+    peak = peak_rss_mib()
     if which == "stats":
         stats = actstore.open_stats(store)
         ds = actstore.open_store(store)
@@ -103,7 +106,7 @@ def measure(store: str, which: str, repeats: int) -> dict:
         # ENR + export from the cached statistics: should not depend on the number of samples.
         out = Path(store).parent / "v.safetensors"
         enr_median, _ = median_time(lambda: actstore.save_vector(actstore.enr(store, 0, 64), out), max(repeats, 5))
-    result = {"median": median, "times": times, "first": first, "peak_mib": peak_rss_mib()}
+    result = {"median": median, "times": times, "first": first, "peak_mib": peak}
     if which == "stats":
         result["enr_export_s"] = enr_median
     return result

@@ -109,3 +109,22 @@ def test_window_moments_equal_the_torch_reduction_on_offset_data(offset):
     exact = acts[labels == "pos"].astype(np.float64)
     index = fused.classes.index("pos")
     np.testing.assert_allclose(fused.m2[index], ((exact - exact.mean(0)) ** 2).sum(0), rtol=1e-9)
+
+
+@pytest.mark.parametrize("rows", [1, 7, 1 << 17])
+def test_class_codes_read_in_slices_equal_numpy_unique(tmp_path, rows):
+    """The labels read a slice at a time give np.unique's sorted classes and inverse, whatever
+    order the classes first appear in (here a class first seen in a later slice sorts first)."""
+    import zarr
+
+    from actstore.stores.reader import class_codes
+
+    labels = np.array(["pos", "neg", "pos", "zeta", "pos", "alpha", "neg", "neg", "zeta", "alpha", "pos"])
+    root = zarr.open_group(str(tmp_path / "s.zarr"), mode="w")
+    root.create_array("class", shape=labels.shape, chunks=(4,), dtype=str, fill_value="")[:] = labels
+    for n in (len(labels), 5):
+        classes, codes = class_codes(root, tmp_path / "s.zarr", n, rows=rows)
+        expected, inverse = np.unique(labels[:n], return_inverse=True)
+        assert classes == expected.tolist()
+        np.testing.assert_array_equal(codes, inverse)
+        assert codes.dtype == np.int64

@@ -39,6 +39,26 @@ def sample_coord(group, path: str | Path, name: str, n: int) -> np.ndarray:
     return values
 
 
+def class_codes(group, path: str | Path, n: int, rows: int = 1 << 17) -> tuple[list[str], np.ndarray]:
+    """The classes of the first ``n`` samples, sorted, and each sample's index into them (int64):
+    ``np.unique(sample_coord(..., "class", n), return_inverse=True)``, read ``rows`` samples at a
+    time so that the labels of a large store are never all in memory at once as strings."""
+    array = group["class"]
+    codes = np.empty(n, dtype=np.int64)
+    seen: dict[str, int] = {}  # class -> its code in order of first appearance
+    for lo in range(0, n, rows):
+        with damage_located(group, path, ("class",)):
+            values = read_coord(array, min(n, lo + rows), lo)
+        refuse_fill_values(group, path, "class", values)
+        names, inverse = np.unique(values, return_inverse=True)
+        lookup = np.array([seen.setdefault(str(c), len(seen)) for c in names], dtype=np.int64)
+        codes[lo:lo + len(values)] = lookup[inverse.reshape(-1)]
+    classes = sorted(seen)
+    renumber = np.empty(len(seen), dtype=np.int64)
+    renumber[[seen[c] for c in classes]] = np.arange(len(classes))
+    return classes, renumber[codes]
+
+
 def open_store(path: str | Path, model: str | None = None, coords: tuple[str, ...] | None = None):
     """The activations of one model as a lazy, dask-backed :class:`xarray.Dataset`.
 
