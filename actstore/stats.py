@@ -99,7 +99,8 @@ _SCRATCH = threading.local()
 
 
 def _thread_scratch() -> ChunkScratch:
-    """This thread's chunk read buffers (a dask worker thread reads one chunk at a time)."""
+    """This thread's chunk read buffers (a dask worker thread reads one chunk at a time); kept
+    for the thread's life, two chunks' worth (5 MiB each for 2048 x 640 float32)."""
     scratch = getattr(_SCRATCH, "buffers", None)
     if scratch is None:
         scratch = _SCRATCH.buffers = ChunkScratch()
