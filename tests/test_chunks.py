@@ -50,6 +50,26 @@ def test_reads_into_reused_buffers_what_zarr_reads(tmp_path, codec):
         np.testing.assert_array_equal(files[index], values[index])
 
 
+@pytest.mark.parametrize("codec", schema.CODECS)
+def test_reads_variable_length_strings_as_zarr_does(tmp_path, codec):
+    """A class-label array (zarr's vlen-utf8, then the codec, then the CRC32C): whole, cut,
+    across chunks and the padded edge chunk, as objects; a missing chunk reads as the fill value."""
+    root = zarr.open_group(str(tmp_path / "s.zarr"), mode="w")
+    labels = np.array(["pos", "neg", "", "a much longer label", "é"] * 41)[:203]
+    arr = root.create_array("class", shape=labels.shape, chunks=(16,), dtype=str, fill_value="",
+                            compressors=schema.compressors(codec))
+    arr[:] = labels
+    assert local_chunks(arr) is None  # not a numeric array: only when asked for strings
+    files = local_chunks(arr, strings=True)
+    assert files.strings and files.checksum
+    for lo, hi in [(0, 203), (3, 9), (10, 40), (192, 203), (200, 203)]:
+        got = files[(slice(lo, hi),)]
+        assert got.dtype == object
+        assert got.tolist() == labels[lo:hi].tolist()
+    (tmp_path / "s.zarr" / "class" / "c" / "1").unlink()
+    assert files[(slice(0, 40),)].tolist() == labels[:16].tolist() + [""] * 16 + labels[32:40].tolist()
+
+
 def test_uint16_bits_read_exactly(tmp_path):  # bfloat16 stores keep their bits as uint16
     arr, values = _array(tmp_path, "lz4", dtype="uint16")
     np.testing.assert_array_equal(dask_array(arr).compute(), values)

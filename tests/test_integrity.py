@@ -78,6 +78,9 @@ def test_damaged_chunk_is_refused_naming_store_array_and_chunk(run, store, case)
         else:
             actstore.open_store(store)
     assert message in str(err.value)
+    if case.startswith("class"):  # the statistics read the labels on their own (stores.reader.class_codes)
+        with pytest.raises(DamagedStoreError, match=message):
+            actstore.compute_stats(store, force=True)
     if not case.startswith("pair_id"):  # stats reads acts and class, nothing else
         result = run("stats", "-s", store, "--force", "-q")
         assert result.exit_code == 1, result.output

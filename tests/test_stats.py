@@ -111,13 +111,17 @@ def test_window_moments_equal_the_torch_reduction_on_offset_data(offset):
     np.testing.assert_allclose(fused.m2[index], ((exact - exact.mean(0)) ** 2).sum(0), rtol=1e-9)
 
 
+@pytest.mark.parametrize("zarr_reads", ["0", "1"])  # chunk files read directly, or through zarr
 @pytest.mark.parametrize("rows", [1, 7, 1 << 17])
-def test_class_codes_read_in_slices_equal_numpy_unique(tmp_path, rows):
+def test_class_codes_read_in_slices_equal_numpy_unique(tmp_path, monkeypatch, rows, zarr_reads):
     """The labels read a slice at a time give np.unique's sorted classes and inverse, whatever
     order the classes first appear in (here a class first seen in a later slice sorts first)."""
     import zarr
 
+    from actstore.stores.chunks import ZARR_READS
     from actstore.stores.reader import class_codes
+
+    monkeypatch.setenv(ZARR_READS, zarr_reads)
 
     labels = np.array(["pos", "neg", "pos", "zeta", "pos", "alpha", "neg", "neg", "zeta", "alpha", "pos"])
     root = zarr.open_group(str(tmp_path / "s.zarr"), mode="w")

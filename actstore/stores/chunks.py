@@ -90,6 +90,7 @@ class LocalChunks:
     compressor: str | None
     checksum: bool
     compressor_config: tuple[tuple[str, object], ...] = ()
+    strings: bool = False  # variable-length UTF-8 strings (zarr's vlen-utf8), read as an object array
 
     @property
     def ndim(self) -> int:
@@ -119,6 +120,8 @@ class LocalChunks:
             raw, stored = raw[:-4], bytes(raw[-4:])
             if len(stored) != 4 or _crc32c(raw) != stored:
                 raise ValueError(f"Stored and computed checksum do not match (chunk file {path})")
+        if self.strings:
+            return self._strings(raw, path)
         expected = int(np.prod(self.chunks)) * self.dtype.itemsize
         if self._encoder is not None:  # the numcodecs codec the chunks are written with
             out = None if scratch is None else scratch.decoded(expected)
@@ -154,6 +157,18 @@ class LocalChunks:
                 dst.append(slice(start - lo, stop - lo))
             out[tuple(dst)] = chunk[tuple(src)]
         return out
+
+    def _strings(self, raw: np.ndarray, path: str) -> np.ndarray:
+        """A checked chunk of variable-length strings decoded, with the numcodecs codecs zarr's
+        own ``zstd``/``blosc`` and ``vlen-utf8`` codecs call."""
+        from numcodecs import VLenUTF8
+
+        if self._encoder is not None:
+            raw = self._encoder.decode(raw)
+        items = VLenUTF8().decode(raw)
+        if items.size != int(np.prod(self.chunks)):
+            raise ValueError(f"chunk file {path} decodes to {items.size} strings, expected {int(np.prod(self.chunks))}")
+        return items.reshape(self.chunks)
 
     @cached_property
     def _encoder(self):
@@ -245,9 +260,10 @@ class LocalChunks:
         return bool(first == self.fill_value) and bool((chunk == self.fill_value).all())
 
 
-def local_chunks(array) -> LocalChunks | None:
-    """A :class:`LocalChunks` for zarr ``array`` when its layout is one this module reads, else None."""
-    from zarr.codecs import BloscCodec, BytesCodec, Crc32cCodec, ZstdCodec
+def local_chunks(array, strings: bool = False) -> LocalChunks | None:
+    """A :class:`LocalChunks` for zarr ``array`` when its layout is one this module reads, else None.
+    ``strings``: read a variable-length string array (zarr's ``vlen-utf8`` first), as objects."""
+    from zarr.codecs import BloscCodec, BytesCodec, Crc32cCodec, VLenUTF8Codec, ZstdCodec
     from zarr.core.chunk_grids import RegularChunkGrid
     from zarr.core.chunk_key_encodings import DefaultChunkKeyEncoding, V2ChunkKeyEncoding
     from zarr.storage import LocalStore
@@ -260,12 +276,17 @@ def local_chunks(array) -> LocalChunks | None:
     if not isinstance(meta.chunk_grid, RegularChunkGrid):
         return None
     codecs = list(meta.codecs)
-    if not codecs or not isinstance(codecs[0], BytesCodec):
-        return None
-    dtype = np.dtype(array.dtype)
-    if dtype.kind not in "fiu" or dtype.itemsize > 1 and (codecs[0].endian is None or
-                                                          codecs[0].endian.value != "little"):
-        return None
+    if strings:
+        if not codecs or not isinstance(codecs[0], VLenUTF8Codec):
+            return None
+        dtype = np.dtype(object)
+    else:
+        if not codecs or not isinstance(codecs[0], BytesCodec):
+            return None
+        dtype = np.dtype(array.dtype)
+        if dtype.kind not in "fiu" or dtype.itemsize > 1 and (codecs[0].endian is None or
+                                                              codecs[0].endian.value != "little"):
+            return None
     checksum = bool(codecs) and isinstance(codecs[-1], Crc32cCodec)
     middle = codecs[1:-1] if checksum else codecs[1:]
     if len(middle) > 1:
@@ -297,7 +318,7 @@ def local_chunks(array) -> LocalChunks | None:
         folder=os.path.join(str(array.store.root), *array.path.split("/")),
         shape=tuple(array.shape), chunks=tuple(array.chunks), dtype=dtype,
         fill_value=np.array(meta.fill_value, dtype=dtype).item(), prefix=prefix, separator=separator,
-        compressor=compressor, checksum=checksum, compressor_config=config,
+        compressor=compressor, checksum=checksum, compressor_config=config, strings=strings,
     )
 
 

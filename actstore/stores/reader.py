@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import StoreError
-from .chunks import dask_array
+from .chunks import dask_array, local_chunks
 from .integrity import damage_located, refuse_fill_values
 from .roots import open_root, select_group
 from .schema import ACTS, BFLOAT16, LATER_COORDS, SAMPLE_COORDS, bfloat16_values
@@ -42,15 +42,24 @@ def sample_coord(group, path: str | Path, name: str, n: int) -> np.ndarray:
 def class_codes(group, path: str | Path, n: int, rows: int = 1 << 17) -> tuple[list[str], np.ndarray]:
     """The classes of the first ``n`` samples, sorted, and each sample's index into them (int64):
     ``np.unique(sample_coord(..., "class", n), return_inverse=True)``, read ``rows`` samples at a
-    time so that the labels of a large store are never all in memory at once as strings."""
+    time so that the labels of a large store are never all in memory at once as strings. A local
+    store's chunk files are read directly (checksum verified; :mod:`.chunks`) and factorized by
+    hashing: zarr's own read turned each label into a numpy string to sort, 4x slower (issue 21)."""
+    import pandas as pd
+
     array = group["class"]
+    files = local_chunks(array, strings=True)
     codes = np.empty(n, dtype=np.int64)
     seen: dict[str, int] = {}  # class -> its code in order of first appearance
     for lo in range(0, n, rows):
         with damage_located(group, path, ("class",)):
-            values = read_coord(array, min(n, lo + rows), lo)
+            values = read_coord(array, min(n, lo + rows), lo) if files is None else \
+                files.read((slice(lo, min(n, lo + rows)),))
         refuse_fill_values(group, path, "class", values)
-        names, inverse = np.unique(values, return_inverse=True)
+        if files is None:
+            names, inverse = np.unique(values, return_inverse=True)
+        else:
+            inverse, names = pd.factorize(values)
         lookup = np.array([seen.setdefault(str(c), len(seen)) for c in names], dtype=np.int64)
         codes[lo:lo + len(values)] = lookup[inverse.reshape(-1)]
     classes = sorted(seen)
