@@ -30,11 +30,12 @@ def read_coord(array, n: int, start: int = 0) -> np.ndarray:
     return np.asarray(values)
 
 
-def sample_coord(group, path: str | Path, name: str, n: int) -> np.ndarray:
-    """The first ``n`` values of the per-sample coordinate ``name``, refused (naming the store,
-    group and array) where a chunk is damaged or missing."""
+def sample_coord(group, path: str | Path, name: str, n: int, start: int = 0, files=None) -> np.ndarray:
+    """Values ``start`` to ``n`` of the per-sample coordinate ``name``, refused (naming the store,
+    group and array) where a chunk is damaged or missing; read from its chunk files ``files``
+    (:func:`.chunks.local_chunks`) where given, else through zarr."""
     with damage_located(group, path, (name,)):
-        values = read_coord(group[name], n)
+        values = read_coord(group[name], n, start) if files is None else files.read((slice(start, n),))
     refuse_fill_values(group, path, name, values)
     return values
 
@@ -48,15 +49,11 @@ def class_codes(group, path: str | Path, n: int, rows: int = 1 << 17) -> tuple[l
     long at 5 GB (issue 21)."""
     import pandas as pd
 
-    array = group["class"]
-    files = local_chunks(array, strings=True)
+    files = local_chunks(group["class"], strings=True)
     codes = np.empty(n, dtype=np.int64)
     seen: dict[str, int] = {}  # class -> its code in order of first appearance
     for lo in range(0, n, rows):
-        with damage_located(group, path, ("class",)):
-            values = read_coord(array, min(n, lo + rows), lo) if files is None else \
-                files.read((slice(lo, min(n, lo + rows)),))
-        refuse_fill_values(group, path, "class", values)
+        values = sample_coord(group, path, "class", min(n, lo + rows), lo, files)
         if files is None:
             names, inverse = np.unique(values, return_inverse=True)
         else:
