@@ -1,7 +1,7 @@
 """Per-class moments (count, mean, M2): one value, one merge kernel.
 
 :class:`Moments` is what every path that accumulates statistics carries: the
-Dask tree of :func:`actstore.stats.compute_stats`, the capture-time tracking
+Dask tree of :func:`actstore.stats.streaming.compute_stats`, the capture-time tracking
 of a full capture, the running moments of ``capture --stats-only`` and the
 statistics cache in the store. All merge through :func:`chan_merge`, the
 update of Chan, Golub & LeVeque (1983), "Algorithms for computing the sample

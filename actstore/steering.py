@@ -29,8 +29,9 @@ import torch
 
 from .capture import block_output
 from .errors import VectorError
-from .models import SITES, LoadedModel, find_decoder_blocks, site_module, text_config
-from .vectors import SteeringVector, validate_vector
+from .models.blocks import SITES, find_decoder_blocks, site_module, text_config
+from .models.load import LoadedModel
+from .vectors.vector import SteeringVector, validate_vector
 
 POSITION_KINDS = ("all", "prompt", "generated", "from")
 

@@ -34,12 +34,12 @@ class Preamble:
 def preamble(name: str, behavior: str = "refusal", n_pairs: int | None = None, load: bool = True) -> Preamble:
     """The demo gemma-3-270m (loaded unless ``load`` is False), the first ``n_pairs`` pairs of
     caa-pairs/<behavior>/train.json in ``<work>/pairs.json``, and ``work``, a new temp folder."""
-    from actstore.demo import prepare_demo_model
+    from actstore.models.embedded import prepare_demo_model
 
     model_path = str(prepare_demo_model())
     loaded = None
     if load:
-        from actstore.models import load_model
+        from actstore.models.load import load_model
 
         loaded = load_model(model_path)
     work = Path(tempfile.mkdtemp(prefix=f"bench-{name}-"))

@@ -60,7 +60,7 @@ def main() -> None:
             # offset=0: position last, as in earlier figures (an A/B set now defaults to the letter;
             # the same forward passes either way). swap_options=False: the texts as written, the
             # batches of the bare forward (twins would double the texts, not change the cost per token).
-            report = actstore.capture_to_store(loaded, data, store, str(args.layer), batch_size=args.batch_size,
+            report = actstore.capture_to_store(loaded, data, store, layers=str(args.layer), batch_size=args.batch_size,
                                                stop_early=stop_early, offset=0, swap_options=False, progress=False)
             assert report.n_tokens == n_tokens  # the same batches as the bare forward
         return once
@@ -121,7 +121,7 @@ def all_tokens(args) -> None:
         def once():
             store = work / "s.zarr"
             shutil.rmtree(store, ignore_errors=True)
-            report = actstore.capture_to_store(loaded, data, store, "all", batch_size=args.batch_size,
+            report = actstore.capture_to_store(loaded, data, store, layers="all", batch_size=args.batch_size,
                                                swap_options=False, progress=False, **values)
             if values.get("position") == "all":
                 assert report.n_tokens == n_tokens  # the same batches as the bare forward

@@ -89,7 +89,7 @@ def main() -> None:
     import torch
 
     import actstore
-    from actstore.demo import prepare_demo_model
+    from actstore.models.embedded import prepare_demo_model
     from actstore.evaluation.grid import residual_norm
     from actstore.evaluation.replay import PrefixReplay, plain_forward
     from actstore.evaluation.scoring import (ABScoring, PerplexityWindows, probability, read_ab_items,
@@ -100,9 +100,9 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="bench-eval-"))
     train = work / "train.json"
     train.write_text(json.dumps(json.loads((source / "train.json").read_text())[: args.train_pairs]))
-    actstore.capture_to_store(loaded, train, work / "s.zarr", [args.layer], offset=1, progress=False)
+    actstore.capture_to_store(loaded, train, work / "s.zarr", layers=[args.layer], offset=1, progress=False)
     stats = actstore.open_stats(work / "s.zarr")
-    vector = actstore.vector_from_stats(stats, args.layer, 64)
+    vector = actstore.vectors.build.vector_from_stats(stats, args.layer, 64)
     scale = 0.02 * residual_norm(stats, args.layer) / float(np.linalg.norm(vector.vector))
     items = read_ab_items(source / "test.json")
     items = items[: args.items] if args.items else items

@@ -6,7 +6,7 @@ Rows go to a fresh store the way ``actstore capture --position all`` writes them
 windows of ``--window-rows`` rows (a 64-text window of gemma-3-270m on the
 refusal pairs is 3638 token rows), each appended with its coordinates and
 committed by :class:`actstore.stores.writer.ActivationWriter` on the writer
-thread of :class:`actstore.ingest.OrderedWriter`, with and without the
+thread of :class:`actstore.capture.ingest.OrderedWriter`, with and without the
 per-class moments a full capture keeps up to date. The limit is the codec's raw
 write: the same data into a zarr array of the same chunks and codec, created at
 its final size and written in whole chunks (no resizes, no coordinates, no
@@ -51,9 +51,9 @@ def worker(args) -> dict:
 
     zarr.config.set({"threading.max_workers": args.cores})
     torch.set_num_threads(args.cores)
-    from actstore.ingest import OrderedWriter
+    from actstore.capture.ingest import OrderedWriter
     from actstore.moments import Moments
-    from actstore.stats import window_moments
+    from actstore.stats.streaming import window_moments
     from actstore.stores.schema import CaptureSpec, compressors, sample_chunk
     from actstore.stores.writer import ActivationWriter
 
@@ -179,7 +179,7 @@ def main() -> None:
         f"{args.layers} layers x {args.hidden}, {codec}, chunks of {2048 if args.hidden == 640 else '?'} "
         "rows of one layer. raw: the codec's write of the same data into an array of its final size in whole "
         f"chunks; ingest: {path}; + moments: also the "
-        "per-class moments a full capture keeps (`actstore.stats.window_moments`, as capture does). Each core "
+        "per-class moments a full capture keeps (`actstore.stats.streaming.window_moments`, as capture does). Each core "
         "count in a fresh process (zarr's codec pool and "
         f"torch's threads of that size); median of {args.repeats}, the three alternating in each repeat.\n\n"
         "| cores | raw GB/s | ingest GB/s | ingest + moments GB/s | ingest / raw | + moments / raw | raw / limit "

@@ -98,17 +98,17 @@ def _pairs(path: str) -> list[tuple[str, str]]:
 
 def _actstore(task: Task) -> Callable[[], np.ndarray]:
     import actstore
-    from actstore.models import load_model
+    from actstore.models.load import load_model
 
     loaded = load_model(task.model)
     store = Path(task.out).with_suffix(".zarr")
     shutil.rmtree(store, ignore_errors=True)
 
     def fit() -> np.ndarray:
-        actstore.capture_to_store(loaded, task.data, store, str(task.layer), position="last", offset=task.offset,
+        actstore.capture_to_store(loaded, task.data, store, layers=str(task.layer), position="last", offset=task.offset,
                                   batch_size=task.batch_size, progress=False)
         stats = actstore.compute_stats(store)
-        return actstore.vector_from_stats(stats, task.layer, None).vector
+        return actstore.vectors.build.vector_from_stats(stats, task.layer, None).vector
 
     return fit
 

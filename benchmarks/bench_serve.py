@@ -32,9 +32,9 @@ PROMPT_STEMS = ("The weather today", "My favourite book", "The best way to learn
 
 
 def write_vectors(folder: Path, model_path: str, hidden: int, count: int, layer: int) -> None:
-    from actstore.models import _fingerprint_local
-    from actstore.vector_info import VectorInfo
-    from actstore.vectors import SteeringVector, save_vector
+    from actstore.models.load import _fingerprint_local
+    from actstore.vectors.info import VectorInfo
+    from actstore.vectors.vector import SteeringVector, save_vector
 
     fingerprint = _fingerprint_local(Path(model_path))
     rng = np.random.default_rng(0)
@@ -63,7 +63,7 @@ def main() -> None:
 
     import json
 
-    from actstore.demo import prepare_demo_model
+    from actstore.models.embedded import prepare_demo_model
 
     model_path = str(prepare_demo_model())
     hidden = json.loads((Path(model_path) / "config.json").read_text())["hidden_size"]

@@ -48,7 +48,7 @@ def small_model(folder: Path) -> Path:
     """A random 2-block Gemma-3 with gemma-3-270m's tokenizer."""
     from transformers import AutoModelForCausalLM, AutoTokenizer, Gemma3TextConfig
 
-    from actstore.demo import prepare_demo_model
+    from actstore.models.embedded import prepare_demo_model
 
     tokenizer = AutoTokenizer.from_pretrained(prepare_demo_model())
     config = Gemma3TextConfig(hidden_size=64, num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1,

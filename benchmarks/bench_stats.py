@@ -105,7 +105,7 @@ def measure(store: str, which: str, repeats: int) -> dict:
         assert int(stats["count"].sum()) == ds.sizes["sample"] * ds.sizes["layer"]
         # ENR + export from the cached statistics: should not depend on the number of samples.
         out = Path(store).parent / "v.safetensors"
-        enr_median, _ = median_time(lambda: actstore.save_vector(actstore.enr(store, 0, 64), out), max(repeats, 5))
+        enr_median, _ = median_time(lambda: actstore.save_vector(actstore.build_vector(store, 0, "enr", 64), out), max(repeats, 5))
         fixed = fixed_costs(store, stats, max(repeats, 5))
     result = {"median": median, "times": times, "first": first, "peak_mib": peak}
     if which == "stats":
@@ -118,7 +118,7 @@ def fixed_costs(store: str, stats, repeats: int) -> dict:
     """Median seconds of the parts of a statistics pass that the raw read of the activations does
     not have: opening the group, reading the class labels (they grow with the samples) and writing
     the statistics cache."""
-    from actstore.stats import cache_stats
+    from actstore.stats.streaming import cache_stats
     from actstore.stores.group import StoreGroup
     from actstore.stores.reader import class_codes
 
@@ -161,7 +161,7 @@ def _numpy_block_state(block, codes, shift, n_classes, cache_bytes=256 << 10):
 
 def kernel_times(hidden: int, repeats: int = 50) -> tuple[float, float]:
     """Seconds per 2048 x hidden float32 block: (numpy one-hot, actstore's numba kernel)."""
-    from actstore.stats import _block_state
+    from actstore.stats.streaming import _block_state
 
     rng = np.random.default_rng(0)
     block = rng.standard_normal((2048, 1, hidden), dtype=np.float32) * 3 + 100
@@ -294,7 +294,7 @@ def main() -> None:
         f"(not timed), take {rows[0]['numpy']['median']:.2f} s ({rows[0]['numpy_gbs']:.2f} GB/s; peak "
         f"{rows[0]['numpy']['peak_mib']:.0f} MiB): the streaming pass, reading and decoding from the store, "
         f"runs at **{rows[0]['stats_gbs'] / rows[0]['numpy_gbs']:.2f}x** numpy's speed on data it does not hold.\n\n"
-        "ENR + export of a k=64 vector from the cached statistics (`actstore.enr` + `save_vector`, median of 5): "
+        "ENR + export of a k=64 vector from the cached statistics (`actstore.build_vector` + `save_vector`, median of 5): "
         + ", ".join(f"{r['stats']['enr_export_s'] * 1e3:.1f} ms at {r['n']} samples" for r in rows)
         + f" (**{rows[-1]['stats']['enr_export_s'] / rows[0]['stats']['enr_export_s']:.2f}x** for "
         f"{rows[-1]['n'] / rows[0]['n']:.0f}x the samples).\n\n"

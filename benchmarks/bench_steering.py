@@ -28,13 +28,13 @@ def main() -> None:
     args = parser.parse_args()
 
     import actstore
-    from actstore.evaluate import generate
+    from actstore.evaluation.scoring import generate
 
     setup = preamble("steer", "refusal", 64)
     loaded, work, pairs = setup.loaded, setup.work, setup.pairs
-    actstore.capture_to_store(loaded, setup.data, work / "s.zarr", str(args.layer), offset=1, progress=False)
-    sparse = actstore.enr(work / "s.zarr", args.layer, 64)
-    dense = actstore.enr(work / "s.zarr", args.layer, None)
+    actstore.capture_to_store(loaded, setup.data, work / "s.zarr", layers=str(args.layer), offset=1, progress=False)
+    sparse = actstore.build_vector(work / "s.zarr", args.layer, "enr", 64)
+    dense = actstore.build_vector(work / "s.zarr", args.layer, "enr", None)
     prompts = [p["positive"].rsplit("\n", 1)[0] for p in pairs[: args.batch]]
     kwargs = dict(max_new_tokens=args.new_tokens)
 

@@ -65,7 +65,7 @@ def main() -> None:
 
     setup = preamble("store-dtype", "refusal", args.texts // 2)
     store = setup.work / "f32.zarr"
-    actstore.capture_to_store(setup.loaded, setup.data, store, "all", position="all", progress=False)
+    actstore.capture_to_store(setup.loaded, setup.data, store, layers="all", position="all", progress=False)
     acts = actstore.open_store(store).acts.values
     n, n_layers, hidden = acts.shape
     f16_over = int((np.abs(acts) > np.finfo(np.float16).max).sum())

@@ -1,4 +1,4 @@
-"""Issue 19's code measures, from the source alone (ast and the import graph; nothing is imported).
+"""The code's measures, from the source alone (ast and the import graph; nothing is imported).
 
     python benchmarks/code_measures.py [--root actstore] [--json]
 
@@ -7,14 +7,20 @@ Prints one table:
 * import circles: strongly connected components (more than one module) of the graph of
   ``actstore`` imports, function-local imports included (a circle held together by a
   local import is still a circle);
-* arrows up: imports from a module to one of a later stage of the flow
-  (:data:`STAGES`, after STYLE.md: capture -> store -> stats -> vectors -> steer -> evaluate
+* arrows up: imports from a module to one of a later stage of the flow (:data:`STAGES`, after
+  STYLE.md: inputs and models -> stores -> capture -> stats -> vectors -> steering -> evaluation
   -> serve, with the foundations first and the CLI last);
-* the longest function and the widest signature on the capture path (:data:`CAPTURE_PATH`):
-  lines from ``def`` to the last line; parameters counted without ``self``/``cls``,
-  ``*args`` and ``**kwargs`` counting one each;
+* the layout: top-level modules (``.py`` files directly in ``actstore/``), alias modules (a
+  module that only puts another in ``sys.modules`` or only re-exports), file names that occur
+  twice;
+* the longest function and the widest signature, in the whole house and on the capture path
+  (:data:`CAPTURE_PATH`): lines from ``def`` to the last line; parameters counted without
+  ``self``/``cls``, ``*args`` and ``**kwargs`` counting one each; and how many functions are
+  over 60 lines or 10 parameters;
 * the largest module (lines);
 * the number of public names (``actstore.__all__`` and ``actstore.stores.__all__``);
+* ``"dense"`` string literals in the package (``k`` is ``int | None`` inside; "dense" belongs to
+  the file, CSV and CLI edges);
 * files touched per kind of change, counted by proxy: the files that would have to change
   for a new capture position (files comparing ``position``/``mode`` to a position literal),
   a new vector method (files comparing ``method`` to a method literal or spelling an old
@@ -38,22 +44,31 @@ ROOT = Path(__file__).resolve().parents[1]
 # Stage of each module (dotted, without "actstore."), by prefix; the longest prefix wins.
 # A module may import from its own stage or an earlier one.
 STAGES = [
-    ("_version", 0), ("errors", 0), ("_files", 0), ("_cache", 0), ("_dask", 0),
-    ("models", 1), ("datasets", 1), ("sources", 1), ("records", 1), ("fields", 1), ("ab", 1), ("corpus", 1),
-    ("demo", 1), ("moments", 1),
+    ("_version", 0), ("errors", 0), ("_files", 0), ("_cache", 0), ("_dask", 0), ("moments", 0),
+    ("inputs", 1), ("models", 1),
     ("stores", 2),
-    ("capture", 3), ("pipeline", 3), ("ingest", 3),
-    ("stats", 4), ("covariance", 4),
-    ("directions", 5), ("probe", 5), ("vector_info", 5), ("vectors", 5), ("methods", 5), ("controls", 5), ("interop", 5),
-    ("steering", 6), ("monitor", 6), ("intervals", 6),
-    # evaluate, replay, protocols, ledger, sweep, report: the old names of evaluation/ modules (aliases)
-    ("evaluate", 7), ("replay", 7), ("evaluation", 7), ("protocols", 7), ("ledger", 7), ("sweep", 7), ("report", 7),
+    ("capture", 3),
+    ("stats", 4),
+    ("vectors", 5),
+    ("steering", 6),
+    ("evaluation", 7),
     ("serve", 8),
     ("cli", 9),
     ("", 9),  # actstore/__init__: the public face, imports anything
 ]
+# The layout of issue 19's time, for measuring an older tree with this script.
+OLD_STAGES = [
+    ("models", 1), ("datasets", 1), ("sources", 1), ("records", 1), ("fields", 1), ("ab", 1), ("corpus", 1),
+    ("demo", 1), ("pipeline", 3), ("ingest", 3), ("covariance", 4), ("directions", 5), ("probe", 5),
+    ("vector_info", 5), ("methods", 5), ("controls", 5), ("interop", 5), ("monitor", 6), ("intervals", 6),
+    ("evaluate", 7), ("replay", 7), ("protocols", 7), ("ledger", 7), ("sweep", 7), ("report", 7),
+]
 
 CAPTURE_PATH = ["capture.py", "pipeline.py", "capture/", "cli/capture.py"]
+MAX_FUNCTION_LINES = 60
+MAX_PARAMETERS = 10
+MAX_MODULE_LINES = 400
+MAX_TOP_LEVEL_MODULES = 10
 
 POSITION_LITERALS = {"last", "last-1", "mean", "all", "first"}
 METHOD_LITERALS = {"enr", "whitened", "pca", "probe", "lda", "mean-diff", "enr-topk", "whitened-enr-topk",
@@ -140,8 +155,9 @@ def circles(graph: dict[str, set[str]]) -> list[list[str]]:
 
 def stage(module: str) -> int:
     short = module.split(".", 1)[1] if "." in module else ""
-    best = max((p for p, _ in STAGES if short == p or short.startswith(p + ".") or p == ""), key=len)
-    return dict(STAGES)[best]
+    table = dict(OLD_STAGES + STAGES)
+    best = max((p for p in table if short == p or short.startswith(p + ".") or p == ""), key=len)
+    return table[best]
 
 
 def arrows_up(graph: dict[str, set[str]]) -> list[tuple[str, str]]:
@@ -214,6 +230,52 @@ def _reads_spec_raw(tree) -> bool:
     return False
 
 
+def is_alias(path: Path) -> bool:
+    """A module whose whole job is to be another: it replaces itself in ``sys.modules``, or its
+    body is imports (and ``__all__``) only, outside a package's ``__init__``."""
+    text = path.read_text()
+    if "sys.modules[__name__]" in text:
+        return True
+    if path.name == "__init__.py":
+        return False
+    body = [node for node in ast.parse(text).body
+            if not (isinstance(node, ast.Expr) and isinstance(node.value, ast.Constant))]
+    return bool(body) and all(
+        isinstance(node, (ast.Import, ast.ImportFrom))
+        or (isinstance(node, ast.Assign) and any(getattr(t, "id", "") == "__all__" for t in node.targets))
+        for node in body)
+
+
+def dense_literals(root: Path) -> list[str]:
+    """Where the string ``"dense"`` is spelled in the package (file, CSV and CLI edges only)."""
+    found = []
+    for path in sorted(root.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Constant) and node.value == "dense":
+                found.append(f"{path.relative_to(root)}:{node.lineno}")
+    return found
+
+
+def layout(root: Path) -> dict:
+    files = sorted(root.rglob("*.py"))
+    names = [p.name for p in files if p.name != "__init__.py"]
+    return {
+        "top-level modules": sorted(p.name for p in root.glob("*.py")),
+        "alias modules": [str(p.relative_to(root)) for p in files if is_alias(p)],
+        "names twice": sorted({n for n in names if names.count(n) > 1}),
+    }
+
+
+def oversized(root: Path) -> list[str]:
+    """Functions over :data:`MAX_FUNCTION_LINES` lines or :data:`MAX_PARAMETERS` parameters."""
+    out = []
+    for path in sorted(root.rglob("*.py")):
+        for name, length, width in functions(path):
+            if length > MAX_FUNCTION_LINES or width > MAX_PARAMETERS:
+                out.append(f"{path.relative_to(root)}:{name} ({length} lines, {width} parameters)")
+    return out
+
+
 def change_footprint(root: Path) -> dict[str, list[str]]:
     kinds = {"capture position": [], "vector method": [], "group property": [], "store kind": []}
     sites = {"capture position": 0, "vector method": 0}
@@ -242,15 +304,19 @@ def measure(root: Path) -> dict:
     graph = import_graph(root)
     found_circles = circles(graph)
     ups = arrows_up(graph)
-    longest = widest = ("", 0)
+    longest = widest = house_longest = house_widest = ("", 0)
     largest = ("", 0)
     for path in sorted(root.rglob("*.py")):
         rel = str(path.relative_to(root))
         lines = len(path.read_text().splitlines())
         if lines > largest[1]:
             largest = (rel, lines)
-        if on_capture_path(rel):
-            for name, length, width in functions(path):
+        for name, length, width in functions(path):
+            if length > house_longest[1]:
+                house_longest = (f"{rel}:{name}", length)
+            if width > house_widest[1]:
+                house_widest = (f"{rel}:{name}", width)
+            if on_capture_path(rel):
                 if length > longest[1]:
                     longest = (f"{rel}:{name}", length)
                 if width > widest[1]:
@@ -262,6 +328,11 @@ def measure(root: Path) -> dict:
         "circles": found_circles,
         "arrows up": len(ups),
         "arrows up list": [f"{a} -> {b}" for a, b in ups],
+        "layout": layout(root),
+        "longest function": house_longest,
+        "widest signature": house_widest,
+        "oversized functions": oversized(root),
+        "dense literals": dense_literals(root),
         "longest capture-path function": longest,
         "widest capture-path signature": widest,
         "largest module": largest,
@@ -288,6 +359,18 @@ def main(argv=None) -> None:
     print(f"arrows up                {result['arrows up']}")
     for arrow in result["arrows up list"]:
         print(f"    {arrow}")
+    shape = result["layout"]
+    print(f"top-level modules        {len(shape['top-level modules'])}  {', '.join(shape['top-level modules'])}")
+    print(f"alias modules            {len(shape['alias modules'])}  {', '.join(shape['alias modules'])}")
+    print(f"file names twice         {len(shape['names twice'])}  {', '.join(shape['names twice'])}")
+    name, length = result["longest function"]
+    print(f"longest function         {length} lines ({name})")
+    name, width = result["widest signature"]
+    print(f"widest signature         {width} parameters ({name})")
+    print(f"functions over {MAX_FUNCTION_LINES} lines or {MAX_PARAMETERS} parameters: {len(result['oversized functions'])}")
+    for line in result["oversized functions"]:
+        print(f"    {line}")
+    print(f'"dense" literals         {len(result["dense literals"])}')
     name, length = result["longest capture-path function"]
     print(f"longest capture function {length} lines ({name})")
     name, width = result["widest capture-path signature"]

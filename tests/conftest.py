@@ -198,7 +198,7 @@ def store_at(request, tmp_path, monkeypatch):
 @pytest.fixture(scope="session")
 def llama(tiny_model_dirs):
     """The tiny Llama, loaded once for the session (tests only add hooks that remove themselves)."""
-    from actstore.models import load_model
+    from actstore.models.load import load_model
 
     return load_model(str(tiny_model_dirs["llama"]))
 

@@ -8,9 +8,10 @@ import torch
 
 from actstore.capture import record_blocks
 from actstore.errors import VectorError
-from actstore.models import load_model
+from actstore.models.load import load_model
 from actstore.steering import check_vector, steer
-from actstore.vectors import SteeringVector, VectorInfo
+from actstore.vectors.vector import SteeringVector
+from actstore.vectors.info import VectorInfo
 
 TEXT = "The quick brown fox jumps over the lazy dog."
 

@@ -8,13 +8,13 @@ One module per job, data flowing down the list:
 * :mod:`.windows`: texts -> activations window by window (:class:`WindowReader`, :func:`iter_windows`);
 * :mod:`.planning`: a capture resolved against its model and data (texts, layers, offset, group spec);
 * :mod:`.run`: :func:`capture_to_store`, its commit loop and capture-time statistics; shards;
-* :mod:`.cluster`: :func:`capture_on_cluster` on dask.distributed, from a :class:`~actstore.models.ModelSpec`.
+* :mod:`.cluster`: :func:`capture_on_cluster` on dask.distributed, from a :class:`~actstore.models.load.ModelSpec`.
 
 The forward pass stops after the deepest requested block: later blocks and the LM head never run.
 """
 
+from ..models.hooks import block_output, forward_blocks, position_ids, record_blocks
 from .cluster import capture_on_cluster
-from .hooks import block_output, forward_blocks, position_ids, record_blocks
 from .options import CaptureOptions
 from .planning import answer_letter_reason, format_texts
 from .positions import POSITIONS, Position, reduce_positions

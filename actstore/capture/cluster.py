@@ -1,5 +1,5 @@
 """Capture on a dask.distributed cluster: one shard per task, each worker loading the model
-(a :class:`~actstore.models.ModelSpec`) once; the shards merged when all are done."""
+(a :class:`~actstore.models.load.ModelSpec`) once; the shards merged when all are done."""
 
 from __future__ import annotations
 
@@ -8,33 +8,29 @@ from pathlib import Path
 
 from .._dask import scheduler_context
 from ..errors import ActstoreError
-from ..models import LoadedModel, ModelSpec
+from ..models.load import LoadedModel, ModelSpec
 from ..stores.schema import GroupOptions
 from ..stores.shards import merge_shards
 from .options import CaptureOptions
-from .run import CaptureReport, CaptureRequest, capture_request, capture_to_store
+from .run import CaptureReport, CaptureRequest, capture_request, run_capture
 
 
-def capture_on_cluster(model: ModelSpec | str, data: str | Path, store, layers: str | list[int] | None = None, *,
-                       scheduler: str, shards: int | None = None, options: CaptureOptions | None = None,
-                       group: GroupOptions | None = None, **values) -> list[CaptureReport]:
+def capture_on_cluster(model: ModelSpec | str, data: str | Path, store, *, scheduler: str, shards: int | None = None,
+                       options: CaptureOptions | None = None, group: GroupOptions | None = None,
+                       **changes) -> list[CaptureReport]:
     """Capture ``data`` on a dask.distributed cluster, one shard per task.
 
     ``scheduler`` is ``local:N`` (a LocalCluster of N worker processes) or the
     address of a running scheduler; ``shards`` defaults to the number of
     workers. Each worker loads ``model`` once (a :class:`ModelSpec`; a model id is read as
-    ``ModelSpec(model)``; ``model_options={...}``, a dict of its fields, is the earlier spelling)
-    and captures the shards it is given with :func:`capture_to_store` (``options``, ``group`` or
-    their fields as keywords); the shards are merged when all are done. ``model``, ``data`` and
+    ``ModelSpec(model)``) and captures the shards it is given with :func:`capture_to_store`
+    (``options``, ``group`` or their fields as keywords); the shards are merged when all are done. ``model``, ``data`` and
     ``store`` must mean the same thing on every worker: a shared file system or an
     object-store URL. Returns the shards' reports, in shard order. Everything is
     checked here, before the cluster starts.
     """
-    legacy = values.pop("model_options", None) or {}
-    spec = model if isinstance(model, ModelSpec) else ModelSpec(model, **legacy)
-    if layers is not None:
-        values["layers"] = layers
-    request = capture_request(spec, options, group, **values)
+    spec = model if isinstance(model, ModelSpec) else ModelSpec(model)
+    request = capture_request(spec, options, group, **changes)
     with scheduler_context(scheduler) as client:
         if client is None:
             raise ActstoreError(
@@ -60,6 +56,5 @@ def _worker_model(spec: ModelSpec) -> LoadedModel:
 
 
 def _capture_shard(request: CaptureRequest, data, store, shard) -> CaptureReport:
-    options = request.options.replace(progress=False)
-    return capture_to_store(_worker_model(request.model), data, store, options=options, group=request.group,
-                            shard=shard, merge=False)
+    request = CaptureRequest(_worker_model(request.model), request.options.replace(progress=False), request.group)
+    return run_capture(request, data, store, shard=shard, merge=False)

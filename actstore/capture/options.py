@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, fields, replace
 
 from ..errors import InputFormatError
-from ..models import SITES
+from ..models.blocks import SITES
 from .positions import Position
 
 
@@ -23,10 +23,10 @@ class CaptureOptions:
     formats texts with the tokenizer's template; texts longer than ``max_length`` tokens keep
     their last ones (a plain-text corpus is cut into windows of that many); ``stop_early`` ends
     the forward pass after the deepest block; ``site`` is what is read in each block (``resid``,
-    ``attn``, ``mlp``: :func:`actstore.models.site_module`). ``text_column`` and ``label_column``
+    ``attn``, ``mlp``: :func:`actstore.models.blocks.site_module`). ``text_column`` and ``label_column``
     name the fields of the texts and labels (a dataset's columns, a JSON file's keys:
-    :mod:`actstore.datasets`). ``swap_options`` captures an A/B set with each pair's option-swapped twin
-    (:func:`actstore.datasets.with_twins`), so the answer letter cancels question by question;
+    :mod:`actstore.inputs.datasets`). ``swap_options`` captures an A/B set with each pair's option-swapped twin
+    (:func:`actstore.inputs.datasets.with_twins`), so the answer letter cancels question by question;
     False keeps the texts as written. ``progress`` shows a progress bar.
     """
 

@@ -10,10 +10,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..datasets import ContrastSet, Example, text_hash
 from ..errors import ActstoreError
-from ..models import LoadedModel, parse_layers, safe_group_name, text_config
-from ..sources import Column, TextSource
+from ..inputs.datasets import ContrastSet, Example, text_hash
+from ..inputs.sources import Column, TextSource
+from ..models.blocks import parse_layers, text_config
+from ..models.load import LoadedModel, safe_group_name
 from ..stores.schema import AUTO_CODEC, CaptureSpec, GroupOptions
 from .options import CaptureOptions
 

@@ -12,7 +12,7 @@ The store records the position as ``last-<offset>``. ``window`` is the number
 of texts per commit (default: 512, or 64 for ``all``).
 
 An A/B set is captured with each pair's option-swapped twin right after it
-(:func:`actstore.datasets.with_twins`: the matching answer shown once under each
+(:func:`actstore.inputs.datasets.with_twins`: the matching answer shown once under each
 letter, so the letter cancels in a mean difference question by question); the rows'
 ``question`` coordinate is shared by a pair and its twin, ``order`` is 0 as written
 and 1 swapped, and the run's settings record ``swap_options``. ``swap_options=False``
@@ -43,24 +43,23 @@ from __future__ import annotations
 import functools
 import os
 import time
-import warnings
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from ..datasets import ContrastSet, needs_tokenizer, read_data, with_twins
 from ..errors import StoreError
-from ..ingest import OrderedWriter
-from ..models import LoadedModel, ModelSpec
+from ..inputs.datasets import ContrastSet, needs_tokenizer, read_data, with_twins
+from ..inputs.sources import TextSource
+from ..models.load import LoadedModel, ModelSpec
 from ..moments import Moments, window_moments
-from ..sources import TextSource
 from ..stores.moments import cache_capture_moments, cached_moments
 from ..stores.runs import RunRecord, shard_bounds, staging_group_name
 from ..stores.schema import GroupOptions
 from ..stores.shards import merge_shards
 from ..stores.writer import ActivationWriter
+from .ingest import OrderedWriter
 from .options import CaptureOptions
 from .planning import Plan, plan_capture
 from .windows import WindowReader
@@ -87,12 +86,6 @@ class CaptureReport:
         return self.n_tokens / self.seconds if self.seconds > 0 else float("nan")
 
 
-# Flat keywords of the model's loading options, by their capture_to_store spelling
-_MODEL_FIELDS = {"gguf_file": "gguf_file", "revision": "revision", "model_dtype": "dtype", "device": "device",
-                 "blocks": "blocks", "trust_remote_code": "trust_remote_code", "device_map": "device_map"}
-_GROUP_FIELDS = ("store_dtype", "codec", "name", "stats_only")
-
-
 @dataclass(frozen=True)
 class CaptureRequest:
     """What :func:`capture_to_store` does, as one typed value: checked on the caller's side
@@ -103,58 +96,57 @@ class CaptureRequest:
     group: GroupOptions
 
 
+_GROUP_FIELDS = frozenset(f.name for f in fields(GroupOptions))
+
+
 def capture_request(model: str | ModelSpec | LoadedModel, options: CaptureOptions | None = None,
-                    group: GroupOptions | None = None, **values) -> CaptureRequest:
-    """The records of a capture from flat keyword arguments (``position=``, ``store_dtype=``,
-    ``model_dtype=``, ...; the spelling before the records, kept): each goes to the record that
-    has it; an unknown one is a TypeError here, not on a worker."""
-    routed: dict[str, dict] = {"model": {}, "options": {}, "group": {}}
-    for key, value in values.items():
-        if key in _MODEL_FIELDS:
-            routed["model"][_MODEL_FIELDS[key]] = value
-        elif key in CaptureOptions.field_names():
-            routed["options"][key] = value
-        elif key in _GROUP_FIELDS:
-            routed["group"][key] = value
-        else:
-            raise TypeError(f"capture_to_store() got an unexpected keyword argument {key!r}")
-    options = replace(options or CaptureOptions(), **routed["options"])
-    group = replace(group or GroupOptions(), **routed["group"])
-    if isinstance(model, LoadedModel):
-        if routed["model"]:
-            warnings.warn(f"model loading options {sorted(routed['model'])} are ignored: the model is already "
-                          "loaded (the store records the dtype it is in)", stacklevel=3)
-    else:
-        spec = model if isinstance(model, ModelSpec) else ModelSpec(model)
-        model = replace(spec, **routed["model"])
+                    group: GroupOptions | None = None, **changes) -> CaptureRequest:
+    """The records of a capture: ``options`` and ``group`` (their defaults when None) with
+    ``changes`` applied, each keyword to the record that has a field of that name
+    (``position="all"`` to :class:`CaptureOptions`, ``store_dtype="float16"`` to
+    :class:`GroupOptions`); an unknown one is a TypeError here, not on a worker. How the model
+    loads is its :class:`ModelSpec`: pass one (``ModelSpec(id, dtype="bfloat16")``)."""
+    unknown = sorted(set(changes) - CaptureOptions.field_names() - _GROUP_FIELDS)
+    if unknown:
+        raise TypeError(f"capture_to_store() got an unexpected keyword argument {unknown[0]!r} (the fields of "
+                        "CaptureOptions and GroupOptions are accepted; model loading options go in a ModelSpec)")
+    options = replace(options or CaptureOptions(),
+                      **{key: value for key, value in changes.items() if key not in _GROUP_FIELDS})
+    group = replace(group or GroupOptions(), **{key: value for key, value in changes.items() if key in _GROUP_FIELDS})
+    if not isinstance(model, ModelSpec | LoadedModel):
+        model = ModelSpec(model)
     return CaptureRequest(model, options, group)
 
 
 def capture_to_store(model: str | ModelSpec | LoadedModel, data: str | Path | ContrastSet | TextSource,
-                     store, layers: str | list[int] | None = None, *, options: CaptureOptions | None = None,
-                     group: GroupOptions | None = None, resume: bool = False, shard: tuple[int, int] | None = None,
-                     **values) -> CaptureReport:
-    """Capture activations of ``data`` at ``layers`` of ``model`` into ``store``.
+                     store, *, options: CaptureOptions | None = None, group: GroupOptions | None = None,
+                     resume: bool = False, shard: tuple[int, int] | None = None, **changes) -> CaptureReport:
+    """Capture activations of ``data`` into ``store``.
 
-    ``model`` is a hub id, a local folder, a :class:`~actstore.models.ModelSpec` or
-    an already :func:`load_model`-ed model; ``data`` a contrast set in any format (JSON, JSONL,
-    Parquet, Arrow, a ``save_to_disk`` folder: the same rows give the same store, see
-    :mod:`actstore.datasets`; fields ``text_column``, ``label_column``; a plain labeled dataset is
-    read window by window) or a plain-text corpus cut into windows of ``max_length`` tokens (see
-    :mod:`actstore.sources`); ``store`` a path, a URL or
-    a ``zarr.Store`` (:class:`~actstore.stores.location.StoreLocation`). How texts become rows is
-    ``options`` (:class:`~actstore.capture.CaptureOptions`, ``layers`` among them; the
-    positional ``layers``, when given, replaces theirs), how they are stored ``group``
-    (:class:`~actstore.stores.GroupOptions`). Their fields, and the model's loading options
-    (``model_dtype``, ``device``, ``gguf_file``, ``blocks``, ...), may also be given as keywords
-    (``position="all", store_dtype="float16", progress=False``: each goes to its record).
+    ``model`` is a hub id, a local folder, a :class:`~actstore.models.load.ModelSpec` (how it
+    loads: dtype, device, GGUF file, ...) or an already :func:`load_model`-ed model; ``data`` a
+    contrast set in any format (JSON, JSONL, Parquet, Arrow, a ``save_to_disk`` folder: the same
+    rows give the same store, see :mod:`actstore.inputs.datasets`; fields ``text_column``,
+    ``label_column``; a plain labeled dataset is read window by window) or a plain-text corpus cut
+    into windows of ``max_length`` tokens (see :mod:`actstore.inputs.sources`); ``store`` a path, a
+    URL or a ``zarr.Store`` (:class:`~actstore.stores.location.StoreLocation`). How texts become
+    rows is ``options`` (:class:`~actstore.capture.CaptureOptions`, ``layers`` among them), how
+    they are stored ``group`` (:class:`~actstore.stores.GroupOptions`); ``changes`` are fields of
+    either by name (``layers="2,4", position="all", store_dtype="float16", progress=False``).
 
     Offsets, twins, shards and stats-only captures: see the module docstring.
+
+    >>> report = capture_to_store(model_dir, "pairs.json", "acts.zarr", layers="1")  # doctest: +SKIP
+    >>> report.n_samples_written  # doctest: +SKIP
+    40
     """
-    merge = values.pop("merge", True)  # False: a cluster's shard, merged by the cluster at the end
-    if layers is not None:
-        values["layers"] = layers
-    request = capture_request(model, options, group, **values)
+    return run_capture(capture_request(model, options, group, **changes), data, store, resume=resume, shard=shard)
+
+
+def run_capture(request: CaptureRequest, data, store, *, resume: bool = False, shard: tuple[int, int] | None = None,
+                merge: bool = True) -> CaptureReport:
+    """Run a checked :class:`CaptureRequest` (``merge=False``: a cluster's shard, merged by the
+    cluster at the end)."""
     if shard is not None:
         shard_bounds(0, *shard)  # validates i/n before any work
     loaded, contrast = _load(request, data)
@@ -254,7 +246,7 @@ class _RangeCapture:
                        twins=bool(plan.settings.get("swap_options")))
 
     def commit(self, item) -> None:
-        """Write one window (on the writer thread, actstore.ingest, while the model goes on with the next; or
+        """Write one window (on the writer thread, actstore.capture.ingest, while the model goes on with the next; or
         in line, :func:`writer_depth`)."""
         captured, per_row = item
         writer, tracker, run = self.writer, self.tracker, self.run_record
@@ -284,7 +276,7 @@ class _RangeCapture:
 
 
 def writer_depth(device) -> int:
-    """Windows that may wait for the writer thread (:class:`~actstore.ingest.OrderedWriter`): 1 while the
+    """Windows that may wait for the writer thread (:class:`~actstore.capture.ingest.OrderedWriter`): 1 while the
     model runs elsewhere (a GPU: the CPU is free for the writes meanwhile) or leaves cores idle; 0 (the
     windows written on this thread, between forward passes) when the model runs on the CPU with torch's
     threads on every core. There nothing is idle for a writer thread: it takes a core from torch's

@@ -16,8 +16,8 @@ import numpy as np
 import torch
 
 from ..errors import ActstoreError, InputFormatError
-from ..models import input_device
-from .hooks import forward_blocks
+from ..models.hooks import forward_blocks
+from ..models.load import input_device
 from .options import CaptureOptions
 
 
@@ -86,7 +86,7 @@ class WindowReader:
         order. ``on_batch(n_texts, n_tokens)`` is called after every batch (progress bars). With
         ``as_tensors`` the windows' ``acts`` stay torch tensors on the model's device."""
         size = self.options.window or 256
-        # Not copied: texts and where may be lazy columns of a large source (actstore.sources).
+        # Not copied: texts and where may be lazy columns of a large source (actstore.inputs.sources).
         where = where if where is not None else [f"text {i + 1}" for i in range(len(texts))]
         for first in range(start, len(texts), size):
             stop = min(first + size, len(texts))

@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 
 from ..capture import POSITIONS
-from ..models import SITES
+from ..models.blocks import SITES
 from ..stores.schema import AUTO_CODEC, CODEC_CHOICES, STORE_DTYPES
 from .options import EscapedText, ShardType, model_options, quiet_option, scheduler_option, take_record
 
@@ -19,7 +19,7 @@ class DataPath(click.Path):
         super().__init__(exists=True)
 
     def convert(self, value, param, ctx):
-        from ..sources import is_dataset_folder
+        from ..inputs.sources import is_dataset_folder
 
         path = super().convert(value, param, ctx)
         if Path(path).is_dir() and not is_dataset_folder(path):
@@ -121,7 +121,7 @@ def capture(data, store, resume, shard, scheduler, shards, quiet, **fields):
     continues with --resume.
     """
     from ..capture import CaptureOptions, capture_on_cluster, capture_to_store
-    from ..models import ModelSpec
+    from ..models.load import ModelSpec
     from ..stores.schema import GroupOptions
 
     if quiet:

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import click
 
-from ..vector_info import EXTRACTION_METHODS
+from ..vectors.info import k_label
+from ..vectors.methods import EXTRACTION_METHODS
 from .options import model_group_option, scheduler_option, store_option
 
 _METHOD_HELP = ("enr: difference of means, top-k by ENR. whitened: top-k by ENR of Sigma^-1/2 v. "
@@ -57,8 +58,8 @@ def extract(store, layer, method, k, dense, whiten, probe_c, pos, neg, model_gro
       actstore eval ... --methods enr,pca,probe,lda
     """
     from .._files import check_output_path
-    from ..methods import build_vector
-    from ..vectors import save_vector
+    from ..vectors.build import build_vector
+    from ..vectors.vector import save_vector
 
     if dense and k is not None:
         raise click.UsageError("--dense and --k exclude each other")
@@ -70,7 +71,7 @@ def extract(store, layer, method, k, dense, whiten, probe_c, pos, neg, model_gro
                           scheduler=scheduler, probe_c=probe_c)
     path = save_vector(vector, out)
     info = vector.info
-    kind = ("dense" if info.k is None else f"k={info.k}") + ("" if method == "enr" else f" {method}")
+    kind = (k_label(None) if info.k is None else f"k={info.k}") + ("" if method == "enr" else f" {method}")
     details = "".join(f", {key} {value}" for key, value in info.details)
     norm = float((vector.vector.astype("float64") ** 2).sum() ** 0.5)
     click.echo(f"wrote {kind} vector for layer {layer} ({vector.hidden_size} dims, norm {norm:.4g}{details}) "

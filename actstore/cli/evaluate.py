@@ -86,7 +86,7 @@ def _csv(values) -> str:
               help="Documents for the perplexity (off-target damage): a WikiText file (split at its ' = Title = ' "
                    "headings), a JSONL or Parquet file of documents (--text-column) or a plain file (one "
                    "document). Default: $ACTSTORE_TEXT, else ../shared/data/wikitext-2/test.txt beside the "
-                   "package's repository (actstore.corpus.default_corpus).")
+                   "package's repository (actstore.inputs.corpus.default_corpus).")
 @click.option("--text-column", default=None, help="With a JSONL/Parquet --text: the column holding each document.")
 @click.option("--ppl-tokens", type=click.IntRange(16), default=DEFAULT_PPL_TOKENS, show_default=True,
               help="Tokens of --text for the perplexity, in --ppl-window windows from --ppl-documents documents "
@@ -143,7 +143,8 @@ def evaluate(store, model_group, data_test, prompts, scorer, max_new_tokens, ser
     from ..evaluation.protocols import GeneratedText, protocol_for_file, read_prompts
     from ..evaluation.report import count_line
     from ..evaluation.sweep import SweepOptions, run_sweep
-    from ..models import ModelSpec, parse_layers
+    from ..models.blocks import parse_layers
+    from ..models.load import ModelSpec
     from ..stores.group import StoreGroup
 
     if (data_test is None) == (prompts is None):
@@ -165,7 +166,7 @@ def evaluate(store, model_group, data_test, prompts, scorer, max_new_tokens, ser
                            contrasts=tuple(contrasts))
     prompt_list = read_prompts(prompts)[:max_items] if prompts is not None else None
     if data_test is not None:
-        from ..datasets import read_contrast_set
+        from ..inputs.datasets import read_contrast_set
 
         read_contrast_set(data_test)  # a malformed file is reported before the model loads
     text = check_text(text)
@@ -190,7 +191,7 @@ def evaluate(store, model_group, data_test, prompts, scorer, max_new_tokens, ser
                                  text_column=text_column)
     heldout = None if no_separation else heldout_store
     if heldout is None and not no_separation and data_test is not None:
-        from ..monitor import capture_heldout
+        from ..evaluation.monitor import capture_heldout
 
         heldout = capture_heldout(loaded, data_test, grid.layers, source.spec.position)
     from dataclasses import replace

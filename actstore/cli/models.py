@@ -19,7 +19,7 @@ def demo(quiet):
     (about a minute); later runs print the cached folder at once. Pass the
     printed folder to --model.
     """
-    from ..demo import prepare_demo_model
+    from ..models.embedded import prepare_demo_model
 
     path = prepare_demo_model()
     click.echo(str(path) if quiet else f"demo model (google/gemma-3-270m, float32): {path}")
@@ -32,6 +32,6 @@ def demo(quiet):
               help="The hub model the GGUF is a checkpoint of; stores record it beside OUT's path.")
 def convert(gguf, out, hub_id):
     """Dequantise a GGUF checkpoint into a float32 safetensors folder OUT."""
-    from ..demo import convert_gguf
+    from ..models.embedded import convert_gguf
 
     click.echo(f"converted to {convert_gguf(gguf, out, hub_id=hub_id)}")

@@ -13,8 +13,9 @@ import functools
 
 import click
 
-from ..models import DEVICE_MAPS, DTYPES, ModelSpec
-from ..stats import SCHEDULER_HELP
+from .._dask import SCHEDULER_HELP
+from ..models.load import DEVICE_MAPS, DTYPES, ModelSpec
+from ..vectors.info import DENSE, parse_k
 
 
 class ShardType(click.ParamType):
@@ -104,13 +105,13 @@ class KListType(click.ParamType):
             return value
         ks: list[int | None] = []
         for part in str(value).split(","):
-            text = part.strip().lower()
-            if text in ("dense", "none"):
-                ks.append(None)
-            elif text.isdigit() and int(text) >= 1:
-                ks.append(int(text))
-            else:
-                self.fail(f"{value!r}: expected positive integers and 'dense', e.g. 8,16,64,dense", param, ctx)
+            try:
+                k = parse_k(part) if part.strip() else 0
+            except ValueError:
+                k = 0
+            if k is not None and k < 1:
+                self.fail(f"{value!r}: expected positive integers and {DENSE!r}, e.g. 8,16,64,{DENSE}", param, ctx)
+            ks.append(k)
         return ks
 
 
@@ -183,7 +184,7 @@ _MODEL_OPTIONS = {
 
 
 def model_options(function):
-    """The options of every :class:`~actstore.models.ModelSpec` field, for a command that loads a
+    """The options of every :class:`~actstore.models.load.ModelSpec` field, for a command that loads a
     model (capture, steer, eval): build the spec with ``take_record(ModelSpec, values)``."""
     names = [f.name for f in dataclasses.fields(ModelSpec)]
     missing = sorted(set(names) - set(_MODEL_OPTIONS))

@@ -31,8 +31,8 @@ def project(store, vectors, pos, neg, model_group, scheduler, out, no_plot):
     see whether a vector tells the classes apart without generating anything:
     AUROC (0.5 = chance) and Cohen's d, each with a bootstrap interval over pairs.
     """
-    from ..monitor import monitor
-    from ..vectors import load_vector
+    from ..evaluation.monitor import monitor
+    from ..vectors.vector import load_vector
 
     named = []
     for path in vectors:

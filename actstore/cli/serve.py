@@ -50,7 +50,7 @@ def serve(ctx, model, vectors, port, host, dtype, max_model_len, kv_cache_gib, p
         raise ServeError("vectors= is required: the folder of vector files requests may name", param="vectors")
     find_vllm(python)  # before the demo model is prepared and anything starts
     if model is None:
-        from ..demo import prepare_demo_model
+        from ..models.embedded import prepare_demo_model
 
         model = str(prepare_demo_model())
     options = ServeOptions(model, vectors, port, host, dtype, max_model_len, kv_cache_gib, python,

@@ -21,7 +21,7 @@ def stats(store, model_group, scheduler, force, quiet):
     One streaming Dask pass (Welford/Chan merges) over the store; the results
     are cached in the store and reused until new data is appended.
     """
-    from ..stats import compute_stats
+    from ..stats.streaming import compute_stats
 
     result = compute_stats(store, model_group, scheduler=scheduler, force=force, progress=not quiet)
     counts = result["count"]

@@ -28,11 +28,11 @@ def steer(vectors, alpha, prompts, positions, max_new_tokens, compare, sample, t
     import math
 
     from ..errors import VectorError
-    from ..evaluate import generate
-    from ..models import ModelSpec
+    from ..evaluation.scoring import generate
+    from ..models.load import ModelSpec
     from ..steering import Positions, check_vector
     from ..steering import steer as steering
-    from ..vectors import load_vector
+    from ..vectors.vector import load_vector
 
     if not math.isfinite(alpha):
         raise VectorError(f"alpha must be a finite number, got {alpha}", param="alpha")

@@ -14,7 +14,7 @@ def vector():
     \b
     llama.cpp:  llama-cli -m model.gguf --control-vector-scaled control.gguf 8 ...
     repeng:     ControlVector.import_gguf("control.gguf")
-    Python:     actstore.interop also converts to and from steering-vectors'
+    Python:     actstore.vectors.interop also converts to and from steering-vectors'
                 SteeringVector and repeng's ControlVector objects.
     """
 
@@ -35,8 +35,8 @@ def export_gguf(vectors, out, model_hint, scale):
     refused. actstore's metadata, kept indices and ENR ride along under
     actstore.* keys that the other tools ignore.
     """
-    from ..interop import write_gguf_control_vector
-    from ..vectors import load_vector
+    from ..vectors.interop import write_gguf_control_vector
+    from ..vectors.vector import load_vector
 
     loaded = [load_vector(path) for path in vectors]
     path = write_gguf_control_vector(loaded, out, model_hint, scale=scale)
@@ -50,8 +50,8 @@ def export_gguf(vectors, out, model_hint, scale):
               help="Folder for the vector files, one per layer: <name>-layer<L>.safetensors.")
 def import_gguf(gguf, out_dir):
     """Read a GGUF control vector (llama.cpp's, repeng's or actstore's) into vector files."""
-    from ..interop import read_gguf_control_vector
-    from ..vectors import save_vector
+    from ..vectors.interop import read_gguf_control_vector
+    from ..vectors.vector import save_vector
 
     vectors = read_gguf_control_vector(gguf)
     out = Path(out_dir)

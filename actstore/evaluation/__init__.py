@@ -21,10 +21,3 @@ from .sweep import SweepOptions, run_sweep
 __all__ = ["ABItem", "ABLetters", "CONTROLS", "FreeTextPreference", "GeneratedText", "Grid", "PerplexityWindows",
            "SweepOptions", "perplexity_windows", "protocol_for_file", "read_ab_items", "run_sweep"]
 
-
-def __getattr__(name: str):
-    if name == "SweepStore":  # deprecated: the store's one handle, actstore.StoreGroup
-        from . import grid
-
-        return grid.SweepStore
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

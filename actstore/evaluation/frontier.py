@@ -25,7 +25,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..vector_info import METHODS
+from ..vectors.info import k_label, parse_k
+from ..vectors.methods import METHODS
 from .grid import is_control
 from .intervals import (
     CONFIDENCE,
@@ -38,21 +39,21 @@ from .intervals import (
     percentile_interval,
     resample_counts,
 )
-from .paths import GROUP, Evidence, Paths, interpolate_at, key_tuple  # noqa: F401  (importable from here as before)
+from .paths import GROUP, Paths, key_tuple
 from .rows import KEY, ContrastRow, FrontierRow, SteerabilityRow
 
 REFERENCE_METHODS = ("enr", "whitened")  # the dense yardstick: the mean difference (whitened dense is the same)
 
 
 def _k_order(k: str) -> float:
-    return math.inf if k == "dense" else float(k)
+    return math.inf if parse_k(k) is None else float(k)
 
 
 def _reference(vectors: set, behavior, layer, method: str) -> tuple | None:
     """The dense vector a vector of ``method`` at (behavior, layer) is compared with."""
     for candidate in (*REFERENCE_METHODS, method):
-        if (behavior, layer, candidate, "dense") in vectors:
-            return (behavior, layer, candidate, "dense")
+        if (behavior, layer, candidate, k_label(None)) in vectors:
+            return (behavior, layer, candidate, k_label(None))
     return None
 
 
@@ -176,13 +177,13 @@ def default_contrasts(paths: Paths, budgets) -> list[Contrast]:
     family = []
     for vector in sorted(vectors, key=lambda v: (str(v[0]), int(v[1]), str(v[2]), _k_order(str(v[3])))):
         behavior, layer, method, k = vector
-        if is_control(method) or k == "dense":
+        if is_control(method) or parse_k(k) is None:
             continue
         reference = _reference(vectors, behavior, layer, method)
         for budget in budgets:
             if reference is not None:
                 family.append(Contrast("sparse_minus_dense", float(budget), int(layer), method, k, int(layer),
-                                       reference[2], "dense"))
+                                       reference[2], k_label(None)))
             refined = getattr(METHODS.get(method), "refines", None)
             if refined is not None and (behavior, layer, refined, k) in vectors:
                 family.append(Contrast(f"{method}_minus_{refined}", float(budget), int(layer), method, k, int(layer),

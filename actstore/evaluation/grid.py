@@ -7,7 +7,7 @@
   of ``control_seeds``, a random direction at the ENR vector's norm (dense) or a
   random support of size k carrying the ENR vector's values (sparse), labelled
   ``random:<seed>``; ``letter`` is the answer-letter direction of an
-  option-swapped A/B capture (:mod:`actstore.controls`).
+  option-swapped A/B capture (:mod:`actstore.vectors.controls`).
 * The training store is one :class:`~actstore.stores.StoreGroup`, opened once:
   the grid is checked against what it captured (:meth:`Grid.check_store`, from
   its attributes, before the model loads), the model once by the handle.
@@ -22,8 +22,9 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import ActstoreError
-from ..methods import METHODS
 from ..stores.group import StoreGroup
+from ..vectors.info import k_label
+from ..vectors.methods import METHODS
 from .rows import ConfigKey
 
 DEFAULT_BUDGETS = (1.05, 1.25, 2.0)
@@ -32,14 +33,6 @@ DEFAULT_PPL_TOKENS = 4096
 ALPHA_MODES = ("scale", "norm", "fraction")
 CONTROLS = ("random", "letter")
 RANDOM_BASE = "enr"  # the vector whose norm (dense) or values (sparse) a random control carries
-
-
-def k_label(k: int | None) -> str:
-    return "dense" if k is None else str(int(k))
-
-
-def k_value(label: str) -> int | None:
-    return None if label == "dense" else int(label)
 
 
 def is_control(method: str) -> bool:
@@ -53,7 +46,7 @@ class Grid:
 
     ``alphas``: scales (``alpha_mode="scale"``), added norms (``"norm"``) or
     fractions of the layer's residual norm (``"fraction"``). ``methods``: the
-    extraction methods and controls (:data:`CONTROLS`) of :data:`actstore.methods.METHODS`,
+    extraction methods and controls (:data:`CONTROLS`) of :data:`actstore.vectors.methods.METHODS`,
     not its imported kinds; ``control_seeds``: the seeds of a seeded control (one
     vector each).
     """
@@ -124,10 +117,10 @@ class LayerVectors:
 
     def __init__(self, store: StoreGroup, stats, layer: int, scheduler: str | None = None,
                  letter_data: str | Path | None = None):
-        from ..methods import LayerMethods
+        from ..vectors.build import LayerMethods
 
         self.store, self.layer, self.letter_data = store, int(layer), letter_data
-        self.methods = LayerMethods(store, None, stats, layer, scheduler=scheduler)
+        self.methods = LayerMethods(store, stats, layer, scheduler=scheduler)
 
     def vector(self, method: str, k: int | None):
         """The vector of a results row's ``method`` (``random:<seed>`` for a seeded control)."""
@@ -136,12 +129,12 @@ class LayerVectors:
         return control(k, seed) if control is not None else self.methods.vector(method, k)
 
     def _random(self, k: int | None, seed: str):
-        from ..controls import random_control
+        from ..vectors.controls import random_control
 
         return random_control(self.methods.vector(RANDOM_BASE, k), int(seed))
 
     def _letter(self, k: int | None, seed: str = ""):
-        from ..controls import letter_control, twin_source
+        from ..vectors.controls import letter_control, twin_source
 
         data = self.letter_data if self.letter_data is not None else twin_source(self.store)
         return letter_control(self.store, self.layer, data, k)
@@ -165,12 +158,3 @@ def scale_for(alpha: float, alpha_mode: str, vector_norm: float, layer_norm: flo
     added_norm = alpha if alpha_mode == "norm" else alpha * layer_norm
     return added_norm / vector_norm if vector_norm > 0 else 0.0
 
-
-def __getattr__(name: str):
-    if name == "SweepStore":  # its first name (a sweep's store, opened once): the store's one handle now
-        import warnings
-
-        warnings.warn("actstore.evaluation SweepStore is StoreGroup now (actstore.StoreGroup: .open(store, "
-                      "model_group), .check_model, .location, .spec.layers)", DeprecationWarning, stacklevel=2)
-        return StoreGroup
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

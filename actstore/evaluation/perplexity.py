@@ -1,4 +1,4 @@
-"""The perplexity text of a sweep: windows from many documents (:mod:`actstore.corpus`).
+"""The perplexity text of a sweep: windows from many documents (:mod:`actstore.inputs.corpus`).
 
 The perplexity's interval resamples documents, so it describes off-target text
 in general rather than the two or three articles a few thousand tokens of one
@@ -13,17 +13,17 @@ from pathlib import Path
 
 from .scoring import PerplexityWindows
 
-# actstore.corpus's MIN_DOCUMENTS and DEFAULT_WINDOW (tested equal): 4096 tokens, one 128-token window from
+# actstore.inputs.corpus's MIN_DOCUMENTS and DEFAULT_WINDOW (tested equal): 4096 tokens, one 128-token window from
 # each of 32 documents. Kept here so that the CLI's options load without reading the corpus module.
 DEFAULT_PPL_DOCUMENTS = 32
 DEFAULT_PPL_WINDOW = 128
 
 
 def check_text(text: str | Path | None) -> Path:
-    """The perplexity corpus: ``text``, or by default the one :func:`actstore.corpus.default_corpus`
+    """The perplexity corpus: ``text``, or by default the one :func:`actstore.inputs.corpus.default_corpus`
     finds; a clear error naming ``--text`` (``param="text"``) where there is none."""
-    from ..corpus import default_corpus
     from ..errors import ActstoreError
+    from ..inputs.corpus import default_corpus
 
     if text is None:
         return default_corpus()
@@ -39,7 +39,7 @@ def perplexity_windows(tokenizer, text: str | Path | None, tokens: int, *, windo
     """``tokens // window`` windows of ``window`` tokens of ``text`` (the default corpus when None),
     each tagged with its document, from at least ``documents`` documents (all of them when the
     text holds fewer; a plain file is one document) drawn with ``seed``."""
-    from ..corpus import document_windows, read_documents
+    from ..inputs.corpus import document_windows, read_documents
 
     corpus = read_documents(check_text(text), text_column=text_column)
     chosen = document_windows(tokenizer, corpus, tokens, window=window, min_documents=min(documents, len(corpus)),

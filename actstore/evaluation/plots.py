@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..vectors.info import parse_k
 from .files import replace_file
 from .frontier import _k_order
 from .grid import is_control
@@ -48,7 +49,7 @@ def plot_frontier(paths: Paths, behavior: str, budgets, path: Path) -> Path:
             rows = paths.index[vector]
             measured = np.exp(paths.log_inflation[rows])
             top = max(top, float(measured.max()))
-            label = ("dense" if kind[1] == "dense" else f"k={kind[1]}") + (f" ({kind[0]})" if several else "")
+            label = (kind[1] if parse_k(kind[1]) is None else f"k={kind[1]}") + (f" ({kind[0]})" if several else "")
             ax.plot(measured, paths.shift[rows], "o", markersize=3, color=colors[kind], label=label)
             high = float(np.log(min(measured.max(), X_LIMIT)))
             if high <= 0:

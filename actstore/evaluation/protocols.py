@@ -3,17 +3,17 @@
 A protocol scores each held-out item under whatever steering is active. The
 sweep calls :meth:`OnTarget.measure` once unsteered and once per
 configuration, and turns the per-item scores into paired shifts with intervals
-(:mod:`actstore.intervals`).
+(:mod:`actstore.evaluation.intervals`).
 
 * :class:`ABLetters`: CAA A/B questions, each scored as written and with its
-  options swapped (:func:`actstore.datasets.swap_options`), so that the
+  options swapped (:func:`actstore.inputs.datasets.swap_options`), so that the
   behavior's answer sits once under each letter; per item the log-odds
   log P(matching) - log P(other) (the primary measure: a letter preference is
   additive on it and cancels in the mean over a question's two orders) and the
   probability score sigmoid(log-odds) (:class:`actstore.evaluation.scoring.ABScoring`).
 * :class:`FreeTextPreference`: free-text pairs (morality, StereoSet); score =
   mean log p(positive) - mean log p(negative) per token
-  (:class:`actstore.evaluate.PreferenceScoring`).
+  (:class:`actstore.evaluation.scoring.PreferenceScoring`).
 * :class:`GeneratedText`: steered greedy continuations of prompts, scored by a
   pluggable ``texts -> scores`` callable (built in: ``vader``, the compound
   sentiment of VADER, offline), plus two degeneration measures of each
@@ -21,7 +21,7 @@ configuration, and turns the per-item scores into paired shifts with intervals
   :func:`repeated_ngram_rate`.
 
 The first two run fixed batches, so the sweep can replay a cached block output
-under them (:mod:`actstore.replay`); generation cannot and runs the whole model.
+under them (:mod:`actstore.evaluation.replay`); generation cannot and runs the whole model.
 
 The sweep steers the local model with its hooks and, around the same measurement,
 enters :meth:`OnTarget.steered` with the vector and scale: a protocol that measures
@@ -40,7 +40,7 @@ from typing import Protocol
 import numpy as np
 
 from ..errors import InputFormatError
-from ..models import LoadedModel
+from ..models.load import LoadedModel
 from .replay import Batch, Forward
 from .scoring import (
     ABItem,
@@ -114,7 +114,7 @@ class ABLetters(_FixedBatches):
     primary = "logodds"
 
     def __init__(self, tokenizer, items: Sequence[ABItem], batch_size: int = 8, both_orders: bool = True):
-        from ..datasets import ABQuestion, swap_options
+        from ..inputs.datasets import ABQuestion, swap_options
 
         scored = list(items)
         questions, orders, ids = list(range(len(scored))), [0] * len(scored), [item.where for item in scored]
@@ -273,7 +273,7 @@ def protocol_for_file(tokenizer, path: str | Path, batch_size: int = 8, max_item
     """The on-target protocol a held-out file calls for: A/B letters (both answer orders)
     where every text ends in an answer like ``(A)`` (or the file holds CAA items), the
     free-text preference for other pairs. ``max_items``: the first N questions."""
-    from ..datasets import read_contrast_set
+    from ..inputs.datasets import read_contrast_set
 
     contrast = read_contrast_set(path)
     if contrast.format == "caa" or (contrast.format == "pairs" and contrast.is_ab):

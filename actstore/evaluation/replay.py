@@ -25,7 +25,7 @@ from dataclasses import dataclass
 import torch
 
 from ..capture import forward_blocks, position_ids
-from ..models import LoadedModel
+from ..models.load import LoadedModel
 
 Forward = Callable[[Hashable, "Batch"], torch.Tensor]
 
@@ -176,7 +176,7 @@ class PrefixReplay:
 
 def cache_nbytes(loaded: LoadedModel, batches: Mapping[Hashable, Batch]) -> int:
     """Bytes a :class:`PrefixReplay` of ``batches`` would hold (float32 or the model's dtype)."""
-    from ..models import text_config
+    from ..models.blocks import text_config
 
     hidden = int(text_config(loaded.model.config).hidden_size)
     itemsize = next(loaded.model.parameters()).element_size()

@@ -24,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..vectors.info import parse_k
 from .files import replace_file
 from .frontier import Contrast, contrasts, frontier, steerability
 from .grid import is_control
@@ -48,7 +49,7 @@ def _md_table(header: list[str], lines: list[list[str]]) -> list[str]:
 
 
 def _vector(row) -> str:
-    return f"{row['method']} k={row['k']}" if row["k"] != "dense" else f"{row['method']} dense"
+    return f"{row['method']} k={row['k']}" if parse_k(row["k"]) is not None else f"{row['method']} {row['k']}"
 
 
 def count_line(results, what: str = "configurations") -> str:
@@ -159,7 +160,7 @@ def _frontier_lines(rows: list[FrontierRow], unit: str) -> list[str]:
         cells.append([str(row.layer), f"{row.method} {row.k}", f"{row.budget:g}", _fmt(row.alpha, ".3g"),
                       _ci(row.shift, row.ci_low, row.ci_high), _fmt(row.q_value, ".2g"), _fmt(row.boot_defined, ".2f"),
                       _ci(row.diff_vs_dense, row.diff_ci_low, row.diff_ci_high) if row.reference
-                      else ("(reference)" if row.k == "dense" else "no dense vector measured"),
+                      else ("(reference)" if parse_k(row.k) is None else "no dense vector measured"),
                       _ci(row.fraction, row.fraction_ci_low, row.fraction_ci_high)
                       if not math.isnan(row.fraction) else "",
                       _ci(row.minus_random, row.minus_random_ci_low, row.minus_random_ci_high)

@@ -4,7 +4,7 @@
   letter that matches the behavior against the other one,
   ``log P(matching) − log P(other)``, and the probability score
   ``sigmoid(log-odds)`` = P(matching) normalised over the two letters. The
-  prompt is the item's text without its final ``(X)`` (:func:`actstore.datasets.ab_question`,
+  prompt is the item's text without its final ``(X)`` (:func:`actstore.inputs.datasets.ab_question`,
   the one A/B detector); the compared continuations are ``(A`` and ``(B``
   tokenized after it (for most tokenizers ``(`` is shared and only the letter
   token differs). :func:`ab_scores` is the probability score.
@@ -44,7 +44,7 @@ def read_ab_items(path: str | Path, separator: str = "\n") -> list[ABItem]:
     """Held-out A/B items, as written, from a pairs file (``positive``/``negative`` ending in
     ``(X)``) or a CAA items file (``question``, ``answer_matching_behavior``, ...). Their
     option-swapped twins are made where they are scored (:class:`actstore.evaluation.protocols.ABLetters`)."""
-    from ..datasets import ab_question, read_contrast_set
+    from ..inputs.datasets import ab_question, read_contrast_set
 
     path = Path(path)
     contrast = read_contrast_set(path, separator)
@@ -215,7 +215,7 @@ class PerplexityWindows:
     ``PerplexityWindows(tokenizer, token_ids, window)`` cuts one token sequence (one
     document) into non-overlapping windows of ``window`` tokens;
     :meth:`from_tagged` takes windows already cut from several documents
-    (:func:`actstore.corpus.document_windows`). ``documents: (windows,)`` int.
+    (:func:`actstore.inputs.corpus.document_windows`). ``documents: (windows,)`` int.
     """
 
     def __init__(self, tokenizer, token_ids: Sequence[int], window: int = 256, batch_size: int = 2):
@@ -276,7 +276,7 @@ class PreferencePair:
 
 def read_preference_pairs(path: str | Path) -> list[PreferencePair]:
     """Held-out free-text pairs (``positive``/``negative``, e.g. bias-pairs/morality/test.json)."""
-    from ..datasets import read_contrast_set
+    from ..inputs.datasets import read_contrast_set
 
     path = Path(path)
     contrast = read_contrast_set(path)

@@ -40,9 +40,10 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import ActstoreError
-from ..models import LoadedModel
+from ..models.load import LoadedModel
 from ..steering import Positions, steer
 from ..stores.group import StoreGroup
+from ..vectors.info import parse_k
 from .effects import Measurement, Units, effects
 from .frontier import Contrast
 from .grid import (
@@ -51,7 +52,6 @@ from .grid import (
     DEFAULT_PPL_TOKENS,
     Grid,
     LayerVectors,
-    k_value,
     residual_norm,
     scale_for,
 )
@@ -113,7 +113,7 @@ def run_sweep(loaded: LoadedModel, store: str | Path | StoreGroup, out_dir: str 
     ``store``: the training store's group, opened once by the caller (a
     :class:`~actstore.stores.StoreGroup`, whose model check is not repeated here), or a path
     (its group ``options.model_group``)."""
-    from ..stats import group_statistics
+    from ..stats.streaming import group_statistics
     from .report import write_report
 
     source = StoreGroup.open(store, options.model_group)
@@ -218,7 +218,7 @@ def _measure_layer(loaded, source: StoreGroup, stats, layer: int, configs: list[
     with _layer_forwards(loaded, layer, on_target, windows, options.replay, options.cache_budget_mb,
                          source.spec.site) as active:
         for key in configs:
-            vector = vectors.vector(key.method, k_value(key.k))
+            vector = vectors.vector(key.method, parse_k(key.k))
             if heldout is not None and not ledger.is_separated(layer, key.method, key.k):
                 _record_separation(ledger, heldout, vector, options.behavior, layer, key.method, key.k)
             norm = float(np.linalg.norm(vector.vector))
@@ -240,7 +240,7 @@ def _measure_layer(loaded, source: StoreGroup, stats, layer: int, configs: list[
 
 
 def _record_separation(ledger: Ledger, heldout_ds, vector, behavior: str, layer: int, method: str, k: str) -> None:
-    from ..monitor import project, separation
+    from .monitor import project, separation
 
     sep = separation(project(heldout_ds.attrs.get("store", "heldout"), vector, dataset=heldout_ds))
     ledger.record_separation(sep.row(behavior=behavior, layer=layer, method=method, k=k))

@@ -108,13 +108,13 @@ def check_server(url: str, vector: str, alpha: float = 4.0, *, vectors: str | Pa
                  model=None, tolerance: float = 5e-3, probes=PROBES, device: str = "cpu") -> CheckReport:
     """Compare how the server at ``url`` applies ``vector`` (a name the server knows; the same file
     is read locally, see :func:`local_vector_path`) with actstore's hooks on ``model`` (a hub id or
-    folder, or a :class:`~actstore.models.LoadedModel`; default: the server's model, when that is a
+    folder, or a :class:`~actstore.models.load.LoadedModel`; default: the server's model, when that is a
     local folder)."""
     import torch
 
-    from ..models import LoadedModel, load_model
+    from ..models.load import LoadedModel, load_model
     from ..steering import check_vector, steer
-    from ..vectors import load_vector
+    from ..vectors.vector import load_vector
 
     path = local_vector_path(vector, vectors)
     name = path.stem

@@ -76,7 +76,7 @@ class ServerClient:
     def generate(self, prompts: list[str], steering: dict | None = None, *, max_new_tokens: int = 40,
                  model: str | None = None) -> list[str]:
         """Greedy continuations of ``prompts`` (one request, the server batches them), in order: what
-        an evaluation that generates locally with ``actstore.evaluate.generate`` gets from a server."""
+        an evaluation that generates locally with ``actstore.evaluation.scoring.generate`` gets from a server."""
         answer = self._accepted(self._body(list(prompts), steering, max_new_tokens, model))
         return [choice["text"] for choice in sorted(answer["choices"], key=lambda c: c["index"])]
 

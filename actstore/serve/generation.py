@@ -31,10 +31,11 @@ from pathlib import Path
 import numpy as np
 
 from ..evaluation.protocols import GeneratedText, Scorer
-from ..models import LoadedModel, text_config
+from ..models.blocks import text_config
+from ..models.load import LoadedModel
 from ..steering import Positions
-from ..vector_info import VectorInfo
-from ..vectors import SteeringVector, save_vector
+from ..vectors.info import VectorInfo, k_label
+from ..vectors.vector import SteeringVector, save_vector
 from . import ServeError
 from .client import ServerClient
 from .launch import require_plugin
@@ -81,7 +82,7 @@ class EvalServer:
     def check_model(self, loaded: LoadedModel) -> None:
         """Refuse a server whose model is not ``loaded`` (same weights fingerprint when the served
         model is a folder here, else the same hub id), or that does not read :attr:`vectors`."""
-        from ..models import _fingerprint_local
+        from ..models.load import _fingerprint_local
 
         served = Path(self.model_id)
         if served.is_dir():
@@ -127,7 +128,7 @@ class EvalServer:
         """Save ``vector`` into the server's folder; returns the name a request gives it
         (``eval-L<layer>-<method>-<k>-<hash of its bytes>``: a vector saved again keeps its name)."""
         info = vector.info
-        k = "dense" if info.k is None else str(info.k)
+        k = k_label(info.k)
         label = re.sub(r"[^A-Za-z0-9_-]+", "_", f"L{vector.layer}-{info.method}-{k}")
         staging = self.vectors / f".staging-{uuid.uuid4().hex}{VECTOR_SUFFIX}"
         save_vector(vector, staging)

@@ -88,7 +88,7 @@ def _front_state(processor):
 
 def model_facts(model_config):
     """:class:`ModelFacts` of vLLM's model config (fingerprint as actstore computes it for a folder)."""
-    from ..models import _fingerprint_local
+    from ..models.load import _fingerprint_local
     from .settings import ModelFacts
 
     folder = Path(model_config.model)

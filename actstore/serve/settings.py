@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import VectorError
-from ..vectors import SteeringVector, load_vector
+from ..vectors.vector import SteeringVector, load_vector
 
 VECTOR_KEY = "actstore_vector"
 ALPHA_KEY = "actstore_alpha"

@@ -92,13 +92,3 @@ class StoreGroup:
     def dataset(self, coords: tuple[str, ...] | None = None):
         """The group as a lazy xarray dataset (:func:`actstore.open_store`)."""
         return group_dataset(self.group, self.location, coords)
-
-
-def as_store_group(group, path: str | Path | None = None) -> StoreGroup:
-    """``group`` as a :class:`StoreGroup`: one already is; a zarr group opened elsewhere is
-    wrapped with ``path``, its store (the ``(group, path)`` pair of older calls)."""
-    if isinstance(group, StoreGroup):
-        return group
-    if path is None:
-        raise TypeError("a zarr group needs the path of its store; pass a StoreGroup instead")
-    return StoreGroup(path, group)

@@ -11,16 +11,6 @@ from .location import StoreLocation
 from .schema import child, root_attrs
 
 
-def is_url(path) -> bool:
-    """Deprecated: ``StoreLocation.parse(path).is_url``."""
-    return StoreLocation.parse(path).is_url
-
-
-def local_spelling(path: str | Path) -> str:
-    """Deprecated: ``StoreLocation.parse(path).spelling``."""
-    return StoreLocation.parse(path).spelling
-
-
 def _probe_url(url: str, shown: str, mode: str) -> None:
     """One synchronous look at an object store before zarr opens it, so that an unreachable
     endpoint, a denied access and a missing store are each named as what they are (zarr reads
@@ -165,11 +155,6 @@ def select_group(root, model: str | None, path: str | Path = "store"):
 def _checked(group, path):
     check_group(group, path)
     return group
-
-
-def disk_usage(path) -> int | None:
-    """Deprecated: ``StoreLocation.parse(path).disk_usage()``."""
-    return StoreLocation.parse(path).disk_usage()
 
 
 def check_store_model(group_attrs, loaded, force: bool = False, store: str | Path = "store") -> None:

@@ -1,7 +1,7 @@
 """The store's schema, written in this one place: names, dtypes, codecs, chunking
 and the arrays of a new group, of its running moments and of its statistics cache.
 
-Layout (one group per model, named by :func:`actstore.models.safe_group_name`)::
+Layout (one group per model, named by :func:`actstore.models.load.safe_group_name`)::
 
     store.zarr/                      attrs: actstore = {kind, schema_version}
       <model-group>/                 attrs: CaptureSpec.attrs() + n_samples, n_texts, next_pair_id,

@@ -16,9 +16,9 @@ import numpy as np
 
 from ..errors import StoreError
 from ..moments import Moments
+from .chunks import local_chunks
 from .integrity import check_group, is_half_created
 from .lock import WriterLock
-from .chunks import local_chunks
 from .moments import committed_moments
 from .roots import open_root
 from .runs import RunRecord, read_runs, runs_attr

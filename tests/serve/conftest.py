@@ -34,9 +34,9 @@ def write_vectors(folder, model_path, hidden: int, num_layers: int) -> dict[str,
     """Vectors for the served model (fingerprint of its folder) and bad ones the server must refuse."""
     from pathlib import Path
 
-    from actstore.models import _fingerprint_local
-    from actstore.vector_info import VectorInfo
-    from actstore.vectors import SteeringVector, save_vector
+    from actstore.models.load import _fingerprint_local
+    from actstore.vectors.info import VectorInfo
+    from actstore.vectors.vector import SteeringVector, save_vector
 
     fingerprint = _fingerprint_local(Path(model_path))
     rng = np.random.default_rng(0)
@@ -69,7 +69,7 @@ def write_vectors(folder, model_path, hidden: int, num_layers: int) -> dict[str,
 
 @pytest.fixture(scope="session")
 def demo_model():
-    from actstore.demo import prepare_demo_model
+    from actstore.models.embedded import prepare_demo_model
 
     return str(prepare_demo_model())
 
@@ -87,7 +87,7 @@ def vectors_folder(tmp_path_factory, demo_model):
 
 @pytest.fixture(scope="session")
 def hf_model(demo_model):
-    from actstore.models import load_model
+    from actstore.models.load import load_model
 
     return load_model(demo_model, dtype="float32")
 

@@ -92,7 +92,7 @@ def steering(name, alpha=None, positions=None):
     ("dense", 4.0, "generated"),
 ])
 def test_steered_logprobs_equal_actstore_hooks_on_transformers(llm, hf_model, vectors_folder, name, alpha, positions):
-    from actstore.vectors import load_vector
+    from actstore.vectors.vector import load_vector
 
     ids = token_ids(hf_model, PROMPTS[1])
     extra = None if name is None else steering(name, alpha, positions)
@@ -132,7 +132,7 @@ def test_a_mixed_batch_gives_each_request_its_single_run(llm, hf_model):
 
 
 def test_chunked_prefill_of_a_steered_prompt_matches_transformers(llm, hf_model, vectors_folder):
-    from actstore.vectors import load_vector
+    from actstore.vectors.vector import load_vector
 
     ids = token_ids(hf_model, LONG_PROMPT)
     output = run(llm, [ids], steering("dense", 4.0), max_tokens=2, cache_salt="chunked")[0]

@@ -98,7 +98,7 @@ def test_actstore_serve_prints_how_to_call_it(servers):
 def test_a_request_with_vllm_xargs_is_steered_as_actstore_hooks_steer(servers, hf_model, vectors_folder):
     from actstore.serve.client import ServerClient
     from actstore.steering import steer
-    from actstore.vectors import load_vector
+    from actstore.vectors.vector import load_vector
 
     url, _, _ = servers
     client = ServerClient(url)
@@ -167,7 +167,7 @@ def test_serve_check_fails_when_the_engine_applies_another_vector(servers, vecto
     """The server applies 'dense' as it is; the check is told the vector has another sign, scale or
     layer (what a plugin applying it wrongly would look like from outside)."""
     from actstore.serve.check import check_server
-    from actstore.vectors import load_vector, save_vector
+    from actstore.vectors.vector import load_vector, save_vector
 
     url, _, _ = servers
     vector = load_vector(vectors_folder / "dense.safetensors")
@@ -185,10 +185,10 @@ def test_serve_check_fails_when_the_engine_applies_another_vector(servers, vecto
 
 def test_generate_returns_each_prompts_continuation_in_order(servers, hf_model, vectors_folder):
     """The client an evaluation through the engine uses: one request for many prompts."""
-    from actstore.evaluate import generate
+    from actstore.evaluation.scoring import generate
     from actstore.serve.client import ServerClient
     from actstore.steering import steer
-    from actstore.vectors import load_vector
+    from actstore.vectors.vector import load_vector
 
     url, _, _ = servers
     steering = {"actstore_vector": "dense", "actstore_alpha": 4.0}

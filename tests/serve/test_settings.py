@@ -7,8 +7,8 @@ import pytest
 
 from actstore.errors import VectorError
 from actstore.serve.settings import ModelFacts, SteeringPayload, VectorFolder, resolve_request
-from actstore.vector_info import VectorInfo
-from actstore.vectors import SteeringVector, save_vector
+from actstore.vectors.info import VectorInfo
+from actstore.vectors.vector import SteeringVector, save_vector
 
 FACTS = ModelFacts("sha256-local:aaaa", hidden_size=16, num_layers=4)
 

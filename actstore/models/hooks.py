@@ -1,0 +1,71 @@
+"""Forward hooks on decoder blocks: record what a block (or its attention or MLP) outputs, and
+end the forward pass after the deepest block a capture needs. Hooks always remove themselves."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from contextlib import contextmanager
+
+import torch
+
+from .blocks import site_module
+
+
+class _StopForward(Exception):
+    """Raised by the hook on the deepest block to end the forward pass early."""
+
+
+def block_output(output):
+    """The hidden-state tensor of a decoder block's output (tensor or tuple)."""
+    return output[0] if isinstance(output, tuple) else output
+
+
+@contextmanager
+def record_blocks(blocks: torch.nn.ModuleList, layers: Sequence[int], stop_after_last: bool = True,
+                  site: str = "resid"):
+    """Register hooks that store each requested block's output (or its ``site``) in a dict.
+
+    Yields the dict ``{layer: (batch, seq, hidden) tensor}``, filled by each
+    forward pass. With ``stop_after_last`` the hook on the deepest block raises
+    :class:`_StopForward` (caught by :func:`forward_blocks`). Hooks are removed
+    on exit, also on errors.
+    """
+    outputs: dict[int, torch.Tensor] = {}
+    deepest = max(layers)
+    handles = []
+
+    def make_hook(layer: int):
+        def hook(module, args, output):
+            outputs[layer] = block_output(output).detach()
+            if stop_after_last and layer == deepest:
+                raise _StopForward
+
+        return hook
+
+    try:
+        for layer in layers:
+            handles.append(site_module(blocks, layer, site).register_forward_hook(make_hook(layer)))
+        yield outputs
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def position_ids(attention_mask: torch.Tensor) -> torch.Tensor:
+    """Positions counted over real tokens, so a left-padded text gets the same
+    positions (and activations) as the same text unpadded."""
+    return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+
+
+def forward_blocks(model: torch.nn.Module, blocks: torch.nn.ModuleList, input_ids: torch.Tensor,
+                   attention_mask: torch.Tensor, layers: Sequence[int], stop_early: bool = True,
+                   site: str = "resid") -> dict[int, torch.Tensor]:
+    """Run the model on one padded batch; return ``{layer: (batch, seq, hidden)}``
+    of each block's ``site`` (positions from :func:`position_ids`)."""
+    with record_blocks(blocks, layers, stop_after_last=stop_early, site=site) as outputs, torch.no_grad():
+        try:
+            model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids(attention_mask),
+                  use_cache=False)
+        except _StopForward:
+            pass
+    return dict(outputs)

@@ -1,0 +1,18 @@
+"""Vectors: directions from statistics, the steering vector and its file.
+
+* :mod:`.directions`: the math of each extraction method (ENR and its top-k, whitened ENR, PCA, LDA);
+* :mod:`.probe`: the logistic probe's direction;
+* :mod:`.methods`: :data:`~.methods.METHODS`, the one registry of methods, and each vector's provenance
+  (:class:`~.methods.VectorInfo`);
+* :mod:`.vector`: :class:`~.vector.SteeringVector` and its safetensors file;
+* :mod:`.build`: :func:`~.build.build_vector`, the one door from a store to a vector;
+* :mod:`.controls`: random-direction and answer-letter control vectors;
+* :mod:`.interop`: exchange with steering-vectors, repeng and llama.cpp's GGUF control vectors.
+"""
+
+from .build import build_vector
+from .info import VectorInfo
+from .methods import METHODS
+from .vector import SteeringVector, load_vector, save_vector
+
+__all__ = ["METHODS", "SteeringVector", "VectorInfo", "build_vector", "load_vector", "save_vector"]
