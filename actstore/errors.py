@@ -13,6 +13,12 @@ class ActstoreError(Exception):
     ``param`` names the Python parameter(s) the message is about, as the
     message spells them (``offset=-1: ...``): the CLI shows them as its flags
     (``--offset -1: ...``), so the library never has to know the command line.
+
+    >>> try:
+    ...     build_vector("acts.zarr", layer=3)
+    ... except ActstoreError as err:
+    ...     print(err.params, isinstance(err, ValueError))
+    ('layer',) True
     """
 
     def __init__(self, *args, param: str | tuple[str, ...] | None = None):

@@ -74,6 +74,12 @@ class Moments:
 
     ``classes`` labels the first axis. Values, not accumulators: :meth:`merge`
     and :meth:`add` return new moments.
+
+    >>> import numpy as np
+    >>> rows = np.arange(12.0).reshape(4, 1, 3)  # 4 rows, 1 layer, 3 coordinates
+    >>> both = Moments.empty((1, 3)).add(rows[:2], ["pos", "pos"]).merge(Moments.empty((1, 3)).add(rows[2:], ["pos", "neg"]))
+    >>> both.classes, both.n[:, 0, 0].tolist(), both.mean[0, 0].tolist()
+    (('pos', 'neg'), [3.0, 1.0], [3.0, 4.0, 5.0])
     """
 
     classes: tuple[str, ...]

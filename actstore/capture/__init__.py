@@ -6,6 +6,7 @@ One module per job, data flowing down the list:
 * :mod:`.options`: :class:`CaptureOptions`, the one record of how texts become rows (layers included);
 * :mod:`.hooks`: forward hooks on decoder blocks that always remove themselves; early exit;
 * :mod:`.windows`: texts -> activations window by window (:class:`WindowReader`, :func:`iter_windows`);
+* :mod:`.ingest`: the writer thread that overlaps the model with the store (:class:`~.ingest.OrderedWriter`);
 * :mod:`.planning`: a capture resolved against its model and data (texts, layers, offset, group spec);
 * :mod:`.run`: :func:`capture_to_store`, its commit loop and capture-time statistics; shards;
 * :mod:`.cluster`: :func:`capture_on_cluster` on dask.distributed, from a :class:`~actstore.models.load.ModelSpec`.

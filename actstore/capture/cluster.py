@@ -28,6 +28,11 @@ def capture_on_cluster(model: ModelSpec | str, data: str | Path, store, *, sched
     ``store`` must mean the same thing on every worker: a shared file system or an
     object-store URL. Returns the shards' reports, in shard order. Everything is
     checked here, before the cluster starts.
+
+    >>> reports = capture_on_cluster(model_dir, "pairs.json", "cluster.zarr", layers="1", scheduler="local:1",
+    ...                              progress=False)
+    >>> [report.n_samples_written for report in reports]
+    [14]
     """
     spec = model if isinstance(model, ModelSpec) else ModelSpec(model)
     request = capture_request(spec, options, group, **changes)

@@ -28,6 +28,10 @@ class CaptureOptions:
     :mod:`actstore.inputs.datasets`). ``swap_options`` captures an A/B set with each pair's option-swapped twin
     (:func:`actstore.inputs.datasets.with_twins`), so the answer letter cancels question by question;
     False keeps the texts as written. ``progress`` shows a progress bar.
+
+    >>> options = CaptureOptions(layers="1,2", position="mean")
+    >>> options.position, options.replace(position="all").position
+    ('mean', 'all')
     """
 
     layers: str | tuple[int, ...] = "all"

@@ -136,9 +136,9 @@ def capture_to_store(model: str | ModelSpec | LoadedModel, data: str | Path | Co
 
     Offsets, twins, shards and stats-only captures: see the module docstring.
 
-    >>> report = capture_to_store(model_dir, "pairs.json", "acts.zarr", layers="1")  # doctest: +SKIP
-    >>> report.n_samples_written  # doctest: +SKIP
-    40
+    >>> report = capture_to_store(model_dir, "pairs.json", "more.zarr", layers="1,2", progress=False)
+    >>> report.n_texts, report.n_samples_written, report.position
+    (14, 14, 'last')
     """
     return run_capture(capture_request(model, options, group, **changes), data, store, resume=resume, shard=shard)
 

@@ -5,22 +5,16 @@ from __future__ import annotations
 import click
 
 from ..vectors.info import k_label
-from ..vectors.methods import EXTRACTION_METHODS
+from ..vectors.methods import DEFAULT_METHOD, EXTRACTION_METHODS, methods_help
 from .options import model_group_option, scheduler_option, store_option
-
-_METHOD_HELP = ("enr: difference of means, top-k by ENR. whitened: top-k by ENR of Sigma^-1/2 v. "
-                "pca: first principal axis of the pos-neg pair differences (repeng's pca_diff; pairs joined "
-                "by pair_id), pointing along v. probe: L2 logistic regression weights (on standardised "
-                "coordinates, mapped back). lda: Sigma^-1 v, Sigma the shrunk pooled within-class "
-                "covariance. pca/probe/lda are steered as (u.v)u, u their unit direction.")
 
 
 def _extract_options(function):
     for option in reversed([
         store_option(),
         click.option("--layer", "-l", required=True, type=int, help="Captured decoder block to build the vector for."),
-        click.option("--method", type=click.Choice(EXTRACTION_METHODS), default="enr", show_default=True,
-                     help=_METHOD_HELP),
+        click.option("--method", type=click.Choice(EXTRACTION_METHODS), default=DEFAULT_METHOD, show_default=True,
+                     help=methods_help()),
         click.option("--k", "-k", type=click.IntRange(min=1), default=None,
                      help="Keep the k best-ranked coordinates (ENR for enr/whitened, |u_i| for pca, |w_i| sd_i "
                           "for probe/lda; 1 <= k <= hidden). Omitted: dense."),
@@ -48,7 +42,7 @@ def _extract_options(function):
 
 @click.command()
 @_extract_options
-def extract(store, layer, method, k, dense, whiten, probe_c, pos, neg, model_group, scheduler, out, top):
+def extract(**flags):
     """Build a steering vector from one store by any method (the same file format for all).
 
     \b
@@ -59,22 +53,26 @@ def extract(store, layer, method, k, dense, whiten, probe_c, pos, neg, model_gro
     """
     from .._files import check_output_path
     from ..vectors.build import build_vector
+    from ..vectors.methods import refinement
     from ..vectors.vector import save_vector
 
-    if dense and k is not None:
+    if flags["dense"] and flags["k"] is not None:
         raise click.UsageError("--dense and --k exclude each other")
-    if whiten and method not in ("enr", "whitened"):
-        raise click.UsageError(f"--whiten is --method whitened; it excludes --method {method}")
-    method = "whitened" if whiten else method
-    check_output_path(out)  # before the work: a FIFO or a device is refused, not replaced
-    vector = build_vector(store, layer, method, None if dense else k, pos=pos, neg=neg, model=model_group,
-                          scheduler=scheduler, probe_c=probe_c)
-    path = save_vector(vector, out)
+    method = refinement(flags["method"]) if flags["whiten"] else flags["method"]
+    check_output_path(flags["out"])  # before the work: a FIFO or a device is refused, not replaced
+    vector = build_vector(flags["store"], flags["layer"], method, None if flags["dense"] else flags["k"],
+                          pos=flags["pos"], neg=flags["neg"], model=flags["model_group"],
+                          scheduler=flags["scheduler"], probe_c=flags["probe_c"])
+    path = save_vector(vector, flags["out"])
+    _print_vector(vector, path, flags["top"], "" if method == DEFAULT_METHOD else f" {method}")
+
+
+def _print_vector(vector, path, top: int, method_note: str) -> None:
     info = vector.info
-    kind = (k_label(None) if info.k is None else f"k={info.k}") + ("" if method == "enr" else f" {method}")
+    kind = (k_label(None) if info.k is None else f"k={info.k}") + method_note
     details = "".join(f", {key} {value}" for key, value in info.details)
     norm = float((vector.vector.astype("float64") ** 2).sum() ** 0.5)
-    click.echo(f"wrote {kind} vector for layer {layer} ({vector.hidden_size} dims, norm {norm:.4g}{details}) "
+    click.echo(f"wrote {kind} vector for layer {vector.layer} ({vector.hidden_size} dims, norm {norm:.4g}{details}) "
                f"to {path}")
     values = vector.extra.get("vector_whitened", vector.vector)
     basis = "whitened coordinate" if "vector_whitened" in vector.extra else "coordinate"

@@ -37,7 +37,12 @@ SEPARATION_COLUMNS = ["vector", "layer", "method", "k", "pos", "neg", "n_pos", "
 def project(store, vector: SteeringVector, model: str | None = None, *, dataset=None):
     """Lazy projections ``(sample,)`` of ``store``'s samples onto ``vector`` at its layer,
     with the store's per-sample coordinates (class, pair_id, ...). ``dataset``: an
-    already opened :func:`actstore.open_store` dataset instead of ``store``."""
+    already opened :func:`actstore.open_store` dataset instead of ``store``.
+
+    >>> projections = project("acts.zarr", load_vector("v.safetensors"))
+    >>> projections.dims, projections.shape
+    (('sample',), (14,))
+    """
     ds = dataset if dataset is not None else open_store(store, model)
     _check_same_weights(store, ds, vector)
     require_layers(ds["layer"].values, vector.layer, repr(str(store)), param="vector")

@@ -30,6 +30,10 @@ class LoadedModel:
     ``model_id`` is what the user passed (hub id or path); ``fingerprint``
     identifies the weights (hub commit, or a hash of a local folder's config and
     weight file names and sizes, or of a GGUF file).
+
+    >>> loaded = load_model(model_dir)
+    >>> loaded.num_layers, loaded.hidden_size, loaded.dtype
+    (4, 32, 'float32')
     """
 
     model: Any
@@ -86,7 +90,12 @@ def safe_group_name(model_id: str) -> str:
 @dataclass(frozen=True)
 class ModelSpec:
     """Everything needed to load a model, validated on construction: what travels
-    from the command line to :func:`load_model`, and to each worker of a cluster capture."""
+    from the command line to :func:`load_model`, and to each worker of a cluster capture.
+
+    >>> spec = ModelSpec(model_dir, dtype="float32")
+    >>> spec.load().num_layers
+    4
+    """
 
     model: str
     revision: str | None = None
@@ -165,6 +174,10 @@ def load_model(
     ``actstore models convert``). ``device_map`` (``"auto"``, or a dict of module
     name -> device, ``"disk"`` included, with ``offload_folder``) spreads a model
     larger than one device over several with accelerate; ``device`` is then not used.
+
+    >>> loaded = load_model(model_dir, dtype="bfloat16")
+    >>> loaded.dtype, len(loaded.blocks)
+    ('bfloat16', 4)
     """
     from safetensors import SafetensorError
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -191,22 +204,30 @@ def load_model(
         ) from None
     lm.eval()
     if device_map is None:
-        try:
-            lm.to(device)
-        except (RuntimeError, AssertionError, ValueError) as err:  # torch: mistyped, or not on this machine
-            first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-            raise ModelError(f"device={device!r} cannot be used: {first_line}; check device (cpu, cuda, cuda:0, "
-                             "mps) and that this machine has it", param="device") from None
+        _move(lm, device)
     if tokenizer.pad_token is None:
         # Causal LMs such as GPT-2 ship without a pad token; padded positions are
         # masked out, so any id will do.
         tokenizer.pad_token = tokenizer.eos_token
     local = Path(model)
     source_id = read_source_id(local) if local.is_dir() else None
+    return LoadedModel(lm, tokenizer, model, _fingerprint(lm, local, gguf_file, revision),
+                       find_decoder_blocks(lm, blocks), source_id)
+
+
+def _move(lm: torch.nn.Module, device: str) -> None:
+    try:
+        lm.to(device)
+    except (RuntimeError, AssertionError, ValueError) as err:  # torch: mistyped, or not on this machine
+        first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ModelError(f"device={device!r} cannot be used: {first_line}; check device (cpu, cuda, cuda:0, "
+                         "mps) and that this machine has it", param="device") from None
+
+
+def _fingerprint(lm: torch.nn.Module, local: Path, gguf_file: str | None, revision: str | None) -> str:
+    """What tells this checkpoint from another: its GGUF file, its folder's files, or the hub commit."""
     if gguf_file is not None and (local / gguf_file).is_file():
-        fingerprint = _fingerprint_file(local / gguf_file)
-    elif local.is_dir():
-        fingerprint = _fingerprint_local(local)
-    else:
-        fingerprint = f"hub:{getattr(lm.config, '_commit_hash', None) or revision or 'unknown'}"
-    return LoadedModel(lm, tokenizer, model, fingerprint, find_decoder_blocks(lm, blocks), source_id)
+        return _fingerprint_file(local / gguf_file)
+    if local.is_dir():
+        return _fingerprint_local(local)
+    return f"hub:{getattr(lm.config, '_commit_hash', None) or revision or 'unknown'}"

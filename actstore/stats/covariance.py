@@ -98,16 +98,17 @@ def layer_covariance(path: str | Path, layer: int, model: str | None = None, *,
                      scheduler: str | None = None) -> LayerCovariance:
     """Per-class scatter matrices of ``layer`` (one streaming pass, float64)."""
     store = StoreGroup.open(path, model)
+    store.require_layers(layer)
     return group_covariance(store, layer, group_statistics(store, scheduler=scheduler), scheduler=scheduler)
 
 
 def group_covariance(store: StoreGroup, layer: int, stats, *, scheduler: str | None = None) -> LayerCovariance:
-    """:func:`layer_covariance` of an opened group whose statistics are ``stats``."""
+    """:func:`layer_covariance` of an opened group whose statistics are ``stats`` (``layer``
+    checked by the caller, at its door)."""
     import dask
     import dask.array as da
 
     group, path = store.group, store.location
-    store.require_layers(layer)
     store.require_activations("a covariance (the whitened and lda methods)")
     ds = store.dataset(coords=("class",))
     classes = [str(c) for c in stats["class"].values]

@@ -237,6 +237,10 @@ def compute_stats(
     (or ``force``); otherwise computes them in one streaming pass and caches
     them next to the data. Returns an :class:`xarray.Dataset` like
     :func:`open_stats`. ``model`` is the model group (or model id).
+
+    >>> stats = compute_stats("acts.zarr")
+    >>> stats["mean"].dims, stats["count"].sel(layer=2).values.tolist()
+    (('class', 'layer', 'hidden'), [7, 7])
     """
     store = StoreGroup.open(path, model)  # opened once for every read below
     return group_statistics(store, scheduler=scheduler, force=force, split_every=split_every, progress=progress)
@@ -307,6 +311,10 @@ def open_stats(path: str | Path, model: str | None = None):
     and variables ``count``, ``mean``, ``var`` (float64, ddof=1).
 
     Raises :class:`StatsError` when none are cached or the data changed since.
+
+    >>> stats = open_stats("acts.zarr")
+    >>> stats["class"].values.tolist(), stats["var"].sel(layer=1).shape
+    (['neg', 'pos'], (2, 32))
     """
     store = StoreGroup.open(path, model)
     if store.spec.stats_only:

@@ -33,7 +33,12 @@ def require_layers(captured: Iterable[int], wanted: int | Iterable[int], where: 
 @dataclass(frozen=True, eq=False)
 class StoreGroup:
     """A model group of a store: ``location`` (the store as given), ``group`` (the opened zarr
-    group) and ``spec`` (what it holds, :meth:`CaptureSpec.from_attrs`)."""
+    group) and ``spec`` (what it holds, :meth:`CaptureSpec.from_attrs`).
+
+    >>> group = StoreGroup.open("acts.zarr")
+    >>> group.spec.layers, group.group.basename
+    ([1, 2], 'tiny-llama')
+    """
 
     location: str | Path
     group: Any

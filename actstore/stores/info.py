@@ -22,6 +22,10 @@ def store_info(path: str | Path) -> dict[str, Any]:
 
     A group that cannot be read (half-created, damaged) is listed with its ``problem``
     instead of its summary: one bad group never hides the others.
+
+    >>> (group,) = store_info("acts.zarr")["models"]
+    >>> group["group"], group["layers"], group["classes"], group["n_samples"]
+    ('tiny-llama', [1, 2], {'neg': 7, 'pos': 7}, 14)
     """
     root = open_root(path, mode="r")
     models = []

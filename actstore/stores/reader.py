@@ -80,6 +80,12 @@ def open_store(path: str | Path, model: str | None = None, coords: tuple[str, ..
 
         ds = open_store("acts.zarr")
         ds.acts.sel(layer=6).where(ds["class"] == "pos", drop=True).mean("sample")
+
+    >>> ds = open_store("acts.zarr")
+    >>> ds["acts"].dims, ds["acts"].sel(layer=2).shape
+    (('sample', 'layer', 'hidden'), (14, 32))
+    >>> sorted(set(ds["class"].values.tolist()))
+    ['neg', 'pos']
     """
     return group_dataset(select_group(open_root(path, mode="r"), model, path), path, coords)
 

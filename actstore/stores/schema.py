@@ -184,7 +184,15 @@ def commit_attrs(node, values: dict[str, Any]) -> None:
 class GroupOptions:
     """How a capture stores its rows, validated on construction: ``store_dtype`` of the
     activations, ``codec`` of a new group, group ``name`` (None: from the model),
-    ``stats_only`` (store per-class moments instead of rows)."""
+    ``stats_only`` (store per-class moments instead of rows).
+
+    >>> GroupOptions(store_dtype="float16", codec="zstd").store_dtype
+    'float16'
+    >>> GroupOptions(store_dtype="int8")
+    Traceback (most recent call last):
+    ...
+    actstore.errors.StoreError: store_dtype='int8': expected one of float32, float16, bfloat16
+    """
 
     store_dtype: str = "float32"
     codec: str = AUTO_CODEC

@@ -47,6 +47,10 @@ def verify_group(group, path) -> GroupReport:
 
 
 def verify_store(path) -> list[GroupReport]:
-    """:func:`verify_group` of every model group of the store at ``path``."""
+    """:func:`verify_group` of every model group of the store at ``path``.
+
+    >>> [(report.group, report.ok) for report in verify_store("acts.zarr")]
+    [('tiny-llama', True)]
+    """
     root = open_root(path, mode="r")
     return [verify_group(root[name], path) for name in model_groups(root, include_half_created=True)]

@@ -2,8 +2,9 @@
 
 * :mod:`.directions`: the math of each extraction method (ENR and its top-k, whitened ENR, PCA, LDA);
 * :mod:`.probe`: the logistic probe's direction;
-* :mod:`.methods`: :data:`~.methods.METHODS`, the one registry of methods, and each vector's provenance
-  (:class:`~.methods.VectorInfo`);
+* :mod:`.methods`: :data:`~.methods.METHODS`, the one registry of methods (a new method is an entry here);
+* :mod:`.info`: each vector's provenance, typed and frozen (:class:`~.info.VectorInfo`), and ``k``'s one
+  parse/label pair (None inside, "dense" at the edges);
 * :mod:`.vector`: :class:`~.vector.SteeringVector` and its safetensors file;
 * :mod:`.build`: :func:`~.build.build_vector`, the one door from a store to a vector;
 * :mod:`.controls`: random-direction and answer-letter control vectors;

@@ -48,7 +48,7 @@ from pathlib import Path
 
 from ..errors import VectorError
 from ..stats.streaming import group_statistics
-from ..stores.group import StoreGroup
+from ..stores.group import StoreGroup, require_layers
 from ..stores.schema import CaptureSpec
 from .directions import Direction
 from .info import VectorInfo
@@ -85,6 +85,7 @@ def build(method: str | Method, inputs: LayerInputs, k: int | None = 64, *,
 def vector_from_stats(stats, layer: int, k: int | None = 64, *, pos: str = "pos",
                       neg: str = "neg") -> SteeringVector:
     """The ENR top-k vector (dense when ``k`` is None) from an :func:`actstore.open_stats` dataset."""
+    require_layers(stats["layer"].values, layer)
     return build("enr", LayerInputs(stats, layer, pos, neg), k)
 
 
@@ -138,7 +139,14 @@ class LayerMethods:
 def build_vector(store: str | Path, layer: int, method: str = "enr", k: int | None = 64, *, pos: str = "pos",
                  neg: str = "neg", model: str | None = None, scheduler: str | None = None,
                  probe_c: float = PROBE_C) -> SteeringVector:
-    """A vector for ``layer`` of a store by ``method`` (:data:`METHODS`), dense when ``k`` is None."""
+    """A vector for ``layer`` of a store by ``method`` (:data:`METHODS`), dense when ``k`` is None.
+
+    >>> vector = build_vector("acts.zarr", layer=2, method="enr", k=4)
+    >>> vector.k, len(vector.indices), vector.info.method, vector.layer
+    (4, 4, 'enr', 2)
+    >>> build_vector("acts.zarr", layer=2, method="pca", k=None).k is None
+    True
+    """
     method_entry(method)  # an unknown method is refused before the store is read
     group = StoreGroup.open(store, model)
     group.require_layers(layer)

@@ -20,7 +20,6 @@ import numpy as np
 
 from .._dask import scheduler_context
 from ..errors import VectorError
-from ..stores.group import require_layers
 
 ENR_FLOOR = 1e-8
 
@@ -109,12 +108,12 @@ class ClassMoments:
 
 def class_moments(stats, layer: int, pos: str = "pos", neg: str = "neg") -> ClassMoments:
     """The moments of ``pos`` and ``neg`` at ``layer`` of an :func:`actstore.open_stats` dataset,
-    refused (:class:`~actstore.errors.VectorError`) when the layer or a class is missing, a class
-    has fewer than 2 samples or a moment is not finite: the checks every method starts with."""
+    refused (:class:`~actstore.errors.VectorError`) when a class is missing, a class has fewer
+    than 2 samples or a moment is not finite: the checks every method starts with (the layer is
+    checked once, at the door: :meth:`~actstore.stores.group.StoreGroup.require_layers`)."""
     if pos == neg:  # a zero vector, said to be written
         raise VectorError(f"pos and neg are both {pos!r}: a contrast needs two different classes",
                           param=("pos", "neg"))
-    require_layers(stats["layer"].values, layer)
     classes = [str(c) for c in stats["class"].values]
     per_class = {}
     for label, param in ((pos, "pos"), (neg, "neg")):

@@ -48,7 +48,13 @@ class VectorInfo:
     ``position``: where capture read (last, last-1, mean, all); ``model``/``fingerprint``: the
     model it was made from; ``classes``: ``((label, count), ...)``; ``pos``/``neg``: the two
     labels; ``seed``: a control's random seed; ``details``: the fit's other facts as strings
-    (shrinkage, pairs, probe_fit, source, ...)."""
+    (shrinkage, pairs, probe_fit, source, ...).
+
+    >>> VectorInfo(layer=6, method="enr", k=64).describe()
+    'enr k=64'
+    >>> VectorInfo.from_metadata({"layer": "6", "k": "dense", "method": "mean-diff"}).method
+    'enr'
+    """
 
     layer: int = -1
     method: str | None = None

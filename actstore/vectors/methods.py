@@ -131,7 +131,8 @@ class Method:
     ``refines``: the method whose vector this one ranks another way (whitened ranks enr's mean
     difference in the whitened basis): their dense vectors are the same, so a sweep measures
     it once, and compares the two at each k. ``seeded``: a control drawn at random, one vector
-    per seed."""
+    per seed. ``help``: the longer text ``actstore extract --help`` shows (the description when
+    empty)."""
 
     name: str
     description: str
@@ -141,16 +142,21 @@ class Method:
     kind: str = "extraction"
     refines: str | None = None
     seeded: bool = False
+    help: str = ""
 
 
 METHODS: dict[str, Method] = {m.name: m for m in (
-    Method("enr", "mean difference, top-k by effect-to-noise ratio", _enr, mask_top_k),
+    Method("enr", "mean difference, top-k by effect-to-noise ratio", _enr, mask_top_k,
+           help="difference of means, top-k by ENR"),
     Method("whitened", "mean difference, top-k by ENR in the whitened basis (Ledoit-Wolf)", _whitened, mask_top_k,
-           activations=True, refines="enr"),
+           activations=True, refines="enr", help="top-k by ENR of Sigma^-1/2 v"),
     Method("pca", "first principal axis of the pair differences (repeng's pca_diff)", _pca, project_top_k,
-           activations=True),
-    Method("probe", "logistic probe's weights, standardised", _probe, project_top_k, activations=True),
-    Method("lda", "Fisher's discriminant with the shrunk covariance", _lda, project_top_k, activations=True),
+           activations=True, help="first principal axis of the pos-neg pair differences (repeng's pca_diff; "
+                                  "pairs joined by pair_id), pointing along v; steered as (u.v)u"),
+    Method("probe", "logistic probe's weights, standardised", _probe, project_top_k, activations=True,
+           help="L2 logistic regression weights (on standardised coordinates, mapped back); steered as (u.v)u"),
+    Method("lda", "Fisher's discriminant with the shrunk covariance", _lda, project_top_k, activations=True,
+           help="Sigma^-1 v, Sigma the shrunk pooled within-class covariance; steered as (u.v)u"),
     Method("random", "control: a random direction of the same norm", kind="control", seeded=True),
     Method("letter", "control: the answer-letter direction", kind="control"),
     Method("steering-vectors", "imported from a steering-vectors SteeringVector", kind="imported"),
@@ -158,6 +164,26 @@ METHODS: dict[str, Method] = {m.name: m for m in (
     Method("gguf", "imported from a GGUF control-vector file", kind="imported"),
 )}
 EXTRACTION_METHODS = tuple(name for name, m in METHODS.items() if m.kind == "extraction")
+DEFAULT_METHOD = EXTRACTION_METHODS[0]  # the mean difference, ranked by ENR
+
+
+def methods_help() -> str:
+    """Every extraction method with its help, for ``--method``'s help text."""
+    return " ".join(f"{name}: {METHODS[name].help or METHODS[name].description}." for name in EXTRACTION_METHODS)
+
+
+def refinement(name: str) -> str:
+    """The method that ranks ``name``'s vector in the whitened basis (``--whiten``): the method
+    whose ``refines`` is ``name``, or ``name`` itself when it is one; VectorError if none."""
+    entry = method_entry(name)
+    if entry.refines is not None:
+        return entry.name
+    for other in METHODS.values():
+        if other.refines == entry.name:
+            return other.name
+    refined = ", ".join(m.refines for m in METHODS.values() if m.refines)
+    raise VectorError(f"--whiten ranks a mean difference in the whitened basis; it applies to --method {refined}, "
+                      f"not {entry.name}", param="whiten")
 METHOD_ALIASES = {"enr-topk": "enr", "mean-diff": "enr", "whitened-enr-topk": "whitened"}
 
 

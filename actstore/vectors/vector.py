@@ -9,9 +9,9 @@ Vector file (safetensors, no pickle):
     enr      float32 [hidden]  ENR of every coordinate (whitened: in the whitened basis)
     (whitened vectors also hold vector_whitened float32 [hidden])
     metadata (str -> str), :meth:`VectorInfo.to_metadata`: format, model, model_fingerprint,
-             layer, k ("dense" for dense), method (a name of :data:`METHODS`: "enr" | "whitened" |
-             "pca" | "probe" | "lda" | "random" | "letter" | a peer; files before the registry say
-             "enr-topk" | "mean-diff" | "whitened-enr-topk", read as enr and whitened), classes (JSON
+             layer, k ("dense" for dense), method (a name of :data:`~actstore.vectors.methods.METHODS`:
+             an extraction method, a control or a peer; the old names of files written before the
+             registry read as their methods, :data:`~actstore.vectors.methods.METHOD_ALIASES`), classes (JSON
              {label: count}), pos, neg, position, site ("resid" | "attn" | "mlp"; absent means
              resid), hidden_size, model_group, seed (controls), actstore_version, and the fit's
              details (shrinkage, pairs, explained_variance_ratio, probe_c, probe_fit, source, ...)
@@ -34,7 +34,14 @@ class SteeringVector:
     """A steering vector for one layer: ``vector: (hidden,) float32``, ``indices`` the kept
     coordinates by decreasing rank, ``enr: (hidden,) float32``, ``info`` its typed provenance
     (:class:`VectorInfo`), ``extra`` further tensors (e.g. ``vector_whitened``). Frozen: make a
-    changed copy with :meth:`with_info` or :meth:`replace`."""
+    changed copy with :meth:`with_info` or :meth:`replace`.
+
+    >>> vector = load_vector("v.safetensors")
+    >>> vector.layer, vector.hidden_size, vector.k
+    (2, 32, 4)
+    >>> vector.with_info(seed=3).info.seed
+    3
+    """
 
     __slots__ = ("vector", "indices", "enr", "info", "extra")
 
@@ -82,7 +89,13 @@ class SteeringVector:
 
 
 def save_vector(vector: SteeringVector, path: str | Path) -> Path:
-    """Write a vector file (format in the module docstring), replacing ``path`` atomically."""
+    """Write a vector file (format in the module docstring), replacing ``path`` atomically.
+
+    >>> vector = build_vector("acts.zarr", layer=1, k=8)
+    >>> path = save_vector(vector, "layer1.safetensors")
+    >>> load_vector(path).info == vector.info
+    True
+    """
     from safetensors.numpy import save
 
     from .._files import atomic_output
@@ -116,7 +129,12 @@ def _as_numpy(tensor) -> np.ndarray:
 
 
 def load_vector(path: str | Path) -> SteeringVector:
-    """Read a vector file written by :func:`save_vector`."""
+    """Read a vector file written by :func:`save_vector`.
+
+    >>> vector = load_vector("v.safetensors")
+    >>> vector.info.describe().split()[:2]
+    ['enr', 'k=4']
+    """
     from safetensors import SafetensorError, safe_open
 
     from .._files import input_file_problem

@@ -122,7 +122,8 @@ def test_swap_exchanges_the_two_answers_and_nothing_else(q):
 
 def test_every_shared_ab_item_parses_and_swaps(shared_data):
     counted = 0
-    for path in sorted((shared_data / "caa-pairs").glob("*/*.json")):
+    for path in sorted(p for split in ("train", "test") for p in (shared_data / "caa-pairs").glob(f"*/{split}.json")):
+        # (open_ended.json beside them holds questions alone, no answers)
         for i, item in enumerate(json.loads(path.read_text())):
             where = f"{path.name} item {i + 1}"
             q = ab_question(item["positive"], item["negative"], where=where)
