@@ -60,7 +60,7 @@ demo: install
 test: install peers serve-venv
 	$(BIN)/python -m pytest -q
 	@# Interop and repeng parity again where the peers' own code is installed (their tests skip above).
-	$(PEERS_VENV)/bin/python -m pytest -q tests/test_interop.py tests/test_methods.py
+	$(PEERS_VENV)/bin/python -m pytest -q tests/vectors/test_interop.py tests/vectors/test_methods.py
 	@# The vLLM plugin in real engines (skipped above: no vLLM in the main venv).
 	$(SERVE_VENV)/bin/python -m pytest -q tests/serve
 
