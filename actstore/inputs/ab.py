@@ -129,7 +129,7 @@ def swap_options(q: ABQuestion, *, where: str) -> ABQuestion:
     other text (an instruction such as "Answer with A or B") would carry that text along with its
     last option: such sets need ``swap_options=False``. Raises :class:`DatasetError` naming
     ``where`` when an answer's letter starts no line or several. Every item of
-    ``../shared/data/caa-pairs`` swaps (tests/test_twins.py).
+    ``../shared/data/caa-pairs`` swaps (tests/inputs/test_twins.py).
     """
     spans = _option_spans(q, where)
     (m_start, m_stop), (o_start, o_stop) = spans[q.matching], spans[q.other]

@@ -73,7 +73,7 @@ def test_sigkill_at_several_points_then_resume_equals_uninterrupted(tmp_path, sl
             n = got.sizes["sample"]
             np.testing.assert_array_equal(got.acts.values, want.acts.values[:n])
             assert got["text_hash"].values.tolist() == want["text_hash"].values[:n].tolist()
-    # How many of the three kills land depends on this machine's speed: tests/test_killpoints.py kills
+    # How many of the three kills land depends on this machine's speed: tests/contracts/test_killpoints.py kills
     # at every write deterministically; this test checks a real SIGKILL wherever it lands.
     print(f"kills survived: {kills}")
     result = subprocess.run([sys.executable, "-c", CHILD, str(slow_model), str(data), str(store)], env=env)
