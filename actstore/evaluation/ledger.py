@@ -21,7 +21,7 @@ Every file is written through :mod:`actstore.evaluation.files`: results.csv,
 baseline.json and the report's files are replaced whole in one rename; items.csv,
 windows.csv and generations.jsonl are appended to, and a line a kill cut is
 ignored by readers and cut off by the next writer. A kill or a full disk at any
-write leaves a folder the next run resumes (tests/test_sweep_killpoints.py tries
+write leaves a folder the next run resumes (tests/contracts/test_sweep_killpoints.py tries
 every write).
 """
 
