@@ -35,7 +35,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import InputFormatError
-from .fields import check_label, label_value, text_value  # noqa: F401 (check_label: importable here)
+from .fields import label_value, text_value
 from .records import Table, file_sha256, labeled_fields, open_table
 
 CORPUS_SUFFIXES = (".txt", ".text", ".raw")
