@@ -6,6 +6,7 @@ import click
 
 from ..vectors.info import k_label
 from ..vectors.methods import DEFAULT_METHOD, EXTRACTION_METHODS, methods_help
+from ..vectors.operators import OPERATORS
 from .options import model_group_option, scheduler_option, store_option
 
 
@@ -35,6 +36,19 @@ def _extract_options(function):
                           "format for every method, 'method' in its metadata)."),
         click.option("--top", type=click.IntRange(0), default=5, show_default=True,
                      help="How many of the top coordinates to print."),
+        click.option("--operator", type=click.Choice(OPERATORS), default=OPERATORS[0], show_default=True,
+                     help="How steering applies the vector, recorded in the file: add (h + alpha v), project "
+                          "(h - alpha (h.u)u: remove the component along u = v/|v|; directional ablation) or "
+                          "clamp (h + alpha (c - h.u)u: set it to --clamp-value). A sparse vector's u lives on "
+                          "its kept coordinates."),
+        click.option("--clamp-value", default=None, metavar="C|CLASS",
+                     help="With --operator clamp: the value of the component along u, a number or a class "
+                          "of the store (its mean projection onto u, from the statistics)."),
+        click.option("--apply-layers", default="", metavar="L|all|L1-L2",
+                     help="Where steering applies the operator: the vector's own layer (default), 'all', a "
+                          "layer, a range L1-L2 or a list L1,L2. 'project' at 'all' is Arditi et al.'s ablation "
+                          "(embeddings and every block's attention and MLP output), what 'actstore vector bake' "
+                          "writes into the weights."),
     ]):
         function = option(function)
     return function
@@ -52,17 +66,24 @@ def extract(**flags):
       actstore eval ... --methods enr,pca,probe,lda
     """
     from .._files import check_output_path
-    from ..vectors.build import build_vector
+    from ..vectors.build import build_vector, with_operator
     from ..vectors.methods import refinement
+    from ..vectors.operators import Operator
     from ..vectors.vector import save_vector
 
     if flags["dense"] and flags["k"] is not None:
         raise click.UsageError("--dense and --k exclude each other")
     method = refinement(flags["method"]) if flags["whiten"] else flags["method"]
+    Operator(flags["operator"], 0.0 if flags["operator"] == "clamp" else flags["clamp_value"],
+             flags["apply_layers"])  # a bad operator is refused before the store is read
+    if flags["operator"] == "clamp" and flags["clamp_value"] is None:
+        raise click.UsageError("--operator clamp needs --clamp-value (a number or a class of the store)")
     check_output_path(flags["out"])  # before the work: a FIFO or a device is refused, not replaced
     vector = build_vector(flags["store"], flags["layer"], method, None if flags["dense"] else flags["k"],
                           pos=flags["pos"], neg=flags["neg"], model=flags["model_group"],
                           scheduler=flags["scheduler"], probe_c=flags["probe_c"])
+    vector = with_operator(vector, flags["operator"], clamp_value=flags["clamp_value"], layers=flags["apply_layers"],
+                           store=flags["store"], model=flags["model_group"])
     path = save_vector(vector, flags["out"])
     _print_vector(vector, path, flags["top"], "" if method == DEFAULT_METHOD else f" {method}")
 
@@ -70,6 +91,8 @@ def extract(**flags):
 def _print_vector(vector, path, top: int, method_note: str) -> None:
     info = vector.info
     kind = (k_label(None) if info.k is None else f"k={info.k}") + method_note
+    if not info.operator.additive or info.operator.layers:
+        kind += f" ({info.operator.describe()})"
     details = "".join(f", {key} {value}" for key, value in info.details)
     norm = float((vector.vector.astype("float64") ** 2).sum() ** 0.5)
     click.echo(f"wrote {kind} vector for layer {vector.layer} ({vector.hidden_size} dims, norm {norm:.4g}{details}) "

@@ -58,3 +58,36 @@ def import_gguf(gguf, out_dir):
     for v in vectors:
         path = save_vector(v, out / f"{Path(gguf).stem}-layer{v.layer}.safetensors")
         click.echo(f"layer {v.layer}: {v.hidden_size} dims -> {path}")
+
+
+@vector.command(name="bake")
+@click.option("--model", "-m", required=True, help="The model to bake into: a hub id or a local folder.")
+@click.option("--vector", "vector_file", required=True, type=click.Path(exists=True, dir_okay=False),
+              help="A vector file whose operator is project at all layers "
+                   "(actstore enr ... --operator project --apply-layers all).")
+@click.option("--out", "-o", required=True, type=click.Path(file_okay=False),
+              help="Folder for the weight-orthogonalised model (save_pretrained; records the vector baked "
+                   "in actstore-baked.json).")
+@click.option("--force", is_flag=True, help="Use a vector made from another model's activations.")
+def bake(model, vector_file, out, force):
+    """Write MODEL with the vector's direction projected out of its weights ("abliteration").
+
+    Every matrix that writes to the residual stream loses the direction: the token (and
+    position) embeddings, each block's attention and MLP output projections and their
+    biases; tied input and output embeddings are untied first. Before writing, the baked
+    model's logits are checked against the hooked ablation on a few prompts; the largest
+    difference is printed.
+    """
+    from ..models.load import load_model
+    from ..steering import check_vector
+    from ..vectors.bake import bake_vector, check_bakeable
+    from ..vectors.vector import load_vector
+
+    vector = load_vector(vector_file)
+    check_bakeable(vector)
+    loaded = load_model(model)
+    check_vector(vector, loaded, force=force)
+    report = bake_vector(loaded, vector, out)
+    click.echo(f"baked {vector.info.describe()} (layer {vector.layer}) into {report.folder}; largest logit "
+               f"difference from the hooked form {report.max_logit_difference:.3g} "
+               f"({report.relative_difference:.2g} of the largest logit)")

@@ -1,5 +1,6 @@
-"""Forward hooks on decoder blocks: record what a block (or its attention or MLP) outputs, and
-end the forward pass after the deepest block a capture needs. Hooks always remove themselves."""
+"""Forward hooks on decoder blocks: record what a block (or its attention or MLP) outputs, end the
+forward pass after the deepest block a capture needs, and keep a direction out of every write to
+the residual stream. Hooks always remove themselves."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from contextlib import contextmanager
 
 import torch
 
-from .blocks import site_module
+from .blocks import residual_writes, site_module
 
 
 class _StopForward(Exception):
@@ -69,3 +70,32 @@ def forward_blocks(model: torch.nn.Module, blocks: torch.nn.ModuleList, input_id
         except _StopForward:
             pass
     return dict(outputs)
+
+
+def project_out(hidden: torch.Tensor, unit: torch.Tensor, alpha: float = 1.0) -> torch.Tensor:
+    """``hidden - alpha (hidden . unit) unit`` over the last axis (a new tensor)."""
+    unit = unit.to(device=hidden.device, dtype=hidden.dtype)
+    return hidden - alpha * (hidden @ unit).unsqueeze(-1) * unit
+
+
+@contextmanager
+def ablate_direction(model: torch.nn.Module, blocks: torch.nn.ModuleList, unit: torch.Tensor, alpha: float = 1.0):
+    """Directional ablation (Arditi et al. 2024): ``unit``'s component removed from the embeddings
+    and from every block's attention and MLP output, so the residual stream never holds it. The
+    hooked form of the weight-orthogonalised model (:func:`actstore.vectors.bake.bake_vector`);
+    the model must be in :data:`actstore.models.blocks.RESIDUAL_WRITERS`."""
+    writes = residual_writes(model, blocks)
+
+    def hook(module, args, output):
+        if isinstance(output, tuple):
+            return (project_out(output[0], unit, alpha), *output[1:])
+        return project_out(output, unit, alpha)
+
+    handles = []
+    try:
+        for module in (*writes.embeddings, *writes.writers):
+            handles.append(module.register_forward_hook(hook))
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()

@@ -46,6 +46,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
+
 from ..errors import VectorError
 from ..stats.streaming import group_statistics
 from ..stores.group import StoreGroup, require_layers
@@ -53,6 +55,7 @@ from ..stores.schema import CaptureSpec
 from .directions import Direction
 from .info import VectorInfo
 from .methods import LayerInputs, Method, method_entry
+from .operators import Operator
 from .probe import PROBE_C
 from .vector import SteeringVector
 
@@ -155,4 +158,42 @@ def build_vector(store: str | Path, layer: int, method: str = "enr", k: int | No
                         probe_c=probe_c).vector(method, k)
 
 
-__all__ = ["LayerMethods", "build", "build_vector", "vector_from_stats"]
+def with_operator(vector: SteeringVector, operator: str = "add", *, clamp_value: float | str | None = None,
+                  layers: str = "", store: str | Path | None = None, model: str | None = None) -> SteeringVector:
+    """``vector`` applied by ``operator`` (:mod:`actstore.vectors.operators`) at ``layers``.
+    ``clamp_value``: a number, or a class label of ``store`` (the vector's store): the mean
+    projection of that class onto the vector's unit direction at its layer, from the statistics.
+
+    >>> vector = with_operator(build_vector("acts.zarr", layer=2, k=4), "clamp", clamp_value="neg",
+    ...                        store="acts.zarr")
+    >>> vector.info.operator.kind, vector.info.operator.clamp_value == class_projection("acts.zarr", vector, "neg")
+    ('clamp', True)
+    """
+    Operator(operator, 0.0 if operator == "clamp" else clamp_value, layers)  # refused before any pass
+    if isinstance(clamp_value, str):
+        try:
+            clamp_value = float(clamp_value)
+        except ValueError:
+            if store is None:
+                raise VectorError(f"clamp value {clamp_value!r} is a class label: it needs the vector's store",
+                                  param="clamp_value") from None
+            clamp_value = class_projection(store, vector, clamp_value, model)
+    return vector.with_info(operator=Operator(operator, clamp_value, layers))
+
+
+def class_projection(store: str | Path, vector: SteeringVector, label: str, model: str | None = None) -> float:
+    """The mean projection of class ``label`` of ``store`` onto ``vector``'s unit direction at its
+    layer: mean_label . v / |v| (from the cached statistics)."""
+    group = StoreGroup.open(store, model)
+    group.require_layers(vector.layer)
+    stats = group_statistics(group)
+    classes = [str(c) for c in stats["class"].values]
+    if label not in classes:
+        raise VectorError(f"clamp value {label!r}: not a number, nor a class of the store (it has {classes})",
+                          param="clamp_value")
+    mean = stats["mean"].sel({"class": label, "layer": vector.layer}).values.astype(np.float64)
+    values = np.asarray(vector.vector, dtype=np.float64)
+    return float(mean @ values / np.linalg.norm(values))
+
+
+__all__ = ["LayerMethods", "build", "build_vector", "class_projection", "vector_from_stats", "with_operator"]

@@ -14,6 +14,7 @@ from .._version import __version__
 from ..errors import VectorError
 from ..models.blocks import SITES
 from .methods import METHODS, Method, method_entry
+from .operators import OPERATOR_KEYS, Operator
 
 VECTOR_FORMAT = "actstore.vector/1"
 DENSE = "dense"  # k of a dense vector at the edges (file metadata, CSV columns, flags); None inside
@@ -47,8 +48,9 @@ class VectorInfo:
     for dense; ``layer``: decoder block (-1 when unrecorded); ``site``: resid, attn or mlp;
     ``position``: where capture read (last, last-1, mean, all); ``model``/``fingerprint``: the
     model it was made from; ``classes``: ``((label, count), ...)``; ``pos``/``neg``: the two
-    labels; ``seed``: a control's random seed; ``details``: the fit's other facts as strings
-    (shrinkage, pairs, probe_fit, source, ...).
+    labels; ``seed``: a control's random seed; ``operator``: how it is applied
+    (:class:`~actstore.vectors.operators.Operator`: add, project or clamp, and at which layers);
+    ``details``: the fit's other facts as strings (shrinkage, pairs, probe_fit, source, ...).
 
     >>> VectorInfo(layer=6, method="enr", k=64).describe()
     'enr k=64'
@@ -69,6 +71,7 @@ class VectorInfo:
     hidden_size: int | None = None
     model_group: str = ""
     seed: int | None = None
+    operator: Operator = Operator()
     details: tuple[tuple[str, str], ...] = ()
     format: str = VECTOR_FORMAT
     actstore_version: str = __version__
@@ -84,6 +87,8 @@ class VectorInfo:
             raise VectorError(f"k={self.k!r}: expected a positive integer or None (dense)", param="k")
         if self.site not in SITES:
             raise VectorError(f"site={self.site!r}: expected one of {', '.join(SITES)}", param="site")
+        if not isinstance(self.operator, Operator):
+            raise VectorError(f"operator={self.operator!r}: expected an Operator", param="operator")
         if isinstance(self.classes, Mapping):
             set_("classes", tuple((str(c), int(n)) for c, n in self.classes.items()))
         if isinstance(self.details, Mapping):
@@ -117,7 +122,8 @@ class VectorInfo:
         """One line: method, sparsity and fit details."""
         kind = DENSE if self.k is None else f"k={self.k}"
         details = f" {json.dumps(self.detail)}" if self.details else ""
-        return f"{self.method or '?'} {kind}" + details
+        operator = "" if self.operator == Operator() else f" ({self.operator.describe()})"
+        return f"{self.method or '?'} {kind}" + operator + details
 
     def to_metadata(self) -> dict[str, str]:
         """The vector file's metadata (str -> str; format in :mod:`actstore.vectors.vector`)."""
@@ -137,7 +143,7 @@ class VectorInfo:
         if self.seed is not None:
             out["seed"] = str(self.seed)
         out["actstore_version"] = self.actstore_version
-        return {**out, **self.detail}
+        return {**out, **self.operator.to_metadata(), **self.detail}
 
     @classmethod
     def from_metadata(cls, metadata: Mapping[str, str], where: str = "vector") -> VectorInfo:
@@ -147,7 +153,8 @@ class VectorInfo:
         for key, name in _KEYS.items():
             if key in metadata:
                 values[name] = metadata[key]
-        details = {key: value for key, value in metadata.items() if key not in _KEYS}
+        details = {key: value for key, value in metadata.items() if key not in _KEYS and key not in OPERATOR_KEYS}
+        values["operator"] = Operator.from_metadata(metadata, where)
         for name in ("layer", "hidden_size", "seed"):
             if name in values:
                 try:

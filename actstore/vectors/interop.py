@@ -104,6 +104,12 @@ def _layer_directions(vectors: list[SteeringVector], target: str, scale: float =
     directions: dict[int, np.ndarray] = {}
     first_layer = None
     for vector in vectors:
+        if not vector.info.operator.additive or vector.info.operator.layers:
+            # a control vector is added at its own layer: reading a projection as an addition would
+            # steer the wrong way with no error (antirez/ds4 PR #970)
+            raise VectorError(f"{target} holds additive vectors only, one per layer; the vector for layer "
+                              f"{vector.layer} is {vector.info.operator.describe()}: apply it with actstore "
+                              "(actstore steer, actstore serve) or bake it (actstore vector bake)", param="operator")
         values = np.asarray(vector.vector, dtype=np.float64)
         layer = int(vector.layer)
         if values.ndim != 1:
@@ -184,8 +190,8 @@ def to_steering_vectors(vectors: SteeringVector | Sequence[SteeringVector], scal
     ``scale * vector`` at each vector's layer. Tensors: ``(hidden,) float32`` on CPU."""
     import torch
 
-    steering_vectors = _import_peer("steering_vectors", STEERING_VECTORS_REQUIREMENT)
     directions = _layer_directions(_as_list(vectors), "a steering-vectors SteeringVector", scale)
+    steering_vectors = _import_peer("steering_vectors", STEERING_VECTORS_REQUIREMENT)
     layer_activations = {layer: torch.from_numpy(values) for layer, values in directions.items()}
     return steering_vectors.SteeringVector(layer_activations, layer_type="decoder_block")
 
@@ -221,8 +227,8 @@ def to_repeng(vectors: SteeringVector | Sequence[SteeringVector], model_type: st
     """A ``repeng.ControlVector(model_type, {layer: scale * vector})`` (float32
     arrays). ``model_type`` is the model's ``config.model_type`` (repeng's
     ``model_hint``); repeng's ``ControlModel`` needs a direction for every layer it controls."""
-    repeng = _import_peer("repeng", REPENG_REQUIREMENT)
     directions = _layer_directions(_as_list(vectors), "a repeng ControlVector", scale)
+    repeng = _import_peer("repeng", REPENG_REQUIREMENT)
     return repeng.ControlVector(model_type=str(model_type), directions=directions)
 
 
