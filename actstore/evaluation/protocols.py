@@ -15,7 +15,8 @@ configuration, and turns the per-item scores into paired shifts with intervals
   mean log p(positive) - mean log p(negative) per token
   (:class:`actstore.evaluation.scoring.PreferenceScoring`).
 * :class:`GeneratedText`: steered greedy continuations of prompts, scored by a
-  pluggable ``texts -> scores`` callable (built in: ``vader``, the compound
+  pluggable ``texts -> scores`` callable (built in: ``refusal``, 1 for a refusal or broken text
+  (:mod:`actstore.evaluation.scorers`), and ``vader``, the compound
   sentiment of VADER, offline), plus two degeneration measures of each
   generation as a second off-target measure: :func:`distinct_n` and
   :func:`repeated_ngram_rate`.
@@ -42,6 +43,7 @@ import numpy as np
 from ..errors import InputFormatError
 from ..models.load import LoadedModel
 from .replay import Batch, Forward
+from .scorers import refusal_scores
 from .scoring import (
     ABItem,
     ABScoring,
@@ -181,7 +183,7 @@ def vader_compound(texts: list[str]) -> list[float]:
     return [float(analyzer.polarity_scores(text)["compound"]) for text in texts]
 
 
-SCORERS: dict[str, Scorer] = {"vader": vader_compound}
+SCORERS: dict[str, Scorer] = {"vader": vader_compound, "refusal": refusal_scores}
 
 
 class GeneratedText:
