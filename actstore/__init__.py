@@ -12,6 +12,7 @@ from .capture.options import CaptureOptions
 from .capture.run import capture_to_store
 from .errors import ActstoreError
 from .evaluation.monitor import project
+from .evaluation.request import SweepRequest
 from .evaluation.sweep import run_sweep
 from .models.load import LoadedModel, ModelSpec, load_model
 from .moments import Moments
@@ -37,6 +38,7 @@ __all__ = [
     "Moments",
     "SteeringVector",
     "StoreGroup",
+    "SweepRequest",
     "VectorInfo",
     "__version__",
     "build_vector",

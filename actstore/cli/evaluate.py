@@ -1,13 +1,13 @@
-"""``actstore eval``."""
+"""``actstore eval``: flags -> a model spec and a :class:`~actstore.evaluation.request.SweepRequest` -> one
+library call, :func:`~actstore.evaluation.sweep.run_sweep` (the rules live in the request)."""
 
 from __future__ import annotations
-
-from pathlib import Path
 
 import click
 
 from ..evaluation.grid import DEFAULT_BUDGETS, DEFAULT_FRACTIONS, DEFAULT_PPL_TOKENS
 from ..evaluation.perplexity import DEFAULT_PPL_DOCUMENTS, DEFAULT_PPL_WINDOW
+from ..evaluation.protocols import SCORERS
 from .options import (
     FloatListType,
     IntListType,
@@ -36,8 +36,9 @@ def _csv(values) -> str:
               help="Instead of --data-test: prompts (one a line, or JSON with 'prompt' fields) whose steered "
                    "continuations are scored by --scorer; distinct-2 and repeated 3-gram rates are reported "
                    "as a second off-target measure.")
-@click.option("--scorer", type=click.Choice(["vader"]), default="vader", show_default=True,
-              help="With --prompts: how a continuation is scored (vader: VADER compound sentiment, offline).")
+@click.option("--scorer", type=click.Choice(sorted(SCORERS)), default="vader", show_default=True,
+              help="With --prompts: how a continuation is scored (vader: VADER compound sentiment, offline; "
+                   "refusal: 1 for a refusal or broken text, 0 for compliance).")
 @click.option("--max-new-tokens", type=click.IntRange(1), default=40, show_default=True,
               help="With --prompts: tokens generated per prompt (greedy).")
 @click.option("--server", default=None, metavar="URL",
@@ -97,7 +98,7 @@ def _csv(values) -> str:
               help="Tokens per perplexity window (each starts with BOS); keep it within the model's context.")
 @click.option("--max-items", type=click.IntRange(1), default=None,
               help="Use only the first N held-out questions or prompts (default: all).")
-@click.option("--no-swap-options", is_flag=True,
+@click.option("--no-swap-options", "swap_options", is_flag=True, flag_value=False, default=True,
               help="Score A/B questions only as written (default: each also with its options swapped, so the "
                    "behavior's answer is shown once under each letter).")
 @click.option("--behavior", default=None, help="Name in the tables (default: the folder of --data-test).")
@@ -109,7 +110,7 @@ def _csv(values) -> str:
 @click.option("--positions", default="all", show_default=True,
               help="Tokens that get the vector: all, prompt, generated (tokens produced by generation, with "
                    "--prompts) or from:N (token N on, counting real tokens from 0).")
-@click.option("--no-replay", is_flag=True,
+@click.option("--no-replay", "replay", is_flag=True, flag_value=False, default=True,
               help="Run the whole model for every configuration instead of replaying each layer's cached "
                    "block outputs (same numbers, slower; for checking).")
 @scheduler_option("Used for statistics, covariances (whitened, lda), pair differences (pca) and probe fits. ")
@@ -117,14 +118,11 @@ def _csv(values) -> str:
               help="Store of held-out pos/neg texts at the sweep's layers (e.g. the test split captured like the "
                    "training set): each vector's AUROC and Cohen's d go to separation.csv. Default: with "
                    "--data-test, its texts are captured in memory at the training store's position.")
-@click.option("--no-separation", is_flag=True, help="Skip the held-out separation (AUROC, Cohen's d) per vector.")
+@click.option("--no-separation", "separation", is_flag=True, flag_value=False, default=True,
+              help="Skip the held-out separation (AUROC, Cohen's d) per vector.")
 @click.option("--force", is_flag=True, help="Use the store even if it was captured from other model weights.")
 @quiet_option
-def evaluate(store, model_group, data_test, prompts, scorer, max_new_tokens, server, server_vectors, layers, ks,
-             alphas, fractions,
-             normalize, methods, control_seeds, letter_data, contrasts, budgets, text, text_column, ppl_tokens, ppl_documents, ppl_window,
-             max_items, no_swap_options, behavior, out, batch_size, positions, no_replay, heldout_store,
-             no_separation, scheduler, force, quiet, **fields):
+def evaluate(**flags):
     """Sweep layer x method x k x alpha: on-target shift against perplexity inflation, with intervals.
 
     Reuses the store's cached statistics, builds each vector, steers the model
@@ -137,66 +135,20 @@ def evaluate(store, model_group, data_test, prompts, scorer, max_new_tokens, ser
     results.md and frontier_<behavior>.png; and, per vector, how well it
     separates held-out pos from neg texts (separation.csv).
     """
-    from ..errors import ActstoreError
-    from ..evaluation.grid import Grid
-    from ..evaluation.perplexity import check_text, perplexity_windows
-    from ..evaluation.protocols import GeneratedText, protocol_for_file, read_prompts
     from ..evaluation.report import count_line
-    from ..evaluation.sweep import SweepOptions, run_sweep
-    from ..models.blocks import parse_layers
+    from ..evaluation.request import SweepRequest
+    from ..evaluation.sweep import run_sweep
     from ..models.load import ModelSpec
-    from ..stores.group import StoreGroup
 
-    if (data_test is None) == (prompts is None):
-        raise ActstoreError("give exactly one of --data-test (held-out items) and --prompts (generation)")
-    if alphas is None and normalize:
-        raise ActstoreError("--normalize needs --alpha (without it, alphas are already norms: --fractions)")
-    spec = take_record(ModelSpec, fields)
-    # Everything is checked before the model loads. The store group is opened once (its attributes
-    # only: the whole store would load every per-sample coordinate) and this handle is passed down.
-    source = StoreGroup.open(store, model_group)
-    layer_list = source.spec.layers if layers.strip().lower() == "all" else parse_layers(layers, 1 << 30)
-    grid = Grid(tuple(layer_list), tuple(ks), tuple(alphas if alphas is not None else fractions),
-                "fraction" if alphas is None else ("norm" if normalize else "scale"),
-                tuple(m.strip() for m in methods.split(",") if m.strip()), tuple(budgets), tuple(control_seeds))
-    grid.check_store(source)
-    name = behavior or Path(data_test or prompts).resolve().parent.name
-    options = SweepOptions(behavior=name, positions=positions, model_group=model_group, scheduler=scheduler,
-                           replay=not no_replay, force=force, progress=not quiet, letter_data=letter_data,
-                           contrasts=tuple(contrasts))
-    prompt_list = read_prompts(prompts)[:max_items] if prompts is not None else None
-    if data_test is not None:
-        from ..inputs.datasets import read_contrast_set
-
-        read_contrast_set(data_test)  # a malformed file is reported before the model loads
-    text = check_text(text)
-    served = None
-    if server is not None or server_vectors is not None:
-        from ..serve.generation import EvalServer
-
-        if prompts is None or server is None:
-            raise ActstoreError("--server (with --server-vectors) generates the --prompts continuations through a "
-                                "served model: give --prompts, --server and --server-vectors together")
-        served = EvalServer.connect(server, server_vectors, positions)  # reachable, with the plugin
-
-    loaded = spec.load()
-    source.check_model(loaded, force)  # once: the handle remembers it, run_sweep does not check again
-    if prompt_list is not None:
-        on_target = (GeneratedText(prompt_list, scorer, max_new_tokens, batch_size) if served is None
-                     else served.generation(loaded, prompt_list, scorer, max_new_tokens, batch_size))
-    else:
-        on_target = protocol_for_file(loaded.tokenizer, data_test, batch_size, max_items,
-                                      both_orders=not no_swap_options)
-    windows = perplexity_windows(loaded.tokenizer, text, ppl_tokens, window=ppl_window, documents=ppl_documents,
-                                 text_column=text_column)
-    heldout = None if no_separation else heldout_store
-    if heldout is None and not no_separation and data_test is not None:
-        from ..evaluation.monitor import capture_heldout
-
-        heldout = capture_heldout(loaded, data_test, grid.layers, source.spec.position)
-    from dataclasses import replace
-
-    results = run_sweep(loaded, source, out, grid=grid, on_target=on_target, perplexity=windows,
-                        options=replace(options, heldout=heldout))
+    spec = take_record(ModelSpec, flags)  # loaded by run_sweep once the request's checks pass
+    request = SweepRequest.from_flags(flags, connect=_connect)
+    results, out = run_sweep(spec, request), request.out
     click.echo(f"{len(results)} configurations in {out}/results.csv: {count_line(results)}. Report: "
-               f"{out}/results.md, frontier: {out}/frontier.csv, plot: {out}/frontier_{name}.png")
+               f"{out}/results.md, frontier: {out}/frontier.csv, plot: {out}/frontier_{request.behavior_name}.png")
+
+
+def _connect(server: str | None, server_vectors: str | None, positions: str):
+    """--server and --server-vectors: the served engine, connected (its plugin checked) before the model loads."""
+    from ..serve.generation import EvalServer
+
+    return EvalServer.connect(server, server_vectors, positions)

@@ -28,7 +28,6 @@ def plot_frontier(paths: Paths, behavior: str, budgets, path: Path) -> Path:
     vector that never inflates perplexity has its points only)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
-    from matplotlib.ticker import FuncFormatter, NullLocator
 
     vectors = [v for v in paths.index if v[0] == behavior]
     layers = sorted({int(v[1]) for v in vectors})
@@ -43,42 +42,10 @@ def plot_frontier(paths: Paths, behavior: str, budgets, path: Path) -> Path:
     for ax, layer in zip(axes, layers):
         top = 1.0
         for kind in kinds:
-            vector = (behavior, layer, *kind)
-            if vector not in paths.index:
-                continue
-            rows = paths.index[vector]
-            measured = np.exp(paths.log_inflation[rows])
-            top = max(top, float(measured.max()))
-            label = (kind[1] if parse_k(kind[1]) is None else f"k={kind[1]}") + (f" ({kind[0]})" if several else "")
-            ax.plot(measured, paths.shift[rows], "o", markersize=3, color=colors[kind], label=label)
-            high = float(np.log(min(measured.max(), X_LIMIT)))
-            if high <= 0:
-                continue  # never more damage than the unsteered model: no path to interpolate along
-            grid = np.linspace(high / CURVE_POINTS, high, CURVE_POINTS)
-            curve, band = [], []
-            for x in grid:
-                shift, _, draws = paths.at(vector, float(x))
-                curve.append(shift)
-                finite = draws[np.isfinite(draws)]
-                band.append(np.percentile(finite, [2.5, 97.5]) if finite.size else (np.nan, np.nan))
-            band = np.asarray(band)
-            ax.plot(np.exp(np.r_[0, grid]), np.r_[0, curve], color=colors[kind], linewidth=1.2,
-                    linestyle=":" if is_control(kind[0]) else "-")
-            ax.fill_between(np.exp(grid), band[:, 0], band[:, 1], color=colors[kind], alpha=0.12, linewidth=0)
-        for budget in budgets:
-            ax.axvline(budget, color="grey", linestyle=":", linewidth=0.8)
-        ax.axhline(0.0, color="black", linewidth=0.6)
-        ax.set_xscale("log")
-        ax.set_xlim(0.98, min(X_LIMIT, max(top * 1.1, max(budgets) * 1.2)))
-        low, high = ax.get_xlim()
-        ticks = (1, 1.25, 1.5, 2, 3) if high < 4 else (1, 2, 5, 10, 20, 50, 100)  # labels that do not collide
-        ax.set_xticks([t for t in ticks if low <= t <= high])
-        ax.xaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}x"))
-        ax.xaxis.set_minor_locator(NullLocator())
-        ax.set_title(f"layer {layer}", fontsize=9)
-        ax.set_xlabel("perplexity inflation (steered / base)", fontsize=8)
-        ax.tick_params(labelsize=7)
-        ax.grid(True, alpha=0.3)
+            if (behavior, layer, *kind) in paths.index:
+                label = (kind[1] if parse_k(kind[1]) is None else f"k={kind[1]}") + (f" ({kind[0]})" if several else "")
+                top = max(top, _draw_vector(ax, paths, (behavior, layer, *kind), colors[kind], label))
+        _frontier_axis(ax, layer, budgets, top)
     for ax in axes[len(layers):]:
         ax.set_visible(False)
     scale = "log-odds shift" if paths.evidence.measure == "logodds" else "on-target shift"
@@ -91,6 +58,49 @@ def plot_frontier(paths: Paths, behavior: str, budgets, path: Path) -> Path:
                  "controls)", fontsize=10)
     fig.set_layout_engine("constrained")
     return _save(fig, path)
+
+
+def _draw_vector(ax, paths: Paths, vector: tuple, color: str, label: str) -> float:
+    """One vector's measured points and, where it inflates perplexity, its interpolated curve with the
+    bootstrap band; returns its largest measured inflation."""
+    rows = paths.index[vector]
+    measured = np.exp(paths.log_inflation[rows])
+    ax.plot(measured, paths.shift[rows], "o", markersize=3, color=color, label=label)
+    high = float(np.log(min(measured.max(), X_LIMIT)))
+    if high <= 0:
+        return float(measured.max())  # never more damage than the unsteered model: no path to interpolate along
+    grid = np.linspace(high / CURVE_POINTS, high, CURVE_POINTS)
+    curve, band = [], []
+    for x in grid:
+        shift, _, draws = paths.at(vector, float(x))
+        curve.append(shift)
+        finite = draws[np.isfinite(draws)]
+        band.append(np.percentile(finite, [2.5, 97.5]) if finite.size else (np.nan, np.nan))
+    band = np.asarray(band)
+    ax.plot(np.exp(np.r_[0, grid]), np.r_[0, curve], color=color, linewidth=1.2,
+            linestyle=":" if is_control(vector[2]) else "-")
+    ax.fill_between(np.exp(grid), band[:, 0], band[:, 1], color=color, alpha=0.12, linewidth=0)
+    return float(measured.max())
+
+
+def _frontier_axis(ax, layer: int, budgets, top: float) -> None:
+    """A layer's panel: the budgets as dotted verticals, log x up to the largest inflation shown."""
+    from matplotlib.ticker import FuncFormatter, NullLocator
+
+    for budget in budgets:
+        ax.axvline(budget, color="grey", linestyle=":", linewidth=0.8)
+    ax.axhline(0.0, color="black", linewidth=0.6)
+    ax.set_xscale("log")
+    ax.set_xlim(0.98, min(X_LIMIT, max(top * 1.1, max(budgets) * 1.2)))
+    low, high = ax.get_xlim()
+    ticks = (1, 1.25, 1.5, 2, 3) if high < 4 else (1, 2, 5, 10, 20, 50, 100)  # labels that do not collide
+    ax.set_xticks([t for t in ticks if low <= t <= high])
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}x"))
+    ax.xaxis.set_minor_locator(NullLocator())
+    ax.set_title(f"layer {layer}", fontsize=9)
+    ax.set_xlabel("perplexity inflation (steered / base)", fontsize=8)
+    ax.tick_params(labelsize=7)
+    ax.grid(True, alpha=0.3)
 
 
 def plot_separation(rows, path: Path) -> Path:

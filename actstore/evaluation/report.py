@@ -28,8 +28,8 @@ from ..vectors.info import parse_k
 from .files import replace_file
 from .frontier import Contrast, contrasts, frontier, steerability
 from .grid import is_control
-from .paths import Evidence, Paths, interpolate_at
-from .plots import X_LIMIT, plot_frontier, plot_separation  # noqa: F401  (their old home)
+from .paths import Evidence, Paths
+from .plots import plot_frontier, plot_separation
 from .rows import ContrastRow, FrontierRow, SteerabilityRow, as_record, columns, primary_columns
 
 ALPHA_LEVEL = 0.05
@@ -222,13 +222,13 @@ def _write_rows(rows, record_type, path: Path) -> None:
 
 def write_report(ledger, budgets, family: list[Contrast] | None = None) -> Path:
     """frontier.csv, contrasts.csv, steerability.csv, results.md and the plots in the ledger's folder.
-    ``family``: the pre-specified primary contrasts (default :func:`~actstore.evaluation.frontier.default_contrasts`)."""
+    ``family``: the pre-specified primary contrasts (default
+    :func:`~actstore.evaluation.frontier.default_contrasts`)."""
     out_dir = Path(ledger.out_dir)
     results = ledger.results()
     if not len(results):
         return out_dir
     items, windows = ledger.items(), ledger.windows()
-    settings = ledger.baseline["settings"]
     evidence = Evidence.from_tables(results, items, windows)
     paths = Paths.of(evidence)
     table = frontier(paths, budgets)
@@ -237,52 +237,15 @@ def write_report(ledger, budgets, family: list[Contrast] | None = None) -> Path:
     _write_rows(table, FrontierRow, out_dir / "frontier.csv")
     _write_rows(primary, ContrastRow, out_dir / "contrasts.csv")
     _write_rows(steer_rows, SteerabilityRow, out_dir / "steerability.csv")
-    questions = settings.get("questions", settings["items"])
-    seeds = sorted({m.split(":", 1)[1] for m in results["method"].unique() if str(m).startswith("random:")}, key=int)
-    orders = " (each in both answer orders)" if settings["items"] == 2 * questions else ""
-    lines = ["# Steering sweep", "",
-             f"Protocol {settings['protocol']!r} on {questions} held-out questions{orders}; perplexity on "
-             f"{settings['ppl_tokens']} tokens from {settings.get('ppl_documents', 1)} document(s) in "
-             f"{settings.get('ppl_window', 256)}-token windows; alpha is "
-             + {"fraction": "the added norm as a fraction of the layer's residual norm",
-                "norm": "the added norm", "scale": "the scale of each vector"}[settings["alpha_mode"]]
-             + (f"; steered positions: {settings['positions']}" if "positions" in settings else "")
-             + (f"; random-control seeds {', '.join(seeds)}" if seeds else "")
-             + f". Unsteered: on-target {ledger.baseline['on_target']:.4g}, perplexity {ledger.baseline['ppl']:.4g}. "
-             f"Every interval is 95%: shifts paired over questions (t), inflation paired over perplexity "
-             f"{evidence.unit}s (bootstrap).", ""]
+    lines = _header_lines(ledger, results, evidence.unit)
     lines += ["## How many configurations move the behavior", ""] + _count_lines(results) + [""]
     lines += _scale_lines(results)
     lines += _frontier_lines(table, evidence.unit)
     lines += _contrast_lines(primary, family is not None)
-    lines += _steerability_lines(steer_rows, settings["alpha_mode"])
-    if "distinct_2_shift" in results and results["distinct_2_shift"].notna().any():
-        lines += ["## Degeneration of the generations (paired over prompts)", ""]
-        lines += _md_table(["layer", "vector", "alpha", "distinct-2 shift [95% CI]",
-                            "repeated 3-gram rate shift [95% CI]"],
-                           [[str(r["layer"]), _vector(r), f"{r['alpha']:.4g}",
-                             _ci(r["distinct_2_shift"], r["distinct_2_ci_low"], r["distinct_2_ci_high"]),
-                             _ci(r["repeated_3gram_shift"], r["repeated_3gram_ci_low"], r["repeated_3gram_ci_high"])]
-                            for r in results.to_dict("records")]) + [""]
-    separation = ledger.separation()
-    if separation is not None and len(separation):
-        lines += ["## Separation of held-out pairs (no generation)", "",
-                  "Projections h.v/|v| of the held-out pos and neg texts onto each vector at its layer: AUROC "
-                  "(0.5 is chance) and Cohen's d, 95% bootstrap intervals over pairs.", ""]
-        lines += _md_table(["layer", "method", "k", "AUROC [95% CI]", "Cohen's d [95% CI]", "n pos + neg"],
-                           [[str(r["layer"]), str(r["method"]), str(r["k"]),
-                             _ci(r["auroc"], r["auroc_ci_low"], r["auroc_ci_high"]),
-                             _ci(r["cohens_d"], r["d_ci_low"], r["d_ci_high"]),
-                             f"{int(r['n_pos'])} + {int(r['n_neg'])}"]
-                            for r in separation.sort_values(["layer", "method", "k"], kind="stable")
-                            .to_dict("records")]) + [""]
-        for behavior in separation["behavior"].unique():
-            plot_separation(separation[separation["behavior"] == behavior], out_dir / f"separation_{behavior}.png")
-    seconds = results["seconds"].to_numpy(dtype=float)
-    lines += ["## Cost", "",
-              f"{len(results)} configurations, median {np.median(seconds):.3g} s each "
-              f"({3600 / np.mean(seconds):.0f} configurations per hour at the mean, {seconds.sum():.0f} s in all; "
-              "the first configuration at each layer includes computing that layer's cached block outputs).", ""]
+    lines += _steerability_lines(steer_rows, ledger.baseline["settings"]["alpha_mode"])
+    lines += _degeneration_lines(results)
+    lines += _separation_lines(ledger.separation(), out_dir)
+    lines += _cost_lines(results)
     for behavior in sorted(results["behavior"].unique()):
         name = f"frontier_{behavior}.png"
         plot_frontier(paths, behavior, budgets, out_dir / name)
@@ -292,4 +255,62 @@ def write_report(ledger, budgets, family: list[Contrast] | None = None) -> Path:
     return path
 
 
-__all__ = ["count_line", "interpolate_at", "plot_frontier", "plot_separation", "write_report"]
+def _header_lines(ledger, results, unit: str) -> list[str]:
+    """The title and what the sweep measured: protocol, questions, perplexity text, alpha, baseline."""
+    settings = ledger.baseline["settings"]
+    questions = settings.get("questions", settings["items"])
+    seeds = sorted({m.split(":", 1)[1] for m in results["method"].unique() if str(m).startswith("random:")}, key=int)
+    orders = " (each in both answer orders)" if settings["items"] == 2 * questions else ""
+    return ["# Steering sweep", "",
+            f"Protocol {settings['protocol']!r} on {questions} held-out questions{orders}; perplexity on "
+            f"{settings['ppl_tokens']} tokens from {settings.get('ppl_documents', 1)} document(s) in "
+            f"{settings.get('ppl_window', 256)}-token windows; alpha is "
+            + {"fraction": "the added norm as a fraction of the layer's residual norm",
+               "norm": "the added norm", "scale": "the scale of each vector"}[settings["alpha_mode"]]
+            + (f"; steered positions: {settings['positions']}" if "positions" in settings else "")
+            + (f"; random-control seeds {', '.join(seeds)}" if seeds else "")
+            + f". Unsteered: on-target {ledger.baseline['on_target']:.4g}, perplexity {ledger.baseline['ppl']:.4g}. "
+            f"Every interval is 95%: shifts paired over questions (t), inflation paired over perplexity "
+            f"{unit}s (bootstrap).", ""]
+
+
+def _degeneration_lines(results) -> list[str]:
+    """Generation sweeps: the shifts of distinct-2 and of the repeated 3-gram rate."""
+    if "distinct_2_shift" not in results or not results["distinct_2_shift"].notna().any():
+        return []
+    return ["## Degeneration of the generations (paired over prompts)", ""] + _md_table(
+        ["layer", "vector", "alpha", "distinct-2 shift [95% CI]", "repeated 3-gram rate shift [95% CI]"],
+        [[str(r["layer"]), _vector(r), f"{r['alpha']:.4g}",
+          _ci(r["distinct_2_shift"], r["distinct_2_ci_low"], r["distinct_2_ci_high"]),
+          _ci(r["repeated_3gram_shift"], r["repeated_3gram_ci_low"], r["repeated_3gram_ci_high"])]
+         for r in results.to_dict("records")]) + [""]
+
+
+def _separation_lines(separation, out_dir: Path) -> list[str]:
+    """separation.csv as a table, and its plot per behavior (drawn here)."""
+    if separation is None or not len(separation):
+        return []
+    lines = ["## Separation of held-out pairs (no generation)", "",
+             "Projections h.v/|v| of the held-out pos and neg texts onto each vector at its layer: AUROC "
+             "(0.5 is chance) and Cohen's d, 95% bootstrap intervals over pairs.", ""]
+    lines += _md_table(["layer", "method", "k", "AUROC [95% CI]", "Cohen's d [95% CI]", "n pos + neg"],
+                       [[str(r["layer"]), str(r["method"]), str(r["k"]),
+                         _ci(r["auroc"], r["auroc_ci_low"], r["auroc_ci_high"]),
+                         _ci(r["cohens_d"], r["d_ci_low"], r["d_ci_high"]),
+                         f"{int(r['n_pos'])} + {int(r['n_neg'])}"]
+                        for r in separation.sort_values(["layer", "method", "k"], kind="stable")
+                        .to_dict("records")]) + [""]
+    for behavior in separation["behavior"].unique():
+        plot_separation(separation[separation["behavior"] == behavior], out_dir / f"separation_{behavior}.png")
+    return lines
+
+
+def _cost_lines(results) -> list[str]:
+    seconds = results["seconds"].to_numpy(dtype=float)
+    return ["## Cost", "",
+            f"{len(results)} configurations, median {np.median(seconds):.3g} s each "
+            f"({3600 / np.mean(seconds):.0f} configurations per hour at the mean, {seconds.sum():.0f} s in all; "
+            "the first configuration at each layer includes computing that layer's cached block outputs).", ""]
+
+
+__all__ = ["count_line", "write_report"]

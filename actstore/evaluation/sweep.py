@@ -1,6 +1,8 @@
 """Sweeps over layer, method, k and alpha: on-target shift against off-target damage, with intervals.
 
-:func:`run_sweep` builds each vector of a :class:`~actstore.evaluation.grid.Grid`
+:func:`run_sweep` carries out a :class:`~actstore.evaluation.request.SweepRequest`
+(every setting, and the rules that make a sweep of them; ``actstore eval`` is this
+one call): it builds each vector of the request's :class:`~actstore.evaluation.grid.Grid`
 from the store's cached statistics, steers the model with it, and measures per
 held-out item and per perplexity window:
 
@@ -24,7 +26,8 @@ results.csv is the time of each configuration; the report gives configurations
 per hour.
 
 The folder (:class:`~actstore.evaluation.ledger.Ledger`) resumes: an
-interrupted sweep keeps every finished configuration. Then
+interrupted sweep keeps every finished configuration; given held-out texts, each
+vector's separation goes to separation.csv. Then
 :func:`~actstore.evaluation.report.write_report` writes results.md,
 frontier.csv, contrasts.csv, steerability.csv and the plots.
 """
@@ -40,98 +43,88 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import ActstoreError
-from ..models.load import LoadedModel
+from ..models.load import LoadedModel, ModelSpec
 from ..steering import Positions, steer
 from ..stores.group import StoreGroup
 from ..vectors.info import parse_k
 from .effects import Measurement, Units, effects
 from .frontier import Contrast
-from .grid import (
-    DEFAULT_BUDGETS,
-    DEFAULT_FRACTIONS,
-    DEFAULT_PPL_TOKENS,
-    Grid,
-    LayerVectors,
-    residual_norm,
-    scale_for,
-)
+from .grid import DEFAULT_BUDGETS, DEFAULT_FRACTIONS, DEFAULT_PPL_TOKENS, Grid, LayerVectors, residual_norm, scale_for
 from .ledger import Ledger
 from .protocols import OnTarget
 from .replay import Forward, PrefixReplay, cache_nbytes, plain_forward
+from .request import SweepRequest
 from .rows import BASELINE, ConfigKey, ItemRows, ResultRow, WindowRows, columns
 from .scoring import PerplexityWindows
 
 COLUMNS = columns(ResultRow)
 
-__all__ = ["COLUMNS", "DEFAULT_BUDGETS", "DEFAULT_FRACTIONS", "DEFAULT_PPL_TOKENS", "Grid", "SweepOptions",
-           "residual_norm", "run_sweep"]
+__all__ = ["COLUMNS", "DEFAULT_BUDGETS", "DEFAULT_FRACTIONS", "DEFAULT_PPL_TOKENS", "Grid", "residual_norm",
+           "run_sweep"]
 
 
-@dataclass(frozen=True)
-class SweepOptions:
-    """How a sweep runs (not what it measures: that is the :class:`Grid`).
+@dataclass
+class _Sweep:
+    """What every configuration of a running sweep shares (handed to each layer as one value)."""
 
-    ``positions``: which tokens are steered (:class:`actstore.steering.Positions`:
-    all, prompt, generated, from:N). ``replay=False`` runs the whole model per
-    configuration (same numbers, slower); a layer whose cached outputs would
-    exceed ``cache_budget_mb`` runs that way too. ``scheduler`` runs statistics or
-    covariances still to compute. ``force`` evaluates a store captured from other
-    weights. ``heldout``: a store of held-out pos/neg texts at the sweep's layers;
-    each vector's AUROC and Cohen's d go to separation.csv. ``letter_data``: for
-    the ``letter`` control, the A/B file captured into the store with its twins
-    (default: the store's latest capture with twins). ``contrasts``: the
-    pre-specified primary contrasts (:meth:`actstore.evaluation.frontier.Contrast.parse`
-    specs), Holm-corrected as a family; none: the default family.
+    loaded: LoadedModel
+    request: SweepRequest
+    source: StoreGroup
+    stats: object  # the store's statistics (xarray.Dataset: count, mean, var per class and layer)
+    grid: Grid
+    on_target: OnTarget
+    windows: PerplexityWindows
+    units: Units
+    ledger: Ledger
+    heldout: object | None  # the held-out store as a dataset (class, pair_id), or None
+    base: Measurement | None = None
+
+
+def run_sweep(loaded: LoadedModel | ModelSpec, request: SweepRequest):
+    """Measure every configuration ``request`` describes and write its folder ``request.out``
+    (results.csv, items.csv, windows.csv, baseline.json; separation.csv when it has held-out
+    texts; then results.md, frontier.csv, contrasts.csv, steerability.csv and the plots);
+    returns results.csv as a :class:`pandas.DataFrame` (columns :data:`COLUMNS`).
+
+    ``loaded``: the model, or a :class:`~actstore.models.load.ModelSpec` loaded once the request
+    has been checked against its store and files (:meth:`SweepRequest.check`): a large model
+    loads only for a sweep that can run. ``request.store`` may be the training store's group
+    opened by the caller (a :class:`~actstore.stores.StoreGroup`, whose model check is not
+    repeated here).
+
+    >>> from actstore.evaluation import SweepRequest
+    >>> _ = open("doc.txt", "w").write("The quick brown fox jumps over the lazy dog. " * 40)
+    >>> request = SweepRequest(store="acts.zarr", data_test="pairs.json", text="doc.txt", layers="2", ks=(4, None),
+    ...                        fractions=(0.5, 2.0), ppl_tokens=64, ppl_window=16, out="sweep", progress=False)
+    >>> results = run_sweep(load_model(model_dir), request)  # what `actstore eval` runs
+    >>> len(results), sorted(results["k"])
+    (4, ['4', '4', 'dense', 'dense'])
+    >>> sorted(path.name for path in request.out.glob("*.csv"))
+    ['contrasts.csv', 'frontier.csv', 'items.csv', 'results.csv', 'separation.csv', 'steerability.csv', 'windows.csv']
     """
-
-    behavior: str = "behavior"
-    positions: str = "all"
-    model_group: str | None = None
-    scheduler: str | None = None
-    replay: bool = True
-    cache_budget_mb: float = 4096
-    force: bool = False
-    heldout: str | Path | None = None
-    letter_data: str | Path | None = None
-    contrasts: tuple[str, ...] = ()
-    progress: bool = True
-
-    def __post_init__(self):
-        for spec in self.contrasts:
-            Contrast.parse(spec)
-        chosen = Positions.parse(self.positions)
-        if chosen.kind == "mask":
-            raise ActstoreError("positions: a per-example mask does not fit a sweep over test batches; "
-                                "use all, prompt, generated or from:N", param="positions")
-
-
-def run_sweep(loaded: LoadedModel, store: str | Path | StoreGroup, out_dir: str | Path, *, grid: Grid,
-              on_target: OnTarget, perplexity: PerplexityWindows, options: SweepOptions = SweepOptions()):
-    """Measure every configuration of ``grid`` and write the folder ``out_dir``; returns
-    results.csv as a :class:`pandas.DataFrame` (columns :data:`COLUMNS`).
-
-    ``store``: the training store's group, opened once by the caller (a
-    :class:`~actstore.stores.StoreGroup`, whose model check is not repeated here), or a path
-    (its group ``options.model_group``)."""
     from ..stats.streaming import group_statistics
     from .report import write_report
 
-    source = StoreGroup.open(store, options.model_group)
-    grid.check_store(source)
-    source.check_model(loaded, options.force)
-    stats = group_statistics(source, scheduler=options.scheduler)
-    heldout = _open_heldout(options.heldout, grid, loaded, options.force) if options.heldout is not None else None
-    with folder_lock(out_dir):  # one writer per folder: two runs would each append every row
-        ledger = Ledger(out_dir, _settings(grid, on_target, perplexity, source, options))
-        units = Units.of(on_target, perplexity)
-        base = _baseline(ledger, loaded, on_target, perplexity, units)
+    checked = request.check()
+    loaded = loaded.load() if isinstance(loaded, ModelSpec) else loaded
+    source, grid = checked.store, checked.grid
+    source.check_model(loaded, request.force)  # once: the handle remembers it
+    on_target = request.build_on_target(loaded, checked)
+    windows = request.build_perplexity(loaded, checked)
+    stats = group_statistics(source, scheduler=request.scheduler)
+    heldout_store = request.heldout_source(loaded, checked)
+    heldout = _open_heldout(heldout_store, grid, loaded, request.force) if heldout_store is not None else None
+    with folder_lock(request.out):  # one writer per folder: two runs would each append every row
+        ledger = Ledger(request.out, _settings(grid, on_target, windows, source, request))
+        run = _Sweep(loaded, request, source, stats, grid, on_target, windows, Units.of(on_target, windows), ledger,
+                     heldout)
+        run.base = _baseline(run)
         todo = [c for c in grid.configurations() if not ledger.is_done(*c.as_tuple())]
-        with _progress(options, len(todo)) as tick:
+        with _progress(request, len(todo)) as tick:
             for layer in sorted({c.layer for c in todo}):
-                _measure_layer(loaded, source, stats, layer, [c for c in todo if c.layer == layer], grid,
-                               on_target, perplexity, units, base, ledger, heldout, options, tick)
+                _measure_layer(run, layer, [c for c in todo if c.layer == layer], tick)
         results = ledger.finish()
-        write_report(ledger, grid.budgets, [Contrast.parse(c) for c in options.contrasts] or None)
+        write_report(ledger, grid.budgets, [Contrast.parse(c) for c in request.contrasts] or None)
     return results
 
 
@@ -145,7 +138,8 @@ def folder_lock(out_dir: str | Path):
                                         "of this folder); wait for it to finish, or use another --out").acquire()
 
 
-def _settings(grid: Grid, on_target: OnTarget, perplexity: PerplexityWindows, store: StoreGroup, options) -> dict:
+def _settings(grid: Grid, on_target: OnTarget, perplexity: PerplexityWindows, store: StoreGroup,
+              request: SweepRequest) -> dict:
     """What a folder was measured with: a rerun with other settings is refused. The grid is not
     among them: runs of other layers, methods, k or seeds extend the same folder."""
     settings = {"protocol": on_target.name, "items": len(on_target.item_ids),
@@ -154,8 +148,8 @@ def _settings(grid: Grid, on_target: OnTarget, perplexity: PerplexityWindows, st
                 "alpha_mode": grid.alpha_mode, "store_group": store.name}
     if store.spec.site != "resid":  # folders of residual sweeps keep their settings
         settings["site"] = store.spec.site
-    if str(Positions.parse(options.positions)) != "all":
-        settings["positions"] = str(Positions.parse(options.positions))
+    if str(Positions.parse(request.positions)) != "all":
+        settings["positions"] = str(Positions.parse(request.positions))
     return settings
 
 
@@ -164,86 +158,93 @@ def _open_heldout(heldout, grid: Grid, loaded: LoadedModel, force: bool):
     group = StoreGroup.open(heldout)
     missing = [layer for layer in grid.layers if layer not in group.spec.layers]
     if missing:
-        raise ActstoreError(f"heldout: layers {missing} are not in {group.where}; capture the held-out texts "
-                            "at the sweep's layers", param="heldout")
+        raise ActstoreError(f"heldout_store: layers {missing} are not in {group.where}; capture the held-out texts "
+                            "at the sweep's layers", param="heldout_store")
     group.check_model(loaded, force)
     return group.dataset(coords=("class", "pair_id"))
 
 
-def _measure(loaded: LoadedModel, on_target: OnTarget, windows: PerplexityWindows, on_forward: Forward,
-             ppl_forward: Forward) -> Measurement:
-    measures = on_target.measure(loaded, on_forward)
-    nll, tokens = windows.nll(ppl_forward)
-    return Measurement(measures, nll, tokens, getattr(on_target, "last_texts", None))
+def _measure(run: _Sweep, on_forward: Forward, ppl_forward: Forward) -> Measurement:
+    measures = run.on_target.measure(run.loaded, on_forward)
+    nll, tokens = run.windows.nll(ppl_forward)
+    return Measurement(measures, nll, tokens, getattr(run.on_target, "last_texts", None))
 
 
-def _rows(key: ConfigKey, on_target: OnTarget, windows: PerplexityWindows, measured: Measurement):
+def _rows(key: ConfigKey, run: _Sweep, measured: Measurement):
+    on_target = run.on_target
     return (ItemRows(key, list(on_target.item_ids), on_target.questions, on_target.orders, measured.measures),
-            WindowRows(key, windows.documents, measured.nll, measured.tokens))
+            WindowRows(key, run.windows.documents, measured.nll, measured.tokens))
 
 
-def _baseline(ledger: Ledger, loaded, on_target: OnTarget, windows: PerplexityWindows, units: Units) -> Measurement:
+def _baseline(run: _Sweep) -> Measurement:
     """The unsteered measurement: measured once per folder, read back on resume."""
-    if ledger.baseline is None:
-        forward = plain_forward(loaded.model)
-        base = _measure(loaded, on_target, windows, forward, forward)
-        ledger.record_baseline(*_rows(BASELINE, on_target, windows, base), base.texts,
-                               on_target=base.on_target, ppl=base.ppl)
-    return Measurement(*ledger.baseline_measures())
+    if run.ledger.baseline is None:
+        forward = plain_forward(run.loaded.model)
+        base = _measure(run, forward, forward)
+        run.ledger.record_baseline(*_rows(BASELINE, run, base), base.texts, on_target=base.on_target, ppl=base.ppl)
+    return Measurement(*run.ledger.baseline_measures())
 
 
 @contextmanager
-def _progress(options: SweepOptions, total: int) -> Iterator[Callable[[], None]]:
-    if not options.progress or not total:
+def _progress(request: SweepRequest, total: int) -> Iterator[Callable[[], None]]:
+    if not request.progress or not total:
         yield lambda: None
         return
     from tqdm.auto import tqdm
 
-    bar = tqdm(total=total, desc=f"sweep {options.behavior}", unit="config")
+    bar = tqdm(total=total, desc=f"sweep {request.behavior_name}", unit="config")
     try:
         yield lambda: bar.update(1)
     finally:
         bar.close()
 
 
-def _measure_layer(loaded, source: StoreGroup, stats, layer: int, configs: list[ConfigKey], grid: Grid,
-                   on_target: OnTarget, windows: PerplexityWindows, units: Units, base: Measurement,
-                   ledger: Ledger, heldout, options: SweepOptions, tick: Callable[[], None]) -> None:
+def _measure_layer(run: _Sweep, layer: int, configs: list[ConfigKey], tick: Callable[[], None]) -> None:
     """Every configuration of one layer, from its cached block outputs where they fit."""
-    layer_norm = residual_norm(stats, layer)
-    vectors = LayerVectors(source, stats, layer, options.scheduler, options.letter_data)
-    positions = Positions.parse(options.positions)
+    request = run.request
+    layer_norm = residual_norm(run.stats, layer)
+    vectors = LayerVectors(run.source, run.stats, layer, request.scheduler, request.letter_data)
+    positions = Positions.parse(request.positions)
     # The layer's one-off cost (its cached block outputs) counts in its first configuration.
     started = time.perf_counter()
-    with _layer_forwards(loaded, layer, on_target, windows, options.replay, options.cache_budget_mb,
-                         source.spec.site) as active:
+    with _layer_forwards(run.loaded, layer, run.on_target, run.windows, request.replay, request.cache_budget_mb,
+                         run.source.spec.site) as active:
         for key in configs:
             vector = vectors.vector(key.method, parse_k(key.k))
-            if heldout is not None and not ledger.is_separated(layer, key.method, key.k):
-                _record_separation(ledger, heldout, vector, options.behavior, layer, key.method, key.k)
+            if run.heldout is not None and not run.ledger.is_separated(layer, key.method, key.k):
+                _record_separation(run, vector, key)
             norm = float(np.linalg.norm(vector.vector))
-            scale = scale_for(key.alpha, grid.alpha_mode, norm, layer_norm)
-            with (active() as (on_forward, ppl_forward), steer(loaded, vector, scale, positions=positions),
-                  on_target.steered(vector, scale, positions)):  # a served protocol steers its engine too
-                steered = _measure(loaded, on_target, windows, on_forward, ppl_forward)
-            row = ResultRow(behavior=options.behavior, model=loaded.model_id, protocol=on_target.name, layer=layer,
-                            method=key.method, k=key.k, alpha=key.alpha, alpha_mode=grid.alpha_mode, scale=scale,
-                            added_norm=abs(scale) * norm, norm_fraction=abs(scale) * norm / layer_norm,
-                            vector_norm=norm, residual_norm=layer_norm,
-                            **effects(steered, base, units, on_target.primary),
-                            n_items=len(on_target.item_ids), n_questions=units.n_questions,
-                            ppl_tokens=int(windows.n_tokens), ppl_documents=windows.n_documents,
-                            seconds=time.perf_counter() - started)
-            ledger.record(row, *_rows(key, on_target, windows, steered), steered.texts)
+            scale = scale_for(key.alpha, run.grid.alpha_mode, norm, layer_norm)
+            with (active() as (on_forward, ppl_forward), steer(run.loaded, vector, scale, positions=positions),
+                  run.on_target.steered(vector, scale, positions)):  # a served protocol steers its engine too
+                steered = _measure(run, on_forward, ppl_forward)
+            row = _result_row(run, key, steered, scale=scale, vector_norm=norm, layer_norm=layer_norm,
+                              seconds=time.perf_counter() - started)
+            run.ledger.record(row, *_rows(key, run, steered), steered.texts)
             started = time.perf_counter()
             tick()
 
 
-def _record_separation(ledger: Ledger, heldout_ds, vector, behavior: str, layer: int, method: str, k: str) -> None:
+def _result_row(run: _Sweep, key: ConfigKey, steered: Measurement, *, scale: float, vector_norm: float,
+                layer_norm: float, seconds: float) -> ResultRow:
+    """results.csv's row of one configuration: what was added, and its effects against the baseline."""
+    on_target, units, added_norm = run.on_target, run.units, abs(scale) * vector_norm
+    return ResultRow(behavior=run.request.behavior_name, model=run.loaded.model_id, protocol=on_target.name,
+                     layer=key.layer, method=key.method, k=key.k, alpha=key.alpha, alpha_mode=run.grid.alpha_mode,
+                     scale=scale, added_norm=added_norm, norm_fraction=added_norm / layer_norm,
+                     vector_norm=vector_norm, residual_norm=layer_norm,
+                     **effects(steered, run.base, units, on_target.primary),
+                     n_items=len(on_target.item_ids), n_questions=units.n_questions,
+                     ppl_tokens=int(run.windows.n_tokens), ppl_documents=run.windows.n_documents, seconds=seconds)
+
+
+def _record_separation(run: _Sweep, vector, key: ConfigKey) -> None:
     from .monitor import project, separation
 
-    sep = separation(project(heldout_ds.attrs.get("store", "heldout"), vector, dataset=heldout_ds))
-    ledger.record_separation(sep.row(behavior=behavior, layer=layer, method=method, k=k))
+    heldout = run.heldout
+    sep = separation(project(heldout.attrs.get("store", "heldout"), vector, dataset=heldout))
+    run.ledger.record_separation(sep.row(behavior=run.request.behavior_name, layer=key.layer, method=key.method,
+                                         k=key.k))
 
 
 @contextmanager

@@ -7,6 +7,8 @@
   parse/label pair (None inside, "dense" at the edges);
 * :mod:`.vector`: :class:`~.vector.SteeringVector` and its safetensors file;
 * :mod:`.build`: :func:`~.build.build_vector`, the one door from a store to a vector;
+* :mod:`.operators`: how a vector is applied (add, project, clamp; at which layers), recorded in its file;
+* :mod:`.bake`: the weight-orthogonalised model (a projection at all layers written into the weights);
 * :mod:`.controls`: random-direction and answer-letter control vectors;
 * :mod:`.interop`: exchange with steering-vectors, repeng and llama.cpp's GGUF control vectors.
 """

@@ -35,12 +35,12 @@ import pytest
 
 import actstore
 from actstore.evaluation import files
-from actstore.evaluation.grid import Grid
 from actstore.evaluation.ledger import Ledger
 from actstore.evaluation.protocols import ABLetters
+from actstore.evaluation.request import SweepRequest
 from actstore.evaluation.rows import KEY
 from actstore.evaluation.scoring import ABItem, PerplexityWindows
-from actstore.evaluation.sweep import SweepOptions, run_sweep
+from actstore.evaluation.sweep import run_sweep
 
 ITEMS = [ABItem(f"Question {i}: would you{' really' * (i % 3)} help?\n\nChoices:\n(A) Yes\n(B) No\n",
                 "AB"[i % 2], "BA"[i % 2], f"item {i + 1}") for i in range(4)]
@@ -141,9 +141,10 @@ class Sweep:
 
 
 def sweep(small: Sweep, out: Path):
-    grid = Grid((2,), (4,), ALPHAS, "scale", ("enr",), (1.05,), (0,))
-    return run_sweep(small.llama, small.store, out, grid=grid, on_target=small.on_target, perplexity=small.windows,
-                     options=SweepOptions(behavior="toy", progress=False, heldout=small.heldout))
+    request = SweepRequest(store=small.store, out=out, layers=(2,), ks=(4,), alphas=ALPHAS, methods=("enr",),
+                           budgets=(1.05,), on_target=small.on_target, perplexity=small.windows, behavior="toy",
+                           progress=False, heldout_store=small.heldout)
+    return run_sweep(small.llama, request)
 
 
 def table(path: Path):

@@ -5,12 +5,13 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
-from test_sweep import ITEMS, llama, ppl_ids, store, sweep  # noqa: F401 (fixtures)
 
 from actstore.errors import ActstoreError
 from actstore.evaluation.intervals import bh_q_values
 from actstore.evaluation.ledger import Ledger
 from actstore.evaluation.rows import BASELINE, ConfigKey, ItemRows, WindowRows
+
+from .test_sweep import ITEMS, sweep
 
 
 def test_interrupted_sweep_resumes_and_drops_a_half_recorded_configuration(tmp_path, llama, store, ppl_ids,

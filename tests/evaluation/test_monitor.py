@@ -12,8 +12,8 @@ import actstore
 from actstore.cli.main import cli
 from actstore.errors import ActstoreError, VectorError
 from actstore.evaluation.intervals import separation_intervals
-from actstore.vectors.build import build_vector
 from actstore.evaluation.monitor import class_scores, monitor, project, separation
+from actstore.vectors.build import build_vector
 from actstore.vectors.vector import save_vector
 
 

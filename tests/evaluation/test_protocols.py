@@ -8,7 +8,6 @@ import math
 import numpy as np
 import pytest
 import torch
-from test_sweep import ITEMS, llama  # noqa: F401 (fixture)
 
 from actstore.errors import DatasetError
 from actstore.evaluation.protocols import (
@@ -20,6 +19,8 @@ from actstore.evaluation.protocols import (
 )
 from actstore.evaluation.replay import plain_forward
 from actstore.evaluation.scoring import ABItem, ABScoring, PreferencePair, PreferenceScoring, read_preference_pairs
+
+from .test_sweep import ITEMS
 
 
 def test_ab_questions_are_scored_as_written_and_with_their_options_swapped(llama):

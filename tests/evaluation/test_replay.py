@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from test_sweep import ITEMS, llama, ppl_ids, store, sweep  # noqa: F401 (fixtures)
 
 import actstore
 from actstore.evaluation.replay import PrefixReplay, cache_nbytes, plain_forward
 from actstore.evaluation.scoring import ABScoring
 from actstore.models.load import load_model
+from actstore.vectors.info import VectorInfo
+
+from .test_sweep import ITEMS, sweep
 
 
 def test_replay_gives_the_numbers_of_the_whole_model(tmp_path, llama, store, ppl_ids):
@@ -24,7 +26,7 @@ def test_prefix_replay_equals_a_full_steered_forward(tiny_model_dirs, arch):
     loaded = load_model(str(tiny_model_dirs[arch]))
     scoring = ABScoring(loaded.tokenizer, ITEMS, batch_size=5)
     vector = actstore.SteeringVector(np.random.default_rng(0).normal(size=32).astype(np.float32), np.arange(32),
-                                     np.ones(32, np.float32), 2, {})
+                                     np.ones(32, np.float32), VectorInfo(layer=2))
     with actstore.steer(loaded, vector, 3.0):
         full = scoring.logodds(plain_forward(loaded.model))
     replay = PrefixReplay(loaded, 2, dict(enumerate(scoring.batches)))

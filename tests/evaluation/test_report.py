@@ -9,8 +9,8 @@ import pandas as pd
 import pytest
 
 from actstore.evaluation.frontier import contrasts, frontier, steerability
-from actstore.evaluation.paths import Evidence, Paths, interpolate_at
 from actstore.evaluation.intervals import SEED, bh_q_values, paired_mean_interval
+from actstore.evaluation.paths import Evidence, Paths, interpolate_at
 from actstore.evaluation.report import count_line
 
 QUESTIONS, DOCUMENTS, WINDOWS_PER_DOCUMENT, TOKENS = 10, 4, 2, 50
@@ -95,6 +95,36 @@ def test_interpolation_reads_the_path_where_it_first_reaches_the_budget():
     assert math.isnan(shift) and math.isnan(alpha)
 
 
+def _compare_minus_random(row, point, draws) -> int:
+    """The k=4 row's difference from its random control against the written-out draws; 1 if compared."""
+    if not row.reached or math.isnan(point["random"]):
+        return 0
+    beyond = draws["4"] - draws["random"]
+    assert row.random_reference == "random:0"
+    assert row.minus_random == pytest.approx(point["4"] - point["random"], rel=1e-9)
+    assert (row.minus_random_ci_low, row.minus_random_ci_high) == pytest.approx(
+        tuple(np.percentile(beyond[np.isfinite(beyond)], [2.5, 97.5])), rel=1e-9)
+    return 1
+
+
+def _compare_minus_dense(row, point, draws) -> tuple[int, int]:
+    """The k=4 row's difference from dense (and fraction of it) against the written-out draws; what was compared."""
+    if not row.reached or math.isnan(point["dense"]):
+        return 0, 0
+    diff = draws["4"] - draws["dense"]
+    ok = diff[np.isfinite(diff)]
+    assert row.diff_vs_dense == pytest.approx(point["4"] - point["dense"], rel=1e-9)
+    assert (row.diff_ci_low, row.diff_ci_high) == pytest.approx(tuple(np.percentile(ok, [2.5, 97.5])), rel=1e-9)
+    below, above = ((ok <= 0).sum() + 1) / (ok.size + 1), ((ok >= 0).sum() + 1) / (ok.size + 1)
+    assert row.diff_p_value == pytest.approx(min(1.0, 2 * min(below, above)))
+    ratio = draws["4"] / draws["dense"]
+    if np.percentile(draws["dense"][np.isfinite(draws["dense"])], 2.5) <= 0:
+        return 1, 0
+    assert row.fraction == pytest.approx(point["4"] / point["dense"], rel=1e-9)
+    assert row.fraction_ci_low == pytest.approx(np.percentile(ratio[np.isfinite(ratio)], 2.5), rel=1e-9)
+    return 1, 1
+
+
 def test_frontier_and_its_selection_aware_bootstrap_match_a_written_out_computation():
     effects = {("enr", "dense"): (0.2, 0.5, 1.0), ("enr", "4"): (0.3, 0.6, 0.8), ("random:0", "4"): (0.0, 0.1, 0.1)}
     damage = {("enr", "dense"): (0.01, 0.05, 0.8), ("enr", "4"): (0.005, 0.05, 0.25),
@@ -117,14 +147,7 @@ def test_frontier_and_its_selection_aware_bootstrap_match_a_written_out_computat
             point[k] = _interpolate([(d.sum() / tokens.sum(), e.mean()) for e, d in zip(eff, docs)], lb)
             draws[k] = np.array([_interpolate([(d[d_draws[b]].sum() / tokens[d_draws[b]].sum(), e[q_draws[b]].mean())
                                                for e, d in zip(eff, docs)], lb) for b in range(B)])
-        row = table[("4", budget)]
-        if row.reached and not math.isnan(point["random"]):
-            beyond = draws["4"] - draws["random"]
-            assert row.random_reference == "random:0"
-            assert row.minus_random == pytest.approx(point["4"] - point["random"], rel=1e-9)
-            assert (row.minus_random_ci_low, row.minus_random_ci_high) == pytest.approx(
-                tuple(np.percentile(beyond[np.isfinite(beyond)], [2.5, 97.5])), rel=1e-9)
-            compared["random"] += 1
+        compared["random"] += _compare_minus_random(table[("4", budget)], point, draws)
         for k in ("dense", "4"):
             row = table[(k, budget)]
             assert row.reached == (not math.isnan(point[k]))
@@ -135,22 +158,9 @@ def test_frontier_and_its_selection_aware_bootstrap_match_a_written_out_computat
             assert row.shift == pytest.approx(point[k], rel=1e-9)
             assert (row.ci_low, row.ci_high) == pytest.approx(tuple(np.percentile(ok, [2.5, 97.5])), rel=1e-9)
             assert row.boot_defined == pytest.approx(ok.size / B)
-        row = table[("4", budget)]
-        if row.reached and not math.isnan(point["dense"]):
-            diff = draws["4"] - draws["dense"]
-            ok = diff[np.isfinite(diff)]
-            assert row.diff_vs_dense == pytest.approx(point["4"] - point["dense"], rel=1e-9)
-            assert (row.diff_ci_low, row.diff_ci_high) == pytest.approx(tuple(np.percentile(ok, [2.5, 97.5])),
-                                                                        rel=1e-9)
-            below, above = ((ok <= 0).sum() + 1) / (ok.size + 1), ((ok >= 0).sum() + 1) / (ok.size + 1)
-            assert row.diff_p_value == pytest.approx(min(1.0, 2 * min(below, above)))
-            compared["diff"] += 1
-            ratio = draws["4"] / draws["dense"]
-            dense_ok = draws["dense"][np.isfinite(draws["dense"])]
-            if np.percentile(dense_ok, 2.5) > 0:
-                assert row.fraction == pytest.approx(point["4"] / point["dense"], rel=1e-9)
-                assert row.fraction_ci_low == pytest.approx(np.percentile(ratio[np.isfinite(ratio)], 2.5), rel=1e-9)
-                compared["fraction"] += 1
+        diff, fraction = _compare_minus_dense(table[("4", budget)], point, draws)
+        compared["diff"] += diff
+        compared["fraction"] += fraction
     assert compared["diff"] >= 2 and compared["fraction"] >= 1 and compared["random"] >= 1  # all exercised
     rows = frontier(paths, budgets)
     vectors = [r for r in rows if not r.method.startswith("random")]
@@ -273,7 +283,8 @@ def test_steerability_matches_per_question_slopes_written_out():
 
 def test_counts_say_how_many_chance_would_give_and_how_many_survive_correction():
     frame = pd.DataFrame({"measure": "logodds", "shift_logodds": [0.5, -0.4, 0.1, 0.2],
-                          "shift_logodds_ci_low": [0.1, -0.8, -0.1, 0.01], "shift_logodds_ci_high": [0.9, -0.1, 0.3, 0.4],
+                          "shift_logodds_ci_low": [0.1, -0.8, -0.1, 0.01],
+                          "shift_logodds_ci_high": [0.9, -0.1, 0.3, 0.4],
                           "q_value": [0.01, 0.04, 0.6, 0.2]})
     line = count_line(frame)
     assert line.startswith("3 of 4 configurations have an interval excluding zero (4 x 0.05 = 0.2 expected with no "

@@ -124,8 +124,8 @@ def test_perplexity_matches_a_direct_computation(llama, shared_data):
 
 
 def test_perplexity_windows_come_from_the_documents_of_a_corpus(llama, tmp_path):
-    from actstore.inputs import corpus
     from actstore.evaluation.perplexity import DEFAULT_PPL_DOCUMENTS, DEFAULT_PPL_WINDOW, perplexity_windows
+    from actstore.inputs import corpus
 
     assert (DEFAULT_PPL_DOCUMENTS, DEFAULT_PPL_WINDOW) == (corpus.MIN_DOCUMENTS, corpus.DEFAULT_WINDOW)
     articles = "".join(f" = Article {i} = \n\n The quick brown fox number {i} jumps over the lazy dog "

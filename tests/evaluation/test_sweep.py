@@ -18,8 +18,9 @@ from actstore.evaluation.grid import DEFAULT_BUDGETS, Grid, residual_norm
 from actstore.evaluation.intervals import bh_q_values, inflation_interval
 from actstore.evaluation.protocols import ABLetters
 from actstore.evaluation.replay import plain_forward
+from actstore.evaluation.request import SweepRequest
 from actstore.evaluation.scoring import ABItem, ABScoring, PerplexityWindows, ab_scores
-from actstore.evaluation.sweep import COLUMNS, SweepOptions, run_sweep
+from actstore.evaluation.sweep import COLUMNS, run_sweep
 from actstore.models.load import load_model
 
 ITEMS = [ABItem(f"Question {i}: would you{' really' * (i % 3)} help?\n\nChoices:\n(A) Yes\n(B) No\n",
@@ -28,40 +29,22 @@ TEXT = ("The quick brown fox jumps over the lazy dog. Steering vectors add a dir
         "stream at every token. I told my baby I loved her when she cried. ") * 6
 
 
-@pytest.fixture(scope="module")
-def llama(tiny_model_dirs):
-    return load_model(str(tiny_model_dirs["llama"]))
-
-
-@pytest.fixture
-def store(tmp_path, llama, pairs_file):
-    path = tmp_path / "s.zarr"
-    actstore.capture_to_store(llama, pairs_file, path, layers="1,2", progress=False)
-    return path
-
-
-@pytest.fixture
-def ppl_ids(llama):
-    return llama.tokenizer(TEXT, add_special_tokens=False)["input_ids"][:200]
-
-
 def documents(llama, ppl_ids, n_documents: int = 4, window: int = 25) -> PerplexityWindows:
     """``ppl_ids`` as windows of ``window`` tokens, two per document."""
     tagged = [(i // 2, ppl_ids[i * window:(i + 1) * window]) for i in range(2 * n_documents)]
     return PerplexityWindows.from_tagged(llama.tokenizer, tagged, window)
 
 
-def sweep(llama, store, out, ppl_ids, *, items=ITEMS, on_target=None, perplexity=None, layers=(1, 2), ks=(4, None),
-          alphas=None, fractions=(0.5, 2.0), normalize=False, methods=("enr",), budgets=DEFAULT_BUDGETS,
-          control_seeds=(0,), both_orders=True, **options):
-    """run_sweep with the tests' defaults (fractions of the residual norm, A/B items in both orders)."""
-    grid = Grid(tuple(layers), tuple(ks), tuple(alphas if alphas is not None else fractions),
-                "fraction" if alphas is None else ("norm" if normalize else "scale"), tuple(methods),
-                tuple(budgets), tuple(control_seeds))
-    on_target = on_target if on_target is not None else ABLetters(llama.tokenizer, items, both_orders=both_orders)
-    perplexity = perplexity if perplexity is not None else PerplexityWindows(llama.tokenizer, ppl_ids, 32)
-    return run_sweep(llama, store, out, grid=grid, on_target=on_target, perplexity=perplexity,
-                     options=SweepOptions(**{"behavior": "toy", "progress": False, **options}))
+def sweep(llama, store, out, ppl_ids, *, items=ITEMS, both_orders=True, **fields):
+    """run_sweep with the tests' defaults: A/B ``items`` in both orders, perplexity on ``ppl_ids`` in 32-token
+    windows, layers 1 and 2, k 4 and dense, fractions 0.5 and 2 of the residual norm; ``fields``: the
+    :class:`SweepRequest`'s."""
+    if fields.get("on_target") is None:
+        fields["on_target"] = ABLetters(llama.tokenizer, items, both_orders=both_orders)
+    if fields.get("perplexity") is None:
+        fields["perplexity"] = PerplexityWindows(llama.tokenizer, ppl_ids, 32)
+    defaults = {"layers": (1, 2), "ks": (4, None), "fractions": (0.5, 2.0), "behavior": "toy", "progress": False}
+    return run_sweep(llama, SweepRequest(store=store, out=out, **{**defaults, **fields}))
 
 
 def _config(frame, row):
@@ -77,6 +60,57 @@ def _t(values):
     t = scipy_stats.t.ppf(0.975, n - 1)
     p = 2 * scipy_stats.t.sf(abs(mean / (sd / math.sqrt(n))), n - 1)
     return mean, mean - t * sd / math.sqrt(n), mean + t * sd / math.sqrt(n), p
+
+
+def _question_shifts(mine, base, matching) -> tuple[dict, dict, dict]:
+    """Per question: its items' log-odds shifts, probability shifts and pushes toward the earlier letter."""
+    effect, prob, push = {}, {}, {}
+    for item, r in mine.iterrows():
+        d = r["logodds"] - base.loc[item, "logodds"]
+        effect.setdefault(r["question"], []).append(d)
+        prob.setdefault(r["question"], []).append(r["score"] - base.loc[item, "score"])
+        push.setdefault(r["question"], []).append(d / 2 if matching[item] == "A" else -d / 2)
+    return effect, prob, push
+
+
+def _assert_row_recomputes(row, items, windows, base, matching) -> float:
+    """One results.csv row against items.csv and windows.csv, written out; returns its p-value."""
+    effect, prob, push = _question_shifts(_config(items, row).set_index("item").loc[base.index], base, matching)
+    mean, low, high, p = _t([sum(v) / 2 for v in effect.values()])  # mean over the two orders
+    assert (row.shift_logodds, row.shift_logodds_ci_low, row.shift_logodds_ci_high) == pytest.approx(
+        (mean, low, high), rel=1e-9, abs=1e-12)
+    assert row.p_value == pytest.approx(p, rel=1e-6) and row.measure == "logodds"
+    mean, low, high, _ = _t([sum(v) / 2 for v in prob.values()])
+    assert (row.on_target_shift, row.on_target_ci_low, row.on_target_ci_high) == pytest.approx(
+        (mean, low, high), rel=1e-9, abs=1e-12)
+    mean, low, high, _ = _t([sum(v) for v in push.values()])  # half the difference between orders
+    assert (row.letter_bias, row.letter_bias_ci_low, row.letter_bias_ci_high) == pytest.approx(
+        (mean, low, high), rel=1e-9, abs=1e-12)
+    assert row.detectable == (row.shift_logodds_ci_low > 0 or row.shift_logodds_ci_high < 0)
+    assert row.established == bool(row.detectable and (row.on_target_ci_low > 0 or row.on_target_ci_high < 0)
+                                   and (row.on_target_shift > 0) == (row.shift_logodds > 0))
+    base_windows, win = windows[windows["method"] == "none"], _config(windows, row)
+    ratio = math.exp((win["nll"].sum() - base_windows["nll"].sum()) / base_windows["tokens"].sum())
+    assert row.ppl_inflation == pytest.approx(ratio, rel=1e-9)
+    boot = inflation_interval(win["nll"].to_numpy(), base_windows["nll"].to_numpy(), win["tokens"].to_numpy(),
+                              documents=win["document"].to_numpy())
+    assert (row.ppl_inflation_ci_low, row.ppl_inflation_ci_high) == pytest.approx((boot.low, boot.high))
+    assert row.added_norm == pytest.approx(row.alpha * row.residual_norm, rel=1e-6)
+    assert row.n_questions == len(ITEMS) and row.n_items == 2 * len(ITEMS) and row.ppl_documents == 4
+    return p
+
+
+def _assert_report_tables(out) -> None:
+    """frontier.csv, steerability.csv and results.md of the two-layer, two-k, two-alpha folder."""
+    from actstore.evaluation.rows import FrontierRow, SteerabilityRow, columns
+
+    frontier = pd.read_csv(out / "frontier.csv", dtype={"k": str})
+    assert list(frontier.columns) == columns(FrontierRow) and len(frontier) == 4 * len(DEFAULT_BUDGETS)
+    steerability = pd.read_csv(out / "steerability.csv", dtype={"k": str})
+    assert list(steerability.columns) == columns(SteerabilityRow) and len(steerability) == 4
+    assert (steerability["n_questions"] == len(ITEMS)).all() and (steerability["n_alphas"] == 2).all()
+    report = (out / "results.md").read_text()
+    assert "expected with no effect at all" in report and "Per-question steerability" in report
 
 
 def test_both_orders_log_odds_effect_and_its_interval_recompute_from_items_and_windows(tmp_path, llama, store,
@@ -98,48 +132,9 @@ def test_both_orders_log_odds_effect_and_its_interval_recompute_from_items_and_w
     matching = {**{i.where: i.matching for i in ITEMS}, **{f"{i.where} swapped": i.other for i in ITEMS}}
     base_windows = windows[windows["method"] == "none"]
     assert base_windows["document"].tolist() == [0, 0, 1, 1, 2, 2, 3, 3]
-    p_values = []
-    for row in results.itertuples():
-        mine = _config(items, row).set_index("item").loc[base.index]
-        effect, push, prob = {}, {}, {}
-        for item, r in mine.iterrows():
-            d = r["logodds"] - base.loc[item, "logodds"]
-            effect.setdefault(r["question"], []).append(d)
-            prob.setdefault(r["question"], []).append(r["score"] - base.loc[item, "score"])
-            push.setdefault(r["question"], []).append(d / 2 if matching[item] == "A" else -d / 2)
-        per_question = [sum(v) / 2 for v in effect.values()]  # mean over the two orders
-        mean, low, high, p = _t(per_question)
-        assert (row.shift_logodds, row.shift_logodds_ci_low, row.shift_logodds_ci_high) == pytest.approx(
-            (mean, low, high), rel=1e-9, abs=1e-12)
-        assert row.p_value == pytest.approx(p, rel=1e-6) and row.measure == "logodds"
-        p_values.append(p)
-        mean, low, high, _ = _t([sum(v) / 2 for v in prob.values()])
-        assert (row.on_target_shift, row.on_target_ci_low, row.on_target_ci_high) == pytest.approx(
-            (mean, low, high), rel=1e-9, abs=1e-12)
-        mean, low, high, _ = _t([sum(v) for v in push.values()])  # half the difference between orders
-        assert (row.letter_bias, row.letter_bias_ci_low, row.letter_bias_ci_high) == pytest.approx(
-            (mean, low, high), rel=1e-9, abs=1e-12)
-        assert row.detectable == (row.shift_logodds_ci_low > 0 or row.shift_logodds_ci_high < 0)
-        assert row.established == bool(row.detectable and (row.on_target_ci_low > 0 or row.on_target_ci_high < 0)
-                                       and (row.on_target_shift > 0) == (row.shift_logodds > 0))
-        win = _config(windows, row)
-        ratio = math.exp((win["nll"].sum() - base_windows["nll"].sum()) / base_windows["tokens"].sum())
-        assert row.ppl_inflation == pytest.approx(ratio, rel=1e-9)
-        boot = inflation_interval(win["nll"].to_numpy(), base_windows["nll"].to_numpy(), win["tokens"].to_numpy(),
-                                  documents=win["document"].to_numpy())
-        assert (row.ppl_inflation_ci_low, row.ppl_inflation_ci_high) == pytest.approx((boot.low, boot.high))
-        assert row.added_norm == pytest.approx(row.alpha * row.residual_norm, rel=1e-6)
-        assert row.n_questions == len(ITEMS) and row.n_items == 2 * len(ITEMS) and row.ppl_documents == 4
+    p_values = [_assert_row_recomputes(row, items, windows, base, matching) for row in results.itertuples()]
     np.testing.assert_allclose(results["q_value"], bh_q_values(p_values), rtol=1e-12)
-    from actstore.evaluation.rows import FrontierRow, SteerabilityRow, columns
-
-    frontier = pd.read_csv(out / "frontier.csv", dtype={"k": str})
-    assert list(frontier.columns) == columns(FrontierRow) and len(frontier) == 4 * len(DEFAULT_BUDGETS)
-    steerability = pd.read_csv(out / "steerability.csv", dtype={"k": str})
-    assert list(steerability.columns) == columns(SteerabilityRow) and len(steerability) == 4
-    assert (steerability["n_questions"] == len(ITEMS)).all() and (steerability["n_alphas"] == 2).all()
-    report = (out / "results.md").read_text()
-    assert "expected with no effect at all" in report and "Per-question steerability" in report
+    _assert_report_tables(out)
     # A row's numbers are what steering with that vector gives on the whole model, twins included.
     row = results[(results["layer"] == 2) & (results["k"] == "4") & (results["alpha"] == 8.0)].iloc[0]
     vector = actstore.vectors.build.vector_from_stats(actstore.open_stats(store), 2, 4)
@@ -322,13 +317,13 @@ def test_user_scorer_scores_the_generations(tmp_path, llama, store, ppl_ids):
 
 
 def test_sweep_measures_each_vectors_held_out_separation_once(tmp_path, llama, store, ppl_ids, pairs_file):
-    from actstore.vectors.build import build_vector
     from actstore.evaluation.monitor import project, separation
+    from actstore.vectors.build import build_vector
 
     heldout = tmp_path / "heldout.zarr"
     actstore.capture_to_store(llama, pairs_file, heldout, layers="1,2", progress=False)
     out = tmp_path / "sep"
-    sweep(llama, store, out, ppl_ids, methods=("enr", "probe"), heldout=heldout)
+    sweep(llama, store, out, ppl_ids, methods=("enr", "probe"), heldout_store=heldout)
     table = pd.read_csv(out / "separation.csv", dtype={"k": str})
     assert len(table) == 2 * 2 * 2  # layer x method x k, once whatever the alphas
     row = table[(table["layer"] == 2) & (table["method"] == "probe") & (table["k"] == "4")].iloc[0]
@@ -336,12 +331,12 @@ def test_sweep_measures_each_vectors_held_out_separation_once(tmp_path, llama, s
     assert row["auroc"] == pytest.approx(direct.auroc.estimate)
     assert row["d_ci_low"] == pytest.approx(direct.cohens_d.low)
     before = (out / "separation.csv").read_text()
-    sweep(llama, store, out, ppl_ids, methods=("enr", "probe"), heldout=heldout)  # resumed: nothing new
+    sweep(llama, store, out, ppl_ids, methods=("enr", "probe"), heldout_store=heldout)  # resumed: nothing new
     assert (out / "separation.csv").read_text() == before
     with pytest.raises(ActstoreError, match=r"layers \[2\] are not in"):
         small = tmp_path / "small.zarr"
         actstore.capture_to_store(llama, pairs_file, small, layers="1", progress=False)
-        sweep(llama, store, tmp_path / "x", ppl_ids, heldout=small)
+        sweep(llama, store, tmp_path / "x", ppl_ids, heldout_store=small)
 
 
 def test_a_store_of_other_weights_is_refused(tmp_path, tiny_model_dirs, store, ppl_ids, llama):
@@ -398,7 +393,8 @@ def test_sweep_steers_only_the_chosen_positions(tmp_path, llama, store, ppl_ids)
         sweep(llama, store, tmp_path / "m", ppl_ids, layers=[2], ks=[4], positions=np.ones((2, 3), bool))
 
 
-def test_cli_eval_defaults_and_refusals(tmp_path, tiny_model_dirs, pairs_file, monkeypatch):
+def _cli_world(tmp_path, tiny_model_dirs, pairs_file) -> tuple:
+    """A CliRunner, a gpt2 store at layer 1, and the arguments of `eval` on an A/B test file (out: ``sweep``)."""
     from click.testing import CliRunner
 
     from actstore.cli.main import cli
@@ -414,8 +410,13 @@ def test_cli_eval_defaults_and_refusals(tmp_path, tiny_model_dirs, pairs_file, m
                                "--store", store]).exit_code == 0
     common = ["eval", "-q", "--model", model, "--store", store, "--data-test", str(ab), "--text", str(text),
               "--ppl-tokens", "64", "--ppl-window", "16", "--out", str(tmp_path / "sweep")]
-    result = runner.invoke(cli, [*common, "--layers", "1", "--k", "4,dense", "--fractions", "0.5", "--contrasts",
-                                 "mine=1:enr:4-1:enr:dense@1.05", "--device", "cpu", "--dtype", "float32"])
+    return (lambda args: runner.invoke(cli, args)), common
+
+
+def test_cli_eval_defaults(tmp_path, tiny_model_dirs, pairs_file):
+    invoke, common = _cli_world(tmp_path, tiny_model_dirs, pairs_file)
+    result = invoke([*common, "--layers", "1", "--k", "4,dense", "--fractions", "0.5", "--contrasts",
+                     "mine=1:enr:4-1:enr:dense@1.05", "--device", "cpu", "--dtype", "float32"])
     assert result.exit_code == 0, result.output
     assert "2 configurations" in result.output and "expected with no effect at all" in result.output
     assert "at q < 0.05" in result.output
@@ -430,10 +431,16 @@ def test_cli_eval_defaults_and_refusals(tmp_path, tiny_model_dirs, pairs_file, m
     assert sorted(separation["k"]) == ["4", "dense"] and separation["n_pos"].tolist() == [2 * len(ITEMS)] * 2
     assert separation["paired"].all()
     assert "Separation of held-out pairs" in (tmp_path / "sweep" / "results.md").read_text()
-    result = runner.invoke(cli, [*common[:-2], "--out", str(tmp_path / "one"), "--layers", "1", "--k", "4",
-                                 "--fractions", "0.5", "--no-swap-options", "--no-separation"])
+    result = invoke([*common[:-2], "--out", str(tmp_path / "one"), "--layers", "1", "--k", "4", "--fractions", "0.5",
+                     "--no-swap-options", "--no-separation"])
     assert result.exit_code == 0, result.output
     assert set(pd.read_csv(tmp_path / "one" / "items.csv")["order"]) == {0}
+    assert not (tmp_path / "one" / "separation.csv").exists()
+
+
+def test_cli_eval_refusals(tmp_path, tiny_model_dirs, pairs_file):
+    invoke, common = _cli_world(tmp_path, tiny_model_dirs, pairs_file)
+    text = common[common.index("--text") + 1]
     for args, message in ((["--layers", "3"], "layers [3] are not in"),
                           (["--layers", "1", "--budgets", "0.9"], "budgets"),
                           (["--layers", "1", "--k", "64"], "larger than the hidden size"),
@@ -441,37 +448,40 @@ def test_cli_eval_defaults_and_refusals(tmp_path, tiny_model_dirs, pairs_file, m
                           (["--layers", "1", "--normalize"], "--normalize needs --alpha"),
                           (["--layers", "1", "--k", "4", "--text", str(tmp_path / "nope.txt")], "nope.txt"),
                           (["--layers", "1", "--k", "4", "--contrasts", "k4 minus dense"], "NAME=LAYER"),
-                          (["--layers", "1", "--prompts", str(text)], "exactly one of --data-test")):
-        result = runner.invoke(cli, [*common, *args])
+                          (["--layers", "1", "--prompts", text], "exactly one of --data-test")):
+        result = invoke([*common, *args])
         assert result.exit_code == 1 and message in result.output and "Traceback" not in result.output, args
     # lists are click types: a bad value is refused before anything is read, naming its flag
     for args, flag in ((["--k", "0,8"], "'--k'"), (["--k", "4,x"], "'--k'"), (["--fractions", "a"], "'--fractions'"),
                        (["--alpha", "1,nan"], "'--alpha'"), (["--budgets", ""], "'--budgets'"),
                        (["--control-seeds", "-1"], "'--control-seeds'"), (["--dtype", "float8"], "'--dtype'")):
-        result = runner.invoke(cli, [*common, "--layers", "1", *args])
+        result = invoke([*common, "--layers", "1", *args])
         assert result.exit_code == 2 and flag in result.output and "Traceback" not in result.output, args
-    result = runner.invoke(cli, [*common, "--layers", "1", "--device-map", "auto", "--device", "meta"])
+    result = invoke([*common, "--layers", "1", "--device-map", "auto", "--device", "meta"])
     assert result.exit_code == 1 and "--device" in result.output and "--device-map" in result.output
-    # without --text: the corpus the documented rule finds ($ACTSTORE_TEXT first), else an error naming --text
+    for name, content, message in (("labeled.json", [{"text": "a b c", "label": "x"}, {"text": "d e f", "label": "y"}],
+                                    "not labeled texts"), ("broken.json", None, "broken.json")):
+        path = tmp_path / name
+        path.write_text(json.dumps(content) if content is not None else '[{"positive": "a",')
+        result = invoke([*common[:-2], "--out", str(tmp_path / path.stem), "--layers", "1", "--k", "4", "--data-test",
+                         str(path)])
+        assert result.exit_code == 1 and name in result.output and message in result.output, result.output
+        assert "Traceback" not in result.output
+
+
+def test_cli_eval_finds_the_default_corpus(tmp_path, tiny_model_dirs, pairs_file, monkeypatch):
+    """Without --text: the corpus the documented rule finds ($ACTSTORE_TEXT first), else an error naming --text."""
+    invoke, common = _cli_world(tmp_path, tiny_model_dirs, pairs_file)
+    text = common[common.index("--text") + 1]
     no_text = [a for i, a in enumerate(common) if a != "--text" and common[i - 1] != "--text"]
     monkeypatch.setenv("ACTSTORE_TEXT", str(tmp_path / "missing.txt"))
-    result = runner.invoke(cli, [*no_text, "--layers", "1", "--k", "4"])
+    result = invoke([*no_text, "--layers", "1", "--k", "4"])
     assert result.exit_code == 1 and "--text" in result.output and "Traceback" not in result.output
-    monkeypatch.setenv("ACTSTORE_TEXT", str(text))
-    result = runner.invoke(cli, [*no_text[:-1], str(tmp_path / "default"), "--layers", "1", "--k", "4",
-                                 "--fractions", "0.5", "--no-separation"])
+    monkeypatch.setenv("ACTSTORE_TEXT", text)
+    result = invoke([*no_text[:-1], str(tmp_path / "default"), "--layers", "1", "--k", "4", "--fractions", "0.5",
+                     "--no-separation"])
     assert result.exit_code == 0, result.output
     assert json.loads((tmp_path / "default" / "baseline.json").read_text())["settings"]["ppl_tokens"] == 64
-    labeled = tmp_path / "labeled.json"
-    labeled.write_text(json.dumps([{"text": "a b c", "label": "x"}, {"text": "d e f", "label": "y"}]))
-    result = runner.invoke(cli, [*common[:-2], "--out", str(tmp_path / "l"), "--layers", "1", "--k", "4", "--data-test",
-                                 str(labeled)])
-    assert result.exit_code == 1 and "labeled.json" in result.output and "not labeled texts" in result.output
-    broken = tmp_path / "broken.json"
-    broken.write_text('[{"positive": "a",')
-    result = runner.invoke(cli, [*common[:-2], "--out", str(tmp_path / "b"), "--layers", "1", "--k", "4", "--data-test",
-                                 str(broken)])
-    assert result.exit_code == 1 and "broken.json" in result.output and "Traceback" not in result.output
 
 
 def test_a_second_run_on_a_folder_being_written_is_refused_and_adds_nothing(tmp_path, llama, store, ppl_ids):

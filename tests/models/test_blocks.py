@@ -115,7 +115,7 @@ def test_a_block_without_the_module_is_refused_with_its_parts_named():
 
 
 def test_sweep_at_the_attention_site_replays_only_the_blocks_before(tmp_path, tiny_model_dirs, pairs_file):
-    from test_sweep import ITEMS, TEXT, sweep
+    from tests.evaluation.test_sweep import ITEMS, TEXT, sweep
 
     loaded = load_model(str(tiny_model_dirs["llama"]))
     path = tmp_path / "s.zarr"
