@@ -14,6 +14,11 @@ cache) holds prompt tokens; a pass that continues a cached sequence, as
 ``generate`` does after the prompt, holds generated tokens. Positions count real
 tokens only, so left padding shifts nothing; padding itself is never steered
 unless ``"all"``.
+
+The vLLM plugin (:mod:`actstore.serve`) steers with the same two pieces: what is
+added for a vector is :func:`vector_addition` (the scale; which coordinates of a
+sparse vector), and which tokens get it is :meth:`Positions.selects`, the spec
+read by :meth:`Positions.from_text` (a request's ``actstore_positions``).
 """
 
 from __future__ import annotations
@@ -33,9 +38,6 @@ from .models.blocks import SITES, find_decoder_blocks, site_module, text_config
 from .models.load import LoadedModel
 from .vectors.vector import SteeringVector, validate_vector
 
-POSITION_KINDS = ("all", "prompt", "generated", "from")
-
-
 _MAX_POSITION = 2**31  # longer than any context: a larger N is a typo, and beyond int64 a crash
 
 
@@ -51,30 +53,56 @@ class Positions:
 
     @classmethod
     def parse(cls, spec) -> Positions:
-        """``"all"``, ``"prompt"``, ``"generated"``, ``"from:N"``, a :class:`Positions`,
-        or a boolean ``(batch, n)`` array / tensor (a per-example mask)."""
+        """``"all"``, ``"prompt"``, ``"generated"``, ``"from:N"`` (read by :meth:`from_text`), a
+        :class:`Positions`, or a boolean ``(batch, n)`` array / tensor (a per-example mask)."""
         if spec is None:
             return cls()
         if isinstance(spec, Positions):
             return spec
         if isinstance(spec, str):
-            text = spec.strip().lower()
-            if text in ("all", "prompt", "generated"):
-                return cls(text)
-            if text.startswith("from:"):
-                try:
-                    start = int(text[5:])
-                except ValueError:
-                    start = -1
-                if 0 <= start < _MAX_POSITION:
-                    return cls("from", start)
-            raise VectorError(f"positions {spec!r}: expected 'all', 'prompt', 'generated' or 'from:N' "
-                              "(0 <= N < 2**31, e.g. 'from:5')", param="positions")
+            return cls.from_text(spec)
         mask = torch.as_tensor(np.asarray(spec))
         if mask.dtype != torch.bool or mask.dim() != 2:
             raise VectorError(f"positions: a per-example mask must be boolean of shape (batch, n), got "
                               f"{mask.dtype} {tuple(mask.shape)}")
         return cls("mask", mask=mask)
+
+    @classmethod
+    def from_text(cls, spec) -> Positions:
+        """The one reader of a written spec (``actstore steer --positions``, a sweep's
+        ``positions``, a served request's ``actstore_positions``): ``"all"``, ``"prompt"``,
+        ``"generated"`` or ``"from:N"``, any case. Anything else, a non-string included, is
+        refused with the same message wherever it was written."""
+        text = spec.strip().lower() if isinstance(spec, str) else ""
+        if text in ("all", "prompt", "generated"):
+            return cls(text)
+        if text.startswith("from:"):
+            try:
+                start = int(text[5:])
+            except ValueError:
+                start = -1
+            if 0 <= start < _MAX_POSITION:
+                return cls("from", start)
+        raise VectorError(f"positions {spec!r}: expected 'all', 'prompt', 'generated' or 'from:N' "
+                          "(0 <= N < 2**31, e.g. 'from:5')", param="positions")
+
+    def selects(self, index: torch.Tensor, prompt: bool | torch.Tensor) -> torch.Tensor:
+        """Which tokens get the vector (bool, ``index``'s shape): the one rule of :func:`steer`'s
+        hooks and of the vLLM plugin. ``index``: each token's position among its sequence's real
+        tokens, from 0 (``(batch, T)`` for a mask, whose rows are the examples); ``prompt``:
+        whether each token (or every token of the pass) is a prompt token."""
+        if self.kind == "all":
+            return torch.ones_like(index, dtype=torch.bool)
+        if self.kind in ("prompt", "generated"):
+            is_prompt = torch.as_tensor(prompt, dtype=torch.bool, device=index.device).expand(index.shape)
+            return is_prompt.clone() if self.kind == "prompt" else ~is_prompt
+        if self.kind == "from":
+            return index >= self.start
+        mask = self.mask.to(index.device)
+        if mask.shape[0] != index.shape[0]:
+            raise VectorError(f"positions mask is for {mask.shape[0]} examples; this batch has {index.shape[0]}")
+        inside = index < mask.shape[1]
+        return inside & torch.gather(mask, 1, index.clamp(0, mask.shape[1] - 1))
 
     def __str__(self) -> str:
         return {"from": f"from:{self.start}", "mask": "mask"}.get(self.kind, self.kind)
@@ -118,26 +146,36 @@ class _PassState:
 
     def selected(self, positions: Positions) -> torch.Tensor:
         """(batch, T) bool: the tokens of this pass that get the vector."""
-        if positions.kind == "prompt":
-            return self.real & self.starts_sequence
-        if positions.kind == "generated":
-            return self.real & (not self.starts_sequence)
-        if positions.kind == "from":
-            return self.real & (self.index >= positions.start)
-        mask = positions.mask.to(self.real.device)
-        if mask.shape[0] != self.real.shape[0]:
-            raise VectorError(f"positions mask is for {mask.shape[0]} examples; this batch has {self.real.shape[0]}")
-        inside = self.index < mask.shape[1]
-        picked = torch.gather(mask, 1, self.index.clamp(0, mask.shape[1] - 1))
-        return self.real & inside & picked
+        return self.real & positions.selects(self.index, self.starts_sequence)
 
 
-@dataclass
-class _LayerAddition:
-    """What is added at one block: ``values`` on ``indices`` (None: dense ``values``)."""
+@dataclass(frozen=True, eq=False)
+class VectorAddition:
+    """What is added for one vector: ``values`` on the coordinates ``indices`` (a sparse
+    vector: its non-zero ones, by ``index_add``), or on every coordinate (``indices`` None).
+    ``indices``: (k,) int64; ``values``: (k,) or (hidden,) float64."""
 
-    indices: torch.Tensor | None
-    values: torch.Tensor
+    indices: np.ndarray | None
+    values: np.ndarray
+
+    def tensors(self, device, dtype) -> tuple[torch.Tensor | None, torch.Tensor]:
+        """``(indices, values)`` on ``device``; values rounded once, from float64 to ``dtype``."""
+        indices = None if self.indices is None else torch.from_numpy(self.indices).to(device)
+        return indices, torch.from_numpy(self.values).to(device=device, dtype=dtype)
+
+
+def vector_addition(vector: SteeringVector, alpha: float, *, sparse: bool = True) -> VectorAddition:
+    """``alpha * vector`` as it is added, by :func:`steer`'s hooks and by the vLLM plugin alike:
+    scaled in float64; on its non-zero coordinates when at most half of them are non-zero
+    (``sparse=False``: always dense)."""
+    if not math.isfinite(alpha):
+        raise VectorError(f"alpha must be a finite number, got {alpha!r}", param="alpha")
+    values = np.asarray(vector.vector, dtype=np.float64) * alpha
+    kept = np.flatnonzero(values).astype(np.int64)
+    # A vector that is mostly non-zero is cheaper to add densely.
+    if sparse and len(kept) <= len(values) // 2:
+        return VectorAddition(kept, values[kept])
+    return VectorAddition(None, values)
 
 
 def check_vector(vector: SteeringVector, loaded: LoadedModel, force: bool = False) -> None:
@@ -154,12 +192,12 @@ def check_vector(vector: SteeringVector, loaded: LoadedModel, force: bool = Fals
 
 
 def _additions(model, blocks, vectors: Sequence[SteeringVector], alphas: Sequence[float], sparse: bool):
+    """(layer, site) -> the ``(indices, values)`` tensors added there (:meth:`VectorAddition.tensors`)."""
     hidden = int(text_config(model.config).hidden_size)
     param = next(model.parameters())
-    per_layer: dict[tuple[int, str], list[_LayerAddition]] = {}
+    per_layer: dict[tuple[int, str], list[tuple[torch.Tensor | None, torch.Tensor]]] = {}
     for vector, alpha in zip(vectors, alphas):
-        if not math.isfinite(alpha):
-            raise VectorError(f"alpha must be a finite number, got {alpha!r}")
+        addition = vector_addition(vector, alpha, sparse=sparse)  # first: a NaN alpha is named before the rest
         if vector.hidden_size != hidden:
             raise VectorError(
                 f"vector has {vector.hidden_size} dimensions but the model's hidden size is {hidden}"
@@ -169,17 +207,7 @@ def _additions(model, blocks, vectors: Sequence[SteeringVector], alphas: Sequenc
                 f"vector is for layer {vector.layer}; this model has decoder blocks 0..{len(blocks) - 1}"
             )
         site = vector_site(vector)
-        values = np.asarray(vector.vector, dtype=np.float64) * alpha
-        kept = np.flatnonzero(values).astype(np.int64)
-        # A vector that is mostly non-zero is cheaper to add densely.
-        if sparse and len(kept) <= hidden // 2:
-            addition = _LayerAddition(
-                torch.from_numpy(kept).to(param.device),
-                torch.from_numpy(values[kept]).to(device=param.device, dtype=param.dtype),
-            )
-        else:
-            addition = _LayerAddition(None, torch.from_numpy(values).to(device=param.device, dtype=param.dtype))
-        per_layer.setdefault((vector.layer, site), []).append(addition)
+        per_layer.setdefault((vector.layer, site), []).append(addition.tensors(param.device, param.dtype))
     return per_layer
 
 
@@ -191,16 +219,17 @@ def vector_site(vector: SteeringVector) -> str:
     return site
 
 
-def _add(hidden: torch.Tensor, additions: list[_LayerAddition], where: torch.Tensor | None = None) -> torch.Tensor:
+def _add(hidden: torch.Tensor, additions: list[tuple[torch.Tensor | None, torch.Tensor]],
+         where: torch.Tensor | None = None) -> torch.Tensor:
     """``hidden + additions``; with ``where`` ``(batch, T)`` bool, only at those tokens."""
     weight = None if where is None else where.to(hidden.dtype).unsqueeze(-1)
-    for addition in additions:
-        values = addition.values.to(hidden.dtype)
-        if addition.indices is None:
+    for indices, values in additions:
+        values = values.to(hidden.dtype)
+        if indices is None:
             hidden = hidden + (values if weight is None else weight * values)
         else:
             source = values.expand(*hidden.shape[:-1], values.shape[0])
-            hidden = hidden.index_add(-1, addition.indices, source if weight is None else weight * source)
+            hidden = hidden.index_add(-1, indices, source if weight is None else weight * source)
     return hidden
 
 
@@ -222,6 +251,14 @@ def steer(
     layer: they add up); ``alpha`` one scale for all or one per vector.
     ``sparse=False`` adds the vector densely (for comparison; same result).
     ``positions``: which tokens (module docstring; default every token).
+
+    >>> loaded, vector = load_model(model_dir), load_vector("v.safetensors")
+    >>> ids = loaded.tokenizer("I fed the stray cat.", return_tensors="pt").input_ids
+    >>> plain = loaded.model(ids).logits
+    >>> with steer(loaded, vector, alpha=8.0):
+    ...     steered = loaded.model(ids).logits
+    >>> bool((steered - plain).abs().max() > 0), bool((loaded.model(ids).logits == plain).all())
+    (True, True)
     """
     if isinstance(model, LoadedModel):
         model, blocks = model.model, model.blocks
@@ -237,7 +274,7 @@ def steer(
     chosen = Positions.parse(positions)
     state = _PassState() if chosen.kind != "all" else None
 
-    def make_hook(additions: list[_LayerAddition]):
+    def make_hook(additions: list[tuple[torch.Tensor | None, torch.Tensor]]):
         def hook(module, args, output):
             where = None if state is None else state.selected(chosen)
             if isinstance(output, tuple):

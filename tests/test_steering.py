@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -9,9 +11,11 @@ import torch
 from actstore.capture import record_blocks
 from actstore.errors import VectorError
 from actstore.models.load import load_model
-from actstore.steering import check_vector, steer
-from actstore.vectors.vector import SteeringVector
+from actstore.serve.plugin import LayerAddition, StepTokens, add_to_rows, steered_rows
+from actstore.serve.settings import POSITIONS_KEY, ModelFacts, SteeringPayload, resolve_request
+from actstore.steering import Positions, _add, _PassState, check_vector, steer, vector_addition
 from actstore.vectors.info import VectorInfo
+from actstore.vectors.vector import SteeringVector
 
 TEXT = "The quick brown fox jumps over the lazy dog."
 
@@ -224,8 +228,6 @@ def test_positions_during_cached_generation_match_a_hand_written_hook(llama, kin
 
 
 def test_positions_are_parsed_and_bad_ones_refused(llama):
-    from actstore.steering import Positions
-
     assert str(Positions.parse("from:4")) == "from:4" and Positions.parse(None).kind == "all"
     for bad in ("from:-1", "middle", "from:x"):
         with pytest.raises(VectorError, match="positions"):
@@ -237,3 +239,69 @@ def test_positions_are_parsed_and_bad_ones_refused(llama):
         with torch.no_grad(), steer(llama, sparse_vector(1), 1.0, positions=torch.ones(3, 4, dtype=torch.bool)):
             llama.model(**batch)
     assert not llama.model._forward_pre_hooks and not llama.blocks[1]._forward_hooks
+
+
+SPECS = ["all", "prompt", "generated", "from:0", "from:4", "from:7", "from:40"]
+
+
+def _hooks_on_one_sequence(positions: Positions, tensors, hidden: torch.Tensor, prompt_length: int):
+    """``hidden`` (T, H), one sequence's block outputs, as :func:`steer`'s hooks change them during
+    ``generate``: a prompt pass of ``prompt_length`` tokens, then one cached pass per generated token."""
+    state, out = _PassState(), []
+    passes = [(0, prompt_length)] + [(t, t + 1) for t in range(prompt_length, hidden.shape[0])]
+    for low, high in passes:
+        state.pre_hook(None, (), {"input_ids": torch.zeros(1, high - low, dtype=torch.long),
+                                  "attention_mask": torch.ones(1, high, dtype=torch.long)})
+        where = None if positions.kind == "all" else state.selected(positions)
+        out.append(_add(hidden[None, low:high], [tensors], where)[0])
+    return torch.cat(out)
+
+
+def _served(vector, alpha: float, positions: Positions):
+    """The tensors a vLLM worker adds for a request, through the payload as it travels (JSON)."""
+    payload = SteeringPayload.of("v", vector.layer, alpha, positions, vector_addition(vector, alpha), "key")
+    return SteeringPayload.from_extra(json.loads(json.dumps(payload.to_extra())))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("kept", [3, 32], ids=["sparse", "dense"])
+def test_the_serve_plugin_adds_what_steer_adds_at_the_tokens_steer_picks(kept, dtype):
+    """One engine step holding a sequence per positions spec, each split as vLLM schedules it (a
+    prompt prefilled in two chunks beside single decoded tokens): the plugin's rows and scatters
+    give exactly what steer's hooks give to the same tokens, bit for bit."""
+    hidden_size, prompt_length, length = 32, 6, 10
+    vector = sparse_vector(layer=1, indices=range(0, 32, 32 // kept)[:kept], seed=kept)
+    addition = vector_addition(vector, -2.5)
+    assert (addition.indices is None) == (kept == 32)  # the one sparse/dense rule, both sides
+    generator = torch.Generator().manual_seed(0)
+    hidden = torch.randn(len(SPECS) * length, hidden_size, generator=generator).to(dtype)
+    expected, requests, groups = [], [], []
+    for number, spec in enumerate(SPECS):
+        positions = Positions.from_text(spec)
+        base = number * length
+        sequence = hidden[base : base + length]
+        expected.append(_hooks_on_one_sequence(positions, addition.tensors("cpu", dtype), sequence, prompt_length))
+        payload = _served(vector, -2.5, positions)
+        tensors = payload.addition().tensors("cpu", dtype)
+        chunks = [(0, 4), (4, prompt_length)] + [(t, t + 1) for t in range(prompt_length, length)]
+        for first, stop in chunks:
+            requests.append(StepTokens(payload.positions, base + first, base + stop, first, prompt_length))
+            groups.append(tensors)
+    merged = LayerAddition.merge([(rows, *tensors) for rows, tensors in zip(steered_rows(requests), groups)
+                                  if len(rows)], "cpu")
+    assert torch.equal(add_to_rows(hidden, merged), torch.cat(expected))
+
+
+@pytest.mark.parametrize("bad", ["middle", "from:-1", "from:x", "from:", "from:99999999999", "", "prompt,generated"])
+def test_a_bad_positions_spec_gets_one_message_from_steer_and_from_the_server(llama, bad):
+    with pytest.raises(VectorError) as local:
+        with steer(llama, sparse_vector(1), 1.0, positions=bad):
+            pass
+    with pytest.raises(VectorError) as served:
+        resolve_request({"actstore_vector": "v", POSITIONS_KEY: bad}, None, ModelFacts("", 32, 4))
+    assert str(served.value) == str(local.value)
+    assert "expected 'all', 'prompt', 'generated' or 'from:N'" in str(local.value)
+    assert local.value.params == ("positions",) and served.value.params == (POSITIONS_KEY,)
+    for not_text in (3, None, ["all"]):  # a request's value need not be a string
+        with pytest.raises(VectorError, match="expected 'all', 'prompt', 'generated' or 'from:N'"):
+            resolve_request({"actstore_vector": "v", POSITIONS_KEY: not_text}, None, ModelFacts("", 32, 4))

@@ -46,7 +46,7 @@ def _csv(values) -> str:
                    "started by `actstore serve` (its /v1/completions, greedy, the vector in vllm_xargs), so a "
                    "served vector is measured with the same intervals as a local one. It must run --model's "
                    "weights and actstore's plugin (both checked first). Perplexity, separation and the scoring "
-                   "of the texts stay local. --positions: all, prompt or generated.")
+                   "of the texts stay local. --positions: all, prompt, generated or from:N.")
 @click.option("--server-vectors", type=click.Path(file_okay=False), default=None, metavar="DIR",
               help="With --server: the vectors folder the server was started with (`actstore serve --vectors "
                    "DIR`), reachable from here: each vector the sweep builds is saved there as "

@@ -23,7 +23,7 @@ from .options import model_options, take_record
 @click.option("--temperature", type=click.FloatRange(min=0, min_open=True), default=1.0, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--force", is_flag=True, help="Steer even if a vector was made for other model weights.")
-def steer(vectors, alpha, prompts, positions, max_new_tokens, compare, sample, temperature, seed, force, **fields):
+def steer(vectors, alpha, prompts, positions, compare, force, **flags):
     """Generate with steering vectors added at inference."""
     import math
 
@@ -36,15 +36,16 @@ def steer(vectors, alpha, prompts, positions, max_new_tokens, compare, sample, t
 
     if not math.isfinite(alpha):
         raise VectorError(f"alpha must be a finite number, got {alpha}", param="alpha")
-    chosen = Positions.parse(positions)
-    loaded = take_record(ModelSpec, fields).load()
+    chosen = Positions.from_text(positions)
+    loaded = take_record(ModelSpec, flags).load()
     loaded_vectors = [load_vector(path) for path in vectors]
     for vector in loaded_vectors:
         check_vector(vector, loaded, force)
-    kwargs = dict(max_new_tokens=max_new_tokens, do_sample=sample, temperature=temperature, seed=seed)
-    base = generate(loaded.model, loaded.tokenizer, prompts, **kwargs) if compare else None
+    decoding = dict(max_new_tokens=flags["max_new_tokens"], do_sample=flags["sample"],
+                    temperature=flags["temperature"], seed=flags["seed"])
+    base = generate(loaded.model, loaded.tokenizer, prompts, **decoding) if compare else None
     with steering(loaded, loaded_vectors, alpha, positions=chosen):
-        steered = generate(loaded.model, loaded.tokenizer, prompts, **kwargs)
+        steered = generate(loaded.model, loaded.tokenizer, prompts, **decoding)
     described = ", ".join(f"layer {v.layer} k={'dense' if v.k is None else v.k}" for v in loaded_vectors)
     for i, prompt in enumerate(prompts):
         click.echo(f"=== prompt: {prompt!r}")

@@ -39,11 +39,21 @@ from ..vectors.vector import SteeringVector, save_vector
 from . import ServeError
 from .client import ServerClient
 from .launch import require_plugin
-from .settings import ALPHA_KEY, POSITIONS_KEY, SERVE_POSITIONS, VECTOR_KEY, VECTOR_SUFFIX
+from .settings import ALPHA_KEY, POSITIONS_KEY, VECTOR_KEY, VECTOR_SUFFIX
 
 # A batch of prompts x 40 tokens on a loaded CPU server can take minutes; a dead server still
 # fails at once (connection refused).
 EVAL_TIMEOUT_S = 1800.0
+
+
+def served_positions(positions) -> str:
+    """``positions`` as a request spells it (``actstore_positions``): any written spec; a
+    per-example mask has no spelling a request could carry."""
+    chosen = Positions.parse(positions)
+    if chosen.kind == "mask":
+        raise ServeError("positions: a served engine steers by a written spec (all, prompt, generated, from:N), "
+                         "not a per-example mask", param="positions")
+    return str(chosen)
 
 
 class EvalServer:
@@ -57,8 +67,8 @@ class EvalServer:
     @classmethod
     def connect(cls, server: str, server_vectors: str | Path | None, positions: str = "all",
                 timeout: float = EVAL_TIMEOUT_S) -> EvalServer:
-        """Checks what needs no model: the URL, the folder, the sweep's positions (the plugin steers
-        all, prompt or generated tokens), that the server answers and that it runs the plugin."""
+        """Checks what needs no model: the URL, the folder, the sweep's positions (any written spec:
+        a request carries it), that the server answers and that it runs the plugin."""
         client = ServerClient(server, timeout=timeout)  # a malformed URL is refused here
         if server_vectors is None:
             raise ServeError("server_vectors: the vectors folder the server was started with (actstore serve "
@@ -71,10 +81,7 @@ class EvalServer:
         if not os.access(folder, os.W_OK):
             raise ServeError(f"server_vectors={str(server_vectors)!r}: cannot write there (the sweep saves each "
                              "vector into it)", param="server_vectors")
-        chosen = str(Positions.parse(positions))
-        if chosen not in SERVE_POSITIONS:
-            raise ServeError(f"positions={chosen!r}: a served engine steers {', '.join(SERVE_POSITIONS)} tokens "
-                             "only", param="positions")
+        served_positions(positions)
         model_id = client.model_id()  # "cannot reach the server" when nobody answers
         require_plugin(client)
         return cls(client, model_id, folder.resolve())
@@ -137,7 +144,8 @@ class EvalServer:
         staging.replace(self.vectors / (name + VECTOR_SUFFIX))  # the server never reads a half-written file
         return name
 
-    def generate(self, prompt_ids: list[list[int]], steering: dict | None, max_new_tokens: int) -> list[tuple[int, ...]]:
+    def generate(self, prompt_ids: list[list[int]], steering: dict | None,
+                 max_new_tokens: int) -> list[tuple[int, ...]]:
         return self.client.generate_tokens(prompt_ids, steering, max_new_tokens=max_new_tokens, model=self.model_id)
 
 
@@ -156,11 +164,8 @@ class ServedGeneration(GeneratedText):
 
     @contextmanager
     def steered(self, vector: SteeringVector, scale: float, positions):
-        chosen = str(Positions.parse(positions))
-        if chosen not in SERVE_POSITIONS:
-            raise ServeError(f"positions={chosen!r}: a served engine steers {', '.join(SERVE_POSITIONS)} tokens "
-                             "only", param="positions")
-        self.steering = {VECTOR_KEY: self.server.publish(vector), ALPHA_KEY: float(scale), POSITIONS_KEY: chosen}
+        self.steering = {VECTOR_KEY: self.server.publish(vector), ALPHA_KEY: float(scale),
+                         POSITIONS_KEY: served_positions(positions)}
         try:
             yield
         finally:

@@ -11,10 +11,13 @@ exactly pinned vLLM (requirements-serve.txt; tests/serve/test_internals.py fails
   caching never hands a request key/value blocks computed under other steering;
 * the worker (the V1 model runner): after the model loads, a forward hook on each decoder
   layer adds ``alpha * vector`` to the residual stream of exactly the tokens of the requests
-  that asked for it. vLLM layers return ``(hidden, residual)`` and the stream is their sum, so
-  adding to ``hidden`` is adding to the stream. Which rows of the flattened batch belong to
-  which request comes from the runner's input batch and ``query_start_loc``, read once per step
-  (``execute_model`` is wrapped to mark the step; warm-up and profiling passes are never steered).
+  that asked for it: what is added is the request's :func:`actstore.steering.vector_addition`
+  and which tokens get it :meth:`actstore.steering.Positions.selects` (:func:`steered_rows`),
+  the computation and the rule of actstore's own hooks. vLLM layers return ``(hidden,
+  residual)`` and the stream is their sum, so adding to ``hidden`` is adding to the stream.
+  Which rows of the flattened batch belong to which request comes from the runner's input
+  batch and ``query_start_loc``, read once per step (``execute_model`` is wrapped to mark the
+  step; warm-up and profiling passes are never steered).
 
 Everything here fails loudly: a wrong vLLM version, the V2 model runner or a compiled model
 (hooks would be traced once and frozen) raise when the engine starts rather than serve
@@ -27,7 +30,13 @@ from __future__ import annotations
 import logging
 import os
 from collections import OrderedDict
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from ..steering import Positions
 
 logger = logging.getLogger("actstore.serve")
 
@@ -188,7 +197,7 @@ class RunnerSteering:
         self.layers = decoder_layers(runner.get_model())
         self.active = False
         self.plan: dict[int, LayerAddition] | None = None
-        self.tensors: OrderedDict[str, tuple] = OrderedDict()  # payload key -> (payload, indices, values)
+        self.tensors: OrderedDict[str, tuple] = OrderedDict()  # payload key -> (layer, indices, values)
         self.handles = [layer.register_forward_hook(self._hook(i)) for i, layer in enumerate(self.layers)]
         logger.info("actstore serve: steering hooks on %d decoder layers", len(self.layers))
 
@@ -213,21 +222,17 @@ class RunnerSteering:
 
         return hook
 
-    def _payload(self, extra: dict, device, dtype):
-        """``(payload, indices, values)`` of a request's payload, the tensors made once per
-        (vector, alpha): a step reads 64 requests without re-reading 64 lists of floats. Only
-        what the key covers may come from the cache (positions differ between requests)."""
-        import torch
-
+    def _tensors(self, extra: dict, device, dtype) -> tuple:
+        """``(layer, indices, values)`` of a request's payload (:meth:`VectorAddition.tensors
+        <actstore.steering.VectorAddition.tensors>`), made once per (vector, alpha): a step reads 64
+        requests without re-reading 64 lists of floats. Only what the key covers may come from the
+        cache (positions differ between requests)."""
         from .settings import SteeringPayload
 
         cached = self.tensors.get(extra["key"])
         if cached is None:
             payload = SteeringPayload.from_extra(extra)
-            indices = None if payload.indices is None else torch.tensor(payload.indices, dtype=torch.long)
-            values = torch.tensor(payload.values, dtype=torch.float32).to(dtype=dtype)
-            cached = self.tensors[payload.key] = (payload, None if indices is None else indices.to(device),
-                                                  values.to(device))
+            cached = self.tensors[payload.key] = (payload.layer, *payload.addition().tensors(device, dtype))
             while len(self.tensors) > 4096:
                 self.tensors.popitem(last=False)
         else:
@@ -237,8 +242,7 @@ class RunnerSteering:
     def _make_plan(self) -> dict[int, LayerAddition]:
         """layer -> what this step adds there: the rows of the flattened batch that each request's
         (vector, alpha) goes to, merged into one dense and one sparse scatter per layer."""
-        import numpy as np
-
+        from ..steering import Positions
         from .settings import PAYLOAD_KEY
 
         runner = self.runner
@@ -247,26 +251,59 @@ class RunnerSteering:
         starts = runner.query_start_loc.np[: num_reqs + 1]
         computed = batch.num_computed_tokens_cpu[:num_reqs]
         param = next(runner.get_model().parameters())
-        per_layer: dict[int, list] = {}
+        additions, tokens = [], []
         for index, req_id in enumerate(batch.req_ids[:num_reqs]):
             state = runner.requests.get(req_id)
             params = getattr(state, "sampling_params", None)
             extra = (params.extra_args or {}).get(PAYLOAD_KEY) if params is not None else None
             if extra is None:
                 continue
-            payload, indices, values = self._payload(extra, param.device, param.dtype)
-            positions = extra["positions"]
-            start, stop = int(starts[index]), int(starts[index + 1])
-            first = int(computed[index])  # position of this step's first token in its sequence
-            prompt_left = max(0, min(stop - start, state.num_prompt_tokens - first))
-            if positions == "prompt":
-                stop = start + prompt_left
-            elif positions == "generated":
-                start = start + prompt_left
-            if stop > start:
-                per_layer.setdefault(payload.layer, []).append((np.arange(start, stop), indices, values))
+            additions.append(self._tensors(extra, param.device, param.dtype))
+            # computed: the position of this step's first token of the request in its sequence
+            tokens.append(StepTokens(Positions.from_text(extra["positions"]), int(starts[index]),
+                                     int(starts[index + 1]), int(computed[index]), int(state.num_prompt_tokens)))
+        per_layer: dict[int, list] = {}
+        for (layer, indices, values), rows in zip(additions, steered_rows(tokens)):
+            if len(rows):
+                per_layer.setdefault(layer, []).append((rows, indices, values))
         return {layer: LayerAddition.merge(groups, param.device)
                 for layer, groups in per_layer.items()}
+
+
+@dataclass(frozen=True)
+class StepTokens:
+    """One steered request's tokens in a step: rows ``start:stop`` of the flattened batch hold
+    the tokens at positions ``first, first + 1, ...`` of its sequence, whose first
+    ``prompt_length`` are its prompt; ``positions``: the request's ``actstore_positions``."""
+
+    positions: Positions
+    start: int
+    stop: int
+    first: int
+    prompt_length: int
+
+
+def steered_rows(requests: Sequence[StepTokens]) -> list:
+    """For each request, the rows (int64 numpy) that get its vector: those whose tokens
+    :meth:`Positions.selects <actstore.steering.Positions.selects>` picks, the rule of actstore's
+    own hooks, called once per distinct ``positions`` of the step, not once per request."""
+    import numpy as np
+    import torch
+
+    by_spec: dict[str, list[int]] = {}
+    for number, request in enumerate(requests):
+        by_spec.setdefault(str(request.positions), []).append(number)
+    rows: list = [None] * len(requests)
+    for members in by_spec.values():
+        spans = [requests[i] for i in members]
+        counts = [span.stop - span.start for span in spans]
+        index = np.concatenate([np.arange(s.first, s.first + n) for s, n in zip(spans, counts)]).astype(np.int64)
+        is_prompt = index < np.repeat([span.prompt_length for span in spans], counts)
+        chosen = spans[0].positions.selects(torch.from_numpy(index), torch.from_numpy(is_prompt)).numpy()
+        offsets = np.cumsum([0, *counts])
+        for number, span, low, high in zip(members, spans, offsets[:-1], offsets[1:]):
+            rows[number] = span.start + np.flatnonzero(chosen[low:high])
+    return rows
 
 
 class LayerAddition:
@@ -281,7 +318,8 @@ class LayerAddition:
 
     @classmethod
     def merge(cls, groups, device) -> LayerAddition:
-        """``groups``: [(rows (n,) numpy, indices (k,) | None, values (k,) or (hidden,))]."""
+        """``groups``: [(rows (n,) numpy, indices (k,) | None, values (k,) or (hidden,))], the
+        tensors of :meth:`VectorAddition.tensors <actstore.steering.VectorAddition.tensors>`."""
         import torch
 
         dense_rows, dense_values, sparse_rows, sparse_columns, sparse_values = [], [], [], [], []

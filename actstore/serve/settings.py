@@ -5,13 +5,15 @@ A client names a vector, a scale and the tokens to steer in the request's extra 
 
     actstore_vector     the name of a file in the server's vectors folder (``NAME`` or ``NAME.safetensors``)
     actstore_alpha      the scale (default 1.0): ``alpha * vector`` is added to the residual stream
-    actstore_positions  all (default) | prompt | generated, as ``actstore steer --positions``
+    actstore_positions  all (default) | prompt | generated | from:N, read by the reader of
+                        ``actstore steer --positions`` (:meth:`actstore.steering.Positions.from_text`)
 
 :func:`resolve_request` turns those into a :class:`SteeringPayload`: the vector read from the
 allow-listed folder (never a path from the request), checked against the served model
-(fingerprint, hidden size, layer, site), scaled once as :func:`actstore.steering.steer` scales it,
-and a ``cache_salt`` derived from everything that changes the activations, so no request can
-read key/value blocks computed under another vector.
+(fingerprint, hidden size, layer, site), its addition computed by the function that computes
+:func:`actstore.steering.steer`'s (:func:`actstore.steering.vector_addition`), and a
+``cache_salt`` derived from everything that changes the activations, so no request can read
+key/value blocks computed under another vector.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import VectorError
+from ..steering import Positions, VectorAddition, vector_addition
 from ..vectors.vector import SteeringVector, load_vector
 
 VECTOR_KEY = "actstore_vector"
@@ -36,7 +39,6 @@ REQUEST_KEYS = (VECTOR_KEY, ALPHA_KEY, POSITIONS_KEY)
 # Where the front end leaves the checked, scaled vector for the workers. A client never sets it:
 # any other actstore_* key in a request is refused, this one included.
 PAYLOAD_KEY = "actstore_payload"
-SERVE_POSITIONS = ("all", "prompt", "generated")
 VECTORS_ENV = "ACTSTORE_SERVE_VECTORS"
 VECTOR_SUFFIX = ".safetensors"
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,199}")
@@ -54,33 +56,44 @@ class ModelFacts:
 
 @dataclass(frozen=True)
 class SteeringPayload:
-    """A checked request, as the workers read it. ``values`` are ``alpha * vector`` in float32
-    on ``indices`` (sparse: the kept coordinates) or on every coordinate (``indices`` None)."""
+    """A checked request, as the workers read it: :meth:`addition` is the request's
+    :class:`~actstore.steering.VectorAddition` (``values``, float64, on ``indices``, or on every
+    coordinate when ``indices`` is None), carried as plain numbers."""
 
     name: str
     layer: int
     alpha: float
-    positions: str
+    positions: Positions
     indices: tuple[int, ...] | None
     values: tuple[float, ...]
     key: str  # identifies (vector bytes, alpha): the workers cache their tensors by it
 
+    @classmethod
+    def of(cls, name: str, layer: int, alpha: float, positions: Positions, addition: VectorAddition,
+           key: str) -> SteeringPayload:
+        indices = None if addition.indices is None else tuple(int(i) for i in addition.indices)
+        return cls(name, layer, alpha, positions, indices, tuple(float(v) for v in addition.values), key)
+
+    def addition(self) -> VectorAddition:
+        indices = None if self.indices is None else np.asarray(self.indices, dtype=np.int64)
+        return VectorAddition(indices, np.asarray(self.values, dtype=np.float64))
+
     def to_extra(self) -> dict:
-        return {"name": self.name, "layer": self.layer, "alpha": self.alpha, "positions": self.positions,
+        return {"name": self.name, "layer": self.layer, "alpha": self.alpha, "positions": str(self.positions),
                 "indices": None if self.indices is None else list(self.indices), "values": list(self.values),
                 "key": self.key}
 
     @classmethod
     def from_extra(cls, extra: dict) -> SteeringPayload:
         indices = extra["indices"]
-        return cls(str(extra["name"]), int(extra["layer"]), float(extra["alpha"]), str(extra["positions"]),
-                   None if indices is None else tuple(int(i) for i in indices),
+        return cls(str(extra["name"]), int(extra["layer"]), float(extra["alpha"]),
+                   Positions.from_text(extra["positions"]), None if indices is None else tuple(int(i) for i in indices),
                    tuple(float(v) for v in extra["values"]), str(extra["key"]))
 
     def cache_salt(self, client_salt: str | None = None) -> str:
         """The ``cache_salt`` of a steered request: a hash of the vector, alpha and positions (and
         the client's own salt, so its isolation is kept). Unsteered requests keep theirs."""
-        text = json.dumps([self.key, self.positions, self.layer, client_salt or ""])
+        text = json.dumps([self.key, str(self.positions), self.layer, client_salt or ""])
         return "actstore-" + hashlib.sha256(text.encode()).hexdigest()[:32]
 
 
@@ -155,12 +168,12 @@ def parse_alpha(value) -> float:
     return alpha
 
 
-def parse_positions(value) -> str:
-    text = value.strip().lower() if isinstance(value, str) else None
-    if text not in SERVE_POSITIONS:
-        raise VectorError(f"{POSITIONS_KEY}={value!r}: expected one of {', '.join(SERVE_POSITIONS)}",
-                          param=POSITIONS_KEY)
-    return text
+def parse_positions(value) -> Positions:
+    """``actstore_positions`` read as ``actstore steer --positions`` is, refused with its message."""
+    try:
+        return Positions.from_text(value)
+    except VectorError as err:
+        raise VectorError(str(err), param=POSITIONS_KEY) from None
 
 
 def resolve_request(extra_args: dict | None, folder: VectorFolder | None, facts: ModelFacts
@@ -186,16 +199,9 @@ def resolve_request(extra_args: dict | None, folder: VectorFolder | None, facts:
     name = extra[VECTOR_KEY]
     vector, digest = folder.load(name)
     check_against_model(vector, facts, name)
-    # As actstore.steering scales it: float64 product, then the model's float32.
-    scaled = (np.asarray(vector.vector, np.float64) * alpha).astype(np.float32)
-    kept = np.flatnonzero(scaled)
-    if len(kept) <= facts.hidden_size // 2:
-        indices, values = tuple(int(i) for i in kept), tuple(float(v) for v in scaled[kept])
-    else:
-        indices, values = None, tuple(float(v) for v in scaled)
     key = hashlib.sha256(f"{digest}:{alpha!r}".encode()).hexdigest()[:32]
-    return SteeringPayload(Path(name).stem if name.endswith(VECTOR_SUFFIX) else name, vector.layer, alpha,
-                           positions, indices, values, key)
+    return SteeringPayload.of(Path(name).stem if name.endswith(VECTOR_SUFFIX) else name, vector.layer, alpha,
+                              positions, vector_addition(vector, alpha), key)
 
 
 def folder_from_env() -> VectorFolder | None:

@@ -15,6 +15,9 @@ from .conftest import LONG_PROMPT, PROMPTS
 pytestmark = pytest.mark.serve
 
 TOLERANCE = 1e-4  # log-probs, float32 on both sides
+# LONG_PROMPT's 418 tokens: unsteered, vLLM's CPU kernels and transformers already differ by 1.1e-4
+# (measured on a 2-core x86 host); a wrong layer, sign or scale moves log-probs by more than 0.05.
+LONG_TOLERANCE = 5e-4
 MAX_BATCHED = 128  # tokens per engine step: LONG_PROMPT is prefilled in chunks beside other requests
 
 
@@ -48,19 +51,19 @@ def run(llm, prompts_ids, steering=None, max_tokens=4, logprobs=20, cache_salt=N
 
 def hf_logprobs(hf_model, ids, vector=None, alpha=1.0, positions="all", prompt_len=None):
     """(n, vocab) float64 log-probs of one forward over ``ids``, steered with actstore's hooks
-    (``positions``: all, or prompt/generated as a mask split at ``prompt_len``)."""
+    (``positions``: prompt/generated as a mask split at ``prompt_len``; all or from:N as written)."""
     from actstore.steering import steer
 
     batch = torch.tensor([ids])
     mask = None
-    if positions != "all":
+    if positions in ("prompt", "generated"):
         is_prompt = torch.arange(len(ids))[None, :] < prompt_len
         mask = is_prompt if positions == "prompt" else ~is_prompt
     with torch.no_grad():
         if vector is None:
             logits = hf_model.model(batch).logits
         else:
-            with steer(hf_model, vector, alpha, positions=mask if mask is not None else "all"):
+            with steer(hf_model, vector, alpha, positions=mask if mask is not None else positions):
                 logits = hf_model.model(batch).logits
     return torch.log_softmax(logits[0].double(), -1).numpy()
 
@@ -90,6 +93,7 @@ def steering(name, alpha=None, positions=None):
     ("late", 2.5, "all"),
     ("dense", 4.0, "prompt"),
     ("dense", 4.0, "generated"),
+    ("sparse", -3.0, "from:3"),
 ])
 def test_steered_logprobs_equal_actstore_hooks_on_transformers(llm, hf_model, vectors_folder, name, alpha, positions):
     from actstore.vectors.vector import load_vector
@@ -119,6 +123,7 @@ def test_a_mixed_batch_gives_each_request_its_single_run(llm, hf_model):
         (PROMPTS[2], steering("dense", 4.0, "prompt")),  # the vector and alpha of request 0, other tokens
         (LONG_PROMPT, steering("sparse", 3.0)),
         (PROMPTS[0], None),
+        (LONG_PROMPT, steering("dense", 2.0, "from:200")),  # from a token of the second prefill chunk
     ]
     ids = [token_ids(hf_model, text) for text, _ in requests]
     assert len(ids[5]) > 2 * MAX_BATCHED  # the long prompt really is chunked
@@ -131,14 +136,15 @@ def test_a_mixed_batch_gives_each_request_its_single_run(llm, hf_model):
                 assert abs(step_together[token].logprob - entry.logprob) < TOLERANCE, i
 
 
-def test_chunked_prefill_of_a_steered_prompt_matches_transformers(llm, hf_model, vectors_folder):
+@pytest.mark.parametrize("positions", ["all", "from:200"])
+def test_chunked_prefill_of_a_steered_prompt_matches_transformers(llm, hf_model, vectors_folder, positions):
     from actstore.vectors.vector import load_vector
 
     ids = token_ids(hf_model, LONG_PROMPT)
-    output = run(llm, [ids], steering("dense", 4.0), max_tokens=2, cache_salt="chunked")[0]
+    output = run(llm, [ids], steering("dense", 4.0, positions), max_tokens=2, cache_salt="chunked")[0]
     full = ids + list(output.outputs[0].token_ids)
-    reference = hf_logprobs(hf_model, full, load_vector(vectors_folder / "dense.safetensors"), 4.0)
-    assert largest_gap(output, reference, len(ids)) < TOLERANCE
+    reference = hf_logprobs(hf_model, full, load_vector(vectors_folder / "dense.safetensors"), 4.0, positions)
+    assert largest_gap(output, reference, len(ids)) < LONG_TOLERANCE
 
 
 def _cache_sequence(llm, ids):
@@ -199,7 +205,7 @@ def test_without_the_salt_the_prefix_cache_test_fails(llm, hf_model, monkeypatch
     ({"actstore_vector": "attn-site"}, "site"),
     ({"actstore_vector": "dense", "actstore_alpha": "strong"}, "expected a number"),
     ({"actstore_vector": "dense", "actstore_alpha": float("nan")}, "finite"),
-    ({"actstore_vector": "dense", "actstore_positions": "middle"}, "all, prompt, generated"),
+    ({"actstore_vector": "dense", "actstore_positions": "middle"}, "expected 'all', 'prompt', 'generated' or 'from:N'"),
     ({"actstore_vector": "dense", "actstore_alfa": 2.0}, "unknown steering argument"),
     ({"actstore_alpha": 2.0}, "without actstore_vector"),
     ({"actstore_vector": "dense", "actstore_payload": {"layer": 0}}, "unknown steering argument"),

@@ -130,8 +130,8 @@ def test_a_server_nobody_runs_is_an_error_line(eval_args, tmp_path):
 @pytest.mark.parametrize(("extra", "message"), [
     (["--server", "http://127.0.0.1:9"], "--server-vectors"),
     (["--server-vectors", "VECTORS"], "give --prompts, --server and --server-vectors together"),
-    (["--server", "http://127.0.0.1:9", "--server-vectors", "VECTORS", "--positions", "from:3"],
-     "--positions 'from:3'"),
+    (["--server", "http://127.0.0.1:9", "--server-vectors", "VECTORS", "--positions", "middle"],
+     "--positions 'middle'"),
     (["--server", "http://127.0.0.1:9", "--server-vectors", "MISSING"], "is not a folder"),
 ])
 def test_server_flags_are_checked_before_anything_runs(eval_args, tmp_path, extra, message):

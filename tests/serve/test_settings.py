@@ -6,7 +6,10 @@ import numpy as np
 import pytest
 
 from actstore.errors import VectorError
+from actstore.serve import ServeError
+from actstore.serve.generation import served_positions
 from actstore.serve.settings import ModelFacts, SteeringPayload, VectorFolder, resolve_request
+from actstore.steering import Positions
 from actstore.vectors.info import VectorInfo
 from actstore.vectors.vector import SteeringVector, save_vector
 
@@ -37,8 +40,8 @@ def folder(tmp_path):
 
 def test_a_sparse_vector_travels_as_its_kept_coordinates_scaled_like_actstore_steer(folder):
     payload = resolve_request({"actstore_vector": "sparse", "actstore_alpha": "2.5"}, folder, FACTS)
-    assert payload.indices == (3, 7) and payload.layer == 1 and payload.positions == "all"
-    assert payload.values == (np.float32(1.5 * 2.5), np.float32(-2.0 * 2.5))
+    assert payload.indices == (3, 7) and payload.layer == 1 and payload.positions == Positions("all")
+    assert payload.values == (1.5 * 2.5, -2.0 * 2.5)
     again = SteeringPayload.from_extra(payload.to_extra())
     assert again == payload
 
@@ -46,8 +49,17 @@ def test_a_sparse_vector_travels_as_its_kept_coordinates_scaled_like_actstore_st
 def test_a_dense_vector_travels_whole(folder):
     payload = resolve_request({"actstore_vector": "dense.safetensors", "actstore_positions": "Generated"},
                               folder, FACTS)
-    assert payload.indices is None and len(payload.values) == 16 and payload.positions == "generated"
+    assert payload.indices is None and len(payload.values) == 16 and payload.positions == Positions("generated")
     assert payload.name == "dense" and payload.alpha == 1.0
+
+
+def test_a_request_takes_every_written_positions_spec_of_actstore_steer(folder):
+    payload = resolve_request({"actstore_vector": "sparse", "actstore_positions": " FROM:3"}, folder, FACTS)
+    assert payload.positions == Positions("from", 3)
+    assert SteeringPayload.from_extra(payload.to_extra()) == payload
+    assert served_positions(Positions("from", 3)) == "from:3" and served_positions("Prompt") == "prompt"
+    with pytest.raises(ServeError, match="not a per-example mask"):
+        served_positions(np.ones((2, 3), dtype=bool))
 
 
 def test_no_steering_arguments_means_unsteered(folder):
@@ -59,9 +71,9 @@ def test_the_cache_salt_separates_every_setting_and_keeps_the_clients(folder):
     def salt(client=None, **extra):
         return resolve_request({"actstore_vector": "sparse", **extra}, folder, FACTS).cache_salt(client)
 
-    salts = {salt(), salt(actstore_alpha=2), salt(actstore_positions="prompt"), salt("tenant-a"),
-             resolve_request({"actstore_vector": "dense"}, folder, FACTS).cache_salt()}
-    assert len(salts) == 5
+    salts = {salt(), salt(actstore_alpha=2), salt(actstore_positions="prompt"), salt(actstore_positions="from:3"),
+             salt("tenant-a"), resolve_request({"actstore_vector": "dense"}, folder, FACTS).cache_salt()}
+    assert len(salts) == 6
     assert salt() == salt(actstore_alpha=1.0)  # the same settings share their cache
 
 
@@ -86,7 +98,7 @@ def test_the_salt_changes_when_the_file_changes(folder):
     ({"actstore_vector": "mlp"}, "site 'mlp'"),
     ({"actstore_vector": "sparse", "actstore_alpha": True}, "expected a number"),
     ({"actstore_vector": "sparse", "actstore_alpha": "inf"}, "finite"),
-    ({"actstore_vector": "sparse", "actstore_positions": "from:3"}, "all, prompt, generated"),
+    ({"actstore_vector": "sparse", "actstore_positions": "from:-3"}, "expected 'all', 'prompt', 'generated' or"),
     ({"actstore_vector": "sparse", "actstore_payload": {}}, "unknown steering argument"),
     ({"actstore_positions": "all"}, "without actstore_vector"),
 ])
