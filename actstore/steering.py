@@ -34,7 +34,7 @@ import torch
 
 from .capture import block_output
 from .errors import VectorError
-from .models.blocks import SITES, find_decoder_blocks, site_module, text_config
+from .models.blocks import SITES, find_decoder_blocks, residual_writes, site_module, text_config
 from .models.load import LoadedModel
 from .vectors.vector import SteeringVector, validate_vector
 
@@ -178,6 +178,39 @@ def vector_addition(vector: SteeringVector, alpha: float, *, sparse: bool = True
     return VectorAddition(None, values)
 
 
+@dataclass(frozen=True, eq=False)
+class DirectionEdit:
+    """A projection or clamp along ``unit`` (the vector's unit direction; zero outside a sparse
+    vector's kept coordinates): ``h + alpha (target - h . unit) unit``, ``target`` 0 for project,
+    the clamp value for clamp (:mod:`actstore.vectors.operators`)."""
+
+    unit: torch.Tensor
+    target: float
+    alpha: float
+
+    def apply(self, hidden: torch.Tensor, weight: torch.Tensor | None) -> torch.Tensor:
+        unit = self.unit.to(device=hidden.device, dtype=hidden.dtype)
+        change = self.alpha * (self.target - hidden @ unit)
+        if weight is not None:
+            change = change * weight.squeeze(-1)
+        return hidden + change.unsqueeze(-1) * unit
+
+
+def direction_edit(vector: SteeringVector, alpha: float) -> DirectionEdit:
+    """The :class:`DirectionEdit` of a vector whose operator is project or clamp."""
+    if not math.isfinite(alpha):
+        raise VectorError(f"alpha must be a finite number, got {alpha!r}", param="alpha")
+    values = torch.from_numpy(np.asarray(vector.vector, dtype=np.float64))
+    norm = float(values.norm())
+    operator = vector.info.operator
+    if norm == 0:
+        raise VectorError(f"the vector for layer {vector.layer} is zero: it has no direction to {operator.kind}")
+    return DirectionEdit(values / norm, operator.clamp_value or 0.0, float(alpha))
+
+
+Edit = tuple[torch.Tensor | None, torch.Tensor] | DirectionEdit
+
+
 def check_vector(vector: SteeringVector, loaded: LoadedModel, force: bool = False) -> None:
     """Refuse a vector made for another model (by fingerprint), unless ``force``."""
     made_for = vector.info.fingerprint
@@ -192,12 +225,17 @@ def check_vector(vector: SteeringVector, loaded: LoadedModel, force: bool = Fals
 
 
 def _additions(model, blocks, vectors: Sequence[SteeringVector], alphas: Sequence[float], sparse: bool):
-    """(layer, site) -> the ``(indices, values)`` tensors added there (:meth:`VectorAddition.tensors`)."""
+    """Module -> the edits made to its output, in order: ``(indices, values)`` tensors added there
+    (:meth:`VectorAddition.tensors`) or a :class:`DirectionEdit`, at each layer the vector's operator
+    names (a projection at all layers: the embeddings and every write to the residual stream)."""
     hidden = int(text_config(model.config).hidden_size)
     param = next(model.parameters())
-    per_layer: dict[tuple[int, str], list[tuple[torch.Tensor | None, torch.Tensor]]] = {}
+    per_module: dict[torch.nn.Module, list[Edit]] = {}
     for vector, alpha in zip(vectors, alphas):
-        addition = vector_addition(vector, alpha, sparse=sparse)  # first: a NaN alpha is named before the rest
+        operator = vector.info.operator
+        # first: a NaN alpha is named before the rest
+        edit = vector_addition(vector, alpha, sparse=sparse).tensors(param.device, param.dtype) \
+            if operator.additive else direction_edit(vector, alpha)
         if vector.hidden_size != hidden:
             raise VectorError(
                 f"vector has {vector.hidden_size} dimensions but the model's hidden size is {hidden}"
@@ -206,9 +244,20 @@ def _additions(model, blocks, vectors: Sequence[SteeringVector], alphas: Sequenc
             raise VectorError(
                 f"vector is for layer {vector.layer}; this model has decoder blocks 0..{len(blocks) - 1}"
             )
-        site = vector_site(vector)
-        per_layer.setdefault((vector.layer, site), []).append(addition.tensors(param.device, param.dtype))
-    return per_layer
+        for module in _operator_modules(model, blocks, vector):
+            per_module.setdefault(module, []).append(edit)
+    return per_module
+
+
+def _operator_modules(model, blocks, vector: SteeringVector) -> list[torch.nn.Module]:
+    """Where a vector's operator acts: its site at each of its layers; a projection at all layers
+    acts on every write to the residual stream (Arditi et al.'s ablation, what a bake writes)."""
+    operator = vector.info.operator
+    if operator.kind == "project" and operator.layers == "all":
+        writes = residual_writes(model, blocks)
+        return [*writes.embeddings, *writes.writers]
+    site = vector_site(vector)
+    return [site_module(blocks, layer, site) for layer in operator.resolve_layers(vector.layer, len(blocks))]
 
 
 def vector_site(vector: SteeringVector) -> str:
@@ -219,11 +268,15 @@ def vector_site(vector: SteeringVector) -> str:
     return site
 
 
-def _add(hidden: torch.Tensor, additions: list[tuple[torch.Tensor | None, torch.Tensor]],
-         where: torch.Tensor | None = None) -> torch.Tensor:
-    """``hidden + additions``; with ``where`` ``(batch, T)`` bool, only at those tokens."""
+def _add(hidden: torch.Tensor, additions: list[Edit], where: torch.Tensor | None = None) -> torch.Tensor:
+    """``hidden`` with ``additions`` made in order (added tensors, or a :class:`DirectionEdit`);
+    with ``where`` ``(batch, T)`` bool, only at those tokens."""
     weight = None if where is None else where.to(hidden.dtype).unsqueeze(-1)
-    for indices, values in additions:
+    for edit in additions:
+        if isinstance(edit, DirectionEdit):
+            hidden = edit.apply(hidden, weight)
+            continue
+        indices, values = edit
         values = values.to(hidden.dtype)
         if indices is None:
             hidden = hidden + (values if weight is None else weight * values)
@@ -244,7 +297,9 @@ def steer(
     positions: str | Positions | torch.Tensor | np.ndarray | None = None,
 ) -> Iterator[None]:
     """Add ``alpha * vector`` at the output of block ``vector.layer`` while inside
-    (or of its attention or MLP module when the vector's ``site`` says so).
+    (or of its attention or MLP module when the vector's ``site`` says so); a vector whose
+    operator is project or clamp is applied that way, at the layers it names
+    (:mod:`actstore.vectors.operators`).
 
     ``model`` is a transformers causal LM or a :class:`LoadedModel`;
     ``vectors`` one vector or several (several layers, or several at one
@@ -274,7 +329,7 @@ def steer(
     chosen = Positions.parse(positions)
     state = _PassState() if chosen.kind != "all" else None
 
-    def make_hook(additions: list[tuple[torch.Tensor | None, torch.Tensor]]):
+    def make_hook(additions: list[Edit]):
         def hook(module, args, output):
             where = None if state is None else state.selected(chosen)
             if isinstance(output, tuple):
@@ -287,8 +342,8 @@ def steer(
     try:
         if state is not None:
             handles.append(model.register_forward_pre_hook(state.pre_hook, with_kwargs=True))
-        for (layer, site), additions in per_layer.items():
-            handles.append(site_module(blocks, layer, site).register_forward_hook(make_hook(additions)))
+        for module, additions in per_layer.items():
+            handles.append(module.register_forward_hook(make_hook(additions)))
         yield
     finally:
         for handle in handles:

@@ -305,3 +305,83 @@ def test_a_bad_positions_spec_gets_one_message_from_steer_and_from_the_server(ll
     for not_text in (3, None, ["all"]):  # a request's value need not be a string
         with pytest.raises(VectorError, match="expected 'all', 'prompt', 'generated' or 'from:N'"):
             resolve_request({"actstore_vector": "v", POSITIONS_KEY: not_text}, None, ModelFacts("", 32, 4))
+
+
+# Operators beyond addition (issue 29): what the hook leaves along the vector's direction.
+def _operator_vector(hidden: int, operator, k: int | None = None):
+    from actstore.vectors.operators import Operator  # noqa: F401  (the caller's operator)
+
+    values = np.random.default_rng(5).normal(size=hidden).astype(np.float32)
+    indices = np.arange(hidden) if k is None else np.argsort(-np.abs(values))[:k]
+    kept = np.zeros_like(values)
+    kept[indices] = values[indices]
+    return SteeringVector(kept, indices.astype(np.int64), np.abs(values),
+                          VectorInfo(layer=2, k=k, operator=operator))
+
+
+def _outputs_at(loaded, layers, vector=None, alpha=1.0):
+    """Each layer's block output, recorded after the steering hooks (registered later, they run later)."""
+    import contextlib
+
+    ids = loaded.tokenizer(["I fed the stray cat.", "She kept the lost wallet"], return_tensors="pt",
+                           padding=True).input_ids
+    steering = contextlib.nullcontext() if vector is None else steer(loaded, vector, alpha)
+    with torch.no_grad(), steering, record_blocks(loaded.blocks, layers, stop_after_last=False) as seen:
+        loaded.model(ids)
+    return {layer: value.double() for layer, value in seen.items()}
+
+
+@pytest.mark.parametrize("k", [None, 6])
+def test_project_leaves_no_component_along_the_direction_at_each_hooked_layer(llama, k):
+    from actstore.vectors.operators import Operator
+
+    vector = _operator_vector(llama.hidden_size, Operator("project", layers="1-2"), k)
+    unit = torch.from_numpy(vector.vector.astype(np.float64))
+    unit = unit / unit.norm()
+    steered, plain = _outputs_at(llama, [1, 2], vector), _outputs_at(llama, [1, 2])
+    for layer in (1, 2):
+        along = (steered[layer] @ unit).abs().max()
+        assert float(along) <= 1e-6 * float(steered[layer].norm(dim=-1).max())
+        assert float((plain[layer] @ unit).abs().max()) > 1e-3  # it was there: the test can fail
+    if k is not None:  # a sparse direction projects on its support only
+        outside = np.setdiff1d(np.arange(llama.hidden_size), vector.indices)
+        hidden_plain = _outputs_at(llama, [1])[1]
+        torch.testing.assert_close(_outputs_at(llama, [1], vector)[1][..., outside], hidden_plain[..., outside])
+
+
+def test_clamp_sets_the_component_along_the_direction_to_its_value(llama):
+    from actstore.vectors.operators import Operator
+
+    vector = _operator_vector(llama.hidden_size, Operator("clamp", 0.75))
+    unit = torch.from_numpy(vector.vector.astype(np.float64))
+    unit = unit / unit.norm()
+    steered = _outputs_at(llama, [2], vector)[2]
+    torch.testing.assert_close(steered @ unit, torch.full(steered.shape[:-1], 0.75, dtype=torch.float64),
+                               rtol=0, atol=1e-5)
+    half = _outputs_at(llama, [2], vector, alpha=0.5)[2]  # alpha blends: halfway to the value
+    plain = _outputs_at(llama, [2])[2]
+    torch.testing.assert_close(half @ unit, 0.5 * (plain @ unit) + 0.5 * 0.75, rtol=0, atol=1e-5)
+
+
+def test_a_projection_at_all_layers_is_the_ablation_that_a_bake_writes(llama):
+    from actstore.models.hooks import ablate_direction
+    from actstore.vectors.operators import Operator
+
+    vector = _operator_vector(llama.hidden_size, Operator("project", layers="all"))
+    unit = torch.from_numpy(vector.vector.astype(np.float64))
+    ids = llama.tokenizer("I fed the stray cat.", return_tensors="pt").input_ids
+    with torch.no_grad():
+        with ablate_direction(llama.model, llama.blocks, unit / unit.norm()):
+            want = llama.model(ids).logits
+        with steer(llama, vector, 1.0):
+            got = llama.model(ids).logits
+        plain = llama.model(ids).logits
+    torch.testing.assert_close(got, want)
+    assert float((got - plain).abs().max()) > 1e-4
+
+
+def test_an_old_add_file_steers_as_before(llama):
+    vector = _operator_vector(llama.hidden_size, VectorInfo().operator)
+    values = torch.from_numpy(vector.vector.astype(np.float64))
+    steered, plain = _outputs_at(llama, [2], vector, 2.0)[2], _outputs_at(llama, [2])[2]
+    torch.testing.assert_close(steered - plain, (2.0 * values).expand_as(steered), rtol=0, atol=1e-5)

@@ -149,34 +149,37 @@ def parse_layers(spec: str | list[int] | tuple[int, ...], num_layers: int) -> li
 @dataclass(frozen=True)
 class ResidualWrites:
     """The modules whose outputs are added to the residual stream: ``embeddings`` (token, and
-    position where the model adds them) and each block's attention and MLP output projections
-    (``writers``, ``kind`` "linear": weight (hidden, in), or "conv1d": GPT-2's weight (in, hidden))."""
+    position where the model adds them) and each block's attention and MLP writes (``writers``).
+    ``kind``: "linear" (output projections, weight (hidden, in)), "conv1d" (GPT-2's, weight
+    (in, hidden)) or "post-norm" (gemma2/3 normalise each output before adding it: the writes are
+    those norms, and no weight change removes a direction from them)."""
 
     embeddings: tuple[torch.nn.Module, ...]
     writers: tuple[torch.nn.Module, ...]
     kind: str
 
+    @property
+    def bakeable(self) -> bool:
+        return self.kind != "post-norm"
 
-# model_type -> (embedding paths, per-block writer paths, kind). A model whose blocks normalise their
-# outputs before adding them (gemma2, gemma3: post-norms) has no weight whose change removes a
-# direction from the residual: it is left out, and refused with that reason.
+
+_GEMMA_POST_NORMS = ("post_attention_layernorm", "post_feedforward_layernorm")
+# model_type -> (embedding paths, per-block writer paths, kind)
 RESIDUAL_WRITERS: dict[str, tuple[tuple[str, ...], tuple[str, ...], str]] = {
     **{name: (("model.embed_tokens",), ("self_attn.o_proj", "mlp.down_proj"), "linear")
        for name in ("llama", "mistral", "qwen2", "qwen3", "gemma", "olmo", "olmo2")},
     "gpt2": (("transformer.wte", "transformer.wpe"), ("attn.c_proj", "mlp.c_proj"), "conv1d"),
     "gpt_neox": (("gpt_neox.embed_in",), ("attention.dense", "mlp.dense_4h_to_h"), "linear"),
+    "gemma2": (("model.embed_tokens",), _GEMMA_POST_NORMS, "post-norm"),
+    "gemma3_text": (("model.embed_tokens",), _GEMMA_POST_NORMS, "post-norm"),
+    "gemma3": (("model.language_model.embed_tokens",), _GEMMA_POST_NORMS, "post-norm"),
 }
-POST_NORM_TYPES = ("gemma2", "gemma3_text", "gemma3")
 
 
 def residual_writes(model: torch.nn.Module, blocks: torch.nn.ModuleList) -> ResidualWrites:
-    """Where ``model`` writes its residual stream (:data:`RESIDUAL_WRITERS`); ModelError with the
-    reason for a model not in the table."""
+    """Where ``model`` writes its residual stream (:data:`RESIDUAL_WRITERS`); ModelError for a
+    model not in the table."""
     model_type = getattr(model.config, "model_type", None)
-    if model_type in POST_NORM_TYPES:
-        raise ModelError(f"model type {model_type!r} normalises each block's attention and MLP output before adding "
-                         "it to the residual stream (post-norms): no change of the weights removes a direction "
-                         "from the residual; steer with the hooks instead", param="model")
     if model_type not in RESIDUAL_WRITERS:
         raise ModelError(f"don't know which modules of model type {model_type!r} write to the residual stream "
                          f"(known: {', '.join(sorted(RESIDUAL_WRITERS))})", param="model")

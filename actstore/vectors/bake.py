@@ -74,7 +74,11 @@ def _check_bakeable(loaded: LoadedModel, vector: SteeringVector) -> None:
     check_bakeable(vector)
     if vector.hidden_size != loaded.hidden_size:
         raise VectorError(f"the vector has {vector.hidden_size} dims, the model {loaded.hidden_size}", param="vector")
-    residual_writes(loaded.model, loaded.blocks)  # a model it cannot bake is refused with the reason
+    if not residual_writes(loaded.model, loaded.blocks).bakeable:
+        raise VectorError(f"model type {loaded.model.config.model_type!r} normalises each block's attention and MLP "
+                          "output before adding it to the residual stream (post-norms): no change of the weights "
+                          "removes a direction from the residual; steer with the hooks instead "
+                          "(actstore steer applies the same ablation)", param="model")
 
 
 def _untie(loaded: LoadedModel) -> None:

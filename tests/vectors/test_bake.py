@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from actstore.errors import ModelError, VectorError
+from actstore.errors import VectorError
 from actstore.models.hooks import ablate_direction, block_output
 from actstore.models.load import load_model
 from actstore.vectors.bake import BAKED_FILE, bake_vector, unit_direction, vector_fingerprint
@@ -108,7 +108,7 @@ def test_the_ablated_residual_has_no_component_along_the_direction_at_any_block(
 
 def test_a_model_with_post_norms_is_refused_with_the_reason(tmp_path, tiny_model_dirs):
     loaded = load_model(str(tiny_model_dirs["gemma3_text"]))
-    with pytest.raises(ModelError, match="post-norms"):
+    with pytest.raises(VectorError, match="post-norms"):
         bake_vector(loaded, _vector(loaded.hidden_size), tmp_path / "out")
     assert not (tmp_path / "out").exists()
 
