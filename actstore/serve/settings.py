@@ -150,6 +150,12 @@ def check_against_model(vector: SteeringVector, facts: ModelFacts, name: str) ->
     if not 0 <= vector.layer < facts.num_layers:
         raise VectorError(f"vector {name!r} is for layer {vector.layer}; the served model has decoder blocks "
                           f"0..{facts.num_layers - 1}", param=VECTOR_KEY)
+    operator = vector.info.operator
+    if not operator.additive or operator.layers:
+        # never a silent add: a projection read as an addition steers the other way (antirez/ds4 PR #970)
+        raise VectorError(f"vector {name!r} is {operator.describe()}; this server applies additive vectors at their "
+                          "own layer only: steer with it locally (actstore steer, actstore eval) or, for a projection "
+                          "at all layers, bake it (actstore vector bake) and serve the baked model", param=VECTOR_KEY)
     site = vector.info.site or "resid"
     if site != "resid":
         raise VectorError(f"vector {name!r} is added at site {site!r}; the server steers the residual stream "

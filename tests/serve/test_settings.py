@@ -115,3 +115,15 @@ def test_a_steered_request_to_a_server_without_a_vectors_folder_is_refused():
 def test_a_missing_vectors_folder_is_an_error(tmp_path):
     with pytest.raises(VectorError, match="does not exist"):
         VectorFolder(tmp_path / "nope")
+
+
+@pytest.mark.parametrize("operator", [("project", None, "all"), ("clamp", 1.0, ""), ("add", None, "1-2")])
+def test_a_vector_the_server_cannot_apply_as_written_is_refused_never_added(tmp_path, operator):
+    from actstore.vectors.operators import Operator
+
+    values = np.linspace(-1, 1, 16).astype(np.float32)
+    info = VectorInfo(layer=1, fingerprint="sha256-local:aaaa", operator=Operator(*operator))
+    save_vector(SteeringVector(values, np.arange(16), np.abs(values), info), tmp_path / "op.safetensors")
+    with pytest.raises(VectorError, match="applies additive vectors at their own layer only") as err:
+        resolve_request({"actstore_vector": "op"}, VectorFolder(tmp_path), FACTS)
+    assert err.value.params == ("actstore_vector",)
