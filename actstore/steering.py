@@ -296,10 +296,8 @@ def steer(
     sparse: bool = True,
     positions: str | Positions | torch.Tensor | np.ndarray | None = None,
 ) -> Iterator[None]:
-    """Add ``alpha * vector`` at the output of block ``vector.layer`` while inside
-    (or of its attention or MLP module when the vector's ``site`` says so); a vector whose
-    operator is project or clamp is applied that way, at the layers it names
-    (:mod:`actstore.vectors.operators`).
+    """Add ``alpha * vector`` at the output of block ``vector.layer`` (or at its ``site``) while
+    inside; a vector whose operator is project or clamp is applied so, where it names.
 
     ``model`` is a transformers causal LM or a :class:`LoadedModel`;
     ``vectors`` one vector or several (several layers, or several at one

@@ -3,6 +3,7 @@
 * :mod:`actstore.serve.settings`: what a request may ask (``actstore_vector``, ``actstore_alpha``,
   ``actstore_positions`` in ``vllm_xargs``), checked against the allow-listed vectors folder;
 * :mod:`actstore.serve.plugin`: the ``vllm.general_plugins`` entry point that applies it;
+* :mod:`actstore.serve.client`: the HTTP client of an OpenAI-compatible engine (completions, token ids);
 * :mod:`actstore.serve.launch`: ``actstore serve`` (starts ``vllm serve`` with the plugin);
 * :mod:`actstore.serve.check`: ``actstore serve check`` (does the engine apply a vector as
   actstore's own hooks do?).

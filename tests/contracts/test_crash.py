@@ -17,7 +17,7 @@ import actstore
 
 CHILD = """
 import sys, actstore
-actstore.capture_to_store(sys.argv[1], sys.argv[2], sys.argv[3], "1,3", window=8, batch_size=2,
+actstore.capture_to_store(sys.argv[1], sys.argv[2], sys.argv[3], layers="1,3", window=8, batch_size=2,
                           offset=0, resume=True, progress=False)
 """
 

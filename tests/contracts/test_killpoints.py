@@ -150,7 +150,7 @@ for name in ("set", "delete", "delete_dir"):
             return await original(self, *args, **kwargs)
         return write
     setattr(LocalStore, name, make(original))
-actstore.capture_to_store(sys.argv[1], sys.argv[2], sys.argv[3], "1,2", window=4, batch_size=2, resume=True,
+actstore.capture_to_store(sys.argv[1], sys.argv[2], sys.argv[3], layers="1,2", window=4, batch_size=2, resume=True,
                           progress=False)
 print(json.dumps(count[0]))
 """
@@ -180,13 +180,14 @@ def test_a_vector_or_gguf_export_killed_mid_write_leaves_the_previous_file_whole
     import gguf
 
     from actstore.vectors.info import VectorInfo
+    from actstore.vectors.interop import read_gguf_control_vector, write_gguf_control_vector
     from actstore.vectors.vector import SteeringVector, load_vector, save_vector
 
     old = SteeringVector(np.ones(8, np.float32), np.arange(8), np.ones(8, np.float32), VectorInfo(layer=2))
     new = SteeringVector(np.full(8, 2, np.float32), np.arange(8), np.ones(8, np.float32), VectorInfo(layer=2))
     vector_file, gguf_file = tmp_path / "v.safetensors", tmp_path / "v.gguf"
     save_vector(old, vector_file)
-    actstore.vectors.interop.write_gguf_control_vector(old, gguf_file, "llama")
+    write_gguf_control_vector(old, gguf_file, "llama")
     before = {path: path.read_bytes() for path in (vector_file, gguf_file)}
 
     def dies_halfway(filename, payload):
@@ -204,12 +205,12 @@ def test_a_vector_or_gguf_export_killed_mid_write_leaves_the_previous_file_whole
 
     monkeypatch.setattr(gguf.GGUFWriter, "write_tensors_to_file", tensors_die)
     with pytest.raises(Killed):
-        actstore.vectors.interop.write_gguf_control_vector(new, gguf_file, "llama")
+        write_gguf_control_vector(new, gguf_file, "llama")
     monkeypatch.setattr(gguf.GGUFWriter, "write_tensors_to_file", original)
     for path, content in before.items():
         assert path.read_bytes() == content, path
     np.testing.assert_array_equal(load_vector(vector_file).vector, old.vector)
-    np.testing.assert_array_equal(actstore.vectors.interop.read_gguf_control_vector(gguf_file)[0].vector, old.vector)
+    np.testing.assert_array_equal(read_gguf_control_vector(gguf_file)[0].vector, old.vector)
 
 
 def test_a_sweep_killed_while_committing_a_configuration_keeps_the_previous_results(tmp_path, monkeypatch):

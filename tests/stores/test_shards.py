@@ -19,7 +19,7 @@ pytestmark = pytest.mark.filterwarnings("ignore:.*were truncated:UserWarning")  
 
 SHARD_CHILD = """
 import sys, actstore
-actstore.capture_to_store(sys.argv[1], sys.argv[2], sys.argv[3], "1,3", shard=(int(sys.argv[4]), 2),
+actstore.capture_to_store(sys.argv[1], sys.argv[2], sys.argv[3], layers="1,3", shard=(int(sys.argv[4]), 2),
                           window=4, batch_size=2, offset=0, progress=False)
 """
 
