@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import click
 
+from ..vectors.operators import OPERATORS
 from .options import model_options, take_record
 
 
@@ -23,6 +24,13 @@ from .options import model_options, take_record
 @click.option("--temperature", type=click.FloatRange(min=0, min_open=True), default=1.0, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--force", is_flag=True, help="Steer even if a vector was made for other model weights.")
+@click.option("--operator", type=click.Choice(OPERATORS), default=None,
+              help="Apply every vector by this operator instead of the one its file records: add, project "
+                   "(remove alpha times the component along u = v/|v|) or clamp (move it alpha of the way to "
+                   "--clamp-value).")
+@click.option("--clamp-value", type=float, default=None, help="With --operator clamp: the value of the component.")
+@click.option("--apply-layers", default=None, metavar="L|all|L1-L2",
+              help="With --operator: where it applies (default: each vector's own layer).")
 def steer(vectors, alpha, prompts, positions, compare, force, **flags):
     """Generate with steering vectors added at inference."""
     import math
@@ -37,8 +45,11 @@ def steer(vectors, alpha, prompts, positions, compare, force, **flags):
     if not math.isfinite(alpha):
         raise VectorError(f"alpha must be a finite number, got {alpha}", param="alpha")
     chosen = Positions.from_text(positions)
+    operator = _operator_override(flags)  # refused before the model loads
     loaded = take_record(ModelSpec, flags).load()
     loaded_vectors = [load_vector(path) for path in vectors]
+    if operator is not None:
+        loaded_vectors = [vector.with_info(operator=operator) for vector in loaded_vectors]
     for vector in loaded_vectors:
         check_vector(vector, loaded, force)
     decoding = dict(max_new_tokens=flags["max_new_tokens"], do_sample=flags["sample"],
@@ -46,10 +57,24 @@ def steer(vectors, alpha, prompts, positions, compare, force, **flags):
     base = generate(loaded.model, loaded.tokenizer, prompts, **decoding) if compare else None
     with steering(loaded, loaded_vectors, alpha, positions=chosen):
         steered = generate(loaded.model, loaded.tokenizer, prompts, **decoding)
-    described = ", ".join(f"layer {v.layer} k={'dense' if v.k is None else v.k}" for v in loaded_vectors)
+    described = ", ".join(f"layer {v.layer} k={'dense' if v.k is None else v.k}"
+                          + ("" if v.info.operator.additive and not v.info.operator.layers
+                             else f" ({v.info.operator.describe()})") for v in loaded_vectors)
     for i, prompt in enumerate(prompts):
         click.echo(f"=== prompt: {prompt!r}")
         if base is not None:
             click.echo(f"--- unsteered:\n{base[i]}")
         where = "" if chosen.kind == "all" else f"; positions {chosen}"
         click.echo(f"--- steered (alpha={alpha:g}; {described}{where}):\n{steered[i]}")
+
+
+def _operator_override(flags):
+    """The operator of ``--operator`` (with its value and layers), or None to keep each file's."""
+    from ..vectors.operators import Operator
+
+    kind, value, layers = flags.pop("operator"), flags.pop("clamp_value"), flags.pop("apply_layers")
+    if kind is None:
+        if value is not None or layers is not None:
+            raise click.UsageError("--clamp-value and --apply-layers go with --operator")
+        return None
+    return Operator(kind, value, layers or "")

@@ -47,11 +47,11 @@ class Operator:
             raise VectorError(f"operator={self.kind!r}: expected one of {', '.join(OPERATORS)}", param="operator")
         if self.kind == "clamp":
             if self.clamp_value is None or not math.isfinite(float(self.clamp_value)):
-                raise VectorError(f"operator 'clamp' needs a finite clamp value, got {self.clamp_value!r}",
+                raise VectorError(f"operator 'clamp' needs a finite clamp_value, got {self.clamp_value!r}",
                                   param="clamp_value")
             object.__setattr__(self, "clamp_value", float(self.clamp_value))
         elif self.clamp_value is not None:
-            raise VectorError(f"a clamp value ({self.clamp_value!r}) goes with operator 'clamp', not {self.kind!r}",
+            raise VectorError(f"clamp_value={self.clamp_value!r} goes with operator 'clamp', not {self.kind!r}",
                               param="clamp_value")
         layers = str(self.layers).strip().lower().replace(" ", "")
         if layers and not _LAYERS.match(layers):

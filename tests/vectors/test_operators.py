@@ -37,8 +37,8 @@ def test_apply_layers_resolve_against_the_model(spec, want):
 
 @pytest.mark.parametrize("kwargs, message", [
     ({"kind": "scale"}, "expected one of add, project, clamp"),
-    ({"kind": "clamp"}, "needs a finite clamp value"),
-    ({"kind": "clamp", "clamp_value": float("nan")}, "needs a finite clamp value"),
+    ({"kind": "clamp"}, "needs a finite clamp_value"),
+    ({"kind": "clamp", "clamp_value": float("nan")}, "needs a finite clamp_value"),
     ({"kind": "add", "clamp_value": 1.0}, "goes with operator 'clamp'"),
     ({"kind": "project", "layers": "2-"}, "expected 'all', L, L1-L2"),
 ])
