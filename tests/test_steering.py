@@ -11,9 +11,18 @@ import torch
 from actstore.capture import record_blocks
 from actstore.errors import VectorError
 from actstore.models.load import load_model
-from actstore.serve.plugin import LayerAddition, StepTokens, add_to_rows, steered_rows
 from actstore.serve.settings import POSITIONS_KEY, ModelFacts, SteeringPayload, resolve_request
-from actstore.steering import Positions, _add, _PassState, check_vector, steer, vector_addition
+from actstore.serve.step import LayerAddition, StepTokens, add_to_rows, plan_step, steered_rows
+from actstore.steering import (
+    DirectionEdit,
+    Positions,
+    _add,
+    _PassState,
+    check_vector,
+    direction_edit,
+    steer,
+    vector_addition,
+)
 from actstore.vectors.info import VectorInfo
 from actstore.vectors.vector import SteeringVector
 
@@ -257,9 +266,9 @@ def _hooks_on_one_sequence(positions: Positions, tensors, hidden: torch.Tensor, 
     return torch.cat(out)
 
 
-def _served(vector, alpha: float, positions: Positions):
-    """The tensors a vLLM worker adds for a request, through the payload as it travels (JSON)."""
-    payload = SteeringPayload.of("v", vector.layer, alpha, positions, vector_addition(vector, alpha), "key")
+def _served(vector, alpha: float, positions: Positions, key: str = "key"):
+    """The payload a vLLM worker reads for a request, as it travels (JSON)."""
+    payload = SteeringPayload.of("v", vector, alpha, positions, 4, key)
     return SteeringPayload.from_extra(json.loads(json.dumps(payload.to_extra())))
 
 
@@ -282,7 +291,7 @@ def test_the_serve_plugin_adds_what_steer_adds_at_the_tokens_steer_picks(kept, d
         sequence = hidden[base : base + length]
         expected.append(_hooks_on_one_sequence(positions, addition.tensors("cpu", dtype), sequence, prompt_length))
         payload = _served(vector, -2.5, positions)
-        tensors = payload.addition().tensors("cpu", dtype)
+        tensors = payload.edit().tensors("cpu", dtype)
         chunks = [(0, 4), (4, prompt_length)] + [(t, t + 1) for t in range(prompt_length, length)]
         for first, stop in chunks:
             requests.append(StepTokens(payload.positions, base + first, base + stop, first, prompt_length))
@@ -385,3 +394,57 @@ def test_an_old_add_file_steers_as_before(llama):
     values = torch.from_numpy(vector.vector.astype(np.float64))
     steered, plain = _outputs_at(llama, [2], vector, 2.0)[2], _outputs_at(llama, [2])[2]
     torch.testing.assert_close(steered - plain, (2.0 * values).expand_as(steered), rtol=0, atol=1e-5)
+
+
+def _split_step(dtype, sequences: int, length: int, hidden_size: int = 32):
+    """A step's ``(hidden, residual)`` as a vLLM decoder layer returns them (the stream is their sum),
+    with a residual much larger than the block's own output, as in a deep model."""
+    generator = torch.Generator().manual_seed(1)
+    hidden = torch.randn(sequences * length, hidden_size, generator=generator).to(dtype)
+    residual = (8 * torch.randn(sequences * length, hidden_size, generator=generator)).to(dtype)
+    return hidden, residual
+
+
+@pytest.mark.parametrize("split", [False, True], ids=["stream", "hidden+residual"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("kept", [6, 32], ids=["sparse", "dense"])
+@pytest.mark.parametrize("operator", [("project", None), ("clamp", 0.75)], ids=["project", "clamp"])
+def test_the_serve_plugin_projects_and_clamps_as_steer_does_at_the_tokens_steer_picks(operator, kept, dtype, split):
+    """The step of the addition test above, with a projection or clamp: each request's rows get
+    steer's DirectionEdit (from the payload as it travels), on vLLM's (hidden, residual) split with
+    the change in hidden, to float rounding (a matrix-vector product's sums depend on how many rows
+    it holds, in steer's hooks as here). Beside them, a request adding another vector at the same
+    layer gets its own addition and an unsteered request's rows stay as they were, bit for bit."""
+    from actstore.vectors.operators import Operator
+
+    prompt_length, length = 6, 10
+    vector = sparse_vector(1, indices=range(0, 32, 32 // kept)[:kept], seed=kept).with_info(
+        operator=Operator(*operator))
+    edit, other = direction_edit(vector, 0.8), sparse_vector(1, seed=9)
+    hidden, residual = _split_step(dtype, len(SPECS) + 2, length)
+    stream = hidden + residual if split else hidden
+    expected, requests, tokens = [], [], []
+    for number, spec in enumerate([*SPECS, "all"]):
+        positions, base = Positions.from_text(spec), number * length
+        adding = number == len(SPECS)  # the last steered request adds ``other``: an addition beside the edits
+        payload = _served(other if adding else vector, 0.8, positions, key="add" if adding else "edit")
+        made = payload.edit().tensors("cpu", dtype) if adding else payload.edit()
+        assert adding or (isinstance(made, DirectionEdit) and payload.layers == (1,) and not payload.writes)
+        expected.append(_hooks_on_one_sequence(positions, made if adding else edit, stream[base : base + length],
+                                               prompt_length))
+        chunks = [(0, 4), (4, prompt_length)] + [(t, t + 1) for t in range(prompt_length, length)]
+        for first, stop in chunks:
+            requests.append((payload.key, payload.layers, made))
+            tokens.append(StepTokens(payload.positions, base + first, base + stop, first, prompt_length))
+    unsteered = slice(len(expected) * length, None)
+    expected.append(stream[unsteered])
+    plan = plan_step(requests, steered_rows(tokens), "cpu")
+    assert set(plan) == {1} and len(plan[1].directions) == 1  # one edit for all the spans that share it
+    out = plan[1].apply(hidden, residual if split else None)
+    assert torch.equal(out[unsteered], hidden[unsteered])  # an unsteered request's rows: untouched
+    got, want = out + residual if split else out, torch.cat(expected)
+    adds = slice(len(SPECS) * length, (len(SPECS) + 1) * length)
+    assert split or torch.equal(got[adds], want[adds])  # the addition: the scatter of the test above
+    scale = float(stream.abs().max()) * torch.finfo(dtype).eps
+    torch.testing.assert_close(got, want, rtol=0, atol=2 * scale)  # measured: at most 0.51 scale
+    assert float((want - stream).abs().max()) > 0.5  # the edits did something

@@ -10,14 +10,19 @@ exactly pinned vLLM (requirements-serve.txt; tests/serve/test_internals.py fails
   one travels on as a payload, and the request's ``cache_salt`` is derived from it, so prefix
   caching never hands a request key/value blocks computed under other steering;
 * the worker (the V1 model runner): after the model loads, a forward hook on each decoder
-  layer adds ``alpha * vector`` to the residual stream of exactly the tokens of the requests
-  that asked for it: what is added is the request's :func:`actstore.steering.vector_addition`
-  and which tokens get it :meth:`actstore.steering.Positions.selects` (:func:`steered_rows`),
-  the computation and the rule of actstore's own hooks. vLLM layers return ``(hidden,
-  residual)`` and the stream is their sum, so adding to ``hidden`` is adding to the stream.
-  Which rows of the flattened batch belong to which request comes from the runner's input
-  batch and ``query_start_loc``, read once per step (``execute_model`` is wrapped to mark the
-  step; warm-up and profiling passes are never steered).
+  layer, and, where the model's writes to the residual stream are known, on its embeddings and
+  each write (:func:`actstore.models.blocks.residual_writes`, whose attribute names vLLM's Llama,
+  Qwen2 and Gemma3 share with transformers), applies the request's edit to exactly the tokens
+  of the requests that asked for it: what is applied is the request's payload, made by steer's
+  own functions (an addition, or a projection or clamp: :mod:`actstore.serve.settings`), where
+  steer applies it (each block its operator names; a projection at all layers on the embeddings
+  and every write), and which tokens get it :meth:`actstore.steering.Positions.selects`
+  (:func:`~actstore.serve.step.steered_rows`). vLLM layers return ``(hidden, residual)`` and the
+  stream is their sum: an addition to ``hidden`` is one to the stream, and a projection or clamp
+  reads the component on the sum and puts its change in ``hidden``
+  (:func:`~actstore.serve.step.edit_rows`). Which rows of the flattened batch belong to which
+  request comes from the runner's input batch and ``query_start_loc``, read once per step
+  (``execute_model`` is wrapped to mark the step; warm-up and profiling passes are never steered).
 
 Everything here fails loudly: a wrong vLLM version, the V2 model runner or a compiled model
 (hooks would be traced once and frozen) raise when the engine starts rather than serve
@@ -30,13 +35,11 @@ from __future__ import annotations
 import logging
 import os
 from collections import OrderedDict
-from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from ..steering import Positions
+    from .step import SlotSteering
 
 logger = logging.getLogger("actstore.serve")
 
@@ -102,8 +105,9 @@ def model_facts(model_config):
 
     folder = Path(model_config.model)
     fingerprint = _fingerprint_local(folder) if folder.is_dir() else ""
-    layers = int(model_config.hf_text_config.num_hidden_layers)
-    return ModelFacts(fingerprint, int(model_config.get_hidden_size()), layers)
+    text = model_config.hf_text_config
+    return ModelFacts(fingerprint, int(model_config.get_hidden_size()), int(text.num_hidden_layers),
+                      str(getattr(text, "model_type", "") or ""))
 
 
 def _steer_request(processor, request) -> None:
@@ -184,8 +188,29 @@ def decoder_layers(model):
                        "(looked for model.layers)")
 
 
+def write_modules(runner, layers) -> tuple:
+    """The embeddings and each write to the residual stream of the runner's model, in
+    :func:`~actstore.models.blocks.residual_writes`'s order, or () for a model type whose writes
+    actstore does not know (the front end refuses a projection at all layers there: the same
+    ``model_type`` decides both). Raises when a known type's modules are not where
+    transformers has them: a projection would otherwise go unapplied."""
+    from ..models.blocks import RESIDUAL_WRITERS, residual_writes
+
+    if runner.model_config.hf_text_config.model_type not in RESIDUAL_WRITERS:
+        return ()
+    model = runner.get_model()
+    language = model.get_language_model() if hasattr(model, "get_language_model") else model
+    try:
+        writes = residual_writes(language, layers)
+    except (AttributeError, ValueError) as err:  # ModelError is a ValueError
+        raise RuntimeError(f"actstore serve: cannot find the writes to the residual stream of "
+                           f"{type(language).__name__} where transformers has them ({err})") from None
+    return (*writes.embeddings, *writes.writers)
+
+
 class RunnerSteering:
-    """The hooks on one model runner's decoder layers and the plan of the step in progress."""
+    """The hooks on one model runner's decoder layers and writes to the residual stream, and the
+    plan of the step in progress. A hook's slot: block ``i`` is slot ``i``; the writes follow."""
 
     def __init__(self, runner):
         from vllm.config import CompilationMode
@@ -195,11 +220,15 @@ class RunnerSteering:
                                "freeze; start the engine with --enforce-eager (actstore serve does)")
         self.runner = runner
         self.layers = decoder_layers(runner.get_model())
+        self.writes = write_modules(runner, self.layers)
         self.active = False
-        self.plan: dict[int, LayerAddition] | None = None
-        self.tensors: OrderedDict[str, tuple] = OrderedDict()  # payload key -> (layer, indices, values)
-        self.handles = [layer.register_forward_hook(self._hook(i)) for i, layer in enumerate(self.layers)]
-        logger.info("actstore serve: steering hooks on %d decoder layers", len(self.layers))
+        self.plan: dict[int, SlotSteering] | None = None
+        self.tensors: OrderedDict[str, tuple] = OrderedDict()  # payload key -> (slots, edit)
+        modules = [*self.layers, *self.writes]
+        self.handles = [module.register_forward_hook(self._hook(slot, slot < len(self.layers)))
+                        for slot, module in enumerate(modules)]
+        logger.info("actstore serve: steering hooks on %d decoder layers and %d writes to the residual stream",
+                    len(self.layers), len(self.writes))
 
     def begin_step(self) -> None:
         self.active, self.plan = True, None
@@ -207,43 +236,57 @@ class RunnerSteering:
     def end_step(self) -> None:
         self.active, self.plan = False, None
 
-    def _hook(self, layer: int):
+    def _hook(self, slot: int, block: bool):
         def hook(module, args, output):
             if not self.active:
                 return None
             if self.plan is None:
                 self.plan = self._make_plan()
-            addition = self.plan.get(layer)
-            if addition is None:
+            steering = self.plan.get(slot)
+            if steering is None:
                 return None
-            if isinstance(output, tuple):
-                return (add_to_rows(output[0], addition), *output[1:])
-            return add_to_rows(output, addition)
+            if not isinstance(output, tuple):
+                return steering.apply(output)
+            # a block returns (hidden, residual); a RowParallelLinear write (output, bias), bias None here
+            residual = output[1] if block and len(output) > 1 else None
+            return (steering.apply(output[0], residual), *output[1:])
 
         return hook
 
-    def _tensors(self, extra: dict, device, dtype) -> tuple:
-        """``(layer, indices, values)`` of a request's payload (:meth:`VectorAddition.tensors
-        <actstore.steering.VectorAddition.tensors>`), made once per (vector, alpha): a step reads 64
-        requests without re-reading 64 lists of floats. Only what the key covers may come from the
-        cache (positions differ between requests)."""
+    def _prepared(self, extra: dict, device, dtype) -> tuple:
+        """``(slots, edit)`` of a request's payload: the hooked modules it edits and its edit
+        (:meth:`VectorAddition.tensors <actstore.steering.VectorAddition.tensors>`, or its
+        :class:`~actstore.steering.DirectionEdit` with the direction on ``device``), made once per
+        (vector, alpha): a step reads 64 requests without re-reading 64 lists of floats. Only what
+        the key covers may come from the cache (positions differ between requests)."""
+        from ..steering import DirectionEdit
         from .settings import SteeringPayload
 
         cached = self.tensors.get(extra["key"])
-        if cached is None:
-            payload = SteeringPayload.from_extra(extra)
-            cached = self.tensors[payload.key] = (payload.layer, *payload.addition().tensors(device, dtype))
-            while len(self.tensors) > 4096:
-                self.tensors.popitem(last=False)
-        else:
+        if cached is not None:
             self.tensors.move_to_end(extra["key"])
+            return cached
+        payload = SteeringPayload.from_extra(extra)
+        if payload.writes and not self.writes:  # the front end refuses these: never reached
+            raise RuntimeError("actstore serve: a projection at all layers reached a worker without write hooks")
+        edit = payload.edit()
+        if isinstance(edit, DirectionEdit):
+            edit = DirectionEdit(edit.unit.to(device), edit.target, edit.alpha)
+            slots = tuple(range(len(self.layers), len(self.layers) + len(self.writes))) if payload.writes \
+                else payload.layers
+        else:
+            edit, slots = edit.tensors(device, dtype), payload.layers
+        cached = self.tensors[payload.key] = (slots, edit)
+        while len(self.tensors) > 4096:
+            self.tensors.popitem(last=False)
         return cached
 
-    def _make_plan(self) -> dict[int, LayerAddition]:
-        """layer -> what this step adds there: the rows of the flattened batch that each request's
-        (vector, alpha) goes to, merged into one dense and one sparse scatter per layer."""
+    def _make_plan(self) -> dict[int, SlotSteering]:
+        """slot -> what this step does there (:func:`~actstore.serve.step.plan_step`): the rows of
+        the flattened batch that each request's edit goes to."""
         from ..steering import Positions
         from .settings import PAYLOAD_KEY
+        from .step import StepTokens, plan_step, steered_rows
 
         runner = self.runner
         batch = runner.input_batch
@@ -251,100 +294,15 @@ class RunnerSteering:
         starts = runner.query_start_loc.np[: num_reqs + 1]
         computed = batch.num_computed_tokens_cpu[:num_reqs]
         param = next(runner.get_model().parameters())
-        additions, tokens = [], []
+        requests, tokens = [], []
         for index, req_id in enumerate(batch.req_ids[:num_reqs]):
             state = runner.requests.get(req_id)
             params = getattr(state, "sampling_params", None)
             extra = (params.extra_args or {}).get(PAYLOAD_KEY) if params is not None else None
             if extra is None:
                 continue
-            additions.append(self._tensors(extra, param.device, param.dtype))
+            requests.append((extra["key"], *self._prepared(extra, param.device, param.dtype)))
             # computed: the position of this step's first token of the request in its sequence
             tokens.append(StepTokens(Positions.from_text(extra["positions"]), int(starts[index]),
                                      int(starts[index + 1]), int(computed[index]), int(state.num_prompt_tokens)))
-        per_layer: dict[int, list] = {}
-        for (layer, indices, values), rows in zip(additions, steered_rows(tokens)):
-            if len(rows):
-                per_layer.setdefault(layer, []).append((rows, indices, values))
-        return {layer: LayerAddition.merge(groups, param.device)
-                for layer, groups in per_layer.items()}
-
-
-@dataclass(frozen=True)
-class StepTokens:
-    """One steered request's tokens in a step: rows ``start:stop`` of the flattened batch hold
-    the tokens at positions ``first, first + 1, ...`` of its sequence, whose first
-    ``prompt_length`` are its prompt; ``positions``: the request's ``actstore_positions``."""
-
-    positions: Positions
-    start: int
-    stop: int
-    first: int
-    prompt_length: int
-
-
-def steered_rows(requests: Sequence[StepTokens]) -> list:
-    """For each request, the rows (int64 numpy) that get its vector: those whose tokens
-    :meth:`Positions.selects <actstore.steering.Positions.selects>` picks, the rule of actstore's
-    own hooks, called once per distinct ``positions`` of the step, not once per request."""
-    import numpy as np
-    import torch
-
-    by_spec: dict[str, list[int]] = {}
-    for number, request in enumerate(requests):
-        by_spec.setdefault(str(request.positions), []).append(number)
-    rows: list = [None] * len(requests)
-    for members in by_spec.values():
-        spans = [requests[i] for i in members]
-        counts = [span.stop - span.start for span in spans]
-        index = np.concatenate([np.arange(s.first, s.first + n) for s, n in zip(spans, counts)]).astype(np.int64)
-        is_prompt = index < np.repeat([span.prompt_length for span in spans], counts)
-        chosen = spans[0].positions.selects(torch.from_numpy(index), torch.from_numpy(is_prompt)).numpy()
-        offsets = np.cumsum([0, *counts])
-        for number, span, low, high in zip(members, spans, offsets[:-1], offsets[1:]):
-            rows[number] = span.start + np.flatnonzero(chosen[low:high])
-    return rows
-
-
-class LayerAddition:
-    """What one step adds at one layer. Dense vectors: ``dense_rows`` (R,) and their rows of
-    ``alpha * v`` (R, hidden), one ``index_add``. Sparse vectors: flat (row, kept coordinate)
-    positions and values, one ``index_add`` over exactly the kept coordinates. Two scatters per
-    layer however many distinct vectors the batch holds."""
-
-    def __init__(self, dense_rows, dense_values, sparse_rows, sparse_columns, sparse_values):
-        self.dense_rows, self.dense_values = dense_rows, dense_values
-        self.sparse_rows, self.sparse_columns, self.sparse_values = sparse_rows, sparse_columns, sparse_values
-
-    @classmethod
-    def merge(cls, groups, device) -> LayerAddition:
-        """``groups``: [(rows (n,) numpy, indices (k,) | None, values (k,) or (hidden,))], the
-        tensors of :meth:`VectorAddition.tensors <actstore.steering.VectorAddition.tensors>`."""
-        import torch
-
-        dense_rows, dense_values, sparse_rows, sparse_columns, sparse_values = [], [], [], [], []
-        for rows, indices, values in groups:
-            rows_t = torch.from_numpy(rows).to(device)
-            if indices is None:
-                dense_rows.append(rows_t)
-                dense_values.append(values.expand(len(rows), -1))
-            elif len(indices):
-                sparse_rows.append(rows_t.repeat_interleave(len(indices)))
-                sparse_columns.append(indices.repeat(len(rows)))
-                sparse_values.append(values.repeat(len(rows)))
-
-        def cat(parts):
-            return torch.cat(parts) if parts else None
-
-        return cls(cat(dense_rows), cat(dense_values), cat(sparse_rows), cat(sparse_columns), cat(sparse_values))
-
-
-def add_to_rows(hidden, addition: LayerAddition):
-    """``hidden`` (tokens, hidden) plus ``addition``; a new tensor, the layer's own output untouched."""
-    out = hidden.clone()
-    if addition.dense_rows is not None:
-        out.index_add_(0, addition.dense_rows, addition.dense_values.to(out.dtype))
-    if addition.sparse_rows is not None:
-        flat = addition.sparse_rows * out.shape[-1] + addition.sparse_columns
-        out.view(-1).index_add_(0, flat, addition.sparse_values.to(out.dtype))
-    return out
+        return plan_step(requests, steered_rows(tokens), param.device)

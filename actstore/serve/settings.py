@@ -4,16 +4,20 @@ A client names a vector, a scale and the tokens to steer in the request's extra 
 (over HTTP: ``vllm_xargs``, whose values are flat)::
 
     actstore_vector     the name of a file in the server's vectors folder (``NAME`` or ``NAME.safetensors``)
-    actstore_alpha      the scale (default 1.0): ``alpha * vector`` is added to the residual stream
+    actstore_alpha      the scale (default 1.0) of the vector's operator: ``alpha * vector`` is added to
+                        the residual stream, or a projection or clamp is applied with it
     actstore_positions  all (default) | prompt | generated | from:N, read by the reader of
                         ``actstore steer --positions`` (:meth:`actstore.steering.Positions.from_text`)
 
 :func:`resolve_request` turns those into a :class:`SteeringPayload`: the vector read from the
 allow-listed folder (never a path from the request), checked against the served model
-(fingerprint, hidden size, layer, site), its addition computed by the function that computes
-:func:`actstore.steering.steer`'s (:func:`actstore.steering.vector_addition`), and a
-``cache_salt`` derived from everything that changes the activations, so no request can read
-key/value blocks computed under another vector.
+(fingerprint, hidden size, layer, site, the layers its operator names), its edit computed by the
+functions that compute :func:`actstore.steering.steer`'s (:func:`~actstore.steering.vector_addition`
+for an addition, :func:`~actstore.steering.direction_edit` for a projection or clamp) and placed
+where steer places it (:meth:`~actstore.vectors.operators.Operator.resolve_layers`; a projection
+at all layers on the embeddings and every write to the residual stream), and a ``cache_salt``
+derived from everything that changes the activations, so no request can read key/value blocks
+computed under another vector.
 """
 
 from __future__ import annotations
@@ -27,9 +31,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from ..errors import VectorError
-from ..steering import Positions, VectorAddition, vector_addition
+from ..models.blocks import RESIDUAL_WRITERS
+from ..steering import DirectionEdit, Positions, VectorAddition, direction_edit, vector_addition
 from ..vectors.vector import SteeringVector, load_vector
 
 VECTOR_KEY = "actstore_vector"
@@ -47,52 +53,82 @@ _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,199}")
 @dataclass(frozen=True)
 class ModelFacts:
     """What a vector is checked against: the served model's weights fingerprint (as
-    :func:`actstore.load_model` computes it; empty when unknown), hidden size and block count."""
+    :func:`actstore.load_model` computes it; empty when unknown), hidden size, block count and the
+    language model's ``model_type`` (whether its writes to the residual stream are known:
+    :data:`~actstore.models.blocks.RESIDUAL_WRITERS`; empty when unknown)."""
 
     fingerprint: str
     hidden_size: int
     num_layers: int
+    model_type: str = ""
 
 
 @dataclass(frozen=True)
 class SteeringPayload:
-    """A checked request, as the workers read it: :meth:`addition` is the request's
+    """A checked request, as the workers read it, carried as plain numbers.
+
+    What is applied is :meth:`edit`: for ``operator`` add, the request's
     :class:`~actstore.steering.VectorAddition` (``values``, float64, on ``indices``, or on every
-    coordinate when ``indices`` is None), carried as plain numbers."""
+    coordinate when ``indices`` is None); for project or clamp, its
+    :class:`~actstore.steering.DirectionEdit` (``values``: the unit direction, float64, on every
+    coordinate; ``target``; ``alpha``). Where: at the output of each decoder block in ``layers``
+    or, with ``writes`` (a projection at all layers), on the embeddings and every write to the
+    residual stream (:func:`~actstore.models.blocks.residual_writes`)."""
 
     name: str
-    layer: int
+    layer: int  # the vector's own layer
     alpha: float
     positions: Positions
+    operator: str
+    layers: tuple[int, ...]
+    writes: bool
     indices: tuple[int, ...] | None
     values: tuple[float, ...]
+    target: float
     key: str  # identifies (vector bytes, alpha): the workers cache their tensors by it
 
     @classmethod
-    def of(cls, name: str, layer: int, alpha: float, positions: Positions, addition: VectorAddition,
+    def of(cls, name: str, vector: SteeringVector, alpha: float, positions: Positions, num_layers: int,
            key: str) -> SteeringPayload:
-        indices = None if addition.indices is None else tuple(int(i) for i in addition.indices)
-        return cls(name, layer, alpha, positions, indices, tuple(float(v) for v in addition.values), key)
+        """The payload of ``vector`` (checked: :func:`check_against_model`) at ``alpha``, for a model of
+        ``num_layers`` decoder blocks: its edit made by the functions :func:`~actstore.steering.steer`
+        uses, placed where steer places it."""
+        operator = vector.info.operator
+        writes = operator.kind == "project" and operator.layers == "all"
+        layers = () if writes else tuple(operator.resolve_layers(vector.layer, num_layers))
+        head = (name, vector.layer, alpha, positions, operator.kind, layers, writes)
+        if operator.additive:
+            addition = vector_addition(vector, alpha)
+            indices = None if addition.indices is None else tuple(int(i) for i in addition.indices)
+            return cls(*head, indices, tuple(float(v) for v in addition.values), 0.0, key)
+        edit = direction_edit(vector, alpha)
+        return cls(*head, None, tuple(float(v) for v in edit.unit.tolist()), edit.target, key)
 
-    def addition(self) -> VectorAddition:
-        indices = None if self.indices is None else np.asarray(self.indices, dtype=np.int64)
-        return VectorAddition(indices, np.asarray(self.values, dtype=np.float64))
+    def edit(self) -> VectorAddition | DirectionEdit:
+        if self.operator == "add":
+            indices = None if self.indices is None else np.asarray(self.indices, dtype=np.int64)
+            return VectorAddition(indices, np.asarray(self.values, dtype=np.float64))
+        return DirectionEdit(torch.tensor(self.values, dtype=torch.float64), self.target, self.alpha)
 
     def to_extra(self) -> dict:
         return {"name": self.name, "layer": self.layer, "alpha": self.alpha, "positions": str(self.positions),
+                "operator": self.operator, "layers": list(self.layers), "writes": self.writes,
                 "indices": None if self.indices is None else list(self.indices), "values": list(self.values),
-                "key": self.key}
+                "target": self.target, "key": self.key}
 
     @classmethod
     def from_extra(cls, extra: dict) -> SteeringPayload:
         indices = extra["indices"]
         return cls(str(extra["name"]), int(extra["layer"]), float(extra["alpha"]),
-                   Positions.from_text(extra["positions"]), None if indices is None else tuple(int(i) for i in indices),
-                   tuple(float(v) for v in extra["values"]), str(extra["key"]))
+                   Positions.from_text(extra["positions"]), str(extra["operator"]),
+                   tuple(int(i) for i in extra["layers"]), bool(extra["writes"]),
+                   None if indices is None else tuple(int(i) for i in indices),
+                   tuple(float(v) for v in extra["values"]), float(extra["target"]), str(extra["key"]))
 
     def cache_salt(self, client_salt: str | None = None) -> str:
-        """The ``cache_salt`` of a steered request: a hash of the vector, alpha and positions (and
-        the client's own salt, so its isolation is kept). Unsteered requests keep theirs."""
+        """The ``cache_salt`` of a steered request: a hash of the vector (its file's bytes, the
+        operator included), alpha and positions (and the client's own salt, so its isolation is
+        kept). Unsteered requests keep theirs."""
         text = json.dumps([self.key, str(self.positions), self.layer, client_salt or ""])
         return "actstore-" + hashlib.sha256(text.encode()).hexdigest()[:32]
 
@@ -139,7 +175,9 @@ class VectorFolder:
 
 
 def check_against_model(vector: SteeringVector, facts: ModelFacts, name: str) -> None:
-    """Refuse a vector the served model cannot take: other weights, hidden size, layer or site."""
+    """Refuse a vector the served model cannot take: other weights, hidden size, layer, the layers
+    its operator names, or what the server cannot apply (a site other than the residual stream; a
+    projection at all layers on a model whose writes to the residual stream are unknown)."""
     made_for = vector.info.fingerprint
     if made_for and facts.fingerprint and made_for != facts.fingerprint:
         raise VectorError(f"vector {name!r} was made for model {vector.info.model!r} (weights "
@@ -151,11 +189,18 @@ def check_against_model(vector: SteeringVector, facts: ModelFacts, name: str) ->
         raise VectorError(f"vector {name!r} is for layer {vector.layer}; the served model has decoder blocks "
                           f"0..{facts.num_layers - 1}", param=VECTOR_KEY)
     operator = vector.info.operator
-    if not operator.additive or operator.layers:
-        # never a silent add: a projection read as an addition steers the other way (antirez/ds4 PR #970)
-        raise VectorError(f"vector {name!r} is {operator.describe()}; this server applies additive vectors at their "
-                          "own layer only: steer with it locally (actstore steer, actstore eval) or, for a projection "
-                          "at all layers, bake it (actstore vector bake) and serve the baked model", param=VECTOR_KEY)
+    if operator.kind == "project" and operator.layers == "all":
+        # steer's ablation: every write to the residual stream, whatever the vector's site
+        if facts.model_type not in RESIDUAL_WRITERS:
+            raise VectorError(f"vector {name!r} is {operator.describe()}: the ablation on every write to the "
+                              f"residual stream, which this server does not know for model type "
+                              f"{facts.model_type or '(unknown)'!r} (known: {', '.join(sorted(RESIDUAL_WRITERS))})",
+                              param=VECTOR_KEY)
+        return
+    try:
+        operator.resolve_layers(vector.layer, facts.num_layers)
+    except VectorError as err:
+        raise VectorError(f"vector {name!r} is {operator.describe()}: {err}", param=VECTOR_KEY) from None
     site = vector.info.site or "resid"
     if site != "resid":
         raise VectorError(f"vector {name!r} is added at site {site!r}; the server steers the residual stream "
@@ -205,9 +250,13 @@ def resolve_request(extra_args: dict | None, folder: VectorFolder | None, facts:
     name = extra[VECTOR_KEY]
     vector, digest = folder.load(name)
     check_against_model(vector, facts, name)
+    # the file's bytes hold the operator (kind, clamp value, layers): one digest covers them all
     key = hashlib.sha256(f"{digest}:{alpha!r}".encode()).hexdigest()[:32]
-    return SteeringPayload.of(Path(name).stem if name.endswith(VECTOR_SUFFIX) else name, vector.layer, alpha,
-                              positions, vector_addition(vector, alpha), key)
+    try:
+        return SteeringPayload.of(Path(name).stem if name.endswith(VECTOR_SUFFIX) else name, vector, alpha,
+                                  positions, facts.num_layers, key)
+    except VectorError as err:  # a zero vector has no direction to project or clamp
+        raise VectorError(f"vector {name!r}: {err}", param=VECTOR_KEY) from None
 
 
 def folder_from_env() -> VectorFolder | None:

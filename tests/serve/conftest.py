@@ -36,16 +36,18 @@ def write_vectors(folder, model_path, hidden: int, num_layers: int) -> dict[str,
 
     from actstore.models.load import _fingerprint_local
     from actstore.vectors.info import VectorInfo
+    from actstore.vectors.operators import Operator
     from actstore.vectors.vector import SteeringVector, save_vector
 
     fingerprint = _fingerprint_local(Path(model_path))
     rng = np.random.default_rng(0)
 
-    def make(values, layer, k="dense", fingerprint=fingerprint, site="resid"):
+    def make(values, layer, k="dense", fingerprint=fingerprint, site="resid", operator=None):
         values = np.asarray(values, np.float32)
         indices = np.flatnonzero(values) if k != "dense" else np.arange(len(values))
         info = VectorInfo(layer=layer, method="random", k=None if k == "dense" else int(k), site=site,
-                          model=str(model_path), fingerprint=fingerprint, hidden_size=len(values))
+                          model=str(model_path), fingerprint=fingerprint, hidden_size=len(values),
+                          operator=operator or Operator())
         return SteeringVector(values, indices.astype(np.int64), np.abs(values), info)
 
     dense = rng.normal(size=hidden) * 0.5
@@ -61,6 +63,10 @@ def write_vectors(folder, model_path, hidden: int, num_layers: int) -> dict[str,
         "deep": make(dense, num_layers + 4),
         "other-model": make(dense, 6, fingerprint="sha256-local:0123456789abcdef"),
         "attn-site": make(dense, 6, site="attn"),
+        # a random direction's component is some 20-80 at layer 6: clamped to 20, it moves log-probs
+        "clamp": make(rng.normal(size=hidden), 6, operator=Operator("clamp", 20.0)),
+        # the ablation (embeddings and every write to the stream) of a sparse direction
+        "ablate": make(sparse, 3, k=64, operator=Operator("project", layers="all")),
     }
     for name, vector in vectors.items():
         save_vector(vector, Path(folder) / f"{name}.safetensors")

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import json
+import re
+
 import numpy as np
 import pytest
+import torch
 
 from actstore.errors import VectorError
 from actstore.serve import ServeError
@@ -13,7 +17,7 @@ from actstore.steering import Positions
 from actstore.vectors.info import VectorInfo
 from actstore.vectors.vector import SteeringVector, save_vector
 
-FACTS = ModelFacts("sha256-local:aaaa", hidden_size=16, num_layers=4)
+FACTS = ModelFacts("sha256-local:aaaa", hidden_size=16, num_layers=4, model_type="gemma3_text")
 
 
 def _vector(values, layer=1, fingerprint="sha256-local:aaaa", site="resid"):
@@ -117,13 +121,74 @@ def test_a_missing_vectors_folder_is_an_error(tmp_path):
         VectorFolder(tmp_path / "nope")
 
 
-@pytest.mark.parametrize("operator", [("project", None, "all"), ("clamp", 1.0, ""), ("add", None, "1-2")])
-def test_a_vector_the_server_cannot_apply_as_written_is_refused_never_added(tmp_path, operator):
+def _operator_folder(folder, operators: dict, values=None, site="resid") -> VectorFolder:
+    """``folder`` with one file per name -> (kind, clamp value, layers), all of one vector's values."""
     from actstore.vectors.operators import Operator
 
-    values = np.linspace(-1, 1, 16).astype(np.float32)
-    info = VectorInfo(layer=1, fingerprint="sha256-local:aaaa", operator=Operator(*operator))
-    save_vector(SteeringVector(values, np.arange(16), np.abs(values), info), tmp_path / "op.safetensors")
-    with pytest.raises(VectorError, match="applies additive vectors at their own layer only") as err:
-        resolve_request({"actstore_vector": "op"}, VectorFolder(tmp_path), FACTS)
+    values = np.linspace(-1, 1, 16).astype(np.float32) if values is None else np.asarray(values, np.float32)
+    for name, operator in operators.items():
+        info = VectorInfo(layer=1, fingerprint="sha256-local:aaaa", site=site, operator=Operator(*operator))
+        vector = SteeringVector(values, np.flatnonzero(values), np.abs(values), info)
+        save_vector(vector, folder / f"{name}.safetensors")
+    return VectorFolder(folder)
+
+
+@pytest.mark.parametrize(("operator", "layers", "writes"), [
+    (("project", None, "all"), (), True),  # the ablation: the embeddings and every write to the stream
+    (("project", None, "2-3"), (2, 3), False),
+    (("clamp", 0.75, ""), (1,), False),
+    (("clamp", -2.0, "0,3"), (0, 3), False),
+    (("add", None, "1-2"), (1, 2), False),
+    (("add", None, "all"), (0, 1, 2, 3), False),
+])
+def test_the_server_takes_each_operator_where_steer_applies_it(tmp_path, operator, layers, writes):
+    from actstore.steering import DirectionEdit, VectorAddition, direction_edit, vector_addition
+
+    folder = _operator_folder(tmp_path, {"op": operator})
+    payload = resolve_request({"actstore_vector": "op", "actstore_alpha": "0.5"}, folder, FACTS)
+    assert (payload.operator, payload.layers, payload.writes) == (operator[0], layers, writes)
+    assert SteeringPayload.from_extra(json.loads(json.dumps(payload.to_extra()))) == payload
+    vector, _ = folder.load("op")
+    edit = payload.edit()
+    if operator[0] == "add":  # steer's addition, scaled in float64
+        assert isinstance(edit, VectorAddition) and payload.values == tuple(vector_addition(vector, 0.5).values)
+        return
+    want = direction_edit(vector, 0.5)  # steer's edit: the unit direction in float64, the target, alpha
+    assert isinstance(edit, DirectionEdit) and edit.unit.dtype == torch.float64
+    assert torch.equal(edit.unit, want.unit) and (edit.target, edit.alpha) == (want.target, want.alpha) == (
+        operator[1] or 0.0, 0.5)
+
+
+def test_the_cache_salt_separates_operators_of_the_same_values(tmp_path):
+    operators = {"add": ("add", None, ""), "add-layers": ("add", None, "1-2"), "project": ("project", None, ""),
+                 "ablate": ("project", None, "all"), "clamp": ("clamp", 1.0, ""), "clamp2": ("clamp", 2.0, "")}
+    folder = _operator_folder(tmp_path, operators)
+    salts = {resolve_request({"actstore_vector": name}, folder, FACTS).cache_salt() for name in operators}
+    assert len(salts) == len(operators)  # the operator is in the file's bytes, so in the key
+
+
+@pytest.mark.parametrize(("operator", "site", "facts", "message"), [
+    (("clamp", 1.0, ""), "mlp", FACTS, "site 'mlp'"),
+    (("project", None, "1-2"), "attn", FACTS, "site 'attn'"),
+    (("add", None, "2-5"), "resid", FACTS, "is add at layers 2-5: apply_layers='2-5': the model has blocks 0..3"),
+    (("project", None, "all"), "resid", ModelFacts("sha256-local:aaaa", 16, 4, "mamba"),
+     "does not know for model type 'mamba'"),
+    (("project", None, "all"), "resid", ModelFacts("sha256-local:aaaa", 16, 4), "model type '(unknown)'"),
+])
+def test_what_the_server_cannot_apply_is_refused_never_added(tmp_path, operator, site, facts, message):
+    folder = _operator_folder(tmp_path, {"op": operator}, site=site)
+    with pytest.raises(VectorError, match=re.escape(message)) as err:
+        resolve_request({"actstore_vector": "op"}, folder, facts)
+    assert err.value.params == ("actstore_vector",)
+
+
+def test_a_projection_at_all_layers_is_the_writes_whatever_the_site_as_in_steer(tmp_path):
+    folder = _operator_folder(tmp_path, {"op": ("project", None, "all")}, site="mlp")
+    assert resolve_request({"actstore_vector": "op"}, folder, FACTS).writes
+
+
+def test_a_zero_vector_has_no_direction_to_project(tmp_path):
+    folder = _operator_folder(tmp_path, {"zero": ("project", None, "")}, values=np.zeros(16))
+    with pytest.raises(VectorError, match="vector 'zero': the vector for layer 1 is zero") as err:
+        resolve_request({"actstore_vector": "zero"}, folder, FACTS)
     assert err.value.params == ("actstore_vector",)
