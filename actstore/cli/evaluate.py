@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import click
 
+from ..evaluation.damage import DEFAULT_KL_PROMPTS, DEFAULT_KL_TOKENS
 from ..evaluation.grid import DEFAULT_BUDGETS, DEFAULT_FRACTIONS, DEFAULT_PPL_TOKENS
 from ..evaluation.perplexity import DEFAULT_PPL_DOCUMENTS, DEFAULT_PPL_WINDOW
 from ..evaluation.protocols import SCORERS
@@ -96,6 +97,21 @@ def _csv(values) -> str:
               help="Documents the perplexity windows come from (a few windows each).")
 @click.option("--ppl-window", type=click.IntRange(8), default=DEFAULT_PPL_WINDOW, show_default=True,
               help="Tokens per perplexity window (each starts with BOS); keep it within the model's context.")
+@click.option("--damage", default="ppl", show_default=True, metavar="ppl[,kl]",
+              help="Off-target damage measured per configuration, comma-separated: ppl (perplexity inflation on "
+                   "--text; always: the frontier and the report read damage on it) and kl (KL divergence "
+                   "KL(unsteered || steered) on the unsteered model's own greedy continuations of --kl-prompts, at "
+                   "the first generated token and the mean over the continuation, t intervals over prompts; "
+                   "per prompt in kl.csv).")
+@click.option("--kl-prompts", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="With --damage ppl,kl: the prompts the unsteered model continues (a JSON list of strings or of "
+                   "objects with an 'instruction' or 'prompt' field, JSONL the same, or a text file of one prompt "
+                   "a line), each formatted as a user turn of the model's chat template where it has one. Default: "
+                   f"the first {DEFAULT_KL_PROMPTS} instructions of ../shared/data/refusal-direction/"
+                   "harmless_val.json beside the package's repository.")
+@click.option("--kl-tokens", type=click.IntRange(1), default=DEFAULT_KL_TOKENS, show_default=True,
+              help="With --damage ppl,kl: tokens of each greedy continuation the KL is measured on (up to its end "
+                   "of sequence).")
 @click.option("--max-items", type=click.IntRange(1), default=None,
               help="Use only the first N held-out questions or prompts (default: all).")
 @click.option("--no-swap-options", "swap_options", is_flag=True, flag_value=False, default=True,
@@ -129,7 +145,8 @@ def evaluate(**flags):
     and measures both effects per item and per perplexity window. A/B questions
     are scored in both answer orders, on log-odds. Writes results.csv (one row
     per configuration, 95% intervals, p- and Benjamini-Hochberg q-values),
-    items.csv and windows.csv (every per-item and per-window figure),
+    items.csv and windows.csv (every per-item and per-window figure; with
+    --damage ppl,kl also the KL damage, per prompt in kl.csv),
     frontier.csv (each vector's shift at exactly each budget, interpolated, and
     its difference from dense), contrasts.csv (Holm-corrected), steerability.csv,
     results.md and frontier_<behavior>.png; and, per vector, how well it

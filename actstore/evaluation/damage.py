@@ -11,23 +11,107 @@ per prompt: ``kl_first`` (the first generated token: Heretic's measure) and ``kl
 the continuation up to and including its end-of-sequence token, since damage that one token misses
 shows up over a continuation), each with an interval over prompts. Log-softmax runs over the
 vocabulary one slice of rows at a time, so the full float64 logits of a batch never exist at once.
+
+The prompts (:func:`read_kl_prompts`): a file of the user's, by default the first
+:data:`DEFAULT_KL_PROMPTS` instructions of ``shared/data/refusal-direction/harmless_val.json``
+beside the package's repository (found as the perplexity corpus is:
+:func:`actstore.inputs.corpus.beside_repository`); each is formatted as a user turn of the model's
+chat template where its tokenizer has one (:func:`format_prompts`).
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
 
+from ..errors import ActstoreError, InputFormatError
 from ..models.hooks import position_ids
 from ..models.load import LoadedModel
 from .intervals import Interval, paired_mean_interval
 from .replay import padding_side
 
 ROWS_PER_SLICE = 256  # token rows whose float64 log-softmax is held at once
+DEFAULT_KL_TOKENS = 32  # continuation tokens per prompt
+DEFAULT_KL_PROMPTS = 100  # prompts of the default set
+# Relative to the folder that holds the package's repository, as the perplexity corpus.
+_SHARED_KL_PROMPTS = Path("shared") / "data" / "refusal-direction" / "harmless_val.json"
+_PROMPT_FIELDS = ("instruction", "prompt")
+
+
+def default_kl_prompts() -> Path:
+    """The default KL prompts' file: ``shared/data/refusal-direction/harmless_val.json`` in the
+    folder that holds the package's repository (held-out harmless instructions, Arditi et al. 2024);
+    an error naming ``kl_prompts`` (``--kl-prompts``) where it is absent."""
+    from ..inputs.corpus import beside_repository
+
+    path = beside_repository(_SHARED_KL_PROMPTS)
+    if not path.is_file():
+        raise ActstoreError(f"no KL prompts given and none found (no {str(path)!r}); pass kl_prompts: a JSON list "
+                            "of strings or of objects with an 'instruction' or 'prompt' field, or a text file of "
+                            "one prompt a line", param="kl_prompts")
+    return path
+
+
+def read_kl_prompts(path: str | Path | None = None) -> list[str]:
+    """The prompts of ``path``: a JSON list (``.json``) or JSONL (``.jsonl``) of strings or of objects
+    with an ``instruction`` or ``prompt`` field, else a text file of one prompt a line. None: the first
+    :data:`DEFAULT_KL_PROMPTS` of :func:`default_kl_prompts`. A file that does not read is named, with
+    the item at fault."""
+    chosen = default_kl_prompts() if path is None else Path(path)
+    if not chosen.is_file():
+        raise InputFormatError(f"kl_prompts {str(chosen)!r} does not exist or is not a file", param="kl_prompts")
+    try:
+        text = chosen.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise InputFormatError(f"kl_prompts {str(chosen)!r} is not valid UTF-8", param="kl_prompts") from None
+    if chosen.suffix.lower() in (".json", ".jsonl"):
+        prompts = _json_prompts(chosen, text)
+    else:
+        prompts = [line for line in text.splitlines() if line.strip()]
+    if not prompts:
+        raise InputFormatError(f"kl_prompts {str(chosen)!r} holds no prompts", param="kl_prompts")
+    return prompts[:DEFAULT_KL_PROMPTS] if path is None else prompts
+
+
+def _json_prompts(path: Path, text: str) -> list[str]:
+    try:
+        if path.suffix.lower() == ".json":
+            records = [(f"item {i + 1}", r) for i, r in enumerate(_as_list(json.loads(text)))]
+        else:
+            records = [(f"line {n}", json.loads(line)) for n, line in enumerate(text.splitlines(), 1) if line.strip()]
+    except json.JSONDecodeError as err:
+        raise InputFormatError(f"kl_prompts {str(path)!r}: not valid JSON ({err.msg})", param="kl_prompts") from None
+    prompts = []
+    for where, record in records:
+        value = next((record[f] for f in _PROMPT_FIELDS if f in record), None) if isinstance(record, dict) else record
+        if not isinstance(value, str) or not value.strip():
+            raise InputFormatError(f"kl_prompts {str(path)!r} {where}: expected a non-empty string or an object "
+                                   f"with a non-empty 'instruction' or 'prompt' field, got {str(record)[:80]!r}",
+                                   param="kl_prompts")
+        prompts.append(value)
+    return prompts
+
+
+def _as_list(value) -> list:
+    return value if isinstance(value, list) else [value]
+
+
+def format_prompts(tokenizer, prompts: Sequence[str]) -> list[str]:
+    """Each prompt as a user turn of the tokenizer's chat template (with the generation prompt) where
+    it has one; raw otherwise, with the BOS the tokenizer would add itself (:func:`continuations`
+    tokenizes without special tokens: a chat template brings its own)."""
+    if getattr(tokenizer, "chat_template", None):
+        return [tokenizer.apply_chat_template([{"role": "user", "content": p}], tokenize=False,
+                                              add_generation_prompt=True) for p in prompts]
+    bos = tokenizer.bos_token
+    adds_bos = bos is not None and tokenizer("x")["input_ids"][:1] == [tokenizer.bos_token_id]
+    return [bos + p if adds_bos else p for p in prompts]
 
 
 @dataclass(frozen=True)

@@ -8,18 +8,21 @@
                     logodds); the unsteered rows have alpha 0, method "none", k "none" and no layer
     windows.csv     one row per (configuration, perplexity window): document, nll (nats,
                     summed), tokens
+    kl.csv          (``damage`` kl: settings ``damage`` "ppl,kl") one row per (configuration, KL
+                    prompt): prompt_id, kl_first, kl (nats); the unsteered rows are 0 by definition
     generations.jsonl  (generation protocols) the generated texts per configuration
 
-A configuration is done when its row is in results.csv. Its items and windows
-are appended before that row, so a run killed in between leaves rows of a
+A configuration is done when its row is in results.csv. Its items, windows
+and KL rows are appended before that row, so a run killed in between leaves rows of a
 configuration that is not done: they are dropped when the folder is opened
 again, and the configuration is measured anew. A results row cut by a kill
 (missing fields) is dropped the same way. Anyone can recompute every figure in
-results.csv from items.csv and windows.csv.
+results.csv from items.csv, windows.csv and kl.csv; a configuration done whose rows in any of them
+were lost (damage, a cut file) is measured again.
 
 Every file is written through :mod:`actstore.evaluation.files`: results.csv,
 baseline.json and the report's files are replaced whole in one rename; items.csv,
-windows.csv and generations.jsonl are appended to, and a line a kill cut is
+windows.csv, kl.csv and generations.jsonl are appended to, and a line a kill cut is
 ignored by readers and cut off by the next writer. A kill or a full disk at any
 write leaves a folder the next run resumes (tests/contracts/test_sweep_killpoints.py tries
 every write).
@@ -37,14 +40,14 @@ from ..errors import ActstoreError
 from .files import append_file, complete_lines, drop_cut_line, remove_partials, replace_file
 from .grid import is_control
 from .intervals import bh_q_values
-from .rows import BASELINE, KEY, ItemRows, ResultRow, WindowRows, as_record, columns
+from .rows import BASELINE, KEY, ItemRows, KLRows, ResultRow, WindowRows, as_record, columns
 
 
 def _key(layer, method, k, alpha) -> tuple:
     return (int(layer), str(method), str(k), float(alpha))
 
 
-APPENDED = ("items.csv", "windows.csv")  # tables written by appending: a kill may cut their last line
+APPENDED = ("items.csv", "windows.csv", "kl.csv")  # tables written by appending: a kill may cut their last line
 
 
 def _table_bytes(path: Path) -> bytes | None:
@@ -155,6 +158,8 @@ class Ledger:
         self.results_csv = self.out_dir / "results.csv"
         self.items_csv = self.out_dir / "items.csv"
         self.windows_csv = self.out_dir / "windows.csv"
+        self.kl_csv = self.out_dir / "kl.csv"
+        self.measures_kl = "kl" in str(settings.get("damage", "ppl")).split(",")
         self.generations = self.out_dir / "generations.jsonl"
         self.baseline_file = self.out_dir / "baseline.json"
         self.separation_csv = self.out_dir / "separation.csv"
@@ -190,10 +195,12 @@ class Ledger:
         took (lines that do not read, rows lost from a cut items.csv or windows.csv): only they
         are lost, never the folder."""
         remove_partials(self.out_dir)  # a kill's leftovers; this run is the folder's only writer
-        for path in (self.items_csv, self.windows_csv, self.generations):
+        for path in (self.items_csv, self.windows_csv, self.kl_csv, self.generations):
             drop_cut_line(path)  # the next append starts on a line of its own
-        tables = {path: _read_csv_salvaged(path, numeric) for path, numeric in
-                  ((self.items_csv, ("alpha", "score")), (self.windows_csv, ("alpha", "nll", "tokens")))}
+        appended = [(self.items_csv, ("alpha", "score")), (self.windows_csv, ("alpha", "nll", "tokens"))]
+        if self.measures_kl:
+            appended.append((self.kl_csv, ("alpha", "kl_first", "kl")))
+        tables = {path: _read_csv_salvaged(path, numeric) for path, numeric in appended}
         expected = set(self.done) | ({"baseline"} if self.baseline is not None else set())
         damaged = set().union(*(_short_keys(frame, expected) for frame, _ in tables.values()))
         damaged |= self._separation_lost()
@@ -258,8 +265,13 @@ class Ledger:
     def is_done(self, layer: int, method: str, k: str, alpha: float) -> bool:
         return _key(layer, method, k, alpha) in self.done
 
-    def _append_measures(self, items: ItemRows, windows: WindowRows, texts: list[str] | None) -> None:
-        for path, rows in ((self.items_csv, items), (self.windows_csv, windows)):
+    def _append_measures(self, items: ItemRows, windows: WindowRows, texts: list[str] | None,
+                         kl_rows: KLRows | None = None) -> None:
+        if self.measures_kl != (kl_rows is not None):
+            raise ValueError(f"this folder's settings {'ask for' if self.measures_kl else 'have no'} KL rows")
+        for path, rows in ((self.items_csv, items), (self.windows_csv, windows), (self.kl_csv, kl_rows)):
+            if rows is None:
+                continue
             new = not path.exists() or path.stat().st_size == 0
             append_file(path, rows.frame().to_csv(header=new, index=False))
         if texts is not None:
@@ -269,12 +281,13 @@ class Ledger:
                             "k": key.k, "alpha": key.alpha, "item": item, "text": text}) + "\n"
                 for item, text in zip(items.item, texts)))
 
-    def record_baseline(self, items: ItemRows, windows: WindowRows, texts=None, **figures) -> dict:
-        """The unsteered per-item and per-window rows (key :data:`~actstore.evaluation.rows.BASELINE`),
-        then baseline.json (the commit)."""
-        if items.key != BASELINE or windows.key != BASELINE:
+    def record_baseline(self, items: ItemRows, windows: WindowRows, texts=None, kl_rows: KLRows | None = None,
+                        **figures) -> dict:
+        """The unsteered per-item, per-window and (``damage`` kl) per-prompt rows (key
+        :data:`~actstore.evaluation.rows.BASELINE`), then baseline.json (the commit)."""
+        if any(rows.key != BASELINE for rows in (items, windows, kl_rows) if rows is not None):
             raise ValueError("the baseline's rows carry the BASELINE key")
-        self._append_measures(items, windows, texts)
+        self._append_measures(items, windows, texts, kl_rows)
         baseline = {"settings": self.settings, **figures}
         replace_file(self.baseline_file, json.dumps(baseline, indent=2))
         self.baseline = baseline
@@ -289,12 +302,13 @@ class Ledger:
         return ({m: items[m].to_numpy(dtype=np.float64) for m in metrics},
                 windows["nll"].to_numpy(dtype=np.float64), windows["tokens"].to_numpy(dtype=np.int64))
 
-    def record(self, row: ResultRow, items: ItemRows, windows: WindowRows, texts=None) -> None:
-        """One configuration: its items and windows, then its results row (the commit)."""
+    def record(self, row: ResultRow, items: ItemRows, windows: WindowRows, texts=None,
+               kl_rows: KLRows | None = None) -> None:
+        """One configuration: its items, windows and KL rows, then its results row (the commit)."""
         import pandas as pd
 
         record = as_record(row) if isinstance(row, ResultRow) else dict(row)
-        self._append_measures(items, windows, texts)
+        self._append_measures(items, windows, texts, kl_rows)
         exists = self.results_csv.exists() and self.results_csv.stat().st_size > 0
         line = pd.DataFrame([record], columns=self.columns).to_csv(header=not exists, index=False)
         # The old bytes plus the row, renamed into place: a kill never leaves a cut row counted as done.
@@ -333,6 +347,11 @@ class Ledger:
     def items(self):
         """items.csv, without the rows of a configuration not (yet) done."""
         frame = _read_csv(self.items_csv)
+        return None if frame is None else self._keep(frame)
+
+    def kl(self):
+        """kl.csv, without the rows of a configuration not (yet) done; None where the folder has none."""
+        frame = _read_csv(self.kl_csv) if self.measures_kl else None
         return None if frame is None else self._keep(frame)
 
     def separation(self):

@@ -11,7 +11,8 @@ and writes, beside its tables:
 * steerability.csv: per vector, the per-question slopes;
 * results.md: counts that say how many would be expected by chance and how many
   survive Benjamini-Hochberg, with their signs; where the log-odds and the
-  probability scale disagree; the letter bias; the frontier; the contrasts;
+  probability scale disagree; the letter bias; the frontier; the contrasts; the
+  KL damage beside the perplexity inflation where the sweep measured it;
 * frontier_<behavior>.png: the interpolated curves with their bands.
 
 The plots are drawn by :mod:`.plots`.
@@ -243,6 +244,7 @@ def write_report(ledger, budgets, family: list[Contrast] | None = None) -> Path:
     lines += _frontier_lines(table, evidence.unit)
     lines += _contrast_lines(primary, family is not None)
     lines += _steerability_lines(steer_rows, ledger.baseline["settings"]["alpha_mode"])
+    lines += _kl_lines(results)
     lines += _degeneration_lines(results)
     lines += _separation_lines(ledger.separation(), out_dir)
     lines += _cost_lines(results)
@@ -269,9 +271,30 @@ def _header_lines(ledger, results, unit: str) -> list[str]:
                "norm": "the added norm", "scale": "the scale of each vector"}[settings["alpha_mode"]]
             + (f"; steered positions: {settings['positions']}" if "positions" in settings else "")
             + (f"; random-control seeds {', '.join(seeds)}" if seeds else "")
+            + (f"; KL damage on the unsteered model's greedy continuations ({settings['kl_tokens']} tokens) of "
+               f"{settings['kl_prompts']} prompts" if "kl_tokens" in settings else "")
             + f". Unsteered: on-target {ledger.baseline['on_target']:.4g}, perplexity {ledger.baseline['ppl']:.4g}. "
             f"Every interval is 95%: shifts paired over questions (t), inflation paired over perplexity "
             f"{unit}s (bootstrap).", ""]
+
+
+def _kl_lines(results) -> list[str]:
+    """``damage`` kl: each configuration's KL damage beside its perplexity inflation."""
+    if "kl_mean" not in results or not results["kl_mean"].notna().any():
+        return []
+    lines = ["## KL damage on the unsteered model's own continuations", "",
+             "KL(unsteered || steered) in nats of the next-token distributions along the unsteered model's greedy "
+             "continuations of the KL prompts: at the first generated token, and the mean over each continuation "
+             "(up to its end of sequence); the mean over prompts with a t interval over prompts (kl.csv: per "
+             "prompt). The unsteered model's is 0 by definition.", ""]
+    rows = results.sort_values(["layer", "method", "k", "alpha"], kind="stable").to_dict("records")
+    return lines + _md_table(
+        ["layer", "vector", "alpha", "perplexity inflation [95% CI]", "KL first token [95% CI]",
+         "KL mean [95% CI]"],
+        [[str(r["layer"]), _vector(r), f"{r['alpha']:.4g}",
+          _ci(r["ppl_inflation"], r["ppl_inflation_ci_low"], r["ppl_inflation_ci_high"], ".4g"),
+          _ci(r["kl_first"], r["kl_first_ci_low"], r["kl_first_ci_high"]),
+          _ci(r["kl_mean"], r["kl_mean_ci_low"], r["kl_mean_ci_high"])] for r in rows]) + [""]
 
 
 def _degeneration_lines(results) -> list[str]:

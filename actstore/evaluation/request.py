@@ -18,7 +18,12 @@ Python caller makes too; both get the same folder. Its rules live here, once:
 * the held-out separation (each vector's AUROC and Cohen's d in separation.csv): the
   texts of ``heldout_store``, by default those of ``data_test`` captured in memory at
   the training store's position; ``separation=False`` skips it;
-* a served engine (``server``) continues the ``prompts``, nothing else.
+* a served engine (``server``) continues the ``prompts``, nothing else;
+* off-target damage (``damage``): perplexity inflation (``ppl``, always: the frontier, the
+  contrasts and the report read a vector's damage on it), and with ``kl`` the KL divergence
+  from the unsteered model on its own continuations of ``kl_prompts`` (by default the first
+  100 harmless instructions of the shared data, :func:`~actstore.evaluation.damage.read_kl_prompts`),
+  ``kl_tokens`` tokens each.
 
 What needs no file is checked when the request is made (``__post_init__``); what needs
 the store and the input files by :meth:`SweepRequest.check`, which ``run_sweep`` calls
@@ -40,6 +45,7 @@ from ..models.load import LoadedModel
 from ..steering import Positions
 from ..stores.group import StoreGroup
 from ..vectors.info import parse_k
+from .damage import DEFAULT_KL_TOKENS
 from .frontier import Contrast
 from .grid import DEFAULT_BUDGETS, DEFAULT_FRACTIONS, DEFAULT_PPL_TOKENS, Grid
 from .perplexity import DEFAULT_PPL_DOCUMENTS, DEFAULT_PPL_WINDOW
@@ -50,7 +56,8 @@ ALL_LAYERS = "all"
 DEFAULT_BEHAVIOR = "behavior"  # the name in the tables of a sweep whose protocol came built
 # (field, smallest value) of the counts; the CLI's click.IntRange bounds are the same
 _COUNTS = (("max_new_tokens", 1), ("ppl_tokens", 16), ("ppl_documents", 1), ("ppl_window", 8), ("max_items", 1),
-           ("batch_size", 1))
+           ("batch_size", 1), ("kl_tokens", 1))
+DAMAGES = ("ppl", "kl")  # the off-target measures a sweep can take; ppl always
 
 
 class Engine(Protocol):
@@ -65,12 +72,14 @@ class Engine(Protocol):
 @dataclass(frozen=True)
 class CheckedSweep:
     """What :meth:`SweepRequest.check` found, before any model: the training store's group (opened
-    once), the grid with its layers resolved, the prompts read, the perplexity corpus."""
+    once), the grid with its layers resolved, the prompts read, the perplexity corpus, the KL
+    prompts read (None without ``damage`` kl)."""
 
     store: StoreGroup
     grid: Grid
     prompts: list[str] | None
     text: Path | None
+    kl_prompts: list[str] | None = None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -87,9 +96,11 @@ class SweepRequest:
     residual norm), ``methods`` (and controls, ``control_seeds``, ``letter_data``), ``budgets``
     and the pre-specified ``contrasts``. Off target: ``ppl_tokens`` tokens of ``text`` (None:
     the default corpus) in ``ppl_window``-token windows from ``ppl_documents`` documents, or
-    ``perplexity`` already built. The run: ``positions`` steered, ``batch_size``, ``replay``
-    (False: the whole model per configuration; also for a layer whose cached outputs exceed
-    ``cache_budget_mb``), ``scheduler``, ``force`` (a store of other weights), ``progress``.
+    ``perplexity`` already built; ``damage`` "ppl" (default) or "ppl,kl": also the KL on
+    ``kl_tokens``-token continuations of ``kl_prompts`` (None: the default set). The run:
+    ``positions`` steered, ``batch_size``, ``replay`` (False: the whole model per configuration;
+    also for a layer whose cached outputs exceed ``cache_budget_mb``), ``scheduler``, ``force``
+    (a store of other weights), ``progress``.
 
     >>> request = SweepRequest(store="acts.zarr", data_test="refusal/test.json", layers="all", ks=(4, None),
     ...                        out="sweep")
@@ -127,6 +138,9 @@ class SweepRequest:
     ppl_documents: int = DEFAULT_PPL_DOCUMENTS
     ppl_window: int = DEFAULT_PPL_WINDOW
     perplexity: PerplexityWindows | None = None
+    damage: str | Sequence[str] = ("ppl",)
+    kl_prompts: str | Path | None = None
+    kl_tokens: int = DEFAULT_KL_TOKENS
     max_items: int | None = None
     swap_options: bool = True
     behavior: str | None = None
@@ -144,6 +158,7 @@ class SweepRequest:
         self._normalize()
         self._check_inputs()
         self._check_counts()
+        self._check_damage()
         if self.alphas is None and self.normalize:
             raise ActstoreError("normalize needs alphas: it makes each alpha the added norm (without alphas the "
                                 "fractions already set added norms)", param=("normalize", "alphas", "fractions"))
@@ -170,7 +185,9 @@ class SweepRequest:
         except ValueError:
             raise ActstoreError(f"ks={list(self.ks)!r}: expected positive integers and 'dense' (None)",
                                 param="ks") from None
-        for name in ("methods", "control_seeds", "contrasts", "budgets", "fractions"):
+        if isinstance(self.damage, str):
+            put("damage", tuple(d.strip() for d in self.damage.split(",") if d.strip()))
+        for name in ("methods", "control_seeds", "contrasts", "budgets", "fractions", "damage"):
             put(name, tuple(getattr(self, name)))
         if self.alphas is not None:
             put("alphas", tuple(self.alphas))
@@ -192,6 +209,24 @@ class SweepRequest:
             value = getattr(self, name)
             if value is not None and (isinstance(value, bool) or not isinstance(value, Integral) or value < least):
                 raise ActstoreError(f"{name}={value!r}: expected an integer >= {least}", param=name)
+
+    def _check_damage(self) -> None:
+        asked = ",".join(self.damage)
+        unknown = [d for d in self.damage if d not in DAMAGES]
+        if unknown or not self.damage:
+            raise ActstoreError(f"damage={asked!r}: expected a comma list of {', '.join(DAMAGES)}", param="damage")
+        if "ppl" not in self.damage:
+            raise ActstoreError(f"damage={asked!r}: ppl is required (the frontier, the contrasts and the report read "
+                                "a vector's off-target cost as its perplexity inflation); ask for ppl,kl",
+                                param="damage")
+        if self.kl_prompts is not None and "kl" not in self.damage:
+            raise ActstoreError("kl_prompts is for the KL measure: add kl to damage (ppl,kl)",
+                                param=("kl_prompts", "damage"))
+
+    @property
+    def measures_kl(self) -> bool:
+        """Whether the sweep measures the KL damage (``damage`` has kl)."""
+        return "kl" in self.damage
 
     @classmethod
     def from_flags(cls, flags: dict, connect: Callable[[str | None, str | None, str], Engine] | None = None
@@ -241,7 +276,9 @@ class SweepRequest:
     def check(self) -> CheckedSweep:
         """Everything that needs files but no model: the store's group opened (its attributes only:
         the whole store would load every per-sample coordinate) and the grid checked against it,
-        the prompts read, a malformed held-out file reported, the perplexity corpus found."""
+        the prompts read, a malformed held-out file reported, the perplexity corpus found, the KL
+        prompts read (a file that does not read named)."""
+        from .damage import read_kl_prompts
         from .perplexity import check_text
         from .protocols import read_prompts
 
@@ -253,7 +290,8 @@ class SweepRequest:
 
             read_contrast_set(self.data_test)
         text = check_text(self.text) if self.perplexity is None else None
-        return CheckedSweep(source, grid, prompts, text)
+        kl_prompts = read_kl_prompts(self.kl_prompts) if self.measures_kl else None
+        return CheckedSweep(source, grid, prompts, text, kl_prompts)
 
     def build_on_target(self, loaded: LoadedModel, checked: CheckedSweep) -> OnTarget:
         """The on-target protocol: the one given, the prompts' continuations (generated by the

@@ -3,13 +3,14 @@
     results.csv      :class:`ResultRow`, one per configuration (layer, method, k, alpha)
     items.csv        :class:`ItemRows`, one block of rows per configuration: one row per scored item
     windows.csv      :class:`WindowRows`, one block per configuration: one row per perplexity window
+    kl.csv           :class:`KLRows`, one block per configuration: one row per KL prompt (``damage`` kl)
     frontier.csv     :class:`FrontierRow`, one per (behavior, layer, method, k, budget)
     contrasts.csv    :class:`ContrastRow`, one per pre-specified contrast (Holm-corrected as a family)
     steerability.csv :class:`SteerabilityRow`, one per vector (behavior, layer, method, k)
 
 A table's columns are its record's fields in order (:func:`columns`); a row is
-written with :func:`as_record`. The unsteered rows of items.csv and
-windows.csv carry :data:`BASELINE` as their key.
+written with :func:`as_record`. The unsteered rows of items.csv,
+windows.csv and kl.csv carry :data:`BASELINE` as their key.
 """
 
 from __future__ import annotations
@@ -63,6 +64,11 @@ class ResultRow:
     of their own) are its;
     ``detectable``: its interval excludes zero; ``established``: both scales' intervals
     exclude zero on the same side (A/B; otherwise = detectable).
+
+    ``kl_first_*`` and ``kl_mean_*`` (``damage`` kl, else NaN): KL(unsteered || steered) in nats on
+    the unsteered model's greedy continuations of the KL prompts, at the first generated token and
+    the mean over each continuation (:mod:`actstore.evaluation.damage`); the mean over prompts with a
+    t interval over prompts (kl.csv holds the per-prompt values).
     """
 
     behavior: str
@@ -110,6 +116,12 @@ class ResultRow:
     repeated_3gram_shift: float = NAN
     repeated_3gram_ci_low: float = NAN
     repeated_3gram_ci_high: float = NAN
+    kl_first: float = NAN
+    kl_first_ci_low: float = NAN
+    kl_first_ci_high: float = NAN
+    kl_mean: float = NAN
+    kl_mean_ci_low: float = NAN
+    kl_mean_ci_high: float = NAN
 
     @property
     def key(self) -> ConfigKey:
@@ -122,7 +134,13 @@ def primary_columns(measure: str) -> tuple[str, str, str]:
             else ("on_target_shift", "on_target_ci_low", "on_target_ci_high"))
 
 
-ITEM_KEY = ["layer", "k", "alpha", "method", "item", "question", "order"]
+ROW_KEY = ["layer", "k", "alpha", "method"]  # the configuration's columns, first in items, windows and kl.csv
+ITEM_KEY = [*ROW_KEY, "item", "question", "order"]
+
+
+def _key_columns(key: ConfigKey, n: int) -> dict:
+    """:data:`ROW_KEY`'s columns of ``n`` rows of one configuration."""
+    return {"layer": [key.layer] * n, "k": [key.k] * n, "alpha": [key.alpha] * n, "method": [key.method] * n}
 
 
 @dataclass(frozen=True)
@@ -140,14 +158,13 @@ class ItemRows:
         import pandas as pd
 
         n = len(self.item)
-        return pd.DataFrame({"layer": [self.key.layer] * n, "k": [self.key.k] * n, "alpha": [self.key.alpha] * n,
-                             "method": [self.key.method] * n, "item": self.item,
+        return pd.DataFrame({**_key_columns(self.key, n), "item": self.item,
                              "question": np.asarray(self.question, dtype=np.int64),
                              "order": np.asarray(self.order, dtype=np.int64),
                              **{m: np.asarray(v, dtype=np.float64) for m, v in self.metrics.items()}})
 
 
-WINDOW_COLUMNS = ["layer", "k", "alpha", "method", "window", "document", "nll", "tokens"]
+WINDOW_COLUMNS = [*ROW_KEY, "window", "document", "nll", "tokens"]
 
 
 @dataclass(frozen=True)
@@ -164,10 +181,36 @@ class WindowRows:
         import pandas as pd
 
         n = len(self.nll)
-        return pd.DataFrame({"layer": [self.key.layer] * n, "k": [self.key.k] * n, "alpha": [self.key.alpha] * n,
-                             "method": [self.key.method] * n, "window": np.arange(n),
+        return pd.DataFrame({**_key_columns(self.key, n), "window": np.arange(n),
                              "document": np.asarray(self.document, dtype=np.int64), "nll": self.nll,
                              "tokens": np.asarray(self.tokens, dtype=np.int64)})
+
+
+KL_COLUMNS = [*ROW_KEY, "prompt_id", "kl_first", "kl"]
+
+
+@dataclass(frozen=True)
+class KLRows:
+    """One configuration's per-prompt KL damage (nats): ``kl_first`` at the first generated token,
+    ``kl`` the mean over the continuation (:class:`~actstore.evaluation.damage.KLDamage`);
+    ``prompt_id``: the prompt's position in the KL prompts, from 0. The unsteered rows
+    (:data:`BASELINE`) are 0 by definition (KL(P || P)), written so, not measured."""
+
+    key: ConfigKey
+    kl_first: np.ndarray
+    kl: np.ndarray
+
+    @classmethod
+    def unsteered(cls, n_prompts: int) -> KLRows:
+        return cls(BASELINE, np.zeros(n_prompts), np.zeros(n_prompts))
+
+    def frame(self):
+        import pandas as pd
+
+        n = len(self.kl)
+        return pd.DataFrame({**_key_columns(self.key, n), "prompt_id": np.arange(n),
+                             "kl_first": np.asarray(self.kl_first, dtype=np.float64),
+                             "kl": np.asarray(self.kl, dtype=np.float64)}, columns=KL_COLUMNS)
 
 
 @dataclass(frozen=True)

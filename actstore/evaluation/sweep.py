@@ -11,7 +11,15 @@ held-out item and per perplexity window:
   probability scale; the shift is per question (the mean over its orders) with a
   paired t interval over questions (:mod:`actstore.evaluation.effects`);
 * perplexity inflation, steered / unsteered, with a paired bootstrap interval
-  over the documents the windows come from.
+  over the documents the windows come from;
+* with ``damage`` kl, the KL divergence from the unsteered model on its own greedy
+  continuations of the KL prompts (:mod:`actstore.evaluation.damage`), at the first
+  generated token and the mean over each continuation, t intervals over prompts. The
+  continuations are generated once per run; each configuration measures its KL with the
+  whole model under the same ``steer(...)`` as its perplexity (never through the replay
+  below, whose cached block outputs are those of the fixed batches only). Steered positions
+  apply as to the perplexity windows: prompt and continuation are read in one pass without
+  a cache, so ``prompt`` steers every token as ``all`` does, and ``generated`` none (KL 0).
 
 Alphas: explicit scales, norms of the added vector, or by default fractions of
 the layer's residual norm (the root-mean-square norm of the captured
@@ -38,6 +46,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -47,6 +56,7 @@ from ..models.load import LoadedModel, ModelSpec
 from ..steering import Positions, steer
 from ..stores.group import StoreGroup
 from ..vectors.info import parse_k
+from .damage import Continuations, KLDamage, continuations, format_prompts, kl_damage
 from .effects import Measurement, Units, effects
 from .frontier import Contrast
 from .grid import DEFAULT_BUDGETS, DEFAULT_FRACTIONS, DEFAULT_PPL_TOKENS, Grid, LayerVectors, residual_norm, scale_for
@@ -54,7 +64,7 @@ from .ledger import Ledger
 from .protocols import OnTarget
 from .replay import Forward, PrefixReplay, cache_nbytes, plain_forward
 from .request import SweepRequest
-from .rows import BASELINE, ConfigKey, ItemRows, ResultRow, WindowRows, columns
+from .rows import BASELINE, ConfigKey, ItemRows, KLRows, ResultRow, WindowRows, columns
 from .scoring import PerplexityWindows
 
 COLUMNS = columns(ResultRow)
@@ -78,12 +88,13 @@ class _Sweep:
     ledger: Ledger
     heldout: object | None  # the held-out store as a dataset (class, pair_id), or None
     base: Measurement | None = None
+    kl_batches: list[Continuations] | None = None  # the unsteered continuations (damage kl), or None
 
 
 def run_sweep(loaded: LoadedModel | ModelSpec, request: SweepRequest):
     """Measure every configuration ``request`` describes and write its folder ``request.out``
-    (results.csv, items.csv, windows.csv, baseline.json; separation.csv when it has held-out
-    texts; then results.md, frontier.csv, contrasts.csv, steerability.csv and the plots);
+    (results.csv, items.csv, windows.csv, baseline.json; kl.csv with ``damage`` kl; separation.csv
+    when it has held-out texts; then results.md, frontier.csv, contrasts.csv, steerability.csv and the plots);
     returns results.csv as a :class:`pandas.DataFrame` (columns :data:`COLUMNS`).
 
     ``loaded``: the model, or a :class:`~actstore.models.load.ModelSpec` loaded once the request
@@ -115,9 +126,11 @@ def run_sweep(loaded: LoadedModel | ModelSpec, request: SweepRequest):
     heldout_store = request.heldout_source(loaded, checked)
     heldout = _open_heldout(heldout_store, grid, loaded, request.force) if heldout_store is not None else None
     with folder_lock(request.out):  # one writer per folder: two runs would each append every row
-        ledger = Ledger(request.out, _settings(grid, on_target, windows, source, request))
+        ledger = Ledger(request.out, _settings(grid, on_target, windows, source, request, checked.kl_prompts))
+        kl_batches = None if checked.kl_prompts is None else continuations(  # once the folder is accepted
+            loaded, format_prompts(loaded.tokenizer, checked.kl_prompts), request.kl_tokens, request.batch_size)
         run = _Sweep(loaded, request, source, stats, grid, on_target, windows, Units.of(on_target, windows), ledger,
-                     heldout)
+                     heldout, kl_batches=kl_batches)
         run.base = _baseline(run)
         todo = [c for c in grid.configurations() if not ledger.is_done(*c.as_tuple())]
         with _progress(request, len(todo)) as tick:
@@ -139,9 +152,10 @@ def folder_lock(out_dir: str | Path):
 
 
 def _settings(grid: Grid, on_target: OnTarget, perplexity: PerplexityWindows, store: StoreGroup,
-              request: SweepRequest) -> dict:
+              request: SweepRequest, kl_prompts: list[str] | None = None) -> dict:
     """What a folder was measured with: a rerun with other settings is refused. The grid is not
-    among them: runs of other layers, methods, k or seeds extend the same folder."""
+    among them: runs of other layers, methods, k or seeds extend the same folder. With ``damage``
+    kl, the KL prompts (their count and a digest of their text) and tokens are among them."""
     settings = {"protocol": on_target.name, "items": len(on_target.item_ids),
                 "questions": int(np.unique(on_target.questions).size), "ppl_tokens": int(perplexity.n_tokens),
                 "ppl_documents": perplexity.n_documents, "ppl_window": int(perplexity.window),
@@ -150,6 +164,12 @@ def _settings(grid: Grid, on_target: OnTarget, perplexity: PerplexityWindows, st
         settings["site"] = store.spec.site
     if str(Positions.parse(request.positions)) != "all":
         settings["positions"] = str(Positions.parse(request.positions))
+    if kl_prompts is not None:  # folders without KL keep their settings
+        import hashlib
+
+        digest = hashlib.sha256("\0".join(kl_prompts).encode()).hexdigest()[:16]
+        settings.update(damage=",".join(request.damage), kl_prompts=len(kl_prompts), kl_prompts_sha256=digest,
+                        kl_tokens=int(request.kl_tokens))
     return settings
 
 
@@ -176,12 +196,20 @@ def _rows(key: ConfigKey, run: _Sweep, measured: Measurement):
             WindowRows(key, run.windows.documents, measured.nll, measured.tokens))
 
 
+def _kl(run: _Sweep, steering: Callable[[], AbstractContextManager]) -> KLDamage | None:
+    """The configuration's KL damage, the whole model under ``steering()`` (None without damage kl)."""
+    return None if run.kl_batches is None else kl_damage(run.loaded, run.kl_batches, steering)
+
+
 def _baseline(run: _Sweep) -> Measurement:
     """The unsteered measurement: measured once per folder, read back on resume."""
     if run.ledger.baseline is None:
         forward = plain_forward(run.loaded.model)
         base = _measure(run, forward, forward)
-        run.ledger.record_baseline(*_rows(BASELINE, run, base), base.texts, on_target=base.on_target, ppl=base.ppl)
+        # KL(P || P) = 0: the unsteered rows of kl.csv are written as 0, not measured
+        kl_rows = None if run.kl_batches is None else KLRows.unsteered(sum(len(b.ids) for b in run.kl_batches))
+        run.ledger.record_baseline(*_rows(BASELINE, run, base), base.texts, kl_rows, on_target=base.on_target,
+                                   ppl=base.ppl)
     return Measurement(*run.ledger.baseline_measures())
 
 
@@ -215,27 +243,37 @@ def _measure_layer(run: _Sweep, layer: int, configs: list[ConfigKey], tick: Call
                 _record_separation(run, vector, key)
             norm = float(np.linalg.norm(vector.vector))
             scale = scale_for(key.alpha, run.grid.alpha_mode, norm, layer_norm)
-            with (active() as (on_forward, ppl_forward), steer(run.loaded, vector, scale, positions=positions),
+            steering = partial(steer, run.loaded, vector, scale, positions=positions)
+            with (active() as (on_forward, ppl_forward), steering(),
                   run.on_target.steered(vector, scale, positions)):  # a served protocol steers its engine too
                 steered = _measure(run, on_forward, ppl_forward)
-            row = _result_row(run, key, steered, scale=scale, vector_norm=norm, layer_norm=layer_norm,
+            kl = _kl(run, steering)  # the whole model: outside the replay's swapped blocks
+            row = _result_row(run, key, steered, kl, scale=scale, vector_norm=norm, layer_norm=layer_norm,
                               seconds=time.perf_counter() - started)
-            run.ledger.record(row, *_rows(key, run, steered), steered.texts)
+            kl_rows = None if kl is None else KLRows(key, kl.kl_first, kl.kl)
+            run.ledger.record(row, *_rows(key, run, steered), steered.texts, kl_rows)
             started = time.perf_counter()
             tick()
 
 
-def _result_row(run: _Sweep, key: ConfigKey, steered: Measurement, *, scale: float, vector_norm: float,
-                layer_norm: float, seconds: float) -> ResultRow:
-    """results.csv's row of one configuration: what was added, and its effects against the baseline."""
+def _result_row(run: _Sweep, key: ConfigKey, steered: Measurement, kl: KLDamage | None, *, scale: float,
+                vector_norm: float, layer_norm: float, seconds: float) -> ResultRow:
+    """results.csv's row of one configuration: what was added, and its effects against the baseline
+    (the KL damage's columns NaN without ``kl``)."""
     on_target, units, added_norm = run.on_target, run.units, abs(scale) * vector_norm
+    kl_fields = {}
+    if kl is not None:
+        first, mean = kl.intervals()
+        kl_fields = {"kl_first": first.estimate, "kl_first_ci_low": first.low, "kl_first_ci_high": first.high,
+                     "kl_mean": mean.estimate, "kl_mean_ci_low": mean.low, "kl_mean_ci_high": mean.high}
     return ResultRow(behavior=run.request.behavior_name, model=run.loaded.model_id, protocol=on_target.name,
                      layer=key.layer, method=key.method, k=key.k, alpha=key.alpha, alpha_mode=run.grid.alpha_mode,
                      scale=scale, added_norm=added_norm, norm_fraction=added_norm / layer_norm,
                      vector_norm=vector_norm, residual_norm=layer_norm,
                      **effects(steered, run.base, units, on_target.primary),
                      n_items=len(on_target.item_ids), n_questions=units.n_questions,
-                     ppl_tokens=int(run.windows.n_tokens), ppl_documents=run.windows.n_documents, seconds=seconds)
+                     ppl_tokens=int(run.windows.n_tokens), ppl_documents=run.windows.n_documents, seconds=seconds,
+                     **kl_fields)
 
 
 def _record_separation(run: _Sweep, vector, key: ConfigKey) -> None:

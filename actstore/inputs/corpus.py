@@ -16,7 +16,8 @@ Inputs (:func:`read_documents`):
   one document per record, its text in ``text_column`` (default ``text``);
 * any other text file: one document.
 
-:func:`default_corpus` finds the text when none is given (works from any folder).
+:func:`default_corpus` finds the text when none is given (works from any folder), by the rule
+:func:`beside_repository` shares with the library's other default files.
 """
 
 from __future__ import annotations
@@ -183,6 +184,13 @@ def document_windows(tokenizer, documents: Sequence[Document] | Sequence[str], n
     return sorted(out, key=lambda w: (w.document, w.start))
 
 
+def beside_repository(relative: str | Path) -> Path:
+    """``relative`` in the folder that holds the package's repository (``shared/...`` is then
+    ``../shared`` beside a clone, as the project's data README lays it out), whatever the working
+    folder; the path may not exist. The default files of the library are found so."""
+    return Path(__file__).resolve().parents[2].parent / relative
+
+
 def default_corpus() -> Path:
     """The perplexity text when none is given, found by this rule (from any working folder):
 
@@ -198,7 +206,7 @@ def default_corpus() -> Path:
             raise ActstoreError(f"${TEXT_ENV}={named!r} does not exist; point it at a text file or pass --text",
                                 param="text")
         return path
-    beside = Path(__file__).resolve().parents[2].parent / _SHARED_TEXT
+    beside = beside_repository(_SHARED_TEXT)
     if beside.is_file():
         return beside
     raise ActstoreError(f"no perplexity text given and none found (${TEXT_ENV} unset, no {str(beside)!r}); pass "

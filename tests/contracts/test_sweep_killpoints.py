@@ -89,9 +89,9 @@ def counting_measurements():
     recorded = []
     record, record_baseline = Ledger.record, Ledger.record_baseline
 
-    def counted(self, row, items, windows, texts=None):
+    def counted(self, row, items, *args, **kwargs):
         recorded.append(items.key.as_tuple())
-        return record(self, row, items, windows, texts)
+        return record(self, row, items, *args, **kwargs)
 
     def counted_baseline(self, *args, **kwargs):
         recorded.append("baseline")

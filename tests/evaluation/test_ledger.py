@@ -20,13 +20,13 @@ def test_interrupted_sweep_resumes_and_drops_a_half_recorded_configuration(tmp_p
     original = Ledger.record
     calls = {"n": 0}
 
-    def interrupted(self, row, items, windows, texts=None):
+    def interrupted(self, row, items, windows, texts=None, kl_rows=None):
         calls["n"] += 1
         if calls["n"] == 4:
             # Items and windows of the 4th configuration reach disk, its results row does not.
-            self._append_measures(items, windows, texts)
+            self._append_measures(items, windows, texts, kl_rows)
             raise KeyboardInterrupt
-        return original(self, row, items, windows, texts)
+        return original(self, row, items, windows, texts, kl_rows)
 
     monkeypatch.setattr(Ledger, "record", interrupted)
     with pytest.raises(KeyboardInterrupt):
