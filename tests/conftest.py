@@ -119,21 +119,23 @@ def tiny_model_dir(request, tiny_model_dirs) -> Path:
     return tiny_model_dirs[request.param]
 
 
+PAIRS = [  # a small paired contrast set (the ../shared/data format)
+    {"positive": "I helped the old man cross the road.", "negative": "I pushed the old man into the road."},
+    {"positive": "She returned the lost wallet.", "negative": "She kept the lost wallet."},
+    {"positive": "We shared our food with the hungry.", "negative": "We hid our food from the hungry."},
+    {"positive": "He told the truth in court.", "negative": "He lied in court."},
+    {"positive": "They thanked the nurse.", "negative": "They insulted the nurse."},
+    {"positive": "I fed the stray cat.", "negative": "I kicked the stray cat."},
+    {"positive": "The child apologised to her brother for breaking his toy.",
+     "negative": "The child laughed at her brother."},
+]
+
+
 @pytest.fixture
 def pairs_file(tmp_path) -> Path:
     """A small paired contrast set (the ../shared/data format) as a JSON list."""
-    pairs = [
-        {"positive": "I helped the old man cross the road.", "negative": "I pushed the old man into the road."},
-        {"positive": "She returned the lost wallet.", "negative": "She kept the lost wallet."},
-        {"positive": "We shared our food with the hungry.", "negative": "We hid our food from the hungry."},
-        {"positive": "He told the truth in court.", "negative": "He lied in court."},
-        {"positive": "They thanked the nurse.", "negative": "They insulted the nurse."},
-        {"positive": "I fed the stray cat.", "negative": "I kicked the stray cat."},
-        {"positive": "The child apologised to her brother for breaking his toy.",
-         "negative": "The child laughed at her brother."},
-    ]
     path = tmp_path / "pairs.json"
-    path.write_text(json.dumps(pairs))
+    path.write_text(json.dumps(PAIRS))
     return path
 
 

@@ -1,9 +1,11 @@
 """The public API is what ``actstore.__all__`` lists, and nothing else (as httpx checks its own)."""
 
 import types
+
 import pytest
 
 import actstore
+from tests.conftest import PAIRS
 
 
 def test_all_lists_exactly_the_public_names_the_package_exports():
@@ -25,15 +27,6 @@ def test_names_that_are_not_public_are_not_attributes_of_the_package(name):
 # Every public callable carries a short example in its docstring, and the example runs: here, in a
 # folder holding pairs.json (7 pairs), acts.zarr (the tiny Llama at layers 1 and 2) and
 # v.safetensors (its ENR k=4 vector at layer 2), with model_dir the tiny Llama's folder.
-EXAMPLE_PAIRS = [
-    {"positive": "I helped the old man cross the road.", "negative": "I pushed the old man into the road."},
-    {"positive": "She returned the lost wallet.", "negative": "She kept the lost wallet."},
-    {"positive": "We shared our food with the hungry.", "negative": "We hid our food from the hungry."},
-    {"positive": "He told the truth in court.", "negative": "He lied in court."},
-    {"positive": "They thanked the nurse.", "negative": "They insulted the nurse."},
-    {"positive": "I fed the stray cat.", "negative": "I kicked the stray cat."},
-    {"positive": "The child apologised to her brother.", "negative": "The child laughed at her brother."},
-]
 PUBLIC_CALLABLES = [name for name in actstore.__all__ if callable(getattr(actstore, name))]
 
 
@@ -42,7 +35,7 @@ def example_folder(tmp_path_factory, tiny_model_dirs):
     import json
 
     folder = tmp_path_factory.mktemp("examples")
-    (folder / "pairs.json").write_text(json.dumps(EXAMPLE_PAIRS))
+    (folder / "pairs.json").write_text(json.dumps(PAIRS))
     model_dir = str(tiny_model_dirs["llama"])
     actstore.capture_to_store(model_dir, folder / "pairs.json", folder / "acts.zarr", layers="1,2", progress=False)
     actstore.save_vector(actstore.build_vector(folder / "acts.zarr", 2, "enr", 4), folder / "v.safetensors")
