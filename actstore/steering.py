@@ -35,6 +35,7 @@ import torch
 from .capture import block_output
 from .errors import VectorError
 from .models.blocks import SITES, find_decoder_blocks, residual_writes, site_module, text_config
+from .models.hooks import edit_along
 from .models.load import LoadedModel
 from .vectors.vector import SteeringVector, validate_vector
 
@@ -189,11 +190,7 @@ class DirectionEdit:
     alpha: float
 
     def apply(self, hidden: torch.Tensor, weight: torch.Tensor | None) -> torch.Tensor:
-        unit = self.unit.to(device=hidden.device, dtype=hidden.dtype)
-        change = self.alpha * (self.target - hidden @ unit)
-        if weight is not None:
-            change = change * weight.squeeze(-1)
-        return hidden + change.unsqueeze(-1) * unit
+        return edit_along(hidden, self.unit, self.target, self.alpha, weight)
 
 
 def direction_edit(vector: SteeringVector, alpha: float) -> DirectionEdit:

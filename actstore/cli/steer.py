@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import click
 
+from ..vectors.info import k_label
 from ..vectors.operators import OPERATORS
 from .options import model_options, take_record
 
@@ -57,7 +58,7 @@ def steer(vectors, alpha, prompts, positions, compare, force, **flags):
     base = generate(loaded.model, loaded.tokenizer, prompts, **decoding) if compare else None
     with steering(loaded, loaded_vectors, alpha, positions=chosen):
         steered = generate(loaded.model, loaded.tokenizer, prompts, **decoding)
-    described = ", ".join(f"layer {v.layer} k={'dense' if v.k is None else v.k}"
+    described = ", ".join(f"layer {v.layer} k={k_label(v.k)}"
                           + ("" if v.info.operator.additive and not v.info.operator.layers
                              else f" ({v.info.operator.describe()})") for v in loaded_vectors)
     for i, prompt in enumerate(prompts):

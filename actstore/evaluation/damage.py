@@ -21,7 +21,6 @@ chat template where its tokenizer has one (:func:`format_prompts`).
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
@@ -30,7 +29,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..errors import ActstoreError, InputFormatError
+from ..errors import ActstoreError
 from ..models.hooks import position_ids
 from ..models.load import LoadedModel
 from .intervals import Interval, paired_mean_interval
@@ -59,47 +58,14 @@ def default_kl_prompts() -> Path:
 
 
 def read_kl_prompts(path: str | Path | None = None) -> list[str]:
-    """The prompts of ``path``: a JSON list (``.json``) or JSONL (``.jsonl``) of strings or of objects
-    with an ``instruction`` or ``prompt`` field, else a text file of one prompt a line. None: the first
-    :data:`DEFAULT_KL_PROMPTS` of :func:`default_kl_prompts`. A file that does not read is named, with
-    the item at fault."""
-    chosen = default_kl_prompts() if path is None else Path(path)
-    if not chosen.is_file():
-        raise InputFormatError(f"kl_prompts {str(chosen)!r} does not exist or is not a file", param="kl_prompts")
-    try:
-        text = chosen.read_text(encoding="utf-8")
-    except UnicodeDecodeError:
-        raise InputFormatError(f"kl_prompts {str(chosen)!r} is not valid UTF-8", param="kl_prompts") from None
-    if chosen.suffix.lower() in (".json", ".jsonl"):
-        prompts = _json_prompts(chosen, text)
-    else:
-        prompts = [line for line in text.splitlines() if line.strip()]
-    if not prompts:
-        raise InputFormatError(f"kl_prompts {str(chosen)!r} holds no prompts", param="kl_prompts")
+    """The prompts of ``path`` (:func:`~actstore.evaluation.protocols.read_prompts`, objects with an
+    ``instruction`` or ``prompt`` field). None: the first :data:`DEFAULT_KL_PROMPTS` of
+    :func:`default_kl_prompts`. A file that does not read is named, with the item at fault."""
+    from .protocols import read_prompts
+
+    prompts = read_prompts(default_kl_prompts() if path is None else path, param="kl_prompts",
+                           fields=_PROMPT_FIELDS)
     return prompts[:DEFAULT_KL_PROMPTS] if path is None else prompts
-
-
-def _json_prompts(path: Path, text: str) -> list[str]:
-    try:
-        if path.suffix.lower() == ".json":
-            records = [(f"item {i + 1}", r) for i, r in enumerate(_as_list(json.loads(text)))]
-        else:
-            records = [(f"line {n}", json.loads(line)) for n, line in enumerate(text.splitlines(), 1) if line.strip()]
-    except json.JSONDecodeError as err:
-        raise InputFormatError(f"kl_prompts {str(path)!r}: not valid JSON ({err.msg})", param="kl_prompts") from None
-    prompts = []
-    for where, record in records:
-        value = next((record[f] for f in _PROMPT_FIELDS if f in record), None) if isinstance(record, dict) else record
-        if not isinstance(value, str) or not value.strip():
-            raise InputFormatError(f"kl_prompts {str(path)!r} {where}: expected a non-empty string or an object "
-                                   f"with a non-empty 'instruction' or 'prompt' field, got {str(record)[:80]!r}",
-                                   param="kl_prompts")
-        prompts.append(value)
-    return prompts
-
-
-def _as_list(value) -> list:
-    return value if isinstance(value, list) else [value]
 
 
 def format_prompts(tokenizer, prompts: Sequence[str]) -> list[str]:

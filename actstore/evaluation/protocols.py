@@ -241,32 +241,44 @@ class GeneratedText:
                 "repeated_3gram": np.array([repeated_ngram_rate(t, 3) for t in texts])}
 
 
-def read_prompts(path: str | Path) -> list[str]:
-    """Prompts for generation: a text file (one prompt a line), or JSON/JSONL
-    whose records have a ``prompt`` field (or are strings)."""
+def read_prompts(path: str | Path, *, param: str = "prompts", fields: tuple[str, ...] = ("prompt",)) -> list[str]:
+    """Prompts for generation: a text file (one prompt a line), or a JSON list (``.json``) or JSONL
+    (``.jsonl``) of strings or of objects with one of ``fields``. Every refusal names the file, the
+    item (JSON) or line (JSONL) at fault, and ``param``."""
     path = Path(path)
     if not path.is_file():
-        raise InputFormatError(f"prompts file {str(path)!r} does not exist")
+        raise InputFormatError(f"{param} {str(path)!r} does not exist or is not a file", param=param)
     try:
         text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError:
-        raise InputFormatError(f"{str(path)!r} is not valid UTF-8") from None
-    if path.suffix in (".json", ".jsonl"):
-        try:
-            records = (json.loads(text) if path.suffix == ".json"
-                       else [json.loads(line) for line in text.splitlines() if line.strip()])
-        except json.JSONDecodeError as err:
-            raise InputFormatError(f"{str(path)!r}: not valid JSON ({err.msg}, line {err.lineno})") from None
-        prompts = []
-        for i, record in enumerate(records if isinstance(records, list) else [records]):
-            value = record.get("prompt") if isinstance(record, dict) else record
-            if not isinstance(value, str) or not value.strip():
-                raise InputFormatError(f"{str(path)!r} item {i + 1}: expected a string or a 'prompt' field")
-            prompts.append(value)
+        raise InputFormatError(f"{param} {str(path)!r} is not valid UTF-8", param=param) from None
+    if path.suffix.lower() in (".json", ".jsonl"):
+        prompts = _json_prompts(path, text, param, fields)
     else:
         prompts = [line for line in text.splitlines() if line.strip()]
     if not prompts:
-        raise InputFormatError(f"{str(path)!r} holds no prompts")
+        raise InputFormatError(f"{param} {str(path)!r} holds no prompts", param=param)
+    return prompts
+
+
+def _json_prompts(path: Path, text: str, param: str, fields: tuple[str, ...]) -> list[str]:
+    try:
+        if path.suffix.lower() == ".json":
+            parsed = json.loads(text)
+            records = [(f"item {i + 1}", r) for i, r in enumerate(parsed if isinstance(parsed, list) else [parsed])]
+        else:
+            records = [(f"line {n}", json.loads(line)) for n, line in enumerate(text.splitlines(), 1) if line.strip()]
+    except json.JSONDecodeError as err:
+        raise InputFormatError(f"{param} {str(path)!r}: not valid JSON ({err.msg}, line {err.lineno})",
+                               param=param) from None
+    prompts = []
+    for where, record in records:
+        value = next((record[f] for f in fields if f in record), None) if isinstance(record, dict) else record
+        if not isinstance(value, str) or not value.strip():
+            named = " or ".join(repr(f) for f in fields)
+            raise InputFormatError(f"{param} {str(path)!r} {where}: expected a non-empty string or an object with a "
+                                   f"non-empty {named} field, got {str(record)[:80]!r}", param=param)
+        prompts.append(value)
     return prompts
 
 

@@ -72,10 +72,16 @@ def forward_blocks(model: torch.nn.Module, blocks: torch.nn.ModuleList, input_id
     return dict(outputs)
 
 
-def project_out(hidden: torch.Tensor, unit: torch.Tensor, alpha: float = 1.0) -> torch.Tensor:
-    """``hidden - alpha (hidden . unit) unit`` over the last axis (a new tensor)."""
+def edit_along(hidden: torch.Tensor, unit: torch.Tensor, target: float = 0.0, alpha: float = 1.0,
+               weight: torch.Tensor | None = None) -> torch.Tensor:
+    """``hidden + alpha (target - hidden . unit) unit`` over the last axis (a new tensor): with
+    ``target`` 0 the component along ``unit`` removed (a projection), else moved toward ``target``
+    (a clamp). ``weight`` ``(..., 1)``: the change per token (0 where a token is not steered)."""
     unit = unit.to(device=hidden.device, dtype=hidden.dtype)
-    return hidden - alpha * (hidden @ unit).unsqueeze(-1) * unit
+    change = alpha * (target - hidden @ unit)
+    if weight is not None:
+        change = change * weight.squeeze(-1)
+    return hidden + change.unsqueeze(-1) * unit
 
 
 @contextmanager
@@ -88,8 +94,8 @@ def ablate_direction(model: torch.nn.Module, blocks: torch.nn.ModuleList, unit: 
 
     def hook(module, args, output):
         if isinstance(output, tuple):
-            return (project_out(output[0], unit, alpha), *output[1:])
-        return project_out(output, unit, alpha)
+            return (edit_along(output[0], unit, 0.0, alpha), *output[1:])
+        return edit_along(output, unit, 0.0, alpha)
 
     handles = []
     try:
