@@ -6,7 +6,8 @@
 * :mod:`.ab`: A/B items, the one answer-letter detector and the option-swapped twins;
 * :mod:`.datasets`: contrast sets (pairs, labeled rows, A/B items) as labeled examples;
 * :mod:`.sources`: inputs at dataset scale, read window by window (datasets, plain-text corpora);
-* :mod:`.corpus`: perplexity text as documents, and windows drawn from many of them.
+* :mod:`.corpus`: perplexity text as documents, and windows drawn from many of them;
+* :mod:`.chat`: chat exchanges: how a prompt and a response become the text a chat model reads.
 """
 
 from .datasets import ContrastSet, Example, read_contrast_set
