@@ -30,12 +30,49 @@ from __future__ import annotations
 
 import itertools
 import os
+import stat
 from dataclasses import dataclass
 from functools import cached_property
 
 import numpy as np
 
 ZARR_READS = "ACTSTORE_ZARR_READS"  # "1": chunks read and written through zarr's pipeline only
+
+
+def open_regular(path: str):
+    """``path`` opened for reading if it is a regular file; anything else in a chunk's place (a FIFO
+    would block the read for ever, a device or a folder) is refused as damage (ValueError). Opened
+    without blocking, then checked, then read normally."""
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise ValueError(f"chunk file {path} is not a regular file (a FIFO, a device or a folder)")
+        if hasattr(os, "O_NONBLOCK"):
+            os.set_blocking(fd, True)
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def refuse_irregular_files(array) -> None:
+    """Refuse (ValueError, naming the file) anything but regular files and folders in a local array's
+    chunk folder: zarr opens a FIFO there and blocks for ever. A walk of directory entries (no file is
+    opened); arrays of other stores pass."""
+    root = getattr(array.store, "root", None)
+    if root is None:
+        return
+    stack = [os.path.join(root, *array.path.split("/"))]
+    while stack:
+        try:
+            entries = list(os.scandir(stack.pop()))
+        except OSError:
+            continue
+        for entry in entries:
+            if entry.is_dir():
+                stack.append(entry.path)
+            elif not entry.is_file():
+                raise ValueError(f"chunk file {entry.path} is not a regular file (a FIFO, a device or a socket)")
 
 
 def _crc32c(data) -> bytes:
@@ -109,7 +146,7 @@ class LocalChunks:
         """
         path = self.chunk_path(coords)
         try:
-            with open(path, "rb") as f:
+            with open_regular(path) as f:
                 if scratch is None:
                     raw = np.frombuffer(f.read(), dtype=np.uint8)
                 else:

@@ -21,8 +21,10 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import stat
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -70,6 +72,22 @@ def _exists(array, key: str) -> bool:
     return bool(sync(array.store.exists(f"{array.path}/{key}")))
 
 
+def _irregular_chunk(array, key: str) -> str | None:
+    """Why a local chunk file is not a regular file (a FIFO in its place would block zarr's read for
+    ever), or None (regular, missing, or a store that is not a folder)."""
+    root = getattr(array.store, "root", None)
+    if root is None:
+        return None
+    path = Path(root, *array.path.split("/"), *key.split("/"))
+    try:
+        mode = path.stat().st_mode  # a link to a regular file is read as one (git-annex, DVC)
+    except OSError:
+        return None
+    if stat.S_ISREG(mode):
+        return None
+    return "not a regular file (a FIFO, a device or a folder in the chunk's place)"
+
+
 def check_array(array, rows: int | None = None, fill_is_data: bool = False) -> tuple[int, list[Damage]]:
     """Read every chunk of ``array`` (only its first ``rows`` along axis 0 if given).
 
@@ -81,6 +99,10 @@ def check_array(array, rows: int | None = None, fill_is_data: bool = False) -> t
     for coords, region in _chunk_regions(array, rows):
         checked += 1
         key = array.metadata.encode_chunk_key(coords)
+        irregular = _irregular_chunk(array, key)  # before zarr looks: it calls a FIFO missing
+        if irregular:
+            damaged.append(Damage(array.path, key, irregular))
+            continue
         if not fill_is_data and not _exists(array, key):
             damaged.append(Damage(array.path, key, "missing"))
             continue

@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import StoreError
-from .chunks import dask_array, local_chunks
+from .chunks import dask_array, local_chunks, refuse_irregular_files
 from .integrity import damage_located, refuse_fill_values
 from .roots import open_root, select_group
 from .schema import ACTS, BFLOAT16, LATER_COORDS, SAMPLE_COORDS, bfloat16_values
@@ -24,6 +24,7 @@ def as_str_array(values) -> np.ndarray:
 
 
 def read_coord(array, n: int, start: int = 0) -> np.ndarray:
+    refuse_irregular_files(array)  # zarr would open a FIFO in a chunk's place and wait for ever
     values = array[start:n]
     if array.dtype.kind in {"T", "U", "O"}:
         return as_str_array(values)

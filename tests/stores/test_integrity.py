@@ -4,6 +4,7 @@ damaged or replaced while it is read; one lock per store whatever its spelling."
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import threading
 from pathlib import Path
@@ -51,6 +52,11 @@ def flip(path: Path, at: int = -8) -> None:
     path.write_bytes(bytes(data))
 
 
+def fifo(path: Path) -> None:
+    path.unlink()
+    os.mkfifo(path)
+
+
 def cache_chunk(store, array: str) -> Path:
     stats = store / GROUP / "stats"
     current = json.loads((stats / "zarr.json").read_text())["attributes"]["current"]
@@ -65,6 +71,9 @@ DAMAGE = {
     "class chunk deleted": (lambda s: chunk(s, "class", "c/0").unlink(), "'tiny-llama/class' chunk c/0: missing"),
     "class chunk flipped": (lambda s: flip(chunk(s, "class", "c/0"), 12), "'tiny-llama/class' chunk c/0: checksum"),
     "pair_id chunk flipped": (lambda s: flip(chunk(s, "pair_id", "c/0"), 12), "'tiny-llama/pair_id' chunk c/0"),
+    # a FIFO in a chunk's place blocked every read for ever (issue 31 #11)
+    "acts chunk a FIFO": (lambda s: fifo(chunk(s, "acts")), "'tiny-llama/acts' chunk c/0/0/0: not a regular file"),
+    "class chunk a FIFO": (lambda s: fifo(chunk(s, "class", "c/0")), "'tiny-llama/class' chunk c/0: not a regular"),
 }
 
 
@@ -77,7 +86,7 @@ def test_damaged_chunk_is_refused_naming_store_array_and_chunk(run, store, case)
             actstore.compute_stats(store, force=True)
         else:
             actstore.open_store(store)
-    assert message in str(err.value)
+    assert message in str(err.value), str(err.value)[:600]
     if case.startswith("class"):  # the statistics read the labels on their own (stores.reader.class_codes)
         with pytest.raises(DamagedStoreError, match=message):
             actstore.compute_stats(store, force=True)
