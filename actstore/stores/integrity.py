@@ -209,6 +209,16 @@ _REQUIRED = {"schema_version": int, "model_id": str, "hidden_size": int, "layers
              "dtype": str, "n_samples": int, "n_texts": int, "next_pair_id": int, "runs": list}
 
 
+def promised_arrays(attrs) -> set[str]:
+    """The later coordinates a group's runs promise: a run that recorded option-swapped twins
+    (``swap_options``) wrote ``question`` and ``order``; without them the letter control would take
+    the group for one captured before twins existed."""
+    runs = attrs.get("runs") if isinstance(attrs.get("runs"), list) else []
+    twins = any(isinstance(run, dict) and isinstance(run.get("settings"), dict) and run["settings"].get("swap_options")
+                for run in runs)
+    return {"question", "order"} if twins else set()
+
+
 def check_group(group, path) -> None:
     """Refuse a model group whose attributes do not describe its arrays (edited or half-written)."""
     attrs = dict(group.attrs)
@@ -237,9 +247,10 @@ def check_group(group, path) -> None:
             child(group, MOMENTS[int(attrs.get("moments_buffer", 0)) % len(MOMENTS)]) is None:
         problems.append("its moments are missing (array "
                         f"{MOMENTS[int(attrs.get('moments_buffer', 0)) % len(MOMENTS)]!r}, named by its attributes)")
+    promised = promised_arrays(attrs)
     for name in SAMPLE_COORDS:
         coord = child(group, name)
-        if coord is None and name in LATER_COORDS:  # a group made before them
+        if coord is None and name in LATER_COORDS and name not in promised:  # a group made before them
             continue
         if coord is None:
             problems.append(f"array {name!r} is missing")

@@ -268,3 +268,18 @@ def test_a_chunk_the_reader_may_not_read_is_not_called_damaged(run, store, monke
     assert result.exit_code == 1
     assert "cannot be read (Permission denied); check the store's file permissions" in result.output
     assert "DAMAGED" not in result.output and "capture them again" not in result.output
+
+
+@pytest.mark.parametrize("array", ["order", "question"])
+def test_verify_names_a_twin_array_a_group_promises_but_lacks(run, tmp_path, tiny_model_dirs, array):
+    # issue 31 #7: a group captured with option-swapped twins whose 'order' or 'question' array was
+    # deleted passed verify ("no damage found"), and the letter control then took it for an old group
+    data = tmp_path / "ab.json"
+    data.write_text(json.dumps([{"positive": f"Question {i}?\n\nChoices:\n(A) yes\n(B) no\n(A)",
+                                 "negative": f"Question {i}?\n\nChoices:\n(A) yes\n(B) no\n(B)"} for i in range(4)]))
+    store = tmp_path / "ab.zarr"
+    assert run("capture", "-m", tiny_model_dirs["llama"], "-d", data, "-l", "1", "-s", store, "-q").exit_code == 0
+    assert run("verify", store).exit_code == 0
+    shutil.rmtree(store / GROUP / array)
+    result = run("verify", store)
+    assert result.exit_code == 1 and f"array {array!r} is missing" in result.output, result.output
