@@ -171,7 +171,9 @@ def monitor(store, vectors: Sequence[tuple[str, SteeringVector]], out_dir: str |
 
     out = Path(out_dir) if out_dir is not None else None
     if out is not None:
-        _check_output_is_ours(out / "projections.zarr")
+        _check_output_apart(store, out)
+        for written in (out / "projections.zarr", out / "projections.zarr.partial"):  # both are replaced
+            _check_output_is_ours(written)
         out.mkdir(parents=True, exist_ok=True)
     ds = open_store(store, model)
     names = [name for name, _ in vectors]
@@ -204,6 +206,17 @@ def monitor(store, vectors: Sequence[tuple[str, SteeringVector]], out_dir: str |
 
 
 PROJECTIONS_FORMAT = "actstore.projections/1"
+
+
+def _check_output_apart(store, out: Path) -> None:
+    """Refuse an output folder that is the input store or inside it (its files would be written
+    into the store the projections are read from)."""
+    if not isinstance(store, (str, Path)) or "://" in str(store):
+        return
+    source, target = Path(store).resolve(), out.resolve()
+    if target == source or source in target.parents:
+        raise ActstoreError(f"--out {str(out)!r} is inside the input store {str(store)!r}; write the projections "
+                            "to a folder outside it", param="out_dir")
 
 
 def _check_output_is_ours(path: Path) -> None:
