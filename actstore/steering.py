@@ -7,11 +7,14 @@ its kept coordinates (``index_add``), not as a dense add of zeros. Hooks return
 a replacement output (no in-place edit) and are removed on exit, also on errors.
 
 ``positions=`` chooses which tokens get the vector (:class:`Positions`):
-``"all"`` (the default), ``"prompt"``, ``"generated"``, ``"from:N"`` (token N on,
-counted over real tokens from 0), or a per-example boolean mask ``(batch, n)``
-over token positions. A forward pass that starts a sequence (empty key-value
-cache) holds prompt tokens; a pass that continues a cached sequence, as
-``generate`` does after the prompt, holds generated tokens. Positions count real
+``"all"`` (the default), ``"prompt"``, ``"response"`` (``"generated"``, its former
+name, is read the same), ``"from:N"`` (token N on, counted over real tokens from 0),
+or a per-example boolean mask ``(batch, n)`` over token positions. A forward pass
+that starts a sequence (empty key-value cache) holds prompt tokens; a pass that
+continues a cached sequence, as ``generate`` does after the prompt, holds the
+response (the generated tokens). With a chat template these are capture's turns:
+the prompt is every token before the assistant's response starts (the template's
+turns and the opened assistant turn), the response the assistant's tokens. Positions count real
 tokens only, so left padding shifts nothing; padding itself is never steered
 unless ``"all"``.
 
@@ -44,17 +47,23 @@ _MAX_POSITION = 2**31  # longer than any context: a larger N is a typo, and beyo
 
 @dataclass(frozen=True)
 class Positions:
-    """Which token positions are steered. ``kind``: all | prompt | generated | from
-    (``start``: first steered position) | mask (``mask``: ``(batch, n)`` bool over
-    token positions; positions past ``n`` are not steered)."""
+    """Which token positions are steered. ``kind``: all | prompt | response (the tokens the
+    model generates; ``"generated"`` is read as response) | from (``start``: first steered
+    position) | mask (``mask``: ``(batch, n)`` bool over token positions; positions past ``n``
+    are not steered)."""
 
     kind: str = "all"
     start: int = 0
     mask: torch.Tensor | None = None
 
+    def __post_init__(self):
+        # One value per selection: a spec, a sweep folder and a request all record "response".
+        if self.kind == "generated":
+            object.__setattr__(self, "kind", "response")
+
     @classmethod
     def parse(cls, spec) -> Positions:
-        """``"all"``, ``"prompt"``, ``"generated"``, ``"from:N"`` (read by :meth:`from_text`), a
+        """``"all"``, ``"prompt"``, ``"response"``, ``"from:N"`` (read by :meth:`from_text`), a
         :class:`Positions`, or a boolean ``(batch, n)`` array / tensor (a per-example mask)."""
         if spec is None:
             return cls()
@@ -72,10 +81,10 @@ class Positions:
     def from_text(cls, spec) -> Positions:
         """The one reader of a written spec (``actstore steer --positions``, a sweep's
         ``positions``, a served request's ``actstore_positions``): ``"all"``, ``"prompt"``,
-        ``"generated"`` or ``"from:N"``, any case. Anything else, a non-string included, is
-        refused with the same message wherever it was written."""
+        ``"response"`` (or its former name ``"generated"``) or ``"from:N"``, any case. Anything
+        else, a non-string included, is refused with the same message wherever it was written."""
         text = spec.strip().lower() if isinstance(spec, str) else ""
-        if text in ("all", "prompt", "generated"):
+        if text in ("all", "prompt", "response", "generated"):
             return cls(text)
         if text.startswith("from:"):
             try:
@@ -84,8 +93,8 @@ class Positions:
                 start = -1
             if 0 <= start < _MAX_POSITION:
                 return cls("from", start)
-        raise VectorError(f"positions {spec!r}: expected 'all', 'prompt', 'generated' or 'from:N' "
-                          "(0 <= N < 2**31, e.g. 'from:5')", param="positions")
+        raise VectorError(f"positions {spec!r}: expected 'all', 'prompt', 'response' or 'from:N' "
+                          "(0 <= N < 2**31, e.g. 'from:5'; 'generated' is read as 'response')", param="positions")
 
     def selects(self, index: torch.Tensor, prompt: bool | torch.Tensor) -> torch.Tensor:
         """Which tokens get the vector (bool, ``index``'s shape): the one rule of :func:`steer`'s
@@ -94,7 +103,7 @@ class Positions:
         whether each token (or every token of the pass) is a prompt token."""
         if self.kind == "all":
             return torch.ones_like(index, dtype=torch.bool)
-        if self.kind in ("prompt", "generated"):
+        if self.kind in ("prompt", "response"):
             is_prompt = torch.as_tensor(prompt, dtype=torch.bool, device=index.device).expand(index.shape)
             return is_prompt.clone() if self.kind == "prompt" else ~is_prompt
         if self.kind == "from":

@@ -150,7 +150,7 @@ def test_cli_steer_compares_and_refuses_a_vector_of_other_weights(tmp_path, tiny
     assert "--- unsteered:" in result.output and "--- steered (alpha=8; layer 1 k=4)" in result.output
     result = runner.invoke(cli, ["steer", "--model", model, "--vector", str(vec), "--alpha", "8", "--prompt", "Hello",
                                  "--max-new-tokens", "4", "--positions", "generated"])
-    assert result.exit_code == 0 and "positions generated" in result.output, result.output
+    assert result.exit_code == 0 and "positions response" in result.output, result.output
     result = runner.invoke(cli, ["steer", "--model", model, "--vector", str(vec), "--prompt", "Hello",
                                  "--positions", "middle"])
     assert result.exit_code == 1 and "positions 'middle'" in result.output and "Traceback" not in result.output
@@ -206,7 +206,7 @@ def test_from_n_and_masks_count_real_tokens_under_left_padding(tiny_model_dirs, 
         torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("kind", ["prompt", "generated", "all"])
+@pytest.mark.parametrize("kind", ["prompt", "response", "generated", "all"])
 def test_positions_during_cached_generation_match_a_hand_written_hook(llama, kind):
     batch = _left_padded(llama, [TEXT, "A short one."])
     vector = sparse_vector(layer=1)
@@ -219,7 +219,7 @@ def test_positions_during_cached_generation_match_a_hand_written_hook(llama, kin
     def select(call, hidden):
         if call == 0:  # the prompt pass
             return real if kind in ("prompt", "all") else torch.zeros_like(real)
-        on = kind in ("generated", "all")
+        on = kind in ("response", "generated", "all")
         return torch.full(hidden.shape[:2], on, dtype=torch.bool)
 
     if kind == "all":
@@ -238,6 +238,7 @@ def test_positions_during_cached_generation_match_a_hand_written_hook(llama, kin
 
 def test_positions_are_parsed_and_bad_ones_refused(llama):
     assert str(Positions.parse("from:4")) == "from:4" and Positions.parse(None).kind == "all"
+    assert str(Positions.parse(" Response ")) == "response" and Positions.parse("prompt") == Positions("prompt")
     for bad in ("from:-1", "middle", "from:x"):
         with pytest.raises(VectorError, match="positions"):
             Positions.parse(bad)
@@ -250,7 +251,7 @@ def test_positions_are_parsed_and_bad_ones_refused(llama):
     assert not llama.model._forward_pre_hooks and not llama.blocks[1]._forward_hooks
 
 
-SPECS = ["all", "prompt", "generated", "from:0", "from:4", "from:7", "from:40"]
+SPECS = ["all", "prompt", "response", "generated", "from:0", "from:4", "from:7", "from:40"]
 
 
 def _hooks_on_one_sequence(positions: Positions, tensors, hidden: torch.Tensor, prompt_length: int):
@@ -301,7 +302,8 @@ def test_the_serve_plugin_adds_what_steer_adds_at_the_tokens_steer_picks(kept, d
     assert torch.equal(add_to_rows(hidden, merged), torch.cat(expected))
 
 
-@pytest.mark.parametrize("bad", ["middle", "from:-1", "from:x", "from:", "from:99999999999", "", "prompt,generated"])
+@pytest.mark.parametrize("bad", ["middle", "from:-1", "from:x", "from:", "from:99999999999", "", "prompt,response",
+                                 "responses", "assistant"])
 def test_a_bad_positions_spec_gets_one_message_from_steer_and_from_the_server(llama, bad):
     with pytest.raises(VectorError) as local:
         with steer(llama, sparse_vector(1), 1.0, positions=bad):
@@ -309,10 +311,11 @@ def test_a_bad_positions_spec_gets_one_message_from_steer_and_from_the_server(ll
     with pytest.raises(VectorError) as served:
         resolve_request({"actstore_vector": "v", POSITIONS_KEY: bad}, None, ModelFacts("", 32, 4))
     assert str(served.value) == str(local.value)
-    assert "expected 'all', 'prompt', 'generated' or 'from:N'" in str(local.value)
+    assert "expected 'all', 'prompt', 'response' or 'from:N'" in str(local.value)
+    assert "'generated' is read as 'response'" in str(local.value)  # the former name is said, not listed
     assert local.value.params == ("positions",) and served.value.params == (POSITIONS_KEY,)
     for not_text in (3, None, ["all"]):  # a request's value need not be a string
-        with pytest.raises(VectorError, match="expected 'all', 'prompt', 'generated' or 'from:N'"):
+        with pytest.raises(VectorError, match="expected 'all', 'prompt', 'response' or 'from:N'"):
             resolve_request({"actstore_vector": "v", POSITIONS_KEY: not_text}, None, ModelFacts("", 32, 4))
 
 

@@ -12,5 +12,6 @@ No rules live here: everything a command does is one call a Python user can make
 * :mod:`.steer`: ``actstore steer``;
 * :mod:`.project`: ``actstore project`` (vectors as monitors);
 * :mod:`.evaluate`: ``actstore eval``;
+* :mod:`.judge`: ``actstore judge validate`` (a judge's AUROC on labelled responses);
 * :mod:`.serve`: ``actstore serve`` and ``serve check``.
 """

@@ -9,10 +9,12 @@ from ..evaluation.damage import DEFAULT_KL_PROMPTS, DEFAULT_KL_TOKENS
 from ..evaluation.grid import DEFAULT_BUDGETS, DEFAULT_FRACTIONS, DEFAULT_PPL_TOKENS
 from ..evaluation.perplexity import DEFAULT_PPL_DOCUMENTS, DEFAULT_PPL_WINDOW
 from ..evaluation.protocols import SCORERS
+from ..evaluation.request import DEFAULT_PROMPT_TEMPLATE, JUDGES
 from .options import (
     FloatListType,
     IntListType,
     KListType,
+    chat_options,
     model_options,
     quiet_option,
     scheduler_option,
@@ -40,6 +42,27 @@ def _csv(values) -> str:
 @click.option("--scorer", type=click.Choice(sorted(SCORERS)), default="vader", show_default=True,
               help="With --prompts: how a continuation is scored (vader: VADER compound sentiment, offline; "
                    "refusal: 1 for a refusal or broken text, 0 for compliance).")
+@click.option("--judge", type=click.Choice(JUDGES), default=None,
+              help="With --prompts: rate each continuation on AxBench's three rubrics (concept, instruction, "
+                   "fluency; 0-2 each) for --concept; the primary score is their harmonic mean (items.csv: the "
+                   "three ratings and harmonic; results.csv: harmonic with its interval over the report prompts). "
+                   "Replaces --scorer. Only orderings and paired differences within one judge mean anything.")
+@click.option("--concept", default=None, metavar="TEXT",
+              help="The concept steered toward (e.g. 'the Golden Gate Bridge'): what --judge rates and what the "
+                   "prompting baseline's instruction names.")
+@click.option("--judge-model", default=None, help="With --judge: the judge's model (a hub id or folder).")
+@click.option("--judge-url", default=None, metavar="URL",
+              help="With --judge: an OpenAI-compatible server to judge with.")
+@click.option("--judge-validation", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="With --judge: the validation summary `actstore judge validate --out X.csv` wrote (X.csv.json), "
+                   "printed atop results.md; without it, results.md says in words that the judge was not validated.")
+@click.option("--prompt-template", default=DEFAULT_PROMPT_TEMPLATE, show_default=True,
+              help="The prompting baseline's instruction ({concept} is replaced): a system prompt with "
+                   "--chat-template, else a paragraph before each prompt.")
+@click.option("--select-split", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=None,
+              help="AxBench's protocol: this share of the prompts (by a hash of each prompt's text) chooses each "
+                   "vector's alpha (the highest mean score); every figure of it is reported on the others "
+                   "(results.csv: selected; contrasts.csv: prompt minus each selected vector).")
 @click.option("--max-new-tokens", type=click.IntRange(1), default=40, show_default=True,
               help="With --prompts: tokens generated per prompt (greedy).")
 @click.option("--server", default=None, metavar="URL",
@@ -71,7 +94,10 @@ def _csv(values) -> str:
                    "(Sigma^-1 v); see 'actstore extract --help'. Controls: random (a random direction at the ENR "
                    "vector's norm, dense; a random support of size k carrying its values, sparse; one per "
                    "--control-seeds) and letter (the answer-letter direction of an option-swapped A/B capture). "
-                   "Each is measured at every k and alpha, so they meet on the same frontier.")
+                   "Each is measured at every k and alpha, so they meet on the same frontier. The prompting "
+                   "baseline: prompt (with --prompts and --concept), no vector: the unsteered model with "
+                   "--prompt-template's instruction, one row (layer -1, k none, alpha 0), its perplexity read with "
+                   "the instruction before each window, no KL damage.")
 @click.option("--control-seeds", type=IntListType(0), default="0", show_default=True,
               help="Seeds of the random control, comma-separated (one random vector per seed and k).")
 @click.option("--letter-data", type=click.Path(exists=True, dir_okay=False), default=None,
@@ -137,8 +163,9 @@ def _csv(values) -> str:
 @click.option("--no-separation", "separation", is_flag=True, flag_value=False, default=True,
               help="Skip the held-out separation (AUROC, Cohen's d) per vector.")
 @click.option("--force", is_flag=True, help="Use the store even if it was captured from other model weights.")
+@chat_options
 @quiet_option
-def evaluate(**flags):
+def evaluate(chat, **flags):
     """Sweep layer x method x k x alpha: on-target shift against perplexity inflation, with intervals.
 
     Reuses the store's cached statistics, builds each vector, steers the model
@@ -151,6 +178,11 @@ def evaluate(**flags):
     its difference from dense), contrasts.csv (Holm-corrected), steerability.csv,
     results.md and frontier_<behavior>.png; and, per vector, how well it
     separates held-out pos from neg texts (separation.csv).
+
+    With --prompts --judge axbench --concept TEXT the continuations are rated
+    on AxBench's rubrics; --select-split 0.5 chooses each vector's alpha on one
+    half of the prompts and reports it on the other; --methods enr,prompt adds
+    the prompting baseline on the same prompts, judge and intervals.
     """
     from ..evaluation.report import count_line
     from ..evaluation.request import SweepRequest
@@ -158,7 +190,9 @@ def evaluate(**flags):
     from ..models.load import ModelSpec
 
     spec = take_record(ModelSpec, flags)  # loaded by run_sweep once the request's checks pass
-    request = SweepRequest.from_flags(flags, connect=_connect)
+    # --chat-template and --system format the generation prompts (refused without --prompts)
+    request = SweepRequest.from_flags({**flags, "chat_template": chat.template, "system": chat.system},
+                                      connect=_connect)
     results, out = run_sweep(spec, request), request.out
     click.echo(f"{len(results)} configurations in {out}/results.csv: {count_line(results)}. Report: "
                f"{out}/results.md, frontier: {out}/frontier.csv, plot: {out}/frontier_{request.behavior_name}.png")

@@ -46,12 +46,23 @@ class _Group(click.Group):
         return self.get_command(ctx, name) if name else None
 
 
+def _all_params(command: click.Command) -> list[click.Parameter]:
+    """A command's parameters; for a group (``judge``, ``serve``, ``models``, ``vector``) its own and its
+    subcommands', since the error reaches the top-level group after the subcommand's context is gone."""
+    params = list(command.params)
+    if isinstance(command, click.Group):
+        for sub in command.commands.values():
+            params += _all_params(sub)
+    return params
+
+
 def _with_flags(message: str, params: tuple[str, ...], command: click.Command | None) -> str:
     """The library names Python parameters (``offset=-1``); a CLI user reads the flag (``--offset -1``)."""
     if command is None:
         return message
-    options = {p.name: max(p.opts, key=len) for p in command.params if isinstance(p, click.Option)}
-    flags = {p.name for p in command.params if isinstance(p, click.Option) and p.is_flag}
+    params_of = _all_params(command)
+    options = {p.name: max(p.opts, key=len) for p in params_of if isinstance(p, click.Option)}
+    flags = {p.name for p in params_of if isinstance(p, click.Option) and p.is_flag}
     for param in params:
         flag = options.get(param)
         if flag is not None and param in flags:  # "force=True" -> "--force": a flag takes no value
@@ -154,6 +165,7 @@ def _register() -> None:
     from .capture import capture
     from .enr import enr, extract
     from .evaluate import evaluate
+    from .judge import judge
     from .models import models
     from .project import project
     from .stats import info, stats, verify
@@ -162,6 +174,7 @@ def _register() -> None:
 
     for command in (capture, stats, info, verify, enr, extract, project, steer, evaluate, vector, models):
         cli.add_command(command)
+    cli.add_command(judge)
     cli.add_command(__import__("actstore.cli.serve", fromlist=["serve"]).serve)
 
 

@@ -95,6 +95,26 @@ def model_group_option(function):
 quiet_option = click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
 
 
+def chat_options(function):
+    """``--chat-template`` and ``--system TEXT``, handed to the command as one argument ``chat`` (a
+    :class:`~actstore.inputs.chat.ChatFormat`): every command that formats text for a model (capture,
+    steer, eval, serve check) takes the same two flags and formats through the same value."""
+    from ..inputs.chat import ChatFormat
+
+    @click.option("--chat-template", "chat_template", is_flag=True,
+                  help="Format each text through the tokenizer's chat template: the prompt as the user turn, "
+                       "then the assistant's turn (opened for generation). A tokenizer without a template is "
+                       "refused.")
+    @click.option("--system", default=None, metavar="TEXT",
+                  help="System prompt before each prompt: a system turn with --chat-template, else a paragraph "
+                       "before the prompt.")
+    @functools.wraps(function)
+    def wrapper(*args, chat_template=False, system=None, **kwargs):
+        return function(*args, chat=ChatFormat(template=chat_template, system=system), **kwargs)
+
+    return wrapper
+
+
 class KListType(click.ParamType):
     """``8,16,dense`` -> ``[8, 16, None]`` (None: the dense vector); each k >= 1."""
 

@@ -114,7 +114,7 @@ def complete_lines(data: bytes) -> bytes:
 # The files of a sweep folder (the ledger's and the report's): only their partial files are removed.
 FOLDER_FILES = ("results.csv", "baseline.json", "items.csv", "windows.csv", "kl.csv", "generations.jsonl",
                 "separation.csv", "frontier.csv", "contrasts.csv", "steerability.csv", "results.md", "frontier_*.png",
-                "separation_*.png")
+                "separation_*.png", "judge.txt")
 
 
 def remove_partials(folder: str | Path) -> None:

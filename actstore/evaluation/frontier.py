@@ -27,7 +27,7 @@ import numpy as np
 
 from ..vectors.info import k_label, parse_k
 from ..vectors.methods import METHODS
-from .grid import is_control
+from .grid import is_control, is_prompt
 from .intervals import (
     CONFIDENCE,
     N_RESAMPLES,
@@ -244,7 +244,8 @@ def steerability(results, items, confidence: float = CONFIDENCE, n_resamples: in
     """Per vector: each question's least-squares slope of its primary measure (mean over its
     answer orders) over alpha, the unsteered model at alpha 0; the mean slope (t over
     questions), the spread of slopes (sd) and the anti-steerable share (slope < 0), the last
-    two with percentile bootstrap intervals over questions."""
+    two with percentile bootstrap intervals over questions. The prompting baseline has no alpha:
+    no row."""
     if not len(results):
         return []
     measure = str(results["measure"].iloc[0])
@@ -260,7 +261,7 @@ def steerability(results, items, confidence: float = CONFIDENCE, n_resamples: in
     steered_items = {key_tuple(key): frame for key, frame in items[items["method"] != "none"].groupby(KEY, sort=False)}
     q_counts = resample_counts(counts.size, n_resamples, seed)
     rows = []
-    for (behavior, layer, method, k), group in results.groupby(GROUP, sort=False):
+    for (behavior, layer, method, k), group in results[~results["method"].map(is_prompt)].groupby(GROUP, sort=False):
         group = group.sort_values("alpha")
         x = np.concatenate([[0.0], group["alpha"].to_numpy(dtype=np.float64)])
         y = np.stack([base] + [per_question(steered_items[key_tuple(r)])

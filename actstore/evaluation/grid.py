@@ -8,6 +8,10 @@
   random support of size k carrying the ENR vector's values (sparse), labelled
   ``random:<seed>``; ``letter`` is the answer-letter direction of an
   option-swapped A/B capture (:mod:`actstore.vectors.controls`).
+* ``prompt`` (:data:`PROMPT_METHOD`) is no vector: the prompting baseline, the unsteered model
+  told the concept by an instruction (:mod:`actstore.evaluation.selection`). It has no layer,
+  k or alpha: its one configuration is :data:`PROMPT_KEY` (layer -1, k "none", alpha 0), kept
+  off the alpha paths of the frontier (a point, not a path).
 * The training store is one :class:`~actstore.stores.StoreGroup`, opened once:
   the grid is checked against what it captured (:meth:`Grid.check_store`, from
   its attributes, before the model loads), the model once by the handle.
@@ -33,11 +37,25 @@ DEFAULT_PPL_TOKENS = 4096
 ALPHA_MODES = ("scale", "norm", "fraction")
 CONTROLS = ("random", "letter")
 RANDOM_BASE = "enr"  # the vector whose norm (dense) or values (sparse) a random control carries
+PROMPT_METHOD = "prompt"  # the prompting baseline: an instruction, no vector
+# Its one configuration: no layer (-1: the prompt acts on the input), no k, no factor (alpha 0, which
+# keeps it off every alpha path: paths start from alpha 0 and read the positive alphas).
+PROMPT_KEY = ConfigKey(-1, PROMPT_METHOD, "none", 0.0)
 
 
 def is_control(method: str) -> bool:
     """Whether a results row's ``method`` is a control (``random:<seed>``, ``letter``)."""
     return str(method).split(":")[0] in CONTROLS
+
+
+def is_prompt(method: str) -> bool:
+    """Whether a results row is the prompting baseline's (:data:`PROMPT_METHOD`)."""
+    return str(method) == PROMPT_METHOD
+
+
+def family_of(method: str) -> str:
+    """The family a row's q-value is computed in: "control", "prompt" or "vector"."""
+    return "control" if is_control(method) else ("prompt" if is_prompt(method) else "vector")
 
 
 @dataclass(frozen=True)
@@ -65,6 +83,7 @@ class Grid:
         if not self.ks:
             raise ActstoreError("ks: at least one k (or 'dense') is needed")
         known = [name for name, entry in METHODS.items() if entry.kind != "imported"]  # what a sweep can build
+        known.append(PROMPT_METHOD)
         unknown = sorted(set(self.methods) - set(known))
         if unknown or not self.methods:
             raise ActstoreError(f"methods: unknown {unknown}; expected some of {known}", param="methods")
@@ -100,16 +119,20 @@ class Grid:
         """The ``method`` labels of the results: each method, ``random:<seed>`` per control seed."""
         labels = []
         for method in self.methods:
+            if is_prompt(method):
+                continue
             labels += [f"{method}:{int(s)}" for s in self.control_seeds] if METHODS[method].seeded else [method]
         return labels
 
     def configurations(self) -> list[ConfigKey]:
         """Every (layer, method, k, alpha). The dense vector of a method that ranks another's
         vector (``refines``: the whitened dense vector is the plain one, Sigma^1/2 Sigma^-1/2 v
-        = v) is measured once, as the other's, when both run."""
-        return [ConfigKey(layer, method, k_label(k), float(alpha)) for layer in self.layers
-                for method in self.vector_methods() for k in self.ks for alpha in self.alphas
-                if not (k is None and METHODS[method.partition(":")[0]].refines in self.methods)]
+        = v) is measured once, as the other's, when both run. The prompting baseline is one
+        configuration, :data:`PROMPT_KEY`, first."""
+        prompt = [PROMPT_KEY] if PROMPT_METHOD in self.methods else []
+        return prompt + [ConfigKey(layer, method, k_label(k), float(alpha)) for layer in self.layers
+                         for method in self.vector_methods() for k in self.ks for alpha in self.alphas
+                         if not (k is None and METHODS[method.partition(":")[0]].refines in self.methods)]
 
 
 class LayerVectors:

@@ -9,7 +9,9 @@
     windows.csv     one row per (configuration, perplexity window): document, nll (nats,
                     summed), tokens
     kl.csv          (``damage`` kl: settings ``damage`` "ppl,kl") one row per (configuration, KL
-                    prompt): prompt_id, kl_first, kl (nats); the unsteered rows are 0 by definition
+                    prompt): prompt_id, kl_first, kl (nats); the unsteered rows are 0 by definition;
+                    the prompting baseline (method ``prompt``) has none
+    judge.txt       (a judged sweep) the judge's validation summary, or that it was not validated
     generations.jsonl  (generation protocols) the generated texts per configuration
 
 A configuration is done when its row is in results.csv. Its items, windows
@@ -38,9 +40,9 @@ import numpy as np
 
 from ..errors import ActstoreError
 from .files import append_file, complete_lines, drop_cut_line, remove_partials, replace_file
-from .grid import is_control
+from .grid import family_of, is_prompt
 from .intervals import bh_q_values
-from .rows import BASELINE, KEY, ItemRows, KLRows, ResultRow, WindowRows, as_record, columns
+from .rows import BASELINE, ITEM_KEY, KEY, PROMPT_LABELS, ItemRows, KLRows, ResultRow, WindowRows, as_record, columns
 
 
 def _key(layer, method, k, alpha) -> tuple:
@@ -48,6 +50,7 @@ def _key(layer, method, k, alpha) -> tuple:
 
 
 APPENDED = ("items.csv", "windows.csv", "kl.csv")  # tables written by appending: a kill may cut their last line
+_TEXT_COLUMNS = {"k": str, "method": str, "item": str, "prompt_id": str, "split": str}  # "12e4..." is no number
 
 
 def _table_bytes(path: Path) -> bytes | None:
@@ -67,7 +70,7 @@ def _read_csv(path: Path, required: tuple[str, ...] = tuple(KEY)):
     if not data:
         return None
     try:
-        frame = pd.read_csv(io.BytesIO(data), dtype={"k": str, "method": str, "item": str})
+        frame = pd.read_csv(io.BytesIO(data), dtype=_TEXT_COLUMNS)
         missing = [c for c in required if c not in frame]
         if missing:  # a header cut, damaged or of another file
             raise ValueError(f"no column {missing[0]!r}")
@@ -89,7 +92,7 @@ def _read_csv_salvaged(path: Path, numeric: tuple[str, ...], required: tuple[str
     except ActstoreError:
         pass
     try:
-        frame = pd.read_csv(io.BytesIO(_table_bytes(path)), dtype={"k": str, "method": str, "item": str},
+        frame = pd.read_csv(io.BytesIO(_table_bytes(path)), dtype=_TEXT_COLUMNS,
                             on_bad_lines="skip", encoding_errors="replace", engine="python")
     except (ValueError, pd.errors.ParserError):  # not even its header reads: nothing in it is kept
         return None, False
@@ -202,7 +205,9 @@ class Ledger:
             appended.append((self.kl_csv, ("alpha", "kl_first", "kl")))
         tables = {path: _read_csv_salvaged(path, numeric) for path, numeric in appended}
         expected = set(self.done) | ({"baseline"} if self.baseline is not None else set())
-        damaged = set().union(*(_short_keys(frame, expected) for frame, _ in tables.values()))
+        no_kl = {key for key in expected if key != "baseline" and is_prompt(key[1])}  # the prompting baseline's
+        damaged = set().union(*(_short_keys(frame, expected - no_kl if path == self.kl_csv else expected)
+                                for path, (frame, _) in tables.items()))
         damaged |= self._separation_lost()
         if "baseline" in damaged:
             # The unsteered rows are measured again (the same model on the same items gives the same
@@ -267,7 +272,7 @@ class Ledger:
 
     def _append_measures(self, items: ItemRows, windows: WindowRows, texts: list[str] | None,
                          kl_rows: KLRows | None = None) -> None:
-        if self.measures_kl != (kl_rows is not None):
+        if self.measures_kl != (kl_rows is not None) and not (kl_rows is None and is_prompt(items.key.method)):
             raise ValueError(f"this folder's settings {'ask for' if self.measures_kl else 'have no'} KL rows")
         for path, rows in ((self.items_csv, items), (self.windows_csv, windows), (self.kl_csv, kl_rows)):
             if rows is None:
@@ -298,7 +303,7 @@ class Ledger:
         items, windows = _read_csv(self.items_csv), _read_csv(self.windows_csv)
         items = items[items["method"] == "none"]
         windows = windows[windows["method"] == "none"].sort_values("window")
-        metrics = [c for c in items.columns if c not in ("layer", "k", "alpha", "method", "item", "question", "order")]
+        metrics = [c for c in items.columns if c not in (*ITEM_KEY, *PROMPT_LABELS)]
         return ({m: items[m].to_numpy(dtype=np.float64) for m in metrics},
                 windows["nll"].to_numpy(dtype=np.float64), windows["tokens"].to_numpy(dtype=np.int64))
 
@@ -332,11 +337,15 @@ class Ledger:
         frame = frame.dropna(subset=["on_target_shift", "ppl_inflation"])  # a row cut by a kill
         if "p_value" in frame and "behavior" in frame:
             # q depends on the whole family: recomputed from the p-values whenever the table is read.
-            # Controls are their own family: they are not hypotheses about the behavior.
+            # Controls (not hypotheses about the behavior) and the prompting baseline: families of their own.
             frame = frame.assign(q_value=np.nan)
-            control = frame["method"].map(is_control)
-            for _, rows in frame.groupby([frame["behavior"], control], sort=False):
+            family = frame["method"].map(family_of)
+            for _, rows in frame.groupby([frame["behavior"], family], sort=False):
                 frame.loc[rows.index, "q_value"] = bh_q_values(rows["p_value"].to_numpy(dtype=np.float64))
+        if "selected" in frame:  # like q, made again whenever read: it depends on every alpha of a vector
+            from .selection import selected
+
+            frame = frame.assign(selected=selected(frame, self.items()) if self.settings.get("select_split") else False)
         return frame
 
     def windows(self):

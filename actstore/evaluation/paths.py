@@ -21,6 +21,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .grid import is_prompt
 from .intervals import N_RESAMPLES, SEED, resample_counts
 from .rows import KEY
 
@@ -116,7 +117,8 @@ def key_tuple(key) -> tuple:
 @dataclass
 class Paths:
     """Every vector's path: ``index`` maps (behavior, layer, method, k) to its rows in alpha
-    order; :meth:`at` interpolates the point estimate and the draws at a log-budget."""
+    order (the prompting baseline, which has no alpha, has none); :meth:`at` interpolates the
+    point estimate and the draws at a log-budget."""
 
     evidence: Evidence
     shift: np.ndarray
@@ -131,6 +133,8 @@ class Paths:
         results = evidence.results
         index = {}
         for key, group in results.groupby(GROUP, sort=False):
+            if is_prompt(key[2]):  # the prompting baseline has no alpha path: a point, read in selection.py
+                continue
             group = group[group["alpha"] > 0].sort_values("alpha")
             if len(group):
                 index[tuple(key)] = group.index.to_numpy()

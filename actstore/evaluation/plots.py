@@ -15,7 +15,7 @@ import numpy as np
 from ..vectors.info import parse_k
 from .files import replace_file
 from .frontier import _k_order
-from .grid import is_control
+from .grid import is_control, is_prompt
 from .paths import Paths
 
 X_LIMIT = 100.0  # frontier plots show inflation up to this
@@ -25,7 +25,8 @@ CURVE_POINTS = 40
 def plot_frontier(paths: Paths, behavior: str, budgets, path: Path) -> Path:
     """Shift (primary measure) against perplexity inflation (log x), one panel per layer, one
     interpolated curve per vector with its bootstrap band (95%), measured points marked (a
-    vector that never inflates perplexity has its points only)."""
+    vector that never inflates perplexity has its points only); the prompting baseline, which
+    has no alpha, a star in every panel."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -45,6 +46,7 @@ def plot_frontier(paths: Paths, behavior: str, budgets, path: Path) -> Path:
             if (behavior, layer, *kind) in paths.index:
                 label = (kind[1] if parse_k(kind[1]) is None else f"k={kind[1]}") + (f" ({kind[0]})" if several else "")
                 top = max(top, _draw_vector(ax, paths, (behavior, layer, *kind), colors[kind], label))
+        top = max(top, _draw_prompt(ax, paths, behavior))
         _frontier_axis(ax, layer, budgets, top)
     for ax in axes[len(layers):]:
         ax.set_visible(False)
@@ -81,6 +83,17 @@ def _draw_vector(ax, paths: Paths, vector: tuple, color: str, label: str) -> flo
             linestyle=":" if is_control(vector[2]) else "-")
     ax.fill_between(np.exp(grid), band[:, 0], band[:, 1], color=color, alpha=0.12, linewidth=0)
     return float(measured.max())
+
+
+def _draw_prompt(ax, paths: Paths, behavior: str) -> float:
+    """The prompting baseline's point (its inflation read with the instruction before each window);
+    returns its inflation (1 where there is none)."""
+    results = paths.evidence.results
+    rows = np.flatnonzero(((results["behavior"] == behavior) & results["method"].map(is_prompt)).to_numpy())
+    inflation = np.exp(paths.log_inflation[rows])
+    for x, y in zip(inflation, paths.shift[rows]):
+        ax.plot([x], [y], "*", markersize=8, color="black", label="prompt (no alpha)")
+    return float(inflation.max()) if rows.size else 1.0
 
 
 def _frontier_axis(ax, layer: int, budgets, top: float) -> None:

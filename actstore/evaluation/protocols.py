@@ -17,9 +17,14 @@ configuration, and turns the per-item scores into paired shifts with intervals
 * :class:`GeneratedText`: steered greedy continuations of prompts, scored by a
   pluggable ``texts -> scores`` callable (built in: ``refusal``, 1 for a refusal or broken text
   (:mod:`actstore.evaluation.scorers`), and ``vader``, the compound
-  sentiment of VADER, offline), plus two degeneration measures of each
+  sentiment of VADER, offline), or rated by a judge on AxBench's three rubrics
+  (concept, instruction, fluency; the score is their harmonic mean,
+  :mod:`actstore.evaluation.judges`), plus two degeneration measures of each
   generation as a second off-target measure: :func:`distinct_n` and
-  :func:`repeated_ngram_rate`.
+  :func:`repeated_ngram_rate`. Its prompts are formatted for the model by one
+  :class:`~actstore.inputs.chat.ChatFormat` (the tokenizer's chat template and a
+  system prompt, or the text as written); :meth:`GeneratedText.instructed` is the
+  same protocol with a steering instruction added (the prompting baseline).
 
 The first two run fixed batches, so the sweep can replay a cached block output
 under them (:mod:`actstore.evaluation.replay`); generation cannot and runs the whole model.
@@ -32,6 +37,7 @@ a vLLM server) applies the same steering there; the local ones need nothing.
 
 from __future__ import annotations
 
+import copy
 import json
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager, nullcontext
@@ -41,6 +47,7 @@ from typing import Protocol
 import numpy as np
 
 from ..errors import InputFormatError
+from ..inputs.chat import ChatFormat
 from ..models.load import LoadedModel
 from .replay import Batch, Forward
 from .scorers import refusal_scores
@@ -186,25 +193,40 @@ def vader_compound(texts: list[str]) -> list[float]:
 SCORERS: dict[str, Scorer] = {"vader": vader_compound, "refusal": refusal_scores}
 
 
-class GeneratedText:
-    """Prompts continued by the (steered) model, each continuation scored by ``scorer``.
+JUDGED = ("concept_rating", "instruction_rating", "fluency_rating", "harmonic")  # a judge's per-item metrics
 
-    ``measure`` returns ``score`` (the scorer's), ``distinct_2`` and
-    ``repeated_3gram`` per prompt; the generations themselves are kept in
-    :attr:`last_texts` (the sweep writes them to generations.jsonl).
+
+def joined_system(system: str | None, instruction: str) -> str:
+    """A system prompt followed by a steering instruction (a paragraph each)."""
+    return f"{system}\n\n{instruction}" if system else instruction
+
+
+class GeneratedText:
+    """Prompts continued by the (steered) model, each continuation scored by ``scorer``, or with a
+    ``judge`` (:class:`actstore.evaluation.judges.Judge`) rated for ``concept``.
+
+    ``measure`` returns ``score`` (the scorer's; with a judge the harmonic mean of its three
+    ratings), with a judge ``concept_rating``, ``instruction_rating``, ``fluency_rating`` and
+    ``harmonic`` (each in [0, 2]; the judge reads the prompt as written, never its formatting),
+    then ``distinct_2`` and ``repeated_3gram`` per prompt; the generations themselves are kept
+    in :attr:`last_texts` (the sweep writes them to generations.jsonl). ``chat``: how a prompt
+    becomes what the model continues (default: as written, with the tokenizer's special tokens).
     """
 
     metrics = ("score", "distinct_2", "repeated_3gram")
     primary = "score"
 
     def __init__(self, prompts: Sequence[str], scorer: Scorer | str = "vader", max_new_tokens: int = 40,
-                 batch_size: int = 8, item_ids: Sequence[str] | None = None):
+                 batch_size: int = 8, item_ids: Sequence[str] | None = None, *, chat: ChatFormat | None = None,
+                 judge=None, concept: str | None = None):
         if not prompts:
             raise InputFormatError("no prompts to generate from")
         if isinstance(scorer, str):
             if scorer not in SCORERS:
                 raise InputFormatError(f"scorer {scorer!r}: expected one of {sorted(SCORERS)}")
             scorer = SCORERS[scorer]
+        if judge is not None and not concept:
+            raise InputFormatError("a judge rates each continuation for a concept: give concept", param="concept")
         self.prompts = list(prompts)
         self.scorer = scorer
         self.max_new_tokens = int(max_new_tokens)
@@ -213,7 +235,13 @@ class GeneratedText:
         self.questions = np.arange(len(self.item_ids))
         self.orders = np.zeros(len(self.item_ids), dtype=np.int64)
         self.letter_signs = np.zeros(len(self.item_ids), dtype=np.int64)
-        self.name = f"generation:{getattr(scorer, '__name__', 'scorer')}"
+        self.chat = chat if chat is not None else ChatFormat()
+        self.judge, self.concept = judge, concept
+        if judge is None:
+            self.name = f"generation:{getattr(scorer, '__name__', 'scorer')}"
+        else:
+            self.name = f"generation:judge:{getattr(judge, 'name', 'judge')}"
+            self.metrics = ("score", *JUDGED, "distinct_2", "repeated_3gram")
         self.last_texts: list[str] = []
 
     steered = staticmethod(_local)
@@ -221,22 +249,44 @@ class GeneratedText:
     def batches(self) -> list[Batch]:
         return []
 
+    def instructed(self, instruction: str) -> GeneratedText:
+        """The same prompts, judge and items with ``instruction`` after any system prompt: a system
+        turn with a chat template, else a paragraph before the prompt (:class:`ChatFormat`)."""
+        other = copy.copy(self)
+        other.chat = ChatFormat(self.chat.template, joined_system(self.chat.system, instruction))
+        other.last_texts = []
+        return other
+
     def continuations(self, loaded: LoadedModel) -> list[str]:
-        """Greedy continuations of :attr:`prompts`, one per prompt, under the steering active now."""
+        """Greedy continuations of :attr:`prompts`, formatted by :attr:`chat`, one per prompt, under
+        the steering active now."""
+        formatted = [self.chat.prompt_text(loaded.tokenizer, p) for p in self.prompts]
         texts: list[str] = []
-        for start in range(0, len(self.prompts), self.batch_size):
-            texts += generate(loaded.model, loaded.tokenizer, self.prompts[start : start + self.batch_size],
-                              max_new_tokens=self.max_new_tokens)
+        for start in range(0, len(formatted), self.batch_size):
+            texts += generate(loaded.model, loaded.tokenizer, formatted[start : start + self.batch_size],
+                              max_new_tokens=self.max_new_tokens, add_special_tokens=self.chat.add_special_tokens)
         return texts
+
+    def _scores(self, texts: list[str]) -> dict[str, np.ndarray]:
+        """``score`` and, with a judge, its ratings, one per text."""
+        if self.judge is None:
+            scored = {"score": np.asarray(self.scorer(texts), dtype=np.float64)}
+        else:
+            ratings = self.judge.rate(self.prompts, texts, self.concept)
+            rated = [ratings.concept, ratings.instruction, ratings.fluency, ratings.harmonic]
+            scored = {name: np.asarray(values, dtype=np.float64) for name, values in zip(JUDGED, rated)}
+            scored = {"score": scored["harmonic"], **scored}
+        for name, values in scored.items():
+            if values.shape != (len(texts),):
+                raise InputFormatError(f"the {'judge' if self.judge is not None else 'scorer'} returned "
+                                       f"{values.shape[0] if values.ndim else 0} {name} values for {len(texts)} texts")
+        return scored
 
     def measure(self, loaded: LoadedModel, forward: Forward) -> dict[str, np.ndarray]:
         texts = self.continuations(loaded)
-        scores = np.asarray(self.scorer(texts), dtype=np.float64)
-        if scores.shape != (len(texts),):
-            raise InputFormatError(f"the scorer returned {scores.shape[0] if scores.ndim else 0} scores for "
-                                   f"{len(texts)} texts")
+        scored = self._scores(texts)
         self.last_texts = texts
-        return {"score": scores,
+        return {**scored,
                 "distinct_2": np.array([distinct_n(t, 2) for t in texts]),
                 "repeated_3gram": np.array([repeated_ngram_rate(t, 3) for t in texts])}
 

@@ -12,7 +12,11 @@ and writes, beside its tables:
 * results.md: counts that say how many would be expected by chance and how many
   survive Benjamini-Hochberg, with their signs; where the log-odds and the
   probability scale disagree; the letter bias; the frontier; the contrasts; the
-  KL damage beside the perplexity inflation where the sweep measured it;
+  KL damage beside the perplexity inflation where the sweep measured it; with a
+  judge, its validation summary (or the sentence that it was not validated) at the
+  top, and that only orderings and paired differences within one judge mean
+  anything; the selected alphas and the prompting baseline against them
+  (:mod:`actstore.evaluation.selection`);
 * frontier_<behavior>.png: the interpolated curves with their bands.
 
 The plots are drawn by :mod:`.plots`.
@@ -28,10 +32,11 @@ import numpy as np
 from ..vectors.info import parse_k
 from .files import replace_file
 from .frontier import Contrast, contrasts, frontier, steerability
-from .grid import is_control
+from .grid import is_control, is_prompt
 from .paths import Evidence, Paths
 from .plots import plot_frontier, plot_separation
-from .rows import ContrastRow, FrontierRow, SteerabilityRow, as_record, columns, primary_columns
+from .rows import JUDGE_NOTE, ContrastRow, FrontierRow, SteerabilityRow, as_record, columns, primary_columns
+from .selection import prompt_contrasts, report_intervals
 
 ALPHA_LEVEL = 0.05
 
@@ -50,6 +55,8 @@ def _md_table(header: list[str], lines: list[list[str]]) -> list[str]:
 
 
 def _vector(row) -> str:
+    if is_prompt(row["method"]):
+        return "prompt (instruction, no vector)"
     return f"{row['method']} k={row['k']}" if parse_k(row["k"]) is not None else f"{row['method']} {row['k']}"
 
 
@@ -71,9 +78,11 @@ def count_line(results, what: str = "configurations") -> str:
 
 def _count_lines(results) -> list[str]:
     measure = str(results["measure"].iloc[0])
-    scale = "log-odds of the matching letter (both answer orders)" if measure == "logodds" else "score"
+    judged = str(results["protocol"].iloc[0]).startswith("generation:judge:") if "protocol" in results else False
+    scale = ("log-odds of the matching letter (both answer orders)" if measure == "logodds" else
+             "judge's harmonic mean of its concept, instruction and fluency ratings (each 0-2)" if judged else "score")
     lines = [f"Primary measure: the shift in the {scale}, per question, paired t interval over questions.", ""]
-    methods = results[~results["method"].map(is_control)]
+    methods = results[~results["method"].map(is_control) & ~results["method"].map(is_prompt)]
     controls = results[results["method"].map(is_control)]
     lines.append("- Vectors: " + count_line(methods) + ".")
     if len(controls):
@@ -234,21 +243,23 @@ def write_report(ledger, budgets, family: list[Contrast] | None = None) -> Path:
     paths = Paths.of(evidence)
     table = frontier(paths, budgets)
     primary = contrasts(paths, budgets, family)
+    prompting = prompt_contrasts(results, items)
     steer_rows = steerability(evidence.results, items)
     _write_rows(table, FrontierRow, out_dir / "frontier.csv")
-    _write_rows(primary, ContrastRow, out_dir / "contrasts.csv")
+    _write_rows(primary + prompting, ContrastRow, out_dir / "contrasts.csv")
     _write_rows(steer_rows, SteerabilityRow, out_dir / "steerability.csv")
     lines = _header_lines(ledger, results, evidence.unit)
     lines += ["## How many configurations move the behavior", ""] + _count_lines(results) + [""]
     lines += _scale_lines(results)
     lines += _frontier_lines(table, evidence.unit)
     lines += _contrast_lines(primary, family is not None)
+    lines += _selection_lines(results, items, prompting, ledger.settings)
     lines += _steerability_lines(steer_rows, ledger.baseline["settings"]["alpha_mode"])
     lines += _kl_lines(results)
     lines += _degeneration_lines(results)
     lines += _separation_lines(ledger.separation(), out_dir)
     lines += _cost_lines(results)
-    for behavior in sorted(results["behavior"].unique()):
+    for behavior in sorted({v[0] for v in paths.index}):  # a sweep of the prompting baseline alone has no path
         name = f"frontier_{behavior}.png"
         plot_frontier(paths, behavior, budgets, out_dir / name)
         lines += [f"![{behavior} frontier]({name})", ""]
@@ -263,8 +274,9 @@ def _header_lines(ledger, results, unit: str) -> list[str]:
     questions = settings.get("questions", settings["items"])
     seeds = sorted({m.split(":", 1)[1] for m in results["method"].unique() if str(m).startswith("random:")}, key=int)
     orders = " (each in both answer orders)" if settings["items"] == 2 * questions else ""
-    return ["# Steering sweep", "",
-            f"Protocol {settings['protocol']!r} on {questions} held-out questions{orders}; perplexity on "
+    what = "prompts" if str(settings["protocol"]).startswith("generation") else "held-out questions"
+    return ["# Steering sweep", "", *_judge_lines(ledger),
+            f"Protocol {settings['protocol']!r} on {questions} {what}{orders}; perplexity on "
             f"{settings['ppl_tokens']} tokens from {settings.get('ppl_documents', 1)} document(s) in "
             f"{settings.get('ppl_window', 256)}-token windows; alpha is "
             + {"fraction": "the added norm as a fraction of the layer's residual norm",
@@ -276,6 +288,52 @@ def _header_lines(ledger, results, unit: str) -> list[str]:
             + f". Unsteered: on-target {ledger.baseline['on_target']:.4g}, perplexity {ledger.baseline['ppl']:.4g}. "
             f"Every interval is 95%: shifts paired over questions (t), inflation paired over perplexity "
             f"{unit}s (bootstrap).", ""]
+
+
+def _judge_lines(ledger) -> list[str]:
+    """A judged sweep: what the run recorded of its judge (judge.txt: the validation summary, or the
+    sentence that it was not validated, with the caveat of a small judge); nothing otherwise."""
+    if "judge" not in ledger.settings:
+        return []
+    path = Path(ledger.out_dir) / JUDGE_NOTE
+    note = path.read_text(encoding="utf-8").strip() if path.is_file() else None
+    if note is None:  # a folder whose judge.txt was lost: say so rather than nothing
+        from .judges import judge_note
+
+        note = judge_note(None, ledger.settings["judge"])
+    return [f"**Judge.** {note}", ""]
+
+
+def _selection_lines(results, items, prompting: list[ContrastRow], settings: dict) -> list[str]:
+    """The selected alphas (``select_split``) and the prompting baseline against them."""
+    has_prompt = results["method"].map(is_prompt).any()
+    if "select_split" not in settings and not has_prompt:
+        return []
+    lines = ["## Selected alphas and the prompting baseline", ""]
+    if "select_split" not in settings:
+        return lines + ["No --select-split: no alpha is selected, so the prompting baseline is not compared with "
+                        "the vectors (an alpha chosen on the prompts it is reported on would flatter them). Its row "
+                        "is in results.csv (method prompt).", ""]
+    share = settings["select_split"]
+    lines += [f"Each vector's alpha is chosen on the 'select' prompts ({share:g} of them, by a hash of each prompt's "
+              "text) by the highest mean score, and reported on the other, 'report', prompts: mean score with a t "
+              "interval over those prompts (items.csv: prompt_id, split). The prompting baseline has no alpha; its "
+              "perplexity inflation is read with the instruction before each window.", ""]
+    chosen = results[results["selected"].astype(bool)].sort_values(["layer", "method", "k"], kind="stable")
+    scores = report_intervals(chosen, items)
+    header = ["layer", "vector", "alpha", "score on report prompts [95% CI]", "perplexity inflation [95% CI]"]
+    lines += _md_table(header, [["" if is_prompt(r["method"]) else str(r["layer"]), _vector(r),
+                                 "" if is_prompt(r["method"]) else f"{r['alpha']:.4g}",
+                                 _ci(score.estimate, score.low, score.high),
+                                 _ci(r["ppl_inflation"], r["ppl_inflation_ci_low"], r["ppl_inflation_ci_high"], ".4g")]
+                                for r, score in zip(chosen.to_dict("records"), scores)]) + [""]
+    if prompting:
+        lines += ["Prompt minus each selected vector, paired over the report prompts (t interval; Holm over these "
+                  "rows, a family of their own; contrasts.csv, contrast prompt_minus_vector):", ""]
+        lines += _md_table(["vector", "prompt minus vector [95% CI]", "p", "Holm p"],
+                           [[r.reference, _ci(r.estimate, r.ci_low, r.ci_high), _fmt(r.p_value, ".2g"),
+                             _fmt(r.p_holm, ".2g")] for r in prompting]) + [""]
+    return lines
 
 
 def _kl_lines(results) -> list[str]:

@@ -24,6 +24,12 @@ Python caller makes too; both get the same folder. Its rules live here, once:
   from the unsteered model on its own continuations of ``kl_prompts`` (by default the first
   100 harmless instructions of the shared data, :func:`~actstore.evaluation.damage.read_kl_prompts`),
   ``kl_tokens`` tokens each.
+* ``judge`` ("axbench" or a Judge) rates each continuation of the ``prompts`` for ``concept``
+  (primary score: the harmonic mean of its three ratings); ``judge_validation``'s summary (or
+  the words that the judge was not validated) heads results.md; the prompting baseline
+  (``methods`` with ``prompt``, ``prompt_template``: :data:`DEFAULT_PROMPT_TEMPLATE`) and
+  ``select_split``: :mod:`actstore.evaluation.selection`, where their rules live;
+  ``chat_template`` and ``system`` format the prompts (:class:`~actstore.inputs.chat.ChatFormat`).
 
 What needs no file is checked when the request is made (``__post_init__``); what needs
 the store and the input files by :meth:`SweepRequest.check`, which ``run_sweep`` calls
@@ -40,6 +46,7 @@ from pathlib import Path
 from typing import Protocol
 
 from ..errors import ActstoreError
+from ..inputs.chat import ChatFormat
 from ..models.blocks import parse_layers
 from ..models.load import LoadedModel
 from ..steering import Positions
@@ -51,6 +58,7 @@ from .grid import DEFAULT_BUDGETS, DEFAULT_FRACTIONS, DEFAULT_PPL_TOKENS, Grid
 from .perplexity import DEFAULT_PPL_DOCUMENTS, DEFAULT_PPL_WINDOW
 from .protocols import OnTarget, Scorer
 from .scoring import PerplexityWindows
+from .selection import JUDGES, PromptSplit, check_judged, judge_note, sweep_judge
 
 ALL_LAYERS = "all"
 DEFAULT_BEHAVIOR = "behavior"  # the name in the tables of a sweep whose protocol came built
@@ -58,6 +66,10 @@ DEFAULT_BEHAVIOR = "behavior"  # the name in the tables of a sweep whose protoco
 _COUNTS = (("max_new_tokens", 1), ("ppl_tokens", 16), ("ppl_documents", 1), ("ppl_window", 8), ("max_items", 1),
            ("batch_size", 1), ("kl_tokens", 1))
 DAMAGES = ("ppl", "kl")  # the off-target measures a sweep can take; ppl always
+# The prompting baseline's instruction (AxBench's prompt steering asks the model to bring the concept in):
+# with a chat template a system prompt, else a paragraph before each prompt.
+DEFAULT_PROMPT_TEMPLATE = ("In your response, include content about {concept}; "
+                           "bring it in even where the request does not call for it.")
 
 
 class Engine(Protocol):
@@ -73,13 +85,16 @@ class Engine(Protocol):
 class CheckedSweep:
     """What :meth:`SweepRequest.check` found, before any model: the training store's group (opened
     once), the grid with its layers resolved, the prompts read, the perplexity corpus, the KL
-    prompts read (None without ``damage`` kl)."""
+    prompts read (None without ``damage`` kl), the prompts' split (None without prompts), the
+    judge's note (its validation summary read, or that it was not validated)."""
 
     store: StoreGroup
     grid: Grid
     prompts: list[str] | None
     text: Path | None
     kl_prompts: list[str] | None = None
+    split: PromptSplit | None = None  # the prompts' ids and select/report halves (generation sweeps)
+    judge_note: str | None = None  # what the report says of the judge (its validation), None without one
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -100,7 +115,11 @@ class SweepRequest:
     ``kl_tokens``-token continuations of ``kl_prompts`` (None: the default set). The run:
     ``positions`` steered, ``batch_size``, ``replay`` (False: the whole model per configuration;
     also for a layer whose cached outputs exceed ``cache_budget_mb``), ``scheduler``, ``force``
-    (a store of other weights), ``progress``.
+    (a store of other weights), ``progress``. Generation: ``chat_template`` and ``system`` format
+    the prompts; ``judge`` ("axbench", or a Judge; its ``judge_model``, ``judge_url``) rates each
+    continuation for ``concept``, ``judge_validation`` its validation summary for the report;
+    ``prompt_template`` the prompting baseline's instruction (``methods`` with "prompt");
+    ``select_split`` the share of prompts each vector's alpha is chosen on.
 
     >>> request = SweepRequest(store="acts.zarr", data_test="refusal/test.json", layers="all", ks=(4, None),
     ...                        out="sweep")
@@ -151,6 +170,15 @@ class SweepRequest:
     scheduler: str | None = None
     heldout_store: str | Path | None = None
     separation: bool = True
+    chat_template: bool = False
+    system: str | None = None
+    judge: str | object | None = None
+    concept: str | None = None
+    judge_model: str | None = None
+    judge_url: str | None = None
+    judge_validation: str | Path | None = None
+    prompt_template: str = DEFAULT_PROMPT_TEMPLATE
+    select_split: float | None = None
     force: bool = False
     progress: bool = True
 
@@ -159,6 +187,7 @@ class SweepRequest:
         self._check_inputs()
         self._check_counts()
         self._check_damage()
+        check_judged(self)
         if self.alphas is None and self.normalize:
             raise ActstoreError("normalize needs alphas: it makes each alpha the added norm (without alphas the "
                                 "fractions already set added norms)", param=("normalize", "alphas", "fractions"))
@@ -222,6 +251,27 @@ class SweepRequest:
         if self.kl_prompts is not None and "kl" not in self.damage:
             raise ActstoreError("kl_prompts is for the KL measure: add kl to damage (ppl,kl)",
                                 param=("kl_prompts", "damage"))
+
+    @property
+    def chat(self) -> ChatFormat:
+        """How the generation prompts are formatted (:class:`~actstore.inputs.chat.ChatFormat`)."""
+        return ChatFormat(self.chat_template, self.system)
+
+    @property
+    def steering_instruction(self) -> str | None:
+        """The prompting baseline's instruction (``prompt_template`` with the concept), or None."""
+        return self.prompt_template.replace("{concept}", self.concept) if self.concept else None
+
+    @property
+    def judge_name(self) -> str | None:
+        """The judge's name in the folder's settings and report ("axbench", a Judge's ``name``), or None."""
+        if self.judge is None:
+            return None
+        return self.judge if isinstance(self.judge, str) else str(getattr(self.judge, "name", "judge"))
+
+    def judge_note(self) -> str | None:
+        """What results.md says of the judge (:func:`actstore.evaluation.selection.judge_note`)."""
+        return judge_note(self)
 
     @property
     def measures_kl(self) -> bool:
@@ -291,7 +341,10 @@ class SweepRequest:
             read_contrast_set(self.data_test)
         text = check_text(self.text) if self.perplexity is None else None
         kl_prompts = read_kl_prompts(self.kl_prompts) if self.measures_kl else None
-        return CheckedSweep(source, grid, prompts, text, kl_prompts)
+        split = None
+        if prompts is not None or getattr(self.on_target, "prompts", None) is not None:
+            split = PromptSplit.of(prompts if prompts is not None else self.on_target.prompts, self.select_split)
+        return CheckedSweep(source, grid, prompts, text, kl_prompts, split, self.judge_note())
 
     def build_on_target(self, loaded: LoadedModel, checked: CheckedSweep) -> OnTarget:
         """The on-target protocol: the one given, the prompts' continuations (generated by the
@@ -301,10 +354,12 @@ class SweepRequest:
         if self.on_target is not None:
             return self.on_target
         if checked.prompts is not None:
+            self.chat.check(loaded.tokenizer)
             if self.server is not None:
                 return self.server.generation(loaded, checked.prompts, self.scorer, self.max_new_tokens,
-                                              self.batch_size)
-            return GeneratedText(checked.prompts, self.scorer, self.max_new_tokens, self.batch_size)
+                                              self.batch_size, chat=self.chat)
+            return GeneratedText(checked.prompts, self.scorer, self.max_new_tokens, self.batch_size, chat=self.chat,
+                                 judge=sweep_judge(self, loaded), concept=self.concept)
         return protocol_for_file(loaded.tokenizer, self.data_test, self.batch_size, self.max_items,
                                  both_orders=self.swap_options)
 
@@ -339,4 +394,4 @@ def _check_served(prompts, server, server_vectors=None) -> None:
                             param=("server", "server_vectors", "prompts"))
 
 
-__all__ = ["ALL_LAYERS", "CheckedSweep", "Engine", "SweepRequest"]
+__all__ = ["ALL_LAYERS", "DEFAULT_PROMPT_TEMPLATE", "JUDGES", "CheckedSweep", "Engine", "SweepRequest"]

@@ -68,7 +68,21 @@ class ResultRow:
     ``kl_first_*`` and ``kl_mean_*`` (``damage`` kl, else NaN): KL(unsteered || steered) in nats on
     the unsteered model's greedy continuations of the KL prompts, at the first generated token and
     the mean over each continuation (:mod:`actstore.evaluation.damage`); the mean over prompts with a
-    t interval over prompts (kl.csv holds the per-prompt values).
+    t interval over prompts (kl.csv holds the per-prompt values). NaN for the prompting baseline
+    (method ``prompt``): its steering is an instruction in the prompt, not a hook the KL prompts'
+    continuations could be read under.
+
+    ``harmonic_*`` (a judged generation sweep, else NaN): the mean of the judge's harmonic score
+    (AxBench: the harmonic mean of the concept, instruction and fluency ratings, each in [0, 2])
+    under this configuration over the prompts of the ``report`` split (all prompts without
+    ``select_split``), with a t interval over those prompts. ``selected``: with ``select_split``,
+    the alpha of its vector (layer, method, k) with the highest mean primary score (the harmonic
+    score with a judge) over the ``select`` prompts, chosen without reading a ``report`` prompt
+    (:mod:`actstore.evaluation.selection`); the prompting baseline's row, which has no factor, is
+    selected too. False everywhere without a split.
+
+    The prompting baseline's row: layer -1, k "none", alpha 0 and NaN for what a vector has
+    (scale, norms); its perplexity is read with the instruction prefixed to each window.
     """
 
     behavior: str
@@ -122,6 +136,10 @@ class ResultRow:
     kl_mean: float = NAN
     kl_mean_ci_low: float = NAN
     kl_mean_ci_high: float = NAN
+    harmonic: float = NAN
+    harmonic_ci_low: float = NAN
+    harmonic_ci_high: float = NAN
+    selected: bool = False
 
     @property
     def key(self) -> ConfigKey:
@@ -136,6 +154,9 @@ def primary_columns(measure: str) -> tuple[str, str, str]:
 
 ROW_KEY = ["layer", "k", "alpha", "method"]  # the configuration's columns, first in items, windows and kl.csv
 ITEM_KEY = [*ROW_KEY, "item", "question", "order"]
+PROMPT_LABELS = ["prompt_id", "split"]  # items.csv's text columns of a generation sweep, after ITEM_KEY
+JUDGE_NOTE = "judge.txt"  # a judged sweep folder's note on its judge (its validation, or that it had none)
+SPLITS = ("select", "report")  # the halves of the prompts (``select_split``); without a split all are report
 
 
 def _key_columns(key: ConfigKey, n: int) -> dict:
@@ -146,21 +167,27 @@ def _key_columns(key: ConfigKey, n: int) -> dict:
 @dataclass(frozen=True)
 class ItemRows:
     """One configuration's per-item rows: ``metrics`` ``{name: (items,)}`` in the protocol's
-    order (``score`` first; A/B also ``logodds``). Columns: :data:`ITEM_KEY` + the metrics."""
+    order (``score`` first; A/B also ``logodds``; a judged generation also ``concept_rating``,
+    ``instruction_rating``, ``fluency_rating`` and ``harmonic``). Columns: :data:`ITEM_KEY`, for
+    prompts (generation) :data:`PROMPT_LABELS` (``prompt_id``: a digest of the prompt's text,
+    ``split``: ``select`` or ``report``), then the metrics."""
 
     key: ConfigKey
     item: list[str]
     question: np.ndarray
     order: np.ndarray
     metrics: dict[str, np.ndarray] = field(default_factory=dict)
+    prompt_id: tuple[str, ...] = ()
+    split: tuple[str, ...] = ()
 
     def frame(self):
         import pandas as pd
 
         n = len(self.item)
+        labels = {"prompt_id": list(self.prompt_id), "split": list(self.split)} if self.prompt_id else {}
         return pd.DataFrame({**_key_columns(self.key, n), "item": self.item,
                              "question": np.asarray(self.question, dtype=np.int64),
-                             "order": np.asarray(self.order, dtype=np.int64),
+                             "order": np.asarray(self.order, dtype=np.int64), **labels,
                              **{m: np.asarray(v, dtype=np.float64) for m, v in self.metrics.items()}})
 
 
@@ -267,7 +294,14 @@ class ContrastRow:
     """A pre-specified primary contrast at one budget (:class:`~actstore.evaluation.frontier.Contrast`):
     ``estimate`` = shift of ``method k`` at ``layer`` minus shift of ``reference`` (both
     interpolated to the budget), bootstrap interval and p-value (NaN where a side is not
-    reached); ``p_holm``: Holm-adjusted over the behavior's family of primary contrasts."""
+    reached); ``p_holm``: Holm-adjusted over the behavior's family of primary contrasts.
+
+    The prompting baseline's rows (contrast ``prompt_minus_vector``, method ``prompt``, k "none",
+    budget NaN: the vector's alpha is the selected one, not matched on damage): the mean over the
+    ``report`` prompts of the prompt's score minus the vector's at its selected alpha (``measure``:
+    ``harmonic`` with a judge), paired per prompt, t interval and p over prompts; ``layer``: the
+    vector's; ``p_holm`` over those rows, a family of their own
+    (:func:`actstore.evaluation.selection.prompt_contrasts`)."""
 
     behavior: str
     contrast: str

@@ -216,7 +216,10 @@ class PerplexityWindows:
     document) into non-overlapping windows of ``window`` tokens;
     :meth:`from_tagged` takes windows already cut from several documents
     (:func:`actstore.inputs.corpus.document_windows`). ``documents: (windows,)`` int.
+    :meth:`prefixed`: the same windows read after a prefix text, only their own tokens counted.
     """
+
+    skipped = 0  # leading targets of every window that are not counted (a prefix's)
 
     def __init__(self, tokenizer, token_ids: Sequence[int], window: int = 256, batch_size: int = 2):
         tagged = [(0, list(token_ids[i : i + window])) for i in range(0, len(token_ids), window)]
@@ -239,8 +242,30 @@ class PerplexityWindows:
             raise InputFormatError("too few tokens for a perplexity window")
         self.documents = np.asarray([doc for doc, _ in tagged], dtype=np.int64)
         self.n_tokens = sum(len(ids) - len(bos) for _, ids in tagged)
+        self._tagged, self._tokenizer, self._batch_size, self._bos = tagged, tokenizer, batch_size, bos
         self.batches = [Batch.pad(tokenizer, [ids for _, ids in chunk], "right")
                         for _, chunk in _batched(tagged, batch_size)]
+
+    def prefixed(self, prefix: str) -> PerplexityWindows:
+        """The same windows with ``prefix`` (a text, tokenized without special tokens) between the
+        BOS and each window's tokens, and only the window's tokens counted: the same tokens, each
+        predicted from the prefix too, so that a steering instruction's damage (the prompting
+        baseline's) is read on the same documents as a vector's. Cannot be replayed from the
+        unprefixed windows' cached block outputs: run it with the whole model."""
+        prefix_ids = list(self._tokenizer(prefix, add_special_tokens=False)["input_ids"])
+        start = len(self._bos)
+        tagged = [(doc, ids[:start] + prefix_ids + ids[start:]) for doc, ids in self._tagged]
+        other = type(self).__new__(type(self))
+        other.documents, other.n_tokens, other.window = self.documents, self.n_tokens, self.window
+        other._tagged, other._tokenizer, other._batch_size, other._bos = tagged, self._tokenizer, self._batch_size, \
+            self._bos
+        # Target j predicts token j + 1: the first len(prefix) targets are the prefix's (after a BOS)
+        # or the prefix's and the window's first token (without one), which the plain windows do
+        # not predict either.
+        other.skipped = self.skipped + len(prefix_ids)
+        other.batches = [Batch.pad(self._tokenizer, [ids for _, ids in chunk], "right")
+                         for _, chunk in _batched(tagged, self._batch_size)]
+        return other
 
     @property
     def n_documents(self) -> int:
@@ -252,6 +277,7 @@ class PerplexityWindows:
         for index, batch in enumerate(self.batches):
             logits = forward(index, batch)
             targets = batch.input_ids[:, 1:].masked_fill(batch.attention_mask[:, 1:] == 0, -100).to(logits.device)
+            targets[:, :self.skipped] = -100
             per_token = _token_nll(logits, targets)
             nll += per_token.double().sum(-1).tolist()
             tokens += (targets != -100).sum(-1).tolist()
@@ -321,12 +347,15 @@ class PreferenceScoring:
 
 @torch.no_grad()
 def generate(model, tokenizer, prompts: Sequence[str], max_new_tokens: int = 40, do_sample: bool = False,
-             temperature: float = 1.0, seed: int = 0) -> list[str]:
-    """Completions of ``prompts`` (text after the prompt only)."""
+             temperature: float = 1.0, seed: int = 0, add_special_tokens: bool = True) -> list[str]:
+    """Completions of ``prompts`` (text after the prompt only). ``add_special_tokens=False`` for
+    prompts a chat template formatted (:attr:`actstore.inputs.chat.ChatFormat.add_special_tokens`):
+    the template brings its own BOS, a second one would change what the model reads."""
     device = next(model.parameters()).device
     with padding_side(tokenizer, "left"):
         torch.manual_seed(seed)
-        batch = tokenizer(list(prompts), return_tensors="pt", padding=True).to(device)
+        batch = tokenizer(list(prompts), return_tensors="pt", padding=True,
+                          add_special_tokens=add_special_tokens).to(device)
         kwargs = {"do_sample": do_sample, "max_new_tokens": max_new_tokens, "pad_token_id": tokenizer.pad_token_id}
         if do_sample:
             kwargs["temperature"] = temperature

@@ -21,6 +21,15 @@ held-out item and per perplexity window:
   apply as to the perplexity windows: prompt and continuation are read in one pass without
   a cache, so ``prompt`` steers every token as ``all`` does, and ``generated`` none (KL 0).
 
+Generation with a judge: the primary score is the judge's harmonic mean of its three
+ratings; with ``select_split`` each vector's alpha is chosen on one half of the prompts
+and its figures read on the other (:mod:`actstore.evaluation.selection`). The prompting
+baseline (``methods`` with ``prompt``) is one configuration: the unsteered model, each
+prompt formatted with the steering instruction, the whole model (no replay); its
+perplexity windows are read after the instruction (only the documents' tokens counted;
+the windows are plain text for every method, whatever ``chat_template``); it has no KL
+damage (kl.csv has no rows of it, results.csv NaN).
+
 Alphas: explicit scales, norms of the added vector, or by default fractions of
 the layer's residual norm (the root-mean-square norm of the captured
 activations at that layer): ``added_norm = fraction * residual_norm``, a grid
@@ -58,14 +67,25 @@ from ..stores.group import StoreGroup
 from ..vectors.info import parse_k
 from .damage import Continuations, KLDamage, continuations, format_prompts, kl_damage
 from .effects import Measurement, Units, effects
+from .files import replace_file
 from .frontier import Contrast
-from .grid import DEFAULT_BUDGETS, DEFAULT_FRACTIONS, DEFAULT_PPL_TOKENS, Grid, LayerVectors, residual_norm, scale_for
+from .grid import (
+    DEFAULT_BUDGETS,
+    DEFAULT_FRACTIONS,
+    DEFAULT_PPL_TOKENS,
+    Grid,
+    LayerVectors,
+    is_prompt,
+    residual_norm,
+    scale_for,
+)
 from .ledger import Ledger
 from .protocols import OnTarget
 from .replay import Forward, PrefixReplay, cache_nbytes, plain_forward
 from .request import SweepRequest
-from .rows import BASELINE, ConfigKey, ItemRows, KLRows, ResultRow, WindowRows, columns
+from .rows import BASELINE, JUDGE_NOTE, ConfigKey, ItemRows, KLRows, ResultRow, WindowRows, columns
 from .scoring import PerplexityWindows
+from .selection import PromptSplit, harmonic_fields
 
 COLUMNS = columns(ResultRow)
 
@@ -89,6 +109,7 @@ class _Sweep:
     heldout: object | None  # the held-out store as a dataset (class, pair_id), or None
     base: Measurement | None = None
     kl_batches: list[Continuations] | None = None  # the unsteered continuations (damage kl), or None
+    split: PromptSplit | None = None  # the prompts' ids and select/report halves (generation), or None
 
 
 def run_sweep(loaded: LoadedModel | ModelSpec, request: SweepRequest):
@@ -126,17 +147,23 @@ def run_sweep(loaded: LoadedModel | ModelSpec, request: SweepRequest):
     heldout_store = request.heldout_source(loaded, checked)
     heldout = _open_heldout(heldout_store, grid, loaded, request.force) if heldout_store is not None else None
     with folder_lock(request.out):  # one writer per folder: two runs would each append every row
-        ledger = Ledger(request.out, _settings(grid, on_target, windows, source, request, checked.kl_prompts))
+        ledger = Ledger(request.out, _settings(grid, on_target, windows, source, request, checked.kl_prompts,
+                                               loaded.tokenizer))
         kl_batches = None if checked.kl_prompts is None else continuations(  # once the folder is accepted
             loaded, format_prompts(loaded.tokenizer, checked.kl_prompts), request.kl_tokens, request.batch_size)
         run = _Sweep(loaded, request, source, stats, grid, on_target, windows, Units.of(on_target, windows), ledger,
-                     heldout, kl_batches=kl_batches)
+                     heldout, kl_batches=kl_batches, split=checked.split)
         run.base = _baseline(run)
         todo = [c for c in grid.configurations() if not ledger.is_done(*c.as_tuple())]
         with _progress(request, len(todo)) as tick:
-            for layer in sorted({c.layer for c in todo}):
-                _measure_layer(run, layer, [c for c in todo if c.layer == layer], tick)
+            for key in [c for c in todo if is_prompt(c.method)]:
+                _measure_prompt(run, key, tick)
+            vectors = [c for c in todo if not is_prompt(c.method)]
+            for layer in sorted({c.layer for c in vectors}):
+                _measure_layer(run, layer, [c for c in vectors if c.layer == layer], tick)
         results = ledger.finish()
+        if checked.judge_note is not None:  # what results.md says of the judge, rewritten by every run
+            replace_file(request.out / JUDGE_NOTE, checked.judge_note + "\n")
         write_report(ledger, grid.budgets, [Contrast.parse(c) for c in request.contrasts] or None)
     return results
 
@@ -152,7 +179,7 @@ def folder_lock(out_dir: str | Path):
 
 
 def _settings(grid: Grid, on_target: OnTarget, perplexity: PerplexityWindows, store: StoreGroup,
-              request: SweepRequest, kl_prompts: list[str] | None = None) -> dict:
+              request: SweepRequest, kl_prompts: list[str] | None = None, tokenizer=None) -> dict:
     """What a folder was measured with: a rerun with other settings is refused. The grid is not
     among them: runs of other layers, methods, k or seeds extend the same folder. With ``damage``
     kl, the KL prompts (their count and a digest of their text) and tokens are among them."""
@@ -164,12 +191,31 @@ def _settings(grid: Grid, on_target: OnTarget, perplexity: PerplexityWindows, st
         settings["site"] = store.spec.site
     if str(Positions.parse(request.positions)) != "all":
         settings["positions"] = str(Positions.parse(request.positions))
+    settings.update(_generation_settings(request, tokenizer))
     if kl_prompts is not None:  # folders without KL keep their settings
         import hashlib
 
         digest = hashlib.sha256("\0".join(kl_prompts).encode()).hexdigest()[:16]
         settings.update(damage=",".join(request.damage), kl_prompts=len(kl_prompts), kl_prompts_sha256=digest,
                         kl_tokens=int(request.kl_tokens))
+    return settings
+
+
+def _generation_settings(request: SweepRequest, tokenizer) -> dict:
+    """What a judged, split or formatted generation sweep adds to its settings (nothing otherwise, so
+    earlier folders keep theirs): the judge and its concept, the prompting baseline's instruction,
+    the split's share, the chat format (the template's hash, the system prompt)."""
+    settings = {}
+    if request.judge is not None:
+        settings["judge"] = request.judge_name
+        if request.judge_model is not None:
+            settings["judge_model"] = str(request.judge_model)
+    if request.concept is not None and (request.judge is not None or any(map(is_prompt, request.methods))):
+        settings.update(concept=request.concept, prompt_template=request.prompt_template)
+    if request.select_split is not None:
+        settings["select_split"] = float(request.select_split)
+    if request.chat_template or request.system is not None:
+        settings.update(request.chat.attrs(tokenizer))
     return settings
 
 
@@ -191,8 +237,10 @@ def _measure(run: _Sweep, on_forward: Forward, ppl_forward: Forward) -> Measurem
 
 
 def _rows(key: ConfigKey, run: _Sweep, measured: Measurement):
-    on_target = run.on_target
-    return (ItemRows(key, list(on_target.item_ids), on_target.questions, on_target.orders, measured.measures),
+    on_target, split = run.on_target, run.split
+    labels = {} if split is None else {"prompt_id": split.prompt_ids, "split": split.labels}
+    return (ItemRows(key, list(on_target.item_ids), on_target.questions, on_target.orders, measured.measures,
+                     **labels),
             WindowRows(key, run.windows.documents, measured.nll, measured.tokens))
 
 
@@ -256,6 +304,24 @@ def _measure_layer(run: _Sweep, layer: int, configs: list[ConfigKey], tick: Call
             tick()
 
 
+def _measure_prompt(run: _Sweep, key: ConfigKey, tick: Callable[[], None]) -> None:
+    """The prompting baseline: the unsteered model continues each prompt formatted with the steering
+    instruction; its perplexity is read on the same windows after the instruction (the whole
+    model: the windows differ from those a layer's cache holds). No KL damage: results.csv NaN."""
+    started = time.perf_counter()
+    instruction = run.request.steering_instruction
+    forward = plain_forward(run.loaded.model)
+    instructed = run.on_target.instructed(instruction)
+    measures = instructed.measure(run.loaded, forward)
+    nll, tokens = run.windows.prefixed(instruction + "\n\n").nll(forward)
+    measured = Measurement(measures, nll, tokens, instructed.last_texts)
+    nan = float("nan")
+    row = _result_row(run, key, measured, None, scale=nan, vector_norm=nan, layer_norm=nan,
+                      seconds=time.perf_counter() - started)
+    run.ledger.record(row, *_rows(key, run, measured), measured.texts, None)
+    tick()
+
+
 def _result_row(run: _Sweep, key: ConfigKey, steered: Measurement, kl: KLDamage | None, *, scale: float,
                 vector_norm: float, layer_norm: float, seconds: float) -> ResultRow:
     """results.csv's row of one configuration: what was added, and its effects against the baseline
@@ -273,7 +339,7 @@ def _result_row(run: _Sweep, key: ConfigKey, steered: Measurement, kl: KLDamage 
                      **effects(steered, run.base, units, on_target.primary),
                      n_items=len(on_target.item_ids), n_questions=units.n_questions,
                      ppl_tokens=int(run.windows.n_tokens), ppl_documents=run.windows.n_documents, seconds=seconds,
-                     **kl_fields)
+                     **kl_fields, **harmonic_fields(steered.measures, run.split))
 
 
 def _record_separation(run: _Sweep, vector, key: ConfigKey) -> None:
