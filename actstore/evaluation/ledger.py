@@ -6,28 +6,23 @@
     items.csv       one row per (configuration, scored item): layer, k, alpha, method, item,
                     question, order, score (+ the protocol's other per-item metrics: A/B
                     logodds); the unsteered rows have alpha 0, method "none", k "none" and no layer
-    windows.csv     one row per (configuration, perplexity window): document, nll (nats,
-                    summed), tokens
+    windows.csv     one row per (configuration, perplexity window): document, nll (nats, summed), tokens
     kl.csv          (``damage`` kl: settings ``damage`` "ppl,kl") one row per (configuration, KL
                     prompt): prompt_id, kl_first, kl (nats); the unsteered rows are 0 by definition;
                     the prompting baseline (method ``prompt``) has none
     judge.txt       (a judged sweep) the judge's validation summary, or that it was not validated
     generations.jsonl  (generation protocols) the generated texts per configuration
 
-A configuration is done when its row is in results.csv. Its items, windows
-and KL rows are appended before that row, so a run killed in between leaves rows of a
-configuration that is not done: they are dropped when the folder is opened
-again, and the configuration is measured anew. A results row cut by a kill
-(missing fields) is dropped the same way. Anyone can recompute every figure in
-results.csv from items.csv, windows.csv and kl.csv; a configuration done whose rows in any of them
-were lost (damage, a cut file) is measured again.
+A configuration is done when its row is in results.csv. Its items, windows and KL rows are
+appended before that row: rows of a configuration a kill left not done (or a results row cut
+short) are dropped when the folder is opened again, and it is measured anew. Every figure of
+results.csv can be recomputed from items.csv, windows.csv and kl.csv; a done configuration whose
+rows in any of them were lost (damage, a cut file) is measured again.
 
-Every file is written through :mod:`actstore.evaluation.files`: results.csv,
-baseline.json and the report's files are replaced whole in one rename; items.csv,
-windows.csv, kl.csv and generations.jsonl are appended to, and a line a kill cut is
-ignored by readers and cut off by the next writer. A kill or a full disk at any
-write leaves a folder the next run resumes (tests/contracts/test_sweep_killpoints.py tries
-every write).
+Files are written through :mod:`actstore.evaluation.files`: results.csv, baseline.json and the
+report's files replaced whole in one rename; items.csv, windows.csv, kl.csv and generations.jsonl
+appended to (a line a kill cut is ignored by readers and cut off by the next writer). A kill or a
+full disk at any write leaves a folder the next run resumes (tests/contracts/test_sweep_killpoints.py).
 """
 
 from __future__ import annotations
@@ -127,6 +122,11 @@ def _short_keys(frame, expected: set) -> set:
     return {key for key, n in counts.items() if n < full and key in expected}
 
 
+def _read_as_today(settings):  # recorded positions 'generated' are today's 'response'
+    renamed = isinstance(settings, dict) and settings.get("positions") == "generated"
+    return {**settings, "positions": "response"} if renamed else settings
+
+
 def _read_baseline(path: Path):
     """baseline.json as a dict with its settings, or None if absent; damage is named."""
     if not path.exists():
@@ -173,7 +173,7 @@ class Ledger:
             _read_csv_salvaged(self.results_csv, ("alpha", *measures))
         if results is not None:
             results = results.dropna(subset=[c for c in measures if c in results])
-        if baseline is not None and baseline.get("settings") != settings:
+        if baseline is not None and _read_as_today(baseline.get("settings")) != settings:
             raise ActstoreError(
                 f"{str(self.out_dir)!r} holds results of another setting ({baseline.get('settings')}); "
                 f"this run's is {settings}; use a new --out folder"

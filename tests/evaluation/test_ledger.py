@@ -113,3 +113,11 @@ def test_q_values_are_benjamini_hochberg_per_behavior_over_every_configuration(t
     np.testing.assert_allclose(on_disk["q_value"], results["q_value"])
     with pytest.raises(ValueError, match="BASELINE"):
         ledger.record_baseline(*_block(ConfigKey(1, "enr", "4", 1.0)))
+
+
+def test_a_folder_recorded_with_positions_generated_resumes_as_response(tmp_path):
+    columns = ["behavior", "layer", "method", "k", "alpha", "on_target_shift", "ppl_inflation", "p_value", "q_value"]
+    Ledger(tmp_path, {"s": 1, "positions": "generated"}, columns).record_baseline(*_block(BASELINE))
+    Ledger(tmp_path, {"s": 1, "positions": "response"}, columns)  # the same steering, today's name
+    with pytest.raises(ActstoreError, match="another setting"):
+        Ledger(tmp_path, {"s": 1, "positions": "prompt"}, columns)

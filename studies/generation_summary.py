@@ -1,0 +1,84 @@
+"""The primary contrasts of studies/results/generation/PLAN.md, from the sweep folders alone.
+
+Called as `python studies/generation_axbench.py summarize`. Per model folder (instruct, demo) and
+concept folder (concept0..9): results.csv's selected rows (each vector's factor chosen on the select
+prompts) and items.csv's harmonic scores on the report prompts, paired by prompt. P1 = prompt - dense,
+P2 = k64 - dense; the estimate is the mean over concepts of each concept's mean paired difference, with
+(a) a t interval over the concept means and (b) a t interval over the (concept, instruction) pairs;
+Holm over the 4 tests on (a)'s p-values. Writes SUMMARY.md and contrasts.csv beside the folders.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from generation_axbench import AXBENCH_PROMPT_MINUS_DIFFMEAN, t_interval
+
+CONTRASTS = {"P1 prompt - dense": ("prompt", "dense"), "P2 k64 - dense": ("64", "dense")}
+RUBRICS = ("harmonic", "concept_rating", "instruction_rating", "fluency_rating")
+
+
+def _arm(method: str, k: str) -> str:
+    return "prompt" if method == "prompt" else str(k)
+
+
+def selected_scores(folder: Path) -> pd.DataFrame:
+    """(prompt_id, arm) -> the report prompts' ratings at each arm's selected configuration, plus the
+    unsteered baseline (arm "none") and each arm's selected alpha and perplexity inflation."""
+    results = pd.read_csv(folder / "results.csv")
+    items = pd.read_csv(folder / "items.csv", dtype={"k": str})
+    chosen = results[results["selected"].astype(bool)]
+    frames = []
+    for row in chosen.itertuples():
+        rows = items[(items["method"] == row.method) & (items["k"].astype(str) == str(row.k))
+                     & np.isclose(items["alpha"], row.alpha) & (items["layer"] == row.layer)]
+        frames.append(rows.assign(arm=_arm(row.method, row.k)))
+    baseline = items[items["method"] == "none"] if "none" in set(items["method"]) else None
+    if baseline is not None and len(baseline):
+        frames.append(baseline.assign(arm="none"))
+    table = pd.concat(frames)
+    return table[table["split"] == "report"]
+
+
+def concept_differences(folder: Path) -> dict[str, np.ndarray]:
+    """Per contrast: the paired differences over the concept's report prompts (harmonic)."""
+    table = selected_scores(folder).pivot_table(index="prompt_id", columns="arm", values="harmonic")
+    return {name: (table[a] - table[b]).to_numpy() for name, (a, b) in CONTRASTS.items()
+            if a in table and b in table}
+
+
+def summarize(out: Path) -> None:
+    from actstore.evaluation.intervals import holm_adjusted
+
+    rows = []
+    for model_folder in sorted(p for p in out.iterdir() if p.is_dir() and p.name in ("instruct", "demo")):
+        per_concept = {c.name: concept_differences(c) for c in sorted(model_folder.glob("concept*"))
+                       if (c / "results.csv").is_file()}
+        for name in CONTRASTS:
+            diffs = [d[name] for d in per_concept.values() if name in d]
+            if len(diffs) < 2:
+                continue
+            means = [float(np.nanmean(d)) for d in diffs]
+            mean, low, high, p = t_interval(means)
+            _, pair_low, pair_high, _ = t_interval(np.concatenate(diffs))
+            rows.append({"model": model_folder.name, "contrast": name, "concepts": len(diffs),
+                         "pairs": int(sum(np.isfinite(d).sum() for d in diffs)), "estimate": mean,
+                         "ci_low_concepts": low, "ci_high_concepts": high, "p_concepts": p,
+                         "ci_low_pairs": pair_low, "ci_high_pairs": pair_high})
+    table = pd.DataFrame(rows)
+    if len(table):
+        table["p_holm"] = holm_adjusted(table["p_concepts"].to_numpy())
+    table.to_csv(out / "contrasts.csv", index=False)
+    lines = ["# Primary contrasts (harmonic score at the selected factor, report prompts)", "",
+             "| model | contrast | concepts / pairs | estimate | 95% CI over concepts | 95% CI over pairs | p (concepts) "
+             "| Holm p | AxBench |", "|---|---|---|---|---|---|---|---|---|"]
+    for row in table.itertuples():
+        axbench = f"{AXBENCH_PROMPT_MINUS_DIFFMEAN:+.3f}" if row.contrast.startswith("P1") else "-"
+        lines.append(f"| {row.model} | {row.contrast} | {row.concepts} / {row.pairs} | {row.estimate:+.3f} | "
+                     f"[{row.ci_low_concepts:+.3f}, {row.ci_high_concepts:+.3f}] | [{row.ci_low_pairs:+.3f}, "
+                     f"{row.ci_high_pairs:+.3f}] | {row.p_concepts:.3g} | {row.p_holm:.3g} | {axbench} |")
+    (out / "SUMMARY.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
