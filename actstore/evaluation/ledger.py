@@ -122,9 +122,11 @@ def _short_keys(frame, expected: set) -> set:
     return {key for key, n in counts.items() if n < full and key in expected}
 
 
-def _read_as_today(settings):  # recorded positions 'generated' are today's 'response'
-    renamed = isinstance(settings, dict) and settings.get("positions") == "generated"
-    return {**settings, "positions": "response"} if renamed else settings
+def _read_as_today(settings, today: dict):  # positions 'generated' is 'response'; a folder older than
+    if not isinstance(settings, dict):  # "store_data" (its store's identity) cannot say which store it read
+        return settings
+    return {**settings, **({"positions": "response"} if settings.get("positions") == "generated" else {}),
+            **({"store_data": today["store_data"]} if "store_data" in today.keys() - settings.keys() else {})}
 
 
 def _read_baseline(path: Path):
@@ -158,10 +160,8 @@ class Ledger:
         self.out_dir.mkdir(parents=True, exist_ok=True)
         self.settings = settings
         self.columns = list(columns) if columns is not None else _result_columns()
-        self.results_csv = self.out_dir / "results.csv"
-        self.items_csv = self.out_dir / "items.csv"
-        self.windows_csv = self.out_dir / "windows.csv"
-        self.kl_csv = self.out_dir / "kl.csv"
+        self.results_csv, self.items_csv = self.out_dir / "results.csv", self.out_dir / "items.csv"
+        self.windows_csv, self.kl_csv = self.out_dir / "windows.csv", self.out_dir / "kl.csv"
         self.measures_kl = "kl" in str(settings.get("damage", "ppl")).split(",")
         self.generations = self.out_dir / "generations.jsonl"
         self.baseline_file = self.out_dir / "baseline.json"
@@ -173,7 +173,7 @@ class Ledger:
             _read_csv_salvaged(self.results_csv, ("alpha", *measures))
         if results is not None:
             results = results.dropna(subset=[c for c in measures if c in results])
-        if baseline is not None and _read_as_today(baseline.get("settings")) != settings:
+        if baseline is not None and _read_as_today(baseline.get("settings"), settings) != settings:
             raise ActstoreError(
                 f"{str(self.out_dir)!r} holds results of another setting ({baseline.get('settings')}); "
                 f"this run's is {settings}; use a new --out folder"

@@ -186,7 +186,8 @@ def _settings(grid: Grid, on_target: OnTarget, perplexity: PerplexityWindows, st
     settings = {"protocol": on_target.name, "items": len(on_target.item_ids),
                 "questions": int(np.unique(on_target.questions).size), "ppl_tokens": int(perplexity.n_tokens),
                 "ppl_documents": perplexity.n_documents, "ppl_window": int(perplexity.window),
-                "alpha_mode": grid.alpha_mode, "store_group": store.name}
+                "alpha_mode": grid.alpha_mode, "store_group": store.name,
+                "store_data": store.attrs.get("data_version")}  # the store's content: another store is refused
     if store.spec.site != "resid":  # folders of residual sweeps keep their settings
         settings["site"] = store.spec.site
     if str(Positions.parse(request.positions)) != "all":

@@ -121,3 +121,23 @@ def test_a_folder_recorded_with_positions_generated_resumes_as_response(tmp_path
     Ledger(tmp_path, {"s": 1, "positions": "response"}, columns)  # the same steering, today's name
     with pytest.raises(ActstoreError, match="another setting"):
         Ledger(tmp_path, {"s": 1, "positions": "prompt"}, columns)
+
+
+def test_a_folder_refuses_a_run_on_another_store_of_the_same_model_and_group(tmp_path, llama, store, ppl_ids):
+    # issue 31 #3: the folder recorded the group's name only, so a store with other data (same model, same
+    # group name) added its rows to results.csv beside the first store's
+    import json
+    import shutil
+
+    import actstore
+
+    out = tmp_path / "sweep"
+    sweep(llama, store, out, ppl_ids, layers=[1], ks=[4])
+    other = tmp_path / "other.zarr"
+    shutil.copytree(store, other)
+    extra = tmp_path / "extra.json"
+    extra.write_text(json.dumps([{"positive": "I kept my word today.", "negative": "I broke my word today."}]))
+    actstore.capture_to_store(llama, extra, other, layers="1,2", progress=False)  # the same group, more data
+    with pytest.raises(ActstoreError, match="another setting"):
+        sweep(llama, other, out, ppl_ids, layers=[1], ks=[4])
+    sweep(llama, store, out, ppl_ids, layers=[1], ks=[4])  # the first store resumes its folder
