@@ -3,6 +3,8 @@ library call, :func:`~actstore.evaluation.sweep.run_sweep` (the rules live in th
 
 from __future__ import annotations
 
+import functools
+
 import click
 
 from ..evaluation.damage import DEFAULT_KL_PROMPTS, DEFAULT_KL_TOKENS
@@ -75,6 +77,9 @@ def _csv(values) -> str:
               help="With --server: the vectors folder the server was started with (`actstore serve --vectors "
                    "DIR`), reachable from here: each vector the sweep builds is saved there as "
                    "eval-L<layer>-<method>-<k>-<hash>.safetensors and named in the requests.")
+@click.option("--timeout", type=click.FloatRange(0, min_open=True), default=None, metavar="SECONDS",
+              help="With --server: seconds a generation request may go unanswered (default 600); the model "
+                   "listing and the plugin handshake wait at most 15 and 60 s, and never longer than this.")
 @click.option("--layers", "-l", required=True,
               help="Layers to sweep, e.g. '2,4,6,8', or 'all' (every layer in the store).")
 @click.option("--k", "ks", type=KListType(), default="16,64,dense", show_default=True,
@@ -189,17 +194,18 @@ def evaluate(chat, **flags):
     from ..evaluation.sweep import run_sweep
     from ..models.load import ModelSpec
 
+    timeout = flags.pop("timeout")
     spec = take_record(ModelSpec, flags)  # loaded by run_sweep once the request's checks pass
     # --chat-template and --system format the generation prompts (refused without --prompts)
     request = SweepRequest.from_flags({**flags, "chat_template": chat.template, "system": chat.system},
-                                      connect=_connect)
+                                      connect=functools.partial(_connect, timeout=timeout))
     results, out = run_sweep(spec, request), request.out
     click.echo(f"{len(results)} configurations in {out}/results.csv: {count_line(results)}. Report: "
                f"{out}/results.md, frontier: {out}/frontier.csv, plot: {out}/frontier_{request.behavior_name}.png")
 
 
-def _connect(server: str | None, server_vectors: str | None, positions: str):
+def _connect(server: str | None, server_vectors: str | None, positions: str, timeout: float | None = None):
     """--server and --server-vectors: the served engine, connected (its plugin checked) before the model loads."""
     from ..serve.generation import EvalServer
 
-    return EvalServer.connect(server, server_vectors, positions)
+    return EvalServer.connect(server, server_vectors, positions, **({} if timeout is None else {"timeout": timeout}))

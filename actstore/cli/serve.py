@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import click
 
+from .options import chat_options
+
 
 @click.group(invoke_without_command=True)
 @click.option("--model", "-m", default=None, metavar="ID|PATH",
@@ -38,6 +40,7 @@ def serve(ctx, model, vectors, port, host, dtype, max_model_len, kv_cache_gib, p
         ServeOptions,
         find_vllm,
         require_plugin,
+        require_vllm_imports,
         start,
         stop,
         stopping_on_signals,
@@ -48,7 +51,8 @@ def serve(ctx, model, vectors, port, host, dtype, max_model_len, kv_cache_gib, p
 
     if vectors is None:
         raise ServeError("vectors= is required: the folder of vector files requests may name", param="vectors")
-    find_vllm(python)  # before the demo model is prepared and anything starts
+    # before the demo model is prepared and anything starts
+    require_vllm_imports(find_vllm(python))
     if model is None:
         from ..models.embedded import prepare_demo_model
 
@@ -82,10 +86,16 @@ def serve(ctx, model, vectors, port, host, dtype, max_model_len, kv_cache_gib, p
 @click.option("--tolerance", type=click.FloatRange(0, min_open=True), default=5e-3, show_default=True,
               help="Largest accepted difference of log-prob shifts, nats (raise it for a bfloat16 server).")
 @click.option("--device", default="cpu", show_default=True, help="torch device of the local reference.")
-def check(url, vector, alpha, vectors, model, tolerance, device):
+@click.option("--timeout", type=click.FloatRange(0, min_open=True), default=None, metavar="SECONDS",
+              help="Seconds a probe request may go unanswered (default 600); the model listing and the "
+                   "handshake wait at most 15 and 60 s, and never longer than this.")
+@chat_options
+def check(url, vector, alpha, vectors, model, tolerance, device, timeout, chat):
     """Check that the server at URL applies a vector as actstore's own hooks do.
 
     Exits 1 when it does not: plugin missing, wrong layer, sign or scale, or a stale prefix cache.
+    With --chat-template (and --system) each probe prompt is formatted as steer and eval format
+    theirs, and the server gets the same token ids as the local reference.
     """
     import math
 
@@ -94,7 +104,9 @@ def check(url, vector, alpha, vectors, model, tolerance, device):
 
     if not math.isfinite(alpha):
         raise ServeError(f"alpha={alpha}: expected a finite number", param="alpha")
-    report = check_server(url, vector, alpha, vectors=vectors, model=model, tolerance=tolerance, device=device)
+    bound = {} if timeout is None else {"timeout": timeout}  # default: the client's GENERATION_TIMEOUT_S
+    report = check_server(url, vector, alpha, vectors=vectors, model=model, tolerance=tolerance, device=device,
+                          chat=chat, **bound)
     click.echo(report.summary())
     if not report.passed:
         raise SystemExit(1)

@@ -174,3 +174,24 @@ def _mount_point(folder: Path) -> Path | None:
 
 
 __all__ = ["FolderWriteError", "append_file", "complete_lines", "drop_cut_line", "remove_partials", "replace_file"]
+
+
+SWEEP_MARKER = ".actstore-sweep"  # written when a sweep first takes an empty folder
+SWEEP_FILES = ("results.csv", "items.csv", "windows.csv", "kl.csv", "generations.jsonl", "separation.csv")
+
+
+def claim_folder(out_dir: Path, readonly: bool = False) -> None:
+    """Make ``out_dir`` a sweep folder, or refuse one that holds files of a sweep's names that no sweep
+    wrote: a resume rewrites and deletes those files, and actstore deletes nothing it did not write. A
+    folder is a sweep's when it has the marker (written before any row) or baseline.json (older folders)."""
+    if readonly:
+        return
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if (out_dir / SWEEP_MARKER).exists() or (out_dir / "baseline.json").exists():
+        return
+    foreign = [name for name in SWEEP_FILES if (out_dir / name).exists()]
+    if foreign:
+        raise ActstoreError(f"{str(out_dir)!r} holds {', '.join(foreign)} but is not a sweep folder actstore wrote "
+                            f"(no baseline.json, no {SWEEP_MARKER}); a sweep would rewrite or delete them: use "
+                            "another --out folder, or move them away", param="out")
+    replace_file(out_dir / SWEEP_MARKER, "actstore eval writes this folder\n")

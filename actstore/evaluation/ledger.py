@@ -34,7 +34,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import ActstoreError
-from .files import append_file, complete_lines, drop_cut_line, remove_partials, replace_file
+from .files import append_file, claim_folder, complete_lines, drop_cut_line, remove_partials, replace_file
 from .grid import family_of, is_prompt
 from .intervals import bh_q_values
 from .rows import BASELINE, ITEM_KEY, KEY, PROMPT_LABELS, ItemRows, KLRows, ResultRow, WindowRows, as_record, columns
@@ -157,7 +157,7 @@ class Ledger:
     def __init__(self, out_dir: str | Path, settings: dict, columns: list[str] | None = None,
                  readonly: bool = False):
         self.out_dir = Path(out_dir)
-        self.out_dir.mkdir(parents=True, exist_ok=True)
+        claim_folder(self.out_dir, readonly)  # never rewrite files of these names that no sweep wrote
         self.settings = settings
         self.columns = list(columns) if columns is not None else _result_columns()
         self.results_csv, self.items_csv = self.out_dir / "results.csv", self.out_dir / "items.csv"

@@ -10,8 +10,10 @@ How a configuration reaches the engine: :meth:`ServedGeneration.steered` saves t
 sweep built into the server's vectors folder (the folder ``actstore serve --vectors DIR`` was
 started with, reachable from here), named by its layer, method, k and a hash of its bytes, and
 names it in each request's ``vllm_xargs`` with the sweep's scale as ``actstore_alpha``. Prompts
-are sent as the local tokenizer's token ids and decoding is greedy, so the server is asked for
-exactly what the local model would compute.
+are formatted by the sweep's :class:`~actstore.inputs.chat.ChatFormat` and sent as the local
+tokenizer's token ids (:func:`prompt_ids`; never as text, which the server would tokenize with its
+own special tokens) and decoding is greedy, so the server is asked for exactly what the local
+model would compute.
 
 :meth:`EvalServer.connect` refuses, before any measurement, a server that cannot be reached or runs
 without the plugin (the handshake of ``actstore serve``); :meth:`EvalServer.check_model` refuses
@@ -31,19 +33,24 @@ from pathlib import Path
 import numpy as np
 
 from ..evaluation.protocols import GeneratedText, Scorer
+from ..inputs.chat import ChatFormat
 from ..models.blocks import text_config
 from ..models.load import LoadedModel
 from ..steering import Positions
 from ..vectors.info import VectorInfo, k_label
 from ..vectors.vector import SteeringVector, save_vector
 from . import ServeError
-from .client import ServerClient
+from .client import GENERATION_TIMEOUT_S, ServerClient
 from .launch import require_plugin
 from .settings import ALPHA_KEY, POSITIONS_KEY, VECTOR_KEY, VECTOR_SUFFIX
 
-# A batch of prompts x 40 tokens on a loaded CPU server can take minutes; a dead server still
-# fails at once (connection refused).
-EVAL_TIMEOUT_S = 1800.0
+
+def prompt_ids(tokenizer, prompts, chat: ChatFormat | None = None) -> list[list[int]]:
+    """The token ids of each prompt as ``chat`` formats it (default: as written), special tokens as
+    it says: what a served request carries, and what the local reference reads."""
+    chat = chat or ChatFormat()
+    return [list(tokenizer(chat.prompt_text(tokenizer, prompt), add_special_tokens=chat.add_special_tokens)
+                 ["input_ids"]) for prompt in prompts]
 
 
 def served_positions(positions) -> str:
@@ -51,7 +58,7 @@ def served_positions(positions) -> str:
     per-example mask has no spelling a request could carry."""
     chosen = Positions.parse(positions)
     if chosen.kind == "mask":
-        raise ServeError("positions: a served engine steers by a written spec (all, prompt, generated, from:N), "
+        raise ServeError("positions: a served engine steers by a written spec (all, prompt, response, from:N), "
                          "not a per-example mask", param="positions")
     return str(chosen)
 
@@ -66,9 +73,11 @@ class EvalServer:
 
     @classmethod
     def connect(cls, server: str, server_vectors: str | Path | None, positions: str = "all",
-                timeout: float = EVAL_TIMEOUT_S) -> EvalServer:
+                timeout: float = GENERATION_TIMEOUT_S) -> EvalServer:
         """Checks what needs no model: the URL, the folder, the sweep's positions (any written spec:
-        a request carries it), that the server answers and that it runs the plugin."""
+        a request carries it), that the server answers and that it runs the plugin. ``timeout``:
+        seconds a generation request may go unanswered (the model listing and the handshake wait
+        less: :mod:`actstore.serve.client`)."""
         client = ServerClient(server, timeout=timeout)  # a malformed URL is refused here
         if server_vectors is None:
             raise ServeError("server_vectors: the vectors folder the server was started with (actstore serve "
@@ -125,11 +134,11 @@ class EvalServer:
                          f"({status}): {message}", param="model")
 
     def generation(self, loaded: LoadedModel, prompts, scorer: Scorer | str = "vader", max_new_tokens: int = 40,
-                   batch_size: int = 8) -> ServedGeneration:
+                   batch_size: int = 8, chat: ChatFormat | None = None) -> ServedGeneration:
         """The on-target protocol of ``actstore eval --prompts --server``, once :meth:`check_model`
-        has accepted ``loaded``."""
+        has accepted ``loaded``; ``chat``: how each prompt is formatted (default: as written)."""
         self.check_model(loaded)
-        return ServedGeneration(prompts, self, scorer, max_new_tokens, batch_size)
+        return ServedGeneration(prompts, self, scorer, max_new_tokens, batch_size, chat=chat)
 
     def publish(self, vector: SteeringVector) -> str:
         """Save ``vector`` into the server's folder; returns the name a request gives it
@@ -156,8 +165,8 @@ class ServedGeneration(GeneratedText):
     output folder never mixes served and local measurements."""
 
     def __init__(self, prompts, server: EvalServer, scorer: Scorer | str = "vader", max_new_tokens: int = 40,
-                 batch_size: int = 8, item_ids=None):
-        super().__init__(prompts, scorer, max_new_tokens, batch_size, item_ids)
+                 batch_size: int = 8, item_ids=None, chat: ChatFormat | None = None):
+        super().__init__(prompts, scorer, max_new_tokens, batch_size, item_ids, chat=chat)
         self.server = server
         self.name += "@served"
         self.steering: dict | None = None  # the vllm_xargs of the configuration being measured
@@ -177,7 +186,7 @@ class ServedGeneration(GeneratedText):
         # batch_size prompts a request: the server batches them itself; smaller requests keep a
         # slow server's answers within the client's timeout.
         for start in range(0, len(self.prompts), self.batch_size):
-            prompt_ids = [tokenizer(p)["input_ids"] for p in self.prompts[start : start + self.batch_size]]
-            generated = self.server.generate(prompt_ids, self.steering, self.max_new_tokens)
+            batch = prompt_ids(tokenizer, self.prompts[start : start + self.batch_size], self.chat)
+            generated = self.server.generate(batch, self.steering, self.max_new_tokens)
             texts += [tokenizer.decode(list(ids), skip_special_tokens=True) for ids in generated]
         return texts

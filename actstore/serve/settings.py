@@ -6,7 +6,7 @@ A client names a vector, a scale and the tokens to steer in the request's extra 
     actstore_vector     the name of a file in the server's vectors folder (``NAME`` or ``NAME.safetensors``)
     actstore_alpha      the scale (default 1.0) of the vector's operator: ``alpha * vector`` is added to
                         the residual stream, or a projection or clamp is applied with it
-    actstore_positions  all (default) | prompt | generated | from:N, read by the reader of
+    actstore_positions  all (default) | prompt | response (``generated`` read the same) | from:N, read by the reader of
                         ``actstore steer --positions`` (:meth:`actstore.steering.Positions.from_text`)
 
 :func:`resolve_request` turns those into a :class:`SteeringPayload`: the vector read from the

@@ -141,3 +141,25 @@ def test_a_folder_refuses_a_run_on_another_store_of_the_same_model_and_group(tmp
     with pytest.raises(ActstoreError, match="another setting"):
         sweep(llama, other, out, ppl_ids, layers=[1], ks=[4])
     sweep(llama, store, out, ppl_ids, layers=[1], ks=[4])  # the first store resumes its folder
+
+
+def test_a_folder_of_the_users_own_tables_is_refused_and_left_as_it_was(tmp_path, llama, store, ppl_ids):
+    # issue 31 #2: eval --out DIR deleted a user's results.csv, items.csv and windows.csv when DIR was not a
+    # sweep folder (no baseline.json)
+    out = tmp_path / "mine"
+    out.mkdir()
+    mine = {name: f"my own {name}\n1,2,3\n" for name in ("results.csv", "items.csv", "windows.csv")}
+    for name, text in mine.items():
+        (out / name).write_text(text)
+    with pytest.raises(ActstoreError, match="not a sweep folder actstore wrote"):
+        sweep(llama, store, out, ppl_ids, layers=[1], ks=[4])
+    assert {p.name: p.read_text() for p in out.iterdir()} == mine
+
+
+def test_a_sweep_killed_before_its_baseline_resumes(tmp_path, llama, store, ppl_ids, monkeypatch):
+    out = tmp_path / "sweep"
+    monkeypatch.setattr(Ledger, "record_baseline", lambda self, *a, **k: (_ for _ in ()).throw(KeyboardInterrupt))
+    with pytest.raises(KeyboardInterrupt):
+        sweep(llama, store, out, ppl_ids, layers=[1], ks=[4])
+    monkeypatch.undo()
+    assert len(sweep(llama, store, out, ppl_ids, layers=[1], ks=[4])) == 2  # two fractions, not refused

@@ -55,12 +55,12 @@ def run(llm, prompts_ids, steering=None, max_tokens=4, logprobs=20, cache_salt=N
 
 def hf_logprobs(hf_model, ids, vector=None, alpha=1.0, positions="all", prompt_len=None):
     """(n, vocab) float64 log-probs of one forward over ``ids``, steered with actstore's hooks
-    (``positions``: prompt/generated as a mask split at ``prompt_len``; all or from:N as written)."""
+    (``positions``: prompt/response as a mask split at ``prompt_len``; all or from:N as written)."""
     from actstore.steering import steer
 
     batch = torch.tensor([ids])
     mask = None
-    if positions in ("prompt", "generated"):
+    if positions in ("prompt", "response", "generated"):
         is_prompt = torch.arange(len(ids))[None, :] < prompt_len
         mask = is_prompt if positions == "prompt" else ~is_prompt
     with torch.no_grad():
@@ -96,7 +96,7 @@ def steering(name, alpha=None, positions=None):
     ("sparse", -3.0, "all"),
     ("late", 2.5, "all"),
     ("dense", 4.0, "prompt"),
-    ("dense", 4.0, "generated"),
+    ("dense", 4.0, "response"),
     ("sparse", -3.0, "from:3"),
     ("clamp", 0.5, "all"),  # halfway to the clamp value at the vector's layer
     ("ablate", 1.0, "from:3"),  # a projection at all layers: the embeddings and every write to the stream
@@ -115,7 +115,7 @@ def test_steered_logprobs_equal_actstore_hooks_on_transformers(llm, hf_model, ve
     assert gap < (ABLATION_TOLERANCE if name == "ablate" else TOLERANCE)
     if name is not None:  # and the vector did something measurable (else parity proves nothing)
         plain = hf_logprobs(hf_model, full)
-        assert np.abs(reference - plain)[len(ids) - 1 + (positions == "generated"):].max() > 0.05
+        assert np.abs(reference - plain)[len(ids) - 1 + (positions == "response"):].max() > 0.05
 
 
 def test_a_mixed_batch_gives_each_request_its_single_run(llm, hf_model):
@@ -214,7 +214,7 @@ def test_without_the_salt_the_prefix_cache_test_fails(llm, hf_model, monkeypatch
     ({"actstore_vector": "attn-site"}, "site"),
     ({"actstore_vector": "dense", "actstore_alpha": "strong"}, "expected a number"),
     ({"actstore_vector": "dense", "actstore_alpha": float("nan")}, "finite"),
-    ({"actstore_vector": "dense", "actstore_positions": "middle"}, "expected 'all', 'prompt', 'generated' or 'from:N'"),
+    ({"actstore_vector": "dense", "actstore_positions": "middle"}, "expected 'all', 'prompt', 'response' or 'from:N'"),
     ({"actstore_vector": "dense", "actstore_alfa": 2.0}, "unknown steering argument"),
     ({"actstore_alpha": 2.0}, "without actstore_vector"),
     ({"actstore_vector": "dense", "actstore_payload": {"layer": 0}}, "unknown steering argument"),

@@ -132,7 +132,7 @@ def test_the_openai_client_passes_vllm_xargs(servers):
 @pytest.mark.parametrize(("xargs", "message"), [
     ({"actstore_vector": "../dense"}, "no paths"),
     ({"actstore_vector": "nan"}, "non-finite"),
-    ({"actstore_vector": "dense", "actstore_positions": "everywhere"}, "'all', 'prompt', 'generated' or 'from:N'"),
+    ({"actstore_vector": "dense", "actstore_positions": "everywhere"}, "'all', 'prompt', 'response' or 'from:N'"),
 ])
 def test_bad_requests_get_400_and_the_server_keeps_serving(servers, demo_model, xargs, message):
     url, _, _ = servers

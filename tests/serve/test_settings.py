@@ -53,8 +53,17 @@ def test_a_sparse_vector_travels_as_its_kept_coordinates_scaled_like_actstore_st
 def test_a_dense_vector_travels_whole(folder):
     payload = resolve_request({"actstore_vector": "dense.safetensors", "actstore_positions": "Generated"},
                               folder, FACTS)
-    assert payload.indices is None and len(payload.values) == 16 and payload.positions == Positions("generated")
+    assert payload.indices is None and len(payload.values) == 16 and payload.positions == Positions("response")
     assert payload.name == "dense" and payload.alpha == 1.0
+
+
+def test_generated_is_the_response_under_its_former_name_down_to_the_cache_salt(folder):
+    former = resolve_request({"actstore_vector": "dense", "actstore_positions": "generated"}, folder, FACTS)
+    named = resolve_request({"actstore_vector": "dense", "actstore_positions": "response"}, folder, FACTS)
+    assert former == named and former.to_extra()["positions"] == "response"
+    assert former.cache_salt() == named.cache_salt()
+    prompt = resolve_request({"actstore_vector": "dense", "actstore_positions": "prompt"}, folder, FACTS)
+    assert prompt.cache_salt() != named.cache_salt()
 
 
 def test_a_request_takes_every_written_positions_spec_of_actstore_steer(folder):
@@ -102,7 +111,7 @@ def test_the_salt_changes_when_the_file_changes(folder):
     ({"actstore_vector": "mlp"}, "site 'mlp'"),
     ({"actstore_vector": "sparse", "actstore_alpha": True}, "expected a number"),
     ({"actstore_vector": "sparse", "actstore_alpha": "inf"}, "finite"),
-    ({"actstore_vector": "sparse", "actstore_positions": "from:-3"}, "expected 'all', 'prompt', 'generated' or"),
+    ({"actstore_vector": "sparse", "actstore_positions": "from:-3"}, "expected 'all', 'prompt', 'response' or"),
     ({"actstore_vector": "sparse", "actstore_payload": {}}, "unknown steering argument"),
     ({"actstore_positions": "all"}, "without actstore_vector"),
 ])
