@@ -1,6 +1,7 @@
 """AxBench Concept10 on a chat model and on gemma-3-270m: prompting against steering, judged (issue 28 §6 (i)).
 
     python studies/generation_axbench.py validate [--out studies/results/generation]
+    python studies/generation_axbench.py validate-classifier [--out ...]
     python studies/generation_axbench.py run --model instruct|demo [--concepts 0,1,...] [--work DIR] [--out ...]
     python studies/generation_axbench.py summarize [--out ...]
 
@@ -9,9 +10,11 @@ concept's labelled eval rows (`actstore judge validate`'s library call), per con
 ``run``: per concept, its 72 training positives against the 216 shared negatives, each an exchange
 (instruction, response), captured at response-mean at the plan's layer; then one sweep per concept
 (`actstore eval --prompts ... --judge axbench --methods enr,prompt --k 64,dense --fractions
-0.25,0.5,1,2 --select-split 0.5`). ``summarize``: the primary contrasts P1 = prompt - dense and
-P2 = k64 - dense at each vector's selected factor, on the report prompts, per model, with a t interval
-over the 10 concept means and one over the (concept, instruction) pairs, Holm over the 4 tests.
+0.5,1,2 --select-split 0.5`; amendment 1: 16 prompts, 3 factors, the concept rating from a TF-IDF
+classifier validated by ``validate-classifier``, instruction and fluency from the LM judge).
+``summarize``: the primary contrasts P1 = prompt - dense and P2 = k64 - dense at each vector's
+selected factor, on the report prompts, per model, with a t interval over the 10 concept means and
+one over the (concept, instruction) pairs, Holm over the 4 tests (per measure: harmonic, concept).
 """
 
 from __future__ import annotations
@@ -31,8 +34,8 @@ from _common import SHARED_DATA, git_rev, machine  # noqa: E402
 
 SETTING = SHARED_DATA / "axbench-concept10" / "prod_2b_l10_v1"
 LAYERS = {"instruct": 12, "demo": 7}
-FRACTIONS = (0.25, 0.5, 1.0, 2.0)
-N_PROMPTS, N_TOKENS, BATCH = 32, 32, 16
+FRACTIONS = (0.5, 1.0, 2.0)  # amendment 1 (planned: 0.25, 0.5, 1, 2)
+N_PROMPTS, N_TOKENS, BATCH = 16, 32, 16  # amendment 1 (planned: 32 prompts)
 OUT = HERE / "results" / "generation"
 AXBENCH_PROMPT_MINUS_DIFFMEAN = 0.401  # Wu et al. 2025, Gemma-2-2B layer 10, 0-2 scale, no interval
 
@@ -79,6 +82,63 @@ def validate(out: Path, concept_ids: list[int]) -> None:
     table = pd.DataFrame(rows)
     table.to_csv(folder / "validation.csv", index=False)
     (folder / "VALIDATION.md").write_text(validation_markdown(table, time.perf_counter() - started))
+
+
+class ClassifierJudge:
+    """Amendment 1: the concept rating from a TF-IDF logistic regression fitted on the concept's training
+    rows (2 x P(positive | response)); instruction and fluency from the LM judge ``rubrics``."""
+
+    def __init__(self, concept_id: int, rubrics):
+        from sklearn.feature_extraction.text import TfidfVectorizer
+        from sklearn.linear_model import LogisticRegression
+        from sklearn.pipeline import make_pipeline
+
+        train = pd.read_parquet(SETTING / "train_data.parquet")
+        rows = train[train["concept_id"].isin([concept_id, -1])]
+        self.classifier = make_pipeline(TfidfVectorizer(ngram_range=(1, 2), sublinear_tf=True),
+                                        LogisticRegression(max_iter=1000))
+        self.classifier.fit(list(rows["output"]), (rows["concept_id"] == concept_id).astype(int))
+        self.rubrics, self.name = rubrics, f"tfidf-concept{concept_id}+{getattr(rubrics, 'name', 'judge')}"
+
+    def rate_rubric(self, rubric, instructions, responses, concept) -> np.ndarray:
+        if rubric == "concept":
+            return 2.0 * self.classifier.predict_proba(list(responses))[:, 1]
+        return self.rubrics.rate_rubric(rubric, instructions, responses, concept)
+
+    def rate(self, instructions, responses, concept):
+        from actstore.evaluation.judges import RUBRICS, Ratings
+
+        return Ratings.from_rubrics({r: self.rate_rubric(r, instructions, responses, concept) for r in RUBRICS})
+
+
+def validate_classifier(out: Path) -> None:
+    """Amendment 1's check of the classifier concept scorer on the eval rows (before any sweep)."""
+    from actstore.evaluation.judges import validate_judge
+
+    evaluation = pd.read_parquet(SETTING / "latent_eval_data.parquet")
+    folder = out / "classifier"
+    folder.mkdir(parents=True, exist_ok=True)
+    started, rows = time.perf_counter(), []
+    for concept_id, concept in concepts().items():
+        items = evaluation[evaluation["concept_id"] == concept_id]
+        labelled = pd.DataFrame({"prompt": items["input"], "response": items["output"], "label": items["category"]})
+        result = validate_judge(ClassifierJudge(concept_id, None), labelled, concept, seed=concept_id)
+        result.write(folder / f"concept{concept_id}.csv")
+        print(f"concept {concept_id}: {result.summary()}", flush=True)
+        rows.append(_validation_row(concept_id, concept, result))
+    table = pd.DataFrame(rows)
+    table.to_csv(folder / "validation.csv", index=False)
+    text = validation_markdown(table, time.perf_counter() - started).replace(
+        "SmolLM2-135M-Instruct, expected rating of the concept rubric", "TF-IDF logistic regression, amendment 1")
+    (folder / "VALIDATION.md").write_text(text.replace("generation_axbench.py validate", "generation_axbench.py "
+                                                        "validate-classifier"))
+
+
+def _validation_row(concept_id: int, concept: str, result) -> dict:
+    return {"concept_id": concept_id, "concept": concept,
+            **{f"auroc_{name}{suffix}": getattr(getattr(result, f"vs_{name}"), field)
+               for name in ("negative", "hard_negative")
+               for suffix, field in (("", "estimate"), ("_low", "low"), ("_high", "high"))}}
 
 
 def t_interval(values) -> tuple[float, float, float, float]:
@@ -140,6 +200,9 @@ def run(model: str, concept_ids: list[int], work: Path, out: Path) -> None:
     template = bool(getattr(loaded.tokenizer, "chat_template", None))
     work.mkdir(parents=True, exist_ok=True)
     prompts = held_out_prompts(work)
+    from actstore.evaluation.judges import make_judge
+
+    rubrics = make_judge("axbench", judge_model=str(model_path("instruct")), batch_size=BATCH)
     for concept_id in concept_ids:
         concept = concepts()[concept_id]
         store = work / f"{model}-concept{concept_id}.zarr"
@@ -149,8 +212,7 @@ def run(model: str, concept_ids: list[int], work: Path, out: Path) -> None:
                                   progress=False)
         captured = time.perf_counter() - started
         request = SweepRequest(store=store, out=out / model / f"concept{concept_id}", layers=str(layer),
-                               prompts=prompts, judge="axbench", concept=concept,
-                               judge_model=str(model_path("instruct")),
+                               prompts=prompts, judge=ClassifierJudge(concept_id, rubrics), concept=concept,
                                judge_validation=_validation(out, concept_id),
                                methods=("enr", "prompt"), ks=(64, None), fractions=FRACTIONS, select_split=0.5,
                                chat_template=template, max_new_tokens=N_TOKENS, batch_size=BATCH, progress=True)
@@ -160,13 +222,13 @@ def run(model: str, concept_ids: list[int], work: Path, out: Path) -> None:
 
 
 def _validation(out: Path, concept_id: int) -> Path | None:
-    path = out / "judge" / f"concept{concept_id}.csv.json"
+    path = out / "classifier" / f"concept{concept_id}.csv.json"  # amendment 1's concept scorer
     return path if path.is_file() else None
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("step", choices=("validate", "run", "summarize"))
+    parser.add_argument("step", choices=("validate", "validate-classifier", "run", "summarize"))
     parser.add_argument("--model", choices=sorted(LAYERS), default="instruct")
     parser.add_argument("--concepts", default=",".join(str(i) for i in range(10)))
     parser.add_argument("--work", type=Path, default=Path("/tmp/actstore-generation"))
@@ -174,10 +236,12 @@ def main() -> None:
     args = parser.parse_args()
     if args.step == "validate":
         validate(args.out, [int(c) for c in args.concepts.split(",")])
+    elif args.step == "validate-classifier":
+        validate_classifier(args.out)
     elif args.step == "run":
         run(args.model, [int(c) for c in args.concepts.split(",")], args.work, args.out)
     else:
-        from generation_summary import summarize  # noqa: PLC0415  (beside this script)
+        from generation_summary import summarize
 
         summarize(args.out)
 

@@ -14,7 +14,6 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-
 from generation_axbench import AXBENCH_PROMPT_MINUS_DIFFMEAN, t_interval
 
 CONTRASTS = {"P1 prompt - dense": ("prompt", "dense"), "P2 k64 - dense": ("64", "dense")}
@@ -43,9 +42,9 @@ def selected_scores(folder: Path) -> pd.DataFrame:
     return table[table["split"] == "report"]
 
 
-def concept_differences(folder: Path) -> dict[str, np.ndarray]:
-    """Per contrast: the paired differences over the concept's report prompts (harmonic)."""
-    table = selected_scores(folder).pivot_table(index="prompt_id", columns="arm", values="harmonic")
+def concept_differences(folder: Path, measure: str = "harmonic") -> dict[str, np.ndarray]:
+    """Per contrast: the paired differences of ``measure`` over the concept's report prompts."""
+    table = selected_scores(folder).pivot_table(index="prompt_id", columns="arm", values=measure)
     return {name: (table[a] - table[b]).to_numpy() for name, (a, b) in CONTRASTS.items()
             if a in table and b in table}
 
@@ -54,8 +53,9 @@ def summarize(out: Path) -> None:
     from actstore.evaluation.intervals import holm_adjusted
 
     rows = []
-    for model_folder in sorted(p for p in out.iterdir() if p.is_dir() and p.name in ("instruct", "demo")):
-        per_concept = {c.name: concept_differences(c) for c in sorted(model_folder.glob("concept*"))
+    for model_folder, measure in ((m, measure) for m in sorted(out.iterdir()) if m.is_dir() and m.name in
+                                  ("instruct", "demo") for measure in ("harmonic", "concept_rating")):
+        per_concept = {c.name: concept_differences(c, measure) for c in sorted(model_folder.glob("concept*"))
                        if (c / "results.csv").is_file()}
         for name in CONTRASTS:
             diffs = [d[name] for d in per_concept.values() if name in d]
@@ -64,20 +64,23 @@ def summarize(out: Path) -> None:
             means = [float(np.nanmean(d)) for d in diffs]
             mean, low, high, p = t_interval(means)
             _, pair_low, pair_high, _ = t_interval(np.concatenate(diffs))
-            rows.append({"model": model_folder.name, "contrast": name, "concepts": len(diffs),
+            rows.append({"model": model_folder.name, "measure": measure, "contrast": name, "concepts": len(diffs),
                          "pairs": int(sum(np.isfinite(d).sum() for d in diffs)), "estimate": mean,
                          "ci_low_concepts": low, "ci_high_concepts": high, "p_concepts": p,
                          "ci_low_pairs": pair_low, "ci_high_pairs": pair_high})
     table = pd.DataFrame(rows)
     if len(table):
-        table["p_holm"] = holm_adjusted(table["p_concepts"].to_numpy())
+        table["p_holm"] = np.nan  # Holm within each measure's family (the plan's 4 tests per measure)
+        for _, family in table.groupby("measure"):
+            table.loc[family.index, "p_holm"] = holm_adjusted(family["p_concepts"].to_numpy())
     table.to_csv(out / "contrasts.csv", index=False)
     lines = ["# Primary contrasts (harmonic score at the selected factor, report prompts)", "",
-             "| model | contrast | concepts / pairs | estimate | 95% CI over concepts | 95% CI over pairs | p (concepts) "
-             "| Holm p | AxBench |", "|---|---|---|---|---|---|---|---|---|"]
+             "| model | measure | contrast | concepts / pairs | estimate | 95% CI over concepts | 95% CI over pairs "
+             "| p (concepts) | Holm p | AxBench |", "|---|---|---|---|---|---|---|---|---|---|"]
     for row in table.itertuples():
         axbench = f"{AXBENCH_PROMPT_MINUS_DIFFMEAN:+.3f}" if row.contrast.startswith("P1") else "-"
-        lines.append(f"| {row.model} | {row.contrast} | {row.concepts} / {row.pairs} | {row.estimate:+.3f} | "
+        lines.append(f"| {row.model} | {row.measure} | {row.contrast} | {row.concepts} / {row.pairs} | "
+                     f"{row.estimate:+.3f} | "
                      f"[{row.ci_low_concepts:+.3f}, {row.ci_high_concepts:+.3f}] | [{row.ci_low_pairs:+.3f}, "
                      f"{row.ci_high_pairs:+.3f}] | {row.p_concepts:.3g} | {row.p_holm:.3g} | {axbench} |")
     (out / "SUMMARY.md").write_text("\n".join(lines) + "\n")
