@@ -219,8 +219,10 @@ Edit = tuple[torch.Tensor | None, torch.Tensor] | DirectionEdit
 
 def check_vector(vector: SteeringVector, loaded: LoadedModel, force: bool = False) -> None:
     """Refuse a vector made for another model (by fingerprint), unless ``force``."""
+    from .models.load import same_weights
+
     made_for = vector.info.fingerprint
-    if made_for and made_for != loaded.fingerprint:
+    if made_for and not same_weights(made_for, loaded):
         message = (
             f"vector was made for model {vector.info.model!r} (weights {made_for}); "
             f"this model {loaded.model_id!r} has weights {loaded.fingerprint}"

@@ -28,8 +28,8 @@ class LoadedModel:
     """A model ready for capture or steering.
 
     ``model_id`` is what the user passed (hub id or path); ``fingerprint``
-    identifies the weights (hub commit, or a hash of a local folder's config and
-    weight file names and sizes, or of a GGUF file).
+    identifies the weights (hub commit, a hash of a local folder's config and its weight files'
+    headers and samples of their bytes, or of a GGUF file).
 
     >>> loaded = load_model(model_dir)
     >>> loaded.num_layers, loaded.hidden_size, loaded.dtype
@@ -57,15 +57,54 @@ class LoadedModel:
         return int(text_config(self.model.config).hidden_size)
 
 
+_WEIGHT_SUFFIXES = {".safetensors", ".bin", ".gguf", ".pt"}
+_SAMPLES, _SAMPLE_BYTES = 16, 1 << 16  # 1 MiB read per weight file, whatever its size
+
+
 def _fingerprint_local(folder: Path) -> str:
+    """The weights of a local folder: its config, and per weight file its name, size, header (the
+    safetensors JSON header: every tensor's name, dtype, shape and offsets) and 16 samples of 64 KiB
+    spread over the file. Another checkpoint of the same architecture differs in the samples; a
+    10 GB checkpoint costs 1 MiB of reads, so nothing is cached."""
     digest = hashlib.sha256()
     config = folder / "config.json"
     if config.is_file():
         digest.update(config.read_bytes())
     for weight in sorted(folder.glob("*")):
-        if weight.suffix in {".safetensors", ".bin", ".gguf", ".pt"}:
+        if weight.suffix in _WEIGHT_SUFFIXES and weight.is_file():
+            size = weight.stat().st_size
+            digest.update(f"{weight.name}:{size}".encode())
+            with weight.open("rb") as handle:
+                head = handle.read(8)
+                digest.update(head)
+                if weight.suffix == ".safetensors" and len(head) == 8:
+                    digest.update(handle.read(min(int.from_bytes(head, "little"), 100 << 20)))
+                for i in range(_SAMPLES):
+                    handle.seek(max(0, size - _SAMPLE_BYTES) * i // (_SAMPLES - 1))
+                    digest.update(handle.read(_SAMPLE_BYTES))
+    return "sha256-weights:" + digest.hexdigest()[:16]
+
+
+def legacy_fingerprint(folder: Path) -> str:
+    """The fingerprint actstore recorded before the weights themselves were read (config, file names and
+    sizes only): stores and vectors made then still match the same folder."""
+    digest = hashlib.sha256()
+    config = folder / "config.json"
+    if config.is_file():
+        digest.update(config.read_bytes())
+    for weight in sorted(folder.glob("*")):
+        if weight.suffix in _WEIGHT_SUFFIXES:
             digest.update(f"{weight.name}:{weight.stat().st_size}".encode())
     return "sha256-local:" + digest.hexdigest()[:16]
+
+
+def same_weights(recorded: str, loaded) -> bool:
+    """Whether a store's or vector's recorded fingerprint is ``loaded``'s weights: equal, or a fingerprint
+    of the older kind (``sha256-local:``) that the folder ``loaded`` came from still gives."""
+    if recorded == loaded.fingerprint:
+        return True
+    folder = Path(str(getattr(loaded, "model_id", "")))
+    return str(recorded).startswith("sha256-local:") and folder.is_dir() and recorded == legacy_fingerprint(folder)
 
 
 def _fingerprint_file(path: Path) -> str:

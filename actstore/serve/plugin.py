@@ -100,14 +100,15 @@ def _front_state(processor):
 
 def model_facts(model_config):
     """:class:`ModelFacts` of vLLM's model config (fingerprint as actstore computes it for a folder)."""
-    from ..models.load import _fingerprint_local
+    from ..models.load import _fingerprint_local, legacy_fingerprint
     from .settings import ModelFacts
 
     folder = Path(model_config.model)
     fingerprint = _fingerprint_local(folder) if folder.is_dir() else ""
     text = model_config.hf_text_config
     return ModelFacts(fingerprint, int(model_config.get_hidden_size()), int(text.num_hidden_layers),
-                      str(getattr(text, "model_type", "") or ""))
+                      str(getattr(text, "model_type", "") or ""),
+                      legacy_fingerprint(folder) if folder.is_dir() else "")
 
 
 def _steer_request(processor, request) -> None:

@@ -61,6 +61,7 @@ class ModelFacts:
     hidden_size: int
     num_layers: int
     model_type: str = ""
+    legacy_fingerprint: str = ""  # the older kind (config, file names and sizes) that stores and vectors made then hold
 
 
 @dataclass(frozen=True)
@@ -179,7 +180,7 @@ def check_against_model(vector: SteeringVector, facts: ModelFacts, name: str) ->
     its operator names, or what the server cannot apply (a site other than the residual stream; a
     projection at all layers on a model whose writes to the residual stream are unknown)."""
     made_for = vector.info.fingerprint
-    if made_for and facts.fingerprint and made_for != facts.fingerprint:
+    if made_for and facts.fingerprint and made_for not in (facts.fingerprint, facts.legacy_fingerprint):
         raise VectorError(f"vector {name!r} was made for model {vector.info.model!r} (weights "
                           f"{made_for}); this server's model has weights {facts.fingerprint}", param=VECTOR_KEY)
     if vector.hidden_size != facts.hidden_size:

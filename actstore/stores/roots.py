@@ -162,8 +162,10 @@ def check_store_model(group_attrs, loaded, force: bool = False, store: str | Pat
     unless ``force`` (then warn). ``group_attrs``: the group's attributes (``dict(group.attrs)``)."""
     import warnings
 
+    from ..models.load import same_weights
+
     there = group_attrs.get("model_fingerprint")
-    if there == loaded.fingerprint:
+    if same_weights(there, loaded):
         return
     source = group_attrs.get("model_source")
     message = (f"store {str(store)!r} was captured from {group_attrs.get('model_id')!r}"

@@ -13,7 +13,7 @@ from actstore.models.blocks import find_decoder_blocks, parse_layers
 def test_tiny_models_load_from_saved_folders(tiny_model_dir):
     loaded = load_model(str(tiny_model_dir))
     assert loaded.num_layers == 4 and loaded.hidden_size == 32
-    assert loaded.fingerprint.startswith("sha256-local:")
+    assert loaded.fingerprint.startswith("sha256-weights:")
     assert isinstance(loaded.blocks, torch.nn.ModuleList)
 
 

@@ -201,3 +201,14 @@ def test_a_zero_vector_has_no_direction_to_project(tmp_path):
     with pytest.raises(VectorError, match="vector 'zero': the vector for layer 1 is zero") as err:
         resolve_request({"actstore_vector": "zero"}, folder, FACTS)
     assert err.value.params == ("actstore_vector",)
+
+
+def test_a_vector_recorded_with_the_older_fingerprint_of_the_served_folder_is_accepted():
+    from actstore.serve.settings import check_against_model
+    from actstore.errors import VectorError
+
+    facts = ModelFacts("sha256-weights:new", 16, 4, "gemma3_text", legacy_fingerprint="sha256-local:aaaa")
+    check_against_model(_vector(np.ones(16)), facts, "old")  # made before the weights were read
+    check_against_model(_vector(np.ones(16), fingerprint="sha256-weights:new"), facts, "new")
+    with pytest.raises(VectorError, match="was made for model"):
+        check_against_model(_vector(np.ones(16), fingerprint="sha256-local:bbbb"), facts, "other")
