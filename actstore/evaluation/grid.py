@@ -58,6 +58,9 @@ def family_of(method: str) -> str:
     return "control" if is_control(method) else ("prompt" if is_prompt(method) else "vector")
 
 
+_GRID_PARAMS = {"alphas": ("alphas", "fractions")}  # an alpha is an alpha or a fraction of the residual norm
+
+
 @dataclass(frozen=True)
 class Grid:
     """What a sweep measures, validated on construction (before any model work).
@@ -102,6 +105,12 @@ class Grid:
         if not self.control_seeds or any(isinstance(s, bool) or int(s) < 0 for s in self.control_seeds):
             raise ActstoreError(f"control seeds {list(self.control_seeds)}: expected non-negative integers",
                                 param="control_seeds")
+        for name in ("layers", "ks", "methods", "alphas", "budgets", "control_seeds"):  # each value measured once
+            values = list(getattr(self, name))
+            repeated = sorted({str(v) for v in values if values.count(v) > 1})
+            if repeated:
+                raise ActstoreError(f"{name}: {', '.join(repeated)} given twice; give each value once",
+                                    param=_GRID_PARAMS.get(name, name))
 
     def check_store(self, store: StoreGroup) -> None:
         """Layers and k against what the store group captured (its layers, its hidden size; nothing

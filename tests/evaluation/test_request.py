@@ -188,3 +188,16 @@ def test_the_cli_and_a_python_run_sweep_write_the_same_folder(tmp_path, eval_wor
         assert (tmp_path / "python" / name).is_file() and (tmp_path / "cli" / name).is_file(), name
     assert (json.loads((tmp_path / "python" / "baseline.json").read_text())["settings"]
             == json.loads((tmp_path / "cli" / "baseline.json").read_text())["settings"])
+
+
+@pytest.mark.parametrize("flags, shown", [(("--k", "4,4"), "--k: 4 given twice"),
+                                          (("--alpha", "1,1"), "1.0 given twice"),
+                                          (("--fractions", "0.5,0.5"), "0.5 given twice"),
+                                          (("--methods", "enr,enr"), "--methods: enr given twice")])
+def test_a_repeated_grid_value_is_refused_at_the_door(run, tmp_path, flags, shown):
+    # issue 31: --alpha 1,1 or --k 4,4 was measured twice, then the report crashed
+    (tmp_path / "t.json").write_text("[]")
+    (tmp_path / "s.zarr").mkdir()
+    result = run("eval", "--model", "m", "--store", tmp_path / "s.zarr", "--data-test", tmp_path / "t.json",
+                 "--layers", "1", "--out", tmp_path / "o", *flags)
+    assert result.exit_code == 1 and shown in result.output and "Traceback" not in result.output, result.output
