@@ -220,7 +220,8 @@ def run():
     return _run_cli
 
 
-STORE_COORDS = ("class", "pair_id", "text_hash", "text_index", "token_index", "question", "order")
+STORE_COORDS = ("class", "pair_id", "text_hash", "text_index", "token_index", "question", "order", "role",
+                "response_index", "response")
 
 
 def _assert_same_store(got, want, coords=STORE_COORDS, rtol=None, atol=0.0):

@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, fields, replace
 
 from ..errors import InputFormatError
+from ..inputs.chat import ChatFormat
 from ..models.blocks import SITES
 from .positions import Position
 
@@ -20,7 +21,8 @@ class CaptureOptions:
     :func:`actstore.capture_to_store` choose, 1 (the answer letter) for A/B sets, else 0) make
     :attr:`at`, the :class:`Position`. ``window`` is texts per commit (None: chosen from the
     store's chunks). ``separator`` joins an A/B question and its answer; ``chat_template``
-    formats texts with the tokenizer's template; texts longer than ``max_length`` tokens keep
+    formats texts with the tokenizer's template and ``system`` is the system prompt before each
+    (:attr:`chat`, :class:`actstore.inputs.chat.ChatFormat`); texts longer than ``max_length`` tokens keep
     their last ones (a plain-text corpus is cut into windows of that many); ``stop_early`` ends
     the forward pass after the deepest block; ``site`` is what is read in each block (``resid``,
     ``attn``, ``mlp``: :func:`actstore.models.blocks.site_module`). ``text_column`` and ``label_column``
@@ -43,6 +45,7 @@ class CaptureOptions:
     window: int | None = None
     separator: str = "\n"
     chat_template: bool = False
+    system: str | None = None
     site: str = "resid"
     text_column: str | None = None
     label_column: str | None = None
@@ -56,6 +59,7 @@ class CaptureOptions:
             raise InputFormatError(f"layers={self.layers!r}: expected 'all', '2,6,10' or a list of integers",
                                    param="layers")
         Position(self.position, self.offset or 0)  # validates position and offset
+        ChatFormat(self.chat_template, self.system)  # validates the system prompt
         if self.site not in SITES:
             raise InputFormatError(f"site={self.site!r}: expected one of {', '.join(SITES)}", param="site")
         for name in ("batch_size", "max_length", "window"):
@@ -67,6 +71,11 @@ class CaptureOptions:
     def at(self) -> Position:
         """Where each text is read (offset None reads as 0 until the capture chooses)."""
         return Position(self.position, self.offset or 0)
+
+    @property
+    def chat(self) -> ChatFormat:
+        """How texts are formatted for the model: the chat template or not, the system prompt."""
+        return ChatFormat(self.chat_template, self.system)
 
     @property
     def last_offset(self) -> int:

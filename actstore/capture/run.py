@@ -50,6 +50,7 @@ import numpy as np
 import torch
 
 from ..errors import StoreError
+from ..inputs.chat import ROLES
 from ..inputs.datasets import ContrastSet, needs_tokenizer, read_data, with_twins
 from ..inputs.sources import TextSource
 from ..models.load import LoadedModel, ModelSpec
@@ -62,7 +63,7 @@ from ..stores.writer import ActivationWriter
 from .ingest import OrderedWriter
 from .options import CaptureOptions
 from .planning import Plan, plan_capture
-from .windows import WindowReader
+from .windows import Window, WindowReader
 
 
 @dataclass
@@ -80,6 +81,8 @@ class CaptureReport:
     position: str | None = None  # as the store records it: last, last-1, mean, all
     note: str | None = None  # a choice made for the user (the answer letter of an A/B set)
     twins: bool = False  # an A/B set captured with its option-swapped twins
+    responses: str | None = None  # on-policy capture (capture_responses): the file of the model's responses
+    kept: tuple[int, int] | None = None  # on-policy capture: questions kept, of those asked
 
     @property
     def tokens_per_second(self) -> float:
@@ -175,9 +178,13 @@ def _load(request: CaptureRequest, data) -> tuple[LoadedModel, ContrastSet | Tex
 
 
 def _check_twins_fit(writer: ActivationWriter, plan: Plan) -> None:
-    """Refuse, before a run is registered, twins for a group that cannot record them."""
+    """Refuse, before a run is registered, twins (or roles, responses) for a group that cannot record them."""
     if plan.settings.get("swap_options") and not writer.holds_twins:
         raise StoreError(writer.no_twins_message())
+    if (plan.rows.roles is not None or plan.rows.responses is not None) and not writer.holds_roles:
+        raise StoreError(f"{writer.path!r} group {writer.group.basename!r} was created before actstore recorded chat "
+                         "roles and responses (it has no 'role', 'response_index', 'response' arrays); capture into "
+                         "another group (name=...)", param="name")
 
 
 _REGISTER_WAIT_S = 60.0
@@ -229,7 +236,8 @@ class _RangeCapture:
                 for captured in reader.windows(plan.rows.texts[lo:hi], where=plan.rows.where[lo:hi], start=start,
                                                add_special_tokens=plan.rows.add_special_tokens,
                                                on_batch=(lambda n, _: bar.update(n)) if bar is not None else None,
-                                               as_tensors=plan.stats_only):
+                                               as_tensors=plan.stats_only,
+                                               roles=None if plan.rows.roles is None else plan.rows.roles[lo:hi]):
                     n_tokens += captured.n_tokens
                     written += len(captured.row_example)
                     # The source is read on this thread only (a lazy source holds one block at a time).
@@ -262,6 +270,7 @@ class _RangeCapture:
             "text_hash": per_row["text_hash"],
             "text_index": captured.row_example + self.lo + run.text_index_offset,
             "token_index": captured.row_token,
+            **_chat_coords(captured, per_row),
         }
         max_pair = int(coords["pair_id"].max()) if len(coords["pair_id"]) else -1
         writer.append(captured.acts, coords, captured.stop, max_pair)
@@ -273,6 +282,21 @@ class _RangeCapture:
             self.writer.append(np.zeros(shape, np.float32), {}, self.hi - self.lo, -1)
         elif self.tracker.moments is not None and not self.plan.stats_only:
             cache_capture_moments(self.writer, self.tracker.moments)
+
+
+_ROLE_NAMES = np.asarray([*ROLES, ""])  # code -1 (a row that is no one token) reads as ""
+
+
+def _chat_coords(captured: Window, per_row: dict) -> dict[str, np.ndarray]:
+    """The rows' ``role`` and ``response_index`` (where token roles were read) and ``response``
+    (chat exchanges); the writer fills what is not given (no exchange)."""
+    coords = {}
+    if captured.row_role is not None:
+        coords["role"] = _ROLE_NAMES[captured.row_role]
+        coords["response_index"] = captured.row_response
+    if "response" in per_row:
+        coords["response"] = per_row["response"]
+    return coords
 
 
 def writer_depth(device) -> int:

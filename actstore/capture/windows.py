@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from ..errors import ActstoreError, InputFormatError
+from ..inputs.chat import ASSISTANT
 from ..models.hooks import forward_blocks
 from ..models.load import input_device
 from .options import CaptureOptions
@@ -32,7 +33,10 @@ class Window:
     ``acts: (rows, layer, hidden) float32`` (numpy, or a torch tensor on the
     model's device with ``as_tensors``); ``row_example: (rows,)`` index of
     each row's example (absolute, into the full list); ``row_token: (rows,)``
-    token index among the real tokens (``-1`` for ``mean``).
+    token index among the real tokens (``-1`` for ``mean``). Where the texts' token roles were
+    given (chat exchanges): ``row_role: (rows,) int8``, the role code of each row's token
+    (:data:`actstore.inputs.chat.ROLES`; -1 for a mean) and ``row_response: (rows,) int64`` its
+    place in the response (-1 outside it and for a mean); else None.
     """
 
     start: int
@@ -41,6 +45,8 @@ class Window:
     row_example: np.ndarray
     row_token: np.ndarray
     n_tokens: int
+    row_role: np.ndarray | None = None
+    row_response: np.ndarray | None = None
 
 
 def tokenize(tokenizer, texts: Sequence[str], where: Sequence[str], max_length: int | None,
@@ -79,29 +85,33 @@ class WindowReader:
 
     def windows(self, texts: Sequence[str], *, where: Sequence[str] | None = None, start: int = 0,
                 add_special_tokens: bool = True, on_batch: Callable[[int, int], None] | None = None,
-                as_tensors: bool = False) -> Iterator[Window]:
+                as_tensors: bool = False, roles: Sequence[np.ndarray] | None = None) -> Iterator[Window]:
         """Capture ``texts[start:]`` window by window (``options.window`` texts each, 256 if unset).
 
         Within a window texts are batched by length (less padding); rows come out in example
         order. ``on_batch(n_texts, n_tokens)`` is called after every batch (progress bars). With
-        ``as_tensors`` the windows' ``acts`` stay torch tensors on the model's device."""
+        ``as_tensors`` the windows' ``acts`` stay torch tensors on the model's device. ``roles``:
+        each text's token roles (:attr:`actstore.inputs.chat.ChatTokens.roles`), for chat exchanges."""
         size = self.options.window or 256
         # Not copied: texts and where may be lazy columns of a large source (actstore.inputs.sources).
         where = where if where is not None else [f"text {i + 1}" for i in range(len(texts))]
         for first in range(start, len(texts), size):
             stop = min(first + size, len(texts))
-            yield self.window(texts[first:stop], where[first:stop], first, add_special_tokens, on_batch, as_tensors)
+            yield self.window(texts[first:stop], where[first:stop], first, add_special_tokens, on_batch, as_tensors,
+                              None if roles is None else roles[first:stop])
 
     def window(self, texts, where, first: int, add_special_tokens: bool = True, on_batch=None,
-               as_tensors: bool = False) -> Window:
+               as_tensors: bool = False, roles: Sequence[np.ndarray] | None = None) -> Window:
         """One window: ``texts`` (examples ``first ..``) as a :class:`Window`."""
         at, where = self.options.at, list(where)
         ids = tokenize(self.tokenizer, list(texts), where, self.options.max_length, add_special_tokens)
-        for token_ids, place in zip(ids, where):
-            at.check_tokens(len(token_ids), place)
+        roles = None if roles is None else _aligned_roles(roles, ids, where)
+        for i, (token_ids, place) in enumerate(zip(ids, where)):
+            at.check_tokens(len(token_ids), place, None if roles is None else roles[i])
         # Rows go straight to their place in example order: one scatter per batch into a buffer of
         # the window (its size is known from the token counts), one copy off the device per window.
-        counts = np.array([at.rows(len(token_ids)) for token_ids in ids], dtype=np.int64)
+        counts = np.array([at.rows(len(token_ids), None if roles is None else roles[i])
+                           for i, token_ids in enumerate(ids)], dtype=np.int64)
         offsets = np.concatenate([[0], np.cumsum(counts)])
         acts_rows = None
         token_rows = torch.empty(int(offsets[-1]), dtype=torch.int64, device=self.device)
@@ -109,7 +119,8 @@ class WindowReader:
         order = sorted(range(len(ids)), key=lambda i: -len(ids[i]))
         for b in range(0, len(order), self.options.batch_size):
             members = order[b : b + self.options.batch_size]
-            acts, row_token, batch_tokens = self._batch([ids[i] for i in members], [where[i] for i in members])
+            acts, row_token, batch_tokens = self._batch([ids[i] for i in members], [where[i] for i in members],
+                                                        None if roles is None else [roles[i] for i in members])
             # Rows of a batch come in batch order, each example's in token order.
             dest = torch.from_numpy(np.concatenate([np.arange(offsets[i], offsets[i + 1]) for i in members]))
             dest = dest.to(self.device)
@@ -122,20 +133,28 @@ class WindowReader:
                 on_batch(len(members), batch_tokens)
         example_rows = np.repeat(np.arange(first, first + len(ids), dtype=np.int64), counts)
         acts_out = acts_rows if as_tensors else acts_rows.cpu().numpy()
-        return Window(first, first + len(ids), acts_out, example_rows, token_rows.cpu().numpy(), n_tokens)
+        window = Window(first, first + len(ids), acts_out, example_rows, token_rows.cpu().numpy(), n_tokens)
+        if roles is not None:
+            window.row_role, window.row_response = _row_roles(roles, example_rows - first, window.row_token)
+        return window
 
-    def _batch(self, batch_ids: list[list[int]], where: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor, int]:
+    def _batch(self, batch_ids: list[list[int]], where: Sequence[str],
+               batch_roles: list[np.ndarray] | None = None) -> tuple[torch.Tensor, torch.Tensor, int]:
         """One padded forward pass: ``(acts (rows, layer, hidden), row_token, real tokens)``, every row
         finite (else :class:`CaptureError` naming the text)."""
         padded = self.tokenizer.pad({"input_ids": batch_ids}, return_tensors="pt")
         input_ids = padded["input_ids"].to(self.device)
         attention_mask = padded["attention_mask"].to(self.device)
+        roles = None
+        if batch_roles is not None:  # real tokens are contiguous in each row: filled in row-major order
+            roles = torch.full(attention_mask.shape, -1, dtype=torch.int8, device=self.device)
+            roles[attention_mask.bool()] = torch.from_numpy(np.concatenate(batch_roles)).to(self.device)
         outputs = forward_blocks(self.model, self.blocks, input_ids, attention_mask, self.layers,
                                  self.options.stop_early, self.options.site)
         at, stacked = self.options.at, []
         for layer in self.layers:
             # With a device map, blocks sit on several devices: rows are gathered where the inputs are.
-            rows, row_batch, row_token = at.reduce(outputs[layer].to(self.device), attention_mask)
+            rows, row_batch, row_token = at.reduce(outputs[layer].to(self.device), attention_mask, roles)
             stacked.append(rows)
         acts = torch.stack(stacked, dim=1)  # (rows, layer, hidden)
         finite = torch.isfinite(acts).all(dim=(1, 2))
@@ -146,7 +165,30 @@ class WindowReader:
         return acts, row_token, int(attention_mask.sum())
 
 
-_READING = ("where", "start", "add_special_tokens", "on_batch", "as_tensors")
+def _aligned_roles(roles: Sequence[np.ndarray], ids: list[list[int]], where: Sequence[str]) -> list[np.ndarray]:
+    """Each text's roles cut as its tokens were (a text over max_length keeps its last tokens)."""
+    aligned = []
+    for text_roles, token_ids, place in zip(roles, ids, where):
+        if len(text_roles) < len(token_ids):
+            raise ActstoreError(f"{place}: {len(text_roles)} token roles for {len(token_ids)} tokens (the roles were "
+                                "computed with another tokenizer or other special tokens)")
+        aligned.append(np.asarray(text_roles[len(text_roles) - len(token_ids):], dtype=np.int8))
+    return aligned
+
+
+def _row_roles(roles: list[np.ndarray], row_text: np.ndarray, row_token: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Each row's role code and place in the response (-1 for a row that is no one token: a mean)."""
+    if not roles:
+        return np.zeros(0, np.int8), np.zeros(0, np.int64)
+    flat = np.concatenate(roles)
+    response = np.concatenate([np.where(r == ASSISTANT, np.cumsum(r == ASSISTANT) - 1, -1) for r in roles])
+    starts = np.cumsum([0] + [len(r) for r in roles[:-1]]).astype(np.int64)
+    single = row_token >= 0
+    index = starts[row_text] + np.where(single, row_token, 0)
+    return np.where(single, flat[index], -1).astype(np.int8), np.where(single, response[index], -1).astype(np.int64)
+
+
+_READING = ("where", "start", "add_special_tokens", "on_batch", "as_tensors", "roles")
 
 
 def iter_windows(model: torch.nn.Module, tokenizer, blocks: torch.nn.ModuleList, texts: Sequence[str],

@@ -29,11 +29,39 @@ class DataPath(click.Path):
         return path
 
 
+class CallableType(click.ParamType):
+    """``module:function``: a Python callable, imported."""
+
+    name = "module:function"
+
+    def convert(self, value, param, ctx):
+        import importlib
+
+        if callable(value):
+            return value
+        module, _, name = str(value).partition(":")
+        try:
+            found = importlib.import_module(module)
+            for part in name.split("."):
+                found = getattr(found, part)
+        except (ImportError, AttributeError, ValueError) as err:
+            self.fail(f"{value!r}: no such callable ({err}); expected module:function, e.g. mypackage.filters:keep",
+                      param, ctx)
+        if not name or not callable(found):
+            self.fail(f"{value!r} is not a callable; expected module:function", param, ctx)
+        return found
+
+
+_RESPOND = ("system_pos", "system_neg", "max_new_tokens", "temperature", "seed", "keep_if", "responses")
+
+
 @click.command()
 @model_options
 @click.option("--data", "-d", required=True, type=DataPath(),
               help="Contrast set: A/B items (question, answer_matching_behavior, answer_not_matching_behavior), "
-                   "pairs (positive, negative) or labeled texts (text, optional label), as a JSON list, JSONL or "
+                   "pairs (positive, negative), chat exchanges (prompt, response, optional label, pair_id, system; "
+                   "or prompt, positive, negative: two responses to one prompt, a pair) or labeled texts (text, "
+                   "optional label), as a JSON list, JSONL or "
                    "a Hugging Face dataset on disk (a folder written by save_to_disk, an .arrow file, a .parquet "
                    "file or a folder of them): the same rows give the same store in every format. A labeled "
                    "dataset that is not an A/B set is read window by window whatever its size (see --text-column, "
@@ -45,7 +73,10 @@ class DataPath(click.Path):
               help="Zarr store to create or append to (one group per model).")
 @click.option("--position", type=click.Choice(POSITIONS), default="last", show_default=True,
               help="last: last real token of each text; mean: mean over real tokens; "
-                   "all: every real token as its own sample.")
+                   "all: every real token as its own sample (for chat exchanges with its 'role': system, user, "
+                   "assistant, template, and its 'response_index'). For chat exchanges (records with 'prompt' and "
+                   "'response', or --respond): prompt-last, the last token before the assistant's response "
+                   "starts; response-mean, the mean over the response's tokens; response-all, each of them.")
 @click.option("--offset", type=click.IntRange(0), default=None,
               help="With --position last: capture the token this many before the last one. Default: 1 for "
                    "an A/B set (every text ends in '(A)', '(B)', ...: the answer letter, as CAA reads it), "
@@ -74,8 +105,14 @@ class DataPath(click.Path):
 @click.option("--separator", type=EscapedText(), default="\\n", show_default=True,
               help="Joins an A/B question and its answer; escapes like \\n are understood.")
 @click.option("--chat-template", is_flag=True,
-              help="Format texts with the tokenizer's chat template (A/B: question as the user turn, "
-                   "answer as the assistant turn; other texts as one user turn).")
+              help="Format texts with the tokenizer's chat template: a chat exchange (records with 'prompt' and "
+                   "'response'; or 'prompt', 'positive', 'negative': two responses to one prompt) and an A/B item "
+                   "(question, answer) as a user turn and an assistant turn; other texts as one user turn with the "
+                   "generation prompt. Without it an exchange reads prompt, a blank line, response; an A/B item "
+                   "question, --separator, answer. The store records the template's hash.")
+@click.option("--system", default=None, metavar="TEXT",
+              help="A system prompt before each text: with --chat-template a system turn, without it a paragraph "
+                   "before the text. Recorded in the store.")
 @click.option("--max-length", type=click.IntRange(1), default=None,
               help="Longest text in tokens; longer texts keep their last tokens, with a warning "
                    "(default: the model's context length). A .txt corpus is cut into windows of this many "
@@ -112,9 +149,34 @@ class DataPath(click.Path):
                    "forward passes (float64) and committed after every window: for contrast sets whose "
                    "activations would not fit on disk (e.g. --position all --layers all). `actstore stats` and "
                    "`enr` then read them; --whiten needs the activations.")
+@click.option("--respond", is_flag=True,
+              help="On-policy capture (the persona-vectors recipe): --data is a file of questions (field 'prompt' "
+                   "or 'question', or --text-column); the model answers each under --system-pos and under "
+                   "--system-neg, and those exchanges are captured (pairs pos/neg by question; read them at "
+                   "--position response-mean). The responses are in the store ('response') and in a JSONL file "
+                   "(--responses); an interrupted run continues with --resume.")
+@click.option("--system-pos", default=None, metavar="TEXT", help="With --respond: the positive system prompt.")
+@click.option("--system-neg", default=None, metavar="TEXT", help="With --respond: the negative system prompt.")
+@click.option("--max-new-tokens", type=click.IntRange(1), default=None,
+              help="With --respond: the longest response, in tokens (default 64).")
+@click.option("--temperature", type=click.FloatRange(0), default=None,
+              help="With --respond: 0 (the default) answers greedily; above 0 samples at this temperature.")
+@click.option("--seed", type=int, default=None,
+              help="With --respond and --temperature: the sampling seed (default 0; each batch is seeded from it, "
+                   "so a rerun writes the same responses).")
+@click.option("--keep-if", type=CallableType(), default=None,
+              help="With --respond: module:function, called as function(question, response, label) -> bool; a "
+                   "question is captured only if both its responses are kept (none is built in: scorers need "
+                   "the evaluation package).")
+@click.option("--responses", type=click.Path(dir_okay=False), default=None, metavar="PATH.jsonl",
+              help="With --respond: where the responses are written (default: actstore's cache, named by the "
+                   "model, the questions and the settings).")
 @quiet_option
-def capture(data, store, resume, shard, scheduler, shards, quiet, **fields):
+def capture(data, store, resume, shard, scheduler, shards, quiet, respond, **fields):
     """Run a causal LM over a contrast set and store residual activations.
+
+    Chat exchanges (records with 'prompt' and 'response') are a user turn and an assistant turn:
+    read them at --position prompt-last, response-mean or response-all.
 
     Layer L is the output of decoder block L (or, with --site, of its attention or MLP). Activations stream to the store
     window by window; an interrupted capture keeps everything committed and
@@ -135,6 +197,12 @@ def capture(data, store, resume, shard, scheduler, shards, quiet, **fields):
     # Each option goes to the record with its name; every record is checked here, before a model
     # loads or a cluster starts.
     model_spec = take_record(ModelSpec, fields)
+    responding = {name: fields.pop(name) for name in _RESPOND if fields.get(name) is not None}
+    fields = {name: value for name, value in fields.items() if name not in _RESPOND}
+    if responding and not respond:
+        raise click.UsageError(f"--{sorted(responding)[0].replace('_', '-')} goes with --respond")
+    if respond and (scheduler is not None or shard is not None):
+        raise click.UsageError("--respond captures in one process: leave out --scheduler and --shard")
     fields["progress"] = not quiet
     options = take_record(CaptureOptions, fields)
     group = take_record(GroupOptions, fields)
@@ -148,6 +216,9 @@ def capture(data, store, resume, shard, scheduler, shards, quiet, **fields):
                    f"into {store} group {reports[0].group!r}; {reports[0].merged_shards}/{len(reports)} merged")
         return
 
+    if respond:
+        _capture_responses(model_spec, data, store, options, group, resume, responding)
+        return
     loaded = model_spec.load()
     try:
         report = capture_to_store(loaded, data, store, options=options, group=group, resume=resume, shard=shard)
@@ -156,6 +227,26 @@ def capture(data, store, resume, shard, scheduler, shards, quiet, **fields):
                    "rerun the same command with --resume to continue", err=True)
         raise SystemExit(130) from None
     _print_report(report, data, store, shard, group)
+
+
+def _capture_responses(model_spec, data, store, options, group, resume, responding: dict) -> None:
+    from ..capture import RespondOptions, capture_responses
+
+    for name in ("system_pos", "system_neg"):
+        if name not in responding:
+            raise click.UsageError(f"--respond needs --{name.replace('_', '-')}")
+    respond = RespondOptions(**responding)
+    loaded = model_spec.load()
+    try:
+        report = capture_responses(loaded, data, store, respond, options=options, group=group, resume=resume)
+    except KeyboardInterrupt:
+        click.echo(f"\ninterrupted: the responses written so far and everything committed are kept in {store}; "
+                   "rerun the same command with --resume to continue", err=True)
+        raise SystemExit(130) from None
+    kept, asked = report.kept
+    click.echo(f"{data}: the model answered {asked} questions under both system prompts (responses in "
+               f"{report.responses}); {kept} kept")
+    _print_report(report, report.responses, store, None, group)
 
 
 def _print_report(report, data, store, shard, group) -> None:

@@ -11,7 +11,18 @@ columns), and what the rows mean is recognised from those fields, the same way f
    question + separator + the other answer.
 2. Paired: ``positive``, ``negative`` -> classes ``pos`` / ``neg`` in one pair
    (the format of every set in ``../shared/data``).
-3. Labeled: ``text`` and, where there is one, ``label`` (any class names; a field named
+3. Chat exchanges, a user turn and the assistant's response (:mod:`actstore.inputs.chat` formats
+   them, with the model's chat template under ``chat_template``):
+
+   * ``prompt``, ``positive``, ``negative``: one pair, two responses to the same prompt: class
+     ``pos`` = (prompt, positive), ``neg`` = (prompt, negative);
+   * ``prompt``, ``response`` and, where there is one, ``label`` (else class ``text``), an
+     integer ``pair_id`` (else each record is its own pair) and a ``system`` prompt (else the
+     capture's): one exchange per record (what ``capture --respond`` writes).
+
+   Without a template an exchange reads ``prompt``, a blank line, ``response``. Positions
+   relative to the turns (``prompt-last``, ``response-mean``, ``response-all``) read these.
+4. Labeled: ``text`` and, where there is one, ``label`` (any class names; a field named
    ``label`` is the class unless ``label_column`` says otherwise, the Hugging Face convention;
    without one every text is of class ``text``); an optional integer ``pair_id`` groups
    records, otherwise each record is its own pair. ``text_column`` and ``label_column`` name
@@ -46,17 +57,22 @@ DEFAULT_SEPARATOR = "\n"
 
 _FORMATS = {
     "caa": ("question", "answer_matching_behavior", "answer_not_matching_behavior"),
+    "exchange-pairs": ("prompt", "positive", "negative"),
     "pairs": ("positive", "negative"),
+    "exchanges": ("prompt", "response"),
     "labeled": ("text", "label"),
 }
+EXCHANGE_FORMATS = ("exchange-pairs", "exchanges")  # rows that are chat exchanges (prompt, response)
 
 
 @dataclass(frozen=True)
 class Example:
     """One text to capture.
 
-    ``prompt``/``completion`` are kept for A/B items so a chat template can put
-    the question in the user turn and the answer in the assistant turn.
+    ``prompt``/``completion`` are kept for A/B items and chat exchanges so a chat template can put
+    the question in the user turn and the answer in the assistant turn; ``system``: the system
+    prompt of this exchange (on-policy capture: the one its response was written under; None:
+    the capture's).
     """
 
     text: str
@@ -67,6 +83,7 @@ class Example:
     completion: str | None = None
     question: int | None = None  # the pair id of the question as written (shared with its twin); None: pair_id
     order: int = 0  # 0: options as written; 1: the option-swapped twin (:func:`with_twins`)
+    system: str | None = None
 
     @property
     def question_id(self) -> int:
@@ -83,12 +100,14 @@ class ContrastSet:
     sha256: str
     examples: list[Example]
     swapped: bool = False  # every pair is followed by its option-swapped twin (:func:`with_twins`)
+    settings: dict | None = None  # how the set was made, recorded with a capture's run (on-policy responses)
 
     @property
     def is_ab(self) -> bool:
         """An A/B set: every text ends in a parenthesised answer letter, ``(A)``, ``(B)``, ...
         (CAA items and the pairs made of them; :func:`answer_letter`); read at the letter, not the final ``)``."""
-        return bool(self.examples) and all(answer_letter(e.text) is not None for e in self.examples)
+        return bool(self.examples) and self.format not in EXCHANGE_FORMATS \
+            and all(answer_letter(e.text) is not None for e in self.examples)
 
     @property
     def labels(self) -> list[str]:
@@ -112,9 +131,13 @@ class Shape:
     text: str = "text"
     label: str | None = None
     pair_id: bool = False
+    system: bool = False  # exchanges: a system prompt per record
 
     @property
     def fields(self) -> tuple[str, ...]:
+        if self.format == "exchanges":
+            optional = ((self.label,) if self.label else ()) + (("pair_id",) if self.pair_id else ())
+            return _FORMATS["exchanges"] + optional + (("system",) if self.system else ())
         if self.format != "labeled":
             return _FORMATS[self.format]
         return (self.text,) + ((self.label,) if self.label else ()) + (("pair_id",) if self.pair_id else ())
@@ -123,8 +146,13 @@ class Shape:
 def detect_shape(table: Table, text_column: str | None = None, label_column: str | None = None) -> Shape:
     """The :class:`Shape` of ``table`` from its fields (the same rules for every format)."""
     fields = table.fields
+    if text_column is None and all(k in fields for k in _FORMATS["exchanges"]) and "positive" not in fields:
+        label = label_column if label_column is not None else "label" if "label" in fields else None
+        if label and label not in fields:
+            labeled_fields(table, "prompt", label)  # names the missing field
+        return Shape("exchanges", "prompt", label or None, "pair_id" in fields, "system" in fields)
     if text_column is None and label_column is None:
-        for fmt in ("caa", "pairs"):
+        for fmt in ("caa", "exchange-pairs", "pairs"):
             if all(k in fields for k in _FORMATS[fmt]):
                 return Shape(fmt)
         if "text" not in fields:
@@ -137,7 +165,9 @@ def _partial_shape(table: Table) -> Shape:
     """A table with fields of a format but not all of them: most likely that format with a field
     missing or misspelled. A JSON file names the record that lacks it; a dataset lacks a column."""
     fields = table.fields
-    overlap = {name: sum(k in fields for k in keys) for name, keys in _FORMATS.items()}
+    # 'prompt' alone says nothing (many files have one): an exchange format needs it and a field of its own
+    overlap = {name: sum(k in fields for k in keys if k != "prompt")
+               if name not in EXCHANGE_FORMATS or "prompt" in fields else 0 for name, keys in _FORMATS.items()}
     best = max(overlap, key=overlap.get)
     expected = "; ".join(f"{name}: {', '.join(keys)}" for name, keys in _FORMATS.items())
     if overlap[best] == 0:
@@ -168,7 +198,7 @@ def _row_examples(table: Table, shape: Shape, index: int, row: dict, class_names
     """The examples of one row, each value checked by :mod:`actstore.inputs.records` (file, row, field)."""
     path, fmt, where = table.path, shape.format, table.where(index)
     for key in shape.fields:
-        if row[key] is MISSING and key != "pair_id":
+        if row[key] is MISSING and key not in ("pair_id", "system"):
             raise missing_field(path, where, key, _FORMATS[fmt], fmt)
     if fmt == "caa":
         question, matching, other = (text_value(path, where, k, row[k]) for k in _FORMATS["caa"])
@@ -177,10 +207,28 @@ def _row_examples(table: Table, shape: Shape, index: int, row: dict, class_names
     if fmt == "pairs":
         positive, negative = (text_value(path, where, k, row[k]) for k in _FORMATS["pairs"])
         return [Example(positive, POS, index, where), Example(negative, NEG, index, where)]
+    if fmt == "exchange-pairs":
+        prompt, positive, negative = (text_value(path, where, k, row[k]) for k in _FORMATS[fmt])
+        return [exchange(prompt, response, label, index, where)
+                for label, response in ((POS, positive), (NEG, negative))]
+    if fmt == "exchanges":
+        prompt, response = (text_value(path, where, k, row[k]) for k in _FORMATS[fmt])
+        label = label_value(path, where, shape.label, row[shape.label], class_names) if shape.label else CORPUS_CLASS
+        pair_id, system = row.get("pair_id", MISSING), row.get("system", MISSING)
+        system = None if system is MISSING or system is None else text_value(path, where, "system", system)
+        return [exchange(prompt, response, label, index if pair_id is MISSING else pair_id_value(path, where, pair_id),
+                         where, system)]
     text = text_value(path, where, shape.text, row[shape.text])
     label = label_value(path, where, shape.label, row[shape.label], class_names) if shape.label else CORPUS_CLASS
     pair_id = row.get("pair_id", MISSING)
     return [Example(text, label, index if pair_id is MISSING else pair_id_value(path, where, pair_id), where)]
+
+
+def exchange(prompt: str, response: str, label: str, pair_id: int, where: str, system: str | None = None) -> Example:
+    """A chat exchange as an example; its ``text`` is the exchange without a template (the prompt,
+    a blank line, the response), which a capture formats again as its options say."""
+    text = f"{system}\n\n{prompt}\n\n{response}" if system else f"{prompt}\n\n{response}"
+    return Example(text, label, pair_id, where, prompt, response, system=system)
 
 
 def contrast_set(table: Table, shape: Shape, separator: str = DEFAULT_SEPARATOR) -> ContrastSet:
@@ -224,6 +272,31 @@ def read_data(path: str | Path, separator: str = DEFAULT_SEPARATOR, *, text_colu
             and not _ab_texts(table, shape.text):
         return table_source(table, shape.text, shape.label)
     return contrast_set(table, shape, separator)
+
+
+QUESTION_FIELDS = ("prompt", "question")
+
+
+def read_questions(path: str | Path, text_column: str | None = None) -> tuple[list[str], list[str], str]:
+    """The questions of a file (any format of :func:`open_table`): field ``text_column``, else
+    ``prompt``, else ``question`` (a CAA file's questions); ``(questions, where each is, sha256)``."""
+    table = open_table(path)
+    names = (text_column,) if text_column else QUESTION_FIELDS
+    field = next((name for name in names if name in table.fields), None)
+    if field is None:
+        raise InputFormatError(f"{str(path)!r} has no {table.noun} {' or '.join(map(repr, names))} of questions; its "
+                               f"{table.noun}s are {list(table.fields)!r} (name one with text_column)",
+                               param="text_column")
+    questions, where = [], []
+    for start, values in blocks(table, [field]):
+        for i, value in enumerate(values[field]):
+            where.append(table.where(start + i))
+            if value is MISSING:
+                raise InputFormatError(f"{str(path)!r} {where[-1]}: missing field {field!r} (the question)")
+            questions.append(text_value(path, where[-1], field, value))
+    if not questions:
+        raise InputFormatError(f"{str(path)!r} holds no questions")
+    return questions, where, table.sha256
 
 
 def needs_tokenizer(path: str | Path) -> bool:

@@ -101,9 +101,14 @@ def legacy_fingerprint(folder: Path) -> str:
 def same_weights(recorded: str, loaded) -> bool:
     """Whether a store's or vector's recorded fingerprint is ``loaded``'s weights: equal, or a fingerprint
     of the older kind (``sha256-local:``) that the folder ``loaded`` came from still gives."""
-    if recorded == loaded.fingerprint:
+    return fingerprints_agree(recorded, loaded.fingerprint, getattr(loaded, "model_id", ""))
+
+
+def fingerprints_agree(recorded, current: str, model_id) -> bool:
+    """:func:`same_weights` from the fingerprint and the model id (a folder) alone."""
+    if recorded == current:
         return True
-    folder = Path(str(getattr(loaded, "model_id", "")))
+    folder = Path(str(model_id))
     return str(recorded).startswith("sha256-local:") and folder.is_dir() and recorded == legacy_fingerprint(folder)
 
 

@@ -16,6 +16,10 @@ Layout (one group per model, named by :func:`actstore.models.load.safe_group_nam
         text_hash  (sample,) string  16 hex digits of BLAKE2b of the text
         text_index (sample,) int64   index of the text in this group (0, 1, ...)
         token_index(sample,) int64   token position among real tokens (-1 for mean)
+        role       (sample,) string  chat exchanges: the role of the row's token (system, user, assistant,
+                                     template; "" for a mean or a text that is no exchange)
+        response_index (sample,) int64  the row's token's place in the assistant's response (-1 elsewhere)
+        response   (sample,) string  on-policy capture (capture --respond): the response the model wrote
         stats/                       cached statistics, attrs current = the subgroup in use:
           v<hex>/                    count (class, layer), mean and var (class, layer, hidden),
                                      class, layer; attrs say which data_version
@@ -55,10 +59,19 @@ SAMPLE_COORDS = {
     "token_index": "int64",
     "question": "int64",
     "order": "int64",
+    "role": str,
+    "response_index": "int64",
+    "response": str,
 }
 # Coordinates that groups created before them lack (their rows are all as written: question =
-# pair_id, order 0); readers and writers take a group without them as it is.
-LATER_COORDS = ("question", "order")
+# pair_id, order 0; no roles, no responses); readers and writers take a group without them as it is.
+LATER_COORDS = ("question", "order", "role", "response_index", "response")
+CHAT_COORDS = ("role", "response_index", "response")
+# What a row that is no chat exchange holds in them (the writer's default)
+NO_CHAT = {"role": "", "response_index": -1, "response": ""}
+# Fill values no data takes: zarr skips writing a chunk equal to the fill value, which verify would
+# take for a lost chunk (most rows of a capture of plain texts hold "" and -1).
+_FILLS = {"role": "\x01", "response": "\x01", "response_index": -2}
 STORE_DTYPES = ("float32", "float16", "bfloat16")
 # Zarr v3's core has no bfloat16: its bits are stored as uint16, the logical dtype in the
 # group's ``dtype`` and the array's ``actstore_dtype`` attribute; open_store decodes it.
@@ -290,9 +303,13 @@ def check_appendable(group, spec: CaptureSpec, path: str, group_name: str) -> No
             f"{path!r} group {group_name!r} has schema version "
             f"{existing.get('schema_version')!r}, expected {SCHEMA_VERSION}"
         )
+    from ..models.load import fingerprints_agree
+
     new = spec.attrs()
     for key in MUST_MATCH:
         there = existing.get(key, MATCH_DEFAULTS.get(key))
+        if key == "model_fingerprint" and fingerprints_agree(there, new[key], spec.model_id):
+            continue  # a group recorded with the older kind of fingerprint, of this same folder
         if there != new[key]:
             raise StoreError(
                 f"cannot append to {path!r} group {group_name!r}: {key} is "
@@ -338,7 +355,7 @@ def create_group(root, group_name: str, spec: CaptureSpec):
             chunks=(_COORD_CHUNK,),
             dtype=dtype,
             dimension_names=("sample",),
-            fill_value="" if dtype is str else -1,
+            fill_value=_FILLS.get(name, "" if dtype is str else -1),
             compressors=small_compressors(),
         )
     # put, not update: the marker goes in the same single write that brings the attributes

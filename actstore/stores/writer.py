@@ -24,8 +24,10 @@ from .roots import open_root
 from .runs import RunRecord, read_runs, runs_attr
 from .schema import (
     ACTS,
+    CHAT_COORDS,
     LATER_COORDS,
     MOMENTS,
+    NO_CHAT,
     SAMPLE_COORDS,
     SHARDS,
     STORE_DTYPES,
@@ -232,8 +234,9 @@ class ActivationWriter:
             self.acts[start:stop] = values
         if "order" not in self.coords and np.any(np.asarray(coords.get("order", 0)) != 0):
             raise StoreError(self.no_twins_message())
-        # Rows given without question/order (a caller written before them) are as written.
-        coords = {"question": coords.get("pair_id"), "order": np.zeros(stop - start, np.int64), **coords}
+        # Rows given without question/order (a caller written before them) are as written; without roles, no exchange.
+        coords = {"question": coords.get("pair_id"), "order": np.zeros(stop - start, np.int64),
+                  **{name: np.full(stop - start, value) for name, value in NO_CHAT.items()}, **coords}
         for name, array in self.coords.items():
             array[start:stop] = coords[name]
 
@@ -241,6 +244,12 @@ class ActivationWriter:
     def holds_twins(self) -> bool:
         """Whether the group can record option-swapped twins (its ``question``/``order`` arrays)."""
         return all(name in self.coords for name in LATER_COORDS) or bool(self.group.attrs.get("stats_only"))
+
+    @property
+    def holds_roles(self) -> bool:
+        """Whether the group can record chat roles and responses (its ``role``, ``response_index``,
+        ``response`` arrays; groups made before them lack them)."""
+        return all(name in self.coords for name in CHAT_COORDS) or bool(self.group.attrs.get("stats_only"))
 
     def no_twins_message(self) -> str:
         return (f"{self.path!r} group {self.group.basename!r} was created before actstore recorded option-swapped "

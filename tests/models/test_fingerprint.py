@@ -57,3 +57,23 @@ def test_records_of_the_older_kind_still_match_their_own_folder(folders):
     assert same_weights(legacy_fingerprint(first), loaded)
     assert not same_weights("sha256-local:0123456789abcdef", loaded)
     assert same_weights(loaded.fingerprint, loaded) and not same_weights(_fingerprint_local(second), loaded)
+
+
+def test_a_group_takes_more_rows_of_its_weights_only(folders, tmp_path):
+    import json
+
+    import zarr
+
+    first, second, store = folders
+    more = [tmp_path / f"more{i}.json" for i in range(3)]
+    for i, path in enumerate(more):
+        path.write_text(json.dumps([{"positive": f"I helped {i} {j}.", "negative": f"I hurt {i} {j}."} for j in range(3)]))
+    actstore.capture_to_store(str(first), more[0], store, layers="1", progress=False)  # the same weights: appended
+    for weights in first.glob("*.safetensors"):  # another checkpoint in the same folder
+        shutil.copy(second / weights.name, weights)
+    with pytest.raises(StoreError, match="model_fingerprint"):
+        actstore.capture_to_store(str(first), more[1], store, layers="1", progress=False)
+    # a group recorded before the weights were read holds the older fingerprint: it cannot tell, and takes them
+    group = zarr.open_group(str(store), mode="r+")[actstore.stores.StoreGroup.open(store).name]
+    group.attrs["model_fingerprint"] = legacy_fingerprint(first)
+    actstore.capture_to_store(str(first), more[2], store, layers="1", progress=False)

@@ -105,15 +105,15 @@ def test_verify_says_a_clean_store_is_good_and_counts_its_chunks(run, store):
     result = run("verify", store)
     assert result.exit_code == 0, result.output
     assert "no damage found" in result.output
-    assert "2 of 2 chunks" not in result.output  # acts has 2 chunks, the coordinates 7 more, the layer 1
-    assert "10 of 10 chunks good" in result.output, result.output
+    assert "2 of 2 chunks" not in result.output  # acts has 2 chunks, the coordinates 10 more, the layer 1
+    assert "13 of 13 chunks good" in result.output, result.output
 
 
 def test_verify_lists_the_good_chunks_beside_the_damaged_one(run, store):
     chunk(store, "acts", "c/0/1/0").unlink()
     result = run("verify", store)
     assert result.exit_code == 1
-    assert "9 of 10 chunks good" in result.output and "c/0/1/0: missing" in result.output, result.output
+    assert "12 of 13 chunks good" in result.output and "c/0/1/0: missing" in result.output, result.output
 
 
 @pytest.mark.parametrize("edit, message", [
