@@ -10,6 +10,8 @@ from __future__ import annotations
 import importlib.util
 import os
 import socket
+import threading
+from http.server import ThreadingHTTPServer
 
 import numpy as np
 import pytest
@@ -102,3 +104,21 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+@pytest.fixture
+def http_server():
+    """``start(handler_class) -> URL``: a local HTTP server in a thread; every one is shut down after the test
+    (the fake vLLM servers of the check, eval and fault tests)."""
+    servers = []
+
+    def start(handler) -> str:
+        server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        servers.append(server)
+        return f"http://127.0.0.1:{server.server_address[1]}"
+
+    yield start
+    for server in servers:
+        server.shutdown()
+        server.server_close()

@@ -5,8 +5,7 @@ the check sends is recorded (the real engine is in test_http.py)."""
 from __future__ import annotations
 
 import json
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 
 import numpy as np
 import pytest
@@ -51,9 +50,8 @@ def _answers(loaded, folder, received: list):
 
 
 @pytest.fixture
-def plugin_server():
+def plugin_server(http_server):
     """``start(model_id, complete) -> url`` of a server answering /v1/models and /v1/completions."""
-    servers = []
 
     def start(model_id, complete):
         class Handler(BaseHTTPRequestHandler):
@@ -74,15 +72,9 @@ def plugin_server():
             def do_POST(self):
                 self._send(*complete(json.loads(self.rfile.read(int(self.headers["Content-Length"])))))
 
-        server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        threading.Thread(target=server.serve_forever, daemon=True).start()
-        servers.append(server)
-        return f"http://127.0.0.1:{server.server_address[1]}"
+        return http_server(Handler)
 
-    yield start
-    for server in servers:
-        server.shutdown()
-        server.server_close()
+    return start
 
 
 def _vectors(tmp_path):

@@ -7,8 +7,7 @@ from __future__ import annotations
 
 import json
 import socket
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 
 import pytest
 from click.testing import CliRunner
@@ -78,20 +77,11 @@ class _FakeVLLM(BaseHTTPRequestHandler):
 
 
 @pytest.fixture
-def fake_server():
-    servers = []
-
+def fake_server(http_server):
     def start(model_id, complete):
-        handler = type("Handler", (_FakeVLLM,), {"model_id": model_id, "complete": staticmethod(complete)})
-        server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
-        threading.Thread(target=server.serve_forever, daemon=True).start()
-        servers.append(server)
-        return f"http://127.0.0.1:{server.server_address[1]}"
+        return http_server(type("Handler", (_FakeVLLM,), {"model_id": model_id, "complete": staticmethod(complete)}))
 
-    yield start
-    for server in servers:
-        server.shutdown()
-        server.server_close()
+    return start
 
 
 def _completion(body):

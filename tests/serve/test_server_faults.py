@@ -9,9 +9,8 @@ from __future__ import annotations
 
 import json
 import socket
-import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 
 import pytest
 from click.testing import CliRunner
@@ -39,10 +38,9 @@ def _http(body: bytes, status: str = "200 OK", length: int | None = None) -> byt
 
 
 @pytest.fixture
-def raw_server():
+def raw_server(http_server):
     """``start(answer) -> url``: every request (GET or POST) is answered with the raw bytes of
     ``answer(path, body)``, written as they are, then the connection is closed."""
-    servers = []
 
     def start(answer):
         class Handler(BaseHTTPRequestHandler):
@@ -60,15 +58,9 @@ def raw_server():
             def do_POST(self):
                 self._raw(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
 
-        server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        threading.Thread(target=server.serve_forever, daemon=True).start()
-        servers.append(server)
-        return f"http://127.0.0.1:{server.server_address[1]}"
+        return http_server(Handler)
 
-    yield start
-    for server in servers:
-        server.shutdown()
-        server.server_close()
+    return start
 
 
 # What a server sends instead of vLLM's JSON object, and what the error says of it.

@@ -204,8 +204,8 @@ def test_a_zero_vector_has_no_direction_to_project(tmp_path):
 
 
 def test_a_vector_recorded_with_the_older_fingerprint_of_the_served_folder_is_accepted():
-    from actstore.serve.settings import check_against_model
     from actstore.errors import VectorError
+    from actstore.serve.settings import check_against_model
 
     facts = ModelFacts("sha256-weights:new", 16, 4, "gemma3_text", legacy_fingerprint="sha256-local:aaaa")
     check_against_model(_vector(np.ones(16)), facts, "old")  # made before the weights were read
