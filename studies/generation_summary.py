@@ -17,6 +17,8 @@ import pandas as pd
 from generation_axbench import AXBENCH_PROMPT_MINUS_DIFFMEAN, t_interval
 
 CONTRASTS = {"P1 prompt - dense": ("prompt", "dense"), "P2 k64 - dense": ("64", "dense")}
+SECONDARY = {"prompt - unsteered": ("prompt", "none"), "dense - unsteered": ("dense", "none"),
+             "k64 - unsteered": ("64", "none")}  # does each arm add the concept at all (no correction claimed)
 RUBRICS = ("harmonic", "concept_rating", "instruction_rating", "fluency_rating")
 
 
@@ -45,8 +47,21 @@ def selected_scores(folder: Path) -> pd.DataFrame:
 def concept_differences(folder: Path, measure: str = "harmonic") -> dict[str, np.ndarray]:
     """Per contrast: the paired differences of ``measure`` over the concept's report prompts."""
     table = selected_scores(folder).pivot_table(index="prompt_id", columns="arm", values=measure)
-    return {name: (table[a] - table[b]).to_numpy() for name, (a, b) in CONTRASTS.items()
+    return {name: (table[a] - table[b]).to_numpy() for name, (a, b) in {**CONTRASTS, **SECONDARY}.items()
             if a in table and b in table}
+
+
+def selected_damage(folder: Path) -> dict[str, float]:
+    """Each arm's perplexity inflation at its selected configuration (results.csv)."""
+    results = pd.read_csv(folder / "results.csv", dtype={"k": str})
+    chosen = results[results["selected"].astype(bool)]
+    return {_arm(row.method, row.k): float(row.ppl_inflation) for row in chosen.itertuples()}
+
+
+def finished(folder: Path) -> bool:
+    """A sweep that ran to its end: its report written and all 7 configurations in results.csv (amendment 2
+    cuts the run by the clock; a concept cut mid-sweep is left out)."""
+    return (folder / "results.md").is_file() and len(pd.read_csv(folder / "results.csv")) == 7
 
 
 def summarize(out: Path) -> None:
@@ -56,8 +71,8 @@ def summarize(out: Path) -> None:
     for model_folder, measure in ((m, measure) for m in sorted(out.iterdir()) if m.is_dir() and m.name in
                                   ("instruct", "demo") for measure in ("harmonic", "concept_rating")):
         per_concept = {c.name: concept_differences(c, measure) for c in sorted(model_folder.glob("concept*"))
-                       if (c / "results.csv").is_file()}
-        for name in CONTRASTS:
+                       if finished(c)}
+        for name in (*CONTRASTS, *SECONDARY):
             diffs = [d[name] for d in per_concept.values() if name in d]
             if len(diffs) < 2:
                 continue
@@ -70,18 +85,36 @@ def summarize(out: Path) -> None:
                          "ci_low_pairs": pair_low, "ci_high_pairs": pair_high})
     table = pd.DataFrame(rows)
     if len(table):
-        table["p_holm"] = np.nan  # Holm within each measure's family (the plan's 4 tests per measure)
-        for _, family in table.groupby("measure"):
+        table["p_holm"] = np.nan  # Holm within each measure's primary family (the plan's 4 tests per measure)
+        primary = table["contrast"].isin(list(CONTRASTS))
+        for _, family in table[primary].groupby("measure"):
             table.loc[family.index, "p_holm"] = holm_adjusted(family["p_concepts"].to_numpy())
     table.to_csv(out / "contrasts.csv", index=False)
     lines = ["# Primary contrasts (harmonic score at the selected factor, report prompts)", "",
              "| model | measure | contrast | concepts / pairs | estimate | 95% CI over concepts | 95% CI over pairs "
              "| p (concepts) | Holm p | AxBench |", "|---|---|---|---|---|---|---|---|---|---|"]
     for row in table.itertuples():
-        axbench = f"{AXBENCH_PROMPT_MINUS_DIFFMEAN:+.3f}" if row.contrast.startswith("P1") else "-"
+        axbench = f"{AXBENCH_PROMPT_MINUS_DIFFMEAN:+.3f}" if row.contrast.startswith("P1") and \
+            row.measure == "harmonic" else "-"
         lines.append(f"| {row.model} | {row.measure} | {row.contrast} | {row.concepts} / {row.pairs} | "
                      f"{row.estimate:+.3f} | "
                      f"[{row.ci_low_concepts:+.3f}, {row.ci_high_concepts:+.3f}] | [{row.ci_low_pairs:+.3f}, "
-                     f"{row.ci_high_pairs:+.3f}] | {row.p_concepts:.3g} | {row.p_holm:.3g} | {axbench} |")
+                     f"{row.ci_high_pairs:+.3f}] | {row.p_concepts:.3g} | "
+                     f"{'' if np.isnan(row.p_holm) else format(row.p_holm, '.3g')} | {axbench} |")
+    lines += ["", "Rows without a Holm p are secondary (each arm against the unsteered model, no correction claimed).",
+              "", _damage_lines(out)]
     (out / "SUMMARY.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
+
+
+def _damage_lines(out: Path) -> str:
+    """Perplexity inflation at each arm's selected configuration: the median and range over concepts."""
+    lines = ["| model | arm | concepts | ppl inflation at the selected factor: median [min, max] |",
+             "|---|---|---|---|"]
+    for model_folder in sorted(m for m in out.iterdir() if m.is_dir() and m.name in ("instruct", "demo")):
+        damage = pd.DataFrame([selected_damage(c) for c in sorted(model_folder.glob("concept*")) if finished(c)])
+        for arm in damage.columns:
+            values = damage[arm].dropna()
+            lines.append(f"| {model_folder.name} | {arm} | {len(values)} | {values.median():.3f} "
+                         f"[{values.min():.3f}, {values.max():.3f}] |")
+    return "\n".join(lines)
