@@ -138,12 +138,13 @@ def run_sweep(loaded: LoadedModel | ModelSpec, request: SweepRequest):
     from .report import write_report
 
     checked = request.check()
-    loaded = loaded.load() if isinstance(loaded, ModelSpec) else loaded
     source, grid = checked.store, checked.grid
+    stats = group_statistics(source, scheduler=request.scheduler)
+    _check_classes(stats, grid)  # before the model loads: a store without the contrast's classes stops here
+    loaded = loaded.load() if isinstance(loaded, ModelSpec) else loaded
     source.check_model(loaded, request.force)  # once: the handle remembers it
     on_target = request.build_on_target(loaded, checked)
     windows = request.build_perplexity(loaded, checked)
-    stats = group_statistics(source, scheduler=request.scheduler)
     heldout_store = request.heldout_source(loaded, checked)
     heldout = _open_heldout(heldout_store, grid, loaded, request.force) if heldout_store is not None else None
     with folder_lock(request.out):  # one writer per folder: two runs would each append every row
@@ -166,6 +167,19 @@ def run_sweep(loaded: LoadedModel | ModelSpec, request: SweepRequest):
             replace_file(request.out / JUDGE_NOTE, checked.judge_note + "\n")
         write_report(ledger, grid.budgets, [Contrast.parse(c) for c in request.contrasts] or None)
     return results
+
+
+def _check_classes(stats, grid: Grid) -> None:
+    """The vectors contrast the classes 'pos' and 'neg' (how pairs are captured): refuse a store without
+    them, or with fewer than 2 samples of one, before anything is measured."""
+    from ..vectors.directions import class_moments
+
+    if any(not is_prompt(method) for method in grid.methods):
+        try:
+            class_moments(stats, grid.layers[0])
+        except ActstoreError as err:
+            raise ActstoreError(f"store: {err} (a sweep's vectors are 'pos' minus 'neg', the classes of "
+                                "contrast pairs)", param="store") from None
 
 
 def folder_lock(out_dir: str | Path):

@@ -201,3 +201,17 @@ def test_a_repeated_grid_value_is_refused_at_the_door(run, tmp_path, flags, show
     result = run("eval", "--model", "m", "--store", tmp_path / "s.zarr", "--data-test", tmp_path / "t.json",
                  "--layers", "1", "--out", tmp_path / "o", *flags)
     assert result.exit_code == 1 and shown in result.output and "Traceback" not in result.output, result.output
+
+
+def test_a_store_without_the_classes_pos_and_neg_is_refused_before_the_model_loads(tmp_path, llama):
+    from actstore.models.load import ModelSpec
+
+    rows = [{"text": f"Some text {i}.", "label": "positive" if i % 2 else "negative"} for i in range(8)]
+    data = tmp_path / "labeled.jsonl"
+    data.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    actstore.capture_to_store(llama, data, tmp_path / "s.zarr", layers="1", progress=False)
+    (tmp_path / "t.json").write_text(json.dumps([{"positive": "a (A)", "negative": "a (B)"}]))
+    request = SweepRequest(store=tmp_path / "s.zarr", data_test=tmp_path / "t.json", layers="1", out=tmp_path / "o",
+                           ks=(4, None), progress=False)
+    with pytest.raises(ActstoreError, match="class 'pos' .* it has classes \\['negative', 'positive'\\]"):
+        run_sweep(ModelSpec("no-such/model-anywhere"), request)  # the model would fail to load: it is not reached
