@@ -29,7 +29,9 @@ class CaptureOptions:
     name the fields of the texts and labels (a dataset's columns, a JSON file's keys:
     :mod:`actstore.inputs.datasets`). ``swap_options`` captures an A/B set with each pair's option-swapped twin
     (:func:`actstore.inputs.datasets.with_twins`), so the answer letter cancels question by question;
-    False keeps the texts as written. ``progress`` shows a progress bar.
+    False keeps the texts as written. ``progress`` shows a progress bar. ``new_run`` captures a file the group
+    already holds under other settings (e.g. another system prompt) as a run of its own; without it that is
+    refused, naming what changed (its texts would otherwise be added again by mistake).
 
     >>> options = CaptureOptions(layers="1,2", position="mean")
     >>> options.position, options.replace(position="all").position
@@ -51,6 +53,7 @@ class CaptureOptions:
     label_column: str | None = None
     swap_options: bool = True
     progress: bool = True
+    new_run: bool = False
 
     def __post_init__(self) -> None:
         if isinstance(self.layers, (list, tuple)):

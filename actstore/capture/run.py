@@ -157,7 +157,8 @@ def run_capture(request: CaptureRequest, data, store, *, resume: bool = False, s
     if shard is None:
         with ActivationWriter.open(store, plan.group_name, plan.spec) as writer:
             _check_twins_fit(writer, plan)
-            start = writer.begin_run(contrast.path, contrast.sha256, len(plan.rows.texts), resume, plan.settings)
+            start = writer.begin_run(contrast.path, contrast.sha256, len(plan.rows.texts), resume, plan.settings,
+                                     new_run=request.options.new_run)
             return _RangeCapture(loaded, writer, plan, writer.run, 0, len(plan.rows.texts)).run(start, True)
     return _capture_shard(loaded, store, contrast, plan, shard, merge)
 
@@ -197,7 +198,7 @@ def _capture_shard(loaded, store, contrast, plan: Plan, shard, merge: bool) -> C
     with ActivationWriter.open(store, plan.group_name, plan.spec, wait=_REGISTER_WAIT_S) as writer:
         _check_twins_fit(writer, plan)
         run = writer.begin_sharded_run(contrast.path, contrast.sha256, len(rows.texts), plan.settings, count,
-                                       rows.max_pair_id())
+                                       rows.max_pair_id(), new_run=plan.options.new_run)
     lo, hi = shard_bounds(len(rows.texts), index, count)
     if run.merged > index or run.complete:
         report = _report(store, plan.group_name, run, 0, 0, 0, 0.0, skipped=hi - lo)

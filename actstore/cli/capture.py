@@ -125,6 +125,9 @@ _RESPOND = ("system_pos", "system_neg", "max_new_tokens", "temperature", "seed",
                    "whose names are used). Default: 'label' when the rows have it (the Hugging Face "
                    "convention), else none; --label-column '' reads no labels. Without labels every text is of "
                    "class 'text'. A missing label (null, NaN, ClassLabel -1) is refused with its row.")
+@click.option("--new-run", is_flag=True,
+              help="Capture a file this group already holds under other settings (e.g. another --system) as a run "
+                   "of its own. Without it that is refused, naming what changed: its texts would be added again.")
 @click.option("--no-swap-options", "swap_options", is_flag=True, flag_value=False, default=True,
               help="Capture an A/B set as written. By default each pair is followed by its option-swapped twin "
                    "(the texts of the matching and the other option exchanged, and the answer letters with them), "

@@ -117,7 +117,8 @@ class ActivationWriter:
         """(layer, hidden) of the group's moments."""
         return len(self.group.attrs["layers"]), int(self.group.attrs["hidden_size"])
 
-    def begin_run(self, source: str, source_sha256: str, n_texts: int, resume: bool, settings: dict) -> int:
+    def begin_run(self, source: str, source_sha256: str, n_texts: int, resume: bool, settings: dict,
+                  new_run: bool = False) -> int:
         """Register (or, with ``resume``, find) the run for a source file.
 
         Returns the index of the first text still to capture (0 for a new run,
@@ -125,6 +126,8 @@ class ActivationWriter:
         """
         runs = read_runs(self.group)
         same = [r for r in runs if r.matches(source_sha256, settings)]
+        if not new_run:
+            self._refuse_changed_settings(runs, same, source, source_sha256, settings)
         if same and same[-1].shards and not same[-1].complete:
             raise StoreError(
                 f"{self.path!r} group {self.group.basename!r} is capturing {source!r} in "
@@ -140,6 +143,21 @@ class ActivationWriter:
         self._register(runs, source, source_sha256, settings, n_texts)
         self.truncate_uncommitted()
         return 0
+
+    def _refuse_changed_settings(self, runs: list[RunRecord], same: list[RunRecord], source: str, source_sha256: str,
+                                 settings: dict) -> None:
+        """The same file's contents with other settings would add its texts again (duplicated rows): refused,
+        naming what changed. A run's identity is its file and its settings."""
+        other = [r for r in runs if r.source_sha256 == source_sha256 and not same]
+        if not other:
+            return
+        before = other[-1].settings
+        changed = sorted(k for k in set(before) | set(settings) if before.get(k) != settings.get(k))
+        shown = "; ".join(f"{k}: {before.get(k)!r} then, {settings.get(k)!r} now" for k in changed)
+        raise StoreError(f"{self.path!r} group {self.group.basename!r} already holds {source!r} captured with other "
+                         f"settings ({shown}); its texts would be added again. Pass new_run=True to capture them as a "
+                         "run of their own, capture into another group (name=), or use the run's settings",
+                         param="new_run")
 
     def _refuse_if_unfinished(self, runs: list[RunRecord]) -> None:
         incomplete = [r for r in runs if not r.complete]
@@ -170,7 +188,7 @@ class ActivationWriter:
         return self.run
 
     def begin_sharded_run(self, source: str, source_sha256: str, n_texts: int, settings: dict, count: int,
-                          max_pair_id: int) -> RunRecord:
+                          max_pair_id: int, new_run: bool = False) -> RunRecord:
         """Register the run of a file captured in ``count`` shards, or join it.
 
         The first shard registers it and reserves its text indices and pair ids
@@ -178,6 +196,8 @@ class ActivationWriter:
         """
         runs = read_runs(self.group)
         same = [r for r in runs if r.matches(source_sha256, settings)]
+        if not new_run:
+            self._refuse_changed_settings(runs, same, source, source_sha256, settings)
         joined = [r for r in same if r.shards == count]
         if joined:
             self.run = joined[-1]

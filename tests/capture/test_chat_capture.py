@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 import actstore
-from actstore.errors import ActstoreError
+from actstore.errors import ActstoreError, StoreError
 from actstore.inputs.chat import ROLES, ChatFormat
 from actstore.inputs.datasets import read_contrast_set, with_twins
 from tests.inputs.test_chat import TEMPLATES
@@ -130,9 +130,12 @@ def test_the_system_prompt_is_part_of_a_runs_settings(tmp_path, llama, exchanges
     store = tmp_path / "a.zarr"
     actstore.capture_to_store(llama, exchanges_file, store, layers="1", position="response-mean", system="Be kind.",
                               progress=False)
-    # another system prompt is another run of the same file (not "already complete")
+    # another system prompt changes a setting of the file's run: refused, naming it, unless asked for a new run
+    with pytest.raises(StoreError, match="system"):
+        actstore.capture_to_store(llama, exchanges_file, store, layers="1", position="response-mean",
+                                  system="Be cruel.", progress=False)
     report = actstore.capture_to_store(llama, exchanges_file, store, layers="1", position="response-mean",
-                                       system="Be cruel.", progress=False)
+                                       system="Be cruel.", new_run=True, progress=False)
     assert report.n_texts_captured == len(EXCHANGES) and report.run == 1
     ds = actstore.open_store(store)
     first, second = ds.acts.values[: len(EXCHANGES)], ds.acts.values[len(EXCHANGES):]

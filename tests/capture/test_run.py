@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
 
+import actstore
 from actstore.capture import iter_windows, record_blocks
+from actstore.errors import StoreError
 from actstore.models.load import load_model
 
 TEXTS = [
@@ -117,3 +121,21 @@ def test_at_position_inverts_the_recorded_position_name():
     for bad in ("first", "mean-1", "last-x"):
         with pytest.raises(InputFormatError, match="not one a store records"):
             CaptureOptions.at_position(bad)
+
+
+@pytest.mark.parametrize("first, second, changed", [
+    ({}, {"swap_options": False}, "swap_options"),
+    ({}, {"separator": " "}, "separator"),
+])
+def test_the_same_file_with_a_setting_changed_is_refused_not_appended_again(tmp_path, llama, first, second, changed):
+    # issue 31 #4: toggling --no-swap-options or another --separator captured every text again (duplicates),
+    # with --resume too
+    data = tmp_path / "ab.json"
+    data.write_text(json.dumps([{"positive": f"Question {i}?\n(A) yes\n(B) no\n(A)",
+                                 "negative": f"Question {i}?\n(A) yes\n(B) no\n(B)"} for i in range(4)]))
+    store = tmp_path / "s.zarr"
+    report = actstore.capture_to_store(llama, data, store, layers="1", progress=False, **first)
+    for resume in (False, True):
+        with pytest.raises(StoreError, match=f"captured with other settings \\({changed}: "):
+            actstore.capture_to_store(llama, data, store, layers="1", progress=False, resume=resume, **second)
+    assert actstore.open_store(store).acts.shape[0] == report.n_samples_written  # nothing appended

@@ -238,8 +238,10 @@ def test_a_twin_capture_records_question_and_order(tmp_path, tiny_model_dirs, a_
     assert ds["order"].values.tolist() == [0, 0, 1, 1] * n
     assert ds["pair_id"].values.tolist() == [x for q in range(n) for x in (q, q, n + q, n + q)]
     assert ds["class"].values.tolist() == ["pos", "neg"] * (2 * n)
-    # A second run's questions and pair ids follow the first's, and as written: question = pair id, order 0.
-    actstore.capture_to_store(model, a_heavy_pairs, tmp_path / "t.zarr", layers="1", swap_options=False, progress=False)
+    # A second run's questions and pair ids follow the first's, and as written: question = pair id, order 0
+    # (the same file under another setting: a run of its own only when asked for, new_run).
+    actstore.capture_to_store(model, a_heavy_pairs, tmp_path / "t.zarr", layers="1", swap_options=False, new_run=True,
+                              progress=False)
     ds = actstore.open_store(tmp_path / "t.zarr")
     second = slice(4 * n, None)
     assert ds["order"].values[second].tolist() == [0] * (2 * n)
