@@ -178,7 +178,7 @@ def exchanges(concept_id: int, work: Path) -> Path:
     path = work / f"concept{concept_id}.jsonl"
     with path.open("w") as f:
         for row in rows.itertuples():
-            label = "positive" if row.concept_id == concept_id else "negative"
+            label = "pos" if row.concept_id == concept_id else "neg"
             f.write(json.dumps({"prompt": row.input, "response": row.output, "label": label}) + "\n")
     return path
 

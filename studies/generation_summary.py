@@ -102,7 +102,8 @@ def summarize(out: Path) -> None:
                      f"{row.ci_high_pairs:+.3f}] | {row.p_concepts:.3g} | "
                      f"{'' if np.isnan(row.p_holm) else format(row.p_holm, '.3g')} | {axbench} |")
     lines += ["", "Rows without a Holm p are secondary (each arm against the unsteered model, no correction claimed).",
-              "", _damage_lines(out)]
+              "", _damage_lines(out), "", "Not in the plan, added after reading the generations: degenerate "
+              "text at each arm's selected configuration (all 16 prompts).", "", degenerate_lines(out)]
     (out / "SUMMARY.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
@@ -117,4 +118,30 @@ def _damage_lines(out: Path) -> str:
             values = damage[arm].dropna()
             lines.append(f"| {model_folder.name} | {arm} | {len(values)} | {values.median():.3f} "
                          f"[{values.min():.3f}, {values.max():.3f}] |")
+    return "\n".join(lines)
+
+
+def degenerate_lines(out: Path) -> str:
+    """Not in the plan (added after reading the generations): the share of degenerate generations
+    (:func:`actstore.evaluation.scorers.is_degenerate`: a run of one character, a sentence or a 4-gram said
+    three times, ...) at each arm's selected configuration, pooled over the finished concepts' prompts."""
+    import json
+
+    from actstore.evaluation.scorers import is_degenerate
+
+    lines = ["| model | arm | generations | degenerate |", "|---|---|---|---|"]
+    for model_folder in sorted(m for m in out.iterdir() if m.is_dir() and m.name in ("instruct", "demo")):
+        counts: dict[str, list[int]] = {}
+        for folder in sorted(c for c in model_folder.glob("concept*") if finished(c)):
+            results = pd.read_csv(folder / "results.csv", dtype={"k": str})
+            chosen = {(row.method, str(row.k), float(row.alpha)) for row in results[results["selected"]].itertuples()}
+            chosen.add(("none", "none", 0.0))
+            for line in (folder / "generations.jsonl").read_text().splitlines():
+                row = json.loads(line)
+                key = (row["method"], str(row["k"]), float(row["alpha"]))
+                if key in chosen:
+                    arm = "none" if row["method"] == "none" else _arm(row["method"], row["k"])
+                    counts.setdefault(arm, []).append(int(is_degenerate(row["text"])))
+        for arm, flags in counts.items():
+            lines.append(f"| {model_folder.name} | {arm} | {len(flags)} | {np.mean(flags):.0%} |")
     return "\n".join(lines)
