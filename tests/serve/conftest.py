@@ -8,10 +8,11 @@ the embedded gemma-3-270m and vectors written here for it.
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import socket
 import threading
-from http.server import ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import numpy as np
 import pytest
@@ -122,3 +123,38 @@ def http_server():
     for server in servers:
         server.shutdown()
         server.server_close()
+
+
+class _FakeVLLM(BaseHTTPRequestHandler):
+    """Answers /v1/models with ``model_id``; /v1/completions as ``complete(body) -> (status, answer)``."""
+
+    model_id = "m"
+    complete = None
+
+    def log_message(self, *args):
+        pass
+
+    def _send(self, status, answer):
+        data = json.dumps(answer).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def do_GET(self):
+        self._send(200, {"data": [{"id": self.model_id}]})
+
+    def do_POST(self):
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        self._send(*type(self).complete(body))
+
+
+@pytest.fixture
+def fake_vllm(http_server):
+    """``start(model_id, complete) -> URL`` of a server answering /v1/models and /v1/completions."""
+
+    def start(model_id, complete):
+        return http_server(type("Handler", (_FakeVLLM,), {"model_id": model_id, "complete": staticmethod(complete)}))
+
+    return start

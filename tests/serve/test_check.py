@@ -4,9 +4,6 @@ the check sends is recorded (the real engine is in test_http.py)."""
 
 from __future__ import annotations
 
-import json
-from http.server import BaseHTTPRequestHandler
-
 import numpy as np
 import pytest
 import torch
@@ -50,31 +47,9 @@ def _answers(loaded, folder, received: list):
 
 
 @pytest.fixture
-def plugin_server(http_server):
+def plugin_server(fake_vllm):
     """``start(model_id, complete) -> url`` of a server answering /v1/models and /v1/completions."""
-
-    def start(model_id, complete):
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args):
-                pass
-
-            def _send(self, status, answer):
-                data = json.dumps(answer).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-            def do_GET(self):
-                self._send(200, {"data": [{"id": model_id}]})
-
-            def do_POST(self):
-                self._send(*complete(json.loads(self.rfile.read(int(self.headers["Content-Length"])))))
-
-        return http_server(Handler)
-
-    return start
+    return fake_vllm
 
 
 def _vectors(tmp_path):

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import socket
-from http.server import BaseHTTPRequestHandler
 
 import pytest
 from click.testing import CliRunner
@@ -51,37 +50,9 @@ def _closed_port() -> int:
         return sock.getsockname()[1]
 
 
-class _FakeVLLM(BaseHTTPRequestHandler):
-    """Answers /v1/models with ``model_id``; /v1/completions as ``complete(body) -> (status, answer)``."""
-
-    model_id = "m"
-    complete = None
-
-    def log_message(self, *args):
-        pass
-
-    def _send(self, status, answer):
-        data = json.dumps(answer).encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
-
-    def do_GET(self):
-        self._send(200, {"data": [{"id": self.model_id}]})
-
-    def do_POST(self):
-        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-        self._send(*type(self).complete(body))
-
-
 @pytest.fixture
-def fake_server(http_server):
-    def start(model_id, complete):
-        return http_server(type("Handler", (_FakeVLLM,), {"model_id": model_id, "complete": staticmethod(complete)}))
-
-    return start
+def fake_server(fake_vllm):
+    return fake_vllm
 
 
 def _completion(body):
