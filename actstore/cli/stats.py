@@ -75,13 +75,14 @@ def verify(store):
     """Read every chunk of a store and say what is damaged and what is still good.
 
     Checks each chunk's checksum (stores written before checksums: that chunks are
-    present and finite), that each group's attributes describe its arrays, and the
-    statistics cache. Exit status 1 if anything is damaged.
+    present and finite) and that it sits at its place (chunk files exchanged between
+    places each pass their own checksum), that each group's attributes describe its
+    arrays, and the statistics cache. Exit status 1 if anything is damaged.
     """
     from ..stores.verify import verify_store
 
     reports = verify_store(store)
-    click.echo(f"store {store}: {len(reports)} group(s)")
+    click.echo(f"store {store}: {len(reports)} group(s)" + ("" if reports else " (it holds no captured model yet)"))
     damaged = 0
     for report in reports:
         state = "ok" if report.ok else "DAMAGED"
@@ -94,6 +95,9 @@ def verify(store):
         if not report.checksums and report.checked:
             click.echo("    no checksums (written by an older actstore): a changed bit inside a chunk cannot be "
                        "detected, only missing chunks and non-finite values")
+        if not report.bound and report.checked:
+            click.echo("    no record of each chunk's place (written by an older actstore): chunk files exchanged "
+                       "between places cannot be detected")
         if report.stats.startswith("damaged"):
             click.echo(f"    statistics cache {report.stats} ('actstore stats' recomputes it)")
         damaged += not report.ok

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import ActstoreError, VectorError
+from ..errors import ActstoreError, NoActivationsError, StoreError, VectorError
 from ..stores.group import require_layers
 from ..stores.location import StoreLocation
 from ..stores.reader import open_store
@@ -44,6 +44,12 @@ def project(store, vector: SteeringVector, model: str | None = None, *, dataset=
     (('sample',), (14,))
     """
     ds = dataset if dataset is not None else open_store(store, model)
+    if ds.attrs.get("stats_only"):  # moments, no rows: an empty projection would say "class has no samples"
+        raise NoActivationsError(f"projecting onto a vector needs the activations, and {str(store)!r} group "
+                                 f"{ds.attrs.get('group')!r} was captured stats-only (moments, no rows); capture "
+                                 "it again without stats-only")
+    if not ds.sizes["sample"]:  # a capture interrupted before its first window's commit
+        raise StoreError(f"{str(store)!r} group {ds.attrs.get('group')!r} holds no samples yet")
     _check_same_weights(store, ds, vector)
     require_layers(ds["layer"].values, vector.layer, repr(str(store)), param="vector")
     if ds.sizes["hidden"] != vector.hidden_size:

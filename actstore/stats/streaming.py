@@ -26,6 +26,7 @@ import numpy as np
 from .._dask import scheduler_context
 from ..errors import StatsError
 from ..moments import Moments, _block_state, chan_merge, tensor_class_moments, window_moments
+from ..stores.binding import manifest_of
 from ..stores.chunks import ChunkScratch, LocalChunks, local_chunks
 from ..stores.group import StoreGroup
 from ..stores.integrity import damage_located, refuse_non_finite
@@ -39,8 +40,8 @@ from ..stores.reader import class_codes
 from ..stores.roots import open_root
 from ..stores.schema import ACTS, BFLOAT16, MOMENTS, bfloat16_values
 
-__all__ = ["Moments", "chan_merge", "chunk_moments", "class_moments", "compute_stats", "group_statistics", "moments", "open_stats",
-           "scheduler_context", "tensor_class_moments", "window_moments"]
+__all__ = ["Moments", "chan_merge", "chunk_moments", "class_moments", "compute_stats", "group_statistics", "moments",
+           "open_stats", "scheduler_context", "tensor_class_moments", "window_moments"]
 
 
 TASKS = 32  # the fused pass makes at least this many tasks where the store has that many chunks
@@ -273,7 +274,8 @@ def group_moments(store: StoreGroup, *, scheduler: str | None = None, split_ever
     classes, codes = class_codes(group, path, n)
     # A wide merge tree: the partial states are small and their merges cheap.
     split_every = split_every or 16
-    files = local_chunks(group[ACTS])
+    # each chunk checked against its place (.stores.binding), a damaged one named in the error
+    files = local_chunks(group[ACTS], where=(str(path), group.basename), entries=manifest_of(group.attrs, ACTS))
     if files is not None:  # a local store: each task reads, checks and reduces chunk files itself
         lazy = chunk_moments(files, n, codes, len(classes), store.spec.dtype == BFLOAT16, split_every)
     else:

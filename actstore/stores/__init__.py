@@ -10,6 +10,9 @@ One module per job, in the order a store is met:
 * :mod:`.runs`: the captures a group holds (run records, resume, shards' staging groups);
 * :mod:`.writer`: :class:`ActivationWriter`, rows appended and committed with one metadata write;
 * :mod:`.chunks`: chunk files read and written directly on a local store (CRC32C-checked);
+  :mod:`.chunkfiles`: opening them (regular files only), read buffers, a killed write's leftovers;
+  :mod:`.binding`: each chunk bound to its place (a manifest of checksums committed with the rows);
+  :mod:`.guard`: reads through zarr that name a damaged chunk as the direct reader does;
 * :mod:`.shards`: shards of a capture merged in order;
 * :mod:`.moments`: running moments of stats-only captures and the statistics cache;
 * :mod:`.reader`: :func:`open_store` (an xarray Dataset, lazy) and the class labels;

@@ -9,9 +9,12 @@ CRC32C last) on a :class:`zarr.storage.LocalStore`, :class:`LocalChunks` reads a
 verifies its CRC32C, decodes it with numcodecs (the codecs zarr itself calls) and returns the
 array; everything else (object stores, sharding, other codecs) goes through zarr as before.
 
-The checksum is always verified: a mismatch raises :class:`ValueError` saying "checksum", as
-zarr's own codec does, so :func:`.integrity.damage_located` names the chunk the same way. A chunk
-file that does not exist reads as the array's fill value, as in zarr (NaN for ``acts``: damage).
+The checksum is always verified, and where the group's manifest is given (:mod:`.binding`) so is
+the chunk's place: a mismatch raises :class:`DamagedStoreError` naming the store, group, array and
+chunk where the reader knows them (``where``: every read of a store's activations), else a
+:class:`ValueError` saying "checksum", as zarr's own codec does, so :func:`.integrity.damage_located`
+names the chunk the same way. A chunk file that does not exist reads as the array's fill value, as
+in zarr (NaN for ``acts``: damage, refused where ``where`` is known).
 
 Writes take the same shortcut (:meth:`LocalChunks.write_rows`, used by the store writer): each chunk
 is assembled once, encoded with the numcodecs codec zarr's own codec calls (the same parameters, so
@@ -30,49 +33,18 @@ from __future__ import annotations
 
 import itertools
 import os
-import stat
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from functools import cached_property
 
 import numpy as np
 
+from ..errors import DamagedStoreError
+from .binding import MISPLACED, misplaced, rows_crc
+from .chunkfiles import ChunkScratch, open_regular, refuse_irregular_files  # noqa: F401 (here for readers)
+from .schema import ACTS, BFLOAT16, BFLOAT16_NAN_BITS
+
 ZARR_READS = "ACTSTORE_ZARR_READS"  # "1": chunks read and written through zarr's pipeline only
-
-
-def open_regular(path: str):
-    """``path`` opened for reading if it is a regular file; anything else in a chunk's place (a FIFO
-    would block the read for ever, a device or a folder) is refused as damage (ValueError). Opened
-    without blocking, then checked, then read normally."""
-    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
-    try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise ValueError(f"chunk file {path} is not a regular file (a FIFO, a device or a folder)")
-        if hasattr(os, "O_NONBLOCK"):
-            os.set_blocking(fd, True)
-        return os.fdopen(fd, "rb")
-    except BaseException:
-        os.close(fd)
-        raise
-
-
-def refuse_irregular_files(array) -> None:
-    """Refuse (ValueError, naming the file) anything but regular files and folders in a local array's
-    chunk folder: zarr opens a FIFO there and blocks for ever. A walk of directory entries (no file is
-    opened); arrays of other stores pass."""
-    root = getattr(array.store, "root", None)
-    if root is None:
-        return
-    stack = [os.path.join(root, *array.path.split("/"))]
-    while stack:
-        try:
-            entries = list(os.scandir(stack.pop()))
-        except OSError:
-            continue
-        for entry in entries:
-            if entry.is_dir():
-                stack.append(entry.path)
-            elif not entry.is_file():
-                raise ValueError(f"chunk file {entry.path} is not a regular file (a FIFO, a device or a socket)")
 
 
 def _crc32c(data) -> bytes:
@@ -80,32 +52,6 @@ def _crc32c(data) -> bytes:
     import google_crc32c
 
     return np.uint32(google_crc32c.value(data)).astype("<u4").tobytes()
-
-
-class ChunkScratch:
-    """Two byte buffers that chunk reads go into, grown as needed and reused: a pass that is
-    done with each chunk before it reads the next (the statistics) then allocates nothing per
-    chunk. A fresh multi-MB buffer per chunk costs its page faults on every read, and glibc
-    keeps the freed ones in per-thread arenas, so peak memory grew with the chunks read."""
-
-    def __init__(self):
-        self._stored = np.empty(0, dtype=np.uint8)
-        self._decoded = np.empty(0, dtype=np.uint8)
-
-    def read(self, f) -> np.ndarray:
-        """The whole of the open file ``f``, as a view of the stored-bytes buffer."""
-        size = os.fstat(f.fileno()).st_size
-        if self._stored.size < size:
-            self._stored = np.empty(size, dtype=np.uint8)
-        view = self._stored[:size]
-        got = f.readinto(memoryview(view))
-        return view[:got]
-
-    def decoded(self, nbytes: int) -> np.ndarray:
-        """A buffer of ``nbytes`` for a codec to decode into."""
-        if self._decoded.size < nbytes:
-            self._decoded = np.empty(nbytes, dtype=np.uint8)
-        return self._decoded[:nbytes]
 
 
 @dataclass(frozen=True)
@@ -128,14 +74,23 @@ class LocalChunks:
     checksum: bool
     compressor_config: tuple[tuple[str, object], ...] = ()
     strings: bool = False  # variable-length UTF-8 strings (zarr's vlen-utf8), read as an object array
+    # Each chunk's place (.binding): chunk key -> its manifest entry; None: not checked
+    entries: Mapping | None = field(default=None, compare=False)
+    # (store, group) a damaged chunk is named in (DamagedStoreError); None: a ValueError, as zarr's codec raises
+    where: tuple[str, str] | None = None
+    name: str = ""  # the array's path in the store ("tiny-llama/acts")
+    missing_is_damage: bool = False  # a missing chunk is damage (acts: NaN fill), not the fill value
 
     @property
     def ndim(self) -> int:
         return len(self.shape)
 
+    def key(self, coords: tuple[int, ...]) -> str:
+        """Chunk ``coords``' key in its array (``c/3/0/0``)."""
+        return self.prefix + self.separator.join(str(c) for c in coords)
+
     def chunk_path(self, coords: tuple[int, ...]) -> str:
-        key = self.prefix + self.separator.join(str(c) for c in coords)
-        return os.path.join(self.folder, *key.split("/"))
+        return os.path.join(self.folder, *self.key(coords).split("/"))
 
     def read_chunk(self, coords: tuple[int, ...], scratch: ChunkScratch | None = None) -> np.ndarray:
         """Chunk ``coords`` as stored (full chunk shape; edge chunks are padded on disk).
@@ -144,19 +99,34 @@ class LocalChunks:
         chunk before it reads the next; the chunk returned is then a view of them. Without it,
         each read allocates its chunk anew (a caller that keeps the chunks, as a dask array does).
         """
-        path = self.chunk_path(coords)
+        key = self.key(coords)
+        path = os.path.join(self.folder, *key.split("/"))
         try:
             with open_regular(path) as f:
-                if scratch is None:
-                    raw = np.frombuffer(f.read(), dtype=np.uint8)
-                else:
-                    raw = scratch.read(f)
+                raw = np.frombuffer(f.read(), dtype=np.uint8) if scratch is None else scratch.read(f)
         except FileNotFoundError:
+            if self.missing_is_damage and self.where is not None:
+                raise self._damaged(key, "missing", path) from None
             return np.full(self.chunks, self.fill_value, dtype=self.dtype)
+        except ValueError:  # not a regular file
+            raise self._damaged(key, "not a regular file (a FIFO, a device or a folder in the chunk's place)",
+                                path) from None
+        entry = None if self.entries is None else self.entries.get(key)
         if self.checksum:
             raw, stored = raw[:-4], bytes(raw[-4:])
             if len(stored) != 4 or _crc32c(raw) != stored:
-                raise ValueError(f"Stored and computed checksum do not match (chunk file {path})")
+                raise self._damaged(key, "checksum mismatch (the bytes on disk changed after they were written)", path)
+            if type(entry) is int and int.from_bytes(stored, "little") != entry:  # its place (.binding)
+                raise self._damaged(key, MISPLACED, path)
+        try:
+            chunk = self._decoded(raw, path, scratch)
+        except Exception as err:  # the codec's own error: truncated, not its format
+            raise self._damaged(key, f"cannot be decoded ({type(err).__name__}: {str(err)[:120]})", path) from None
+        if isinstance(entry, list) and misplaced(entry, chunk, None):
+            raise self._damaged(key, MISPLACED, path)
+        return chunk
+
+    def _decoded(self, raw: np.ndarray, path: str, scratch: ChunkScratch | None) -> np.ndarray:
         if self.strings:
             return self._strings(raw, path)
         expected = int(np.prod(self.chunks)) * self.dtype.itemsize
@@ -166,6 +136,15 @@ class LocalChunks:
         if raw.size != expected:
             raise ValueError(f"chunk file {path} decodes to {raw.size} bytes, expected {expected}")
         return raw.view(self.dtype).reshape(self.chunks)
+
+    def _damaged(self, key: str, problem: str, path: str) -> Exception:
+        """The error for chunk ``key``: :class:`DamagedStoreError` naming the store, group, array and
+        chunk where :attr:`where` is known, else a ValueError naming the file, for the caller to locate."""
+        if self.where is None:
+            return ValueError(f"{problem} (chunk file {path})")
+        from .integrity import Damage, damage_message
+
+        return DamagedStoreError(damage_message(*self.where, [Damage(self.name, key, problem)]))
 
     def __getitem__(self, index: tuple[slice, ...]) -> np.ndarray:
         return self.read(index)
@@ -234,18 +213,20 @@ class LocalChunks:
             stored[-4:] = np.frombuffer(_crc32c(stored[:-4]), dtype=np.uint8)
         return stored
 
-    def write_rows(self, array, start: int, values: np.ndarray) -> None:
+    def write_rows(self, array, start: int, values: np.ndarray) -> dict:
         """``array[start:start + len(values)] = values`` for the zarr ``array`` these are the files of
         (its shape already holding those rows, every axis but the first written whole), as zarr writes
         it: a chunk the rows fill within the array's shape is made from them and the fill value; one
         they fill in part is read (checksum verified), updated and written again; a chunk equal to
         the fill value is deleted instead (zarr's ``write_empty_chunks=False``). Each chunk goes
-        through the store's ``set``/``delete``, the chunks of one span of rows together."""
+        through the store's ``set``/``delete``, the chunks of one span of rows together. Returns each
+        written chunk's manifest entry (:mod:`.binding`; rows ``start ..`` committed next), by key."""
         stop = start + values.shape[0]
         if values.shape[1:] != self.shape[1:] or stop > self.shape[0]:
             raise ValueError(f"rows {start}..{stop} of shape {values.shape[1:]} do not fit {self.shape}")
         rows = self.chunks[0]
         keep_empty = _array_config(array).write_empty_chunks
+        entries: dict = {}
         grid = list(itertools.product(*(range(-(-n // c)) for n, c in zip(self.shape[1:], self.chunks[1:]))))
         for row_chunk in range(start // rows, -(-stop // rows) if stop > start else 0):
             lo, hi = row_chunk * rows, (row_chunk + 1) * rows
@@ -254,7 +235,8 @@ class LocalChunks:
             writes = []
             for rest in grid:
                 coords = (row_chunk, *rest)
-                inner = tuple(slice(i * c, min((i + 1) * c, n)) for i, c, n in zip(rest, self.chunks[1:], self.shape[1:]))
+                inner = tuple(slice(i * c, min((i + 1) * c, n))
+                              for i, c, n in zip(rest, self.chunks[1:], self.shape[1:]))
                 inner_shape = tuple(s.stop - s.start for s in inner)
                 stored = None
                 if complete:
@@ -267,9 +249,13 @@ class LocalChunks:
                     chunk = np.array(self.read_chunk(coords))  # a writable copy
                 chunk[(slice(first - lo, last - lo), *(slice(0, n) for n in inner_shape))] = \
                     values[(slice(first - start, last - start), *inner)]
-                empty = not keep_empty and self._is_fill(chunk)
-                writes.append((coords, None if empty else self.encode(chunk, stored)))
+                data = None if not keep_empty and self._is_fill(chunk) else self.encode(chunk, stored)
+                writes.append((coords, data))
+                if data is not None and inner_shape == self.chunks[1:]:  # else left unbound (.binding)
+                    entries[self.key(coords)] = int.from_bytes(bytes(data[-4:]), "little") \
+                        if hi <= stop and self.checksum else [last - lo, rows_crc(chunk[:last - lo])]
             self._store(array, writes)
+        return entries
 
     def _store(self, array, writes: list) -> None:
         """Each ``(coords, stored bytes)`` through the store's ``set`` (``delete`` for None), at once."""
@@ -297,10 +283,14 @@ class LocalChunks:
         return bool(first == self.fill_value) and bool((chunk == self.fill_value).all())
 
 
-def local_chunks(array, strings: bool = False) -> LocalChunks | None:
+def local_chunks(array, strings: bool = False, where: tuple[str, str] | None = None,
+                 entries: Mapping | None = None) -> LocalChunks | None:
     """A :class:`LocalChunks` for zarr ``array`` when its layout is one this module reads, else None.
-    ``strings``: read a variable-length string array (zarr's ``vlen-utf8`` first), as objects."""
-    from zarr.codecs import BloscCodec, BytesCodec, Crc32cCodec, VLenUTF8Codec, ZstdCodec
+    ``strings``: read a variable-length string array (zarr's ``vlen-utf8`` first), as objects;
+    ``where``: (store, group) to name in a :class:`DamagedStoreError` for a damaged or missing chunk
+    (else a ValueError, and a missing chunk reads as the fill value); ``entries``: the array's
+    manifest entries (:mod:`.binding`), each chunk checked against the one for its key."""
+    from zarr.codecs import BytesCodec, Crc32cCodec, VLenUTF8Codec
     from zarr.core.chunk_grids import RegularChunkGrid
     from zarr.core.chunk_key_encodings import DefaultChunkKeyEncoding, V2ChunkKeyEncoding
     from zarr.storage import LocalStore
@@ -328,19 +318,9 @@ def local_chunks(array, strings: bool = False) -> LocalChunks | None:
     middle = codecs[1:-1] if checksum else codecs[1:]
     if len(middle) > 1:
         return None
-    compressor, config = None, ()
-    if middle:
-        codec = middle[0]
-        if isinstance(codec, BloscCodec) and codec.typesize is not None:
-            # what zarr's BloscCodec hands numcodecs (typesize too, numcodecs >= 0.16)
-            compressor = "blosc"
-            config = (("id", "blosc"), ("cname", codec.cname.value), ("clevel", codec.clevel),
-                      ("shuffle", {"noshuffle": 0, "shuffle": 1, "bitshuffle": 2}[codec.shuffle.value]),
-                      ("blocksize", codec.blocksize), ("typesize", codec.typesize))
-        elif isinstance(codec, ZstdCodec) and not codec.checksum:
-            compressor, config = "zstd", (("id", "zstd"), ("level", codec.level), ("checksum", False))
-        else:
-            return None
+    compressor, config = _compressor(middle[0]) if middle else (None, ())
+    if compressor == "?":
+        return None
     encoding = meta.chunk_key_encoding
     if isinstance(encoding, DefaultChunkKeyEncoding):
         prefix, separator = "c" + encoding.separator, encoding.separator
@@ -356,18 +336,53 @@ def local_chunks(array, strings: bool = False) -> LocalChunks | None:
         shape=tuple(array.shape), chunks=tuple(array.chunks), dtype=dtype,
         fill_value=np.array(meta.fill_value, dtype=dtype).item(), prefix=prefix, separator=separator,
         compressor=compressor, checksum=checksum, compressor_config=config, strings=strings,
+        entries=entries, where=where, name=array.path, missing_is_damage=_fill_is_damage(array),
     )
 
 
-def dask_array(array, chunks_per_task: int = 4):
+def _compressor(codec) -> tuple[str, tuple]:
+    """The name and numcodecs configuration of zarr compressor ``codec``; ``"?"`` for one this module
+    does not read."""
+    from zarr.codecs import BloscCodec, ZstdCodec
+
+    if isinstance(codec, BloscCodec) and codec.typesize is not None:
+        # what zarr's BloscCodec hands numcodecs (typesize too, numcodecs >= 0.16)
+        return "blosc", (("id", "blosc"), ("cname", codec.cname.value), ("clevel", codec.clevel),
+                         ("shuffle", {"noshuffle": 0, "shuffle": 1, "bitshuffle": 2}[codec.shuffle.value]),
+                         ("blocksize", codec.blocksize), ("typesize", codec.typesize))
+    if isinstance(codec, ZstdCodec) and not codec.checksum:
+        return "zstd", (("id", "zstd"), ("level", codec.level), ("checksum", False))
+    return "?", ()
+
+
+def _fill_is_damage(array) -> bool:
+    """Whether a chunk of ``array`` missing is damage: ``acts`` whose fill value is NaN (or bfloat16's
+    NaN bits), which no capture writes; stores written before checksums filled with 0."""
+    fill = array.metadata.fill_value
+    if array.basename != ACTS:
+        return False
+    if np.dtype(array.dtype).kind == "f":
+        return bool(np.isnan(fill))
+    return array.attrs.get("actstore_dtype") == BFLOAT16 and int(fill) == BFLOAT16_NAN_BITS
+
+
+def dask_array(array, chunks_per_task: int = 4, where: tuple[str, str] | None = None, entries: Mapping | None = None):
     """``array`` as a dask array, one task per chunk read by :class:`LocalChunks` when it can read
     the layout; else through zarr with ``chunks_per_task`` chunks per task along the first axis
-    (zarr decodes them concurrently: 1.2x faster than one, benchmarks/RESULTS.md)."""
+    (zarr decodes them concurrently: 1.2x faster than one, benchmarks/RESULTS.md). ``where`` and
+    ``entries``: see :func:`local_chunks`; through zarr, ``where`` names the chunks of a block that
+    fails to decode or reads a missing chunk (:class:`.guard.GuardedZarr`)."""
     import dask.array as da
 
-    files = local_chunks(array)
+    files = local_chunks(array, where=where, entries=entries)
     if files is None:
-        return da.from_zarr(array, chunks=(array.chunks[0] * chunks_per_task, *array.chunks[1:]))
+        chunks = (array.chunks[0] * chunks_per_task, *array.chunks[1:])
+        if where is None:
+            return da.from_zarr(array, chunks=chunks)
+        from .guard import GuardedZarr
+
+        return da.from_array(GuardedZarr(array, where), chunks=chunks, asarray=False, lock=False, fancy=False,
+                             name=f"acts-zarr-{id(array)}-{array.shape}")
     return da.from_array(files, chunks=array.chunks, asarray=False, lock=False, fancy=False,
                          name=f"acts-{files.folder}-{files.shape}")
 

@@ -1,6 +1,6 @@
 """Damage detection: a store that was damaged on disk is refused where it is read.
 
-Three checks, each for a way damage could otherwise pass as data:
+Four checks, each for a way damage could otherwise pass as data:
 
 * a **checksum** (CRC32C, zarr v3's ``crc32c`` codec, last in every array's codec
   pipeline of stores written since checksums were added): a flipped or truncated chunk fails
@@ -8,6 +8,8 @@ Three checks, each for a way damage could otherwise pass as data:
 * a **fill value that cannot pass as data**: a missing ``acts`` chunk reads as NaN
   (capture refuses non-finite activations, so NaN in a store is damage), a missing
   ``class``/``pair_id``/``text_index`` chunk as ``''``/``-1`` (never written by a capture);
+* each chunk **at its place** (:mod:`.binding`): chunk files exchanged pass their own checksums,
+  not the one the group's manifest records for their key;
 * the group's **attributes checked against the arrays** they describe on open
   (:func:`check_group`): ``n_samples`` beyond the rows, ``layers`` that are not the
   ``layer`` array, a missing key.
@@ -29,6 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import ActstoreError, DamagedStoreError, StoreError
+from .binding import MISPLACED, manifest_of, misplaced, stored_checksum
 from .schema import ACTS, CREATING, LATER_COORDS, MOMENTS, SAMPLE_COORDS, child, physical_dtype
 
 # Arrays whose fill value is also a valid value (token_index is -1 for position 'mean'):
@@ -88,11 +91,13 @@ def _irregular_chunk(array, key: str) -> str | None:
     return "not a regular file (a FIFO, a device or a folder in the chunk's place)"
 
 
-def check_array(array, rows: int | None = None, fill_is_data: bool = False) -> tuple[int, list[Damage]]:
+def check_array(array, rows: int | None = None, fill_is_data: bool = False,
+                entries: dict | None = None) -> tuple[int, list[Damage]]:
     """Read every chunk of ``array`` (only its first ``rows`` along axis 0 if given).
 
     Returns (chunks checked, damaged chunks): missing (unless ``fill_is_data``),
-    failing to decode (checksum, codec) or holding non-finite floats.
+    failing to decode (checksum, codec), holding non-finite floats, or not the chunk the
+    group's manifest ``entries`` record for its key (:mod:`.binding`: chunk files exchanged).
     """
     damaged: list[Damage] = []
     checked = 0
@@ -117,6 +122,11 @@ def check_array(array, rows: int | None = None, fill_is_data: bool = False) -> t
             continue
         if np.asarray(values).dtype.kind == "f" and not np.all(np.isfinite(values)):
             damaged.append(Damage(array.path, key, "non-finite values (NaN/Inf: damaged or missing data)"))
+        elif entries and key in entries:
+            entry = entries[key]
+            stored = stored_checksum(array, key) if type(entry) is int else None
+            if misplaced(entry, np.asarray(values), stored):
+                damaged.append(Damage(array.path, key, MISPLACED))
     return checked, damaged
 
 
@@ -147,21 +157,25 @@ def group_arrays(group) -> list[tuple[object, int | None, bool]]:
 def locate_damage(group, names: tuple[str, ...] | None = None) -> list[Damage]:
     """Every damaged chunk of the committed part of ``group``'s arrays (or of those in ``names``)."""
     damaged: list[Damage] = []
+    attrs = dict(group.attrs)
     for array, rows, fill_is_data in group_arrays(group):
         if names is None or array.basename in names:
-            damaged.extend(check_array(array, rows, fill_is_data)[1])
+            damaged.extend(check_array(array, rows, fill_is_data, manifest_of(attrs, array.basename))[1])
     return damaged
+
+
+def damage_message(path, group_name: str, damaged: list[Damage]) -> str:
+    """What names the store, the group and the damaged chunks (and what to do)."""
+    shown = "; ".join(str(d) for d in damaged[:_SHOWN])
+    more = f"; and {len(damaged) - _SHOWN} more" if len(damaged) > _SHOWN else ""
+    return (f"store {str(path)!r} group {group_name!r} is damaged: {shown}{more}. "
+            f"'actstore verify {path}' lists what is damaged and what is still good; capture the data again "
+            "into a new store (or restore the store from a copy)")
 
 
 def damage_error(path, group, damaged: list[Damage]) -> DamagedStoreError:
     """The error that names the store, the group and the damaged chunks."""
-    shown = "; ".join(str(d) for d in damaged[:_SHOWN])
-    more = f"; and {len(damaged) - _SHOWN} more" if len(damaged) > _SHOWN else ""
-    return DamagedStoreError(
-        f"store {str(path)!r} group {group.basename!r} is damaged: {shown}{more}. "
-        f"'actstore verify {path}' lists what is damaged and what is still good; capture the data again "
-        "into a new store (or restore the store from a copy)"
-    )
+    return DamagedStoreError(damage_message(path, group.basename, damaged))
 
 
 @contextlib.contextmanager

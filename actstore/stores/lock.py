@@ -52,7 +52,13 @@ class WriterLock:
         (``None``: as long as it takes), then refuse with the holder's pid."""
         if self.path is None:
             return self
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as err:  # a file where a folder of the path should be, no permission
+            why = "a part of it is a file, not a folder" if isinstance(err, FileExistsError | NotADirectoryError) \
+                else err.strerror or str(err)
+            raise StoreError(f"store {self.store!r}: cannot make its folder {str(self.path.parent)!r} ({why}); "
+                             "choose a store path whose folders are folders you may write", param="store") from None
         deadline = None if wait is None else time.monotonic() + wait
         while True:
             handle = open(self.path, "a+")

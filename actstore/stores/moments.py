@@ -12,6 +12,7 @@ import numpy as np
 
 from ..errors import DamagedStoreError, StoreError
 from ..moments import Moments, stats_dataset
+from .chunkfiles import remove_stray_partials
 from .integrity import decode_problem
 from .lock import WriterLock
 from .reader import as_str_array
@@ -136,10 +137,33 @@ def write_stats_cache(path, group, stats) -> bool:
     except StoreError:
         return False
     try:
+        _clear_cache_leftovers(group)
         write_stats_group(group, stats)
     finally:
         lock.release()
     return True
+
+
+def _clear_cache_leftovers(group) -> None:
+    """What a write of a local group's statistics cache killed before its rename left (the caller
+    holds the cache's lock)."""
+    root = getattr(group.store, "root", None)
+    if root is not None:
+        remove_stray_partials(os.path.join(str(root), *group.path.split("/")), (STATS_GROUP,), own=False)
+
+
+def clear_cache_leftovers(path, group) -> None:
+    """:func:`_clear_cache_leftovers` under the cache's lock, if no one else holds it (then they may
+    be writing the cache, and their next write clears them)."""
+    lock = WriterLock(path, f"{group.basename}.stats-cache")
+    try:
+        lock.acquire(wait=0)
+    except StoreError:
+        return
+    try:
+        _clear_cache_leftovers(group)
+    finally:
+        lock.release()
 
 
 def group_stats(moments: Moments, group_attrs: dict, group_name: str, **extra):
@@ -223,13 +247,15 @@ def write_stats_group(group, stats) -> str:
         values = stats[array_name].values
         arrays[array_name] = dict(dimension_names=dims, chunks=values.shape if values.size else None,
                                   fill_value=np.nan if values.dtype.kind == "f" else -1,
-                                  **({"data": values} if values.size else {"shape": values.shape, "dtype": values.dtype}))
+                                  **({"data": values} if values.size else
+                                     {"shape": values.shape, "dtype": values.dtype}))
     # zarr's variable-length string; numpy < 2 (the peers' venv) has no StringDType to pass the
     # labels as data, so there the array is created empty and written after
     string_dtype = getattr(np.dtypes, "StringDType", None)
     labels = np.asarray(stats["class"].values, dtype=string_dtype() if string_dtype else str)
     with_data = bool(n_class) and string_dtype is not None
-    arrays["class"] = dict(dimension_names=("class",), **({"data": labels} if with_data else {"shape": (n_class,), "dtype": str}))
+    arrays["class"] = dict(dimension_names=("class",),
+                           **({"data": labels} if with_data else {"shape": (n_class,), "dtype": str}))
     layers = np.asarray(stats["layer"].values, dtype="int64")
     arrays["layer"] = dict(dimension_names=("layer",), fill_value=-1,
                            **({"data": layers} if n_layer else {"shape": (0,), "dtype": "int64"}))

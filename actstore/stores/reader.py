@@ -8,6 +8,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import StoreError
+from .binding import MANIFEST, manifest_of
 from .chunks import dask_array, local_chunks, refuse_irregular_files
 from .integrity import damage_located, refuse_fill_values
 from .roots import open_root, select_group
@@ -50,7 +51,8 @@ def class_codes(group, path: str | Path, n: int, rows: int = 1 << 17) -> tuple[l
     long at 5 GB (issue 21)."""
     import pandas as pd
 
-    files = local_chunks(group["class"], strings=True)
+    files = local_chunks(group["class"], strings=True, where=(str(path), group.basename),
+                         entries=manifest_of(group.attrs, "class"))
     codes = np.empty(n, dtype=np.int64)
     seen: dict[str, int] = {}  # class -> its code in order of first appearance
     for lo in range(0, n, rows):
@@ -98,7 +100,9 @@ def group_dataset(group, path: str | Path, coords: tuple[str, ...] | None = None
     attrs = dict(group.attrs)
     n = int(attrs["n_samples"])
     acts_array = group[ACTS]
-    acts = dask_array(acts_array)[:n]  # a local store's chunk files read directly (.chunks)
+    # a local store's chunk files read directly (.chunks), each checked against its place (.binding);
+    # a damaged or missing chunk is named wherever the array is computed
+    acts = dask_array(acts_array, where=(str(path), group.basename), entries=manifest_of(attrs, ACTS))[:n]
     if attrs.get("dtype") == BFLOAT16:  # stored as its uint16 bits (zarr v3 has no bfloat16)
         acts = acts.map_blocks(bfloat16_values, dtype=np.float32)
     names = [n for n in SAMPLE_COORDS if n not in LATER_COORDS or n in group] if coords is None else coords
@@ -114,6 +118,7 @@ def group_dataset(group, path: str | Path, coords: tuple[str, ...] | None = None
     for name in names:
         loaded[name] = ("sample", sample_coord(group, path, name, n))
     attrs.pop("runs", None)
+    attrs.pop(MANIFEST, None)
     attrs["group"] = group.basename
     attrs["store"] = str(path)
     return xr.Dataset({ACTS: (("sample", "layer", "hidden"), acts)}, coords=loaded, attrs=attrs)

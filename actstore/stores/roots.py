@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import re
 from pathlib import Path
 
 from .._version import SCHEMA_VERSION, __version__
@@ -28,6 +30,10 @@ def _probe_url(url: str, shown: str, mode: str) -> None:
         raise StoreError(f"{shown!r}: access denied ({err}); check the credentials and the bucket's permissions",
                          param="store") from None
     except Exception as err:  # also botocore's and aiohttp's own classes for an unreachable endpoint
+        if _is_credentials_error(err):
+            raise StoreError(f"{shown!r}: no credentials for the object store ({type(err).__name__}: {err}); set "
+                             "them (AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, AWS_PROFILE, or "
+                             "~/.aws/credentials) and try again") from None
         if _is_connection_error(err):
             raise StoreError(f"{shown!r}: cannot reach the object store ({err}); check the network and the "
                              "endpoint (e.g. AWS_ENDPOINT_URL)", param="store") from None
@@ -38,6 +44,19 @@ def _probe_url(url: str, shown: str, mode: str) -> None:
     if not found and mode == "r":
         raise StoreNotFoundError(f"{shown!r} is not an actstore store (no zarr.json there); create one with "
                                  "'actstore capture'")
+
+
+def _is_credentials_error(err: BaseException) -> bool:
+    """Whether ``err`` (or what caused it) says no credentials were found (botocore's
+    ``NoCredentialsError``, ``PartialCredentialsError``, ``CredentialRetrievalError``; told by name:
+    botocore comes with the s3 extra only)."""
+    seen = set()
+    while err is not None and id(err) not in seen:
+        seen.add(id(err))
+        if "Credential" in type(err).__name__:
+            return True
+        err = err.__cause__ or err.__context__
+    return False
 
 
 def _is_connection_error(err: BaseException) -> bool:
@@ -53,13 +72,50 @@ def _is_connection_error(err: BaseException) -> bool:
 
 
 def _is_unborn(local: Path) -> bool:
-    """A store folder whose only content is an empty root ``zarr.json``: what a capture killed
-    while writing its first file can leave (the file created, its bytes not yet on disk)."""
-    meta = local / "zarr.json"
+    """A store folder that holds nothing but what a capture killed while writing its first file can
+    leave: an empty root ``zarr.json`` (the file created, its bytes not yet on disk), or zarr's
+    temporary ``zarr.<hex>.partial`` (killed before its rename), or both."""
     try:
-        return meta.is_file() and meta.stat().st_size == 0 and [p.name for p in local.iterdir()] == ["zarr.json"]
+        names = [p.name for p in local.iterdir()] if local.is_dir() else []
+        return bool(names) and all(_STRAY_ROOT.fullmatch(name) or name == "zarr.json" and
+                                   (local / name).is_file() and (local / name).stat().st_size == 0 for name in names)
     except OSError:
         return False
+
+
+_STRAY_ROOT = re.compile(r"zarr\.[0-9a-f]{32}\.partial")
+
+
+def _clear_unborn(local: Path) -> None:
+    """Remove what a creation killed before its first write left (:func:`_is_unborn`): it holds nothing."""
+    for entry in local.iterdir():
+        entry.unlink(missing_ok=True)
+
+
+def _what_it_is(local: Path | None) -> str:
+    """What a local path without a root ``zarr.json`` holds, where that explains the refusal."""
+    if local is not None and any((local / name).is_file() for name in (".zgroup", ".zarray", ".zattrs")):
+        return "a Zarr v2 store: actstore reads the Zarr v3 stores it writes; create one with 'actstore capture'"
+    inside = _inside_a_store(local)
+    return f"no zarr.json: {inside}" if inside else "no zarr.json; create one with 'actstore capture'"
+
+
+def _inside_a_store(local: Path | None) -> str | None:
+    """For a path inside an actstore store (a model group, an array, a chunk folder): which store it
+    is in and what to pass instead; else None."""
+    if local is None:
+        return None
+    for parent in list(local.parents)[:4]:
+        try:
+            meta = json.loads((parent / "zarr.json").read_text())
+        except (OSError, ValueError):
+            continue
+        if isinstance(meta, dict) and isinstance(meta.get("attributes"), dict) and \
+                isinstance(meta["attributes"].get("actstore"), dict):
+            parts = local.relative_to(parent).parts
+            where = "" if len(parts) == 1 else "inside "
+            return f"it is {where}group {parts[0]!r} of the actstore store {str(parent)!r}; pass the store"
+    return None
 
 
 def open_root(path: str | Path, mode: str = "r"):
@@ -72,14 +128,12 @@ def open_root(path: str | Path, mode: str = "r"):
     local = location.local_path
     if local is not None and _is_unborn(local):
         if mode == "r":
-            raise StoreNotFoundError(f"{path!r} holds only an empty zarr.json: its creation was interrupted before "
-                                     "anything was written; capture into it again")
-        (local / "zarr.json").unlink()  # a creation killed before its first write was on disk: it holds nothing
+            raise StoreNotFoundError(f"{path!r} holds only an empty or temporary zarr.json: its creation was "
+                                     "interrupted before anything was written; capture into it again")
+        _clear_unborn(local)  # a creation killed before its first write was on disk: it holds nothing
     if local is not None and not (local / "zarr.json").is_file():
         if mode == "r":
-            raise StoreNotFoundError(
-                f"{path!r} is not an actstore store (no zarr.json); create one with 'actstore capture'"
-            )
+            raise StoreNotFoundError(f"{path!r} is not an actstore store ({_what_it_is(local)})")
         if local.exists() and (not local.is_dir() or any(local.iterdir())):
             raise StoreNotFoundError(
                 f"{path!r} exists and is not a Zarr store; choose a new path for store=", param="store"
@@ -94,11 +148,14 @@ def open_root(path: str | Path, mode: str = "r"):
     except OSError:
         raise
     except Exception as err:  # zarr raises several types for "not a group" (metadata, JSON, node type)
-        raise StoreNotFoundError(f"{shown!r} is not a Zarr v3 group: {err}") from None
+        inside = _inside_a_store(local)
+        raise StoreNotFoundError(f"{shown!r} is not a Zarr v3 group: {inside or err}") from None
     meta = root.attrs.get("actstore")
     if meta is None:
         if mode == "r" or len(list(root.keys())) > 0:
-            raise StoreNotFoundError(f"{shown!r} is a Zarr group but not an actstore store")
+            inside = _inside_a_store(local)
+            raise StoreNotFoundError(f"{shown!r} is a Zarr group but not an actstore store"
+                                     + (f" ({inside})" if inside else ""))
         root.update_attributes(root_attrs())  # a root created by an older actstore, killed before its attrs
         meta = root.attrs["actstore"]
     if not isinstance(meta, dict) or meta.get("schema_version") != SCHEMA_VERSION:

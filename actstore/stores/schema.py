@@ -5,7 +5,8 @@ Layout (one group per model, named by :func:`actstore.models.load.safe_group_nam
 
     store.zarr/                      attrs: actstore = {kind, schema_version}
       <model-group>/                 attrs: CaptureSpec.attrs() + n_samples, n_texts, next_pair_id,
-                                            runs (RunRecord.to_attrs() each), data_version
+                                            runs (RunRecord.to_attrs() each), data_version,
+                                            chunk_crc32c (each chunk's checksum by key: .binding)
         acts       (sample, layer, hidden) float32|float16, chunks (S, 1, hidden)
         layer      (layer,)  int64   real block numbers, e.g. [2, 6, 10]
         class      (sample,) string  class label ("pos", "neg", ...)
@@ -48,6 +49,7 @@ import numpy as np
 
 from .._version import SCHEMA_VERSION, __version__
 from ..errors import StoreError
+from .binding import MANIFEST
 
 ROOT_KIND = "actstore-activations"
 ACTS = "acts"
@@ -264,7 +266,8 @@ class CaptureSpec:
     def from_stats(cls, stats) -> CaptureSpec:
         """The spec of the group a statistics dataset (:func:`actstore.open_stats`) was computed from
         (a dataset made by hand, without provenance, reads as an unknown model)."""
-        return cls.from_attrs({"model_id": "", "model_fingerprint": "", "position": "", **stats.attrs, "layers": [int(x) for x in stats["layer"].values],
+        return cls.from_attrs({"model_id": "", "model_fingerprint": "", "position": "", **stats.attrs,
+                               "layers": [int(x) for x in stats["layer"].values],
                                "hidden_size": int(stats.sizes["hidden"])})
 
     def attrs(self) -> dict[str, Any]:
@@ -292,7 +295,7 @@ _SPEC_KEYS = {"model_id", "model_fingerprint", "model_type", "hidden_size", "lay
               "stats_only", "codec", "site"}
 # The group's running state and bookkeeping, not what it holds
 GROUP_STATE = {"schema_version", "actstore_version", "n_samples", "n_texts", "next_pair_id", "runs", "data_version",
-               "moments_buffer", "moments_classes", "group", "store", "ddof", "computed_by"}
+               "moments_buffer", "moments_classes", "group", "store", "ddof", "computed_by", MANIFEST}
 
 
 def check_appendable(group, spec: CaptureSpec, path: str, group_name: str) -> None:
@@ -360,7 +363,7 @@ def create_group(root, group_name: str, spec: CaptureSpec):
         )
     # put, not update: the marker goes in the same single write that brings the attributes
     group.attrs.put({**spec.attrs(), "n_samples": 0, "n_texts": 0, "next_pair_id": 0,
-                     "runs": [], "data_version": uuid.uuid4().hex})
+                     "runs": [], "data_version": uuid.uuid4().hex, MANIFEST: {}})
     return group
 
 

@@ -6,9 +6,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..errors import StoreError
+from .binding import manifest_of
 from .integrity import Damage, check_array, check_group, group_arrays, has_checksum, is_half_created
 from .moments import stats_cache_state
 from .roots import model_groups, open_root
+from .schema import ACTS
 
 
 @dataclass
@@ -21,6 +23,7 @@ class GroupReport:
     problem: str | None = None  # attributes that do not describe the arrays, or a half-created group
     checksums: bool = True
     stats: str = "none"  # none | ok | damaged (recomputed by the next 'actstore stats')
+    bound: bool = True  # its chunks' places are recorded (.binding); False: a group made before that
 
     @property
     def ok(self) -> bool:
@@ -38,12 +41,14 @@ def verify_group(group, path) -> GroupReport:
     except StoreError as err:
         problem = str(err)
     checked, damaged = 0, []
+    attrs = dict(group.attrs)
     for array, rows, fill_is_data in group_arrays(group):
-        n, bad = check_array(array, rows, fill_is_data)
+        n, bad = check_array(array, rows, fill_is_data, manifest_of(attrs, array.basename))
         checked += n
         damaged += bad
     checksums = all(has_checksum(array) for array, _, _ in group_arrays(group))
-    return GroupReport(group.basename, checked, damaged, problem, checksums, stats_cache_state(group))
+    return GroupReport(group.basename, checked, damaged, problem, checksums, stats_cache_state(group),
+                       bound=manifest_of(attrs, ACTS) is not None)
 
 
 def verify_store(path) -> list[GroupReport]:

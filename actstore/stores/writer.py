@@ -9,6 +9,7 @@ an interrupted write are invisible and are overwritten on ``resume``.
 
 from __future__ import annotations
 
+import os
 import uuid
 from pathlib import Path
 
@@ -16,10 +17,12 @@ import numpy as np
 
 from ..errors import StoreError
 from ..moments import Moments
+from .binding import MANIFEST, appended_entries, merged
+from .chunkfiles import remove_stray_partials
 from .chunks import local_chunks
 from .integrity import check_group, is_half_created
 from .lock import WriterLock
-from .moments import committed_moments
+from .moments import clear_cache_leftovers, committed_moments
 from .roots import open_root
 from .runs import RunRecord, read_runs, runs_attr
 from .schema import (
@@ -41,6 +44,17 @@ from .schema import (
 )
 
 
+def _remove_stray_partials(group, path) -> None:
+    """What a write killed before its rename left in a local group's folder and in the arrays its
+    writer lock covers, and in its statistics cache if that one's lock is free (not ``shards``,
+    whose staging groups have writers of their own): removed."""
+    root = getattr(group.store, "root", None)
+    if root is not None:
+        folder = os.path.join(str(root), *group.path.split("/"))
+        remove_stray_partials(folder, (ACTS, "layer", *SAMPLE_COORDS, *MOMENTS))
+        clear_cache_leftovers(path, group)
+
+
 class ActivationWriter:
     """Append captured rows to one model group, committing after each write.
 
@@ -56,6 +70,8 @@ class ActivationWriter:
         # A group made before LATER_COORDS existed has no such arrays: its rows go on without them.
         self.coords = {name: group[name] for name in SAMPLE_COORDS if name not in LATER_COORDS or name in group}
         self.run: RunRecord | None = None
+        # manifest entries of rows written but not yet committed (.binding): {array: {key: entry or None}}
+        self._pending: dict[str, dict] = {}
 
     @classmethod
     def open(cls, path: str | Path, group_name: str, spec: CaptureSpec, wait: float | None = 0) -> ActivationWriter:
@@ -72,6 +88,7 @@ class ActivationWriter:
                 check_appendable(group, spec, str(path), group_name)
             else:  # new, or its creation was interrupted (no rows): create it (again)
                 group = create_group(root, group_name, spec)
+            _remove_stray_partials(group, path)
             return cls(group, str(path), lock)
         except BaseException:
             lock.release()
@@ -86,6 +103,7 @@ class ActivationWriter:
             if group is None or is_half_created(group):
                 raise StoreError(f"{str(path)!r} has no group {group_name!r}")
             check_group(group, path)
+            _remove_stray_partials(group, path)
             return cls(group, str(path), lock)
         except BaseException:
             lock.release()
@@ -213,6 +231,7 @@ class ActivationWriter:
         # Rows past n_samples come from a write that was interrupted before its
         # commit: drop them so they are written again, once.
         n = self.n_samples
+        self._pending = {}
         if self.acts.shape[0] != n:
             self.acts.resize((n, *self.acts.shape[1:]))
         for array in self.coords.values():
@@ -249,9 +268,10 @@ class ActivationWriter:
         values = acts.astype(self.acts.dtype, copy=False)
         files = local_chunks(self.acts)  # a local store's files: written directly, as zarr would (chunks.py)
         if files is not None:
-            files.write_rows(self.acts, start, values)
+            self._bind(ACTS, files.write_rows(self.acts, start, values))
         else:
             self.acts[start:stop] = values
+            self._bind(ACTS, (self.acts, start, values))
         if "order" not in self.coords and np.any(np.asarray(coords.get("order", 0)) != 0):
             raise StoreError(self.no_twins_message())
         # Rows given without question/order (a caller written before them) are as written; without roles, no exchange.
@@ -259,6 +279,20 @@ class ActivationWriter:
                   **{name: np.full(stop - start, value) for name, value in NO_CHAT.items()}, **coords}
         for name, array in self.coords.items():
             array[start:stop] = coords[name]
+            self._bind(name, (array, start, coords[name]))
+
+    def _bind(self, name: str, written: dict | tuple) -> None:
+        """Record the manifest entries (:mod:`.binding`) of array ``name``'s chunks just written, to be
+        committed with the rows: given (a dict), or extended from the chunks' entries for rows written
+        through zarr (``(array, start, values)``). A group made before the manifest stays without one."""
+        manifest = self.group.attrs.get(MANIFEST)
+        if not isinstance(manifest, dict):
+            return
+        if isinstance(written, tuple):
+            array, start, values = written
+            known = {**manifest.get(name, {}), **self._pending.get(name, {})}
+            written = appended_entries(array, known, start, values)
+        self._pending.setdefault(name, {}).update(written)
 
     @property
     def holds_twins(self) -> bool:
@@ -304,6 +338,9 @@ class ActivationWriter:
         self.run = self.run.advanced(texts_done, **run_changes)
         runs[self.run.run] = self.run
         next_pair = max(int(self.group.attrs["next_pair_id"]), max_pair_id + 1)
+        if self._pending:  # the chunks' places, committed with the rows they hold (.binding)
+            extra = {**(extra or {}), MANIFEST: merged(self.group.attrs.get(MANIFEST), self._pending)}
+            self._pending = {}
         commit_attrs(self.group, {"n_samples": n_samples, "runs": runs_attr(runs), "next_pair_id": next_pair,
                                   "data_version": uuid.uuid4().hex, **(extra or {})})
 

@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
+from actstore._version import SCHEMA_VERSION
 from actstore.cli.main import cli
 
 PAIRS = [{"positive": f"I kept my promise number {i}.", "negative": f"I broke my promise number {i}."}
@@ -275,6 +276,55 @@ CASES = [
                                     "--alpha", "nan"], ["alpha"]),
     Case("dataset without rows", ["capture", "-m", "{llama}", "-d", "{no_rows}", "-l", "1", "-s", "{tmp}/n.zarr"],
          ["no-rows.parquet", "holds no rows"]),
+    # Round 4 (issue 31): a chunk is bound to its place; every read of activations is guarded as stats is.
+    Case("acts chunks of two layers exchanged, verify", ["verify", "{swapped_store}"],
+         ["DAMAGED", "'tiny-llama/acts' chunk c/0/0/0: not the chunk recorded for this place",
+          "'tiny-llama/acts' chunk c/0/1/0: not the chunk recorded for this place"]),
+    Case("acts chunks of two layers exchanged, stats", ["stats", "-s", "{swapped_store}", "--force"],
+         ["swapped.zarr", "group 'tiny-llama' is damaged: array 'tiny-llama/acts' chunk c/0/",
+          "not the chunk recorded for this place", "actstore verify"]),
+    Case("acts chunks of two layers exchanged, enr", ["enr", "-s", "{swapped_store}", "--layer", "2", "--k", "4",
+                                                      "-o", "{tmp}/v.safetensors"],
+         ["swapped.zarr", "'tiny-llama/acts' chunk c/0/", "not the chunk recorded for this place"]),
+    Case("project a store with a damaged chunk", ["project", "-s", "{flipped_store}", "--vector", "{vector}"],
+         ["flipped.zarr", "'tiny-llama/acts' chunk c/0/0/0: checksum mismatch", "actstore verify"]),
+    Case("project a store with a missing chunk", ["project", "-s", "{deleted_store}", "--vector", "{vector}"],
+         ["deleted.zarr", "'tiny-llama/acts' chunk c/0/0/0: missing"]),
+    Case("extract pca from a store with a damaged chunk", ["extract", "-s", "{flipped_store}", "--layer", "1",
+                                                           "--method", "pca", "-o", "{tmp}/v.safetensors"],
+         ["flipped.zarr", "'tiny-llama/acts' chunk c/0/0/0: checksum mismatch"]),
+    Case("extract probe from a store with a missing chunk", ["extract", "-s", "{deleted_store}", "--layer", "1",
+                                                             "--method", "probe", "-o", "{tmp}/v.safetensors"],
+         ["deleted.zarr", "'tiny-llama/acts' chunk c/0/0/0: missing"]),
+    Case("eval --methods pca on a store with a damaged chunk",
+         ["eval", "-m", "{llama}", "-s", "{flipped_store}", "--data-test", "{data}", "--layers", "1", "--k", "4",
+          "--methods", "pca", "--alpha", "1", "--no-separation", "--out", "{tmp}/sweep"],
+         ["flipped.zarr", "'tiny-llama/acts' chunk c/0/0/0: checksum mismatch"]),
+    Case("eval --heldout-store with a missing chunk",
+         ["eval", "-m", "{llama}", "-s", "{store}", "--data-test", "{data}", "--layers", "1", "--k", "4",
+          "--alpha", "1", "--heldout-store", "{deleted_store}", "--out", "{tmp}/sweep"],
+         ["deleted.zarr", "'tiny-llama/acts' chunk c/0/0/0: missing"]),
+    Case("project a stats-only store", ["project", "-s", "{stats_only_store}", "--vector", "{vector}"],
+         ["stats-only.zarr", "was captured stats-only (moments, no rows)"]),
+    Case("project a store that holds no samples yet", ["project", "-s", "{rowless_store}", "--vector", "{vector}"],
+         ["rowless.zarr' group 'tiny-llama' holds no samples yet"]),
+    Case("a model group given as the store", ["stats", "-s", "{store}/tiny-llama"],
+         ["tiny-llama' is a Zarr group but not an actstore store", "it is group 'tiny-llama' of the actstore store",
+          "acts.zarr'; pass the store"]),
+    Case("an array given as the store", ["enr", "-s", "{store}/tiny-llama/acts", "--layer", "1", "--k", "4",
+                                         "-o", "{tmp}/v.safetensors"],
+         ["acts' is not a Zarr v3 group", "inside group 'tiny-llama' of the actstore store"]),
+    Case("a Zarr v2 store", ["stats", "-s", "{tmp}/v2.zarr"], ["v2.zarr", "a Zarr v2 store", "Zarr v3"],
+         files={"v2.zarr/.zgroup": '{"zarr_format": 2}'}),
+    Case("verify a store without groups", ["verify", "{tmp}/empty.zarr"], ["0 group(s) (it holds no captured model"],
+         exit_code=0, files={"empty.zarr/zarr.json": json.dumps({"zarr_format": 3, "node_type": "group", "attributes": {
+             "actstore": {"kind": "actstore-activations", "schema_version": SCHEMA_VERSION}}})}),
+    Case("a store path under a file", ["capture", "-m", "{llama}", "-d", "{data}", "-l", "1", "-s",
+                                       "{data}/inner.zarr"],
+         ["--store", "data.json/inner.zarr", "a part of it is a file, not a folder"]),
+    Case("a store holding only zarr's temporary root file", ["info", "{tmp}/cut.zarr"],
+         ["cut.zarr", "its creation was interrupted before anything was written"],
+         files={f"cut.zarr/zarr.{'ab' * 16}.partial": '{"zarr_format": 3, "no'}),
 ]
 
 
@@ -322,7 +372,28 @@ def world(run, tmp_path_factory, tiny_model_dirs, tiny_tokenizer):
             "store": store, "vector": vector, "one_store": one_store, "old_store": old_store, "broken": broken,
             "gpt2_wide": wide, "novec": tmp / "novec.safetensors",
             **_bad_vectors(tmp, vector), **_damaged_stores(run, tmp, store, llama, data), **_bad_models(tmp, llama),
-            **_bad_datasets(tmp), **_round3(run, tmp, store, vector, llama)}
+            **_bad_datasets(tmp), **_round3(run, tmp, store, vector, llama), **_round4(run, tmp, llama, data)}
+
+
+def _round4(run, tmp, llama, data) -> dict:
+    import shutil
+
+    from actstore.stores import ActivationWriter, CaptureSpec
+
+    swapped = tmp / "swapped.zarr"  # two layers' chunk files exchanged: each passes its own checksum
+    assert run("capture", "-m", llama, "-d", data, "-l", "1,2", "-s", swapped, "-q").exit_code == 0
+    shutil.rmtree(swapped / "tiny-llama" / "stats", ignore_errors=True)  # the capture's cache: read the chunks
+    acts = swapped / "tiny-llama" / "acts" / "c" / "0"
+    (acts / "0" / "0").rename(acts / "swap")
+    (acts / "1" / "0").rename(acts / "0" / "0")
+    (acts / "swap").rename(acts / "1" / "0")
+    stats_only = tmp / "stats-only.zarr"
+    assert run("capture", "-m", llama, "-d", data, "-l", "1", "-s", stats_only, "-q", "--stats-only").exit_code == 0
+    rowless = tmp / "rowless.zarr"  # a capture interrupted before its first window's commit
+    attrs = json.loads((swapped / "tiny-llama" / "zarr.json").read_text())["attributes"]
+    with ActivationWriter.open(rowless, "tiny-llama", CaptureSpec.from_attrs(attrs)) as writer:
+        writer.begin_run(str(data), "0" * 64, 12, False, {})
+    return {"swapped_store": swapped, "stats_only_store": stats_only, "rowless_store": rowless}
 
 
 def _bad_datasets(tmp) -> dict:
@@ -476,10 +547,13 @@ def test_a_group_missing_attributes_keeps_its_rows_through_a_capture(run, world)
         assert zarr.open_group(world[name] / "tiny-llama", mode="r")["acts"].shape[0] == 2 * len(PAIRS)
 
 
-def test_a_store_cut_before_its_first_write_is_captured_into_again(run, world, tmp_path):
+@pytest.mark.parametrize("left", ["zarr.json", f"zarr.{'ab' * 16}.partial"], ids=["empty root", "temporary root"])
+def test_a_store_cut_before_its_first_write_is_captured_into_again(run, world, tmp_path, left):
+    # a kill between zarr's write of the root's temporary file and its rename left a folder that could
+    # never be captured into ("exists and is not a Zarr store"; issue 31)
     unborn = tmp_path / "unborn.zarr"
     unborn.mkdir()
-    (unborn / "zarr.json").write_bytes(b"")
+    (unborn / left).write_bytes(b"" if left == "zarr.json" else b'{"zarr_format": 3, "node_type": "gr')
     result = run("capture", "-m", world["llama"], "-d", world["data"], "-l", "1", "-s", unborn, "--resume", "-q")
     assert result.exit_code == 0, result.output
     assert run("verify", unborn).exit_code == 0

@@ -113,6 +113,59 @@ def test_a_capture_killed_at_every_write_resumes_bit_identically(run, same_store
     assert resumed == total
 
 
+@contextlib.contextmanager
+def killed_before_rename(n: int):
+    """Die (:class:`Killed`) at the ``n``-th of zarr's renames of a written temporary file into place,
+    and every one after: the file's bytes are on disk under ``<name>.<hex>.partial``, as a SIGKILL
+    between the two leaves them (zarr removes its temporary file for an Exception, not for a death)."""
+    from pathlib import Path
+
+    count = {"renames": 0}
+    original = Path.replace
+
+    def replace(self, target):
+        if self.name.endswith(".partial"):
+            count["renames"] += 1
+            if n and count["renames"] >= n:
+                raise Killed(f"before rename {count['renames']}")
+        return original(self, target)
+
+    Path.replace = replace
+    try:
+        yield count
+    finally:
+        Path.replace = original
+
+
+def stray_partials(store) -> list:
+    return sorted(str(p.relative_to(store)) for p in store.rglob("*.partial"))
+
+
+def test_a_capture_killed_before_any_rename_resumes_and_leaves_no_temporary_file(run, same_store, setup, tmp_path):
+    """Issue 31: a kill inside the first write left the store folder holding only zarr's temporary
+    root file, which the next capture called 'not a Zarr store' (it could never be resumed), and a
+    kill inside a chunk's write left its temporary file in the group for good."""
+    model, data, reference = setup
+    with killed_before_rename(0) as count:
+        capture(model, data, tmp_path / "count.zarr")
+    total = count["renames"]
+    assert total > 20, total
+    for n in sorted({1, 2, 3, total, *range(4, total, 4)}):  # the creation's, then a spread (a capture each)
+        store = tmp_path / f"rename{n}.zarr"
+        with pytest.raises(Killed), killed_before_rename(n):
+            capture(model, data, store)
+        if n == 1:
+            assert [p.name for p in store.iterdir()] == stray_partials(store)  # nothing but the root's temporary
+        assert stray_partials(store), n
+        assert_next_command_does_not_crash(run, store, f"capture killed before rename {n}")
+        capture(model, data, store)  # --resume
+        same_store(store, reference)
+        assert_one_complete_run(store)
+        left = stray_partials(store)
+        assert left == [], (n, left)
+        shutil.rmtree(store)
+
+
 def test_stats_force_killed_at_every_write_keeps_a_valid_cache(run, setup, tmp_path):
     _, _, reference = setup
     want = actstore.compute_stats(reference, force=True)

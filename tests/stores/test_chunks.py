@@ -12,8 +12,8 @@ from actstore.stores.chunks import ChunkScratch, LocalChunks, dask_array, local_
 
 def _array(tmp_path, codec: str, shape=(1000, 3, 16), chunks=(256, 1, 16), dtype="float32", **kw):
     root = zarr.open_group(str(tmp_path / f"{codec}.zarr"), mode="w")
-    arr = root.create_array("acts", shape=shape, chunks=chunks, dtype=dtype, fill_value=np.nan if dtype[0] == "f" else 0,
-                            compressors=schema.compressors(codec), **kw)
+    arr = root.create_array("acts", shape=shape, chunks=chunks, dtype=dtype,
+                            fill_value=np.nan if dtype[0] == "f" else 0, compressors=schema.compressors(codec), **kw)
     values = np.random.default_rng(0).standard_normal(shape).astype(dtype) if dtype[0] == "f" else \
         np.random.default_rng(0).integers(0, 60000, shape).astype(dtype)
     arr[...] = values
@@ -110,7 +110,8 @@ def test_a_truncated_chunk_is_refused(tmp_path, codec, scratch):
 
 def test_layouts_it_does_not_read_go_through_zarr(tmp_path):
     memory = zarr.open_group(zarr.storage.MemoryStore(), mode="w")
-    arr = memory.create_array("acts", shape=(10, 4), chunks=(5, 4), dtype="float32", compressors=schema.compressors("none"))
+    arr = memory.create_array("acts", shape=(10, 4), chunks=(5, 4), dtype="float32",
+                              compressors=schema.compressors("none"))
     assert local_chunks(arr) is None
     sharded, values = _array(tmp_path, "none", shards=(512, 1, 16))
     assert local_chunks(sharded) is None

@@ -101,6 +101,27 @@ def test_damaged_chunk_is_refused_naming_store_array_and_chunk(run, store, case)
     assert "DAMAGED" in report.output
 
 
+def test_chunk_files_of_two_layers_exchanged_are_named_by_verify_and_refused_by_stats_and_enr(run, store, tmp_path):
+    """Issue 31 #6: each file passes its own CRC32C, so verify said "no damage found" and enr --layer 2
+    built its vector from layer 1's activations."""
+    a, b = chunk(store, "acts", "c/0/0/0"), chunk(store, "acts", "c/0/1/0")
+    a.rename(tmp_path / "swap")
+    b.rename(a)
+    (tmp_path / "swap").rename(b)
+    report = run("verify", store)
+    assert report.exit_code == 1, report.output
+    for key in ("c/0/0/0", "c/0/1/0"):
+        assert f"'tiny-llama/acts' chunk {key}: not the chunk recorded for this place" in report.output, report.output
+    shutil.rmtree(store / GROUP / "stats")  # the capture's cache, computed before the exchange, would be used
+    for args in (["stats", "-s", store, "--force"], ["enr", "-s", store, "--layer", "2", "--k", "4",
+                                                       "-o", tmp_path / "v.safetensors"]):
+        result = run(*args)
+        assert result.exit_code == 1 and "Traceback" not in result.output, result.output
+        assert "acts.zarr' group 'tiny-llama' is damaged: array 'tiny-llama/acts' chunk c/0/" in result.output
+        assert "not the chunk recorded for this place" in result.output and "actstore verify" in result.output
+    assert not (tmp_path / "v.safetensors").exists()
+
+
 def test_verify_says_a_clean_store_is_good_and_counts_its_chunks(run, store):
     result = run("verify", store)
     assert result.exit_code == 0, result.output
@@ -166,6 +187,7 @@ def test_an_old_store_without_checksums_still_opens_and_verify_says_what_it_cann
     shutil.copytree(FIXTURES / "store-v1.zarr", old)
     result = run("verify", old)
     assert result.exit_code == 0 and "no checksums" in result.output, result.output
+    assert "no record of each chunk's place" in result.output, result.output  # issue 31 #6: written before it
     assert actstore.open_stats(old)["count"].values.sum() == 12  # the first cache layout still reads
     (old / "fixture--model" / "acts" / "c" / "0" / "1" / "0").unlink()
     result = run("verify", old)

@@ -77,3 +77,21 @@ def test_a_missing_store_on_a_reachable_server_is_not_a_store(run, s3_bucket):
     result = run("info", f"s3://{s3_bucket}/nothing-here.zarr")
     assert result.exit_code == 1
     assert "is not an actstore store (no zarr.json there)" in result.output, result.output
+
+
+def test_an_s3_store_without_credentials_is_named_with_what_is_missing(run, tmp_path, monkeypatch):
+    # botocore looked for credentials and found none: "unexpected NoCredentialsError" before (issue 31)
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE",
+                 "AWS_DEFAULT_PROFILE", "AWS_ENDPOINT_URL"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-config"))
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "no-credentials"))
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")  # no wait on an instance-metadata endpoint
+    import s3fs
+
+    s3fs.S3FileSystem.clear_instance_cache()
+    result = run("stats", "-s", "s3://some-bucket/acts.zarr")
+    assert result.exit_code == 1
+    assert "Traceback" not in result.output and "unexpected" not in result.output, result.output
+    assert "'s3://some-bucket/acts.zarr': no credentials for the object store" in result.output, result.output
+    assert "AWS_ACCESS_KEY_ID" in result.output

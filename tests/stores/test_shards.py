@@ -38,7 +38,8 @@ def test_two_shards_running_at_once_equal_one_process(same_store, tmp_path, tiny
     reference = tmp_path / "one.zarr"
     # offset=0: the final ')' this test was written for (an A/B set now defaults to the answer letter,
     # where this tiny model's variances are 0 or ~1e-18 apart, which the rtol below cannot compare).
-    actstore.capture_to_store(model, many_pairs, reference, layers="1,3", window=4, batch_size=2, offset=0, progress=False)
+    actstore.capture_to_store(model, many_pairs, reference, layers="1,3", window=4, batch_size=2, offset=0,
+                              progress=False)
 
     store = tmp_path / "sharded.zarr"
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
