@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import resource
 import shutil
 import statistics
 import sys
@@ -139,12 +140,15 @@ def all_tokens(args) -> None:
         timed["`--position last`"] = capture(position="last", offset=0, window=64)
     times = {label: [] for label in timed}
     cpu = {label: [] for label in timed}
+    faults = {label: [] for label in timed}  # minor page faults: fresh pages from the kernel, whatever the load
     capture(position="all", stats_only=True)()  # warm-up (numba's cached kernel, allocator)
     for _ in range(args.repeats):
         for label, fn in timed.items():
             c0 = time.process_time()  # every thread of this process: the work done, whatever the load
+            f0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
             times[label].append(median_time(fn, 1)[0])
             cpu[label].append(time.process_time() - c0)
+            faults[label].append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - f0)
     bare = statistics.median(next(iter(times.values())))
     bare_cpu = statistics.median(next(iter(cpu.values())))
     rows, ratios, cpu_ratios = [], {}, {}
@@ -152,7 +156,7 @@ def all_tokens(args) -> None:
         median, median_cpu = statistics.median(values), statistics.median(cpu[label])
         ratios[label], cpu_ratios[label] = median / bare, median_cpu / bare_cpu
         rows.append(f"| {label} | {median:.2f} | {', '.join(f'{t:.2f}' for t in values)} | {median / bare:.3f}x | "
-                    f"{median_cpu:.1f} | **{median_cpu / bare_cpu:.3f}x** |")
+                    f"{median_cpu:.1f} | **{median_cpu / bare_cpu:.3f}x** | {statistics.median(faults[label]):.0f} |")
         print(rows[-1])
     shutil.rmtree(work, ignore_errors=True)
     all_label, stats_label = "`--position all`", "`--position all --stats-only`"
@@ -172,7 +176,8 @@ def all_tokens(args) -> None:
         "threads of the process: the work each run costs, steadier than wall time on a shared machine, as "
         "bench_peers does); a target is met only if both are within it. A ratio below 1 is noise, not a "
         "speed-up.\n\n"
-        "| run | median wall s | runs (s) | wall / bare | median CPU s | CPU / bare |\n|---|---|---|---|---|---|\n"
+        "| run | median wall s | runs (s) | wall / bare | median CPU s | CPU / bare | minor page faults |\n"
+        "|---|---|---|---|---|---|---|\n"
         + "\n".join(rows) +
         f"\n\nTargets (the larger of the wall and CPU ratios): all-token capture <= 1.10x the bare forward: "
         f"**{all_ratio:.3f}x** "

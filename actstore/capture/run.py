@@ -233,12 +233,15 @@ class _RangeCapture:
         n_tokens = written = 0
         t0 = time.perf_counter()
         try:
-            with OrderedWriter(self.commit, depth=writer_depth(reader.device)) as overlapped:
+            depth = writer_depth(reader.device)
+            with OrderedWriter(self.commit, depth=depth) as overlapped:
+                # Written in line (depth 0), each window is consumed before the next: one buffer serves them all.
                 for captured in reader.windows(plan.rows.texts[lo:hi], where=plan.rows.where[lo:hi], start=start,
                                                add_special_tokens=plan.rows.add_special_tokens,
                                                on_batch=(lambda n, _: bar.update(n)) if bar is not None else None,
                                                as_tensors=plan.stats_only,
-                                               roles=None if plan.rows.roles is None else plan.rows.roles[lo:hi]):
+                                               roles=None if plan.rows.roles is None else plan.rows.roles[lo:hi],
+                                               reuse=depth == 0):
                     n_tokens += captured.n_tokens
                     written += len(captured.row_example)
                     # The source is read on this thread only (a lazy source holds one block at a time).

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cached_property
 
 import numpy as np
@@ -78,30 +78,50 @@ class WindowReader:
     blocks: torch.nn.ModuleList
     layers: tuple[int, ...]
     options: CaptureOptions
+    # The window buffer kept between windows when the caller reads them one at a time (``reuse``).
+    _scratch: dict = field(default_factory=dict, compare=False, repr=False)
 
     @cached_property
     def device(self) -> torch.device:
         return input_device(self.model)
 
+    def _rows_buffer(self, shape: tuple[int, ...], like: torch.Tensor, reuse: bool) -> torch.Tensor:
+        """A ``shape`` tensor for a window's rows (``like``'s dtype and device). With ``reuse`` one
+        buffer serves every window (grown when a window needs more): a fresh buffer of a few hundred
+        MB is new pages from the kernel every window (tens of thousands of page faults per 64 texts
+        at every layer and token, measured), which a bare forward pass never pays."""
+        if not reuse:
+            return like.new_empty(shape)
+        need = int(np.prod(shape))
+        buffer = self._scratch.get("rows")
+        if buffer is None or buffer.numel() < need or buffer.dtype != like.dtype or buffer.device != like.device:
+            buffer = like.new_empty(need + need // 4)  # headroom: windows differ in length
+            self._scratch["rows"] = buffer
+        return buffer[:need].view(shape)
+
     def windows(self, texts: Sequence[str], *, where: Sequence[str] | None = None, start: int = 0,
                 add_special_tokens: bool = True, on_batch: Callable[[int, int], None] | None = None,
-                as_tensors: bool = False, roles: Sequence[np.ndarray] | None = None) -> Iterator[Window]:
+                as_tensors: bool = False, roles: Sequence[np.ndarray] | None = None,
+                reuse: bool = False) -> Iterator[Window]:
         """Capture ``texts[start:]`` window by window (``options.window`` texts each, 256 if unset).
 
         Within a window texts are batched by length (less padding); rows come out in example
         order. ``on_batch(n_texts, n_tokens)`` is called after every batch (progress bars). With
         ``as_tensors`` the windows' ``acts`` stay torch tensors on the model's device. ``roles``:
-        each text's token roles (:attr:`actstore.inputs.chat.ChatTokens.roles`), for chat exchanges."""
+        each text's token roles (:attr:`actstore.inputs.chat.ChatTokens.roles`), for chat exchanges.
+        ``reuse``: every window's ``acts`` are views of one buffer, valid until the next window is
+        asked for (a caller that consumes each window before the next, as capture does when it
+        writes in line)."""
         size = self.options.window or 256
         # Not copied: texts and where may be lazy columns of a large source (actstore.inputs.sources).
         where = where if where is not None else [f"text {i + 1}" for i in range(len(texts))]
         for first in range(start, len(texts), size):
             stop = min(first + size, len(texts))
             yield self.window(texts[first:stop], where[first:stop], first, add_special_tokens, on_batch, as_tensors,
-                              None if roles is None else roles[first:stop])
+                              None if roles is None else roles[first:stop], reuse)
 
     def window(self, texts, where, first: int, add_special_tokens: bool = True, on_batch=None,
-               as_tensors: bool = False, roles: Sequence[np.ndarray] | None = None) -> Window:
+               as_tensors: bool = False, roles: Sequence[np.ndarray] | None = None, reuse: bool = False) -> Window:
         """One window: ``texts`` (examples ``first ..``) as a :class:`Window`."""
         at, where = self.options.at, list(where)
         ids = tokenize(self.tokenizer, list(texts), where, self.options.max_length, add_special_tokens)
@@ -113,35 +133,39 @@ class WindowReader:
         counts = np.array([at.rows(len(token_ids), None if roles is None else roles[i])
                            for i, token_ids in enumerate(ids)], dtype=np.int64)
         offsets = np.concatenate([[0], np.cumsum(counts)])
-        acts_rows = None
         token_rows = torch.empty(int(offsets[-1]), dtype=torch.int64, device=self.device)
+        buffer: list[torch.Tensor] = []  # the window's (rows, layer, hidden) buffer, made at the first rows
         n_tokens = 0
         order = sorted(range(len(ids)), key=lambda i: -len(ids[i]))
         for b in range(0, len(order), self.options.batch_size):
             members = order[b : b + self.options.batch_size]
-            acts, row_token, batch_tokens = self._batch([ids[i] for i in members], [where[i] for i in members],
-                                                        None if roles is None else [roles[i] for i in members])
             # Rows of a batch come in batch order, each example's in token order.
             dest = torch.from_numpy(np.concatenate([np.arange(offsets[i], offsets[i + 1]) for i in members]))
             dest = dest.to(self.device)
-            if acts_rows is None:
-                acts_rows = acts.new_empty((int(offsets[-1]), *acts.shape[1:]))
-            acts_rows[dest] = acts
+
+            def write(j: int, rows: torch.Tensor, dest=dest) -> None:  # each layer's rows to their place as it runs
+                if not buffer:
+                    buffer.append(self._rows_buffer((int(offsets[-1]), len(self.layers), rows.shape[-1]), rows, reuse))
+                buffer[0][dest, j] = rows
+
+            row_token, batch_tokens = self._batch([ids[i] for i in members], [where[i] for i in members],
+                                                  None if roles is None else [roles[i] for i in members], write)
             token_rows[dest] = row_token
             n_tokens += batch_tokens
             if on_batch is not None:
                 on_batch(len(members), batch_tokens)
         example_rows = np.repeat(np.arange(first, first + len(ids), dtype=np.int64), counts)
-        acts_out = acts_rows if as_tensors else acts_rows.cpu().numpy()
+        acts_out = buffer[0] if as_tensors else buffer[0].cpu().numpy()
         window = Window(first, first + len(ids), acts_out, example_rows, token_rows.cpu().numpy(), n_tokens)
         if roles is not None:
             window.row_role, window.row_response = _row_roles(roles, example_rows - first, window.row_token)
         return window
 
-    def _batch(self, batch_ids: list[list[int]], where: Sequence[str],
-               batch_roles: list[np.ndarray] | None = None) -> tuple[torch.Tensor, torch.Tensor, int]:
-        """One padded forward pass: ``(acts (rows, layer, hidden), row_token, real tokens)``, every row
-        finite (else :class:`CaptureError` naming the text)."""
+    def _batch(self, batch_ids: list[list[int]], where: Sequence[str], batch_roles: list[np.ndarray] | None,
+               write: Callable[[int, torch.Tensor], None]) -> tuple[torch.Tensor, int]:
+        """One padded forward pass: each captured layer's rows ``(rows, hidden)`` handed to ``write(j,
+        rows)`` (``j``: the layer's place in :attr:`layers`) as its block runs, every row finite (else
+        :class:`CaptureError` naming the text); returns ``(row_token, real tokens)``."""
         padded = self.tokenizer.pad({"input_ids": batch_ids}, return_tensors="pt")
         input_ids = padded["input_ids"].to(self.device)
         attention_mask = padded["attention_mask"].to(self.device)
@@ -149,20 +173,22 @@ class WindowReader:
         if batch_roles is not None:  # real tokens are contiguous in each row: filled in row-major order
             roles = torch.full(attention_mask.shape, -1, dtype=torch.int8, device=self.device)
             roles[attention_mask.bool()] = torch.from_numpy(np.concatenate(batch_roles)).to(self.device)
-        outputs = forward_blocks(self.model, self.blocks, input_ids, attention_mask, self.layers,
-                                 self.options.stop_early, self.options.site)
-        at, stacked = self.options.at, []
-        for layer in self.layers:
+        at, place, found = self.options.at, {layer: j for j, layer in enumerate(self.layers)}, []
+
+        def reduce(layer: int, hidden: torch.Tensor) -> None:
             # With a device map, blocks sit on several devices: rows are gathered where the inputs are.
-            rows, row_batch, row_token = at.reduce(outputs[layer].to(self.device), attention_mask, roles)
-            stacked.append(rows)
-        acts = torch.stack(stacked, dim=1)  # (rows, layer, hidden)
-        finite = torch.isfinite(acts).all(dim=(1, 2))
-        if not bool(finite.all()):
-            bad = int(row_batch[~finite][0])
-            raise CaptureError(f"{where[bad]}: non-finite activation (NaN/Inf) at a captured layer; with dtype "
-                               "float16 this is usually overflow: use bfloat16 or float32", param="dtype")
-        return acts, row_token, int(attention_mask.sum())
+            rows, row_batch, row_token = at.reduce(hidden.to(self.device), attention_mask, roles)
+            finite = torch.isfinite(rows).all(dim=1)
+            if not bool(finite.all()):
+                bad = int(row_batch[~finite][0])
+                raise CaptureError(f"{where[bad]}: non-finite activation (NaN/Inf) at a captured layer; with dtype "
+                                   "float16 this is usually overflow: use bfloat16 or float32", param="dtype")
+            write(place[layer], rows)
+            found[:] = [row_token]
+
+        forward_blocks(self.model, self.blocks, input_ids, attention_mask, self.layers, self.options.stop_early,
+                       self.options.site, on_output=reduce)
+        return found[0], int(attention_mask.sum())
 
 
 def _aligned_roles(roles: Sequence[np.ndarray], ids: list[list[int]], where: Sequence[str]) -> list[np.ndarray]:

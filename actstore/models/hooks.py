@@ -4,7 +4,7 @@ the residual stream. Hooks always remove themselves."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from contextlib import contextmanager
 
 import torch
@@ -23,11 +23,14 @@ def block_output(output):
 
 @contextmanager
 def record_blocks(blocks: torch.nn.ModuleList, layers: Sequence[int], stop_after_last: bool = True,
-                  site: str = "resid"):
+                  site: str = "resid", on_output: Callable[[int, torch.Tensor], None] | None = None):
     """Register hooks that store each requested block's output (or its ``site``) in a dict.
 
     Yields the dict ``{layer: (batch, seq, hidden) tensor}``, filled by each
-    forward pass. With ``stop_after_last`` the hook on the deepest block raises
+    forward pass; with ``on_output``, each output is handed to ``on_output(layer, hidden)``
+    as its block runs instead, and the dict stays empty (nothing of the pass outlives it:
+    a capture of every layer keeps no block output past the next block). With
+    ``stop_after_last`` the hook on the deepest block raises
     :class:`_StopForward` (caught by :func:`forward_blocks`). Hooks are removed
     on exit, also on errors.
     """
@@ -37,7 +40,10 @@ def record_blocks(blocks: torch.nn.ModuleList, layers: Sequence[int], stop_after
 
     def make_hook(layer: int):
         def hook(module, args, output):
-            outputs[layer] = block_output(output).detach()
+            if on_output is None:
+                outputs[layer] = block_output(output).detach()
+            else:
+                on_output(layer, block_output(output).detach())
             if stop_after_last and layer == deepest:
                 raise _StopForward
 
@@ -60,10 +66,13 @@ def position_ids(attention_mask: torch.Tensor) -> torch.Tensor:
 
 def forward_blocks(model: torch.nn.Module, blocks: torch.nn.ModuleList, input_ids: torch.Tensor,
                    attention_mask: torch.Tensor, layers: Sequence[int], stop_early: bool = True,
-                   site: str = "resid") -> dict[int, torch.Tensor]:
+                   site: str = "resid", on_output: Callable[[int, torch.Tensor], None] | None = None
+                   ) -> dict[int, torch.Tensor]:
     """Run the model on one padded batch; return ``{layer: (batch, seq, hidden)}``
-    of each block's ``site`` (positions from :func:`position_ids`)."""
-    with record_blocks(blocks, layers, stop_after_last=stop_early, site=site) as outputs, torch.no_grad():
+    of each block's ``site`` (positions from :func:`position_ids`), or hand each to
+    ``on_output(layer, hidden)`` as its block runs (:func:`record_blocks`; the dict is then empty)."""
+    with record_blocks(blocks, layers, stop_after_last=stop_early, site=site, on_output=on_output) as outputs, \
+            torch.no_grad():
         try:
             model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids(attention_mask),
                   use_cache=False)
