@@ -17,7 +17,7 @@ from .evaluation.sweep import run_sweep
 from .models.load import LoadedModel, ModelSpec, load_model
 from .moments import Moments
 from .stats.streaming import compute_stats, open_stats
-from .steering import steer
+from .steering import steer, steer_rows
 from .stores.group import StoreGroup
 from .stores.info import store_info
 from .stores.reader import open_store
@@ -53,6 +53,7 @@ __all__ = [
     "run_sweep",
     "save_vector",
     "steer",
+    "steer_rows",
     "store_info",
     "verify_store",
 ]

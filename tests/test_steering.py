@@ -13,16 +13,8 @@ from actstore.errors import VectorError
 from actstore.models.load import load_model
 from actstore.serve.settings import POSITIONS_KEY, ModelFacts, SteeringPayload, resolve_request
 from actstore.serve.step import LayerAddition, StepTokens, add_to_rows, plan_step, steered_rows
-from actstore.steering import (
-    DirectionEdit,
-    Positions,
-    _add,
-    _PassState,
-    check_vector,
-    direction_edit,
-    steer,
-    vector_addition,
-)
+from actstore.steering import DirectionEdit, Positions, check_vector, direction_edit, steer, vector_addition
+from actstore.steering.core import _add, _PassState
 from actstore.vectors.info import VectorInfo
 from actstore.vectors.vector import SteeringVector
 
@@ -451,3 +443,91 @@ def test_the_serve_plugin_projects_and_clamps_as_steer_does_at_the_tokens_steer_
     scale = float(stream.abs().max()) * torch.finfo(dtype).eps
     torch.testing.assert_close(got, want, rtol=0, atol=2 * scale)  # measured: at most 0.51 scale
     assert float((want - stream).abs().max()) > 0.5  # the edits did something
+
+
+# Per-row steering (issue 32): one configuration per batch row, each row as if steered alone.
+PROMPTS = ["The quick brown fox jumps over the lazy dog and runs away.", "Hi.", "She kept the lost wallet",
+           "I told my baby I loved her when she cried at night", "A short one.", "Steering vectors add"]
+
+
+def _row_configs(hidden: int):
+    """Mixed configurations, one per row of PROMPTS: sparse, dense, none, a projection, a clamp (at
+    two layers), a sparse vector at another layer on the response only."""
+    from actstore.steering import RowSteering
+    from actstore.vectors.operators import Operator
+
+    dense = SteeringVector(np.random.default_rng(3).normal(size=hidden).astype(np.float32), np.arange(hidden),
+                           np.ones(hidden, np.float32), VectorInfo(layer=2))
+    return [(sparse_vector(1, seed=1), 6.0), RowSteering(dense, -3.0), None,
+            RowSteering(_operator_vector(hidden, Operator("project", layers="1-2"), k=6), 1.0),
+            RowSteering(_operator_vector(hidden, Operator("clamp", 2.0)), 0.5),
+            RowSteering(sparse_vector(2, (0, 5, 9, 31), seed=4), 8.0, positions="response")]
+
+
+def _alone(loaded, config):
+    """The context that steers every row with ``config`` (None: unsteered)."""
+    import contextlib
+
+    if config is None:
+        return contextlib.nullcontext()
+    vector, alpha, positions = (config.vector, config.alpha, config.positions) if hasattr(config, "vector") \
+        else (*config, None)
+    return steer(loaded, vector, alpha, positions=positions)
+
+
+@pytest.mark.parametrize("arch", ["llama", "gemma3_text", "gpt2"])
+def test_each_row_of_steer_rows_is_its_configuration_run_alone(tiny_model_dirs, arch):
+    """Left-padded prompts of different lengths, greedy generation: every row's tokens are those of the
+    same batch steered wholly by that row's configuration, its log-probs to 1e-5."""
+    from actstore.steering import steer_rows
+
+    loaded = load_model(str(tiny_model_dirs[arch]))
+    batch = _left_padded(loaded, PROMPTS)
+    configs = _row_configs(loaded.hidden_size)
+    kwargs = dict(max_new_tokens=6, do_sample=False, pad_token_id=0, output_scores=True, return_dict_in_generate=True)
+    with steer_rows(loaded, configs):
+        mixed = loaded.model.generate(**batch, **kwargs)
+    for row, config in enumerate(configs):
+        with _alone(loaded, config):
+            alone = loaded.model.generate(**batch, **kwargs)
+        assert torch.equal(mixed.sequences[row], alone.sequences[row]), (row, config)
+        for got, want in zip(mixed.scores, alone.scores):
+            torch.testing.assert_close(torch.log_softmax(got[row], -1), torch.log_softmax(want[row], -1),
+                                       rtol=0, atol=1e-5)
+    plain = loaded.model.generate(**batch, **kwargs)
+    changed = [any(not torch.allclose(a[row], b[row]) for a, b in zip(mixed.scores, plain.scores))
+               for row in range(len(configs))]
+    assert changed == [c is not None for c in configs]  # every steered row moved; the unsteered one did not
+
+
+def test_steer_rows_full_passes_equal_steer_bit_for_bit_and_sparse_or_dense_alike(llama):
+    """A forward pass over the whole batch: additions give exactly steer's numbers (index_add and the
+    dense delta make the same sums), sparse=False changes nothing."""
+    from actstore.steering import steer_rows
+
+    batch = _left_padded(llama, PROMPTS[:3])
+    sparse, dense = sparse_vector(1, seed=1), sparse_vector(2, indices=range(32), seed=2)
+    with torch.no_grad():
+        for flag in (True, False):
+            with steer_rows(llama, [(sparse, 6.0), (dense, -2.0), None], sparse=flag):
+                mixed = llama.model(**batch).logits
+            for row, (vector, alpha) in enumerate([(sparse, 6.0), (dense, -2.0)]):
+                with steer(llama, vector, alpha):
+                    assert torch.equal(mixed[row], llama.model(**batch).logits[row])
+            assert torch.equal(mixed[2], llama.model(**batch).logits[2])
+
+
+def test_steer_rows_refuses_a_batch_of_another_size_and_removes_its_hooks(llama):
+    from actstore.steering import steer_rows
+
+    batch = _left_padded(llama, PROMPTS[:4])
+    with pytest.raises(VectorError, match="a forward pass of 4 rows inside a context that steers 2 rows"):
+        with torch.no_grad(), steer_rows(llama, [(sparse_vector(1), 2.0), None], positions="prompt"):
+            llama.model(**batch)
+    assert not llama.model._forward_pre_hooks and not any(b._forward_hooks for b in llama.blocks)
+    with pytest.raises(VectorError, match="vector is for layer 9"):
+        with steer_rows(llama, [None, (sparse_vector(9), 1.0)]):
+            pass
+    with pytest.raises(VectorError, match="alpha must be a finite number"):
+        with steer_rows(llama, [(sparse_vector(1), float("nan"))]):
+            pass

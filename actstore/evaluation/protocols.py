@@ -82,6 +82,11 @@ class OnTarget(Protocol):
     def measure(self, loaded: LoadedModel, forward: Forward) -> dict[str, np.ndarray]:
         """Per-item values ``{metric: (n_items,)}`` under the steering active now."""
 
+    def measure_packed(self, loaded: LoadedModel, forward: Forward, pack) -> list[tuple[dict, list[str] | None]]:
+        """Optional (:func:`packable`): :meth:`measure` of each configuration of ``pack`` (a
+        :class:`~actstore.evaluation.packing.Pack`), all in the same batches, and its texts (None
+        without generations); ``forward`` unpacked, the pack repeats the batches and steers them."""
+
     def steered(self, vector, scale: float, positions) -> AbstractContextManager:
         """Entered while the sweep's hooks add ``scale * vector`` at ``positions`` to the local
         model: where :meth:`measure` runs another engine, it applies the same steering there."""
@@ -90,6 +95,15 @@ class OnTarget(Protocol):
 def _local(vector, scale: float, positions) -> AbstractContextManager:
     """:meth:`OnTarget.steered` of a protocol measured on the local model: the hooks do it all."""
     return nullcontext()
+
+
+def packable(protocol: OnTarget) -> bool:
+    """Whether the sweep may measure several configurations of ``protocol`` in one batch: it has
+    :meth:`OnTarget.measure_packed` and measures on the local model (a served one steers its engine
+    one configuration at a time)."""
+    local = getattr(protocol, "steered", None) is _local and callable(getattr(protocol, "measure_packed", None))
+    return local and (not isinstance(protocol, GeneratedText)
+                      or type(protocol).continuations is GeneratedText.continuations)
 
 
 class _FixedBatches:
@@ -112,6 +126,9 @@ class _FixedBatches:
 
     def measure(self, loaded: LoadedModel, forward: Forward) -> dict[str, np.ndarray]:
         return {"score": self._scoring.scores(forward)}
+
+    def measure_packed(self, loaded: LoadedModel, forward: Forward, pack) -> list[tuple[dict, None]]:
+        return [({"score": scores}, None) for scores in self._scoring.packed_scores(pack.forward(forward), pack.size)]
 
 
 class ABLetters(_FixedBatches):
@@ -146,6 +163,10 @@ class ABLetters(_FixedBatches):
         logodds = self._scoring.logodds(forward, loaded.model)  # the head cut to the answer letters
         return {"score": probability(logodds), "logodds": logodds}
 
+    def measure_packed(self, loaded: LoadedModel, forward: Forward, pack) -> list[tuple[dict, None]]:
+        packed = self._scoring.packed_logodds(pack.forward(forward), pack.size, loaded.model)
+        return [({"score": probability(logodds), "logodds": logodds}, None) for logodds in packed]
+
 
 class FreeTextPreference(_FixedBatches):
     """Free-text pairs scored by the per-token log-likelihood preference for the positive text."""
@@ -154,6 +175,7 @@ class FreeTextPreference(_FixedBatches):
 
     def __init__(self, tokenizer, pairs: Sequence[PreferencePair], batch_size: int = 8):
         super().__init__(PreferenceScoring(tokenizer, pairs, batch_size), [pair.where for pair in pairs])
+        self.pairs = list(pairs)
 
 
 def _words(text: str) -> list[str]:
@@ -260,11 +282,20 @@ class GeneratedText:
     def continuations(self, loaded: LoadedModel) -> list[str]:
         """Greedy continuations of :attr:`prompts`, formatted by :attr:`chat`, one per prompt, under
         the steering active now."""
+        return self._generated(loaded, 1, lambda rows: nullcontext())[0]
+
+    def _generated(self, loaded: LoadedModel, copies: int, steering) -> list[list[str]]:
+        """Per copy, the continuations of every prompt: each ``generate`` call holds ``copies`` copies
+        of up to :attr:`batch_size` prompts (padded as one copy alone), under ``steering(rows)``."""
         formatted = [self.chat.prompt_text(loaded.tokenizer, p) for p in self.prompts]
-        texts: list[str] = []
+        texts: list[list[str]] = [[] for _ in range(copies)]
         for start in range(0, len(formatted), self.batch_size):
-            texts += generate(loaded.model, loaded.tokenizer, formatted[start : start + self.batch_size],
-                              max_new_tokens=self.max_new_tokens, add_special_tokens=self.chat.add_special_tokens)
+            chunk = formatted[start : start + self.batch_size]
+            with steering(copies * len(chunk)):
+                made = generate(loaded.model, loaded.tokenizer, chunk * copies, max_new_tokens=self.max_new_tokens,
+                                add_special_tokens=self.chat.add_special_tokens)
+            for number in range(copies):
+                texts[number] += made[number * len(chunk) : (number + 1) * len(chunk)]
         return texts
 
     def _scores(self, texts: list[str]) -> dict[str, np.ndarray]:
@@ -284,9 +315,17 @@ class GeneratedText:
 
     def measure(self, loaded: LoadedModel, forward: Forward) -> dict[str, np.ndarray]:
         texts = self.continuations(loaded)
-        scored = self._scores(texts)
+        measured = self._measured(texts)
         self.last_texts = texts
-        return {**scored,
+        return measured
+
+    def measure_packed(self, loaded: LoadedModel, forward: Forward, pack) -> list[tuple[dict, list[str]]]:
+        """Each configuration's continuations from the same ``generate`` calls (``pack.size`` times
+        :attr:`batch_size` rows each), scored and rated as :meth:`measure` scores them."""
+        return [(self._measured(texts), texts) for texts in self._generated(loaded, pack.size, pack.steering)]
+
+    def _measured(self, texts: list[str]) -> dict[str, np.ndarray]:
+        return {**self._scores(texts),
                 "distinct_2": np.array([distinct_n(t, 2) for t in texts]),
                 "repeated_3gram": np.array([repeated_ngram_rate(t, 3) for t in texts])}
 

@@ -19,7 +19,7 @@ full steered pass gives (tested against it on every tiny architecture).
 from __future__ import annotations
 
 from collections.abc import Callable, Hashable, Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
 
 import torch
@@ -43,11 +43,21 @@ def padding_side(tokenizer, side: str):
 
 @dataclass(frozen=True)
 class Batch:
-    """One padded batch. ``logits_to_keep``: logits of the last N positions only (0: all)."""
+    """One padded batch. ``logits_to_keep``: logits of the last N positions only (0: all).
+    ``copies``: how many copies of a batch it holds, one after another (:meth:`repeated`)."""
 
     input_ids: torch.Tensor
     attention_mask: torch.Tensor
     logits_to_keep: int = 0
+    copies: int = 1
+
+    def repeated(self, copies: int) -> Batch:
+        """``copies`` copies of this batch along the batch axis, one after another (a packed batch:
+        copy ``j`` holds configuration ``j``'s rows, :mod:`actstore.evaluation.packing`)."""
+        if copies == 1:
+            return self
+        return Batch(self.input_ids.repeat(copies, 1), self.attention_mask.repeat(copies, 1), self.logits_to_keep,
+                     self.copies * copies)
 
     @classmethod
     def pad(cls, tokenizer, sequences: list[list[int]], side: str, logits_to_keep: int = 0) -> Batch:
@@ -101,6 +111,8 @@ class _Replayed(_Passthrough):
     def forward(self, hidden_states, *args, **kwargs):
         replay = self._replay[0]
         cached = replay._cache[replay._current]
+        if replay._copies > 1:  # a packed batch: the cached rows once per copy
+            cached = cached.repeat(replay._copies, *(1,) * (cached.dim() - 1))
         if cached.shape != hidden_states.shape:
             raise RuntimeError(f"replayed block output {tuple(cached.shape)} does not fit the batch "
                                f"{tuple(hidden_states.shape)} (batch {replay._current!r})")
@@ -112,7 +124,8 @@ class PrefixReplay:
 
     ``batches``: ``{key: Batch}``. The cache holds ``(batch, seq, hidden)`` per
     batch on the model's device (:attr:`nbytes`). Call it as a forward
-    (``replay(key, batch)``) inside ``with replay.active():``.
+    (``replay(key, batch)``) inside ``with replay.active():``; ``batch`` may be the cached
+    one :meth:`Batch.repeated` (a packed batch): the cached output is repeated as it runs.
     """
 
     def __init__(self, loaded: LoadedModel, layer: int, batches: Mapping[Hashable, Batch],
@@ -121,6 +134,7 @@ class PrefixReplay:
         self._cache: dict[Hashable, torch.Tensor] = {}
         self._tuple_tail: tuple | None = None
         self._current: Hashable | None = None
+        self._copies = 1  # copies of the cached batch the running pass holds (Batch.copies)
         self._active = False
         device = _device(loaded.model)
         hook = loaded.blocks[self.layer].register_forward_hook(self._note_container)
@@ -167,11 +181,11 @@ class PrefixReplay:
             raise RuntimeError("PrefixReplay is called outside 'with replay.active():'")
         if key not in self._cache:
             raise KeyError(f"batch {key!r} was not cached")
-        self._current = key
+        self._current, self._copies = key, batch.copies
         try:
             return self.loaded.model(**batch.model_inputs(_device(self.loaded.model))).logits.float()
         finally:
-            self._current = None
+            self._current, self._copies = None, 1
 
 
 def cache_nbytes(loaded: LoadedModel, batches: Mapping[Hashable, Batch]) -> int:
@@ -183,4 +197,28 @@ def cache_nbytes(loaded: LoadedModel, batches: Mapping[Hashable, Batch]) -> int:
     return sum(b.cells for b in batches.values()) * hidden * itemsize
 
 
-__all__ = ["Batch", "Forward", "PrefixReplay", "cache_nbytes", "padding_side", "plain_forward"]
+@contextmanager
+def layer_forwards(loaded: LoadedModel, layer: int, on_batches: list[Batch], ppl_batches: list[Batch],
+                   replay: bool, cache_budget_mb: float, site: str = "resid"
+                   ) -> Iterator[Callable[[], AbstractContextManager]]:
+    """Yields ``active()``, a context inside which ``(on_forward, ppl_forward)`` measure at ``layer``
+    (the on-target protocol's fixed batches, the perplexity windows): replayed from the layer's
+    cached block output where there are on-target batches and it fits the budget. A vector added
+    inside block L (site attn or mlp) replays only blocks before L."""
+    batches = {**{("on", i): b for i, b in enumerate(on_batches)}, **{("ppl", i): b for i, b in enumerate(ppl_batches)}}
+    prefix = layer if site == "resid" else layer - 1
+    if replay and prefix >= 0 and on_batches and cache_nbytes(loaded, batches) <= cache_budget_mb * 2**20:
+        cached = PrefixReplay(loaded, prefix, batches)
+
+        @contextmanager
+        def active():
+            with cached.active():
+                yield (lambda i, b: cached(("on", i), b)), (lambda i, b: cached(("ppl", i), b))
+
+        yield active
+        return
+    forward = plain_forward(loaded.model)
+    yield lambda: nullcontext((forward, forward))
+
+
+__all__ = ["Batch", "Forward", "PrefixReplay", "cache_nbytes", "layer_forwards", "padding_side", "plain_forward"]

@@ -44,3 +44,23 @@ def test_replay_outside_its_context_is_refused(llama):
     replay = PrefixReplay(llama, 1, dict(enumerate(scoring.batches)))
     with pytest.raises(RuntimeError, match="outside"):
         replay(0, scoring.batches[0])
+
+
+def test_a_packed_batch_replays_the_cached_rows_once_per_copy(llama):
+    """A batch repeated for a pack (issue 32) replays its one cached block output, repeated as it runs;
+    rows that are not whole copies of the cached batch are refused."""
+    import torch
+
+    from actstore.evaluation.replay import Batch
+
+    batch = ABScoring(llama.tokenizer, ITEMS[:4], batch_size=4).batches[0]
+    replay = PrefixReplay(llama, 1, {0: batch})
+    packed = batch.repeated(3)
+    assert packed.copies == 3 and packed.input_ids.shape[0] == 3 * batch.input_ids.shape[0]
+    assert batch.repeated(1) is batch
+    with replay.active():
+        replayed = replay(0, packed)
+        with pytest.raises(RuntimeError, match="does not fit the batch"):
+            replay(0, Batch(packed.input_ids, packed.attention_mask, packed.logits_to_keep))  # copies not said
+    torch.testing.assert_close(replayed, plain_forward(llama.model)(0, packed), rtol=1e-5, atol=1e-5)
+    assert replay.nbytes == cache_nbytes(llama, {0: batch})  # the cache itself is not repeated

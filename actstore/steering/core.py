@@ -35,12 +35,12 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .capture import block_output
-from .errors import VectorError
-from .models.blocks import SITES, find_decoder_blocks, residual_writes, site_module, text_config
-from .models.hooks import edit_along
-from .models.load import LoadedModel
-from .vectors.vector import SteeringVector, validate_vector
+from ..capture import block_output
+from ..errors import VectorError
+from ..models.blocks import SITES, find_decoder_blocks, residual_writes, site_module, text_config
+from ..models.hooks import edit_along
+from ..models.load import LoadedModel
+from ..vectors.vector import SteeringVector, validate_vector
 
 _MAX_POSITION = 2**31  # longer than any context: a larger N is a typo, and beyond int64 a crash
 
@@ -219,14 +219,12 @@ Edit = tuple[torch.Tensor | None, torch.Tensor] | DirectionEdit
 
 def check_vector(vector: SteeringVector, loaded: LoadedModel, force: bool = False) -> None:
     """Refuse a vector made for another model (by fingerprint), unless ``force``."""
-    from .models.load import same_weights
+    from ..models.load import same_weights
 
     made_for = vector.info.fingerprint
     if made_for and not same_weights(made_for, loaded):
-        message = (
-            f"vector was made for model {vector.info.model!r} (weights {made_for}); "
-            f"this model {loaded.model_id!r} has weights {loaded.fingerprint}"
-        )
+        message = (f"vector was made for model {vector.info.model!r} (weights {made_for}); "
+                   f"this model {loaded.model_id!r} has weights {loaded.fingerprint}")
         if not force:
             raise VectorError(message + "; pass force=True to steer anyway", param="force")
         warnings.warn(message, stacklevel=2)
@@ -245,13 +243,9 @@ def _additions(model, blocks, vectors: Sequence[SteeringVector], alphas: Sequenc
         edit = vector_addition(vector, alpha, sparse=sparse).tensors(param.device, param.dtype) \
             if operator.additive else direction_edit(vector, alpha)
         if vector.hidden_size != hidden:
-            raise VectorError(
-                f"vector has {vector.hidden_size} dimensions but the model's hidden size is {hidden}"
-            )
+            raise VectorError(f"vector has {vector.hidden_size} dimensions but the model's hidden size is {hidden}")
         if not 0 <= vector.layer < len(blocks):
-            raise VectorError(
-                f"vector is for layer {vector.layer}; this model has decoder blocks 0..{len(blocks) - 1}"
-            )
+            raise VectorError(f"vector is for layer {vector.layer}; this model has decoder blocks 0..{len(blocks) - 1}")
         for module in _operator_modules(model, blocks, vector):
             per_module.setdefault(module, []).append(edit)
     return per_module
@@ -278,7 +272,8 @@ def vector_site(vector: SteeringVector) -> str:
 
 def _add(hidden: torch.Tensor, additions: list[Edit], where: torch.Tensor | None = None) -> torch.Tensor:
     """``hidden`` with ``additions`` made in order (added tensors, or a :class:`DirectionEdit`);
-    with ``where`` ``(batch, T)`` bool, only at those tokens."""
+    with ``where`` ``(batch, T)`` bool (or ``(batch, 1)``), only at those tokens. Dense values of
+    shape ``(batch, hidden)`` add one row to each batch row."""
     weight = None if where is None else where.to(hidden.dtype).unsqueeze(-1)
     for edit in additions:
         if isinstance(edit, DirectionEdit):
@@ -286,6 +281,8 @@ def _add(hidden: torch.Tensor, additions: list[Edit], where: torch.Tensor | None
             continue
         indices, values = edit
         values = values.to(hidden.dtype)
+        if values.dim() == 2:  # one row of values per batch row (steer_rows)
+            values = values.unsqueeze(-2)
         if indices is None:
             hidden = hidden + (values if weight is None else weight * values)
         else:
@@ -336,21 +333,32 @@ def steer(
     state = _PassState() if chosen.kind != "all" else None
 
     def make_hook(additions: list[Edit]):
-        def hook(module, args, output):
-            where = None if state is None else state.selected(chosen)
-            if isinstance(output, tuple):
-                return (_add(output[0], additions, where), *output[1:])
-            return _add(block_output(output), additions, where)
+        return _output_hook(lambda hidden: _add(hidden, additions, None if state is None else state.selected(chosen)))
 
-        return hook
+    with _hooked(model, state, {module: make_hook(additions) for module, additions in per_layer.items()}):
+        yield
 
+
+def _output_hook(edit):
+    """A forward hook that returns the module's output with ``edit(hidden)`` in place of its hidden states."""
+    def hook(module, args, output):
+        return (edit(output[0]), *output[1:]) if isinstance(output, tuple) else edit(block_output(output))
+
+    return hook
+
+
+@contextmanager
+def _hooked(model, state: _PassState | None, hooks: dict) -> Iterator[None]:
+    """``hooks`` (module -> forward hook) and ``state``'s pre-hook on ``model`` while inside; removed on
+    exit, also on errors."""
     handles = []
     try:
         if state is not None:
             handles.append(model.register_forward_pre_hook(state.pre_hook, with_kwargs=True))
-        for module, additions in per_layer.items():
-            handles.append(module.register_forward_hook(make_hook(additions)))
+        for module, hook in hooks.items():
+            handles.append(module.register_forward_hook(hook))
         yield
     finally:
         for handle in handles:
             handle.remove()
+
