@@ -9,8 +9,9 @@ greedily; both models then read prompt + continuation, and at each continuation 
 is the divergence of the steered model's next-token distribution from the unsteered one's. Reported
 per prompt: ``kl_first`` (the first generated token: Heretic's measure) and ``kl`` (the mean over
 the continuation up to and including its end-of-sequence token, since damage that one token misses
-shows up over a continuation), each with an interval over prompts. Log-softmax runs over the
-vocabulary one slice of rows at a time, so the full float64 logits of a batch never exist at once.
+shows up over a continuation), each with an interval over prompts. The model returns the final
+hidden states of the continuation's tokens only, and the LM head and log-softmax run over the
+vocabulary one slice of token rows at a time (:mod:`.vocab`): the logits of a batch never exist at once.
 
 The prompts (:func:`read_kl_prompts`): a file of the user's, by default the first
 :data:`DEFAULT_KL_PROMPTS` instructions of ``shared/data/refusal-direction/harmless_val.json``
@@ -23,19 +24,18 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager, nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from ..errors import ActstoreError
-from ..models.hooks import position_ids
 from ..models.load import LoadedModel
 from .intervals import Interval, paired_mean_interval
-from .replay import padding_side
+from .replay import Batch, padding_side
+from .vocab import VocabHead, token_kl
 
-ROWS_PER_SLICE = 256  # token rows whose float64 log-softmax is held at once
 DEFAULT_KL_TOKENS = 32  # continuation tokens per prompt
 DEFAULT_KL_PROMPTS = 100  # prompts of the default set
 # Relative to the folder that holds the package's repository, as the perplexity corpus.
@@ -84,12 +84,14 @@ def format_prompts(tokenizer, prompts: Sequence[str]) -> list[str]:
 class Continuations:
     """The unsteered model's greedy continuations: ``ids`` (rows, prompt + n) left-padded,
     ``mask`` (rows, prompt + n) real tokens, ``scored`` (rows, n) continuation tokens counted
-    (up to and including the first end-of-sequence token)."""
+    (up to and including the first end-of-sequence token); ``hidden`` (rows, n, hidden) the
+    unsteered final hidden states that predict them (None: recomputed by :func:`kl_damage`)."""
 
     ids: torch.Tensor
     mask: torch.Tensor
     scored: torch.Tensor
     n_tokens: int
+    hidden: torch.Tensor | None = None
 
 
 @dataclass(frozen=True)
@@ -108,10 +110,11 @@ class KLDamage:
 def continuations(loaded: LoadedModel, prompts: Sequence[str], n_tokens: int = 32,
                   batch_size: int = 8) -> list[Continuations]:
     """The unsteered model's greedy continuations of ``prompts`` (formatted text, tokenized without
-    special tokens added: a chat template brings its own), batch by batch."""
+    special tokens added: a chat template brings its own), batch by batch, with the final hidden
+    states that predict them (run outside any steering)."""
     tokenizer, model = loaded.tokenizer, loaded.model
     device = next(model.parameters()).device
-    out = []
+    head, out = VocabHead.of(model), []
     for start in range(0, len(prompts), batch_size):
         with padding_side(tokenizer, "left"), torch.no_grad():
             batch = tokenizer(list(prompts[start:start + batch_size]), return_tensors="pt", padding=True,
@@ -123,36 +126,39 @@ def continuations(loaded: LoadedModel, prompts: Sequence[str], n_tokens: int = 3
         ended = torch.cumsum((new == tokenizer.eos_token_id).long(), dim=1)
         scored = (ended - (new == tokenizer.eos_token_id).long()) == 0  # up to and including the first EOS
         mask = torch.cat([batch["attention_mask"], scored.long()], dim=1)
-        out.append(Continuations(torch.cat([batch["input_ids"], new], dim=1), mask, scored, n_tokens))
+        done = Continuations(torch.cat([batch["input_ids"], new], dim=1), mask, scored, n_tokens)
+        # Kept (a few MB): every configuration's KL then runs the steered model only.
+        out.append(replace(done, hidden=_continuation_hidden(loaded, done, head)))
     return out
 
 
-def _continuation_log_probs(loaded: LoadedModel, batch: Continuations) -> torch.Tensor:
-    """(rows, n, vocab) float32 log-probabilities at each continuation token, under the steering active now."""
-    with torch.no_grad():
-        logits = loaded.model(input_ids=batch.ids, attention_mask=batch.mask, position_ids=position_ids(batch.mask),
-                              use_cache=False).logits[:, -batch.n_tokens - 1:-1]
-    flat = logits.reshape(-1, logits.shape[-1])
-    out = torch.empty(flat.shape, dtype=torch.float32, device=flat.device)
-    for start in range(0, flat.shape[0], ROWS_PER_SLICE):
-        out[start:start + ROWS_PER_SLICE] = torch.log_softmax(flat[start:start + ROWS_PER_SLICE].double(), -1).float()
-    return out.reshape(logits.shape)
+def _continuation_hidden(loaded: LoadedModel, batch: Continuations, head: VocabHead) -> torch.Tensor:
+    """(rows, n, hidden): the final hidden states that predict each continuation token, under the
+    steering active now (the model keeps the last n + 1 positions; the head reads them in slices)."""
+    model_batch = Batch(batch.ids, batch.mask, logits_to_keep=batch.n_tokens + 1)
+
+    def forward(key, b: Batch) -> torch.Tensor:
+        return loaded.model(**b.model_inputs(batch.ids.device)).logits
+
+    return head.hidden(forward, None, model_batch)[:, :-1]
 
 
 def kl_damage(loaded: LoadedModel, batches: Sequence[Continuations],
               steering: Callable[[], AbstractContextManager] = nullcontext) -> KLDamage:
     """KL(unsteered || steered) per prompt on the continuations, the steered model being ``loaded``
     inside ``steering()`` (a context manager factory, e.g. ``lambda: steer(loaded, vector, 4.0)``).
-    The unsteered distributions are recomputed batch by batch (a vocabulary of 262,144 words makes
-    them too large to keep for a whole sweep)."""
+    The unsteered distributions are recomputed batch by batch from the unsteered hidden states the
+    batches keep (a vocabulary of 262,144 words makes the distributions too large to keep for a
+    whole sweep)."""
     firsts, means = [], []
+    head = VocabHead.of(loaded.model)
     for batch in batches:
-        base = _continuation_log_probs(loaded, batch)
+        base = _continuation_hidden(loaded, batch, head) if batch.hidden is None else batch.hidden
         with steering():
-            steered = _continuation_log_probs(loaded, batch)
-        per_token = (base.double().exp() * (base.double() - steered.double())).sum(-1)  # (rows, n)
-        per_token = per_token.clamp(min=0.0)  # float rounding below zero
-        scored = batch.scored.to(per_token.device)
+            steered = _continuation_hidden(loaded, batch, head)
+        scored = batch.scored.to(base.device)
+        per_token = torch.zeros(scored.shape, dtype=torch.float64, device=base.device)  # (rows, n)
+        per_token[scored] = token_kl(base[scored], steered[scored], head)  # clamped at 0 (float rounding)
         firsts.append(per_token[:, 0])
         means.append((per_token * scored).sum(1) / scored.sum(1).clamp(min=1))
     return KLDamage(torch.cat(firsts).cpu().numpy(), torch.cat(means).cpu().numpy())

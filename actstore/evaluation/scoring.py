@@ -28,6 +28,7 @@ import torch
 
 from ..errors import InputFormatError
 from .replay import Batch, Forward, padding_side, plain_forward
+from .vocab import VocabHead, token_nll
 
 
 @dataclass(frozen=True)
@@ -117,32 +118,38 @@ class ABScoring:
         ``model``: the model ``forward`` runs; where every answer is one token, its LM head is cut
         to the answer letters' rows meanwhile (:func:`head_rows`), so no batch computes the logits
         of the whole vocabulary for two of them (the same numbers to float rounding)."""
+        return self.packed_logodds(forward, 1, model)[0]
+
+    def packed_logodds(self, forward: Forward, copies: int, model=None) -> np.ndarray:
+        """:meth:`logodds` of ``copies`` configurations at once, ``(copies, n_items)``: ``forward``
+        returns the logits of each batch :meth:`~actstore.evaluation.replay.Batch.repeated`
+        ``copies`` times, copy ``j`` under configuration ``j`` (:class:`~actstore.evaluation.packing.Pack`)."""
+        per_batch, done = [], 0
         if self.single_token:
             letters, cut = self.letters, contextlib.nullcontext()
             if model is not None and not hasattr(model.get_output_embeddings(), "_hf_hook"):  # not on a device map
                 ids, letters = torch.unique(self.letters, return_inverse=True)
                 cut = head_rows(model, ids)
-            diffs = []
             with cut:
                 for index, batch in enumerate(self.batches):
-                    last = forward(index, batch)[:, -1]
-                    rows = torch.arange(last.shape[0])
-                    pair = letters[len(diffs):len(diffs) + last.shape[0]].to(last.device)
-                    diffs += (last[rows, pair[:, 0]] - last[rows, pair[:, 1]]).double().tolist()
-            logodds = np.empty(self.n_items)
-            logodds[self.order] = diffs
+                    last, rows = forward(index, batch)[:, -1], batch.input_ids.shape[0]
+                    pair = letters[done:done + rows].to(last.device).repeat(copies, 1)
+                    picked = torch.arange(last.shape[0], device=last.device)
+                    per_batch.append((last[picked, pair[:, 0]] - last[picked, pair[:, 1]]).double().view(copies, rows))
+                    done += rows
+            logodds = np.empty((copies, self.n_items))
+            logodds[:, self.order] = torch.cat(per_batch, 1).cpu().numpy()
             return logodds
-        logprobs = []
         for index, batch in enumerate(self.batches):
-            logits = forward(index, batch)
-            keep = batch.logits_to_keep
-            picked = torch.log_softmax(logits[:, :-1], dim=-1).gather(
-                -1, batch.input_ids[:, -(keep - 1):].to(logits.device).unsqueeze(-1)).squeeze(-1)
-            for row in range(picked.shape[0]):
-                tail = self.tails[len(logprobs)]
-                logprobs.append(float(picked[row, -tail:].double().sum()))
-        logprobs = np.asarray(logprobs)
-        return logprobs[0::2] - logprobs[1::2]
+            logits, (rows, keep) = forward(index, batch), (batch.input_ids.shape[0], batch.logits_to_keep)
+            targets = batch.input_ids[:, -(keep - 1):].repeat(copies, 1).to(logits.device)
+            picked = torch.log_softmax(logits[:, :-1], dim=-1).gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+            tails = self.tails[done:done + rows] * copies
+            per_batch.append(torch.stack([picked[row, -tail:].double().sum() for row, tail in enumerate(tails)])
+                             .view(copies, rows).cpu())
+            done += rows
+        logprobs = torch.cat(per_batch, 1).numpy()
+        return logprobs[:, 0::2] - logprobs[:, 1::2]
 
     def scores(self, forward: Forward) -> np.ndarray:
         """Per item: P(matching) / (P(matching) + P(other)) = sigmoid(log-odds)."""
@@ -196,8 +203,12 @@ def read_text_tokens(tokenizer, path: str | Path, max_tokens: int) -> list[int]:
     return ids
 
 
-def _token_nll(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """``(batch, seq-1)`` next-token NLL; 0 where ``targets`` is -100 (padding)."""
+def _token_nll(logits: torch.Tensor, targets: torch.Tensor, head: VocabHead | None = None) -> torch.Tensor:
+    """``(batch, seq-1)`` next-token NLL; 0 where ``targets`` is -100 (padding). With ``head``,
+    ``logits`` are the final hidden states the head reads (:meth:`VocabHead.hidden`) and the logits
+    are computed a slice of token rows at a time (:func:`~actstore.evaluation.vocab.token_nll`)."""
+    if head is not None:
+        return token_nll(logits, targets, head)
     batch, seq, vocab = logits.shape
     # Every row of the contiguous (tokens, vocab) view, the last position's target ignored: cutting
     # that position off first copied the whole logits tensor (7% of a sweep configuration, issue 21),
@@ -271,23 +282,32 @@ class PerplexityWindows:
     def n_documents(self) -> int:
         return int(np.unique(self.documents).size)
 
-    def nll(self, forward: Forward) -> tuple[np.ndarray, np.ndarray]:
-        """``(nll, tokens)``: summed next-token NLL (nats) and predicted tokens, per window."""
+    def nll(self, forward: Forward, model=None) -> tuple[np.ndarray, np.ndarray]:
+        """``(nll, tokens)``: summed next-token NLL (nats) and predicted tokens, per window.
+        ``model``: the model ``forward`` runs; given, the full logits of a batch never exist at once
+        (its final hidden states go through the LM head a slice of tokens at a time: :mod:`.vocab`)."""
+        nll, tokens = self.packed_nll(forward, 1, model)
+        return nll[0], tokens
+
+    def packed_nll(self, forward: Forward, copies: int, model=None) -> tuple[np.ndarray, np.ndarray]:
+        """:meth:`nll` of ``copies`` configurations at once: ``nll`` ``(copies, windows)``; ``forward``
+        as :meth:`ABScoring.packed_logodds`'s."""
         nll, tokens = [], []
+        head = None if model is None else VocabHead.of(model)
         for index, batch in enumerate(self.batches):
-            logits = forward(index, batch)
+            logits = forward(index, batch) if head is None else head.hidden(forward, index, batch)
             targets = batch.input_ids[:, 1:].masked_fill(batch.attention_mask[:, 1:] == 0, -100).to(logits.device)
             targets[:, :self.skipped] = -100
-            per_token = _token_nll(logits, targets)
-            nll += per_token.double().sum(-1).tolist()
+            per_token = _token_nll(logits, targets.repeat(copies, 1), head)
+            nll.append(per_token.double().sum(-1).view(copies, -1).cpu())
             tokens += (targets != -100).sum(-1).tolist()
-        return np.asarray(nll), np.asarray(tokens, dtype=np.int64)
+        return torch.cat(nll, 1).numpy(), np.asarray(tokens, dtype=np.int64)
 
 
 def perplexity(model, tokenizer, token_ids: Sequence[int], window: int = 256, batch_size: int = 2) -> float:
     """exp(mean next-token NLL) over non-overlapping windows of ``window`` tokens,
     each starting with the tokenizer's BOS (when it has one)."""
-    nll, tokens = PerplexityWindows(tokenizer, token_ids, window, batch_size).nll(plain_forward(model))
+    nll, tokens = PerplexityWindows(tokenizer, token_ids, window, batch_size).nll(plain_forward(model), model)
     return math.exp(nll.sum() / tokens.sum())
 
 
@@ -334,15 +354,21 @@ class PreferenceScoring:
                         for _, chunk in _batched([sequences[i] for i in self.order], batch_size)]
 
     def scores(self, forward: Forward) -> np.ndarray:
+        return self.packed_scores(forward, 1)[0]
+
+    def packed_scores(self, forward: Forward, copies: int) -> np.ndarray:
+        """:meth:`scores` of ``copies`` configurations at once, ``(copies, pairs)``; ``forward`` as
+        :meth:`ABScoring.packed_logodds`'s."""
         means = []
         for index, batch in enumerate(self.batches):
             logits = forward(index, batch)
             targets = batch.input_ids[:, 1:].masked_fill(batch.attention_mask[:, 1:] == 0, -100).to(logits.device)
+            targets = targets.repeat(copies, 1)
             nll = _token_nll(logits, targets).double()
-            means += (-nll.sum(-1) / (targets != -100).sum(-1)).tolist()
-        in_order = np.empty(len(means))
-        in_order[self.order] = means
-        return in_order[0::2] - in_order[1::2]
+            means.append((-nll.sum(-1) / (targets != -100).sum(-1)).view(copies, -1).cpu())
+        in_order = np.empty((copies, len(self.order)))
+        in_order[:, self.order] = torch.cat(means, 1).numpy()
+        return in_order[:, 0::2] - in_order[:, 1::2]
 
 
 @torch.no_grad()
