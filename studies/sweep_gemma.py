@@ -105,7 +105,15 @@ def evaluate(exe: str, model: str, behavior: str, store: Path, out: Path, layers
     run([exe, "eval", "-q", "--model", model, "--store", str(store), "--data-test",
          str(source(behavior) / "test.json"), "--layers", layers, "--k", ks, "--methods", methods, "--fractions",
          fractions, "--budgets", args.budgets, "--ppl-tokens", str(args.ppl_tokens), "--ppl-documents",
-         str(args.ppl_documents), "--behavior", behavior, "--out", str(out), *extra], log)
+         str(args.ppl_documents), "--behavior", behavior, "--out", str(out), *analysis_flags(args), *extra], log)
+
+
+def analysis_flags(args) -> list[str]:
+    """The report's margin and resamples, and the test set kept apart from training (issue 30 §2), as
+    `actstore eval` flags; none unless asked (a plan folder measured without them resumes as it was)."""
+    flags = [] if args.margin is None else ["--margin", str(args.margin)]
+    flags += [] if args.resamples is None else ["--resamples", str(args.resamples)]
+    return flags + (["--exclude-train-overlap"] if args.exclude_train_overlap else [])
 
 
 # ---- the primary family (PLAN.md §3) -------------------------------------------------------------
@@ -301,6 +309,11 @@ def main() -> None:
     parser.add_argument("--work", default=None, help="where stores go (default: a temp dir)")
     parser.add_argument("--slice", action="store_true", help="time one configuration; write <out>/SLICE.md")
     parser.add_argument("--count", action="store_true", help="print the plan's configurations per tier")
+    parser.add_argument("--margin", type=float, default=None, help="eval --margin: the contrasts' stated margin")
+    parser.add_argument("--resamples", type=int, default=None, help="eval --resamples (default eval's)")
+    parser.add_argument("--exclude-train-overlap", action="store_true",
+                        help="eval --exclude-train-overlap: drop test questions found in train.json (another "
+                             "setting: a new --out folder)")
     parser.add_argument("--summary-only", action="store_true",
                         help="only rebuild SUMMARY.md from the behaviors' folders already in --out")
     args = parser.parse_args()
@@ -336,11 +349,13 @@ def main() -> None:
     behaviors = list(dict.fromkeys(t[1] for t in TIERS))
     done = [b for b in behaviors if (out / b / "results.csv").exists()]
     if args.summary_only:
+        from actstore.evaluation.intervals import N_RESAMPLES, Analysis
         from actstore.evaluation.ledger import Ledger
         from actstore.evaluation.report import write_report
 
         for behavior in done:
-            write_report(Ledger.open_existing(out / behavior), [float(b) for b in args.budgets.split(",")])
+            write_report(Ledger.open_existing(out / behavior), [float(b) for b in args.budgets.split(",")], None,
+                         Analysis(args.margin, args.resamples or N_RESAMPLES))
     shares = {b: axis_share(stores[b]) for b in ("refusal", "morality") if b in stores}
     if not shares and (out / "shares.json").exists():
         shares = json.loads((out / "shares.json").read_text())

@@ -9,9 +9,11 @@ import click
 
 from ..evaluation.damage import DEFAULT_KL_PROMPTS, DEFAULT_KL_TOKENS
 from ..evaluation.grid import DEFAULT_BUDGETS, DEFAULT_FRACTIONS, DEFAULT_PPL_TOKENS
+from ..evaluation.intervals import N_RESAMPLES
 from ..evaluation.perplexity import DEFAULT_PPL_DOCUMENTS, DEFAULT_PPL_WINDOW
 from ..evaluation.protocols import SCORERS
 from ..evaluation.request import DEFAULT_PROMPT_TEMPLATE, JUDGES
+from ..evaluation.request_rules import MIN_RESAMPLES
 from .options import (
     FloatListType,
     IntListType,
@@ -108,11 +110,29 @@ def _csv(values) -> str:
 @click.option("--letter-data", type=click.Path(exists=True, dir_okay=False), default=None,
               help="For --methods letter: the A/B file captured into --store with its twins (default: the "
                    "store's latest capture with option-swapped twins).")
+@click.option("--train-resample", default=None, metavar="SPEC",
+              help="Build every vector from a resample of the training pairs (the vectors' own noise): "
+                   "bootstrap:SEED (pairs, or questions with their twins, drawn with replacement) or half:I/N (the "
+                   "I-th of N disjoint parts). enr and random only. Combine the replicate folders with "
+                   "actstore.evaluation.resampling.combine.")
 @click.option("--contrasts", "contrasts", multiple=True, metavar="SPEC",
               help="A pre-specified primary contrast, NAME=LAYER:METHOD:K-REFLAYER:REFMETHOD:REFK@BUDGET (REFLAYER "
                    "'best': the best other layer, chosen again in each bootstrap resample); repeat the option for "
                    "each. They are Holm-corrected as a family. Default: every sparse vector minus dense and "
                    "whitened minus ENR at every budget.")
+@click.option("--margin", type=click.FloatRange(0, min_open=True), default=None, metavar="M",
+              help="A margin stated before the data are seen, on each contrast's own scale (log-odds for A/B, else "
+                   "the score): every contrast also gets a non-inferiority verdict (its one-sided 95% lower bound "
+                   "above -M) and an equivalence verdict (TOST: its 90% interval inside (-M, +M)) beside the "
+                   "difference test (contrasts.csv: margin, ci90_low, ci90_high, non_inferior, equivalent).")
+@click.option("--resamples", type=click.IntRange(MIN_RESAMPLES), default=N_RESAMPLES, show_default=True,
+              help="Bootstrap resamples behind the frontier's, the contrasts' and the steerability's intervals and "
+                   "p-values; contrasts.csv gives each p-value's Monte-Carlo standard error (p_mc_se), and results.md "
+                   "calls a Holm verdict within two of them of 0.05 borderline.")
+@click.option("--exclude-train-overlap", is_flag=True,
+              help="Drop the --data-test questions whose text (without its choices) is in the training files the "
+                   "store was captured from; results.md says how many. Without it they are kept, with a warning "
+                   "that counts them.")
 @click.option("--budgets", type=FloatListType(), default=_csv(DEFAULT_BUDGETS), show_default=True,
               help="Perplexity-inflation budgets of the frontier: for each, the largest shift within it.")
 @click.option("--text", type=click.Path(dir_okay=False), default=None,
@@ -157,6 +177,9 @@ def _csv(values) -> str:
 @click.option("--positions", default="all", show_default=True,
               help="Tokens that get the vector: all, prompt, generated (tokens produced by generation, with "
                    "--prompts) or from:N (token N on, counting real tokens from 0).")
+@click.option("--pack", type=click.IntRange(1), default=None,
+              help="Configurations measured together in one batch (each row steered by its own); 1: one at a "
+                   "time. Default: 8, fewer where a packed batch's logits would pass the sweep's cache budget (4 GiB).")
 @click.option("--no-replay", "replay", is_flag=True, flag_value=False, default=True,
               help="Run the whole model for every configuration instead of replaying each layer's cached "
                    "block outputs (same numbers, slower; for checking).")

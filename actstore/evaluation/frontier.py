@@ -32,9 +32,13 @@ from .intervals import (
     CONFIDENCE,
     N_RESAMPLES,
     SEED,
+    TEST_LEVEL,
     bh_q_values,
+    bootstrap_p_mc_se,
     bootstrap_p_value,
     holm_adjusted,
+    holm_mc_se,
+    margin_verdicts,
     paired_mean_interval,
     percentile_interval,
     resample_counts,
@@ -192,25 +196,33 @@ def default_contrasts(paths: Paths, budgets) -> list[Contrast]:
 
 
 def contrasts(paths: Paths, budgets, family: list[Contrast] | None = None,
-              confidence: float = CONFIDENCE) -> list[ContrastRow]:
-    """The primary contrasts of every behavior, with bootstrap intervals and p-values, Holm-adjusted
-    over each behavior's family (``family``, else :func:`default_contrasts`). A contrast whose sides
+              confidence: float = CONFIDENCE, margin: float | None = None) -> list[ContrastRow]:
+    """The primary contrasts of every behavior, with bootstrap intervals and p-values (and their
+    Monte-Carlo errors), Holm-adjusted over each behavior's family (``family``, else
+    :func:`default_contrasts`); with a ``margin``, each also tested for non-inferiority and
+    equivalence (:func:`~actstore.evaluation.intervals.margin_verdicts`). A contrast whose sides
     are not both reached has NaN figures and is not counted in Holm's m."""
     rows = []
     for behavior in sorted({v[0] for v in paths.index}):
         chosen = family if family is not None else default_contrasts(
             Paths(paths.evidence, paths.shift, paths.log_inflation, paths.shift_draws, paths.log_inflation_draws,
                   {v: r for v, r in paths.index.items() if v[0] == behavior}), budgets)
-        mine = [_contrast(paths, behavior, c, confidence) for c in chosen]
-        adjusted = holm_adjusted([row.p_value for row in mine])
-        rows += [ContrastRow(**{**row.__dict__, "p_holm": float(p)}) for row, p in zip(mine, adjusted)]
+        rows += with_holm([_contrast(paths, behavior, c, confidence, margin) for c in chosen])
     return rows
 
 
-def _contrast(paths: Paths, behavior, c: Contrast, confidence: float) -> ContrastRow:
+def with_holm(rows: list[ContrastRow]) -> list[ContrastRow]:
+    """``rows`` with ``p_holm`` (Holm over them, one family) and its Monte-Carlo error filled."""
+    adjusted = holm_adjusted([row.p_value for row in rows])
+    errors = holm_mc_se([row.p_value for row in rows], [row.p_mc_se for row in rows])
+    return [ContrastRow(**{**row.__dict__, "p_holm": float(p), "p_holm_mc_se": float(se)})
+            for row, p, se in zip(rows, adjusted, errors)]
+
+
+def _contrast(paths: Paths, behavior, c: Contrast, confidence: float, margin: float | None = None) -> ContrastRow:
     log_budget = math.log(c.budget)
     nan = ContrastRow(behavior, c.name, c.layer, c.budget, c.method, c.k, c.reference, paths.evidence.measure,
-                      math.nan, math.nan, math.nan, math.nan)
+                      math.nan, math.nan, math.nan, math.nan, **({} if margin is None else {"margin": float(margin)}))
     vector = paths.find(behavior, c.layer, c.method, c.k)
     if vector is None:
         return nan
@@ -234,9 +246,13 @@ def _contrast(paths: Paths, behavior, c: Contrast, confidence: float) -> Contras
                                                                                  -np.inf), axis=0), np.nan)
     if math.isnan(shift) or math.isnan(ref_shift):
         return nan
-    diff = percentile_interval(shift - ref_shift, draws - ref_draws, confidence)
+    diffs = draws - ref_draws
+    diff = percentile_interval(shift - ref_shift, diffs, confidence)
+    p_value = bootstrap_p_value(diffs)
+    tested = margin_verdicts(percentile_interval(shift - ref_shift, diffs, 1 - 2 * TEST_LEVEL), margin)
     return ContrastRow(behavior, c.name, c.layer, c.budget, c.method, c.k, c.reference, paths.evidence.measure,
-                       diff.estimate, diff.low, diff.high, bootstrap_p_value(draws - ref_draws))
+                       diff.estimate, diff.low, diff.high, p_value,
+                       p_mc_se=bootstrap_p_mc_se(p_value, int(np.isfinite(diffs).sum())), **tested)
 
 
 def steerability(results, items, confidence: float = CONFIDENCE, n_resamples: int = N_RESAMPLES,

@@ -17,7 +17,12 @@ each says its unit:
   figure of one sweep so that differences between vectors stay paired;
   :func:`bootstrap_p_value` the two-sided p-value of a bootstrap distribution;
 * :func:`bh_q_values` (Benjamini-Hochberg) and :func:`holm_adjusted` (Holm):
-  how many of many intervals would exclude zero by chance.
+  how many of many intervals would exclude zero by chance;
+* :func:`bootstrap_p_mc_se` and :func:`holm_mc_se`: the Monte-Carlo standard error of a
+  bootstrap p-value (and of its Holm adjustment), the part of it that another bootstrap seed
+  would change (more resamples shrink it: :class:`Analysis`);
+* :func:`margin_verdicts`: non-inferiority and equivalence (TOST) against a margin stated
+  before the data are seen.
 
 An :class:`Interval` says whether it excludes zero (or one, for ratios of
 perplexities): that is what "distinguishable" means in every report.
@@ -33,6 +38,22 @@ import numpy as np
 CONFIDENCE = 0.95
 N_RESAMPLES = 2000
 SEED = 0  # bootstrap intervals are reproducible: the same data gives the same interval
+TEST_LEVEL = 0.05  # the level of the one-sided tests against a margin (non-inferiority, each side of TOST)
+
+
+@dataclass(frozen=True)
+class Analysis:
+    """How a folder's report reads its tables: ``margin`` (None: no margin tests), stated before the
+    data are seen, on each contrast's own scale (its ``measure``), for the non-inferiority and
+    equivalence verdicts of contrasts.csv (:func:`margin_verdicts`); ``resamples``, the bootstrap's
+    draws behind every interval and p-value of frontier.csv, contrasts.csv and steerability.csv
+    (their Monte-Carlo error shrinks as 1/sqrt(resamples): :func:`bootstrap_p_mc_se`);
+    ``test_note``: what results.md says of the test set (its questions found in the training data,
+    :mod:`actstore.evaluation.overlap`), None for nothing."""
+
+    margin: float | None = None
+    resamples: int = N_RESAMPLES
+    test_note: str | None = None
 
 
 @dataclass(frozen=True)
@@ -255,3 +276,59 @@ def holm_adjusted(p_values) -> np.ndarray:
     adjusted = np.minimum(1.0, np.maximum.accumulate(p[order] * (m - np.arange(m))))
     out[order] = adjusted
     return out
+
+
+def bootstrap_p_mc_se(p_value: float, n_resamples: int) -> float:
+    """The Monte-Carlo standard error of a two-sided bootstrap p-value (:func:`bootstrap_p_value`)
+    from ``n_resamples`` finite draws: ``p = 2 q``, ``q`` the share of draws in the smaller tail, a
+    binomial proportion with standard error ``sqrt(q (1 - q) / B)``, so ``sqrt(p (2 - p) / B)``
+    (for a one-sided p it would be ``sqrt(p (1 - p) / B)``). NaN without draws or p.
+
+    >>> round(bootstrap_p_mc_se(0.05, 2000), 5)
+    0.00698
+    """
+    if not n_resamples or not math.isfinite(p_value):
+        return math.nan
+    return math.sqrt(max(p_value * (2 - p_value), 0.0) / n_resamples)
+
+
+def holm_mc_se(p_values, p_mc_se) -> np.ndarray:
+    """The Monte-Carlo standard error of each Holm-adjusted p-value (:func:`holm_adjusted`) from
+    those of the raw p-values: an adjusted p is ``(m - j + 1) p_(j)`` for the rank ``j`` that sets
+    it (the largest of the step-down products up to its own rank), so its error is that multiple of
+    ``p_(j)``'s (to first order; another seed may change which rank sets it). NaN stays NaN."""
+    p, se = np.asarray(p_values, dtype=np.float64), np.asarray(p_mc_se, dtype=np.float64)
+    out = np.full(p.shape, np.nan)
+    ok = np.flatnonzero(np.isfinite(p))
+    m = ok.size
+    order = ok[np.argsort(p[ok], kind="stable")]
+    products = p[order] * (m - np.arange(m))
+    best = 0
+    for rank, index in enumerate(order):
+        best = rank if products[rank] > products[best] else best
+        out[index] = (m - best) * se[order[best]]
+    return out
+
+
+def margin_verdicts(interval90: Interval, margin: float | None) -> dict:
+    """A difference's tests against a margin ``M`` stated before use, at level :data:`TEST_LEVEL`,
+    from its two-sided 90% interval ``[low, high]`` (bootstrap percentile or t):
+
+    * non-inferiority: the one-sided 95% lower bound (``low``) is above ``-M``: the difference
+      is no worse than ``-M``;
+    * equivalence (TOST, two one-sided tests at 5%): the 90% interval lies inside ``(-M, +M)``.
+
+    Returns contrasts.csv's ``margin``, ``ci90_low``, ``ci90_high``, ``non_inferior`` and
+    ``equivalent`` (both None where the interval is not defined); nothing without a margin.
+
+    >>> margin_verdicts(Interval(-0.01, -0.04, 0.02, 0.90), 0.05)["equivalent"]
+    True
+    >>> margin_verdicts(Interval(0.03, -0.01, 0.07, 0.90), 0.05)
+    {'margin': 0.05, 'ci90_low': -0.01, 'ci90_high': 0.07, 'non_inferior': True, 'equivalent': False}
+    """
+    if margin is None:
+        return {}
+    defined = math.isfinite(interval90.low) and math.isfinite(interval90.high)
+    return {"margin": float(margin), "ci90_low": interval90.low, "ci90_high": interval90.high,
+            "non_inferior": bool(interval90.low > -margin) if defined else None,
+            "equivalent": bool(-margin < interval90.low and interval90.high < margin) if defined else None}

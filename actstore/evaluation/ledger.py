@@ -1,11 +1,13 @@
 """The files of one sweep folder, and resuming it.
 
-    baseline.json   the settings the folder was measured with, and the unsteered figures
+    baseline.json   the settings the folder was measured with, the unsteered figures, and ``rows``: each
+                    table's rows per configuration (:func:`~actstore.evaluation.tables.row_counts`)
     results.csv     one row per configuration (layer, method, k, alpha): effects with intervals
                     (:class:`~actstore.evaluation.rows.ResultRow`)
     items.csv       one row per (configuration, scored item): layer, k, alpha, method, item,
                     question, order, score (+ the protocol's other per-item metrics: A/B
-                    logodds); the unsteered rows have alpha 0, method "none", k "none" and no layer
+                    logodds); the unsteered rows have alpha 0, method "none", k "none" and no layer,
+                    and (where the protocol has them) each item's question_text
     windows.csv     one row per (configuration, perplexity window): document, nll (nats, summed), tokens
     kl.csv          (``damage`` kl: settings ``damage`` "ppl,kl") one row per (configuration, KL
                     prompt): prompt_id, kl_first, kl (nats); the unsteered rows are 0 by definition;
@@ -17,7 +19,9 @@ A configuration is done when its row is in results.csv. Its items, windows and K
 appended before that row: rows of a configuration a kill left not done (or a results row cut
 short) are dropped when the folder is opened again, and it is measured anew. Every figure of
 results.csv can be recomputed from items.csv, windows.csv and kl.csv; a done configuration whose
-rows in any of them were lost (damage, a cut file) is measured again.
+rows in any of them were lost (damage, a cut file) is measured again: it has fewer rows than
+baseline.json says every configuration has (:func:`~actstore.evaluation.tables.short_keys`), the
+unsteered rows included (then measured again, the configurations done kept).
 
 Files are written through :mod:`actstore.evaluation.files`: results.csv, baseline.json and the
 report's files replaced whole in one rename; items.csv, windows.csv, kl.csv and generations.jsonl
@@ -27,99 +31,32 @@ full disk at any write leaves a folder the next run resumes (tests/contracts/tes
 
 from __future__ import annotations
 
-import io
 import json
 from pathlib import Path
 
 import numpy as np
 
 from ..errors import ActstoreError
-from .files import append_file, claim_folder, complete_lines, drop_cut_line, remove_partials, replace_file
+from .files import append_file, claim_folder, drop_cut_line, remove_partials, replace_file
 from .grid import family_of, is_prompt
 from .intervals import bh_q_values
-from .rows import BASELINE, ITEM_KEY, KEY, PROMPT_LABELS, ItemRows, KLRows, ResultRow, WindowRows, as_record, columns
-
-
-def _key(layer, method, k, alpha) -> tuple:
-    return (int(layer), str(method), str(k), float(alpha))
-
-
-APPENDED = ("items.csv", "windows.csv", "kl.csv")  # tables written by appending: a kill may cut their last line
-_TEXT_COLUMNS = {"k": str, "method": str, "item": str, "prompt_id": str, "split": str}  # "12e4..." is no number
-
-
-def _table_bytes(path: Path) -> bytes | None:
-    """A table's bytes, without a last line cut by a kill while it was appended to."""
-    if not path.exists() or path.stat().st_size == 0:
-        return None
-    data = path.read_bytes()
-    return complete_lines(data) if path.name in APPENDED else data
-
-
-def _read_csv(path: Path, required: tuple[str, ...] = tuple(KEY)):
-    """A sweep table, or None if absent or empty; one that does not read, or lacks the
-    ``required`` columns, is named."""
-    import pandas as pd
-
-    data = _table_bytes(path)
-    if not data:
-        return None
-    try:
-        frame = pd.read_csv(io.BytesIO(data), dtype=_TEXT_COLUMNS)
-        missing = [c for c in required if c not in frame]
-        if missing:  # a header cut, damaged or of another file
-            raise ValueError(f"no column {missing[0]!r}")
-        return frame
-    except (ValueError, pd.errors.ParserError, UnicodeDecodeError) as err:  # a damaged or foreign file
-        raise ActstoreError(f"{str(path)!r} cannot be read as this sweep's table ({str(err).splitlines()[0]}); "
-                            "move it away (the sweep rebuilds it) or choose another --out folder") from None
-
-
-def _read_csv_salvaged(path: Path, numeric: tuple[str, ...], required: tuple[str, ...] = tuple(KEY)):
-    """``(frame, clean)``: the rows of a table that still read, for a folder opened to resume it.
-    Lines that do not parse, bytes that are not UTF-8 and rows whose ``numeric`` fields are not
-    numbers are dropped (``clean`` is False then): the configurations they belonged to come out
-    short, and :meth:`Ledger._damaged` measures those again instead of refusing the folder."""
-    import pandas as pd
-
-    try:
-        return _read_csv(path, required), True
-    except ActstoreError:
-        pass
-    try:
-        frame = pd.read_csv(io.BytesIO(_table_bytes(path)), dtype=_TEXT_COLUMNS,
-                            on_bad_lines="skip", encoding_errors="replace", engine="python")
-    except (ValueError, pd.errors.ParserError):  # not even its header reads: nothing in it is kept
-        return None, False
-    if any(c not in frame for c in required):  # nor its header's columns
-        return None, False
-    bad = np.zeros(len(frame), dtype=bool)
-    for column in ("layer", *numeric):  # layer may be empty (the baseline's rows), never garbled
-        if column in frame:
-            values = pd.to_numeric(frame[column], errors="coerce")
-            bad |= (values.isna() & (frame[column].notna() if column == "layer" else True)).to_numpy()
-            frame[column] = values
-    return frame[~bad], False
-
-
-def _row_keys(frame) -> list:
-    """Each row's configuration: "baseline" for the unsteered rows, else (layer, method, k, alpha)."""
-    return ["baseline" if r.method == "none" else _key(r.layer, r.method, r.k, r.alpha)
-            for r in frame[KEY].itertuples(index=False)]
-
-
-def _short_keys(frame, expected: set) -> set:
-    """Of the ``expected`` configurations, those with fewer rows than the most common count
-    (every configuration scores the same items and windows), none at all included: their rows
-    were lost to damage or a cut file."""
-    counts = dict.fromkeys(expected, 0)
-    for key in _row_keys(frame) if frame is not None else ():
-        counts[key] = counts.get(key, 0) + 1
-    present = [n for n in counts.values() if n]
-    if not present:
-        return set(expected)
-    full = max(set(present), key=present.count)
-    return {key for key, n in counts.items() if n < full and key in expected}
+from .rows import (
+    BASELINE,
+    KEY,
+    ItemRows,
+    KLRows,
+    ResultRow,
+    WindowRows,
+    as_record,
+    columns,
+    control_seed,
+    item_metrics,
+)
+from .tables import config_key as _key
+from .tables import expected_rows, header_columns, read_baseline, row_counts, row_keys, short_keys
+from .tables import read_csv as _read_csv
+from .tables import read_csv_salvaged as _read_csv_salvaged
+from .tables import replace_csv as _replace_csv
 
 
 def _read_as_today(settings, today: dict):  # positions 'generated' is 'response'; a folder older than
@@ -129,26 +66,6 @@ def _read_as_today(settings, today: dict):  # positions 'generated' is 'response
             **({"store_data": today["store_data"]} if "store_data" in today.keys() - settings.keys() else {})}
 
 
-def _read_baseline(path: Path):
-    """baseline.json as a dict with its settings, or None if absent; damage is named."""
-    if not path.exists():
-        return None
-    try:
-        baseline = json.loads(path.read_text())
-    except (ValueError, UnicodeDecodeError, OSError) as err:
-        baseline, problem = None, f"not readable JSON ({err})"
-    else:
-        problem = None if isinstance(baseline, dict) and isinstance(baseline.get("settings"), dict) else \
-            f"holds {type(baseline).__name__} {str(baseline)[:60]!r}, not the sweep's settings and figures"
-    if problem:
-        raise ActstoreError(f"{str(path)!r} is damaged: {problem}; without it the folder's settings cannot be "
-                            "checked, so its results cannot be resumed: choose another --out folder (or move the "
-                            "folder away)")
-    return baseline
-
-
-def _replace_csv(frame, path: Path) -> None:
-    replace_file(path, frame.to_csv(index=False))  # one rename: a kill leaves the old file or the new one
 
 
 class Ledger:
@@ -167,7 +84,7 @@ class Ledger:
         self.baseline_file = self.out_dir / "baseline.json"
         self.separation_csv = self.out_dir / "separation.csv"
         self._separated: set[tuple[int, str, str]] | None = None
-        baseline = _read_baseline(self.baseline_file)
+        baseline = read_baseline(self.baseline_file)
         measures = ("on_target_shift", "ppl_inflation")
         results, clean = (_read_csv(self.results_csv), True) if readonly else \
             _read_csv_salvaged(self.results_csv, ("alpha", *measures))
@@ -206,7 +123,8 @@ class Ledger:
         tables = {path: _read_csv_salvaged(path, numeric) for path, numeric in appended}
         expected = set(self.done) | ({"baseline"} if self.baseline is not None else set())
         no_kl = {key for key in expected if key != "baseline" and is_prompt(key[1])}  # the prompting baseline's
-        damaged = set().union(*(_short_keys(frame, expected - no_kl if path == self.kl_csv else expected)
+        damaged = set().union(*(short_keys(frame, expected - no_kl if path == self.kl_csv else expected,
+                                           expected_rows(self.baseline, path.name))
                                 for path, (frame, _) in tables.items()))
         damaged |= self._separation_lost()
         if "baseline" in damaged:
@@ -215,7 +133,7 @@ class Ledger:
             self.baseline = None
         self.done -= damaged
         if results is not None:  # columns added since the folder was written are empty in its old rows
-            kept = results[[key in self.done for key in _row_keys(results)]] if len(results) else results
+            kept = results[[key in self.done for key in row_keys(results)]] if len(results) else results
             _replace_csv(kept.reindex(columns=list(self.columns)), self.results_csv)
         elif not clean:
             self.results_csv.unlink(missing_ok=True)
@@ -265,7 +183,7 @@ class Ledger:
         baseline_file = Path(out_dir) / "baseline.json"
         if not baseline_file.is_file():
             raise ActstoreError(f"{str(out_dir)!r} is not a sweep folder (no baseline.json)")
-        return cls(out_dir, _read_baseline(baseline_file)["settings"], readonly=True)
+        return cls(out_dir, read_baseline(baseline_file)["settings"], readonly=True)
 
     def is_done(self, layer: int, method: str, k: str, alpha: float) -> bool:
         return _key(layer, method, k, alpha) in self.done
@@ -277,8 +195,10 @@ class Ledger:
         for path, rows in ((self.items_csv, items), (self.windows_csv, windows), (self.kl_csv, kl_rows)):
             if rows is None:
                 continue
-            new = not path.exists() or path.stat().st_size == 0
-            append_file(path, rows.frame().to_csv(header=new, index=False))
+            header, frame = header_columns(path), rows.frame()
+            if header is not None:  # a folder written before a column was added keeps its own columns
+                frame = frame.reindex(columns=header)
+            append_file(path, frame.to_csv(header=header is None, index=False))
         if texts is not None:
             key = items.key
             append_file(self.generations, "".join(
@@ -293,7 +213,8 @@ class Ledger:
         if any(rows.key != BASELINE for rows in (items, windows, kl_rows) if rows is not None):
             raise ValueError("the baseline's rows carry the BASELINE key")
         self._append_measures(items, windows, texts, kl_rows)
-        baseline = {"settings": self.settings, **figures}
+        # each table's rows per configuration: a configuration (this one included) found short is measured again
+        baseline = {"settings": self.settings, **figures, "rows": row_counts(items, windows, kl_rows)}
         replace_file(self.baseline_file, json.dumps(baseline, indent=2))
         self.baseline = baseline
         return self.baseline
@@ -303,7 +224,7 @@ class Ledger:
         items, windows = _read_csv(self.items_csv), _read_csv(self.windows_csv)
         items = items[items["method"] == "none"]
         windows = windows[windows["method"] == "none"].sort_values("window")
-        metrics = [c for c in items.columns if c not in (*ITEM_KEY, *PROMPT_LABELS)]
+        metrics = item_metrics(items.columns)
         return ({m: items[m].to_numpy(dtype=np.float64) for m in metrics},
                 windows["nll"].to_numpy(dtype=np.float64), windows["tokens"].to_numpy(dtype=np.int64))
 
@@ -342,6 +263,8 @@ class Ledger:
             family = frame["method"].map(family_of)
             for _, rows in frame.groupby([frame["behavior"], family], sort=False):
                 frame.loc[rows.index, "q_value"] = bh_q_values(rows["p_value"].to_numpy(dtype=np.float64))
+        if "seed" in self.columns:  # derived from method: a folder written before the column gets it too
+            frame = frame.assign(seed=frame["method"].map(control_seed).astype("Int64"))
         if "selected" in frame:  # like q, made again whenever read: it depends on every alpha of a vector
             from .selection import selected
 

@@ -7,7 +7,11 @@ and writes, beside its tables:
   shift at exactly each budget, interpolated, with the paired difference from
   the dense vector and the fraction of it, intervals from a bootstrap that
   redoes the interpolation;
-* contrasts.csv: the primary contrasts, Holm-corrected as a family;
+* contrasts.csv: the primary contrasts, Holm-corrected as a family, each bootstrap p-value with
+  its Monte-Carlo standard error (``p_mc_se``, ``p_holm_mc_se``: results.md calls a Holm verdict
+  within two of them of 0.05 borderline) and, with a margin stated before use (``--margin``),
+  non-inferiority and equivalence (TOST) verdicts on the contrast's own scale (``margin``,
+  ``ci90_low``, ``ci90_high``, ``non_inferior``, ``equivalent``; :mod:`.report_text`);
 * steerability.csv: per vector, the per-question slopes;
 * results.md: counts that say how many would be expected by chance and how many
   survive Benjamini-Hochberg, with their signs; where the log-odds and the
@@ -19,7 +23,7 @@ and writes, beside its tables:
   (:mod:`actstore.evaluation.selection`);
 * frontier_<behavior>.png: the interpolated curves with their bands.
 
-The plots are drawn by :mod:`.plots`.
+The plots are drawn by :mod:`.plots`; the contrasts' section of results.md is :mod:`.report_text`'s.
 """
 
 from __future__ import annotations
@@ -33,25 +37,15 @@ from ..vectors.info import parse_k
 from .files import replace_file
 from .frontier import Contrast, contrasts, frontier, steerability
 from .grid import is_control, is_prompt
+from .intervals import Analysis
 from .paths import Evidence, Paths
 from .plots import plot_frontier, plot_separation
+from .report_text import ALPHA_LEVEL, contrast_lines
+from .report_text import ci as _ci
+from .report_text import fmt as _fmt
+from .report_text import md_table as _md_table
 from .rows import JUDGE_NOTE, ContrastRow, FrontierRow, SteerabilityRow, as_record, columns, primary_columns
 from .selection import prompt_contrasts, report_intervals
-
-ALPHA_LEVEL = 0.05
-
-
-def _fmt(value, spec=".3g") -> str:
-    return "n/a" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:{spec}}"
-
-
-def _ci(estimate, low, high, spec=".3g") -> str:
-    return f"{_fmt(estimate, spec)} [{_fmt(low, spec)}, {_fmt(high, spec)}]"
-
-
-def _md_table(header: list[str], lines: list[list[str]]) -> list[str]:
-    return (["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-            + ["| " + " | ".join(cells) + " |" for cells in lines])
 
 
 def _vector(row) -> str:
@@ -180,31 +174,6 @@ def _frontier_lines(rows: list[FrontierRow], unit: str) -> list[str]:
                              cells) + [""]
 
 
-def _contrast_lines(rows: list[ContrastRow], prespecified: bool) -> list[str]:
-    lines = ["## Primary contrasts (Holm-corrected as a family)", "",
-             ("The family was pre-specified for this sweep." if prespecified else
-              "No family was pre-specified: every sparse vector minus the dense one at its layer, and whitened "
-              "minus ENR at the same k, at every budget, make the family (a larger family, a stricter Holm)."),
-             "Each contrast is a paired difference of interpolated shifts at its budget, with a bootstrap interval "
-             "(questions and documents resampled together, the interpolation redone; a 'best other layer' chosen "
-             "again in each resample).", ""]
-    tested = [r for r in rows if not math.isnan(r.p_value)]
-    if not tested:
-        return lines + ["No contrast of the family has both sides reached at its budget.", ""]
-    m = len(tested)
-    raw = sum(r.ci_low > 0 or r.ci_high < 0 for r in tested)
-    held = [r for r in tested if r.p_holm < ALPHA_LEVEL]
-    lines += [f"{raw} of {m} contrasts have an interval excluding zero ({m} x {ALPHA_LEVEL:g} = "
-              f"{m * ALPHA_LEVEL:.2g} expected by chance); {len(held)} at Holm-adjusted p < {ALPHA_LEVEL:g} "
-              f"({sum(r.estimate > 0 for r in held)} positive, {sum(r.estimate < 0 for r in held)} negative)"
-              + (f"; {len(rows) - m} not tested (a side not reached at the budget)." if len(rows) > m else "."), ""]
-    lines += _md_table(["contrast", "layer", "budget", "vector", "minus", "difference [95% CI]", "p", "Holm p"],
-                       [[r.contrast, str(r.layer), f"{r.budget:g}", f"{r.method} k={r.k}", r.reference,
-                         _ci(r.estimate, r.ci_low, r.ci_high), _fmt(r.p_value, ".2g"), _fmt(r.p_holm, ".2g")]
-                        for r in rows])
-    return lines + [""]
-
-
 def _steerability_lines(rows: list[SteerabilityRow], alpha_mode: str) -> list[str]:
     if not rows:
         return []
@@ -230,29 +199,33 @@ def _write_rows(rows, record_type, path: Path) -> None:
     replace_file(path, pd.DataFrame([as_record(r) for r in rows], columns=columns(record_type)).to_csv(index=False))
 
 
-def write_report(ledger, budgets, family: list[Contrast] | None = None) -> Path:
+def write_report(ledger, budgets, family: list[Contrast] | None = None, analysis: Analysis | None = None) -> Path:
     """frontier.csv, contrasts.csv, steerability.csv, results.md and the plots in the ledger's folder.
     ``family``: the pre-specified primary contrasts (default
-    :func:`~actstore.evaluation.frontier.default_contrasts`)."""
+    :func:`~actstore.evaluation.frontier.default_contrasts`); ``analysis``: the margin of the
+    contrasts' non-inferiority and equivalence tests and the bootstrap's resamples
+    (:class:`~actstore.evaluation.intervals.Analysis`; a request's is ``SweepRequest.analysis``)."""
+    analysis = analysis or Analysis()
     out_dir = Path(ledger.out_dir)
     results = ledger.results()
     if not len(results):
         return out_dir
     items, windows = ledger.items(), ledger.windows()
     evidence = Evidence.from_tables(results, items, windows)
-    paths = Paths.of(evidence)
+    paths = Paths.of(evidence, analysis.resamples)
     table = frontier(paths, budgets)
-    primary = contrasts(paths, budgets, family)
-    prompting = prompt_contrasts(results, items)
-    steer_rows = steerability(evidence.results, items)
+    primary = contrasts(paths, budgets, family, margin=analysis.margin)
+    prompting = prompt_contrasts(results, items, margin=analysis.margin)
+    steer_rows = steerability(evidence.results, items, n_resamples=analysis.resamples)
     _write_rows(table, FrontierRow, out_dir / "frontier.csv")
     _write_rows(primary + prompting, ContrastRow, out_dir / "contrasts.csv")
     _write_rows(steer_rows, SteerabilityRow, out_dir / "steerability.csv")
     lines = _header_lines(ledger, results, evidence.unit)
+    lines += [f"**Test set.** {analysis.test_note}", ""] if analysis.test_note else []
     lines += ["## How many configurations move the behavior", ""] + _count_lines(results) + [""]
     lines += _scale_lines(results)
     lines += _frontier_lines(table, evidence.unit)
-    lines += _contrast_lines(primary, family is not None)
+    lines += contrast_lines(primary, family is not None, analysis)
     lines += _selection_lines(results, items, prompting, ledger.settings)
     lines += _steerability_lines(steer_rows, ledger.baseline["settings"]["alpha_mode"])
     lines += _kl_lines(results)

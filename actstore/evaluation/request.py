@@ -41,7 +41,6 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from numbers import Integral
 from pathlib import Path
 from typing import Protocol
 
@@ -55,17 +54,17 @@ from ..vectors.info import parse_k
 from .damage import DEFAULT_KL_TOKENS
 from .frontier import Contrast
 from .grid import DEFAULT_BUDGETS, DEFAULT_FRACTIONS, DEFAULT_PPL_TOKENS, Grid
+from .intervals import N_RESAMPLES, Analysis
+from .overlap import Overlap, checked_overlap, protocol_without
 from .perplexity import DEFAULT_PPL_DOCUMENTS, DEFAULT_PPL_WINDOW
 from .protocols import OnTarget, Scorer
+from .request_rules import check_analysis, check_counts, check_damage, check_inputs, check_served
+from .resampling import check_train_resample
 from .scoring import PerplexityWindows
 from .selection import JUDGES, PromptSplit, check_judged, judge_note, sweep_judge
 
 ALL_LAYERS = "all"
 DEFAULT_BEHAVIOR = "behavior"  # the name in the tables of a sweep whose protocol came built
-# (field, smallest value) of the counts; the CLI's click.IntRange bounds are the same
-_COUNTS = (("max_new_tokens", 1), ("ppl_tokens", 16), ("ppl_documents", 1), ("ppl_window", 8), ("max_items", 1),
-           ("batch_size", 1), ("kl_tokens", 1))
-DAMAGES = ("ppl", "kl")  # the off-target measures a sweep can take; ppl always
 # The prompting baseline's instruction (AxBench's prompt steering asks the model to bring the concept in):
 # with a chat template a system prompt, else a paragraph before each prompt.
 DEFAULT_PROMPT_TEMPLATE = ("In your response, include content about {concept}; "
@@ -95,6 +94,8 @@ class CheckedSweep:
     kl_prompts: list[str] | None = None
     split: PromptSplit | None = None  # the prompts' ids and select/report halves (generation sweeps)
     judge_note: str | None = None  # what the report says of the judge (its validation), None without one
+    overlap: Overlap | None = None  # the held-out questions found in the training data (data_test), or None
+    analysis: Analysis = Analysis()  # how the report reads the folder: write_report(..., checked.analysis)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -119,7 +120,12 @@ class SweepRequest:
     the prompts; ``judge`` ("axbench", or a Judge; its ``judge_model``, ``judge_url``) rates each
     continuation for ``concept``, ``judge_validation`` its validation summary for the report;
     ``prompt_template`` the prompting baseline's instruction (``methods`` with "prompt");
-    ``select_split`` the share of prompts each vector's alpha is chosen on.
+    ``select_split`` the share of prompts each vector's alpha is chosen on. The report
+    (:attr:`analysis`): ``margin``, stated before use, makes every contrast also carry its
+    non-inferiority and equivalence verdicts; ``resamples``, the bootstrap's draws. The test
+    set: ``exclude_train_overlap`` drops the held-out items whose question text is in the
+    training data the store was captured from (:mod:`actstore.evaluation.overlap`; without it,
+    such items are counted in a warning).
 
     >>> request = SweepRequest(store="acts.zarr", data_test="refusal/test.json", layers="all", ks=(4, None),
     ...                        out="sweep")
@@ -167,6 +173,7 @@ class SweepRequest:
     positions: str = "all"
     replay: bool = True
     cache_budget_mb: float = 4096
+    pack: int | None = None  # configurations per batch (.packing; None: up to 8 within cache_budget_mb)
     scheduler: str | None = None
     heldout_store: str | Path | None = None
     separation: bool = True
@@ -179,15 +186,24 @@ class SweepRequest:
     judge_validation: str | Path | None = None
     prompt_template: str = DEFAULT_PROMPT_TEMPLATE
     select_split: float | None = None
+    train_resample: str | None = None  # vectors from a resample of the training rows: .resampling
+    margin: float | None = None  # contrasts' non-inferiority and equivalence margin (Analysis)
+    resamples: int = N_RESAMPLES  # the report's bootstrap draws (Analysis)
+    exclude_train_overlap: bool = False  # drop test items whose question is in the training data (.overlap)
     force: bool = False
     progress: bool = True
 
     def __post_init__(self):
         self._normalize()
-        self._check_inputs()
-        self._check_counts()
-        self._check_damage()
+        check_inputs(self)
+        check_counts(self)
+        if self.pack is not None and (isinstance(self.pack, bool) or not isinstance(self.pack, int) or self.pack < 1):
+            raise ActstoreError(f"pack={self.pack!r}: expected an integer >= 1 (configurations measured in one "
+                                "batch; 1: one at a time) or None (the default)", param="pack")
+        check_damage(self)
         check_judged(self)
+        check_analysis(self)
+        object.__setattr__(self, "train_resample", check_train_resample(self.train_resample, self.methods))
         if self.alphas is None and self.normalize:
             raise ActstoreError("normalize needs alphas: it makes each alpha the added norm (without alphas the "
                                 "fractions already set added norms)", param=("normalize", "alphas", "fractions"))
@@ -222,36 +238,6 @@ class SweepRequest:
             put("alphas", tuple(self.alphas))
         put("out", Path(self.out))
 
-    def _check_inputs(self) -> None:
-        given = [name for name in ("data_test", "prompts", "on_target") if getattr(self, name) is not None]
-        if len(given) != 1:
-            built = " (or a protocol already built, on_target, alone)" if self.on_target is not None else ""
-            raise ActstoreError(f"give exactly one of data_test (held-out items) and prompts (generation){built}; "
-                                f"got {' and '.join(given) or 'neither'}", param=("data_test", "prompts"))
-        _check_served(self.prompts, self.server)
-        if self.text is not None and self.perplexity is not None:
-            raise ActstoreError("give text (the perplexity documents) or perplexity (windows already built), "
-                                "not both", param=("text", "perplexity"))
-
-    def _check_counts(self) -> None:
-        for name, least in _COUNTS:
-            value = getattr(self, name)
-            if value is not None and (isinstance(value, bool) or not isinstance(value, Integral) or value < least):
-                raise ActstoreError(f"{name}={value!r}: expected an integer >= {least}", param=name)
-
-    def _check_damage(self) -> None:
-        asked = ",".join(self.damage)
-        unknown = [d for d in self.damage if d not in DAMAGES]
-        if unknown or not self.damage:
-            raise ActstoreError(f"damage={asked!r}: expected a comma list of {', '.join(DAMAGES)}", param="damage")
-        if "ppl" not in self.damage:
-            raise ActstoreError(f"damage={asked!r}: ppl is required (the frontier, the contrasts and the report read "
-                                "a vector's off-target cost as its perplexity inflation); ask for ppl,kl",
-                                param="damage")
-        if self.kl_prompts is not None and "kl" not in self.damage:
-            raise ActstoreError("kl_prompts is for the KL measure: add kl to damage (ppl,kl)",
-                                param=("kl_prompts", "damage"))
-
     @property
     def chat(self) -> ChatFormat:
         """How the generation prompts are formatted (:class:`~actstore.inputs.chat.ChatFormat`)."""
@@ -274,6 +260,12 @@ class SweepRequest:
         return judge_note(self)
 
     @property
+    def analysis(self) -> Analysis:
+        """How the report reads the folder: ``margin`` and ``resamples``
+        (:class:`~actstore.evaluation.intervals.Analysis`)."""
+        return Analysis(self.margin, self.resamples)
+
+    @property
     def measures_kl(self) -> bool:
         """Whether the sweep measures the KL damage (``damage`` has kl)."""
         return "kl" in self.damage
@@ -292,7 +284,7 @@ class SweepRequest:
         request = cls(**values)
         if url is None and folder is None:
             return request
-        _check_served(request.prompts, url, folder)
+        check_served(request.prompts, url, folder)
         if connect is None:
             raise TypeError("from_flags: a server URL needs connect= (actstore.serve.generation.EvalServer.connect)")
         return dataclasses.replace(request, server=connect(url, folder, request.positions))
@@ -335,16 +327,20 @@ class SweepRequest:
         source = StoreGroup.open(self.store, self.model_group)
         grid = self.grid(source)
         prompts = read_prompts(self.prompts)[:self.max_items] if self.prompts is not None else None
+        overlap = None
         if self.data_test is not None:
             from ..inputs.datasets import read_contrast_set
 
             read_contrast_set(self.data_test)
+            overlap = checked_overlap(source, self.data_test, self.exclude_train_overlap)
         text = check_text(self.text) if self.perplexity is None else None
         kl_prompts = read_kl_prompts(self.kl_prompts) if self.measures_kl else None
         split = None
         if prompts is not None or getattr(self.on_target, "prompts", None) is not None:
             split = PromptSplit.of(prompts if prompts is not None else self.on_target.prompts, self.select_split)
-        return CheckedSweep(source, grid, prompts, text, kl_prompts, split, self.judge_note())
+        note = None if overlap is None else overlap.note(self.exclude_train_overlap)
+        return CheckedSweep(source, grid, prompts, text, kl_prompts, split, self.judge_note(), overlap,
+                            dataclasses.replace(self.analysis, test_note=note))
 
     def build_on_target(self, loaded: LoadedModel, checked: CheckedSweep) -> OnTarget:
         """The on-target protocol: the one given, the prompts' continuations (generated by the
@@ -360,6 +356,9 @@ class SweepRequest:
                                               self.batch_size, chat=self.chat)
             return GeneratedText(checked.prompts, self.scorer, self.max_new_tokens, self.batch_size, chat=self.chat,
                                  judge=sweep_judge(self, loaded), concept=self.concept)
+        if self.exclude_train_overlap and checked.overlap is not None and checked.overlap.questions:
+            return protocol_without(loaded.tokenizer, self.data_test, set(checked.overlap.questions),
+                                    self.batch_size, self.max_items, both_orders=self.swap_options)
         return protocol_for_file(loaded.tokenizer, self.data_test, self.batch_size, self.max_items,
                                  both_orders=self.swap_options)
 
@@ -383,15 +382,6 @@ class SweepRequest:
         from .monitor import capture_heldout
 
         return capture_heldout(loaded, self.data_test, checked.grid.layers, checked.store.spec.position)
-
-
-def _check_served(prompts, server, server_vectors=None) -> None:
-    """A served engine (``server``; on the command line its URL and ``server_vectors``) continues
-    prompts: refused with anything else, and a vectors folder without a server."""
-    if (server is not None or server_vectors is not None) and (prompts is None or server is None):
-        raise ActstoreError("server (with server_vectors) generates the prompts continuations through a served "
-                            "model: give prompts, server and server_vectors together",
-                            param=("server", "server_vectors", "prompts"))
 
 
 __all__ = ["ALL_LAYERS", "DEFAULT_PROMPT_TEMPLATE", "JUDGES", "CheckedSweep", "Engine", "SweepRequest"]

@@ -83,6 +83,10 @@ class ResultRow:
 
     The prompting baseline's row: layer -1, k "none", alpha 0 and NaN for what a vector has
     (scale, norms); its perplexity is read with the instruction prefixed to each window.
+
+    ``seed``: a random control's seed (method ``random:<seed>``), empty for every other row;
+    derived from ``method`` (:func:`control_seed`), and filled in when a folder written before
+    the column is read.
     """
 
     behavior: str
@@ -140,10 +144,30 @@ class ResultRow:
     harmonic_ci_low: float = NAN
     harmonic_ci_high: float = NAN
     selected: bool = False
+    seed: float = NAN  # derived from ``method``: a random control's seed (``random:<seed>``), else NaN
+
+    def __post_init__(self):
+        object.__setattr__(self, "seed", control_seed(self.method))
 
     @property
     def key(self) -> ConfigKey:
         return ConfigKey(self.layer, self.method, self.k, self.alpha)
+
+
+def control_seed(method) -> float:
+    """results.csv's ``seed``: the seed of a random control's row (method ``random:<seed>``), NaN for
+    every other method (a vector, the letter control, the prompting baseline).
+
+    >>> control_seed("random:3"), control_seed("enr")
+    (3.0, nan)
+    """
+    prefix, _, seed = str(method).partition(":")
+    if prefix != "random":
+        return NAN
+    try:
+        return float(int(seed))
+    except ValueError:
+        return NAN
 
 
 def primary_columns(measure: str) -> tuple[str, str, str]:
@@ -155,6 +179,7 @@ def primary_columns(measure: str) -> tuple[str, str, str]:
 ROW_KEY = ["layer", "k", "alpha", "method"]  # the configuration's columns, first in items, windows and kl.csv
 ITEM_KEY = [*ROW_KEY, "item", "question", "order"]
 PROMPT_LABELS = ["prompt_id", "split"]  # items.csv's text columns of a generation sweep, after ITEM_KEY
+QUESTION_TEXT = "question_text"  # items.csv's text of each item's question (where the protocol has it)
 JUDGE_NOTE = "judge.txt"  # a judged sweep folder's note on its judge (its validation, or that it had none)
 SPLITS = ("select", "report")  # the halves of the prompts (``select_split``); without a split all are report
 
@@ -164,13 +189,20 @@ def _key_columns(key: ConfigKey, n: int) -> dict:
     return {"layer": [key.layer] * n, "k": [key.k] * n, "alpha": [key.alpha] * n, "method": [key.method] * n}
 
 
+def item_metrics(names) -> list[str]:
+    """The metric columns of items.csv among ``names`` (every column but the key and text ones)."""
+    return [c for c in names if c not in (*ITEM_KEY, *PROMPT_LABELS, QUESTION_TEXT)]
+
+
 @dataclass(frozen=True)
 class ItemRows:
     """One configuration's per-item rows: ``metrics`` ``{name: (items,)}`` in the protocol's
     order (``score`` first; A/B also ``logodds``; a judged generation also ``concept_rating``,
     ``instruction_rating``, ``fluency_rating`` and ``harmonic``). Columns: :data:`ITEM_KEY`, for
     prompts (generation) :data:`PROMPT_LABELS` (``prompt_id``: a digest of the prompt's text,
-    ``split``: ``select`` or ``report``), then the metrics."""
+    ``split``: ``select`` or ``report``), ``question_text`` where given (each item's question as
+    the protocol has it: :func:`~actstore.evaluation.overlap.question_texts`; written on the
+    unsteered rows only, the steered rows of the same items leave it empty), then the metrics."""
 
     key: ConfigKey
     item: list[str]
@@ -179,12 +211,15 @@ class ItemRows:
     metrics: dict[str, np.ndarray] = field(default_factory=dict)
     prompt_id: tuple[str, ...] = ()
     split: tuple[str, ...] = ()
+    question_text: tuple[str, ...] = ()
 
     def frame(self):
         import pandas as pd
 
         n = len(self.item)
         labels = {"prompt_id": list(self.prompt_id), "split": list(self.split)} if self.prompt_id else {}
+        if self.question_text:
+            labels[QUESTION_TEXT] = list(self.question_text) if self.key.method == "none" else [""] * n
         return pd.DataFrame({**_key_columns(self.key, n), "item": self.item,
                              "question": np.asarray(self.question, dtype=np.int64),
                              "order": np.asarray(self.order, dtype=np.int64), **labels,
@@ -301,7 +336,13 @@ class ContrastRow:
     ``report`` prompts of the prompt's score minus the vector's at its selected alpha (``measure``:
     ``harmonic`` with a judge), paired per prompt, t interval and p over prompts; ``layer``: the
     vector's; ``p_holm`` over those rows, a family of their own
-    (:func:`actstore.evaluation.selection.prompt_contrasts`)."""
+    (:func:`actstore.evaluation.selection.prompt_contrasts`).
+
+    ``p_mc_se``, ``p_holm_mc_se``: the Monte-Carlo standard errors of the bootstrap p and its Holm
+    adjustment (:func:`~actstore.evaluation.intervals.bootstrap_p_mc_se`; NaN for t tests). With a
+    margin M (``eval --margin``, stated before use, on the contrast's ``measure``): ``ci90_low``,
+    ``ci90_high`` (the 90% interval), ``non_inferior`` (its low end, the one-sided 95% bound, above
+    -M), ``equivalent`` (TOST: inside (-M, +M)); :func:`~actstore.evaluation.intervals.margin_verdicts`."""
 
     behavior: str
     contrast: str
@@ -316,6 +357,13 @@ class ContrastRow:
     ci_high: float
     p_value: float
     p_holm: float = NAN
+    p_mc_se: float = NAN
+    p_holm_mc_se: float = NAN
+    margin: float = NAN
+    ci90_low: float = NAN
+    ci90_high: float = NAN
+    non_inferior: bool | None = None
+    equivalent: bool | None = None
 
 
 @dataclass(frozen=True)

@@ -38,7 +38,15 @@ import numpy as np
 
 from ..errors import ActstoreError
 from .grid import is_control, is_prompt
-from .intervals import CONFIDENCE, NAN_INTERVAL, holm_adjusted, paired_mean_interval, paired_t_p_value
+from .intervals import (
+    CONFIDENCE,
+    NAN_INTERVAL,
+    TEST_LEVEL,
+    holm_adjusted,
+    margin_verdicts,
+    paired_mean_interval,
+    paired_t_p_value,
+)
 from .paths import GROUP, key_tuple
 from .rows import KEY, SPLITS, ContrastRow
 
@@ -153,10 +161,13 @@ def report_intervals(rows, items) -> list:
     return out
 
 
-def prompt_contrasts(results, items, confidence: float = CONFIDENCE) -> list[ContrastRow]:
+def prompt_contrasts(results, items, confidence: float = CONFIDENCE, margin: float | None = None
+                     ) -> list[ContrastRow]:
     """contrasts.csv's prompting-baseline rows: per prompt row and selected vector (controls
     excepted), the prompt's score minus the vector's, paired over the ``report`` prompts, t
-    interval and p; Holm over these rows. Empty without a prompt row or a ``select`` split."""
+    interval and p; Holm over these rows; with a ``margin``, the verdicts of its 90% t interval
+    (:func:`~actstore.evaluation.intervals.margin_verdicts`). Empty without a prompt row or a
+    ``select`` split."""
     if items is None or "split" not in items or not len(results) or "selected" not in results:
         return []
     frame = results[results["selected"].astype(bool)]
@@ -176,11 +187,13 @@ def prompt_contrasts(results, items, confidence: float = CONFIDENCE) -> list[Con
             ok = np.isfinite(mine.to_numpy(float)) & np.isfinite(theirs.to_numpy(float))
             treated, control = mine.to_numpy(float)[ok], theirs.to_numpy(float)[ok]
             diff = paired_mean_interval(treated, control, confidence)
+            tested = margin_verdicts(paired_mean_interval(treated, control, 1 - 2 * TEST_LEVEL), margin)
             rows.append(ContrastRow(str(prompt["behavior"]), PROMPT_CONTRAST, int(vector["layer"]), math.nan,
                                     str(prompt["method"]), "none",
                                     f"{vector['method']} k={vector['k']} at layer {int(vector['layer'])}, "
                                     f"alpha {vector['alpha']:.4g} (selected)", metric, diff.estimate, diff.low,
-                                    diff.high, paired_t_p_value(treated, control) if ok.sum() > 1 else math.nan))
+                                    diff.high, paired_t_p_value(treated, control) if ok.sum() > 1 else math.nan,
+                                    **tested))
     adjusted = holm_adjusted([row.p_value for row in rows])
     return [ContrastRow(**{**row.__dict__, "p_holm": float(p)}) for row, p in zip(rows, adjusted)]
 

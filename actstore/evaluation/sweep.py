@@ -38,12 +38,16 @@ that means the same at every layer and for every vector.
 Cost: the output of block L on the test batches and the perplexity windows is
 the same for every configuration at layer L, so it is computed once per layer
 and replayed (:class:`actstore.evaluation.replay.PrefixReplay`): each
-configuration runs only the blocks after L and the head. ``seconds`` in
-results.csv is the time of each configuration; the report gives configurations
-per hour.
+configuration runs only the blocks after L and the head. Up to ``pack`` configurations
+of a layer share each batch (:mod:`actstore.evaluation.packing`; generation: ``pack`` x
+``batch_size`` rows per ``generate``), the KL damage is measured per configuration; ``pack``
+1 runs one at a time, as before. ``seconds`` in results.csv is the time of each configuration:
+a pack's time (measurement, KL, separation) split evenly; the report gives configurations per hour.
 
 The folder (:class:`~actstore.evaluation.ledger.Ledger`) resumes: an
-interrupted sweep keeps every finished configuration; given held-out texts, each
+interrupted sweep keeps every finished configuration (a pack is recorded configuration by
+configuration; the packs are cut from the grid, so a resumed one runs the same batches with
+its finished configurations' slots unsteered and dropped); given held-out texts, each
 vector's separation goes to separation.csv. Then
 :func:`~actstore.evaluation.report.write_report` writes results.md,
 frontier.csv, contrasts.csv, steerability.csv and the plots.
@@ -53,7 +57,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterator
-from contextlib import AbstractContextManager, contextmanager, nullcontext
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -80,8 +84,10 @@ from .grid import (
     scale_for,
 )
 from .ledger import Ledger
+from .overlap import question_texts
+from .packing import Pack, chunks, measure_packed, pack_size, pack_slots
 from .protocols import OnTarget
-from .replay import Forward, PrefixReplay, cache_nbytes, plain_forward
+from .replay import Forward, layer_forwards, plain_forward
 from .request import SweepRequest
 from .rows import BASELINE, JUDGE_NOTE, ConfigKey, ItemRows, KLRows, ResultRow, WindowRows, columns
 from .scoring import PerplexityWindows
@@ -135,11 +141,13 @@ def run_sweep(loaded: LoadedModel | ModelSpec, request: SweepRequest):
     ['contrasts.csv', 'frontier.csv', 'items.csv', 'results.csv', 'separation.csv', 'steerability.csv', 'windows.csv']
     """
     from ..stats.streaming import group_statistics
+    from ..stats.subsets import subset_statistics
     from .report import write_report
 
     checked = request.check()
     source, grid = checked.store, checked.grid
-    stats = group_statistics(source, scheduler=request.scheduler)
+    stats = group_statistics(source, scheduler=request.scheduler) if request.train_resample is None else \
+        subset_statistics(source, request.train_resample, scheduler=request.scheduler)  # every vector from a resample
     _check_classes(stats, grid)  # before the model loads: a store without the contrast's classes stops here
     loaded = loaded.load() if isinstance(loaded, ModelSpec) else loaded
     source.check_model(loaded, request.force)  # once: the handle remembers it
@@ -159,13 +167,13 @@ def run_sweep(loaded: LoadedModel | ModelSpec, request: SweepRequest):
         with _progress(request, len(todo)) as tick:
             for key in [c for c in todo if is_prompt(c.method)]:
                 _measure_prompt(run, key, tick)
-            vectors = [c for c in todo if not is_prompt(c.method)]
-            for layer in sorted({c.layer for c in vectors}):
+            vectors = [c for c in grid.configurations() if not is_prompt(c.method)]  # done ones too: see packing
+            for layer in sorted({c.layer for c in todo if not is_prompt(c.method)}):
                 _measure_layer(run, layer, [c for c in vectors if c.layer == layer], tick)
         results = ledger.finish()
         if checked.judge_note is not None:  # what results.md says of the judge, rewritten by every run
             replace_file(request.out / JUDGE_NOTE, checked.judge_note + "\n")
-        write_report(ledger, grid.budgets, [Contrast.parse(c) for c in request.contrasts] or None)
+        write_report(ledger, grid.budgets, [Contrast.parse(c) for c in request.contrasts] or None, checked.analysis)
     return results
 
 
@@ -204,6 +212,8 @@ def _settings(grid: Grid, on_target: OnTarget, perplexity: PerplexityWindows, st
                 "store_data": store.attrs.get("data_version")}  # the store's content: another store is refused
     if store.spec.site != "resid":  # folders of residual sweeps keep their settings
         settings["site"] = store.spec.site
+    if request.train_resample is not None:  # the training rows the vectors come from (folders without keep theirs)
+        settings["train_resample"] = request.train_resample
     if str(Positions.parse(request.positions)) != "all":
         settings["positions"] = str(Positions.parse(request.positions))
     settings.update(_generation_settings(request, tokenizer))
@@ -247,7 +257,7 @@ def _open_heldout(heldout, grid: Grid, loaded: LoadedModel, force: bool):
 
 def _measure(run: _Sweep, on_forward: Forward, ppl_forward: Forward) -> Measurement:
     measures = run.on_target.measure(run.loaded, on_forward)
-    nll, tokens = run.windows.nll(ppl_forward)
+    nll, tokens = run.windows.nll(ppl_forward, run.loaded.model)
     return Measurement(measures, nll, tokens, getattr(run.on_target, "last_texts", None))
 
 
@@ -255,7 +265,7 @@ def _rows(key: ConfigKey, run: _Sweep, measured: Measurement):
     on_target, split = run.on_target, run.split
     labels = {} if split is None else {"prompt_id": split.prompt_ids, "split": split.labels}
     return (ItemRows(key, list(on_target.item_ids), on_target.questions, on_target.orders, measured.measures,
-                     **labels),
+                     **labels, question_text=question_texts(on_target)),
             WindowRows(key, run.windows.documents, measured.nll, measured.tokens))
 
 
@@ -291,32 +301,55 @@ def _progress(request: SweepRequest, total: int) -> Iterator[Callable[[], None]]
 
 
 def _measure_layer(run: _Sweep, layer: int, configs: list[ConfigKey], tick: Callable[[], None]) -> None:
-    """Every configuration of one layer, from its cached block outputs where they fit."""
+    """Every configuration of one layer not yet done (``configs``: the layer's, done ones included), from
+    its cached block outputs where they fit, up to the pack size at a time (:mod:`.packing`)."""
     request = run.request
     layer_norm = residual_norm(run.stats, layer)
     vectors = LayerVectors(run.source, run.stats, layer, request.scheduler, request.letter_data)
     positions = Positions.parse(request.positions)
-    # The layer's one-off cost (its cached block outputs) counts in its first configuration.
+    size = pack_size(request.pack, run.loaded, run.on_target, run.windows.batches, request.cache_budget_mb)
+    # The layer's one-off cost (its cached block outputs) counts in its first pack.
     started = time.perf_counter()
-    with _layer_forwards(run.loaded, layer, run.on_target, run.windows, request.replay, request.cache_budget_mb,
-                         run.source.spec.site) as active:
-        for key in configs:
-            vector = vectors.vector(key.method, parse_k(key.k))
-            if run.heldout is not None and not run.ledger.is_separated(layer, key.method, key.k):
-                _record_separation(run, vector, key)
-            norm = float(np.linalg.norm(vector.vector))
-            scale = scale_for(key.alpha, run.grid.alpha_mode, norm, layer_norm)
-            steering = partial(steer, run.loaded, vector, scale, positions=positions)
-            with (active() as (on_forward, ppl_forward), steering(),
-                  run.on_target.steered(vector, scale, positions)):  # a served protocol steers its engine too
-                steered = _measure(run, on_forward, ppl_forward)
-            kl = _kl(run, steering)  # the whole model: outside the replay's swapped blocks
-            row = _result_row(run, key, steered, kl, scale=scale, vector_norm=norm, layer_norm=layer_norm,
-                              seconds=time.perf_counter() - started)
-            kl_rows = None if kl is None else KLRows(key, kl.kl_first, kl.kl)
-            run.ledger.record(row, *_rows(key, run, steered), steered.texts, kl_rows)
+    with layer_forwards(run.loaded, layer, run.on_target.batches(), run.windows.batches, request.replay,
+                        request.cache_budget_mb, run.source.spec.site) as active:
+        for chunk in chunks(configs, size):
+            todo = [key for key in chunk if not run.ledger.is_done(*key.as_tuple())]
+            if not todo:
+                continue
+            added = {}  # key -> (vector, scale, its norm)
+            for key in todo:
+                vector = vectors.vector(key.method, parse_k(key.k))
+                if run.heldout is not None and not run.ledger.is_separated(layer, key.method, key.k):
+                    _record_separation(run, vector, key)
+                norm = float(np.linalg.norm(vector.vector))
+                added[key] = (vector, scale_for(key.alpha, run.grid.alpha_mode, norm, layer_norm), norm)
+            measured = _measure_chunk(run, active, chunk, added, positions)
+            kls = {key: _kl(run, partial(steer, run.loaded, *added[key][:2], positions=positions)) for key in todo}
+            seconds = (time.perf_counter() - started) / len(todo)  # a pack's time, split evenly
+            for key in todo:
+                kl, (_, scale, norm) = kls[key], added[key]
+                row = _result_row(run, key, measured[key], kl, scale=scale, vector_norm=norm, layer_norm=layer_norm,
+                                  seconds=seconds)
+                kl_rows = None if kl is None else KLRows(key, kl.kl_first, kl.kl)
+                run.ledger.record(row, *_rows(key, run, measured[key]), measured[key].texts, kl_rows)
+                tick()
             started = time.perf_counter()
-            tick()
+
+
+def _measure_chunk(run: _Sweep, active, chunk: list[ConfigKey], added: dict, positions: Positions
+                   ) -> dict[ConfigKey, Measurement]:
+    """The measurements of ``added``'s configurations (``chunk``'s not done): one alone under :func:`steer`
+    and the protocol's own steering (a served engine's); several in a :class:`~.packing.Pack`."""
+    if len(chunk) == 1:
+        (key,) = chunk
+        vector, scale, _ = added[key]
+        with (active() as (on_forward, ppl_forward), steer(run.loaded, vector, scale, positions=positions),
+              run.on_target.steered(vector, scale, positions)):  # a served protocol steers its engine too
+            return {key: _measure(run, on_forward, ppl_forward)}
+    pack = Pack(run.loaded, pack_slots(chunk, {key: (v, scale) for key, (v, scale, _) in added.items()}), positions)
+    with active() as forwards:
+        measured = measure_packed(run.loaded, run.on_target, run.windows, forwards, pack)
+    return {key: one for key, one in zip(chunk, measured) if key in added}
 
 
 def _measure_prompt(run: _Sweep, key: ConfigKey, tick: Callable[[], None]) -> None:
@@ -328,7 +361,7 @@ def _measure_prompt(run: _Sweep, key: ConfigKey, tick: Callable[[], None]) -> No
     forward = plain_forward(run.loaded.model)
     instructed = run.on_target.instructed(instruction)
     measures = instructed.measure(run.loaded, forward)
-    nll, tokens = run.windows.prefixed(instruction + "\n\n").nll(forward)
+    nll, tokens = run.windows.prefixed(instruction + "\n\n").nll(forward, run.loaded.model)
     measured = Measurement(measures, nll, tokens, instructed.last_texts)
     nan = float("nan")
     row = _result_row(run, key, measured, None, scale=nan, vector_norm=nan, layer_norm=nan,
@@ -365,27 +398,3 @@ def _record_separation(run: _Sweep, vector, key: ConfigKey) -> None:
     run.ledger.record_separation(sep.row(behavior=run.request.behavior_name, layer=key.layer, method=key.method,
                                          k=key.k))
 
-
-@contextmanager
-def _layer_forwards(loaded: LoadedModel, layer: int, on_target: OnTarget, windows: PerplexityWindows,
-                    replay: bool, cache_budget_mb: float, site: str = "resid"
-                    ) -> Iterator[Callable[[], AbstractContextManager]]:
-    """Yields ``active()``, a context inside which ``(on_forward, ppl_forward)`` measure at ``layer``:
-    replayed from the layer's cached block output where the protocol allows and it fits the budget.
-    A vector added inside block L (site attn or mlp) replays only blocks before L."""
-    on_batches = on_target.batches()
-    batches = {**{("on", i): b for i, b in enumerate(on_batches)},
-               **{("ppl", i): b for i, b in enumerate(windows.batches)}}
-    prefix = layer if site == "resid" else layer - 1
-    if replay and prefix >= 0 and on_batches and cache_nbytes(loaded, batches) <= cache_budget_mb * 2**20:
-        cached = PrefixReplay(loaded, prefix, batches)
-
-        @contextmanager
-        def active():
-            with cached.active():
-                yield (lambda i, b: cached(("on", i), b)), (lambda i, b: cached(("ppl", i), b))
-
-        yield active
-        return
-    forward = plain_forward(loaded.model)
-    yield lambda: nullcontext((forward, forward))

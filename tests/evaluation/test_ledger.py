@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+import math
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -163,3 +166,105 @@ def test_a_sweep_killed_before_its_baseline_resumes(tmp_path, llama, store, ppl_
         sweep(llama, store, out, ppl_ids, layers=[1], ks=[4])
     monkeypatch.undo()
     assert len(sweep(llama, store, out, ppl_ids, layers=[1], ks=[4])) == 2  # two fractions, not refused
+
+
+def _one_configuration_folder(path):
+    ledger = Ledger(path, {"s": 1}, ["behavior", "layer", "method", "k", "alpha", "on_target_shift",
+                                     "ppl_inflation", "p_value", "q_value"])
+    ledger.record_baseline(*_block(BASELINE))
+    key = ConfigKey(1, "enr", "4", 1.0)
+    ledger.record({"behavior": "a", "layer": 1, "method": "enr", "k": "4", "alpha": 1.0, "on_target_shift": 0.1,
+                   "ppl_inflation": 1.0, "p_value": 0.5, "q_value": np.nan}, *_block(key, seed=1))
+    return ledger, key
+
+
+def _keep_lines(path, n):
+    """The file's header and its first ``n`` rows (whole lines: what a cut at a line's end leaves)."""
+    lines = path.read_text().splitlines(keepends=True)
+    path.write_text("".join(lines[: n + 1]))
+
+
+@pytest.mark.parametrize("table, rows_kept, remeasured", [
+    ("windows.csv", 2 + 1, {"config"}),  # the configuration's 2 windows cut to 1: a tie of counts 2 and 1
+    ("items.csv", 3 + 1, {"config"}),
+    ("items.csv", 2, {"baseline", "config"}),  # the cut reaches the unsteered rows
+    ("windows.csv", 1, {"baseline", "config"}),
+])
+def test_a_one_configuration_folder_cut_short_is_measured_again(tmp_path, table, rows_kept, remeasured):
+    # issue 31 #5: the repair took the most common row count for the full one; in a folder of one configuration
+    # beside the unsteered rows the counts tie, so a cut windows.csv was accepted short and a cut items.csv kept
+    # the unsteered rows short (every rerun then failed with "unexpected KeyError")
+    ledger, key = _one_configuration_folder(tmp_path)
+    assert json.loads((tmp_path / "baseline.json").read_text())["rows"] == {"items.csv": 3, "windows.csv": 2}
+    _keep_lines(tmp_path / table, rows_kept)
+    again = Ledger(tmp_path, {"s": 1}, ledger.columns)
+    assert {"config"} <= remeasured and not again.is_done(*key.as_tuple())
+    assert (again.baseline is None) == ("baseline" in remeasured)
+    kept = pd.read_csv(tmp_path / table, dtype={"k": str})
+    assert (kept["method"] != "enr").all()  # the short configuration's rows are gone, to be measured anew
+    assert len(kept) == (0 if "baseline" in remeasured else {"items.csv": 3, "windows.csv": 2}[table])
+
+
+def test_a_folder_without_recorded_row_counts_takes_the_most_rows_not_the_most_common(tmp_path):
+    # a folder written before baseline.json recorded its row counts: items from its settings, windows the most
+    # rows a configuration has (a cut only takes rows away)
+    ledger, key = _one_configuration_folder(tmp_path)
+    baseline = json.loads((tmp_path / "baseline.json").read_text())
+    del baseline["rows"]
+    (tmp_path / "baseline.json").write_text(json.dumps(baseline))
+    _keep_lines(tmp_path / "windows.csv", 2 + 1)
+    again = Ledger(tmp_path, {"s": 1}, ledger.columns)
+    assert again.baseline is not None and not again.is_done(*key.as_tuple())
+
+
+def test_results_csv_records_the_seed_of_each_random_control_row(tmp_path):
+    # issue 30 §2: a control row's seed in its own column (random:<seed>), empty for every other row; a folder
+    # written before the column gets it when read
+    from actstore.evaluation.rows import ResultRow, columns, control_seed
+
+    assert control_seed("random:12") == 12 and math.isnan(control_seed("enr")) and math.isnan(control_seed("letter"))
+    assert math.isnan(control_seed("random:x")) and columns(ResultRow)[-1] == "seed"
+    names = ["behavior", "layer", "method", "k", "alpha", "on_target_shift", "ppl_inflation", "p_value", "q_value",
+             "seed"]
+    ledger = Ledger(tmp_path, {"s": 1}, names)
+    ledger.record_baseline(*_block(BASELINE))
+    for method in ("enr", "random:3", "random:11", "letter"):
+        key = ConfigKey(1, method, "4", 1.0)
+        ledger.record({"behavior": "a", "layer": 1, "method": method, "k": "4", "alpha": 1.0, "on_target_shift": 0.1,
+                       "ppl_inflation": 1.0, "p_value": 0.5, "q_value": np.nan}, *_block(key))
+    ledger.finish()
+    on_disk = pd.read_csv(tmp_path / "results.csv", dtype={"seed": str})
+    assert on_disk.set_index("method")["seed"].fillna("").to_dict() == {"enr": "", "random:3": "3",
+                                                                         "random:11": "11", "letter": ""}
+    old = on_disk.drop(columns=["seed"])  # a folder written before the column
+    old.to_csv(tmp_path / "results.csv", index=False)
+    again = Ledger(tmp_path, {"s": 1}, names).finish()
+    assert again.set_index("method")["seed"].astype("Float64").fillna(-1).to_dict() == {
+        "enr": -1, "random:3": 3, "random:11": 11, "letter": -1}
+
+
+@pytest.mark.parametrize("table, cut", [("windows.csv", "configuration"), ("items.csv", "configuration"),
+                                        ("items.csv", "baseline"), ("windows.csv", "baseline")])
+def test_a_one_configuration_sweep_cut_short_resumes_to_whole_tables(tmp_path, llama, store, ppl_ids, monkeypatch,
+                                                                     table, cut):
+    # issue 31 #5 end to end: a cut windows.csv was accepted short with exit 0, a cut items.csv made every rerun
+    # fail with "unexpected KeyError"
+    out = tmp_path / "sweep"
+    grid = {"layers": [1], "ks": [4], "fractions": (0.5,)}
+    sweep(llama, store, out, ppl_ids, **grid)
+    whole = {name: pd.read_csv(out / name, dtype={"k": str}) for name in ("items.csv", "windows.csv")}
+    per_config = len(whole[table]) // 2
+    _keep_lines(out / table, per_config + per_config // 2 if cut == "configuration" else per_config // 2)
+    recorded = []
+    record, record_baseline = Ledger.record, Ledger.record_baseline
+    monkeypatch.setattr(Ledger, "record", lambda self, row, items, *a, **k: (recorded.append(items.key.method),
+                                                                              record(self, row, items, *a, **k)))
+    monkeypatch.setattr(Ledger, "record_baseline", lambda self, *a, **k: (recorded.append("baseline"),
+                                                                          record_baseline(self, *a, **k))[1])
+    results = sweep(llama, store, out, ppl_ids, **grid)
+    assert sorted(recorded) == (["baseline", "enr"] if cut == "baseline" else ["enr"])
+    assert len(results) == 1
+    for name, frame in whole.items():
+        again = pd.read_csv(out / name, dtype={"k": str})
+        assert again.groupby("method", dropna=False).size().to_dict() == frame.groupby(
+            "method", dropna=False).size().to_dict(), name

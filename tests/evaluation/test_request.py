@@ -215,3 +215,17 @@ def test_a_store_without_the_classes_pos_and_neg_is_refused_before_the_model_loa
                            ks=(4, None), progress=False)
     with pytest.raises(ActstoreError, match="class 'pos' .* it has classes \\['negative', 'positive'\\]"):
         run_sweep(ModelSpec("no-such/model-anywhere"), request)  # the model would fail to load: it is not reached
+
+
+def test_the_margin_and_the_resamples_are_checked_when_the_request_is_made(tmp_path, run):
+    # issue 30 §2: a margin stated before use (positive, on the contrasts' scale), enough resamples
+    for margin in (0, -0.1, float("nan"), True):
+        assert _refusal(tmp_path, margin=margin).params == ("margin",)
+    assert _refusal(tmp_path, resamples=50).params == ("resamples",)
+    request = _request(tmp_path, margin=0.1, resamples=5000, exclude_train_overlap=True)
+    assert (request.analysis.margin, request.analysis.resamples) == (0.1, 5000)
+    (tmp_path / "t.json").write_text("[]")
+    (tmp_path / "s.zarr").mkdir()
+    result = run("eval", "--model", "m", "--store", tmp_path / "s.zarr", "--data-test", tmp_path / "t.json",
+                 "--layers", "1", "--out", tmp_path / "o", "--margin", "-1")
+    assert result.exit_code == 2 and "--margin" in result.output  # click refuses it before anything is read
