@@ -123,7 +123,11 @@ def test_both_orders_log_odds_effect_and_its_interval_recompute_from_items_and_w
         assert (out / name).stat().st_size > 0, name
     items = pd.read_csv(out / "items.csv", dtype={"k": str, "item": str})
     windows = pd.read_csv(out / "windows.csv", dtype={"k": str})
-    assert list(items.columns) == ["layer", "k", "alpha", "method", "item", "question", "order", "score", "logodds"]
+    assert list(items.columns) == ["layer", "k", "alpha", "method", "item", "question", "order", "question_text",
+                                   "score", "logodds"]
+    # each item's text on the unsteered rows (checkable against the training set), empty on steered rows
+    assert items.loc[items["method"] == "none", "question_text"].notna().all()
+    assert items.loc[items["method"] != "none", "question_text"].isna().all()
     assert list(windows.columns) == ["layer", "k", "alpha", "method", "window", "document", "nll", "tokens"]
     base = items[items["method"] == "none"].set_index("item")
     assert len(base) == 2 * len(ITEMS) and sorted(base["order"].unique()) == [0, 1]
