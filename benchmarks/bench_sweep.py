@@ -73,10 +73,18 @@ def _args() -> argparse.Namespace:
     return args
 
 
-def _pack(args) -> dict:
+def _has_pack() -> bool:
     from actstore.evaluation import SweepRequest
 
-    has = "pack" in {f.name for f in dataclasses.fields(SweepRequest)}
+    return "pack" in {f.name for f in dataclasses.fields(SweepRequest)}
+
+
+def _default_packing() -> str:
+    return "the sweep default (up to 8 configurations a batch)" if _has_pack() else "none (no pack field)"
+
+
+def _pack(args) -> dict:
+    has = _has_pack()
     if args.pack is not None and not has:
         print("--pack ignored: this code's SweepRequest has no 'pack' field", flush=True)
     return {"pack": args.pack} if has and args.pack is not None else {}
@@ -285,7 +293,7 @@ def report(s: Setup, ab: dict, gen: dict, tokens: dict[str, dict], account: str,
                          for n, ws in gen["walls"].items())
     return f"""`{command}` at {git_rev()}
 
-Machine: {machine()}. Packing: {pack or 'none (no pack field, or not asked)'}.
+Machine: {machine()}. Packing: {pack or _default_packing()}.
 
 google/gemma-3-270m (float32, CPU); store: the first {a.train_pairs} pairs of caa-pairs/refusal/train.json at layer \
 {a.layer} (offset 1). Every sweep: `run_sweep` on the loaded model into a fresh folder, no separation, \
