@@ -20,8 +20,8 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-_ANSWER = re.compile(r"\(([A-Z])\)\s*$")  # an A/B text's final answer (actstore.inputs.ab's rule)
-_OPTION = re.compile(r"^[ \t]*\([A-Z]\)", re.MULTILINE)  # an option line of an A/B question
+from ..inputs.ab import AB_END, OPTION_LINE
+
 _CHOICES = re.compile(r"\s*(Choices|Options|Answer choices)\s*:\s*$", re.IGNORECASE)
 
 
@@ -33,8 +33,8 @@ def question_text(text: str) -> str:
     >>> question_text("I kept  my word.\\n")
     'I kept my word.'
     """
-    stem = _ANSWER.sub("", text)
-    option = _OPTION.search(stem)
+    stem = AB_END.sub("", text)
+    option = OPTION_LINE.search(stem)
     if option is not None and option.start() > 0:
         stem = _CHOICES.sub("", stem[: option.start()])
     return " ".join(stem.split())

@@ -16,9 +16,9 @@ from dataclasses import dataclass
 from ..errors import DatasetError
 
 # The final answer of an A/B text: "(X)", X upper case, then optional trailing whitespace.
-_AB_END = re.compile(r"\(([A-Z])\)(\s*)$")
+AB_END = re.compile(r"\(([A-Z])\)(\s*)$")
 # An option line of an A/B question: indentation, "(X)", the option's text (to the line's end).
-_OPTION_LINE = re.compile(r"^([ \t]*)\(([A-Z])\)(.*)$", re.MULTILINE)
+OPTION_LINE = re.compile(r"^([ \t]*)\(([A-Z])\)(.*)$", re.MULTILINE)
 # What may follow the last option: whitespace, or CAA's closing "Answer:" line after a blank line.
 _QUESTION_TRAILER = re.compile(r"(\n[ \t]*\n[ \t]*Answer:)?\s*\Z")
 
@@ -26,13 +26,13 @@ _QUESTION_TRAILER = re.compile(r"(\n[ \t]*\n[ \t]*Answer:)?\s*\Z")
 def answer_letter(text: str) -> str | None:
     """The answer letter ``X`` of a text ending in ``(X)`` (X in ``A``-``Z``, trailing whitespace
     allowed), else None: the one test of "is this an A/B answer" (see the module docstring)."""
-    match = _AB_END.search(text)
+    match = AB_END.search(text)
     return match.group(1) if match else None
 
 
 def with_answer_letter(text: str, letter: str) -> str:
     """``text`` (ending in ``(X)``, :func:`answer_letter`) answered with ``letter`` instead."""
-    return _AB_END.sub(lambda match: f"({letter}){match.group(2)}", text)
+    return AB_END.sub(lambda match: f"({letter}){match.group(2)}", text)
 
 
 @dataclass(frozen=True)
@@ -74,7 +74,7 @@ def ab_question(positive: str, negative: str, *, where: str) -> ABQuestion:
     """
     found = []
     for field, text in (("positive", positive), ("negative", negative)):
-        match = _AB_END.search(text)
+        match = AB_END.search(text)
         if match is None:
             raise DatasetError(f"{where}: the {field} text does not end with an answer like '(A)' "
                                f"(it ends {text[-20:]!r}); an A/B item's texts end in its answer letter")
@@ -93,7 +93,7 @@ def _option_spans(q: ABQuestion, where: str) -> dict[str, tuple[int, int]]:
     start of a line up to the next option line (an option may run over several lines), the last one
     to the end of the question less :data:`_QUESTION_TRAILER`; trailing whitespace (blank lines
     between options) stays in place."""
-    matches = list(_OPTION_LINE.finditer(q.question))
+    matches = list(OPTION_LINE.finditer(q.question))
     letters = [m.group(2) for m in matches]
     for letter in (q.matching, q.other):
         if letters.count(letter) != 1:
