@@ -43,22 +43,31 @@ SHARED_DATA = Path(os.environ.get("ACTSTORE_SHARED_DATA", SHARED_DATA))  # a wor
 
 FULL = "0.02,0.04,0.08,0.16"
 SCAN = "0.04,0.08,0.16"
+CONTROL = "0.0025,0.005,0.01,0.02,0.04,0.08,0.16"  # amendment 2026-12-05 (3): every budget reached from below
 OTHER_LAYERS = "4,5,6,7,9,10"
-# PLAN.md §2: (tier, behavior, layers, methods, k, fractions), in the order they run.
+SEEDS = ("--control-seeds", "0,1,2,3,4")  # amendment 2026-12-05 (3): 5 seeds per random control
+# PLAN.md §2 as amended on 2026-12-05: (tier, behavior, layers, methods, k, fractions, extra eval flags),
+# in the order they run.
 TIERS = [
-    (1, "refusal", "8", "enr", "4,16,64,256,dense", FULL),
-    (1, "refusal", "8", "random", "64,dense", FULL),
-    (1, "refusal", "8", "letter", "dense", FULL),
-    (1, "morality", "8", "enr", "4,16,64,256,dense", FULL),
-    (1, "morality", "8", "random", "64,dense", FULL),
-    (2, "refusal", "8", "whitened", "16,64", FULL),
-    (2, "morality", "8", "whitened", "16,64", FULL),
-    (3, "morality", OTHER_LAYERS, "enr", "64,dense", SCAN),
-    (4, "refusal", OTHER_LAYERS, "enr", "64,dense", SCAN),
-    (5, "survival-instinct", "8", "enr", "64,dense", FULL),
-    (5, "survival-instinct", "8", "random", "64,dense", FULL),
-    (5, "survival-instinct", "8", "letter", "dense", FULL),
+    (1, "refusal", "8", "enr", "4,16,64,256,dense", FULL, ()),
+    (1, "refusal", "8", "random", "16,64,dense", CONTROL, SEEDS),
+    (1, "refusal", "8", "letter", "dense", CONTROL, ()),
+    (1, "morality", "8", "enr", "4,16,64,256,dense", FULL, ()),
+    (1, "morality", "8", "random", "16,64,dense", CONTROL, SEEDS),
+    (2, "refusal", "8", "whitened", "16,64", FULL, ()),
+    (2, "morality", "8", "whitened", "16,64", FULL, ()),
+    (3, "morality", OTHER_LAYERS, "enr", "64,dense", SCAN, ()),
+    (4, "refusal", OTHER_LAYERS, "enr", "64,dense", SCAN, ()),
+    (5, "survival-instinct", "8", "enr", "64,dense", FULL, ()),
+    (5, "survival-instinct", "8", "random", "64,dense", CONTROL, SEEDS),
+    (5, "survival-instinct", "8", "letter", "dense", CONTROL, ()),
 ]
+# Amendment 2026-12-05 (7): the vectors' own noise for P1, P2 and P6's ENR side, two disjoint halves of
+# the training pairs; each half's sweep in <out>/<behavior>-half-I-2 (tier 6: after the plan's tiers).
+HALVES = [(6, behavior, "8", "enr", "64,dense", FULL, ("--train-resample", f"half:{i}/2"))
+          for behavior in ("refusal", "morality") for i in (1, 2)]
+# Amendment 2026-12-05 (4): margins fixed before the run, on each behavior's own scale.
+MARGINS = {"refusal": 0.08, "morality": 0.019, "survival-instinct": 0.08}
 PRIMARY_BUDGET, FALLBACK_BUDGET = 1.25, 1.05
 NARROW_K = 64
 
@@ -84,10 +93,11 @@ def tier_configurations(tiers) -> dict[int, int]:
     from actstore.evaluation.grid import Grid
 
     counts: dict[int, int] = {}
-    for tier, _, layers, methods, ks, fractions in TIERS:
+    for tier, _, layers, methods, ks, fractions, extra in TIERS + HALVES:
         if tier in tiers:
+            seeds = tuple(int(s) for s in extra[1].split(",")) if extra == SEEDS else (0,)
             grid = Grid(tuple(int(x) for x in layers.split(",")), tuple(KListType().convert(ks, None, None)),
-                        tuple(float(f) for f in fractions.split(",")), methods=(methods,))
+                        tuple(float(f) for f in fractions.split(",")), methods=(methods,), control_seeds=seeds)
             counts[tier] = counts.get(tier, 0) + len(grid.configurations())
     return counts
 
@@ -105,13 +115,15 @@ def evaluate(exe: str, model: str, behavior: str, store: Path, out: Path, layers
     run([exe, "eval", "-q", "--model", model, "--store", str(store), "--data-test",
          str(source(behavior) / "test.json"), "--layers", layers, "--k", ks, "--methods", methods, "--fractions",
          fractions, "--budgets", args.budgets, "--ppl-tokens", str(args.ppl_tokens), "--ppl-documents",
-         str(args.ppl_documents), "--behavior", behavior, "--out", str(out), *analysis_flags(args), *extra], log)
+         str(args.ppl_documents), "--behavior", behavior, "--out", str(out), *analysis_flags(args, behavior), *extra], log)
 
 
-def analysis_flags(args) -> list[str]:
+def analysis_flags(args, behavior: str) -> list[str]:
     """The report's margin and resamples, and the test set kept apart from training (issue 30 §2), as
-    `actstore eval` flags; none unless asked (a plan folder measured without them resumes as it was)."""
-    flags = [] if args.margin is None else ["--margin", str(args.margin)]
+    `actstore eval` flags; none unless asked (a plan folder measured without them resumes as it was).
+    ``--plan-margins``: each behavior's margin of :data:`MARGINS`."""
+    margin = MARGINS.get(behavior) if args.plan_margins else args.margin
+    flags = [] if margin is None else ["--margin", str(margin)]
     flags += [] if args.resamples is None else ["--resamples", str(args.resamples)]
     return flags + (["--exclude-train-overlap"] if args.exclude_train_overlap else [])
 
@@ -310,6 +322,8 @@ def main() -> None:
     parser.add_argument("--slice", action="store_true", help="time one configuration; write <out>/SLICE.md")
     parser.add_argument("--count", action="store_true", help="print the plan's configurations per tier")
     parser.add_argument("--margin", type=float, default=None, help="eval --margin: the contrasts' stated margin")
+    parser.add_argument("--plan-margins", action="store_true",
+                        help="each behavior's margin fixed by the amendment of 2026-12-05 (MARGINS)")
     parser.add_argument("--resamples", type=int, default=None, help="eval --resamples (default eval's)")
     parser.add_argument("--exclude-train-overlap", action="store_true",
                         help="eval --exclude-train-overlap: drop test questions found in train.json (another "
@@ -339,13 +353,14 @@ def main() -> None:
         (out / "SLICE.md").write_text("# Cost of one configuration\n\n" + body + "\n```\n" + "\n".join(log) + "\n```\n")
         print(body)
         return
-    plan = [t for t in TIERS if t[0] in tiers]
+    plan = [t for t in TIERS + HALVES if t[0] in tiers]
     stores: dict[str, Path] = {}
-    for _, behavior, layers, methods, ks, fractions in plan if not args.summary_only else ():
+    for tier, behavior, layers, methods, ks, fractions, extra in plan if not args.summary_only else ():
         if behavior not in stores:
             needed = sorted({int(x) for t in plan if t[1] == behavior for x in t[2].split(",")})
             stores[behavior] = capture(exe, model, behavior, ",".join(map(str, needed)), work, log)
-        evaluate(exe, model, behavior, stores[behavior], out / behavior, layers, methods, ks, fractions, args, log)
+        folder = out / (behavior if tier != 6 else f"{behavior}-half-{extra[-1][5]}-2")
+        evaluate(exe, model, behavior, stores[behavior], folder, layers, methods, ks, fractions, args, log, extra)
     behaviors = list(dict.fromkeys(t[1] for t in TIERS))
     done = [b for b in behaviors if (out / b / "results.csv").exists()]
     if args.summary_only:
