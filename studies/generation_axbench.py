@@ -190,7 +190,7 @@ def held_out_prompts(work: Path) -> Path:
     return path
 
 
-def run(model: str, concept_ids: list[int], work: Path, out: Path) -> None:
+def run(model: str, concept_ids: list[int], work: Path, out: Path, fractions=FRACTIONS) -> None:
     import actstore
     from actstore.evaluation import SweepRequest, run_sweep
     from actstore.models.load import load_model
@@ -214,7 +214,7 @@ def run(model: str, concept_ids: list[int], work: Path, out: Path) -> None:
         request = SweepRequest(store=store, out=out / model / f"concept{concept_id}", layers=str(layer),
                                prompts=prompts, judge=ClassifierJudge(concept_id, rubrics), concept=concept,
                                judge_validation=_validation(out, concept_id),
-                               methods=("enr", "prompt"), ks=(64, None), fractions=FRACTIONS, select_split=0.5,
+                               methods=("enr", "prompt"), ks=(64, None), fractions=fractions, select_split=0.5,
                                chat_template=template, max_new_tokens=N_TOKENS, batch_size=BATCH, progress=True)
         run_sweep(loaded, request)
         print(f"{model} concept {concept_id}: capture {captured:.0f} s, sweep {time.perf_counter() - started:.0f} s",
@@ -233,13 +233,16 @@ def main() -> None:
     parser.add_argument("--concepts", default=",".join(str(i) for i in range(10)))
     parser.add_argument("--work", type=Path, default=Path("/tmp/actstore-generation"))
     parser.add_argument("--out", type=Path, default=OUT)
+    parser.add_argument("--fractions", default=",".join(map(str, FRACTIONS)),
+                        help="run: the vectors' factors (amendment 3 adds 0.125,0.25 to the same folders)")
     args = parser.parse_args()
     if args.step == "validate":
         validate(args.out, [int(c) for c in args.concepts.split(",")])
     elif args.step == "validate-classifier":
         validate_classifier(args.out)
     elif args.step == "run":
-        run(args.model, [int(c) for c in args.concepts.split(",")], args.work, args.out)
+        run(args.model, [int(c) for c in args.concepts.split(",")], args.work, args.out,
+            tuple(float(f) for f in args.fractions.split(",")))
     else:
         from generation_summary import summarize
 

@@ -92,7 +92,17 @@ def model_group_option(function):
     return wrapper
 
 
-quiet_option = click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
+def _silence_loading_bars(ctx, param, value: bool) -> bool:
+    """``-q`` also quiets transformers' own bars ("Loading weights"), which it draws outside actstore."""
+    if value:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+    return value
+
+
+quiet_option = click.option("--quiet", "-q", is_flag=True, callback=_silence_loading_bars,
+                            help="No progress bar (transformers' loading bars included).")
 
 
 def chat_options(function):
@@ -182,7 +192,8 @@ _MODEL_OPTIONS = {
         "--model", "-m", required=True, metavar="ID|PATH",
         help="Hugging Face hub id or local folder saved with save_pretrained "
              "(`actstore models demo` prints the embedded gemma-3-270m folder)."),
-    "revision": lambda: click.option("--revision", default=None, help="Hub revision (branch, tag or commit) of --model."),
+    "revision": lambda: click.option("--revision", default=None,
+                                     help="Hub revision (branch, tag or commit) of --model."),
     "gguf_file": lambda: click.option(
         "--gguf-file", default=None, metavar="FILE",
         help="Name of a GGUF checkpoint inside --model to load (dequantised on load; slow)."),

@@ -103,3 +103,19 @@ def test_capture_in_shards_from_the_command_line(run, tmp_path, tiny_model_dirs,
     assert result.exit_code == 2 and "--shards goes with --scheduler" in result.output
     result = run("capture", "--model", model, "--data", pairs_file, "--store", store, "--scheduler", "threads")
     assert result.exit_code == 1 and "a cluster capture needs dask.distributed" in result.output
+
+
+def test_quiet_silences_transformers_loading_bar(tmp_path, tiny_model_dirs, pairs_file):
+    """`-q` leaves no progress bar on stderr, transformers' "Loading weights" included (it is drawn
+    without -q: the same command shows it, so the check can fail)."""
+    model = tiny_model_dirs["gpt_neox"]
+
+    def stderr(*extra):
+        args = [sys.executable, "-m", "actstore.cli.main", "capture", "--model", str(model), "--data",
+                str(pairs_file), "--layers", "1", "--store", str(tmp_path / f"s{len(extra)}.zarr"), *extra]
+        done = subprocess.run(args, capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr
+        return done.stderr
+
+    assert "Loading weights" in stderr()
+    assert "Loading weights" not in stderr("-q")
