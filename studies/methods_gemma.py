@@ -52,11 +52,11 @@ def main() -> None:
 
     import pandas as pd
 
-    from actstore.models.embedded import prepare_demo_model
-    from actstore.vectors.build import LayerMethods
     from actstore.evaluation.monitor import monitor
+    from actstore.models.embedded import prepare_demo_model
     from actstore.stats.streaming import group_statistics
     from actstore.stores.group import StoreGroup
+    from actstore.vectors.build import LayerMethods
 
     exe = str(Path(sys.executable).with_name("actstore"))
     model = str(prepare_demo_model())

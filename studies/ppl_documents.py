@@ -40,8 +40,8 @@ from _common import SHARED_DATA, git_rev, machine  # noqa: E402
 
 def windows_nll(loaded, windows: list[list[int]], vector, scale: float, batch_size: int):
     """(nll_base, nll_steered, tokens, seconds wall, seconds cpu) per window list."""
-    from actstore.evaluation.scoring import PerplexityWindows
     from actstore.evaluation.replay import plain_forward
+    from actstore.evaluation.scoring import PerplexityWindows
     from actstore.steering import steer
 
     length = len(windows[0])
@@ -103,11 +103,11 @@ def main() -> None:
     import torch
 
     import actstore
+    from actstore.evaluation.intervals import inflation_interval
+    from actstore.evaluation.sweep import residual_norm
     from actstore.inputs.corpus import document_windows, read_documents
     from actstore.models.embedded import prepare_demo_model
-    from actstore.evaluation.intervals import inflation_interval
     from actstore.vectors.build import build_vector
-    from actstore.evaluation.sweep import residual_norm
 
     torch.manual_seed(0)
     started = time.perf_counter()

@@ -232,6 +232,7 @@ def load_model(
     if gguf_file is not None:
         kwargs["gguf_file"] = gguf_file
     _check_device_map(device_map, device)
+    _check_not_a_store(model)
     placement: dict[str, Any] = {}
     if device_map is not None:
         placement = {"device_map": device_map, "offload_folder": offload_folder}
@@ -257,6 +258,14 @@ def load_model(
     source_id = read_source_id(local) if local.is_dir() else None
     return LoadedModel(lm, tokenizer, model, _fingerprint(lm, local, gguf_file, revision),
                        find_decoder_blocks(lm, blocks), source_id)
+
+
+def _check_not_a_store(model: str) -> None:
+    """An activation store given as ``--model`` (transformers would name its tokenizer back end)."""
+    if (Path(model) / "zarr.json").is_file():
+        raise ModelError(f"could not load model {model!r}: it is a Zarr store (activations), not a model; "
+                         "--model takes a Hugging Face hub id or a folder saved with save_pretrained "
+                         "(`actstore models demo` prints the embedded one)")
 
 
 def _move(lm: torch.nn.Module, device: str) -> None:

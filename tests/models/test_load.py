@@ -54,6 +54,17 @@ def test_a_model_that_does_not_exist_is_a_clear_error(tmp_path):
         load_model(str(tmp_path / "nothing-here"))
 
 
+def test_a_store_given_as_the_model_says_so(tmp_path, run, pairs_file):
+    """`capture -m <store>` named the backend tokenizer ("Couldn't instantiate ... from one of: .")."""
+    import zarr
+
+    zarr.open_group(str(tmp_path / "acts.zarr"), mode="w", zarr_format=3)
+    with pytest.raises(ModelError, match="is a Zarr store \\(activations\\), not a model"):
+        load_model(str(tmp_path / "acts.zarr"))
+    result = run("capture", "-m", tmp_path / "acts.zarr", "-d", pairs_file, "-s", tmp_path / "y.zarr")
+    assert result.exit_code == 1 and "is a Zarr store (activations), not a model" in result.output, result.output
+
+
 def test_a_model_spread_by_a_device_map_with_blocks_on_disk_captures_the_same_and_exits_early(
         tmp_path, tiny_model_dirs, pairs_file):
     pytest.importorskip("accelerate")
