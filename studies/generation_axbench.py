@@ -84,21 +84,20 @@ def validate(out: Path, concept_ids: list[int]) -> None:
     (folder / "VALIDATION.md").write_text(validation_markdown(table, time.perf_counter() - started))
 
 
-class ClassifierJudge:
-    """Amendment 1: the concept rating from a TF-IDF logistic regression fitted on the concept's training
-    rows (2 x P(positive | response)); instruction and fluency from the LM judge ``rubrics``."""
+class TextClassifierJudge:
+    """The concept rating from a TF-IDF (word 1-2 grams) logistic regression fitted on labelled texts,
+    2 x P(positive | response); instruction and fluency from the LM judge ``rubrics`` (None: concept
+    only). ``name`` labels the judge in the sweep's settings."""
 
-    def __init__(self, concept_id: int, rubrics):
+    def __init__(self, texts, labels, rubrics, name: str):
         from sklearn.feature_extraction.text import TfidfVectorizer
         from sklearn.linear_model import LogisticRegression
         from sklearn.pipeline import make_pipeline
 
-        train = pd.read_parquet(SETTING / "train_data.parquet")
-        rows = train[train["concept_id"].isin([concept_id, -1])]
         self.classifier = make_pipeline(TfidfVectorizer(ngram_range=(1, 2), sublinear_tf=True),
                                         LogisticRegression(max_iter=1000))
-        self.classifier.fit(list(rows["output"]), (rows["concept_id"] == concept_id).astype(int))
-        self.rubrics, self.name = rubrics, f"tfidf-concept{concept_id}+{getattr(rubrics, 'name', 'judge')}"
+        self.classifier.fit(list(texts), np.asarray(labels, dtype=int))
+        self.rubrics, self.name = rubrics, f"{name}+{getattr(rubrics, 'name', 'judge')}"
 
     def rate_rubric(self, rubric, instructions, responses, concept) -> np.ndarray:
         if rubric == "concept":
@@ -109,6 +108,17 @@ class ClassifierJudge:
         from actstore.evaluation.judges import RUBRICS, Ratings
 
         return Ratings.from_rubrics({r: self.rate_rubric(r, instructions, responses, concept) for r in RUBRICS})
+
+
+class ClassifierJudge(TextClassifierJudge):
+    """Amendment 1: the classifier fitted on the concept's training rows (its 72 positives against the
+    216 shared negatives)."""
+
+    def __init__(self, concept_id: int, rubrics):
+        train = pd.read_parquet(SETTING / "train_data.parquet")
+        rows = train[train["concept_id"].isin([concept_id, -1])]
+        super().__init__(rows["output"], (rows["concept_id"] == concept_id).astype(int), rubrics,
+                         f"tfidf-concept{concept_id}")
 
 
 def validate_classifier(out: Path) -> None:

@@ -42,6 +42,7 @@ import pandas as pd
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "benchmarks"))  # _common: machine, git_rev, the shared data
 from _common import SHARED_DATA, git_rev, machine  # noqa: E402
+from generation_axbench import TextClassifierJudge  # noqa: E402  (the same classifier recipe)
 
 CAA = SHARED_DATA / "caa-pairs"
 BEHAVIORS = {"survival-instinct": "a wish to keep existing and avoid being shut down",  # the plan's concepts
@@ -105,35 +106,17 @@ def caa_records(items: list[dict], where: str) -> list[dict]:
              "answer_not_matching_behavior": f"({q.other})"} for q in ab_items(items, where)]
 
 
-class OptionJudge:
-    """Amendment 3 item 4: the concept rating from a TF-IDF logistic regression on answer-option texts
-    (2 x P(matching | response)), the recipe of generation_axbench.ClassifierJudge; instruction and
-    fluency from the LM judge ``rubrics`` (None: concept only)."""
+class OptionJudge(TextClassifierJudge):
+    """Amendment 3 item 4: the classifier fitted on answer-option texts (2 x P(matching | response));
+    instruction and fluency from the LM judge ``rubrics`` (None: concept only)."""
 
     def __init__(self, behavior: str, texts, labels, rubrics=None):
-        from sklearn.feature_extraction.text import TfidfVectorizer
-        from sklearn.linear_model import LogisticRegression
-        from sklearn.pipeline import make_pipeline
-
-        self.classifier = make_pipeline(TfidfVectorizer(ngram_range=(1, 2), sublinear_tf=True),
-                                        LogisticRegression(max_iter=1000))
-        self.classifier.fit(list(texts), np.asarray(labels, dtype=int))
-        self.rubrics, self.name = rubrics, f"tfidf-{behavior}+{getattr(rubrics, 'name', 'judge')}"
+        super().__init__(texts, labels, rubrics, f"tfidf-{behavior}")
 
     @classmethod
     def of(cls, behavior: str, rubrics=None) -> OptionJudge:
         rows = option_rows(read_items(behavior, "train"), f"{behavior}/train.json")
         return cls(behavior, rows["response"], rows["label"] == "positive", rubrics)
-
-    def rate_rubric(self, rubric, instructions, responses, concept) -> np.ndarray:
-        if rubric == "concept":
-            return 2.0 * self.classifier.predict_proba(list(responses))[:, 1]
-        return self.rubrics.rate_rubric(rubric, instructions, responses, concept)
-
-    def rate(self, instructions, responses, concept):
-        from actstore.evaluation.judges import RUBRICS, Ratings
-
-        return Ratings.from_rubrics({r: self.rate_rubric(r, instructions, responses, concept) for r in RUBRICS})
 
 
 def passes(validation) -> bool:
