@@ -25,7 +25,8 @@ import numpy as np
 import pandas as pd
 
 PLANNED = (0.5, 1.0, 2.0)  # amendment 1's factors of the residual norm
-ADDED = (0.125, 0.25)  # amendment 3 item 3
+ADDED = (0.125, 0.25)  # amendment 3 item 3 (M1)
+ADDED_BY_MODEL = {"instruct": ADDED, "demo": (0.02, 0.04, 0.08)}  # amendment 4: M2's added factors
 CAP = 1.25  # amendment 3 item 3: the largest perplexity inflation a capped selection may choose
 VECTOR_ARMS = ("64", "dense")  # enr --k 64 and enr --k dense
 CONTRASTS = {"P1 prompt - dense": ("prompt", "dense"), "P2 k64 - dense": ("64", "dense")}

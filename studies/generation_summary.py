@@ -29,6 +29,7 @@ import pandas as pd
 from generation_axbench import AXBENCH_PROMPT_MINUS_DIFFMEAN, t_interval
 from generation_selection import (
     ADDED,
+    ADDED_BY_MODEL,
     CAP,
     CONTRASTS,
     PLANNED,
@@ -62,8 +63,9 @@ def finished(folder: Path) -> bool:
 
 
 def extended(folder: Path) -> bool:
-    """A finished concept whose added factors (amendment 3: 0.125 and 0.25 for k 64 and dense) are in too."""
-    return finished(folder) and has_factors(_done_rows(folder), ADDED)
+    """A finished concept whose added factors are in too (amendment 3: 0.125 and 0.25 for k 64 and dense;
+    amendment 4: 0.02, 0.04 and 0.08 in a ``demo`` model folder)."""
+    return finished(folder) and has_factors(_done_rows(folder), ADDED_BY_MODEL.get(folder.parent.name, ADDED))
 
 
 @dataclass
@@ -258,7 +260,9 @@ def capped_lines(models: list[ModelSweeps], table: pd.DataFrame, gated: bool) ->
     selection = "the gated harmonic (the fluency gate passed)" if gated else \
         "the plan's harmonic (the fluency gate is not used: not passed, or not yet validated)"
     lines = [f"## Capped contrasts (amendment 3 item 3: perplexity inflation at most {CAP:g})", "",
-             f"Per (concept, arm), among all measured factors ({', '.join(f'{f:g}' for f in (*ADDED, *PLANNED))}) "
+             "Per (concept, arm), among all measured factors (" + "; ".join(
+                 f"{model}: {', '.join(f'{f:g}' for f in (*added, *PLANNED))}"
+                 for model, added in ADDED_BY_MODEL.items()) + ") "
              f"whose inflation is at most {CAP:g}, the one with the largest mean of {selection} over the "
              "select prompts; the prompting arm only where its own inflation is within the cap. Holm over P1c and "
              "P2c x the models, per measure, a family of its own; rows without a Holm p are secondary. The left-out "

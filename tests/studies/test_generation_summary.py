@@ -48,6 +48,14 @@ def test_finished_needs_the_planned_grid_and_the_report_and_extended_the_added_f
     assert not summary.extended(write_sweep(tmp_path / "e", grid + ADDED[:3]))  # one added factor missing
 
 
+def test_a_demo_folder_is_extended_by_amendment_4s_factors_not_amendment_3s(tmp_path):
+    grid = planned()
+    demo = [config(k, f, 1.05) for k in ("64", "dense") for f in (0.02, 0.04, 0.08)]
+    assert summary.extended(write_sweep(tmp_path / "demo" / "concept0", grid + demo))
+    assert not summary.extended(write_sweep(tmp_path / "demo" / "concept1", grid + ADDED))
+    assert summary.extended(write_sweep(tmp_path / "instruct" / "concept0", grid + ADDED))
+
+
 def test_the_capped_selection_keeps_within_the_cap_and_uses_the_gate(tmp_path):
     broken = ("list " * 20,) * 4  # a word 4-gram said three times and more
     configs = [prompt_config(inflation=1.3), *planned()[1:],
