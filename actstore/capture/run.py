@@ -281,7 +281,9 @@ class _RangeCapture:
         tracker.add(captured.acts, coords["class"])
 
     def _finish(self, start: int) -> None:
-        if start >= self.hi - self.lo:  # nothing left: the commit that completes the run
+        if start >= self.hi - self.lo:  # nothing left: the commit that completes the run, unless it is complete
+            if self.writer.run.complete:  # a resume of a finished capture writes nothing (its data_version stays)
+                return
             shape = (0, len(self.plan.spec.layers), self.loaded.hidden_size)
             self.writer.append(np.zeros(shape, np.float32), {}, self.hi - self.lo, -1)
         elif self.tracker.moments is not None and not self.plan.stats_only:

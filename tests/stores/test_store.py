@@ -126,8 +126,12 @@ def test_recapturing_the_same_file_is_refused(tmp_path, store_at, llama, pairs_f
     capture(llama, pairs_file, store)
     with pytest.raises(StoreError, match="already holds a complete capture"):
         capture(llama, pairs_file, store)
+    version = actstore.open_store(store).attrs["data_version"]
+    assert isinstance(version, str) and len(version) == 32
     report = capture(llama, pairs_file, store, resume=True)
     assert report.n_samples_written == 0 and actstore.open_store(store).sizes["sample"] == 14
+    # Nothing written, nothing changed: a sweep ledger or statistics cache keyed on the version stays valid.
+    assert actstore.open_store(store).attrs["data_version"] == version
 
 
 @pytest.mark.parametrize("position", ["last", "all"])
