@@ -38,7 +38,7 @@ def capped_choices(sweeps, gated: bool) -> pd.DataFrame:
 
 
 def _factors(values: pd.Series) -> str:
-    counts = Counter(float(v) for v in values.dropna())
+    counts = Counter(round(float(v), 9) for v in values.dropna())  # 0.25 and 0.25000000000000006 are one factor
     return ", ".join(f"{factor:g} x{n}" for factor, n in sorted(counts.items())) or "-"
 
 
@@ -46,7 +46,7 @@ def _range(values: pd.Series, digits: int = 3) -> str:
     values = values.dropna()
     if not len(values):
         return "-"
-    return f"{values.median():.{digits}f} [{values.min():.{digits}f}, {values.max():.{digits}f}]"
+    return f"{values.median():.{digits + 1}g} [{values.min():.{digits + 1}g}, {values.max():.{digits + 1}g}]"
 
 
 def prompt_inflation_line(model: str, sweeps) -> str:

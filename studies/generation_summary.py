@@ -216,9 +216,10 @@ def concept_count_lines(models: list[ModelSweeps]) -> list[str]:
     lines = []
     for model in models:
         started = len(model.planned) + len(model.unfinished)
+        added = " and ".join(f"{f:g}" for f in ADDED_BY_MODEL.get(model.name, ADDED))
         lines.append(f"- {model.name}: planned grid finished for {len(model.planned)} of {N_CONCEPTS} concepts "
                      f"({_names(model.planned)}; cut or running: {_names(model.unfinished)}; not started: "
-                     f"{N_CONCEPTS - started}). Capped family (factors 0.125 and 0.25 in too): {len(model.capped)} "
+                     f"{N_CONCEPTS - started}). Capped family (factors {added} in too): {len(model.capped)} "
                      f"({_names(model.capped)}); capped not run: {N_CONCEPTS - len(model.capped)} (of them finished "
                      f"without all the added factors in: {_names(model.capped_not_run)}).")
     return lines
@@ -233,8 +234,8 @@ def damage_lines(models: list[ModelSweeps]) -> list[str]:
                                 for r in planned_selection(s).itertuples()} for s in model.planned])
         for arm in damage.columns:
             values = damage[arm].dropna()
-            lines.append(f"| {model.name} | {arm} | {len(values)} | {values.median():.3f} "
-                         f"[{values.min():.3f}, {values.max():.3f}] |")
+            lines.append(f"| {model.name} | {arm} | {len(values)} | {values.median():.4g} "
+                         f"[{values.min():.4g}, {values.max():.4g}] |")
     return lines
 
 
