@@ -193,7 +193,7 @@ def summarize(out: Path) -> None:
     planned, capped = planned_table(models), capped_table(models, gated)
     pd.concat([planned, capped], ignore_index=True).to_csv(out / "contrasts.csv", index=False)
     lines = ["# Generation study: summary (`python studies/generation_axbench.py summarize`)", "",
-             verdict_line(verdict), "", *concept_count_lines(models), "",
+             *judge_lines(out), verdict_line(verdict), "", *concept_count_lines(models), "",
              "## Primary contrasts (harmonic score at the selected factor, report prompts)", "",
              *table_lines(planned), "",
              "Rows without a Holm p are secondary (each arm against the unsteered model, no correction claimed). "
@@ -203,6 +203,20 @@ def summarize(out: Path) -> None:
              *capped_lines(models, capped, gated)]
     (out / "SUMMARY.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
+
+
+def judge_lines(out: Path) -> list[str]:
+    """The concept raters' validations (judge/ and classifier/VALIDATION.md: the pooled AUROCs and the rule),
+    printed above every result that uses them."""
+    lines = []
+    for folder, who in (("classifier", "Concept rating (TF-IDF classifier, amendment 1)"),
+                        ("judge", "LM judge's concept rating (SmolLM2-135M-Instruct; not used for the concept)")):
+        path = out / folder / "VALIDATION.md"
+        if path.is_file():
+            kept = [line.strip() for line in path.read_text().splitlines()
+                    if line.startswith(("Pooled, positive vs negative", "The plan's rule"))]
+            lines += [f"{who}, `{folder}/VALIDATION.md`: " + " ".join(kept), ""]
+    return lines or ["The concept raters were not validated (no judge/ or classifier/VALIDATION.md here).", ""]
 
 
 def _names(sweeps) -> str:

@@ -157,3 +157,13 @@ def test_a_passed_gate_selects_on_the_gated_harmonic_and_reports_it_beside_the_p
     assert "the gate is **used**" in text and "the largest mean of the gated harmonic" in text
     capped = pd.read_csv(tmp_path / "contrasts.csv").query("family == 'capped'")
     assert set(capped["measure"]) == {"concept_rating", "harmonic", "harmonic_gated"}
+
+
+def test_the_summary_prints_the_concept_raters_validation_or_says_there_is_none(tmp_path):
+    assert "not validated" in summary.judge_lines(tmp_path)[0]
+    (tmp_path / "classifier").mkdir()
+    (tmp_path / "classifier" / "VALIDATION.md").write_text(
+        "# t\n\n| a |\n\nPooled, positive vs negative: mean AUROC **0.9 [0.8, 1.0]**.\n\nPooled, positive vs hard "
+        "negative: 0.5.\n\nThe plan's rule: the pooled positive-vs-negative lower bound (0.8) is above 0.6.\n")
+    line = summary.judge_lines(tmp_path)[0]
+    assert "0.9 [0.8, 1.0]" in line and "is above 0.6" in line and "hard negative" not in line
