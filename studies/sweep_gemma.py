@@ -88,14 +88,14 @@ def is_ab(behavior: str) -> bool:
     return behavior != "morality"
 
 
-def tier_configurations(tiers) -> dict[int, int]:
-    """Configurations per tier (nothing run)."""
+def tier_configurations(tiers, behaviors=None) -> dict[int, int]:
+    """Configurations per tier (nothing run), of ``behaviors`` only where given."""
     from actstore.cli.options import KListType
     from actstore.evaluation.grid import Grid
 
     counts: dict[int, int] = {}
-    for tier, _, layers, methods, ks, fractions, extra in TIERS + HALVES:
-        if tier in tiers:
+    for tier, behavior, layers, methods, ks, fractions, extra in TIERS + HALVES:
+        if tier in tiers and (behaviors is None or behavior in behaviors):
             seeds = tuple(int(s) for s in extra[1].split(",")) if extra == SEEDS else (0,)
             grid = Grid(tuple(int(x) for x in layers.split(",")), tuple(KListType().convert(ks, None, None)),
                         tuple(float(f) for f in fractions.split(",")), methods=(methods,), control_seeds=seeds)
@@ -182,12 +182,15 @@ def main() -> None:
     parser.add_argument("--exclude-train-overlap", action="store_true",
                         help="eval --exclude-train-overlap: drop test questions found in train.json (another "
                              "setting: a new --out folder)")
+    parser.add_argument("--behaviors", default=None,
+                        help="only these behaviors' lines of the plan (comma-separated), e.g. to run two "
+                             "behaviors side by side in two processes; the summary still reads every folder")
     parser.add_argument("--summary-only", action="store_true",
                         help="only rebuild SUMMARY.md from the behaviors' folders already in --out")
     args = parser.parse_args()
     tiers = {int(t) for t in args.tiers.split(",")}
     if args.count:
-        counts = tier_configurations(tiers)
+        counts = tier_configurations(tiers, args.behaviors.split(",") if args.behaviors else None)
         print(", ".join(f"tier {t}: {n}" for t, n in sorted(counts.items())) + f"; {sum(counts.values())} in all")
         return
 
@@ -207,6 +210,8 @@ def main() -> None:
         print(body)
         return
     plan = [t for t in TIERS + HALVES if t[0] in tiers]
+    if args.behaviors:
+        plan = [t for t in plan if t[1] in args.behaviors.split(",")]
     stores: dict[str, Path] = {}
     for tier, behavior, layers, methods, ks, fractions, extra in plan if not args.summary_only else ():
         if behavior not in stores:

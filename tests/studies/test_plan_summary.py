@@ -279,3 +279,14 @@ def test_the_summary_of_the_committed_plan_folder_keeps_its_p1(tmp_path, monkeyp
     for name in ("controls.csv", "letter_leak.csv", "resampled.csv", "SUMMARY.md"):
         assert (out / name).exists()
     assert "## The letter leak, bounded" in (out / "SUMMARY.md").read_text()
+
+
+def test_the_plan_splits_by_behavior_into_parts_that_add_up():
+    sys.path.insert(0, str(STUDIES.parent / "benchmarks"))
+    import sweep_gemma
+
+    tiers = {1, 2, 3, 4, 5, 6}
+    whole = sweep_gemma.tier_configurations(tiers)
+    parts = [sweep_gemma.tier_configurations(tiers, [b]) for b in ("refusal", "morality", "survival-instinct")]
+    assert sum(sum(p.values()) for p in parts) == sum(whole.values()) == 462
+    assert set(parts[2]) == {5} and 3 not in parts[0] and 4 not in parts[1]
