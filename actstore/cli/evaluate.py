@@ -113,7 +113,8 @@ def _csv(values) -> str:
 @click.option("--train-resample", default=None, metavar="SPEC",
               help="Build every vector from a resample of the training pairs (the vectors' own noise): "
                    "bootstrap:SEED (pairs, or questions with their twins, drawn with replacement) or half:I/N (the "
-                   "I-th of N disjoint parts). enr and random only. Combine the replicate folders with "
+                   "I-th of N disjoint parts). enr, whitened, lda and random (their covariance over the same "
+                   "resampled rows); not pca, probe or letter. Combine the replicate folders with "
                    "actstore.evaluation.resampling.combine.")
 @click.option("--contrasts", "contrasts", multiple=True, metavar="SPEC",
               help="A pre-specified primary contrast, NAME=LAYER:METHOD:K-REFLAYER:REFMETHOD:REFK@BUDGET (REFLAYER "

@@ -9,8 +9,11 @@ vector of a sweep from the statistics of a resample of the training rows: ``boot
 (the I-th of N disjoint parts). R such sweeps of the same test items and windows are the
 **replicates**; :func:`combine` turns them into intervals that include the vectors' variation.
 The resample reaches the vectors built from the statistics: ``enr`` and the ``random`` controls
-(which carry enr's norm or values); methods that read the store's rows (whitened, lda, pca,
-probe, the letter control) are refused with ``train_resample`` (:func:`check_train_resample`).
+(which carry enr's norm or values), and ``whitened`` and ``lda``, whose covariance is computed
+over the same resampled rows (:func:`actstore.stats.covariance.group_covariance` weighs each row
+by its frequency weight); methods that read the store's rows otherwise (pca and probe: the
+pairs' differences and a probe fit; the letter control: option-swapped twins) are refused with
+``train_resample`` (:func:`check_train_resample`).
 
 The estimator (a two-stage bootstrap, on the paths). For replicate r, configuration c:
 ``S_rc`` the measured shift and ``L_rc`` the log perplexity inflation; ``S̄_c``, ``L̄_c`` their
@@ -70,6 +73,7 @@ __all__ = ["Combined", "Replicate", "check_train_resample", "combine", "combine_
            "replicate_scale"]
 
 SETTING = "train_resample"  # the folder's setting that names its resample
+COVARIANCE = ("whitened", "lda")  # read the rows through a covariance, which the resample reaches (weighted)
 
 
 def check_train_resample(spec: str | None, methods) -> str | None:
@@ -78,12 +82,12 @@ def check_train_resample(spec: str | None, methods) -> str | None:
     if spec is None:
         return None
     resample = Resample.parse(spec)
-    reading = [m for m in methods if m in METHODS and (METHODS[m].activations or m == "letter")]
+    reading = [m for m in methods if m in METHODS and m not in COVARIANCE and (METHODS[m].activations or m == "letter")]
     if reading:
-        raise ActstoreError(f"train_resample {spec!r}: methods {reading} read the store's rows (a covariance, "
-                            "the pairs' differences, a probe fit, option-swapped twins), which the resample does not "
-                            "reach; resample a sweep of enr (and random controls, which carry enr's vector)",
-                            param=("train_resample", "methods"))
+        raise ActstoreError(f"train_resample {spec!r}: methods {reading} read the store's rows (the pairs' "
+                            "differences, a probe fit, option-swapped twins), which the resample does not reach; "
+                            f"resample a sweep of enr, {', '.join(COVARIANCE)} (and random controls, which carry "
+                            "enr's vector)", param=("train_resample", "methods"))
     return str(resample)
 
 

@@ -5,6 +5,12 @@ cross-product matrix of its samples centred on the class mean (taken from the
 cached statistics, so the centring is exact and the sums need no merge
 correction) and the sum of ``||x - mean||**4`` that Ledoit-Wolf needs.
 
+Over a resample of the training rows (statistics from
+:func:`actstore.stats.subsets.subset_statistics`, whose attrs name their ``train_resample``) the
+pass weighs each row by its frequency weight (:func:`~actstore.stats.subsets.row_weights`): the
+scatter and fourth moment of the rows repeated as often as their weight, centred on the
+resample's class means, so a whitened or LDA vector comes from the same rows as its ENR.
+
 Shrinkage follows Ledoit & Wolf (2004), "A well-conditioned estimator for
 large-dimensional covariance matrices", J. Multivariate Analysis 88(2), in the
 form scikit-learn's ``ledoit_wolf_shrinkage`` computes, applied to the samples
@@ -94,6 +100,28 @@ def _block_fourth(block: np.ndarray, codes: np.ndarray, means: np.ndarray, n_cla
     return out
 
 
+def _weighted_block_scatter(block: np.ndarray, codes: np.ndarray, weights: np.ndarray, means: np.ndarray,
+                            n_classes: int) -> np.ndarray:
+    out = np.zeros((1, n_classes, block.shape[1], block.shape[1]))
+    for c in range(n_classes):
+        mine = codes == c
+        if mine.any():
+            centred = np.subtract(block[mine], means[c], dtype=np.float64)
+            out[0, c] = centred.T @ (weights[mine, None] * centred)
+    return out
+
+
+def _weighted_block_fourth(block: np.ndarray, codes: np.ndarray, weights: np.ndarray, means: np.ndarray,
+                           n_classes: int) -> np.ndarray:
+    out = np.zeros((1, n_classes))
+    for c in range(n_classes):
+        mine = codes == c
+        if mine.any():
+            centred = np.subtract(block[mine], means[c], dtype=np.float64)
+            out[0, c] = float(weights[mine] @ np.einsum("ij,ij->i", centred, centred) ** 2)
+    return out
+
+
 def layer_covariance(path: str | Path, layer: int, model: str | None = None, *,
                      scheduler: str | None = None) -> LayerCovariance:
     """Per-class scatter matrices of ``layer`` (one streaming pass, float64)."""
@@ -115,18 +143,25 @@ def group_covariance(store: StoreGroup, layer: int, stats, *, scheduler: str | N
     codes = np.searchsorted(np.asarray(classes), ds["class"].values)
     means = stats["mean"].sel(layer=layer).values  # (class, hidden)
     acts = ds["acts"].sel(layer=layer).data  # (sample, hidden)
+    weighted = _resample_inputs(store, stats)
+    if weighted is not None:  # the resample's rows only (weight 0: left out before the pass)
+        kept, weights = weighted
+        acts, codes = acts[kept], codes[kept]
     acts = acts.rechunk({1: -1})
     codes_da = da.from_array(codes, chunks=(acts.chunks[0],))
+    inputs = (acts, "ij", codes_da, "i")
+    if weighted is not None:
+        inputs += (da.from_array(weights, chunks=(acts.chunks[0],)), "i")
+    scatter_block, fourth_block = (_block_scatter, _block_fourth) if weighted is None else \
+        (_weighted_block_scatter, _weighted_block_fourth)
     hidden = acts.shape[1]
     scatter = da.blockwise(
-        _block_scatter, "icjk",
-        acts, "ij", codes_da, "i", means=means, n_classes=len(classes),
+        scatter_block, "icjk", *inputs, means=means, n_classes=len(classes),
         new_axes={"c": len(classes), "k": hidden}, adjust_chunks={"i": 1, "j": hidden},
         dtype=np.float64, concatenate=True,
     ).sum(axis=0)
     fourth = da.blockwise(
-        _block_fourth, "ic",
-        acts, "ij", codes_da, "i", means=means, n_classes=len(classes),
+        fourth_block, "ic", *inputs, means=means, n_classes=len(classes),
         new_axes={"c": len(classes)}, adjust_chunks={"i": 1}, dtype=np.float64, concatenate=True,
     ).sum(axis=0)
     with scheduler_context(scheduler), damage_located(group, path):
@@ -134,3 +169,16 @@ def group_covariance(store: StoreGroup, layer: int, stats, *, scheduler: str | N
     refuse_non_finite(group, path, comoment)  # a missing chunk reads as NaN
     counts = stats["count"].sel(layer=layer).values.astype(np.float64)
     return LayerCovariance(classes, counts, means, comoment, fourth_sum, layer)
+
+
+def _resample_inputs(store: StoreGroup, stats) -> tuple[np.ndarray, np.ndarray] | None:
+    """``(kept rows, their float64 weights)`` where ``stats`` are those of a resample of the training
+    rows (its attrs name the ``train_resample``); None for the statistics of every row."""
+    spec = getattr(stats, "attrs", {}).get("train_resample")
+    if not spec:
+        return None
+    from .subsets import row_weights
+
+    weights = row_weights(store, spec)
+    kept = np.flatnonzero(weights > 0)
+    return kept, weights[kept].astype(np.float64)

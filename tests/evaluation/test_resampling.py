@@ -136,8 +136,11 @@ def test_a_request_writes_its_spec_one_way_and_refuses_methods_that_read_rows():
     request = SweepRequest(store="s.zarr", data_test="t.json", layers="1", out="o", methods="enr,random",
                            train_resample="bootstrap:7")
     assert request.train_resample == "bootstrap:7"
-    with pytest.raises(ActstoreError, match=r"\['whitened'\] read the store's rows") as err:
-        SweepRequest(store="s.zarr", data_test="t.json", layers="1", out="o", methods="enr,whitened",
+    # whitened and lda read the rows through a covariance, which the resample weighs (stats/covariance.py)
+    assert SweepRequest(store="s.zarr", data_test="t.json", layers="1", out="o", methods="enr,whitened,lda",
+                        train_resample="half:1/2").train_resample == "half:1/2"
+    with pytest.raises(ActstoreError, match=r"\['pca', 'probe'\] read the store's rows") as err:
+        SweepRequest(store="s.zarr", data_test="t.json", layers="1", out="o", methods="enr,whitened,pca,probe",
                      train_resample="half:1/2")
     assert err.value.params == ("train_resample", "methods")
     with pytest.raises(ActstoreError, match="expected bootstrap:SEED") as err:
@@ -173,6 +176,21 @@ def test_two_half_sweeps_of_the_tiny_llama_combine(tmp_path, llama, store, ppl_i
     path = combined.write(tmp_path / "combined")
     assert "width ratio" in path.read_text()
     assert (tmp_path / "combined" / "resampled_contrasts.csv").exists()
+
+
+def test_whitened_vectors_of_two_halves_differ_and_neither_is_the_full_sets(tmp_path, llama, store, ppl_ids):
+    from .test_sweep import documents, sweep
+
+    windows = documents(llama, ppl_ids)
+    norms = {}
+    for spec in ("half:1/2", "half:2/2", None):
+        folder = tmp_path / str(spec).replace(":", "-").replace("/", "-")
+        sweep(llama, store, folder, ppl_ids, perplexity=windows, layers=(2,), methods="whitened", fractions=(1.0,),
+              budgets=(1.01,), train_resample=spec)
+        results = pd.read_csv(folder / "results.csv")
+        norms[spec] = results.loc[results["method"] == "whitened"].sort_values("k")["vector_norm"].to_numpy()
+    assert len(norms[None]) and not np.allclose(norms["half:1/2"], norms["half:2/2"])
+    assert not np.allclose(norms["half:1/2"], norms[None]) and not np.allclose(norms["half:2/2"], norms[None])
 
 
 def test_cli_eval_refuses_a_bad_resample_before_the_model_loads(tmp_path, run, pairs_file):

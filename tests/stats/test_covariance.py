@@ -10,9 +10,9 @@ import actstore
 from actstore.cli.main import cli
 from actstore.stats.covariance import layer_covariance, ledoit_wolf_shrinkage
 from actstore.vectors.build import build
+from actstore.vectors.directions import top_k_indices
 from actstore.vectors.methods import LayerInputs
 from actstore.vectors.vector import load_vector
-from actstore.vectors.directions import top_k_indices
 
 
 def sklearn_ledoit_wolf_shrinkage(x: np.ndarray) -> float:
@@ -106,3 +106,30 @@ def test_cli_enr_whiten(store, tmp_path):
     result = CliRunner().invoke(cli, ["enr", "--store", str(store), "--layer", "3", "--k", "6", "--whiten",
                                       "--out", str(out)])
     assert result.exit_code == 1 and "layer 3 was not captured" in result.output
+
+
+@pytest.mark.parametrize("spec", ["half:2/2", "bootstrap:3"])
+def test_the_covariance_of_a_resample_equals_numpy_on_its_rows_repeated(store, spec):
+    from actstore.stats.subsets import row_weights, subset_statistics
+    from actstore.stores.group import StoreGroup
+
+    group = StoreGroup.open(store)
+    stats = subset_statistics(group, spec)
+    cov = actstore.stats.covariance.group_covariance(group, 2, stats)
+    weights = row_weights(group, spec)
+    ds = actstore.open_store(store)
+    acts = np.repeat(ds.acts.sel(layer=2).values.astype(np.float64), weights, axis=0)
+    labels = np.repeat(ds["class"].values, weights)
+    full = layer_covariance(store, 2)
+    for label in ("pos", "neg"):
+        rows = acts[labels == label]
+        centred = rows - rows.mean(0)
+        c = cov.classes.index(label)
+        assert cov.counts[c] == len(rows) < full.counts[c] * (0.6 if spec.startswith("half") else 2)
+        np.testing.assert_allclose(cov.comoment[c], centred.T @ centred, rtol=1e-9, atol=1e-9)
+        np.testing.assert_allclose(cov.fourth[c], np.sum(np.sum(centred**2, axis=1) ** 2), rtol=1e-9)
+        assert not np.allclose(cov.comoment[c], full.comoment[c])  # not every row's
+    # the whitened vector of the resample: its own covariance and means, not the full set's
+    whitened = build("whitened", LayerInputs(stats, 2, "pos", "neg", covariance=lambda: cov), 4)
+    mixed = build("whitened", LayerInputs(stats, 2, "pos", "neg", covariance=lambda: full), 4)
+    assert not np.allclose(whitened.vector, mixed.vector)
