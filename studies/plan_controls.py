@@ -139,32 +139,25 @@ def letter_leak(paths_of: dict):
 
 
 HALVES = ("half-1-2", "half-2-2")
-# (primary row, behavior, what is widened): a contrast spec for combine, or the ENR k=64 vector's own frontier row.
+# (primary row, behavior, the contrast that combine widens)
 RESAMPLED = [("P1", "refusal", "8:enr:64-8:enr:dense"), ("P2", "morality", "8:enr:64-8:enr:dense"),
-             ("P6", "refusal", "ENR k=64 alone")]
+             ("P6", "refusal", "8:whitened:64-8:enr:64"), ("P7", "morality", "8:whitened:64-8:enr:64")]
 
 
-def _widened(combined, row: dict, what: str) -> dict:
-    """The figures of ``combined`` for one primary row: its contrast, or (P6) the ENR k=64 frontier row."""
-    if ":" in what:
-        table = combined.contrasts[combined.contrasts["contrast"] == row["id"]]
-        estimate = "estimate"
-    else:
-        frontier = combined.frontier
-        table = frontier[(frontier["layer"] == LAYER) & (frontier["method"] == "enr")
-                         & (frontier["k"].astype(str) == "64") & np.isclose(frontier["budget"], row["budget"])]
-        estimate = "shift"
+def _widened(combined, row: dict) -> dict:
+    """The figures of ``combined``'s contrast for one primary row."""
+    table = combined.contrasts[combined.contrasts["contrast"] == row["id"]]
     if not len(table):
         return {"note": "not in the half sweeps"}
     r = table.iloc[0]
-    return {"estimate": r[estimate], "fixed_ci_low": r["fixed_ci_low"], "fixed_ci_high": r["fixed_ci_high"],
+    return {"estimate": r["estimate"], "fixed_ci_low": r["fixed_ci_low"], "fixed_ci_high": r["fixed_ci_high"],
             "ci_low": r["ci_low"], "ci_high": r["ci_high"], "width_ratio": r["width_ratio"],
             "replicates_min": r.get("replicates_min", math.nan), "replicates_max": r.get("replicates_max", math.nan),
             "note": ""}
 
 
 def resampled(out: Path, family: list[dict], n_resamples: int, margins: dict | None = None):
-    """resampled.csv: P1, P2 and P6's ENR side, fixed-vector and widened intervals ("not run" without halves)."""
+    """resampled.csv: P1, P2, P6 and P7, fixed-vector and widened intervals ("not run" without halves)."""
     import pandas as pd
 
     from actstore.errors import ActstoreError
@@ -174,8 +167,7 @@ def resampled(out: Path, family: list[dict], n_resamples: int, margins: dict | N
     rows = []
     for name, behavior, what in RESAMPLED:
         row = by_id[name]
-        base = {"id": name, "behavior": behavior, "figure": what if ":" not in what else row["contrast"],
-                "budget": row["budget"]}
+        base = {"id": name, "behavior": behavior, "figure": row["contrast"], "budget": row["budget"]}
         halves = [out / f"{behavior}-{h}" for h in HALVES]
         if not all((h / "results.csv").exists() for h in halves):
             rows.append({**base, "note": "not run"})
@@ -183,14 +175,14 @@ def resampled(out: Path, family: list[dict], n_resamples: int, margins: dict | N
         if not row["testable"]:
             rows.append({**base, "note": f"not read: {row['note']}"})
             continue
-        spec = [f"{name}={what}@{row['budget']:g}"] if ":" in what else None
+        spec = [f"{name}={what}@{row['budget']:g}"]
         try:
             combined = combine(halves, out / behavior, (row["budget"],), spec, n_resamples=n_resamples,
                                margin=(margins or {}).get(behavior))
         except ActstoreError as error:
             rows.append({**base, "note": f"not combined: {error}"})
             continue
-        rows.append({**base, **_widened(combined, row, what)})
+        rows.append({**base, **_widened(combined, row)})
     return pd.DataFrame(rows)
 
 
@@ -253,8 +245,9 @@ def markdown(controls, leak, resampled) -> list[str]:
             f"vector's |letter bias| at {PRIMARY_BUDGET:g} (fallback {FALLBACK_BUDGET:g}), interpolated along its "
             "path like its shift: the largest part of its shift that may be its letter push, in log-odds "
             "(letter_leak.csv).", "", *_leak_lines(leak),
-            "## The vectors' own noise (amendment 7)", "",
+            "## The vectors' own noise (amendments 7 and 10)", "",
             "Half sweeps (`--train-resample half:1/2`, `half:2/2`) combined with the full folder "
             "(`actstore.evaluation.resampling.combine`, c = 1/sqrt(2)) at the primary row's budget; decisions "
-            "stay on the fixed-vector intervals. P6's whitened side cannot be resampled: its ENR k=64 side "
-            "alone is shown (resampled.csv).", "", *_resampled_lines(resampled), ""]
+            "stay on the fixed-vector intervals; both sides of P6 and P7 are resampled (a half's whitened vector "
+            "from the half's covariance). P3, P4 and P5 have none (resampled.csv).", "",
+            *_resampled_lines(resampled), ""]

@@ -67,8 +67,10 @@ TIERS = [
 ]
 # Amendment 2026-12-05 (7): the vectors' own noise for P1, P2 and P6's ENR side, two disjoint halves of
 # the training pairs; each half's sweep in <out>/<behavior>-half-I-2 (tier 6: after the plan's tiers).
-HALVES = [(6, behavior, "8", "enr", "64,dense", FULL, ("--train-resample", f"half:{i}/2"))
-          for behavior in ("refusal", "morality") for i in (1, 2)]
+# Amendment 10: whitened k=64 in the half sweeps too (its covariance the half's), for P6 and P7 entire.
+HALVES = [(6, behavior, "8", method, ks, FULL, ("--train-resample", f"half:{i}/2"))
+          for behavior in ("refusal", "morality") for i in (1, 2)
+          for method, ks in (("enr", "64,dense"), ("whitened", "64"))]
 # Amendment 2026-12-05 (4): margins fixed before the run, on each behavior's own scale.
 MARGINS = {"refusal": 0.08, "morality": 0.019, "survival-instinct": 0.08}
 

@@ -242,10 +242,10 @@ def test_the_half_sweeps_widen_p1_beside_its_fixed_interval(tmp_path):
     write_folder(tmp_path / "refusal", fixed, {"protocol": "ab"})
     family = plan_summary.primary_family({"refusal": paths_of(fixed, 300)}, {})
     table = plan_controls.resampled(tmp_path, family, 300)
-    assert list(table["note"]) == ["not run"] * 3
-    halves = {k: v for k, v in full.items() if k[1] == "enr"}
-    for i, slope in ((1, 0.8), (2, 1.2)):  # the halves' k=64 vectors differ
-        tables = sweep_tables({**halves, (8, "enr", "64"): straight(slope, 0.1)}, noise=0.3)
+    assert list(table["note"]) == ["not run"] * 4
+    for i, slope in ((1, 0.8), (2, 1.2)):  # the halves' k=64 vectors differ (whitened the other way)
+        tables = sweep_tables({**full, (8, "enr", "64"): straight(slope, 0.1),
+                               (8, "whitened", "64"): straight(2.0 - slope, 0.1)}, noise=0.3)
         write_folder(tmp_path / f"refusal-half-{i}-2", tables, {"protocol": "ab", "train_resample": f"half:{i}/2"})
     table = plan_controls.resampled(tmp_path, family, 300).set_index("id")
     p1 = next(r for r in family if r["id"] == "P1")
@@ -253,7 +253,10 @@ def test_the_half_sweeps_widen_p1_beside_its_fixed_interval(tmp_path):
     assert (table.loc["P1", "fixed_ci_low"], table.loc["P1", "fixed_ci_high"]) == pytest.approx(
         (p1["ci_low"], p1["ci_high"]))  # the fixed-vector interval is the primary row's own
     assert table.loc["P1", "width_ratio"] > 1 and table.loc["P6", "width_ratio"] > 1
-    assert table.loc["P6", "figure"] == "ENR k=64 alone" and table.loc["P2", "note"] == "not run"
+    p6 = next(r for r in family if r["id"] == "P6")
+    assert table.loc["P6", "estimate"] == pytest.approx(p6["estimate"])  # whitened k=64 - ENR k=64, both resampled
+    assert table.loc["P6", "figure"] == p6["contrast"] and table.loc["P2", "note"] == "not run"
+    assert table.loc["P7", "note"] == "not run"
 
 
 # ---- the committed plan folder ---------------------------------------------------------------------------
@@ -294,5 +297,5 @@ def test_the_plan_splits_by_behavior_into_parts_that_add_up():
     tiers = {1, 2, 3, 4, 5, 6}
     whole = sweep_gemma.tier_configurations(tiers)
     parts = [sweep_gemma.tier_configurations(tiers, [b]) for b in ("refusal", "morality", "survival-instinct")]
-    assert sum(sum(p.values()) for p in parts) == sum(whole.values()) == 462
+    assert sum(sum(p.values()) for p in parts) == sum(whole.values()) == 478  # amendment 10: +16
     assert set(parts[2]) == {5} and 3 not in parts[0] and 4 not in parts[1]
