@@ -191,8 +191,9 @@ def main() -> None:
                         help="only rebuild SUMMARY.md from the behaviors' folders already in --out")
     args = parser.parse_args()
     tiers = {int(t) for t in args.tiers.split(",")}
+    only = args.behaviors.split(",") if args.behaviors else None
     if args.count:
-        counts = tier_configurations(tiers, args.behaviors.split(",") if args.behaviors else None)
+        counts = tier_configurations(tiers, only)
         print(", ".join(f"tier {t}: {n}" for t, n in sorted(counts.items())) + f"; {sum(counts.values())} in all")
         return
 
@@ -211,9 +212,7 @@ def main() -> None:
         (out / "SLICE.md").write_text("# Cost of one configuration\n\n" + body + "\n```\n" + "\n".join(log) + "\n```\n")
         print(body)
         return
-    plan = [t for t in TIERS + HALVES if t[0] in tiers]
-    if args.behaviors:
-        plan = [t for t in plan if t[1] in args.behaviors.split(",")]
+    plan = [t for t in TIERS + HALVES if t[0] in tiers and (only is None or t[1] in only)]
     stores: dict[str, Path] = {}
     for tier, behavior, layers, methods, ks, fractions, extra in plan if not args.summary_only else ():
         if behavior not in stores:

@@ -73,7 +73,6 @@ __all__ = ["Combined", "Replicate", "check_train_resample", "combine", "combine_
            "replicate_scale"]
 
 SETTING = "train_resample"  # the folder's setting that names its resample
-COVARIANCE = ("whitened", "lda")  # read the rows through a covariance, which the resample reaches (weighted)
 
 
 def check_train_resample(spec: str | None, methods) -> str | None:
@@ -82,12 +81,13 @@ def check_train_resample(spec: str | None, methods) -> str | None:
     if spec is None:
         return None
     resample = Resample.parse(spec)
-    reading = [m for m in methods if m in METHODS and m not in COVARIANCE and (METHODS[m].activations or m == "letter")]
+    reading = [m for m in methods if m in METHODS and METHODS[m].reads_rows]
     if reading:
+        reached = ", ".join(m for m, entry in METHODS.items() if entry.kind == "extraction" and not entry.reads_rows)
         raise ActstoreError(f"train_resample {spec!r}: methods {reading} read the store's rows (the pairs' "
                             "differences, a probe fit, option-swapped twins), which the resample does not reach; "
-                            f"resample a sweep of enr, {', '.join(COVARIANCE)} (and random controls, which carry "
-                            "enr's vector)", param=("train_resample", "methods"))
+                            f"resample a sweep of {reached} (and random controls, which carry enr's vector)",
+                            param=("train_resample", "methods"))
     return str(resample)
 
 

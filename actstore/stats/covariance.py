@@ -80,45 +80,26 @@ def ledoit_wolf_shrinkage(biased_cov: np.ndarray, sum_fourth: float, n: float) -
     return 0.0 if beta <= 0 else float(beta / delta)
 
 
-def _block_scatter(block: np.ndarray, codes: np.ndarray, means: np.ndarray, n_classes: int) -> np.ndarray:
-    out = np.zeros((1, n_classes, block.shape[1], block.shape[1]))
-    for c in range(n_classes):
-        rows = block[codes == c]
-        if rows.shape[0]:
-            centred = np.subtract(rows, means[c], dtype=np.float64)
-            out[0, c] = centred.T @ centred
-    return out
-
-
-def _block_fourth(block: np.ndarray, codes: np.ndarray, means: np.ndarray, n_classes: int) -> np.ndarray:
-    out = np.zeros((1, n_classes))
-    for c in range(n_classes):
-        rows = block[codes == c]
-        if rows.shape[0]:
-            centred = np.subtract(rows, means[c], dtype=np.float64)
-            out[0, c] = float(np.sum(np.einsum("ij,ij->i", centred, centred) ** 2))
-    return out
-
-
-def _weighted_block_scatter(block: np.ndarray, codes: np.ndarray, weights: np.ndarray, means: np.ndarray,
-                            n_classes: int) -> np.ndarray:
+def _block_scatter(block: np.ndarray, codes: np.ndarray, weights: np.ndarray | None = None, *, means: np.ndarray,
+                   n_classes: int) -> np.ndarray:
     out = np.zeros((1, n_classes, block.shape[1], block.shape[1]))
     for c in range(n_classes):
         mine = codes == c
         if mine.any():
             centred = np.subtract(block[mine], means[c], dtype=np.float64)
-            out[0, c] = centred.T @ (weights[mine, None] * centred)
+            out[0, c] = centred.T @ (centred if weights is None else weights[mine, None] * centred)
     return out
 
 
-def _weighted_block_fourth(block: np.ndarray, codes: np.ndarray, weights: np.ndarray, means: np.ndarray,
-                           n_classes: int) -> np.ndarray:
+def _block_fourth(block: np.ndarray, codes: np.ndarray, weights: np.ndarray | None = None, *, means: np.ndarray,
+                  n_classes: int) -> np.ndarray:
     out = np.zeros((1, n_classes))
     for c in range(n_classes):
         mine = codes == c
         if mine.any():
             centred = np.subtract(block[mine], means[c], dtype=np.float64)
-            out[0, c] = float(weights[mine] @ np.einsum("ij,ij->i", centred, centred) ** 2)
+            fourth = np.einsum("ij,ij->i", centred, centred) ** 2
+            out[0, c] = float(np.sum(fourth) if weights is None else weights[mine] @ fourth)
     return out
 
 
@@ -152,16 +133,14 @@ def group_covariance(store: StoreGroup, layer: int, stats, *, scheduler: str | N
     inputs = (acts, "ij", codes_da, "i")
     if weighted is not None:
         inputs += (da.from_array(weights, chunks=(acts.chunks[0],)), "i")
-    scatter_block, fourth_block = (_block_scatter, _block_fourth) if weighted is None else \
-        (_weighted_block_scatter, _weighted_block_fourth)
     hidden = acts.shape[1]
     scatter = da.blockwise(
-        scatter_block, "icjk", *inputs, means=means, n_classes=len(classes),
+        _block_scatter, "icjk", *inputs, means=means, n_classes=len(classes),
         new_axes={"c": len(classes), "k": hidden}, adjust_chunks={"i": 1, "j": hidden},
         dtype=np.float64, concatenate=True,
     ).sum(axis=0)
     fourth = da.blockwise(
-        fourth_block, "ic", *inputs, means=means, n_classes=len(classes),
+        _block_fourth, "ic", *inputs, means=means, n_classes=len(classes),
         new_axes={"c": len(classes)}, adjust_chunks={"i": 1}, dtype=np.float64, concatenate=True,
     ).sum(axis=0)
     with scheduler_context(scheduler), damage_located(group, path):

@@ -131,8 +131,10 @@ class Method:
     ``refines``: the method whose vector this one ranks another way (whitened ranks enr's mean
     difference in the whitened basis): their dense vectors are the same, so a sweep measures
     it once, and compares the two at each k. ``seeded``: a control drawn at random, one vector
-    per seed. ``help``: the longer text ``actstore extract --help`` shows (the description when
-    empty)."""
+    per seed. ``reads_rows``: the vector reads the store's rows other than through the statistics
+    and the covariance (the pairs' differences, a probe fit, option-swapped twins), which a
+    resample of the training rows (``train_resample``) does not reach. ``help``: the longer text
+    ``actstore extract --help`` shows (the description when empty)."""
 
     name: str
     description: str
@@ -142,6 +144,7 @@ class Method:
     kind: str = "extraction"
     refines: str | None = None
     seeded: bool = False
+    reads_rows: bool = False
     help: str = ""
 
 
@@ -151,14 +154,16 @@ METHODS: dict[str, Method] = {m.name: m for m in (
     Method("whitened", "mean difference, top-k by ENR in the whitened basis (Ledoit-Wolf)", _whitened, mask_top_k,
            activations=True, refines="enr", help="top-k by ENR of Sigma^-1/2 v"),
     Method("pca", "first principal axis of the pair differences (repeng's pca_diff)", _pca, project_top_k,
-           activations=True, help="first principal axis of the pos-neg pair differences (repeng's pca_diff; "
-                                  "pairs joined by pair_id), pointing along v; steered as (u.v)u"),
+           activations=True, reads_rows=True,
+           help="first principal axis of the pos-neg pair differences (repeng's pca_diff; pairs joined by pair_id), "
+                "pointing along v; steered as (u.v)u"),
     Method("probe", "logistic probe's weights, standardised", _probe, project_top_k, activations=True,
+           reads_rows=True,
            help="L2 logistic regression weights (on standardised coordinates, mapped back); steered as (u.v)u"),
     Method("lda", "Fisher's discriminant with the shrunk covariance", _lda, project_top_k, activations=True,
            help="Sigma^-1 v, Sigma the shrunk pooled within-class covariance; steered as (u.v)u"),
     Method("random", "control: a random direction of the same norm", kind="control", seeded=True),
-    Method("letter", "control: the answer-letter direction", kind="control"),
+    Method("letter", "control: the answer-letter direction", kind="control", reads_rows=True),
     Method("steering-vectors", "imported from a steering-vectors SteeringVector", kind="imported"),
     Method("repeng", "imported from a repeng ControlVector", kind="imported"),
     Method("gguf", "imported from a GGUF control-vector file", kind="imported"),
