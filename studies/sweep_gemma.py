@@ -225,6 +225,8 @@ def main() -> None:
     margins = {b: MARGINS.get(b) if args.plan_margins else args.margin for b in behaviors}
     if args.summary_only:
         rewrite_reports(out, done, args, margins)
+        if (out / "commands.json").exists():  # the commands of the runs that made the folder, kept
+            log = json.loads((out / "commands.json").read_text())
     shares = recorded_shares(out, stores)
     written = write_summary(out, done, shares, margins, args.resamples or N_RESAMPLES, summary_header(args, done, log))
     (out / "commands.json").write_text(json.dumps(log, indent=2))
@@ -265,7 +267,7 @@ def summary_header(args, done: list[str], log: list[str]) -> str:
             f"--tiers {args.tiers} --ppl-tokens {args.ppl_tokens} --ppl-documents {args.ppl_documents} "
             f"--budgets {args.budgets}{' ' + flags if flags else ''}` at {git_rev()}; behaviors with results: "
             f"{', '.join(done)}.\n\nMachine: {machine()}\n\nCommands run (stores in a temporary folder):\n\n```\n"
-            + ("\n".join(log) if log else "(--summary-only: see each behavior's folder)") + "\n```\n\n"
+            + ("\n".join(log) if log else "(none recorded: see each behavior's folder)") + "\n```\n\n"
             "Each behavior's folder holds results.md, results.csv, items.csv, windows.csv, frontier.csv, "
             "contrasts.csv (its own default family, secondary), steerability.csv and frontier_<behavior>.png; "
             "primary.csv holds the primary table below, controls.csv, letter_leak.csv and resampled.csv its "

@@ -288,6 +288,10 @@ def test_the_summary_of_the_committed_plan_folder_keeps_its_p1(tmp_path, monkeyp
     for name in ("controls.csv", "letter_leak.csv", "resampled.csv", "SUMMARY.md"):
         assert (out / name).exists()
     assert "## The letter leak, bounded" in (out / "SUMMARY.md").read_text()
+    # --summary-only keeps the commands of the runs that made the folder, and lists them
+    commands = json.loads((source / "commands.json").read_text())
+    assert commands and json.loads((out / "commands.json").read_text()) == commands
+    assert commands[-1] in (out / "SUMMARY.md").read_text()
 
 
 def test_the_plan_splits_by_behavior_into_parts_that_add_up():
