@@ -10,7 +10,8 @@ HERE = Path(__file__).resolve().parent
 
 RUNS = (  # the limits first: every other figure is read against them
     ["limits.py"], ["bench_capture.py"], ["bench_capture.py", "--all-tokens"], ["bench_stats.py"],
-    ["bench_ingest.py"], ["bench_read_path.py"], ["bench_codecs.py"], ["bench_steering.py"], ["bench_peers.py"],
+    ["bench_covariance.py"], ["bench_ingest.py"], ["bench_read_path.py"], ["bench_codecs.py"], ["bench_steering.py"],
+    ["bench_peers.py"],
     ["bench_eval.py"], ["bench_sweep.py"],
 )
 

@@ -224,6 +224,7 @@ def main() -> None:
     done = [b for b in behaviors if (out / b / "results.csv").exists()]
     margins = {b: MARGINS.get(b) if args.plan_margins else args.margin for b in behaviors}
     if args.summary_only:
+        stores = {b: work / f"{b}.zarr" for b in behaviors if args.work and (work / f"{b}.zarr").exists()}
         rewrite_reports(out, done, args, margins)
         if (out / "commands.json").exists():  # the commands of the runs that made the folder, kept
             log = json.loads((out / "commands.json").read_text())
@@ -234,11 +235,13 @@ def main() -> None:
 
 
 def recorded_shares(out: Path, stores: dict[str, Path]) -> dict:
-    """Claim (b)'s shares from this run's stores, else those <out>/shares.json recorded; written back."""
-    shares = {b: axis_share(stores[b]) for b in ("refusal", "morality") if b in stores}
-    if not shares and (out / "shares.json").exists():
-        shares = json.loads((out / "shares.json").read_text())
-    (out / "shares.json").write_text(json.dumps(shares, indent=2))
+    """Claim (b)'s shares from the stores at hand (this run's; under --summary-only, those in --work),
+    over those <out>/shares.json recorded (behaviors run by separate processes record one each);
+    written back."""
+    path = out / "shares.json"
+    shares = json.loads(path.read_text()) if path.exists() else {}
+    shares.update({b: axis_share(stores[b]) for b in ("refusal", "morality") if b in stores})
+    path.write_text(json.dumps(shares, indent=2))
     return shares
 
 

@@ -303,3 +303,17 @@ def test_the_plan_splits_by_behavior_into_parts_that_add_up():
     parts = [sweep_gemma.tier_configurations(tiers, [b]) for b in ("refusal", "morality", "survival-instinct")]
     assert sum(sum(p.values()) for p in parts) == sum(whole.values()) == 478  # amendment 10: +16
     assert set(parts[2]) == {5} and 3 not in parts[0] and 4 not in parts[1]
+
+
+def test_the_shares_of_behaviors_run_apart_are_merged(tmp_path, monkeypatch):
+    # behaviors run by separate processes (--behaviors) each record their own claim-(b) share; the
+    # later one keeps the earlier one's, and a store at hand replaces the recorded figure
+    sys.path.insert(0, str(STUDIES.parent / "benchmarks"))
+    import sweep_gemma
+
+    monkeypatch.setattr(sweep_gemma, "axis_share", lambda store: {"m.zarr": 0.2, "r.zarr": 0.4}[Path(store).name])
+    (tmp_path / "shares.json").write_text(json.dumps({"refusal": 0.3}))
+    assert sweep_gemma.recorded_shares(tmp_path, {"morality": Path("m.zarr")}) == {"refusal": 0.3, "morality": 0.2}
+    assert sweep_gemma.recorded_shares(tmp_path, {}) == {"refusal": 0.3, "morality": 0.2}
+    assert sweep_gemma.recorded_shares(tmp_path, {"refusal": Path("r.zarr")})["refusal"] == 0.4
+    assert json.loads((tmp_path / "shares.json").read_text()) == {"refusal": 0.4, "morality": 0.2}
