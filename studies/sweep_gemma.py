@@ -1,9 +1,11 @@
 """The paper's claims re-tested on google/gemma-3-270m, from the written plan (studies/results/PLAN.md).
 
-    python studies/sweep_gemma.py [--tiers 1,2,3,4,5] [--out studies/results/plan] [--work DIR]
+    python studies/sweep_gemma.py [--tiers 1,2,3,4,5,6] [--out studies/results/plan] [--work DIR]
+    python studies/sweep_gemma.py --tiers 1,2,3,4,5,6 --plan-margins --resamples 20000 \
+        --exclude-train-overlap --behaviors refusal   # the second pass, one behavior's lines
     python studies/sweep_gemma.py --slice      # one configuration timed: the plan's hours
     python studies/sweep_gemma.py --count      # the plan's configurations per tier, nothing run
-    python studies/sweep_gemma.py --summary-only
+    python studies/sweep_gemma.py --summary-only [--work DIR]   # the summary of the folders in --out
 
 Per behavior: capture its whole train.json (A/B sets with their option-swapped
 twins, at the answer letter; morality's free-text pairs at their last token) at
